@@ -1,1 +1,235 @@
+//! Berth's storage: content-addressed blobs shared by all repositories,
+//! per-repository links, manifests, tags, referrers and upload sessions.
+//!
+//! One trait ([`Storage`]), several backends, one shared test suite
+//! ([`testsuite`]) that every backend must pass.
 
+use std::collections::BTreeMap;
+use std::io;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+
+pub mod digest;
+pub mod fs;
+pub mod memory;
+pub mod names;
+pub mod testsuite;
+
+pub use digest::{Algorithm, Digest, DigestError};
+pub use fs::FsStorage;
+pub use memory::MemoryStorage;
+
+/// A stream of bytes in, or out of, storage.
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("blob unknown to registry")]
+    BlobUnknown,
+    #[error("upload session unknown")]
+    UploadUnknown,
+    #[error("chunk out of order: the upload is at offset {offset}")]
+    RangeMismatch { offset: u64 },
+    #[error("requested range not satisfiable for a blob of {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
+    #[error("provided digest {expected} does not match the content ({actual})")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("request body ended early: {0}")]
+    BodyInterrupted(io::Error),
+    #[error("storage failure: {0}")]
+    Io(#[from] io::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// An upload in progress: where it stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadStatus {
+    pub id: String,
+    pub repository: String,
+    /// Bytes received and safely stored so far.
+    pub offset: u64,
+}
+
+/// A blob being read back, with its total size and the byte range served.
+pub struct BlobRead {
+    pub size: u64,
+    /// Inclusive range served; `None` means the whole blob.
+    pub range: Option<(u64, u64)>,
+    pub stream: ByteStream,
+}
+
+/// OCI descriptor, as listed by the referrers API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// What storage keeps about a manifest beside its bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestMeta {
+    pub media_type: String,
+    /// The manifest this one refers to (`subject`), for the referrers API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Digest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// Storage for a registry. Repository names, tags, digests and upload ids
+/// reaching a backend are already validated (see [`names`], [`Digest`]), but
+/// backends still refuse upload ids that are not the ones they issued.
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    // --- blobs: content-addressed, shared by all repositories ---
+
+    /// Size of a blob, if the registry holds it (in any repository).
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>>;
+    /// Read a blob, or an inclusive byte range of it.
+    async fn blob_read(&self, digest: &Digest, range: Option<ByteRange>) -> Result<BlobRead>;
+    /// Read a small blob (a manifest) whole.
+    async fn blob_bytes(&self, digest: &Digest) -> Result<Option<Bytes>>;
+
+    // --- repository links ---
+
+    /// Whether `repository` may serve this blob (it was pushed or mounted there).
+    async fn blob_linked(&self, repository: &str, digest: &Digest) -> Result<bool>;
+    /// Make an existing blob part of `repository` (cross-repository mount).
+    /// Fails with `BlobUnknown` if the blob is not stored.
+    async fn link_blob(&self, repository: &str, digest: &Digest) -> Result<()>;
+    /// Remove a blob from a repository. Returns false when it was not there.
+    async fn unlink_blob(&self, repository: &str, digest: &Digest) -> Result<bool>;
+
+    // --- upload sessions: persisted, so they survive restarts ---
+
+    async fn upload_create(&self, repository: &str) -> Result<UploadStatus>;
+    async fn upload_status(&self, repository: &str, id: &str) -> Result<UploadStatus>;
+    /// Append a chunk. With `start`, the chunk must begin at the current
+    /// offset, else `RangeMismatch`. Bytes received before the body broke off
+    /// are kept, so the client can resume from the reported offset.
+    async fn upload_append(
+        &self,
+        repository: &str,
+        id: &str,
+        start: Option<u64>,
+        data: ByteStream,
+    ) -> Result<UploadStatus>;
+    /// Append the last chunk (if any), verify the digest, store the blob and
+    /// link it into the repository. On a digest mismatch nothing is stored and
+    /// the session is discarded. Returns the blob size.
+    async fn upload_complete(
+        &self,
+        repository: &str,
+        id: &str,
+        digest: &Digest,
+        data: Option<ByteStream>,
+    ) -> Result<u64>;
+    async fn upload_cancel(&self, repository: &str, id: &str) -> Result<()>;
+
+    // --- manifests, tags and referrers ---
+
+    /// Store a manifest (bytes already verified against `digest`), link it
+    /// into the repository, record its referrer entry and point `tag` at it.
+    async fn manifest_put(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        bytes: Bytes,
+        meta: &ManifestMeta,
+        tag: Option<&str>,
+    ) -> Result<()>;
+    async fn manifest_meta(&self, repository: &str, digest: &Digest)
+        -> Result<Option<ManifestMeta>>;
+    /// Remove a manifest from a repository, with every tag pointing at it
+    /// and its referrer entry. Returns false when it was not there.
+    async fn manifest_delete(&self, repository: &str, digest: &Digest) -> Result<bool>;
+    async fn tag_resolve(&self, repository: &str, tag: &str) -> Result<Option<Digest>>;
+    /// Remove a tag only (the manifest stays). Returns false when it was not there.
+    async fn tag_delete(&self, repository: &str, tag: &str) -> Result<bool>;
+    /// All tags, sorted; `None` when the repository does not exist.
+    async fn tags(&self, repository: &str) -> Result<Option<Vec<String>>>;
+    /// Manifests in `repository` whose `subject` is `subject`, sorted by digest.
+    async fn referrers(&self, repository: &str, subject: &Digest) -> Result<Vec<Descriptor>>;
+    /// All repositories, sorted.
+    async fn repositories(&self) -> Result<Vec<String>>;
+}
+
+/// An inclusive byte range request; `end` None means "to the end".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ByteRange {
+    /// `bytes=start-end` or `bytes=start-`
+    From { start: u64, end: Option<u64> },
+    /// `bytes=-n`: the last n bytes
+    Suffix(u64),
+}
+
+impl ByteRange {
+    /// Resolve against a blob size to an inclusive (start, end), or `None`
+    /// when it cannot be satisfied (RFC 9110 §14.1.2).
+    pub fn resolve(self, size: u64) -> Option<(u64, u64)> {
+        match self {
+            ByteRange::From { start, end } => {
+                if start >= size {
+                    return None;
+                }
+                let end = end.unwrap_or(size - 1).min(size - 1);
+                (end >= start).then_some((start, end))
+            }
+            ByteRange::Suffix(n) => {
+                if n == 0 || size == 0 {
+                    return None;
+                }
+                Some((size.saturating_sub(n), size - 1))
+            }
+        }
+    }
+}
+
+/// Collect a stream into memory, refusing more than `limit` bytes.
+pub async fn collect_limited(mut stream: ByteStream, limit: usize) -> io::Result<Option<Bytes>> {
+    use futures::StreamExt;
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if buf.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Some(buf.freeze()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ByteRange;
+
+    #[test]
+    fn ranges_resolve() {
+        let r = |start, end| ByteRange::From { start, end };
+        assert_eq!(r(0, Some(9)).resolve(100), Some((0, 9)));
+        assert_eq!(r(90, None).resolve(100), Some((90, 99)));
+        assert_eq!(r(90, Some(500)).resolve(100), Some((90, 99)));
+        assert_eq!(r(100, None).resolve(100), None);
+        assert_eq!(r(5, Some(4)).resolve(100), None);
+        assert_eq!(ByteRange::Suffix(10).resolve(100), Some((90, 99)));
+        assert_eq!(ByteRange::Suffix(1000).resolve(100), Some((0, 99)));
+        assert_eq!(ByteRange::Suffix(0).resolve(100), None);
+        assert_eq!(r(0, None).resolve(0), None);
+    }
+}

@@ -1,0 +1,242 @@
+//! The test suite every storage backend must pass. Each backend's own tests
+//! call [`run_all`] on a fresh, empty store.
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::{
+    Algorithm, ByteRange, ByteStream, Digest, ManifestMeta, Storage, StorageError,
+};
+
+/// A one-chunk stream of `data`.
+pub fn stream_of(data: &[u8]) -> ByteStream {
+    let bytes = Bytes::copy_from_slice(data);
+    Box::pin(futures::stream::iter([Ok(bytes)]))
+}
+
+async fn read_all(storage: &dyn Storage, digest: &Digest, range: Option<ByteRange>) -> Vec<u8> {
+    let read = storage.blob_read(digest, range).await.expect("blob_read");
+    let mut out = Vec::new();
+    let mut stream = read.stream;
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk.expect("chunk"));
+    }
+    out
+}
+
+async fn push_blob(storage: &dyn Storage, repo: &str, data: &[u8]) -> Digest {
+    let digest = Digest::sha256_of(data);
+    let up = storage.upload_create(repo).await.expect("upload_create");
+    let size = storage
+        .upload_complete(repo, &up.id, &digest, Some(stream_of(data)))
+        .await
+        .expect("upload_complete");
+    assert_eq!(size, data.len() as u64);
+    digest
+}
+
+fn meta(media_type: &str, subject: Option<&Digest>) -> ManifestMeta {
+    ManifestMeta {
+        media_type: media_type.to_string(),
+        subject: subject.cloned(),
+        artifact_type: subject.map(|_| "application/x-test".to_string()),
+        annotations: None,
+    }
+}
+
+pub async fn run_all(storage: &dyn Storage) {
+    empty_store(storage).await;
+    monolithic_upload(storage).await;
+    chunked_upload(storage).await;
+    wrong_digest_stores_nothing(storage).await;
+    sha512_upload(storage).await;
+    cancel_upload(storage).await;
+    blobs_are_shared_but_linked_per_repository(storage).await;
+    ranges(storage).await;
+    manifests_tags_and_referrers(storage).await;
+    catalog_is_sorted_and_nested(storage).await;
+}
+
+async fn empty_store(s: &dyn Storage) {
+    let d = Digest::sha256_of(b"nothing");
+    assert_eq!(s.blob_size(&d).await.expect("size"), None);
+    assert!(matches!(s.blob_read(&d, None).await, Err(StorageError::BlobUnknown)));
+    assert!(s.tags("nope").await.expect("tags").is_none());
+    assert!(matches!(s.link_blob("r", &d).await, Err(StorageError::BlobUnknown)));
+}
+
+async fn monolithic_upload(s: &dyn Storage) {
+    let d = push_blob(s, "mono", b"monolithic").await;
+    assert_eq!(s.blob_size(&d).await.expect("size"), Some(10));
+    assert!(s.blob_linked("mono", &d).await.expect("linked"));
+    assert_eq!(read_all(s, &d, None).await, b"monolithic");
+    assert_eq!(s.blob_bytes(&d).await.expect("bytes").as_deref(), Some(&b"monolithic"[..]));
+    // Empty blobs are legal.
+    let empty = push_blob(s, "mono", b"").await;
+    assert_eq!(s.blob_size(&empty).await.expect("size"), Some(0));
+    assert!(read_all(s, &empty, None).await.is_empty());
+}
+
+async fn chunked_upload(s: &dyn Storage) {
+    let up = s.upload_create("chunks").await.expect("create");
+    assert_eq!(up.offset, 0);
+    let st = s
+        .upload_append("chunks", &up.id, Some(0), stream_of(b"abc"))
+        .await
+        .expect("first chunk");
+    assert_eq!(st.offset, 3);
+    match s.upload_append("chunks", &up.id, Some(1), stream_of(b"zzz")).await {
+        Err(StorageError::RangeMismatch { offset }) => assert_eq!(offset, 3),
+        other => panic!("out-of-order chunk accepted: {:?}", other.map(|s| s.offset)),
+    }
+    let st = s
+        .upload_append("chunks", &up.id, None, stream_of(b"def"))
+        .await
+        .expect("streamed chunk");
+    assert_eq!(st.offset, 6);
+    assert_eq!(s.upload_status("chunks", &up.id).await.expect("status").offset, 6);
+    // The session belongs to its repository only.
+    assert!(matches!(
+        s.upload_status("other", &up.id).await,
+        Err(StorageError::UploadUnknown)
+    ));
+    let d = Digest::sha256_of(b"abcdefgh");
+    s.upload_complete("chunks", &up.id, &d, Some(stream_of(b"gh")))
+        .await
+        .expect("complete");
+    assert_eq!(read_all(s, &d, None).await, b"abcdefgh");
+    assert!(matches!(
+        s.upload_status("chunks", &up.id).await,
+        Err(StorageError::UploadUnknown)
+    ));
+}
+
+async fn wrong_digest_stores_nothing(s: &dyn Storage) {
+    let up = s.upload_create("wrong").await.expect("create");
+    let claimed = Digest::sha256_of(b"something else");
+    let err = s
+        .upload_complete("wrong", &up.id, &claimed, Some(stream_of(b"actual content")))
+        .await
+        .expect_err("mismatch must fail");
+    assert!(matches!(err, StorageError::DigestMismatch { .. }));
+    assert_eq!(s.blob_size(&claimed).await.expect("size"), None);
+    assert_eq!(s.blob_size(&Digest::sha256_of(b"actual content")).await.expect("size"), None);
+    assert!(!s.blob_linked("wrong", &claimed).await.expect("linked"));
+}
+
+async fn sha512_upload(s: &dyn Storage) {
+    let data = b"sha512 content";
+    let d = Digest::of(Algorithm::Sha512, data);
+    let up = s.upload_create("five12").await.expect("create");
+    s.upload_append("five12", &up.id, None, stream_of(&data[..5]))
+        .await
+        .expect("append");
+    s.upload_complete("five12", &up.id, &d, Some(stream_of(&data[5..])))
+        .await
+        .expect("complete");
+    assert_eq!(read_all(s, &d, None).await, data);
+}
+
+async fn cancel_upload(s: &dyn Storage) {
+    let up = s.upload_create("cancel").await.expect("create");
+    s.upload_append("cancel", &up.id, None, stream_of(b"xyz"))
+        .await
+        .expect("append");
+    s.upload_cancel("cancel", &up.id).await.expect("cancel");
+    assert!(matches!(
+        s.upload_status("cancel", &up.id).await,
+        Err(StorageError::UploadUnknown)
+    ));
+    assert!(matches!(
+        s.upload_cancel("cancel", &up.id).await,
+        Err(StorageError::UploadUnknown)
+    ));
+}
+
+async fn blobs_are_shared_but_linked_per_repository(s: &dyn Storage) {
+    let d = push_blob(s, "share/a", b"shared bytes").await;
+    assert!(!s.blob_linked("share/b", &d).await.expect("linked"));
+    s.link_blob("share/b", &d).await.expect("mount");
+    assert!(s.blob_linked("share/b", &d).await.expect("linked"));
+    // Pushing the same content again is fine (dedup).
+    assert_eq!(push_blob(s, "share/c", b"shared bytes").await, d);
+    assert!(s.unlink_blob("share/a", &d).await.expect("unlink"));
+    assert!(!s.unlink_blob("share/a", &d).await.expect("unlink again"));
+    assert!(!s.blob_linked("share/a", &d).await.expect("linked"));
+    assert!(s.blob_linked("share/b", &d).await.expect("still in b"));
+}
+
+async fn ranges(s: &dyn Storage) {
+    let d = push_blob(s, "ranges", b"0123456789").await;
+    let r = |start, end| Some(ByteRange::From { start, end });
+    assert_eq!(read_all(s, &d, r(2, Some(4))).await, b"234");
+    assert_eq!(read_all(s, &d, r(7, None)).await, b"789");
+    assert_eq!(read_all(s, &d, Some(ByteRange::Suffix(2))).await, b"89");
+    let read = s.blob_read(&d, r(2, Some(4))).await.expect("range");
+    assert_eq!((read.size, read.range), (10, Some((2, 4))));
+    assert!(matches!(
+        s.blob_read(&d, r(10, None)).await,
+        Err(StorageError::RangeNotSatisfiable { size: 10 })
+    ));
+}
+
+async fn manifests_tags_and_referrers(s: &dyn Storage) {
+    let repo = "man/ifest";
+    let body = Bytes::from_static(b"{\"schemaVersion\":2}");
+    let d = Digest::sha256_of(&body);
+    let oci = "application/vnd.oci.image.manifest.v1+json";
+    assert!(s.manifest_meta(repo, &d).await.expect("meta").is_none());
+    s.manifest_put(repo, &d, body.clone(), &meta(oci, None), Some("v1"))
+        .await
+        .expect("put");
+    s.manifest_put(repo, &d, body.clone(), &meta(oci, None), Some("latest"))
+        .await
+        .expect("put again under another tag");
+    assert_eq!(s.manifest_meta(repo, &d).await.expect("meta"), Some(meta(oci, None)));
+    assert_eq!(s.blob_bytes(&d).await.expect("bytes"), Some(body.clone()));
+    assert_eq!(s.tag_resolve(repo, "v1").await.expect("tag"), Some(d.clone()));
+    assert_eq!(
+        s.tags(repo).await.expect("tags"),
+        Some(vec!["latest".to_string(), "v1".to_string()])
+    );
+    // Another repository does not see it.
+    assert!(s.manifest_meta("man/other", &d).await.expect("meta").is_none());
+
+    // A referrer whose subject is not stored is still accepted and listed.
+    let ref_body = Bytes::from_static(b"{\"schemaVersion\":2,\"subject\":1}");
+    let rd = Digest::sha256_of(&ref_body);
+    let subject = Digest::sha256_of(b"not pushed yet");
+    s.manifest_put(repo, &rd, ref_body.clone(), &meta(oci, Some(&subject)), None)
+        .await
+        .expect("put referrer");
+    let refs = s.referrers(repo, &subject).await.expect("referrers");
+    assert_eq!(refs.len(), 1);
+    assert_eq!(refs[0].digest, rd);
+    assert_eq!(refs[0].size, ref_body.len() as u64);
+    assert_eq!(refs[0].artifact_type.as_deref(), Some("application/x-test"));
+    assert!(s.referrers("man/other", &subject).await.expect("refs").is_empty());
+
+    // Deleting a tag leaves the manifest; deleting the manifest takes its tags.
+    assert!(s.tag_delete(repo, "v1").await.expect("tag delete"));
+    assert!(!s.tag_delete(repo, "v1").await.expect("tag delete again"));
+    assert!(s.manifest_meta(repo, &d).await.expect("meta").is_some());
+    assert!(s.manifest_delete(repo, &d).await.expect("delete"));
+    assert!(!s.manifest_delete(repo, &d).await.expect("delete again"));
+    assert_eq!(s.tag_resolve(repo, "latest").await.expect("tag"), None);
+    assert!(s.manifest_delete(repo, &rd).await.expect("delete referrer"));
+    assert!(s.referrers(repo, &subject).await.expect("refs").is_empty());
+    assert_eq!(s.tags(repo).await.expect("tags"), Some(vec![]));
+}
+
+async fn catalog_is_sorted_and_nested(s: &dyn Storage) {
+    push_blob(s, "zz/top", b"z").await;
+    push_blob(s, "zz/top/nested", b"n").await;
+    let repos = s.repositories().await.expect("repositories");
+    let mut sorted = repos.clone();
+    sorted.sort();
+    assert_eq!(repos, sorted);
+    for expected in ["mono", "chunks", "share/a", "zz/top", "zz/top/nested"] {
+        assert!(repos.iter().any(|r| r == expected), "{expected} missing from {repos:?}");
+    }
+    assert!(!repos.iter().any(|r| r == "wrong"), "failed upload created a repository");
+}
