@@ -41,7 +41,9 @@ pub struct Digest {
 /// Why a string is not a usable digest.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DigestError {
-    #[error("digest {0:?} is malformed: expected ALGORITHM:HEX, e.g. sha256:<64 lowercase hex digits>")]
+    #[error(
+        "digest {0:?} is malformed: expected ALGORITHM:HEX, e.g. sha256:<64 lowercase hex digits>"
+    )]
     Malformed(String),
     #[error("digest algorithm {0:?} is not supported: use sha256 or sha512")]
     Unsupported(String),

@@ -220,8 +220,11 @@ impl Paths {
     }
 
     fn referrer(&self, repository: &str, subject: &Digest, d: &Digest) -> PathBuf {
-        self.referrers_dir(repository, subject)
-            .join(format!("{}-{}", d.algorithm().as_str(), d.hex()))
+        self.referrers_dir(repository, subject).join(format!(
+            "{}-{}",
+            d.algorithm().as_str(),
+            d.hex()
+        ))
     }
 
     fn upload_dir(&self, id: &str) -> PathBuf {
@@ -234,7 +237,10 @@ impl Paths {
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent)?;
         }
-        let tmp = self.root.join("tmp").join(uuid::Uuid::new_v4().simple().to_string());
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(uuid::Uuid::new_v4().simple().to_string());
         let result = (|| {
             let mut f = File::create(&tmp)?;
             f.write_all(data)?;
@@ -406,7 +412,10 @@ impl Storage for FsStorage {
         .await?;
         let range = match range {
             None => None,
-            Some(r) => Some(r.resolve(size).ok_or(StorageError::RangeNotSatisfiable { size })?),
+            Some(r) => Some(
+                r.resolve(size)
+                    .ok_or(StorageError::RangeNotSatisfiable { size })?,
+            ),
         };
         let (start, end) = range.unwrap_or((0, size.saturating_sub(1)));
         let len = if size == 0 { 0 } else { end - start + 1 };
@@ -531,7 +540,8 @@ impl Storage for FsStorage {
         let paths = self.paths();
         let (state, hasher) = match data {
             Some(data) => {
-                let (state, hasher, body_error) = self.append_stream(id, state, data, false).await?;
+                let (state, hasher, body_error) =
+                    self.append_stream(id, state, data, false).await?;
                 if let Some(e) = body_error {
                     // Keep what arrived so the client can resume from the offset.
                     let (p, id) = (paths.clone(), id.to_string());
@@ -786,11 +796,19 @@ mod tests {
             .expect("append");
         drop(storage);
         let storage = FsStorage::open(dir.path().join("data")).expect("reopen");
-        let again = storage.upload_status("a/b", &status.id).await.expect("status");
+        let again = storage
+            .upload_status("a/b", &status.id)
+            .await
+            .expect("status");
         assert_eq!(again.offset, 6);
         let digest = Digest::sha256_of(b"hello world");
         storage
-            .upload_complete("a/b", &status.id, &digest, Some(testsuite::stream_of(b"world")))
+            .upload_complete(
+                "a/b",
+                &status.id,
+                &digest,
+                Some(testsuite::stream_of(b"world")),
+            )
             .await
             .expect("complete");
         assert!(storage.blob_linked("a/b", &digest).await.expect("linked"));
@@ -806,16 +824,30 @@ mod tests {
             .expect("append");
         // Simulate a crash after bytes hit the data file but before the state was saved.
         let data = storage.root().join("uploads").join(&status.id).join("data");
-        let mut f = OpenOptions::new().append(true).open(&data).expect("open data");
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(&data)
+            .expect("open data");
         f.write_all(b"GARBAGE").expect("write");
         drop(f);
-        assert_eq!(storage.upload_status("r", &status.id).await.expect("status").offset, 3);
+        assert_eq!(
+            storage
+                .upload_status("r", &status.id)
+                .await
+                .expect("status")
+                .offset,
+            3
+        );
         let digest = Digest::sha256_of(b"abcdef");
         storage
             .upload_complete("r", &status.id, &digest, Some(testsuite::stream_of(b"def")))
             .await
             .expect("complete after crash leftovers");
-        let bytes = storage.blob_bytes(&digest).await.expect("read").expect("present");
+        let bytes = storage
+            .blob_bytes(&digest)
+            .await
+            .expect("read")
+            .expect("present");
         assert_eq!(&bytes[..], b"abcdef");
     }
 
@@ -825,14 +857,24 @@ mod tests {
         let status = storage.upload_create("r").await.expect("create");
         let broken: ByteStream = Box::pin(futures::stream::iter(vec![
             Ok(Bytes::from_static(b"12345")),
-            Err(io::Error::new(ErrorKind::ConnectionReset, "client went away")),
+            Err(io::Error::new(
+                ErrorKind::ConnectionReset,
+                "client went away",
+            )),
         ]));
         let err = storage
             .upload_append("r", &status.id, None, broken)
             .await
             .expect_err("interrupted");
         assert!(matches!(err, StorageError::BodyInterrupted(_)));
-        assert_eq!(storage.upload_status("r", &status.id).await.expect("status").offset, 5);
+        assert_eq!(
+            storage
+                .upload_status("r", &status.id)
+                .await
+                .expect("status")
+                .offset,
+            5
+        );
         assert!(storage.repositories().await.expect("repos").is_empty());
     }
 

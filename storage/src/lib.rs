@@ -154,8 +154,11 @@ pub trait Storage: Send + Sync + 'static {
         meta: &ManifestMeta,
         tag: Option<&str>,
     ) -> Result<()>;
-    async fn manifest_meta(&self, repository: &str, digest: &Digest)
-        -> Result<Option<ManifestMeta>>;
+    async fn manifest_meta(
+        &self,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<Option<ManifestMeta>>;
     /// Remove a manifest from a repository, with every tag pointing at it
     /// and its referrer entry. Returns false when it was not there.
     async fn manifest_delete(&self, repository: &str, digest: &Digest) -> Result<bool>;

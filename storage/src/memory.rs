@@ -81,7 +81,10 @@ impl Storage for MemoryStorage {
         let size = blob.len() as u64;
         let range = match range {
             None => None,
-            Some(r) => Some(r.resolve(size).ok_or(StorageError::RangeNotSatisfiable { size })?),
+            Some(r) => Some(
+                r.resolve(size)
+                    .ok_or(StorageError::RangeNotSatisfiable { size })?,
+            ),
         };
         let body = match range {
             Some((start, end)) => blob.slice(start as usize..=end as usize),
@@ -263,7 +266,11 @@ impl Storage for MemoryStorage {
     }
 
     async fn tag_resolve(&self, repository: &str, tag: &str) -> Result<Option<Digest>> {
-        Ok(self.with(|s| s.repos.get(repository).and_then(|r| r.tags.get(tag).cloned())))
+        Ok(self.with(|s| {
+            s.repos
+                .get(repository)
+                .and_then(|r| r.tags.get(tag).cloned())
+        }))
     }
 
     async fn tag_delete(&self, repository: &str, tag: &str) -> Result<bool> {
@@ -275,7 +282,11 @@ impl Storage for MemoryStorage {
     }
 
     async fn tags(&self, repository: &str) -> Result<Option<Vec<String>>> {
-        Ok(self.with(|s| s.repos.get(repository).map(|r| r.tags.keys().cloned().collect())))
+        Ok(self.with(|s| {
+            s.repos
+                .get(repository)
+                .map(|r| r.tags.keys().cloned().collect())
+        }))
     }
 
     async fn referrers(&self, repository: &str, subject: &Digest) -> Result<Vec<Descriptor>> {

@@ -32,7 +32,15 @@ mod tests {
 
     #[test]
     fn names() {
-        for ok in ["a", "library/busybox", "a/b/c", "my-app", "a__b", "a.b", "x--y/z_1"] {
+        for ok in [
+            "a",
+            "library/busybox",
+            "a/b/c",
+            "my-app",
+            "a__b",
+            "a.b",
+            "x--y/z_1",
+        ] {
             assert!(is_valid_repository_name(ok), "{ok}");
         }
         for bad in [

@@ -4,9 +4,7 @@
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::{
-    Algorithm, ByteRange, ByteStream, Digest, ManifestMeta, Storage, StorageError,
-};
+use crate::{Algorithm, ByteRange, ByteStream, Digest, ManifestMeta, Storage, StorageError};
 
 /// A one-chunk stream of `data`.
 pub fn stream_of(data: &[u8]) -> ByteStream {
@@ -60,9 +58,15 @@ pub async fn run_all(storage: &dyn Storage) {
 async fn empty_store(s: &dyn Storage) {
     let d = Digest::sha256_of(b"nothing");
     assert_eq!(s.blob_size(&d).await.expect("size"), None);
-    assert!(matches!(s.blob_read(&d, None).await, Err(StorageError::BlobUnknown)));
+    assert!(matches!(
+        s.blob_read(&d, None).await,
+        Err(StorageError::BlobUnknown)
+    ));
     assert!(s.tags("nope").await.expect("tags").is_none());
-    assert!(matches!(s.link_blob("r", &d).await, Err(StorageError::BlobUnknown)));
+    assert!(matches!(
+        s.link_blob("r", &d).await,
+        Err(StorageError::BlobUnknown)
+    ));
 }
 
 async fn monolithic_upload(s: &dyn Storage) {
@@ -70,7 +74,10 @@ async fn monolithic_upload(s: &dyn Storage) {
     assert_eq!(s.blob_size(&d).await.expect("size"), Some(10));
     assert!(s.blob_linked("mono", &d).await.expect("linked"));
     assert_eq!(read_all(s, &d, None).await, b"monolithic");
-    assert_eq!(s.blob_bytes(&d).await.expect("bytes").as_deref(), Some(&b"monolithic"[..]));
+    assert_eq!(
+        s.blob_bytes(&d).await.expect("bytes").as_deref(),
+        Some(&b"monolithic"[..])
+    );
     // Empty blobs are legal.
     let empty = push_blob(s, "mono", b"").await;
     assert_eq!(s.blob_size(&empty).await.expect("size"), Some(0));
@@ -85,7 +92,10 @@ async fn chunked_upload(s: &dyn Storage) {
         .await
         .expect("first chunk");
     assert_eq!(st.offset, 3);
-    match s.upload_append("chunks", &up.id, Some(1), stream_of(b"zzz")).await {
+    match s
+        .upload_append("chunks", &up.id, Some(1), stream_of(b"zzz"))
+        .await
+    {
         Err(StorageError::RangeMismatch { offset }) => assert_eq!(offset, 3),
         other => panic!("out-of-order chunk accepted: {:?}", other.map(|s| s.offset)),
     }
@@ -94,7 +104,13 @@ async fn chunked_upload(s: &dyn Storage) {
         .await
         .expect("streamed chunk");
     assert_eq!(st.offset, 6);
-    assert_eq!(s.upload_status("chunks", &up.id).await.expect("status").offset, 6);
+    assert_eq!(
+        s.upload_status("chunks", &up.id)
+            .await
+            .expect("status")
+            .offset,
+        6
+    );
     // The session belongs to its repository only.
     assert!(matches!(
         s.upload_status("other", &up.id).await,
@@ -115,12 +131,22 @@ async fn wrong_digest_stores_nothing(s: &dyn Storage) {
     let up = s.upload_create("wrong").await.expect("create");
     let claimed = Digest::sha256_of(b"something else");
     let err = s
-        .upload_complete("wrong", &up.id, &claimed, Some(stream_of(b"actual content")))
+        .upload_complete(
+            "wrong",
+            &up.id,
+            &claimed,
+            Some(stream_of(b"actual content")),
+        )
         .await
         .expect_err("mismatch must fail");
     assert!(matches!(err, StorageError::DigestMismatch { .. }));
     assert_eq!(s.blob_size(&claimed).await.expect("size"), None);
-    assert_eq!(s.blob_size(&Digest::sha256_of(b"actual content")).await.expect("size"), None);
+    assert_eq!(
+        s.blob_size(&Digest::sha256_of(b"actual content"))
+            .await
+            .expect("size"),
+        None
+    );
     assert!(!s.blob_linked("wrong", &claimed).await.expect("linked"));
 }
 
@@ -192,29 +218,49 @@ async fn manifests_tags_and_referrers(s: &dyn Storage) {
     s.manifest_put(repo, &d, body.clone(), &meta(oci, None), Some("latest"))
         .await
         .expect("put again under another tag");
-    assert_eq!(s.manifest_meta(repo, &d).await.expect("meta"), Some(meta(oci, None)));
+    assert_eq!(
+        s.manifest_meta(repo, &d).await.expect("meta"),
+        Some(meta(oci, None))
+    );
     assert_eq!(s.blob_bytes(&d).await.expect("bytes"), Some(body.clone()));
-    assert_eq!(s.tag_resolve(repo, "v1").await.expect("tag"), Some(d.clone()));
+    assert_eq!(
+        s.tag_resolve(repo, "v1").await.expect("tag"),
+        Some(d.clone())
+    );
     assert_eq!(
         s.tags(repo).await.expect("tags"),
         Some(vec!["latest".to_string(), "v1".to_string()])
     );
     // Another repository does not see it.
-    assert!(s.manifest_meta("man/other", &d).await.expect("meta").is_none());
+    assert!(s
+        .manifest_meta("man/other", &d)
+        .await
+        .expect("meta")
+        .is_none());
 
     // A referrer whose subject is not stored is still accepted and listed.
     let ref_body = Bytes::from_static(b"{\"schemaVersion\":2,\"subject\":1}");
     let rd = Digest::sha256_of(&ref_body);
     let subject = Digest::sha256_of(b"not pushed yet");
-    s.manifest_put(repo, &rd, ref_body.clone(), &meta(oci, Some(&subject)), None)
-        .await
-        .expect("put referrer");
+    s.manifest_put(
+        repo,
+        &rd,
+        ref_body.clone(),
+        &meta(oci, Some(&subject)),
+        None,
+    )
+    .await
+    .expect("put referrer");
     let refs = s.referrers(repo, &subject).await.expect("referrers");
     assert_eq!(refs.len(), 1);
     assert_eq!(refs[0].digest, rd);
     assert_eq!(refs[0].size, ref_body.len() as u64);
     assert_eq!(refs[0].artifact_type.as_deref(), Some("application/x-test"));
-    assert!(s.referrers("man/other", &subject).await.expect("refs").is_empty());
+    assert!(s
+        .referrers("man/other", &subject)
+        .await
+        .expect("refs")
+        .is_empty());
 
     // Deleting a tag leaves the manifest; deleting the manifest takes its tags.
     assert!(s.tag_delete(repo, "v1").await.expect("tag delete"));
@@ -236,7 +282,13 @@ async fn catalog_is_sorted_and_nested(s: &dyn Storage) {
     sorted.sort();
     assert_eq!(repos, sorted);
     for expected in ["mono", "chunks", "share/a", "zz/top", "zz/top/nested"] {
-        assert!(repos.iter().any(|r| r == expected), "{expected} missing from {repos:?}");
+        assert!(
+            repos.iter().any(|r| r == expected),
+            "{expected} missing from {repos:?}"
+        );
     }
-    assert!(!repos.iter().any(|r| r == "wrong"), "failed upload created a repository");
+    assert!(
+        !repos.iter().any(|r| r == "wrong"),
+        "failed upload created a repository"
+    );
 }

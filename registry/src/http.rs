@@ -1,0 +1,166 @@
+//! Header and query-string helpers (pure functions).
+
+use axum::http::{HeaderMap, HeaderValue};
+use berth_storage::ByteRange;
+
+/// The `Range` header of an upload: `0-<last byte>`. An empty upload is
+/// reported as `0-0`, as the reference registry and Docker clients expect.
+pub fn upload_range(offset: u64) -> HeaderValue {
+    let end = offset.saturating_sub(1);
+    HeaderValue::from_str(&format!("0-{end}")).unwrap_or(HeaderValue::from_static("0-0"))
+}
+
+pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Parse a blob GET `Range: bytes=a-b | a- | -n`. Only a single range is
+/// supported; `Err` means the header is malformed or asks for several ranges.
+pub fn parse_range(value: &str) -> Result<ByteRange, ()> {
+    let spec = value.trim().strip_prefix("bytes=").ok_or(())?;
+    if spec.contains(',') {
+        return Err(());
+    }
+    let (start, end) = spec.split_once('-').ok_or(())?;
+    let num = |s: &str| s.trim().parse::<u64>().map_err(|_| ());
+    match (start.trim(), end.trim()) {
+        ("", "") => Err(()),
+        ("", n) => Ok(ByteRange::Suffix(num(n)?)),
+        (s, "") => Ok(ByteRange::From {
+            start: num(s)?,
+            end: None,
+        }),
+        (s, e) => Ok(ByteRange::From {
+            start: num(s)?,
+            end: Some(num(e)?),
+        }),
+    }
+}
+
+/// Parse an upload chunk's `Content-Range: <start>-<end>` (the spec's form;
+/// `bytes start-end[/total]` is accepted too). Returns inclusive (start, end).
+pub fn parse_content_range(value: &str) -> Result<(u64, u64), ()> {
+    let v = value.trim();
+    let v = v.strip_prefix("bytes").map(str::trim_start).unwrap_or(v);
+    let v = v.strip_prefix('=').unwrap_or(v);
+    let v = v.split('/').next().unwrap_or(v);
+    let (start, end) = v.split_once('-').ok_or(())?;
+    let start = start.trim().parse::<u64>().map_err(|_| ())?;
+    let end = end.trim().parse::<u64>().map_err(|_| ())?;
+    if end < start {
+        return Err(());
+    }
+    Ok((start, end))
+}
+
+/// Query parameters, percent-decoded. Repeated keys keep the first value.
+pub fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    let query = query?;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k) == key).then(|| percent_decode(v))
+    })
+}
+
+/// Hand-written because it is ten lines and only used on query values.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Percent-encode a value for use in a query string (for `Link` headers).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(
+            parse_range("bytes=0-9"),
+            Ok(ByteRange::From {
+                start: 0,
+                end: Some(9)
+            })
+        );
+        assert_eq!(
+            parse_range("bytes=5-"),
+            Ok(ByteRange::From {
+                start: 5,
+                end: None
+            })
+        );
+        assert_eq!(parse_range("bytes=-3"), Ok(ByteRange::Suffix(3)));
+        for bad in [
+            "0-9",
+            "bytes=",
+            "bytes=-",
+            "bytes=a-b",
+            "bytes=0-1,3-4",
+            "items=0-1",
+        ] {
+            assert_eq!(parse_range(bad), Err(()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(parse_content_range("0-99"), Ok((0, 99)));
+        assert_eq!(parse_content_range("bytes 100-199/*"), Ok((100, 199)));
+        assert_eq!(parse_content_range("bytes=5-5"), Ok((5, 5)));
+        for bad in ["", "5", "9-5", "a-b", "-5"] {
+            assert_eq!(parse_content_range(bad), Err(()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn queries() {
+        let q = Some("n=2&last=a%2Fb&digest=sha256%3Aab&empty");
+        assert_eq!(query_param(q, "n").as_deref(), Some("2"));
+        assert_eq!(query_param(q, "last").as_deref(), Some("a/b"));
+        assert_eq!(query_param(q, "digest").as_deref(), Some("sha256:ab"));
+        assert_eq!(query_param(q, "empty").as_deref(), Some(""));
+        assert_eq!(query_param(q, "missing"), None);
+        assert_eq!(query_param(Some("x=%zz%4"), "x").as_deref(), Some("%zz%4"));
+        assert_eq!(percent_encode("a b:c"), "a%20b%3Ac");
+    }
+
+    #[test]
+    fn upload_ranges() {
+        assert_eq!(upload_range(0), "0-0");
+        assert_eq!(upload_range(10), "0-9");
+    }
+}

@@ -1,0 +1,190 @@
+//! `PUT/GET/HEAD/DELETE /v2/<name>/manifests/<reference>`
+
+use axum::http::{header, StatusCode};
+use axum::response::Response;
+use berth_storage::names::is_valid_tag;
+use berth_storage::{collect_limited, Digest, Storage};
+
+use crate::error::{ApiResult, Code, RegistryError};
+use crate::manifest::{self, Reference, MAX_MANIFEST_BYTES};
+use crate::{body_stream, bytes_response, empty, header_value, Req};
+use axum::body::Body;
+
+/// A manifest reference: a tag or a digest.
+enum Ref<'a> {
+    Tag(&'a str),
+    Digest(Digest),
+}
+
+fn parse_reference(reference: &str) -> ApiResult<Ref<'_>> {
+    if reference.contains(':') {
+        return Ok(Ref::Digest(
+            reference.parse().map_err(RegistryError::digest)?,
+        ));
+    }
+    if !is_valid_tag(reference) {
+        return Err(RegistryError::bad_request(
+            Code::ManifestInvalid,
+            format!(
+                "invalid tag {reference:?}: up to 128 of [A-Za-z0-9_.-], not starting with . or -"
+            ),
+        ));
+    }
+    Ok(Ref::Tag(reference))
+}
+
+fn manifest_unknown(name: &str, reference: &str) -> RegistryError {
+    RegistryError::not_found(
+        Code::ManifestUnknown,
+        format!("manifest {reference} is not in repository {name}"),
+    )
+}
+
+pub async fn put(
+    s: &dyn Storage,
+    name: &str,
+    reference: &str,
+    req: &Req,
+    body: Body,
+) -> ApiResult<Response> {
+    let reference = parse_reference(reference)?;
+    let content_type = req.header("content-type").map(str::to_string);
+    let body = collect_limited(body_stream(body), MAX_MANIFEST_BYTES)
+        .await
+        .map_err(|e| {
+            RegistryError::bad_request(
+                Code::ManifestInvalid,
+                format!("manifest body ended early: {e}"),
+            )
+        })?
+        .ok_or_else(|| {
+            RegistryError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Code::SizeInvalid,
+                format!("manifest larger than {MAX_MANIFEST_BYTES} bytes"),
+            )
+        })?;
+    let parsed = manifest::parse(&body, content_type.as_deref())?;
+    let (digest, tag) = match reference {
+        Ref::Digest(claimed) => {
+            let actual = Digest::of(claimed.algorithm(), &body);
+            if actual != claimed {
+                return Err(RegistryError::bad_request(
+                    Code::DigestInvalid,
+                    format!("manifest digest is {actual}, not {claimed} as the URL says"),
+                ));
+            }
+            (actual, None)
+        }
+        Ref::Tag(tag) => (Digest::sha256_of(&body), Some(tag)),
+    };
+    for r in &parsed.references {
+        let present = match r {
+            Reference::Blob(d) => s.blob_linked(name, d).await?,
+            Reference::Manifest(d) => s.manifest_meta(name, d).await?.is_some(),
+        };
+        if !present {
+            let (what, d) = match r {
+                Reference::Blob(d) => ("blob", d),
+                Reference::Manifest(d) => ("manifest", d),
+            };
+            return Err(RegistryError::bad_request(
+                Code::ManifestBlobUnknown,
+                format!("{what} {d} referenced by the manifest is not in repository {name}: push it first"),
+            ));
+        }
+    }
+    s.manifest_put(name, &digest, body, &parsed.meta, tag)
+        .await?;
+    let mut r = empty(StatusCode::CREATED);
+    let h = r.headers_mut();
+    h.insert(
+        header::LOCATION,
+        header_value(&format!("/v2/{name}/manifests/{digest}")),
+    );
+    h.insert("Docker-Content-Digest", header_value(&digest.to_string()));
+    if let Some(subject) = &parsed.meta.subject {
+        h.insert("OCI-Subject", header_value(&subject.to_string()));
+    }
+    Ok(r)
+}
+
+pub async fn get(s: &dyn Storage, name: &str, reference: &str, req: &Req) -> ApiResult<Response> {
+    let head = req.method == axum::http::Method::HEAD;
+    let (mut digest, by_tag) = match parse_reference(reference) {
+        Ok(Ref::Digest(d)) => (d, false),
+        Ok(Ref::Tag(tag)) => (
+            s.tag_resolve(name, tag)
+                .await?
+                .ok_or_else(|| manifest_unknown(name, reference))?,
+            true,
+        ),
+        // An invalid tag names no manifest.
+        Err(e) if e.code == Code::ManifestInvalid => return Err(manifest_unknown(name, reference)),
+        Err(e) => return Err(e),
+    };
+    let mut meta = s
+        .manifest_meta(name, &digest)
+        .await?
+        .ok_or_else(|| manifest_unknown(name, reference))?;
+    let mut bytes = s
+        .blob_bytes(&digest)
+        .await?
+        .ok_or_else(|| manifest_unknown(name, reference))?;
+
+    let accept: Vec<&str> = req
+        .headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if let Some(accepted) = manifest::accepted_manifest_types(&accept) {
+        if !accepted.contains(&meta.media_type) {
+            // A client that cannot read an index gets its linux/amd64 image,
+            // as the reference registry does; only by tag, since a digest names exact bytes.
+            let child = if by_tag {
+                manifest::default_platform_child(&bytes).filter(|(_, mt)| accepted.contains(mt))
+            } else {
+                None
+            };
+            let Some((child, _)) = child else {
+                return Err(RegistryError::not_found(
+                    Code::ManifestUnknown,
+                    format!(
+                        "manifest {reference} is {}, which the Accept header does not list",
+                        meta.media_type
+                    ),
+                ));
+            };
+            meta = s
+                .manifest_meta(name, &child)
+                .await?
+                .ok_or_else(|| manifest_unknown(name, reference))?;
+            bytes = s
+                .blob_bytes(&child)
+                .await?
+                .ok_or_else(|| manifest_unknown(name, reference))?;
+            digest = child;
+        }
+    }
+    let mut r = bytes_response(StatusCode::OK, &meta.media_type, bytes, head);
+    let h = r.headers_mut();
+    h.insert("Docker-Content-Digest", header_value(&digest.to_string()));
+    h.insert(header::ETAG, header_value(&format!("\"{digest}\"")));
+    if let Some(subject) = &meta.subject {
+        h.insert("OCI-Subject", header_value(&subject.to_string()));
+    }
+    Ok(r)
+}
+
+pub async fn delete(s: &dyn Storage, name: &str, reference: &str) -> ApiResult<Response> {
+    let removed = match parse_reference(reference)? {
+        // Deleting a tag removes only the tag.
+        Ref::Tag(tag) => s.tag_delete(name, tag).await?,
+        Ref::Digest(digest) => s.manifest_delete(name, &digest).await?,
+    };
+    if !removed {
+        return Err(manifest_unknown(name, reference));
+    }
+    Ok(empty(StatusCode::ACCEPTED))
+}

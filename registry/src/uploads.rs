@@ -1,0 +1,156 @@
+//! Blob uploads: `POST /v2/<name>/blobs/uploads/` (with `?digest=`, `?mount=`),
+//! and `GET/PATCH/PUT/DELETE /v2/<name>/blobs/uploads/<id>`.
+
+use axum::http::{header, StatusCode};
+use axum::response::Response;
+use berth_storage::names::is_valid_repository_name;
+use berth_storage::{Digest, Storage, UploadStatus};
+
+use crate::blobs::parse_digest;
+use crate::error::{ApiResult, Code, RegistryError};
+use crate::{body_stream, empty, header_value, http, Req};
+use axum::body::Body;
+
+/// 202 with where the upload stands. The URL never changes during an upload,
+/// so any Location a client kept stays valid.
+fn upload_response(status: StatusCode, name: &str, upload: &UploadStatus) -> Response {
+    let mut r = empty(status);
+    let h = r.headers_mut();
+    h.insert(
+        header::LOCATION,
+        header_value(&format!("/v2/{name}/blobs/uploads/{}", upload.id)),
+    );
+    h.insert(header::RANGE, http::upload_range(upload.offset));
+    h.insert("Docker-Upload-UUID", header_value(&upload.id));
+    r
+}
+
+fn blob_created(name: &str, digest: &Digest) -> Response {
+    let mut r = empty(StatusCode::CREATED);
+    let h = r.headers_mut();
+    h.insert(
+        header::LOCATION,
+        header_value(&format!("/v2/{name}/blobs/{digest}")),
+    );
+    h.insert("Docker-Content-Digest", header_value(&digest.to_string()));
+    r
+}
+
+fn required_digest(req: &Req) -> ApiResult<Digest> {
+    let value = req.param("digest").ok_or_else(|| {
+        RegistryError::bad_request(
+            Code::DigestInvalid,
+            "missing ?digest= on the final PUT of an upload",
+        )
+    })?;
+    parse_digest(&value)
+}
+
+/// Reject a chunk whose declared range does not begin at `offset`, or whose
+/// length disagrees with Content-Length.
+fn check_content_range(req: &Req, offset: Option<u64>) -> ApiResult<Option<u64>> {
+    let Some(value) = req.header("content-range") else {
+        return Ok(None);
+    };
+    let (start, end) = http::parse_content_range(value).map_err(|_| {
+        RegistryError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            Code::BlobUploadInvalid,
+            format!("malformed Content-Range {value:?}: expected START-END"),
+        )
+    })?;
+    if let Some(len) = req
+        .header("content-length")
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len != end - start + 1 {
+            return Err(RegistryError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                Code::BlobUploadInvalid,
+                format!(
+                    "Content-Range {value} covers {} bytes but Content-Length is {len}",
+                    end - start + 1
+                ),
+            ));
+        }
+    }
+    if let Some(offset) = offset {
+        if start != offset {
+            return Err(berth_storage::StorageError::RangeMismatch { offset }.into());
+        }
+    }
+    Ok(Some(start))
+}
+
+pub async fn start(s: &dyn Storage, name: &str, req: &Req, body: Body) -> ApiResult<Response> {
+    if let Some(mount) = req.param("mount") {
+        let digest = parse_digest(&mount)?;
+        let from = req.param("from");
+        let source_has_it = match from.as_deref() {
+            Some(from) if is_valid_repository_name(from) => s.blob_linked(from, &digest).await?,
+            Some(_) => false,
+            // No `from`: mount when the registry already holds the blob.
+            None => s.blob_size(&digest).await?.is_some(),
+        };
+        if source_has_it {
+            s.link_blob(name, &digest).await?;
+            return Ok(blob_created(name, &digest));
+        }
+        // Fall back to a normal upload, as the spec requires.
+    }
+    let digest = req.param("digest").map(|d| parse_digest(&d)).transpose()?;
+    let upload = s.upload_create(name).await?;
+    match digest {
+        Some(digest) => {
+            let result = s
+                .upload_complete(name, &upload.id, &digest, Some(body_stream(body)))
+                .await;
+            if result.is_err() {
+                // A failed single-request upload has no URL the client knows: drop it.
+                let _ = s.upload_cancel(name, &upload.id).await;
+            }
+            result?;
+            Ok(blob_created(name, &digest))
+        }
+        None => Ok(upload_response(StatusCode::ACCEPTED, name, &upload)),
+    }
+}
+
+pub async fn status(s: &dyn Storage, name: &str, id: &str) -> ApiResult<Response> {
+    let upload = s.upload_status(name, id).await?;
+    Ok(upload_response(StatusCode::NO_CONTENT, name, &upload))
+}
+
+pub async fn patch(
+    s: &dyn Storage,
+    name: &str,
+    id: &str,
+    req: &Req,
+    body: Body,
+) -> ApiResult<Response> {
+    let start = check_content_range(req, None)?;
+    let upload = s.upload_append(name, id, start, body_stream(body)).await?;
+    Ok(upload_response(StatusCode::ACCEPTED, name, &upload))
+}
+
+pub async fn finish(
+    s: &dyn Storage,
+    name: &str,
+    id: &str,
+    req: &Req,
+    body: Body,
+) -> ApiResult<Response> {
+    let digest = required_digest(req)?;
+    if req.header("content-range").is_some() {
+        let offset = s.upload_status(name, id).await?.offset;
+        check_content_range(req, Some(offset))?;
+    }
+    s.upload_complete(name, id, &digest, Some(body_stream(body)))
+        .await?;
+    Ok(blob_created(name, &digest))
+}
+
+pub async fn cancel(s: &dyn Storage, name: &str, id: &str) -> ApiResult<Response> {
+    s.upload_cancel(name, id).await?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
