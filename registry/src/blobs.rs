@@ -26,7 +26,7 @@ pub async fn get(s: &dyn Storage, name: &str, digest: &str, req: &Req) -> ApiRes
     }
     let head = req.method == axum::http::Method::HEAD;
     let range = match req.header("range") {
-        Some(value) if !head => Some(http::parse_range(value).map_err(|_| {
+        Some(value) if !head => Some(http::parse_range(value).ok_or_else(|| {
             RegistryError::new(
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 Code::BlobUnknown,

@@ -15,22 +15,22 @@ pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// Parse a blob GET `Range: bytes=a-b | a- | -n`. Only a single range is
-/// supported; `Err` means the header is malformed or asks for several ranges.
-pub fn parse_range(value: &str) -> Result<ByteRange, ()> {
-    let spec = value.trim().strip_prefix("bytes=").ok_or(())?;
+/// supported; `None` means the header is malformed or asks for several ranges.
+pub fn parse_range(value: &str) -> Option<ByteRange> {
+    let spec = value.trim().strip_prefix("bytes=")?;
     if spec.contains(',') {
-        return Err(());
+        return None;
     }
-    let (start, end) = spec.split_once('-').ok_or(())?;
-    let num = |s: &str| s.trim().parse::<u64>().map_err(|_| ());
+    let (start, end) = spec.split_once('-')?;
+    let num = |s: &str| s.trim().parse::<u64>().ok();
     match (start.trim(), end.trim()) {
-        ("", "") => Err(()),
-        ("", n) => Ok(ByteRange::Suffix(num(n)?)),
-        (s, "") => Ok(ByteRange::From {
+        ("", "") => None,
+        ("", n) => Some(ByteRange::Suffix(num(n)?)),
+        (s, "") => Some(ByteRange::From {
             start: num(s)?,
             end: None,
         }),
-        (s, e) => Ok(ByteRange::From {
+        (s, e) => Some(ByteRange::From {
             start: num(s)?,
             end: Some(num(e)?),
         }),
@@ -39,18 +39,15 @@ pub fn parse_range(value: &str) -> Result<ByteRange, ()> {
 
 /// Parse an upload chunk's `Content-Range: <start>-<end>` (the spec's form;
 /// `bytes start-end[/total]` is accepted too). Returns inclusive (start, end).
-pub fn parse_content_range(value: &str) -> Result<(u64, u64), ()> {
+pub fn parse_content_range(value: &str) -> Option<(u64, u64)> {
     let v = value.trim();
     let v = v.strip_prefix("bytes").map(str::trim_start).unwrap_or(v);
     let v = v.strip_prefix('=').unwrap_or(v);
     let v = v.split('/').next().unwrap_or(v);
-    let (start, end) = v.split_once('-').ok_or(())?;
-    let start = start.trim().parse::<u64>().map_err(|_| ())?;
-    let end = end.trim().parse::<u64>().map_err(|_| ())?;
-    if end < start {
-        return Err(());
-    }
-    Ok((start, end))
+    let (start, end) = v.split_once('-')?;
+    let start = start.trim().parse::<u64>().ok()?;
+    let end = end.trim().parse::<u64>().ok()?;
+    (end >= start).then_some((start, end))
 }
 
 /// Query parameters, percent-decoded. Repeated keys keep the first value.
@@ -111,19 +108,19 @@ mod tests {
     fn ranges() {
         assert_eq!(
             parse_range("bytes=0-9"),
-            Ok(ByteRange::From {
+            Some(ByteRange::From {
                 start: 0,
                 end: Some(9)
             })
         );
         assert_eq!(
             parse_range("bytes=5-"),
-            Ok(ByteRange::From {
+            Some(ByteRange::From {
                 start: 5,
                 end: None
             })
         );
-        assert_eq!(parse_range("bytes=-3"), Ok(ByteRange::Suffix(3)));
+        assert_eq!(parse_range("bytes=-3"), Some(ByteRange::Suffix(3)));
         for bad in [
             "0-9",
             "bytes=",
@@ -132,17 +129,17 @@ mod tests {
             "bytes=0-1,3-4",
             "items=0-1",
         ] {
-            assert_eq!(parse_range(bad), Err(()), "{bad}");
+            assert_eq!(parse_range(bad), None, "{bad}");
         }
     }
 
     #[test]
     fn content_ranges() {
-        assert_eq!(parse_content_range("0-99"), Ok((0, 99)));
-        assert_eq!(parse_content_range("bytes 100-199/*"), Ok((100, 199)));
-        assert_eq!(parse_content_range("bytes=5-5"), Ok((5, 5)));
+        assert_eq!(parse_content_range("0-99"), Some((0, 99)));
+        assert_eq!(parse_content_range("bytes 100-199/*"), Some((100, 199)));
+        assert_eq!(parse_content_range("bytes=5-5"), Some((5, 5)));
         for bad in ["", "5", "9-5", "a-b", "-5"] {
-            assert_eq!(parse_content_range(bad), Err(()), "{bad}");
+            assert_eq!(parse_content_range(bad), None, "{bad}");
         }
     }
 

@@ -114,7 +114,7 @@ fn parse_image(body: &[u8], media_type: String) -> ApiResult<ParsedManifest> {
     let mut references = vec![Reference::Blob(to_digest(m.config().digest(), "config")?)];
     for (i, layer) in m.layers().iter().enumerate() {
         let digest = to_digest(layer.digest(), &format!("layers[{i}]"))?;
-        if !is_non_distributable(&layer.media_type().to_string()) {
+        if !is_non_distributable(layer.media_type().as_ref()) {
             references.push(Reference::Blob(digest));
         }
     }

@@ -52,7 +52,7 @@ fn check_content_range(req: &Req, offset: Option<u64>) -> ApiResult<Option<u64>>
     let Some(value) = req.header("content-range") else {
         return Ok(None);
     };
-    let (start, end) = http::parse_content_range(value).map_err(|_| {
+    let (start, end) = http::parse_content_range(value).ok_or_else(|| {
         RegistryError::new(
             StatusCode::RANGE_NOT_SATISFIABLE,
             Code::BlobUploadInvalid,
