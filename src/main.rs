@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -88,9 +89,11 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     let storage = berth_storage::FsStorage::open(&settings.storage)
         .with_context(|| format!("cannot open storage folder {}", settings.storage))?;
-    let app = berth_registry::Registry::new(Arc::new(storage)).router();
+    let storage: Arc<dyn berth_storage::Storage> = Arc::new(storage);
+    let app = berth_registry::Registry::new(storage.clone()).router();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        tokio::spawn(purge_abandoned_uploads(storage));
         let listener = tokio::net::TcpListener::bind(&settings.addr)
             .await
             .with_context(|| format!("cannot listen on {}: is another registry running there? pick another with --addr", settings.addr))?;
@@ -102,6 +105,22 @@ fn serve(args: ServeArgs) -> Result<()> {
         tracing::info!("stopped: all in-flight requests finished");
         Ok(())
     })
+}
+
+/// Upload sessions untouched for this long are abandoned pushes (the
+/// reference registry uses the same week).
+const UPLOAD_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+async fn purge_abandoned_uploads(storage: Arc<dyn berth_storage::Storage>) {
+    let mut every = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        every.tick().await;
+        match storage.purge_uploads(UPLOAD_MAX_AGE).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(sessions = n, "purged abandoned upload sessions"),
+            Err(e) => tracing::warn!(error = %e, "could not purge abandoned uploads"),
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM; the server then stops accepting and lets

@@ -616,6 +616,40 @@ impl Storage for FsStorage {
         Ok(())
     }
 
+    async fn purge_uploads(&self, max_age: std::time::Duration) -> Result<usize> {
+        let paths = self.paths();
+        let cutoff = now_unix().saturating_sub(max_age.as_secs());
+        let purged = blocking(move || {
+            let mut purged = Vec::new();
+            let uploads = paths.root.join("uploads");
+            for id in list_dir(&uploads)? {
+                let dir = uploads.join(&id);
+                let state: Option<UploadState> = fs::read(dir.join("state.json"))
+                    .ok()
+                    .and_then(|raw| serde_json::from_slice(&raw).ok());
+                // A session without a readable state is judged by its folder's age.
+                let started = match state {
+                    Some(state) => state.created_unix,
+                    None => fs::metadata(&dir)?
+                        .modified()?
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0),
+                };
+                if started < cutoff {
+                    fs::remove_dir_all(&dir)?;
+                    purged.push(id);
+                }
+            }
+            Ok(purged)
+        })
+        .await?;
+        for id in &purged {
+            self.forget_upload_lock(id);
+        }
+        Ok(purged.len())
+    }
+
     async fn manifest_put(
         &self,
         repository: &str,

@@ -141,6 +141,9 @@ pub trait Storage: Send + Sync + 'static {
         data: Option<ByteStream>,
     ) -> Result<u64>;
     async fn upload_cancel(&self, repository: &str, id: &str) -> Result<()>;
+    /// Drop upload sessions started more than `max_age` ago (abandoned
+    /// pushes). Returns how many were removed.
+    async fn purge_uploads(&self, max_age: std::time::Duration) -> Result<usize>;
 
     // --- manifests, tags and referrers ---
 

@@ -35,6 +35,7 @@ struct Repo {
 struct Upload {
     repository: String,
     data: Vec<u8>,
+    started: std::time::Instant,
 }
 
 impl MemoryStorage {
@@ -137,6 +138,7 @@ impl Storage for MemoryStorage {
                 Upload {
                     repository: repository.to_string(),
                     data: Vec::new(),
+                    started: std::time::Instant::now(),
                 },
             )
         });
@@ -222,6 +224,14 @@ impl Storage for MemoryStorage {
             s.uploads.remove(id);
             Ok(())
         })
+    }
+
+    async fn purge_uploads(&self, max_age: std::time::Duration) -> Result<usize> {
+        Ok(self.with(|s| {
+            let before = s.uploads.len();
+            s.uploads.retain(|_, u| u.started.elapsed() <= max_age);
+            before - s.uploads.len()
+        }))
     }
 
     async fn manifest_put(

@@ -49,6 +49,7 @@ pub async fn run_all(storage: &dyn Storage) {
     wrong_digest_stores_nothing(storage).await;
     sha512_upload(storage).await;
     cancel_upload(storage).await;
+    purge_keeps_fresh_uploads(storage).await;
     blobs_are_shared_but_linked_per_repository(storage).await;
     ranges(storage).await;
     manifests_tags_and_referrers(storage).await;
@@ -175,6 +176,28 @@ async fn cancel_upload(s: &dyn Storage) {
     ));
     assert!(matches!(
         s.upload_cancel("cancel", &up.id).await,
+        Err(StorageError::UploadUnknown)
+    ));
+}
+
+async fn purge_keeps_fresh_uploads(s: &dyn Storage) {
+    let up = s.upload_create("purge").await.expect("create");
+    let hour = std::time::Duration::from_secs(3600);
+    assert_eq!(s.purge_uploads(hour).await.expect("purge"), 0);
+    assert_eq!(
+        s.upload_status("purge", &up.id).await.expect("kept").offset,
+        0
+    );
+    // Let the session age past a zero-second limit (timestamps are whole seconds).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert!(
+        s.purge_uploads(std::time::Duration::ZERO)
+            .await
+            .expect("purge")
+            >= 1
+    );
+    assert!(matches!(
+        s.upload_status("purge", &up.id).await,
         Err(StorageError::UploadUnknown)
     ));
 }
