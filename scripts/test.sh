@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Runs Berth's whole test suite: the one command for CI and for a fresh Debian 12 machine.
+#
+#   scripts/test.sh            # as root (installs packages, starts a private dockerd)
+#
+# Steps:
+#   1. install the tools the end-to-end tests drive (docker.io, skopeo, docker-registry,
+#      busybox-static, umoci) with apt-get, unless they are all present already;
+#   2. start a private dockerd (own data/exec roots, pidfile and socket; never the system
+#      one) and export DOCKER_HOST to it; a trap stops it by PID on any exit;
+#   3. cargo fmt --check, cargo build, cargo clippy -D warnings, cargo test (2 test threads).
+#
+# Every step runs even if an earlier check step failed (except when the build fails), and the
+# script exits non-zero if anything failed. Environment knobs:
+#   BERTH_TEST_TMP   where the private dockerd keeps its state (default /var/tmp)
+#   BERTH_TEST_ARGS  extra arguments for `cargo test` before `--` (e.g. "--test resume")
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+START=$(date +%s)
+step() { printf '\n==> [%4ss] %s\n' "$(( $(date +%s) - START ))" "$*"; }
+die() { printf '\nERROR: %s\n' "$*" >&2; exit 1; }
+
+# --- 1. packages -------------------------------------------------------------------------------
+PACKAGES=(docker.io skopeo docker-registry busybox-static umoci)
+missing=()
+for p in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+        missing+=("$p")
+    fi
+done
+if [ "${#missing[@]}" -eq 0 ]; then
+    step "packages: all present (${PACKAGES[*]})"
+else
+    step "packages: installing ${missing[*]}"
+    [ "$(id -u)" -eq 0 ] || die "need root to install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get -o DPkg::Lock::Timeout=600 install -y "${PACKAGES[@]}"
+fi
+for tool in dockerd docker skopeo docker-registry busybox umoci gzip tar; do
+    command -v "$tool" >/dev/null || die "$tool not found on PATH after installing packages"
+done
+command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain first"
+cargo fmt --version >/dev/null 2>&1 || die "rustfmt missing (rustup component add rustfmt)"
+cargo clippy --version >/dev/null 2>&1 || die "clippy missing (rustup component add clippy)"
+
+# --- 2. private dockerd ------------------------------------------------------------------------
+DOCKER_TMP="$(mktemp -d "${BERTH_TEST_TMP:-/var/tmp}/berth-test-docker.XXXXXX")"
+DOCKERD_PID=""
+STEP_PGID=""
+cleanup() {
+    local rc=$?
+    set +e
+    # Interrupted in the middle of a step: stop that step's whole process group (cargo, the
+    # test binaries and any registry they started).
+    if [ -n "$STEP_PGID" ] && kill -0 "$STEP_PGID" 2>/dev/null; then
+        step "interrupted: stopping the running step (process group $STEP_PGID)"
+        kill -TERM -- "-$STEP_PGID" 2>/dev/null
+        for _ in $(seq 1 50); do
+            kill -0 "$STEP_PGID" 2>/dev/null || break
+            sleep 0.2
+        done
+        kill -KILL -- "-$STEP_PGID" 2>/dev/null
+    fi
+    if [ -n "$DOCKERD_PID" ]; then
+        step "stopping private dockerd (pid $DOCKERD_PID)"
+        kill -TERM "$DOCKERD_PID" 2>/dev/null || true
+        for _ in $(seq 1 150); do
+            kill -0 "$DOCKERD_PID" 2>/dev/null || break
+            sleep 0.2
+        done
+        if kill -0 "$DOCKERD_PID" 2>/dev/null; then
+            echo "dockerd did not stop within 30 s: SIGKILL"
+            kill -KILL "$DOCKERD_PID" 2>/dev/null || true
+        fi
+    fi
+    # Unmount anything dockerd left below its directories, then remove them.
+    if [ -d "$DOCKER_TMP" ]; then
+        { grep -o " $DOCKER_TMP/[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do
+            umount -l "$m" 2>/dev/null
+        done
+        rm -rf --one-file-system "$DOCKER_TMP" 2>/dev/null
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+step "starting private dockerd in $DOCKER_TMP"
+# No default bridge and no iptables changes: the tests run containers with --network none,
+# and this way the daemon cannot clash with another dockerd on the machine.
+setsid dockerd \
+    --data-root "$DOCKER_TMP/data" \
+    --exec-root "$DOCKER_TMP/exec" \
+    --pidfile "$DOCKER_TMP/dockerd.pid" \
+    -H "unix://$DOCKER_TMP/docker.sock" \
+    --storage-driver overlay2 \
+    --bridge none \
+    --iptables=false \
+    --tls=false \
+    >"$DOCKER_TMP/dockerd.log" 2>&1 </dev/null &
+DOCKERD_PID=$!
+export DOCKER_HOST="unix://$DOCKER_TMP/docker.sock"
+ready=""
+for _ in $(seq 1 120); do
+    if docker info >/dev/null 2>&1; then ready=1; break; fi
+    kill -0 "$DOCKERD_PID" 2>/dev/null || break
+    sleep 0.5
+done
+if [ -z "$ready" ]; then
+    echo "---- dockerd log ----"; tail -n 50 "$DOCKER_TMP/dockerd.log" || true
+    die "private dockerd did not become ready"
+fi
+# dockerd's own record of its PID wins over $! (they differ only if setsid had to fork).
+if [ -s "$DOCKER_TMP/dockerd.pid" ]; then
+    DOCKERD_PID="$(cat "$DOCKER_TMP/dockerd.pid")"
+fi
+echo "dockerd $(docker version --format '{{.Server.Version}}') ready, pid $DOCKERD_PID, DOCKER_HOST=$DOCKER_HOST"
+
+# --- 3. cargo ------------------------------------------------------------------------------------
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+failures=()
+run_step() {
+    local name="$1"; shift
+    step "$name: $*"
+    local t0; t0=$(date +%s)
+    # Each step runs in its own process group, in the background, so that a signal to this
+    # script is handled at once (bash defers traps while a foreground child runs) and the
+    # trap can stop the whole step.
+    setsid "$@" &
+    STEP_PGID=$!
+    local ok=1
+    wait "$STEP_PGID" || ok=""
+    STEP_PGID=""
+    if [ -n "$ok" ]; then
+        echo "--- $name: ok ($(( $(date +%s) - t0 ))s)"
+    else
+        echo "--- $name: FAILED ($(( $(date +%s) - t0 ))s)"
+        failures+=("$name")
+        return 1
+    fi
+}
+
+rustc --version; cargo --version
+run_step fmt cargo fmt --all --check || true
+run_step build cargo build --workspace --all-targets \
+    || die "build failed: not running tests (failed so far: ${failures[*]})"
+run_step clippy cargo clippy --workspace --all-targets -- -D warnings || true
+# shellcheck disable=SC2086 # BERTH_TEST_ARGS is meant to split into words
+run_step test cargo test --workspace ${BERTH_TEST_ARGS:-} -- --test-threads=2 || true
+
+step "done in $(( $(date +%s) - START ))s"
+if [ "${#failures[@]}" -gt 0 ]; then
+    echo "FAILED: ${failures[*]}"
+    exit 1
+fi
+echo "ALL PASSED: fmt, build, clippy, test"

@@ -1,0 +1,896 @@
+//! Shared helpers for Berth's end-to-end tests.
+//!
+//! * [`Server`] starts `berth serve` on a free 127.0.0.1 port with a private temporary storage
+//!   directory and stops it by PID when dropped (also when the test panics). It can be
+//!   restarted gracefully ([`Server::restart`]) or killed hard ([`Server::kill9`]) and started
+//!   again on the same port and storage ([`Server::start_again`]).
+//! * [`require_tool`] decides whether a test that needs an external tool (docker, skopeo, ...)
+//!   runs: outside CI a missing tool skips the test, with `CI=true` it fails loudly.
+//! * [`run`] / [`run_ok`] / [`run_fail`] run commands with captured output and a timeout.
+//! * Small registry helpers (push a blob or manifest over HTTP, parse the spec's JSON errors)
+//!   and a storage-tree snapshot used to prove that rejected requests changed nothing.
+//!
+//! Debug knob: `BERTH_TEST_SERVER=distribution` runs the same tests against Debian's
+//! `docker-registry` (distribution 2.8) instead of Berth, to tell client problems from server
+//! problems.
+
+#![allow(dead_code)]
+
+use std::borrow::BorrowMut;
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+/// How long a freshly started server may take to answer `GET /v2/` with 200.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a server may take to exit after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------------------------
+// Environment
+// ---------------------------------------------------------------------------------------------
+
+/// True when running in CI (`CI=true` or `CI=1`): missing tools are then hard failures.
+pub fn in_ci() -> bool {
+    matches!(
+        std::env::var("CI")
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref(),
+        Ok("true") | Ok("1")
+    )
+}
+
+/// Finds an executable on PATH.
+pub fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(tool))
+        .find(|candidate| {
+            fs::metadata(candidate)
+                .map(|m| {
+                    m.is_file()
+                        && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+                })
+                .unwrap_or(false)
+        })
+}
+
+/// Returns true when `tool` can be used. For `docker` the daemon must answer too.
+///
+/// Outside CI a missing tool prints `SKIP: ...` and returns false so the caller can return
+/// early. With `CI=true` a missing tool panics: CI must never silently skip e2e tests.
+pub fn require_tool(tool: &str) -> bool {
+    let problem = match which(tool) {
+        None => Some(format!("`{tool}` is missing (not on PATH)")),
+        Some(_) if tool == "docker" => {
+            let out = run(
+                Command::new("docker").args(["version", "--format", "{{.Server.Version}}"]),
+                Duration::from_secs(30),
+            );
+            if out.status.success() {
+                None
+            } else {
+                Some(format!(
+                    "`docker` CLI found but the daemon does not answer (DOCKER_HOST={:?}): {}",
+                    std::env::var("DOCKER_HOST").ok(),
+                    out.stderr.trim()
+                ))
+            }
+        }
+        Some(_) => None,
+    };
+    match problem {
+        None => true,
+        Some(problem) if in_ci() => panic!(
+            "\n\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
+             !!! CI=true but a required tool is unavailable: {problem}\n\
+             !!! scripts/test.sh installs it and starts a private dockerd; run the suite\n\
+             !!! through that script.\n\
+             !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
+        ),
+        Some(problem) => {
+            eprintln!("SKIP: {problem} (set CI=true to make this a failure)");
+            false
+        }
+    }
+}
+
+/// A name that is unique for this test process, for images, tags and containers.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{}-{:x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        nanos
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commands
+// ---------------------------------------------------------------------------------------------
+
+/// Captured result of a finished command.
+#[derive(Debug)]
+pub struct CmdOutput {
+    pub command: String,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CmdOutput {
+    fn describe(&self) -> String {
+        format!(
+            "command: {}\nstatus: {}\n--- stdout ---\n{}\n--- stderr ---\n{}\n--------------",
+            self.command,
+            self.status,
+            self.stdout.trim_end(),
+            self.stderr.trim_end()
+        )
+    }
+}
+
+/// Runs a command with stdin closed and stdout/stderr captured. Panics when it does not finish
+/// within `timeout` (after killing it by PID) or cannot be started at all.
+pub fn run(mut cmd: impl BorrowMut<Command>, timeout: Duration) -> CmdOutput {
+    let cmd = cmd.borrow_mut();
+    let command = format!("{cmd:?}");
+    eprintln!("+ {command}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
+    let mut out_pipe = child.stdout.take().expect("stdout was piped");
+    let mut err_pipe = child.stderr.take().expect("stderr was piped");
+    let out_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = out_pipe.read_to_end(&mut buf);
+        buf
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = err_pipe.read_to_end(&mut buf);
+        buf
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "timed out after {timeout:?}, killed pid {}: {command}",
+                    child.id()
+                );
+            }
+            Err(e) => panic!("waiting for {command}: {e}"),
+        }
+    };
+    let stdout = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
+    let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
+    CmdOutput {
+        command,
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// Runs a command that must succeed; returns its stdout. Panics with all output otherwise.
+pub fn run_ok(cmd: impl BorrowMut<Command>, timeout: Duration) -> String {
+    let out = run(cmd, timeout);
+    if !out.status.success() {
+        panic!(
+            "command failed but was expected to succeed\n{}",
+            out.describe()
+        );
+    }
+    out.stdout
+}
+
+/// Runs a command that must fail; returns its output. Panics if it succeeds.
+pub fn run_fail(cmd: impl BorrowMut<Command>, timeout: Duration) -> CmdOutput {
+    let out = run(cmd, timeout);
+    if out.status.success() {
+        panic!(
+            "command succeeded but was expected to fail\n{}",
+            out.describe()
+        );
+    }
+    out
+}
+
+/// Shorthand: a `Command` for `program` with `args`.
+pub fn cmd<I, S>(program: &str, args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut c = Command::new(program);
+    c.args(args);
+    c
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server under test
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerKind {
+    /// `berth serve` (the default).
+    Berth,
+    /// Debian's `docker-registry` (distribution 2.8), selected by
+    /// `BERTH_TEST_SERVER=distribution`: a reference to debug the tests themselves.
+    Distribution,
+}
+
+impl ServerKind {
+    pub fn from_env() -> ServerKind {
+        match std::env::var("BERTH_TEST_SERVER").as_deref() {
+            Ok("distribution") | Ok("docker-registry") => ServerKind::Distribution,
+            _ => ServerKind::Berth,
+        }
+    }
+}
+
+/// A running registry on 127.0.0.1 with its own temporary storage. Dropping it kills the
+/// process by PID (SIGKILL) and removes the storage; if the test is panicking the tail of the
+/// server log is printed first.
+pub struct Server {
+    pub kind: ServerKind,
+    pub port: u16,
+    child: Option<Child>,
+    /// Holds everything: `root/` (sandbox around the storage) and `logs/`.
+    tmp: tempfile::TempDir,
+    storage: PathBuf,
+    log_path: PathBuf,
+    starts: u32,
+}
+
+impl Server {
+    /// Starts the server kind chosen by `BERTH_TEST_SERVER` (Berth by default).
+    pub fn start() -> Server {
+        Server::start_kind(ServerKind::from_env())
+    }
+
+    pub fn start_kind(kind: ServerKind) -> Server {
+        let tmp = tempfile::Builder::new()
+            .prefix("berth-test-")
+            .tempdir()
+            .expect("create temporary directory for the server");
+        // The storage sits two levels below `root/` so that a path traversal of a few `..`
+        // still lands inside `root/`, which the bad-input tests snapshot as a whole.
+        let storage = tmp.path().join("root").join("data").join("storage");
+        fs::create_dir_all(&storage).expect("create storage directory");
+        let logs = tmp.path().join("logs");
+        fs::create_dir_all(&logs).expect("create log directory");
+        let mut server = Server {
+            kind,
+            port: free_port(),
+            child: None,
+            tmp,
+            storage,
+            log_path: logs.join("server.log"),
+            starts: 0,
+        };
+        server.start_again();
+        server
+    }
+
+    /// `127.0.0.1:PORT`, as docker and skopeo want it.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The storage directory given to the server.
+    pub fn storage(&self) -> &Path {
+        &self.storage
+    }
+
+    /// A directory that contains the storage two levels down, and nothing else the server
+    /// should write to: anything new in here outside the storage is a stray file.
+    pub fn sandbox(&self) -> PathBuf {
+        self.tmp.path().join("root")
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Everything the server printed so far (all runs).
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Starts the server (again) on the same port and storage and waits until it is ready.
+    pub fn start_again(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "server is already running (pid {:?})",
+            self.pid()
+        );
+        self.starts += 1;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("open server log");
+        let mut log_for_header = log.try_clone().expect("clone log handle");
+        let _ = writeln!(
+            log_for_header,
+            "===== test harness: start #{} of {:?} on {} =====",
+            self.starts,
+            self.kind,
+            self.host()
+        );
+        let mut command = match self.kind {
+            ServerKind::Berth => {
+                let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
+                c.arg("serve")
+                    .arg("--addr")
+                    .arg(self.host())
+                    .arg("--storage")
+                    .arg(&self.storage);
+                c
+            }
+            ServerKind::Distribution => {
+                let config = self.tmp.path().join("logs").join("distribution.yml");
+                fs::write(
+                    &config,
+                    format!(
+                        "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    \
+                         rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {}\n  \
+                         secret: berth-test-secret\n",
+                        self.storage.display(),
+                        self.host()
+                    ),
+                )
+                .expect("write docker-registry config");
+                let mut c = Command::new("docker-registry");
+                c.arg("serve").arg(config).env_remove("AWS_CA_BUNDLE");
+                c
+            }
+        };
+        command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL the server
+        // if the thread that started it dies (e.g. the test binary is killed), so no server
+        // outlives the tests even when Drop cannot run.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {:?} server: {e}", self.kind));
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    panic!(
+                        "{:?} server exited during startup with {status}\n--- server log ---\n{}",
+                        self.kind,
+                        tail(&self.log(), 80)
+                    );
+                }
+            }
+            if let Some(200) = raw_status(self.port, "GET", "/v2/") {
+                return;
+            }
+            if Instant::now() > deadline {
+                let pid = self.pid();
+                self.kill9();
+                panic!(
+                    "{:?} server (pid {pid:?}) did not answer GET /v2/ with 200 within \
+                     {READY_TIMEOUT:?}\n--- server log ---\n{}",
+                    self.kind,
+                    tail(&self.log(), 80)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the server gracefully: SIGTERM to its PID, then waits. A Berth server that does
+    /// not exit within the timeout, or dies from the signal instead of handling it, fails the
+    /// test.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = child.id();
+        // SAFETY: plain kill(2) on the PID of our own child, which has not been reaped yet.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "server pid {pid} did not exit within {STOP_TIMEOUT:?} after SIGTERM\n\
+                         --- server log ---\n{}",
+                        tail(&self.log(), 80)
+                    );
+                }
+            }
+        };
+        if self.kind == ServerKind::Berth {
+            assert!(
+                status.code().is_some(),
+                "berth serve (pid {pid}) was terminated by the signal instead of shutting down \
+                 gracefully on SIGTERM: {status}\n--- server log ---\n{}",
+                tail(&self.log(), 80)
+            );
+        }
+    }
+
+    /// Graceful stop, then start again on the same port and storage.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.start_again();
+    }
+
+    /// SIGKILL by PID and reap. The server is down afterwards; call [`Server::start_again`].
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let pid = self.pid();
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- log of {:?} server (pid {pid:?}, port {}, storage {}) ---\n{}\n--- end of \
+                 server log ---",
+                self.kind,
+                self.port,
+                self.storage.display(),
+                tail(&self.log(), 120)
+            );
+        }
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A port that is free right now, chosen below the kernel's ephemeral range (32768+) so that
+/// outgoing client connections cannot grab it between our check and the server's bind.
+pub fn free_port() -> u16 {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id()
+        .wrapping_mul(7919)
+        .wrapping_add(
+            COUNTER
+                .fetch_add(1, Ordering::Relaxed)
+                .wrapping_mul(104_729),
+        )
+        .wrapping_add(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0),
+        );
+    for i in 0..2000u32 {
+        let port = 20_000 + (seed.wrapping_add(i.wrapping_mul(37)) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free TCP port found on 127.0.0.1 in 20000..32000");
+}
+
+/// One HTTP/1.1 request over a raw socket; returns the status code or None if the server does
+/// not answer. Used for readiness checks (sync, no runtime needed).
+pub fn raw_status(port: u16, method: &str, path: &str) -> Option<u16> {
+    let response = raw_request(
+        port,
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+        Duration::from_secs(2),
+    )?;
+    response.status
+}
+
+/// A parsed raw HTTP response.
+#[derive(Debug, Default)]
+pub struct RawResponse {
+    pub status: Option<u16>,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends `request` as is (the caller writes `Connection: close`) and reads until the server
+/// closes or `timeout` passes. None if the connection failed or nothing came back.
+pub fn raw_request(port: u16, request: &[u8], timeout: Duration) -> Option<RawResponse> {
+    let mut stream = TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(2),
+    )
+    .ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    stream.set_write_timeout(Some(timeout)).ok()?;
+    stream.write_all(request).ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => break,
+        }
+    }
+    parse_raw_response(&buf)
+}
+
+pub fn parse_raw_response(buf: &[u8]) -> Option<RawResponse> {
+    if buf.is_empty() {
+        return None;
+    }
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(buf.len());
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let body = buf.get(split + 4..).unwrap_or_default().to_vec();
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok());
+    let mut response = RawResponse { status, head, body };
+    if response
+        .header("transfer-encoding")
+        .is_some_and(|te| te.eq_ignore_ascii_case("chunked"))
+    {
+        response.body = dechunk(&response.body);
+    }
+    Some(response)
+}
+
+/// Decodes a `Transfer-Encoding: chunked` body (best effort: stops at the first malformed or
+/// truncated chunk).
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") {
+        let size_text = String::from_utf8_lossy(&raw[..eol]);
+        let size_text = size_text.split(';').next().unwrap_or("").trim();
+        let Ok(size) = usize::from_str_radix(size_text, 16) else {
+            break;
+        };
+        raw = &raw[eol + 2..];
+        if size == 0 || raw.len() < size {
+            out.extend_from_slice(&raw[..size.min(raw.len())]);
+            break;
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = raw.get(size + 2..).unwrap_or_default();
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registry helpers (HTTP)
+// ---------------------------------------------------------------------------------------------
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+/// An HTTP client that never uses a proxy (all traffic goes to 127.0.0.1) and keeps no idle
+/// connections, so it survives server restarts between requests.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("build reqwest client")
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// `sha256:<hex>` of `data`.
+pub fn digest_of(data: &[u8]) -> String {
+    format!("sha256:{}", sha256_hex(data))
+}
+
+/// Turns a Location header (absolute or relative) into an absolute URL.
+pub fn absolute(base: &str, location: &str) -> String {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        location.to_string()
+    } else if location.starts_with('/') {
+        format!("{}{location}", base.trim_end_matches('/'))
+    } else {
+        panic!("unexpected relative Location without leading slash: {location:?}")
+    }
+}
+
+/// Appends a query parameter to an upload URL that may already carry a query.
+pub fn with_query(url: &str, key: &str, value: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{key}={value}")
+}
+
+pub fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// Uploads `data` as a blob of `repo` with POST + PUT (two-step monolithic upload) and
+/// returns its digest. Panics unless the registry answers 202 and then 201.
+pub async fn push_blob(c: &reqwest::Client, base: &str, repo: &str, data: &[u8]) -> String {
+    let digest = digest_of(data);
+    let resp = c
+        .post(format!("{base}/v2/{repo}/blobs/uploads/"))
+        .send()
+        .await
+        .expect("POST blob upload");
+    assert_eq!(
+        resp.status().as_u16(),
+        202,
+        "POST /v2/{repo}/blobs/uploads/"
+    );
+    let location = header(&resp, "location").expect("upload Location header");
+    let resp = c
+        .put(with_query(&absolute(base, &location), "digest", &digest))
+        .header("content-type", "application/octet-stream")
+        .body(data.to_vec())
+        .send()
+        .await
+        .expect("PUT blob upload");
+    let status = resp.status().as_u16();
+    let body = resp.text().await.unwrap_or_default();
+    assert_eq!(status, 201, "PUT upload of {digest} to {repo}: {body}");
+    digest
+}
+
+/// PUTs a manifest and returns its digest (sha256 of the exact bytes). Panics unless 201.
+pub async fn push_manifest(
+    c: &reqwest::Client,
+    base: &str,
+    repo: &str,
+    reference: &str,
+    media_type: &str,
+    body: &[u8],
+) -> String {
+    let resp = c
+        .put(format!("{base}/v2/{repo}/manifests/{reference}"))
+        .header("content-type", media_type)
+        .body(body.to_vec())
+        .send()
+        .await
+        .expect("PUT manifest");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    assert_eq!(status, 201, "PUT /v2/{repo}/manifests/{reference}: {text}");
+    digest_of(body)
+}
+
+/// A tiny but complete OCI image: (config bytes, layer bytes, manifest bytes).
+pub fn tiny_image(seed: &str) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let layer = format!("layer content for {seed}\n").into_bytes();
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [digest_of(&layer)]},
+        "history": [{"created_by": seed}]
+    }))
+    .expect("serialize config");
+    let manifest = manifest_json(&config, &[&layer], None);
+    (config, layer, manifest)
+}
+
+/// An OCI image manifest for `config` and `layers`, with optional annotations.
+pub fn manifest_json(
+    config: &[u8],
+    layers: &[&[u8]],
+    annotations: Option<serde_json::Value>,
+) -> Vec<u8> {
+    let mut m = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": digest_of(config), "size": config.len()},
+        "layers": layers.iter().map(|l| serde_json::json!({
+            "mediaType": OCI_LAYER, "digest": digest_of(l), "size": l.len()
+        })).collect::<Vec<_>>(),
+    });
+    if let Some(a) = annotations {
+        m["annotations"] = a;
+    }
+    serde_json::to_vec(&m).expect("serialize manifest")
+}
+
+/// Pushes [`tiny_image`] to `repo:tag`; returns (manifest digest, layer digest, config digest).
+pub async fn push_tiny_image(
+    c: &reqwest::Client,
+    base: &str,
+    repo: &str,
+    tag: &str,
+) -> (String, String, String) {
+    let (config, layer, manifest) = tiny_image(&format!("{repo}:{tag}"));
+    let layer_digest = push_blob(c, base, repo, &layer).await;
+    let config_digest = push_blob(c, base, repo, &config).await;
+    let manifest_digest = push_manifest(c, base, repo, tag, OCI_MANIFEST, &manifest).await;
+    (manifest_digest, layer_digest, config_digest)
+}
+
+/// The `code`s of a spec error body `{"errors":[{"code":..}]}`, or None if the body is not
+/// such a document.
+pub fn error_codes(body: &[u8]) -> Option<Vec<String>> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let errors = v.get("errors")?.as_array()?;
+    errors
+        .iter()
+        .map(|e| e.get("code").and_then(|c| c.as_str()).map(str::to_string))
+        .collect()
+}
+
+/// GET a JSON document; returns (status, parsed body or Null).
+pub async fn get_json(c: &reqwest::Client, url: &str) -> (u16, serde_json::Value) {
+    let resp = c
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e:?}"));
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Storage snapshots
+// ---------------------------------------------------------------------------------------------
+
+/// Path -> description ("dir", "link -> target", "file <size> <sha256>") of a directory tree.
+pub type Snapshot = BTreeMap<String, String>;
+
+/// True for paths inside a server's scratch area, which may legitimately change when a request
+/// is rejected: Berth's `uploads/` and `tmp/` at the top of its storage directory, and
+/// distribution's per-repository `_uploads/`. `rel` is relative to the snapshot root, which
+/// may be the storage directory or a directory above it.
+pub fn is_scratch(rel: &str) -> bool {
+    let components: Vec<&str> = rel.split('/').collect();
+    if components.contains(&"_uploads") {
+        return true;
+    }
+    // The storage directory is `.../storage` (see `Server`); look below it, or at the top if
+    // the snapshot root is the storage directory itself.
+    let below_storage = match components.iter().position(|c| *c == "storage") {
+        Some(i) => &components[i + 1..],
+        None => &components[..],
+    };
+    matches!(below_storage.first(), Some(&"uploads") | Some(&"tmp"))
+}
+
+/// Records every entry below `root` except scratch paths.
+pub fn snapshot(root: &Path) -> Snapshot {
+    fn walk(root: &Path, dir: &Path, out: &mut Snapshot) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let rel = path
+                .strip_prefix(root)
+                .expect("walked path is below root")
+                .to_string_lossy()
+                .into_owned();
+            if is_scratch(&rel) {
+                continue;
+            }
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.file_type().is_symlink() {
+                let target = fs::read_link(&path).unwrap_or_default();
+                out.insert(rel, format!("link -> {}", target.display()));
+            } else if meta.is_dir() {
+                out.insert(rel, "dir".to_string());
+                walk(root, &path, out);
+            } else {
+                let content = fs::read(&path).unwrap_or_default();
+                out.insert(rel, format!("file {} {}", meta.len(), sha256_hex(&content)));
+            }
+        }
+    }
+    let mut out = Snapshot::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// Panics with a readable diff if the two snapshots differ.
+pub fn assert_same_tree(before: &Snapshot, after: &Snapshot, context: &str) {
+    if before == after {
+        return;
+    }
+    let mut diff = String::new();
+    for (k, v) in before {
+        match after.get(k) {
+            None => diff.push_str(&format!("  removed: {k} ({v})\n")),
+            Some(w) if w != v => diff.push_str(&format!("  changed: {k}: {v} -> {w}\n")),
+            _ => {}
+        }
+    }
+    for (k, v) in after {
+        if !before.contains_key(k) {
+            diff.push_str(&format!("  added:   {k} ({v})\n"));
+        }
+    }
+    panic!("{context}: the storage tree changed outside the upload/temporary area:\n{diff}");
+}
