@@ -123,12 +123,8 @@ pub async fn get(s: &dyn Storage, name: &str, reference: &str, req: &Req) -> Api
         Err(e) if e.code == Code::ManifestInvalid => return Err(manifest_unknown(name, reference)),
         Err(e) => return Err(e),
     };
-    let mut meta = s
-        .manifest_meta(name, &digest)
-        .await?
-        .ok_or_else(|| manifest_unknown(name, reference))?;
-    let mut bytes = s
-        .blob_bytes(&digest)
+    let (mut meta, mut bytes) = s
+        .manifest_get(name, &digest)
         .await?
         .ok_or_else(|| manifest_unknown(name, reference))?;
 
@@ -156,12 +152,8 @@ pub async fn get(s: &dyn Storage, name: &str, reference: &str, req: &Req) -> Api
                     ),
                 ));
             };
-            meta = s
-                .manifest_meta(name, &child)
-                .await?
-                .ok_or_else(|| manifest_unknown(name, reference))?;
-            bytes = s
-                .blob_bytes(&child)
+            (meta, bytes) = s
+                .manifest_get(name, &child)
                 .await?
                 .ok_or_else(|| manifest_unknown(name, reference))?;
             digest = child;

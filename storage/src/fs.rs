@@ -716,6 +716,29 @@ impl Storage for FsStorage {
         .await
     }
 
+    /// One blocking round trip instead of two: this is the hottest read path.
+    async fn manifest_get(
+        &self,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<Option<(ManifestMeta, Bytes)>> {
+        let paths = self.paths();
+        let link = paths.manifest_link(repository, digest);
+        let blob = paths.blob(digest);
+        blocking(move || {
+            let Some(raw) = not_found_as_none(fs::read(&link))? else {
+                return Ok(None);
+            };
+            let Some(bytes) = not_found_as_none(fs::read(&blob))? else {
+                return Ok(None);
+            };
+            let meta = serde_json::from_slice(&raw)
+                .map_err(|e| StorageError::Corrupt(format!("{}: {e}", link.display())))?;
+            Ok(Some((meta, Bytes::from(bytes))))
+        })
+        .await
+    }
+
     async fn manifest_delete(&self, repository: &str, digest: &Digest) -> Result<bool> {
         let Some(meta) = self.manifest_meta(repository, digest).await? else {
             return Ok(false);

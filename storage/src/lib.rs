@@ -162,6 +162,17 @@ pub trait Storage: Send + Sync + 'static {
         repository: &str,
         digest: &Digest,
     ) -> Result<Option<ManifestMeta>>;
+    /// A manifest's metadata and bytes, if it is in the repository.
+    async fn manifest_get(
+        &self,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<Option<(ManifestMeta, Bytes)>> {
+        let Some(meta) = self.manifest_meta(repository, digest).await? else {
+            return Ok(None);
+        };
+        Ok(self.blob_bytes(digest).await?.map(|bytes| (meta, bytes)))
+    }
     /// Remove a manifest from a repository, with every tag pointing at it
     /// and its referrer entry. Returns false when it was not there.
     async fn manifest_delete(&self, repository: &str, digest: &Digest) -> Result<bool>;
