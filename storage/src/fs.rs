@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -322,9 +322,10 @@ fn file_stream(mut file: File, start: u64, len: u64) -> ByteStream {
         }
         let mut remaining = len;
         while remaining > 0 {
-            let want = remaining.min(READ_CHUNK as u64) as usize;
-            let mut buf = BytesMut::zeroed(want);
-            match file.read(&mut buf) {
+            let want = remaining.min(READ_CHUNK as u64);
+            // read_to_end fills spare capacity without zeroing it first.
+            let mut buf = Vec::with_capacity(want as usize);
+            match (&mut file).take(want).read_to_end(&mut buf) {
                 Ok(0) => {
                     let _ = tx.blocking_send(Err(io::Error::new(
                         ErrorKind::UnexpectedEof,
@@ -333,13 +334,11 @@ fn file_stream(mut file: File, start: u64, len: u64) -> ByteStream {
                     return;
                 }
                 Ok(n) => {
-                    buf.truncate(n);
                     remaining -= n as u64;
-                    if tx.blocking_send(Ok(buf.freeze())).is_err() {
+                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
                         return; // reader went away
                     }
                 }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
                     let _ = tx.blocking_send(Err(e));
                     return;
