@@ -37,13 +37,16 @@ fn page_params(req: &Req) -> ApiResult<(Option<usize>, Option<String>)> {
     Ok((n, req.param("last")))
 }
 
-fn with_next_link(
-    mut r: Response,
+/// A page of a list as JSON, with a `Link` to the next page when there is one.
+fn page_response(
+    body: serde_json::Value,
     base: &str,
     n: Option<usize>,
     page: &[String],
     more: bool,
 ) -> Response {
+    // Display of a JSON value cannot fail, unlike to_vec's generic writer.
+    let mut r = json_response(StatusCode::OK, body.to_string().into_bytes(), false);
     if let (true, Some(n), Some(last)) = (more, n, page.last()) {
         let link = format!(
             "<{base}?n={n}&last={}>; rel=\"next\"",
@@ -63,16 +66,9 @@ pub async fn tags(s: &dyn Storage, name: &str, req: &Req) -> ApiResult<Response>
         )
     })?;
     let (page, more) = paginate(all, n, last.as_deref());
-    let body = serde_json::to_vec(&json!({ "name": name, "tags": page })).map_err(|e| {
-        RegistryError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Code::Unknown,
-            e.to_string(),
-        )
-    })?;
-    let r = json_response(StatusCode::OK, body, false);
-    Ok(with_next_link(
-        r,
+    let body = json!({ "name": name, "tags": page });
+    Ok(page_response(
+        body,
         &format!("/v2/{name}/tags/list"),
         n,
         &page,
@@ -83,15 +79,8 @@ pub async fn tags(s: &dyn Storage, name: &str, req: &Req) -> ApiResult<Response>
 pub async fn catalog(s: &dyn Storage, req: &Req) -> ApiResult<Response> {
     let (n, last) = page_params(req)?;
     let (page, more) = paginate(s.repositories().await?, n, last.as_deref());
-    let body = serde_json::to_vec(&json!({ "repositories": page })).map_err(|e| {
-        RegistryError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Code::Unknown,
-            e.to_string(),
-        )
-    })?;
-    let r = json_response(StatusCode::OK, body, false);
-    Ok(with_next_link(r, "/v2/_catalog", n, &page, more))
+    let body = json!({ "repositories": page });
+    Ok(page_response(body, "/v2/_catalog", n, &page, more))
 }
 
 pub async fn referrers(
@@ -106,19 +95,17 @@ pub async fn referrers(
     if let Some(t) = &filter {
         list.retain(|d| d.artifact_type.as_deref() == Some(t.as_str()));
     }
-    let body = serde_json::to_vec(&json!({
+    let body = json!({
         "schemaVersion": 2,
         "mediaType": manifest::OCI_INDEX,
         "manifests": list,
-    }))
-    .map_err(|e| {
-        RegistryError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Code::Unknown,
-            e.to_string(),
-        )
-    })?;
-    let mut r = crate::bytes_response(StatusCode::OK, manifest::OCI_INDEX, body.into(), false);
+    });
+    let mut r = crate::bytes_response(
+        StatusCode::OK,
+        manifest::OCI_INDEX,
+        body.to_string().into(),
+        false,
+    );
     if filter.is_some() {
         r.headers_mut()
             .insert("OCI-Filters-Applied", header_value("artifactType"));
