@@ -94,9 +94,14 @@ fn serve(args: ServeArgs) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         tokio::spawn(purge_abandoned_uploads(storage));
-        let listener = tokio::net::TcpListener::bind(&settings.addr)
-            .await
-            .with_context(|| format!("cannot listen on {}: is another registry running there? pick another with --addr", settings.addr))?;
+        let listener = match tokio::net::TcpListener::bind(&settings.addr).await {
+            Ok(listener) => listener,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
+                "cannot listen on {}: the port is in use (another registry?); pick another with --addr",
+                settings.addr
+            ),
+            Err(e) => bail!("cannot listen on {}: {e}", settings.addr),
+        };
         tracing::info!(addr = %listener.local_addr()?, storage = %settings.storage, "berth registry listening");
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())
