@@ -1,6 +1,7 @@
 //! `berth serve` settings: flags and `BERTH_*` variables over a TOML file over defaults.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
@@ -15,6 +16,7 @@ pub struct Settings {
     pub addr: String,
     pub storage: String,
     pub log_format: LogFormat,
+    pub gc_interval: Option<Duration>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -23,6 +25,8 @@ struct FileConfig {
     addr: Option<String>,
     storage: Option<String>,
     log_format: Option<LogFormat>,
+    /// e.g. "24h"
+    gc_interval: Option<String>,
 }
 
 fn load(path: &Path) -> Result<FileConfig> {
@@ -36,6 +40,12 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
         Some(path) => load(path)?,
         None => FileConfig::default(),
     };
+    let file_gc = file
+        .gc_interval
+        .as_deref()
+        .map(humantime::parse_duration)
+        .transpose()
+        .context("invalid gc_interval in the config file (use e.g. \"24h\")")?;
     Ok(Settings {
         addr: args
             .addr
@@ -46,6 +56,7 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
             .or(file.storage)
             .unwrap_or_else(|| DEFAULT_STORAGE.to_string()),
         log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+        gc_interval: args.gc_interval.or(file_gc),
     })
 }
 
@@ -61,7 +72,8 @@ mod tests {
             Settings {
                 addr: "0.0.0.0:5000".into(),
                 storage: "./berth-data".into(),
-                log_format: LogFormat::Text
+                log_format: LogFormat::Text,
+                gc_interval: None,
             }
         );
     }
@@ -72,7 +84,7 @@ mod tests {
         let path = dir.path().join("berth.toml");
         std::fs::write(
             &path,
-            "addr = \"127.0.0.1:6000\"\nstorage = \"/srv/b\"\nlog_format = \"json\"\n",
+            "addr = \"127.0.0.1:6000\"\nstorage = \"/srv/b\"\nlog_format = \"json\"\ngc_interval = \"12h\"\n",
         )
         .expect("write");
         let args = ServeArgs {
@@ -84,6 +96,7 @@ mod tests {
         assert_eq!(s.addr, "127.0.0.1:7000");
         assert_eq!(s.storage, "/srv/b");
         assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.gc_interval, Some(Duration::from_secs(12 * 3600)));
     }
 
     #[test]

@@ -27,6 +27,28 @@ struct Cli {
 enum Command {
     /// Run an OCI Distribution v1.1 registry (what `docker push HOST:5000/app` talks to).
     Serve(ServeArgs),
+    /// Reclaim disk space: remove blobs that no manifest needs any more.
+    Gc(GcArgs),
+}
+
+#[derive(Parser, Debug)]
+pub struct GcArgs {
+    /// The storage folder [default: ./berth-data]
+    #[arg(long, env = "BERTH_STORAGE")]
+    storage: Option<String>,
+    /// TOML config file (its `storage` key is used)
+    #[arg(long, env = "BERTH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Keep anything pushed or reused more recently than this, so pushes in
+    /// progress lose nothing (e.g. 30m, 1h, 2d)
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    grace: Duration,
+    /// Report what would be removed, remove nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the result as JSON
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Parser, Debug, Default)]
@@ -40,8 +62,12 @@ pub struct ServeArgs {
     /// Log format [default: text]
     #[arg(long, env = "BERTH_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
-    /// TOML file with any of: addr, storage, log_format. Flags and BERTH_*
-    /// variables override it.
+    /// Collect garbage this often while serving (e.g. 24h); off by default.
+    /// Safe during pushes: it keeps anything touched in the last hour.
+    #[arg(long, env = "BERTH_GC_INTERVAL", value_parser = humantime::parse_duration)]
+    gc_interval: Option<Duration>,
+    /// TOML file with any of: addr, storage, log_format, gc_interval. Flags
+    /// and BERTH_* variables override it.
     #[arg(long, env = "BERTH_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -58,6 +84,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Gc(args) => gc(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -93,7 +120,10 @@ fn serve(args: ServeArgs) -> Result<()> {
     let app = berth_registry::Registry::new(storage.clone()).router();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        tokio::spawn(purge_abandoned_uploads(storage));
+        tokio::spawn(purge_abandoned_uploads(storage.clone()));
+        if let Some(every) = settings.gc_interval {
+            tokio::spawn(collect_garbage_periodically(storage, every));
+        }
         let listener = match tokio::net::TcpListener::bind(&settings.addr).await {
             Ok(listener) => listener,
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
@@ -110,6 +140,69 @@ fn serve(args: ServeArgs) -> Result<()> {
         tracing::info!("stopped: all in-flight requests finished");
         Ok(())
     })
+}
+
+/// How recent a push must be for the server's own collections to spare it.
+const SERVER_GC_GRACE: Duration = Duration::from_secs(3600);
+
+async fn collect_garbage_periodically(storage: Arc<dyn berth_storage::Storage>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.tick().await; // the first tick is immediate: wait one interval first
+    loop {
+        ticks.tick().await;
+        match storage.collect_garbage(SERVER_GC_GRACE, false).await {
+            Ok(r) => tracing::info!(
+                links = r.links_removed,
+                blobs = r.blobs_removed,
+                bytes = r.bytes_freed,
+                "garbage collected"
+            ),
+            Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+        }
+    }
+}
+
+fn gc(args: GcArgs) -> Result<()> {
+    let storage_path = config::resolve(ServeArgs {
+        storage: args.storage,
+        config: args.config,
+        ..Default::default()
+    })?
+    .storage;
+    if storage_path.starts_with("s3://") {
+        bail!("S3 storage is not available yet: use --storage with a local folder");
+    }
+    if !std::path::Path::new(&storage_path).join("blobs").is_dir() {
+        bail!("{storage_path} is not a berth storage folder (no blobs/ in it): check --storage");
+    }
+    let storage = berth_storage::FsStorage::open(&storage_path)
+        .with_context(|| format!("cannot open storage folder {storage_path}"))?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let report = runtime
+        .block_on(berth_storage::Storage::collect_garbage(
+            &storage,
+            args.grace,
+            args.dry_run,
+        ))
+        .context("garbage collection failed")?;
+    if args.json {
+        let mut value = serde_json::to_value(&report)?;
+        value["dry_run"] = args.dry_run.into();
+        println!("{value}");
+    } else {
+        let verb = if args.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        println!(
+            "{verb} {} repository links and {} blobs ({:.1} MiB)",
+            report.links_removed,
+            report.blobs_removed,
+            report.bytes_freed as f64 / (1 << 20) as f64
+        );
+    }
+    Ok(())
 }
 
 /// Upload sessions untouched for this long are abandoned pushes (the

@@ -108,6 +108,16 @@ fn annotations_of(
     a.map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
 }
 
+/// What garbage collection must keep for this manifest.
+fn digests_of(references: &[Reference]) -> Vec<Digest> {
+    references
+        .iter()
+        .map(|r| match r {
+            Reference::Blob(d) | Reference::Manifest(d) => d.clone(),
+        })
+        .collect()
+}
+
 fn parse_image(body: &[u8], media_type: String) -> ApiResult<ParsedManifest> {
     let m: ImageManifest = serde_json::from_slice(body)
         .map_err(|e| invalid(format!("not a valid image manifest: {e}")))?;
@@ -130,6 +140,7 @@ fn parse_image(body: &[u8], media_type: String) -> ApiResult<ParsedManifest> {
             subject: subject_of(m.subject().as_ref())?,
             artifact_type,
             annotations: annotations_of(m.annotations().as_ref()),
+            references: Some(digests_of(&references)),
         },
         references,
     })
@@ -151,6 +162,7 @@ fn parse_index(body: &[u8], media_type: String) -> ApiResult<ParsedManifest> {
             subject: subject_of(index.subject().as_ref())?,
             artifact_type: index.artifact_type().as_ref().map(|t| t.to_string()),
             annotations: annotations_of(index.annotations().as_ref()),
+            references: Some(digests_of(&references)),
         },
         references,
     })
@@ -229,6 +241,13 @@ mod tests {
             Some("application/vnd.oci.image.config.v1+json")
         );
         assert!(parsed.meta.subject.is_none());
+        assert_eq!(
+            parsed.meta.references,
+            Some(vec![
+                d("config").parse().expect("digest"),
+                d("layer").parse().expect("digest")
+            ])
+        );
     }
 
     #[test]

@@ -21,10 +21,11 @@
 //! collide with the `_`-prefixed folders.
 
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -35,8 +36,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::digest::{restore_sha256_state, save_sha256_state, Hasher};
 use crate::{
-    Algorithm, BlobRead, ByteRange, ByteStream, Descriptor, Digest, ManifestMeta, Result, Storage,
-    StorageError, UploadStatus,
+    Algorithm, BlobRead, ByteRange, ByteStream, Descriptor, Digest, GcReport, ManifestMeta, Result,
+    Storage, StorageError, UploadStatus,
 };
 
 /// During a long PATCH, the received bytes are fsynced and the offset and hash
@@ -49,6 +50,9 @@ const MAP_WINDOW: usize = 4 << 20;
 
 pub struct FsStorage {
     root: PathBuf,
+    /// Held for reading by every write that links a blob, for writing by
+    /// garbage collection, so a collection never races a push in this process.
+    gc_lock: Arc<RwLock<()>>,
     /// One lock per upload session: appends to one session are serialised.
     upload_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -75,6 +79,7 @@ impl FsStorage {
         }
         Ok(FsStorage {
             root,
+            gc_lock: Arc::new(RwLock::new(())),
             upload_locks: Mutex::new(HashMap::new()),
         })
     }
@@ -86,6 +91,7 @@ impl FsStorage {
     fn paths(&self) -> Paths {
         Paths {
             root: self.root.clone(),
+            gc_lock: self.gc_lock.clone(),
         }
     }
 
@@ -181,6 +187,7 @@ impl FsStorage {
 #[derive(Clone)]
 struct Paths {
     root: PathBuf,
+    gc_lock: Arc<RwLock<()>>,
 }
 
 impl Paths {
@@ -284,6 +291,29 @@ impl Paths {
     }
 }
 
+/// Create (or refresh) an empty link file, with a fresh modification time:
+/// garbage collection spares links younger than its grace period.
+fn touch_link(link: &Path) -> io::Result<()> {
+    if let Some(parent) = link.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    // An empty file is its own content: creating it cannot tear.
+    File::create(link)?.set_modified(SystemTime::now())
+}
+
+/// Refresh a blob's modification time, so a garbage collection running in
+/// another process (which cannot take our lock) spares a blob just reused.
+fn touch_blob(blob: &Path) -> io::Result<()> {
+    OpenOptions::new()
+        .write(true)
+        .open(blob)?
+        .set_modified(SystemTime::now())
+}
+
+fn modified_before(path: &Path, cutoff: SystemTime) -> io::Result<bool> {
+    Ok(fs::metadata(path)?.modified()? < cutoff)
+}
+
 fn is_upload_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -378,6 +408,27 @@ fn list_dir(dir: &Path) -> io::Result<Vec<String>> {
     Ok(names)
 }
 
+/// Every `<alg>/<hex>` or `<alg>/<xx>/<hex>` file below `dir` whose name is
+/// a digest, with its path. Anything else (a stray file) is left alone.
+fn digest_files(dir: &Path) -> io::Result<Vec<(Digest, PathBuf)>> {
+    let mut out = Vec::new();
+    for alg in list_dir(dir)? {
+        let alg_dir = dir.join(&alg);
+        let mut stack = vec![alg_dir];
+        while let Some(d) = stack.pop() {
+            for name in list_dir(&d)? {
+                let path = d.join(&name);
+                if path.is_dir() {
+                    stack.push(path);
+                } else if let Ok(digest) = format!("{alg}:{name}").parse::<Digest>() {
+                    out.push((digest, path));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn find_repositories(dir: &Path, prefix: &str, out: &mut Vec<String>) -> io::Result<()> {
     for name in list_dir(dir)? {
         if name.starts_with('_') {
@@ -449,15 +500,14 @@ impl Storage for FsStorage {
         let paths = self.paths();
         let link = paths.layer_link(repository, digest);
         let blob = paths.blob(digest);
+        let gc_lock = paths.gc_lock.clone();
         blocking(move || {
-            if !blob.exists() {
-                return Err(StorageError::BlobUnknown);
+            let _no_gc = gc_lock.read().unwrap_or_else(|e| e.into_inner());
+            match touch_blob(&blob) {
+                Err(e) if e.kind() == ErrorKind::NotFound => return Err(StorageError::BlobUnknown),
+                other => other?,
             }
-            if let Some(parent) = link.parent() {
-                fs::create_dir_all(parent)?;
-            }
-            // An empty file is its own content: creating it cannot tear.
-            File::create(&link)?;
+            touch_link(&link)?;
             Ok(())
         })
         .await
@@ -598,13 +648,10 @@ impl Storage for FsStorage {
             if let Some(parent) = blob.parent() {
                 fs::create_dir_all(parent)?;
             }
+            let _no_gc = paths.gc_lock.read().unwrap_or_else(|e| e.into_inner());
             // Rename, not copy: the finished upload becomes the blob in O(1).
             fs::rename(&data_path, &blob)?;
-            let link = paths.layer_link(&repo, &expected);
-            if let Some(parent) = link.parent() {
-                fs::create_dir_all(parent)?;
-            }
-            File::create(&link)?;
+            touch_link(&paths.layer_link(&repo, &expected))?;
             let _ = fs::remove_dir_all(&dir);
             Ok(state.offset)
         })
@@ -657,6 +704,61 @@ impl Storage for FsStorage {
         Ok(purged.len())
     }
 
+    async fn collect_garbage(&self, grace: std::time::Duration, dry_run: bool) -> Result<GcReport> {
+        let paths = self.paths();
+        blocking(move || {
+            let _exclusive = paths.gc_lock.write().unwrap_or_else(|e| e.into_inner());
+            let cutoff = SystemTime::now().checked_sub(grace).unwrap_or(UNIX_EPOCH);
+            let remove = |path: &Path| {
+                if dry_run {
+                    Ok(())
+                } else {
+                    fs::remove_file(path)
+                }
+            };
+            let mut report = GcReport::default();
+            let mut live: HashSet<Digest> = HashSet::new();
+            let mut repos = Vec::new();
+            find_repositories(&paths.root.join("repositories"), "", &mut repos)?;
+            for repo in repos {
+                // Mark: every manifest of the repository and what it references.
+                let mut needed: Option<HashSet<Digest>> = Some(HashSet::new());
+                for (digest, link) in digest_files(&paths.repo(&repo).join("_manifests"))? {
+                    let raw = fs::read(&link)?;
+                    let meta: ManifestMeta = serde_json::from_slice(&raw)
+                        .map_err(|e| StorageError::Corrupt(format!("{}: {e}", link.display())))?;
+                    match (&mut needed, meta.references) {
+                        (Some(set), Some(refs)) => set.extend(refs),
+                        _ => needed = None, // unknown references: keep every link
+                    }
+                    live.insert(digest);
+                }
+                // Sweep the repository's links nobody needs.
+                for (digest, link) in digest_files(&paths.repo(&repo).join("_layers"))? {
+                    let needed_here = needed.as_ref().is_none_or(|set| set.contains(&digest));
+                    if needed_here || !modified_before(&link, cutoff)? {
+                        live.insert(digest);
+                    } else {
+                        remove(&link)?;
+                        report.links_removed += 1;
+                    }
+                }
+            }
+            // Sweep blobs no repository links to.
+            for (digest, blob) in digest_files(&paths.root.join("blobs"))? {
+                if live.contains(&digest) || !modified_before(&blob, cutoff)? {
+                    continue;
+                }
+                let size = fs::metadata(&blob)?.len();
+                remove(&blob)?;
+                report.blobs_removed += 1;
+                report.bytes_freed += size;
+            }
+            Ok(report)
+        })
+        .await
+    }
+
     async fn manifest_put(
         &self,
         repository: &str,
@@ -673,11 +775,13 @@ impl Storage for FsStorage {
             tag.map(str::to_string),
         );
         blocking(move || {
+            let _no_gc = paths.gc_lock.read().unwrap_or_else(|e| e.into_inner());
             // Order matters for crash safety: bytes, then the link that makes
             // them visible, then the referrer entry and the tag that point at it.
             let blob = paths.blob(&digest);
-            if !blob.exists() {
-                paths.write_atomic(&blob, &bytes)?;
+            match touch_blob(&blob) {
+                Err(e) if e.kind() == ErrorKind::NotFound => paths.write_atomic(&blob, &bytes)?,
+                other => other?,
             }
             let meta_json = serde_json::to_vec(&meta).map_err(io::Error::other)?;
             paths.write_atomic(&paths.manifest_link(&repo, &digest), &meta_json)?;

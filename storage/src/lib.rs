@@ -90,6 +90,21 @@ pub struct ManifestMeta {
     pub artifact_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<BTreeMap<String, String>>,
+    /// Blobs and child manifests this manifest needs. `None` means unknown
+    /// (recorded by an older version), and garbage collection then keeps
+    /// every blob of the repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub references: Option<Vec<Digest>>,
+}
+
+/// What a garbage collection removed (or, in a dry run, would remove).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GcReport {
+    /// Repository links to blobs that no manifest of the repository needs.
+    pub links_removed: u64,
+    /// Blobs no repository links to any more.
+    pub blobs_removed: u64,
+    pub bytes_freed: u64,
 }
 
 /// Storage for a registry. Repository names, tags, digests and upload ids
@@ -185,6 +200,13 @@ pub trait Storage: Send + Sync + 'static {
     async fn referrers(&self, repository: &str, subject: &Digest) -> Result<Vec<Descriptor>>;
     /// All repositories, sorted.
     async fn repositories(&self) -> Result<Vec<String>>;
+
+    /// Reclaim space: drop repository links to blobs that no manifest of the
+    /// repository references, then blobs that no repository links to. Links
+    /// and blobs touched within `grace` are kept, so a push in progress (its
+    /// layers uploaded, its manifest not yet) loses nothing. Writes that link
+    /// blobs are excluded while a collection in the same process runs.
+    async fn collect_garbage(&self, grace: std::time::Duration, dry_run: bool) -> Result<GcReport>;
 }
 
 /// An inclusive byte range request; `end` None means "to the end".

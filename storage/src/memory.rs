@@ -1,7 +1,8 @@
 //! In-memory backend, for unit tests of the logic above storage.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -9,7 +10,7 @@ use futures::StreamExt;
 
 use crate::digest::Hasher;
 use crate::{
-    BlobRead, ByteRange, ByteStream, Descriptor, Digest, ManifestMeta, Result, Storage,
+    BlobRead, ByteRange, ByteStream, Descriptor, Digest, GcReport, ManifestMeta, Result, Storage,
     StorageError, UploadStatus,
 };
 
@@ -21,13 +22,16 @@ pub struct MemoryStorage {
 #[derive(Default)]
 struct State {
     blobs: HashMap<Digest, Bytes>,
+    /// When each blob was last stored or reused, for the GC grace period.
+    blob_touched: HashMap<Digest, Instant>,
     repos: BTreeMap<String, Repo>,
     uploads: HashMap<String, Upload>,
 }
 
 #[derive(Default)]
 struct Repo {
-    layers: BTreeSet<Digest>,
+    /// Linked blobs, with when they were linked.
+    layers: BTreeMap<Digest, Instant>,
     manifests: HashMap<Digest, ManifestMeta>,
     tags: BTreeMap<String, Digest>,
 }
@@ -107,7 +111,7 @@ impl Storage for MemoryStorage {
             s.blobs.contains_key(digest)
                 && s.repos
                     .get(repository)
-                    .is_some_and(|r| r.layers.contains(digest))
+                    .is_some_and(|r| r.layers.contains_key(digest))
         }))
     }
 
@@ -116,8 +120,9 @@ impl Storage for MemoryStorage {
             if !s.blobs.contains_key(digest) {
                 return Err(StorageError::BlobUnknown);
             }
+            s.blob_touched.insert(digest.clone(), Instant::now());
             let repo = s.repos.entry(repository.to_string()).or_default();
-            repo.layers.insert(digest.clone());
+            repo.layers.insert(digest.clone(), Instant::now());
             Ok(())
         })
     }
@@ -126,7 +131,7 @@ impl Storage for MemoryStorage {
         Ok(self.with(|s| {
             s.repos
                 .get_mut(repository)
-                .is_some_and(|r| r.layers.remove(digest))
+                .is_some_and(|r| r.layers.remove(digest).is_some())
         }))
     }
 
@@ -212,8 +217,9 @@ impl Storage for MemoryStorage {
             }
             let size = upload.data.len() as u64;
             s.blobs.insert(digest.clone(), Bytes::from(upload.data));
+            s.blob_touched.insert(digest.clone(), Instant::now());
             let repo = s.repos.entry(repository.to_string()).or_default();
-            repo.layers.insert(digest.clone());
+            repo.layers.insert(digest.clone(), Instant::now());
             Ok(size)
         })
     }
@@ -234,6 +240,46 @@ impl Storage for MemoryStorage {
         }))
     }
 
+    async fn collect_garbage(&self, grace: Duration, dry_run: bool) -> Result<GcReport> {
+        Ok(self.with(|s| {
+            let old = |t: &Instant| t.elapsed() > grace;
+            let mut report = GcReport::default();
+            let mut live = HashSet::new();
+            for repo in s.repos.values_mut() {
+                let needed: Option<HashSet<Digest>> = repo
+                    .manifests
+                    .values()
+                    .map(|m| m.references.clone())
+                    .collect::<Option<Vec<_>>>()
+                    .map(|refs| refs.into_iter().flatten().collect());
+                live.extend(repo.manifests.keys().cloned());
+                repo.layers.retain(|d, linked| {
+                    let keep = needed.as_ref().is_none_or(|n| n.contains(d)) || !old(linked);
+                    if keep {
+                        live.insert(d.clone());
+                    } else {
+                        report.links_removed += 1;
+                    }
+                    keep || dry_run
+                });
+            }
+            let State {
+                blobs,
+                blob_touched,
+                ..
+            } = s;
+            blobs.retain(|d, bytes| {
+                let keep = live.contains(d) || blob_touched.get(d).is_some_and(|t| !old(t));
+                if !keep {
+                    report.blobs_removed += 1;
+                    report.bytes_freed += bytes.len() as u64;
+                }
+                keep || dry_run
+            });
+            report
+        }))
+    }
+
     async fn manifest_put(
         &self,
         repository: &str,
@@ -244,6 +290,7 @@ impl Storage for MemoryStorage {
     ) -> Result<()> {
         self.with(|s| {
             s.blobs.entry(digest.clone()).or_insert(bytes);
+            s.blob_touched.insert(digest.clone(), Instant::now());
             let repo = s.repos.entry(repository.to_string()).or_default();
             repo.manifests.insert(digest.clone(), meta.clone());
             if let Some(tag) = tag {

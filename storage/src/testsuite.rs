@@ -39,6 +39,7 @@ fn meta(media_type: &str, subject: Option<&Digest>) -> ManifestMeta {
         subject: subject.cloned(),
         artifact_type: subject.map(|_| "application/x-test".to_string()),
         annotations: None,
+        references: Some(Vec::new()),
     }
 }
 
@@ -54,6 +55,7 @@ pub async fn run_all(storage: &dyn Storage) {
     ranges(storage).await;
     manifests_tags_and_referrers(storage).await;
     catalog_is_sorted_and_nested(storage).await;
+    garbage_collection(storage).await;
 }
 
 async fn empty_store(s: &dyn Storage) {
@@ -314,4 +316,83 @@ async fn catalog_is_sorted_and_nested(s: &dyn Storage) {
         !repos.iter().any(|r| r == "wrong"),
         "failed upload created a repository"
     );
+}
+
+/// Runs last: it sweeps everything the earlier tests left unreferenced.
+async fn garbage_collection(s: &dyn Storage) {
+    let repo = "gc/app";
+    let needed = push_blob(s, repo, b"layer the manifest needs").await;
+    let orphan = push_blob(s, repo, b"layer nobody references").await;
+    let shared = push_blob(s, repo, b"layer another repository also links").await;
+    s.link_blob("gc/other", &shared).await.expect("mount");
+    let other_body = Bytes::from_static(b"{\"gc\":\"other\"}");
+    let mut other = meta("application/vnd.oci.image.manifest.v1+json", None);
+    other.references = Some(vec![shared.clone()]);
+    s.manifest_put(
+        "gc/other",
+        &Digest::sha256_of(&other_body),
+        other_body,
+        &other,
+        None,
+    )
+    .await
+    .expect("put manifest in gc/other");
+    let body = Bytes::from_static(b"{\"gc\":1}");
+    let manifest = Digest::sha256_of(&body);
+    let mut m = meta("application/vnd.oci.image.manifest.v1+json", None);
+    m.references = Some(vec![needed.clone()]);
+    s.manifest_put(repo, &manifest, body.clone(), &m, Some("v1"))
+        .await
+        .expect("put manifest");
+
+    // Within the grace period nothing goes, however unreferenced.
+    let hour = std::time::Duration::from_secs(3600);
+    let report = s.collect_garbage(hour, false).await.expect("gc");
+    assert_eq!(
+        report,
+        crate::GcReport::default(),
+        "grace period not honoured"
+    );
+    // Let everything age past a one-second grace period (file times may be coarse).
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let grace = std::time::Duration::from_secs(1);
+
+    let dry = s.collect_garbage(grace, true).await.expect("dry run");
+    assert!(dry.links_removed >= 2 && dry.blobs_removed >= 1, "{dry:?}");
+    assert!(
+        s.blob_linked(repo, &orphan).await.expect("linked"),
+        "dry run removed a link"
+    );
+
+    let report = s.collect_garbage(grace, false).await.expect("gc");
+    assert_eq!(report, dry, "dry run and real run disagree");
+    assert!(s.blob_linked(repo, &needed).await.expect("linked"));
+    assert!(!s.blob_linked(repo, &orphan).await.expect("linked"));
+    assert_eq!(
+        s.blob_size(&orphan).await.expect("size"),
+        None,
+        "orphan blob kept"
+    );
+    // Unreferenced in gc/app, but needed in gc/other: the bytes stay.
+    assert!(!s.blob_linked(repo, &shared).await.expect("linked"));
+    assert!(s.blob_linked("gc/other", &shared).await.expect("linked"));
+    let (_, bytes) = s
+        .manifest_get(repo, &manifest)
+        .await
+        .expect("get")
+        .expect("manifest kept");
+    assert_eq!(bytes, body);
+
+    // A manifest recorded without references keeps every link of its repository.
+    let unknown = "gc/unknown";
+    let kept = push_blob(s, unknown, b"layer of a manifest with unknown references").await;
+    let legacy = Bytes::from_static(b"{\"legacy\":1}");
+    let mut m = meta("application/vnd.oci.image.manifest.v1+json", None);
+    m.references = None;
+    s.manifest_put(unknown, &Digest::sha256_of(&legacy), legacy, &m, None)
+        .await
+        .expect("put legacy manifest");
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    s.collect_garbage(grace, false).await.expect("gc");
+    assert!(s.blob_linked(unknown, &kept).await.expect("linked"));
 }
