@@ -102,6 +102,29 @@ pub(crate) fn body_stream(body: Body) -> ByteStream {
     Box::pin(body.into_data_stream().map_err(io::Error::other))
 }
 
+/// Take the request body out of its slot. A handler that fails before
+/// taking it leaves it there, and [`dispatch`] drains it.
+pub(crate) fn take_body(slot: &mut Option<Body>) -> ByteStream {
+    body_stream(slot.take().unwrap_or_else(Body::empty))
+}
+
+/// At most this much of a rejected request body is read and discarded.
+const DRAIN_LIMIT: u64 = 64 << 20;
+
+/// Read and discard the rest of a rejected request body, so a client still
+/// sending it reads our error instead of a broken pipe. Bounded: past
+/// `DRAIN_LIMIT` the connection is simply closed.
+pub(crate) async fn drain(mut stream: ByteStream) {
+    use futures::StreamExt;
+    let mut seen = 0u64;
+    while let Some(Ok(chunk)) = stream.next().await {
+        seen += chunk.len() as u64;
+        if seen > DRAIN_LIMIT {
+            break;
+        }
+    }
+}
+
 async fn dispatch(State(reg): State<Registry>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
@@ -130,11 +153,24 @@ async fn dispatch(State(reg): State<Registry>, request: Request) -> Response {
         query: parts.uri.query().map(str::to_string),
         headers: parts.headers,
     };
-    let result = handle(&reg, route, req, body).await;
-    result.unwrap_or_else(IntoResponse::into_response)
+    let mut body = Some(body);
+    match handle(&reg, route, req, &mut body).await {
+        Ok(response) => response,
+        Err(e) => {
+            if let Some(unread) = body.take() {
+                drain(body_stream(unread)).await;
+            }
+            e.into_response()
+        }
+    }
 }
 
-async fn handle(reg: &Registry, route: Route<'_>, req: Req, body: Body) -> ApiResult<Response> {
+async fn handle(
+    reg: &Registry,
+    route: Route<'_>,
+    req: Req,
+    body: &mut Option<Body>,
+) -> ApiResult<Response> {
     let s = reg.storage.as_ref();
     let m = req.method.clone();
     match route {

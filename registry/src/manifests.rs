@@ -7,7 +7,7 @@ use berth_storage::{collect_limited, Digest, Storage};
 
 use crate::error::{ApiResult, Code, RegistryError};
 use crate::manifest::{self, Reference, MAX_MANIFEST_BYTES};
-use crate::{body_stream, bytes_response, empty, header_value, Req};
+use crate::{bytes_response, drain, empty, header_value, take_body, Req};
 use axum::body::Body;
 
 /// A manifest reference: a tag or a digest.
@@ -45,25 +45,27 @@ pub async fn put(
     name: &str,
     reference: &str,
     req: &Req,
-    body: Body,
+    body: &mut Option<Body>,
 ) -> ApiResult<Response> {
     let reference = parse_reference(reference)?;
     let content_type = req.header("content-type").map(str::to_string);
-    let body = collect_limited(body_stream(body), MAX_MANIFEST_BYTES)
+    let mut stream = take_body(body);
+    let collected = collect_limited(&mut stream, MAX_MANIFEST_BYTES)
         .await
         .map_err(|e| {
             RegistryError::bad_request(
                 Code::ManifestInvalid,
                 format!("manifest body ended early: {e}"),
             )
-        })?
-        .ok_or_else(|| {
-            RegistryError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                Code::SizeInvalid,
-                format!("manifest larger than {MAX_MANIFEST_BYTES} bytes"),
-            )
         })?;
+    let Some(body) = collected else {
+        drain(stream).await;
+        return Err(RegistryError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Code::SizeInvalid,
+            format!("manifest larger than {MAX_MANIFEST_BYTES} bytes"),
+        ));
+    };
     let parsed = manifest::parse(&body, content_type.as_deref())?;
     let (digest, tag) = match reference {
         Ref::Digest(claimed) => {

@@ -8,7 +8,7 @@ use berth_storage::{Digest, Storage, UploadStatus};
 
 use crate::blobs::parse_digest;
 use crate::error::{ApiResult, Code, RegistryError};
-use crate::{body_stream, empty, header_value, http, Req};
+use crate::{empty, header_value, http, take_body, Req};
 use axum::body::Body;
 
 /// 202 with where the upload stands. The URL never changes during an upload,
@@ -82,7 +82,12 @@ fn check_content_range(req: &Req, offset: Option<u64>) -> ApiResult<Option<u64>>
     Ok(Some(start))
 }
 
-pub async fn start(s: &dyn Storage, name: &str, req: &Req, body: Body) -> ApiResult<Response> {
+pub async fn start(
+    s: &dyn Storage,
+    name: &str,
+    req: &Req,
+    body: &mut Option<Body>,
+) -> ApiResult<Response> {
     if let Some(mount) = req.param("mount") {
         let digest = parse_digest(&mount)?;
         let from = req.param("from");
@@ -103,7 +108,7 @@ pub async fn start(s: &dyn Storage, name: &str, req: &Req, body: Body) -> ApiRes
     match digest {
         Some(digest) => {
             let result = s
-                .upload_complete(name, &upload.id, &digest, Some(body_stream(body)))
+                .upload_complete(name, &upload.id, &digest, Some(take_body(body)))
                 .await;
             if result.is_err() {
                 // A failed single-request upload has no URL the client knows: drop it.
@@ -126,10 +131,17 @@ pub async fn patch(
     name: &str,
     id: &str,
     req: &Req,
-    body: Body,
+    body: &mut Option<Body>,
 ) -> ApiResult<Response> {
     let start = check_content_range(req, None)?;
-    let upload = s.upload_append(name, id, start, body_stream(body)).await?;
+    if let Some(start) = start {
+        // Refuse a misplaced chunk before reading it (the body is then drained).
+        let offset = s.upload_status(name, id).await?.offset;
+        if start != offset {
+            return Err(berth_storage::StorageError::RangeMismatch { offset }.into());
+        }
+    }
+    let upload = s.upload_append(name, id, start, take_body(body)).await?;
     Ok(upload_response(StatusCode::ACCEPTED, name, &upload))
 }
 
@@ -138,14 +150,14 @@ pub async fn finish(
     name: &str,
     id: &str,
     req: &Req,
-    body: Body,
+    body: &mut Option<Body>,
 ) -> ApiResult<Response> {
     let digest = required_digest(req)?;
     if req.header("content-range").is_some() {
         let offset = s.upload_status(name, id).await?.offset;
         check_content_range(req, Some(offset))?;
     }
-    s.upload_complete(name, id, &digest, Some(body_stream(body)))
+    s.upload_complete(name, id, &digest, Some(take_body(body)))
         .await?;
     Ok(blob_created(name, &digest))
 }

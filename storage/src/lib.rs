@@ -241,7 +241,8 @@ impl ByteRange {
 }
 
 /// Collect a stream into memory, refusing more than `limit` bytes.
-pub async fn collect_limited(mut stream: ByteStream, limit: usize) -> io::Result<Option<Bytes>> {
+/// On `None` the rest of the stream is left unread.
+pub async fn collect_limited(stream: &mut ByteStream, limit: usize) -> io::Result<Option<Bytes>> {
     use futures::StreamExt;
     let mut buf = bytes::BytesMut::new();
     while let Some(chunk) = stream.next().await {
