@@ -141,7 +141,7 @@ wait_ready() { # NAME PID URL LOG
 wait_ready berth "$BERTH_PID" "$BERTH_URL" "$WORK/berth.log"
 wait_ready distribution "$DIST_PID" "$DIST_URL" "$WORK/dist.log"
 
-WORKLOADS=(push-big push-small pull-big manifest-get)
+WORKLOADS=(push-big push-small pull-big pull-big-raw manifest-get)
 ERRORS=0
 
 url_of() { if [[ "$1" == berth ]]; then echo "$BERTH_URL"; else echo "$DIST_URL"; fi; }
@@ -235,7 +235,7 @@ ratio() {
     fi
 }
 
-ROWS=("push-big|MB/s|>= 2" "push-small|push/s|>= 2" "pull-big|MB/s|>= 1.2" "manifest-get|req/s|>= 4")
+ROWS=("push-big|MB/s|>= 2" "push-small|push/s|>= 2" "pull-big|MB/s|>= 1.2" "pull-big-raw|MB/s|>= 1.2" "manifest-get|req/s|>= 4")
 if [[ "$USE_WRK" == 1 ]]; then ROWS+=("manifest-get-wrk|req/s|>= 4"); fi
 
 echo

@@ -23,6 +23,9 @@ pub enum Workload {
     PushSmall,
     /// Pull a big blob (pushed first, untimed) and verify its sha256, in MB/s.
     PullBig,
+    /// The same pull, checking only the length: the client's hashing no
+    /// longer competes with the server for the two cores, in MB/s.
+    PullBigRaw,
     /// GET one tagged manifest from concurrent clients for a fixed time, in requests/s.
     ManifestGet,
 }
