@@ -36,6 +36,7 @@ impl Workload {
             Workload::PushBig => "push-big",
             Workload::PushSmall => "push-small",
             Workload::PullBig => "pull-big",
+            Workload::PullBigRaw => "pull-big-raw",
             Workload::ManifestGet => "manifest-get",
         }
     }
