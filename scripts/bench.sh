@@ -149,6 +149,9 @@ url_of() { if [[ "$1" == berth ]]; then echo "$BERTH_URL"; else echo "$DIST_URL"
 # run_bench SERVER WORKLOAD ROUND: one berth-bench run; its JSON goes to res/.
 run_bench() {
     local out="$WORK/res/$1.$2.$3"
+    # Flush what the previous run left in the page cache, so one server's deferred
+    # writeback (distribution does not fsync) is not billed to the next server's run.
+    sync
     echo "-- round $3: $2 against $1" >&2
     if RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 "$BENCH" --url "$(url_of "$1")" --workload "$2" --json \
         --big-mib "$BIG_MIB" --reps "$REPS" --duration "$DURATION" \
@@ -164,6 +167,7 @@ run_bench() {
 # run_wrk SERVER ROUND: manifest GETs by tag with wrk (the image was pushed by manifest-get).
 run_wrk() {
     local out="$WORK/res/$1.manifest-get-wrk.$2"
+    sync
     local url
     url="$(url_of "$1")/v2/bench/manifest-get/manifests/latest"
     echo "-- round $2: manifest-get (wrk) against $1" >&2
