@@ -132,29 +132,28 @@ async fn dispatch(State(reg): State<Registry>, request: Request) -> Response {
         .strip_prefix("/v2/")
         .or_else(|| path.strip_prefix("/v2"))
         .unwrap_or("");
-    let route = match route::parse(rest) {
-        Ok(route) => route,
-        Err(RouteError::NotFound) => {
-            return RegistryError::not_found(Code::Unsupported, format!("no API endpoint at {path}"))
-                .into_response()
+    let route = route::parse(rest).map_err(|e| match e {
+        RouteError::NotFound => {
+            RegistryError::not_found(Code::Unsupported, format!("no API endpoint at {path}"))
         }
-        Err(RouteError::InvalidName(name)) => {
-            return RegistryError::bad_request(
-                Code::NameInvalid,
-                format!(
-                    "invalid repository name {name:?}: use lowercase letters, digits and separators (. _ __ -), components joined by /"
-                ),
-            )
-            .into_response()
-        }
-    };
+        RouteError::InvalidName(name) => RegistryError::bad_request(
+            Code::NameInvalid,
+            format!(
+                "invalid repository name {name:?}: use lowercase letters, digits and separators (. _ __ -), components joined by /"
+            ),
+        ),
+    });
     let req = Req {
         method: parts.method.clone(),
         query: parts.uri.query().map(str::to_string),
         headers: parts.headers,
     };
     let mut body = Some(body);
-    match handle(&reg, route, req, &mut body).await {
+    let result = match route {
+        Ok(route) => handle(&reg, route, req, &mut body).await,
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(response) => response,
         Err(e) => {
             if let Some(unread) = body.take() {
