@@ -46,9 +46,15 @@ fn required_digest(req: &Req) -> ApiResult<Digest> {
     parse_digest(&value)
 }
 
-/// Reject a chunk whose declared range does not begin at `offset`, or whose
-/// length disagrees with Content-Length.
-fn check_content_range(req: &Req, offset: Option<u64>) -> ApiResult<Option<u64>> {
+/// The start of a chunk that declares its `Content-Range`, checked against
+/// the upload's current offset and the Content-Length before any of the body
+/// is read (a refused body is then drained, see `dispatch`).
+async fn checked_chunk_start(
+    s: &dyn Storage,
+    name: &str,
+    id: &str,
+    req: &Req,
+) -> ApiResult<Option<u64>> {
     let Some(value) = req.header("content-range") else {
         return Ok(None);
     };
@@ -74,10 +80,9 @@ fn check_content_range(req: &Req, offset: Option<u64>) -> ApiResult<Option<u64>>
             ));
         }
     }
-    if let Some(offset) = offset {
-        if start != offset {
-            return Err(berth_storage::StorageError::RangeMismatch { offset }.into());
-        }
+    let offset = s.upload_status(name, id).await?.offset;
+    if start != offset {
+        return Err(berth_storage::StorageError::RangeMismatch { offset }.into());
     }
     Ok(Some(start))
 }
@@ -133,14 +138,7 @@ pub async fn patch(
     req: &Req,
     body: &mut Option<Body>,
 ) -> ApiResult<Response> {
-    let start = check_content_range(req, None)?;
-    if let Some(start) = start {
-        // Refuse a misplaced chunk before reading it (the body is then drained).
-        let offset = s.upload_status(name, id).await?.offset;
-        if start != offset {
-            return Err(berth_storage::StorageError::RangeMismatch { offset }.into());
-        }
-    }
+    let start = checked_chunk_start(s, name, id, req).await?;
     let upload = s.upload_append(name, id, start, take_body(body)).await?;
     Ok(upload_response(StatusCode::ACCEPTED, name, &upload))
 }
@@ -153,10 +151,7 @@ pub async fn finish(
     body: &mut Option<Body>,
 ) -> ApiResult<Response> {
     let digest = required_digest(req)?;
-    if req.header("content-range").is_some() {
-        let offset = s.upload_status(name, id).await?.offset;
-        check_content_range(req, Some(offset))?;
-    }
+    checked_chunk_start(s, name, id, req).await?;
     s.upload_complete(name, id, &digest, Some(take_body(body)))
         .await?;
     Ok(blob_created(name, &digest))
