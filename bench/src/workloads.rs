@@ -80,8 +80,19 @@ async fn push_big(reg: &Registry, args: &Args) -> Result<Outcome> {
         runs.push(mb_per_s(len, secs));
         total += secs;
     }
+    Ok(big_transfer_outcome(
+        args,
+        len,
+        runs,
+        total,
+        "monolithic PUT",
+    ))
+}
+
+/// The result of `args.reps` transfers of one `len`-byte blob, in MB/s.
+fn big_transfer_outcome(args: &Args, len: u64, runs: Vec<f64>, total: f64, how: &str) -> Outcome {
     let bytes = len * u64::from(args.reps);
-    Ok(Outcome {
+    Outcome {
         value: mb_per_s(bytes, total),
         unit: "MB/s",
         seconds: total,
@@ -90,8 +101,8 @@ async fn push_big(reg: &Registry, args: &Args) -> Result<Outcome> {
         runs,
         p50_ms: None,
         p99_ms: None,
-        detail: format!("{} x {} MiB, monolithic PUT", args.reps, args.big_mib),
-    })
+        detail: format!("{} x {} MiB, {how}", args.reps, args.big_mib),
+    }
 }
 
 async fn pull_big(reg: &Registry, args: &Args, verify: bool) -> Result<Outcome> {
@@ -145,27 +156,12 @@ async fn pull_big(reg: &Registry, args: &Args, verify: bool) -> Result<Outcome> 
         runs.push(mb_per_s(len, secs));
         total += secs;
     }
-    let bytes = len * u64::from(args.reps);
-    Ok(Outcome {
-        value: mb_per_s(bytes, total),
-        unit: "MB/s",
-        seconds: total,
-        ops: u64::from(args.reps),
-        bytes,
-        runs,
-        p50_ms: None,
-        p99_ms: None,
-        detail: format!(
-            "{} x {} MiB, {}",
-            args.reps,
-            args.big_mib,
-            if verify {
-                "sha256 verified"
-            } else {
-                "length checked"
-            }
-        ),
-    })
+    let how = if verify {
+        "sha256 verified"
+    } else {
+        "length checked"
+    };
+    Ok(big_transfer_outcome(args, len, runs, total, how))
 }
 
 /// Returns (p50, p99) in milliseconds of latencies given in microseconds.
