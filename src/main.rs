@@ -11,6 +11,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
 mod config;
+mod images;
+mod progress;
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +31,26 @@ enum Command {
     Serve(ServeArgs),
     /// Reclaim disk space: remove blobs that no manifest needs any more.
     Gc(GcArgs),
+    /// Send an image to a registry (from the local store, oci:DIR or docker-archive:FILE).
+    Push(images::PushArgs),
+    /// Fetch an image from a registry (into the local store, or oci:DIR / docker-archive:FILE).
+    Pull(images::PullArgs),
+    /// Copy an image between registries, OCI layouts, docker archives and the local store.
+    Copy(images::CopyArgs),
+    /// Make an image from a root filesystem tarball (like `docker import`).
+    Import(images::ImportArgs),
+    /// Give an image on a registry another name there (no blob transfer).
+    Tag(images::TagArgs),
+    /// Show an image's manifest and config.
+    Inspect(images::InspectArgs),
+    /// List the tags of a repository.
+    Ls(images::LsArgs),
+    /// Remove a tag or manifest.
+    Rm(images::RmArgs),
+    /// Save credentials for a registry (shared with `docker login`).
+    Login(images::LoginArgs),
+    /// Forget the credentials for a registry.
+    Logout(images::LogoutArgs),
 }
 
 #[derive(Parser, Debug)]
@@ -85,6 +107,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Gc(args) => gc(args),
+        Command::Push(args) => images::push(args),
+        Command::Pull(args) => images::pull(args),
+        Command::Copy(args) => images::copy(args),
+        Command::Import(args) => images::import(args),
+        Command::Tag(args) => images::tag(args),
+        Command::Inspect(args) => images::inspect(args),
+        Command::Ls(args) => images::ls(args),
+        Command::Rm(args) => images::rm(args),
+        Command::Login(args) => images::login(args),
+        Command::Logout(args) => images::logout(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

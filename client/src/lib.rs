@@ -7,9 +7,19 @@
 //! transport implements, and [`copy`] moves an image from a source to a
 //! destination (blobs in parallel, manifest last).
 
+pub mod archive;
+pub mod auth;
+pub mod copy;
+pub mod credentials;
 pub mod error;
 pub mod image;
+pub mod import;
+pub mod layout;
+pub mod location;
+pub mod open;
 pub mod reference;
+pub mod registry;
+pub mod remote;
 
 pub use error::{Error, Result};
 pub use image::{

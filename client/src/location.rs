@@ -1,0 +1,198 @@
+//! Where an image lives, as written on the command line:
+//! `[docker://]REF` (a registry), `oci:DIR[:TAG]` (an OCI image layout),
+//! `docker-archive:FILE[:REF]` (a `docker save` tarball) or `local:REF`
+//! (Berth's own image store, an OCI layout in the user's data folder).
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+use crate::reference::ImageRef;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    Registry(ImageRef),
+    Oci {
+        dir: PathBuf,
+        tag: Option<String>,
+    },
+    DockerArchive {
+        file: PathBuf,
+        reference: Option<String>,
+    },
+    /// An image in the local store, named by its full reference.
+    Local(ImageRef),
+}
+
+impl Location {
+    /// Parse a location; a bare reference means a registry.
+    pub fn parse(input: &str) -> Result<Location> {
+        Self::parse_with_default(input, false)
+    }
+
+    /// Parse a location; a bare reference means the local store when
+    /// `bare_is_local` (as for `berth push SRC`).
+    pub fn parse_with_default(input: &str, bare_is_local: bool) -> Result<Location> {
+        if let Some(rest) = input.strip_prefix("oci:") {
+            let (dir, tag) = split_path_and_name(rest);
+            if dir.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "{input:?}: write oci:DIR[:TAG]"
+                )));
+            }
+            return Ok(Location::Oci {
+                dir: PathBuf::from(dir),
+                tag,
+            });
+        }
+        if let Some(rest) = input.strip_prefix("docker-archive:") {
+            let (file, reference) = split_path_and_name(rest);
+            if file.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "{input:?}: write docker-archive:FILE[:REF]"
+                )));
+            }
+            return Ok(Location::DockerArchive {
+                file: PathBuf::from(file),
+                reference,
+            });
+        }
+        if let Some(rest) = input.strip_prefix("local:") {
+            return Ok(Location::Local(ImageRef::parse(rest)?));
+        }
+        if input.starts_with("docker://") {
+            return Ok(Location::Registry(ImageRef::parse(input)?));
+        }
+        if let Some((transport, _)) = input.split_once(':') {
+            if !transport.contains(['.', '/'])
+                && [
+                    "dir",
+                    "containers-storage",
+                    "docker-daemon",
+                    "oci-archive",
+                    "ostree",
+                    "sif",
+                ]
+                .contains(&transport)
+            {
+                return Err(Error::Unsupported(format!(
+                    "{input:?}: the {transport}: transport is not supported; use a registry reference, oci:DIR[:TAG], docker-archive:FILE[:REF] or local:REF"
+                )));
+            }
+        }
+        let reference = ImageRef::parse(input)?;
+        Ok(if bare_is_local {
+            Location::Local(reference)
+        } else {
+            Location::Registry(reference)
+        })
+    }
+
+    /// The name of the local store's entry for a reference (its full, normalised form).
+    pub fn store_name(reference: &ImageRef) -> String {
+        let mut r = reference.clone();
+        if r.tag.is_none() && r.digest.is_none() {
+            r.tag = Some("latest".into());
+        }
+        r.to_string()
+    }
+}
+
+/// `PATH[:NAME]`: the first `:` splits (paths with `:` are not supported, as in skopeo).
+fn split_path_and_name(rest: &str) -> (&str, Option<String>) {
+    match rest.split_once(':') {
+        Some((path, name)) if !name.is_empty() => (path, Some(name.to_string())),
+        Some((path, _)) => (path, None),
+        None => (rest, None),
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Registry(r) => write!(f, "{r}"),
+            Location::Oci { dir, tag } => {
+                write!(f, "oci:{}", dir.display())?;
+                if let Some(t) = tag {
+                    write!(f, ":{t}")?;
+                }
+                Ok(())
+            }
+            Location::DockerArchive { file, reference } => {
+                write!(f, "docker-archive:{}", file.display())?;
+                if let Some(r) = reference {
+                    write!(f, ":{r}")?;
+                }
+                Ok(())
+            }
+            Location::Local(r) => write!(f, "local:{r}"),
+        }
+    }
+}
+
+/// Berth's local image store: `$BERTH_STORE`, else
+/// `$XDG_DATA_HOME/berth/store`, else `~/.local/share/berth/store`.
+pub fn default_store_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("BERTH_STORE") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(dir).join("berth").join("store");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    home.join(".local/share/berth/store")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_transports() {
+        assert_eq!(
+            Location::parse("oci:/tmp/x:v1").unwrap(),
+            Location::Oci {
+                dir: "/tmp/x".into(),
+                tag: Some("v1".into())
+            }
+        );
+        assert_eq!(
+            Location::parse("oci:layout").unwrap(),
+            Location::Oci {
+                dir: "layout".into(),
+                tag: None
+            }
+        );
+        assert_eq!(
+            Location::parse("docker-archive:/tmp/a.tar:app:1").unwrap(),
+            Location::DockerArchive {
+                file: "/tmp/a.tar".into(),
+                reference: Some("app:1".into())
+            }
+        );
+        assert!(
+            matches!(Location::parse("localhost:5000/app:1").unwrap(), Location::Registry(r) if r.registry == "localhost:5000")
+        );
+        assert!(matches!(
+            Location::parse("docker://busybox").unwrap(),
+            Location::Registry(_)
+        ));
+        assert!(matches!(
+            Location::parse_with_default("app:1", true).unwrap(),
+            Location::Local(_)
+        ));
+        assert!(matches!(
+            Location::parse("local:app").unwrap(),
+            Location::Local(_)
+        ));
+        assert!(Location::parse("oci:").is_err());
+        assert!(Location::parse("containers-storage:x")
+            .unwrap_err()
+            .to_string()
+            .contains("not supported"));
+        assert_eq!(
+            Location::store_name(&ImageRef::parse("app").unwrap()),
+            "docker.io/library/app:latest"
+        );
+    }
+}

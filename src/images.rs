@@ -1,0 +1,682 @@
+//! The image commands: push, pull, copy, import, tag, inspect, ls, rm,
+//! login, logout. Argument handling and output only; the work is in
+//! `berth-client`.
+
+use std::io::Read as _;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use berth_client::copy::{copy_image, CopyOptions, CopyReport, Platforms};
+use berth_client::credentials::{Credentials, DockerConfig};
+use berth_client::image::{ImageSource, ManifestKind, Platform};
+use berth_client::location::{default_store_dir, Location};
+use berth_client::open::{open_dest, open_source, Opened};
+use berth_client::reference::DOCKER_HUB;
+use berth_client::registry::{Client, ClientConfig};
+use clap::{Args, Parser};
+use futures::TryStreamExt;
+use serde_json::json;
+
+use crate::progress::{human_bytes, CliProgress, Mode};
+
+/// Options every image command shares.
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// Registry (HOST[:PORT]) to reach over plain HTTP or HTTPS without
+    /// certificate checks; repeatable. Loopback registries need no flag.
+    #[arg(
+        long = "insecure",
+        value_name = "REGISTRY",
+        env = "BERTH_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    insecure: Vec<String>,
+    /// Extra CA certificate(s) (PEM) to trust, besides the system's and
+    /// /etc/docker/certs.d/HOST/*.crt
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// USER:PASSWORD to use instead of the stored login
+    #[arg(
+        long,
+        value_name = "USER:PASSWORD",
+        env = "BERTH_CREDS",
+        hide_env_values = true
+    )]
+    creds: Option<String>,
+    /// Berth's local image store (where `pull` puts images, `push` takes them from)
+    #[arg(long, value_name = "DIR", env = "BERTH_STORE")]
+    store: Option<PathBuf>,
+    /// No progress output
+    #[arg(long, short)]
+    quiet: bool,
+    /// Print the result as JSON on stdout (no progress)
+    #[arg(long)]
+    json: bool,
+}
+
+/// Options of commands that move images.
+#[derive(Args, Debug, Clone)]
+pub struct TransferArgs {
+    /// From a multi-platform image, take the one for OS/ARCH[/VARIANT]
+    /// [default: this machine's]
+    #[arg(long, value_name = "OS/ARCH")]
+    platform: Option<String>,
+    /// Copy every platform of a multi-platform image, and the index itself
+    #[arg(long, conflicts_with = "platform")]
+    all: bool,
+    /// Blobs transferred at once
+    #[arg(long, short = 'j', default_value_t = 4)]
+    jobs: usize,
+}
+
+#[derive(Parser, Debug)]
+pub struct PushArgs {
+    /// What to push: a name in the local store, oci:DIR[:TAG] or docker-archive:FILE
+    src: String,
+    /// Registry reference to push to [default: SRC's name]
+    dst: Option<String>,
+    #[command(flatten)]
+    transfer: TransferArgs,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Parser, Debug)]
+pub struct PullArgs {
+    /// Registry reference to pull
+    reference: String,
+    /// Where to put it: oci:DIR[:TAG], docker-archive:FILE[:REF] or local:REF
+    /// [default: the local store, under REFERENCE]
+    dest: Option<String>,
+    #[command(flatten)]
+    transfer: TransferArgs,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Parser, Debug)]
+pub struct CopyArgs {
+    /// Source: registry reference, oci:DIR[:TAG], docker-archive:FILE[:REF] or local:REF
+    src: String,
+    /// Destination, in the same forms
+    dst: String,
+    #[command(flatten)]
+    transfer: TransferArgs,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Parser, Debug)]
+pub struct ImportArgs {
+    /// Root filesystem tarball (plain, gzip or zstd); `-` reads stdin
+    rootfs: String,
+    /// Where the image goes: registry reference, oci:DIR[:TAG], docker-archive:FILE[:REF] or local:REF
+    reference: String,
+    /// Dockerfile instruction to apply to the image config, as `docker
+    /// import --change` (CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, USER, WORKDIR,
+    /// VOLUME, STOPSIGNAL, ONBUILD); repeatable
+    #[arg(long, short = 'c')]
+    change: Vec<String>,
+    /// Comment for the image's history
+    #[arg(long, short = 'm')]
+    message: Option<String>,
+    /// Platform the image is for [default: this machine's]
+    #[arg(long, value_name = "OS/ARCH")]
+    platform: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Parser, Debug)]
+pub struct TagArgs {
+    /// Existing image on a registry
+    src: String,
+    /// New name on the same registry (another tag or repository); only
+    /// manifests move, blobs are mounted
+    dst: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Parser, Debug)]
+pub struct InspectArgs {
+    /// Image: registry reference, oci:DIR[:TAG], docker-archive:FILE[:REF] or local:REF
+    reference: String,
+    /// Print the manifest exactly as stored
+    #[arg(long, conflicts_with = "config")]
+    raw: bool,
+    /// Print the image config exactly as stored
+    #[arg(long)]
+    config: bool,
+    /// For a multi-platform image, describe the one for OS/ARCH[/VARIANT]
+    #[arg(long, value_name = "OS/ARCH")]
+    platform: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Parser, Debug)]
+pub struct LsArgs {
+    /// Repository on a registry (REGISTRY/NAME), oci:DIR, or `local:` for the local store
+    repository: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Parser, Debug)]
+pub struct RmArgs {
+    /// REGISTRY/NAME:TAG removes the tag; REGISTRY/NAME@DIGEST removes the
+    /// manifest and every tag on it; local:REF removes from the local store
+    reference: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Parser, Debug)]
+pub struct LoginArgs {
+    /// Registry host[:port] [default: Docker Hub]
+    registry: Option<String>,
+    #[arg(long, short)]
+    username: Option<String>,
+    /// Password (prefer --password-stdin: arguments show in `ps`)
+    #[arg(long, short)]
+    password: Option<String>,
+    /// Read the password from stdin
+    #[arg(long)]
+    password_stdin: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Parser, Debug)]
+pub struct LogoutArgs {
+    /// Registry host[:port] [default: Docker Hub]
+    registry: Option<String>,
+}
+
+struct Session {
+    client: Client,
+    store: PathBuf,
+    progress: CliProgress,
+    json: bool,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Session {
+    fn new(args: &ClientArgs) -> Result<Session> {
+        let mut config = ClientConfig {
+            insecure_registries: args
+                .insecure
+                .iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            ca_file: args.ca_file.clone(),
+            ..ClientConfig::default()
+        };
+        if let Some(creds) = &args.creds {
+            let (username, password) = creds
+                .split_once(':')
+                .context("--creds must be USER:PASSWORD")?;
+            config.credentials = Some(Credentials::Basic {
+                username: username.to_string(),
+                password: password.to_string(),
+            });
+        }
+        Ok(Session {
+            client: Client::new(config),
+            store: args.store.clone().unwrap_or_else(default_store_dir),
+            progress: CliProgress::new(Mode::choose(args.quiet || args.json)),
+            json: args.json,
+            runtime: tokio::runtime::Runtime::new().context("cannot start the async runtime")?,
+        })
+    }
+
+    fn copy(&self, src: &Location, dst: &Location, transfer: &TransferArgs) -> Result<CopyReport> {
+        let options = copy_options(transfer)?;
+        self.runtime
+            .block_on(async {
+                let source = open_source(&self.client, src, &self.store).await?;
+                let Opened { dest, tag } =
+                    open_dest(&self.client, dst, &self.store, options.jobs).await?;
+                let report = copy_image(
+                    source.as_ref(),
+                    dest.as_ref(),
+                    tag.as_deref(),
+                    &options,
+                    &self.progress,
+                )
+                .await?;
+                Ok::<_, berth_client::Error>(report)
+            })
+            .map_err(anyhow::Error::from)
+    }
+
+    fn report(&self, dst: &Location, report: &CopyReport) {
+        if self.json {
+            let mut value = serde_json::to_value(report).unwrap_or_default();
+            value["destination"] = dst.to_string().into();
+            println!("{value}");
+            return;
+        }
+        let count = |o| report.blobs.iter().filter(|b| b.outcome == o).count();
+        use berth_client::image::BlobOutcome::*;
+        let platform = report
+            .platform
+            .as_ref()
+            .map(|p| format!(" ({p})"))
+            .unwrap_or_default();
+        self.progress.line(&format!(
+            "{dst}{platform}: {} blobs: {} copied ({}), {} already there, {} mounted",
+            report.blobs.len(),
+            count(Copied),
+            human_bytes(report.bytes_copied),
+            count(Exists),
+            count(Mounted),
+        ));
+        println!("{}", report.digest);
+    }
+}
+
+fn copy_options(transfer: &TransferArgs) -> Result<CopyOptions> {
+    let platforms = if transfer.all {
+        Platforms::All
+    } else {
+        match &transfer.platform {
+            Some(p) => Platforms::One(p.parse::<Platform>()?),
+            None => Platforms::One(Platform::current()),
+        }
+    };
+    Ok(CopyOptions {
+        platforms,
+        jobs: transfer.jobs.max(1),
+    })
+}
+
+pub fn push(args: PushArgs) -> Result<()> {
+    let session = Session::new(&args.client)?;
+    let src = Location::parse_with_default(&args.src, true)?;
+    let dst = match (&args.dst, &src) {
+        (Some(d), _) => Location::parse(d)?,
+        (None, Location::Local(r)) => Location::Registry(r.clone()),
+        (None, _) => bail!(
+            "say where to push {}: berth push {} REGISTRY/NAME[:TAG]",
+            args.src,
+            args.src
+        ),
+    };
+    if !matches!(dst, Location::Registry(_)) {
+        bail!("push sends images to a registry; to write {dst} use `berth copy`");
+    }
+    let report = session.copy(&src, &dst, &args.transfer)?;
+    session.report(&dst, &report);
+    Ok(())
+}
+
+pub fn pull(args: PullArgs) -> Result<()> {
+    let session = Session::new(&args.client)?;
+    let src = Location::parse(&args.reference)?;
+    let Location::Registry(reference) = &src else {
+        bail!("pull takes a registry reference; to read {src} use `berth copy`");
+    };
+    let dst = match &args.dest {
+        Some(d) => Location::parse_with_default(d, true)?,
+        None => Location::Local(reference.clone()),
+    };
+    let report = session.copy(&src, &dst, &args.transfer)?;
+    session.report(&dst, &report);
+    Ok(())
+}
+
+pub fn copy(args: CopyArgs) -> Result<()> {
+    let session = Session::new(&args.client)?;
+    let src = Location::parse(&args.src)?;
+    let dst = Location::parse(&args.dst)?;
+    let report = session.copy(&src, &dst, &args.transfer)?;
+    session.report(&dst, &report);
+    Ok(())
+}
+
+pub fn tag(args: TagArgs) -> Result<()> {
+    let session = Session::new(&args.client)?;
+    let (Location::Registry(src), Location::Registry(dst)) =
+        (Location::parse(&args.src)?, Location::parse(&args.dst)?)
+    else {
+        bail!("tag works on registry references; use `berth copy` for other locations");
+    };
+    if src.registry != dst.registry {
+        bail!("tag stays on one registry ({} vs {}): use `berth copy` to move images between registries", src.registry, dst.registry);
+    }
+    // Every platform and the index itself: a tag names the same manifest.
+    let transfer = TransferArgs {
+        platform: None,
+        all: true,
+        jobs: 4,
+    };
+    let dst = Location::Registry(dst);
+    let report = session.copy(&Location::Registry(src), &dst, &transfer)?;
+    session.report(&dst, &report);
+    Ok(())
+}
+
+pub fn import(args: ImportArgs) -> Result<()> {
+    let session = Session::new(&args.client)?;
+    let dst = Location::parse(&args.reference)?;
+    let platform = match &args.platform {
+        Some(p) => p.parse::<Platform>()?,
+        None => Platform::current(),
+    };
+    let options = berth_client::import::ImportOptions {
+        changes: args.change.clone(),
+        message: args.message.clone(),
+        platform: Some(platform.clone()),
+        ..Default::default()
+    };
+    // The image is made in a scratch OCI layout first, then copied like any
+    // other image, so every destination works the same way.
+    let scratch = tempfile::Builder::new()
+        .prefix("berth-import-")
+        .tempdir()
+        .context("cannot create a temporary folder")?;
+    let layout = scratch.path().join("layout");
+    session
+        .runtime
+        .block_on(berth_client::import::import_rootfs(
+            std::path::Path::new(&args.rootfs),
+            &layout,
+            Some("import"),
+            &options,
+        ))?;
+    let src = Location::Oci {
+        dir: layout,
+        tag: Some("import".into()),
+    };
+    let transfer = TransferArgs {
+        platform: Some(platform.to_string()),
+        all: false,
+        jobs: 4,
+    };
+    let report = session.copy(&src, &dst, &transfer)?;
+    session.report(&dst, &report);
+    Ok(())
+}
+
+pub fn inspect(args: InspectArgs) -> Result<()> {
+    let session = Session::new(&args.client)?;
+    let loc = Location::parse(&args.reference)?;
+    session.runtime.block_on(async {
+        let source = open_source(&session.client, &loc, &session.store).await?;
+        let top = source.manifest().await?;
+        if args.raw {
+            use std::io::Write;
+            std::io::stdout().write_all(&top.bytes).context("writing to stdout")?;
+            return Ok(());
+        }
+        let (image, platform) = match top.parse()? {
+            ManifestKind::Image { .. } => (top.clone(), None),
+            ManifestKind::Index { manifests } => {
+                let wanted = match &args.platform {
+                    Some(p) => p.parse()?,
+                    None => Platform::current(),
+                };
+                match berth_client::copy::select_platform(&manifests, &wanted) {
+                    Ok(entry) => (source.manifest_by_digest(&entry.blob.digest).await?, entry.platform.clone()),
+                    Err(e) if !args.config && !session.json => {
+                        print_index(&loc, &top, &manifests);
+                        eprintln!("({e})");
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        let ManifestKind::Image { config, layers } = image.parse()? else {
+            bail!("{loc}: nested image indexes are not supported");
+        };
+        let config_bytes = read_small_blob(source.as_ref(), &config).await?;
+        if args.config {
+            use std::io::Write;
+            std::io::stdout().write_all(&config_bytes).context("writing to stdout")?;
+            return Ok(());
+        }
+        let config_json: serde_json::Value = serde_json::from_slice(&config_bytes).context("the image config is not JSON")?;
+        if session.json {
+            let out = json!({
+                "name": loc.to_string(),
+                "digest": top.digest.to_string(),
+                "mediaType": top.media_type,
+                "imageDigest": image.digest.to_string(),
+                "platform": platform.as_ref().map(|p| p.to_string()),
+                "manifest": serde_json::from_slice::<serde_json::Value>(&image.bytes).unwrap_or_default(),
+                "config": config_json,
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            return Ok(());
+        }
+        let c = &config_json["config"];
+        println!("Name:        {loc}");
+        println!("Digest:      {}", top.digest);
+        if image.digest != top.digest {
+            println!("Image:       {} ({})", image.digest, platform.map(|p| p.to_string()).unwrap_or_default());
+        }
+        println!("MediaType:   {}", image.media_type);
+        println!(
+            "Platform:    {}/{}{}",
+            config_json["os"].as_str().unwrap_or("?"),
+            config_json["architecture"].as_str().unwrap_or("?"),
+            config_json["variant"].as_str().map(|v| format!("/{v}")).unwrap_or_default()
+        );
+        if let Some(created) = config_json["created"].as_str() {
+            println!("Created:     {created}");
+        }
+        for (label, key) in [("Entrypoint", "Entrypoint"), ("Cmd", "Cmd"), ("WorkingDir", "WorkingDir"), ("User", "User"), ("Env", "Env"), ("ExposedPorts", "ExposedPorts"), ("Labels", "Labels"), ("Volumes", "Volumes"), ("StopSignal", "StopSignal")] {
+            let v = &c[key];
+            if !v.is_null() && v != "" {
+                println!("{:<12} {}", format!("{label}:"), v);
+            }
+        }
+        let total: u64 = layers.iter().map(|l| l.size).sum();
+        println!("Layers:      {} ({})", layers.len(), human_bytes(total));
+        for l in &layers {
+            println!("  {}  {:>10}  {}", l.digest, human_bytes(l.size), l.media_type);
+        }
+        Ok(())
+    })
+}
+
+fn print_index(
+    loc: &Location,
+    top: &berth_client::Manifest,
+    entries: &[berth_client::image::IndexEntry],
+) {
+    println!("Name:        {loc}");
+    println!("Digest:      {}", top.digest);
+    println!("MediaType:   {}", top.media_type);
+    println!("Manifests:   {}", entries.len());
+    for e in entries {
+        let p = e
+            .platform
+            .as_ref()
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "  {}  {:<16} {}",
+            e.blob.digest,
+            p,
+            human_bytes(e.blob.size)
+        );
+    }
+}
+
+/// Read a config blob, capped (configs are small; a huge one is an attack or a mistake).
+async fn read_small_blob(
+    source: &dyn ImageSource,
+    blob: &berth_client::BlobInfo,
+) -> Result<Vec<u8>> {
+    const MAX: u64 = 16 << 20;
+    if blob.size > MAX {
+        bail!(
+            "the image config is {} — too big to be a config",
+            human_bytes(blob.size)
+        );
+    }
+    let mut verifier = berth_client::image::BlobVerifier::new(blob);
+    let mut out = Vec::with_capacity(blob.size as usize);
+    let mut stream = source.blob(blob, 0).await?;
+    while let Some(chunk) = stream
+        .try_next()
+        .await
+        .context("reading the image config")?
+    {
+        verifier.update(&chunk)?;
+        out.extend_from_slice(&chunk);
+    }
+    verifier.finish()?;
+    Ok(out)
+}
+
+pub fn ls(args: LsArgs) -> Result<()> {
+    let session = Session::new(&args.client)?;
+    let tags = if args.repository == "local:" || args.repository == "local" {
+        session
+            .runtime
+            .block_on(berth_client::layout::OciLayout::new(&session.store).tags())?
+    } else {
+        match Location::parse(&args.repository)? {
+            Location::Registry(r) => {
+                if r.tag.is_some() || r.digest.is_some() {
+                    bail!("ls takes a repository without tag: {}", r.name());
+                }
+                session.runtime.block_on(async {
+                    let registry = session.client.registry(&r.registry)?;
+                    registry.tags(&r.repository).await
+                })?
+            }
+            Location::Oci { dir, .. } => session
+                .runtime
+                .block_on(berth_client::layout::OciLayout::new(dir).tags())?,
+            other => bail!(
+                "ls lists a registry repository, an OCI layout or the local store, not {other}"
+            ),
+        }
+    };
+    if session.json {
+        println!("{}", json!(tags));
+    } else {
+        for t in tags {
+            println!("{t}");
+        }
+    }
+    Ok(())
+}
+
+pub fn rm(args: RmArgs) -> Result<()> {
+    let session = Session::new(&args.client)?;
+    match Location::parse(&args.reference)? {
+        Location::Registry(r) => session.runtime.block_on(async {
+            let registry = session.client.registry(&r.registry)?;
+            match (&r.digest, &r.tag) {
+                (Some(d), _) => registry.manifest_delete(&r.repository, &d.to_string()).await?,
+                (None, Some(t)) => registry.manifest_delete(&r.repository, t).await.map_err(|e| match e {
+                    berth_client::Error::Registry { status: 400 | 405, .. } => anyhow::anyhow!(
+                        "{e}\nthis registry cannot delete a tag alone; `berth rm {}@DIGEST` deletes the manifest with all its tags",
+                        r.name()
+                    ),
+                    other => other.into(),
+                })?,
+                (None, None) => bail!("say what to remove: {}:TAG or {}@DIGEST", r.name(), r.name()),
+            }
+            Ok::<_, anyhow::Error>(())
+        })?,
+        Location::Local(r) => {
+            if !session.runtime.block_on(berth_client::layout::OciLayout::new(&session.store).remove_tag(&Location::store_name(&r)))? {
+                bail!("{} is not in the local store ({})", r, session.store.display());
+            }
+        }
+        Location::Oci { dir, tag: Some(tag) } => {
+            if !session.runtime.block_on(berth_client::layout::OciLayout::new(&dir).remove_tag(&tag))? {
+                bail!("{tag} is not in {}", dir.display());
+            }
+        }
+        other => bail!("rm removes a registry tag or manifest, or a tag of an OCI layout, not {other}"),
+    }
+    if !session.json {
+        session
+            .progress
+            .line(&format!("removed {}", args.reference));
+    }
+    Ok(())
+}
+
+pub fn login(args: LoginArgs) -> Result<()> {
+    let registry_name = normalise_registry(args.registry.as_deref());
+    let username = match args.username {
+        Some(u) => u,
+        None => {
+            bail!("give the user name with --username (and the password with --password-stdin)")
+        }
+    };
+    let password = if args.password_stdin {
+        let mut p = String::new();
+        std::io::stdin()
+            .read_to_string(&mut p)
+            .context("reading the password from stdin")?;
+        p.trim_end_matches(['\n', '\r']).to_string()
+    } else if let Some(p) = args.password {
+        eprintln!("warning: a password on the command line can be seen by other users; use --password-stdin");
+        p
+    } else {
+        bail!("give the password with --password-stdin (or --password)");
+    };
+    if password.is_empty() {
+        bail!("the password is empty");
+    }
+    let session = Session::new(&args.client)?;
+    session.runtime.block_on(async {
+        let registry = session.client.registry(&registry_name)?;
+        registry
+            .login(Credentials::Basic {
+                username: username.clone(),
+                password: password.clone(),
+            })
+            .await
+    })?;
+    let path = session.client.config().docker_config.clone();
+    let mut config = DockerConfig::load(&path)?;
+    config.store(&registry_name, &username, &password)?;
+    eprintln!(
+        "Login Succeeded ({registry_name}; credentials saved in {})",
+        path.display()
+    );
+    Ok(())
+}
+
+pub fn logout(args: LogoutArgs) -> Result<()> {
+    let registry_name = normalise_registry(args.registry.as_deref());
+    let path = DockerConfig::default_path();
+    let mut config = DockerConfig::load(&path)?;
+    if config.erase(&registry_name)? {
+        eprintln!("Removed login credentials for {registry_name}");
+    } else {
+        eprintln!("Not logged in to {registry_name}");
+    }
+    Ok(())
+}
+
+fn normalise_registry(input: Option<&str>) -> String {
+    match input {
+        None => DOCKER_HUB.to_string(),
+        Some(r) => {
+            let r = r
+                .trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .trim_end_matches('/');
+            match r {
+                "index.docker.io" | "registry-1.docker.io" | "index.docker.io/v1" => {
+                    DOCKER_HUB.to_string()
+                }
+                other => other.split('/').next().unwrap_or(other).to_string(),
+            }
+        }
+    }
+}
