@@ -48,7 +48,8 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
-# start_registry NAME -> prints the port; the PID is recorded for cleanup
+# start_registry NAME -> sets REG_PORT; the PID is recorded for cleanup (no subshell, so
+# PIDS stays in this shell)
 start_registry() {
     local name=$1 port dir
     port=$(free_port)
@@ -71,7 +72,7 @@ YML
     fi
     PIDS+=($!)
     for _ in $(seq 1 100); do
-        if curl -fs "http://127.0.0.1:$port/v2/" >/dev/null; then echo "$port"; return; fi
+        if curl -fs "http://127.0.0.1:$port/v2/" >/dev/null; then REG_PORT=$port; return; fi
         sleep 0.1
     done
     echo "registry $name did not start" >&2; cat "$dir/log" >&2; exit 1
@@ -86,7 +87,7 @@ stop_last_registry() {
 
 echo "== making a ${LAYERS_MIB// /+} MiB image" >&2
 python3 - "$WORK/layout" $LAYERS_MIB <<'PY'
-import hashlib, io, json, os, sys, tarfile
+import gzip, hashlib, io, json, os, sys, tarfile
 out = sys.argv[1]
 sizes = [int(x) for x in sys.argv[2:]]
 blobs = os.path.join(out, "blobs", "sha256")
@@ -103,10 +104,13 @@ for i, mib in enumerate(sizes):
         payload = os.urandom(mib << 20)
         info = tarfile.TarInfo(f"layer{i}/data.bin"); info.size = len(payload); info.mode = 0o644
         t.addfile(info, io.BytesIO(payload))
-    data = buf.getvalue()
+    raw = buf.getvalue()
+    # gzip, as real images are: skopeo would otherwise compress the layers itself and the
+    # two tools would not copy the same image.
+    data = gzip.compress(raw, compresslevel=1, mtime=0)
     d = put(data)
-    layers.append({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": "sha256:" + d, "size": len(data)})
-    diff_ids.append("sha256:" + d)
+    layers.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": "sha256:" + d, "size": len(data)})
+    diff_ids.append("sha256:" + hashlib.sha256(raw).hexdigest())
 config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}, "config": {}}).encode()
 cd = put(config)
 manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -119,14 +123,16 @@ json.dump({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.
 open(os.path.join(out, "oci-layout"), "w").write('{"imageLayoutVersion":"1.0.0"}')
 PY
 
-SRC_PORT=$(start_registry source)
+start_registry source
+SRC_PORT=$REG_PORT
 "$BERTH" copy --quiet "oci:$WORK/layout:v1" "127.0.0.1:$SRC_PORT/bench/app:v1" >/dev/null
 echo "== source registry ($SERVER) on 127.0.0.1:$SRC_PORT holds the image" >&2
 
-# time_copy TOOL RUN -> prints seconds
+# time_copy TOOL RUN -> sets SECS
 time_copy() {
     local tool=$1 run=$2 port t0 t1
-    port=$(start_registry "dest-$tool-$run")
+    start_registry "dest-$tool-$run"
+    port=$REG_PORT
     sync
     t0=$(date +%s.%N)
     if [[ "$tool" == berth ]]; then
@@ -141,16 +147,16 @@ time_copy() {
         "http://127.0.0.1:$port/v2/copy/app/manifests/v1" | tr -d '\r' | awk -F': ' 'tolower($1)=="docker-content-digest"{print $2}' >"$WORK/digest-$tool-$run"
     stop_last_registry
     rm -rf "$WORK/dest-$tool-$run"
-    python3 -c "print(f'{$t1 - $t0:.3f}')"
+    SECS=$(python3 -c "print(f'{$t1 - $t0:.3f}')")
 }
 
 printf '%-5s %10s %10s %8s\n' run berth_s skopeo_s ratio
 ratios=()
 for run in $(seq 1 "$RUNS"); do
     if (( run % 2 )); then
-        b=$(time_copy berth "$run"); s=$(time_copy skopeo "$run")
+        time_copy berth "$run"; b=$SECS; time_copy skopeo "$run"; s=$SECS
     else
-        s=$(time_copy skopeo "$run"); b=$(time_copy berth "$run")
+        time_copy skopeo "$run"; s=$SECS; time_copy berth "$run"; b=$SECS
     fi
     if ! cmp -s "$WORK/digest-berth-$run" "$WORK/digest-skopeo-$run"; then
         echo "run $run: the two copies differ: $(cat "$WORK/digest-berth-$run") vs $(cat "$WORK/digest-skopeo-$run")" >&2

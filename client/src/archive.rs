@@ -84,6 +84,19 @@ impl TarIndex {
                 Error::io(what(), e)
             }
         })?;
+        // `docker save | gzip` is common and `docker load` takes it, but a
+        // compressed tar cannot be read by offset: say so plainly.
+        let mut magic = Vec::with_capacity(6);
+        (&f).take(6).read_to_end(&mut magic).ctx(what)?;
+        if layer_media_type(&magic) != media::DOCKER_LAYER {
+            return Err(Error::Unsupported(format!(
+                "{} is compressed; a docker-archive must be a plain tar: decompress it first (e.g. `gunzip -k {}`)",
+                file.display(),
+                file.display()
+            )));
+        }
+        let mut f = f;
+        f.seek(SeekFrom::Start(0)).ctx(what)?;
         let mut archive = tar::Archive::new(f);
         let mut index = TarIndex::default();
         let mut links: Vec<(String, String)> = Vec::new();
@@ -719,6 +732,7 @@ impl DockerArchiveDest {
             .unwrap_or_else(|| "archive".into());
         // Beside the target, so the final rename stays on one filesystem.
         let tmp = tempfile::Builder::new()
+            .permissions(crate::layout::shared_file_mode())
             .prefix(&format!(".{name}.tmp-"))
             .tempfile_in(&parent)
             .ctx(|| format!("creating a temporary file in {}", parent.display()))?;
@@ -1010,6 +1024,13 @@ mod tests {
 
         let second = DockerArchiveSource::open(&file, Some("@1")).await.unwrap();
         assert_eq!(second.repo_tags(), vec!["other:2"]);
+
+        let gz = tmp.path().join("a.tar.gz");
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut enc, &std::fs::read(&file).unwrap()).unwrap();
+        std::fs::write(&gz, enc.finish().unwrap()).unwrap();
+        let err = DockerArchiveSource::open(&gz, None).await.err().unwrap();
+        assert!(err.to_string().contains("gunzip"), "{err}");
     }
 
     #[tokio::test]

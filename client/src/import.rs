@@ -617,13 +617,9 @@ struct LayerOut {
     uncompressed_size: u64,
 }
 
-/// Stream `input` into a gzip blob file in `blobs_dir`, hashing both sides.
-fn write_layer(
-    mut input: Box<dyn Read + Send>,
-    name: &str,
-    blobs_dir: &Path,
-    level: u32,
-) -> Result<LayerOut> {
+/// Check that `input` is a tar (plain or gzip) and return a reader of the
+/// uncompressed tar, before anything is written.
+fn open_tar(mut input: Box<dyn Read + Send>, name: &str) -> Result<Box<dyn Read + Send>> {
     let reading = |e: io::Error| {
         Error::io(
             format!("reading {name} (is it a complete tar or tar.gz file?)"),
@@ -631,6 +627,11 @@ fn write_layer(
         )
     };
     let magic = read_prefix(&mut input, 6).map_err(reading)?;
+    if magic.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "{name} is empty; give a tar of a root filesystem (e.g. `tar -C rootfs -c . > rootfs.tar`)"
+        )));
+    }
     let raw: Box<dyn Read + Send> = Box::new(io::Cursor::new(magic.clone()).chain(input));
     let mut tar: Box<dyn Read + Send> = match detect(&magic) {
         Compression::None => raw,
@@ -642,24 +643,60 @@ fn write_layer(
         }
     };
     let first = read_prefix(&mut tar, 512).map_err(reading)?;
-    if magic.is_empty() {
-        return Err(Error::InvalidArgument(format!(
-            "{name} is empty; give a tar of a root filesystem (e.g. `tar -C rootfs -c . > rootfs.tar`)"
-        )));
-    }
     if !looks_like_tar(&first) {
         return Err(Error::InvalidArgument(format!(
             "{name} is not a tar archive; give a tar (or tar.gz) of a root filesystem, e.g. `tar -C rootfs -c . > rootfs.tar`"
         )));
     }
-    let mut tar = io::Cursor::new(first).chain(tar);
+    Ok(Box::new(io::Cursor::new(first).chain(tar)))
+}
 
+/// Compress the tar into a gzip blob file in `blobs_dir`, hashing both
+/// sides. Reading (and gunzipping) and hashing the tar run on their own
+/// thread, compressing on this one: on two cores that overlaps the two
+/// halves of the work. The channel between them holds a few chunks, so
+/// memory stays bounded whatever the input's size.
+fn write_layer(
+    tar: Box<dyn Read + Send>,
+    name: &str,
+    blobs_dir: &Path,
+    level: u32,
+) -> Result<LayerOut> {
+    std::fs::create_dir_all(blobs_dir).ctx(|| format!("creating {}", blobs_dir.display()))?;
     let tmp = tempfile::Builder::new()
         .prefix(".tmp-")
         .tempfile_in(blobs_dir)
         .ctx(|| format!("creating a temporary file in {}", blobs_dir.display()))?;
     let (file, tmp_path) = tmp.into_parts();
     let writing = |e: io::Error| Error::io(format!("writing {}", tmp_path.display()), e);
+
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+    let reader = std::thread::spawn(move || {
+        let mut tar = tar;
+        let mut diff = Hasher::new(Algorithm::Sha256);
+        let mut total: u64 = 0;
+        loop {
+            let mut buf = vec![0u8; CHUNK];
+            let n = match tar.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    break;
+                }
+            };
+            buf.truncate(n);
+            diff.update(&buf);
+            total += n as u64;
+            // The receiver is gone only when writing failed: stop reading.
+            if tx.send(Ok(buf)).is_err() {
+                break;
+            }
+        }
+        (diff.finish(), total)
+    });
+
     let sink = HashingWriter {
         inner: BufWriter::with_capacity(CHUNK, file),
         hasher: Hasher::new(Algorithm::Sha256),
@@ -670,20 +707,21 @@ fn write_layer(
     let mut gz = flate2::GzBuilder::new()
         .mtime(0)
         .write(sink, flate2::Compression::new(level.min(9)));
-    let mut diff = Hasher::new(Algorithm::Sha256);
-    let mut uncompressed: u64 = 0;
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = match tar.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(reading(e)),
-        };
-        diff.update(&buf[..n]);
-        uncompressed += n as u64;
-        gz.write_all(&buf[..n]).map_err(writing)?;
+    for chunk in rx {
+        let chunk = chunk.map_err(|e| {
+            Error::io(
+                format!("reading {name} (is it a complete tar or tar.gz file?)"),
+                e,
+            )
+        })?;
+        gz.write_all(&chunk).map_err(writing)?;
     }
+    let (diff_id, uncompressed) = reader.join().map_err(|_| {
+        Error::io(
+            format!("reading {name}"),
+            io::Error::other("reader panicked"),
+        )
+    })?;
     let sink = gz.finish().map_err(writing)?;
     let HashingWriter {
         inner,
@@ -696,7 +734,7 @@ fn write_layer(
         tmp: tmp_path,
         digest: hasher.finish(),
         size: count,
-        diff_id: diff.finish(),
+        diff_id,
         uncompressed_size: uncompressed,
     })
 }
@@ -750,13 +788,18 @@ pub async fn import_rootfs_from(
     let created = humantime::format_rfc3339_seconds(created).to_string();
     let platform = options.platform.clone().unwrap_or_else(Platform::current);
 
+    let owned_name = name.to_string();
+    let tar = tokio::task::spawn_blocking(move || open_tar(input, &owned_name))
+        .await
+        .map_err(|e| Error::io("importing", io::Error::other(e)))??;
+    // Only now that the input looks right does the layout get created.
     let dest = OciLayoutDest::create(layout_dir, tag).await?;
     let layout: OciLayout = dest.layout().clone();
     let blobs_dir = layout.dir().join("blobs");
     let level = options.compression_level;
     let owned_name = name.to_string();
     let layer =
-        tokio::task::spawn_blocking(move || write_layer(input, &owned_name, &blobs_dir, level))
+        tokio::task::spawn_blocking(move || write_layer(tar, &owned_name, &blobs_dir, level))
             .await
             .map_err(|e| Error::io("importing", io::Error::other(e)))??;
     layout
@@ -1029,9 +1072,8 @@ mod tests {
         .await
         .unwrap_err();
         assert!(missing.to_string().contains("not found"), "{missing}");
-        // Nothing but the layout skeleton was left behind.
-        let blobs: Vec<_> = std::fs::read_dir(layout.join("blobs")).unwrap().collect();
-        assert!(blobs.is_empty(), "{blobs:?}");
+        // Bad input is refused before the layout is even created.
+        assert!(!layout.exists());
     }
 
     /// Compressed size and time per gzip level for a real tarball:
@@ -1046,7 +1088,8 @@ mod tests {
         for level in [1, 2, 3, 6] {
             let start = std::time::Instant::now();
             let f = std::fs::File::open(&path).unwrap();
-            let out = write_layer(Box::new(f), &path, dir.path(), level).unwrap();
+            let tar = open_tar(Box::new(f), &path).unwrap();
+            let out = write_layer(tar, &path, dir.path(), level).unwrap();
             println!(
                 "level {level}: {} -> {} bytes in {:.2?}",
                 out.uncompressed_size,

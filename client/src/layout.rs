@@ -390,6 +390,7 @@ impl OciLayout {
             .await
             .ctx(|| format!("creating {}", blobs.display()))?;
         let tmp = tempfile::Builder::new()
+            .permissions(crate::layout::shared_file_mode())
             .prefix(".tmp-")
             .tempfile_in(&blobs)
             .ctx(|| format!("creating a temporary file in {}", blobs.display()))?;
@@ -522,11 +523,20 @@ impl OciLayout {
     }
 }
 
+/// Mode for files others read (layouts, archives): tempfile's default 0600
+/// would make a layout written by root unreadable to the user who runs the
+/// container. The umask still applies.
+pub(crate) fn shared_file_mode() -> std::fs::Permissions {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::Permissions::from_mode(0o644)
+}
+
 /// Write a small file by temp + fsync + rename, then fsync the directory so
 /// the rename itself survives a crash.
 fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let mut tmp = tempfile::Builder::new()
+        .permissions(crate::layout::shared_file_mode())
         .prefix(".tmp-")
         .tempfile_in(dir)
         .ctx(|| format!("creating a temporary file in {}", dir.display()))?;

@@ -205,31 +205,59 @@ impl Registry {
     }
 
     /// `scheme://host` of the API, found once by `GET /v2/` (which also tells
-    /// how to authenticate). HTTPS first; plain HTTP only where allowed.
+    /// how to authenticate). HTTPS only, except: a registry marked insecure
+    /// gets HTTPS then plain HTTP (as Docker does), and a loopback registry
+    /// plain HTTP then HTTPS — loopback traffic never leaves the machine, and
+    /// trying TLS first would cost every command a handshake attempt.
     pub async fn base(&self) -> Result<&str> {
         self.base
             .get_or_try_init(|| async {
                 let https = format!("https://{}", self.api_host);
-                match self.ping(&https).await {
-                    Ok(()) => Ok(https),
-                    Err(e)
-                        if self.allow_http
-                            && matches!(e, Error::Tls { .. } | Error::Connect { .. }) =>
-                    {
-                        let http = format!("http://{}", self.api_host);
-                        self.ping(&http).await.map(|()| http)
+                let http = format!("http://{}", self.api_host);
+                let order = if is_loopback_host(&self.name) {
+                    vec![http, https]
+                } else if self.allow_http {
+                    vec![https, http]
+                } else {
+                    vec![https]
+                };
+                let mut first_error = None;
+                let count = order.len();
+                for (i, base) in order.into_iter().enumerate() {
+                    // Only the last scheme gets retries: a refused or garbled
+                    // first try is the answer that moves on to the next scheme.
+                    let attempts = if i + 1 == count {
+                        self.config.attempts
+                    } else {
+                        1
+                    };
+                    match self.ping(&base, attempts).await {
+                        Ok(()) => return Ok(base),
+                        Err(
+                            e @ (Error::Tls { .. }
+                            | Error::Connect { .. }
+                            | Error::Registry {
+                                status: 0 | 400, ..
+                            }),
+                        ) => {
+                            first_error.get_or_insert(e);
+                        }
+                        Err(e) => return Err(e),
                     }
-                    Err(e) => Err(e),
                 }
+                Err(first_error.unwrap_or_else(|| Error::Connect {
+                    registry: self.name.clone(),
+                    detail: "no scheme to try".into(),
+                }))
             })
             .await
             .map(String::as_str)
     }
 
-    async fn ping(&self, base: &str) -> Result<()> {
+    async fn ping(&self, base: &str, attempts: u32) -> Result<()> {
         let url = format!("{base}/v2/");
         let resp = self
-            .with_retries("GET /v2/", || self.http.get(&url).send())
+            .with_retries_n("GET /v2/", attempts, || self.http.get(&url).send())
             .await?;
         match resp.status() {
             s if s.is_success() => Ok(()),
@@ -429,13 +457,27 @@ impl Registry {
     }
 
     /// Run a request, retrying connection errors, 5xx and 429 with backoff.
-    async fn with_retries<F, Fut>(&self, action: &str, mut attempt: F) -> Result<Response>
+    async fn with_retries<F, Fut>(&self, action: &str, attempt: F) -> Result<Response>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = reqwest::Result<Response>>,
+    {
+        self.with_retries_n(action, self.config.attempts, attempt)
+            .await
+    }
+
+    async fn with_retries_n<F, Fut>(
+        &self,
+        action: &str,
+        attempts: u32,
+        mut attempt: F,
+    ) -> Result<Response>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = reqwest::Result<Response>>,
     {
         let mut delay = self.config.backoff;
-        let attempts = self.config.attempts.max(1);
+        let attempts = attempts.max(1);
         for n in 1..=attempts {
             let last = n == attempts;
             match attempt().await {
