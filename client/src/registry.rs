@@ -432,8 +432,9 @@ impl Registry {
         let url = self.url(path_or_url).await?;
         let action = format!("{method} {}", strip_base(&url));
         let mut reauthorised = false;
+        let mut scopes = scopes.to_vec();
         loop {
-            let auth = self.authorization(scopes).await?;
+            let auth = self.authorization(&scopes).await?;
             let resp = self
                 .with_retries(&action, || {
                     let mut req = configure(self.http.request(method.clone(), &url));
@@ -448,6 +449,16 @@ impl Registry {
                 let had_challenge = lock(&self.challenge).is_some();
                 self.learn_challenge(resp.headers());
                 lock(&self.tokens).clear();
+                // The registry may name a scope we did not think of (Docker
+                // Hub does for some repositories): ask for it too.
+                if let Some(Challenge::Bearer {
+                    scope: Some(extra), ..
+                }) = lock(&self.challenge).clone()
+                {
+                    if !scopes.contains(&extra) {
+                        scopes.push(extra);
+                    }
+                }
                 if lock(&self.challenge).is_some() && (!had_challenge || auth.is_some()) {
                     continue;
                 }
