@@ -67,6 +67,11 @@ pub struct TransferArgs {
     /// Blobs transferred at once
     #[arg(long, short = 'j', default_value_t = 4)]
     jobs: usize,
+    /// Keep Docker manifests as they are when writing to oci:DIR (by default
+    /// they get OCI media types, so OCI tools can read the layout; that
+    /// changes the manifest digest, not the blobs)
+    #[arg(long)]
+    preserve_digests: bool,
 }
 
 #[derive(Parser, Debug)]
@@ -233,7 +238,8 @@ impl Session {
     }
 
     fn copy(&self, src: &Location, dst: &Location, transfer: &TransferArgs) -> Result<CopyReport> {
-        let options = copy_options(transfer)?;
+        let mut options = copy_options(transfer)?;
+        options.oci_media_types = matches!(dst, Location::Oci { .. }) && !transfer.preserve_digests;
         self.runtime
             .block_on(async {
                 let source = open_source(&self.client, src, &self.store).await?;
@@ -290,6 +296,7 @@ fn copy_options(transfer: &TransferArgs) -> Result<CopyOptions> {
     Ok(CopyOptions {
         platforms,
         jobs: transfer.jobs.max(1),
+        oci_media_types: false,
     })
 }
 
@@ -352,6 +359,7 @@ pub fn tag(args: TagArgs) -> Result<()> {
         platform: None,
         all: true,
         jobs: 4,
+        preserve_digests: true,
     };
     let dst = Location::Registry(dst);
     let report = session.copy(&Location::Registry(src), &dst, &transfer)?;
@@ -395,6 +403,7 @@ pub fn import(args: ImportArgs) -> Result<()> {
         platform: Some(platform.to_string()),
         all: false,
         jobs: 4,
+        preserve_digests: true,
     };
     let report = session.copy(&src, &dst, &transfer)?;
     session.report(&dst, &report);

@@ -2,7 +2,7 @@
 //! parallel (bounded), each skipped, mounted or transferred; manifests last,
 //! so a destination never names an image whose blobs are not all there.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use berth_storage::Digest;
 use futures::{StreamExt, TryStreamExt};
@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::image::{
-    BlobInfo, BlobOutcome, ImageDest, ImageSource, IndexEntry, Manifest, ManifestKind, Platform,
-    Progress,
+    media, BlobInfo, BlobOutcome, ImageDest, ImageSource, IndexEntry, Manifest, ManifestKind,
+    Platform, Progress,
 };
 
 /// Which images of an index to copy.
@@ -28,6 +28,10 @@ pub struct CopyOptions {
     pub platforms: Platforms,
     /// Blobs in flight at once (the destination may lower it).
     pub jobs: usize,
+    /// Rewrite Docker schema 2 manifests with OCI media types (same blobs,
+    /// new manifest digest), as skopeo does for OCI layouts: OCI tools
+    /// (umoci, skopeo) do not read Docker manifests there.
+    pub oci_media_types: bool,
 }
 
 impl Default for CopyOptions {
@@ -35,6 +39,7 @@ impl Default for CopyOptions {
         CopyOptions {
             platforms: Platforms::One(Platform::current()),
             jobs: 4,
+            oci_media_types: false,
         }
     }
 }
@@ -163,6 +168,11 @@ pub async fn copy_image(
         .try_collect()
         .await?;
 
+    let (top, children) = if options.oci_media_types {
+        convert_to_oci(top, children)?
+    } else {
+        (top, children)
+    };
     for child in &children {
         dest.put_manifest(child, None).await?;
     }
@@ -180,4 +190,143 @@ pub async fn copy_image(
             .sum(),
         blobs: reports,
     })
+}
+
+/// Docker media types and their OCI twins (the bytes they name are the same).
+const DOCKER_TO_OCI: [(&str, &str); 6] = [
+    (media::DOCKER_MANIFEST, media::OCI_MANIFEST),
+    (media::DOCKER_LIST, media::OCI_INDEX),
+    (media::DOCKER_CONFIG, media::OCI_CONFIG),
+    (media::DOCKER_LAYER_GZIP, media::OCI_LAYER_GZIP),
+    (media::DOCKER_LAYER, media::OCI_LAYER),
+    (
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    ),
+];
+
+fn oci_twin(media_type: &str) -> Option<&'static str> {
+    DOCKER_TO_OCI
+        .iter()
+        .find(|(docker, _)| *docker == media_type)
+        .map(|(_, oci)| *oci)
+}
+
+/// Rewrite one Docker manifest (or list) with OCI media types; `renamed`
+/// maps child digests of a list to their converted descriptors. OCI
+/// manifests come back unchanged.
+fn manifest_to_oci(
+    manifest: &Manifest,
+    renamed: &HashMap<Digest, (Digest, u64, String)>,
+) -> Result<Manifest> {
+    let new_type = match oci_twin(&manifest.media_type) {
+        Some(t) => t,
+        // An OCI index may still name Docker children that were converted.
+        None if !renamed.is_empty() && manifest.is_index() => media::OCI_INDEX,
+        None => return Ok(manifest.clone()),
+    };
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&manifest.bytes).map_err(|e| Error::malformed("manifest", e))?;
+    value["mediaType"] = new_type.into();
+    let rewrite = |desc: &mut serde_json::Value| {
+        if let Some(t) = desc["mediaType"].as_str().and_then(oci_twin) {
+            desc["mediaType"] = t.into();
+        }
+        let old = desc["digest"]
+            .as_str()
+            .and_then(|d| d.parse::<Digest>().ok());
+        if let Some((digest, size, media_type)) = old.and_then(|d| renamed.get(&d)) {
+            desc["digest"] = digest.to_string().into();
+            desc["size"] = (*size).into();
+            desc["mediaType"] = media_type.clone().into();
+        }
+    };
+    if let Some(config) = value.get_mut("config") {
+        rewrite(config);
+    }
+    for list in ["layers", "manifests"] {
+        if let Some(items) = value.get_mut(list).and_then(|v| v.as_array_mut()) {
+            items.iter_mut().for_each(rewrite);
+        }
+    }
+    let bytes = serde_json::to_vec(&value).map_err(|e| Error::malformed("manifest", e))?;
+    Ok(Manifest::new(bytes, new_type))
+}
+
+/// Convert an image (and, for an index, its children first, so the index
+/// can name their new digests).
+fn convert_to_oci(top: Manifest, children: Vec<Manifest>) -> Result<(Manifest, Vec<Manifest>)> {
+    let mut renamed = HashMap::new();
+    let mut converted = Vec::with_capacity(children.len());
+    for child in &children {
+        let new = manifest_to_oci(child, &HashMap::new())?;
+        if new.digest != child.digest {
+            renamed.insert(
+                child.digest.clone(),
+                (
+                    new.digest.clone(),
+                    new.bytes.len() as u64,
+                    new.media_type.clone(),
+                ),
+            );
+        }
+        converted.push(new);
+    }
+    Ok((manifest_to_oci(&top, &renamed)?, converted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_manifests_become_oci_with_the_same_blobs() {
+        let z = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+        let child = Manifest::new(
+            format!(
+                r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"{}","digest":"{z}","size":1}},"layers":[{{"mediaType":"{}","digest":"{z}","size":2}}]}}"#,
+                media::DOCKER_MANIFEST,
+                media::DOCKER_CONFIG,
+                media::DOCKER_LAYER_GZIP
+            ),
+            media::DOCKER_MANIFEST,
+        );
+        let list = Manifest::new(
+            format!(
+                r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{{"mediaType":"{}","digest":"{}","size":{},"platform":{{"os":"linux","architecture":"amd64"}}}}]}}"#,
+                media::DOCKER_LIST,
+                media::DOCKER_MANIFEST,
+                child.digest,
+                child.bytes.len()
+            ),
+            media::DOCKER_LIST,
+        );
+        let (top, children) = convert_to_oci(list, vec![child.clone()]).unwrap();
+        assert_eq!(top.media_type, media::OCI_INDEX);
+        let ManifestKind::Index { manifests } = top.parse().unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            manifests[0].blob.digest, children[0].digest,
+            "the index names the converted child"
+        );
+        assert_eq!(manifests[0].blob.media_type, media::OCI_MANIFEST);
+        assert_eq!(
+            manifests[0].platform.as_ref().unwrap().architecture,
+            "amd64"
+        );
+        let ManifestKind::Image { config, layers } = children[0].parse().unwrap() else {
+            panic!()
+        };
+        assert_eq!(config.media_type, media::OCI_CONFIG);
+        assert_eq!(layers[0].media_type, media::OCI_LAYER_GZIP);
+        assert_eq!(
+            (config.digest.to_string(), layers[0].size),
+            (z.to_string(), 2),
+            "blobs unchanged"
+        );
+        // OCI input is left alone, byte for byte.
+        let (again, _) = convert_to_oci(children[0].clone(), vec![]).unwrap();
+        assert_eq!(again, children[0]);
+    }
 }

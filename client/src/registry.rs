@@ -107,6 +107,7 @@ pub struct Registry {
     credentials_loaded: Mutex<bool>,
     challenge: Mutex<Option<Challenge>>,
     tokens: Mutex<TokenCache>,
+    token_fetch: tokio::sync::Mutex<()>,
 }
 
 /// What a mount attempt gave.
@@ -175,6 +176,7 @@ impl Registry {
             credentials_loaded: Mutex::new(false),
             challenge: Mutex::new(None),
             tokens: Mutex::new(TokenCache::default()),
+            token_fetch: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -233,14 +235,18 @@ impl Registry {
                     };
                     match self.ping(&base, attempts).await {
                         Ok(()) => return Ok(base),
+                        // A TLS failure says most about what to fix (a CA to
+                        // trust), so it wins over the other scheme's error.
+                        Err(e @ Error::Tls { .. }) => first_error = Some(e),
                         Err(
-                            e @ (Error::Tls { .. }
-                            | Error::Connect { .. }
+                            e @ (Error::Connect { .. }
                             | Error::Registry {
                                 status: 0 | 400, ..
                             }),
                         ) => {
-                            first_error.get_or_insert(e);
+                            if !matches!(first_error, Some(Error::Tls { .. })) {
+                                first_error.get_or_insert(e);
+                            }
                         }
                         Err(e) => return Err(e),
                     }
@@ -307,6 +313,12 @@ impl Registry {
             },
             Some(Challenge::Bearer { realm, service, .. }) => {
                 let key = TokenCache::key(scopes);
+                if let Some(token) = lock(&self.tokens).get(&key) {
+                    return Ok(Some(bearer_header(&token)));
+                }
+                // Parallel blob uploads all miss the cache at first: one asks
+                // the token service, the others wait for its answer.
+                let _fetching = self.token_fetch.lock().await;
                 if let Some(token) = lock(&self.tokens).get(&key) {
                     return Ok(Some(bearer_header(&token)));
                 }
@@ -541,6 +553,14 @@ impl Registry {
     /// The error for an unexpected status, with the registry's own error
     /// message from the body when it sent one.
     async fn status_error(&self, action: &str, status: StatusCode, resp: Response) -> Error {
+        // A token that lacks the scope (the account may pull but not push)
+        // is a refusal, not a login problem: say so.
+        let insufficient_scope = resp
+            .headers()
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.contains("insufficient_scope"));
         let body = resp.bytes().await.unwrap_or_default();
         let detail = spec_error_detail(&body).unwrap_or_else(|| {
             let text = String::from_utf8_lossy(&body[..body.len().min(300)])
@@ -553,11 +573,13 @@ impl Registry {
             }
         });
         match status {
-            StatusCode::UNAUTHORIZED => Error::Unauthorized {
-                registry: self.name.clone(),
-                detail,
-            },
-            StatusCode::FORBIDDEN => Error::Denied {
+            StatusCode::UNAUTHORIZED if !insufficient_scope && !detail.starts_with("DENIED") => {
+                Error::Unauthorized {
+                    registry: self.name.clone(),
+                    detail,
+                }
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Error::Denied {
                 registry: self.name.clone(),
                 what: action.to_string(),
                 detail,
@@ -908,7 +930,13 @@ impl Registry {
                 .await;
             match result {
                 Ok(()) => return Ok(BlobOutcome::Copied),
-                Err(e) if e.is_transient() && failures + 1 < self.config.attempts.max(1) => {
+                // 416: the registry expects another offset, e.g. it was still
+                // storing bytes of the broken request when we asked where the
+                // upload stood. Ask again and go on from there.
+                Err(e)
+                    if (e.is_transient() || matches!(e, Error::Registry { status: 416, .. }))
+                        && failures + 1 < self.config.attempts.max(1) =>
+                {
                     failures += 1;
                     tracing::debug!(registry = %self.name, digest = %blob.digest, error = %e, "upload interrupted; resuming");
                     tokio::time::sleep(self.config.backoff * 2u32.pow(failures.min(5))).await;

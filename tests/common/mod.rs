@@ -132,7 +132,7 @@ pub struct CmdOutput {
 }
 
 impl CmdOutput {
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         format!(
             "command: {}\nstatus: {}\n--- stdout ---\n{}\n--- stderr ---\n{}\n--------------",
             self.command,
@@ -145,16 +145,36 @@ impl CmdOutput {
 
 /// Runs a command with stdin closed and stdout/stderr captured. Panics when it does not finish
 /// within `timeout` (after killing it by PID) or cannot be started at all.
-pub fn run(mut cmd: impl BorrowMut<Command>, timeout: Duration) -> CmdOutput {
+pub fn run(cmd: impl BorrowMut<Command>, timeout: Duration) -> CmdOutput {
+    run_with_input(cmd, None, timeout)
+}
+
+/// Like [`run`], with `input` written to the command's stdin (then closed) when given.
+pub fn run_with_input(
+    mut cmd: impl BorrowMut<Command>,
+    input: Option<&[u8]>,
+    timeout: Duration,
+) -> CmdOutput {
     let cmd = cmd.borrow_mut();
     let command = format!("{cmd:?}");
     eprintln!("+ {command}");
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        let input = input.to_vec();
+        // A writer thread, so a command that does not read its stdin cannot block us.
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+    }
     let mut out_pipe = child.stdout.take().expect("stdout was piped");
     let mut err_pipe = child.stderr.take().expect("stderr was piped");
     let out_reader = std::thread::spawn(move || {
@@ -217,6 +237,198 @@ pub fn run_fail(cmd: impl BorrowMut<Command>, timeout: Duration) -> CmdOutput {
     out
 }
 
+// ---------------------------------------------------------------------------------------------
+// The berth registry client (push, pull, copy, ...)
+// ---------------------------------------------------------------------------------------------
+
+/// A private environment for `berth` client commands: its own local image store
+/// (`BERTH_STORE`), credentials folder (`DOCKER_CONFIG`) and `HOME`, all inside a temporary
+/// directory, so the tests never read or write the real user's files. Scratch files of a test
+/// go in [`BerthCli::path`].
+pub struct BerthCli {
+    dir: tempfile::TempDir,
+}
+
+impl BerthCli {
+    pub fn new() -> BerthCli {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-cli-")
+            .tempdir()
+            .expect("create temporary directory for the client");
+        for sub in ["store", "docker-config", "home", "work"] {
+            fs::create_dir_all(dir.path().join(sub)).expect("create client directory");
+        }
+        BerthCli { dir }
+    }
+
+    /// The local image store (`BERTH_STORE`).
+    pub fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// The credentials folder (`DOCKER_CONFIG`, shared with the docker CLI).
+    pub fn docker_config(&self) -> PathBuf {
+        self.dir.path().join("docker-config")
+    }
+
+    /// `DOCKER_CONFIG/config.json`
+    pub fn config_json(&self) -> PathBuf {
+        self.docker_config().join("config.json")
+    }
+
+    /// A scratch path for this test (nothing is created).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join("work").join(name)
+    }
+
+    /// `berth ARGS` with this environment. Proxy variables are removed: all traffic is to
+    /// 127.0.0.1.
+    pub fn cmd<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
+        c.args(args);
+        self.apply_env(&mut c);
+        c
+    }
+
+    /// `docker --config DOCKER_CONFIG ARGS`: the docker CLI sharing this credentials folder.
+    pub fn docker<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut c = Command::new("docker");
+        c.arg("--config").arg(self.docker_config()).args(args);
+        self.apply_env(&mut c);
+        c
+    }
+
+    fn apply_env(&self, c: &mut Command) {
+        c.env("BERTH_STORE", self.store())
+            .env("DOCKER_CONFIG", self.docker_config())
+            .env("HOME", self.dir.path().join("home"))
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .env("no_proxy", "127.0.0.1,localhost");
+        for var in [
+            "BERTH_CREDS",
+            "BERTH_INSECURE_REGISTRIES",
+            "XDG_DATA_HOME",
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "all_proxy",
+        ] {
+            c.env_remove(var);
+        }
+    }
+}
+
+impl Default for BerthCli {
+    fn default() -> Self {
+        BerthCli::new()
+    }
+}
+
+/// The static busybox of Debian's `busybox-static`.
+pub fn busybox_path() -> PathBuf {
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .or_else(|| which("busybox"))
+        .expect("busybox (Debian package busybox-static) is required")
+}
+
+/// Writes a root filesystem tarball made with the `tar` crate: `bin/busybox` (the static
+/// busybox, 0755), `bin/sh` -> `busybox` (symlink), `bin/echo` (hard link to `bin/busybox`),
+/// `etc/passwd` (root only) and `tmp/` (1777). Gzip-compressed when `gzip`.
+pub fn write_busybox_rootfs(path: &Path, gzip: bool) {
+    let file = fs::File::create(path).expect("create rootfs tarball");
+    let writer: Box<dyn Write> = if gzip {
+        Box::new(flate2::write::GzEncoder::new(
+            file,
+            flate2::Compression::fast(),
+        ))
+    } else {
+        Box::new(file)
+    };
+    let mut tar = tar::Builder::new(writer);
+    let dir = |tar: &mut tar::Builder<Box<dyn Write>>, name: &str, mode: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(mode);
+        h.set_size(0);
+        h.set_mtime(1_700_000_000);
+        tar.append_data(&mut h, name, std::io::empty())
+            .expect("append directory");
+    };
+    dir(&mut tar, "bin/", 0o755);
+    dir(&mut tar, "etc/", 0o755);
+    dir(&mut tar, "tmp/", 0o1777);
+    let busybox = fs::read(busybox_path()).expect("read busybox");
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o755);
+    h.set_size(busybox.len() as u64);
+    h.set_mtime(1_700_000_000);
+    tar.append_data(&mut h, "bin/busybox", &busybox[..])
+        .expect("append busybox");
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_mode(0o777);
+    h.set_size(0);
+    h.set_mtime(1_700_000_000);
+    tar.append_link(&mut h, "bin/sh", "busybox")
+        .expect("append bin/sh symlink");
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Link);
+    h.set_mode(0o755);
+    h.set_size(0);
+    h.set_mtime(1_700_000_000);
+    tar.append_link(&mut h, "bin/echo", "bin/busybox")
+        .expect("append bin/echo hard link");
+    let passwd = b"root:x:0:0:root:/root:/bin/sh\n";
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_size(passwd.len() as u64);
+    h.set_mtime(1_700_000_000);
+    tar.append_data(&mut h, "etc/passwd", &passwd[..])
+        .expect("append etc/passwd");
+    let mut writer = tar.into_inner().expect("finish rootfs tarball");
+    writer.flush().expect("flush rootfs tarball");
+    // Dropping the GzEncoder writes the gzip trailer.
+    drop(writer);
+}
+
+/// Parses a command's stdout as exactly one JSON document (surrounding whitespace allowed).
+pub fn parse_json(stdout: &str, what: &str) -> serde_json::Value {
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{what}: stdout is not one JSON document ({e}):\n{stdout}"))
+}
+
+/// `sha256:<hex>` of a file, read in 1 MiB pieces.
+pub fn file_digest(path: &Path) -> String {
+    let mut file = fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    format!("sha256:{}", hex::encode(hasher.finalize()))
+}
+
 /// Shorthand: a `Command` for `program` with `args`.
 pub fn cmd<I, S>(program: &str, args: I) -> Command
 where
@@ -262,6 +474,8 @@ pub struct Server {
     storage: PathBuf,
     log_path: PathBuf,
     starts: u32,
+    /// Distribution only: an htpasswd file (bcrypt) that turns on Basic auth.
+    htpasswd: Option<PathBuf>,
 }
 
 impl Server {
@@ -271,6 +485,33 @@ impl Server {
     }
 
     pub fn start_kind(kind: ServerKind) -> Server {
+        let mut server = Server::prepare(kind);
+        server.start_again();
+        server
+    }
+
+    /// Debian's `docker-registry` with Basic auth: an htpasswd file (bcrypt, as `htpasswd -B`
+    /// writes it) with these `(user, password)` pairs. `GET /v2/` answers 401 without
+    /// credentials, which the readiness check accepts.
+    pub fn start_distribution_htpasswd(users: &[(&str, &str)]) -> Server {
+        let mut server = Server::prepare(ServerKind::Distribution);
+        let path = server.tmp.path().join("logs").join("htpasswd");
+        let mut text = String::new();
+        for (user, password) in users {
+            // Cost 4 (the minimum) keeps each request's check fast; the format is the same.
+            let hash = bcrypt::hash_with_result(password, 4)
+                .expect("bcrypt hash")
+                .format_for_version(bcrypt::Version::TwoY);
+            text.push_str(&format!("{user}:{hash}\n"));
+        }
+        fs::write(&path, text).expect("write htpasswd file");
+        server.htpasswd = Some(path);
+        server.start_again();
+        server
+    }
+
+    /// A server that is set up (port, storage, log) but not started yet.
+    fn prepare(kind: ServerKind) -> Server {
         let tmp = tempfile::Builder::new()
             .prefix("berth-test-")
             .tempdir()
@@ -281,7 +522,7 @@ impl Server {
         fs::create_dir_all(&storage).expect("create storage directory");
         let logs = tmp.path().join("logs");
         fs::create_dir_all(&logs).expect("create log directory");
-        let mut server = Server {
+        Server {
             kind,
             port: free_port(),
             child: None,
@@ -289,9 +530,8 @@ impl Server {
             storage,
             log_path: logs.join("server.log"),
             starts: 0,
-        };
-        server.start_again();
-        server
+            htpasswd: None,
+        }
     }
 
     /// `127.0.0.1:PORT`, as docker and skopeo want it.
@@ -361,12 +601,19 @@ impl Server {
             }
             ServerKind::Distribution => {
                 let config = self.tmp.path().join("logs").join("distribution.yml");
+                let auth = match &self.htpasswd {
+                    Some(path) => format!(
+                        "auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n",
+                        path.display()
+                    ),
+                    None => String::new(),
+                };
                 fs::write(
                     &config,
                     format!(
                         "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    \
                          rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {}\n  \
-                         secret: berth-test-secret\n",
+                         secret: berth-test-secret\n{auth}",
                         self.storage.display(),
                         self.host()
                     ),
@@ -410,14 +657,17 @@ impl Server {
                     );
                 }
             }
-            if let Some(200) = raw_status(self.port, "GET", "/v2/") {
-                return;
+            match raw_status(self.port, "GET", "/v2/") {
+                Some(200) => return,
+                // With auth on, an anonymous `GET /v2/` is refused: the server is up.
+                Some(401) if self.htpasswd.is_some() => return,
+                _ => {}
             }
             if Instant::now() > deadline {
                 let pid = self.pid();
                 self.kill9();
                 panic!(
-                    "{:?} server (pid {pid:?}) did not answer GET /v2/ with 200 within \
+                    "{:?} server (pid {pid:?}) did not answer GET /v2/ with 200 (or 401) within \
                      {READY_TIMEOUT:?}\n--- server log ---\n{}",
                     self.kind,
                     tail(&self.log(), 80)
