@@ -5,7 +5,7 @@
 #
 # Steps:
 #   1. install the tools the end-to-end tests drive (docker.io, skopeo, docker-registry,
-#      busybox-static, umoci) with apt-get, unless they are all present already;
+#      busybox-static, umoci, openssl) with apt-get, unless they are all present already;
 #   2. start a private dockerd (own data/exec roots, pidfile and socket; never the system
 #      one) and export DOCKER_HOST to it; a trap stops it by PID on any exit;
 #   3. cargo fmt --check, cargo build, cargo clippy -D warnings, cargo test (2 test threads).
@@ -24,7 +24,7 @@ step() { printf '\n==> [%4ss] %s\n' "$(( $(date +%s) - START ))" "$*"; }
 die() { printf '\nERROR: %s\n' "$*" >&2; exit 1; }
 
 # --- 1. packages -------------------------------------------------------------------------------
-PACKAGES=(docker.io skopeo docker-registry busybox-static umoci)
+PACKAGES=(docker.io skopeo docker-registry busybox-static umoci openssl)
 missing=()
 for p in "${PACKAGES[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
@@ -40,7 +40,7 @@ else
     apt-get update
     apt-get -o DPkg::Lock::Timeout=600 install -y "${PACKAGES[@]}"
 fi
-for tool in dockerd docker skopeo docker-registry busybox umoci gzip tar; do
+for tool in dockerd docker skopeo docker-registry busybox umoci openssl gzip tar; do
     command -v "$tool" >/dev/null || die "$tool not found on PATH after installing packages"
 done
 command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain first"

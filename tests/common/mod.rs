@@ -476,6 +476,8 @@ pub struct Server {
     starts: u32,
     /// Distribution only: an htpasswd file (bcrypt) that turns on Basic auth.
     htpasswd: Option<PathBuf>,
+    /// Distribution only: certificate and key (PEM) that turn on HTTPS.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Server {
@@ -510,6 +512,14 @@ impl Server {
         server
     }
 
+    /// Debian's `docker-registry` serving HTTPS only, with this certificate and key (PEM).
+    pub fn start_distribution_tls(certificate: &Path, key: &Path) -> Server {
+        let mut server = Server::prepare(ServerKind::Distribution);
+        server.tls = Some((certificate.to_path_buf(), key.to_path_buf()));
+        server.start_again();
+        server
+    }
+
     /// A server that is set up (port, storage, log) but not started yet.
     fn prepare(kind: ServerKind) -> Server {
         let tmp = tempfile::Builder::new()
@@ -531,6 +541,7 @@ impl Server {
             log_path: logs.join("server.log"),
             starts: 0,
             htpasswd: None,
+            tls: None,
         }
     }
 
@@ -608,12 +619,20 @@ impl Server {
                     ),
                     None => String::new(),
                 };
+                let tls = match &self.tls {
+                    Some((cert, key)) => format!(
+                        "  tls:\n    certificate: {}\n    key: {}\n",
+                        cert.display(),
+                        key.display()
+                    ),
+                    None => String::new(),
+                };
                 fs::write(
                     &config,
                     format!(
                         "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    \
                          rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {}\n  \
-                         secret: berth-test-secret\n{auth}",
+                         secret: berth-test-secret\n{tls}{auth}",
                         self.storage.display(),
                         self.host()
                     ),
@@ -661,6 +680,9 @@ impl Server {
                 Some(200) => return,
                 // With auth on, an anonymous `GET /v2/` is refused: the server is up.
                 Some(401) if self.htpasswd.is_some() => return,
+                // Plain HTTP to an HTTPS-only Go server: "400 Client sent an HTTP
+                // request to an HTTPS server" — it is up.
+                Some(400) if self.tls.is_some() => return,
                 _ => {}
             }
             if Instant::now() > deadline {
