@@ -7,7 +7,7 @@
 //! repositories/<name>/_layers/<alg>/<d>            empty link: blob is in this repo
 //! repositories/<name>/_manifests/<alg>/<d>         ManifestMeta JSON
 //! repositories/<name>/_tags/<tag>                  the digest; empty = deleted (tombstone)
-//! repositories/<name>/_referrers/<alg>/<d>/<alg>-<d> Descriptor JSON of a referrer
+//! repositories/<name>/_referrers/<alg>/<d>         JSON array: the referrers of <d>
 //! uploads/<id>/state                               upload session (JSON)
 //! uploads/<id>/tail-<offset>                       bytes not yet in a part (< one part)
 //! ```
@@ -42,6 +42,11 @@
 //! pointing at the wrong bytes). So any replica can take the next chunk. The
 //! state is written with `If-Match` on the ETag it was read with: two
 //! replicas appending to one session at once cannot both win.
+//!
+//! The referrers of a subject are one JSON index, changed by read, modify
+//! and write with `If-Match` (`If-None-Match: *` for the first), retried on
+//! conflict: racing pushes of two referrers both end up listed, and a
+//! listing is one GET.
 //!
 //! Tags are plain objects (an S3 PUT is atomic, so a racing tag write ends
 //! with one whole value). Removing a tag (tag delete, or deleting the
@@ -357,21 +362,44 @@ fn manifest_rel(repository: &str, d: &Digest) -> String {
     format!("{}/_manifests/{}", repo_rel(repository), dkey(d))
 }
 
+/// Tags longer than this are stored under a hashed name (`=` + base64url
+/// SHA-256 of the tag, `=` being outside the tag alphabet), with the tag
+/// itself inside the object, to keep keys short (see [`dkey`]).
+const TAG_KEY_MAX: usize = 48;
+
 fn tag_rel(repository: &str, tag: &str) -> String {
-    format!("{}/_tags/{tag}", repo_rel(repository))
+    if tag.len() <= TAG_KEY_MAX {
+        format!("{}/_tags/{tag}", repo_rel(repository))
+    } else {
+        use base64::Engine as _;
+        let hashed = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(tag));
+        format!("{}/_tags/={hashed}", repo_rel(repository))
+    }
 }
 
+/// A tag object's content: the digest, and for a hashed name the tag.
+fn tag_content(tag: &str, digest: &Digest) -> Bytes {
+    if tag.len() <= TAG_KEY_MAX {
+        Bytes::from(digest.to_string())
+    } else {
+        Bytes::from(format!("{digest}\n{tag}"))
+    }
+}
+
+/// Parse a tag object: (digest, tag if stored inside); None for a tombstone.
+fn parse_tag(raw: &[u8]) -> Option<(std::result::Result<Digest, ()>, Option<String>)> {
+    if raw.is_empty() {
+        return None;
+    }
+    let text = std::str::from_utf8(raw).unwrap_or_default();
+    let mut lines = text.lines();
+    let digest = lines.next().and_then(|l| l.trim().parse().ok()).ok_or(());
+    Some((digest, lines.next().map(str::to_string)))
+}
+
+/// The referrers index of a subject: a JSON array of descriptors.
 fn referrers_rel(repository: &str, subject: &Digest) -> String {
     format!("{}/_referrers/{}", repo_rel(repository), dkey(subject))
-}
-
-/// A referrer's entry below its subject's folder.
-fn referrer_rel(repository: &str, subject: &Digest, d: &Digest) -> String {
-    format!(
-        "{}/{}",
-        referrers_rel(repository, subject),
-        dkey(d).replace('/', "-")
-    )
 }
 
 fn state_rel(id: &str) -> String {
@@ -1004,7 +1032,7 @@ impl S3Storage {
         Ok(size)
     }
 
-    /// Tags of a repository: (tag, ETag, empty?) of every tag object.
+    /// The tag objects of a repository: (name in the key, listing).
     async fn tag_objects(&self, repository: &str) -> Result<Vec<(String, Listed)>> {
         let dir = format!("{}/_tags/", repo_rel(repository));
         let mut out = Vec::new();
@@ -1018,14 +1046,55 @@ impl S3Storage {
         Ok(out)
     }
 
-    /// Replace a tag with a tombstone if it still holds `e_tag`. False when
-    /// it changed meanwhile (someone re-tagged: their value stays).
-    async fn tombstone_tag(
+    /// Change the referrers index of `subject` with `edit`, conditionally on
+    /// the version read; retried when another writer got there first.
+    async fn edit_referrers(
         &self,
         repository: &str,
-        tag: &str,
-        e_tag: Option<String>,
-    ) -> Result<bool> {
+        subject: &Digest,
+        edit: impl Fn(&mut Vec<Descriptor>),
+    ) -> Result<()> {
+        let rel = referrers_rel(repository, subject);
+        for _ in 0..TAG_RETRIES {
+            let (mut list, mode) = match self.get_bytes(&rel).await? {
+                Some((raw, e_tag)) => {
+                    let list: Vec<Descriptor> = serde_json::from_slice(&raw)
+                        .map_err(|e| StorageError::Corrupt(format!("{rel}: {e}")))?;
+                    let mode = match e_tag {
+                        Some(e_tag) => PutMode::Update(UpdateVersion {
+                            e_tag: Some(e_tag),
+                            version: None,
+                        }),
+                        None => PutMode::Overwrite,
+                    };
+                    (list, mode)
+                }
+                None => (Vec::new(), PutMode::Create),
+            };
+            edit(&mut list);
+            match self
+                .store
+                .put_opts(
+                    &self.path(&rel),
+                    PutPayload::from(json(&list)?),
+                    PutOptions::from(mode),
+                )
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(object_store::Error::Precondition { .. })
+                | Err(object_store::Error::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(s3_error(e)),
+            }
+        }
+        Err(StorageError::Unavailable(format!(
+            "the referrers of {subject} kept changing; try again"
+        )))
+    }
+
+    /// Replace a tag object with a tombstone if it still holds `e_tag`.
+    /// False when it changed meanwhile (someone re-tagged: their value stays).
+    async fn tombstone_tag(&self, rel: &str, e_tag: Option<String>) -> Result<bool> {
         let mode = match e_tag {
             Some(e_tag) => PutMode::Update(UpdateVersion {
                 e_tag: Some(e_tag),
@@ -1035,11 +1104,7 @@ impl S3Storage {
         };
         match self
             .store
-            .put_opts(
-                &self.path(&tag_rel(repository, tag)),
-                PutPayload::new(),
-                PutOptions::from(mode),
-            )
+            .put_opts(&self.path(rel), PutPayload::new(), PutOptions::from(mode))
             .await
         {
             Ok(_) => Ok(true),
@@ -1369,15 +1434,15 @@ impl Storage for S3Storage {
                 artifact_type: meta.artifact_type.clone(),
                 annotations: meta.annotations.clone(),
             };
-            self.put(
-                &referrer_rel(repository, subject, digest),
-                json(&descriptor)?,
-            )
+            self.edit_referrers(repository, subject, |list| {
+                list.retain(|d| d.digest != descriptor.digest);
+                list.push(descriptor.clone());
+            })
             .await?;
         }
         if let Some(tag) = tag {
             // An S3 PUT is atomic: racing tag writes end with one whole value.
-            self.put(&tag_rel(repository, tag), Bytes::from(digest.to_string()))
+            self.put(&tag_rel(repository, tag), tag_content(tag, digest))
                 .await?;
         }
         Ok(())
@@ -1416,20 +1481,21 @@ impl Storage for S3Storage {
         };
         // Tags first, so no tag is left pointing at a manifest that is gone;
         // each only if it still points here when it is removed.
-        let target = digest.to_string();
-        for (tag, item) in self.tag_objects(repository).await? {
+        for (_, item) in self.tag_objects(repository).await? {
             if item.size == 0 {
                 continue;
             }
             if let Some((raw, e_tag)) = self.get_bytes(&item.rel).await? {
-                if raw.as_ref() == target.as_bytes() {
-                    self.tombstone_tag(repository, &tag, e_tag).await?;
+                if matches!(parse_tag(&raw), Some((Ok(d), _)) if &d == digest) {
+                    self.tombstone_tag(&item.rel, e_tag).await?;
                 }
             }
         }
         if let Some(subject) = &meta.subject {
-            self.delete(&referrer_rel(repository, subject, digest))
-                .await?;
+            self.edit_referrers(repository, subject, |list| {
+                list.retain(|d| &d.digest != digest)
+            })
+            .await?;
         }
         self.delete(&manifest_rel(repository, digest)).await?;
         self.keep_repository(repository, "_manifests").await?;
@@ -1441,25 +1507,23 @@ impl Storage for S3Storage {
         let Some((raw, _)) = self.get_bytes(&rel).await? else {
             return Ok(None);
         };
-        if raw.is_empty() {
-            return Ok(None); // tombstone
+        match parse_tag(&raw) {
+            None => Ok(None), // tombstone
+            Some((Ok(digest), _)) => Ok(Some(digest)),
+            Some((Err(()), _)) => Err(StorageError::Corrupt(format!("{rel}: not a digest"))),
         }
-        let digest = std::str::from_utf8(&raw)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| StorageError::Corrupt(format!("{rel}: not a digest")))?;
-        Ok(Some(digest))
     }
 
     async fn tag_delete(&self, repository: &str, tag: &str) -> Result<bool> {
+        let rel = tag_rel(repository, tag);
         for _ in 0..TAG_RETRIES {
-            let Some((raw, e_tag)) = self.get_bytes(&tag_rel(repository, tag)).await? else {
+            let Some((raw, e_tag)) = self.get_bytes(&rel).await? else {
                 return Ok(false);
             };
             if raw.is_empty() {
                 return Ok(false);
             }
-            if self.tombstone_tag(repository, tag, e_tag).await? {
+            if self.tombstone_tag(&rel, e_tag).await? {
                 return Ok(true);
             }
             // Re-tagged meanwhile: delete what it holds now.
@@ -1484,36 +1548,33 @@ impl Storage for S3Storage {
             });
             return Ok(exists.then(Vec::new));
         }
-        let mut tags: Vec<String> = objects
-            .into_iter()
-            .filter(|(_, item)| item.size > 0)
-            .map(|(tag, _)| tag)
-            .collect();
+        let mut tags = Vec::new();
+        for (name, item) in objects {
+            if item.size == 0 {
+                continue;
+            }
+            if !name.starts_with('=') {
+                tags.push(name);
+                continue;
+            }
+            // A long tag under a hashed name: the tag is inside.
+            if let Some((raw, _)) = self.get_bytes(&item.rel).await? {
+                if let Some((_, Some(tag))) = parse_tag(&raw) {
+                    tags.push(tag);
+                }
+            }
+        }
         tags.sort();
         Ok(Some(tags))
     }
 
     async fn referrers(&self, repository: &str, subject: &Digest) -> Result<Vec<Descriptor>> {
-        let dir = format!("{}/", referrers_rel(repository, subject));
-        let items = self.list(&dir).await?;
-        let rels: Vec<String> = items.iter().map(|i| i.rel.clone()).collect();
-        let mut fetched = Vec::with_capacity(rels.len());
-        let mut pending = futures::stream::iter(rels)
-            .map(|rel| async move { self.get_bytes(&rel).await })
-            .buffered(8);
-        while let Some(raw) = pending.next().await {
-            fetched.push(raw?);
-        }
-        drop(pending);
-        let mut out = Vec::new();
-        for (item, raw) in items.iter().zip(fetched) {
-            let Some((raw, _)) = raw else {
-                continue; // deleted while listing
-            };
-            let d: Descriptor = serde_json::from_slice(&raw)
-                .map_err(|e| StorageError::Corrupt(format!("{}: {e}", item.rel)))?;
-            out.push(d);
-        }
+        let rel = referrers_rel(repository, subject);
+        let mut out: Vec<Descriptor> = match self.get_bytes(&rel).await? {
+            Some((raw, _)) => serde_json::from_slice(&raw)
+                .map_err(|e| StorageError::Corrupt(format!("{rel}: {e}")))?,
+            None => Vec::new(),
+        };
         out.sort_by(|a, b| a.digest.cmp(&b.digest));
         Ok(out)
     }
