@@ -1804,7 +1804,7 @@ mod tests {
         let data = pattern(PART_SIZE * 2 + 3 * 1024 * 1024 + 17, 1);
         let digest = Digest::sha256_of(&data);
         let up = a.upload_create("big/app").await.expect("create");
-        let chunks = [1usize, 5 << 20, 7 << 20, 100, 6 << 20 - 3];
+        let chunks = [1usize, 5 << 20, 7 << 20, 100, (6 << 20) - 3];
         let mut at = 0;
         for (i, len) in chunks.iter().enumerate() {
             let replica = if i % 2 == 0 { &a } else { &b };
