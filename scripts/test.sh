@@ -5,7 +5,9 @@
 #
 # Steps:
 #   1. install the tools the end-to-end tests drive (docker.io, skopeo, docker-registry,
-#      busybox-static, umoci, openssl) with apt-get, unless they are all present already;
+#      busybox-static, umoci, openssl) with apt-get, unless they are all present already, and
+#      the S3 server the S3 tests run against (s3s-fs, with cargo install into ~/.cargo/bin,
+#      which CI machines may keep between runs; skipped when it is on PATH already);
 #   2. start a private dockerd (own data/exec roots, pidfile and socket; never the system
 #      one) and export DOCKER_HOST to it; a trap stops it by PID on any exit;
 #   3. cargo fmt --check, cargo build, cargo clippy -D warnings, cargo test (2 test threads).
@@ -44,6 +46,18 @@ for tool in dockerd docker skopeo docker-registry busybox umoci openssl gzip tar
     command -v "$tool" >/dev/null || die "$tool not found on PATH after installing packages"
 done
 command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain first"
+# s3s-fs: a real S3 server (SigV4, conditional writes, multipart) for the S3 backend's tests.
+# 0.14.1 is the last release that builds with rustc 1.95; --locked keeps its dependencies
+# at versions that do too.
+S3S_FS_VERSION=0.14.1
+export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
+if command -v s3s-fs >/dev/null; then
+    step "s3s-fs: present ($(command -v s3s-fs))"
+else
+    step "s3s-fs: installing $S3S_FS_VERSION with cargo install (a few minutes, once)"
+    cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked
+    command -v s3s-fs >/dev/null || die "s3s-fs not on PATH after cargo install"
+fi
 cargo fmt --version >/dev/null 2>&1 || die "rustfmt missing (rustup component add rustfmt)"
 cargo clippy --version >/dev/null 2>&1 || die "clippy missing (rustup component add clippy)"
 

@@ -103,6 +103,19 @@ pub fn require_tool(tool: &str) -> bool {
     }
 }
 
+/// An s3s-fs server with one empty bucket, or None (skip) when s3s-fs is not installed
+/// outside CI; with `CI=true` a missing s3s-fs fails the test.
+pub fn s3_server(bucket: &str) -> Option<berth_storage::s3_test_server::S3TestServer> {
+    match berth_storage::s3_test_server::S3TestServer::start(bucket) {
+        Ok(Some(server)) => Some(server),
+        Ok(None) => {
+            require_tool("s3s-fs");
+            None
+        }
+        Err(e) => panic!("cannot start s3s-fs: {e}"),
+    }
+}
+
 /// A name that is unique for this test process, for images, tags and containers.
 pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -478,12 +491,49 @@ pub struct Server {
     htpasswd: Option<PathBuf>,
     /// Distribution only: certificate and key (PEM) that turn on HTTPS.
     tls: Option<(PathBuf, PathBuf)>,
+    /// `--storage s3://...` and the flags that go with it, instead of the folder.
+    s3_args: Option<Vec<String>>,
+    /// Extra environment for the server process.
+    envs: Vec<(String, String)>,
 }
 
 impl Server {
     /// Starts the server kind chosen by `BERTH_TEST_SERVER` (Berth by default).
     pub fn start() -> Server {
         Server::start_kind(ServerKind::from_env())
+    }
+
+    /// Starts `berth serve --storage s3://BUCKET/PREFIX` on the given s3s-fs, with
+    /// `extra` flags (e.g. `--redirect-blobs`).
+    pub fn start_s3(
+        s3: &berth_storage::s3_test_server::S3TestServer,
+        prefix: &str,
+        extra: &[&str],
+    ) -> Server {
+        let mut server = Server::prepare(ServerKind::Berth);
+        let mut args = vec![
+            "--storage".to_string(),
+            format!("s3://{}/{prefix}", s3.bucket),
+            "--s3-endpoint".to_string(),
+            s3.endpoint(),
+            "--s3-region".to_string(),
+            berth_storage::s3_test_server::REGION.to_string(),
+            "--s3-allow-http".to_string(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        server.s3_args = Some(args);
+        server.envs = vec![
+            (
+                "AWS_ACCESS_KEY_ID".to_string(),
+                berth_storage::s3_test_server::ACCESS_KEY.to_string(),
+            ),
+            (
+                "AWS_SECRET_ACCESS_KEY".to_string(),
+                berth_storage::s3_test_server::SECRET_KEY.to_string(),
+            ),
+        ];
+        server.start_again();
+        server
     }
 
     pub fn start_kind(kind: ServerKind) -> Server {
@@ -542,6 +592,8 @@ impl Server {
             starts: 0,
             htpasswd: None,
             tls: None,
+            s3_args: None,
+            envs: Vec::new(),
         }
     }
 
@@ -603,11 +655,12 @@ impl Server {
         let mut command = match self.kind {
             ServerKind::Berth => {
                 let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
-                c.arg("serve")
-                    .arg("--addr")
-                    .arg(self.host())
-                    .arg("--storage")
-                    .arg(&self.storage);
+                c.arg("serve").arg("--addr").arg(self.host());
+                match &self.s3_args {
+                    Some(args) => c.args(args),
+                    None => c.arg("--storage").arg(&self.storage),
+                };
+                c.envs(self.envs.iter().map(|(k, v)| (k, v)));
                 c
             }
             ServerKind::Distribution => {
