@@ -106,13 +106,13 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
         log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         gc_interval: args.gc_interval.or(file_gc),
         s3: S3Settings {
-            endpoint: args.s3_endpoint.or(file.s3.endpoint),
-            region: args.s3_region.or(file.s3.region),
+            endpoint: args.s3.s3_endpoint.or(file.s3.endpoint),
+            region: args.s3.s3_region.or(file.s3.region),
             access_key_id: file.s3.access_key_id,
             secret_access_key: file.s3.secret_access_key,
             session_token: file.s3.session_token,
-            virtual_hosted: args.s3_virtual_hosted || file.s3.virtual_hosted,
-            allow_http: args.s3_allow_http || file.s3.allow_http,
+            virtual_hosted: args.s3.s3_virtual_hosted || file.s3.virtual_hosted,
+            allow_http: args.s3.s3_allow_http || file.s3.allow_http,
             redirect_blobs: args.redirect_blobs || file.s3.redirect_blobs,
         },
     })
@@ -169,7 +169,10 @@ mod tests {
         .expect("write");
         let s = resolve(ServeArgs {
             config: Some(path.clone()),
-            s3_region: Some("us-east-2".into()),
+            s3: crate::S3Args {
+                s3_region: Some("us-east-2".into()),
+                ..Default::default()
+            },
             redirect_blobs: true,
             ..Default::default()
         })
@@ -183,7 +186,10 @@ mod tests {
         assert!(format!("{err:#}").contains("--s3-allow-http"), "{err:#}");
         let s = resolve(ServeArgs {
             config: Some(path),
-            s3_allow_http: true,
+            s3: crate::S3Args {
+                s3_allow_http: true,
+                ..Default::default()
+            },
             ..Default::default()
         })
         .expect("resolve");

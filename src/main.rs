@@ -53,23 +53,30 @@ enum Command {
     Logout(images::LogoutArgs),
 }
 
+/// How to reach S3 when the storage is `s3://BUCKET/PREFIX` (serve and gc share them).
+#[derive(clap::Args, Debug, Default)]
+pub struct S3Args {
+    /// S3 endpoint URL, for S3-compatible servers (default: AWS, or AWS_ENDPOINT_URL)
+    #[arg(long, env = "BERTH_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    /// S3 region (default: AWS_REGION / AWS_DEFAULT_REGION, else us-east-1)
+    #[arg(long, env = "BERTH_S3_REGION")]
+    s3_region: Option<String>,
+    /// Address the bucket as BUCKET.host (virtual-hosted) instead of host/BUCKET (path-style, the default)
+    #[arg(long, env = "BERTH_S3_VIRTUAL_HOSTED")]
+    s3_virtual_hosted: bool,
+    /// Allow a plain-HTTP S3 endpoint (credentials and content travel unencrypted)
+    #[arg(long, env = "BERTH_S3_ALLOW_HTTP")]
+    s3_allow_http: bool,
+}
+
 #[derive(Parser, Debug)]
 pub struct GcArgs {
     /// The storage folder, or s3://BUCKET/PREFIX [default: ./berth-data]
     #[arg(long, env = "BERTH_STORAGE")]
     storage: Option<String>,
-    /// S3 endpoint URL, for S3-compatible servers
-    #[arg(long, env = "BERTH_S3_ENDPOINT")]
-    s3_endpoint: Option<String>,
-    /// S3 region
-    #[arg(long, env = "BERTH_S3_REGION")]
-    s3_region: Option<String>,
-    /// Virtual-hosted bucket addressing instead of path-style
-    #[arg(long, env = "BERTH_S3_VIRTUAL_HOSTED")]
-    s3_virtual_hosted: bool,
-    /// Allow a plain-HTTP S3 endpoint
-    #[arg(long, env = "BERTH_S3_ALLOW_HTTP")]
-    s3_allow_http: bool,
+    #[command(flatten)]
+    s3: S3Args,
     /// TOML config file (its `storage` key and [s3] table are used)
     #[arg(long, env = "BERTH_CONFIG")]
     config: Option<PathBuf>,
@@ -93,18 +100,8 @@ pub struct ServeArgs {
     /// Where to store images: a folder, or s3://BUCKET/PREFIX [default: ./berth-data]
     #[arg(long, env = "BERTH_STORAGE")]
     storage: Option<String>,
-    /// S3 endpoint URL, for S3-compatible servers (default: AWS, or AWS_ENDPOINT_URL)
-    #[arg(long, env = "BERTH_S3_ENDPOINT")]
-    s3_endpoint: Option<String>,
-    /// S3 region (default: AWS_REGION / AWS_DEFAULT_REGION, else us-east-1)
-    #[arg(long, env = "BERTH_S3_REGION")]
-    s3_region: Option<String>,
-    /// Address the bucket as BUCKET.host (virtual-hosted) instead of host/BUCKET (path-style, the default)
-    #[arg(long, env = "BERTH_S3_VIRTUAL_HOSTED")]
-    s3_virtual_hosted: bool,
-    /// Allow a plain-HTTP S3 endpoint (credentials and content travel unencrypted)
-    #[arg(long, env = "BERTH_S3_ALLOW_HTTP")]
-    s3_allow_http: bool,
+    #[command(flatten)]
+    s3: S3Args,
     /// S3 only: answer blob GETs with a 307 redirect to a presigned S3 URL
     /// instead of passing the bytes through the registry
     #[arg(long, env = "BERTH_REDIRECT_BLOBS")]
@@ -277,10 +274,7 @@ fn gc(args: GcArgs) -> Result<()> {
     let settings = config::resolve(ServeArgs {
         storage: args.storage,
         config: args.config,
-        s3_endpoint: args.s3_endpoint,
-        s3_region: args.s3_region,
-        s3_virtual_hosted: args.s3_virtual_hosted,
-        s3_allow_http: args.s3_allow_http,
+        s3: args.s3,
         ..Default::default()
     })?;
     let storage_path = &settings.storage;

@@ -166,6 +166,26 @@ async fn pull_big(reg: &Registry, args: &Args, verify: bool) -> Result<Outcome> 
 }
 
 /// Returns (p50, p99) in milliseconds of latencies given in microseconds.
+/// The result of a many-small-blobs workload (push or pull), `count` blobs in `secs`.
+fn small_blobs_outcome(args: &Args, unit: &'static str, secs: f64, lat_us: Vec<u32>) -> Outcome {
+    let (p50, p99) = percentiles(lat_us);
+    let n = args.count as u64;
+    Outcome {
+        value: n as f64 / secs,
+        unit,
+        seconds: secs,
+        ops: n,
+        bytes: n * args.small_bytes as u64,
+        runs: Vec::new(),
+        p50_ms: p50,
+        p99_ms: p99,
+        detail: format!(
+            "{} x {} B blobs, {} clients",
+            args.count, args.small_bytes, args.clients
+        ),
+    }
+}
+
 fn percentiles(mut lat_us: Vec<u32>) -> (Option<f64>, Option<f64>) {
     if lat_us.is_empty() {
         return (None, None);
@@ -243,22 +263,7 @@ async fn push_small(reg: &Registry, args: &Args) -> Result<Outcome> {
             bail!("small blob {digest} was accepted but HEAD does not find it");
         }
     }
-    let (p50, p99) = percentiles(lat);
-    let n = args.count as u64;
-    Ok(Outcome {
-        value: n as f64 / secs,
-        unit: "push/s",
-        seconds: secs,
-        ops: n,
-        bytes: n * args.small_bytes as u64,
-        runs: Vec::new(),
-        p50_ms: p50,
-        p99_ms: p99,
-        detail: format!(
-            "{} x {} B blobs, {} clients",
-            args.count, args.small_bytes, args.clients
-        ),
-    })
+    Ok(small_blobs_outcome(args, "push/s", secs, lat))
 }
 
 /// `args.clients` tasks take indexes 0..n in turn and run `op` on each;
@@ -329,22 +334,7 @@ async fn pull_small(reg: &Registry, args: &Args) -> Result<Outcome> {
     })
     .await?;
     let secs = start.elapsed().as_secs_f64();
-    let (p50, p99) = percentiles(lat);
-    let n = args.count as u64;
-    Ok(Outcome {
-        value: n as f64 / secs,
-        unit: "pull/s",
-        seconds: secs,
-        ops: n,
-        bytes: n * args.small_bytes as u64,
-        runs: Vec::new(),
-        p50_ms: p50,
-        p99_ms: p99,
-        detail: format!(
-            "{} x {} B blobs, {} clients",
-            args.count, args.small_bytes, args.clients
-        ),
-    })
+    Ok(small_blobs_outcome(args, "pull/s", secs, lat))
 }
 
 /// Pushes a small image (config + one layer) tagged `latest`; returns the manifest URL and
