@@ -108,7 +108,7 @@ const TAG_RETRIES: usize = 8;
 /// Big blob reads are cut into ranged GETs of this size (see [`ReadAhead`]).
 const READ_RANGE: u64 = 16 << 20;
 /// Ranges one read fetches ahead of the one being sent, while buffers last
-/// (`BERTH_S3_READ_AHEAD` overrides it). With the one being sent from memory,
+/// (`--s3-read-ahead` overrides it). With the one being sent from memory,
 /// a read holds at most 4 x 16 MiB = 64 MiB.
 const READ_AHEAD: usize = 3;
 /// Read-ahead buffers (of [`READ_RANGE`] each) for the whole server:
@@ -138,6 +138,9 @@ pub struct S3Options {
     pub allow_http: bool,
     /// Blob GETs answer 307 to a presigned URL instead of proxying the bytes.
     pub redirect_blobs: bool,
+    /// 16 MiB ranges a big blob read fetches ahead; `None` = the default (3),
+    /// 0 = one GET per blob (for servers that copy the object per ranged GET).
+    pub read_ahead: Option<usize>,
 }
 
 impl S3Options {
@@ -491,14 +494,7 @@ impl S3Storage {
             .map_err(|e| io::Error::other(format!("S3 configuration: {e}")))?;
         // Ranges a big read fetches ahead; 0 = one GET per read, for servers
         // where a ranged GET costs as much as the whole object (moto).
-        let read_ahead = match std::env::var("BERTH_S3_READ_AHEAD") {
-            Ok(v) => v.trim().parse::<usize>().map_err(|_| {
-                io::Error::other(format!(
-                    "BERTH_S3_READ_AHEAD={v:?}: want a number of ranges, 0 for none"
-                ))
-            })?,
-            Err(_) => READ_AHEAD,
-        };
+        let read_ahead = options.read_ahead.unwrap_or(READ_AHEAD);
         let prefix = if options.prefix.is_empty() {
             String::new()
         } else {

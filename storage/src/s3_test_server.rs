@@ -89,6 +89,7 @@ impl S3TestServer {
             virtual_hosted: false,
             allow_http: true,
             redirect_blobs: false,
+            read_ahead: None,
         }
     }
 
