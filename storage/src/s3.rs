@@ -281,7 +281,7 @@ pub struct S3Storage {
     gc_lock: tokio::sync::RwLock<()>,
     /// Appends to one session are serialised within a process; across
     /// replicas the conditional state write does it.
-    upload_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    upload_locks: crate::upload_locks::UploadLocks,
     /// How big blob reads fetch ahead, and the server-wide buffer budget.
     read_ahead: ReadAhead,
 }
@@ -507,7 +507,7 @@ impl S3Storage {
             counts,
             pointers: Mutex::new(HashMap::new()),
             gc_lock: tokio::sync::RwLock::new(()),
-            upload_locks: Mutex::new(HashMap::new()),
+            upload_locks: Default::default(),
             read_ahead: ReadAhead::new(READ_RANGE, read_ahead, READ_BUFFERS),
         })
     }
@@ -708,16 +708,6 @@ impl S3Storage {
 
     // --- upload sessions ---
 
-    fn upload_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.upload_locks.lock().unwrap_or_else(|e| e.into_inner());
-        locks.entry(id.to_string()).or_default().clone()
-    }
-
-    fn forget_upload_lock(&self, id: &str) {
-        let mut locks = self.upload_locks.lock().unwrap_or_else(|e| e.into_inner());
-        locks.remove(id);
-    }
-
     async fn load_session(&self, repository: &str, id: &str) -> Result<(Session, Option<String>)> {
         if !is_upload_id(id) {
             return Err(StorageError::UploadUnknown);
@@ -740,12 +730,12 @@ impl S3Storage {
         repository: &str,
         id: &str,
     ) -> Result<(tokio::sync::OwnedMutexGuard<()>, Session, Option<String>)> {
-        let guard = self.upload_lock(id).lock_owned().await;
+        let guard = self.upload_locks.get(id).lock_owned().await;
         match self.load_session(repository, id).await {
             Ok((session, e_tag)) => Ok((guard, session, e_tag)),
             Err(e) => {
                 if matches!(e, StorageError::UploadUnknown) {
-                    self.forget_upload_lock(id);
+                    self.upload_locks.forget(id);
                 }
                 Err(e)
             }
@@ -1405,7 +1395,7 @@ impl Storage for S3Storage {
             result,
             Err(StorageError::Unavailable(_)) | Err(StorageError::Io(_))
         ) {
-            self.forget_upload_lock(id);
+            self.upload_locks.forget(id);
         }
         result
     }
@@ -1417,7 +1407,7 @@ impl Storage for S3Storage {
         for item in self.list(&format!("uploads/{id}/")).await? {
             self.delete(&item.rel).await?;
         }
-        self.forget_upload_lock(id);
+        self.upload_locks.forget(id);
         Ok(())
     }
 
@@ -1463,7 +1453,7 @@ impl Storage for S3Storage {
                 self.delete(&item.rel).await?;
             }
             self.delete(&state_rel(&id)).await?;
-            self.forget_upload_lock(&id);
+            self.upload_locks.forget(&id);
         }
         Ok(purged)
     }
