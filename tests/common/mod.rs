@@ -1124,6 +1124,35 @@ pub fn error_codes(body: &[u8]) -> Option<Vec<String>> {
 }
 
 /// GET a JSON document; returns (status, parsed body or Null).
+/// After clients raced to push `latest`: the tag serves exactly one of the `pushed`
+/// manifests, with bytes matching its digest. Returns that digest.
+pub async fn assert_latest_is_one_of(
+    c: &reqwest::Client,
+    base: &str,
+    repo: &str,
+    pushed: &[String],
+) -> String {
+    let resp = c
+        .get(format!("{base}/v2/{repo}/manifests/latest"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("GET latest");
+    assert_eq!(resp.status().as_u16(), 200);
+    let digest = header(&resp, "docker-content-digest").expect("digest header");
+    let body = resp.bytes().await.expect("body");
+    assert_eq!(
+        digest_of(&body),
+        digest,
+        "tag serves bytes that do not match its digest"
+    );
+    assert!(
+        pushed.contains(&digest),
+        "tag points at {digest}, which nobody pushed"
+    );
+    digest
+}
+
 pub async fn get_json(c: &reqwest::Client, url: &str) -> (u16, serde_json::Value) {
     let resp = c
         .get(url)
