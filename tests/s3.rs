@@ -42,18 +42,7 @@ async fn conformance_on_s3() {
     );
 }
 
-/// Pseudo-random bytes (no repetition a store could shortcut).
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = 0x2545_f491_u32 ^ seed;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
+use berth_storage::s3_test_server::pattern;
 
 async fn get_bytes(c: &reqwest::Client, url: &str) -> (u16, Vec<u8>) {
     let resp = c.get(url).send().await.expect("GET");

@@ -2023,18 +2023,7 @@ mod tests {
         out
     }
 
-    /// Deterministic bytes that do not compress or repeat per part.
-    fn pattern(len: usize, seed: u8) -> Vec<u8> {
-        let mut x = 0x9e37_79b9_u32 ^ u32::from(seed);
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::s3_test_server::pattern;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn shared_suite() {
@@ -2219,7 +2208,7 @@ mod tests {
     async fn ranged_reads_return_the_bytes_in_order() {
         const R: u64 = 1000;
         for len in [R + 1, 2 * R - 1, 2 * R, 2 * R + 1, 7 * R + 3] {
-            let data = pattern(len as usize, len as u8);
+            let data = pattern(len as usize, len as u32);
             let store = memory_store(&data).await;
             let spans = [
                 (0, len),

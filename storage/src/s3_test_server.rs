@@ -36,6 +36,20 @@ pub fn s3s_fs_binary() -> Option<PathBuf> {
     })
 }
 
+/// Deterministic pseudo-random bytes (xorshift) for test blobs: they do not
+/// compress or repeat per part, so no store can shortcut them.
+pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_u32 ^ seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
 pub struct S3TestServer {
     pub port: u16,
     pub bucket: String,
