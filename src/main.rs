@@ -10,9 +10,11 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
+mod access;
 mod config;
 mod images;
 mod progress;
+mod tls;
 
 #[derive(Parser)]
 #[command(
@@ -123,6 +125,26 @@ pub struct ServeArgs {
     /// BERTH_* variables override it.
     #[arg(long, env = "BERTH_CONFIG")]
     config: Option<PathBuf>,
+    /// Turn on logins: accounts from this `htpasswd -B` file (bcrypt). Access
+    /// rules go in the config file's [access] table.
+    #[arg(long, env = "BERTH_HTPASSWD", value_name = "FILE")]
+    htpasswd: Option<PathBuf>,
+    /// How clients log in: Docker's token flow (default, with the built-in
+    /// /token endpoint) or Basic credentials on every request.
+    #[arg(long, env = "BERTH_AUTH_SCHEME", value_enum)]
+    auth_scheme: Option<config::AuthScheme>,
+    /// Serve HTTPS with this PEM certificate chain (re-read when it changes).
+    #[arg(long, env = "BERTH_TLS_CERT", value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's PEM private key.
+    #[arg(long, env = "BERTH_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA bundle (mTLS).
+    #[arg(long, env = "BERTH_TLS_CLIENT_CA", value_name = "PEM")]
+    tls_client_ca: Option<PathBuf>,
+    /// Requests per second per client address (429 with Retry-After beyond).
+    #[arg(long, env = "BERTH_RATE_LIMIT", value_name = "PER_SECOND")]
+    rate_limit: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize, Default)]
@@ -176,7 +198,16 @@ fn serve(args: ServeArgs) -> Result<()> {
     init_logging(settings.log_format);
     let opened = open_storage(&settings)?;
     let storage = opened.storage.clone();
-    let app = berth_registry::Registry::new(storage.clone()).router();
+    let mut registry = berth_registry::Registry::new(storage.clone());
+    if let Some(access) = access::build(&settings)? {
+        registry = registry.with_access(access);
+    }
+    if let Some(limit) = access::rate_limit(&settings.limits)? {
+        registry = registry.with_rate_limit(limit);
+    }
+    let app = registry
+        .router()
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         if let Some(s3) = &opened.s3 {
@@ -196,18 +227,40 @@ fn serve(args: ServeArgs) -> Result<()> {
             ),
             Err(e) => bail!("cannot listen on {}: {e}", settings.addr),
         };
-        tracing::info!(addr = %listener.local_addr()?, storage = %settings.storage, "berth registry listening");
-        // Without TCP_NODELAY a response whose headers and body go out in two
-        // writes waits for the client's delayed ACK: ~40 ms per small blob GET.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        tracing::info!(
+            addr = %listener.local_addr()?,
+            storage = %settings.storage,
+            https = settings.tls.is_some(),
+            auth = settings.auth.enabled(),
+            "berth registry listening"
+        );
+        match &settings.tls {
+            Some(tls_settings) => {
+                let acceptor = tls::acceptor(tls_settings)?;
+                // tap_io only so axum's connect-info (client address) applies to it.
+                let listener = axum::serve::ListenerExt::tap_io(
+                    tls::TlsListener::new(listener, acceptor)?,
+                    |_| {},
+                );
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown_signal())
+                    .await
+                    .context("server failed")?;
             }
-        });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("server failed")?;
+            None => {
+                // Without TCP_NODELAY a response whose headers and body go out in two
+                // writes waits for the client's delayed ACK: ~40 ms per small blob GET.
+                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                    }
+                });
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown_signal())
+                    .await
+                    .context("server failed")?;
+            }
+        }
         tracing::info!("stopped: all in-flight requests finished");
         if let Some(s3) = &opened.s3 {
             let c = s3.request_counts();
