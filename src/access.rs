@@ -17,7 +17,9 @@ pub fn build(settings: &Settings) -> Result<Option<Access>> {
     let auth = &settings.auth;
     if !auth.enabled() {
         if !settings.access.rules.is_empty() {
-            bail!("[access] rules need logins: set --htpasswd (or auth.htpasswd / auth.trust_keys)");
+            bail!(
+                "[access] rules need logins: set --htpasswd (or auth.htpasswd / auth.trust_keys)"
+            );
         }
         return Ok(None);
     }
@@ -46,7 +48,7 @@ pub fn build(settings: &Settings) -> Result<Option<Access>> {
             tracing::info!(keys = trusted, issuer, "trusting an external token service");
             Scheme::Token {
                 issuer: None,
-                verifier,
+                verifier: Box::new(verifier),
             }
         }
         (AuthScheme::Token, None) => {
@@ -73,8 +75,8 @@ pub fn build(settings: &Settings) -> Result<Option<Access>> {
             }
             let verifier = issuer.verifier(&service);
             Scheme::Token {
-                issuer: Some(issuer),
-                verifier,
+                issuer: Some(Box::new(issuer)),
+                verifier: Box::new(verifier),
             }
         }
     };

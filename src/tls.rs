@@ -40,7 +40,12 @@ struct ReloadingCert {
 
 impl ResolvesServerCert for ReloadingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.read().unwrap_or_else(|e| e.into_inner()).clone())
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
     }
 }
 
@@ -183,7 +188,9 @@ async fn accept_loop(
                 Ok(Ok(tls)) => {
                     let _ = ready.send((tls, peer)).await;
                 }
-                Ok(Err(e)) => tracing::debug!(client = %peer.ip(), error = %e, "TLS handshake failed"),
+                Ok(Err(e)) => {
+                    tracing::debug!(client = %peer.ip(), error = %e, "TLS handshake failed")
+                }
                 Err(_) => tracing::debug!(client = %peer.ip(), "TLS handshake timed out"),
             }
         });

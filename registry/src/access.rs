@@ -15,8 +15,7 @@ use berth_auth::htpasswd::Htpasswd;
 use berth_auth::ratelimit::{RateLimit, RateLimiter};
 use berth_auth::scope::{self, Endpoint, Scope};
 use berth_auth::token::{
-    basic_challenge, bearer_challenge, parse_authorization, Credentials, TokenIssuer,
-    TokenVerifier,
+    basic_challenge, bearer_challenge, parse_authorization, Credentials, TokenIssuer, TokenVerifier,
 };
 use berth_auth::Outcome;
 use sha2::{Digest as _, Sha256};
@@ -32,8 +31,8 @@ pub enum Scheme {
     /// token endpoint itself (`/token`); without, tokens come from an external
     /// service that the verifier trusts.
     Token {
-        issuer: Option<TokenIssuer>,
-        verifier: TokenVerifier,
+        issuer: Option<Box<TokenIssuer>>,
+        verifier: Box<TokenVerifier>,
     },
 }
 
@@ -217,7 +216,13 @@ impl Access {
 
     /// Whether this server runs the token endpoint.
     pub fn issues_tokens(&self) -> bool {
-        matches!(self.scheme, Scheme::Token { issuer: Some(_), .. })
+        matches!(
+            self.scheme,
+            Scheme::Token {
+                issuer: Some(_),
+                ..
+            }
+        )
     }
 
     /// Authenticate and authorise one API request. `Err` is the answer to
@@ -305,12 +310,14 @@ impl Access {
                 identity,
                 token_access,
             }),
-            Outcome::Unauthorized { missing } => {
-                Err(self.challenge(headers, &missing, false, "authentication required"))
+            // Challenges name every scope the request needs, not just the
+            // missing ones: clients fetch one token with exactly these.
+            Outcome::Unauthorized { .. } => {
+                Err(self.challenge(headers, &required, false, "authentication required"))
             }
-            Outcome::InsufficientScope { missing } => Err(self.challenge(
+            Outcome::InsufficientScope { .. } => Err(self.challenge(
                 headers,
-                &missing,
+                &required,
                 true,
                 "the token does not allow this request",
             )),

@@ -181,10 +181,19 @@ async fn dispatch(State(reg): State<Registry>, request: Request) -> Response {
             ),
         ),
     });
+    let mut headers = parts.headers;
+    // HTTP/2 carries the host in the URI (`:authority`), not in a Host header.
+    if !headers.contains_key(header::HOST) {
+        if let Some(authority) = parts.uri.authority() {
+            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+                headers.insert(header::HOST, v);
+            }
+        }
+    }
     let req = Req {
         method: parts.method.clone(),
         query: parts.uri.query().map(str::to_string),
-        headers: parts.headers,
+        headers,
     };
     let mut body = Some(body);
     let result = match route {
@@ -307,9 +316,21 @@ async fn token_endpoint(State(reg): State<Registry>, request: Request) -> Respon
         Method::GET | Method::HEAD => None,
         Method::POST => match axum::body::to_bytes(body, TOKEN_FORM_LIMIT).await {
             Ok(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
-            Err(_) => return token_error(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", "form too large"),
+            Err(_) => {
+                return token_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "invalid_request",
+                    "form too large",
+                )
+            }
         },
-        _ => return token_error(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "use GET or POST"),
+        _ => {
+            return token_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request",
+                "use GET or POST",
+            )
+        }
     };
     use access::TokenEndpointError as E;
     match access
