@@ -77,14 +77,42 @@ struct TlsTable {
     client_ca: Option<PathBuf>,
 }
 
-/// The `[limits]` table.
+/// The `[limits]` table as written.
 #[derive(Deserialize, Default, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
+struct LimitsTable {
+    rate: Option<f64>,
+    burst: Option<u32>,
+    /// e.g. "5m"
+    idle_timeout: Option<String>,
+    /// e.g. "30s"
+    header_timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct LimitSettings {
     /// Requests per second per client address, on average (off when unset).
     pub rate: Option<f64>,
     /// Requests a client may make at once. Default: 4 seconds' worth, at least 100.
     pub burst: Option<u32>,
+    /// A connection on which nothing moves for this long is closed.
+    pub idle_timeout: Duration,
+    /// Time allowed for a request's headers.
+    pub header_timeout: Duration,
+}
+
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            rate: None,
+            burst: None,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+        }
+    }
 }
 
 /// The `[s3]` table, flags and `BERTH_S3_*` variables. Anything unset falls
@@ -151,7 +179,7 @@ struct FileConfig {
     #[serde(default)]
     tls: TlsTable,
     #[serde(default)]
-    limits: LimitSettings,
+    limits: LimitsTable,
 }
 
 fn load(path: &Path) -> Result<FileConfig> {
@@ -218,6 +246,16 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
         limits: LimitSettings {
             rate: args.rate_limit.or(file.limits.rate),
             burst: file.limits.burst,
+            idle_timeout: match file.limits.idle_timeout.as_deref() {
+                Some(text) => humantime::parse_duration(text)
+                    .context("invalid limits.idle_timeout (use e.g. \"5m\")")?,
+                None => DEFAULT_IDLE_TIMEOUT,
+            },
+            header_timeout: match file.limits.header_timeout.as_deref() {
+                Some(text) => humantime::parse_duration(text)
+                    .context("invalid limits.header_timeout (use e.g. \"30s\")")?,
+                None => DEFAULT_HEADER_TIMEOUT,
+            },
         },
     })
 }

@@ -14,6 +14,7 @@ mod access;
 mod config;
 mod images;
 mod progress;
+mod serve_loop;
 mod tls;
 
 #[derive(Parser)]
@@ -205,9 +206,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     if let Some(limit) = access::rate_limit(&settings.limits)? {
         registry = registry.with_rate_limit(limit);
     }
-    let app = registry
-        .router()
-        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let app = registry.router();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         if let Some(s3) = &opened.s3 {
@@ -234,18 +233,12 @@ fn serve(args: ServeArgs) -> Result<()> {
             auth = settings.auth.enabled(),
             "berth registry listening"
         );
+        let timeouts = (settings.limits.header_timeout, settings.limits.idle_timeout);
         match &settings.tls {
             Some(tls_settings) => {
                 let acceptor = tls::acceptor(tls_settings)?;
-                // tap_io only so axum's connect-info (client address) applies to it.
-                let listener = axum::serve::ListenerExt::tap_io(
-                    tls::TlsListener::new(listener, acceptor)?,
-                    |_| {},
-                );
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown_signal())
-                    .await
-                    .context("server failed")?;
+                let listener = tls::TlsListener::new(listener, acceptor)?;
+                serve_loop::serve(listener, app, timeouts, shutdown_signal()).await;
             }
             None => {
                 // Without TCP_NODELAY a response whose headers and body go out in two
@@ -255,10 +248,7 @@ fn serve(args: ServeArgs) -> Result<()> {
                         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                     }
                 });
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown_signal())
-                    .await
-                    .context("server failed")?;
+                serve_loop::serve(listener, app, timeouts, shutdown_signal()).await;
             }
         }
         tracing::info!("stopped: all in-flight requests finished");

@@ -753,3 +753,79 @@ async fn https_with_docker_login_reload_and_client_certificates() {
     let resp = with_cert.get(&url).send().await.expect("mTLS GET");
     assert_eq!(resp.status().as_u16(), 200);
 }
+
+#[test]
+fn slow_headers_and_stalled_uploads_are_cut_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("berth.toml");
+    fs::write(
+        &config,
+        "[limits]\nheader_timeout = \"2s\"\nidle_timeout = \"3s\"\n",
+    )
+    .expect("config");
+    let server = Server::start_berth_with(
+        &["--config".into(), config.display().to_string()],
+        false,
+        false,
+    );
+    use std::io::{Read, Write};
+    let connect = || {
+        let s = std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        s
+    };
+    // Slowloris: headers that never end. The server closes within the header timeout.
+    let mut slow = connect();
+    let started = std::time::Instant::now();
+    slow.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")
+        .expect("write");
+    let mut buf = [0u8; 512];
+    let n = slow.read(&mut buf).unwrap_or(0);
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(15),
+        "slow headers held the connection for {waited:?}"
+    );
+    // hyper may answer 408 before closing; either way nothing is served.
+    let answer = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    // A stalled upload body: cut after the idle timeout, the upload keeps only what came.
+    let mut stalled = connect();
+    let started = std::time::Instant::now();
+    stalled
+        .write_all(
+            b"POST /v2/slow/blobs/uploads/?digest=sha256:0000000000000000000000000000000000000000000000000000000000000000 HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\npartial",
+        )
+        .expect("write");
+    let _ = stalled.read(&mut buf);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(15),
+        "stalled upload connection closed after {waited:?}"
+    );
+    // A client that keeps sending slowly is not cut off: 4 s of 1 byte / 500 ms > idle 3 s.
+    let body = vec![b'x'; 8];
+    let digest = digest_of(&body);
+    let mut steady = connect();
+    steady
+        .write_all(
+            format!(
+                "POST /v2/slow/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .expect("write head");
+    for b in &body {
+        std::thread::sleep(Duration::from_millis(500));
+        steady.write_all(&[*b]).expect("slow byte");
+    }
+    let mut response = String::new();
+    let _ = steady.read_to_string(&mut response);
+    assert!(
+        response.starts_with("HTTP/1.1 201"),
+        "slow but steady upload: {response}"
+    );
+}
