@@ -829,3 +829,135 @@ fn slow_headers_and_stalled_uploads_are_cut_off() {
         "slow but steady upload: {response}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_with_credentials() {
+    if !require_tool("podman") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, _) = start_with_auth(dir.path(), "", &[]);
+    let host = server.host();
+    let root = dir.path().join("podman-root");
+    let runroot = dir.path().join("podman-run");
+    let authfile = dir.path().join("auth.json");
+    let podman = |args: &[&str]| {
+        let mut c = cmd(
+            "podman",
+            [
+                "--root",
+                &root.display().to_string(),
+                "--runroot",
+                &runroot.display().to_string(),
+                "--runtime",
+                "runc",
+            ],
+        );
+        c.args(args);
+        c
+    };
+    let rootfs = dir.path().join("rootfs.tar");
+    write_busybox_rootfs(&rootfs, false);
+    run_ok(
+        podman(&["import", &rootfs.display().to_string(), "localhost/bb:1"]),
+        TIMEOUT,
+    );
+    let auth = authfile.display().to_string();
+    run_ok(
+        podman(&[
+            "login",
+            "--tls-verify=false",
+            "--authfile",
+            &auth,
+            "-u",
+            "alice",
+            "-p",
+            "apw",
+            &host,
+        ]),
+        TIMEOUT,
+    );
+    let image = format!("{host}/team-a/pod:1");
+    run_ok(
+        podman(&[
+            "push",
+            "--tls-verify=false",
+            "--authfile",
+            &auth,
+            "localhost/bb:1",
+            &format!("docker://{image}"),
+        ]),
+        TIMEOUT,
+    );
+    run_ok(podman(&["rmi", "-a", "-f"]), TIMEOUT);
+    run_ok(
+        podman(&["pull", "--tls-verify=false", "--authfile", &auth, &image]),
+        TIMEOUT,
+    );
+    let denied = run_fail(
+        podman(&[
+            "push",
+            "--tls-verify=false",
+            "--authfile",
+            &auth,
+            &image,
+            &format!("docker://{host}/other/pod:1"),
+        ]),
+        TIMEOUT,
+    );
+    // podman words it "denied" or, when it first checks for the blob, "403 (Forbidden)".
+    assert!(
+        denied.stderr.contains("denied") || denied.stderr.contains("403"),
+        "{}",
+        denied.describe()
+    );
+    let _ = run(podman(&["rmi", "-a", "-f"]), TIMEOUT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_token_service_is_trusted_by_its_public_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (key, _) = SigningKey::generate().expect("key");
+    let public = dir.path().join("issuer.pem");
+    fs::write(&public, key.public_key_pem()).expect("write public key");
+    let config = dir.path().join("berth.toml");
+    fs::write(
+        &config,
+        format!(
+            "[auth]\nissuer = \"auth.example\"\ntrust_keys = \"{}\"\nrealm = \"https://auth.example/token\"\nservice = \"reg\"\n",
+            public.display()
+        ),
+    )
+    .expect("config");
+    let server = Server::start_berth_with(
+        &["--config".into(), config.display().to_string()],
+        true,
+        false,
+    );
+    let base = server.url();
+    let resp = get(&format!("{base}/v2/app/manifests/1"), None).await;
+    assert_eq!(resp.status().as_u16(), 401);
+    assert_eq!(
+        header(&resp, "www-authenticate").as_deref(),
+        Some("Bearer realm=\"https://auth.example/token\",service=\"reg\",scope=\"repository:app:pull\"")
+    );
+    let issuer = TokenIssuer::new(key, "auth.example");
+    let pull = [Scope::parse("repository:app:pull").expect("scope")];
+    let token = issuer
+        .issue(&Identity::user("erin"), "reg", &pull, SystemTime::now())
+        .expect("issue");
+    let auth = format!("Bearer {}", token.token.expose());
+    let resp = get(&format!("{base}/v2/app/manifests/1"), Some(&auth)).await;
+    assert_eq!(
+        resp.status().as_u16(),
+        404,
+        "a valid external token is let through"
+    );
+    let resp = get(&format!("{base}/v2/other/manifests/1"), Some(&auth)).await;
+    assert_eq!(resp.status().as_u16(), 401, "its scope is all it allows");
+    // No built-in token endpoint when an external service issues tokens.
+    assert_eq!(
+        get(&format!("{base}/token"), None).await.status().as_u16(),
+        404
+    );
+}

@@ -330,7 +330,7 @@ impl Access {
                         Identity::Anonymous => "an anonymous client",
                         Identity::User(name) => name.as_str(),
                     },
-                    scope::to_scope_string(&missing)
+                    describe_missing(&missing, &granted)
                 ),
             )),
         }
@@ -489,6 +489,32 @@ pub(crate) enum TokenEndpointError {
     /// With the `WWW-Authenticate` value.
     Unauthorized(String),
     Internal(String),
+}
+
+/// "push to team-a/app, pull from base": the actions of `missing` that
+/// `granted` lacks, for a 403 message.
+fn describe_missing(missing: &[Scope], granted: &[Scope]) -> String {
+    missing
+        .iter()
+        .map(|need| {
+            let have = granted
+                .iter()
+                .filter(|g| g.same_resource(need))
+                .fold(scope::Actions::NONE, |acc, g| acc.union(g.actions));
+            let lacking: Vec<&str> = need
+                .actions
+                .names()
+                .into_iter()
+                .filter(|name| scope::Actions::parse_list(name).is_some_and(|a| !have.contains(a)))
+                .collect();
+            if need.is_catalog() {
+                "list the catalog".to_string()
+            } else {
+                format!("{} {}", lacking.join(" or "), need.name)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The endpoint of a route, as `berth_auth` classifies it.
