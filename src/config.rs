@@ -87,6 +87,8 @@ struct LimitsTable {
     idle_timeout: Option<String>,
     /// e.g. "30s"
     header_timeout: Option<String>,
+    /// e.g. "7d"
+    upload_expiry: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -99,10 +101,14 @@ pub struct LimitSettings {
     pub idle_timeout: Duration,
     /// Time allowed for a request's headers.
     pub header_timeout: Duration,
+    /// Upload sessions untouched for this long are removed.
+    pub upload_expiry: Duration,
 }
 
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// A week, as the reference registry.
+pub const DEFAULT_UPLOAD_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl Default for LimitSettings {
     fn default() -> Self {
@@ -111,6 +117,7 @@ impl Default for LimitSettings {
             burst: None,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
+            upload_expiry: DEFAULT_UPLOAD_EXPIRY,
         }
     }
 }
@@ -255,6 +262,11 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
                 Some(text) => humantime::parse_duration(text)
                     .context("invalid limits.header_timeout (use e.g. \"30s\")")?,
                 None => DEFAULT_HEADER_TIMEOUT,
+            },
+            upload_expiry: match file.limits.upload_expiry.as_deref() {
+                Some(text) => humantime::parse_duration(text)
+                    .context("invalid limits.upload_expiry (use e.g. \"7d\")")?,
+                None => DEFAULT_UPLOAD_EXPIRY,
             },
         },
     })

@@ -214,7 +214,10 @@ fn serve(args: ServeArgs) -> Result<()> {
                 format!("cannot reach the bucket of {}: check --s3-endpoint, the region and the AWS_* credentials", settings.storage)
             })?;
         }
-        tokio::spawn(purge_abandoned_uploads(storage.clone()));
+        tokio::spawn(purge_abandoned_uploads(
+            storage.clone(),
+            settings.limits.upload_expiry,
+        ));
         if let Some(every) = settings.gc_interval {
             tokio::spawn(collect_garbage_periodically(storage, every));
         }
@@ -355,15 +358,15 @@ fn gc(args: GcArgs) -> Result<()> {
     Ok(())
 }
 
-/// Upload sessions untouched for this long are abandoned pushes (the
-/// reference registry uses the same week).
-const UPLOAD_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
-
-async fn purge_abandoned_uploads(storage: Arc<dyn berth_storage::Storage>) {
-    let mut every = tokio::time::interval(Duration::from_secs(3600));
+/// Upload sessions untouched for `max_age` are abandoned pushes.
+async fn purge_abandoned_uploads(storage: Arc<dyn berth_storage::Storage>, max_age: Duration) {
+    // Hourly, or more often when sessions expire sooner than that.
+    let mut every = tokio::time::interval(
+        (max_age / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600)),
+    );
     loop {
         every.tick().await;
-        match storage.purge_uploads(UPLOAD_MAX_AGE).await {
+        match storage.purge_uploads(max_age).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(sessions = n, "purged abandoned upload sessions"),
             Err(e) => tracing::warn!(error = %e, "could not purge abandoned uploads"),

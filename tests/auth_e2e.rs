@@ -961,3 +961,51 @@ async fn external_token_service_is_trusted_by_its_public_key() {
         404
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_upload_sessions_expire() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("berth.toml");
+    fs::write(&config, "[limits]\nupload_expiry = \"2s\"\n").expect("config");
+    let server = Server::start_berth_with(
+        &["--config".into(), config.display().to_string()],
+        false,
+        false,
+    );
+    let base = server.url();
+    let c = client();
+    let resp = c
+        .post(format!("{base}/v2/expiry/blobs/uploads/"))
+        .send()
+        .await
+        .expect("start upload");
+    assert_eq!(resp.status().as_u16(), 202);
+    let location = absolute(&base, &header(&resp, "location").expect("location"));
+    assert_eq!(
+        c.get(&location)
+            .send()
+            .await
+            .expect("status")
+            .status()
+            .as_u16(),
+        204
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let status = c
+            .get(&location)
+            .send()
+            .await
+            .expect("status")
+            .status()
+            .as_u16();
+        if status == 404 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "session still alive after 20 s"
+        );
+    }
+}
