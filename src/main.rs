@@ -237,6 +237,10 @@ fn serve(args: ServeArgs) -> Result<()> {
             "berth registry listening"
         );
         let timeouts = (settings.limits.header_timeout, settings.limits.idle_timeout);
+        let loopback = listener.local_addr().map(|a| a.ip().is_loopback()).unwrap_or(false);
+        if settings.auth.enabled() && settings.tls.is_none() && !loopback {
+            tracing::warn!("logins are on but the server speaks plain HTTP on a non-loopback address: passwords and tokens cross the network in clear text; add --tls-cert/--tls-key or put a TLS proxy in front");
+        }
         match &settings.tls {
             Some(tls_settings) => {
                 let acceptor = tls::acceptor(tls_settings)?;
