@@ -188,7 +188,7 @@ run_step build cargo build --workspace --all-targets \
     || die "build failed: not running tests (failed so far: ${failures[*]})"
 run_step clippy cargo clippy --workspace --all-targets -- -D warnings || true
 # shellcheck disable=SC2086 # BERTH_TEST_ARGS is meant to split into words
-STEP_TIMEOUT="${BERTH_TEST_TIMEOUT:-2400}" run_step test cargo test --workspace ${BERTH_TEST_ARGS:-} -- --test-threads=2 || true
+STEP_TIMEOUT="${BERTH_TEST_TIMEOUT:-2400}" run_step test cargo test --workspace --no-fail-fast ${BERTH_TEST_ARGS:-} -- --test-threads=2 || true
 
 step "done in $(( $(date +%s) - START ))s"
 if [ "${#failures[@]}" -gt 0 ]; then
