@@ -246,7 +246,9 @@ impl<'a> Lexer<'a> {
                     _ => out.push(c),
                 },
                 Some(c) => out.push(c),
-                None => return Err("unexpected end of text looking for the closing \" quote".into()),
+                None => {
+                    return Err("unexpected end of text looking for the closing \" quote".into())
+                }
             }
         }
         if self.raw {
@@ -393,7 +395,11 @@ mod tests {
         assert_eq!(x("${FOO:-word}"), "/bar");
         assert_eq!(x("${UNSET:-word}"), "word");
         assert_eq!(x("${EMPTY:-word}"), "word");
-        assert_eq!(x("${EMPTY-word}"), "", "set but empty: kept without the colon");
+        assert_eq!(
+            x("${EMPTY-word}"),
+            "",
+            "set but empty: kept without the colon"
+        );
         assert_eq!(x("${UNSET-word}"), "word");
         assert_eq!(x("${FOO:+word}"), "word");
         assert_eq!(x("${EMPTY:+word}"), "");
@@ -434,7 +440,11 @@ mod tests {
         assert_eq!(x("'$FOO'"), "$FOO", "single quotes stop expansion");
         assert_eq!(x("\"$FOO\""), "/bar", "double quotes do not");
         assert_eq!(x("\"say \\\"hi\\\"\""), "say \"hi\"");
-        assert_eq!(x("\"a\\b\""), "a\\b", "an escape before other characters stays in double quotes");
+        assert_eq!(
+            x("\"a\\b\""),
+            "a\\b",
+            "an escape before other characters stays in double quotes"
+        );
         assert_eq!(x("a\\b"), "ab", "outside quotes it escapes anything");
         assert_eq!(x("\"\\$FOO\""), "$FOO");
         assert_eq!(x("'it''s'"), "its");
@@ -475,12 +485,27 @@ mod tests {
     #[test]
     fn which_instructions_expand() {
         for k in [
-            "ADD", "copy", "ENV", "EXPOSE", "FROM", "LABEL", "STOPSIGNAL", "USER", "VOLUME",
+            "ADD",
+            "copy",
+            "ENV",
+            "EXPOSE",
+            "FROM",
+            "LABEL",
+            "STOPSIGNAL",
+            "USER",
+            "VOLUME",
             "WORKDIR",
         ] {
             assert!(is_expanded(k), "{k}");
         }
-        for k in ["RUN", "CMD", "ENTRYPOINT", "SHELL", "HEALTHCHECK", "MAINTAINER"] {
+        for k in [
+            "RUN",
+            "CMD",
+            "ENTRYPOINT",
+            "SHELL",
+            "HEALTHCHECK",
+            "MAINTAINER",
+        ] {
             assert!(!is_expanded(k), "{k}");
         }
     }

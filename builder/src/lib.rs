@@ -23,10 +23,6 @@ pub mod dockerignore;
 pub mod expand;
 pub mod plan;
 
-
-
-
-
 /// An error in a Dockerfile, a `.dockerignore` or the build options,
 /// rendered as Docker does: `Dockerfile:LINE: INSTRUCTION: message`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
