@@ -23,6 +23,10 @@ pub mod dockerignore;
 pub mod expand;
 pub mod plan;
 
+pub use dockerfile::{parse, Dockerfile, Instruction};
+pub use dockerignore::DockerIgnore;
+pub use plan::{plan, Plan, PlanOptions};
+
 /// An error in a Dockerfile, a `.dockerignore` or the build options,
 /// rendered as Docker does: `Dockerfile:LINE: INSTRUCTION: message`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
