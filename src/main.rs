@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
+mod build;
 mod config;
 mod images;
 mod progress;
@@ -51,6 +52,8 @@ enum Command {
     Login(images::LoginArgs),
     /// Forget the credentials for a registry.
     Logout(images::LogoutArgs),
+    /// Build an image from a Dockerfile (for now: print the plan with --dry-run).
+    Build(build::BuildArgs),
 }
 
 #[derive(Parser, Debug)]
@@ -117,6 +120,7 @@ fn main() -> ExitCode {
         Command::Rm(args) => images::rm(args),
         Command::Login(args) => images::login(args),
         Command::Logout(args) => images::logout(args),
+        Command::Build(args) => build::build(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -809,6 +809,9 @@ impl<'a> Planner<'a> {
                     scope.set_arg(arg.clone());
                     resolved.push(arg);
                 }
+                // Show the values the build will use, not the defaults.
+                let shown: Vec<String> = resolved.iter().map(arg_text).collect();
+                text = format!("ARG {}", shown.join(" "));
                 Action::Arg { args: resolved }
             }
             Command::Env { vars, legacy } => {

@@ -84,7 +84,7 @@ fn arg_scope_starts_at_its_line() {
     let p = ok(text, &with_args(&[("username", "what_user")]));
     assert_eq!(
         step_texts(&p, 0),
-        vec!["USER some_user", "ARG username", "USER what_user"]
+        vec!["USER some_user", "ARG username=what_user", "USER what_user"]
     );
     assert_eq!(p.stages[0].config.user.as_deref(), Some("what_user"));
     // Without a value the ARG is declared but unset.
