@@ -5,7 +5,9 @@
 #
 # Steps:
 #   1. install the tools the end-to-end tests drive (docker.io, skopeo, docker-registry,
-#      busybox-static, umoci, openssl) with apt-get, unless they are all present already;
+#      busybox-static, umoci, openssl) with apt-get, unless they are all present already, and
+#      the S3 server the S3 tests run against (s3s-fs, with cargo install into ~/.cargo/bin,
+#      which CI machines may keep between runs; skipped when it is on PATH already);
 #   2. start a private dockerd (own data/exec roots, pidfile and socket; never the system
 #      one) and export DOCKER_HOST to it; a trap stops it by PID on any exit;
 #   3. cargo fmt --check, cargo build, cargo clippy -D warnings, cargo test (2 test threads).
@@ -14,6 +16,7 @@
 # script exits non-zero if anything failed. Environment knobs:
 #   BERTH_TEST_TMP   where the private dockerd keeps its state (default /var/tmp)
 #   BERTH_TEST_ARGS  extra arguments for `cargo test` before `--` (e.g. "--test resume")
+#   BERTH_TEST_TIMEOUT  seconds before a hung `cargo test` is killed (default 2400)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -44,6 +47,18 @@ for tool in dockerd docker skopeo docker-registry busybox umoci openssl gzip tar
     command -v "$tool" >/dev/null || die "$tool not found on PATH after installing packages"
 done
 command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain first"
+# s3s-fs: a real S3 server (SigV4, conditional writes, multipart) for the S3 backend's tests.
+# 0.14.1 is the last release that builds with rustc 1.95; --locked keeps its dependencies
+# at versions that do too.
+S3S_FS_VERSION=0.14.1
+export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
+if command -v s3s-fs >/dev/null; then
+    step "s3s-fs: present ($(command -v s3s-fs))"
+else
+    step "s3s-fs: installing $S3S_FS_VERSION with cargo install (a few minutes, once)"
+    cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked
+    command -v s3s-fs >/dev/null || die "s3s-fs not on PATH after cargo install"
+fi
 cargo fmt --version >/dev/null 2>&1 || die "rustfmt missing (rustup component add rustfmt)"
 cargo clippy --version >/dev/null 2>&1 || die "clippy missing (rustup component add clippy)"
 
@@ -133,8 +148,24 @@ run_step() {
     # trap can stop the whole step.
     setsid "$@" &
     STEP_PGID=$!
+    # A hung step must fail with its output on record, well inside CI's time limit, not run
+    # until CI gives up: after STEP_TIMEOUT seconds its whole process group is killed.
+    local watchdog=""
+    if [ -n "${STEP_TIMEOUT:-}" ]; then
+        # The sleep is killed with the watchdog, so no stray process keeps CI's output open.
+        ( sleep "$STEP_TIMEOUT" >/dev/null 2>&1 </dev/null &
+          sleeper=$!
+          trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
+          wait "$sleeper" || exit 0
+          echo "--- $name: still running after ${STEP_TIMEOUT}s; killing process group $STEP_PGID"
+          ps -o pid,stat,etime,wchan:20,args --forest -s "$STEP_PGID" || true
+          kill -TERM -- "-$STEP_PGID" 2>/dev/null; sleep 10; kill -KILL -- "-$STEP_PGID" 2>/dev/null
+        ) &
+        watchdog=$!
+    fi
     local ok=1
     wait "$STEP_PGID" || ok=""
+    if [ -n "$watchdog" ]; then kill "$watchdog" 2>/dev/null; wait "$watchdog" 2>/dev/null; fi
     STEP_PGID=""
     if [ -n "$ok" ]; then
         echo "--- $name: ok ($(( $(date +%s) - t0 ))s)"
@@ -151,7 +182,7 @@ run_step build cargo build --workspace --all-targets \
     || die "build failed: not running tests (failed so far: ${failures[*]})"
 run_step clippy cargo clippy --workspace --all-targets -- -D warnings || true
 # shellcheck disable=SC2086 # BERTH_TEST_ARGS is meant to split into words
-run_step test cargo test --workspace ${BERTH_TEST_ARGS:-} -- --test-threads=2 || true
+STEP_TIMEOUT="${BERTH_TEST_TIMEOUT:-2400}" run_step test cargo test --workspace ${BERTH_TEST_ARGS:-} -- --test-threads=2 || true
 
 step "done in $(( $(date +%s) - START ))s"
 if [ "${#failures[@]}" -gt 0 ]; then

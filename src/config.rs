@@ -17,6 +17,55 @@ pub struct Settings {
     pub storage: String,
     pub log_format: LogFormat,
     pub gc_interval: Option<Duration>,
+    /// S3 connection settings, used when `storage` is `s3://...`.
+    pub s3: S3Settings,
+}
+
+/// The `[s3]` table, flags and `BERTH_S3_*` variables. Anything unset falls
+/// back to the usual `AWS_*` variables (read by the storage backend).
+#[derive(Deserialize, Default, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct S3Settings {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
+    #[serde(default)]
+    pub virtual_hosted: bool,
+    #[serde(default)]
+    pub allow_http: bool,
+    #[serde(default)]
+    pub redirect_blobs: bool,
+    /// 16 MiB ranges a big blob read fetches ahead (0: one GET per blob).
+    pub read_ahead: Option<usize>,
+}
+
+impl S3Settings {
+    /// Storage options for `s3://BUCKET/PREFIX` with these settings.
+    pub fn options(&self, url: &str) -> Result<berth_storage::S3Options> {
+        let mut o = berth_storage::S3Options::from_url(url).map_err(anyhow::Error::msg)?;
+        o.endpoint = self.endpoint.clone();
+        o.region = self.region.clone();
+        o.access_key_id = self.access_key_id.clone();
+        o.secret_access_key = self.secret_access_key.clone();
+        o.session_token = self.session_token.clone();
+        o.virtual_hosted = self.virtual_hosted;
+        // AWS_ALLOW_HTTP is honoured too, as other AWS tools do; either way
+        // plain HTTP is only ever used when someone asked for it.
+        o.allow_http = self.allow_http
+            || std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+        o.redirect_blobs = self.redirect_blobs;
+        o.read_ahead = self.read_ahead;
+        if let Some(endpoint) = &o.endpoint {
+            if endpoint.starts_with("http://") && !o.allow_http {
+                anyhow::bail!(
+                    "S3 endpoint {endpoint} is plain HTTP: pass --s3-allow-http (or allow_http = true in [s3]) if that is intended"
+                );
+            }
+        }
+        Ok(o)
+    }
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -27,6 +76,8 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     /// e.g. "24h"
     gc_interval: Option<String>,
+    #[serde(default)]
+    s3: S3Settings,
 }
 
 fn load(path: &Path) -> Result<FileConfig> {
@@ -57,6 +108,17 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
             .unwrap_or_else(|| DEFAULT_STORAGE.to_string()),
         log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         gc_interval: args.gc_interval.or(file_gc),
+        s3: S3Settings {
+            endpoint: args.s3.s3_endpoint.or(file.s3.endpoint),
+            region: args.s3.s3_region.or(file.s3.region),
+            access_key_id: file.s3.access_key_id,
+            secret_access_key: file.s3.secret_access_key,
+            session_token: file.s3.session_token,
+            virtual_hosted: args.s3.s3_virtual_hosted || file.s3.virtual_hosted,
+            allow_http: args.s3.s3_allow_http || file.s3.allow_http,
+            redirect_blobs: args.redirect_blobs || file.s3.redirect_blobs,
+            read_ahead: args.s3.s3_read_ahead.or(file.s3.read_ahead),
+        },
     })
 }
 
@@ -74,6 +136,7 @@ mod tests {
                 storage: "./berth-data".into(),
                 log_format: LogFormat::Text,
                 gc_interval: None,
+                s3: S3Settings::default(),
             }
         );
     }
@@ -97,6 +160,55 @@ mod tests {
         assert_eq!(s.storage, "/srv/b");
         assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(s.gc_interval, Some(Duration::from_secs(12 * 3600)));
+    }
+
+    #[test]
+    fn s3_table_and_flags() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("berth.toml");
+        std::fs::write(
+            &path,
+            "storage = \"s3://bucket/some/prefix\"\n[s3]\nendpoint = \"http://127.0.0.1:9000\"\nregion = \"eu-west-1\"\nread_ahead = 0\naccess_key_id = \"k\"\nsecret_access_key = \"s\"\n",
+        )
+        .expect("write");
+        let s = resolve(ServeArgs {
+            config: Some(path.clone()),
+            s3: crate::S3Args {
+                s3_region: Some("us-east-2".into()),
+                ..Default::default()
+            },
+            redirect_blobs: true,
+            ..Default::default()
+        })
+        .expect("resolve");
+        assert_eq!(s.s3.region.as_deref(), Some("us-east-2"));
+        assert!(s.s3.redirect_blobs);
+        // Plain HTTP only when asked.
+        let err =
+            s.s3.options(&s.storage)
+                .expect_err("http without allow_http");
+        assert!(format!("{err:#}").contains("--s3-allow-http"), "{err:#}");
+        let s = resolve(ServeArgs {
+            config: Some(path),
+            s3: crate::S3Args {
+                s3_allow_http: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .expect("resolve");
+        let o = s.s3.options(&s.storage).expect("options");
+        assert_eq!(
+            (o.bucket.as_str(), o.prefix.as_str()),
+            ("bucket", "some/prefix")
+        );
+        assert_eq!(o.access_key_id.as_deref(), Some("k"));
+        assert_eq!(o.read_ahead, Some(0), "[s3] read_ahead reaches the backend");
+        assert!(o.allow_http);
+        assert!(
+            S3Settings::default().options("s3://x").is_err(),
+            "bucket name too short"
+        );
     }
 
     #[test]

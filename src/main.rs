@@ -56,12 +56,35 @@ enum Command {
     Build(build::BuildArgs),
 }
 
+/// How to reach S3 when the storage is `s3://BUCKET/PREFIX` (serve and gc share them).
+#[derive(clap::Args, Debug, Default)]
+pub struct S3Args {
+    /// S3 endpoint URL, for S3-compatible servers (default: AWS, or AWS_ENDPOINT_URL)
+    #[arg(long, env = "BERTH_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    /// S3 region (default: AWS_REGION / AWS_DEFAULT_REGION, else us-east-1)
+    #[arg(long, env = "BERTH_S3_REGION")]
+    s3_region: Option<String>,
+    /// Address the bucket as BUCKET.host (virtual-hosted) instead of host/BUCKET (path-style, the default)
+    #[arg(long, env = "BERTH_S3_VIRTUAL_HOSTED")]
+    s3_virtual_hosted: bool,
+    /// Allow a plain-HTTP S3 endpoint (credentials and content travel unencrypted)
+    #[arg(long, env = "BERTH_S3_ALLOW_HTTP")]
+    s3_allow_http: bool,
+    /// 16 MiB ranges a big blob read fetches ahead in parallel [default: 3]; 0 reads
+    /// each blob with one GET (for S3 servers that copy the object per ranged GET, e.g. moto)
+    #[arg(long, env = "BERTH_S3_READ_AHEAD", value_name = "N")]
+    s3_read_ahead: Option<usize>,
+}
+
 #[derive(Parser, Debug)]
 pub struct GcArgs {
-    /// The storage folder [default: ./berth-data]
+    /// The storage folder, or s3://BUCKET/PREFIX [default: ./berth-data]
     #[arg(long, env = "BERTH_STORAGE")]
     storage: Option<String>,
-    /// TOML config file (its `storage` key is used)
+    #[command(flatten)]
+    s3: S3Args,
+    /// TOML config file (its `storage` key and [s3] table are used)
     #[arg(long, env = "BERTH_CONFIG")]
     config: Option<PathBuf>,
     /// Keep anything pushed or reused more recently than this, so pushes in
@@ -81,9 +104,15 @@ pub struct ServeArgs {
     /// Address to listen on [default: 0.0.0.0:5000]
     #[arg(long, env = "BERTH_ADDR")]
     addr: Option<String>,
-    /// Where to store images: a folder [default: ./berth-data]
+    /// Where to store images: a folder, or s3://BUCKET/PREFIX [default: ./berth-data]
     #[arg(long, env = "BERTH_STORAGE")]
     storage: Option<String>,
+    #[command(flatten)]
+    s3: S3Args,
+    /// S3 only: answer blob GETs with a 307 redirect to a presigned S3 URL
+    /// instead of passing the bytes through the registry
+    #[arg(long, env = "BERTH_REDIRECT_BLOBS")]
+    redirect_blobs: bool,
     /// Log format [default: text]
     #[arg(long, env = "BERTH_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
@@ -91,8 +120,10 @@ pub struct ServeArgs {
     /// Safe during pushes: it keeps anything touched in the last hour.
     #[arg(long, env = "BERTH_GC_INTERVAL", value_parser = humantime::parse_duration)]
     gc_interval: Option<Duration>,
-    /// TOML file with any of: addr, storage, log_format, gc_interval. Flags
-    /// and BERTH_* variables override it.
+    /// TOML file with any of: addr, storage, log_format, gc_interval and an
+    /// [s3] table (endpoint, region, access_key_id, secret_access_key,
+    /// session_token, virtual_hosted, allow_http, redirect_blobs). Flags and
+    /// BERTH_* variables override it.
     #[arg(long, env = "BERTH_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -147,15 +178,16 @@ fn init_logging(format: LogFormat) {
 fn serve(args: ServeArgs) -> Result<()> {
     let settings = config::resolve(args)?;
     init_logging(settings.log_format);
-    if settings.storage.starts_with("s3://") {
-        bail!("S3 storage is not available yet: use --storage with a local folder");
-    }
-    let storage = berth_storage::FsStorage::open(&settings.storage)
-        .with_context(|| format!("cannot open storage folder {}", settings.storage))?;
-    let storage: Arc<dyn berth_storage::Storage> = Arc::new(storage);
+    let opened = open_storage(&settings)?;
+    let storage = opened.storage.clone();
     let app = berth_registry::Registry::new(storage.clone()).router();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        if let Some(s3) = &opened.s3 {
+            s3.check().await.with_context(|| {
+                format!("cannot reach the bucket of {}: check --s3-endpoint, the region and the AWS_* credentials", settings.storage)
+            })?;
+        }
         tokio::spawn(purge_abandoned_uploads(storage.clone()));
         if let Some(every) = settings.gc_interval {
             tokio::spawn(collect_garbage_periodically(storage, every));
@@ -181,7 +213,48 @@ fn serve(args: ServeArgs) -> Result<()> {
             .await
             .context("server failed")?;
         tracing::info!("stopped: all in-flight requests finished");
+        if let Some(s3) = &opened.s3 {
+            let c = s3.request_counts();
+            tracing::info!(
+                total = c.total(),
+                get = c.get,
+                head = c.head,
+                put = c.put,
+                post = c.post,
+                delete = c.delete,
+                "S3 requests sent"
+            );
+        }
         Ok(())
+    })
+}
+
+struct OpenedStorage {
+    storage: Arc<dyn berth_storage::Storage>,
+    /// The same storage when it is S3, for its request counts and start-up check.
+    s3: Option<Arc<berth_storage::S3Storage>>,
+}
+
+fn open_storage(settings: &config::Settings) -> Result<OpenedStorage> {
+    if settings.storage.starts_with("s3://") {
+        let options = settings.s3.options(&settings.storage)?;
+        let s3 = Arc::new(
+            berth_storage::S3Storage::new(&options)
+                .with_context(|| format!("cannot use {}", settings.storage))?,
+        );
+        return Ok(OpenedStorage {
+            storage: s3.clone(),
+            s3: Some(s3),
+        });
+    }
+    if settings.s3.redirect_blobs {
+        bail!("--redirect-blobs needs S3 storage (--storage s3://BUCKET/PREFIX)");
+    }
+    let storage = berth_storage::FsStorage::open(&settings.storage)
+        .with_context(|| format!("cannot open storage folder {}", settings.storage))?;
+    Ok(OpenedStorage {
+        storage: Arc::new(storage),
+        s3: None,
     })
 }
 
@@ -206,27 +279,22 @@ async fn collect_garbage_periodically(storage: Arc<dyn berth_storage::Storage>, 
 }
 
 fn gc(args: GcArgs) -> Result<()> {
-    let storage_path = config::resolve(ServeArgs {
+    let settings = config::resolve(ServeArgs {
         storage: args.storage,
         config: args.config,
+        s3: args.s3,
         ..Default::default()
-    })?
-    .storage;
-    if storage_path.starts_with("s3://") {
-        bail!("S3 storage is not available yet: use --storage with a local folder");
-    }
-    if !std::path::Path::new(&storage_path).join("blobs").is_dir() {
+    })?;
+    let storage_path = &settings.storage;
+    if !storage_path.starts_with("s3://")
+        && !std::path::Path::new(storage_path).join("blobs").is_dir()
+    {
         bail!("{storage_path} is not a berth storage folder (no blobs/ in it): check --storage");
     }
-    let storage = berth_storage::FsStorage::open(&storage_path)
-        .with_context(|| format!("cannot open storage folder {storage_path}"))?;
+    let storage = open_storage(&settings)?.storage;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let report = runtime
-        .block_on(berth_storage::Storage::collect_garbage(
-            &storage,
-            args.grace,
-            args.dry_run,
-        ))
+        .block_on(storage.collect_garbage(args.grace, args.dry_run))
         .context("garbage collection failed")?;
     if args.json {
         let mut value = serde_json::to_value(&report)?;

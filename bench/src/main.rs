@@ -23,6 +23,9 @@ pub enum Workload {
     PushSmall,
     /// Pull a big blob (pushed first, untimed) and verify its sha256, in MB/s.
     PullBig,
+    /// Pull many small blobs (pushed first, untimed) from concurrent clients,
+    /// verifying each, in pulls/s.
+    PullSmall,
     /// The same pull, checking only the length: the client's hashing no
     /// longer competes with the server for the two cores, in MB/s.
     PullBigRaw,
@@ -36,6 +39,7 @@ impl Workload {
             Workload::PushBig => "push-big",
             Workload::PushSmall => "push-small",
             Workload::PullBig => "pull-big",
+            Workload::PullSmall => "pull-small",
             Workload::PullBigRaw => "pull-big-raw",
             Workload::ManifestGet => "manifest-get",
         }

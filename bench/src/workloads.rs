@@ -22,6 +22,7 @@ pub async fn run(reg: &Registry, args: &Args) -> Result<Outcome> {
         Workload::PushBig => push_big(reg, args).await,
         Workload::PushSmall => push_small(reg, args).await,
         Workload::PullBig => pull_big(reg, args, true).await,
+        Workload::PullSmall => pull_small(reg, args).await,
         Workload::PullBigRaw => pull_big(reg, args, false).await,
         Workload::ManifestGet => manifest_get(reg, args).await,
     }
@@ -165,6 +166,26 @@ async fn pull_big(reg: &Registry, args: &Args, verify: bool) -> Result<Outcome> 
 }
 
 /// Returns (p50, p99) in milliseconds of latencies given in microseconds.
+/// The result of a many-small-blobs workload (push or pull), `count` blobs in `secs`.
+fn small_blobs_outcome(args: &Args, unit: &'static str, secs: f64, lat_us: Vec<u32>) -> Outcome {
+    let (p50, p99) = percentiles(lat_us);
+    let n = args.count as u64;
+    Outcome {
+        value: n as f64 / secs,
+        unit,
+        seconds: secs,
+        ops: n,
+        bytes: n * args.small_bytes as u64,
+        runs: Vec::new(),
+        p50_ms: p50,
+        p99_ms: p99,
+        detail: format!(
+            "{} x {} B blobs, {} clients",
+            args.count, args.small_bytes, args.clients
+        ),
+    }
+}
+
 fn percentiles(mut lat_us: Vec<u32>) -> (Option<f64>, Option<f64>) {
     if lat_us.is_empty() {
         return (None, None);
@@ -242,22 +263,78 @@ async fn push_small(reg: &Registry, args: &Args) -> Result<Outcome> {
             bail!("small blob {digest} was accepted but HEAD does not find it");
         }
     }
-    let (p50, p99) = percentiles(lat);
-    let n = args.count as u64;
-    Ok(Outcome {
-        value: n as f64 / secs,
-        unit: "push/s",
-        seconds: secs,
-        ops: n,
-        bytes: n * args.small_bytes as u64,
-        runs: Vec::new(),
-        p50_ms: p50,
-        p99_ms: p99,
-        detail: format!(
-            "{} x {} B blobs, {} clients",
-            args.count, args.small_bytes, args.clients
-        ),
+    Ok(small_blobs_outcome(args, "push/s", secs, lat))
+}
+
+/// `args.clients` tasks take indexes 0..n in turn and run `op` on each;
+/// returns every operation's latency in microseconds.
+async fn each_concurrently<F, Fut>(clients: usize, n: usize, op: F) -> Result<Vec<u32>>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(AtomicUsize::new(0));
+    let handles: Vec<_> = (0..clients)
+        .map(|_| {
+            let (op, next) = (op.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    let t = Instant::now();
+                    op(i).await?;
+                    lat.push(micros(t.elapsed()));
+                }
+                Ok(lat)
+            })
+        })
+        .collect();
+    join_clients(handles).await
+}
+
+async fn pull_small(reg: &Registry, args: &Args) -> Result<Outcome> {
+    let repo = Arc::new(format!("{}/pull-small", args.repo_prefix));
+    let mut rng = Prng::new(nonce());
+    let blobs: Arc<Vec<(String, Bytes)>> = Arc::new(
+        (0..args.count)
+            .map(|_| {
+                let data = rng.bytes(args.small_bytes);
+                (digest_of(&data), data)
+            })
+            .collect(),
+    );
+    // Untimed: push them all first.
+    let (r, b, rp) = (reg.clone(), blobs.clone(), repo.clone());
+    each_concurrently(args.clients, blobs.len(), move |i| {
+        let (r, b, rp) = (r.clone(), b.clone(), rp.clone());
+        async move {
+            let (digest, data) = &b[i];
+            r.push_blob(&rp, digest, data.clone())
+                .await
+                .with_context(|| format!("pushing small blob #{i}"))
+        }
     })
+    .await?;
+    let start = Instant::now();
+    let (r, b, rp) = (reg.clone(), blobs.clone(), repo.clone());
+    let lat = each_concurrently(args.clients, blobs.len(), move |i| {
+        let (r, b, rp) = (r.clone(), b.clone(), rp.clone());
+        async move {
+            let (digest, data) = &b[i];
+            let body = r.get_blob(&rp, digest).await?.bytes().await?;
+            if body != *data {
+                bail!("small blob #{i} ({digest}) came back different");
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    let secs = start.elapsed().as_secs_f64();
+    Ok(small_blobs_outcome(args, "pull/s", secs, lat))
 }
 
 /// Pushes a small image (config + one layer) tagged `latest`; returns the manifest URL and

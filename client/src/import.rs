@@ -664,6 +664,7 @@ fn write_layer(
 ) -> Result<LayerOut> {
     std::fs::create_dir_all(blobs_dir).ctx(|| format!("creating {}", blobs_dir.display()))?;
     let tmp = tempfile::Builder::new()
+        .permissions(crate::layout::shared_file_mode())
         .prefix(".tmp-")
         .tempfile_in(blobs_dir)
         .ctx(|| format!("creating a temporary file in {}", blobs_dir.display()))?;

@@ -937,6 +937,23 @@ pub(crate) mod tests {
             .await
             .unwrap();
         assert_eq!(by_digest.manifest().await.unwrap().digest, m.digest);
+        // Others may read what was written (not tempfile's 0600), as with files
+        // any other tool writes; the umask still applies.
+        use std::os::unix::fs::PermissionsExt;
+        let umask_allows_others = {
+            let probe = b.join("probe");
+            std::fs::write(&probe, b"x").unwrap();
+            std::fs::metadata(&probe).unwrap().permissions().mode() & 0o004 != 0
+        };
+        if umask_allows_others {
+            for path in [
+                b.join("index.json"),
+                OciLayout::new(&b).blob_path(&layer.digest),
+            ] {
+                let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+                assert_eq!(mode & 0o044, 0o044, "{} is {mode:o}", path.display());
+            }
+        }
     }
 
     #[tokio::test]

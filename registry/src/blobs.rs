@@ -35,6 +35,16 @@ pub async fn get(s: &dyn Storage, name: &str, digest: &str, req: &Req) -> ApiRes
         })?),
         _ => None,
     };
+    if !head {
+        if let Some(url) = s.blob_redirect_url(&digest).await? {
+            // The object store serves the bytes (and any Range) itself.
+            let mut r = empty(StatusCode::TEMPORARY_REDIRECT);
+            let h = r.headers_mut();
+            h.insert(header::LOCATION, header_value(&url));
+            h.insert("Docker-Content-Digest", header_value(&digest.to_string()));
+            return Ok(r);
+        }
+    }
     let mut response = if head {
         let size = s
             .blob_size(&digest)

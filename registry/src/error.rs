@@ -21,6 +21,8 @@ pub enum Code {
     Unsupported,
     /// Not in the spec's table; what every registry answers when its storage fails.
     Unknown,
+    /// Not in the spec's table either; distribution's code for a 503.
+    Unavailable,
 }
 
 impl Code {
@@ -38,6 +40,7 @@ impl Code {
             Code::SizeInvalid => "SIZE_INVALID",
             Code::Unsupported => "UNSUPPORTED",
             Code::Unknown => "UNKNOWN",
+            Code::Unavailable => "UNAVAILABLE",
         }
     }
 }
@@ -111,6 +114,15 @@ impl From<StorageError> for RegistryError {
                 Code::BlobUploadInvalid,
                 format!("{e}; the bytes received are kept: GET the upload URL for the offset and resume"),
             ),
+            StorageError::Unavailable(_) => {
+                tracing::warn!(error = %e, "storage unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Code::Unavailable,
+                    format!("{e}; retry the request"),
+                )
+                .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+            }
             StorageError::Io(_) | StorageError::Corrupt(_) => {
                 tracing::error!(error = %e, "storage failure");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, Code::Unknown, e.to_string())

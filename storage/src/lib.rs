@@ -17,11 +17,15 @@ pub mod digest;
 pub mod fs;
 pub mod memory;
 pub mod names;
+pub mod s3;
+pub mod s3_test_server;
 pub mod testsuite;
+mod upload_locks;
 
 pub use digest::{Algorithm, Digest, DigestError};
 pub use fs::FsStorage;
 pub use memory::MemoryStorage;
+pub use s3::{S3Options, S3Storage};
 
 /// A stream of bytes in, or out of, storage.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
@@ -42,6 +46,10 @@ pub enum StorageError {
     BodyInterrupted(io::Error),
     #[error("storage failure: {0}")]
     Io(#[from] io::Error),
+    /// The storage service cannot be reached or failed for now (e.g. S3
+    /// down or answering 5xx); the same request may succeed later.
+    #[error("storage temporarily unavailable: {0}")]
+    Unavailable(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
 }
@@ -120,6 +128,12 @@ pub trait Storage: Send + Sync + 'static {
     async fn blob_read(&self, digest: &Digest, range: Option<ByteRange>) -> Result<BlobRead>;
     /// Read a small blob (a manifest) whole.
     async fn blob_bytes(&self, digest: &Digest) -> Result<Option<Bytes>>;
+    /// A URL the client may fetch the blob from directly (e.g. a presigned
+    /// S3 URL), for a redirect instead of proxying the bytes. `None` (the
+    /// default) means serve it through [`Storage::blob_read`].
+    async fn blob_redirect_url(&self, _digest: &Digest) -> Result<Option<String>> {
+        Ok(None)
+    }
 
     // --- repository links ---
 

@@ -20,7 +20,7 @@ use std::borrow::BorrowMut;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -100,6 +100,19 @@ pub fn require_tool(tool: &str) -> bool {
             eprintln!("SKIP: {problem} (set CI=true to make this a failure)");
             false
         }
+    }
+}
+
+/// An s3s-fs server with one empty bucket, or None (skip) when s3s-fs is not installed
+/// outside CI; with `CI=true` a missing s3s-fs fails the test.
+pub fn s3_server(bucket: &str) -> Option<berth_storage::s3_test_server::S3TestServer> {
+    match berth_storage::s3_test_server::S3TestServer::start(bucket) {
+        Ok(Some(server)) => Some(server),
+        Ok(None) => {
+            require_tool("s3s-fs");
+            None
+        }
+        Err(e) => panic!("cannot start s3s-fs: {e}"),
     }
 }
 
@@ -478,12 +491,49 @@ pub struct Server {
     htpasswd: Option<PathBuf>,
     /// Distribution only: certificate and key (PEM) that turn on HTTPS.
     tls: Option<(PathBuf, PathBuf)>,
+    /// `--storage s3://...` and the flags that go with it, instead of the folder.
+    s3_args: Option<Vec<String>>,
+    /// Extra environment for the server process.
+    envs: Vec<(String, String)>,
 }
 
 impl Server {
     /// Starts the server kind chosen by `BERTH_TEST_SERVER` (Berth by default).
     pub fn start() -> Server {
         Server::start_kind(ServerKind::from_env())
+    }
+
+    /// Starts `berth serve --storage s3://BUCKET/PREFIX` on the given s3s-fs, with
+    /// `extra` flags (e.g. `--redirect-blobs`).
+    pub fn start_s3(
+        s3: &berth_storage::s3_test_server::S3TestServer,
+        prefix: &str,
+        extra: &[&str],
+    ) -> Server {
+        let mut server = Server::prepare(ServerKind::Berth);
+        let mut args = vec![
+            "--storage".to_string(),
+            format!("s3://{}/{prefix}", s3.bucket),
+            "--s3-endpoint".to_string(),
+            s3.endpoint(),
+            "--s3-region".to_string(),
+            berth_storage::s3_test_server::REGION.to_string(),
+            "--s3-allow-http".to_string(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        server.s3_args = Some(args);
+        server.envs = vec![
+            (
+                "AWS_ACCESS_KEY_ID".to_string(),
+                berth_storage::s3_test_server::ACCESS_KEY.to_string(),
+            ),
+            (
+                "AWS_SECRET_ACCESS_KEY".to_string(),
+                berth_storage::s3_test_server::SECRET_KEY.to_string(),
+            ),
+        ];
+        server.start_again();
+        server
     }
 
     pub fn start_kind(kind: ServerKind) -> Server {
@@ -542,6 +592,8 @@ impl Server {
             starts: 0,
             htpasswd: None,
             tls: None,
+            s3_args: None,
+            envs: Vec::new(),
         }
     }
 
@@ -603,11 +655,12 @@ impl Server {
         let mut command = match self.kind {
             ServerKind::Berth => {
                 let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
-                c.arg("serve")
-                    .arg("--addr")
-                    .arg(self.host())
-                    .arg("--storage")
-                    .arg(&self.storage);
+                c.arg("serve").arg("--addr").arg(self.host());
+                match &self.s3_args {
+                    Some(args) => c.args(args),
+                    None => c.arg("--storage").arg(&self.storage),
+                };
+                c.envs(self.envs.iter().map(|(k, v)| (k, v)));
                 c
             }
             ServerKind::Distribution => {
@@ -749,7 +802,21 @@ impl Server {
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
-            let _ = child.wait();
+            // A process stuck in the kernel (state D) cannot be reaped; say so instead of
+            // hanging the test run.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !matches!(child.try_wait(), Ok(Some(_)) | Err(_)) {
+                if Instant::now() > deadline {
+                    let status = fs::read_to_string(format!("/proc/{}/status", child.id()))
+                        .unwrap_or_default();
+                    let state = status.lines().find(|l| l.starts_with("State:"));
+                    panic!(
+                        "server pid {} did not die within 60 s of SIGKILL ({state:?})",
+                        child.id()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 }
@@ -776,31 +843,8 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// A port that is free right now, chosen below the kernel's ephemeral range (32768+) so that
-/// outgoing client connections cannot grab it between our check and the server's bind.
-pub fn free_port() -> u16 {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let seed = std::process::id()
-        .wrapping_mul(7919)
-        .wrapping_add(
-            COUNTER
-                .fetch_add(1, Ordering::Relaxed)
-                .wrapping_mul(104_729),
-        )
-        .wrapping_add(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0),
-        );
-    for i in 0..2000u32 {
-        let port = 20_000 + (seed.wrapping_add(i.wrapping_mul(37)) % 12_000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free TCP port found on 127.0.0.1 in 20000..32000");
-}
+/// A free port outside the kernel's ephemeral range (see the function for why).
+pub use berth_storage::s3_test_server::free_port;
 
 /// One HTTP/1.1 request over a raw socket; returns the status code or None if the server does
 /// not answer. Used for readiness checks (sync, no runtime needed).
@@ -921,6 +965,9 @@ pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
+        // No request in these tests takes long; one that hangs must fail the test, not CI.
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(120))
         .pool_max_idle_per_host(0)
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -1071,6 +1118,35 @@ pub fn error_codes(body: &[u8]) -> Option<Vec<String>> {
 }
 
 /// GET a JSON document; returns (status, parsed body or Null).
+/// After clients raced to push `latest`: the tag serves exactly one of the `pushed`
+/// manifests, with bytes matching its digest. Returns that digest.
+pub async fn assert_latest_is_one_of(
+    c: &reqwest::Client,
+    base: &str,
+    repo: &str,
+    pushed: &[String],
+) -> String {
+    let resp = c
+        .get(format!("{base}/v2/{repo}/manifests/latest"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("GET latest");
+    assert_eq!(resp.status().as_u16(), 200);
+    let digest = header(&resp, "docker-content-digest").expect("digest header");
+    let body = resp.bytes().await.expect("body");
+    assert_eq!(
+        digest_of(&body),
+        digest,
+        "tag serves bytes that do not match its digest"
+    );
+    assert!(
+        pushed.contains(&digest),
+        "tag points at {digest}, which nobody pushed"
+    );
+    digest
+}
+
 pub async fn get_json(c: &reqwest::Client, url: &str) -> (u16, serde_json::Value) {
     let resp = c
         .get(url)

@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# Benchmark `berth serve` on S3 storage, and compare it with Debian's reference registry
+# (`docker-registry`, distribution 2.8.2) on the same S3 server, with the same load
+# generator (target/release/berth-bench).
+#
+#   scripts/bench-s3.sh
+#
+# Servers, all on 127.0.0.1:
+#   berth-s3s    berth on s3s-fs (checks SigV4 and conditional writes, stores on disk)
+#   berth-moto   berth on moto (Python, in memory, no signature checks)
+#   dist-moto    distribution 2.8.2 on the same moto: its s3 driver needs
+#                ListMultipartUploads, which s3s-fs lacks, so moto is the common server
+#   berth-moto-ra  (pull-big only) berth on moto with its default read-ahead
+# moto is slow (every byte goes through Python), so the berth-moto / dist-moto ratio is the
+# fair comparison and berth-s3s shows what berth does on a faster S3 server.
+# berth reads a big blob in parallel 16 MiB ranged GETs (read-ahead), but moto copies the
+# whole object for every ranged GET, so berth-moto runs with BERTH_S3_READ_AHEAD=0 (one
+# GET per blob, as distribution does) and berth-moto-ra shows what read-ahead costs there.
+#
+# S3 requests are counted from moto's request log, so both registries are measured the same
+# way: requests per pushed 4 KiB blob (push-small), per pulled small blob (pull-small, its
+# untimed push subtracted) and per manifest GET (manifest-get).
+#
+# Knobs: BENCH_BIG_MIB=256 BENCH_REPS=1 BENCH_COUNT=1000 BENCH_DURATION=5 BENCH_KEEP=1
+#        MOTO_SERVER=moto_server (pip install 'moto[server]'), S3S_FS=s3s-fs
+# Needs: cargo, docker-registry, curl, jq, s3s-fs, moto_server. Everything is stopped by PID
+# on exit, also on failure.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+BIG_MIB=${BENCH_BIG_MIB:-256}
+REPS=${BENCH_REPS:-1}
+COUNT=${BENCH_COUNT:-1000}
+DURATION=${BENCH_DURATION:-5}
+MOTO=${MOTO_SERVER:-moto_server}
+S3S=${S3S_FS:-s3s-fs}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
+
+need() {
+    if ! command -v "$1" >/dev/null 2>&1; then
+        echo "bench-s3.sh: '$1' not found; install it with: $2" >&2
+        exit 1
+    fi
+}
+need cargo "rustup (https://rustup.rs)"
+need docker-registry "apt-get install -y docker-registry"
+need curl "apt-get install -y curl"
+need jq "apt-get install -y jq"
+need "$S3S" "cargo install s3s-fs --version 0.14.1 --features binary --locked"
+need "$MOTO" "pip install 'moto[server]'"
+
+echo "== building berth and berth-bench (release)" >&2
+cargo build --release -p berth -p berth-bench >&2
+BERTH="$TARGET_DIR/release/berth"
+BENCH="$TARGET_DIR/release/berth-bench"
+
+WORK=$(mktemp -d /tmp/berth-bench-s3.XXXXXX)
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ "${BENCH_KEEP:-0}" == 1 ]]; then echo "bench-s3.sh: kept $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    local p
+    for _ in $(seq 1 100); do
+        p=$((20000 + RANDOM % 30000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return 0; fi
+    done
+    return 1
+}
+wait_port() { # NAME PID PORT LOG
+    for _ in $(seq 1 200); do
+        if ! kill -0 "$2" 2>/dev/null; then echo "$1 exited; log:" >&2; tail -n 30 "$4" >&2; exit 1; fi
+        if (exec 3<>"/dev/tcp/127.0.0.1/$3") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "$1 did not listen on $3" >&2; tail -n 30 "$4" >&2; exit 1
+}
+wait_registry() { # NAME PID URL LOG
+    for _ in $(seq 1 200); do
+        if ! kill -0 "$2" 2>/dev/null; then echo "$1 exited; log:" >&2; tail -n 30 "$4" >&2; exit 1; fi
+        if curl -fsS -o /dev/null --max-time 2 "$3/v2/"; then return 0; fi
+        sleep 0.1
+    done
+    echo "$1 did not answer $3/v2/" >&2; tail -n 30 "$4" >&2; exit 1
+}
+
+export AWS_ACCESS_KEY_ID=benchkey AWS_SECRET_ACCESS_KEY=benchsecretkey
+BUCKET=bench
+
+# --- S3 servers ---
+P_S3S=$(free_port); mkdir -p "$WORK/s3s/$BUCKET"
+"$S3S" --host 127.0.0.1 --port "$P_S3S" --access-key "$AWS_ACCESS_KEY_ID" \
+    --secret-key "$AWS_SECRET_ACCESS_KEY" "$WORK/s3s" >"$WORK/s3s.log" 2>&1 &
+PIDS+=($!); wait_port s3s-fs "$!" "$P_S3S" "$WORK/s3s.log"
+P_MOTO=$(free_port)
+"$MOTO" -H 127.0.0.1 -p "$P_MOTO" >"$WORK/moto.log" 2>&1 &
+PIDS+=($!); wait_port moto "$!" "$P_MOTO" "$WORK/moto.log"
+curl -fsS -X PUT "http://127.0.0.1:$P_MOTO/$BUCKET" >/dev/null
+
+# --- registries ---
+declare -A URL PID
+start_berth() { # NAME S3PORT [VAR=VALUE...]
+    local port; port=$(free_port)
+    env "${@:3}" "$BERTH" serve --addr "127.0.0.1:$port" --storage "s3://$BUCKET/berth" \
+        --s3-endpoint "http://127.0.0.1:$2" --s3-region us-east-1 --s3-allow-http \
+        >"$WORK/$1.log" 2>&1 &
+    PID[$1]=$!; PIDS+=($!); URL[$1]="http://127.0.0.1:$port"
+    wait_registry "$1" "$!" "${URL[$1]}" "$WORK/$1.log"
+}
+start_berth berth-s3s "$P_S3S"
+start_berth berth-moto "$P_MOTO" BERTH_S3_READ_AHEAD=0
+start_berth berth-moto-ra "$P_MOTO"
+P_DIST=$(free_port)
+cat >"$WORK/dist.yml" <<EOF
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  s3:
+    accesskey: $AWS_ACCESS_KEY_ID
+    secretkey: $AWS_SECRET_ACCESS_KEY
+    region: us-east-1
+    regionendpoint: http://127.0.0.1:$P_MOTO
+    bucket: $BUCKET
+    rootdirectory: /dist
+    secure: false
+    v4auth: true
+  delete:
+    enabled: true
+  cache:
+    blobdescriptor: inmemory
+  redirect:
+    disable: true
+http:
+  addr: 127.0.0.1:$P_DIST
+EOF
+# Debian's registry panics in its s3 driver when AWS_CA_BUNDLE is set.
+env -u AWS_CA_BUNDLE docker-registry serve "$WORK/dist.yml" >"$WORK/dist-moto.log" 2>&1 &
+PID[dist-moto]=$!; PIDS+=($!); URL[dist-moto]="http://127.0.0.1:$P_DIST"
+wait_registry dist-moto "$!" "${URL[dist-moto]}" "$WORK/dist-moto.log"
+
+# moto logs one line per request it serves.
+moto_requests() { grep -c '" [0-9][0-9][0-9] ' "$WORK/moto.log" || true; }
+
+SERVERS=(berth-s3s berth-moto dist-moto)
+WORKLOADS=(push-big pull-big push-small pull-small manifest-get)
+declare -A VALUE REQS OPS
+for wl in "${WORKLOADS[@]}"; do
+    servers=("${SERVERS[@]}")
+    if [[ "$wl" == pull-big ]]; then servers+=(berth-moto-ra); fi
+    for s in "${servers[@]}"; do
+        echo "-- $wl against $s" >&2
+        before=$(moto_requests)
+        if "$BENCH" --url "${URL[$s]}" --workload "$wl" --json --big-mib "$BIG_MIB" --reps "$REPS" \
+            --count "$COUNT" --duration "$DURATION" --warmup 0 --repo-prefix "$s" \
+            >"$WORK/$s.$wl.json" 2>"$WORK/$s.$wl.err"; then
+            VALUE[$s.$wl]=$(jq -r '.value * 10 | round / 10' "$WORK/$s.$wl.json")
+            OPS[$s.$wl]=$(jq -r '.ops' "$WORK/$s.$wl.json")
+            echo "   ${VALUE[$s.$wl]} $(jq -r .unit "$WORK/$s.$wl.json")" >&2
+        else
+            VALUE[$s.$wl]=ERR
+            echo "   FAILED: $(head -c 600 "$WORK/$s.$wl.err")" >&2
+        fi
+        REQS[$s.$wl]=$(( $(moto_requests) - before ))
+    done
+done
+
+ratio() {
+    if [[ "$1" == ERR || "$2" == ERR || -z "$1" || -z "$2" ]]; then echo "-"; else
+        awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "-"; else printf "%.2fx", a / b }'
+    fi
+}
+per() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "-"; else printf "%.1f", a / b }'; }
+
+echo
+echo "berth on S3 vs distribution 2.8.2 on S3 (big blob ${BIG_MIB} MiB x ${REPS}; ${COUNT} x 4 KiB blobs, 16 clients; manifest GETs 16 clients ${DURATION} s)"
+printf '%-14s %12s %12s %12s %16s\n' workload berth-s3s berth-moto dist-moto "berth/dist(moto)"
+for wl in "${WORKLOADS[@]}"; do
+    unit=$(jq -r .unit "$WORK/berth-moto.$wl.json" 2>/dev/null || echo "")
+    printf '%-14s %12s %12s %12s %16s  %s\n' "$wl" "${VALUE[berth-s3s.$wl]}" "${VALUE[berth-moto.$wl]}" \
+        "${VALUE[dist-moto.$wl]}" "$(ratio "${VALUE[berth-moto.$wl]}" "${VALUE[dist-moto.$wl]}")" "$unit"
+done
+echo "pull-big on moto with berth's default read-ahead (parallel ranged GETs, each of which moto"
+echo "answers by copying the whole object): ${VALUE[berth-moto-ra.pull-big]} MB/s"
+echo
+echo "S3 requests seen by moto (lower is better):"
+for s in berth-moto dist-moto; do
+    push=$(per "${REQS[$s.push-small]}" "$COUNT")
+    pull=$(per "$(( ${REQS[$s.pull-small]} - ${REQS[$s.push-small]} ))" "$COUNT")
+    man=$(per "${REQS[$s.manifest-get]}" "${OPS[$s.manifest-get]:-0}")
+    big=${REQS[$s.push-big]}
+    printf '  %-11s per 4 KiB blob push: %-6s per small blob pull: %-6s per manifest GET: %-6s for the %s MiB push: %s\n' \
+        "$s" "$push" "$pull" "$man" "$BIG_MIB" "$big"
+done
