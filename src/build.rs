@@ -1,13 +1,20 @@
-//! `berth build`: for now, the plan only (`--dry-run`). Reading files and
-//! printing live here; the Dockerfile logic is in `berth-builder`.
+//! `berth build`: read the context, Dockerfile and .dockerignore, print
+//! the plan (`--dry-run`) or execute it with `berth_builder::exec`, then
+//! write the image where `-t`, `--push` and `--output` say. Reading files
+//! and printing live here; the Dockerfile logic is in `berth-builder`.
 
 use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use berth_builder::exec::{BuildOptions, Executor};
 use berth_builder::{DockerIgnore, PlanOptions};
+use berth_client::location::{default_store_dir, Location};
 use clap::Parser;
+use serde_json::json;
+
+use crate::images::{ClientArgs, Session, TransferArgs};
 
 #[derive(Parser, Debug)]
 pub struct BuildArgs {
@@ -29,9 +36,24 @@ pub struct BuildArgs {
     /// Print the plan (stages, steps, cache keys) and stop; nothing runs
     #[arg(long)]
     dry_run: bool,
-    /// Print the plan as JSON
+    /// Name the image (REPOSITORY[:TAG]) in the local store; with --push,
+    /// also push it there; repeatable
+    #[arg(long = "tag", short = 't', value_name = "REF")]
+    tags: Vec<String>,
+    /// Push the image to the registry each -t names
     #[arg(long)]
-    json: bool,
+    push: bool,
+    /// Also write the image to oci:DIR[:TAG] or docker-archive:FILE[:REF]; repeatable
+    #[arg(long, short = 'o', value_name = "DEST")]
+    output: Vec<String>,
+    /// Build every step again instead of reusing cached layers
+    #[arg(long)]
+    no_cache: bool,
+    /// The build cache (base images, layers, keys) [default: beside the local store]
+    #[arg(long, value_name = "DIR", env = "BERTH_BUILD_CACHE")]
+    cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 pub fn build(args: BuildArgs) -> Result<()> {
@@ -60,13 +82,17 @@ pub fn build(args: BuildArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{}", e.in_file(&dockerfile_name)))?;
 
     if !args.dry_run {
-        // Everything above is checked first, so a broken Dockerfile still
-        // gets its real error.
-        bail!(
-            "building is not implemented yet: `berth build` can only plan so far; add --dry-run to print the plan"
+        // Everything above is checked first, so a broken Dockerfile gets
+        // its real error before anything is pulled or run.
+        return execute(
+            &args,
+            dockerfile_name,
+            text,
+            ignore.map(|(_, r)| r),
+            options,
         );
     }
-    if args.json {
+    if args.client.json {
         let mut value = serde_json::to_value(&plan)?;
         value["dockerfile"] = dockerfile_name.clone().into();
         value["dockerignore"] = match &ignore {
@@ -89,6 +115,106 @@ pub fn build(args: BuildArgs) -> Result<()> {
             None => println!("context: {} (no .dockerignore)", args.context.display()),
         }
         print!("{plan}");
+    }
+    Ok(())
+}
+
+fn execute(
+    args: &BuildArgs,
+    dockerfile_name: String,
+    text: String,
+    ignore: Option<DockerIgnore>,
+    plan_options: PlanOptions,
+) -> Result<()> {
+    if args.push && args.tags.is_empty() {
+        bail!("--push needs a name to push to: add -t REGISTRY/NAME[:TAG]");
+    }
+    let mut destinations = Vec::new();
+    for t in &args.tags {
+        let reference = berth_client::ImageRef::parse(t)
+            .with_context(|| format!("-t {t}: not an image reference"))?;
+        destinations.push(Location::Local(reference.clone()));
+        if args.push {
+            destinations.push(Location::Registry(reference));
+        }
+    }
+    for o in &args.output {
+        let location = Location::parse(o)?;
+        if !matches!(
+            location,
+            Location::Oci { .. } | Location::DockerArchive { .. }
+        ) {
+            bail!("--output {o}: write oci:DIR[:TAG] or docker-archive:FILE[:REF] (use -t and --push for registries)");
+        }
+        destinations.push(location);
+    }
+    let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.trim().is_empty() => Some(v.trim().parse::<u64>().with_context(|| {
+            format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds since 1970")
+        })?),
+        _ => None,
+    };
+    let session = Session::new(&args.client)?;
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(|| {
+        let store = args.client.store.clone().unwrap_or_else(default_store_dir);
+        store
+            .parent()
+            .map(|p| p.join("build-cache"))
+            .unwrap_or_else(|| PathBuf::from("build-cache"))
+    });
+    let options = BuildOptions {
+        context: args.context.clone(),
+        dockerfile_name,
+        dockerfile_text: text,
+        ignore,
+        plan_options,
+        cache_dir,
+        no_cache: args.no_cache,
+        source_date_epoch,
+    };
+    let progress = |line: &str| session.progress.line(line);
+    let handle = session.runtime.handle().clone();
+    let started = std::time::Instant::now();
+    let built = Executor::new(&options, &session.client, &handle, &progress)
+        .and_then(|e| e.build())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    session.progress.line(&format!(
+        "built {} in {:.2}s: {} layer steps, {} cached",
+        built.manifest.digest,
+        started.elapsed().as_secs_f64(),
+        built.steps,
+        built.cached
+    ));
+    let source = Location::Oci {
+        dir: built.layout.clone(),
+        tag: Some(built.tag.clone()),
+    };
+    let transfer = TransferArgs {
+        platform: None,
+        all: false,
+        jobs: 4,
+        preserve_digests: true,
+    };
+    let mut written = Vec::new();
+    for dst in &destinations {
+        let report = session.copy(&source, dst, &transfer)?;
+        session.progress.line(&format!("wrote {dst}"));
+        written.push(json!({"destination": dst.to_string(), "digest": report.digest.to_string()}));
+    }
+    if session.json {
+        println!(
+            "{}",
+            json!({
+                "digest": built.manifest.digest.to_string(),
+                "config": built.config.digest.to_string(),
+                "steps": built.steps,
+                "cached": built.cached,
+                "isolation": built.isolation,
+                "outputs": written,
+            })
+        );
+    } else {
+        println!("{}", built.manifest.digest);
     }
     Ok(())
 }

@@ -52,7 +52,7 @@ enum Command {
     Login(images::LoginArgs),
     /// Forget the credentials for a registry.
     Logout(images::LogoutArgs),
-    /// Build an image from a Dockerfile (for now: print the plan with --dry-run).
+    /// Build an image from a Dockerfile (runc + overlayfs, no daemon); --dry-run prints the plan
     Build(build::BuildArgs),
 }
 

@@ -1,5 +1,5 @@
 //! `berth build --dry-run`: the plan printed from a real context folder,
-//! errors with file and line, and a clear refusal without --dry-run.
+//! errors with file and line, also when building for real.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -75,7 +75,7 @@ fn dry_run_prints_the_plan() {
 }
 
 #[test]
-fn errors_name_the_file_and_line_and_building_is_refused() {
+fn errors_name_the_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("app.Dockerfile"),
@@ -93,15 +93,16 @@ fn errors_name_the_file_and_line_and_building_is_refused() {
         "{stderr}"
     );
 
-    std::fs::write(dir.path().join("Dockerfile"), "FROM alpine\nRUN true\n").unwrap();
-    let out = berth(dir.path(), &["build", "."]);
+    // A real build checks the Dockerfile before it pulls or runs anything.
+    let out = berth(dir.path(), &["build", "-f", "app.Dockerfile", "."]);
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("not implemented yet") && stderr.contains("--dry-run"),
+        stderr.contains("app.Dockerfile:2: COPY: requires at least two arguments"),
         "{stderr}"
     );
 
+    std::fs::write(dir.path().join("Dockerfile"), "FROM alpine\nRUN true\n").unwrap();
     std::fs::write(dir.path().join(".dockerignore"), "ok\nbad[\n").unwrap();
     let out = berth(dir.path(), &["build", "--dry-run", "."]);
     assert!(!out.status.success());

@@ -10,9 +10,11 @@
 //! - [`plan`] compiles a Dockerfile, build args and a target into stages,
 //!   steps and cache keys: the data the executor runs and `--dry-run` prints.
 //!
-//! Nothing here touches the network, the filesystem or a container runtime,
-//! so every rule is unit-tested on strings (DESIGN.md: "Compile, then
-//! execute").
+//!
+//! Those four touch nothing outside their arguments, so every rule is
+//! unit-tested on strings (DESIGN.md: "Compile, then execute"). Then
+//! [`exec`] runs a plan: base images, RUN in runc over overlayfs, COPY/ADD,
+//! the layer cache, and the image written into an OCI layout.
 
 use std::fmt;
 
@@ -20,6 +22,7 @@ use serde::Serialize;
 
 pub mod dockerfile;
 pub mod dockerignore;
+pub mod exec;
 pub mod expand;
 pub mod plan;
 

@@ -62,6 +62,10 @@ pub struct BaseImage {
     pub digest: Option<String>,
     /// The image config's `Env`.
     pub env: Vec<String>,
+    /// The rest of the image's run-time config (Cmd, Entrypoint, User,
+    /// WorkingDir, ...), which the stage starts from; its `env` is ignored
+    /// in favour of the field above.
+    pub config: Option<StageConfig>,
 }
 
 /// The build plan.
@@ -768,6 +772,9 @@ impl<'a> Planner<'a> {
             };
             stage.base_config_known = known.is_some();
             if let Some(known) = known {
+                if let Some(config) = &known.config {
+                    stage.config = config.clone();
+                }
                 stage.config.env = known.env.clone();
                 scope.env = known.env.clone();
             }

@@ -146,6 +146,7 @@ fn base_image_env_expands_when_known() {
         BaseImage {
             digest: Some("sha256:abc".into()),
             env: vec!["PATH=/usr/local/go/bin:/usr/bin".into()],
+            config: None,
         },
     );
     let p = ok(text, &o);
