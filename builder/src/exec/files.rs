@@ -310,10 +310,13 @@ pub fn extract_archive(path: &Path, gzip: bool, dest: &Path) -> io::Result<()> {
     };
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
-    archive.set_preserve_ownerships(true);
     archive.set_preserve_mtime(true);
     archive.set_overwrite(true);
-    archive.unpack(dest)
+    fs::create_dir_all(dest)?;
+    for entry in archive.entries()? {
+        super::layer::unpack_entry(&mut entry?, dest)?;
+    }
+    Ok(())
 }
 
 /// `user[:group]` (names or ids) to ids, from the image's passwd and group

@@ -171,7 +171,6 @@ pub fn unpack_tar<R: Read>(reader: R, dest: &Path) -> io::Result<Digest> {
     {
         let mut archive = tar::Archive::new(&mut hashing);
         archive.set_preserve_permissions(true);
-        archive.set_preserve_ownerships(true);
         archive.set_preserve_mtime(true);
         archive.set_unpack_xattrs(true);
         archive.set_overwrite(true);
@@ -195,7 +194,7 @@ pub fn unpack_tar<R: Read>(reader: R, dest: &Path) -> io::Result<Digest> {
                 }
                 mknod_whiteout(&target)?;
             } else {
-                entry.unpack_in(dest)?;
+                unpack_entry(&mut entry, dest)?;
             }
         }
     }
@@ -203,6 +202,36 @@ pub fn unpack_tar<R: Read>(reader: R, dest: &Path) -> io::Result<Digest> {
     // trailing zero blocks).
     io::copy(&mut hashing, &mut io::sink())?;
     Ok(hashing.finish())
+}
+
+/// Unpack one entry below `dest` with its owner. Owners are set here, not
+/// by `tar`, because some writers leave the uid/gid fields empty, which
+/// Docker reads as 0 and `tar` refuses.
+pub fn unpack_entry<R: Read>(entry: &mut tar::Entry<'_, R>, dest: &Path) -> io::Result<()> {
+    let header = entry.header().clone();
+    let rel = safe_relative(&entry.path()?)?;
+    entry.unpack_in(dest).map_err(|e| {
+        // tar's error names the path; its cause is the reason.
+        let cause = std::error::Error::source(&e)
+            .map(|c| format!(": {c}"))
+            .unwrap_or_default();
+        io::Error::new(e.kind(), format!("{e}{cause}"))
+    })?;
+    let target = dest.join(&rel);
+    let uid = header.uid().unwrap_or(0) as u32;
+    let gid = header.gid().unwrap_or(0) as u32;
+    let meta = fs::symlink_metadata(&target)?;
+    if meta.uid() != uid || meta.gid() != gid {
+        std::os::unix::fs::lchown(&target, Some(uid), Some(gid))?;
+        // chown clears set-id bits: put the mode back.
+        if !meta.file_type().is_symlink() {
+            if let Ok(mode) = header.mode() {
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(&target, fs::Permissions::from_mode(mode & 0o7777))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Compression of a layer blob, from its media type (or first bytes).

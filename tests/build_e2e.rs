@@ -1,0 +1,437 @@
+//! `berth build` end to end with real parts: a busybox-static rootfs imported with
+//! `berth import` and pushed to `berth serve` on 127.0.0.1 is the base image; Dockerfiles
+//! exercising multi-stage builds, ARG, RUN (exec, shell, heredoc), COPY --from/--chown/--chmod,
+//! ADD of a tar, COPY heredocs, ENV expansion, WORKDIR, USER and the config instructions are
+//! built by `berth build` (runc + overlayfs), pushed, pulled by `docker pull` and run by
+//! `docker run --network none`, checking output, `docker inspect` config, and file modes and
+//! owners. Also: a rebuild is fully cached with the same digest, SOURCE_DATE_EPOCH makes
+//! --no-cache rebuilds identical, and a failing RUN names its line and exit code and leaves
+//! no mount behind.
+//!
+//! Needs root (overlay mounts) and runc; with `CI=true` their absence fails the test.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(300);
+
+/// Removes the docker images a test pulled, also when it panics.
+struct DockerImages<'a> {
+    cli: &'a BerthCli,
+    images: Vec<String>,
+}
+
+impl Drop for DockerImages<'_> {
+    fn drop(&mut self) {
+        for image in self.images.iter().rev() {
+            let _ = run(self.cli.docker(["rmi", "-f", image]), T);
+        }
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// runc and root, or a skip (a failure in CI).
+fn can_build() -> bool {
+    if !require_tool("runc") {
+        return false;
+    }
+    if !is_root() {
+        if in_ci() {
+            panic!("CI=true but the tests do not run as root: berth build needs root for overlay mounts");
+        }
+        eprintln!("SKIP: berth build needs root (overlay mounts)");
+        return false;
+    }
+    true
+}
+
+/// A registry with the busybox base image at `base`.
+struct Setup {
+    server: Server,
+    cli: BerthCli,
+    base: String,
+}
+
+fn setup() -> Setup {
+    let server = Server::start();
+    let cli = BerthCli::new();
+    let rootfs = cli.path("rootfs.tar");
+    write_busybox_rootfs(&rootfs, false);
+    let base = format!("{}/base/busybox:1", server.host());
+    run_ok(
+        cli.cmd([
+            "import",
+            "--change",
+            "ENV PATH=/bin",
+            "--change",
+            "CMD [\"/bin/sh\"]",
+        ])
+        .arg(&rootfs)
+        .arg(&base),
+        T,
+    );
+    Setup { server, cli, base }
+}
+
+fn build_cmd(cli: &BerthCli, context: &Path, args: &[&str]) -> Command {
+    let mut c = cli.cmd(["build"]);
+    c.args(args).arg(context).env_remove("SOURCE_DATE_EPOCH");
+    c
+}
+
+/// `berth build --json ...`: the result.
+fn build_json(cli: &BerthCli, context: &Path, args: &[&str]) -> (Value, String) {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = run(build_cmd(cli, context, &all), T);
+    assert!(
+        out.status.success(),
+        "berth build failed:\n{}",
+        out.describe()
+    );
+    (parse_json(&out.stdout, "berth build --json"), out.stderr)
+}
+
+fn write(path: &Path, content: &str, mode: u32) {
+    if let Some(p) = path.parent() {
+        fs::create_dir_all(p).unwrap();
+    }
+    fs::write(path, content).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+const APP: &str = r#"# syntax=docker/dockerfile:1
+ARG BASE
+FROM ${BASE} AS build
+ARG GREETING=hello
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+RUN mkdir -p /out && echo "$GREETING from build" > /out/greeting
+RUN <<EOF
+set -e
+echo heredoc-line-1 > /out/heredoc
+echo "greeting=$GREETING" >> /out/heredoc
+EOF
+
+FROM ${BASE}
+ENV APP_HOME=/srv/app
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+RUN echo "app:x:1000:1000::/home/app:/bin/sh" >> /etc/passwd && echo "app:x:1000:" >> /etc/group
+WORKDIR $APP_HOME
+COPY --from=build --chown=app:app --chmod=0750 /out/greeting ./greeting
+COPY --from=build /out/heredoc /srv/heredoc
+COPY files/ ./files/
+ADD bundle.tar.gz /opt/
+COPY <<EOF /etc/motd
+motd for ${APP_HOME}
+EOF
+RUN ls /srv/app/files | tr '\n' ' ' > /srv/listing
+USER app
+EXPOSE 8080 53/udp
+LABEL org.example.name="berth e2e" version=1
+VOLUME /data
+HEALTHCHECK --interval=30s --timeout=5s CMD ["/bin/true"]
+STOPSIGNAL SIGQUIT
+ENTRYPOINT ["/bin/sh", "-c"]
+CMD ["cat /srv/app/greeting /srv/heredoc /etc/motd /srv/listing; echo; id -u; pwd; ls /opt/bundle"]
+"#;
+
+fn app_context(dir: &Path) {
+    write(&dir.join("Dockerfile"), APP, 0o644);
+    write(&dir.join("files/a.txt"), "a\n", 0o644);
+    write(&dir.join("files/b.sh"), "#!/bin/sh\n", 0o755);
+    write(&dir.join("files/secret.key"), "do not ship\n", 0o600);
+    write(&dir.join(".dockerignore"), "files/*.key\n", 0o644);
+    // bundle.tar.gz: bundle/x.txt, made with the tar crate.
+    let file = fs::File::create(dir.join("bundle.tar.gz")).unwrap();
+    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o640);
+    h.set_uid(33);
+    h.set_gid(33);
+    h.set_size(6);
+    h.set_mtime(1_700_000_000);
+    tar.append_data(&mut h, "bundle/x.txt", &b"in tar"[..])
+        .unwrap();
+    tar.into_inner().unwrap().finish().unwrap();
+}
+
+#[test]
+fn build_push_pull_and_run_with_docker() {
+    if !can_build() {
+        return;
+    }
+    let s = setup();
+    let context = s.cli.path("app");
+    app_context(&context);
+    let image = format!("{}/e2e/app:1", s.server.host());
+    let base_arg = format!("BASE={}", s.base);
+    let (result, stderr) = build_json(
+        &s.cli,
+        &context,
+        &["--build-arg", &base_arg, "-t", &image, "--push"],
+    );
+    let digest = result["digest"].as_str().unwrap().to_string();
+    assert!(digest.starts_with("sha256:"), "{result}");
+    assert_eq!(
+        result["cached"], 0,
+        "a first build caches nothing: {result}"
+    );
+    assert!(
+        result["outputs"]
+            .as_array()
+            .is_some_and(|o| o.iter().any(|o| o["destination"] == image.as_str())),
+        "{result}\n{stderr}"
+    );
+
+    // The image is in the local store too.
+    let inspected = parse_json(
+        &run_ok(
+            s.cli.cmd(["inspect", "--json", &format!("local:{image}")]),
+            T,
+        ),
+        "inspect",
+    );
+    assert_eq!(inspected["digest"], digest.as_str());
+
+    // A second build with nothing changed: every step cached, the same image.
+    let (again, stderr) = build_json(&s.cli, &context, &["--build-arg", &base_arg]);
+    assert_eq!(again["digest"], digest.as_str(), "rebuild digest\n{stderr}");
+    assert_eq!(
+        again["cached"], again["steps"],
+        "every step cached: {again}"
+    );
+
+    // A changed context file rebuilds from its COPY on, not before.
+    write(&context.join("files/a.txt"), "changed\n", 0o644);
+    let (changed, _) = build_json(&s.cli, &context, &["--build-arg", &base_arg]);
+    assert_ne!(changed["digest"], digest.as_str());
+    let cached = changed["cached"].as_u64().unwrap();
+    assert!(
+        cached >= 7 && cached < changed["steps"].as_u64().unwrap(),
+        "{changed}"
+    );
+    write(&context.join("files/a.txt"), "a\n", 0o644);
+
+    if !require_tool("docker") {
+        return;
+    }
+    let _cleanup = DockerImages {
+        cli: &s.cli,
+        images: vec![image.clone()],
+    };
+    run_ok(s.cli.docker(["pull", &image]), T);
+    let out = run_ok(
+        s.cli.docker(["run", "--rm", "--network", "none", &image]),
+        T,
+    );
+    let expected = "hello from build\nheredoc-line-1\ngreeting=hello\nmotd for /srv/app\na.txt b.sh \n1000\n/srv/app\nx.txt\n";
+    assert_eq!(out, expected, "docker run output");
+
+    let inspect = parse_json(
+        &run_ok(s.cli.docker(["image", "inspect", &image]), T),
+        "docker inspect",
+    );
+    let c = &inspect[0]["Config"];
+    assert_eq!(c["User"], "app");
+    assert_eq!(c["WorkingDir"], "/srv/app");
+    assert!(
+        c["Env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == "APP_HOME=/srv/app"),
+        "{c}"
+    );
+    assert!(
+        c["Env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == "PATH=/bin"),
+        "base ENV kept: {c}"
+    );
+    assert_eq!(c["Entrypoint"], serde_json::json!(["/bin/sh", "-c"]));
+    assert_eq!(
+        c["Cmd"][0].as_str().unwrap().split(';').next(),
+        Some("cat /srv/app/greeting /srv/heredoc /etc/motd /srv/listing")
+    );
+    assert_eq!(
+        c["ExposedPorts"],
+        serde_json::json!({"53/udp": {}, "8080/tcp": {}})
+    );
+    assert_eq!(c["Labels"]["org.example.name"], "berth e2e");
+    assert_eq!(c["Labels"]["version"], "1");
+    assert_eq!(c["Volumes"], serde_json::json!({"/data": {}}));
+    assert_eq!(c["StopSignal"], "SIGQUIT");
+    assert_eq!(
+        c["Healthcheck"]["Test"],
+        serde_json::json!(["CMD", "/bin/true"])
+    );
+    assert_eq!(c["Healthcheck"]["Interval"], 30_000_000_000u64);
+    assert_eq!(c["Healthcheck"]["Timeout"], 5_000_000_000u64);
+
+    // Modes and owners, as stat sees them in the container.
+    let out = run_ok(
+        s.cli.docker([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--user",
+            "0",
+            "--entrypoint",
+            "/bin/stat",
+            &image,
+            "-c",
+            "%a %u %g %n",
+            "/srv/app/greeting",
+            "/srv/app/files/a.txt",
+            "/srv/app/files/b.sh",
+            "/opt/bundle/x.txt",
+            "/etc/motd",
+            "/srv/app",
+        ]),
+        T,
+    );
+    assert_eq!(
+        out,
+        "750 1000 1000 /srv/app/greeting\n644 0 0 /srv/app/files/a.txt\n755 0 0 /srv/app/files/b.sh\n640 33 33 /opt/bundle/x.txt\n644 0 0 /etc/motd\n755 0 0 /srv/app\n",
+        "modes and owners"
+    );
+    let out = run(
+        s.cli.docker([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "/bin/ls",
+            &image,
+            "/srv/app/files/secret.key",
+        ]),
+        T,
+    );
+    assert!(
+        !out.status.success(),
+        ".dockerignore'd file is in the image: {}",
+        out.describe()
+    );
+}
+
+#[test]
+fn source_date_epoch_makes_no_cache_builds_identical() {
+    if !can_build() {
+        return;
+    }
+    let s = setup();
+    let context = s.cli.path("repro");
+    write(
+        &context.join("Dockerfile"),
+        &format!(
+            "FROM {}\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN mkdir /made && echo made > /made/file\nCOPY f /f\n",
+            s.base
+        ),
+        0o644,
+    );
+    write(&context.join("f"), "f\n", 0o644);
+    let digest = |extra: &[&str]| {
+        let mut c = build_cmd(
+            &s.cli,
+            &context,
+            &[&["--json", "--no-cache"], extra].concat(),
+        );
+        c.env("SOURCE_DATE_EPOCH", "1700000000");
+        let out = run(c, T);
+        assert!(out.status.success(), "{}", out.describe());
+        parse_json(&out.stdout, "build")["digest"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let first = digest(&[]);
+    let second = digest(&[]);
+    assert_eq!(
+        first, second,
+        "--no-cache builds with SOURCE_DATE_EPOCH differ"
+    );
+    // Written to an OCI layout, the image is the same.
+    let layout = s.cli.path("layout");
+    let out_arg = format!("oci:{}:repro", layout.display());
+    assert_eq!(digest(&["--output", &out_arg]), first);
+    assert!(layout.join("index.json").is_file());
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let d = dir.display().to_string();
+    mounts
+        .lines()
+        .filter(|l| l.contains(&d))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_failing_run_names_its_line_and_leaves_nothing_mounted() {
+    if !can_build() {
+        return;
+    }
+    let s = setup();
+    let context = s.cli.path("fail");
+    write(
+        &context.join("Dockerfile"),
+        &format!(
+            "FROM {}\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\nRUN echo about to fail && exit 3\nRUN echo never\n",
+            s.base
+        ),
+        0o644,
+    );
+    let out = run(build_cmd(&s.cli, &context, &[]), T);
+    assert!(!out.status.success(), "{}", out.describe());
+    assert!(
+        out.stderr.contains("Dockerfile:4: RUN:") && out.stderr.contains("exit code: 3"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains("about to fail"),
+        "the step's output is shown: {}",
+        out.describe()
+    );
+    assert!(!out.stderr.contains("never"), "{}", out.describe());
+    let cache: PathBuf = s.cli.store().parent().unwrap().join("build-cache");
+    assert!(
+        mounts_under(&cache).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(&cache)
+    );
+    let leftovers: Vec<_> = fs::read_dir(cache.join("run")).unwrap().collect();
+    assert!(leftovers.is_empty(), "run directories left: {leftovers:?}");
+
+    // A missing COPY source names the line too.
+    write(
+        &context.join("Dockerfile"),
+        &format!("FROM {}\nCOPY nope /x\n", s.base),
+        0o644,
+    );
+    let out = run(build_cmd(&s.cli, &context, &[]), T);
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("Dockerfile:2: COPY:") && out.stderr.contains("not found"),
+        "{}",
+        out.describe()
+    );
+}
