@@ -341,7 +341,7 @@ fn source_date_epoch_makes_no_cache_builds_identical() {
     write(
         &context.join("Dockerfile"),
         &format!(
-            "FROM {}\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN mkdir /made && echo made > /made/file\nCOPY f /f\n",
+            "FROM {}\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN mkdir /made && echo made > /made/file && rm /etc/passwd\nCOPY f /f\nRUN echo more >> /f && chmod 600 /f\n",
             s.base
         ),
         0o644,
@@ -372,6 +372,22 @@ fn source_date_epoch_makes_no_cache_builds_identical() {
     let out_arg = format!("oci:{}:repro", layout.display());
     assert_eq!(digest(&["--output", &out_arg]), first);
     assert!(layout.join("index.json").is_file());
+    // The chroot fallback (copied tree, scan-based diff) finds the same
+    // changes as the overlay upper directory: the same image.
+    let out = {
+        let mut c = build_cmd(&s.cli, &context, &["--json", "--no-cache"]);
+        c.env("SOURCE_DATE_EPOCH", "1700000000")
+            .env("BERTH_BUILD_ISOLATION", "chroot");
+        run(c, T)
+    };
+    assert!(out.status.success(), "{}", out.describe());
+    let result = parse_json(&out.stdout, "build");
+    assert_eq!(result["isolation"], "chroot");
+    assert_eq!(
+        result["digest"],
+        first.as_str(),
+        "chroot fallback differs from runc"
+    );
 }
 
 fn mounts_under(dir: &Path) -> Vec<String> {

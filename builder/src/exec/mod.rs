@@ -14,6 +14,7 @@
 //! Nothing is left mounted or running: mounts and runc containers are
 //! undone by guards on every path out.
 
+pub mod chroot;
 pub mod files;
 pub mod layer;
 pub mod runc;
@@ -164,6 +165,93 @@ impl Drop for Cleanup {
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// How RUN steps are isolated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Isolation {
+    /// runc over an overlay mount; the layer is the upper directory.
+    Runc,
+    /// chroot in new namespaces over a copied tree; the layer is found by
+    /// a scan. Holds why runc/overlayfs could not be used.
+    Chroot(String),
+}
+
+impl Isolation {
+    /// `BERTH_BUILD_ISOLATION=runc|chroot` forces one; otherwise runc when
+    /// runc and overlayfs work here, else the chroot fallback.
+    fn choose(scratch: &Path) -> R<Isolation> {
+        let forced = std::env::var("BERTH_BUILD_ISOLATION").unwrap_or_default();
+        match forced.as_str() {
+            "" | "auto" => Ok(match runc::probe(scratch) {
+                Ok(()) => Isolation::Runc,
+                Err(why) => Isolation::Chroot(why),
+            }),
+            "runc" => runc::probe(scratch)
+                .map(|_| Isolation::Runc)
+                .map_err(|e| ExecError(format!("BERTH_BUILD_ISOLATION=runc: {e}"))),
+            "chroot" => Ok(Isolation::Chroot("BERTH_BUILD_ISOLATION=chroot".into())),
+            other => Err(ExecError(format!(
+                "BERTH_BUILD_ISOLATION={other:?}: use runc, chroot or auto"
+            ))),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Isolation::Runc => "runc + overlayfs (RUN shares the host network namespace)".into(),
+            Isolation::Chroot(why) => format!(
+                "chroot in new mount/uts/ipc namespaces with a scan-based diff (slower; RUN shares the host network and pid namespaces), because {why}"
+            ),
+        }
+    }
+}
+
+/// Unmount and remove what a killed build left in `run_dir` (directories
+/// are named PID-N; a PID that no longer runs left them).
+fn sweep_stale(run_dir: &Path, state_dir: &Path) {
+    let Ok(entries) = fs::read_dir(run_dir) else {
+        return;
+    };
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let dir = entry.path();
+        let prefix = dir.display().to_string();
+        let mut stale: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(1))
+            .filter(|m| m.starts_with(&prefix))
+            .collect();
+        stale.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in stale {
+            if let Ok(c) = std::ffi::CString::new(m) {
+                // SAFETY: a valid path; a lazy unmount of our own mount.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+        if let Ok(states) = fs::read_dir(state_dir) {
+            for s in states.flatten() {
+                let id = s.file_name().to_string_lossy().into_owned();
+                if id.starts_with(&format!("berth-build-{pid}-")) {
+                    let _ = std::process::Command::new("runc")
+                        .arg("--root")
+                        .arg(state_dir)
+                        .args(["delete", "--force", &id])
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .status();
+                }
+            }
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
+
 pub struct Executor<'a> {
     options: &'a BuildOptions,
     client: &'a Client,
@@ -174,7 +262,8 @@ pub struct Executor<'a> {
     keys_dir: PathBuf,
     run_dir: PathBuf,
     state_dir: PathBuf,
-    isolation: Option<Result<(), String>>,
+    isolation: Isolation,
+    isolation_reported: bool,
     step_no: usize,
     cached: usize,
 }
@@ -201,13 +290,17 @@ impl<'a> Executor<'a> {
             keys_dir: dir.join("keys"),
             run_dir: dir.join("run"),
             state_dir: dir.join("runc"),
-            isolation: None,
+            isolation: Isolation::Runc,
+            isolation_reported: false,
             step_no: 0,
             cached: 0,
         };
+        let mut ex = ex;
         for d in [&ex.layers_dir, &ex.keys_dir, &ex.run_dir, &ex.state_dir] {
             fs::create_dir_all(d).ctx(|| format!("cannot create {}", d.display()))?;
         }
+        sweep_stale(&ex.run_dir, &ex.state_dir);
+        ex.isolation = Isolation::choose(&ex.run_dir)?;
         runtime.block_on(ex.layout.init())?;
         Ok(ex)
     }
@@ -297,9 +390,8 @@ impl<'a> Executor<'a> {
             dest.commit().await
         })?;
         let isolation = match &self.isolation {
-            None => "none needed (no RUN executed)".to_string(),
-            Some(Ok(())) => "runc + overlayfs (host network)".to_string(),
-            Some(Err(e)) => format!("unavailable: {e}"),
+            Isolation::Runc => "runc".to_string(),
+            Isolation::Chroot(_) => "chroot".to_string(),
         };
         let steps = self.step_no;
         let cached = self.cached;
@@ -534,6 +626,20 @@ impl<'a> Executor<'a> {
                 _mount: None,
                 _dir: None,
             }),
+            many if matches!(self.isolation, Isolation::Chroot(_)) => {
+                let dir = tempfile::Builder::new()
+                    .prefix("view-")
+                    .tempdir_in(scratch)
+                    .ctx(|| "cannot create a directory".to_string())?;
+                let dirs: Vec<PathBuf> = many.iter().map(|l| l.dir.clone()).collect();
+                chroot::materialize(&dirs, dir.path())
+                    .ctx(|| "cannot copy the image's layers".to_string())?;
+                Ok(View {
+                    path: dir.path().to_path_buf(),
+                    _mount: None,
+                    _dir: Some(dir),
+                })
+            }
             many => {
                 let dir = tempfile::Builder::new()
                     .prefix("view-")
@@ -728,22 +834,10 @@ impl<'a> Executor<'a> {
         self.in_file(BuildError::at(step.line, Some(&step.instruction), message))
     }
 
-    fn ensure_isolation(&mut self) -> R<()> {
-        if self.isolation.is_none() {
-            let result = runc::probe(&self.run_dir);
-            match &result {
-                Ok(()) => {
-                    self.say("isolation: runc + overlayfs (RUN shares the host network namespace)")
-                }
-                Err(e) => self.say(&format!("isolation: runc/overlayfs unavailable: {e}")),
-            }
-            self.isolation = Some(result);
-        }
-        match &self.isolation {
-            Some(Err(e)) => Err(ExecError(format!(
-                "RUN needs runc and overlayfs, and here: {e}. Install runc (apt-get install runc) and run berth build as root; the chroot fallback without them is not implemented yet"
-            ))),
-            _ => Ok(()),
+    fn report_isolation(&mut self) {
+        if !self.isolation_reported {
+            self.isolation_reported = true;
+            self.say(&format!("isolation: {}", self.isolation.describe()));
         }
     }
 
@@ -759,7 +853,16 @@ impl<'a> Executor<'a> {
         no: usize,
         scratch: &Path,
     ) -> R<Option<Layer>> {
-        self.ensure_isolation()?;
+        self.report_isolation();
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            env.insert(
+                0,
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            );
+        }
+        if let Isolation::Chroot(_) = self.isolation {
+            return self.run_step_chroot(layers, argv, env, user, workdir, step, no, scratch);
+        }
         let upper = scratch.join("upper");
         let work = scratch.join("work");
         let bundle = scratch.join("bundle");
@@ -779,12 +882,6 @@ impl<'a> Executor<'a> {
             let (uid, gid, additional_gids) =
                 files::resolve_user(mount.path(), user.unwrap_or("0"))
                     .map_err(|e| self.step_error(step, &e))?;
-            if !env.iter().any(|e| e.starts_with("PATH=")) {
-                env.insert(
-                    0,
-                    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-                );
-            }
             let missing: Vec<&str> = runc::MOUNT_POINTS
                 .iter()
                 .copied()
@@ -826,6 +923,49 @@ impl<'a> Executor<'a> {
                 ),
             ));
         }
+        self.commit_dir(&upper)
+    }
+
+    /// RUN without runc/overlayfs: copy the image into a directory, chroot,
+    /// and diff by scanning.
+    #[allow(clippy::too_many_arguments)]
+    fn run_step_chroot(
+        &mut self,
+        layers: &[Layer],
+        argv: &[String],
+        env: Vec<String>,
+        user: Option<&str>,
+        workdir: &str,
+        step: &crate::plan::Step,
+        no: usize,
+        scratch: &Path,
+    ) -> R<Option<Layer>> {
+        let rootfs = scratch.join("rootfs");
+        let upper = scratch.join("upper");
+        for d in [&rootfs, &upper] {
+            fs::create_dir_all(d).ctx(|| format!("cannot create {}", d.display()))?;
+        }
+        let dirs: Vec<PathBuf> = layers.iter().map(|l| l.dir.clone()).collect();
+        chroot::materialize(&dirs, &rootfs).ctx(|| "cannot copy the image's layers".to_string())?;
+        let before = chroot::snapshot(&rootfs).ctx(|| "cannot scan the image".to_string())?;
+        let (uid, gid, groups) = files::resolve_user(&rootfs, user.unwrap_or("0"))
+            .map_err(|e| self.step_error(step, &e))?;
+        let progress = self.progress;
+        let code = chroot::run(&rootfs, argv, &env, workdir, uid, gid, &groups, &|line| {
+            progress(&format!("#{no} | {line}"))
+        })
+        .map_err(|e| self.step_error(step, &format!("cannot run {:?}: {e}", argv.join(" "))))?;
+        if code != 0 {
+            return Err(self.step_error(
+                step,
+                &format!(
+                    "process {:?} did not complete successfully: exit code: {code}",
+                    argv.join(" ")
+                ),
+            ));
+        }
+        chroot::diff(&rootfs, &before, &upper)
+            .ctx(|| "cannot find the step's changes".to_string())?;
         self.commit_dir(&upper)
     }
 
