@@ -451,3 +451,84 @@ fn a_failing_run_names_its_line_and_leaves_nothing_mounted() {
         out.describe()
     );
 }
+
+#[test]
+fn add_url_network_none_and_docker_archive_output() {
+    if !can_build() {
+        return;
+    }
+    let s = setup();
+    // A blob of the base image, served by berth serve on 127.0.0.1, is the URL.
+    let inspected = parse_json(
+        &run_ok(s.cli.cmd(["inspect", "--json", &s.base]), T),
+        "inspect",
+    );
+    let layer = inspected["manifest"]["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let url = format!("http://{}/v2/base/busybox/blobs/{layer}", s.server.host());
+    let context = s.cli.path("url");
+    write(
+        &context.join("Dockerfile"),
+        &format!(
+            "FROM {}\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nADD --checksum={layer} {url} /blob.tgz\nRUN --network=none grep -c : /proc/net/dev > /netcount\nRUN grep -c : /proc/net/dev > /hostcount\nCMD [\"/bin/sh\", \"-c\", \"cat /netcount; sha256sum /blob.tgz | cut -c1-12\"]\n",
+            s.base
+        ),
+        0o644,
+    );
+    let archive = s.cli.path("image.tar");
+    let name = "berth-e2e/url:1";
+    let out_arg = format!("docker-archive:{}:{name}", archive.display());
+    let (result, stderr) = build_json(&s.cli, &context, &["--output", &out_arg]);
+    assert!(result["digest"].as_str().is_some(), "{result}\n{stderr}");
+
+    // A wrong checksum fails the build, naming the line.
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    write(
+        &context.join("Dockerfile"),
+        &format!("FROM {}\nADD --checksum={wrong} {url} /blob.tgz\n", s.base),
+        0o644,
+    );
+    let out = run(build_cmd(&s.cli, &context, &[]), T);
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("Dockerfile:2: ADD:") && out.stderr.contains("checksum mismatch"),
+        "{}",
+        out.describe()
+    );
+
+    if !require_tool("docker") {
+        return;
+    }
+    let _cleanup = DockerImages {
+        cli: &s.cli,
+        images: vec![name.to_string()],
+    };
+    run_ok(s.cli.docker(["load", "-i"]).arg(&archive), T);
+    let out = run_ok(s.cli.docker(["run", "--rm", "--network", "none", name]), T);
+    let hex = layer.trim_start_matches("sha256:");
+    assert_eq!(
+        out,
+        format!("1\n{}\n", &hex[..12]),
+        "only lo without a network; the blob as fetched"
+    );
+    let host = run_ok(
+        s.cli.docker([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "/bin/cat",
+            name,
+            "/hostcount",
+        ]),
+        T,
+    );
+    assert_ne!(
+        host.trim(),
+        "1",
+        "a RUN without --network=none shares the host's network"
+    );
+}

@@ -191,19 +191,26 @@ pub fn diff(root: &Path, before: &Snapshot, diff: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Run `argv` chrooted into `root` in new mount/uts/ipc namespaces, as
-/// `uid:gid` in `cwd`, passing output lines to `output`.
-#[allow(clippy::too_many_arguments)]
+/// Who a command runs as.
+pub struct Ids {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+/// Run `argv` chrooted into `root` in new mount/uts/ipc (and, with
+/// `network_none`, network) namespaces, as `ids` in `cwd`, passing output
+/// lines to `output`.
 pub fn run(
     root: &Path,
     argv: &[String],
     env: &[String],
     cwd: &str,
-    uid: u32,
-    gid: u32,
-    groups: &[u32],
+    ids: &Ids,
+    network_none: bool,
     output: &(dyn Fn(&str) + Sync),
 ) -> io::Result<i32> {
+    let (uid, gid) = (ids.uid, ids.gid);
     let Some(program) = argv.first() else {
         return Err(io::Error::other("empty command"));
     };
@@ -226,7 +233,11 @@ pub fn run(
     let proc_c =
         CString::new(root.join("proc").as_os_str().as_bytes()).map_err(io::Error::other)?;
     let has_proc = root.join("proc").is_dir();
-    let groups: Vec<libc::gid_t> = groups.to_vec();
+    let groups: Vec<libc::gid_t> = ids.groups.clone();
+    let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+    if network_none {
+        flags |= libc::CLONE_NEWNET;
+    }
     let mut cmd = Command::new(&program);
     cmd.args(&argv[1..])
         .env_clear()
@@ -237,7 +248,7 @@ pub fn run(
     // SAFETY: only async-signal-safe libc calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) != 0 {
+            if libc::unshare(flags) != 0 {
                 return Err(io::Error::last_os_error());
             }
             let slash = c"/";

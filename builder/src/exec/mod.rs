@@ -264,6 +264,10 @@ pub struct Executor<'a> {
     state_dir: PathBuf,
     isolation: Isolation,
     isolation_reported: bool,
+    /// The RUN being executed asked for `--network=none`.
+    network_none: bool,
+    /// ADD URL bodies fetched during this build (hashed for the key, then copied).
+    fetched: std::sync::Mutex<BTreeMap<String, Vec<u8>>>,
     step_no: usize,
     cached: usize,
 }
@@ -292,6 +296,8 @@ impl<'a> Executor<'a> {
             state_dir: dir.join("runc"),
             isolation: Isolation::Runc,
             isolation_reported: false,
+            network_none: false,
+            fetched: std::sync::Mutex::new(BTreeMap::new()),
             step_no: 0,
             cached: 0,
         };
@@ -694,8 +700,19 @@ impl<'a> Executor<'a> {
                 )
             }
         };
+        let mut current_user = match &stage.base {
+            crate::plan::Base::Scratch => None,
+            crate::plan::Base::Image { reference, .. } => {
+                images.get(reference).and_then(|i| i.config.user.clone())
+            }
+            crate::plan::Base::Stage { index } => plan.stages[*index].config.user.clone(),
+        }
+        .filter(|u| !u.is_empty());
         let total = stage.steps.len();
         for (n, step) in stage.steps.iter().enumerate() {
+            if step.instruction == "USER" {
+                current_user = step.text.strip_prefix("USER ").map(str::to_string);
+            }
             let material = step.key_material.clone().unwrap_or_default();
             let header = format!("[{label} {}/{total}] {}", n + 1, one_line(&step.text));
             match &step.action {
@@ -755,8 +772,32 @@ impl<'a> Executor<'a> {
                     uncached_env,
                     user,
                     workdir,
-                    ..
+                    mounts,
+                    network,
+                    security,
                 } => {
+                    if !mounts.is_empty() {
+                        return Err(self.step_error(
+                            step,
+                            "RUN --mount is not supported by berth build yet; copy what the step needs with COPY",
+                        ));
+                    }
+                    if security.as_deref().is_some_and(|s| s != "sandbox") {
+                        return Err(self.step_error(
+                            step,
+                            "RUN --security=insecure is not supported by berth build",
+                        ));
+                    }
+                    self.network_none = match network.as_deref() {
+                        None | Some("default") | Some("host") => false,
+                        Some("none") => true,
+                        Some(other) => {
+                            return Err(self.step_error(
+                                step,
+                                &format!("--network={other}: use default, host or none"),
+                            ))
+                        }
+                    };
                     let argv = heredoc_script(argv, heredocs);
                     let mut env = env.clone();
                     env.extend(uncached_env.iter().cloned());
@@ -780,7 +821,7 @@ impl<'a> Executor<'a> {
                     stage.config.user.as_deref(),
                 )?,
                 Action::Workdir { path } => {
-                    self.workdir_step(&layers, path, scratch.0.as_path(), step_user(stage, n))?
+                    self.workdir_step(&layers, path, scratch.0.as_path(), current_user.clone())?
                 }
                 Action::Config | Action::Arg { .. } => None,
             };
@@ -822,10 +863,12 @@ impl<'a> Executor<'a> {
             .content_hash(&matched)
             .ctx(|| "cannot read the build context".to_string())?;
         for u in urls {
-            // Without --checksum a URL's content is its name here: ADD of
-            // a URL is re-fetched only when the line changes (as Docker
-            // does with a HEAD check, which is not done yet).
-            hash = chain_key(&hash, &u, None);
+            // Without --checksum the content decides: fetch it now (once;
+            // the copy uses the same bytes).
+            let bytes = self
+                .fetch(&u, None)
+                .map_err(|e| self.step_error(step, &e.0))?;
+            hash = chain_key(&hash, &u, Some(&Digest::sha256_of(&bytes).to_string()));
         }
         Ok(hash)
     }
@@ -894,6 +937,7 @@ impl<'a> Executor<'a> {
                 uid,
                 gid,
                 additional_gids,
+                network_none: self.network_none,
             });
             let id = format!(
                 "berth-build-{}-{}",
@@ -951,9 +995,16 @@ impl<'a> Executor<'a> {
         let (uid, gid, groups) = files::resolve_user(&rootfs, user.unwrap_or("0"))
             .map_err(|e| self.step_error(step, &e))?;
         let progress = self.progress;
-        let code = chroot::run(&rootfs, argv, &env, workdir, uid, gid, &groups, &|line| {
-            progress(&format!("#{no} | {line}"))
-        })
+        let ids = chroot::Ids { uid, gid, groups };
+        let code = chroot::run(
+            &rootfs,
+            argv,
+            &env,
+            workdir,
+            &ids,
+            self.network_none,
+            &|line| progress(&format!("#{no} | {line}")),
+        )
         .map_err(|e| self.step_error(step, &format!("cannot run {:?}: {e}", argv.join(" "))))?;
         if code != 0 {
             return Err(self.step_error(
@@ -1223,13 +1274,14 @@ impl<'a> Executor<'a> {
     /// ADD URL: fetch (loopback and any reachable host) and check
     /// `--checksum` when given.
     fn fetch(&self, url: &str, checksum: Option<&str>) -> R<Vec<u8>> {
-        let bytes = self
-            .runtime
-            .block_on(async {
-                let response = reqwest::get(url).await?.error_for_status()?;
-                response.bytes().await
-            })
-            .ctx(|| format!("cannot fetch {url}"))?;
+        let cached = self.fetched.lock().ok().and_then(|m| m.get(url).cloned());
+        let bytes = match cached {
+            Some(b) => bytes::Bytes::from(b),
+            None => self.fetch_remote(url)?,
+        };
+        if let Ok(mut m) = self.fetched.lock() {
+            m.insert(url.to_string(), bytes.to_vec());
+        }
         if let Some(expected) = checksum {
             let actual = Digest::sha256_of(&bytes).to_string();
             if actual != expected {
@@ -1239,6 +1291,17 @@ impl<'a> Executor<'a> {
             }
         }
         Ok(bytes.to_vec())
+    }
+
+    fn fetch_remote(&self, url: &str) -> R<bytes::Bytes> {
+        let bytes = self
+            .runtime
+            .block_on(async {
+                let response = reqwest::get(url).await?.error_for_status()?;
+                response.bytes().await
+            })
+            .ctx(|| format!("cannot fetch {url}"))?;
+        Ok(bytes)
     }
 
     /// Write the config and manifest of the target stage's image.
@@ -1316,18 +1379,6 @@ impl<'a> Executor<'a> {
 
 fn is_url(s: &str) -> bool {
     s.starts_with("http://") || s.starts_with("https://")
-}
-
-/// The USER in effect at step `n` of a stage (for WORKDIR's owner).
-fn step_user(stage: &Stage, n: usize) -> Option<String> {
-    // RUN steps record their user; the config's user is the stage's last.
-    stage.steps[n..]
-        .iter()
-        .find_map(|s| match &s.action {
-            Action::Run { user, .. } => Some(user.clone()),
-            _ => None,
-        })
-        .flatten()
 }
 
 fn history_entry(created: &str, text: &str, empty: bool) -> Value {

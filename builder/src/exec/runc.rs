@@ -137,6 +137,8 @@ pub struct Process {
     pub uid: u32,
     pub gid: u32,
     pub additional_gids: Vec<u32>,
+    /// `RUN --network=none`: a network namespace of its own (loopback only).
+    pub network_none: bool,
 }
 
 /// Docker's default capabilities for containers.
@@ -162,10 +164,10 @@ const CAPS: &[&str] = &[
 pub const MOUNT_POINTS: &[&str] = &["/proc", "/dev", "/sys"];
 
 /// The OCI runtime config (config.json) of a RUN step. The container
-/// shares the host's network namespace (RUN may download things) and has
-/// its own pid, ipc, uts and mount namespaces.
+/// shares the host's network namespace (RUN may download things) unless
+/// `--network=none`, and has its own pid, ipc, uts and mount namespaces.
 pub fn runtime_spec(process: &Process) -> serde_json::Value {
-    json!({
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -193,7 +195,13 @@ pub fn runtime_spec(process: &Process) -> serde_json::Value {
                 "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware"],
             "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
         }
-    })
+    });
+    if process.network_none {
+        if let Some(ns) = spec["linux"]["namespaces"].as_array_mut() {
+            ns.push(json!({"type": "network"}));
+        }
+    }
+    spec
 }
 
 /// A runc container; deleted (by its id) on drop.
