@@ -225,6 +225,42 @@ fn build_push_pull_and_run_with_docker() {
     );
     write(&context.join("files/a.txt"), "a\n", 0o644);
 
+    let expected = "hello from build\nheredoc-line-1\ngreeting=hello\nmotd for /srv/app\na.txt b.sh \n1000\n/srv/app\nx.txt\n";
+
+    // podman (optional: not installed by scripts/test.sh) runs it too.
+    if which("podman").is_some() {
+        let root = s.cli.path("podman-root");
+        let runroot = s.cli.path("podman-run");
+        let podman = |args: &[&str]| {
+            let mut c = Command::new("podman");
+            c.arg("--root")
+                .arg(&root)
+                .arg("--runroot")
+                .arg(&runroot)
+                .args(["--runtime", "runc", "--storage-driver", "vfs"])
+                .args(args);
+            c
+        };
+        run_ok(podman(&["pull", "-q", "--tls-verify=false", &image]), T);
+        let out = run_ok(
+            podman(&[
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--ulimit",
+                "nofile=20000:20000",
+                "--ulimit",
+                "nproc=32768:32768",
+                &image,
+            ]),
+            T,
+        );
+        assert_eq!(out, expected, "podman run output");
+        let _ = run(podman(&["rmi", "-af"]), T);
+        let _ = fs::remove_dir_all(&root);
+    }
+
     if !require_tool("docker") {
         return;
     }
@@ -237,7 +273,6 @@ fn build_push_pull_and_run_with_docker() {
         s.cli.docker(["run", "--rm", "--network", "none", &image]),
         T,
     );
-    let expected = "hello from build\nheredoc-line-1\ngreeting=hello\nmotd for /srv/app\na.txt b.sh \n1000\n/srv/app\nx.txt\n";
     assert_eq!(out, expected, "docker run output");
 
     let inspect = parse_json(

@@ -673,11 +673,12 @@ impl<'a> Planner<'a> {
             }
         }
         let mut state = StageState::default();
-        // ONBUILD triggers of a base stage run first in the child, as if
-        // written right after its FROM, and are not inherited further.
+        // ONBUILD triggers of the base (a stage, or an image whose config
+        // is known) run first in the child, as if written right after its
+        // FROM, and are not inherited further.
         let triggers = std::mem::take(&mut stage.config.on_build);
         let mut trigger_instructions = Vec::new();
-        if matches!(stage.base, Base::Stage { .. }) {
+        {
             for trigger in &triggers {
                 let text = format!("# escape={}\n{trigger}", self.escape());
                 match dockerfile::parse(&text) {

@@ -695,3 +695,36 @@ fn plan_prints_and_serialises() {
     );
     assert_eq!(json["schedule"], serde_json::json!([[0, 1], [3]]));
 }
+
+#[test]
+fn onbuild_triggers_of_a_known_base_image_run_first() {
+    let mut o = options();
+    o.base_images.insert(
+        "base:1".into(),
+        BaseImage {
+            digest: Some("sha256:abc".into()),
+            env: vec!["PATH=/bin".into()],
+            config: Some(StageConfig {
+                on_build: vec!["RUN echo from-image".into()],
+                cmd: Some(vec!["sh".into()]),
+                ..Default::default()
+            }),
+        },
+    );
+    let p = ok("FROM base:1\nRUN echo mine\n", &o);
+    let texts = step_texts(&p, 0);
+    assert_eq!(texts, ["RUN echo from-image", "RUN echo mine"]);
+    assert_eq!(
+        p.stages[0].steps[0].line, 1,
+        "a trigger runs at the FROM line"
+    );
+    assert!(
+        p.stages[0].config.on_build.is_empty(),
+        "triggers are not inherited"
+    );
+    assert_eq!(
+        p.stages[0].config.cmd,
+        Some(vec!["sh".to_string()]),
+        "the image's CMD is kept"
+    );
+}
