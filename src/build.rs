@@ -49,6 +49,13 @@ pub struct BuildArgs {
     /// Build every step again instead of reusing cached layers
     #[arg(long)]
     no_cache: bool,
+    /// Read a layer cache pushed by an earlier `--cache-to` (registry
+    /// reference); repeatable; a missing one is only a warning
+    #[arg(long, value_name = "REF")]
+    cache_from: Vec<String>,
+    /// Push this build's layer cache (keys and layers) to a registry reference
+    #[arg(long, value_name = "REF")]
+    cache_to: Option<String>,
     /// The build cache (base images, layers, keys) [default: beside the local store]
     #[arg(long, value_name = "DIR", env = "BERTH_BUILD_CACHE")]
     cache_dir: Option<PathBuf>,
@@ -171,6 +178,8 @@ fn execute(
         cache_dir,
         no_cache: args.no_cache,
         source_date_epoch,
+        cache_from: args.cache_from.clone(),
+        cache_to: args.cache_to.clone(),
     };
     let progress = |line: &str| session.progress.line(line);
     let handle = session.runtime.handle().clone();

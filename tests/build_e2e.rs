@@ -567,3 +567,59 @@ fn add_url_network_none_and_docker_archive_output() {
         "a RUN without --network=none shares the host's network"
     );
 }
+
+#[test]
+fn cache_to_a_registry_and_back_on_a_fresh_machine() {
+    if !can_build() {
+        return;
+    }
+    let s = setup();
+    let context = s.cli.path("shared");
+    write(
+        &context.join("Dockerfile"),
+        &format!(
+            "FROM {}\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nCOPY f /f\nRUN date +%s%N > /built-at\nLABEL x=y\n",
+            s.base
+        ),
+        0o644,
+    );
+    write(&context.join("f"), "f\n", 0o644);
+    let cache_ref = format!("{}/e2e/cache:main", s.server.host());
+    let (first, stderr) = build_json(&s.cli, &context, &["--cache-to", &cache_ref]);
+    assert!(stderr.is_empty() || !stderr.contains("warning"), "{stderr}");
+
+    // Another machine: its own store and build cache, same context.
+    let fresh = BerthCli::new();
+    let fresh_context = fresh.path("shared");
+    fs::create_dir_all(&fresh_context).unwrap();
+    for f in ["Dockerfile", "f"] {
+        fs::copy(context.join(f), fresh_context.join(f)).unwrap();
+    }
+    let out = run(
+        build_cmd(&fresh, &fresh_context, &["--cache-from", &cache_ref]),
+        T,
+    );
+    assert!(out.status.success(), "{}", out.describe());
+    assert_eq!(
+        out.stderr.matches("CACHED").count(),
+        3,
+        "every layer step comes from the pushed cache:\n{}",
+        out.stderr
+    );
+    assert_eq!(
+        out.stdout.trim(),
+        first["digest"].as_str().unwrap(),
+        "same image from the shared cache"
+    );
+    // A cache that is not there is a warning, not a failure.
+    let missing = format!("{}/e2e/cache:none", s.server.host());
+    let out = run(
+        build_cmd(&fresh, &fresh_context, &["--cache-from", &missing]),
+        T,
+    );
+    assert!(
+        out.status.success() && out.stderr.contains("warning: no cache from"),
+        "{}",
+        out.describe()
+    );
+}

@@ -90,6 +90,20 @@ pub struct BuildOptions {
     pub no_cache: bool,
     /// SOURCE_DATE_EPOCH: clamps file times and sets the image's dates.
     pub source_date_epoch: Option<u64>,
+    /// `--cache-from REF`: layer caches pushed by earlier builds
+    /// (`--cache-to`), read before building; a missing one is a warning.
+    pub cache_from: Vec<String>,
+    /// `--cache-to REF`: push this build's cache (its keys and layers).
+    pub cache_to: Option<String>,
+}
+
+/// The config media type of a cache pushed with `--cache-to`.
+pub const CACHE_MEDIA_TYPE: &str = "application/vnd.berth.build.cache.v1+json";
+
+/// The config blob of a pushed cache: key → layer.
+#[derive(Serialize, Deserialize)]
+struct CacheFile {
+    entries: BTreeMap<String, CacheEntry>,
 }
 
 /// A built image, in the cache's OCI layout under `tag`.
@@ -266,6 +280,8 @@ pub struct Executor<'a> {
     isolation_reported: bool,
     /// The RUN being executed asked for `--network=none`.
     network_none: bool,
+    /// The cache entries this build used or made (for `--cache-to`).
+    used: BTreeMap<String, CacheEntry>,
     /// ADD URL bodies fetched during this build (hashed for the key, then copied).
     fetched: std::sync::Mutex<BTreeMap<String, Vec<u8>>>,
     step_no: usize,
@@ -298,6 +314,7 @@ impl<'a> Executor<'a> {
             isolation_reported: false,
             network_none: false,
             fetched: std::sync::Mutex::new(BTreeMap::new()),
+            used: BTreeMap::new(),
             step_no: 0,
             cached: 0,
         };
@@ -328,6 +345,14 @@ impl<'a> Executor<'a> {
 
     /// Plan, resolve base images, run every needed stage, write the image.
     pub fn build(mut self) -> R<Built> {
+        if !self.options.no_cache {
+            for reference in &self.options.cache_from {
+                match self.import_cache(reference) {
+                    Ok(n) => self.say(&format!("cache from {reference}: {n} entries")),
+                    Err(e) => self.say(&format!("warning: no cache from {reference}: {e}")),
+                }
+            }
+        }
         let first = crate::plan(&self.options.dockerfile_text, &self.options.plan_options)
             .map_err(|e| self.in_file(e))?;
         // Resolve the images the needed stages use, then plan again with
@@ -395,6 +420,14 @@ impl<'a> Executor<'a> {
             dest.put_manifest(&manifest, Some(&tag)).await?;
             dest.commit().await
         })?;
+        if let Some(reference) = &self.options.cache_to {
+            self.export_cache(reference)
+                .map_err(|e| ExecError(format!("--cache-to {reference}: {e}")))?;
+            self.say(&format!(
+                "cache to {reference}: {} entries",
+                self.used.len()
+            ));
+        }
         let isolation = match &self.isolation {
             Isolation::Runc => "runc".to_string(),
             Isolation::Chroot(_) => "chroot".to_string(),
@@ -485,6 +518,107 @@ impl<'a> Executor<'a> {
         })
     }
 
+    /// Pull a cache pushed by `--cache-to` and add its entries (keys this
+    /// cache has already win). Returns how many entries it held.
+    fn import_cache(&self, reference: &str) -> R<usize> {
+        let r = ImageRef::parse(reference)?;
+        let registry = self.client.registry(&r.registry)?;
+        let layout_dir = self.layout.dir().to_path_buf();
+        let tag = format!("cache-from/{}", Location::store_name(&r));
+        let report = self.runtime.block_on(async {
+            let source = RegistrySource::new(registry, r.clone());
+            let dest = OciLayoutDest::create(&layout_dir, Some(&tag)).await?;
+            copy_image(
+                &source,
+                &dest,
+                Some(&tag),
+                &CopyOptions::default(),
+                &NoProgress,
+            )
+            .await
+        })?;
+        let bytes = self
+            .runtime
+            .block_on(self.layout.read_small_blob(&report.digest))?;
+        let ManifestKind::Image { config, .. } =
+            Manifest::new(bytes, report.media_type.clone()).parse()?
+        else {
+            return Err(ExecError("not a build cache (an index)".into()));
+        };
+        if config.media_type != CACHE_MEDIA_TYPE {
+            return Err(ExecError(format!(
+                "not a build cache (its config is {}, not {CACHE_MEDIA_TYPE})",
+                config.media_type
+            )));
+        }
+        let bytes = self
+            .runtime
+            .block_on(self.layout.read_small_blob(&config.digest))?;
+        let file: CacheFile =
+            serde_json::from_slice(&bytes).ctx(|| "the cache index is not valid".to_string())?;
+        for (key, entry) in &file.entries {
+            let hex = key.trim_start_matches("sha256:");
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                continue;
+            }
+            if !self.keys_dir.join(hex).exists() {
+                self.write_entry(key, entry)?;
+            }
+        }
+        Ok(file.entries.len())
+    }
+
+    /// Push this build's cache entries and their layers as one artifact.
+    fn export_cache(&self, reference: &str) -> R<()> {
+        let r = ImageRef::parse(reference)?;
+        let file = CacheFile {
+            entries: self.used.clone(),
+        };
+        let config_bytes = serde_json::to_vec(&file).ctx(|| "cache index".to_string())?;
+        let config_digest = Digest::sha256_of(&config_bytes);
+        self.runtime
+            .block_on(self.layout.put_blob_bytes(&config_digest, &config_bytes))?;
+        let mut seen = std::collections::BTreeSet::new();
+        let layers: Vec<Value> = self
+            .used
+            .values()
+            .filter_map(|e| e.layer.as_ref())
+            .filter(|l| seen.insert(l.blob.digest.clone()))
+            .map(|l| json!({"mediaType": l.blob.media_type, "digest": l.blob.digest.to_string(), "size": l.blob.size}))
+            .collect();
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": media::OCI_MANIFEST,
+            "artifactType": CACHE_MEDIA_TYPE,
+            "config": {"mediaType": CACHE_MEDIA_TYPE, "digest": config_digest.to_string(), "size": config_bytes.len()},
+            "layers": layers,
+        });
+        let manifest = Manifest::new(
+            serde_json::to_vec(&manifest).ctx(|| "cache manifest".to_string())?,
+            media::OCI_MANIFEST,
+        );
+        let tag = "cache-to";
+        let layout_dir = self.layout.dir().to_path_buf();
+        let registry = self.client.registry(&r.registry)?;
+        self.runtime.block_on(async {
+            let dest = OciLayoutDest::create(&layout_dir, Some(tag)).await?;
+            dest.put_manifest(&manifest, Some(tag)).await?;
+            dest.commit().await?;
+            let source =
+                berth_client::layout::OciLayoutSource::open(&layout_dir, Some(tag)).await?;
+            let remote = berth_client::remote::RegistryDest::new(registry, r.clone(), 4);
+            copy_image(
+                &source,
+                &remote,
+                r.tag_or_latest().as_deref(),
+                &CopyOptions::default(),
+                &NoProgress,
+            )
+            .await
+        })?;
+        Ok(())
+    }
+
     /// The unpacked directory of a layer, unpacking its blob if needed.
     fn ensure_layer_dir(&self, record: &LayerRecord) -> R<PathBuf> {
         let dir = self.layers_dir.join(record.diff_id.hex());
@@ -539,9 +673,13 @@ impl<'a> Executor<'a> {
             layer: layer.map(|l| l.record.clone()),
             created: created.to_string(),
         };
+        self.write_entry(key, &entry)
+    }
+
+    fn write_entry(&self, key: &str, entry: &CacheEntry) -> R<()> {
         let path = self.keys_dir.join(key.trim_start_matches("sha256:"));
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        fs::write(&tmp, serde_json::to_vec(&entry).unwrap_or_default())
+        fs::write(&tmp, serde_json::to_vec(entry).unwrap_or_default())
             .and_then(|_| fs::rename(&tmp, &path))
             .ctx(|| format!("cannot write {}", path.display()))
     }
@@ -756,6 +894,13 @@ impl<'a> Executor<'a> {
             };
             let new_key = chain_key(&key, &material, content.as_deref());
             if let Some((layer, when)) = self.cache_get(&new_key) {
+                self.used.insert(
+                    new_key.clone(),
+                    CacheEntry {
+                        layer: layer.as_ref().map(|l| l.record.clone()),
+                        created: when.clone(),
+                    },
+                );
                 self.cached += 1;
                 self.say(&format!("#{no} CACHED"));
                 history.push(history_entry(&when, &step.text, layer.is_none()));
@@ -827,6 +972,13 @@ impl<'a> Executor<'a> {
             };
             let when = self.now();
             self.cache_put(&new_key, layer.as_ref(), &when)?;
+            self.used.insert(
+                new_key.clone(),
+                CacheEntry {
+                    layer: layer.as_ref().map(|l| l.record.clone()),
+                    created: when.clone(),
+                },
+            );
             history.push(history_entry(&when, &step.text, layer.is_none()));
             layers.extend(layer);
             created = Some(when);
