@@ -623,3 +623,174 @@ fn cache_to_a_registry_and_back_on_a_fresh_machine() {
         out.describe()
     );
 }
+
+/// `find` listing of a tree: path, type, mode, owner, size (files), link target; no times.
+fn tree_listing(root: &Path) -> Vec<String> {
+    let out = run_ok(
+        cmd("find", [root.as_os_str()]).args([
+            "-mindepth",
+            "1",
+            "-printf",
+            "%P %y %m %U:%G %s %l\\n",
+        ]),
+        T,
+    );
+    let mut lines: Vec<String> = out
+        .lines()
+        .map(|l| {
+            // Directory sizes depend on the filesystem, not the image.
+            let f: Vec<&str> = l.split(' ').collect();
+            if f.get(1) == Some(&"d") {
+                format!("{} d {} {}", f[0], f[2], f[3])
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+const COMPARE: &str = r#"ARG BASE
+FROM ${BASE}
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+RUN echo "app:x:1000:1000::/home/app:/bin/sh" >> /etc/passwd && echo "app:x:1000:" >> /etc/group
+ENV APP_HOME=/srv/app
+WORKDIR $APP_HOME
+COPY --chown=app:app files/ ./files/
+COPY --chmod=0600 files/a.txt /etc/app.conf
+ADD bundle.tar.gz /opt/
+RUN mkdir -p /var/lib/app && echo state > /var/lib/app/state && rm /bin/wget && chmod 700 /var/lib/app
+USER app
+EXPOSE 8080
+LABEL org.example.name="compare"
+VOLUME /data
+STOPSIGNAL SIGQUIT
+ENTRYPOINT ["/bin/sh", "-c"]
+CMD ["id"]
+"#;
+
+/// The same Dockerfile built by `buildah bud --isolation chroot` (when installed; it is not in
+/// scripts/test.sh's packages) gives the same file tree and run-time config, apart from the
+/// differences listed here and accepted.
+#[test]
+fn same_tree_and_config_as_buildah() {
+    if !can_build() || which("buildah").is_none() || which("umoci").is_none() {
+        eprintln!("SKIP: needs buildah and umoci");
+        return;
+    }
+    let s = setup();
+    let context = s.cli.path("compare");
+    app_context(&context);
+    write(&context.join("Dockerfile"), COMPARE, 0o644);
+    let base_arg = format!("BASE={}", s.base);
+    let ours = s.cli.path("ours");
+    let ours_arg = format!("oci:{}:img", ours.display());
+    build_json(
+        &s.cli,
+        &context,
+        &["--build-arg", &base_arg, "--output", &ours_arg],
+    );
+
+    let storage = s.cli.path("buildah");
+    let buildah = |args: &[&str]| {
+        let mut c = Command::new("buildah");
+        c.arg("--root")
+            .arg(storage.join("root"))
+            .arg("--runroot")
+            .arg(storage.join("run"))
+            .args(["--storage-driver", "vfs"])
+            .args(args);
+        c
+    };
+    run_ok(
+        buildah(&[
+            "bud",
+            "--isolation",
+            "chroot",
+            "--tls-verify=false",
+            "-q",
+            "--build-arg",
+            &base_arg,
+            "-t",
+            "compare",
+        ])
+        .arg(&context),
+        T,
+    );
+    let theirs = s.cli.path("theirs");
+    run_ok(
+        buildah(&["push", "compare"]).arg(format!("oci:{}:img", theirs.display())),
+        T,
+    );
+    let _ = run(buildah(&["rmi", "-a", "-f"]), T);
+
+    let unpack = |layout: &Path, name: &str| -> PathBuf {
+        let bundle = s.cli.path(name);
+        run_ok(
+            cmd("umoci", ["unpack", "--image"])
+                .arg(format!("{}:img", layout.display()))
+                .arg(&bundle),
+            T,
+        );
+        bundle.join("rootfs")
+    };
+    let a = tree_listing(&unpack(&ours, "ours-bundle"));
+    let b = tree_listing(&unpack(&theirs, "theirs-bundle"));
+    // Accepted: buildah's chroot isolation leaves the mount points it made for RUN
+    // (/dev, /proc, /sys, /etc/hosts, /etc/resolv.conf and friends) in its layers; berth
+    // removes what runc created for a RUN that did not ask for it, as BuildKit does.
+    let buildah_only = |l: &String| {
+        [
+            "dev ",
+            "proc ",
+            "sys ",
+            "etc/hosts ",
+            "etc/resolv.conf ",
+            "etc/hostname ",
+            "run ",
+            "run/",
+        ]
+        .iter()
+        .any(|p| l.starts_with(p))
+    };
+    let a: Vec<&String> = a.iter().filter(|l| !buildah_only(l)).collect();
+    let b: Vec<&String> = b.iter().filter(|l| !buildah_only(l)).collect();
+    let only_ours: Vec<&&String> = a.iter().filter(|l| !b.contains(l)).collect();
+    let only_theirs: Vec<&&String> = b.iter().filter(|l| !a.contains(l)).collect();
+    assert!(
+        only_ours.is_empty() && only_theirs.is_empty(),
+        "file trees differ\nonly berth:   {only_ours:#?}\nonly buildah: {only_theirs:#?}"
+    );
+
+    let config = |layout: &Path| -> Value {
+        let out = run_ok(
+            s.cli.cmd([
+                "inspect",
+                "--config",
+                &format!("oci:{}:img", layout.display()),
+            ]),
+            T,
+        );
+        parse_json(&out, "config")["config"].clone()
+    };
+    let (ours_c, theirs_c) = (config(&ours), config(&theirs));
+    for field in [
+        "Env",
+        "Cmd",
+        "Entrypoint",
+        "User",
+        "WorkingDir",
+        "ExposedPorts",
+        "Volumes",
+        "StopSignal",
+    ] {
+        assert_eq!(ours_c[field], theirs_c[field], "config field {field}");
+    }
+    // Accepted: buildah adds its own io.buildah.version label.
+    let mut their_labels = theirs_c["Labels"].clone();
+    if let Some(m) = their_labels.as_object_mut() {
+        m.remove("io.buildah.version");
+    }
+    assert_eq!(ours_c["Labels"], their_labels, "labels");
+}
