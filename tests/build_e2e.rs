@@ -123,6 +123,10 @@ set -e
 echo heredoc-line-1 > /out/heredoc
 echo "greeting=$GREETING" >> /out/heredoc
 EOF
+RUN <<EOF
+#!/bin/busybox sh
+echo "shebang script as $0" > /out/shebang
+EOF
 
 FROM ${BASE}
 ENV APP_HOME=/srv/app
@@ -130,7 +134,7 @@ RUN ["/bin/busybox", "--install", "-s", "/bin"]
 RUN echo "app:x:1000:1000::/home/app:/bin/sh" >> /etc/passwd && echo "app:x:1000:" >> /etc/group
 WORKDIR $APP_HOME
 COPY --from=build --chown=app:app --chmod=0750 /out/greeting ./greeting
-COPY --from=build /out/heredoc /srv/heredoc
+COPY --from=build /out/heredoc /out/shebang /srv/
 COPY files/ ./files/
 ADD bundle.tar.gz /opt/
 COPY <<EOF /etc/motd
@@ -144,7 +148,7 @@ VOLUME /data
 HEALTHCHECK --interval=30s --timeout=5s CMD ["/bin/true"]
 STOPSIGNAL SIGQUIT
 ENTRYPOINT ["/bin/sh", "-c"]
-CMD ["cat /srv/app/greeting /srv/heredoc /etc/motd /srv/listing; echo; id -u; pwd; ls /opt/bundle"]
+CMD ["cat /srv/app/greeting /srv/heredoc /srv/shebang /etc/motd /srv/listing; echo; id -u; pwd; ls /opt/bundle"]
 "#;
 
 fn app_context(dir: &Path) {
@@ -225,7 +229,7 @@ fn build_push_pull_and_run_with_docker() {
     );
     write(&context.join("files/a.txt"), "a\n", 0o644);
 
-    let expected = "hello from build\nheredoc-line-1\ngreeting=hello\nmotd for /srv/app\na.txt b.sh \n1000\n/srv/app\nx.txt\n";
+    let expected = "hello from build\nheredoc-line-1\ngreeting=hello\nshebang script as /dev/.berth-heredoc\nmotd for /srv/app\na.txt b.sh \n1000\n/srv/app\nx.txt\n";
 
     // podman (optional: not installed by scripts/test.sh) runs it too.
     if which("podman").is_some() {
@@ -301,7 +305,7 @@ fn build_push_pull_and_run_with_docker() {
     assert_eq!(c["Entrypoint"], serde_json::json!(["/bin/sh", "-c"]));
     assert_eq!(
         c["Cmd"][0].as_str().unwrap().split(';').next(),
-        Some("cat /srv/app/greeting /srv/heredoc /etc/motd /srv/listing")
+        Some("cat /srv/app/greeting /srv/heredoc /srv/shebang /etc/motd /srv/listing")
     );
     assert_eq!(
         c["ExposedPorts"],

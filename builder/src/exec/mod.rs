@@ -280,6 +280,8 @@ pub struct Executor<'a> {
     isolation_reported: bool,
     /// The RUN being executed asked for `--network=none`.
     network_none: bool,
+    /// The RUN being executed is a `#!` heredoc script (see [`HEREDOC_PATH`]).
+    script: Option<String>,
     /// The cache entries this build used or made (for `--cache-to`).
     used: BTreeMap<String, CacheEntry>,
     /// ADD URL bodies fetched during this build (hashed for the key, then copied).
@@ -313,6 +315,7 @@ impl<'a> Executor<'a> {
             isolation: Isolation::Runc,
             isolation_reported: false,
             network_none: false,
+            script: None,
             fetched: std::sync::Mutex::new(BTreeMap::new()),
             used: BTreeMap::new(),
             step_no: 0,
@@ -943,7 +946,8 @@ impl<'a> Executor<'a> {
                             ))
                         }
                     };
-                    let argv = heredoc_script(argv, heredocs);
+                    let (argv, script) = heredoc_script(argv, heredocs);
+                    self.script = script;
                     let mut env = env.clone();
                     env.extend(uncached_env.iter().cloned());
                     self.run_step(
@@ -1082,7 +1086,18 @@ impl<'a> Executor<'a> {
                 .copied()
                 .filter(|m| fs::symlink_metadata(rootfs.join(&m[1..])).is_err())
                 .collect();
-            let spec = runc::runtime_spec(&runc::Process {
+            let script = match &self.script {
+                Some(body) => {
+                    let path = scratch.join("heredoc");
+                    fs::write(&path, body).ctx(|| "cannot write the heredoc script".to_string())?;
+                    use std::os::unix::fs::PermissionsExt;
+                    fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+                        .ctx(|| "cannot write the heredoc script".to_string())?;
+                    Some(path)
+                }
+                None => None,
+            };
+            let mut spec = runc::runtime_spec(&runc::Process {
                 argv: argv.to_vec(),
                 env,
                 cwd: workdir.to_string(),
@@ -1091,6 +1106,12 @@ impl<'a> Executor<'a> {
                 additional_gids,
                 network_none: self.network_none,
             });
+            if let (Some(path), Some(mounts)) = (&script, spec["mounts"].as_array_mut()) {
+                mounts.push(json!({
+                    "destination": HEREDOC_PATH, "type": "bind",
+                    "source": path, "options": ["rbind", "ro"],
+                }));
+            }
             let id = format!(
                 "berth-build-{}-{}",
                 std::process::id(),
@@ -1144,6 +1165,16 @@ impl<'a> Executor<'a> {
         let dirs: Vec<PathBuf> = layers.iter().map(|l| l.dir.clone()).collect();
         chroot::materialize(&dirs, &rootfs).ctx(|| "cannot copy the image's layers".to_string())?;
         let before = chroot::snapshot(&rootfs).ctx(|| "cannot scan the image".to_string())?;
+        let mut argv = argv.to_vec();
+        let script_path = rootfs.join(".berth-heredoc");
+        if let Some(body) = &self.script {
+            fs::write(&script_path, body).ctx(|| "cannot write the heredoc script".to_string())?;
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&script_path, fs::Permissions::from_mode(0o755))
+                .ctx(|| "cannot write the heredoc script".to_string())?;
+            argv = vec!["/.berth-heredoc".to_string()];
+        }
+        let argv = argv.as_slice();
         let (uid, gid, groups) = files::resolve_user(&rootfs, user.unwrap_or("0"))
             .map_err(|e| self.step_error(step, &e))?;
         let progress = self.progress;
@@ -1167,6 +1198,7 @@ impl<'a> Executor<'a> {
                 ),
             ));
         }
+        let _ = fs::remove_file(&script_path);
         chroot::diff(&rootfs, &before, &upper)
             .ctx(|| "cannot find the step's changes".to_string())?;
         self.commit_dir(&upper)
@@ -1550,9 +1582,17 @@ fn one_line(text: &str) -> String {
     shown
 }
 
+/// Where a `RUN <<EOF` script with a `#!` line is put for the command: in
+/// runc's /dev tmpfs (bind-mounted), so it never lands in the layer.
+const HEREDOC_PATH: &str = "/dev/.berth-heredoc";
+
 /// `RUN <<EOF` with nothing but the heredoc runs its body as the script
-/// (BuildKit's rule); anything else runs as written.
-fn heredoc_script(argv: &[String], heredocs: &[crate::dockerfile::Heredoc]) -> Vec<String> {
+/// (BuildKit's rule): with the shell, or, when it starts with `#!`, as an
+/// executable file (returned second); anything else runs as written.
+fn heredoc_script(
+    argv: &[String],
+    heredocs: &[crate::dockerfile::Heredoc],
+) -> (Vec<String>, Option<String>) {
     if let ([h], Some(last)) = (heredocs, argv.last()) {
         let first = last.lines().next().unwrap_or("").trim();
         let marker = first
@@ -1560,12 +1600,15 @@ fn heredoc_script(argv: &[String], heredocs: &[crate::dockerfile::Heredoc]) -> V
             .trim_start_matches('-')
             .trim_matches(['"', '\'']);
         if first.starts_with("<<") && marker == h.name && argv.len() >= 2 {
+            if h.body.starts_with("#!") {
+                return (vec![HEREDOC_PATH.to_string()], Some(h.body.clone()));
+            }
             let mut out = argv[..argv.len() - 1].to_vec();
             out.push(h.body.clone());
-            return out;
+            return (out, None);
         }
     }
-    argv.to_vec()
+    (argv.to_vec(), None)
 }
 
 /// The plan's config with Docker's names, as it goes into the image.
@@ -1643,13 +1686,36 @@ mod tests {
         ];
         assert_eq!(
             heredoc_script(&argv, std::slice::from_ref(&h)),
-            ["/bin/sh", "-c", "echo hi\necho there\n"]
+            (
+                vec![
+                    "/bin/sh".to_string(),
+                    "-c".into(),
+                    "echo hi\necho there\n".into()
+                ],
+                None
+            )
         );
         let argv = vec![
             "/bin/sh".to_string(),
             "-c".into(),
             "<<EOF bash\necho hi\nEOF".into(),
         ];
-        assert_eq!(heredoc_script(&argv, std::slice::from_ref(&h)), argv);
+        assert_eq!(
+            heredoc_script(&argv, std::slice::from_ref(&h)),
+            (argv, None)
+        );
+        let script = crate::dockerfile::Heredoc {
+            body: "#!/bin/busybox sh\necho hi\n".into(),
+            ..h
+        };
+        let argv = vec![
+            "/bin/sh".to_string(),
+            "-c".into(),
+            "<<EOF\n#!/bin/busybox sh\necho hi\nEOF".into(),
+        ];
+        assert_eq!(
+            heredoc_script(&argv, std::slice::from_ref(&script)),
+            (vec![HEREDOC_PATH.to_string()], Some(script.body.clone()))
+        );
     }
 }
