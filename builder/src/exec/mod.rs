@@ -301,6 +301,12 @@ impl<'a> Executor<'a> {
         runtime: &'a tokio::runtime::Handle,
         progress: &'a (dyn Fn(&str) + Sync),
     ) -> R<Executor<'a>> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(ExecError(
+                "berth build needs root (overlay mounts, runc, file owners in layers): run it as root, e.g. with sudo or in a privileged CI container; rootless builds are not supported yet".into(),
+            ));
+        }
         let dir = &options.cache_dir;
         let ex = Executor {
             options,
@@ -1257,6 +1263,9 @@ impl<'a> Executor<'a> {
         let fail = |m: String| self.step_error(step, &m);
         if !exclude.is_empty() {
             return Err(fail("--exclude is not supported yet".into()));
+        }
+        if let Action::Copy { parents: true, .. } = &step.action {
+            return Err(fail("--parents is not supported yet".into()));
         }
         let image = self.view(layers, scratch)?;
         let source_view = match from {
