@@ -23,6 +23,24 @@ pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
+/// Extended attributes a layer keeps (file capabilities and user
+/// attributes); overlay's own `trusted.overlay.*` never go in a layer.
+fn kept_xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let Ok(names) = xattr::list(path) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, Vec<u8>)> = names
+        .filter_map(|n| n.into_string().ok())
+        .filter(|n| n == "security.capability" || n.starts_with("user."))
+        .filter_map(|n| {
+            let v = xattr::get(path, &n).ok().flatten()?;
+            Some((format!("SCHILY.xattr.{n}"), v))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// Whether a file is an overlay whiteout (a character device 0/0).
 pub fn is_whiteout(meta: &fs::Metadata) -> bool {
     meta.file_type().is_char_device() && meta.rdev() == 0
@@ -66,6 +84,12 @@ pub fn write_tar<W: Write>(root: &Path, out: W, clamp: Option<u64>) -> io::Resul
             h.set_mtime(clamp.unwrap_or(0));
             builder.append_data(&mut h, &wh_path, io::empty())?;
         } else if ft.is_dir() {
+            let xattrs = kept_xattrs(path);
+            if !xattrs.is_empty() {
+                builder.append_pax_extensions(
+                    xattrs.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+                )?;
+            }
             header.set_size(0);
             builder.append_data(&mut header, &rel, io::empty())?;
             if xattr::get(path, OPAQUE_XATTR)
@@ -94,6 +118,12 @@ pub fn write_tar<W: Write>(root: &Path, out: W, clamp: Option<u64>) -> io::Resul
                     continue;
                 }
                 links.insert(id, rel.clone());
+            }
+            let xattrs = kept_xattrs(path);
+            if !xattrs.is_empty() {
+                builder.append_pax_extensions(
+                    xattrs.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+                )?;
             }
             let file = fs::File::open(path)?;
             builder.append_data(&mut header, &rel, file)?;
@@ -210,6 +240,17 @@ pub fn unpack_tar<R: Read>(reader: R, dest: &Path) -> io::Result<Digest> {
 pub fn unpack_entry<R: Read>(entry: &mut tar::Entry<'_, R>, dest: &Path) -> io::Result<()> {
     let header = entry.header().clone();
     let rel = safe_relative(&entry.path()?)?;
+    // chown below clears file capabilities: keep the xattrs to set again.
+    let mut xattrs: Vec<(String, Vec<u8>)> = Vec::new();
+    if let Some(exts) = entry.pax_extensions()? {
+        for ext in exts.flatten() {
+            if let (Ok(key), value) = (ext.key(), ext.value_bytes()) {
+                if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+                    xattrs.push((name.to_string(), value.to_vec()));
+                }
+            }
+        }
+    }
     entry.unpack_in(dest).map_err(|e| {
         // tar's error names the path; its cause is the reason.
         let cause = std::error::Error::source(&e)
@@ -228,6 +269,9 @@ pub fn unpack_entry<R: Read>(entry: &mut tar::Entry<'_, R>, dest: &Path) -> io::
             if let Ok(mode) = header.mode() {
                 use std::os::unix::fs::PermissionsExt;
                 fs::set_permissions(&target, fs::Permissions::from_mode(mode & 0o7777))?;
+            }
+            for (name, value) in &xattrs {
+                let _ = xattr::set(&target, name, value);
             }
         }
     }
@@ -283,6 +327,7 @@ mod tests {
         std::os::unix::fs::symlink("a", upper.join("etc/link")).unwrap();
         mknod_whiteout(&upper.join("etc/gone")).unwrap();
         xattr::set(upper.join("etc/opaque"), OPAQUE_XATTR, b"y").unwrap();
+        let user_xattr = xattr::set(upper.join("etc/b"), "user.berth", b"kept").is_ok();
         let bytes = write_tar(&upper, Vec::new(), Some(100)).unwrap();
         assert_eq!(
             names(&bytes),
@@ -323,5 +368,12 @@ mod tests {
             fs::read_link(back.join("etc/link")).unwrap(),
             Path::new("a")
         );
+        if user_xattr {
+            assert_eq!(
+                xattr::get(back.join("etc/b"), "user.berth").unwrap(),
+                Some(b"kept".to_vec()),
+                "xattrs travel as PAX SCHILY.xattr records"
+            );
+        }
     }
 }
