@@ -476,6 +476,19 @@ fn a_failing_run_names_its_line_and_leaves_nothing_mounted() {
     let leftovers: Vec<_> = fs::read_dir(cache.join("run")).unwrap().collect();
     assert!(leftovers.is_empty(), "run directories left: {leftovers:?}");
 
+    // RUN for another platform is refused (no emulation), naming the line.
+    let out = run(
+        build_cmd(&s.cli, &context, &["--platform", "linux/arm64"]),
+        T,
+    );
+    assert!(
+        !out.status.success()
+            && out.stderr.contains("Dockerfile:2: RUN:")
+            && out.stderr.contains("no emulation"),
+        "{}",
+        out.describe()
+    );
+
     // A missing COPY source names the line too.
     write(
         &context.join("Dockerfile"),

@@ -278,6 +278,8 @@ pub struct Executor<'a> {
     state_dir: PathBuf,
     isolation: Isolation,
     isolation_reported: bool,
+    /// The platform of the stage being run.
+    platform: String,
     /// The RUN being executed asked for `--network=none`.
     network_none: bool,
     /// The RUN being executed is a `#!` heredoc script (see [`HEREDOC_PATH`]).
@@ -321,6 +323,7 @@ impl<'a> Executor<'a> {
             isolation: Isolation::Runc,
             isolation_reported: false,
             network_none: false,
+            platform: String::new(),
             script: None,
             fetched: std::sync::Mutex::new(BTreeMap::new()),
             used: BTreeMap::new(),
@@ -818,6 +821,10 @@ impl<'a> Executor<'a> {
         images: &BTreeMap<String, ImageInfo>,
     ) -> R<StageResult> {
         let stage = &plan.stages[index];
+        self.platform = stage
+            .platform
+            .clone()
+            .unwrap_or_else(|| plan.target_platform.clone());
         let label = match &stage.name {
             Some(n) => format!("stage {index} ({n})"),
             None => format!("stage {index}"),
@@ -1058,6 +1065,18 @@ impl<'a> Executor<'a> {
         no: usize,
         scratch: &Path,
     ) -> R<Option<Layer>> {
+        let host = crate::plan::Platform::host();
+        if let Ok(wanted) = crate::plan::Platform::parse(&self.platform) {
+            if wanted.os != host.os || wanted.arch != host.arch {
+                return Err(self.step_error(
+                    step,
+                    &format!(
+                        "cannot run a {} command on this {host} machine (no emulation): build on a {} machine, or keep RUN out of stages for other platforms",
+                        self.platform, self.platform
+                    ),
+                ));
+            }
+        }
         self.report_isolation();
         if !env.iter().any(|e| e.starts_with("PATH=")) {
             env.insert(
