@@ -811,3 +811,29 @@ fn same_tree_and_config_as_buildah() {
     }
     assert_eq!(ours_c["Labels"], their_labels, "labels");
 }
+
+#[test]
+fn independent_stages_run_at_the_same_time() {
+    if !can_build() {
+        return;
+    }
+    let s = setup();
+    let context = s.cli.path("parallel");
+    write(
+        &context.join("Dockerfile"),
+        &format!(
+            "ARG BASE={}\nFROM $BASE AS a\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox sleep 2 && echo a > /a\"]\n\nFROM $BASE AS b\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox sleep 2 && echo b > /b\"]\n\nFROM $BASE\nCOPY --from=a /a /a\nCOPY --from=b /b /b\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"test \\\"$(/bin/busybox cat /a /b)\\\" = \\\"$(/bin/busybox printf 'a\\\\nb')\\\"\"]\n",
+            s.base
+        ),
+        0o644,
+    );
+    let started = std::time::Instant::now();
+    let (result, stderr) = build_json(&s.cli, &context, &[]);
+    let took = started.elapsed();
+    assert!(result["digest"].as_str().is_some(), "{stderr}");
+    // One after the other the two 2 s RUNs would take 4 s or more.
+    assert!(
+        took < Duration::from_millis(3700),
+        "stages a and b did not overlap: the build took {took:?}"
+    );
+}

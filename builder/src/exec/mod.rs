@@ -277,19 +277,24 @@ pub struct Executor<'a> {
     run_dir: PathBuf,
     state_dir: PathBuf,
     isolation: Isolation,
-    isolation_reported: bool,
-    /// The platform of the stage being run.
-    platform: String,
-    /// The RUN being executed asked for `--network=none`.
-    network_none: bool,
-    /// The RUN being executed is a `#!` heredoc script (see [`HEREDOC_PATH`]).
-    script: Option<String>,
+    isolation_reported: std::sync::atomic::AtomicBool,
+
     /// The cache entries this build used or made (for `--cache-to`).
-    used: BTreeMap<String, CacheEntry>,
+    used: std::sync::Mutex<BTreeMap<String, CacheEntry>>,
     /// ADD URL bodies fetched during this build (hashed for the key, then copied).
     fetched: std::sync::Mutex<BTreeMap<String, Vec<u8>>>,
-    step_no: usize,
-    cached: usize,
+    step_no: AtomicUsize,
+    cached: AtomicUsize,
+}
+
+/// What one RUN needs besides the plan's step.
+struct RunCtx<'p> {
+    /// The platform of the stage.
+    platform: &'p str,
+    /// `RUN --network=none`.
+    network_none: bool,
+    /// A `#!` heredoc script (see [`HEREDOC_PATH`]).
+    script: Option<String>,
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -321,14 +326,11 @@ impl<'a> Executor<'a> {
             run_dir: dir.join("run"),
             state_dir: dir.join("runc"),
             isolation: Isolation::Runc,
-            isolation_reported: false,
-            network_none: false,
-            platform: String::new(),
-            script: None,
+            isolation_reported: std::sync::atomic::AtomicBool::new(false),
             fetched: std::sync::Mutex::new(BTreeMap::new()),
-            used: BTreeMap::new(),
-            step_no: 0,
-            cached: 0,
+            used: std::sync::Mutex::new(BTreeMap::new()),
+            step_no: AtomicUsize::new(0),
+            cached: AtomicUsize::new(0),
         };
         let mut ex = ex;
         for d in [&ex.layers_dir, &ex.keys_dir, &ex.run_dir, &ex.state_dir] {
@@ -356,7 +358,7 @@ impl<'a> Executor<'a> {
     }
 
     /// Plan, resolve base images, run every needed stage, write the image.
-    pub fn build(mut self) -> R<Built> {
+    pub fn build(self) -> R<Built> {
         if !self.options.no_cache {
             for reference in &self.options.cache_from {
                 match self.import_cache(reference) {
@@ -412,11 +414,38 @@ impl<'a> Executor<'a> {
             self.say(&format!("warning: {w}"));
         }
 
+        // The stages of a group depend only on earlier groups: they run
+        // at the same time, each on its own thread.
         let mut results: Vec<Option<StageResult>> = vec![None; plan.stages.len()];
         for group in &plan.schedule {
-            for &index in group {
-                let result = self.run_stage(&plan, index, &results, &images)?;
-                results[index] = Some(result);
+            let done: Vec<(usize, R<StageResult>)> = if group.len() == 1 {
+                vec![(group[0], self.run_stage(&plan, group[0], &results, &images))]
+            } else {
+                let this = &self;
+                let (plan, results, images) = (&plan, &results, &images);
+                std::thread::scope(|s| {
+                    let handles: Vec<_> = group
+                        .iter()
+                        .map(|&index| {
+                            (
+                                index,
+                                s.spawn(move || this.run_stage(plan, index, results, images)),
+                            )
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|(index, h)| {
+                            let r = h.join().unwrap_or_else(|_| {
+                                Err(ExecError(format!("stage {index} panicked")))
+                            });
+                            (index, r)
+                        })
+                        .collect()
+                })
+            };
+            for (index, result) in done {
+                results[index] = Some(result?);
             }
         }
         let target = &plan.stages[plan.target];
@@ -437,15 +466,15 @@ impl<'a> Executor<'a> {
                 .map_err(|e| ExecError(format!("--cache-to {reference}: {e}")))?;
             self.say(&format!(
                 "cache to {reference}: {} entries",
-                self.used.len()
+                self.used.lock().map(|u| u.len()).unwrap_or(0)
             ));
         }
         let isolation = match &self.isolation {
             Isolation::Runc => "runc".to_string(),
             Isolation::Chroot(_) => "chroot".to_string(),
         };
-        let steps = self.step_no;
-        let cached = self.cached;
+        let steps = self.step_no.load(Ordering::Relaxed);
+        let cached = self.cached.load(Ordering::Relaxed);
         Ok(Built {
             plan,
             manifest,
@@ -584,15 +613,15 @@ impl<'a> Executor<'a> {
     fn export_cache(&self, reference: &str) -> R<()> {
         let r = ImageRef::parse(reference)?;
         let file = CacheFile {
-            entries: self.used.clone(),
+            entries: self.used.lock().map(|u| u.clone()).unwrap_or_default(),
         };
         let config_bytes = serde_json::to_vec(&file).ctx(|| "cache index".to_string())?;
         let config_digest = Digest::sha256_of(&config_bytes);
         self.runtime
             .block_on(self.layout.put_blob_bytes(&config_digest, &config_bytes))?;
         let mut seen = std::collections::BTreeSet::new();
-        let layers: Vec<Value> = self
-            .used
+        let layers: Vec<Value> = file
+            .entries
             .values()
             .filter_map(|e| e.layer.as_ref())
             .filter(|l| seen.insert(l.blob.digest.clone()))
@@ -814,14 +843,14 @@ impl<'a> Executor<'a> {
     }
 
     fn run_stage(
-        &mut self,
+        &self,
         plan: &Plan,
         index: usize,
         results: &[Option<StageResult>],
         images: &BTreeMap<String, ImageInfo>,
     ) -> R<StageResult> {
         let stage = &plan.stages[index];
-        self.platform = stage
+        let platform = stage
             .platform
             .clone()
             .unwrap_or_else(|| plan.target_platform.clone());
@@ -882,8 +911,7 @@ impl<'a> Executor<'a> {
                 }
                 _ => {}
             }
-            self.step_no += 1;
-            let no = self.step_no;
+            let no = self.step_no.fetch_add(1, Ordering::Relaxed) + 1;
             self.say(&format!("#{no} {header}"));
             let started = Instant::now();
             let scratch = self.work_dir()?;
@@ -910,14 +938,16 @@ impl<'a> Executor<'a> {
             };
             let new_key = chain_key(&key, &material, content.as_deref());
             if let Some((layer, when)) = self.cache_get(&new_key) {
-                self.used.insert(
-                    new_key.clone(),
-                    CacheEntry {
-                        layer: layer.as_ref().map(|l| l.record.clone()),
-                        created: when.clone(),
-                    },
-                );
-                self.cached += 1;
+                if let Ok(mut used) = self.used.lock() {
+                    used.insert(
+                        new_key.clone(),
+                        CacheEntry {
+                            layer: layer.as_ref().map(|l| l.record.clone()),
+                            created: when.clone(),
+                        },
+                    );
+                }
+                self.cached.fetch_add(1, Ordering::Relaxed);
                 self.say(&format!("#{no} CACHED"));
                 history.push(history_entry(&when, &step.text, layer.is_none()));
                 layers.extend(layer);
@@ -949,7 +979,7 @@ impl<'a> Executor<'a> {
                             "RUN --security=insecure is not supported by berth build",
                         ));
                     }
-                    self.network_none = match network.as_deref() {
+                    let network_none = match network.as_deref() {
                         None | Some("default") | Some("host") => false,
                         Some("none") => true,
                         Some(other) => {
@@ -960,10 +990,15 @@ impl<'a> Executor<'a> {
                         }
                     };
                     let (argv, script) = heredoc_script(argv, heredocs);
-                    self.script = script;
+                    let ctx = RunCtx {
+                        platform: &platform,
+                        network_none,
+                        script,
+                    };
                     let mut env = env.clone();
                     env.extend(uncached_env.iter().cloned());
                     self.run_step(
+                        &ctx,
                         &layers,
                         &argv,
                         env,
@@ -989,13 +1024,15 @@ impl<'a> Executor<'a> {
             };
             let when = self.now();
             self.cache_put(&new_key, layer.as_ref(), &when)?;
-            self.used.insert(
-                new_key.clone(),
-                CacheEntry {
-                    layer: layer.as_ref().map(|l| l.record.clone()),
-                    created: when.clone(),
-                },
-            );
+            if let Ok(mut used) = self.used.lock() {
+                used.insert(
+                    new_key.clone(),
+                    CacheEntry {
+                        layer: layer.as_ref().map(|l| l.record.clone()),
+                        created: when.clone(),
+                    },
+                );
+            }
             history.push(history_entry(&when, &step.text, layer.is_none()));
             layers.extend(layer);
             created = Some(when);
@@ -1046,16 +1083,16 @@ impl<'a> Executor<'a> {
         self.in_file(BuildError::at(step.line, Some(&step.instruction), message))
     }
 
-    fn report_isolation(&mut self) {
-        if !self.isolation_reported {
-            self.isolation_reported = true;
+    fn report_isolation(&self) {
+        if !self.isolation_reported.swap(true, Ordering::Relaxed) {
             self.say(&format!("isolation: {}", self.isolation.describe()));
         }
     }
 
     #[allow(clippy::too_many_arguments)]
     fn run_step(
-        &mut self,
+        &self,
+        ctx: &RunCtx<'_>,
         layers: &[Layer],
         argv: &[String],
         mut env: Vec<String>,
@@ -1066,13 +1103,13 @@ impl<'a> Executor<'a> {
         scratch: &Path,
     ) -> R<Option<Layer>> {
         let host = crate::plan::Platform::host();
-        if let Ok(wanted) = crate::plan::Platform::parse(&self.platform) {
+        if let Ok(wanted) = crate::plan::Platform::parse(ctx.platform) {
             if wanted.os != host.os || wanted.arch != host.arch {
                 return Err(self.step_error(
                     step,
                     &format!(
                         "cannot run a {} command on this {host} machine (no emulation): build on a {} machine, or keep RUN out of stages for other platforms",
-                        self.platform, self.platform
+                        ctx.platform, ctx.platform
                     ),
                 ));
             }
@@ -1085,7 +1122,7 @@ impl<'a> Executor<'a> {
             );
         }
         if let Isolation::Chroot(_) = self.isolation {
-            return self.run_step_chroot(layers, argv, env, user, workdir, step, no, scratch);
+            return self.run_step_chroot(ctx, layers, argv, env, user, workdir, step, no, scratch);
         }
         let upper = scratch.join("upper");
         let work = scratch.join("work");
@@ -1111,7 +1148,7 @@ impl<'a> Executor<'a> {
                 .copied()
                 .filter(|m| fs::symlink_metadata(rootfs.join(&m[1..])).is_err())
                 .collect();
-            let script = match &self.script {
+            let script = match &ctx.script {
                 Some(body) => {
                     let path = scratch.join("heredoc");
                     fs::write(&path, body).ctx(|| "cannot write the heredoc script".to_string())?;
@@ -1129,7 +1166,7 @@ impl<'a> Executor<'a> {
                 uid,
                 gid,
                 additional_gids,
-                network_none: self.network_none,
+                network_none: ctx.network_none,
             });
             if let (Some(path), Some(mounts)) = (&script, spec["mounts"].as_array_mut()) {
                 mounts.push(json!({
@@ -1172,7 +1209,8 @@ impl<'a> Executor<'a> {
     /// and diff by scanning.
     #[allow(clippy::too_many_arguments)]
     fn run_step_chroot(
-        &mut self,
+        &self,
+        ctx: &RunCtx<'_>,
         layers: &[Layer],
         argv: &[String],
         env: Vec<String>,
@@ -1192,7 +1230,7 @@ impl<'a> Executor<'a> {
         let before = chroot::snapshot(&rootfs).ctx(|| "cannot scan the image".to_string())?;
         let mut argv = argv.to_vec();
         let script_path = rootfs.join(".berth-heredoc");
-        if let Some(body) = &self.script {
+        if let Some(body) = &ctx.script {
             fs::write(&script_path, body).ctx(|| "cannot write the heredoc script".to_string())?;
             use std::os::unix::fs::PermissionsExt;
             fs::set_permissions(&script_path, fs::Permissions::from_mode(0o755))
@@ -1210,7 +1248,7 @@ impl<'a> Executor<'a> {
             &env,
             workdir,
             &ids,
-            self.network_none,
+            ctx.network_none,
             &|line| progress(&format!("#{no} | {line}")),
         )
         .map_err(|e| self.step_error(step, &format!("cannot run {:?}: {e}", argv.join(" "))))?;
