@@ -771,9 +771,16 @@ impl<'a> Executor<'a> {
         let final_dir = self.layers_dir.join(record.diff_id.hex());
         if final_dir.exists() {
             let _ = fs::remove_dir_all(dir);
-        } else {
-            fs::rename(dir, &final_dir)
-                .ctx(|| format!("cannot move {} to {}", dir.display(), final_dir.display()))?;
+        } else if let Err(e) = fs::rename(dir, &final_dir) {
+            // Another build sharing the cache made the same layer first.
+            if !final_dir.is_dir() {
+                return Err(ExecError(format!(
+                    "cannot move {} to {}: {e}",
+                    dir.display(),
+                    final_dir.display()
+                )));
+            }
+            let _ = fs::remove_dir_all(dir);
         }
         Ok(Some(Layer {
             record,
