@@ -136,6 +136,7 @@ WORKDIR $APP_HOME
 COPY --from=build --chown=app:app --chmod=0750 /out/greeting ./greeting
 COPY --from=build /out/heredoc /out/shebang /srv/
 COPY files/ ./files/
+COPY --chmod=u+x,go-w files/a.txt /srv/a-sym
 ADD bundle.tar.gz /opt/
 COPY <<EOF /etc/motd
 motd for ${APP_HOME}
@@ -342,12 +343,13 @@ fn build_push_pull_and_run_with_docker() {
             "/opt/bundle/x.txt",
             "/etc/motd",
             "/srv/app",
+            "/srv/a-sym",
         ]),
         T,
     );
     assert_eq!(
         out,
-        "750 1000 1000 /srv/app/greeting\n644 0 0 /srv/app/files/a.txt\n755 0 0 /srv/app/files/b.sh\n640 33 33 /opt/bundle/x.txt\n644 0 0 /etc/motd\n755 0 0 /srv/app\n",
+        "750 1000 1000 /srv/app/greeting\n644 0 0 /srv/app/files/a.txt\n755 0 0 /srv/app/files/b.sh\n640 33 33 /opt/bundle/x.txt\n644 0 0 /etc/motd\n755 0 0 /srv/app\n744 0 0 /srv/a-sym\n",
         "modes and owners"
     );
     let out = run(

@@ -170,7 +170,7 @@ impl SourceRoot<'_> {
 /// Ownership and mode rules of one COPY.
 pub struct CopyRules {
     pub chown: Option<(u32, u32)>,
-    pub chmod: Option<u32>,
+    pub chmod: Option<Chmod>,
     pub preserve_owner: bool,
     pub clamp: Option<u64>,
 }
@@ -208,7 +208,9 @@ pub fn copy_one(src: &Path, dst: &Path, rules: &CopyRules) -> io::Result<()> {
             Err(_) => fs::create_dir(dst)?,
         }
         lchown(dst, uid, gid)?;
-        let mode = rules.chmod.unwrap_or(meta.mode() & 0o7777);
+        let mode = rules.chmod.as_ref().map_or(meta.mode() & 0o7777, |c| {
+            c.apply(meta.mode() & 0o7777, true)
+        });
         fs::set_permissions(dst, fs::Permissions::from_mode(mode))?;
     } else if ft.is_file() {
         if let Ok(m) = fs::symlink_metadata(dst) {
@@ -220,7 +222,9 @@ pub fn copy_one(src: &Path, dst: &Path, rules: &CopyRules) -> io::Result<()> {
         }
         fs::copy(src, dst)?;
         lchown(dst, uid, gid)?;
-        let mode = rules.chmod.unwrap_or(meta.mode() & 0o7777);
+        let mode = rules.chmod.as_ref().map_or(meta.mode() & 0o7777, |c| {
+            c.apply(meta.mode() & 0o7777, false)
+        });
         fs::set_permissions(dst, fs::Permissions::from_mode(mode))?;
     } else {
         // Devices, fifos and sockets (and overlay whiteouts) are not copied.
@@ -380,12 +384,88 @@ pub fn resolve_user(image: &Path, spec: &str) -> Result<(u32, u32, Vec<u32>), St
     Ok((uid, gid, extra))
 }
 
-/// `--chmod=0755` (octal; symbolic modes are not supported yet).
-pub fn parse_chmod(text: &str) -> Result<u32, String> {
-    u32::from_str_radix(text, 8)
-        .ok()
-        .filter(|m| *m <= 0o7777)
-        .ok_or_else(|| format!("--chmod={text}: give an octal mode such as 0755"))
+/// A `--chmod` value: an octal mode, or chmod(1)'s symbolic clauses
+/// (`u+x,go-w`, `a=rX`), applied to each copied file's own mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Chmod {
+    Octal(u32),
+    Symbolic(Vec<(u32, char, String)>),
+}
+
+impl Chmod {
+    /// The mode a file of mode `mode` gets (`dir`: X applies).
+    pub fn apply(&self, mode: u32, dir: bool) -> u32 {
+        let clauses = match self {
+            Chmod::Octal(m) => return *m,
+            Chmod::Symbolic(c) => c,
+        };
+        let mut mode = mode;
+        for (who, op, perms) in clauses {
+            let mut bits = 0;
+            for p in perms.chars() {
+                bits |= match p {
+                    'r' => 0o444,
+                    'w' => 0o222,
+                    'x' => 0o111,
+                    'X' if dir || mode & 0o111 != 0 => 0o111,
+                    's' => 0o6000,
+                    't' => 0o1000,
+                    _ => 0,
+                };
+            }
+            let mask = who
+                | if who & 0o700 != 0 { 0o4000 } else { 0 }
+                | if who & 0o070 != 0 { 0o2000 } else { 0 }
+                | if *who == 0o777 { 0o1000 } else { 0 };
+            let bits = bits & mask;
+            mode = match op {
+                '+' => mode | bits,
+                '-' => mode & !bits,
+                _ => (mode & !(who | (mask & 0o7000))) | bits,
+            };
+        }
+        mode
+    }
+}
+
+/// Parse `--chmod=0755` or `--chmod=u+x,g-w`.
+pub fn parse_chmod(text: &str) -> Result<Chmod, String> {
+    if let Ok(m) = u32::from_str_radix(text, 8) {
+        if m <= 0o7777 {
+            return Ok(Chmod::Octal(m));
+        }
+    }
+    let bad = || {
+        format!(
+            "--chmod={text}: give an octal mode such as 0755 or symbolic clauses such as u+x,go-w"
+        )
+    };
+    let mut clauses = Vec::new();
+    for clause in text.split(',') {
+        let at = clause.find(['+', '-', '=']).ok_or_else(bad)?;
+        let (who_text, rest) = clause.split_at(at);
+        let mut who = 0;
+        for c in who_text.chars() {
+            who |= match c {
+                'u' => 0o700,
+                'g' => 0o070,
+                'o' => 0o007,
+                'a' => 0o777,
+                _ => return Err(bad()),
+            };
+        }
+        if who == 0 {
+            who = 0o777;
+        }
+        let mut chars = rest.chars();
+        let op = chars.next().ok_or_else(bad)?;
+        let perms: String = chars.collect();
+        if !perms.chars().all(|c| "rwxXst".contains(c)) {
+            return Err(bad());
+        }
+        clauses.push((who, op, perms));
+    }
+    Ok(Chmod::Symbolic(clauses))
 }
 
 #[cfg(test)]
@@ -419,8 +499,16 @@ mod tests {
         assert!(resolve_user(tmp.path(), "nobody")
             .unwrap_err()
             .contains("unable to find user nobody"));
-        assert_eq!(parse_chmod("0640").unwrap(), 0o640);
-        assert!(parse_chmod("u+x").is_err());
+        assert_eq!(parse_chmod("0640").unwrap(), Chmod::Octal(0o640));
+        let c = parse_chmod("u+x,go-w").unwrap();
+        assert_eq!(c.apply(0o666, false), 0o744);
+        assert_eq!(parse_chmod("a=rX").unwrap().apply(0o640, false), 0o444);
+        assert_eq!(parse_chmod("a=rX").unwrap().apply(0o700, true), 0o555);
+        assert_eq!(parse_chmod("+x").unwrap().apply(0o644, false), 0o755);
+        assert_eq!(parse_chmod("g=").unwrap().apply(0o775, false), 0o705);
+        assert!(parse_chmod("u+q").is_err());
+        assert!(parse_chmod("z+x").is_err());
+        assert!(parse_chmod("99999").is_err());
     }
 
     #[test]

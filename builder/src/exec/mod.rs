@@ -1374,7 +1374,7 @@ impl<'a> Executor<'a> {
         let default_time = clamp.unwrap_or(0) as i64;
         let rules = CopyRules {
             chown: owner,
-            chmod: mode,
+            chmod: mode.clone(),
             preserve_owner: !root.is_context,
             clamp,
         };
@@ -1434,8 +1434,8 @@ impl<'a> Executor<'a> {
                 let (uid, gid) = owner.unwrap_or((0, 0));
                 std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).map_err(io_fail)?;
                 use std::os::unix::fs::PermissionsExt;
-                fs::set_permissions(&path, fs::Permissions::from_mode(mode.unwrap_or(0o600)))
-                    .map_err(io_fail)?;
+                let m = mode.as_ref().map_or(0o600, |c| c.apply(0o600, false));
+                fs::set_permissions(&path, fs::Permissions::from_mode(m)).map_err(io_fail)?;
                 let ft = filetime::FileTime::from_unix_time(default_time, 0);
                 filetime::set_file_times(&path, ft, ft).map_err(io_fail)?;
                 continue;
@@ -1517,8 +1517,8 @@ impl<'a> Executor<'a> {
             let (uid, gid) = owner.unwrap_or((0, 0));
             std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).map_err(io_fail)?;
             use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(&path, fs::Permissions::from_mode(mode.unwrap_or(0o644)))
-                .map_err(io_fail)?;
+            let m = mode.as_ref().map_or(0o644, |c| c.apply(0o644, false));
+            fs::set_permissions(&path, fs::Permissions::from_mode(m)).map_err(io_fail)?;
             let ft = filetime::FileTime::from_unix_time(default_time, 0);
             filetime::set_file_times(&path, ft, ft).map_err(io_fail)?;
         }
