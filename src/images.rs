@@ -30,11 +30,11 @@ pub struct ClientArgs {
         env = "BERTH_INSECURE_REGISTRIES",
         value_delimiter = ','
     )]
-    insecure: Vec<String>,
+    pub(crate) insecure: Vec<String>,
     /// Extra CA certificate(s) (PEM) to trust, besides the system's and
     /// /etc/docker/certs.d/HOST/*.crt
     #[arg(long, value_name = "FILE")]
-    ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     /// USER:PASSWORD to use instead of the stored login
     #[arg(
         long,
@@ -42,16 +42,16 @@ pub struct ClientArgs {
         env = "BERTH_CREDS",
         hide_env_values = true
     )]
-    creds: Option<String>,
+    pub(crate) creds: Option<String>,
     /// Berth's local image store (where `pull` puts images, `push` takes them from)
     #[arg(long, value_name = "DIR", env = "BERTH_STORE")]
-    store: Option<PathBuf>,
+    pub(crate) store: Option<PathBuf>,
     /// No progress output
     #[arg(long, short)]
-    quiet: bool,
+    pub(crate) quiet: bool,
     /// Print the result as JSON on stdout (no progress)
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// Options of commands that move images.
@@ -60,18 +60,18 @@ pub struct TransferArgs {
     /// From a multi-platform image, take the one for OS/ARCH[/VARIANT]
     /// [default: this machine's]
     #[arg(long, value_name = "OS/ARCH")]
-    platform: Option<String>,
+    pub(crate) platform: Option<String>,
     /// Copy every platform of a multi-platform image, and the index itself
     #[arg(long, conflicts_with = "platform")]
-    all: bool,
+    pub(crate) all: bool,
     /// Blobs transferred at once
     #[arg(long, short = 'j', default_value_t = 4)]
-    jobs: usize,
+    pub(crate) jobs: usize,
     /// Keep Docker manifests as they are when writing to oci:DIR (by default
     /// they get OCI media types, so OCI tools can read the layout; that
     /// changes the manifest digest, not the blobs)
     #[arg(long)]
-    preserve_digests: bool,
+    pub(crate) preserve_digests: bool,
 }
 
 #[derive(Parser, Debug)]
@@ -199,16 +199,16 @@ pub struct LogoutArgs {
     registry: Option<String>,
 }
 
-struct Session {
-    client: Client,
-    store: PathBuf,
-    progress: CliProgress,
-    json: bool,
-    runtime: tokio::runtime::Runtime,
+pub(crate) struct Session {
+    pub(crate) client: Client,
+    pub(crate) store: PathBuf,
+    pub(crate) progress: CliProgress,
+    pub(crate) json: bool,
+    pub(crate) runtime: tokio::runtime::Runtime,
 }
 
 impl Session {
-    fn new(args: &ClientArgs) -> Result<Session> {
+    pub(crate) fn new(args: &ClientArgs) -> Result<Session> {
         let mut config = ClientConfig {
             insecure_registries: args
                 .insecure
@@ -237,7 +237,12 @@ impl Session {
         })
     }
 
-    fn copy(&self, src: &Location, dst: &Location, transfer: &TransferArgs) -> Result<CopyReport> {
+    pub(crate) fn copy(
+        &self,
+        src: &Location,
+        dst: &Location,
+        transfer: &TransferArgs,
+    ) -> Result<CopyReport> {
         let mut options = copy_options(transfer)?;
         options.oci_media_types = matches!(dst, Location::Oci { .. }) && !transfer.preserve_digests;
         self.runtime
@@ -258,7 +263,7 @@ impl Session {
             .map_err(anyhow::Error::from)
     }
 
-    fn report(&self, dst: &Location, report: &CopyReport) {
+    pub(crate) fn report(&self, dst: &Location, report: &CopyReport) {
         if self.json {
             let mut value = serde_json::to_value(report).unwrap_or_default();
             value["destination"] = dst.to_string().into();

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
 mod access;
+mod build;
 mod config;
 mod images;
 mod progress;
@@ -54,6 +55,8 @@ enum Command {
     Login(images::LoginArgs),
     /// Forget the credentials for a registry.
     Logout(images::LogoutArgs),
+    /// Build an image from a Dockerfile (runc + overlayfs, no daemon); --dry-run prints the plan
+    Build(build::BuildArgs),
 }
 
 /// How to reach S3 when the storage is `s3://BUCKET/PREFIX` (serve and gc share them).
@@ -171,6 +174,7 @@ fn main() -> ExitCode {
         Command::Rm(args) => images::rm(args),
         Command::Login(args) => images::login(args),
         Command::Logout(args) => images::logout(args),
+        Command::Build(args) => build::build(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -92,6 +92,36 @@ pub struct ContainerConfig {
     pub stop_signal: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub on_build: Vec<String>,
+    /// Docker's `Healthcheck` (OCI tools ignore it; Docker and podman honour it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<HealthConfig>,
+    /// Docker's `Shell` (the SHELL instruction), used by shell-form
+    /// instructions of builds FROM this image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<Vec<String>>,
+}
+
+/// Docker's `Healthcheck` config: `Test` is `["NONE"]`, `["CMD", argv...]`
+/// or `["CMD-SHELL", text]`; durations in nanoseconds, 0 for the default.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HealthConfig {
+    #[serde(default)]
+    pub test: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub interval: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub timeout: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub start_period: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub start_interval: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retries: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The `{}` values of `ExposedPorts` and `Volumes`.
@@ -609,12 +639,16 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-struct LayerOut {
-    tmp: tempfile::TempPath,
-    digest: Digest,
-    size: u64,
-    diff_id: Digest,
-    uncompressed_size: u64,
+/// A gzip layer blob written to a temporary file beside the blobs of a
+/// layout, not yet renamed to its digest (see [`OciLayout::persist`]).
+pub struct LayerOut {
+    pub tmp: tempfile::TempPath,
+    /// sha256 of the compressed bytes (the blob digest).
+    pub digest: Digest,
+    pub size: u64,
+    /// sha256 of the uncompressed tar.
+    pub diff_id: Digest,
+    pub uncompressed_size: u64,
 }
 
 /// Check that `input` is a tar (plain or gzip) and return a reader of the
@@ -656,7 +690,7 @@ fn open_tar(mut input: Box<dyn Read + Send>, name: &str) -> Result<Box<dyn Read 
 /// thread, compressing on this one: on two cores that overlaps the two
 /// halves of the work. The channel between them holds a few chunks, so
 /// memory stays bounded whatever the input's size.
-fn write_layer(
+pub fn write_layer(
     tar: Box<dyn Read + Send>,
     name: &str,
     blobs_dir: &Path,

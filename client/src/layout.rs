@@ -399,7 +399,7 @@ impl OciLayout {
     }
 
     /// Move a finished temporary file to its blob path.
-    pub(crate) async fn persist(&self, tmp: tempfile::TempPath, path: &Path) -> Result<()> {
+    pub async fn persist(&self, tmp: tempfile::TempPath, path: &Path) -> Result<()> {
         if let Some(parent) = path.parent() {
             tokio::fs::create_dir_all(parent)
                 .await

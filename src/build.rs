@@ -1,0 +1,329 @@
+//! `berth build`: read the context, Dockerfile and .dockerignore, print
+//! the plan (`--dry-run`) or execute it with `berth_builder::exec`, then
+//! write the image where `-t`, `--push` and `--output` say. Reading files
+//! and printing live here; the Dockerfile logic is in `berth-builder`.
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use berth_builder::exec::{BuildOptions, Executor};
+use berth_builder::{DockerIgnore, PlanOptions};
+use berth_client::location::{default_store_dir, Location};
+use clap::Parser;
+use serde_json::json;
+
+use crate::images::{ClientArgs, Session, TransferArgs};
+
+#[derive(Parser, Debug)]
+pub struct BuildArgs {
+    /// The build context: a directory
+    context: PathBuf,
+    /// The Dockerfile [default: CONTEXT/Dockerfile]; `-` reads it from stdin
+    #[arg(long, short = 'f', value_name = "FILE")]
+    file: Option<String>,
+    /// Value for an ARG; NAME alone takes the value from the environment
+    /// (skipped when unset), as `docker build` does; repeatable
+    #[arg(long = "build-arg", value_name = "NAME[=VALUE]")]
+    build_args: Vec<String>,
+    /// Build this stage (FROM ... AS NAME) instead of the last one
+    #[arg(long, value_name = "STAGE")]
+    target: Option<String>,
+    /// Build for OS/ARCH[/VARIANT] [default: this machine's]
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    platform: Option<String>,
+    /// Print the plan (stages, steps, cache keys) and stop; nothing runs
+    #[arg(long)]
+    dry_run: bool,
+    /// Name the image (REPOSITORY[:TAG]) in the local store; with --push,
+    /// also push it there; repeatable
+    #[arg(long = "tag", short = 't', value_name = "REF")]
+    tags: Vec<String>,
+    /// Push the image to the registry each -t names
+    #[arg(long)]
+    push: bool,
+    /// Also write the image to oci:DIR[:TAG] or docker-archive:FILE[:REF]; repeatable
+    #[arg(long, short = 'o', value_name = "DEST")]
+    output: Vec<String>,
+    /// Build every step again instead of reusing cached layers
+    #[arg(long)]
+    no_cache: bool,
+    /// Read a layer cache pushed by an earlier `--cache-to` (registry
+    /// reference); repeatable; a missing one is only a warning
+    #[arg(long, value_name = "REF")]
+    cache_from: Vec<String>,
+    /// Push this build's layer cache (keys and layers) to a registry reference
+    #[arg(long, value_name = "REF")]
+    cache_to: Option<String>,
+    /// The build cache (base images, layers, keys) [default: beside the local store]
+    #[arg(long, value_name = "DIR", env = "BERTH_BUILD_CACHE")]
+    cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+pub fn build(args: BuildArgs) -> Result<()> {
+    if !args.context.is_dir() {
+        bail!(
+            "the build context {} is not a directory: give the folder with your sources, e.g. `berth build --dry-run .`",
+            args.context.display()
+        );
+    }
+    let (dockerfile_name, text) = read_dockerfile(&args)?;
+    let ignore = read_dockerignore(&args, &dockerfile_name)?;
+
+    if let Some(platform) = &args.platform {
+        if platform.contains(',') {
+            bail!("--platform {platform}: one platform at a time for now (multi-platform builds are not implemented yet)");
+        }
+    }
+    let options = PlanOptions {
+        build_args: build_args(&args.build_args)?,
+        target: args.target.clone(),
+        target_platform: args.platform.clone(),
+        build_platform: None,
+        base_images: BTreeMap::new(),
+    };
+    let plan = berth_builder::plan(&text, &options)
+        .map_err(|e| anyhow::anyhow!("{}", e.in_file(&dockerfile_name)))?;
+
+    if !args.dry_run {
+        // Everything above is checked first, so a broken Dockerfile gets
+        // its real error before anything is pulled or run.
+        return execute(
+            &args,
+            dockerfile_name,
+            text,
+            ignore.map(|(_, r)| r),
+            options,
+        );
+    }
+    if args.client.json {
+        let mut value = serde_json::to_value(&plan)?;
+        value["dockerfile"] = dockerfile_name.clone().into();
+        value["dockerignore"] = match &ignore {
+            Some((path, rules)) => serde_json::json!({
+                "file": path.display().to_string(),
+                "rules": rules.rules(),
+            }),
+            None => serde_json::Value::Null,
+        };
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!("dockerfile: {dockerfile_name}");
+        match &ignore {
+            Some((path, rules)) => println!(
+                "context: {} ({} rules from {})",
+                args.context.display(),
+                rules.rules().len(),
+                path.display()
+            ),
+            None => println!("context: {} (no .dockerignore)", args.context.display()),
+        }
+        print!("{plan}");
+    }
+    Ok(())
+}
+
+fn execute(
+    args: &BuildArgs,
+    dockerfile_name: String,
+    text: String,
+    ignore: Option<DockerIgnore>,
+    plan_options: PlanOptions,
+) -> Result<()> {
+    if args.push && args.tags.is_empty() {
+        bail!("--push needs a name to push to: add -t REGISTRY/NAME[:TAG]");
+    }
+    let mut destinations = Vec::new();
+    for t in &args.tags {
+        let reference = berth_client::ImageRef::parse(t)
+            .with_context(|| format!("-t {t}: not an image reference"))?;
+        destinations.push(Location::Local(reference.clone()));
+        if args.push {
+            destinations.push(Location::Registry(reference));
+        }
+    }
+    for o in &args.output {
+        let location = Location::parse(o)?;
+        if !matches!(
+            location,
+            Location::Oci { .. } | Location::DockerArchive { .. }
+        ) {
+            bail!("--output {o}: write oci:DIR[:TAG] or docker-archive:FILE[:REF] (use -t and --push for registries)");
+        }
+        destinations.push(location);
+    }
+    let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.trim().is_empty() => Some(v.trim().parse::<u64>().with_context(|| {
+            format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds since 1970")
+        })?),
+        _ => None,
+    };
+    let session = Session::new(&args.client)?;
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(|| {
+        let store = args.client.store.clone().unwrap_or_else(default_store_dir);
+        store
+            .parent()
+            .map(|p| p.join("build-cache"))
+            .unwrap_or_else(|| PathBuf::from("build-cache"))
+    });
+    let options = BuildOptions {
+        context: args.context.clone(),
+        dockerfile_name,
+        dockerfile_text: text,
+        ignore,
+        plan_options,
+        cache_dir,
+        no_cache: args.no_cache,
+        source_date_epoch,
+        cache_from: args.cache_from.clone(),
+        cache_to: args.cache_to.clone(),
+    };
+    let progress = |line: &str| session.progress.line(line);
+    let handle = session.runtime.handle().clone();
+    let started = std::time::Instant::now();
+    let built = Executor::new(&options, &session.client, &handle, &progress)
+        .and_then(|e| e.build())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    session.progress.line(&format!(
+        "built {} in {:.2}s: {} layer steps, {} cached",
+        built.manifest.digest,
+        started.elapsed().as_secs_f64(),
+        built.steps,
+        built.cached
+    ));
+    let source = Location::Oci {
+        dir: built.layout.clone(),
+        tag: Some(built.tag.clone()),
+    };
+    let transfer = TransferArgs {
+        platform: None,
+        all: false,
+        jobs: 4,
+        preserve_digests: true,
+    };
+    let mut written = Vec::new();
+    for dst in &destinations {
+        let report = session.copy(&source, dst, &transfer)?;
+        session.progress.line(&format!("wrote {dst}"));
+        written.push(json!({"destination": dst.to_string(), "digest": report.digest.to_string()}));
+    }
+    if session.json {
+        println!(
+            "{}",
+            json!({
+                "digest": built.manifest.digest.to_string(),
+                "config": built.config.digest.to_string(),
+                "steps": built.steps,
+                "cached": built.cached,
+                "isolation": built.isolation,
+                "outputs": written,
+            })
+        );
+    } else {
+        println!("{}", built.manifest.digest);
+    }
+    Ok(())
+}
+
+/// The Dockerfile's display name and text.
+fn read_dockerfile(args: &BuildArgs) -> Result<(String, String)> {
+    match args.file.as_deref() {
+        Some("-") => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("cannot read the Dockerfile from stdin")?;
+            Ok(("Dockerfile".into(), text))
+        }
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the Dockerfile {file} (given with -f)"))?;
+            Ok((file.to_string(), text))
+        }
+        None => {
+            let path = args.context.join("Dockerfile");
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "cannot read {}: put a Dockerfile in the context or name one with -f",
+                    path.display()
+                )
+            })?;
+            Ok((path.display().to_string(), text))
+        }
+    }
+}
+
+/// `FILE.dockerignore` beside a `-f FILE` wins over the context's
+/// `.dockerignore`, as in BuildKit.
+fn read_dockerignore(
+    args: &BuildArgs,
+    dockerfile_name: &str,
+) -> Result<Option<(PathBuf, DockerIgnore)>> {
+    let mut candidates = Vec::new();
+    if args.file.as_deref().is_some_and(|f| f != "-") {
+        candidates.push(PathBuf::from(format!("{dockerfile_name}.dockerignore")));
+    }
+    candidates.push(args.context.join(".dockerignore"));
+    for path in candidates {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let rules = DockerIgnore::parse(&text)
+                    .map_err(|e| anyhow::anyhow!("{}", e.in_file(&display(&path))))?;
+                return Ok(Some((path, rules)));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+    Ok(None)
+}
+
+fn display(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// `NAME=VALUE`, or `NAME` for the environment's value (left out when the
+/// environment has none, as `docker build` does).
+fn build_args(raw: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut args = BTreeMap::new();
+    for arg in raw {
+        let (name, value) = match arg.split_once('=') {
+            Some((name, value)) => (name, Some(value.to_string())),
+            None => (arg.as_str(), std::env::var(arg).ok()),
+        };
+        if name.is_empty() {
+            bail!("--build-arg {arg:?}: the name is empty; write --build-arg NAME=VALUE");
+        }
+        if let Some(value) = value {
+            args.insert(name.to_string(), value);
+        }
+    }
+    Ok(args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_args_take_values_or_the_environment() {
+        std::env::set_var("BERTH_TEST_BUILD_ARG", "from-env");
+        let args = build_args(&[
+            "A=1".into(),
+            "B=".into(),
+            "C=x=y".into(),
+            "BERTH_TEST_BUILD_ARG".into(),
+            "BERTH_TEST_UNSET_ARG".into(),
+        ])
+        .unwrap();
+        assert_eq!(args["A"], "1");
+        assert_eq!(args["B"], "");
+        assert_eq!(args["C"], "x=y");
+        assert_eq!(args["BERTH_TEST_BUILD_ARG"], "from-env");
+        assert!(!args.contains_key("BERTH_TEST_UNSET_ARG"));
+        assert!(build_args(&["=x".into()]).is_err());
+    }
+}

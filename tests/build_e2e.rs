@@ -1,0 +1,841 @@
+//! `berth build` end to end with real parts: a busybox-static rootfs imported with
+//! `berth import` and pushed to `berth serve` on 127.0.0.1 is the base image; Dockerfiles
+//! exercising multi-stage builds, ARG, RUN (exec, shell, heredoc), COPY --from/--chown/--chmod,
+//! ADD of a tar, COPY heredocs, ENV expansion, WORKDIR, USER and the config instructions are
+//! built by `berth build` (runc + overlayfs), pushed, pulled by `docker pull` and run by
+//! `docker run --network none`, checking output, `docker inspect` config, and file modes and
+//! owners. Also: a rebuild is fully cached with the same digest, SOURCE_DATE_EPOCH makes
+//! --no-cache rebuilds identical, and a failing RUN names its line and exit code and leaves
+//! no mount behind.
+//!
+//! Needs root (overlay mounts) and runc; with `CI=true` their absence fails the test.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(300);
+
+/// Removes the docker images a test pulled, also when it panics.
+struct DockerImages<'a> {
+    cli: &'a BerthCli,
+    images: Vec<String>,
+}
+
+impl Drop for DockerImages<'_> {
+    fn drop(&mut self) {
+        for image in self.images.iter().rev() {
+            let _ = run(self.cli.docker(["rmi", "-f", image]), T);
+        }
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// runc and root, or a skip (a failure in CI).
+fn can_build() -> bool {
+    if !require_tool("runc") {
+        return false;
+    }
+    if !is_root() {
+        if in_ci() {
+            panic!("CI=true but the tests do not run as root: berth build needs root for overlay mounts");
+        }
+        eprintln!("SKIP: berth build needs root (overlay mounts)");
+        return false;
+    }
+    true
+}
+
+/// A registry with the busybox base image at `base`.
+struct Setup {
+    server: Server,
+    cli: BerthCli,
+    base: String,
+}
+
+fn setup() -> Setup {
+    let server = Server::start();
+    let cli = BerthCli::new();
+    let rootfs = cli.path("rootfs.tar");
+    write_busybox_rootfs(&rootfs, false);
+    let base = format!("{}/base/busybox:1", server.host());
+    run_ok(
+        cli.cmd([
+            "import",
+            "--change",
+            "ENV PATH=/bin",
+            "--change",
+            "CMD [\"/bin/sh\"]",
+        ])
+        .arg(&rootfs)
+        .arg(&base),
+        T,
+    );
+    Setup { server, cli, base }
+}
+
+fn build_cmd(cli: &BerthCli, context: &Path, args: &[&str]) -> Command {
+    let mut c = cli.cmd(["build"]);
+    c.args(args).arg(context).env_remove("SOURCE_DATE_EPOCH");
+    c
+}
+
+/// `berth build --json ...`: the result.
+fn build_json(cli: &BerthCli, context: &Path, args: &[&str]) -> (Value, String) {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = run(build_cmd(cli, context, &all), T);
+    assert!(
+        out.status.success(),
+        "berth build failed:\n{}",
+        out.describe()
+    );
+    (parse_json(&out.stdout, "berth build --json"), out.stderr)
+}
+
+fn write(path: &Path, content: &str, mode: u32) {
+    if let Some(p) = path.parent() {
+        fs::create_dir_all(p).unwrap();
+    }
+    fs::write(path, content).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+const APP: &str = r#"# syntax=docker/dockerfile:1
+ARG BASE
+FROM ${BASE} AS build
+ARG GREETING=hello
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+RUN mkdir -p /out && echo "$GREETING from build" > /out/greeting
+RUN <<EOF
+set -e
+echo heredoc-line-1 > /out/heredoc
+echo "greeting=$GREETING" >> /out/heredoc
+EOF
+RUN <<EOF
+#!/bin/busybox sh
+echo "shebang script as $0" > /out/shebang
+EOF
+
+FROM ${BASE}
+ENV APP_HOME=/srv/app
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+RUN echo "app:x:1000:1000::/home/app:/bin/sh" >> /etc/passwd && echo "app:x:1000:" >> /etc/group
+WORKDIR $APP_HOME
+COPY --from=build --chown=app:app --chmod=0750 /out/greeting ./greeting
+COPY --from=build /out/heredoc /out/shebang /srv/
+COPY files/ ./files/
+COPY --chmod=u+x,go-w files/a.txt /srv/a-sym
+ADD bundle.tar.gz /opt/
+COPY <<EOF /etc/motd
+motd for ${APP_HOME}
+EOF
+RUN ls /srv/app/files | tr '\n' ' ' > /srv/listing
+USER app
+EXPOSE 8080 53/udp
+LABEL org.example.name="berth e2e" version=1
+VOLUME /data
+HEALTHCHECK --interval=30s --timeout=5s CMD ["/bin/true"]
+STOPSIGNAL SIGQUIT
+ENTRYPOINT ["/bin/sh", "-c"]
+CMD ["cat /srv/app/greeting /srv/heredoc /srv/shebang /etc/motd /srv/listing; echo; id -u; pwd; ls /opt/bundle"]
+"#;
+
+fn app_context(dir: &Path) {
+    write(&dir.join("Dockerfile"), APP, 0o644);
+    write(&dir.join("files/a.txt"), "a\n", 0o644);
+    write(&dir.join("files/b.sh"), "#!/bin/sh\n", 0o755);
+    write(&dir.join("files/secret.key"), "do not ship\n", 0o600);
+    write(&dir.join(".dockerignore"), "files/*.key\n", 0o644);
+    // bundle.tar.gz: bundle/x.txt, made with the tar crate.
+    let file = fs::File::create(dir.join("bundle.tar.gz")).unwrap();
+    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o640);
+    h.set_uid(33);
+    h.set_gid(33);
+    h.set_size(6);
+    h.set_mtime(1_700_000_000);
+    tar.append_data(&mut h, "bundle/x.txt", &b"in tar"[..])
+        .unwrap();
+    tar.into_inner().unwrap().finish().unwrap();
+}
+
+#[test]
+fn build_push_pull_and_run_with_docker() {
+    if !can_build() {
+        return;
+    }
+    let s = setup();
+    let context = s.cli.path("app");
+    app_context(&context);
+    let image = format!("{}/e2e/app:1", s.server.host());
+    let base_arg = format!("BASE={}", s.base);
+    let (result, stderr) = build_json(
+        &s.cli,
+        &context,
+        &["--build-arg", &base_arg, "-t", &image, "--push"],
+    );
+    let digest = result["digest"].as_str().unwrap().to_string();
+    assert!(digest.starts_with("sha256:"), "{result}");
+    assert_eq!(
+        result["cached"], 0,
+        "a first build caches nothing: {result}"
+    );
+    assert!(
+        result["outputs"]
+            .as_array()
+            .is_some_and(|o| o.iter().any(|o| o["destination"] == image.as_str())),
+        "{result}\n{stderr}"
+    );
+
+    // The image is in the local store too.
+    let inspected = parse_json(
+        &run_ok(
+            s.cli.cmd(["inspect", "--json", &format!("local:{image}")]),
+            T,
+        ),
+        "inspect",
+    );
+    assert_eq!(inspected["digest"], digest.as_str());
+
+    // A second build with nothing changed: every step cached, the same image.
+    let (again, stderr) = build_json(&s.cli, &context, &["--build-arg", &base_arg]);
+    assert_eq!(again["digest"], digest.as_str(), "rebuild digest\n{stderr}");
+    assert_eq!(
+        again["cached"], again["steps"],
+        "every step cached: {again}"
+    );
+
+    // A changed context file rebuilds from its COPY on, not before.
+    write(&context.join("files/a.txt"), "changed\n", 0o644);
+    let (changed, _) = build_json(&s.cli, &context, &["--build-arg", &base_arg]);
+    assert_ne!(changed["digest"], digest.as_str());
+    let cached = changed["cached"].as_u64().unwrap();
+    assert!(
+        cached >= 7 && cached < changed["steps"].as_u64().unwrap(),
+        "{changed}"
+    );
+    write(&context.join("files/a.txt"), "a\n", 0o644);
+
+    let expected = "hello from build\nheredoc-line-1\ngreeting=hello\nshebang script as /dev/.berth-heredoc\nmotd for /srv/app\na.txt b.sh \n1000\n/srv/app\nx.txt\n";
+
+    // podman (optional: not installed by scripts/test.sh) runs it too.
+    if which("podman").is_some() {
+        let root = s.cli.path("podman-root");
+        let runroot = s.cli.path("podman-run");
+        let podman = |args: &[&str]| {
+            let mut c = Command::new("podman");
+            c.arg("--root")
+                .arg(&root)
+                .arg("--runroot")
+                .arg(&runroot)
+                .args(["--runtime", "runc", "--storage-driver", "vfs"])
+                .args(args);
+            c
+        };
+        run_ok(podman(&["pull", "-q", "--tls-verify=false", &image]), T);
+        let out = run_ok(
+            podman(&[
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--ulimit",
+                "nofile=20000:20000",
+                "--ulimit",
+                "nproc=32768:32768",
+                &image,
+            ]),
+            T,
+        );
+        assert_eq!(out, expected, "podman run output");
+        let _ = run(podman(&["rmi", "-af"]), T);
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    if !require_tool("docker") {
+        return;
+    }
+    let _cleanup = DockerImages {
+        cli: &s.cli,
+        images: vec![image.clone()],
+    };
+    run_ok(s.cli.docker(["pull", &image]), T);
+    let out = run_ok(
+        s.cli.docker(["run", "--rm", "--network", "none", &image]),
+        T,
+    );
+    assert_eq!(out, expected, "docker run output");
+
+    let inspect = parse_json(
+        &run_ok(s.cli.docker(["image", "inspect", &image]), T),
+        "docker inspect",
+    );
+    let c = &inspect[0]["Config"];
+    assert_eq!(c["User"], "app");
+    assert_eq!(c["WorkingDir"], "/srv/app");
+    assert!(
+        c["Env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == "APP_HOME=/srv/app"),
+        "{c}"
+    );
+    assert!(
+        c["Env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == "PATH=/bin"),
+        "base ENV kept: {c}"
+    );
+    assert_eq!(c["Entrypoint"], serde_json::json!(["/bin/sh", "-c"]));
+    assert_eq!(
+        c["Cmd"][0].as_str().unwrap().split(';').next(),
+        Some("cat /srv/app/greeting /srv/heredoc /srv/shebang /etc/motd /srv/listing")
+    );
+    assert_eq!(
+        c["ExposedPorts"],
+        serde_json::json!({"53/udp": {}, "8080/tcp": {}})
+    );
+    assert_eq!(c["Labels"]["org.example.name"], "berth e2e");
+    assert_eq!(c["Labels"]["version"], "1");
+    assert_eq!(c["Volumes"], serde_json::json!({"/data": {}}));
+    assert_eq!(c["StopSignal"], "SIGQUIT");
+    assert_eq!(
+        c["Healthcheck"]["Test"],
+        serde_json::json!(["CMD", "/bin/true"])
+    );
+    assert_eq!(c["Healthcheck"]["Interval"], 30_000_000_000u64);
+    assert_eq!(c["Healthcheck"]["Timeout"], 5_000_000_000u64);
+
+    // Modes and owners, as stat sees them in the container.
+    let out = run_ok(
+        s.cli.docker([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--user",
+            "0",
+            "--entrypoint",
+            "/bin/stat",
+            &image,
+            "-c",
+            "%a %u %g %n",
+            "/srv/app/greeting",
+            "/srv/app/files/a.txt",
+            "/srv/app/files/b.sh",
+            "/opt/bundle/x.txt",
+            "/etc/motd",
+            "/srv/app",
+            "/srv/a-sym",
+        ]),
+        T,
+    );
+    assert_eq!(
+        out,
+        "750 1000 1000 /srv/app/greeting\n644 0 0 /srv/app/files/a.txt\n755 0 0 /srv/app/files/b.sh\n640 33 33 /opt/bundle/x.txt\n644 0 0 /etc/motd\n755 0 0 /srv/app\n744 0 0 /srv/a-sym\n",
+        "modes and owners"
+    );
+    let out = run(
+        s.cli.docker([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "/bin/ls",
+            &image,
+            "/srv/app/files/secret.key",
+        ]),
+        T,
+    );
+    assert!(
+        !out.status.success(),
+        ".dockerignore'd file is in the image: {}",
+        out.describe()
+    );
+}
+
+#[test]
+fn source_date_epoch_makes_no_cache_builds_identical() {
+    if !can_build() {
+        return;
+    }
+    let s = setup();
+    let context = s.cli.path("repro");
+    write(
+        &context.join("Dockerfile"),
+        &format!(
+            "FROM {}\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN mkdir /made && echo made > /made/file && rm /etc/passwd\nCOPY f /f\nRUN echo more >> /f && chmod 600 /f\n",
+            s.base
+        ),
+        0o644,
+    );
+    write(&context.join("f"), "f\n", 0o644);
+    let digest = |extra: &[&str]| {
+        let mut c = build_cmd(
+            &s.cli,
+            &context,
+            &[&["--json", "--no-cache"], extra].concat(),
+        );
+        c.env("SOURCE_DATE_EPOCH", "1700000000");
+        let out = run(c, T);
+        assert!(out.status.success(), "{}", out.describe());
+        parse_json(&out.stdout, "build")["digest"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let first = digest(&[]);
+    let second = digest(&[]);
+    assert_eq!(
+        first, second,
+        "--no-cache builds with SOURCE_DATE_EPOCH differ"
+    );
+    // Written to an OCI layout, the image is the same.
+    let layout = s.cli.path("layout");
+    let out_arg = format!("oci:{}:repro", layout.display());
+    assert_eq!(digest(&["--output", &out_arg]), first);
+    assert!(layout.join("index.json").is_file());
+    // The chroot fallback (copied tree, scan-based diff) finds the same
+    // changes as the overlay upper directory: the same image.
+    let out = {
+        let mut c = build_cmd(&s.cli, &context, &["--json", "--no-cache"]);
+        c.env("SOURCE_DATE_EPOCH", "1700000000")
+            .env("BERTH_BUILD_ISOLATION", "chroot");
+        run(c, T)
+    };
+    assert!(out.status.success(), "{}", out.describe());
+    let result = parse_json(&out.stdout, "build");
+    assert_eq!(result["isolation"], "chroot");
+    assert_eq!(
+        result["digest"],
+        first.as_str(),
+        "chroot fallback differs from runc"
+    );
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let d = dir.display().to_string();
+    mounts
+        .lines()
+        .filter(|l| l.contains(&d))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_failing_run_names_its_line_and_leaves_nothing_mounted() {
+    if !can_build() {
+        return;
+    }
+    let s = setup();
+    let context = s.cli.path("fail");
+    write(
+        &context.join("Dockerfile"),
+        &format!(
+            "FROM {}\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\nRUN echo about to fail && exit 3\nRUN echo never\n",
+            s.base
+        ),
+        0o644,
+    );
+    let out = run(build_cmd(&s.cli, &context, &[]), T);
+    assert!(!out.status.success(), "{}", out.describe());
+    assert!(
+        out.stderr.contains("Dockerfile:4: RUN:") && out.stderr.contains("exit code: 3"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains("about to fail"),
+        "the step's output is shown: {}",
+        out.describe()
+    );
+    assert!(!out.stderr.contains("never"), "{}", out.describe());
+    let cache: PathBuf = s.cli.store().parent().unwrap().join("build-cache");
+    assert!(
+        mounts_under(&cache).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(&cache)
+    );
+    let leftovers: Vec<_> = fs::read_dir(cache.join("run")).unwrap().collect();
+    assert!(leftovers.is_empty(), "run directories left: {leftovers:?}");
+
+    // RUN for another platform is refused (no emulation), naming the line.
+    let out = run(
+        build_cmd(&s.cli, &context, &["--platform", "linux/arm64"]),
+        T,
+    );
+    assert!(
+        !out.status.success()
+            && out.stderr.contains("Dockerfile:2: RUN:")
+            && out.stderr.contains("no emulation"),
+        "{}",
+        out.describe()
+    );
+
+    // A missing COPY source names the line too.
+    write(
+        &context.join("Dockerfile"),
+        &format!("FROM {}\nCOPY nope /x\n", s.base),
+        0o644,
+    );
+    let out = run(build_cmd(&s.cli, &context, &[]), T);
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("Dockerfile:2: COPY:") && out.stderr.contains("not found"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn add_url_network_none_and_docker_archive_output() {
+    if !can_build() {
+        return;
+    }
+    let s = setup();
+    // A blob of the base image, served by berth serve on 127.0.0.1, is the URL.
+    let inspected = parse_json(
+        &run_ok(s.cli.cmd(["inspect", "--json", &s.base]), T),
+        "inspect",
+    );
+    let layer = inspected["manifest"]["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let url = format!("http://{}/v2/base/busybox/blobs/{layer}", s.server.host());
+    let context = s.cli.path("url");
+    write(
+        &context.join("Dockerfile"),
+        &format!(
+            "FROM {}\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nADD --checksum={layer} {url} /blob.tgz\nRUN --network=none grep -c : /proc/net/dev > /netcount\nRUN grep -c : /proc/net/dev > /hostcount\nCMD [\"/bin/sh\", \"-c\", \"cat /netcount; sha256sum /blob.tgz | cut -c1-12\"]\n",
+            s.base
+        ),
+        0o644,
+    );
+    let archive = s.cli.path("image.tar");
+    let name = "berth-e2e/url:1";
+    let out_arg = format!("docker-archive:{}:{name}", archive.display());
+    let (result, stderr) = build_json(&s.cli, &context, &["--output", &out_arg]);
+    assert!(result["digest"].as_str().is_some(), "{result}\n{stderr}");
+
+    // A wrong checksum fails the build, naming the line.
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    write(
+        &context.join("Dockerfile"),
+        &format!("FROM {}\nADD --checksum={wrong} {url} /blob.tgz\n", s.base),
+        0o644,
+    );
+    let out = run(build_cmd(&s.cli, &context, &[]), T);
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("Dockerfile:2: ADD:") && out.stderr.contains("checksum mismatch"),
+        "{}",
+        out.describe()
+    );
+
+    if !require_tool("docker") {
+        return;
+    }
+    let _cleanup = DockerImages {
+        cli: &s.cli,
+        images: vec![name.to_string()],
+    };
+    run_ok(s.cli.docker(["load", "-i"]).arg(&archive), T);
+    let out = run_ok(s.cli.docker(["run", "--rm", "--network", "none", name]), T);
+    let hex = layer.trim_start_matches("sha256:");
+    assert_eq!(
+        out,
+        format!("1\n{}\n", &hex[..12]),
+        "only lo without a network; the blob as fetched"
+    );
+    let host = run_ok(
+        s.cli.docker([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "/bin/cat",
+            name,
+            "/hostcount",
+        ]),
+        T,
+    );
+    assert_ne!(
+        host.trim(),
+        "1",
+        "a RUN without --network=none shares the host's network"
+    );
+}
+
+#[test]
+fn cache_to_a_registry_and_back_on_a_fresh_machine() {
+    if !can_build() {
+        return;
+    }
+    let s = setup();
+    let context = s.cli.path("shared");
+    write(
+        &context.join("Dockerfile"),
+        &format!(
+            "FROM {}\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nCOPY f /f\nRUN date +%s%N > /built-at\nLABEL x=y\n",
+            s.base
+        ),
+        0o644,
+    );
+    write(&context.join("f"), "f\n", 0o644);
+    let cache_ref = format!("{}/e2e/cache:main", s.server.host());
+    let (first, stderr) = build_json(&s.cli, &context, &["--cache-to", &cache_ref]);
+    assert!(stderr.is_empty() || !stderr.contains("warning"), "{stderr}");
+
+    // Another machine: its own store and build cache, same context.
+    let fresh = BerthCli::new();
+    let fresh_context = fresh.path("shared");
+    fs::create_dir_all(&fresh_context).unwrap();
+    for f in ["Dockerfile", "f"] {
+        fs::copy(context.join(f), fresh_context.join(f)).unwrap();
+    }
+    let out = run(
+        build_cmd(&fresh, &fresh_context, &["--cache-from", &cache_ref]),
+        T,
+    );
+    assert!(out.status.success(), "{}", out.describe());
+    assert_eq!(
+        out.stderr.matches("CACHED").count(),
+        3,
+        "every layer step comes from the pushed cache:\n{}",
+        out.stderr
+    );
+    assert_eq!(
+        out.stdout.trim(),
+        first["digest"].as_str().unwrap(),
+        "same image from the shared cache"
+    );
+    // A cache that is not there is a warning, not a failure.
+    let missing = format!("{}/e2e/cache:none", s.server.host());
+    let out = run(
+        build_cmd(&fresh, &fresh_context, &["--cache-from", &missing]),
+        T,
+    );
+    assert!(
+        out.status.success() && out.stderr.contains("warning: no cache from"),
+        "{}",
+        out.describe()
+    );
+}
+
+/// `find` listing of a tree: path, type, mode, owner, size (files), link target; no times.
+fn tree_listing(root: &Path) -> Vec<String> {
+    let out = run_ok(
+        cmd("find", [root.as_os_str()]).args([
+            "-mindepth",
+            "1",
+            "-printf",
+            "%P %y %m %U:%G %s %l\\n",
+        ]),
+        T,
+    );
+    let mut lines: Vec<String> = out
+        .lines()
+        .map(|l| {
+            // Directory sizes depend on the filesystem, not the image.
+            let f: Vec<&str> = l.split(' ').collect();
+            if f.get(1) == Some(&"d") {
+                format!("{} d {} {}", f[0], f[2], f[3])
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+const COMPARE: &str = r#"ARG BASE
+FROM ${BASE}
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+RUN echo "app:x:1000:1000::/home/app:/bin/sh" >> /etc/passwd && echo "app:x:1000:" >> /etc/group
+ENV APP_HOME=/srv/app
+WORKDIR $APP_HOME
+COPY --chown=app:app files/ ./files/
+COPY --chmod=0600 files/a.txt /etc/app.conf
+ADD bundle.tar.gz /opt/
+RUN mkdir -p /var/lib/app && echo state > /var/lib/app/state && rm /bin/wget && chmod 700 /var/lib/app
+USER app
+EXPOSE 8080
+LABEL org.example.name="compare"
+VOLUME /data
+STOPSIGNAL SIGQUIT
+ENTRYPOINT ["/bin/sh", "-c"]
+CMD ["id"]
+"#;
+
+/// The same Dockerfile built by `buildah bud --isolation chroot` (when installed; it is not in
+/// scripts/test.sh's packages) gives the same file tree and run-time config, apart from the
+/// differences listed here and accepted.
+#[test]
+fn same_tree_and_config_as_buildah() {
+    if !can_build() || which("buildah").is_none() || which("umoci").is_none() {
+        eprintln!("SKIP: needs buildah and umoci");
+        return;
+    }
+    let s = setup();
+    let context = s.cli.path("compare");
+    app_context(&context);
+    write(&context.join("Dockerfile"), COMPARE, 0o644);
+    let base_arg = format!("BASE={}", s.base);
+    let ours = s.cli.path("ours");
+    let ours_arg = format!("oci:{}:img", ours.display());
+    build_json(
+        &s.cli,
+        &context,
+        &["--build-arg", &base_arg, "--output", &ours_arg],
+    );
+
+    let storage = s.cli.path("buildah");
+    let buildah = |args: &[&str]| {
+        let mut c = Command::new("buildah");
+        c.arg("--root")
+            .arg(storage.join("root"))
+            .arg("--runroot")
+            .arg(storage.join("run"))
+            .args(["--storage-driver", "vfs"])
+            .args(args);
+        c
+    };
+    run_ok(
+        buildah(&[
+            "bud",
+            "--isolation",
+            "chroot",
+            "--tls-verify=false",
+            "-q",
+            "--build-arg",
+            &base_arg,
+            "-t",
+            "compare",
+        ])
+        .arg(&context),
+        T,
+    );
+    let theirs = s.cli.path("theirs");
+    run_ok(
+        buildah(&["push", "compare"]).arg(format!("oci:{}:img", theirs.display())),
+        T,
+    );
+    let _ = run(buildah(&["rmi", "-a", "-f"]), T);
+
+    let unpack = |layout: &Path, name: &str| -> PathBuf {
+        let bundle = s.cli.path(name);
+        run_ok(
+            cmd("umoci", ["unpack", "--image"])
+                .arg(format!("{}:img", layout.display()))
+                .arg(&bundle),
+            T,
+        );
+        bundle.join("rootfs")
+    };
+    let a = tree_listing(&unpack(&ours, "ours-bundle"));
+    let b = tree_listing(&unpack(&theirs, "theirs-bundle"));
+    // Accepted: buildah's chroot isolation leaves the mount points it made for RUN
+    // (/dev, /proc, /sys, /etc/hosts, /etc/resolv.conf and friends) in its layers; berth
+    // removes what runc created for a RUN that did not ask for it, as BuildKit does.
+    let buildah_only = |l: &String| {
+        [
+            "dev ",
+            "proc ",
+            "sys ",
+            "etc/hosts ",
+            "etc/resolv.conf ",
+            "etc/hostname ",
+            "run ",
+            "run/",
+        ]
+        .iter()
+        .any(|p| l.starts_with(p))
+    };
+    let a: Vec<&String> = a.iter().filter(|l| !buildah_only(l)).collect();
+    let b: Vec<&String> = b.iter().filter(|l| !buildah_only(l)).collect();
+    let only_ours: Vec<&&String> = a.iter().filter(|l| !b.contains(l)).collect();
+    let only_theirs: Vec<&&String> = b.iter().filter(|l| !a.contains(l)).collect();
+    assert!(
+        only_ours.is_empty() && only_theirs.is_empty(),
+        "file trees differ\nonly berth:   {only_ours:#?}\nonly buildah: {only_theirs:#?}"
+    );
+
+    let config = |layout: &Path| -> Value {
+        let out = run_ok(
+            s.cli.cmd([
+                "inspect",
+                "--config",
+                &format!("oci:{}:img", layout.display()),
+            ]),
+            T,
+        );
+        parse_json(&out, "config")["config"].clone()
+    };
+    let (ours_c, theirs_c) = (config(&ours), config(&theirs));
+    for field in [
+        "Env",
+        "Cmd",
+        "Entrypoint",
+        "User",
+        "WorkingDir",
+        "ExposedPorts",
+        "Volumes",
+        "StopSignal",
+    ] {
+        assert_eq!(ours_c[field], theirs_c[field], "config field {field}");
+    }
+    // Accepted: buildah adds its own io.buildah.version label.
+    let mut their_labels = theirs_c["Labels"].clone();
+    if let Some(m) = their_labels.as_object_mut() {
+        m.remove("io.buildah.version");
+    }
+    assert_eq!(ours_c["Labels"], their_labels, "labels");
+}
+
+#[test]
+fn independent_stages_run_at_the_same_time() {
+    if !can_build() {
+        return;
+    }
+    let s = setup();
+    let context = s.cli.path("parallel");
+    write(
+        &context.join("Dockerfile"),
+        &format!(
+            "ARG BASE={}\nFROM $BASE AS a\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox sleep 2 && echo a > /a\"]\n\nFROM $BASE AS b\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox sleep 2 && echo b > /b\"]\n\nFROM $BASE\nCOPY --from=a /a /a\nCOPY --from=b /b /b\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"test \\\"$(/bin/busybox cat /a /b)\\\" = \\\"$(/bin/busybox printf 'a\\\\nb')\\\"\"]\n",
+            s.base
+        ),
+        0o644,
+    );
+    let started = std::time::Instant::now();
+    let (result, stderr) = build_json(&s.cli, &context, &[]);
+    let took = started.elapsed();
+    assert!(result["digest"].as_str().is_some(), "{stderr}");
+    // One after the other the two 2 s RUNs would take 4 s or more.
+    assert!(
+        took < Duration::from_millis(3700),
+        "stages a and b did not overlap: the build took {took:?}"
+    );
+}
