@@ -29,6 +29,10 @@ pub use actual::{
 };
 pub use app::{App, AppSource, Network, NetworkDriver, Service};
 
+pub use desired::{
+    container_name, desired_host, desired_state, ContainerSpec, DesiredContainer, DesiredHost,
+    DesiredNetwork,
+};
 pub use error::{Error, Problem};
 pub use inventory::{DockerEndpoint, Host, Inventory, TlsFiles};
 
