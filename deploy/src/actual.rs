@@ -108,3 +108,75 @@ impl ActualHost {
         self.containers.iter().find(|c| c.name == name)
     }
 }
+
+impl ActualHost {
+    /// What a host looks like right after a successful apply of `desired`: every network
+    /// and container as Berth creates them, running and healthy, images present. Tests use
+    /// it as "nothing changed since the last deploy"; it is the planner's own idea of done.
+    pub fn after_apply(desired: &crate::desired::DesiredHost) -> ActualHost {
+        let networks = desired
+            .networks
+            .iter()
+            .enumerate()
+            .map(|(index, network)| ActualNetwork {
+                id: format!("network-{index}"),
+                name: network.name.clone(),
+                driver: network.driver.as_str().to_string(),
+                subnet: network.subnet,
+                // Docker picks the first address when no gateway is given.
+                gateway: network
+                    .gateway
+                    .or_else(|| network.subnet.and_then(|s| s.hosts().next())),
+                ip_range: network.ip_range,
+                options: network.options.clone(),
+                internal: network.internal,
+                labels: network.labels.clone(),
+                attached: desired
+                    .containers
+                    .iter()
+                    .filter(|c| c.spec.networks.contains_key(&network.name))
+                    .map(|c| AttachedContainer {
+                        name: c.name.clone(),
+                        app: Some(desired.app.clone()),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let image_id = |reference: &str| format!("sha256:id-of-{reference}");
+        let containers = desired
+            .containers
+            .iter()
+            .enumerate()
+            .map(|(index, container)| ActualContainer {
+                id: format!("container-{index}"),
+                name: container.name.clone(),
+                labels: container.labels(&desired.app),
+                image: container.spec.image_reference(),
+                image_id: image_id(&container.spec.image_reference()),
+                image_digests: container.spec.image_digest.iter().cloned().collect(),
+                state: ContainerState::Running,
+                health: container.spec.healthcheck.as_ref().map(|_| Health::Healthy),
+            })
+            .collect();
+        let images = desired
+            .images()
+            .into_iter()
+            .map(|reference| {
+                let (tags, digests) = match reference.split_once('@') {
+                    Some((_, digest)) => (Vec::new(), vec![digest.to_string()]),
+                    None => (vec![reference.clone()], Vec::new()),
+                };
+                ActualImage {
+                    id: image_id(&reference),
+                    repo_tags: tags,
+                    digests,
+                }
+            })
+            .collect();
+        ActualHost {
+            networks,
+            containers,
+            images,
+        }
+    }
+}

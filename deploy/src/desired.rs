@@ -329,7 +329,9 @@ fn host_problems(app: &App, containers: &[DesiredContainer]) -> Vec<Problem> {
     problems
 }
 
-fn host_ips_overlap(a: Option<IpAddr>, b: Option<IpAddr>) -> bool {
+/// Whether two published-port host IPs can collide: unset or `0.0.0.0`/`::` binds every
+/// address, so it collides with any other binding of the same port.
+pub(crate) fn host_ips_overlap(a: Option<IpAddr>, b: Option<IpAddr>) -> bool {
     match (a, b) {
         (None, _) | (_, None) => true,
         (Some(a), Some(b)) => a == b || a.is_unspecified() || b.is_unspecified(),

@@ -35,6 +35,7 @@ pub use desired::{
 };
 pub use error::{Error, Problem};
 pub use inventory::{DockerEndpoint, Host, Inventory, TlsFiles};
+pub use plan::{plan, plan_host, Action, HostPlan, Plan, ReplaceStrategy, Unchanged};
 
 pub use template::Vars;
 
