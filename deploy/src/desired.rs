@@ -88,7 +88,31 @@ pub struct ContainerSpec {
     /// floats might not print the same everywhere).
     pub nano_cpus: Option<u64>,
     pub memory: Option<u64>,
-    pub healthcheck: Option<Healthcheck>,
+    pub healthcheck: Option<HealthSpec>,
+}
+
+/// A healthcheck as the Docker API takes it (durations in nanoseconds). Separate from the
+/// app file's [`Healthcheck`], which parses `30s`-style text: the stored `berth.config`
+/// label must read back exactly what was written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthSpec {
+    pub test: Vec<String>,
+    pub interval_ns: Option<u64>,
+    pub timeout_ns: Option<u64>,
+    pub retries: Option<u32>,
+    pub start_period_ns: Option<u64>,
+}
+
+impl From<&Healthcheck> for HealthSpec {
+    fn from(check: &Healthcheck) -> Self {
+        HealthSpec {
+            test: check.test.clone(),
+            interval_ns: check.interval,
+            timeout_ns: check.timeout,
+            retries: check.retries,
+            start_period_ns: check.start_period,
+        }
+    }
 }
 
 impl ContainerSpec {
@@ -211,7 +235,7 @@ pub fn desired_host(source: &AppSource, inventory: &Inventory, host: &Host) -> R
             restart: service.restart.clone(),
             nano_cpus: service.cpus.map(|cpus| (cpus * 1e9).round() as u64),
             memory: service.memory,
-            healthcheck: service.healthcheck.clone(),
+            healthcheck: service.healthcheck.as_ref().map(HealthSpec::from),
         };
         for replica in 1..=service.replicas {
             containers.push(DesiredContainer {
@@ -441,9 +465,15 @@ services:
 
     #[test]
     fn labels_carry_hash_and_config() {
-        let (_dir, source, inventory) = setup(APP, HOSTS);
+        // Every optional field set: the stored config must read back exactly as written.
+        let with_everything = APP.replace("ports: [\"5432:5432\"]", "ports: [\"5432:5432\"]\n    healthcheck: { test: [pg_isready], interval: 1m, timeout: 1s, retries: 2, start_period: 10s }\n    memory: 1g\n    restart: 'on-failure:3'\n    command: [postgres, -c, 'x=1']\n    labels: { team: data }\n    env: { A: '1' }");
+        let (_dir, source, inventory) = setup(&with_everything, HOSTS);
         let desired = desired_state(&source, &inventory, Some("d1")).unwrap();
         let db = &desired[0].containers[0];
+        assert_eq!(
+            db.spec.healthcheck.as_ref().unwrap().interval_ns,
+            Some(60_000_000_000)
+        );
         let labels = db.labels("shop");
         assert_eq!(labels[labels::CONFIG_HASH], db.config_hash);
         assert_eq!(labels[labels::REPLICA], "1");
