@@ -307,7 +307,8 @@ fn plan_host_inner(desired: &DesiredHost, actual: &ActualHost) -> Result<HostPla
 
     // Networks, and the app containers that must leave a network being recreated.
     let mut network_actions = Vec::new();
-    let mut detached_by: BTreeMap<String, String> = BTreeMap::new();
+    // Container → the networks being recreated under it (a container may sit on several).
+    let mut detached_by: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for network in &desired.networks {
         let Some(existing) = actual.network(&network.name) else {
             network_actions.push(Action::CreateNetwork {
@@ -337,7 +338,10 @@ fn plan_host_inner(desired: &DesiredHost, actual: &ActualHost) -> Result<HostPla
         }
         let detach: Vec<String> = existing.attached.iter().map(|c| c.name.clone()).collect();
         for name in &detach {
-            detached_by.insert(name.clone(), network.name.clone());
+            detached_by
+                .entry(name.clone())
+                .or_default()
+                .push(network.name.clone());
         }
         network_actions.push(Action::RecreateNetwork {
             network: network.clone(),
@@ -365,8 +369,10 @@ fn plan_host_inner(desired: &DesiredHost, actual: &ActualHost) -> Result<HostPla
             ));
         }
         let mut reasons = Vec::new();
-        if let Some(network) = detached_by.get(&container.name) {
-            reasons.push(format!("network {network} is recreated"));
+        if let Some(networks) = detached_by.get(&container.name) {
+            for network in networks {
+                reasons.push(format!("network {network} is recreated"));
+            }
         }
         let previous = stored_spec(existing);
         let hash_matches = existing.labels.get(labels::CONFIG_HASH) == Some(&container.config_hash);
@@ -406,10 +412,13 @@ fn plan_host_inner(desired: &DesiredHost, actual: &ActualHost) -> Result<HostPla
             }
             continue;
         }
-        let (strategy, strategy_reason) = if let Some(network) = detached_by.get(&container.name) {
+        let (strategy, strategy_reason) = if let Some(networks) = detached_by.get(&container.name) {
             (
                 ReplaceStrategy::StopFirst,
-                format!("it must leave network {network} while it is recreated"),
+                format!(
+                    "it must leave network {} while it is recreated",
+                    networks.join(", ")
+                ),
             )
         } else {
             choose_strategy(previous.as_ref().ok(), &container.spec)

@@ -147,7 +147,10 @@ impl<'v> Templater<'v> {
             key: key.to_string(),
             message,
         };
-        let root = path[0];
+        // The parser never yields an empty path; an empty one would simply be undefined.
+        let Some(root) = path.first().copied() else {
+            return Err(error("empty variable name".to_string()));
+        };
         let Some(raw) = self.vars.get(root) else {
             return Err(error(format!("undefined variable `{root}`")));
         };
@@ -276,7 +279,7 @@ fn parse_expression(raw: &str) -> Result<Segment<'_>, String> {
         matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric() || c == '_')
             && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
     };
-    let root_is_name = path[0]
+    let root_is_name = expression
         .chars()
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');

@@ -213,6 +213,9 @@ fn moving_production_networks_recreates_them_on_every_host() {
         "{text}"
     );
     assert!(text.contains("subnet 10.1.4.0/24 → 10.20.4.0/24; gateway 10.1.4.100 → 10.20.4.1; detaches app_example_nodes_1, app_example_web_1"), "{text}");
+    // nodes sits on both networks: both are named, once each.
+    assert!(text.contains("replace  container app_example_nodes_1 (stop-first: it must leave network test_nw, test_nw2 while it is recreated)"), "{text}");
+    assert!(text.contains("network test_nw is recreated; network test_nw2 is recreated; image 127.0.0.1:5000/app_example_image:v3 → registry.example.internal:5000/app_example_image:v3"), "{text}");
 }
 
 #[test]
