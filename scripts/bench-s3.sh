@@ -10,8 +10,12 @@
 #   berth-moto   berth on moto (Python, in memory, no signature checks)
 #   dist-moto    distribution 2.8.2 on the same moto: its s3 driver needs
 #                ListMultipartUploads, which s3s-fs lacks, so moto is the common server
+#   berth-moto-ra  (pull-big only) berth on moto with its default read-ahead
 # moto is slow (every byte goes through Python), so the berth-moto / dist-moto ratio is the
 # fair comparison and berth-s3s shows what berth does on a faster S3 server.
+# berth reads a big blob in parallel 16 MiB ranged GETs (read-ahead), but moto copies the
+# whole object for every ranged GET, so berth-moto runs with BERTH_S3_READ_AHEAD=0 (one
+# GET per blob, as distribution does) and berth-moto-ra shows what read-ahead costs there.
 #
 # S3 requests are counted from moto's request log, so both registries are measured the same
 # way: requests per pushed 4 KiB blob (push-small), per pulled small blob (pull-small, its
@@ -108,16 +112,17 @@ curl -fsS -X PUT "http://127.0.0.1:$P_MOTO/$BUCKET" >/dev/null
 
 # --- registries ---
 declare -A URL PID
-start_berth() { # NAME S3PORT
+start_berth() { # NAME S3PORT [VAR=VALUE...]
     local port; port=$(free_port)
-    "$BERTH" serve --addr "127.0.0.1:$port" --storage "s3://$BUCKET/berth" \
+    env "${@:3}" "$BERTH" serve --addr "127.0.0.1:$port" --storage "s3://$BUCKET/berth" \
         --s3-endpoint "http://127.0.0.1:$2" --s3-region us-east-1 --s3-allow-http \
         >"$WORK/$1.log" 2>&1 &
     PID[$1]=$!; PIDS+=($!); URL[$1]="http://127.0.0.1:$port"
     wait_registry "$1" "$!" "${URL[$1]}" "$WORK/$1.log"
 }
 start_berth berth-s3s "$P_S3S"
-start_berth berth-moto "$P_MOTO"
+start_berth berth-moto "$P_MOTO" BERTH_S3_READ_AHEAD=0
+start_berth berth-moto-ra "$P_MOTO"
 P_DIST=$(free_port)
 cat >"$WORK/dist.yml" <<EOF
 version: 0.1
@@ -156,7 +161,9 @@ SERVERS=(berth-s3s berth-moto dist-moto)
 WORKLOADS=(push-big pull-big push-small pull-small manifest-get)
 declare -A VALUE REQS OPS
 for wl in "${WORKLOADS[@]}"; do
-    for s in "${SERVERS[@]}"; do
+    servers=("${SERVERS[@]}")
+    if [[ "$wl" == pull-big ]]; then servers+=(berth-moto-ra); fi
+    for s in "${servers[@]}"; do
         echo "-- $wl against $s" >&2
         before=$(moto_requests)
         if "$BENCH" --url "${URL[$s]}" --workload "$wl" --json --big-mib "$BIG_MIB" --reps "$REPS" \
@@ -188,6 +195,8 @@ for wl in "${WORKLOADS[@]}"; do
     printf '%-14s %12s %12s %12s %16s  %s\n' "$wl" "${VALUE[berth-s3s.$wl]}" "${VALUE[berth-moto.$wl]}" \
         "${VALUE[dist-moto.$wl]}" "$(ratio "${VALUE[berth-moto.$wl]}" "${VALUE[dist-moto.$wl]}")" "$unit"
 done
+echo "pull-big on moto with berth's default read-ahead (parallel ranged GETs, each of which moto"
+echo "answers by copying the whole object): ${VALUE[berth-moto-ra.pull-big]} MB/s"
 echo
 echo "S3 requests seen by moto (lower is better):"
 for s in berth-moto dist-moto; do

@@ -16,6 +16,7 @@
 # script exits non-zero if anything failed. Environment knobs:
 #   BERTH_TEST_TMP   where the private dockerd keeps its state (default /var/tmp)
 #   BERTH_TEST_ARGS  extra arguments for `cargo test` before `--` (e.g. "--test resume")
+#   BERTH_TEST_TIMEOUT  seconds before a hung `cargo test` is killed (default 2400)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -147,8 +148,24 @@ run_step() {
     # trap can stop the whole step.
     setsid "$@" &
     STEP_PGID=$!
+    # A hung step must fail with its output on record, well inside CI's time limit, not run
+    # until CI gives up: after STEP_TIMEOUT seconds its whole process group is killed.
+    local watchdog=""
+    if [ -n "${STEP_TIMEOUT:-}" ]; then
+        # The sleep is killed with the watchdog, so no stray process keeps CI's output open.
+        ( sleep "$STEP_TIMEOUT" >/dev/null 2>&1 </dev/null &
+          sleeper=$!
+          trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
+          wait "$sleeper" || exit 0
+          echo "--- $name: still running after ${STEP_TIMEOUT}s; killing process group $STEP_PGID"
+          ps -o pid,stat,etime,wchan:20,args --forest -s "$STEP_PGID" || true
+          kill -TERM -- "-$STEP_PGID" 2>/dev/null; sleep 10; kill -KILL -- "-$STEP_PGID" 2>/dev/null
+        ) &
+        watchdog=$!
+    fi
     local ok=1
     wait "$STEP_PGID" || ok=""
+    if [ -n "$watchdog" ]; then kill "$watchdog" 2>/dev/null; wait "$watchdog" 2>/dev/null; fi
     STEP_PGID=""
     if [ -n "$ok" ]; then
         echo "--- $name: ok ($(( $(date +%s) - t0 ))s)"
@@ -165,7 +182,7 @@ run_step build cargo build --workspace --all-targets \
     || die "build failed: not running tests (failed so far: ${failures[*]})"
 run_step clippy cargo clippy --workspace --all-targets -- -D warnings || true
 # shellcheck disable=SC2086 # BERTH_TEST_ARGS is meant to split into words
-run_step test cargo test --workspace ${BERTH_TEST_ARGS:-} -- --test-threads=2 || true
+STEP_TIMEOUT="${BERTH_TEST_TIMEOUT:-2400}" run_step test cargo test --workspace ${BERTH_TEST_ARGS:-} -- --test-threads=2 || true
 
 step "done in $(( $(date +%s) - START ))s"
 if [ "${#failures[@]}" -gt 0 ]; then

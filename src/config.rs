@@ -37,6 +37,8 @@ pub struct S3Settings {
     pub allow_http: bool,
     #[serde(default)]
     pub redirect_blobs: bool,
+    /// 16 MiB ranges a big blob read fetches ahead (0: one GET per blob).
+    pub read_ahead: Option<usize>,
 }
 
 impl S3Settings {
@@ -54,6 +56,7 @@ impl S3Settings {
         o.allow_http = self.allow_http
             || std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
         o.redirect_blobs = self.redirect_blobs;
+        o.read_ahead = self.read_ahead;
         if let Some(endpoint) = &o.endpoint {
             if endpoint.starts_with("http://") && !o.allow_http {
                 anyhow::bail!(
@@ -114,6 +117,7 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
             virtual_hosted: args.s3.s3_virtual_hosted || file.s3.virtual_hosted,
             allow_http: args.s3.s3_allow_http || file.s3.allow_http,
             redirect_blobs: args.redirect_blobs || file.s3.redirect_blobs,
+            read_ahead: args.s3.s3_read_ahead.or(file.s3.read_ahead),
         },
     })
 }
@@ -164,7 +168,7 @@ mod tests {
         let path = dir.path().join("berth.toml");
         std::fs::write(
             &path,
-            "storage = \"s3://bucket/some/prefix\"\n[s3]\nendpoint = \"http://127.0.0.1:9000\"\nregion = \"eu-west-1\"\naccess_key_id = \"k\"\nsecret_access_key = \"s\"\n",
+            "storage = \"s3://bucket/some/prefix\"\n[s3]\nendpoint = \"http://127.0.0.1:9000\"\nregion = \"eu-west-1\"\nread_ahead = 0\naccess_key_id = \"k\"\nsecret_access_key = \"s\"\n",
         )
         .expect("write");
         let s = resolve(ServeArgs {
@@ -199,6 +203,7 @@ mod tests {
             ("bucket", "some/prefix")
         );
         assert_eq!(o.access_key_id.as_deref(), Some("k"));
+        assert_eq!(o.read_ahead, Some(0), "[s3] read_ahead reaches the backend");
         assert!(o.allow_http);
         assert!(
             S3Settings::default().options("s3://x").is_err(),

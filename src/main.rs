@@ -68,6 +68,10 @@ pub struct S3Args {
     /// Allow a plain-HTTP S3 endpoint (credentials and content travel unencrypted)
     #[arg(long, env = "BERTH_S3_ALLOW_HTTP")]
     s3_allow_http: bool,
+    /// 16 MiB ranges a big blob read fetches ahead in parallel [default: 3]; 0 reads
+    /// each blob with one GET (for S3 servers that copy the object per ranged GET, e.g. moto)
+    #[arg(long, env = "BERTH_S3_READ_AHEAD", value_name = "N")]
+    s3_read_ahead: Option<usize>,
 }
 
 #[derive(Parser, Debug)]

@@ -20,12 +20,11 @@
 //! never a torn one. Repository names start with `[a-z0-9]`, so they can never
 //! collide with the `_`-prefixed folders.
 
-use std::collections::HashMap;
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -56,7 +55,7 @@ pub struct FsStorage {
     /// garbage collection, so a collection never races a push in this process.
     gc_lock: Arc<RwLock<()>>,
     /// One lock per upload session: appends to one session are serialised.
-    upload_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    upload_locks: crate::upload_locks::UploadLocks,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -82,7 +81,7 @@ impl FsStorage {
         Ok(FsStorage {
             root,
             gc_lock: Arc::new(RwLock::new(())),
-            upload_locks: Mutex::new(HashMap::new()),
+            upload_locks: Default::default(),
         })
     }
 
@@ -97,16 +96,6 @@ impl FsStorage {
         }
     }
 
-    fn upload_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.upload_locks.lock().unwrap_or_else(|e| e.into_inner());
-        locks.entry(id.to_string()).or_default().clone()
-    }
-
-    fn forget_upload_lock(&self, id: &str) {
-        let mut locks = self.upload_locks.lock().unwrap_or_else(|e| e.into_inner());
-        locks.remove(id);
-    }
-
     /// Lock an upload session and read its state. An id that names no session
     /// leaves no lock behind (ids are random, so it never will name one).
     async fn lock_upload(
@@ -114,12 +103,12 @@ impl FsStorage {
         repository: &str,
         id: &str,
     ) -> Result<(tokio::sync::OwnedMutexGuard<()>, UploadState)> {
-        let guard = self.upload_lock(id).lock_owned().await;
+        let guard = self.upload_locks.get(id).lock_owned().await;
         match self.read_upload(repository, id).await {
             Ok(state) => Ok((guard, state)),
             Err(e) => {
                 if matches!(e, StorageError::UploadUnknown) {
-                    self.forget_upload_lock(id);
+                    self.upload_locks.forget(id);
                 }
                 Err(e)
             }
@@ -694,7 +683,7 @@ impl Storage for FsStorage {
             Ok(state.offset)
         })
         .await;
-        self.forget_upload_lock(id);
+        self.upload_locks.forget(id);
         result
     }
 
@@ -702,7 +691,7 @@ impl Storage for FsStorage {
         let _locked = self.lock_upload(repository, id).await?;
         let dir = self.paths().upload_dir(id);
         blocking(move || Ok(fs::remove_dir_all(dir)?)).await?;
-        self.forget_upload_lock(id);
+        self.upload_locks.forget(id);
         Ok(())
     }
 
@@ -735,7 +724,7 @@ impl Storage for FsStorage {
         })
         .await?;
         for id in &purged {
-            self.forget_upload_lock(id);
+            self.upload_locks.forget(id);
         }
         Ok(purged.len())
     }
@@ -1107,11 +1096,7 @@ mod tests {
                 Err(StorageError::UploadUnknown)
             ));
         }
-        let locks = storage
-            .upload_locks
-            .lock()
-            .map(|l| l.len())
-            .unwrap_or(usize::MAX);
+        let locks = storage.upload_locks.len();
         assert_eq!(locks, 0, "unknown upload ids left locks behind");
     }
 }

@@ -20,6 +20,7 @@ pub mod names;
 pub mod s3;
 pub mod s3_test_server;
 pub mod testsuite;
+mod upload_locks;
 
 pub use digest::{Algorithm, Digest, DigestError};
 pub use fs::FsStorage;

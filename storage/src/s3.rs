@@ -105,6 +105,17 @@ const REDIRECT_TTL: Duration = Duration::from_secs(20 * 60);
 const POINTER_CACHE_MAX: usize = 100_000;
 /// Attempts at a conditional tag write before giving up.
 const TAG_RETRIES: usize = 8;
+/// Big blob reads are cut into ranged GETs of this size (see [`ReadAhead`]).
+const READ_RANGE: u64 = 16 << 20;
+/// Ranges one read fetches ahead of the one being sent, while buffers last
+/// (`--s3-read-ahead` overrides it). With the one being sent from memory,
+/// a read holds at most 4 x 16 MiB = 64 MiB.
+const READ_AHEAD: usize = 3;
+/// Read-ahead buffers (of [`READ_RANGE`] each) for the whole server:
+/// 8 x 16 MiB = 128 MiB at most, however many pulls run at once.
+const READ_BUFFERS: usize = 8;
+/// Largest frame handed to the HTTP layer from a read-ahead buffer.
+const READ_FRAME: usize = 1 << 20;
 
 /// Where and how to reach the bucket. Anything left `None` comes from the
 /// usual `AWS_*` variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
@@ -127,6 +138,9 @@ pub struct S3Options {
     pub allow_http: bool,
     /// Blob GETs answer 307 to a presigned URL instead of proxying the bytes.
     pub redirect_blobs: bool,
+    /// 16 MiB ranges a big blob read fetches ahead; `None` = the default (3),
+    /// 0 = one GET per blob (for servers that copy the object per ranged GET).
+    pub read_ahead: Option<usize>,
 }
 
 impl S3Options {
@@ -267,7 +281,9 @@ pub struct S3Storage {
     gc_lock: tokio::sync::RwLock<()>,
     /// Appends to one session are serialised within a process; across
     /// replicas the conditional state write does it.
-    upload_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    upload_locks: crate::upload_locks::UploadLocks,
+    /// How big blob reads fetch ahead, and the server-wide buffer budget.
+    read_ahead: ReadAhead,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -476,6 +492,9 @@ impl S3Storage {
         let store = builder
             .build()
             .map_err(|e| io::Error::other(format!("S3 configuration: {e}")))?;
+        // Ranges a big read fetches ahead; 0 = one GET per read, for servers
+        // where a ranged GET costs as much as the whole object (moto).
+        let read_ahead = options.read_ahead.unwrap_or(READ_AHEAD);
         let prefix = if options.prefix.is_empty() {
             String::new()
         } else {
@@ -488,8 +507,17 @@ impl S3Storage {
             counts,
             pointers: Mutex::new(HashMap::new()),
             gc_lock: tokio::sync::RwLock::new(()),
-            upload_locks: Mutex::new(HashMap::new()),
+            upload_locks: Default::default(),
+            read_ahead: ReadAhead::new(READ_RANGE, read_ahead, READ_BUFFERS),
         })
+    }
+
+    /// Read big blobs in ranges of `range` bytes, `ahead` fetched ahead, with
+    /// `buffers` range buffers in all (tests use small ranges).
+    #[cfg(test)]
+    fn with_read_ahead(mut self, range: u64, ahead: usize, buffers: usize) -> S3Storage {
+        self.read_ahead = ReadAhead::new(range, ahead, buffers);
+        self
     }
 
     /// S3 requests sent so far.
@@ -643,6 +671,32 @@ impl S3Storage {
         Box::pin(result.into_stream().map_err(io::Error::other))
     }
 
+    /// Bytes `[start, end]` of the object at `rel` (which has at least `end + 1`
+    /// bytes), in parallel ranges when that is worth it; `None` if it is gone.
+    async fn read_span(&self, rel: &str, start: u64, end: u64) -> Result<Option<ByteStream>> {
+        if !self.read_ahead.worth_it(start, end + 1) {
+            return Ok(self.get_range(rel, start, end).await?.map(Self::stream_of));
+        }
+        let store: Arc<dyn ObjectStore> = self.store.clone();
+        match self
+            .read_ahead
+            .read(store, self.path(rel), start, end + 1)
+            .await
+        {
+            Ok(stream) => Ok(Some(stream)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(s3_error(e)),
+        }
+    }
+
+    /// All of a data object of `size` bytes; `None` if it is gone.
+    async fn read_whole(&self, rel: &str, size: u64) -> Result<Option<ByteStream>> {
+        if self.read_ahead.worth_it(0, size) {
+            return self.read_span(rel, 0, size - 1).await;
+        }
+        Ok(self.get_opt(rel).await?.map(Self::stream_of))
+    }
+
     async fn get_range(&self, rel: &str, start: u64, end: u64) -> Result<Option<GetResult>> {
         let options = GetOptions::new().with_range(Some(GetRange::Bounded(start..end + 1)));
         match self.store.get_opts(&self.path(rel), options).await {
@@ -653,16 +707,6 @@ impl S3Storage {
     }
 
     // --- upload sessions ---
-
-    fn upload_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.upload_locks.lock().unwrap_or_else(|e| e.into_inner());
-        locks.entry(id.to_string()).or_default().clone()
-    }
-
-    fn forget_upload_lock(&self, id: &str) {
-        let mut locks = self.upload_locks.lock().unwrap_or_else(|e| e.into_inner());
-        locks.remove(id);
-    }
 
     async fn load_session(&self, repository: &str, id: &str) -> Result<(Session, Option<String>)> {
         if !is_upload_id(id) {
@@ -686,12 +730,12 @@ impl S3Storage {
         repository: &str,
         id: &str,
     ) -> Result<(tokio::sync::OwnedMutexGuard<()>, Session, Option<String>)> {
-        let guard = self.upload_lock(id).lock_owned().await;
+        let guard = self.upload_locks.get(id).lock_owned().await;
         match self.load_session(repository, id).await {
             Ok((session, e_tag)) => Ok((guard, session, e_tag)),
             Err(e) => {
                 if matches!(e, StorageError::UploadUnknown) {
-                    self.forget_upload_lock(id);
+                    self.upload_locks.forget(id);
                 }
                 Err(e)
             }
@@ -1161,11 +1205,11 @@ impl Storage for S3Storage {
         let Some(range) = range else {
             // Whole blob: one GET, two for a big blob this replica has not seen yet.
             if let Some((key, size)) = self.cached_pointer(digest) {
-                if let Some(r) = self.get_opt(&key).await? {
+                if let Some(stream) = self.read_whole(&key, size).await? {
                     return Ok(BlobRead {
                         size,
                         range: None,
-                        stream: Self::stream_of(r),
+                        stream,
                     });
                 }
                 self.forget_pointer(digest);
@@ -1183,11 +1227,14 @@ impl Storage for S3Storage {
             };
             drop(r);
             self.cache_pointer(digest, &key, size);
-            let r = self.get_opt(&key).await?.ok_or(StorageError::BlobUnknown)?;
+            let stream = self
+                .read_whole(&key, size)
+                .await?
+                .ok_or(StorageError::BlobUnknown)?;
             return Ok(BlobRead {
                 size,
                 range: None,
-                stream: Self::stream_of(r),
+                stream,
             });
         };
         for _ in 0..2 {
@@ -1201,12 +1248,12 @@ impl Storage for S3Storage {
             let (start, end) = range
                 .resolve(size)
                 .ok_or(StorageError::RangeNotSatisfiable { size })?;
-            match self.get_range(&key, start, end).await? {
-                Some(r) => {
+            match self.read_span(&key, start, end).await? {
+                Some(stream) => {
                     return Ok(BlobRead {
                         size,
                         range: Some((start, end)),
-                        stream: Self::stream_of(r),
+                        stream,
                     })
                 }
                 // A cached pointer to data collected since: look again.
@@ -1348,7 +1395,7 @@ impl Storage for S3Storage {
             result,
             Err(StorageError::Unavailable(_)) | Err(StorageError::Io(_))
         ) {
-            self.forget_upload_lock(id);
+            self.upload_locks.forget(id);
         }
         result
     }
@@ -1360,7 +1407,7 @@ impl Storage for S3Storage {
         for item in self.list(&format!("uploads/{id}/")).await? {
             self.delete(&item.rel).await?;
         }
-        self.forget_upload_lock(id);
+        self.upload_locks.forget(id);
         Ok(())
     }
 
@@ -1406,7 +1453,7 @@ impl Storage for S3Storage {
                 self.delete(&item.rel).await?;
             }
             self.delete(&state_rel(&id)).await?;
-            self.forget_upload_lock(&id);
+            self.upload_locks.forget(&id);
         }
         Ok(purged)
     }
@@ -1727,6 +1774,218 @@ impl Storage for S3Storage {
     }
 }
 
+// --- big reads ---
+
+/// How big reads are fetched: in ranges of `range` bytes, up to `ahead` of
+/// them fetched in parallel ahead of the one being sent, each held in one of
+/// the server-wide `buffers`.
+///
+/// One GET stream from an S3 server is often slower than the network (AWS
+/// serves roughly 100 MB/s per connection; s3s-fs is bound by one core per
+/// request), so a big blob is read as ranged GETs in parallel and sent in
+/// order. The range being sent streams straight from its response; the ones
+/// after it are read into memory, at most `ahead` per read and `buffers`
+/// (times `range` bytes) for the whole server, taken without waiting: when
+/// none is free a read simply fetches less ahead, and with none at all it
+/// streams everything left in one GET, as a small read always does. So
+/// memory stays bounded however many pulls run, and no pull waits for
+/// another one's client.
+#[derive(Clone, Debug)]
+struct ReadAhead {
+    range: u64,
+    ahead: usize,
+    buffers: Arc<tokio::sync::Semaphore>,
+}
+
+/// A range being fetched into memory; aborted if the read is dropped.
+struct Fetch {
+    task: tokio::task::JoinHandle<object_store::Result<Bytes>>,
+    len: u64,
+    _buffer: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Fetch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+enum Current {
+    /// Streaming straight from a GET response.
+    Stream(futures::stream::BoxStream<'static, object_store::Result<Bytes>>),
+    /// Sending a range fetched ahead (its buffer is released when done).
+    Buffered {
+        bytes: Bytes,
+        _fetch: Fetch,
+    },
+    Idle,
+}
+
+struct RangedRead {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    /// First byte not requested yet.
+    next: u64,
+    /// One past the last byte to send.
+    end: u64,
+    current: Current,
+    fetching: std::collections::VecDeque<Fetch>,
+    how: ReadAhead,
+    done: bool,
+}
+
+fn range_options(start: u64, end: u64) -> GetOptions {
+    GetOptions::new().with_range(Some(GetRange::Bounded(start..end)))
+}
+
+impl ReadAhead {
+    fn new(range: u64, ahead: usize, buffers: usize) -> ReadAhead {
+        ReadAhead {
+            range: range.max(1),
+            ahead,
+            buffers: Arc::new(tokio::sync::Semaphore::new(buffers)),
+        }
+    }
+
+    /// Whether bytes `[start, end)` are worth reading in parallel ranges.
+    fn worth_it(&self, start: u64, end: u64) -> bool {
+        self.ahead > 0 && end.saturating_sub(start) > self.range
+    }
+
+    /// Bytes `[start, end)` of the object at `path`, which has at least `end`
+    /// bytes. The first GET is sent before this returns, so a missing object
+    /// or an unreachable server is an error here rather than mid-stream.
+    async fn read(
+        &self,
+        store: Arc<dyn ObjectStore>,
+        path: Path,
+        start: u64,
+        end: u64,
+    ) -> object_store::Result<ByteStream> {
+        let first_end = if self.worth_it(start, end) && self.buffers.available_permits() > 0 {
+            start + self.range
+        } else {
+            end
+        };
+        let first = store
+            .get_opts(&path, range_options(start, first_end))
+            .await?;
+        let mut read = RangedRead {
+            store,
+            path,
+            next: first_end,
+            end,
+            current: Current::Stream(first.into_stream()),
+            fetching: Default::default(),
+            how: self.clone(),
+            done: false,
+        };
+        read.fetch_ahead();
+        Ok(Box::pin(futures::stream::unfold(read, |mut read| async {
+            let item = read.next_chunk().await?;
+            Some((item, read))
+        })))
+    }
+}
+
+impl RangedRead {
+    /// Start fetching the next ranges, as far as free buffers allow.
+    fn fetch_ahead(&mut self) {
+        while self.fetching.len() < self.how.ahead && self.next < self.end {
+            let Ok(buffer) = self.how.buffers.clone().try_acquire_owned() else {
+                break;
+            };
+            let (start, end) = (self.next, (self.next + self.how.range).min(self.end));
+            self.next = end;
+            let (store, path) = (self.store.clone(), self.path.clone());
+            let task = tokio::spawn(async move {
+                store
+                    .get_opts(&path, range_options(start, end))
+                    .await?
+                    .bytes()
+                    .await
+            });
+            self.fetching.push_back(Fetch {
+                task,
+                len: end - start,
+                _buffer: buffer,
+            });
+        }
+    }
+
+    async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
+        if self.done {
+            return None;
+        }
+        let item = self.advance().await;
+        if !matches!(item, Some(Ok(_))) {
+            // Finished or failed: stop, and abort what is still being fetched.
+            self.done = true;
+            self.fetching.clear();
+            self.current = Current::Idle;
+        }
+        item
+    }
+
+    async fn advance(&mut self) -> Option<io::Result<Bytes>> {
+        loop {
+            self.fetch_ahead();
+            match &mut self.current {
+                Current::Stream(stream) => match stream.next().await {
+                    Some(Ok(bytes)) => return Some(Ok(bytes)),
+                    Some(Err(e)) => return Some(Err(io::Error::other(e))),
+                    None => self.current = Current::Idle,
+                },
+                Current::Buffered { bytes, .. } if !bytes.is_empty() => {
+                    let n = bytes.len().min(READ_FRAME);
+                    return Some(Ok(bytes.split_to(n)));
+                }
+                Current::Buffered { .. } => self.current = Current::Idle,
+                Current::Idle => {
+                    if let Some(mut fetch) = self.fetching.pop_front() {
+                        let bytes = match (&mut fetch.task).await {
+                            Ok(Ok(bytes)) => bytes,
+                            Ok(Err(e)) => return Some(Err(io::Error::other(e))),
+                            Err(e) => return Some(Err(io::Error::other(e))),
+                        };
+                        if bytes.len() as u64 != fetch.len {
+                            return Some(Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                format!(
+                                    "S3 sent {} bytes of a {}-byte range",
+                                    bytes.len(),
+                                    fetch.len
+                                ),
+                            )));
+                        }
+                        self.current = Current::Buffered {
+                            bytes,
+                            _fetch: fetch,
+                        };
+                        continue;
+                    }
+                    if self.next >= self.end {
+                        return None;
+                    }
+                    // Nothing fetched ahead (no buffer was free): stream the
+                    // next range, or all the rest if still none is free.
+                    let end = if self.how.buffers.available_permits() > 0 {
+                        (self.next + self.how.range).min(self.end)
+                    } else {
+                        self.end
+                    };
+                    let options = range_options(self.next, end);
+                    match self.store.get_opts(&self.path, options).await {
+                        Ok(r) => self.current = Current::Stream(r.into_stream()),
+                        Err(e) => return Some(Err(io::Error::other(e))),
+                    }
+                    self.next = end;
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1764,18 +2023,7 @@ mod tests {
         out
     }
 
-    /// Deterministic bytes that do not compress or repeat per part.
-    fn pattern(len: usize, seed: u8) -> Vec<u8> {
-        let mut x = 0x9e37_79b9_u32 ^ u32::from(seed);
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::s3_test_server::pattern;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn shared_suite() {
@@ -1933,5 +2181,173 @@ mod tests {
         let pull = s.request_counts().since(&before);
         eprintln!("manifest pull by tag: {pull:?}");
         assert!(pull.total() <= 3, "{pull:?}");
+    }
+
+    async fn collect(mut stream: ByteStream) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(out)
+    }
+
+    /// An in-memory object store holding `data` at `obj`.
+    async fn memory_store(data: &[u8]) -> Arc<dyn ObjectStore> {
+        let store = Arc::new(object_store::memory::InMemory::new());
+        store
+            .put(&Path::from("obj"), PutPayload::from(data.to_vec()))
+            .await
+            .expect("put");
+        store
+    }
+
+    /// Parallel ranged reads return exactly the bytes asked for, in order,
+    /// for spans that start and end on, next to and between range
+    /// boundaries, whether buffers are plentiful, scarce or missing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ranged_reads_return_the_bytes_in_order() {
+        const R: u64 = 1000;
+        for len in [R + 1, 2 * R - 1, 2 * R, 2 * R + 1, 7 * R + 3] {
+            let data = pattern(len as usize, len as u32);
+            let store = memory_store(&data).await;
+            let spans = [
+                (0, len),
+                (1, len),
+                (0, len - 1),
+                (R - 1, len),
+                (R, len),
+                (R + 1, len.min(3 * R + 1)),
+                (3, len - 2),
+            ];
+            for (ahead, buffers) in [(3, 16), (1, 16), (3, 1), (3, 0), (0, 4)] {
+                let how = ReadAhead::new(R, ahead, buffers);
+                for (start, end) in spans {
+                    if end <= start {
+                        continue;
+                    }
+                    let stream = how
+                        .read(store.clone(), Path::from("obj"), start, end)
+                        .await
+                        .expect("read");
+                    let got = collect(stream).await.expect("bytes");
+                    assert!(
+                        got == data[start as usize..end as usize],
+                        "len {len} ahead {ahead} buffers {buffers} span {start}..{end}: \
+                         {} bytes, wrong content",
+                        got.len()
+                    );
+                    assert_eq!(how.buffers.available_permits(), buffers, "buffers leaked");
+                }
+            }
+        }
+    }
+
+    /// Buffers are shared: a read started while another holds them all still
+    /// completes (streaming the rest in one GET), and dropping a read half way
+    /// gives its buffers back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn read_ahead_buffers_are_bounded_and_returned() {
+        const R: u64 = 1000;
+        let data = pattern(20 * R as usize + 7, 9);
+        let store = memory_store(&data).await;
+        let how = ReadAhead::new(R, 3, 4);
+        let path = Path::from("obj");
+        let len = data.len() as u64;
+        let mut first = how
+            .read(store.clone(), path.clone(), 0, len)
+            .await
+            .expect("read");
+        // The first read fetches 3 ranges ahead, leaving one buffer.
+        assert_eq!(how.buffers.available_permits(), 1);
+        let second = how
+            .read(store.clone(), path.clone(), 0, len)
+            .await
+            .expect("read");
+        assert_eq!(how.buffers.available_permits(), 0);
+        let third = how
+            .read(store.clone(), path.clone(), 5, len)
+            .await
+            .expect("read");
+        assert!(collect(third).await.expect("third") == data[5..]);
+        assert!(collect(second).await.expect("second") == data[..]);
+        let chunk = first.next().await.expect("a chunk").expect("bytes");
+        assert_eq!(chunk[..], data[..chunk.len()]);
+        drop(first);
+        assert_eq!(how.buffers.available_permits(), 4);
+    }
+
+    /// A missing object is an error when the read starts, not mid-stream.
+    #[tokio::test]
+    async fn ranged_read_of_a_missing_object_fails_up_front() {
+        let store = memory_store(b"x").await;
+        let how = ReadAhead::new(10, 3, 4);
+        let err = match how.read(store, Path::from("nothing"), 0, 100).await {
+            Ok(_) => panic!("read of a missing object succeeded"),
+            Err(e) => e,
+        };
+        assert!(matches!(err, object_store::Error::NotFound { .. }), "{err}");
+        assert_eq!(how.buffers.available_permits(), 4);
+    }
+
+    /// A big blob on a real S3 server, read in small parallel ranges: the
+    /// whole blob, and Range requests across and inside range boundaries.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn big_blob_reads_in_parallel_ranges() {
+        let Some(mut server) = server() else { return };
+        const R: u64 = 1 << 20;
+        let s = storage(&server, "ranged").with_read_ahead(R, 3, 4);
+        let data = pattern(PART_SIZE + 3 * R as usize + 12_345, 4);
+        let digest = Digest::sha256_of(&data);
+        let up = s.upload_create("r").await.expect("create");
+        s.upload_complete("r", &up.id, &digest, Some(testsuite::stream_of(&data)))
+            .await
+            .expect("complete");
+        let before = s.request_counts();
+        assert!(read_all(&s, &digest).await == data, "whole blob differs");
+        let gets = s.request_counts().since(&before).total();
+        assert!(gets >= 12, "read in {gets} requests, not in 1 MiB ranges");
+        let len = data.len() as u64;
+        for (start, end) in [
+            (R - 1, R),
+            (R, 2 * R - 1),
+            (R + 1, 5 * R + 2),
+            (3 * R + 100, 3 * R + 200),
+            (0, len - 1),
+            (len - R - 3, len - 1),
+        ] {
+            let range = ByteRange::From {
+                start,
+                end: Some(end),
+            };
+            let read = s.blob_read(&digest, Some(range)).await.expect("range");
+            assert_eq!(read.range, Some((start, end)));
+            let got = collect(read.stream).await.expect("bytes");
+            assert!(
+                got == data[start as usize..=end as usize],
+                "range {start}-{end} differs"
+            );
+        }
+        let read = s
+            .blob_read(&digest, Some(ByteRange::Suffix(2 * R + 1)))
+            .await
+            .expect("suffix");
+        let got = collect(read.stream).await.expect("bytes");
+        assert!(got == data[data.len() - (2 * R as usize + 1)..]);
+        assert_eq!(s.read_ahead.buffers.available_permits(), 4);
+
+        // S3 going away mid-read fails the stream (the client sees a cut
+        // body, never a short one), and a read started then is Unavailable.
+        let read = s.blob_read(&digest, None).await.expect("read");
+        server.stop();
+        let err = collect(read.stream)
+            .await
+            .expect_err("read past the outage");
+        eprintln!("mid-read: {err}");
+        let err = match s.blob_read(&digest, None).await {
+            Ok(_) => panic!("read with S3 down succeeded"),
+            Err(e) => e,
+        };
+        assert!(matches!(err, StorageError::Unavailable(_)), "{err}");
+        assert_eq!(s.read_ahead.buffers.available_permits(), 4);
     }
 }

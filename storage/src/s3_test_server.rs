@@ -11,6 +11,7 @@ use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::s3::S3Options;
@@ -36,6 +37,20 @@ pub fn s3s_fs_binary() -> Option<PathBuf> {
     })
 }
 
+/// Deterministic pseudo-random bytes (xorshift) for test blobs: they do not
+/// compress or repeat per part, so no store can shortcut them.
+pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_u32 ^ seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
 pub struct S3TestServer {
     pub port: u16,
     pub bucket: String,
@@ -56,10 +71,9 @@ impl S3TestServer {
             uuid::Uuid::new_v4().simple()
         ));
         std::fs::create_dir_all(root.join(bucket))?;
-        let port = {
-            let listener = TcpListener::bind(("127.0.0.1", 0))?;
-            listener.local_addr()?.port()
-        };
+        // Not port 0: the fault tests restart the server on this port, and an ephemeral
+        // one can be taken meanwhile (see free_port).
+        let port = free_port();
         let mut server = S3TestServer {
             port,
             bucket: bucket.to_string(),
@@ -89,6 +103,7 @@ impl S3TestServer {
             virtual_hosted: false,
             allow_http: true,
             redirect_blobs: false,
+            read_ahead: None,
         }
     }
 
@@ -175,4 +190,55 @@ impl Drop for S3TestServer {
         let _ = std::fs::remove_dir_all(&self.root);
         let _ = std::fs::remove_file(self.root.with_extension("log"));
     }
+}
+
+/// The kernel's range of ephemeral ports (`ip_local_port_range`), 32768..=60999 by default.
+fn ephemeral_ports() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut it = text.split_whitespace().map(|n| n.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+/// A port that is free right now, chosen outside the kernel's ephemeral range. Inside it, a
+/// client connecting while the server is down (a restart test) can be given the server's own
+/// port as its source port and connect to itself (TCP simultaneous open): the request then
+/// waits forever for an answer only it could send, and the restarted server cannot bind.
+pub fn free_port() -> u16 {
+    let (low, high) = ephemeral_ports();
+    let candidates: Vec<u16> = (20_000..32_000)
+        .chain(1024..20_000)
+        .chain(61_000..65_000)
+        .filter(|p| *p < low || *p > high)
+        .collect();
+    assert!(
+        !candidates.is_empty(),
+        "no port outside the ephemeral range {low}-{high} to run test servers on; narrow \
+         net.ipv4.ip_local_port_range"
+    );
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id()
+        .wrapping_mul(7919)
+        .wrapping_add(
+            COUNTER
+                .fetch_add(1, Ordering::Relaxed)
+                .wrapping_mul(104_729),
+        )
+        .wrapping_add(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0),
+        );
+    for i in 0..2000u32 {
+        let index = seed.wrapping_add(i.wrapping_mul(37)) as usize % candidates.len();
+        let port = candidates[index];
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free TCP port found on 127.0.0.1 outside the ephemeral range {low}-{high}");
 }

@@ -20,7 +20,7 @@ use std::borrow::BorrowMut;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -802,7 +802,21 @@ impl Server {
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
-            let _ = child.wait();
+            // A process stuck in the kernel (state D) cannot be reaped; say so instead of
+            // hanging the test run.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !matches!(child.try_wait(), Ok(Some(_)) | Err(_)) {
+                if Instant::now() > deadline {
+                    let status = fs::read_to_string(format!("/proc/{}/status", child.id()))
+                        .unwrap_or_default();
+                    let state = status.lines().find(|l| l.starts_with("State:"));
+                    panic!(
+                        "server pid {} did not die within 60 s of SIGKILL ({state:?})",
+                        child.id()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 }
@@ -829,31 +843,8 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// A port that is free right now, chosen below the kernel's ephemeral range (32768+) so that
-/// outgoing client connections cannot grab it between our check and the server's bind.
-pub fn free_port() -> u16 {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let seed = std::process::id()
-        .wrapping_mul(7919)
-        .wrapping_add(
-            COUNTER
-                .fetch_add(1, Ordering::Relaxed)
-                .wrapping_mul(104_729),
-        )
-        .wrapping_add(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0),
-        );
-    for i in 0..2000u32 {
-        let port = 20_000 + (seed.wrapping_add(i.wrapping_mul(37)) % 12_000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free TCP port found on 127.0.0.1 in 20000..32000");
-}
+/// A free port outside the kernel's ephemeral range (see the function for why).
+pub use berth_storage::s3_test_server::free_port;
 
 /// One HTTP/1.1 request over a raw socket; returns the status code or None if the server does
 /// not answer. Used for readiness checks (sync, no runtime needed).
@@ -974,6 +965,9 @@ pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
+        // No request in these tests takes long; one that hangs must fail the test, not CI.
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(120))
         .pool_max_idle_per_host(0)
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -1124,6 +1118,35 @@ pub fn error_codes(body: &[u8]) -> Option<Vec<String>> {
 }
 
 /// GET a JSON document; returns (status, parsed body or Null).
+/// After clients raced to push `latest`: the tag serves exactly one of the `pushed`
+/// manifests, with bytes matching its digest. Returns that digest.
+pub async fn assert_latest_is_one_of(
+    c: &reqwest::Client,
+    base: &str,
+    repo: &str,
+    pushed: &[String],
+) -> String {
+    let resp = c
+        .get(format!("{base}/v2/{repo}/manifests/latest"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("GET latest");
+    assert_eq!(resp.status().as_u16(), 200);
+    let digest = header(&resp, "docker-content-digest").expect("digest header");
+    let body = resp.bytes().await.expect("body");
+    assert_eq!(
+        digest_of(&body),
+        digest,
+        "tag serves bytes that do not match its digest"
+    );
+    assert!(
+        pushed.contains(&digest),
+        "tag points at {digest}, which nobody pushed"
+    );
+    digest
+}
+
 pub async fn get_json(c: &reqwest::Client, url: &str) -> (u16, serde_json::Value) {
     let resp = c
         .get(url)
