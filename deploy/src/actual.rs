@@ -16,6 +16,11 @@ pub struct ActualHost {
     /// recreation and for names that would clash.
     pub containers: Vec<ActualContainer>,
     pub images: Vec<ActualImage>,
+    /// This app's kept previous releases (containers renamed `NAME-prev`, stopped), what
+    /// `berth rollback` returns to. Not in `containers`: the planner must neither remove
+    /// them as obsolete nor take them for the current release.
+    #[serde(default)]
+    pub previous: Vec<ActualContainer>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -177,6 +182,7 @@ impl ActualHost {
             networks,
             containers,
             images,
+            previous: Vec::new(),
         }
     }
 }

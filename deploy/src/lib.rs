@@ -14,11 +14,14 @@
 
 pub mod actual;
 pub mod app;
+pub mod apply;
 pub mod desired;
+pub mod engine;
 pub mod error;
 pub mod inventory;
 pub mod limit;
 pub mod plan;
+pub mod run;
 pub mod template;
 mod units;
 mod yaml;
@@ -54,4 +57,10 @@ pub mod labels {
     /// field without comparing against `docker inspect` output, which Docker normalises
     /// (image env merged in, defaults filled) and would report as spurious changes.
     pub const CONFIG: &str = "berth.config";
+    /// Name suffix of a container kept as the previous release (stopped, restart policy
+    /// `no`): `APP_SERVICE_N-prev`. `berth rollback` swaps it back in.
+    pub const PREVIOUS_SUFFIX: &str = "-prev";
+    /// Name suffix of a new container while it is started and checked next to the old one
+    /// (start-first replacement); renamed to the real name once healthy.
+    pub const NEXT_SUFFIX: &str = "-next";
 }

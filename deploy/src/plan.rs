@@ -179,6 +179,13 @@ impl HostPlan {
     }
 }
 
+/// An action in a few words (`replace container app_web_1 (start-first)`), as the plan
+/// prints it without its reasons.
+pub fn action_text(action: &Action) -> String {
+    let (verb, what, _) = describe(action);
+    format!("{verb} {what}")
+}
+
 fn describe(action: &Action) -> (&'static str, String, String) {
     match action {
         Action::PullImage { image, reason } => ("pull", format!("image {image}"), reason.clone()),
@@ -460,6 +467,45 @@ fn plan_host_inner(desired: &DesiredHost, actual: &ActualHost) -> Result<HostPla
             reason: what,
         });
     }
+    // Kept previous releases (`NAME-prev`): rollback swaps every one of them back in, so
+    // after a deploy that changes containers only the changed ones may keep one; a
+    // container that stays unchanged loses its older predecessor. Those of containers that
+    // are gone from the app go too.
+    let changes_containers = container_actions.iter().any(|action| {
+        matches!(
+            action,
+            Action::CreateContainer { .. } | Action::ReplaceContainer { .. }
+        )
+    });
+    let replaced: BTreeSet<&str> = container_actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::CreateContainer { container, .. }
+            | Action::ReplaceContainer { container, .. } => Some(container.name.as_str()),
+            _ => None,
+        })
+        .collect();
+    for previous in &actual.previous {
+        let base = previous
+            .name
+            .strip_suffix(labels::PREVIOUS_SUFFIX)
+            .unwrap_or(&previous.name);
+        let reason = if !wanted_containers.contains(base) {
+            format!("previous release of {base}, which is no longer in the app for this host")
+        } else if changes_containers && !replaced.contains(base) {
+            format!(
+                "previous release of {base}, which this deploy leaves unchanged (rollback returns only what the latest deploy changed)"
+            )
+        } else {
+            continue;
+        };
+        removed_containers.insert(previous.name.as_str());
+        removals.push(Action::RemoveContainer {
+            name: previous.name.clone(),
+            id: previous.id.clone(),
+            reason,
+        });
+    }
     let wanted_networks: BTreeSet<&str> =
         desired.networks.iter().map(|n| n.name.as_str()).collect();
     let mut obsolete_networks: Vec<&ActualNetwork> = actual
@@ -538,7 +584,7 @@ fn state_name(state: ContainerState) -> &'static str {
     }
 }
 
-fn stored_spec(container: &ActualContainer) -> Result<ContainerSpec, String> {
+pub(crate) fn stored_spec(container: &ActualContainer) -> Result<ContainerSpec, String> {
     match container.labels.get(labels::CONFIG) {
         None => Err(format!("created without Berth's {} label", labels::CONFIG)),
         Some(json) => serde_json::from_str(json).map_err(|_| {

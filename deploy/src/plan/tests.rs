@@ -491,3 +491,59 @@ fn human_units_in_reasons() {
         ]
     );
 }
+
+/// A kept previous release of `name` as the reader reports it: stopped, renamed.
+fn previous_of(actual: &ActualHost, name: &str) -> ActualContainer {
+    let mut previous = actual.container(name).expect("container").clone();
+    previous.name = format!("{name}{}", labels::PREVIOUS_SUFFIX);
+    previous.id = format!("{}-prev", previous.id);
+    previous.state = ContainerState::Exited;
+    previous
+}
+
+#[test]
+fn unchanged_rerun_keeps_previous_releases() {
+    let desired_host = desired("");
+    let mut actual = ActualHost::after_apply(&desired_host);
+    actual.previous = vec![
+        previous_of(&actual, "shop_web_1"),
+        previous_of(&actual, "shop_worker_1"),
+    ];
+    let plan = plan_host(&desired_host, &actual);
+    assert!(plan.actions.is_empty(), "{:?}", verbs(&plan));
+}
+
+#[test]
+fn a_deploy_that_changes_containers_drops_predecessors_of_unchanged_ones() {
+    let mut actual = ActualHost::after_apply(&desired(""));
+    actual.previous = vec![
+        previous_of(&actual, "shop_web_1"),
+        previous_of(&actual, "shop_worker_1"),
+    ];
+    // Only web changes: its predecessor is replaced by the applier, worker's older one goes
+    // (rolling back must not take worker back past a release it was not changed in).
+    let plan = plan_host(&desired("mode: staging\n"), &actual);
+    assert_eq!(
+        verbs(&plan),
+        [
+            "replace container shop_web_1 (stop-first: host port 80/tcp is published by both)",
+            "remove container shop_worker_1-prev",
+        ]
+    );
+    assert!(plan.render().contains("leaves unchanged"));
+}
+
+#[test]
+fn predecessor_of_a_removed_container_goes_with_it() {
+    let mut actual = ActualHost::after_apply(&desired(""));
+    actual.previous = vec![previous_of(&actual, "shop_worker_2")];
+    let smaller = APP.replace("replicas: 2", "replicas: 1");
+    let plan = plan_host(&desired_with(&smaller, "").remove(0), &actual);
+    assert_eq!(
+        verbs(&plan),
+        [
+            "remove container shop_worker_2",
+            "remove container shop_worker_2-prev"
+        ]
+    );
+}
