@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
 mod config;
+mod deploy;
 mod images;
 mod progress;
 
@@ -51,6 +52,11 @@ enum Command {
     Login(images::LoginArgs),
     /// Forget the credentials for a registry.
     Logout(images::LogoutArgs),
+    /// Run an app on the hosts of an inventory: plan (printed with reasons), then apply
+    /// with health-gated, rolled-back-on-failure replacement; --check only plans.
+    Deploy(deploy::DeployArgs),
+    /// Return every host of an inventory to the app's previous release.
+    Rollback(deploy::RollbackArgs),
 }
 
 /// How to reach S3 when the storage is `s3://BUCKET/PREFIX` (serve and gc share them).
@@ -148,6 +154,8 @@ fn main() -> ExitCode {
         Command::Rm(args) => images::rm(args),
         Command::Login(args) => images::login(args),
         Command::Logout(args) => images::logout(args),
+        Command::Deploy(args) => deploy::deploy(args),
+        Command::Rollback(args) => deploy::rollback(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -210,12 +210,25 @@ impl Applier<'_> {
 
     async fn replace_stop_first(&mut self, container: &DesiredContainer) -> Result<(), String> {
         let name = container.name.as_str();
+        // An older kept release stays until the new one is ready: if this rollout fails,
+        // the host is back exactly where it was, rollback target included.
+        let previous = previous_name(name);
+        let older = format!("{previous}{OLDER_SUFFIX}");
+        self.engine.remove(&older).await?;
+        let had_previous = self.actual.previous.iter().any(|c| c.name == previous);
+        if had_previous {
+            self.engine.rename(&previous, &older).await?;
+        }
         self.set_aside(name).await?;
         if let Err(error) = self.launch(container, name).await {
             let mut message = format!("{error}; the new container was removed");
             let restored = async {
                 self.engine.remove(name).await?;
-                self.restore(name).await
+                self.restore(name).await?;
+                if had_previous {
+                    self.engine.rename(&older, &previous).await?;
+                }
+                Ok::<(), String>(())
             }
             .await;
             match restored {
@@ -226,7 +239,7 @@ impl Applier<'_> {
             }
             return Err(message);
         }
-        Ok(())
+        self.engine.remove(&older).await
     }
 
     /// Stops `name` and keeps it as `NAME-prev` (replacing an older kept one).
@@ -415,6 +428,9 @@ async fn swap_back(
         }
     }
 }
+
+/// Name suffix (after `-prev`) of an older kept release while a stop-first rollout runs.
+const OLDER_SUFFIX: &str = "-old";
 
 fn no_restart() -> RestartPolicy {
     RestartPolicy {
