@@ -1,5 +1,5 @@
 //! The origin document's app, planned against its testing and production inventories
-//! (tests/fixtures/), with no Docker host at all.
+//! (the repository's examples/origin/), with no Docker host at all.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,7 +8,7 @@ use berth_deploy::app::AppSource;
 use berth_deploy::{desired_state, plan, Action, ActualHost, DesiredHost, Inventory, Plan};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/origin")
 }
 
 fn desired(inventory_dir: &Path, limit: Option<&str>) -> Vec<DesiredHost> {
