@@ -98,6 +98,12 @@ services:
       front: {{ ipv4_address: {FRONT_PREFIX}.2 }}
       back: {{ ipv4_address: {BACK_PREFIX}.2 }}
     restart: unless-stopped
+  worker:
+    image: "{{{{ registry }}}}/{repository}:{{{{ tag }}}}"
+    replicas: 2
+    command: [/bin/sh, -c, "trap 'exit 0' TERM; while true; do /bin/busybox sleep 1; done"]
+    env: {{ MODE: "{{{{ mode }}}}" }}
+    networks: [back]
 "#
     )
 }
@@ -208,13 +214,15 @@ fn deploy_rerun_change_failed_health_and_rollback() {
     set_vars(&inventory, "mode: one\n");
     let web = format!("{app}_web_1");
     let nodes = format!("{app}_nodes_1");
+    let worker1 = format!("{app}_worker_1");
+    let worker2 = format!("{app}_worker_2");
     let front = format!("{app}_front");
     let back = format!("{app}_back");
 
     // --- 1. first deploy: everything created, as specified ----------------------------------
     let out = ok(deploy(&cli, &app_path, &inventory, &[]));
     assert!(
-        out.contains("local : ok=0 changed=5 unreachable=0 failed=0"),
+        out.contains("local : ok=0 changed=7 unreachable=0 failed=0"),
         "{out}"
     );
     let w = inspect(&web);
@@ -275,7 +283,7 @@ fn deploy_rerun_change_failed_health_and_rollback() {
     let ids = (container_id(&web), container_id(&nodes));
     let out = ok(deploy(&cli, &app_path, &inventory, &[]));
     assert!(
-        out.contains("local : ok=4 changed=0 unreachable=0 failed=0"),
+        out.contains("local : ok=6 changed=0 unreachable=0 failed=0"),
         "{out}"
     );
     assert!(!out.contains("changed:"), "{out}");
@@ -299,11 +307,23 @@ fn deploy_rerun_change_failed_health_and_rollback() {
         "env values must not be printed: {out}"
     );
     assert!(
-        out.contains("local : ok=3 changed=1 unreachable=0 failed=0"),
+        out.contains("local : ok=3 changed=3 unreachable=0 failed=0"),
         "{out}"
     );
     assert_ne!(container_id(&web), ids.0);
     assert_eq!(container_id(&nodes), ids.1);
+    // Replicas without published ports or fixed addresses go start-first: the new one runs
+    // next to the old one under a temporary name, then takes over the name.
+    for replica in [&worker1, &worker2] {
+        assert!(
+            out.contains(&format!("replace  container {replica} (start-first)")),
+            "{out}"
+        );
+        assert!(env_of(&inspect(replica)).contains(&"MODE=zebra42".to_string()));
+        assert_eq!(inspect(replica)["State"]["Running"], true);
+        assert!(container_id(&format!("{replica}-prev")).is_some());
+        assert!(container_id(&format!("{replica}-next")).is_none());
+    }
     assert!(env_of(&inspect(&web)).contains(&"MODE=zebra42".to_string()));
     // The replaced one is kept, stopped, never restarted by the daemon.
     let kept = inspect(&format!("{web}-prev"));
@@ -343,10 +363,10 @@ fn deploy_rerun_change_failed_health_and_rollback() {
 
     // --- 5. a new image replaces both; rollback returns to the previous one -------------------
     set_vars(&inventory, "mode: zebra42\ntag: v2\n");
-    let before = (container_id(&web), container_id(&nodes));
+    let before = [&web, &nodes, &worker1, &worker2].map(|name| container_id(name));
     let out = ok(deploy(&cli, &app_path, &inventory, &[]));
-    assert!(out.contains("changed=3"), "{out}");
-    for name in [&web, &nodes] {
+    assert!(out.contains("local : ok=2 changed=5"), "{out}");
+    for name in [&web, &nodes, &worker1, &worker2] {
         let image = inspect(name)["Config"]["Image"]
             .as_str()
             .unwrap_or_default()
@@ -355,8 +375,11 @@ fn deploy_rerun_change_failed_health_and_rollback() {
     }
     let out = ok(rollback(&cli, &app_path, &inventory));
     assert!(out.contains(&format!("rollback container {web}")), "{out}");
-    assert_eq!((container_id(&web), container_id(&nodes)), before);
-    for name in [&web, &nodes] {
+    assert_eq!(
+        [&web, &nodes, &worker1, &worker2].map(|name| container_id(name)),
+        before
+    );
+    for name in [&web, &nodes, &worker1, &worker2] {
         let c = inspect(name);
         let image = c["Config"]["Image"].as_str().unwrap_or_default();
         assert!(
@@ -368,7 +391,7 @@ fn deploy_rerun_change_failed_health_and_rollback() {
     assert_eq!(inspect(&web)["State"]["Health"]["Status"], "healthy");
     // The app file still says v2: the next deploy plans to go forward again.
     let check = ok(deploy(&cli, &app_path, &inventory, &["--check"]));
-    assert!(check.contains("changed=2"), "{check}");
+    assert!(check.contains("local : ok=2 changed=4"), "{check}");
 
     // --- 6. an unreachable host is named; the reachable one is still planned ------------------
     let ghost = cli.path("ghost.sock");
@@ -394,7 +417,7 @@ fn deploy_rerun_change_failed_health_and_rollback() {
         out.describe()
     );
     assert!(
-        out.stdout.contains("local : ok=2 changed=2"),
+        out.stdout.contains("local : ok=2 changed=4"),
         "{}",
         out.describe()
     );
