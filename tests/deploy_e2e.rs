@@ -474,3 +474,271 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A private dockerd of this test's own, listening on a unix socket and on
+/// `tcp://127.0.0.1:PORT` with TLS client-certificate verification. Stopped by PID and its
+/// directories removed when dropped.
+struct TlsDockerd {
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+    port: u16,
+}
+
+impl TlsDockerd {
+    fn start() -> TlsDockerd {
+        let dir = tempfile::Builder::new()
+            .prefix("bdtls")
+            .tempdir()
+            .expect("temp dir");
+        let certs = dir.path().join("certs");
+        fs::create_dir_all(&certs).expect("mkdir certs");
+        make_certificates(&certs);
+        let port = free_port();
+        let log = fs::File::create(dir.path().join("dockerd.log")).expect("dockerd log");
+        let err = log.try_clone().expect("dockerd log");
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        let child = std::process::Command::new("dockerd")
+            .args(["--data-root", &path("data")])
+            .args(["--exec-root", &path("exec")])
+            .args(["--pidfile", &path("dockerd.pid")])
+            .args(["-H", &format!("unix://{}", path("docker.sock"))])
+            .args(["-H", &format!("tcp://127.0.0.1:{port}")])
+            .args(["--tlsverify", "--tlscacert", &path("certs/ca.pem")])
+            .args(["--tlscert", &path("certs/server-cert.pem")])
+            .args(["--tlskey", &path("certs/server-key.pem")])
+            .args([
+                "--storage-driver",
+                "overlay2",
+                "--bridge",
+                "none",
+                "--iptables=false",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .expect("start dockerd");
+        let socket = format!("unix://{}", path("docker.sock"));
+        let daemon = TlsDockerd { dir, child, port };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = run(
+                cmd(
+                    "docker",
+                    ["-H", &socket, "version", "--format", "{{.Server.Version}}"],
+                ),
+                TIMEOUT,
+            );
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "dockerd with TLS did not start:\n{}",
+                fs::read_to_string(daemon.dir.path().join("dockerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        daemon
+    }
+
+    fn certs(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+}
+
+impl Drop for TlsDockerd {
+    fn drop(&mut self) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) on the PID of the child this struct started and still owns.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        // Anything dockerd left mounted below its directories goes before they are removed.
+        let root = self.dir.path().display().to_string();
+        if let Ok(mounts) = fs::read_to_string("/proc/mounts") {
+            let mut below: Vec<&str> = mounts
+                .lines()
+                .filter_map(|line| line.split_whitespace().nth(1))
+                .filter(|point| point.starts_with(&root))
+                .collect();
+            below.sort_by(|a, b| b.cmp(a));
+            for point in below {
+                let _ = run(cmd("umount", ["-l", point]), TIMEOUT);
+            }
+        }
+    }
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate (`ca.pem`, `cert.pem`,
+/// `key.pem`: Docker's `DOCKER_CERT_PATH` layout), plus a client certificate from another CA
+/// (`other/`), with the openssl CLI.
+fn make_certificates(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let mut c = cmd("openssl", args);
+        c.current_dir(dir);
+        run_ok(c, TIMEOUT);
+    };
+    fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write server.ext");
+    fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("write client.ext");
+    fs::create_dir_all(dir.join("other")).expect("mkdir other");
+    for (ca, out) in [("ca", ""), ("other/ca", "other/")] {
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{ca}-key.pem"),
+            "-out",
+            &format!("{ca}.pem"),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=berth-test-ca",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{out}key.pem"),
+            "-out",
+            &format!("{out}client.csr"),
+            "-subj",
+            "/CN=berth-deploy",
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{out}client.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}-key.pem"),
+            "-CAcreateserial",
+            "-out",
+            &format!("{out}cert.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            "client.ext",
+        ]);
+    }
+    fs::copy(dir.join("ca.pem"), dir.join("other/ca.pem")).expect("copy ca");
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server-key.pem",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca-key.pem",
+        "-CAcreateserial",
+        "-out",
+        "server-cert.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+}
+
+/// `tcp://` with TLS client certificates: the host with the right certificates is read and
+/// planned; one without TLS and one whose client certificate another CA signed are
+/// unreachable, each with the daemon's or the TLS layer's reason.
+#[test]
+fn tcp_with_tls_client_certificates() {
+    if !require_tool("docker") || !require_tool("dockerd") || !require_tool("openssl") {
+        return;
+    }
+    let daemon = TlsDockerd::start();
+    let cli = BerthCli::new();
+    let certs = daemon.certs();
+    let port = daemon.port;
+    let inventory = cli.path("inventory");
+    fs::create_dir_all(&inventory).expect("mkdir inventory");
+    fs::write(
+        inventory.join("hosts.yml"),
+        format!(
+            "all:\n  vars:\n    docker_host: tcp://127.0.0.1:{port}\n  hosts:\n    \
+             good:\n      docker_cert_path: {certs}\n    \
+             plain:\n    \
+             stranger:\n      docker_cert_path: {certs}/other\n",
+            certs = certs.display()
+        ),
+    )
+    .expect("write hosts.yml");
+    let app = cli.path("app.yml");
+    fs::write(
+        &app,
+        "name: tlsapp\nnetworks:\n  net: { subnet: 172.31.244.0/24 }\nservices:\n  \
+         one: { image: '127.0.0.1:9/none:v1', networks: { net: { ipv4_address: 172.31.244.5 } } }\n",
+    )
+    .expect("write app");
+    let mut c = cli.cmd(["deploy"]);
+    c.arg(&app)
+        .arg("-i")
+        .arg(&inventory)
+        .args(["--check", "--no-pin"]);
+    let out = run(c, TIMEOUT);
+    assert!(!out.status.success(), "{}", out.describe());
+    let text = &out.stdout;
+    assert!(
+        text.contains("good     : ok=0 changed=3 unreachable=0 failed=0"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        text.contains("create   network tlsapp_net"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        text.contains("plain    : ok=0 changed=0 unreachable=1"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        text.contains("HTTP request to an HTTPS server"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        text.contains("stranger : ok=0 changed=0 unreachable=1"),
+        "{}",
+        out.describe()
+    );
+    assert!(text.contains("UNREACHABLE stranger"), "{}", out.describe());
+}

@@ -68,8 +68,24 @@ fn api_error(what: &str, err: bollard::errors::Error) -> String {
         } => format!("{what}: {message} (HTTP {status_code})"),
         E::DockerStreamError { error } => format!("{what}: {error}"),
         E::RequestTimeoutError => format!("{what}: the Docker API did not answer in time"),
-        other => format!("{what}: {other}"),
+        other => format!("{what}: {}", with_causes(&other)),
     }
+}
+
+/// An error with its causes (`client error (SendRequest): ...: invalid peer certificate`):
+/// the transport's top-level message alone rarely says what went wrong.
+fn with_causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn is_not_found(err: &bollard::errors::Error) -> bool {
@@ -158,13 +174,8 @@ impl Engine {
         };
         let docker = tokio::time::timeout(timeout, docker.negotiate_version())
             .await
-            .map_err(|_| {
-                format!(
-                    "unreachable: {shown} did not answer within {}s",
-                    timeout.as_secs()
-                )
-            })?
-            .map_err(|e| format!("unreachable: {shown}: {e}"))?;
+            .map_err(|_| format!("{shown} did not answer within {}s", timeout.as_secs()))?
+            .map_err(|e| format!("{shown}: {}", with_causes(&e)))?;
         Ok(Engine {
             docker,
             endpoint: shown,
