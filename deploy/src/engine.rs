@@ -708,3 +708,191 @@ pub fn later_networks(
 ) -> impl Iterator<Item = (&String, &crate::app::ServiceNetwork)> {
     spec.networks.iter().skip(1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::{Port, Protocol, ServiceNetwork};
+    use crate::desired::HealthSpec;
+
+    fn desired() -> DesiredContainer {
+        let spec = ContainerSpec {
+            image: "reg:5000/web:v1".into(),
+            image_digest: Some(format!("sha256:{}", "a".repeat(64))),
+            command: Some(vec!["httpd".into(), "-f".into()]),
+            entrypoint: None,
+            env: BTreeMap::from([("MODE".into(), "prod".into())]),
+            labels: BTreeMap::from([("team".into(), "web".into())]),
+            ports: vec![
+                Port {
+                    host_ip: Some("127.0.0.1".parse().expect("ip")),
+                    published: Some(8080),
+                    target: 80,
+                    protocol: Protocol::Tcp,
+                },
+                Port {
+                    host_ip: None,
+                    published: None,
+                    target: 53,
+                    protocol: Protocol::Udp,
+                },
+            ],
+            networks: BTreeMap::from([
+                (
+                    "app_back".into(),
+                    ServiceNetwork {
+                        ipv4_address: Some("10.2.3.2".parse().expect("ip")),
+                        aliases: vec![],
+                    },
+                ),
+                (
+                    "app_front".into(),
+                    ServiceNetwork {
+                        ipv4_address: None,
+                        aliases: vec!["web".into()],
+                    },
+                ),
+            ]),
+            restart: crate::app::RestartPolicy {
+                name: "on-failure".into(),
+                max_retries: Some(3),
+            },
+            nano_cpus: Some(500_000_000),
+            memory: Some(64 << 20),
+            healthcheck: Some(HealthSpec {
+                test: vec!["CMD".into(), "true".into()],
+                interval_ns: Some(1_000_000_000),
+                timeout_ns: None,
+                retries: Some(2),
+                start_period_ns: None,
+            }),
+        };
+        DesiredContainer {
+            name: "app_web_1".into(),
+            service: "web".into(),
+            replica: 1,
+            config_hash: spec.config_hash(),
+            spec,
+            build: None,
+        }
+    }
+
+    #[test]
+    fn create_body_carries_the_whole_spec() {
+        let container = desired();
+        let body = container_body("app", &container);
+        assert_eq!(
+            body.image.as_deref(),
+            Some(format!("reg:5000/web:v1@sha256:{}", "a".repeat(64)).as_str())
+        );
+        assert_eq!(body.env, Some(vec!["MODE=prod".to_string()]));
+        let labels = body.labels.expect("labels");
+        assert_eq!(labels["team"], "web");
+        assert_eq!(labels[labels::APP], "app");
+        assert_eq!(labels[labels::CONFIG_HASH], container.config_hash);
+        assert_eq!(
+            body.exposed_ports,
+            Some(vec!["53/udp".to_string(), "80/tcp".to_string()])
+        );
+        let host = body.host_config.expect("host config");
+        let bindings = host.port_bindings.expect("bindings");
+        let web = bindings["80/tcp"].as_ref().expect("80/tcp")[0].clone();
+        assert_eq!(web.host_ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(web.host_port.as_deref(), Some("8080"));
+        let dns = bindings["53/udp"].as_ref().expect("53/udp")[0].clone();
+        assert_eq!((dns.host_ip, dns.host_port), (None, None));
+        assert_eq!(host.nano_cpus, Some(500_000_000));
+        assert_eq!(host.memory, Some(64 << 20));
+        let restart = host.restart_policy.expect("restart");
+        assert_eq!(restart.name, Some(RestartPolicyNameEnum::ON_FAILURE));
+        assert_eq!(restart.maximum_retry_count, Some(3));
+        let check = body.healthcheck.expect("healthcheck");
+        assert_eq!(check.interval, Some(1_000_000_000));
+        assert_eq!(check.retries, Some(2));
+        assert_eq!(check.timeout, None);
+    }
+
+    #[test]
+    fn one_network_at_create_the_rest_connected_later() {
+        let container = desired();
+        let body = container_body("app", &container);
+        let host = body.host_config.expect("host config");
+        assert_eq!(host.network_mode.as_deref(), Some("app_back"));
+        let endpoints = body
+            .networking_config
+            .and_then(|n| n.endpoints_config)
+            .expect("endpoints");
+        assert_eq!(endpoints.len(), 1);
+        let back = &endpoints["app_back"];
+        assert_eq!(
+            back.ipam_config
+                .as_ref()
+                .and_then(|c| c.ipv4_address.as_deref()),
+            Some("10.2.3.2")
+        );
+        let later: Vec<&String> = later_networks(&container.spec)
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(later, ["app_front"]);
+        let front = endpoint_settings(&container.spec.networks["app_front"]);
+        assert_eq!(front.aliases, Some(vec!["web".to_string()]));
+        assert!(front.ipam_config.is_none());
+    }
+
+    #[test]
+    fn health_is_read_from_the_status_text() {
+        assert_eq!(
+            health_from_status("Up 3 seconds (healthy)"),
+            Some(Health::Healthy)
+        );
+        assert_eq!(
+            health_from_status("Up 1 second (health: starting)"),
+            Some(Health::Starting)
+        );
+        assert_eq!(
+            health_from_status("Up 9 seconds (unhealthy)"),
+            Some(Health::Unhealthy)
+        );
+        assert_eq!(health_from_status("Exited (0) 2 minutes ago"), None);
+    }
+
+    #[tokio::test]
+    async fn unsupported_and_incomplete_endpoints_say_what_to_do() {
+        let ssh = DockerEndpoint::Ssh {
+            user: Some("deploy".into()),
+            host: "web1".into(),
+            port: None,
+        };
+        let error = Engine::connect(&ssh, Duration::from_secs(1))
+            .await
+            .err()
+            .expect("ssh is refused");
+        assert!(error.contains("not supported yet"), "{error}");
+        let tls = DockerEndpoint::Tcp {
+            host: "127.0.0.1".into(),
+            port: 2376,
+            tls: Some(crate::inventory::TlsFiles {
+                ca_cert: Some("/nonexistent/ca.pem".into()),
+                client_cert: None,
+                client_key: None,
+                verify: true,
+            }),
+        };
+        let error = Engine::connect(&tls, Duration::from_secs(1))
+            .await
+            .err()
+            .expect("incomplete TLS is refused");
+        assert!(
+            error.contains("needs a CA certificate, a client certificate"),
+            "{error}"
+        );
+        let missing = DockerEndpoint::Unix {
+            path: "/nonexistent/docker.sock".into(),
+        };
+        let error = Engine::connect(&missing, Duration::from_secs(1))
+            .await
+            .err()
+            .expect("a missing socket is unreachable");
+        assert!(error.contains("/nonexistent/docker.sock"), "{error}");
+    }
+}

@@ -433,3 +433,71 @@ async fn rollback_one(
         .saturating_sub(report.results.len());
     report
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str) -> HostReport {
+        HostReport {
+            host: name.to_string(),
+            endpoint: format!("unix:///run/{name}.sock"),
+            unreachable: false,
+            error: None,
+            plan: None,
+            results: Vec::new(),
+            ok: 0,
+            changed: 0,
+            failed: 0,
+            skipped: 0,
+        }
+    }
+
+    #[test]
+    fn recap_names_unreachable_and_failed_hosts_with_their_reasons() {
+        let mut good = host("web1");
+        good.ok = 4;
+        let down = host("web22").fail("unix:///run/web22.sock: no such file".into(), true);
+        let mut broken = host("web3");
+        broken.results = vec![
+            ActionResult {
+                action: "replace container app_web_1 (start-first)".into(),
+                outcome: Outcome::Failed,
+                message: Some("app_web_1 is unhealthy".into()),
+            },
+            ActionResult {
+                action: "remove container app_old_1".into(),
+                outcome: Outcome::Skipped,
+                message: None,
+            },
+        ];
+        broken.count_results();
+        let report = RunReport {
+            app: "app".into(),
+            mode: Mode::Deploy,
+            images: BTreeMap::new(),
+            hosts: vec![good, down, broken],
+        };
+        assert!(!report.succeeded());
+        assert_eq!(
+            report.recap(),
+            "RECAP\n\
+             web1  : ok=4 changed=0 unreachable=0 failed=0 skipped=0\n\
+             web22 : ok=0 changed=0 unreachable=1 failed=0 skipped=0\n\
+             web3  : ok=0 changed=0 unreachable=0 failed=1 skipped=1\n\
+             UNREACHABLE web22: unix:///run/web22.sock: no such file\n\
+             FAILED web3: replace container app_web_1 (start-first): app_web_1 is unhealthy\n"
+        );
+    }
+
+    #[test]
+    fn all_reached_and_nothing_failed_is_success() {
+        let report = RunReport {
+            app: "app".into(),
+            mode: Mode::Check,
+            images: BTreeMap::new(),
+            hosts: vec![host("a"), host("b")],
+        };
+        assert!(report.succeeded());
+    }
+}
