@@ -545,10 +545,24 @@ impl TlsDockerd {
     fn certs(&self) -> PathBuf {
         self.dir.path().join("certs")
     }
+
+    /// `docker -H unix://… ARGS` against this daemon.
+    fn docker<const N: usize>(&self, args: [&str; N]) -> std::process::Command {
+        let socket = format!("unix://{}", self.dir.path().join("docker.sock").display());
+        let mut c = cmd("docker", ["-H", socket.as_str()]);
+        c.args(args);
+        c
+    }
 }
 
 impl Drop for TlsDockerd {
     fn drop(&mut self) {
+        // Containers and networks first: a stopped dockerd leaves its bridges behind.
+        let ids = run(self.docker(["ps", "-aq"]), TIMEOUT);
+        for id in ids.stdout.split_whitespace() {
+            let _ = run(self.docker(["rm", "-f", id]), TIMEOUT);
+        }
+        let _ = run(self.docker(["network", "prune", "-f"]), TIMEOUT);
         let pid = self.child.id() as libc::pid_t;
         // SAFETY: kill(2) on the PID of the child this struct started and still owns.
         unsafe {
@@ -741,4 +755,113 @@ fn tcp_with_tls_client_certificates() {
         out.describe()
     );
     assert!(text.contains("UNREACHABLE stranger"), "{}", out.describe());
+}
+
+/// Two hosts deployed in parallel: the daemon under test over its unix socket and a daemon
+/// of the test's own over TLS, each with its own subnet from `host_vars`. Changing one
+/// host's variable changes only that host.
+#[test]
+fn two_hosts_in_parallel_with_per_host_variables() {
+    if !require_tool("docker") || !require_tool("dockerd") || !require_tool("openssl") {
+        return;
+    }
+    let daemon = TlsDockerd::start();
+    let server = Server::start();
+    let cli = BerthCli::new();
+    let app = unique("b2h").replace('-', "_");
+    let repository = format!("deploy-e2e/{}", app.replace('_', "-"));
+    let registry = server.host();
+    let _cleanup = Cleanup {
+        app: app.clone(),
+        images: vec![format!("{registry}/{repository}")],
+    };
+    let rootfs = cli.path("rootfs.tar");
+    write_busybox_rootfs(&rootfs, false);
+    let v1 = import_image(&cli, &rootfs, &format!("{registry}/{repository}:v1"), "1");
+
+    let inventory = cli.path("inventory");
+    fs::create_dir_all(inventory.join("host_vars")).expect("mkdir inventory");
+    fs::write(
+        inventory.join("hosts.yml"),
+        format!(
+            "all:\n  vars:\n    mode: one\n  children:\n    back:\n      hosts:\n        \
+             alpha:\n          docker_host: \"{}\"\n        \
+             beta:\n          docker_host: tcp://127.0.0.1:{}\n          docker_cert_path: {}\n",
+            docker_host(),
+            daemon.port,
+            daemon.certs().display()
+        ),
+    )
+    .expect("write hosts.yml");
+    fs::write(
+        inventory.join("host_vars/alpha.yml"),
+        "prefix: \"172.31.245\"\n",
+    )
+    .expect("vars");
+    fs::write(
+        inventory.join("host_vars/beta.yml"),
+        "prefix: \"172.31.246\"\n",
+    )
+    .expect("vars");
+    let app_path = cli.path("app.yml");
+    fs::write(
+        &app_path,
+        format!(
+            r#"name: {app}
+networks:
+  net:
+    subnet: "{{{{ prefix }}}}.0/24"
+    gateway: "{{{{ prefix }}}}.254"
+services:
+  svc:
+    image: "{registry}/{repository}:v1"
+    hosts: back
+    command: [/bin/sh, -c, "trap 'exit 0' TERM; while true; do /bin/busybox sleep 1; done"]
+    env: {{ MODE: "{{{{ mode }}}}", HOST: "{{{{ inventory_hostname }}}}" }}
+    networks:
+      net: {{ ipv4_address: "{{{{ prefix }}}}.7" }}
+"#
+        ),
+    )
+    .expect("write app");
+    let container = format!("{app}_svc_1");
+    let network = format!("{app}_net");
+
+    let out = ok(deploy(&cli, &app_path, &inventory, &["--parallel", "2"]));
+    assert!(out.contains("alpha : ok=0 changed=3"), "{out}");
+    assert!(out.contains("beta  : ok=0 changed=3"), "{out}");
+    let on_alpha = inspect(&container);
+    let on_beta = parse_json(
+        &run_ok(daemon.docker(["inspect", &container]), TIMEOUT),
+        "inspect on beta",
+    )[0]
+    .clone();
+    assert_eq!(address(&on_alpha, &network), "172.31.245.7");
+    assert_eq!(address(&on_beta, &network), "172.31.246.7");
+    assert_eq!(
+        on_alpha["NetworkSettings"]["Networks"][&network]["Gateway"],
+        "172.31.245.254"
+    );
+    assert_eq!(
+        on_beta["NetworkSettings"]["Networks"][&network]["Gateway"],
+        "172.31.246.254"
+    );
+    assert!(env_of(&on_alpha).contains(&"HOST=alpha".to_string()));
+    assert!(env_of(&on_beta).contains(&"HOST=beta".to_string()));
+    for c in [&on_alpha, &on_beta] {
+        let image = c["Config"]["Image"].as_str().unwrap_or_default();
+        assert!(image.ends_with(&format!("@{v1}")), "{image}");
+    }
+
+    // One host's variable changes: only that host changes.
+    fs::write(
+        inventory.join("host_vars/beta.yml"),
+        "prefix: \"172.31.246\"\nmode: two\n",
+    )
+    .expect("vars");
+    let alpha_id = on_alpha["Id"].clone();
+    let out = ok(deploy(&cli, &app_path, &inventory, &[]));
+    assert!(out.contains("alpha : ok=2 changed=0"), "{out}");
+    assert!(out.contains("beta  : ok=1 changed=1"), "{out}");
+    assert_eq!(inspect(&container)["Id"], alpha_id);
 }
