@@ -299,6 +299,12 @@ fn deploy_rerun_change_failed_health_and_rollback() {
 
     // --- 3. an env change replaces exactly that service ---------------------------------------
     set_vars(&inventory, "mode: zebra42\n");
+    let check = ok(deploy(&cli, &app_path, &inventory, &["--check", "--json"]));
+    assert!(check.contains("\"MODE\": \"***\""), "{check}");
+    assert!(
+        !check.contains("zebra42"),
+        "env values must not be in --json: {check}"
+    );
     let out = ok(deploy(&cli, &app_path, &inventory, &[]));
     assert!(out.contains(&format!("replace  container {web}")), "{out}");
     assert!(out.contains("env MODE changed"), "{out}");

@@ -350,7 +350,7 @@ async fn deploy_host(
     let mut report = report;
     report.ok = plan.ok();
     if let Some(error) = &plan.error {
-        report.plan = Some(plan.clone());
+        report.plan = Some(redacted(&plan));
         return report.fail(error.clone(), false);
     }
     if options.check {
@@ -373,8 +373,24 @@ async fn deploy_host(
         .await;
         report.count_results();
     }
-    report.plan = Some(plan);
+    report.plan = Some(redacted(&plan));
     report
+}
+
+/// The plan as reports carry it: env values replaced by `***` (they are often secrets, and
+/// `--json` output ends up in CI logs); the names stay, as in the printed plan.
+fn redacted(plan: &HostPlan) -> HostPlan {
+    let mut plan = plan.clone();
+    for action in &mut plan.actions {
+        if let crate::plan::Action::CreateContainer { container, .. }
+        | crate::plan::Action::ReplaceContainer { container, .. } = action
+        {
+            for value in container.spec.env.values_mut() {
+                *value = "***".to_string();
+            }
+        }
+    }
+    plan
 }
 
 /// `berth rollback`: on every host, swap each container with its kept previous release.
