@@ -390,6 +390,13 @@ async fn swap_back(
         engine.rename(&previous.name, name).await?;
         if let Some(spec) = &previous_spec {
             engine.set_restart(name, &spec.restart).await?;
+            // A network recreated since this release ran took it off that network.
+            let attached = engine.networks_of(name).await?.unwrap_or_default();
+            for (network, attachment) in &spec.networks {
+                if !attached.contains(network) {
+                    engine.attach(network, name, attachment).await?;
+                }
+            }
         }
         engine.start(name).await?;
         let has_check = previous_spec

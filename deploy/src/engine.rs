@@ -547,6 +547,24 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Names of the networks a container is attached to (`None` when it does not exist).
+    pub async fn networks_of(&self, name: &str) -> Result<Option<Vec<String>>, String> {
+        let inspect = match self.docker.inspect_container(name, None).await {
+            Ok(inspect) => inspect,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(api_error(&format!("inspecting {name}"), e)),
+        };
+        Ok(Some(
+            inspect
+                .network_settings
+                .and_then(|settings| settings.networks)
+                .map(|networks| networks.into_keys().collect())
+                .unwrap_or_default(),
+        ))
+    }
+}
+
 /// What [`Engine::status`] reports.
 #[derive(Debug, Clone)]
 pub struct Status {
