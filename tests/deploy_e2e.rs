@@ -814,10 +814,12 @@ fn two_hosts_in_parallel_with_per_host_variables() {
         &app_path,
         format!(
             r#"name: {app}
+variables:
+  gateway: 254
 networks:
   net:
     subnet: "{{{{ prefix }}}}.0/24"
-    gateway: "{{{{ prefix }}}}.254"
+    gateway: "{{{{ prefix }}}}.{{{{ gateway }}}}"
 services:
   svc:
     image: "{registry}/{repository}:v1"
@@ -869,5 +871,44 @@ services:
     let out = ok(deploy(&cli, &app_path, &inventory, &[]));
     assert!(out.contains("alpha : ok=2 changed=0"), "{out}");
     assert!(out.contains("beta  : ok=1 changed=1"), "{out}");
+    assert_eq!(inspect(&container)["Id"], alpha_id);
+
+    // A new gateway on beta recreates its network (the container leaves it, stop-first);
+    // rolling beta back brings the old container back onto the recreated network.
+    fs::write(
+        inventory.join("host_vars/beta.yml"),
+        "prefix: \"172.31.246\"\nmode: two\ngateway: 253\n",
+    )
+    .expect("vars");
+    let before = parse_json(
+        &run_ok(daemon.docker(["inspect", &container]), TIMEOUT),
+        "inspect on beta",
+    )[0]["Id"]
+        .clone();
+    let out = ok(deploy(&cli, &app_path, &inventory, &["--limit", "beta"]));
+    assert!(
+        out.contains(&format!("recreate network {network}")),
+        "{out}"
+    );
+    assert!(out.contains("beta : ok=0 changed=2"), "{out}");
+    assert!(!out.contains("alpha"), "--limit beta touched alpha: {out}");
+    let mut c = cli.cmd(["rollback"]);
+    c.arg(&app_path)
+        .arg("-i")
+        .arg(&inventory)
+        .args(["--limit", "beta"]);
+    ok(run(c, TIMEOUT));
+    let on_beta = parse_json(
+        &run_ok(daemon.docker(["inspect", &container]), TIMEOUT),
+        "inspect on beta",
+    )[0]
+    .clone();
+    assert_eq!(on_beta["Id"], before);
+    assert_eq!(on_beta["State"]["Running"], true);
+    assert_eq!(address(&on_beta, &network), "172.31.246.7");
+    assert_eq!(
+        on_beta["NetworkSettings"]["Networks"][&network]["Gateway"],
+        "172.31.246.253"
+    );
     assert_eq!(inspect(&container)["Id"], alpha_id);
 }
