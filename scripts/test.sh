@@ -5,7 +5,7 @@
 #
 # Steps:
 #   1. install the tools the end-to-end tests drive (docker.io, skopeo, docker-registry,
-#      busybox-static, umoci, openssl) with apt-get, unless they are all present already, and
+#      busybox-static, umoci, openssl, runc, podman, buildah) with apt-get, unless they are all present already, and
 #      the S3 server the S3 tests run against (s3s-fs, with cargo install into ~/.cargo/bin,
 #      which CI machines may keep between runs; skipped when it is on PATH already);
 #   2. start a private dockerd (own data/exec roots, pidfile and socket; never the system
@@ -27,7 +27,9 @@ step() { printf '\n==> [%4ss] %s\n' "$(( $(date +%s) - START ))" "$*"; }
 die() { printf '\nERROR: %s\n' "$*" >&2; exit 1; }
 
 # --- 1. packages -------------------------------------------------------------------------------
-PACKAGES=(docker.io skopeo docker-registry busybox-static umoci openssl)
+# runc before podman/buildah: they depend on "crun | runc", and crun does not work here
+# (ENVIRONMENT.md); with runc already installed apt never picks crun.
+PACKAGES=(docker.io skopeo docker-registry busybox-static umoci openssl runc podman buildah)
 missing=()
 for p in "${PACKAGES[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
@@ -41,9 +43,13 @@ else
     [ "$(id -u)" -eq 0 ] || die "need root to install ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update
+    apt-get -o DPkg::Lock::Timeout=600 install -y runc
     apt-get -o DPkg::Lock::Timeout=600 install -y "${PACKAGES[@]}"
 fi
-for tool in dockerd docker skopeo docker-registry busybox umoci openssl gzip tar; do
+if command -v crun >/dev/null; then
+    echo "warning: crun is installed; podman may pick it and fail (tests pass --runtime runc)"
+fi
+for tool in dockerd docker skopeo docker-registry busybox umoci openssl gzip tar runc podman; do
     command -v "$tool" >/dev/null || die "$tool not found on PATH after installing packages"
 done
 command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain first"

@@ -1,17 +1,19 @@
 //! `berth serve` settings: flags and `BERTH_*` variables over a TOML file over defaults.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
+
+use clap::ValueEnum;
 
 use crate::{LogFormat, ServeArgs};
 
 pub const DEFAULT_ADDR: &str = "0.0.0.0:5000";
 pub const DEFAULT_STORAGE: &str = "./berth-data";
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Settings {
     pub addr: String,
     pub storage: String,
@@ -19,6 +21,105 @@ pub struct Settings {
     pub gc_interval: Option<Duration>,
     /// S3 connection settings, used when `storage` is `s3://...`.
     pub s3: S3Settings,
+    /// Authentication; off when neither an htpasswd file nor trusted token
+    /// keys are given.
+    pub auth: AuthSettings,
+    /// `[access]`: groups and rules. Empty: every logged-in user may do
+    /// everything, anonymous clients nothing (what an htpasswd-only registry does).
+    pub access: berth_auth::acl::AclConfig,
+    pub tls: Option<crate::tls::TlsSettings>,
+    pub limits: LimitSettings,
+}
+
+/// The `[auth]` table (and `--htpasswd`, `--auth-scheme`).
+#[derive(Deserialize, Default, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// `htpasswd -B` file: the accounts for Basic logins and the token endpoint.
+    pub htpasswd: Option<PathBuf>,
+    pub scheme: Option<AuthScheme>,
+    /// `service` in challenges, audience of tokens. Default "berth".
+    pub service: Option<String>,
+    /// Token endpoint URL for challenges. Default: `/token` on the host the client used.
+    pub realm: Option<String>,
+    /// PEM file of the token signing key, created if missing. Replicas must share it.
+    pub token_key: Option<PathBuf>,
+    /// e.g. "5m"
+    pub token_lifetime: Option<String>,
+    /// `iss` of the tokens we issue, or of the external issuer we trust.
+    pub issuer: Option<String>,
+    /// Public keys (PEM certificates/keys, or a JWKS JSON file) of an external
+    /// token service to trust instead of running our own.
+    pub trust_keys: Option<PathBuf>,
+}
+
+impl AuthSettings {
+    pub fn enabled(&self) -> bool {
+        self.htpasswd.is_some() || self.trust_keys.is_some()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthScheme {
+    /// Docker's token flow (what Docker Hub, GHCR and Harbor use).
+    Token,
+    /// Basic credentials on every request (what an htpasswd-only distribution does).
+    Basic,
+}
+
+/// The `[tls]` table.
+#[derive(Deserialize, Default, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+struct TlsTable {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+}
+
+/// The `[limits]` table as written.
+#[derive(Deserialize, Default, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct LimitsTable {
+    rate: Option<f64>,
+    burst: Option<u32>,
+    /// e.g. "5m"
+    idle_timeout: Option<String>,
+    /// e.g. "30s"
+    header_timeout: Option<String>,
+    /// e.g. "7d"
+    upload_expiry: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitSettings {
+    /// Requests per second per client address, on average (off when unset).
+    pub rate: Option<f64>,
+    /// Requests a client may make at once. Default: 4 seconds' worth, at least 100.
+    pub burst: Option<u32>,
+    /// A connection on which nothing moves for this long is closed.
+    pub idle_timeout: Duration,
+    /// Time allowed for a request's headers.
+    pub header_timeout: Duration,
+    /// Upload sessions untouched for this long are removed.
+    pub upload_expiry: Duration,
+}
+
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// A week, as the reference registry.
+pub const DEFAULT_UPLOAD_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            rate: None,
+            burst: None,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            upload_expiry: DEFAULT_UPLOAD_EXPIRY,
+        }
+    }
 }
 
 /// The `[s3]` table, flags and `BERTH_S3_*` variables. Anything unset falls
@@ -78,6 +179,14 @@ struct FileConfig {
     gc_interval: Option<String>,
     #[serde(default)]
     s3: S3Settings,
+    #[serde(default)]
+    auth: AuthSettings,
+    #[serde(default)]
+    access: berth_auth::acl::AclConfig,
+    #[serde(default)]
+    tls: TlsTable,
+    #[serde(default)]
+    limits: LimitsTable,
 }
 
 fn load(path: &Path) -> Result<FileConfig> {
@@ -119,6 +228,47 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
             redirect_blobs: args.redirect_blobs || file.s3.redirect_blobs,
             read_ahead: args.s3.s3_read_ahead.or(file.s3.read_ahead),
         },
+        auth: AuthSettings {
+            htpasswd: args.htpasswd.or(file.auth.htpasswd),
+            scheme: args.auth_scheme.or(file.auth.scheme),
+            ..file.auth
+        },
+        access: file.access,
+        tls: {
+            let cert = args.tls_cert.or(file.tls.cert);
+            let key = args.tls_key.or(file.tls.key);
+            let client_ca = args.tls_client_ca.or(file.tls.client_ca);
+            match (cert, key) {
+                (Some(cert), Some(key)) => Some(crate::tls::TlsSettings {
+                    cert,
+                    key,
+                    client_ca,
+                }),
+                (None, None) if client_ca.is_none() => None,
+                _ => anyhow::bail!(
+                    "HTTPS needs both --tls-cert and --tls-key (a client CA alone does nothing)"
+                ),
+            }
+        },
+        limits: LimitSettings {
+            rate: args.rate_limit.or(file.limits.rate),
+            burst: file.limits.burst,
+            idle_timeout: match file.limits.idle_timeout.as_deref() {
+                Some(text) => humantime::parse_duration(text)
+                    .context("invalid limits.idle_timeout (use e.g. \"5m\")")?,
+                None => DEFAULT_IDLE_TIMEOUT,
+            },
+            header_timeout: match file.limits.header_timeout.as_deref() {
+                Some(text) => humantime::parse_duration(text)
+                    .context("invalid limits.header_timeout (use e.g. \"30s\")")?,
+                None => DEFAULT_HEADER_TIMEOUT,
+            },
+            upload_expiry: match file.limits.upload_expiry.as_deref() {
+                Some(text) => humantime::parse_duration(text)
+                    .context("invalid limits.upload_expiry (use e.g. \"7d\")")?,
+                None => DEFAULT_UPLOAD_EXPIRY,
+            },
+        },
     })
 }
 
@@ -129,16 +279,14 @@ mod tests {
     #[test]
     fn defaults() {
         let s = resolve(ServeArgs::default()).expect("defaults");
-        assert_eq!(
-            s,
-            Settings {
-                addr: "0.0.0.0:5000".into(),
-                storage: "./berth-data".into(),
-                log_format: LogFormat::Text,
-                gc_interval: None,
-                s3: S3Settings::default(),
-            }
-        );
+        assert_eq!(s.addr, "0.0.0.0:5000");
+        assert_eq!(s.storage, "./berth-data");
+        assert_eq!(s.log_format, LogFormat::Text);
+        assert_eq!(s.gc_interval, None);
+        assert_eq!(s.s3, S3Settings::default());
+        assert!(!s.auth.enabled(), "no auth unless asked");
+        assert!(s.tls.is_none(), "plain HTTP unless asked");
+        assert_eq!(s.limits, LimitSettings::default());
     }
 
     #[test]
@@ -209,6 +357,41 @@ mod tests {
             S3Settings::default().options("s3://x").is_err(),
             "bucket name too short"
         );
+    }
+
+    #[test]
+    fn auth_tls_and_limits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("berth.toml");
+        std::fs::write(
+            &path,
+            "[auth]\nhtpasswd = \"/etc/berth/htpasswd\"\nservice = \"reg\"\n\
+             [access.groups]\nteam-a = [\"alice\"]\n\
+             [[access.rules]]\nwho = \"group:team-a\"\nrepositories = [\"team-a/**\"]\nactions = [\"push\", \"pull\"]\n\
+             [tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n[limits]\nrate = 20.0\n",
+        )
+        .expect("write");
+        let s = resolve(ServeArgs {
+            config: Some(path.clone()),
+            auth_scheme: Some(AuthScheme::Basic),
+            ..Default::default()
+        })
+        .expect("resolve");
+        assert!(s.auth.enabled());
+        assert_eq!(s.auth.scheme, Some(AuthScheme::Basic), "flag wins");
+        assert_eq!(s.auth.service.as_deref(), Some("reg"));
+        assert_eq!(s.access.rules.len(), 1);
+        assert_eq!(
+            s.tls.as_ref().map(|t| t.cert.clone()),
+            Some(PathBuf::from("/c.pem"))
+        );
+        assert_eq!(s.limits.rate, Some(20.0));
+        let err = resolve(ServeArgs {
+            tls_cert: Some("/c.pem".into()),
+            ..Default::default()
+        })
+        .expect_err("cert without key");
+        assert!(format!("{err:#}").contains("--tls-key"), "{err:#}");
     }
 
     #[test]

@@ -10,10 +10,13 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
+mod access;
 mod config;
 mod deploy;
 mod images;
 mod progress;
+mod serve_loop;
+mod tls;
 
 #[derive(Parser)]
 #[command(
@@ -129,6 +132,26 @@ pub struct ServeArgs {
     /// BERTH_* variables override it.
     #[arg(long, env = "BERTH_CONFIG")]
     config: Option<PathBuf>,
+    /// Turn on logins: accounts from this `htpasswd -B` file (bcrypt). Access
+    /// rules go in the config file's [access] table.
+    #[arg(long, env = "BERTH_HTPASSWD", value_name = "FILE")]
+    htpasswd: Option<PathBuf>,
+    /// How clients log in: Docker's token flow (default, with the built-in
+    /// /token endpoint) or Basic credentials on every request.
+    #[arg(long, env = "BERTH_AUTH_SCHEME", value_enum)]
+    auth_scheme: Option<config::AuthScheme>,
+    /// Serve HTTPS with this PEM certificate chain (re-read when it changes).
+    #[arg(long, env = "BERTH_TLS_CERT", value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's PEM private key.
+    #[arg(long, env = "BERTH_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA bundle (mTLS).
+    #[arg(long, env = "BERTH_TLS_CLIENT_CA", value_name = "PEM")]
+    tls_client_ca: Option<PathBuf>,
+    /// Requests per second per client address (429 with Retry-After beyond).
+    #[arg(long, env = "BERTH_RATE_LIMIT", value_name = "PER_SECOND")]
+    rate_limit: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize, Default)]
@@ -184,7 +207,14 @@ fn serve(args: ServeArgs) -> Result<()> {
     init_logging(settings.log_format);
     let opened = open_storage(&settings)?;
     let storage = opened.storage.clone();
-    let app = berth_registry::Registry::new(storage.clone()).router();
+    let mut registry = berth_registry::Registry::new(storage.clone());
+    if let Some(access) = access::build(&settings)? {
+        registry = registry.with_access(access);
+    }
+    if let Some(limit) = access::rate_limit(&settings.limits)? {
+        registry = registry.with_rate_limit(limit);
+    }
+    let app = registry.router();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         if let Some(s3) = &opened.s3 {
@@ -192,7 +222,10 @@ fn serve(args: ServeArgs) -> Result<()> {
                 format!("cannot reach the bucket of {}: check --s3-endpoint, the region and the AWS_* credentials", settings.storage)
             })?;
         }
-        tokio::spawn(purge_abandoned_uploads(storage.clone()));
+        tokio::spawn(purge_abandoned_uploads(
+            storage.clone(),
+            settings.limits.upload_expiry,
+        ));
         if let Some(every) = settings.gc_interval {
             tokio::spawn(collect_garbage_periodically(storage, every));
         }
@@ -204,18 +237,35 @@ fn serve(args: ServeArgs) -> Result<()> {
             ),
             Err(e) => bail!("cannot listen on {}: {e}", settings.addr),
         };
-        tracing::info!(addr = %listener.local_addr()?, storage = %settings.storage, "berth registry listening");
-        // Without TCP_NODELAY a response whose headers and body go out in two
-        // writes waits for the client's delayed ACK: ~40 ms per small blob GET.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        tracing::info!(
+            addr = %listener.local_addr()?,
+            storage = %settings.storage,
+            https = settings.tls.is_some(),
+            auth = settings.auth.enabled(),
+            "berth registry listening"
+        );
+        let timeouts = (settings.limits.header_timeout, settings.limits.idle_timeout);
+        let loopback = listener.local_addr().map(|a| a.ip().is_loopback()).unwrap_or(false);
+        if settings.auth.enabled() && settings.tls.is_none() && !loopback {
+            tracing::warn!("logins are on but the server speaks plain HTTP on a non-loopback address: passwords and tokens cross the network in clear text; add --tls-cert/--tls-key or put a TLS proxy in front");
+        }
+        match &settings.tls {
+            Some(tls_settings) => {
+                let acceptor = tls::acceptor(tls_settings)?;
+                let listener = tls::TlsListener::new(listener, acceptor)?;
+                serve_loop::serve(listener, app, timeouts, shutdown_signal()).await;
             }
-        });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("server failed")?;
+            None => {
+                // Without TCP_NODELAY a response whose headers and body go out in two
+                // writes waits for the client's delayed ACK: ~40 ms per small blob GET.
+                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                    }
+                });
+                serve_loop::serve(listener, app, timeouts, shutdown_signal()).await;
+            }
+        }
         tracing::info!("stopped: all in-flight requests finished");
         if let Some(s3) = &opened.s3 {
             let c = s3.request_counts();
@@ -320,15 +370,15 @@ fn gc(args: GcArgs) -> Result<()> {
     Ok(())
 }
 
-/// Upload sessions untouched for this long are abandoned pushes (the
-/// reference registry uses the same week).
-const UPLOAD_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
-
-async fn purge_abandoned_uploads(storage: Arc<dyn berth_storage::Storage>) {
-    let mut every = tokio::time::interval(Duration::from_secs(3600));
+/// Upload sessions untouched for `max_age` are abandoned pushes.
+async fn purge_abandoned_uploads(storage: Arc<dyn berth_storage::Storage>, max_age: Duration) {
+    // Hourly, or more often when sessions expire sooner than that.
+    let mut every = tokio::time::interval(
+        (max_age / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600)),
+    );
     loop {
         every.tick().await;
-        match storage.purge_uploads(UPLOAD_MAX_AGE).await {
+        match storage.purge_uploads(max_age).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(sessions = n, "purged abandoned upload sessions"),
             Err(e) => tracing::warn!(error = %e, "could not purge abandoned uploads"),

@@ -14,74 +14,8 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A CA and a server certificate for 127.0.0.1 signed by it; returns (ca, cert, key).
 fn make_certificates(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let ca_key = dir.join("ca.key");
-    let ca = dir.join("ca.pem");
-    let key = dir.join("server.key");
-    let csr = dir.join("server.csr");
-    let cert = dir.join("server.pem");
-    let ext = dir.join("server.ext");
-    std::fs::write(&ext, "subjectAltName = IP:127.0.0.1\nbasicConstraints = CA:FALSE\nkeyUsage = digitalSignature, keyEncipherment\nextendedKeyUsage = serverAuth\n").expect("write ext file");
-    let p = |p: &Path| p.display().to_string();
-    run_ok(
-        cmd(
-            "openssl",
-            [
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=berth test CA",
-            ]
-            .map(String::from)
-            .into_iter()
-            .chain(["-keyout".into(), p(&ca_key), "-out".into(), p(&ca)]),
-        ),
-        TIMEOUT,
-    );
-    run_ok(
-        cmd(
-            "openssl",
-            [
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                "/CN=127.0.0.1",
-            ]
-            .map(String::from)
-            .into_iter()
-            .chain(["-keyout".into(), p(&key), "-out".into(), p(&csr)]),
-        ),
-        TIMEOUT,
-    );
-    run_ok(
-        cmd(
-            "openssl",
-            [
-                "x509".to_string(),
-                "-req".into(),
-                "-in".into(),
-                p(&csr),
-                "-CA".into(),
-                p(&ca),
-                "-CAkey".into(),
-                p(&ca_key),
-                "-CAcreateserial".into(),
-                "-days".into(),
-                "2".into(),
-                "-extfile".into(),
-                p(&ext),
-                "-out".into(),
-                p(&cert),
-            ],
-        ),
-        TIMEOUT,
-    );
+    let (ca, ca_key) = make_test_ca(dir);
+    let (cert, key) = make_test_cert(dir, (&ca, &ca_key), "server", false);
     (ca, cert, key)
 }
 

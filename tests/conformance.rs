@@ -11,6 +11,7 @@ async fn berth_passes_the_conformance_suite() {
         url: server.url(),
         namespace: "conformance/test".to_string(),
         only: std::env::var("BERTH_CONFORMANCE_ONLY").ok(),
+        credentials: None,
     };
     let report = berth_conformance::run(&options).await;
     let failed = report.failed();

@@ -21,6 +21,7 @@ async fn conformance_on_s3() {
         url: server.url(),
         namespace: "conformance/test".to_string(),
         only: std::env::var("BERTH_CONFORMANCE_ONLY").ok(),
+        credentials: None,
     };
     let report = berth_conformance::run(&options).await;
     let failed = report.failed();

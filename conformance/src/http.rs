@@ -190,10 +190,32 @@ impl Resp {
     }
 }
 
+/// What a request's credentials are remembered under: its repository (or the
+/// catalog) and whether it deletes, since tokens are scoped that way.
+fn scope_of(method: &Method, path: &str) -> String {
+    let rest = path.strip_prefix("/v2/").unwrap_or(path);
+    let name = ["/blobs/", "/manifests/", "/tags/", "/referrers/"]
+        .iter()
+        .filter_map(|marker| rest.rfind(marker).map(|i| &rest[..i]))
+        .max_by_key(|n| n.len())
+        .unwrap_or(rest);
+    format!("{name} {}", *method == Method::DELETE)
+}
+
 /// Shared state of one run.
 pub struct Ctx {
     pub client: reqwest::Client,
     pub base: Url,
+    /// User name and password for registries with auth on (Basic, or the
+    /// Docker token flow that a Bearer challenge points to).
+    pub credentials: Option<(String, String)>,
+    /// With credentials: the `Authorization` value last accepted per scope,
+    /// sent up front (as Docker does) so streamed bodies, which cannot be
+    /// sent twice, and endpoints anonymous callers may also use (a filtered
+    /// catalog) are seen as the user's.
+    authorizations: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// The `WWW-Authenticate` of an anonymous `GET /v2/` (empty: none), asked once.
+    challenge: std::sync::Mutex<Option<String>>,
     /// Unique per run; every repository this run writes starts with it.
     pub root: String,
     pub rng: Rng,
@@ -208,7 +230,7 @@ pub struct Image {
 }
 
 impl Ctx {
-    pub fn new(url: &str, namespace: &str) -> Result<Ctx> {
+    pub fn new(url: &str, namespace: &str, credentials: Option<(String, String)>) -> Result<Ctx> {
         let trimmed = url.trim_end_matches('/');
         let base = Url::parse(&format!("{trimmed}/"))
             .with_context(|| format!("invalid registry URL {url:?}"))?;
@@ -228,6 +250,9 @@ impl Ctx {
         Ok(Ctx {
             client,
             base,
+            credentials,
+            authorizations: Default::default(),
+            challenge: Default::default(),
             root,
             rng,
         })
@@ -261,13 +286,59 @@ impl Ctx {
     }
 
     pub async fn send(&self, rb: reqwest::RequestBuilder) -> Result<Resp> {
-        let req = rb.build().context("building request")?;
+        let mut req = rb.build().context("building request")?;
         let what = format!("{} {}", req.method(), display_path(req.url()));
-        let resp = self
+        let scope = scope_of(req.method(), req.url().path());
+        if self.credentials.is_some() && !req.headers().contains_key(reqwest::header::AUTHORIZATION)
+        {
+            let mut known = self.remembered_authorization(req.method().as_str(), req.url().path());
+            if known.is_none() {
+                known = self
+                    .log_in_for(req.method(), req.url().path())
+                    .await
+                    .with_context(|| format!("{what}: logging in"))?;
+                if let (Some(value), Ok(mut map)) = (&known, self.authorizations.lock()) {
+                    map.insert(scope.clone(), value.clone());
+                }
+            }
+            if let Some(value) = known.and_then(|v| v.parse().ok()) {
+                req.headers_mut()
+                    .insert(reqwest::header::AUTHORIZATION, value);
+            }
+        }
+        // Kept to send again with credentials when the registry asks for them.
+        let retry = self.credentials.as_ref().and_then(|_| req.try_clone());
+        let mut resp = self
             .client
             .execute(req)
             .await
             .map_err(|e| anyhow!("{what}: request failed: {e}"))?;
+        if let (401, Some(mut again)) = (resp.status().as_u16(), retry) {
+            let challenge = resp
+                .headers()
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let authorization = self
+                .authorization(&challenge)
+                .await
+                .with_context(|| format!("{what}: logging in"))?;
+            again.headers_mut().insert(
+                reqwest::header::AUTHORIZATION,
+                authorization
+                    .parse()
+                    .context("Authorization header value")?,
+            );
+            if let Ok(mut known) = self.authorizations.lock() {
+                known.insert(scope, authorization);
+            }
+            resp = self
+                .client
+                .execute(again)
+                .await
+                .map_err(|e| anyhow!("{what}: request failed: {e}"))?;
+        }
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         // A broken body (e.g. shorter than Content-Length) must not hide the
@@ -283,6 +354,123 @@ impl Ctx {
             body,
             body_error,
         })
+    }
+
+    /// Credentials for a request before sending it, as Docker does: the
+    /// challenge of `GET /v2/` says how (Basic, or a token for the scope the
+    /// request needs). None when the registry asks for nothing.
+    async fn log_in_for(&self, method: &Method, path: &str) -> Result<Option<String>> {
+        let challenge = {
+            let cached = self.challenge.lock().ok().and_then(|c| c.clone());
+            match cached {
+                Some(c) => c,
+                None => {
+                    let resp = self
+                        .client
+                        .get(self.url("/v2/")?)
+                        .send()
+                        .await
+                        .context("GET /v2/")?;
+                    let c = resp
+                        .headers()
+                        .get("www-authenticate")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    if let Ok(mut slot) = self.challenge.lock() {
+                        *slot = Some(c.clone());
+                    }
+                    c
+                }
+            }
+        };
+        if challenge.is_empty() {
+            return Ok(None);
+        }
+        let rest = path.strip_prefix("/v2/").unwrap_or(path);
+        let scope = if rest == "_catalog" {
+            Some("registry:catalog:*".to_string())
+        } else if rest.is_empty() {
+            None
+        } else {
+            let name = scope_of(method, path);
+            let name = name.rsplit_once(' ').map(|(n, _)| n).unwrap_or(&name);
+            let actions = if *method == Method::DELETE {
+                "pull,push,delete"
+            } else {
+                "pull,push"
+            };
+            Some(format!("repository:{name}:{actions}"))
+        };
+        let challenge = match scope {
+            Some(scope) if challenge.starts_with("Bearer ") => {
+                format!("{challenge},scope=\"{scope}\"")
+            }
+            _ => challenge,
+        };
+        self.authorization(&challenge).await.map(Some)
+    }
+
+    /// The credentials last accepted for the scope of this request, if any.
+    fn remembered_authorization(&self, method: &str, path_and_query: &str) -> Option<String> {
+        let method = Method::from_bytes(method.as_bytes()).ok()?;
+        let path = path_and_query.split('?').next().unwrap_or_default();
+        let scope = scope_of(&method, path);
+        self.authorizations.lock().ok()?.get(&scope).cloned()
+    }
+
+    /// The `Authorization` value that answers a `WWW-Authenticate` challenge:
+    /// Basic credentials, or a token fetched from the Bearer realm with them.
+    async fn authorization(&self, challenge: &str) -> Result<String> {
+        use base64::Engine as _;
+        let (user, password) = self
+            .credentials
+            .as_ref()
+            .context("the registry wants credentials: pass --username and --password")?;
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let Some(params) = challenge
+            .strip_prefix("Bearer ")
+            .or_else(|| challenge.strip_prefix("bearer "))
+        else {
+            return Ok(format!("Basic {basic}"));
+        };
+        let param = |name: &str| -> Option<String> {
+            // realm="...",service="...",scope="..." (values hold no quotes here)
+            let start = params.find(&format!("{name}=\""))? + name.len() + 2;
+            let end = params[start..].find('"')? + start;
+            Some(params[start..end].to_string())
+        };
+        let realm = param("realm").context("Bearer challenge without realm")?;
+        let mut url = Url::parse(&realm).with_context(|| format!("bad realm {realm:?}"))?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(service) = param("service") {
+                q.append_pair("service", &service);
+            }
+            if let Some(scope) = param("scope") {
+                for s in scope.split(' ') {
+                    q.append_pair("scope", s);
+                }
+            }
+        }
+        let resp = self
+            .client
+            .get(url)
+            .header(reqwest::header::AUTHORIZATION, format!("Basic {basic}"))
+            .send()
+            .await
+            .context("token request failed")?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.context("reading the token response")?;
+        let body: Value = serde_json::from_slice(&bytes).context("token response is not JSON")?;
+        if !status.is_success() {
+            bail!("token endpoint answered {status}: {body}");
+        }
+        let token = body["token"]
+            .as_str()
+            .or_else(|| body["access_token"].as_str())
+            .context("token response without token")?;
+        Ok(format!("Bearer {token}"))
     }
 
     pub async fn get(&self, path: &str) -> Result<Resp> {
@@ -481,6 +669,9 @@ impl Ctx {
             );
             for (k, v) in headers {
                 req.push_str(&format!("{k}: {v}\r\n"));
+            }
+            if let Some(authorization) = self.remembered_authorization(method, path_and_query) {
+                req.push_str(&format!("Authorization: {authorization}\r\n"));
             }
             if chunks.is_some() {
                 req.push_str("Transfer-Encoding: chunked\r\n");

@@ -27,6 +27,8 @@ pub struct Options {
     pub namespace: String,
     /// Run only the checks whose id contains this substring.
     pub only: Option<String>,
+    /// User name and password, for registries with auth on.
+    pub credentials: Option<(String, String)>,
 }
 
 impl Default for Options {
@@ -35,6 +37,7 @@ impl Default for Options {
             url: "http://127.0.0.1:5000".to_string(),
             namespace: "conformance/test".to_string(),
             only: None,
+            credentials: None,
         }
     }
 }
@@ -100,7 +103,7 @@ pub async fn run(opts: &Options) -> Report {
 /// Like [`run`], calling `on_result` as each check finishes (for live output).
 pub async fn run_with<F: FnMut(&CheckResult)>(opts: &Options, mut on_result: F) -> Report {
     let mut report = Report::default();
-    let ctx = match http::Ctx::new(&opts.url, &opts.namespace) {
+    let ctx = match http::Ctx::new(&opts.url, &opts.namespace, opts.credentials.clone()) {
         Ok(c) => Arc::new(c),
         Err(e) => {
             let r = CheckResult {

@@ -29,6 +29,12 @@ struct Args {
     /// List the checks (id, level, description) and exit
     #[arg(long)]
     list: bool,
+    /// User name for registries with auth on (Basic or token flow)
+    #[arg(long, env = "OCI_USERNAME", requires = "password")]
+    username: Option<String>,
+    /// Password for --username
+    #[arg(long, env = "OCI_PASSWORD", requires = "username")]
+    password: Option<String>,
 }
 
 #[tokio::main]
@@ -44,6 +50,7 @@ async fn main() -> ExitCode {
         url: args.url.unwrap_or_default(),
         namespace: args.namespace,
         only: args.only,
+        credentials: args.username.zip(args.password),
     };
     let json = args.json;
     let report = run_with(&opts, |r| {

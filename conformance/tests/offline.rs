@@ -10,6 +10,7 @@ async fn unreachable_registry_fails_every_check_without_panicking() {
         url: "http://127.0.0.1:9".to_string(),
         namespace: "conformance/offline".to_string(),
         only: Some("base.".to_string()),
+        credentials: None,
     };
     let report = run(&opts).await;
     assert_eq!(report.results.len(), 2);
@@ -28,6 +29,7 @@ async fn bad_url_is_one_failed_setup_check() {
         url: "not a url".to_string(),
         namespace: "x".to_string(),
         only: None,
+        credentials: None,
     };
     let report = run(&opts).await;
     assert_eq!(report.results.len(), 1);

@@ -75,6 +75,7 @@ async fn every_check_can_fail() {
         url: format!("http://{addr}"),
         namespace: "conformance/yes".to_string(),
         only: None,
+        credentials: None,
     })
     .await;
     server.abort();

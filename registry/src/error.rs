@@ -19,6 +19,9 @@ pub enum Code {
     NameUnknown,
     SizeInvalid,
     Unsupported,
+    Unauthorized,
+    Denied,
+    TooManyRequests,
     /// Not in the spec's table; what every registry answers when its storage fails.
     Unknown,
     /// Not in the spec's table either; distribution's code for a 503.
@@ -39,6 +42,9 @@ impl Code {
             Code::NameUnknown => "NAME_UNKNOWN",
             Code::SizeInvalid => "SIZE_INVALID",
             Code::Unsupported => "UNSUPPORTED",
+            Code::Unauthorized => "UNAUTHORIZED",
+            Code::Denied => "DENIED",
+            Code::TooManyRequests => "TOOMANYREQUESTS",
             Code::Unknown => "UNKNOWN",
             Code::Unavailable => "UNAVAILABLE",
         }

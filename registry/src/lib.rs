@@ -3,6 +3,7 @@
 //! JSON error bodies.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,6 +17,7 @@ use axum::Router;
 use berth_storage::{ByteStream, Storage};
 use futures::TryStreamExt;
 
+pub mod access;
 mod blobs;
 pub mod error;
 pub mod http;
@@ -28,21 +30,49 @@ mod uploads;
 use error::{ApiResult, Code, RegistryError};
 use route::{Route, RouteError};
 
-/// Shared state of the server: just the storage (everything else lives there,
-/// so replicas over shared storage are interchangeable).
+/// Shared state of the server: the storage (all data lives there, so replicas
+/// over shared storage are interchangeable) and the access rules.
 #[derive(Clone)]
 pub struct Registry {
     storage: Arc<dyn Storage>,
+    access: Option<Arc<access::Access>>,
+    rate_limit: Option<Arc<access::ClientRateLimit>>,
 }
 
 impl Registry {
     pub fn new(storage: Arc<dyn Storage>) -> Registry {
-        Registry { storage }
+        Registry {
+            storage,
+            access: None,
+            rate_limit: None,
+        }
     }
 
-    /// The axum router for the whole `/v2/` API.
+    /// Turn on authentication and authorisation.
+    pub fn with_access(mut self, access: access::Access) -> Registry {
+        self.access = Some(Arc::new(access));
+        self
+    }
+
+    /// Limit the request rate per client address.
+    pub fn with_rate_limit(mut self, limit: berth_auth::ratelimit::RateLimit) -> Registry {
+        self.rate_limit = Some(Arc::new(access::ClientRateLimit::new(limit)));
+        self
+    }
+
+    /// The axum router for the whole `/v2/` API (and `/token` when this
+    /// server issues tokens). Serve it with
+    /// `into_make_service_with_connect_info::<SocketAddr>()` so rate limits
+    /// and failed-login logs see client addresses.
     pub fn router(self) -> Router {
-        Router::new()
+        let issues_tokens = self.access.as_ref().is_some_and(|a| a.issues_tokens());
+        let router = Router::new();
+        let router = if issues_tokens {
+            router.route("/token", any(token_endpoint))
+        } else {
+            router
+        };
+        router
             .route("/v2", any(dispatch))
             .route("/v2/", any(dispatch))
             .route("/v2/{*rest}", any(dispatch))
@@ -125,8 +155,16 @@ pub(crate) async fn drain(mut stream: ByteStream) {
     }
 }
 
+/// The client's address, when the server was started with connect info.
+fn client_addr(extensions: &axum::http::Extensions) -> Option<SocketAddr> {
+    extensions
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+}
+
 async fn dispatch(State(reg): State<Registry>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
+    let client = client_addr(&parts.extensions);
     let path = parts.uri.path();
     let rest = path
         .strip_prefix("/v2/")
@@ -143,14 +181,26 @@ async fn dispatch(State(reg): State<Registry>, request: Request) -> Response {
             ),
         ),
     });
+    let mut headers = parts.headers;
+    // HTTP/2 carries the host in the URI (`:authority`), not in a Host header.
+    if !headers.contains_key(header::HOST) {
+        if let Some(authority) = parts.uri.authority() {
+            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+                headers.insert(header::HOST, v);
+            }
+        }
+    }
     let req = Req {
         method: parts.method.clone(),
         query: parts.uri.query().map(str::to_string),
-        headers: parts.headers,
+        headers,
     };
     let mut body = Some(body);
     let result = match route {
-        Ok(route) => handle(&reg, route, req, &mut body).await,
+        Ok(route) => match authorise(&reg, &route, &req, client).await {
+            Ok(caller) => handle(&reg, route, req, caller, &mut body).await,
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     match result {
@@ -164,10 +214,40 @@ async fn dispatch(State(reg): State<Registry>, request: Request) -> Response {
     }
 }
 
+/// Rate limit, then access rules. `None` when access control is off.
+async fn authorise(
+    reg: &Registry,
+    route: &Route<'_>,
+    req: &Req,
+    client: Option<SocketAddr>,
+) -> ApiResult<Option<access::Caller>> {
+    if let Some(limit) = &reg.rate_limit {
+        limit.check(client)?;
+    }
+    let Some(access) = &reg.access else {
+        return Ok(None);
+    };
+    let mount_from = match route {
+        Route::UploadStart { .. } if req.param("mount").is_some() => req.param("from"),
+        _ => None,
+    };
+    access
+        .check(
+            req.method.as_str(),
+            route,
+            mount_from.as_deref(),
+            &req.headers,
+            client,
+        )
+        .await
+        .map(Some)
+}
+
 async fn handle(
     reg: &Registry,
     route: Route<'_>,
     req: Req,
+    caller: Option<access::Caller>,
     body: &mut Option<Body>,
 ) -> ApiResult<Response> {
     let s = reg.storage.as_ref();
@@ -178,7 +258,13 @@ async fn handle(
             b"{}".to_vec(),
             m == Method::HEAD,
         )),
-        Route::Catalog if m == Method::GET => listing::catalog(s, &req).await,
+        Route::Catalog if m == Method::GET => {
+            let visible = |repository: &str| match (&reg.access, &caller) {
+                (Some(access), Some(caller)) => access.can_see(caller, repository),
+                _ => true,
+            };
+            listing::catalog(s, &req, &visible).await
+        }
         Route::Tags { name } if m == Method::GET => listing::tags(s, name, &req).await,
         Route::Referrers { name, digest } if m == Method::GET => {
             listing::referrers(s, name, digest, &req).await
@@ -189,7 +275,11 @@ async fn handle(
             _ => Err(method_not_allowed(&m)),
         },
         Route::UploadStart { name } if m == Method::POST => {
-            uploads::start(s, name, &req, body).await
+            let any_source = reg
+                .access
+                .as_ref()
+                .is_none_or(|a| a.mount_without_source_allowed());
+            uploads::start(s, name, &req, any_source, body).await
         }
         Route::Upload { name, id } => match m {
             Method::GET | Method::HEAD => uploads::status(s, name, id).await,
@@ -206,6 +296,83 @@ async fn handle(
         },
         _ => Err(method_not_allowed(&m)),
     }
+}
+
+/// Largest `POST /token` form read.
+const TOKEN_FORM_LIMIT: usize = 16 * 1024;
+
+async fn token_endpoint(State(reg): State<Registry>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let client = client_addr(&parts.extensions);
+    if let Some(limit) = &reg.rate_limit {
+        if let Err(e) = limit.check(client) {
+            return e.into_response();
+        }
+    }
+    let Some(access) = &reg.access else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let form = match parts.method {
+        Method::GET | Method::HEAD => None,
+        Method::POST => match axum::body::to_bytes(body, TOKEN_FORM_LIMIT).await {
+            Ok(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+            Err(_) => {
+                return token_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "invalid_request",
+                    "form too large",
+                )
+            }
+        },
+        _ => {
+            return token_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request",
+                "use GET or POST",
+            )
+        }
+    };
+    use access::TokenEndpointError as E;
+    match access
+        .token(parts.uri.query(), form.as_deref(), &parts.headers, client)
+        .await
+    {
+        Ok(json) => {
+            let mut r = bytes_response(StatusCode::OK, "application/json", json.into(), false);
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        Err(E::NotFound) => StatusCode::NOT_FOUND.into_response(),
+        Err(E::BadRequest(message)) => {
+            token_error(StatusCode::BAD_REQUEST, "invalid_request", &message)
+        }
+        Err(E::Unauthorized(challenge)) => {
+            let mut r = token_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_grant",
+                "wrong user name or password",
+            );
+            if let Ok(v) = HeaderValue::from_str(&challenge) {
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+            r
+        }
+        Err(E::Internal(message)) => {
+            tracing::error!(error = %message, "cannot issue a token");
+            token_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "cannot issue a token",
+            )
+        }
+    }
+}
+
+/// An OAuth2-style error body (`error`, `error_description`) for the token endpoint.
+fn token_error(status: StatusCode, error: &str, description: &str) -> Response {
+    let body = serde_json::json!({ "error": error, "error_description": description });
+    bytes_response(status, "application/json", body.to_string().into(), false)
 }
 
 fn method_not_allowed(m: &Method) -> RegistryError {

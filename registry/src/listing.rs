@@ -76,9 +76,16 @@ pub async fn tags(s: &dyn Storage, name: &str, req: &Req) -> ApiResult<Response>
     ))
 }
 
-pub async fn catalog(s: &dyn Storage, req: &Req) -> ApiResult<Response> {
+/// The catalog, with only the repositories `visible` lets through.
+pub async fn catalog(
+    s: &dyn Storage,
+    req: &Req,
+    visible: &(dyn Fn(&str) -> bool + Sync),
+) -> ApiResult<Response> {
     let (n, last) = page_params(req)?;
-    let (page, more) = paginate(s.repositories().await?, n, last.as_deref());
+    let mut repositories = s.repositories().await?;
+    repositories.retain(|r| visible(r));
+    let (page, more) = paginate(repositories, n, last.as_deref());
     let body = json!({ "repositories": page });
     Ok(page_response(body, "/v2/_catalog", n, &page, more))
 }

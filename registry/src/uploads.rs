@@ -87,10 +87,13 @@ async fn checked_chunk_start(
     Ok(Some(start))
 }
 
+/// `any_source`: a mount without `from=` may take the blob from wherever the
+/// registry holds it (not with access control on).
 pub async fn start(
     s: &dyn Storage,
     name: &str,
     req: &Req,
+    any_source: bool,
     body: &mut Option<Body>,
 ) -> ApiResult<Response> {
     if let Some(mount) = req.param("mount") {
@@ -100,7 +103,8 @@ pub async fn start(
             Some(from) if is_valid_repository_name(from) => s.blob_linked(from, &digest).await?,
             Some(_) => false,
             // No `from`: mount when the registry already holds the blob.
-            None => s.blob_size(&digest).await?.is_some(),
+            None if any_source => s.blob_size(&digest).await?.is_some(),
+            None => false,
         };
         if source_has_it {
             s.link_blob(name, &digest).await?;

@@ -495,6 +495,12 @@ pub struct Server {
     s3_args: Option<Vec<String>>,
     /// Extra environment for the server process.
     envs: Vec<(String, String)>,
+    /// Berth only: extra `berth serve` flags (auth, TLS, limits).
+    extra_args: Vec<String>,
+    /// The server answers `GET /v2/` with 401 (auth on): that means it is up.
+    expects_auth: bool,
+    /// Berth only: the server speaks HTTPS, so a TCP connect means it is up.
+    berth_tls: bool,
 }
 
 impl Server {
@@ -534,6 +540,22 @@ impl Server {
         ];
         server.start_again();
         server
+    }
+
+    /// `berth serve` with extra flags. `auth`: it answers `GET /v2/` with 401;
+    /// `tls`: it speaks HTTPS.
+    pub fn start_berth_with(extra: &[String], auth: bool, tls: bool) -> Server {
+        let mut server = Server::prepare(ServerKind::Berth);
+        server.extra_args = extra.to_vec();
+        server.expects_auth = auth;
+        server.berth_tls = tls;
+        server.start_again();
+        server
+    }
+
+    /// A folder for this server's test files (configs, keys), removed with it.
+    pub fn files_dir(&self) -> PathBuf {
+        self.tmp.path().join("logs")
     }
 
     pub fn start_kind(kind: ServerKind) -> Server {
@@ -594,6 +616,9 @@ impl Server {
             tls: None,
             s3_args: None,
             envs: Vec::new(),
+            extra_args: Vec::new(),
+            expects_auth: false,
+            berth_tls: false,
         }
     }
 
@@ -660,6 +685,7 @@ impl Server {
                     Some(args) => c.args(args),
                     None => c.arg("--storage").arg(&self.storage),
                 };
+                c.args(&self.extra_args);
                 c.envs(self.envs.iter().map(|(k, v)| (k, v)));
                 c
             }
@@ -729,10 +755,16 @@ impl Server {
                     );
                 }
             }
+            if self.berth_tls
+                && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && self.child.is_some()
+            {
+                return;
+            }
             match raw_status(self.port, "GET", "/v2/") {
                 Some(200) => return,
                 // With auth on, an anonymous `GET /v2/` is refused: the server is up.
-                Some(401) if self.htpasswd.is_some() => return,
+                Some(401) if self.htpasswd.is_some() || self.expects_auth => return,
                 // Plain HTTP to an HTTPS-only Go server: "400 Client sent an HTTP
                 // request to an HTTPS server" — it is up.
                 Some(400) if self.tls.is_some() => return,
@@ -1242,3 +1274,106 @@ pub fn assert_same_tree(before: &Snapshot, after: &Snapshot, context: &str) {
     }
     panic!("{context}: the storage tree changed outside the upload/temporary area:\n{diff}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Test certificates (openssl)
+
+/// A test CA in `dir`: returns (certificate, key), PEM.
+pub fn make_test_ca(dir: &Path) -> (PathBuf, PathBuf) {
+    let (ca, key) = (dir.join("ca.pem"), dir.join("ca.key"));
+    let p = |p: &Path| p.display().to_string();
+    run_ok(
+        cmd(
+            "openssl",
+            [
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=berth test CA",
+            ]
+            .map(String::from)
+            .into_iter()
+            .chain(["-keyout".into(), p(&key), "-out".into(), p(&ca)]),
+        ),
+        Duration::from_secs(120),
+    );
+    (ca, key)
+}
+
+/// A certificate named `name` signed by the CA: for the server 127.0.0.1
+/// (`client == false`) or for a TLS client. Returns (certificate, key), PEM.
+pub fn make_test_cert(
+    dir: &Path,
+    (ca, ca_key): (&Path, &Path),
+    name: &str,
+    client: bool,
+) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{name}.key"));
+    let csr = dir.join(format!("{name}.csr"));
+    let cert = dir.join(format!("{name}.pem"));
+    let ext = dir.join(format!("{name}.ext"));
+    let usage = if client {
+        "extendedKeyUsage = clientAuth\n"
+    } else {
+        "subjectAltName = IP:127.0.0.1\nextendedKeyUsage = serverAuth\n"
+    };
+    fs::write(
+        &ext,
+        format!(
+            "basicConstraints = CA:FALSE\nkeyUsage = digitalSignature, keyEncipherment\n{usage}"
+        ),
+    )
+    .expect("write ext file");
+    let p = |p: &Path| p.display().to_string();
+    let subject = if client {
+        format!("/CN={name}")
+    } else {
+        "/CN=127.0.0.1".to_string()
+    };
+    run_ok(
+        cmd(
+            "openssl",
+            ["req", "-newkey", "rsa:2048", "-nodes", "-subj"]
+                .map(String::from)
+                .into_iter()
+                .chain([subject, "-keyout".into(), p(&key), "-out".into(), p(&csr)]),
+        ),
+        Duration::from_secs(120),
+    );
+    run_ok(
+        cmd(
+            "openssl",
+            [
+                "x509".to_string(),
+                "-req".into(),
+                "-in".into(),
+                p(&csr),
+                "-CA".into(),
+                p(ca),
+                "-CAkey".into(),
+                p(ca_key),
+                "-set_serial".into(),
+                format!(
+                    "{}",
+                    std::process::id() as u64 * 1000
+                        + COUNTER_CERTS.fetch_add(1, Ordering::Relaxed) as u64
+                ),
+                "-days".into(),
+                "2".into(),
+                "-extfile".into(),
+                p(&ext),
+                "-out".into(),
+                p(&cert),
+            ],
+        ),
+        Duration::from_secs(120),
+    );
+    (cert, key)
+}
+
+static COUNTER_CERTS: AtomicU32 = AtomicU32::new(1);

@@ -1,0 +1,572 @@
+//! Who may do what, on the HTTP side: the caller's identity (nobody, a Basic
+//! login, or a Bearer token), the scopes the request needs, the 401 / 403
+//! answers with their challenges, the built-in token endpoint, and the
+//! per-client rate limit. The decisions themselves are `berth_auth`'s.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use berth_auth::acl::{Acl, Identity};
+use berth_auth::htpasswd::Htpasswd;
+use berth_auth::ratelimit::{RateLimit, RateLimiter};
+use berth_auth::scope::{self, Endpoint, Scope};
+use berth_auth::token::{
+    basic_challenge, bearer_challenge, parse_authorization, Credentials, TokenIssuer, TokenVerifier,
+};
+use berth_auth::Outcome;
+use sha2::{Digest as _, Sha256};
+
+use crate::error::{Code, RegistryError};
+use crate::route::Route;
+
+/// How clients authenticate.
+pub enum Scheme {
+    /// Basic credentials on every request, checked against the htpasswd file.
+    Basic,
+    /// Bearer tokens (Docker's token flow). With `issuer`, Berth runs the
+    /// token endpoint itself (`/token`); without, tokens come from an external
+    /// service that the verifier trusts.
+    Token {
+        issuer: Option<Box<TokenIssuer>>,
+        verifier: Box<TokenVerifier>,
+    },
+}
+
+/// Everything access control needs, built once by the server from its config.
+pub struct AccessOptions {
+    pub scheme: Scheme,
+    /// Accounts for Basic logins and for the built-in token endpoint.
+    pub htpasswd: Option<PathBuf>,
+    pub rules: Acl,
+    /// The token endpoint's URL for challenges. Default: `/token` on the host
+    /// the client asked (`Host`), with the scheme the server speaks.
+    pub realm: Option<String>,
+    /// The `service` of challenges and the audience of tokens.
+    pub service: String,
+    /// Whether the server speaks HTTPS (for the default realm).
+    pub tls: bool,
+}
+
+/// Live access control of a server.
+pub struct Access {
+    scheme: Scheme,
+    rules: Acl,
+    realm: Option<String>,
+    service: String,
+    tls: bool,
+    accounts: Option<Accounts>,
+}
+
+/// The htpasswd file, re-read when it changes, with a short-lived cache of
+/// verified logins: bcrypt costs tens of milliseconds by design, and Docker
+/// sends the password again with every token request.
+struct Accounts {
+    path: PathBuf,
+    state: RwLock<AccountsState>,
+    verified: Mutex<HashMap<[u8; 32], Instant>>,
+}
+
+struct AccountsState {
+    file: Arc<Htpasswd>,
+    modified: Option<SystemTime>,
+    checked: Instant,
+    generation: u64,
+}
+
+const ACCOUNTS_RECHECK: Duration = Duration::from_secs(2);
+const VERIFIED_LOGIN_TTL: Duration = Duration::from_secs(300);
+const VERIFIED_LOGIN_MAX: usize = 4096;
+
+impl Accounts {
+    fn open(path: PathBuf) -> Result<Accounts, String> {
+        let (file, modified) = read_htpasswd(&path)?;
+        Ok(Accounts {
+            path,
+            state: RwLock::new(AccountsState {
+                file: Arc::new(file),
+                modified,
+                checked: Instant::now(),
+                generation: 0,
+            }),
+            verified: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The current file, re-read first if it changed on disk (checked at most
+    /// every few seconds). A file that no longer parses keeps the old one.
+    fn current(&self) -> (Arc<Htpasswd>, u64) {
+        {
+            let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+            if state.checked.elapsed() < ACCOUNTS_RECHECK {
+                return (state.file.clone(), state.generation);
+            }
+        }
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        if state.checked.elapsed() >= ACCOUNTS_RECHECK {
+            state.checked = Instant::now();
+            let modified = std::fs::metadata(&self.path)
+                .and_then(|m| m.modified())
+                .ok();
+            if modified != state.modified {
+                match read_htpasswd(&self.path) {
+                    Ok((file, modified)) => {
+                        tracing::info!(path = %self.path.display(), users = file.len(), "htpasswd file reloaded");
+                        state.file = Arc::new(file);
+                        state.modified = modified;
+                        state.generation += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "htpasswd file changed but cannot be used; keeping the previous accounts");
+                        state.modified = modified;
+                    }
+                }
+            }
+        }
+        (state.file.clone(), state.generation)
+    }
+
+    /// Check a password (bcrypt on a blocking thread, unless this exact login
+    /// was verified in the last minutes against the same file).
+    async fn verify(&self, user: &str, password: &str) -> bool {
+        let (file, generation) = self.current();
+        let key: [u8; 32] = {
+            let mut h = Sha256::new();
+            h.update(generation.to_be_bytes());
+            h.update(user.as_bytes());
+            h.update([0]);
+            h.update(password.as_bytes());
+            h.finalize().into()
+        };
+        {
+            let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+            if verified
+                .get(&key)
+                .is_some_and(|at| at.elapsed() < VERIFIED_LOGIN_TTL)
+            {
+                return true;
+            }
+        }
+        let (user_owned, password_owned) = (user.to_string(), password.to_string());
+        let ok = tokio::task::spawn_blocking(move || file.verify(&user_owned, &password_owned))
+            .await
+            .unwrap_or(false);
+        if ok {
+            let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+            if verified.len() >= VERIFIED_LOGIN_MAX {
+                verified.retain(|_, at| at.elapsed() < VERIFIED_LOGIN_TTL);
+                if verified.len() >= VERIFIED_LOGIN_MAX {
+                    verified.clear();
+                }
+            }
+            verified.insert(key, Instant::now());
+        }
+        ok
+    }
+}
+
+fn read_htpasswd(path: &PathBuf) -> Result<(Htpasswd, Option<SystemTime>), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read htpasswd file {}: {e}", path.display()))?;
+    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let file =
+        Htpasswd::parse(&text).map_err(|e| format!("htpasswd file {}: {e}", path.display()))?;
+    Ok((file, modified))
+}
+
+/// The caller of an allowed request.
+pub(crate) struct Caller {
+    pub identity: Identity,
+    /// What a Bearer token carried (None for Basic and anonymous callers,
+    /// whose rights are the rules').
+    token_access: Option<Vec<Scope>>,
+}
+
+impl Access {
+    pub fn new(options: AccessOptions) -> Result<Access, String> {
+        let accounts = options.htpasswd.map(Accounts::open).transpose()?;
+        let needs_accounts = match &options.scheme {
+            Scheme::Basic => true,
+            Scheme::Token { issuer, .. } => issuer.is_some(),
+        };
+        if needs_accounts && accounts.is_none() {
+            return Err(
+                "Basic auth and the built-in token service need an htpasswd file (auth.htpasswd)"
+                    .into(),
+            );
+        }
+        if let Some(accounts) = &accounts {
+            let (file, _) = accounts.current();
+            for warning in options.rules.warnings(&file.users()) {
+                tracing::warn!("access rules: {warning}");
+            }
+        }
+        Ok(Access {
+            scheme: options.scheme,
+            rules: options.rules,
+            realm: options.realm,
+            service: options.service,
+            tls: options.tls,
+            accounts,
+        })
+    }
+
+    /// Whether this server runs the token endpoint.
+    pub fn issues_tokens(&self) -> bool {
+        matches!(
+            self.scheme,
+            Scheme::Token {
+                issuer: Some(_),
+                ..
+            }
+        )
+    }
+
+    /// Authenticate and authorise one API request. `Err` is the answer to
+    /// send (401 with a challenge, or 403).
+    pub(crate) async fn check(
+        &self,
+        method: &str,
+        route: &Route<'_>,
+        mount_from: Option<&str>,
+        headers: &HeaderMap,
+        client: Option<SocketAddr>,
+    ) -> Result<Caller, RegistryError> {
+        let endpoint = endpoint_of(route, mount_from);
+        // Methods the endpoint does not serve get their 405 from the handler.
+        let required = scope::required_scopes(method, &endpoint).unwrap_or_default();
+        let authorization = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let (identity, granted, token_access) = match authorization {
+            None => {
+                if endpoint == Endpoint::Base {
+                    // How `docker login` finds out where to log in.
+                    return Err(self.challenge(headers, &[], false, "authentication required"));
+                }
+                let granted = self.rules.grant(&Identity::Anonymous, &required);
+                (Identity::Anonymous, granted, None)
+            }
+            Some(value) => match parse_authorization(value) {
+                Ok(Credentials::Basic { user, password }) => {
+                    if !self.login(&user, password.expose(), client).await {
+                        return Err(self.challenge(
+                            headers,
+                            &required,
+                            false,
+                            "wrong user name or password",
+                        ));
+                    }
+                    let identity = Identity::User(user);
+                    let granted = self.rules.grant(&identity, &required);
+                    (identity, granted, None)
+                }
+                Ok(Credentials::Bearer(token)) => {
+                    let Scheme::Token { verifier, .. } = &self.scheme else {
+                        return Err(self.challenge(
+                            headers,
+                            &required,
+                            false,
+                            "this registry takes Basic credentials, not tokens",
+                        ));
+                    };
+                    match verifier.verify(token.expose(), SystemTime::now()) {
+                        Ok(verified) => {
+                            let identity = verified.identity();
+                            (identity, verified.access.clone(), Some(verified.access))
+                        }
+                        Err(e) => {
+                            tracing::info!(client = %client_ip(client), error = %e, "rejected token");
+                            return Err(self.challenge(
+                                headers,
+                                &required,
+                                false,
+                                &format!("{e}: log in again"),
+                            ));
+                        }
+                    }
+                }
+                Err(e) => {
+                    return Err(self.challenge(
+                        headers,
+                        &required,
+                        false,
+                        &format!("unreadable Authorization header: {e}"),
+                    ))
+                }
+            },
+        };
+        // With our own token service, the rules say whether a new token could
+        // do better; an external issuer decides for itself.
+        let grantable = match &self.scheme {
+            Scheme::Token { issuer: None, .. } if token_access.is_some() => None,
+            _ => Some(self.rules.grant(&identity, &required)),
+        };
+        match berth_auth::decide(&identity, &required, &granted, grantable.as_deref()) {
+            Outcome::Allowed => Ok(Caller {
+                identity,
+                token_access,
+            }),
+            // Challenges name every scope the request needs, not just the
+            // missing ones: clients fetch one token with exactly these.
+            Outcome::Unauthorized { .. } => {
+                Err(self.challenge(headers, &required, false, "authentication required"))
+            }
+            Outcome::InsufficientScope { .. } => Err(self.challenge(
+                headers,
+                &required,
+                true,
+                "the token does not allow this request",
+            )),
+            Outcome::Denied { missing } => Err(RegistryError::new(
+                StatusCode::FORBIDDEN,
+                Code::Denied,
+                format!(
+                    "{} may not {}",
+                    match &identity {
+                        Identity::Anonymous => "an anonymous client",
+                        Identity::User(name) => name.as_str(),
+                    },
+                    describe_missing(&missing, &granted)
+                ),
+            )),
+        }
+    }
+
+    /// Whether `caller` may see `repository` in the catalog.
+    pub(crate) fn can_see(&self, caller: &Caller, repository: &str) -> bool {
+        match &caller.token_access {
+            Some(access) if matches!(self.scheme, Scheme::Token { issuer: None, .. }) => access
+                .iter()
+                .any(|s| s.is_image_repository() && s.name == repository),
+            _ => self.rules.can_see_repository(&caller.identity, repository),
+        }
+    }
+
+    /// Whether a mount without `from=` may take any blob the registry holds.
+    /// Not with access control on: it would copy a blob from a repository
+    /// the caller cannot read into one it can.
+    pub fn mount_without_source_allowed(&self) -> bool {
+        false
+    }
+
+    async fn login(&self, user: &str, password: &str, client: Option<SocketAddr>) -> bool {
+        let ok = match &self.accounts {
+            Some(accounts) => accounts.verify(user, password).await,
+            None => false,
+        };
+        if !ok {
+            // The user name as the client sent it (escaped), never the password.
+            tracing::warn!(client = %client_ip(client), user = ?user, "failed login");
+        }
+        ok
+    }
+
+    fn realm(&self, headers: &HeaderMap) -> String {
+        if let Some(realm) = &self.realm {
+            return realm.clone();
+        }
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| {
+                !h.is_empty()
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+            })
+            .unwrap_or("localhost");
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{host}/token")
+    }
+
+    /// 401 `UNAUTHORIZED` with the challenge that tells the client how to log in.
+    fn challenge(
+        &self,
+        headers: &HeaderMap,
+        scopes: &[Scope],
+        insufficient_scope: bool,
+        message: &str,
+    ) -> RegistryError {
+        let value = match self.scheme {
+            Scheme::Basic => basic_challenge(&self.service),
+            Scheme::Token { .. } => bearer_challenge(
+                &self.realm(headers),
+                &self.service,
+                scopes,
+                insufficient_scope,
+            ),
+        };
+        let error = RegistryError::new(StatusCode::UNAUTHORIZED, Code::Unauthorized, message);
+        match HeaderValue::from_str(&value) {
+            Ok(v) => error.with_header(header::WWW_AUTHENTICATE, v),
+            Err(_) => error,
+        }
+    }
+
+    /// The token endpoint: `GET /token?service=..&scope=..` with optional
+    /// Basic credentials, or `POST /token` with an OAuth2 password grant.
+    pub(crate) async fn token(
+        &self,
+        query: Option<&str>,
+        form: Option<&str>,
+        headers: &HeaderMap,
+        client: Option<SocketAddr>,
+    ) -> Result<String, TokenEndpointError> {
+        let Scheme::Token {
+            issuer: Some(issuer),
+            ..
+        } = &self.scheme
+        else {
+            return Err(TokenEndpointError::NotFound);
+        };
+        let bad = |e: String| TokenEndpointError::BadRequest(e);
+        let (service, scopes, identity) = match form {
+            None => {
+                let request = berth_auth::token::TokenRequest::parse_query(query.unwrap_or(""))
+                    .map_err(|e| bad(e.to_string()))?;
+                let authorization = headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok());
+                let identity = match authorization.map(parse_authorization) {
+                    None => Identity::Anonymous,
+                    Some(Ok(Credentials::Basic { user, password })) => {
+                        if !self.login(&user, password.expose(), client).await {
+                            return Err(TokenEndpointError::Unauthorized(basic_challenge(
+                                &self.service,
+                            )));
+                        }
+                        if request.account.as_deref().is_some_and(|a| a != user) {
+                            return Err(bad("account does not match the credentials".into()));
+                        }
+                        Identity::User(user)
+                    }
+                    Some(_) => {
+                        return Err(TokenEndpointError::Unauthorized(basic_challenge(
+                            &self.service,
+                        )))
+                    }
+                };
+                (request.service, request.scopes, identity)
+            }
+            Some(body) => {
+                let form =
+                    berth_auth::token::TokenForm::parse(body).map_err(|e| bad(e.to_string()))?;
+                let (Some(user), Some(password)) = (form.username, form.password) else {
+                    // refresh_token: we issue none, so none can be valid.
+                    return Err(TokenEndpointError::Unauthorized(basic_challenge(
+                        &self.service,
+                    )));
+                };
+                if !self.login(&user, password.expose(), client).await {
+                    return Err(TokenEndpointError::Unauthorized(basic_challenge(
+                        &self.service,
+                    )));
+                }
+                (form.service, form.scopes, Identity::User(user))
+            }
+        };
+        if service.as_deref().is_some_and(|s| s != self.service) {
+            return Err(bad(format!(
+                "this token service issues tokens for service {:?}",
+                self.service
+            )));
+        }
+        let access = self.rules.grant(&identity, &scopes);
+        let issued = issuer
+            .issue(&identity, &self.service, &access, SystemTime::now())
+            .map_err(|e| TokenEndpointError::Internal(e.to_string()))?;
+        tracing::info!(client = %client_ip(client), user = ?identity.subject(), scopes = %scope::to_scope_string(&access), "token issued");
+        Ok(issued.response_json())
+    }
+}
+
+pub(crate) enum TokenEndpointError {
+    NotFound,
+    BadRequest(String),
+    /// With the `WWW-Authenticate` value.
+    Unauthorized(String),
+    Internal(String),
+}
+
+/// "push to team-a/app, pull from base": the actions of `missing` that
+/// `granted` lacks, for a 403 message.
+fn describe_missing(missing: &[Scope], granted: &[Scope]) -> String {
+    missing
+        .iter()
+        .map(|need| {
+            let have = granted
+                .iter()
+                .filter(|g| g.same_resource(need))
+                .fold(scope::Actions::NONE, |acc, g| acc.union(g.actions));
+            let lacking: Vec<&str> = need
+                .actions
+                .names()
+                .into_iter()
+                .filter(|name| scope::Actions::parse_list(name).is_some_and(|a| !have.contains(a)))
+                .collect();
+            if need.is_catalog() {
+                "list the catalog".to_string()
+            } else {
+                format!("{} {}", lacking.join(" or "), need.name)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The endpoint of a route, as `berth_auth` classifies it.
+fn endpoint_of<'a>(route: &Route<'a>, mount_from: Option<&'a str>) -> Endpoint<'a> {
+    match *route {
+        Route::Base => Endpoint::Base,
+        Route::Catalog => Endpoint::Catalog,
+        Route::Tags { name } => Endpoint::Tags { name },
+        Route::Manifest { name, .. } => Endpoint::Manifest { name },
+        Route::Blob { name, .. } => Endpoint::Blob { name },
+        Route::UploadStart { name } => Endpoint::UploadStart { name, mount_from },
+        Route::Upload { name, .. } => Endpoint::Upload { name },
+        Route::Referrers { name, .. } => Endpoint::Referrers { name },
+    }
+}
+
+fn client_ip(client: Option<SocketAddr>) -> IpAddr {
+    client
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
+/// Requests per client address, with `429 Too Many Requests` past the limit.
+pub struct ClientRateLimit {
+    limiter: Mutex<RateLimiter<IpAddr>>,
+}
+
+impl ClientRateLimit {
+    pub fn new(limit: RateLimit) -> ClientRateLimit {
+        ClientRateLimit {
+            limiter: Mutex::new(RateLimiter::new(limit)),
+        }
+    }
+
+    pub(crate) fn check(&self, client: Option<SocketAddr>) -> Result<(), RegistryError> {
+        let ip = client_ip(client);
+        let decision = self
+            .limiter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check(&ip, Instant::now());
+        match decision.retry_after_secs() {
+            None => Ok(()),
+            Some(secs) => {
+                tracing::info!(client = %ip, "rate limited");
+                Err(RegistryError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Code::TooManyRequests,
+                    format!("too many requests from {ip}: retry after {secs} s"),
+                )
+                .with_header(header::RETRY_AFTER, HeaderValue::from(secs)))
+            }
+        }
+    }
+}
