@@ -13,6 +13,7 @@ use serde::Deserialize;
 mod access;
 mod build;
 mod config;
+mod deploy;
 mod images;
 mod progress;
 mod serve_loop;
@@ -57,6 +58,11 @@ enum Command {
     Logout(images::LogoutArgs),
     /// Build an image from a Dockerfile (runc + overlayfs, no daemon); --dry-run prints the plan
     Build(build::BuildArgs),
+    /// Run an app on the hosts of an inventory: plan (printed with reasons), then apply
+    /// with health-gated, rolled-back-on-failure replacement; --check only plans.
+    Deploy(deploy::DeployArgs),
+    /// Return every host of an inventory to the app's previous release.
+    Rollback(deploy::RollbackArgs),
 }
 
 /// How to reach S3 when the storage is `s3://BUCKET/PREFIX` (serve and gc share them).
@@ -175,6 +181,8 @@ fn main() -> ExitCode {
         Command::Login(args) => images::login(args),
         Command::Logout(args) => images::logout(args),
         Command::Build(args) => build::build(args),
+        Command::Deploy(args) => deploy::deploy(args),
+        Command::Rollback(args) => deploy::rollback(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,1292 @@
+//! The app file: what runs (services), on which networks, with which variables.
+//!
+//! ```yaml
+//! name: app_example                  # owner label on everything created; not templated
+//! variables:                         # defaults; any inventory var of the host overrides them
+//!   registry: docker-host:5000
+//!   tag: v3
+//! networks:
+//!   test_nw:
+//!     driver: bridge                 # bridge (default), macvlan, ipvlan, overlay
+//!     subnet: 10.1.4.0/24
+//!     gateway: 10.1.4.100
+//!     ip_range: 10.1.4.128/25        # optional: where Docker picks dynamic addresses
+//!     options: { com.docker.network.bridge.name: br-test }
+//!     name: test_nw                  # optional Docker name; default APP_KEY
+//! services:
+//!   web:
+//!     image: "{{ registry }}/app_example_image:{{ tag }}"
+//!     hosts: web                     # which inventory hosts run it (a --limit pattern); default all
+//!     replicas: 1                    # containers per host
+//!     command: python3 -m http.server 8000     # or a list
+//!     entrypoint: [/entrypoint.sh]
+//!     env: { MODE: production }      # or [MODE=production]
+//!     labels: { team: web }
+//!     ports: ["0.0.0.0:80:8000/tcp", { target: 9000, published: 9000, host_ip: 127.0.0.1, protocol: udp }]
+//!     networks: { test_nw: { ipv4_address: 10.1.4.2, aliases: [web] } }   # or [test_nw]
+//!     restart: unless-stopped        # no, always, on-failure[:N]
+//!     cpus: 0.5
+//!     memory: 256m
+//!     healthcheck: { test: "curl -f http://localhost:8000/", interval: 10s, timeout: 3s, retries: 3, start_period: 5s }
+//!     build: { context: ./web, dockerfile: Dockerfile, args: { V: 1 } }   # for `berth ship`
+//! ```
+//!
+//! String values anywhere under `networks` and `services` are templates (see
+//! [`crate::template`]), rendered per host with the app's `variables` overlaid by the host's
+//! inventory vars. Rendering happens before typing, so numbers and lists can come from
+//! variables too. Unknown keys are errors: a misspelt `enviroment:` must not be ignored.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Problem, Result};
+use crate::template::{has_template, Templater, Vars};
+use crate::units;
+use crate::yaml;
+
+/// An app file as read from disk, before per-host rendering.
+#[derive(Debug, Clone)]
+pub struct AppSource {
+    pub path: PathBuf,
+    pub name: String,
+    /// Default values of variables; inventory vars override them.
+    pub variables: Vars,
+    networks: Value,
+    services: Value,
+}
+
+/// An app file rendered for one host's variables, typed and validated.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct App {
+    pub name: String,
+    pub networks: BTreeMap<String, Network>,
+    pub services: BTreeMap<String, Service>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkDriver {
+    #[default]
+    Bridge,
+    Macvlan,
+    Ipvlan,
+    Overlay,
+}
+
+impl NetworkDriver {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkDriver::Bridge => "bridge",
+            NetworkDriver::Macvlan => "macvlan",
+            NetworkDriver::Ipvlan => "ipvlan",
+            NetworkDriver::Overlay => "overlay",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// The network's name on the Docker host; default `APP_KEY`.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub driver: NetworkDriver,
+    #[serde(default)]
+    pub subnet: Option<Ipv4Net>,
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub ip_range: Option<Ipv4Net>,
+    #[serde(default, deserialize_with = "string_map")]
+    pub options: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "string_map")]
+    pub labels: BTreeMap<String, String>,
+    /// No route to the outside world (Docker's `--internal`).
+    #[serde(default)]
+    pub internal: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub image: String,
+    /// Which inventory hosts run this service, as a `--limit` pattern.
+    #[serde(default = "all_hosts")]
+    pub hosts: String,
+    #[serde(default = "one")]
+    pub replicas: u32,
+    #[serde(default, deserialize_with = "optional_words")]
+    pub command: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "optional_words")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default, alias = "environment", deserialize_with = "env_map")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "string_map")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "port_list")]
+    pub ports: Vec<Port>,
+    #[serde(default, deserialize_with = "service_networks")]
+    pub networks: BTreeMap<String, ServiceNetwork>,
+    #[serde(default, deserialize_with = "restart_policy")]
+    pub restart: RestartPolicy,
+    #[serde(default, deserialize_with = "optional_cpus")]
+    pub cpus: Option<f64>,
+    /// Memory limit in bytes (written as `512m`, `1g`, or a number of bytes).
+    #[serde(default, deserialize_with = "optional_bytes")]
+    pub memory: Option<u64>,
+    #[serde(default)]
+    pub healthcheck: Option<Healthcheck>,
+    #[serde(default, deserialize_with = "optional_build")]
+    pub build: Option<Build>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+}
+
+/// A published port. `published: None` asks Docker for an ephemeral host port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Port {
+    pub host_ip: Option<IpAddr>,
+    pub published: Option<u16>,
+    pub target: u16,
+    pub protocol: Protocol,
+}
+
+impl std::fmt::Display for Port {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.host_ip {
+            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:")?,
+            Some(ip) => write!(f, "{ip}:")?,
+            None => {}
+        }
+        if let Some(published) = self.published {
+            write!(f, "{published}")?;
+        }
+        if self.host_ip.is_some() || self.published.is_some() {
+            write!(f, "->")?;
+        }
+        write!(f, "{}/{}", self.target, self.protocol.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceNetwork {
+    #[serde(default)]
+    pub ipv4_address: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    /// `no`, `always`, `unless-stopped` or `on-failure`, as the Docker API spells them.
+    pub name: String,
+    pub max_retries: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Healthcheck {
+    /// Docker's form: `["CMD", ...]`, `["CMD-SHELL", "..."]` or `["NONE"]`.
+    #[serde(deserialize_with = "health_test")]
+    pub test: Vec<String>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub interval: Option<u64>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub timeout: Option<u64>,
+    #[serde(default)]
+    pub retries: Option<u32>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub start_period: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Build {
+    pub context: String,
+    #[serde(default)]
+    pub dockerfile: Option<String>,
+    #[serde(default, deserialize_with = "string_map")]
+    pub args: BTreeMap<String, String>,
+    #[serde(default)]
+    pub target: Option<String>,
+}
+
+fn all_hosts() -> String {
+    "all".to_string()
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl AppSource {
+    pub fn load(path: &Path) -> Result<AppSource> {
+        let document = yaml::read_file(path)?;
+        AppSource::from_value(path, document)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<AppSource> {
+        AppSource::from_value(path, yaml::parse_str(path, text)?)
+    }
+
+    fn from_value(path: &Path, document: Value) -> Result<AppSource> {
+        let invalid = |key: &str, message: String| Error::InvalidApp {
+            file: path.to_path_buf(),
+            problems: vec![Problem::new(key, message)],
+        };
+        let Value::Object(mut top) = document else {
+            return Err(invalid(
+                "",
+                format!(
+                    "expected a mapping with name, services, networks, variables; found {}",
+                    yaml::kind_of(&document)
+                ),
+            ));
+        };
+        if let Some(unknown) = top
+            .keys()
+            .find(|k| !["name", "variables", "networks", "services"].contains(&k.as_str()))
+        {
+            return Err(invalid(
+                unknown,
+                format!("unknown key `{unknown}` (expected name, variables, networks, services)"),
+            ));
+        }
+        let name = match top.remove("name") {
+            Some(Value::String(name)) => name,
+            Some(other) => {
+                return Err(invalid(
+                    "name",
+                    format!("expected text, found {}", yaml::kind_of(&other)),
+                ))
+            }
+            None => {
+                return Err(invalid(
+                    "name",
+                    "missing: every app needs a name (it labels what Berth creates)".to_string(),
+                ))
+            }
+        };
+        if has_template(&name) {
+            return Err(invalid(
+                "name",
+                "the app name cannot be templated: it identifies what this app owns on every host"
+                    .to_string(),
+            ));
+        }
+        check_docker_name(&name).map_err(|message| invalid("name", message))?;
+        let variables = match top.remove("variables") {
+            None | Some(Value::Null) => Vars::new(),
+            Some(Value::Object(map)) => map.into_iter().collect(),
+            Some(other) => {
+                return Err(invalid(
+                    "variables",
+                    format!("expected a mapping, found {}", yaml::kind_of(&other)),
+                ))
+            }
+        };
+        let section = |value: Option<Value>, key: &str| match value {
+            None | Some(Value::Null) => Ok(Value::Object(Default::default())),
+            Some(map @ Value::Object(_)) => Ok(map),
+            Some(other) => Err(invalid(
+                key,
+                format!("expected a mapping, found {}", yaml::kind_of(&other)),
+            )),
+        };
+        let networks = section(top.remove("networks"), "networks")?;
+        let services = section(top.remove("services"), "services")?;
+        Ok(AppSource {
+            path: path.to_path_buf(),
+            name,
+            variables,
+            networks,
+            services,
+        })
+    }
+
+    /// The variables a host sees: the app's defaults, overridden by the host's inventory vars.
+    pub fn vars_for(&self, host_vars: &Vars) -> Vars {
+        let mut vars = self.variables.clone();
+        vars.extend(host_vars.iter().map(|(k, v)| (k.clone(), v.clone())));
+        vars
+    }
+
+    /// Renders templates with a host's variables, types the result and validates it.
+    pub fn render(&self, host_vars: &Vars) -> Result<App> {
+        let vars = self.vars_for(host_vars);
+        let templater = Templater::new(&vars);
+        let template_error = |e: crate::template::TemplateError| Error::Template {
+            file: self.path.clone(),
+            key: e.key,
+            message: e.message,
+        };
+        let networks = templater
+            .render(&self.networks, "networks")
+            .map_err(template_error)?;
+        let services = templater
+            .render(&self.services, "services")
+            .map_err(template_error)?;
+
+        let mut problems = Vec::new();
+        let networks: BTreeMap<String, Network> =
+            typed_entries(&networks, "networks", &mut problems);
+        let services: BTreeMap<String, Service> =
+            typed_entries(&services, "services", &mut problems);
+        let app = App {
+            name: self.name.clone(),
+            networks,
+            services,
+        };
+        if problems.is_empty() {
+            problems = app.validate();
+        }
+        if problems.is_empty() {
+            Ok(app)
+        } else {
+            Err(Error::InvalidApp {
+                file: self.path.clone(),
+                problems,
+            })
+        }
+    }
+}
+
+/// Types each entry of a section separately, so one bad service does not hide the others'
+/// errors and every error names its entry.
+fn typed_entries<T: for<'de> Deserialize<'de>>(
+    section: &Value,
+    key: &str,
+    problems: &mut Vec<Problem>,
+) -> BTreeMap<String, T> {
+    let mut out = BTreeMap::new();
+    let Value::Object(entries) = section else {
+        return out;
+    };
+    for (name, body) in entries {
+        let entry_key = format!("{key}.{name}");
+        // `web:` with nothing under it is an empty mapping, not null.
+        let body = if body.is_null() {
+            Value::Object(Default::default())
+        } else {
+            body.clone()
+        };
+        match serde_path_to_error::deserialize::<_, T>(body) {
+            Ok(typed) => {
+                out.insert(name.clone(), typed);
+            }
+            Err(err) => {
+                let path = err.path().to_string();
+                let at = if path == "." {
+                    entry_key.clone()
+                } else {
+                    format!("{entry_key}.{path}")
+                };
+                problems.push(Problem::new(at, err.into_inner().to_string()));
+            }
+        }
+    }
+    out
+}
+
+impl App {
+    /// The Docker name of a network key.
+    pub fn network_docker_name(&self, key: &str) -> String {
+        match self.networks.get(key).and_then(|n| n.name.clone()) {
+            Some(name) => name,
+            None => format!("{}_{key}", self.name),
+        }
+    }
+
+    /// Checks that hold whatever host the app lands on. Per-host checks (port clashes,
+    /// duplicate addresses among the containers a host actually runs) live in `desired`.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut docker_names: BTreeMap<String, &str> = BTreeMap::new();
+        let mut subnets: Vec<(&str, Ipv4Net)> = Vec::new();
+        for (key, network) in &self.networks {
+            let at = |field: &str| format!("networks.{key}{field}");
+            if let Err(message) = check_docker_name(key) {
+                problems.push(Problem::new(at(""), message));
+            }
+            let docker_name = self.network_docker_name(key);
+            if let Some(other) = docker_names.insert(docker_name.clone(), key) {
+                problems.push(Problem::new(
+                    at(""),
+                    format!("Docker name `{docker_name}` is also used by network `{other}`"),
+                ));
+            }
+            match network.subnet {
+                Some(subnet) => {
+                    if subnet.network() != subnet.addr() {
+                        problems.push(Problem::new(
+                            at(".subnet"),
+                            format!(
+                                "{subnet} has host bits set; did you mean {}?",
+                                subnet.trunc()
+                            ),
+                        ));
+                    }
+                    if let Some(gateway) = network.gateway {
+                        if !subnet.contains(&gateway) {
+                            problems.push(Problem::new(
+                                at(".gateway"),
+                                format!("{gateway} is outside subnet {}", subnet.trunc()),
+                            ));
+                        } else if is_reserved(subnet, gateway) {
+                            problems.push(Problem::new(
+                                at(".gateway"),
+                                format!(
+                                    "{gateway} is the network or broadcast address of {}",
+                                    subnet.trunc()
+                                ),
+                            ));
+                        }
+                    }
+                    if let Some(range) = network.ip_range {
+                        if !(subnet.contains(&range.network())
+                            && subnet.contains(&range.broadcast()))
+                        {
+                            problems.push(Problem::new(
+                                at(".ip_range"),
+                                format!("{range} is not inside subnet {}", subnet.trunc()),
+                            ));
+                        }
+                    }
+                    for (other_key, other) in &subnets {
+                        if other.contains(&subnet.network()) || subnet.contains(&other.network()) {
+                            problems.push(Problem::new(
+                                at(".subnet"),
+                                format!(
+                                    "{} overlaps {other} of network `{other_key}`",
+                                    subnet.trunc()
+                                ),
+                            ));
+                        }
+                    }
+                    subnets.push((key, subnet.trunc()));
+                }
+                None => {
+                    if network.gateway.is_some() {
+                        problems.push(Problem::new(at(".gateway"), "a gateway needs a subnet"));
+                    }
+                    if network.ip_range.is_some() {
+                        problems.push(Problem::new(at(".ip_range"), "an ip_range needs a subnet"));
+                    }
+                }
+            }
+        }
+
+        for (key, service) in &self.services {
+            let at = |field: &str| format!("services.{key}{field}");
+            if let Err(message) = check_docker_name(key) {
+                problems.push(Problem::new(at(""), message));
+            }
+            if service.image.trim().is_empty() {
+                problems.push(Problem::new(at(".image"), "must not be empty"));
+            }
+            if service.hosts.trim().is_empty() {
+                problems.push(Problem::new(at(".hosts"), "must not be empty (use `all`)"));
+            }
+            if let Some(cpus) = service.cpus {
+                if !(cpus > 0.0 && cpus.is_finite()) {
+                    problems.push(Problem::new(
+                        at(".cpus"),
+                        format!("{cpus} is not a positive number of CPUs"),
+                    ));
+                }
+            }
+            for name in service.env.keys() {
+                if name.is_empty() || name.contains('=') {
+                    problems.push(Problem::new(
+                        at(".env"),
+                        format!("invalid variable name {name:?}"),
+                    ));
+                }
+            }
+            for (index, port) in service.ports.iter().enumerate() {
+                if port.target == 0 {
+                    problems.push(Problem::new(
+                        at(&format!(".ports[{index}]")),
+                        "container port 0 is not valid",
+                    ));
+                }
+            }
+            for (network_key, attachment) in &service.networks {
+                let field = at(&format!(".networks.{network_key}"));
+                let Some(network) = self.networks.get(network_key) else {
+                    let known: Vec<&str> = self.networks.keys().map(String::as_str).collect();
+                    problems.push(Problem::new(
+                        field,
+                        format!(
+                            "unknown network `{network_key}` (defined: {})",
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    ));
+                    continue;
+                };
+                let Some(address) = attachment.ipv4_address else {
+                    continue;
+                };
+                let Some(subnet) = network.subnet.map(|s| s.trunc()) else {
+                    problems.push(Problem::new(field, format!("a fixed address ({address}) needs the network to have a subnet (Docker only assigns user addresses on user subnets)")));
+                    continue;
+                };
+                if !subnet.contains(&address) {
+                    problems.push(Problem::new(
+                        field.clone(),
+                        format!("{address} is outside subnet {subnet}"),
+                    ));
+                } else if is_reserved(subnet, address) {
+                    problems.push(Problem::new(
+                        field.clone(),
+                        format!("{address} is the network or broadcast address of {subnet}"),
+                    ));
+                } else if network.gateway == Some(address) {
+                    problems.push(Problem::new(
+                        field.clone(),
+                        format!("{address} is the network's gateway"),
+                    ));
+                }
+                if service.replicas > 1 {
+                    problems.push(Problem::new(
+                        field,
+                        format!(
+                            "{} replicas cannot share the fixed address {address}",
+                            service.replicas
+                        ),
+                    ));
+                }
+            }
+        }
+        problems
+    }
+}
+
+fn is_reserved(subnet: Ipv4Net, address: Ipv4Addr) -> bool {
+    // /31 and /32 have no network/broadcast addresses to avoid (RFC 3021).
+    subnet.prefix_len() < 31 && (address == subnet.network() || address == subnet.broadcast())
+}
+
+/// Docker's rule for container and network names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+pub(crate) fn check_docker_name(name: &str) -> std::result::Result<(), String> {
+    let mut chars = name.chars();
+    let valid = matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("{name:?} is not a valid Docker name (letters, digits, _ . -, starting with a letter or digit)"))
+    }
+}
+
+// ---- deserialisers for the forms users write ------------------------------------------------
+
+fn scalar_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn string_map<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<BTreeMap<String, String>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(BTreeMap::new()),
+        Value::Object(map) => map
+            .into_iter()
+            .map(|(k, v)| match scalar_text(&v) {
+                Some(text) => Ok((k, text)),
+                None => Err(D::Error::custom(format!(
+                    "value of `{k}` must be text, a number or a boolean"
+                ))),
+            })
+            .collect(),
+        other => Err(D::Error::custom(format!(
+            "expected a mapping, found {}",
+            yaml::kind_of(&other)
+        ))),
+    }
+}
+
+fn env_map<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<BTreeMap<String, String>, D::Error> {
+    let value = Value::deserialize(d)?;
+    match value {
+        Value::Array(items) => {
+            let mut map = BTreeMap::new();
+            for item in items {
+                let text = scalar_text(&item)
+                    .ok_or_else(|| D::Error::custom("env list items must be NAME=value"))?;
+                let (name, value) = text.split_once('=').ok_or_else(|| {
+                    D::Error::custom(format!("env item {text:?} must be NAME=value"))
+                })?;
+                if map.insert(name.to_string(), value.to_string()).is_some() {
+                    return Err(D::Error::custom(format!("env {name} is set twice")));
+                }
+            }
+            Ok(map)
+        }
+        other => string_map(other).map_err(D::Error::custom),
+    }
+}
+
+fn optional_words<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Vec<String>>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(None),
+        Value::String(text) => units::split_words(&text)
+            .map(Some)
+            .map_err(D::Error::custom),
+        Value::Array(items) => items
+            .iter()
+            .map(|item| {
+                scalar_text(item).ok_or_else(|| D::Error::custom("list items must be text"))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map(Some),
+        other => Err(D::Error::custom(format!(
+            "expected text or a list, found {}",
+            yaml::kind_of(&other)
+        ))),
+    }
+}
+
+fn port_list<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<Port>, D::Error> {
+    let items = match Value::deserialize(d)? {
+        Value::Null => return Ok(Vec::new()),
+        Value::Array(items) => items,
+        other => {
+            return Err(D::Error::custom(format!(
+                "expected a list of ports, found {}",
+                yaml::kind_of(&other)
+            )))
+        }
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| {
+            parse_port(item)
+                .map_err(|message| D::Error::custom(format!("ports[{index}]: {message}")))
+        })
+        .collect()
+}
+
+fn parse_port(item: &Value) -> std::result::Result<Port, String> {
+    let port_number = |text: &str| -> std::result::Result<u16, String> {
+        if text.contains('-') {
+            return Err(format!(
+                "port ranges ({text}) are not supported; list each port"
+            ));
+        }
+        text.parse::<u16>()
+            .map_err(|_| format!("invalid port {text:?}"))
+    };
+    match item {
+        Value::Number(n) => {
+            let target = n
+                .as_u64()
+                .and_then(|n| u16::try_from(n).ok())
+                .ok_or_else(|| format!("invalid port {n}"))?;
+            Ok(Port {
+                host_ip: None,
+                published: None,
+                target,
+                protocol: Protocol::Tcp,
+            })
+        }
+        Value::String(text) => {
+            // [HOST_IP:][PUBLISHED:]TARGET[/PROTOCOL]; an IPv6 host IP is written in brackets.
+            let (spec, protocol) = match text.rsplit_once('/') {
+                Some((spec, protocol)) => (spec, parse_protocol(protocol)?),
+                None => (text.as_str(), Protocol::Tcp),
+            };
+            let (host_ip, rest) = if let Some(bracketed) = spec.strip_prefix('[') {
+                let (ip, rest) = bracketed
+                    .split_once("]:")
+                    .ok_or_else(|| format!("{text:?}: expected [IPv6]:PUBLISHED:TARGET"))?;
+                (
+                    Some(
+                        ip.parse::<IpAddr>()
+                            .map_err(|_| format!("{text:?}: invalid IP {ip:?}"))?,
+                    ),
+                    rest,
+                )
+            } else {
+                let parts: Vec<&str> = spec.split(':').collect();
+                match parts.as_slice() {
+                    [ip, published, target] => {
+                        let ip = ip
+                            .parse::<IpAddr>()
+                            .map_err(|_| format!("{text:?}: invalid host IP {ip:?}"))?;
+                        return Ok(Port {
+                            host_ip: Some(ip),
+                            published: optional_port(published, port_number)?,
+                            target: port_number(target)?,
+                            protocol,
+                        });
+                    }
+                    _ => (None, spec),
+                }
+            };
+            let parts: Vec<&str> = rest.split(':').collect();
+            match parts.as_slice() {
+                [target] if host_ip.is_none() => Ok(Port {
+                    host_ip,
+                    published: None,
+                    target: port_number(target)?,
+                    protocol,
+                }),
+                [published, target] => Ok(Port {
+                    host_ip,
+                    published: optional_port(published, port_number)?,
+                    target: port_number(target)?,
+                    protocol,
+                }),
+                _ => Err(format!(
+                    "{text:?}: expected [HOST_IP:][PUBLISHED:]TARGET[/PROTOCOL]"
+                )),
+            }
+        }
+        Value::Object(map) => {
+            if let Some(unknown) = map
+                .keys()
+                .find(|k| !["target", "published", "host_ip", "protocol"].contains(&k.as_str()))
+            {
+                return Err(format!(
+                    "unknown key `{unknown}` (expected target, published, host_ip, protocol)"
+                ));
+            }
+            let text_of = |key: &str| {
+                map.get(key)
+                    .filter(|v| !v.is_null())
+                    .map(|v| scalar_text(v).ok_or_else(|| format!("{key} must be a scalar")))
+                    .transpose()
+            };
+            let target =
+                port_number(&text_of("target")?.ok_or("missing `target` (the container port)")?)?;
+            let published = text_of("published")?.map(|p| port_number(&p)).transpose()?;
+            let host_ip = text_of("host_ip")?
+                .map(|ip| {
+                    ip.parse::<IpAddr>()
+                        .map_err(|_| format!("invalid host_ip {ip:?}"))
+                })
+                .transpose()?;
+            let protocol = text_of("protocol")?
+                .map(|p| parse_protocol(&p))
+                .transpose()?
+                .unwrap_or(Protocol::Tcp);
+            Ok(Port {
+                host_ip,
+                published,
+                target,
+                protocol,
+            })
+        }
+        other => Err(format!(
+            "expected \"HOST:CONTAINER\" or a mapping, found {}",
+            yaml::kind_of(other)
+        )),
+    }
+}
+
+fn optional_port(
+    text: &str,
+    parse: impl Fn(&str) -> std::result::Result<u16, String>,
+) -> std::result::Result<Option<u16>, String> {
+    if text.is_empty() {
+        Ok(None)
+    } else {
+        parse(text).map(Some)
+    }
+}
+
+fn parse_protocol(text: &str) -> std::result::Result<Protocol, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "tcp" => Ok(Protocol::Tcp),
+        "udp" => Ok(Protocol::Udp),
+        "sctp" => Ok(Protocol::Sctp),
+        other => Err(format!("unknown protocol {other:?} (tcp, udp or sctp)")),
+    }
+}
+
+fn service_networks<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<BTreeMap<String, ServiceNetwork>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(BTreeMap::new()),
+        Value::Array(items) => {
+            let mut out = BTreeMap::new();
+            for item in items {
+                let name = item
+                    .as_str()
+                    .ok_or_else(|| D::Error::custom("network list items are network names"))?;
+                if out
+                    .insert(name.to_string(), ServiceNetwork::default())
+                    .is_some()
+                {
+                    return Err(D::Error::custom(format!(
+                        "network `{name}` is listed twice"
+                    )));
+                }
+            }
+            Ok(out)
+        }
+        Value::Object(map) => map
+            .into_iter()
+            .map(|(name, body)| {
+                let body = if body.is_null() {
+                    Value::Object(Default::default())
+                } else {
+                    body
+                };
+                serde_json::from_value(body)
+                    .map(|attachment| (name.clone(), attachment))
+                    .map_err(|e| D::Error::custom(format!("{name}: {e}")))
+            })
+            .collect(),
+        other => Err(D::Error::custom(format!(
+            "expected a list or mapping of networks, found {}",
+            yaml::kind_of(&other)
+        ))),
+    }
+}
+
+fn restart_policy<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<RestartPolicy, D::Error> {
+    let value = Value::deserialize(d)?;
+    // YAML 1.1 readers turn a bare `no` into false; accept it as the policy users meant.
+    let text = match value {
+        Value::Bool(false) | Value::Null => {
+            return Ok(RestartPolicy {
+                name: "no".into(),
+                max_retries: None,
+            })
+        }
+        Value::String(text) => text,
+        other => {
+            return Err(D::Error::custom(format!(
+                "expected a restart policy, found {}",
+                yaml::kind_of(&other)
+            )))
+        }
+    };
+    match text.split_once(':') {
+        None if ["no", "always", "unless-stopped", "on-failure"].contains(&text.as_str()) => {
+            Ok(RestartPolicy {
+                name: text,
+                max_retries: None,
+            })
+        }
+        Some(("on-failure", retries)) => {
+            let retries = retries
+                .parse::<u32>()
+                .map_err(|_| D::Error::custom(format!("invalid retry count in {text:?}")))?;
+            Ok(RestartPolicy {
+                name: "on-failure".into(),
+                max_retries: Some(retries),
+            })
+        }
+        _ => Err(D::Error::custom(format!(
+            "unknown restart policy {text:?} (no, always, unless-stopped, on-failure[:N])"
+        ))),
+    }
+}
+
+fn optional_cpus<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<f64>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(None),
+        Value::Number(n) => n
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| D::Error::custom("invalid number")),
+        Value::String(text) => text
+            .trim()
+            .parse::<f64>()
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("invalid number of CPUs {text:?}"))),
+        other => Err(D::Error::custom(format!(
+            "expected a number of CPUs, found {}",
+            yaml::kind_of(&other)
+        ))),
+    }
+}
+
+fn optional_bytes<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<u64>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(None),
+        Value::Number(n) => n
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| D::Error::custom(format!("invalid size {n}"))),
+        Value::String(text) => units::parse_bytes(&text)
+            .map(Some)
+            .map_err(D::Error::custom),
+        other => Err(D::Error::custom(format!(
+            "expected a size like 512m, found {}",
+            yaml::kind_of(&other)
+        ))),
+    }
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<u64>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(None),
+        Value::String(text) => units::parse_duration_ns(&text)
+            .map(Some)
+            .map_err(D::Error::custom),
+        other => Err(D::Error::custom(format!(
+            "expected a duration like 30s, found {}",
+            yaml::kind_of(&other)
+        ))),
+    }
+}
+
+fn health_test<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<String>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::String(text) if text.trim().is_empty() => {
+            Err(D::Error::custom("empty healthcheck test"))
+        }
+        Value::String(text) => Ok(vec!["CMD-SHELL".into(), text]),
+        Value::Array(items) => {
+            let words: Vec<String> = items
+                .iter()
+                .map(|i| scalar_text(i).ok_or_else(|| D::Error::custom("test items must be text")))
+                .collect::<std::result::Result<_, _>>()?;
+            match words.first().map(String::as_str) {
+                None => Err(D::Error::custom("empty healthcheck test")),
+                Some("CMD" | "CMD-SHELL" | "NONE") => Ok(words),
+                Some(_) => Ok(std::iter::once("CMD".to_string()).chain(words).collect()),
+            }
+        }
+        other => Err(D::Error::custom(format!(
+            "expected a command (text or list), found {}",
+            yaml::kind_of(&other)
+        ))),
+    }
+}
+
+fn optional_build<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Build>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(None),
+        Value::String(context) => Ok(Some(Build {
+            context,
+            dockerfile: None,
+            args: BTreeMap::new(),
+            target: None,
+        })),
+        map @ Value::Object(_) => serde_json::from_value(map)
+            .map(Some)
+            .map_err(D::Error::custom),
+        other => Err(D::Error::custom(format!(
+            "expected a context path or a mapping, found {}",
+            yaml::kind_of(&other)
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const APP: &str = r#"
+name: shop
+variables: { tag: v1, web_port: 80 }
+networks:
+  front: { subnet: 10.1.4.0/24, gateway: 10.1.4.100 }
+  back: { driver: bridge, subnet: 10.2.3.0/24, ip_range: 10.2.3.128/25 }
+services:
+  web:
+    image: "registry:5000/web:{{ tag }}"
+    ports: ["0.0.0.0:{{ web_port }}:8000", "9000", "127.0.0.1::9001/udp", "[::1]:9443:443", { target: 53, published: 5353, protocol: udp }]
+    networks: { front: { ipv4_address: 10.1.4.2, aliases: [www] }, back: }
+    env: { MODE: prod, WORKERS: 4, DEBUG: false }
+    command: python3 -m http.server 8000
+    restart: unless-stopped
+    cpus: 0.5
+    memory: 256m
+    healthcheck: { test: "wget -q -O- localhost:8000", interval: 10s, retries: 3 }
+  worker:
+    image: registry:5000/worker
+    replicas: "{{ workers }}"
+    networks: [back]
+    env: [A=1, B=x=y]
+    entrypoint: [/bin/worker, --fast]
+    healthcheck: { test: [pgrep, worker] }
+    build: ./worker
+"#;
+
+    fn source(text: &str) -> AppSource {
+        AppSource::parse(Path::new("app.yml"), text).expect("app parses")
+    }
+
+    fn vars(value: Value) -> Vars {
+        serde_json::from_value(value).expect("mapping")
+    }
+
+    fn problems(text: &str, host_vars: Value) -> Vec<String> {
+        match source(text).render(&vars(host_vars)) {
+            Err(Error::InvalidApp { problems, .. }) => {
+                problems.iter().map(ToString::to_string).collect()
+            }
+            Err(other) => vec![other.to_string()],
+            Ok(_) => Vec::new(),
+        }
+    }
+
+    #[test]
+    fn renders_and_types_a_full_app() {
+        let app = source(APP)
+            .render(&vars(json!({"workers": 2, "tag": "v2"})))
+            .unwrap();
+        let web = &app.services["web"];
+        assert_eq!(web.image, "registry:5000/web:v2");
+        assert_eq!(
+            web.command.as_deref().unwrap(),
+            ["python3", "-m", "http.server", "8000"]
+        );
+        assert_eq!(web.env["WORKERS"], "4");
+        assert_eq!(web.env["DEBUG"], "false");
+        assert_eq!(web.memory, Some(256 * 1024 * 1024));
+        assert_eq!(
+            web.restart,
+            RestartPolicy {
+                name: "unless-stopped".into(),
+                max_retries: None
+            }
+        );
+        assert_eq!(
+            web.healthcheck.as_ref().unwrap().test,
+            ["CMD-SHELL", "wget -q -O- localhost:8000"]
+        );
+        assert_eq!(
+            web.healthcheck.as_ref().unwrap().interval,
+            Some(10_000_000_000)
+        );
+        let ports: Vec<String> = web.ports.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            ports,
+            [
+                "0.0.0.0:80->8000/tcp",
+                "9000/tcp",
+                "127.0.0.1:->9001/udp",
+                "[::1]:9443->443/tcp",
+                "5353->53/udp"
+            ]
+        );
+        assert_eq!(
+            web.networks["front"].ipv4_address,
+            Some(Ipv4Addr::new(10, 1, 4, 2))
+        );
+        assert_eq!(web.networks["back"], ServiceNetwork::default());
+        let worker = &app.services["worker"];
+        assert_eq!(worker.replicas, 2);
+        assert_eq!(worker.env["B"], "x=y");
+        assert_eq!(
+            worker.healthcheck.as_ref().unwrap().test,
+            ["CMD", "pgrep", "worker"]
+        );
+        assert_eq!(worker.build.as_ref().unwrap().context, "./worker");
+        assert_eq!(worker.hosts, "all");
+        assert_eq!(app.network_docker_name("front"), "shop_front");
+    }
+
+    #[test]
+    fn inventory_vars_override_app_defaults() {
+        let src = source(APP);
+        let app = src
+            .render(&vars(json!({"workers": 1, "web_port": 8080})))
+            .unwrap();
+        assert_eq!(app.services["web"].ports[0].published, Some(8080));
+        assert_eq!(app.services["web"].image, "registry:5000/web:v1");
+    }
+
+    #[test]
+    fn undefined_variable_names_file_and_key() {
+        let err = source(APP).render(&Vars::new()).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "app.yml: services.worker.replicas: undefined variable `workers`"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let found = problems(
+            "name: a\nservices:\n  web: { image: x, enviroment: { A: 1 } }\n",
+            json!({}),
+        );
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0].starts_with("services.web.enviroment: unknown field `enviroment`"),
+            "{found:?}"
+        );
+        let err = AppSource::parse(Path::new("app.yml"), "name: a\nservice: {}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown key `service`"), "{err}");
+    }
+
+    #[test]
+    fn type_errors_name_the_field() {
+        let found = problems("name: a\nservices:\n  web: { image: x, replicas: many }\n  db: { image: y, memory: lots }\n", json!({}));
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[0].starts_with("services.db.memory: invalid size"),
+            "{found:?}"
+        );
+        assert!(found[1].starts_with("services.web.replicas:"), "{found:?}");
+    }
+
+    #[test]
+    fn name_is_required_and_fixed() {
+        assert!(AppSource::parse(Path::new("a.yml"), "services: {}\n")
+            .unwrap_err()
+            .to_string()
+            .contains("name: missing"));
+        assert!(AppSource::parse(Path::new("a.yml"), "name: '{{ x }}'\n")
+            .unwrap_err()
+            .to_string()
+            .contains("cannot be templated"));
+        assert!(AppSource::parse(Path::new("a.yml"), "name: 'my app'\n")
+            .unwrap_err()
+            .to_string()
+            .contains("not a valid Docker name"));
+    }
+
+    #[test]
+    fn network_consistency() {
+        let found = problems(
+            r#"
+name: a
+networks:
+  hostbits: { subnet: 10.0.0.5/24 }
+  outside: { subnet: 10.1.0.0/24, gateway: 10.9.0.1 }
+  broadcast: { subnet: 10.2.0.0/24, gateway: 10.2.0.255 }
+  range: { subnet: 10.3.0.0/24, ip_range: 10.3.1.0/25 }
+  lonely: { gateway: 10.4.0.1 }
+  overlap: { subnet: 10.1.0.128/25 }
+"#,
+            json!({}),
+        );
+        let expected = [
+            "networks.broadcast.gateway: 10.2.0.255 is the network or broadcast address of 10.2.0.0/24",
+            "networks.hostbits.subnet: 10.0.0.5/24 has host bits set; did you mean 10.0.0.0/24?",
+            "networks.lonely.gateway: a gateway needs a subnet",
+            "networks.outside.gateway: 10.9.0.1 is outside subnet 10.1.0.0/24",
+            "networks.overlap.subnet: 10.1.0.128/25 overlaps 10.1.0.0/24 of network `outside`",
+            "networks.range.ip_range: 10.3.1.0/25 is not inside subnet 10.3.0.0/24",
+        ];
+        assert_eq!(found, expected);
+    }
+
+    #[test]
+    fn service_network_references_and_addresses() {
+        let found = problems(
+            r#"
+name: a
+networks:
+  n: { subnet: 10.0.0.0/24, gateway: 10.0.0.1 }
+  auto: {}
+services:
+  a: { image: x, networks: { nope: {} } }
+  b: { image: x, networks: { n: { ipv4_address: 10.0.1.2 } } }
+  c: { image: x, networks: { n: { ipv4_address: 10.0.0.1 } } }
+  d: { image: x, networks: { auto: { ipv4_address: 10.0.0.9 } } }
+  e: { image: x, replicas: 2, networks: { n: { ipv4_address: 10.0.0.9 } } }
+"#,
+            json!({}),
+        );
+        let expected = [
+            "services.a.networks.nope: unknown network `nope` (defined: auto, n)",
+            "services.b.networks.n: 10.0.1.2 is outside subnet 10.0.0.0/24",
+            "services.c.networks.n: 10.0.0.1 is the network's gateway",
+            "services.d.networks.auto: a fixed address (10.0.0.9) needs the network to have a subnet (Docker only assigns user addresses on user subnets)",
+            "services.e.networks.n: 2 replicas cannot share the fixed address 10.0.0.9",
+        ];
+        assert_eq!(found, expected);
+    }
+
+    #[test]
+    fn port_syntax_errors() {
+        for (port, expected) in [
+            ("'8000-8010:8000-8010'", "port ranges"),
+            ("'1.2.3:80:80'", "invalid host IP"),
+            ("'80:80/icmp'", "unknown protocol"),
+            ("'99999'", "invalid port"),
+            ("'a:b:c:d'", "expected [HOST_IP:]"),
+            ("{ published: 80 }", "missing `target`"),
+            ("{ target: 80, mode: host }", "unknown key `mode`"),
+        ] {
+            let found = problems(
+                &format!("name: a\nservices:\n  web: {{ image: x, ports: [{port}] }}\n"),
+                json!({}),
+            );
+            assert_eq!(found.len(), 1, "{port}: {found:?}");
+            assert!(found[0].contains(expected), "{port}: {found:?}");
+        }
+    }
+
+    #[test]
+    fn restart_policies() {
+        let restart = |text: &str| {
+            source(&format!(
+                "name: a\nservices:\n  w: {{ image: x, restart: {text} }}\n"
+            ))
+            .render(&Vars::new())
+            .map(|app| app.services["w"].restart.clone())
+        };
+        assert_eq!(restart("no").unwrap().name, "no");
+        assert_eq!(
+            restart("'on-failure:5'").unwrap(),
+            RestartPolicy {
+                name: "on-failure".into(),
+                max_retries: Some(5)
+            }
+        );
+        assert!(restart("sometimes")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown restart policy"));
+    }
+
+    #[test]
+    fn empty_service_body_reports_missing_image() {
+        let found = problems("name: a\nservices:\n  web:\n", json!({}));
+        assert_eq!(found, ["services.web: missing field `image`"]);
+    }
+}

@@ -1,0 +1,472 @@
+//! Carrying out one host's plan through the Engine API, and `berth rollback`.
+//!
+//! Rules:
+//! - Actions run in plan order; the first failure stops the host (the rest are reported as
+//!   skipped), so removals, which come last, never happen after a failed rollout.
+//! - A replaced container is never deleted: it is stopped, its restart policy set to `no`
+//!   (a daemon restart must not start it next to the new one) and renamed `NAME-prev`.
+//!   That is the release `berth rollback` returns to.
+//! - Start-first: the new container starts as `NAME-next` next to the old one; only when
+//!   it is ready is the old one stopped and the names swapped. Stop-first: the old one is
+//!   stopped and set aside first (its ports or fixed addresses are needed).
+//! - Ready = healthy when the service has a healthcheck, else still running after a short
+//!   settle time; both bounded by a timeout. A container that is not ready is removed and
+//!   the old one put back (renamed, its restart policy and networks restored, started).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::actual::{ActualContainer, ActualHost, Health};
+use crate::app::RestartPolicy;
+use crate::desired::{DesiredContainer, DesiredHost};
+use crate::engine::{later_networks, Engine, PullAuth};
+use crate::labels::{NEXT_SUFFIX, PREVIOUS_SUFFIX};
+use crate::plan::{stored_spec, Action, HostPlan, ReplaceStrategy};
+
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// Longest wait for a new container to become healthy (or to settle).
+    pub health_timeout: Duration,
+    /// How long a container without a healthcheck must keep running to count as started.
+    pub settle: Duration,
+    /// Registry credentials per image reference, for pulls.
+    pub pull_auth: BTreeMap<String, PullAuth>,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions {
+            health_timeout: Duration::from_secs(120),
+            settle: Duration::from_secs(1),
+            pull_auth: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Changed,
+    Failed,
+    Skipped,
+}
+
+/// What happened to one planned action.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ActionResult {
+    /// The action in words (`replace container app_web_1`).
+    pub action: String,
+    pub outcome: Outcome,
+    /// Why it failed, what was restored, or why it was skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Carries out `plan` on one host. Returns one result per action, in order.
+pub async fn apply_host(
+    engine: &Engine,
+    desired: &DesiredHost,
+    plan: &HostPlan,
+    actual: &ActualHost,
+    options: &ApplyOptions,
+    on_result: &(dyn Fn(&ActionResult) + Send + Sync),
+) -> Vec<ActionResult> {
+    let mut applier = Applier {
+        engine,
+        app: &desired.app,
+        actual,
+        options,
+        detached: BTreeMap::new(),
+    };
+    let mut results = Vec::new();
+    let mut failed = false;
+    for action in &plan.actions {
+        let action_text = crate::plan::action_text(action);
+        let result = if failed {
+            ActionResult {
+                action: action_text,
+                outcome: Outcome::Skipped,
+                message: Some("an earlier action on this host failed".to_string()),
+            }
+        } else {
+            match applier.run(action).await {
+                Ok(()) => ActionResult {
+                    action: action_text,
+                    outcome: Outcome::Changed,
+                    message: None,
+                },
+                Err(message) => {
+                    failed = true;
+                    ActionResult {
+                        action: action_text,
+                        outcome: Outcome::Failed,
+                        message: Some(message),
+                    }
+                }
+            }
+        };
+        on_result(&result);
+        results.push(result);
+    }
+    results
+}
+
+struct Applier<'a> {
+    engine: &'a Engine,
+    app: &'a str,
+    actual: &'a ActualHost,
+    options: &'a ApplyOptions,
+    /// Containers taken off a network that was recreated: container → network names, so a
+    /// restored old container can be attached again.
+    detached: BTreeMap<String, Vec<String>>,
+}
+
+impl Applier<'_> {
+    async fn run(&mut self, action: &Action) -> Result<(), String> {
+        match action {
+            Action::PullImage { image, .. } => {
+                self.engine
+                    .pull(image, self.options.pull_auth.get(image).cloned())
+                    .await
+            }
+            Action::CreateNetwork { network, .. } => {
+                self.engine.create_network(network).await.map(|_| ())
+            }
+            Action::RecreateNetwork {
+                network, detach, ..
+            } => {
+                for name in detach {
+                    self.engine.stop(name).await?;
+                    self.engine.disconnect(&network.name, name).await?;
+                    self.detached
+                        .entry(name.clone())
+                        .or_default()
+                        .push(network.name.clone());
+                }
+                self.engine.remove_network(&network.name).await?;
+                self.engine.create_network(network).await.map(|_| ())
+            }
+            Action::CreateContainer { container, .. } => {
+                let name = container.name.clone();
+                self.engine.remove(&next_name(&name)).await?;
+                if let Err(error) = self.launch(container, &name).await {
+                    let cleanup = self.engine.remove(&name).await.err();
+                    return Err(with_cleanup(error, cleanup));
+                }
+                Ok(())
+            }
+            Action::ReplaceContainer {
+                container,
+                strategy,
+                ..
+            } => match strategy {
+                ReplaceStrategy::StartFirst => self.replace_start_first(container).await,
+                ReplaceStrategy::StopFirst => self.replace_stop_first(container).await,
+            },
+            Action::StartContainer { name, .. } => {
+                self.engine.start(name).await?;
+                let has_check = self
+                    .actual
+                    .container(name)
+                    .and_then(|c| stored_spec(c).ok())
+                    .is_some_and(|spec| spec.healthcheck.is_some());
+                self.wait_ready(name, has_check).await
+            }
+            Action::RemoveContainer { name, .. } => self.engine.remove(name).await,
+            Action::RemoveNetwork { name, .. } => self.engine.remove_network(name).await,
+        }
+    }
+
+    /// Creates, connects and starts `container` under `name`, and waits until it is ready.
+    async fn launch(&self, container: &DesiredContainer, name: &str) -> Result<(), String> {
+        self.engine
+            .create_container(self.app, container, name)
+            .await?;
+        for (network, attachment) in later_networks(&container.spec) {
+            self.engine.attach(network, name, attachment).await?;
+        }
+        self.engine.start(name).await?;
+        self.wait_ready(name, container.spec.healthcheck.is_some())
+            .await
+    }
+
+    async fn replace_start_first(&mut self, container: &DesiredContainer) -> Result<(), String> {
+        let name = container.name.as_str();
+        let next = next_name(name);
+        self.engine.remove(&next).await?;
+        if let Err(error) = self.launch(container, &next).await {
+            let cleanup = self.engine.remove(&next).await.err();
+            return Err(with_cleanup(
+                format!("{error}; the new container was removed, {name} kept running"),
+                cleanup,
+            ));
+        }
+        // The new one is ready: set the old one aside, give the new one its name.
+        self.set_aside(name).await?;
+        self.engine.rename(&next, name).await
+    }
+
+    async fn replace_stop_first(&mut self, container: &DesiredContainer) -> Result<(), String> {
+        let name = container.name.as_str();
+        // An older kept release stays until the new one is ready: if this rollout fails,
+        // the host is back exactly where it was, rollback target included.
+        let previous = previous_name(name);
+        let older = format!("{previous}{OLDER_SUFFIX}");
+        self.engine.remove(&older).await?;
+        let had_previous = self.actual.previous.iter().any(|c| c.name == previous);
+        if had_previous {
+            self.engine.rename(&previous, &older).await?;
+        }
+        self.set_aside(name).await?;
+        if let Err(error) = self.launch(container, name).await {
+            let mut message = format!("{error}; the new container was removed");
+            let restored = async {
+                self.engine.remove(name).await?;
+                self.restore(name).await?;
+                if had_previous {
+                    self.engine.rename(&older, &previous).await?;
+                }
+                Ok::<(), String>(())
+            }
+            .await;
+            match restored {
+                Ok(()) => message.push_str(&format!(", the previous {name} is running again")),
+                Err(why) => message.push_str(&format!(
+                    ", and restoring the previous {name} failed: {why}"
+                )),
+            }
+            return Err(message);
+        }
+        self.engine.remove(&older).await
+    }
+
+    /// Stops `name` and keeps it as `NAME-prev` (replacing an older kept one).
+    async fn set_aside(&self, name: &str) -> Result<(), String> {
+        let previous = previous_name(name);
+        self.engine.remove(&previous).await?;
+        self.engine.set_restart(name, &no_restart()).await?;
+        self.engine.stop(name).await?;
+        self.engine.rename(name, &previous).await
+    }
+
+    /// Puts the container set aside by [`Self::set_aside`] back under `name` and starts it.
+    async fn restore(&self, name: &str) -> Result<(), String> {
+        let previous = previous_name(name);
+        self.engine.rename(&previous, name).await?;
+        let spec = self
+            .actual
+            .container(name)
+            .and_then(|c| stored_spec(c).ok());
+        if let Some(spec) = &spec {
+            self.engine.set_restart(name, &spec.restart).await?;
+            for network in self.detached.get(name).into_iter().flatten() {
+                let attachment = spec.networks.get(network).cloned().unwrap_or_default();
+                self.engine.attach(network, name, &attachment).await?;
+            }
+        }
+        self.engine.start(name).await
+    }
+
+    async fn wait_ready(&self, name: &str, has_healthcheck: bool) -> Result<(), String> {
+        wait_ready(self.engine, name, has_healthcheck, self.options).await
+    }
+}
+
+/// Waits until `name` is healthy (with a healthcheck) or has kept running for the settle
+/// time (without one). Fails as soon as it exits or turns unhealthy, or at the timeout.
+pub async fn wait_ready(
+    engine: &Engine,
+    name: &str,
+    has_healthcheck: bool,
+    options: &ApplyOptions,
+) -> Result<(), String> {
+    let started = Instant::now();
+    let poll = Duration::from_millis(200);
+    loop {
+        let Some(status) = engine.status(name).await? else {
+            return Err(format!("{name} disappeared while starting"));
+        };
+        if !status.running || status.restarting {
+            let mut message = format!(
+                "{name} stopped after start (exit code {})",
+                status.exit_code.unwrap_or_default()
+            );
+            if let Some(error) = status.error {
+                message.push_str(&format!(": {error}"));
+            }
+            return Err(message);
+        }
+        if has_healthcheck {
+            match status.health {
+                Some(Health::Healthy) => return Ok(()),
+                Some(Health::Unhealthy) => {
+                    let mut message = format!("{name} is unhealthy");
+                    if let Some(output) = status.last_check {
+                        message.push_str(&format!(" (last check: {})", shorten(&output)));
+                    }
+                    return Err(message);
+                }
+                _ => {}
+            }
+        } else if started.elapsed() >= options.settle {
+            return Ok(());
+        }
+        if started.elapsed() >= options.health_timeout {
+            return Err(format!(
+                "{name} was not healthy within {}s",
+                options.health_timeout.as_secs()
+            ));
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+/// `berth rollback` on one host: every container with a kept previous release
+/// (`NAME-prev`) is swapped with it. The current one is kept as the new `NAME-prev`, so a
+/// second rollback returns to where the first started.
+pub async fn rollback_host(
+    engine: &Engine,
+    actual: &ActualHost,
+    options: &ApplyOptions,
+    on_result: &(dyn Fn(&ActionResult) + Send + Sync),
+) -> Vec<ActionResult> {
+    let mut results = Vec::new();
+    let mut failed = false;
+    for previous in &actual.previous {
+        let name = previous
+            .name
+            .strip_suffix(PREVIOUS_SUFFIX)
+            .unwrap_or(&previous.name)
+            .to_string();
+        let action = format!("rollback container {name}");
+        let result = if failed {
+            ActionResult {
+                action,
+                outcome: Outcome::Skipped,
+                message: Some("an earlier rollback on this host failed".to_string()),
+            }
+        } else {
+            match swap_back(engine, actual, previous, &name, options).await {
+                Ok(message) => ActionResult {
+                    action,
+                    outcome: Outcome::Changed,
+                    message: Some(message),
+                },
+                Err(message) => {
+                    failed = true;
+                    ActionResult {
+                        action,
+                        outcome: Outcome::Failed,
+                        message: Some(message),
+                    }
+                }
+            }
+        };
+        on_result(&result);
+        results.push(result);
+    }
+    results
+}
+
+async fn swap_back(
+    engine: &Engine,
+    actual: &ActualHost,
+    previous: &ActualContainer,
+    name: &str,
+    options: &ApplyOptions,
+) -> Result<String, String> {
+    let current = actual.container(name);
+    let parked = next_name(name);
+    engine.remove(&parked).await?;
+    if current.is_some() {
+        engine.set_restart(name, &no_restart()).await?;
+        engine.stop(name).await?;
+        engine.rename(name, &parked).await?;
+    }
+    let previous_spec = stored_spec(previous).ok();
+    let brought_back = async {
+        engine.rename(&previous.name, name).await?;
+        if let Some(spec) = &previous_spec {
+            engine.set_restart(name, &spec.restart).await?;
+            // A network recreated since this release ran took it off that network.
+            let attached = engine.networks_of(name).await?.unwrap_or_default();
+            for (network, attachment) in &spec.networks {
+                if !attached.contains(network) {
+                    engine.attach(network, name, attachment).await?;
+                }
+            }
+        }
+        engine.start(name).await?;
+        let has_check = previous_spec
+            .as_ref()
+            .is_some_and(|spec| spec.healthcheck.is_some());
+        wait_ready(engine, name, has_check, options).await
+    }
+    .await;
+    match brought_back {
+        Ok(()) => {
+            if current.is_some() {
+                engine.rename(&parked, &previous.name).await?;
+            }
+            Ok(format!("now runs {}", previous.image))
+        }
+        Err(error) => {
+            // Undo: the previous release goes back aside, the current one returns.
+            let undo = async {
+                engine.set_restart(name, &no_restart()).await?;
+                engine.stop(name).await?;
+                engine.rename(name, &previous.name).await?;
+                if let Some(current) = current {
+                    engine.rename(&parked, name).await?;
+                    if let Ok(spec) = stored_spec(current) {
+                        engine.set_restart(name, &spec.restart).await?;
+                    }
+                    engine.start(name).await?;
+                }
+                Ok::<(), String>(())
+            }
+            .await;
+            Err(match undo {
+                Ok(()) => format!("{error}; kept the current {name}"),
+                Err(why) => format!("{error}; putting the current {name} back failed: {why}"),
+            })
+        }
+    }
+}
+
+/// Name suffix (after `-prev`) of an older kept release while a stop-first rollout runs.
+const OLDER_SUFFIX: &str = "-old";
+
+fn no_restart() -> RestartPolicy {
+    RestartPolicy {
+        name: "no".to_string(),
+        max_retries: None,
+    }
+}
+
+fn next_name(name: &str) -> String {
+    format!("{name}{NEXT_SUFFIX}")
+}
+
+fn previous_name(name: &str) -> String {
+    format!("{name}{PREVIOUS_SUFFIX}")
+}
+
+fn with_cleanup(error: String, cleanup: Option<String>) -> String {
+    match cleanup {
+        None => error,
+        Some(why) => format!("{error} (and removing it failed: {why})"),
+    }
+}
+
+fn shorten(text: &str) -> String {
+    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() > 200 {
+        let cut: String = one_line.chars().take(200).collect();
+        format!("{cut}…")
+    } else {
+        one_line
+    }
+}

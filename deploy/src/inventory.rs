@@ -1,0 +1,1316 @@
+//! Ansible-style inventories: one directory per environment (`deploy/testing/`,
+//! `deploy/production/`) holding a YAML hosts file, `group_vars/` and `host_vars/`.
+//!
+//! # Files
+//! - hosts file: the first of `hosts.yml`, `hosts.yaml`, `hosts`, `inventory.yml`,
+//!   `inventory.yaml`, `inventory` in the directory (or a file given directly). Ansible's YAML
+//!   inventory format: top-level groups (`all` and any others, which become children of
+//!   `all`), each with `hosts:` (name → inline vars or nothing), `vars:` and `children:`.
+//!   Host ranges `web[01:03]` and `db-[a:c]` are expanded as Ansible does. INI inventories
+//!   are not read (`ansible-inventory -i FILE --list -y` converts one).
+//! - `group_vars/NAME`, `NAME.yml`, `NAME.yaml`, `NAME.json`, or a directory `group_vars/NAME/`
+//!   of such files (merged in path order); the same for `host_vars/HOST`.
+//!
+//! # Precedence (lowest first), as Ansible's default `VARIABLE_PRECEDENCE`
+//! 1. inline `vars:` of `all` in the hosts file
+//! 2. inline `vars:` of the host's other groups, parents before children
+//! 3. `group_vars/all`
+//! 4. `group_vars/GROUP` of the host's other groups, parents before children
+//! 5. the host's inline vars in the hosts file
+//! 6. `host_vars/HOST`
+//!
+//! So a file in `group_vars/` beats any inline group var, even a child group's — surprising,
+//! but it is what Ansible does and what its users' inventories rely on. Groups of equal depth
+//! are ordered by `ansible_group_priority` (default 1), then by name; a later group wins.
+//! Merging replaces whole top-level variables (Ansible's default `hash_behaviour=replace`).
+//! Magic variables `inventory_hostname`, `inventory_hostname_short` and `group_names` are set
+//! last, as in Ansible.
+//!
+//! # Docker endpoint of a host
+//! - `docker_host`: `unix:///path`, `tcp://HOST[:PORT]` or `ssh://[USER@]HOST[:PORT]`;
+//! - TLS for `tcp://`: `docker_cert_path` (a directory with `ca.pem`, `cert.pem`, `key.pem`,
+//!   as `DOCKER_CERT_PATH`), or `docker_tls_ca_cert`, `docker_tls_client_cert`,
+//!   `docker_tls_client_key` one by one, `docker_tls: true` for server-verified TLS without a
+//!   client certificate, `docker_tls_verify: false` to skip server verification. Relative
+//!   paths are relative to the inventory directory. Port defaults: 2375 plain, 2376 TLS.
+//! - without `docker_host`: `ansible_connection: local` means the local socket; otherwise SSH
+//!   to `ansible_host` (default: the host's name) as `ansible_user` on `ansible_port`,
+//!   exactly where Ansible would have connected.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::{Error, Problem, Result};
+use crate::template::{Templater, Vars};
+use crate::yaml;
+
+const HOSTS_FILE_NAMES: [&str; 6] = [
+    "hosts.yml",
+    "hosts.yaml",
+    "hosts",
+    "inventory.yml",
+    "inventory.yaml",
+    "inventory",
+];
+const VARS_FILE_EXTENSIONS: [&str; 3] = ["yml", "yaml", "json"];
+const DEFAULT_GROUP_PRIORITY: i64 = 1;
+const DEFAULT_UNIX_SOCKET: &str = "/var/run/docker.sock";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Group {
+    pub name: String,
+    pub parents: BTreeSet<String>,
+    pub children: BTreeSet<String>,
+    /// Hosts listed directly in this group (not via children).
+    pub hosts: BTreeSet<String>,
+    /// `vars:` written in the hosts file.
+    pub inline_vars: Vars,
+    /// Merged contents of `group_vars/NAME*`.
+    pub file_vars: Vars,
+    /// Longest distance from `all`; deeper groups override shallower ones.
+    pub depth: usize,
+    pub priority: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Host {
+    pub name: String,
+    /// Every group the host belongs to (directly or through children), `all` included,
+    /// in precedence order: the last one wins.
+    pub groups: Vec<String>,
+    /// Effective variables after applying the precedence rules.
+    pub vars: Vars,
+    pub endpoint: DockerEndpoint,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum DockerEndpoint {
+    Unix {
+        path: PathBuf,
+    },
+    Tcp {
+        host: String,
+        port: u16,
+        tls: Option<TlsFiles>,
+    },
+    Ssh {
+        user: Option<String>,
+        host: String,
+        port: Option<u16>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TlsFiles {
+    pub ca_cert: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// Verify the daemon's certificate (against `ca_cert` or the system roots).
+    pub verify: bool,
+}
+
+impl fmt::Display for DockerEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DockerEndpoint::Unix { path } => write!(f, "unix://{}", path.display()),
+            DockerEndpoint::Tcp { host, port, tls } => {
+                let host = if host.contains(':') {
+                    format!("[{host}]")
+                } else {
+                    host.clone()
+                };
+                write!(
+                    f,
+                    "tcp://{host}:{port}{}",
+                    if tls.is_some() { " (tls)" } else { "" }
+                )
+            }
+            DockerEndpoint::Ssh { user, host, port } => {
+                write!(f, "ssh://")?;
+                if let Some(user) = user {
+                    write!(f, "{user}@")?;
+                }
+                write!(f, "{host}")?;
+                if let Some(port) = port {
+                    write!(f, ":{port}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Inventory {
+    pub dir: PathBuf,
+    pub hosts_file: PathBuf,
+    groups: BTreeMap<String, Group>,
+    hosts: BTreeMap<String, Host>,
+    /// Non-fatal findings, e.g. a `group_vars/` file for a group that does not exist
+    /// (Ansible ignores those silently; they are usually typos).
+    pub warnings: Vec<String>,
+}
+
+impl Inventory {
+    /// Loads an inventory from a directory (or from a hosts file, taking its directory for
+    /// `group_vars/` and `host_vars/`).
+    pub fn load(path: &Path) -> Result<Inventory> {
+        let (dir, hosts_file) = if path.is_file() {
+            let dir = path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("."));
+            (dir, path.to_path_buf())
+        } else {
+            let found = HOSTS_FILE_NAMES
+                .iter()
+                .map(|name| path.join(name))
+                .find(|candidate| candidate.is_file());
+            let Some(hosts_file) = found else {
+                return Err(Error::Inventory {
+                    path: path.to_path_buf(),
+                    problem: Problem::new(
+                        "",
+                        format!(
+                            "no hosts file found (looked for {})",
+                            HOSTS_FILE_NAMES.join(", ")
+                        ),
+                    ),
+                });
+            };
+            (path.to_path_buf(), hosts_file)
+        };
+        let text = std::fs::read_to_string(&hosts_file).map_err(|source| Error::Io {
+            path: hosts_file.clone(),
+            source,
+        })?;
+        let document =
+            yaml::parse_str(&hosts_file, &text).map_err(|err| add_ini_hint(err, &text))?;
+        let mut builder = Builder::new(&hosts_file);
+        builder.parse_document(&document)?;
+        builder.finish(dir, hosts_file.clone())
+    }
+
+    pub fn host(&self, name: &str) -> Option<&Host> {
+        self.hosts.get(name)
+    }
+
+    /// All hosts, sorted by name.
+    pub fn hosts(&self) -> impl Iterator<Item = &Host> {
+        self.hosts.values()
+    }
+
+    pub fn group(&self, name: &str) -> Option<&Group> {
+        self.groups.get(name)
+    }
+
+    pub fn groups(&self) -> impl Iterator<Item = &Group> {
+        self.groups.values()
+    }
+
+    /// Hosts of a group including those of its descendant groups, sorted by name.
+    pub fn hosts_of_group(&self, name: &str) -> BTreeSet<&str> {
+        self.hosts
+            .values()
+            .filter(|host| host.groups.iter().any(|group| group == name))
+            .map(|host| host.name.as_str())
+            .collect()
+    }
+
+    /// The hosts an Ansible-style `--limit` pattern selects (all hosts when `None`).
+    pub fn select(&self, limit: Option<&str>) -> Result<Vec<&Host>> {
+        let names = match limit {
+            None => self.hosts.keys().map(String::as_str).collect(),
+            Some(pattern) => crate::limit::select(self, pattern)?,
+        };
+        Ok(names
+            .into_iter()
+            .filter_map(|name| self.hosts.get(name))
+            .collect())
+    }
+}
+
+fn add_ini_hint(err: Error, text: &str) -> Error {
+    let looks_like_ini = text
+        .lines()
+        .map(str::trim)
+        .find(|line| !line.is_empty() && !line.starts_with('#') && !line.starts_with(';'))
+        .is_some_and(|line| line.starts_with('[') && line.ends_with(']'));
+    match err {
+        Error::Yaml { path, message } if looks_like_ini => Error::Yaml {
+            path,
+            message: format!(
+                "{message}\nthis looks like an INI inventory; Berth reads Ansible's YAML inventory format \
+                 (convert with `ansible-inventory -i FILE --list -y`)"
+            ),
+        },
+        other => other,
+    }
+}
+
+/// Collects groups and hosts while walking the hosts file, then resolves them.
+struct Builder<'p> {
+    path: &'p Path,
+    groups: BTreeMap<String, Group>,
+    /// Inline vars per host; a host listed in several groups merges them, later wins.
+    host_inline_vars: BTreeMap<String, Vars>,
+}
+
+impl<'p> Builder<'p> {
+    fn new(path: &'p Path) -> Self {
+        let mut builder = Builder {
+            path,
+            groups: BTreeMap::new(),
+            host_inline_vars: BTreeMap::new(),
+        };
+        builder.ensure_group("all");
+        builder.ensure_group("ungrouped");
+        builder
+    }
+
+    fn problem(&self, key: &str, message: impl Into<String>) -> Error {
+        Error::Inventory {
+            path: self.path.to_path_buf(),
+            problem: Problem::new(key, message),
+        }
+    }
+
+    fn ensure_group(&mut self, name: &str) -> &mut Group {
+        self.groups
+            .entry(name.to_string())
+            .or_insert_with(|| Group {
+                name: name.to_string(),
+                parents: BTreeSet::new(),
+                children: BTreeSet::new(),
+                hosts: BTreeSet::new(),
+                inline_vars: Vars::new(),
+                file_vars: Vars::new(),
+                depth: 0,
+                priority: DEFAULT_GROUP_PRIORITY,
+            })
+    }
+
+    fn parse_document(&mut self, document: &Value) -> Result<()> {
+        let top = match document {
+            Value::Null => return Ok(()),
+            Value::Object(map) => map,
+            other => {
+                return Err(self.problem(
+                    "",
+                    format!(
+                        "expected a mapping of groups (all: ...), found {}",
+                        yaml::kind_of(other)
+                    ),
+                ))
+            }
+        };
+        for (name, body) in top {
+            self.parse_group(name, body, name)?;
+            if name != "all" {
+                self.link("all", name);
+            }
+        }
+        Ok(())
+    }
+
+    fn link(&mut self, parent: &str, child: &str) {
+        self.ensure_group(parent).children.insert(child.to_string());
+        self.ensure_group(child).parents.insert(parent.to_string());
+    }
+
+    fn parse_group(&mut self, name: &str, body: &Value, key: &str) -> Result<()> {
+        check_name(name, "group", true).map_err(|message| self.problem(key, message))?;
+        self.ensure_group(name);
+        let map = match body {
+            Value::Null => return Ok(()),
+            Value::Object(map) => map,
+            other => {
+                return Err(self.problem(
+                    key,
+                    format!(
+                        "a group is a mapping of hosts/vars/children, found {}",
+                        yaml::kind_of(other)
+                    ),
+                ))
+            }
+        };
+        for (section, value) in map {
+            let section_key = format!("{key}.{section}");
+            match section.as_str() {
+                "hosts" => self.parse_hosts(name, value, &section_key)?,
+                "vars" => {
+                    let vars = vars_from_value(value).map_err(|message| self.problem(&section_key, message))?;
+                    if let Some(priority) = vars.get("ansible_group_priority") {
+                        let priority = priority
+                            .as_i64()
+                            .ok_or_else(|| self.problem(&section_key, "ansible_group_priority must be an integer"))?;
+                        self.ensure_group(name).priority = priority;
+                    }
+                    self.ensure_group(name).inline_vars.extend(vars);
+                }
+                "children" => match value {
+                    Value::Null => {}
+                    Value::Object(children) => {
+                        for (child, child_body) in children {
+                            self.parse_group(child, child_body, &format!("{section_key}.{child}"))?;
+                            self.link(name, child);
+                        }
+                    }
+                    other => return Err(self.problem(&section_key, format!("children is a mapping of groups, found {}", yaml::kind_of(other)))),
+                },
+                other => {
+                    return Err(self.problem(&section_key, format!("unknown key `{other}` in group `{name}` (expected hosts, vars or children)")))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn parse_hosts(&mut self, group: &str, value: &Value, key: &str) -> Result<()> {
+        let hosts = match value {
+            Value::Null => return Ok(()),
+            Value::Object(hosts) => hosts,
+            other => {
+                return Err(self.problem(
+                    key,
+                    format!(
+                        "hosts is a mapping of host names to vars, found {}",
+                        yaml::kind_of(other)
+                    ),
+                ))
+            }
+        };
+        for (pattern, host_vars) in hosts {
+            let host_key = format!("{key}.{pattern}");
+            let names =
+                expand_host_range(pattern).map_err(|message| self.problem(&host_key, message))?;
+            let vars =
+                vars_from_value(host_vars).map_err(|message| self.problem(&host_key, message))?;
+            for name in names {
+                check_name(&name, "host", false)
+                    .map_err(|message| self.problem(&host_key, message))?;
+                self.ensure_group(group).hosts.insert(name.clone());
+                self.host_inline_vars
+                    .entry(name)
+                    .or_default()
+                    .extend(vars.clone());
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, dir: PathBuf, hosts_file: PathBuf) -> Result<Inventory> {
+        // Ansible puts hosts that are in no group but `all` into `ungrouped`.
+        let grouped: BTreeSet<String> = self
+            .groups
+            .values()
+            .filter(|group| group.name != "all" && group.name != "ungrouped")
+            .flat_map(|group| group.hosts.iter().cloned())
+            .collect();
+        let all_direct: Vec<String> = self.groups["all"].hosts.iter().cloned().collect();
+        for host in all_direct {
+            if !grouped.contains(&host) {
+                self.ensure_group("ungrouped").hosts.insert(host);
+            }
+        }
+        self.link("all", "ungrouped");
+        for name in self.host_inline_vars.keys() {
+            if self.groups.contains_key(name) {
+                return Err(self.problem(
+                    "",
+                    format!(
+                        "`{name}` is both a host and a group; --limit could not tell them apart"
+                    ),
+                ));
+            }
+        }
+        self.compute_depths()?;
+
+        let mut warnings = Vec::new();
+        let group_files = load_vars_dir(
+            &dir.join("group_vars"),
+            &self.groups.keys().cloned().collect(),
+            "group",
+            &mut warnings,
+        )?;
+        for (name, vars) in group_files {
+            if let Some(group) = self.groups.get_mut(&name) {
+                group.file_vars = vars;
+            }
+        }
+        let host_names: BTreeSet<String> = self.host_inline_vars.keys().cloned().collect();
+        let mut host_files =
+            load_vars_dir(&dir.join("host_vars"), &host_names, "host", &mut warnings)?;
+
+        let mut hosts = BTreeMap::new();
+        for (name, inline) in &self.host_inline_vars {
+            let groups = self.groups_of_host(name);
+            let mut vars = Vars::new();
+            let other_groups = || {
+                groups
+                    .iter()
+                    .filter(|g| *g != "all")
+                    .map(|g| &self.groups[g])
+            };
+            vars.extend(self.groups["all"].inline_vars.clone());
+            for group in other_groups() {
+                vars.extend(group.inline_vars.clone());
+            }
+            vars.extend(self.groups["all"].file_vars.clone());
+            for group in other_groups() {
+                vars.extend(group.file_vars.clone());
+            }
+            vars.extend(inline.clone());
+            vars.extend(host_files.remove(name).unwrap_or_default());
+            let short = name.split('.').next().unwrap_or(name);
+            vars.insert("inventory_hostname".into(), Value::String(name.clone()));
+            vars.insert(
+                "inventory_hostname_short".into(),
+                Value::String(short.to_string()),
+            );
+            let group_names: Vec<Value> = groups
+                .iter()
+                .filter(|g| *g != "all")
+                .map(|g| Value::String(g.clone()))
+                .collect();
+            vars.insert("group_names".into(), Value::Array(group_names));
+            let endpoint =
+                endpoint_from_vars(name, &vars, &dir).map_err(|problem| Error::Inventory {
+                    path: hosts_file.clone(),
+                    problem,
+                })?;
+            hosts.insert(
+                name.clone(),
+                Host {
+                    name: name.clone(),
+                    groups,
+                    vars,
+                    endpoint,
+                },
+            );
+        }
+        Ok(Inventory {
+            dir,
+            hosts_file,
+            groups: self.groups,
+            hosts,
+            warnings,
+        })
+    }
+
+    /// Depth = longest path from `all`, as Ansible computes it; also rejects cycles, which
+    /// would make "child overrides parent" meaningless.
+    fn compute_depths(&mut self) -> Result<()> {
+        fn depth_of(
+            groups: &BTreeMap<String, Group>,
+            name: &str,
+            stack: &mut Vec<String>,
+            memo: &mut BTreeMap<String, usize>,
+        ) -> Result<usize, String> {
+            if let Some(depth) = memo.get(name) {
+                return Ok(*depth);
+            }
+            if stack.iter().any(|entry| entry == name) {
+                return Err(format!(
+                    "groups form a cycle: {} -> {name}",
+                    stack.join(" -> ")
+                ));
+            }
+            stack.push(name.to_string());
+            let mut depth = 0;
+            for parent in &groups[name].parents {
+                depth = depth.max(depth_of(groups, parent, stack, memo)? + 1);
+            }
+            stack.pop();
+            memo.insert(name.to_string(), depth);
+            Ok(depth)
+        }
+        let mut memo = BTreeMap::new();
+        let names: Vec<String> = self.groups.keys().cloned().collect();
+        for name in &names {
+            depth_of(&self.groups, name, &mut Vec::new(), &mut memo)
+                .map_err(|message| self.problem("", message))?;
+        }
+        for (name, depth) in memo {
+            if let Some(group) = self.groups.get_mut(&name) {
+                group.depth = depth;
+            }
+        }
+        Ok(())
+    }
+
+    /// All groups containing the host, with ancestors, sorted the way Ansible merges them.
+    fn groups_of_host(&self, host: &str) -> Vec<String> {
+        let mut found = BTreeSet::new();
+        let mut pending: Vec<&str> = self
+            .groups
+            .values()
+            .filter(|g| g.hosts.contains(host))
+            .map(|g| g.name.as_str())
+            .collect();
+        while let Some(name) = pending.pop() {
+            if found.insert(name.to_string()) {
+                pending.extend(self.groups[name].parents.iter().map(String::as_str));
+            }
+        }
+        found.insert("all".to_string());
+        let mut groups: Vec<&Group> = found.iter().map(|name| &self.groups[name]).collect();
+        groups.sort_by(|a, b| (a.depth, a.priority, &a.name).cmp(&(b.depth, b.priority, &b.name)));
+        groups.into_iter().map(|g| g.name.clone()).collect()
+    }
+}
+
+/// Names appear in `--limit` patterns, so they must not contain pattern syntax.
+fn check_name(name: &str, what: &str, is_group: bool) -> Result<(), String> {
+    let forbidden: &[char] = if is_group {
+        &[',', ':', '!', '&', '*', '?', '[', ']', '~']
+    } else {
+        &[',', '!', '&', '*', '?', '[', ']', '~']
+    };
+    if name.is_empty()
+        || name
+            .chars()
+            .any(|c| c.is_whitespace() || forbidden.contains(&c))
+    {
+        return Err(format!(
+            "invalid {what} name {name:?}: no spaces or any of {}",
+            forbidden.iter().collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
+/// Expands Ansible host ranges: `web[01:03]` → web01, web02, web03; `db-[a:c]`; `[1:9:2]`.
+fn expand_host_range(pattern: &str) -> Result<Vec<String>, String> {
+    let Some(open) = pattern.find('[') else {
+        return Ok(vec![pattern.to_string()]);
+    };
+    let close = pattern[open..]
+        .find(']')
+        .map(|i| open + i)
+        .ok_or_else(|| format!("unclosed `[` in host pattern {pattern:?}"))?;
+    let (prefix, range, suffix) = (
+        &pattern[..open],
+        &pattern[open + 1..close],
+        &pattern[close + 1..],
+    );
+    let parts: Vec<&str> = range.split(':').collect();
+    let (start, end, step) = match parts.as_slice() {
+        [start, end] => (*start, *end, 1usize),
+        [start, end, step] => (
+            *start,
+            *end,
+            step.parse::<usize>()
+                .ok()
+                .filter(|s| *s > 0)
+                .ok_or_else(|| format!("invalid step in {pattern:?}"))?,
+        ),
+        _ => {
+            return Err(format!(
+                "host range in {pattern:?} must be [start:end] or [start:end:step]"
+            ))
+        }
+    };
+    let items: Vec<String> =
+        if let (Ok(first), Ok(last)) = (start.parse::<u64>(), end.parse::<u64>()) {
+            if first > last {
+                return Err(format!("host range {pattern:?} goes backwards"));
+            }
+            let width = if start.len() > 1 && start.starts_with('0') {
+                start.len()
+            } else {
+                0
+            };
+            (first..=last)
+                .step_by(step)
+                .map(|n| format!("{n:0width$}"))
+                .collect()
+        } else {
+            let letter = |s: &str| {
+                let mut chars = s.chars();
+                match (chars.next(), chars.next()) {
+                    (Some(c), None) if c.is_ascii_alphabetic() => Some(c),
+                    _ => None,
+                }
+            };
+            match (letter(start), letter(end)) {
+                (Some(first), Some(last)) if first <= last => {
+                    (first..=last).step_by(step).map(String::from).collect()
+                }
+                _ => {
+                    return Err(format!(
+                        "host range in {pattern:?} must be numbers or single letters, ascending"
+                    ))
+                }
+            }
+        };
+    let mut names = Vec::new();
+    for item in items {
+        for rest in expand_host_range(suffix)? {
+            names.push(format!("{prefix}{item}{rest}"));
+        }
+    }
+    Ok(names)
+}
+
+fn vars_from_value(value: &Value) -> Result<Vars, String> {
+    match value {
+        Value::Null => Ok(Vars::new()),
+        Value::Object(map) => Ok(map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+        other => Err(format!(
+            "expected a mapping of variables, found {}",
+            yaml::kind_of(other)
+        )),
+    }
+}
+
+fn vars_file_name_matches(file_name: &str) -> Option<&str> {
+    if file_name.starts_with('.') {
+        return None;
+    }
+    match file_name.rsplit_once('.') {
+        Some((stem, extension)) if VARS_FILE_EXTENSIONS.contains(&extension) => Some(stem),
+        Some(_) => None,
+        None => Some(file_name),
+    }
+}
+
+/// Reads `group_vars/` or `host_vars/`: NAME → merged vars of `NAME`, `NAME.yml`, … and the
+/// files inside a `NAME/` directory, in path order.
+fn load_vars_dir(
+    dir: &Path,
+    known: &BTreeSet<String>,
+    what: &str,
+    warnings: &mut Vec<String>,
+) -> Result<BTreeMap<String, Vars>> {
+    let mut out = BTreeMap::new();
+    if !dir.is_dir() {
+        return Ok(out);
+    }
+    let mut entries: Vec<PathBuf> = read_dir_sorted(dir)?;
+    entries.retain(|path| {
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| !n.starts_with('.'))
+    });
+    for path in entries {
+        let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let (name, files) = if path.is_dir() {
+            (file_name.to_string(), collect_vars_files(&path)?)
+        } else {
+            match vars_file_name_matches(file_name) {
+                Some(stem) => (stem.to_string(), vec![path.clone()]),
+                None => continue,
+            }
+        };
+        if !known.contains(&name) {
+            warnings.push(format!(
+                "{}: no {what} named `{name}` in the inventory; ignored",
+                path.display()
+            ));
+            continue;
+        }
+        let merged: &mut Vars = out.entry(name).or_default();
+        for file in files {
+            let vars =
+                vars_from_value(&yaml::read_file(&file)?).map_err(|message| Error::Inventory {
+                    path: file.clone(),
+                    problem: Problem::new("", message),
+                })?;
+            merged.extend(vars);
+        }
+    }
+    Ok(out)
+}
+
+fn collect_vars_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in read_dir_sorted(dir)? {
+        let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if path.is_dir() {
+            if !file_name.starts_with('.') {
+                files.extend(collect_vars_files(&path)?);
+            }
+        } else if vars_file_name_matches(file_name).is_some() {
+            files.push(path);
+        }
+    }
+    Ok(files)
+}
+
+fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
+    let io_error = |source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_error)? {
+        paths.push(entry.map_err(io_error)?.path());
+    }
+    paths.sort();
+    Ok(paths)
+}
+
+fn endpoint_from_vars(
+    host: &str,
+    vars: &Vars,
+    inventory_dir: &Path,
+) -> Result<DockerEndpoint, Problem> {
+    let templater = Templater::new(vars);
+    let key = |name: &str| format!("host {host}: {name}");
+    let text_var = |name: &str| -> Result<Option<String>, Problem> {
+        match vars.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) => templater
+                .render_string(text, name)
+                .map(Some)
+                .map_err(|e| Problem::new(key(name), e.message)),
+            Some(Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(other) => Err(Problem::new(
+                key(name),
+                format!("expected text, found {}", yaml::kind_of(other)),
+            )),
+        }
+    };
+    let bool_var = |name: &str| -> Result<Option<bool>, Problem> {
+        match text_var(name)?.as_deref() {
+            None => Ok(None),
+            Some("true" | "yes" | "1" | "True" | "on") => Ok(Some(true)),
+            Some("false" | "no" | "0" | "False" | "off") => Ok(Some(false)),
+            Some(other) => Err(Problem::new(
+                key(name),
+                format!("expected true or false, found {other:?}"),
+            )),
+        }
+    };
+    let bool_var = |name: &str| match vars.get(name) {
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        _ => bool_var(name),
+    };
+    let resolve_path = |text: String| {
+        let path = PathBuf::from(text);
+        if path.is_absolute() {
+            path
+        } else {
+            inventory_dir.join(path)
+        }
+    };
+
+    let Some(url) = text_var("docker_host")? else {
+        if text_var("ansible_connection")?.as_deref() == Some("local") {
+            return Ok(DockerEndpoint::Unix {
+                path: PathBuf::from(DEFAULT_UNIX_SOCKET),
+            });
+        }
+        let port = match text_var("ansible_port")? {
+            None => None,
+            Some(text) => Some(text.parse::<u16>().map_err(|_| {
+                Problem::new(key("ansible_port"), format!("invalid port {text:?}"))
+            })?),
+        };
+        return Ok(DockerEndpoint::Ssh {
+            user: text_var("ansible_user")?,
+            host: text_var("ansible_host")?.unwrap_or_else(|| host.to_string()),
+            port,
+        });
+    };
+
+    let cert_dir = text_var("docker_cert_path")?.map(resolve_path);
+    let from_dir = |file: &str| cert_dir.as_ref().map(|dir| dir.join(file));
+    let ca_cert = text_var("docker_tls_ca_cert")?
+        .map(resolve_path)
+        .or_else(|| from_dir("ca.pem"));
+    let client_cert = text_var("docker_tls_client_cert")?
+        .map(resolve_path)
+        .or_else(|| from_dir("cert.pem"));
+    let client_key = text_var("docker_tls_client_key")?
+        .map(resolve_path)
+        .or_else(|| from_dir("key.pem"));
+    let tls_wanted = bool_var("docker_tls")?.unwrap_or(false)
+        || ca_cert.is_some()
+        || client_cert.is_some()
+        || client_key.is_some();
+    let verify = bool_var("docker_tls_verify")?.unwrap_or(true);
+    if client_cert.is_some() != client_key.is_some() {
+        return Err(Problem::new(
+            key("docker_tls_client_cert"),
+            "a client certificate needs its key and the key its certificate",
+        ));
+    }
+
+    let parsed =
+        parse_endpoint_url(&url).map_err(|message| Problem::new(key("docker_host"), message))?;
+    match parsed {
+        ParsedEndpoint::Tcp { host, port } => {
+            let tls = tls_wanted.then_some(TlsFiles {
+                ca_cert,
+                client_cert,
+                client_key,
+                verify,
+            });
+            let port = port.unwrap_or(if tls.is_some() { 2376 } else { 2375 });
+            Ok(DockerEndpoint::Tcp { host, port, tls })
+        }
+        _ if tls_wanted => Err(Problem::new(
+            key("docker_host"),
+            format!("TLS settings only apply to tcp:// endpoints, not {url}"),
+        )),
+        ParsedEndpoint::Unix(path) => Ok(DockerEndpoint::Unix { path }),
+        ParsedEndpoint::Ssh { user, host, port } => Ok(DockerEndpoint::Ssh { user, host, port }),
+    }
+}
+
+enum ParsedEndpoint {
+    Unix(PathBuf),
+    Tcp {
+        host: String,
+        port: Option<u16>,
+    },
+    Ssh {
+        user: Option<String>,
+        host: String,
+        port: Option<u16>,
+    },
+}
+
+fn parse_endpoint_url(url: &str) -> Result<ParsedEndpoint, String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(format!(
+            "{url:?} is not a URL; expected unix:///path, tcp://host:port or ssh://user@host"
+        ));
+    };
+    match scheme {
+        "unix" => {
+            if !rest.starts_with('/') {
+                return Err(format!(
+                    "{url:?}: a unix socket path must be absolute (unix:///var/run/docker.sock)"
+                ));
+            }
+            Ok(ParsedEndpoint::Unix(PathBuf::from(rest)))
+        }
+        "tcp" => {
+            let (host, port) = split_host_port(rest.trim_end_matches('/'), url)?;
+            Ok(ParsedEndpoint::Tcp { host, port })
+        }
+        "ssh" => {
+            let (user, host_port) = match rest.trim_end_matches('/').rsplit_once('@') {
+                Some((user, host_port)) if !user.is_empty() => (Some(user.to_string()), host_port),
+                Some(_) => return Err(format!("{url:?}: empty user name")),
+                None => (None, rest.trim_end_matches('/')),
+            };
+            let (host, port) = split_host_port(host_port, url)?;
+            Ok(ParsedEndpoint::Ssh { user, host, port })
+        }
+        other => Err(format!(
+            "{url:?}: unsupported scheme {other:?}; use unix://, tcp:// or ssh://"
+        )),
+    }
+}
+
+fn split_host_port(text: &str, url: &str) -> Result<(String, Option<u16>), String> {
+    let (host, port) = if let Some(bracketed) = text.strip_prefix('[') {
+        let (host, after) = bracketed
+            .split_once(']')
+            .ok_or_else(|| format!("{url:?}: unclosed [ in IPv6 address"))?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match text.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        }
+    };
+    if host.is_empty() || host.contains('/') {
+        return Err(format!("{url:?}: missing or invalid host"));
+    }
+    let port = port
+        .map(|p| {
+            p.parse::<u16>()
+                .map_err(|_| format!("{url:?}: invalid port {p:?}"))
+        })
+        .transpose()?;
+    Ok((host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Writes files (path → content) into a fresh directory and loads it as an inventory.
+    fn inventory(files: &[(&str, &str)]) -> Result<Inventory> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (path, content) in files {
+            let full = dir.path().join(path);
+            std::fs::create_dir_all(full.parent().expect("has parent")).expect("mkdir");
+            std::fs::write(&full, content).expect("write");
+        }
+        let result = Inventory::load(dir.path());
+        // Keep the directory alive until loading is done; paths in the result are only text.
+        drop(dir);
+        result
+    }
+
+    fn var<'i>(inv: &'i Inventory, host: &str, name: &str) -> &'i Value {
+        &inv.host(host).expect("host exists").vars[name]
+    }
+
+    const HOSTS: &str = r#"
+all:
+  vars: { level: all-inline, all_only: a }
+  children:
+    web:
+      vars: { level: web-inline, web_only: w }
+      hosts:
+        web1: { level: host-inline }
+        web2:
+      children:
+        web_eu:
+          vars: { level: web_eu-inline }
+          hosts: { web3: }
+    db:
+      hosts: { db1: { ansible_host: 10.0.0.5, ansible_user: deploy } }
+"#;
+
+    #[test]
+    fn groups_children_and_hosts() {
+        let inv = inventory(&[("hosts.yml", HOSTS)]).unwrap();
+        let names: Vec<_> = inv.hosts().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["db1", "web1", "web2", "web3"]);
+        assert_eq!(
+            inv.hosts_of_group("web").into_iter().collect::<Vec<_>>(),
+            ["web1", "web2", "web3"]
+        );
+        assert_eq!(inv.host("web3").unwrap().groups, ["all", "web", "web_eu"]);
+        assert_eq!(inv.group("web_eu").unwrap().depth, 2);
+        assert_eq!(var(&inv, "web3", "group_names"), &json!(["web", "web_eu"]));
+    }
+
+    #[test]
+    fn inline_precedence_all_then_parent_then_child_then_host() {
+        let inv = inventory(&[("hosts.yml", HOSTS)]).unwrap();
+        assert_eq!(var(&inv, "web1", "level"), "host-inline");
+        assert_eq!(var(&inv, "web2", "level"), "web-inline");
+        assert_eq!(var(&inv, "web3", "level"), "web_eu-inline");
+        assert_eq!(var(&inv, "db1", "level"), "all-inline");
+        assert_eq!(var(&inv, "web3", "web_only"), "w");
+        assert_eq!(var(&inv, "db1", "all_only"), "a");
+    }
+
+    #[test]
+    fn files_beat_inline_and_host_vars_beat_everything() {
+        let inv = inventory(&[
+            ("hosts.yml", HOSTS),
+            (
+                "group_vars/all.yml",
+                "level: all-file\nfrom_all_file: true\nword: yes\n",
+            ),
+            ("group_vars/web", "level: web-file\n"),
+            ("host_vars/web1.yaml", "level: web1-file\n"),
+        ])
+        .unwrap();
+        // host_vars file > host inline
+        assert_eq!(var(&inv, "web1", "level"), "web1-file");
+        // group_vars/web file > web inline
+        assert_eq!(var(&inv, "web2", "level"), "web-file");
+        // Ansible's order: a parent's group_vars FILE beats a child's INLINE vars.
+        assert_eq!(var(&inv, "web3", "level"), "web-file");
+        // group_vars/all file > every inline group var
+        assert_eq!(var(&inv, "db1", "level"), "all-file");
+        assert_eq!(var(&inv, "db1", "from_all_file"), &json!(true));
+        // YAML 1.2: `yes` is text, not a boolean (see yaml.rs).
+        assert_eq!(var(&inv, "db1", "word"), "yes");
+    }
+
+    #[test]
+    fn child_group_file_beats_parent_group_file() {
+        let inv = inventory(&[
+            ("hosts.yml", HOSTS),
+            ("group_vars/web.yml", "level: web\n"),
+            ("group_vars/web_eu.yml", "level: web_eu\n"),
+        ])
+        .unwrap();
+        assert_eq!(var(&inv, "web3", "level"), "web_eu");
+        assert_eq!(var(&inv, "web1", "level"), "host-inline");
+    }
+
+    #[test]
+    fn same_depth_groups_merge_by_priority_then_name() {
+        let hosts = r#"
+all:
+  children:
+    alpha: { hosts: { h: }, vars: { v: alpha } }
+    beta:  { hosts: { h: }, vars: { v: beta } }
+"#;
+        let inv = inventory(&[("hosts.yml", hosts)]).unwrap();
+        assert_eq!(var(&inv, "h", "v"), "beta");
+        let with_priority = hosts.replace(
+            "vars: { v: alpha }",
+            "vars: { v: alpha, ansible_group_priority: 10 }",
+        );
+        let inv = inventory(&[("hosts.yml", &with_priority)]).unwrap();
+        assert_eq!(var(&inv, "h", "v"), "alpha");
+    }
+
+    #[test]
+    fn merging_replaces_whole_variables() {
+        let inv = inventory(&[(
+            "hosts.yml",
+            "all:\n  vars: { env: { A: 1, B: 2 } }\n  hosts: { h: { env: { A: 9 } } }\n",
+        )])
+        .unwrap();
+        assert_eq!(var(&inv, "h", "env"), &json!({"A": 9}));
+    }
+
+    #[test]
+    fn vars_directory_files_merge_in_order() {
+        let inv = inventory(&[
+            ("hosts.yml", HOSTS),
+            ("group_vars/web/10-base.yml", "x: base\ny: base\n"),
+            ("group_vars/web/20-over.yml", "x: over\n"),
+            ("group_vars/web/notes.txt", "not: vars\n"),
+        ])
+        .unwrap();
+        assert_eq!(var(&inv, "web2", "x"), "over");
+        assert_eq!(var(&inv, "web2", "y"), "base");
+        assert!(!inv.host("web2").unwrap().vars.contains_key("not"));
+    }
+
+    #[test]
+    fn top_level_groups_ungrouped_and_ranges() {
+        let inv = inventory(&[(
+            "hosts",
+            "all:\n  hosts: { lonely: }\nweb:\n  hosts:\n    web[01:03].prod:\n    x-[a:b]:\n",
+        )])
+        .unwrap();
+        let web: Vec<_> = inv.hosts_of_group("web").into_iter().collect();
+        assert_eq!(
+            web,
+            ["web01.prod", "web02.prod", "web03.prod", "x-a", "x-b"]
+        );
+        assert_eq!(
+            inv.hosts_of_group("ungrouped")
+                .into_iter()
+                .collect::<Vec<_>>(),
+            ["lonely"]
+        );
+        assert_eq!(var(&inv, "web02.prod", "inventory_hostname_short"), "web02");
+    }
+
+    #[test]
+    fn host_range_errors() {
+        assert!(expand_host_range("web[3:1]").is_err());
+        assert!(expand_host_range("web[1:").is_err());
+        assert!(expand_host_range("web[a:zz]").is_err());
+        assert_eq!(expand_host_range("h[1:5:2]").unwrap(), ["h1", "h3", "h5"]);
+    }
+
+    #[test]
+    fn structural_errors_name_the_key() {
+        let err = inventory(&[("hosts.yml", "all:\n  childs: {}\n")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("all.childs: unknown key `childs`"), "{err}");
+        let err = inventory(&[("hosts.yml", "all:\n  hosts: [a, b]\n")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("all.hosts: hosts is a mapping"), "{err}");
+        let err = inventory(&[("hosts.yml", "all:\n  hosts: { 'bad name': }\n")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid host name"), "{err}");
+        let err = inventory(&[("hosts.yml", "web:\n  hosts: { web: }\n")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("both a host and a group"), "{err}");
+    }
+
+    #[test]
+    fn group_cycles_are_rejected() {
+        let err = inventory(&[(
+            "hosts.yml",
+            "a:\n  children:\n    b:\n      children:\n        a:\n",
+        )])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("cycle"), "{err}");
+    }
+
+    #[test]
+    fn ini_inventory_gets_a_hint_and_missing_file_is_clear() {
+        let err = inventory(&[("hosts", "[web]\nweb1\nweb2\n")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("INI inventory"), "{err}");
+        let err = inventory(&[("group_vars/all.yml", "a: 1\n")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no hosts file found"), "{err}");
+    }
+
+    #[test]
+    fn unknown_group_vars_file_is_a_warning() {
+        let inv = inventory(&[("hosts.yml", HOSTS), ("group_vars/webb.yml", "a: 1\n")]).unwrap();
+        assert_eq!(inv.warnings.len(), 1);
+        assert!(inv.warnings[0].contains("no group named `webb`"));
+    }
+
+    #[test]
+    fn vars_file_must_be_a_mapping() {
+        let err = inventory(&[("hosts.yml", HOSTS), ("host_vars/web1.yml", "- a\n- b\n")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("web1.yml") && err.contains("expected a mapping"),
+            "{err}"
+        );
+    }
+
+    fn endpoint_of(host_vars: &str) -> Result<DockerEndpoint> {
+        let inv = inventory(&[(
+            "hosts.yml",
+            &format!("all:\n  hosts:\n    h1: {host_vars}\n"),
+        )])?;
+        Ok(inv.host("h1").expect("h1").endpoint.clone())
+    }
+
+    #[test]
+    fn endpoint_defaults_to_ssh_like_ansible() {
+        assert_eq!(
+            endpoint_of("").unwrap(),
+            DockerEndpoint::Ssh {
+                user: None,
+                host: "h1".into(),
+                port: None
+            }
+        );
+        assert_eq!(
+            endpoint_of("{ ansible_host: 10.0.0.1, ansible_user: ops, ansible_port: 2222 }")
+                .unwrap(),
+            DockerEndpoint::Ssh {
+                user: Some("ops".into()),
+                host: "10.0.0.1".into(),
+                port: Some(2222)
+            }
+        );
+        assert_eq!(
+            endpoint_of("{ ansible_connection: local }").unwrap(),
+            DockerEndpoint::Unix {
+                path: DEFAULT_UNIX_SOCKET.into()
+            }
+        );
+    }
+
+    #[test]
+    fn endpoint_urls() {
+        assert_eq!(
+            endpoint_of("{ docker_host: 'unix:///run/d.sock' }").unwrap(),
+            DockerEndpoint::Unix {
+                path: "/run/d.sock".into()
+            }
+        );
+        assert_eq!(
+            endpoint_of("{ docker_host: 'tcp://10.9.0.2' }").unwrap(),
+            DockerEndpoint::Tcp {
+                host: "10.9.0.2".into(),
+                port: 2375,
+                tls: None
+            }
+        );
+        assert_eq!(
+            endpoint_of("{ docker_host: 'tcp://[fd00::2]:2380' }").unwrap(),
+            DockerEndpoint::Tcp {
+                host: "fd00::2".into(),
+                port: 2380,
+                tls: None
+            }
+        );
+        assert_eq!(
+            endpoint_of("{ docker_host: 'ssh://me@box:22' }").unwrap(),
+            DockerEndpoint::Ssh {
+                user: Some("me".into()),
+                host: "box".into(),
+                port: Some(22)
+            }
+        );
+        // docker_host may be templated from other vars.
+        assert_eq!(
+            endpoint_of("{ ip: 10.9.0.3, docker_host: 'tcp://{{ ip }}:2375' }")
+                .unwrap()
+                .to_string(),
+            "tcp://10.9.0.3:2375"
+        );
+    }
+
+    #[test]
+    fn endpoint_tls_files_resolve_relative_to_inventory() {
+        let inv = inventory(&[(
+            "hosts.yml",
+            "all:\n  hosts:\n    h1: { docker_host: 'tcp://d:2376', docker_cert_path: certs }\n",
+        )])
+        .unwrap();
+        let DockerEndpoint::Tcp {
+            tls: Some(tls),
+            port,
+            ..
+        } = &inv.host("h1").unwrap().endpoint
+        else {
+            panic!("expected tcp+tls")
+        };
+        assert_eq!(*port, 2376);
+        assert_eq!(tls.ca_cert.as_ref().unwrap(), &inv.dir.join("certs/ca.pem"));
+        assert_eq!(
+            tls.client_key.as_ref().unwrap(),
+            &inv.dir.join("certs/key.pem")
+        );
+        assert!(tls.verify);
+        let DockerEndpoint::Tcp {
+            tls: Some(tls),
+            port,
+            ..
+        } = endpoint_of("{ docker_host: 'tcp://d', docker_tls: true, docker_tls_verify: false }")
+            .unwrap()
+        else {
+            panic!("expected tcp+tls")
+        };
+        assert_eq!(port, 2376);
+        assert!(!tls.verify && tls.client_cert.is_none());
+    }
+
+    #[test]
+    fn endpoint_errors() {
+        for (vars, expected) in [
+            ("{ docker_host: 'http://x' }", "unsupported scheme"),
+            ("{ docker_host: 'x:2375' }", "is not a URL"),
+            ("{ docker_host: 'tcp://x:99999' }", "invalid port"),
+            (
+                "{ docker_host: 'unix://relative.sock' }",
+                "must be absolute",
+            ),
+            (
+                "{ docker_host: 'ssh://h', docker_tls: true }",
+                "only apply to tcp://",
+            ),
+            (
+                "{ docker_host: 'tcp://h', docker_tls_client_cert: c.pem }",
+                "needs its key",
+            ),
+            (
+                "{ docker_host: 'tcp://{{ nope }}' }",
+                "undefined variable `nope`",
+            ),
+            ("{ docker_host: [1] }", "expected text"),
+        ] {
+            let err = endpoint_of(vars).unwrap_err().to_string();
+            assert!(err.contains(expected), "{vars}: {err}");
+        }
+    }
+}

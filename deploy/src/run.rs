@@ -1,0 +1,519 @@
+//! `berth deploy` and `berth rollback` over many hosts: pin images to digests once, then
+//! per host (in parallel, bounded) connect, read, plan, and apply unless checking. Every
+//! host ends with a [`HostReport`]; one unreachable or failing host never stops the others.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use berth_client::credentials::{Credentials, DockerConfig};
+use berth_client::registry::{Client, ClientConfig};
+use berth_client::ImageRef;
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::apply::{apply_host, rollback_host, ActionResult, ApplyOptions, Outcome};
+use crate::desired::DesiredHost;
+use crate::engine::{Engine, PullAuth};
+use crate::plan::{plan_host, HostPlan};
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Plan only (`--check`): read every host, print what would change, change nothing.
+    pub check: bool,
+    /// Hosts worked on at once.
+    pub parallel: usize,
+    /// How long a host may take to answer the first API call before it counts as unreachable.
+    pub connect_timeout: Duration,
+    pub apply: ApplyOptions,
+    /// Resolve tags to registry digests and deploy `repo@sha256:…` (on by default).
+    pub pin: bool,
+    /// How to reach registries for pinning (and whose credentials pulls use).
+    pub registry: ClientConfig,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            check: false,
+            parallel: 8,
+            connect_timeout: Duration::from_secs(10),
+            apply: ApplyOptions::default(),
+            pin: true,
+            registry: ClientConfig::default(),
+        }
+    }
+}
+
+/// Progress as it happens, for a CLI to print.
+pub enum Event<'a> {
+    /// A host's plan is known (before anything is applied there).
+    Planned(&'a HostPlan),
+    /// One action on a host finished.
+    Action {
+        host: &'a str,
+        result: &'a ActionResult,
+    },
+    /// A host is done (or could not be reached).
+    Finished(&'a HostReport),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HostReport {
+    pub host: String,
+    pub endpoint: String,
+    /// The Docker API could not be reached (the message is in `error`).
+    pub unreachable: bool,
+    /// Why nothing (more) could be done on this host: unreachable, a conflict the planner
+    /// refused, an image that could not be resolved.
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<HostPlan>,
+    pub results: Vec<ActionResult>,
+    pub ok: usize,
+    pub changed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+}
+
+impl HostReport {
+    fn new(host: &DesiredHost) -> HostReport {
+        HostReport {
+            host: host.host.clone(),
+            endpoint: host.endpoint.to_string(),
+            unreachable: false,
+            error: None,
+            plan: None,
+            results: Vec::new(),
+            ok: 0,
+            changed: 0,
+            failed: 0,
+            skipped: 0,
+        }
+    }
+
+    fn fail(mut self, error: String, unreachable: bool) -> HostReport {
+        self.unreachable = unreachable;
+        if !unreachable {
+            self.failed += 1;
+        }
+        self.error = Some(error);
+        self
+    }
+
+    fn count_results(&mut self) {
+        for result in &self.results {
+            match result.outcome {
+                Outcome::Changed => self.changed += 1,
+                Outcome::Failed => self.failed += 1,
+                Outcome::Skipped => self.skipped += 1,
+            }
+        }
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.error.is_none() && self.failed == 0
+    }
+
+    /// The host's recap line, as Ansible prints it.
+    pub fn recap_line(&self, width: usize) -> String {
+        format!(
+            "{:<width$} : ok={} changed={} unreachable={} failed={} skipped={}",
+            self.host,
+            self.ok,
+            self.changed,
+            usize::from(self.unreachable),
+            self.failed,
+            self.skipped
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Deploy,
+    Check,
+    Rollback,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub app: String,
+    pub mode: Mode,
+    /// Image reference as written → the digest every host was given.
+    pub images: BTreeMap<String, String>,
+    pub hosts: Vec<HostReport>,
+}
+
+impl RunReport {
+    /// True when every host was reached and nothing failed.
+    pub fn succeeded(&self) -> bool {
+        self.hosts.iter().all(HostReport::succeeded)
+    }
+
+    /// `RECAP` block: one line per host, then the hosts that failed or were unreachable,
+    /// each with its reason.
+    pub fn recap(&self) -> String {
+        let width = self.hosts.iter().map(|h| h.host.len()).max().unwrap_or(0);
+        let mut out = String::from("RECAP\n");
+        for host in &self.hosts {
+            out.push_str(&host.recap_line(width));
+            out.push('\n');
+        }
+        for host in &self.hosts {
+            if host.unreachable {
+                out.push_str(&format!(
+                    "UNREACHABLE {}: {}\n",
+                    host.host,
+                    host.error.as_deref().unwrap_or("")
+                ));
+            } else if let Some(error) = &host.error {
+                out.push_str(&format!("FAILED {}: {error}\n", host.host));
+            } else if let Some(failed) = host.results.iter().find(|r| r.outcome == Outcome::Failed)
+            {
+                out.push_str(&format!(
+                    "FAILED {}: {}: {}\n",
+                    host.host,
+                    failed.action,
+                    failed.message.as_deref().unwrap_or("")
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// Resolves every image reference to its registry manifest digest, each once.
+pub async fn resolve_digests(
+    client: &Client,
+    images: &BTreeSet<String>,
+) -> BTreeMap<String, Result<String, String>> {
+    let lookups = images.iter().map(|image| async move {
+        let result = async {
+            let reference = ImageRef::parse(image).map_err(|e| e.to_string())?;
+            if let Some(digest) = &reference.digest {
+                return Ok(digest.to_string());
+            }
+            let registry = client
+                .registry(&reference.registry)
+                .map_err(|e| e.to_string())?;
+            let tag = reference.reference();
+            match registry
+                .manifest_head(&reference.repository, &tag)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Some(digest) => Ok(digest.to_string()),
+                // No digest header: fetch the manifest and hash it ourselves.
+                None => registry
+                    .manifest_get(&reference.repository, &tag)
+                    .await
+                    .map(|manifest| manifest.digest.to_string())
+                    .map_err(|e| e.to_string()),
+            }
+        }
+        .await
+        .map_err(|e: String| format!("cannot resolve image {image} to a digest: {e}"));
+        (image.clone(), result)
+    });
+    futures::future::join_all(lookups)
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Credentials `docker login` (or `berth login`) stored for each image's registry.
+fn pull_credentials(
+    config: &ClientConfig,
+    images: &BTreeSet<String>,
+) -> BTreeMap<String, PullAuth> {
+    let Ok(docker_config) = DockerConfig::load(&config.docker_config) else {
+        return BTreeMap::new();
+    };
+    let mut auth = BTreeMap::new();
+    for image in images {
+        let Ok(reference) = ImageRef::parse(image) else {
+            continue;
+        };
+        let credentials = match &config.credentials {
+            Some(credentials) => Some(credentials.clone()),
+            None => docker_config
+                .credentials_for(&reference.registry)
+                .ok()
+                .flatten(),
+        };
+        let entry = match credentials {
+            Some(Credentials::Basic { username, password }) => PullAuth {
+                username: Some(username),
+                password: Some(password),
+                identity_token: None,
+                server: reference.registry.clone(),
+            },
+            Some(Credentials::IdentityToken(token)) => PullAuth {
+                username: None,
+                password: None,
+                identity_token: Some(token),
+                server: reference.registry.clone(),
+            },
+            None => continue,
+        };
+        auth.insert(image.clone(), entry);
+    }
+    auth
+}
+
+/// `berth deploy` (or `--check`) of `desired` hosts.
+pub async fn deploy(
+    app: &str,
+    mut desired: Vec<DesiredHost>,
+    options: &RunOptions,
+    on_event: &(dyn Fn(Event<'_>) + Send + Sync),
+) -> RunReport {
+    let written: BTreeSet<String> = desired
+        .iter()
+        .flat_map(|host| host.containers.iter().map(|c| c.spec.image.clone()))
+        .collect();
+    let mut pins = BTreeMap::new();
+    let mut unresolved = BTreeMap::new();
+    if options.pin {
+        let client = Client::new(options.registry.clone());
+        for (image, result) in resolve_digests(&client, &written).await {
+            match result {
+                Ok(digest) => {
+                    pins.insert(image, digest);
+                }
+                Err(error) => {
+                    unresolved.insert(image, error);
+                }
+            }
+        }
+    }
+    for host in &mut desired {
+        host.pin_images(&pins);
+    }
+    let pulled: BTreeSet<String> = desired.iter().flat_map(DesiredHost::images).collect();
+    let mut apply_options = options.apply.clone();
+    apply_options.pull_auth = pull_credentials(&options.registry, &pulled);
+
+    let apply_options = &apply_options;
+    let unresolved = &unresolved;
+    let mut hosts: Vec<HostReport> = futures::stream::iter(desired)
+        .map(|host| async move {
+            let report = deploy_host(host, options, apply_options, unresolved, on_event).await;
+            on_event(Event::Finished(&report));
+            report
+        })
+        .buffer_unordered(options.parallel.max(1))
+        .collect()
+        .await;
+    hosts.sort_by(|a, b| a.host.cmp(&b.host));
+    RunReport {
+        app: app.to_string(),
+        mode: if options.check {
+            Mode::Check
+        } else {
+            Mode::Deploy
+        },
+        images: pins,
+        hosts,
+    }
+}
+
+async fn deploy_host(
+    desired: DesiredHost,
+    options: &RunOptions,
+    apply_options: &ApplyOptions,
+    unresolved: &BTreeMap<String, String>,
+    on_event: &(dyn Fn(Event<'_>) + Send + Sync),
+) -> HostReport {
+    let report = HostReport::new(&desired);
+    let failed_images: Vec<&str> = desired
+        .containers
+        .iter()
+        .filter_map(|c| unresolved.get(&c.spec.image).map(String::as_str))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !failed_images.is_empty() {
+        return report.fail(failed_images.join("; "), false);
+    }
+    let engine = match Engine::connect(&desired.endpoint, options.connect_timeout).await {
+        Ok(engine) => engine,
+        Err(error) => return report.fail(error, true),
+    };
+    let actual = match engine.read(&desired.app).await {
+        Ok(actual) => actual,
+        Err(error) => return report.fail(format!("reading the host's state: {error}"), false),
+    };
+    let plan = plan_host(&desired, &actual);
+    on_event(Event::Planned(&plan));
+    let mut report = report;
+    report.ok = plan.ok();
+    if let Some(error) = &plan.error {
+        report.plan = Some(redacted(&plan));
+        return report.fail(error.clone(), false);
+    }
+    if options.check {
+        report.changed = plan.changed();
+    } else {
+        let host = desired.host.clone();
+        report.results = apply_host(
+            &engine,
+            &desired,
+            &plan,
+            &actual,
+            apply_options,
+            &|result| {
+                on_event(Event::Action {
+                    host: &host,
+                    result,
+                })
+            },
+        )
+        .await;
+        report.count_results();
+    }
+    report.plan = Some(redacted(&plan));
+    report
+}
+
+/// The plan as reports carry it: env values replaced by `***` (they are often secrets, and
+/// `--json` output ends up in CI logs); the names stay, as in the printed plan.
+fn redacted(plan: &HostPlan) -> HostPlan {
+    let mut plan = plan.clone();
+    for action in &mut plan.actions {
+        if let crate::plan::Action::CreateContainer { container, .. }
+        | crate::plan::Action::ReplaceContainer { container, .. } = action
+        {
+            for value in container.spec.env.values_mut() {
+                *value = "***".to_string();
+            }
+        }
+    }
+    plan
+}
+
+/// `berth rollback`: on every host, swap each container with its kept previous release.
+pub async fn rollback(
+    app: &str,
+    desired: Vec<DesiredHost>,
+    options: &RunOptions,
+    on_event: &(dyn Fn(Event<'_>) + Send + Sync),
+) -> RunReport {
+    let mut hosts: Vec<HostReport> = futures::stream::iter(desired)
+        .map(|host| async move {
+            let report = rollback_one(host, options, on_event).await;
+            on_event(Event::Finished(&report));
+            report
+        })
+        .buffer_unordered(options.parallel.max(1))
+        .collect()
+        .await;
+    hosts.sort_by(|a, b| a.host.cmp(&b.host));
+    RunReport {
+        app: app.to_string(),
+        mode: Mode::Rollback,
+        images: BTreeMap::new(),
+        hosts,
+    }
+}
+
+async fn rollback_one(
+    desired: DesiredHost,
+    options: &RunOptions,
+    on_event: &(dyn Fn(Event<'_>) + Send + Sync),
+) -> HostReport {
+    let mut report = HostReport::new(&desired);
+    let engine = match Engine::connect(&desired.endpoint, options.connect_timeout).await {
+        Ok(engine) => engine,
+        Err(error) => return report.fail(error, true),
+    };
+    let actual = match engine.read(&desired.app).await {
+        Ok(actual) => actual,
+        Err(error) => return report.fail(format!("reading the host's state: {error}"), false),
+    };
+    let host = desired.host.clone();
+    report.results = rollback_host(&engine, &actual, &options.apply, &|result| {
+        on_event(Event::Action {
+            host: &host,
+            result,
+        })
+    })
+    .await;
+    report.count_results();
+    report.ok = actual
+        .containers
+        .iter()
+        .filter(|c| c.app() == Some(desired.app.as_str()))
+        .count()
+        .saturating_sub(report.results.len());
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str) -> HostReport {
+        HostReport {
+            host: name.to_string(),
+            endpoint: format!("unix:///run/{name}.sock"),
+            unreachable: false,
+            error: None,
+            plan: None,
+            results: Vec::new(),
+            ok: 0,
+            changed: 0,
+            failed: 0,
+            skipped: 0,
+        }
+    }
+
+    #[test]
+    fn recap_names_unreachable_and_failed_hosts_with_their_reasons() {
+        let mut good = host("web1");
+        good.ok = 4;
+        let down = host("web22").fail("unix:///run/web22.sock: no such file".into(), true);
+        let mut broken = host("web3");
+        broken.results = vec![
+            ActionResult {
+                action: "replace container app_web_1 (start-first)".into(),
+                outcome: Outcome::Failed,
+                message: Some("app_web_1 is unhealthy".into()),
+            },
+            ActionResult {
+                action: "remove container app_old_1".into(),
+                outcome: Outcome::Skipped,
+                message: None,
+            },
+        ];
+        broken.count_results();
+        let report = RunReport {
+            app: "app".into(),
+            mode: Mode::Deploy,
+            images: BTreeMap::new(),
+            hosts: vec![good, down, broken],
+        };
+        assert!(!report.succeeded());
+        assert_eq!(
+            report.recap(),
+            "RECAP\n\
+             web1  : ok=4 changed=0 unreachable=0 failed=0 skipped=0\n\
+             web22 : ok=0 changed=0 unreachable=1 failed=0 skipped=0\n\
+             web3  : ok=0 changed=0 unreachable=0 failed=1 skipped=1\n\
+             UNREACHABLE web22: unix:///run/web22.sock: no such file\n\
+             FAILED web3: replace container app_web_1 (start-first): app_web_1 is unhealthy\n"
+        );
+    }
+
+    #[test]
+    fn all_reached_and_nothing_failed_is_success() {
+        let report = RunReport {
+            app: "app".into(),
+            mode: Mode::Check,
+            images: BTreeMap::new(),
+            hosts: vec![host("a"), host("b")],
+        };
+        assert!(report.succeeded());
+    }
+}

@@ -1,0 +1,241 @@
+//! `berth deploy` and `berth rollback`: argument handling and output only; the work is in
+//! `berth-deploy`.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use berth_client::credentials::Credentials;
+use berth_client::registry::ClientConfig;
+use berth_deploy::apply::{ActionResult, Outcome};
+use berth_deploy::run::{self, Event, RunOptions, RunReport};
+use berth_deploy::{desired_state, AppSource, Inventory};
+use clap::Args;
+
+#[derive(Args, Debug)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Print the plan, change nothing
+    #[arg(long)]
+    check: bool,
+    /// Deploy the tags as written instead of resolving them to registry digests first
+    /// (then hosts may run different images if a tag moves during the deploy)
+    #[arg(long)]
+    no_pin: bool,
+    /// Longest wait for a new container to become healthy before it is rolled back
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    health_timeout: Duration,
+    /// Registry (HOST[:PORT]) to reach over plain HTTP or unverified HTTPS when resolving
+    /// digests; repeatable. Loopback registries need no flag.
+    #[arg(long = "insecure", value_name = "REGISTRY", value_delimiter = ',')]
+    insecure: Vec<String>,
+    /// Extra CA certificate (PEM) to trust when resolving digests
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// USER:PASSWORD for the registry instead of the stored login (also sent to the hosts
+    /// for their pulls)
+    #[arg(
+        long,
+        value_name = "USER:PASSWORD",
+        env = "BERTH_CREDS",
+        hide_env_values = true
+    )]
+    creds: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args, Debug)]
+struct CommonArgs {
+    /// The app file (services, networks, variables)
+    app: PathBuf,
+    /// Inventory: a directory with hosts.yml, group_vars/ and host_vars/, or a hosts file
+    #[arg(long, short = 'i')]
+    inventory: PathBuf,
+    /// Only these hosts or groups (Ansible's --limit patterns: web:&prod:!web3)
+    #[arg(long, short = 'l')]
+    limit: Option<String>,
+    /// Print the plan and the results as one JSON document on stdout
+    #[arg(long)]
+    json: bool,
+    /// Hosts worked on at once
+    #[arg(long, default_value_t = 8)]
+    parallel: usize,
+    /// Seconds a host may take to answer before it counts as unreachable
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    connect_timeout: Duration,
+}
+
+pub fn deploy(args: DeployArgs) -> Result<()> {
+    let (source, desired) = load(&args.common)?;
+    let mut registry = ClientConfig {
+        insecure_registries: args.insecure.clone(),
+        ca_file: args.ca_file.clone(),
+        ..ClientConfig::default()
+    };
+    if let Some(creds) = &args.creds {
+        let (username, password) = creds
+            .split_once(':')
+            .context("--creds must be USER:PASSWORD")?;
+        registry.credentials = Some(Credentials::Basic {
+            username: username.to_string(),
+            password: password.to_string(),
+        });
+    }
+    let mut options = options(&args.common);
+    options.check = args.check;
+    options.pin = !args.no_pin;
+    options.apply.health_timeout = args.health_timeout;
+    options.registry = registry;
+    let printer = Printer::new(args.common.json);
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let report = runtime.block_on(run::deploy(&source.name, desired, &options, &|event| {
+        printer.event(event)
+    }));
+    finish(&printer, &report, "deploy")
+}
+
+pub fn rollback(args: RollbackArgs) -> Result<()> {
+    let (source, desired) = load(&args.common)?;
+    let options = options(&args.common);
+    let printer = Printer::new(args.common.json);
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let report = runtime.block_on(run::rollback(&source.name, desired, &options, &|event| {
+        printer.event(event)
+    }));
+    for host in &report.hosts {
+        if host.error.is_none() && host.results.is_empty() {
+            printer.line(&format!(
+                "{}: no previous release kept, nothing to roll back",
+                host.host
+            ));
+        }
+    }
+    finish(&printer, &report, "rollback")
+}
+
+fn load(common: &CommonArgs) -> Result<(AppSource, Vec<berth_deploy::DesiredHost>)> {
+    let source = AppSource::load(&common.app)?;
+    let inventory = Inventory::load(&common.inventory)?;
+    let desired = desired_state(&source, &inventory, common.limit.as_deref())?;
+    if desired.is_empty() {
+        bail!(
+            "no hosts selected from {}{}",
+            common.inventory.display(),
+            common
+                .limit
+                .as_deref()
+                .map(|l| format!(" with --limit {l}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok((source, desired))
+}
+
+fn options(common: &CommonArgs) -> RunOptions {
+    RunOptions {
+        parallel: common.parallel.max(1),
+        connect_timeout: common.connect_timeout,
+        ..RunOptions::default()
+    }
+}
+
+fn finish(printer: &Printer, report: &RunReport, what: &str) -> Result<()> {
+    if printer.json {
+        let text = serde_json::to_string_pretty(report).context("cannot format the report")?;
+        println!("{text}");
+    } else {
+        printer.line(&report.recap());
+    }
+    if report.succeeded() {
+        return Ok(());
+    }
+    let failed: Vec<&str> = report
+        .hosts
+        .iter()
+        .filter(|h| !h.succeeded())
+        .map(|h| h.host.as_str())
+        .collect();
+    bail!(
+        "{what} failed on {} of {} host(s): {}",
+        failed.len(),
+        report.hosts.len(),
+        failed.join(", ")
+    )
+}
+
+/// Prints events as they come (plain lines, never interleaved mid-line), or nothing until
+/// the end with `--json`.
+struct Printer {
+    json: bool,
+    out: Mutex<()>,
+}
+
+impl Printer {
+    fn new(json: bool) -> Printer {
+        Printer {
+            json,
+            out: Mutex::new(()),
+        }
+    }
+
+    fn line(&self, text: &str) {
+        if self.json {
+            return;
+        }
+        let _guard = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{}", text.trim_end());
+        let _ = stdout.flush();
+    }
+
+    fn event(&self, event: Event<'_>) {
+        match event {
+            Event::Planned(plan) => {
+                let mut text = plan.render();
+                // The plan's own recap line is replaced by the run's recap at the end.
+                if text.ends_with("\n\n") {
+                    text.pop();
+                }
+                self.line(&text);
+            }
+            Event::Action { host, result } => self.line(&action_line(host, result)),
+            Event::Finished(report) => {
+                if report.unreachable {
+                    self.line(&format!(
+                        "HOST {} ({})\n  unreachable {}",
+                        report.host,
+                        report.endpoint,
+                        report.error.as_deref().unwrap_or("")
+                    ));
+                } else if report.plan.is_none() {
+                    if let Some(error) = &report.error {
+                        self.line(&format!(
+                            "HOST {} ({})\n  failed   {error}",
+                            report.host, report.endpoint
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn action_line(host: &str, result: &ActionResult) -> String {
+    let status = match result.outcome {
+        Outcome::Changed => "changed",
+        Outcome::Failed => "FAILED",
+        Outcome::Skipped => "skipped",
+    };
+    match &result.message {
+        Some(message) => format!("{status}: [{host}] {}: {message}", result.action),
+        None => format!("{status}: [{host}] {}", result.action),
+    }
+}

@@ -1,0 +1,914 @@
+//! `berth deploy` and `berth rollback` against a real Docker daemon (the one `DOCKER_HOST`
+//! names; scripts/test.sh starts a private one), pulling from a real `berth serve`.
+//!
+//! One app of two services on two bridge networks with fixed subnets (one with a custom
+//! gateway), as in the write-up Berth grew from, taken through its life: first deploy,
+//! unchanged re-run, an env change, a rollout whose healthcheck fails, a new image, a
+//! rollback, and a plan with a host that cannot be reached. Everything the test creates
+//! (containers, networks, images) is removed by a guard, also when it fails.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+
+const TIMEOUT: Duration = Duration::from_secs(300);
+
+// Subnets picked to be unlikely on any real network; the test owns them while it runs.
+const FRONT_PREFIX: &str = "172.31.240";
+const BACK_PREFIX: &str = "172.31.241";
+
+/// Removes every container and network labelled with the test's app, and its images.
+struct Cleanup {
+    app: String,
+    images: Vec<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let label = format!("label=berth.app={}", self.app);
+        let ids = run(cmd("docker", ["ps", "-aq", "--filter", &label]), TIMEOUT);
+        for id in ids.stdout.split_whitespace() {
+            let _ = run(cmd("docker", ["rm", "-f", id]), TIMEOUT);
+        }
+        let networks = run(
+            cmd("docker", ["network", "ls", "-q", "--filter", &label]),
+            TIMEOUT,
+        );
+        for id in networks.stdout.split_whitespace() {
+            let _ = run(cmd("docker", ["network", "rm", id]), TIMEOUT);
+        }
+        for image in &self.images {
+            let ids = run(cmd("docker", ["images", "-q", image]), TIMEOUT);
+            for id in ids.stdout.split_whitespace() {
+                let _ = run(cmd("docker", ["rmi", "-f", id]), TIMEOUT);
+            }
+        }
+    }
+}
+
+/// The docker endpoint under test, as an inventory's `docker_host`.
+fn docker_host() -> String {
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string())
+}
+
+fn app_file(app: &str, registry: &str, repository: &str, web_port: u16) -> String {
+    // Shells that exit on SIGTERM, so stop-first replacements do not wait 10 s for a kill.
+    format!(
+        r#"name: {app}
+variables:
+  registry: {registry}
+  tag: v1
+  mode: one
+  health_path: /passwd
+networks:
+  front:
+    subnet: {FRONT_PREFIX}.0/24
+    gateway: {FRONT_PREFIX}.100
+  back:
+    subnet: {BACK_PREFIX}.0/24
+services:
+  web:
+    image: "{{{{ registry }}}}/{repository}:{{{{ tag }}}}"
+    command: [/bin/sh, -c, "trap 'exit 0' TERM; /bin/busybox httpd -f -p 8000 -h /etc & wait"]
+    env: {{ MODE: "{{{{ mode }}}}", SERVICE: web }}
+    labels: {{ team: front }}
+    ports: ["127.0.0.1:{web_port}:8000"]
+    networks:
+      front: {{ ipv4_address: {FRONT_PREFIX}.10 }}
+    restart: unless-stopped
+    cpus: 0.5
+    memory: 64m
+    healthcheck:
+      test: [CMD, /bin/busybox, wget, -q, -O, /dev/null, "http://127.0.0.1:8000{{{{ health_path }}}}"]
+      interval: 1s
+      timeout: 2s
+      retries: 2
+  nodes:
+    image: "{{{{ registry }}}}/{repository}:{{{{ tag }}}}"
+    command: [/bin/sh, -c, "trap 'exit 0' TERM; while true; do /bin/busybox sleep 1; done"]
+    env: {{ ROLE: nodes }}
+    networks:
+      front: {{ ipv4_address: {FRONT_PREFIX}.2 }}
+      back: {{ ipv4_address: {BACK_PREFIX}.2 }}
+    restart: unless-stopped
+  worker:
+    image: "{{{{ registry }}}}/{repository}:{{{{ tag }}}}"
+    replicas: 2
+    command: [/bin/sh, -c, "trap 'exit 0' TERM; while true; do /bin/busybox sleep 1; done"]
+    env: {{ MODE: "{{{{ mode }}}}" }}
+    networks: [back]
+"#
+    )
+}
+
+/// Writes the inventory's `group_vars/all.yml` (the knobs each step turns).
+fn set_vars(inventory: &Path, vars: &str) {
+    fs::write(inventory.join("group_vars/all.yml"), vars).expect("write group_vars/all.yml");
+}
+
+fn inspect(name: &str) -> serde_json::Value {
+    let out = run_ok(cmd("docker", ["inspect", name]), TIMEOUT);
+    let value = parse_json(&out, "docker inspect");
+    value[0].clone()
+}
+
+fn container_id(name: &str) -> Option<String> {
+    let out = run(
+        cmd("docker", ["inspect", "--format", "{{.Id}}", name]),
+        TIMEOUT,
+    );
+    out.status.success().then(|| out.stdout.trim().to_string())
+}
+
+fn env_of(container: &serde_json::Value) -> Vec<String> {
+    container["Config"]["Env"]
+        .as_array()
+        .map(|env| {
+            env.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn address(container: &serde_json::Value, network: &str) -> String {
+    container["NetworkSettings"]["Networks"][network]["IPAddress"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn deploy(cli: &BerthCli, app_file: &Path, inventory: &Path, extra: &[&str]) -> CmdOutput {
+    let mut c = cli.cmd(["deploy"]);
+    c.arg(app_file).arg("-i").arg(inventory).args(extra);
+    run(c, TIMEOUT)
+}
+
+fn rollback(cli: &BerthCli, app_file: &Path, inventory: &Path) -> CmdOutput {
+    let mut c = cli.cmd(["rollback"]);
+    c.arg(app_file).arg("-i").arg(inventory);
+    run(c, TIMEOUT)
+}
+
+fn ok(out: CmdOutput) -> String {
+    assert!(out.status.success(), "expected success\n{}", out.describe());
+    out.stdout
+}
+
+/// `berth import` of a busybox rootfs with a distinguishing label; returns the digest.
+fn import_image(cli: &BerthCli, rootfs: &Path, reference: &str, version: &str) -> String {
+    let mut c = cli.cmd(["import"]);
+    c.arg(rootfs)
+        .arg(reference)
+        .args(["-c", "CMD [\"/bin/sh\"]", "-c"])
+        .arg(format!("LABEL version={version}"));
+    let out = run_ok(c, TIMEOUT);
+    out.lines()
+        .map(str::trim)
+        .find(|line| line.starts_with("sha256:"))
+        .unwrap_or_else(|| panic!("no digest in berth import output:\n{out}"))
+        .to_string()
+}
+
+#[test]
+fn deploy_rerun_change_failed_health_and_rollback() {
+    if !require_tool("docker") {
+        return;
+    }
+    let server = Server::start();
+    let cli = BerthCli::new();
+    let app = unique("be2e").replace('-', "_");
+    let repository = format!("deploy-e2e/{}", app.replace('_', "-"));
+    let registry = server.host();
+    let _cleanup = Cleanup {
+        app: app.clone(),
+        images: vec![format!("{registry}/{repository}")],
+    };
+
+    let rootfs = cli.path("rootfs.tar");
+    write_busybox_rootfs(&rootfs, false);
+    let v1 = import_image(&cli, &rootfs, &format!("{registry}/{repository}:v1"), "1");
+    let v2 = import_image(&cli, &rootfs, &format!("{registry}/{repository}:v2"), "2");
+    assert_ne!(v1, v2);
+
+    let web_port = free_port();
+    let app_path = cli.path("app.yml");
+    fs::write(&app_path, app_file(&app, &registry, &repository, web_port)).expect("write app");
+    let inventory = cli.path("inventory");
+    fs::create_dir_all(inventory.join("group_vars")).expect("mkdir inventory");
+    fs::write(
+        inventory.join("hosts.yml"),
+        format!(
+            "all:\n  hosts:\n    local:\n      docker_host: \"{}\"\n",
+            docker_host()
+        ),
+    )
+    .expect("write hosts.yml");
+    set_vars(&inventory, "mode: one\n");
+    let web = format!("{app}_web_1");
+    let nodes = format!("{app}_nodes_1");
+    let worker1 = format!("{app}_worker_1");
+    let worker2 = format!("{app}_worker_2");
+    let front = format!("{app}_front");
+    let back = format!("{app}_back");
+
+    // --- 1. first deploy: everything created, as specified ----------------------------------
+    let out = ok(deploy(&cli, &app_path, &inventory, &[]));
+    assert!(
+        out.contains("local : ok=0 changed=7 unreachable=0 failed=0"),
+        "{out}"
+    );
+    let w = inspect(&web);
+    let n = inspect(&nodes);
+    assert_eq!(w["State"]["Health"]["Status"], "healthy", "{w}");
+    assert_eq!(address(&w, &front), format!("{FRONT_PREFIX}.10"));
+    assert_eq!(address(&n, &front), format!("{FRONT_PREFIX}.2"));
+    assert_eq!(address(&n, &back), format!("{BACK_PREFIX}.2"));
+    assert!(env_of(&w).contains(&"MODE=one".to_string()), "{w}");
+    assert!(env_of(&n).contains(&"ROLE=nodes".to_string()), "{n}");
+    assert_eq!(w["Config"]["Labels"]["berth.app"], app.as_str());
+    assert_eq!(w["Config"]["Labels"]["berth.service"], "web");
+    assert_eq!(w["Config"]["Labels"]["team"], "front");
+    // Pinned: both run the digest the tag had at deploy time.
+    for c in [&w, &n] {
+        let image = c["Config"]["Image"].as_str().unwrap_or_default();
+        assert!(
+            image.ends_with(&format!("@{v1}")),
+            "not pinned to {v1}: {image}"
+        );
+    }
+    assert_eq!(w["HostConfig"]["NanoCpus"], 500_000_000);
+    assert_eq!(w["HostConfig"]["Memory"], 64 << 20);
+    assert_eq!(w["HostConfig"]["RestartPolicy"]["Name"], "unless-stopped");
+    assert_eq!(
+        w["HostConfig"]["PortBindings"]["8000/tcp"][0]["HostIp"],
+        "127.0.0.1"
+    );
+    let network = parse_json(
+        &run_ok(cmd("docker", ["network", "inspect", &front]), TIMEOUT),
+        "network inspect",
+    );
+    assert_eq!(
+        network[0]["IPAM"]["Config"][0]["Gateway"],
+        format!("{FRONT_PREFIX}.100")
+    );
+    assert_eq!(
+        network[0]["IPAM"]["Config"][0]["Subnet"],
+        format!("{FRONT_PREFIX}.0/24")
+    );
+    // The published port answers (docker-proxy on 127.0.0.1).
+    let body = run_ok(
+        cmd(
+            "busybox",
+            [
+                "wget",
+                "-q",
+                "-O",
+                "-",
+                &format!("http://127.0.0.1:{web_port}/passwd"),
+            ],
+        ),
+        TIMEOUT,
+    );
+    assert!(body.starts_with("root:"), "{body}");
+
+    // --- 2. unchanged re-run: all ok, nothing touched -----------------------------------------
+    let ids = (container_id(&web), container_id(&nodes));
+    let out = ok(deploy(&cli, &app_path, &inventory, &[]));
+    assert!(
+        out.contains("local : ok=6 changed=0 unreachable=0 failed=0"),
+        "{out}"
+    );
+    assert!(!out.contains("changed:"), "{out}");
+    assert_eq!((container_id(&web), container_id(&nodes)), ids);
+    let check = ok(deploy(&cli, &app_path, &inventory, &["--check", "--json"]));
+    let report = parse_json(&check, "deploy --check --json");
+    assert_eq!(report["mode"], "check");
+    assert_eq!(report["hosts"][0]["changed"], 0, "{report}");
+    assert_eq!(
+        report["images"][format!("{registry}/{repository}:v1")],
+        v1.as_str()
+    );
+
+    // --- 3. an env change replaces exactly that service ---------------------------------------
+    set_vars(&inventory, "mode: zebra42\n");
+    let check = ok(deploy(&cli, &app_path, &inventory, &["--check", "--json"]));
+    assert!(check.contains("\"MODE\": \"***\""), "{check}");
+    assert!(
+        !check.contains("zebra42"),
+        "env values must not be in --json: {check}"
+    );
+    let out = ok(deploy(&cli, &app_path, &inventory, &[]));
+    assert!(out.contains(&format!("replace  container {web}")), "{out}");
+    assert!(out.contains("env MODE changed"), "{out}");
+    assert!(
+        !out.contains("zebra42"),
+        "env values must not be printed: {out}"
+    );
+    assert!(
+        out.contains("local : ok=3 changed=3 unreachable=0 failed=0"),
+        "{out}"
+    );
+    assert_ne!(container_id(&web), ids.0);
+    assert_eq!(container_id(&nodes), ids.1);
+    // Replicas without published ports or fixed addresses go start-first: the new one runs
+    // next to the old one under a temporary name, then takes over the name.
+    for replica in [&worker1, &worker2] {
+        assert!(
+            out.contains(&format!("replace  container {replica} (start-first)")),
+            "{out}"
+        );
+        assert!(env_of(&inspect(replica)).contains(&"MODE=zebra42".to_string()));
+        assert_eq!(inspect(replica)["State"]["Running"], true);
+        assert!(container_id(&format!("{replica}-prev")).is_some());
+        assert!(container_id(&format!("{replica}-next")).is_none());
+    }
+    assert!(env_of(&inspect(&web)).contains(&"MODE=zebra42".to_string()));
+    // The replaced one is kept, stopped, never restarted by the daemon.
+    let kept = inspect(&format!("{web}-prev"));
+    assert_eq!(kept["Id"].as_str(), ids.0.as_deref());
+    assert_eq!(kept["State"]["Running"], false);
+    assert_eq!(kept["HostConfig"]["RestartPolicy"]["Name"], "no");
+
+    // --- 4. a rollout whose healthcheck fails is rolled back, exit non-zero -------------------
+    let healthy_web = container_id(&web);
+    set_vars(&inventory, "mode: zebra42\nhealth_path: /missing\n");
+    let out = deploy(&cli, &app_path, &inventory, &[]);
+    assert!(!out.status.success(), "{}", out.describe());
+    assert!(out.stdout.contains("unhealthy"), "{}", out.describe());
+    assert!(out.stdout.contains("failed=1"), "{}", out.describe());
+    assert!(
+        out.stderr
+            .contains("deploy failed on 1 of 1 host(s): local"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(
+        container_id(&web),
+        healthy_web,
+        "the previous container must be back"
+    );
+    let back_again = inspect(&web);
+    assert_eq!(back_again["State"]["Running"], true);
+    assert_eq!(
+        back_again["HostConfig"]["RestartPolicy"]["Name"],
+        "unless-stopped"
+    );
+    assert_eq!(
+        container_id(&format!("{web}-prev")),
+        ids.0,
+        "the older rollback target must survive a failed rollout"
+    );
+
+    // --- 5. a new image replaces both; rollback returns to the previous one -------------------
+    set_vars(&inventory, "mode: zebra42\ntag: v2\n");
+    let before = [&web, &nodes, &worker1, &worker2].map(|name| container_id(name));
+    let out = ok(deploy(&cli, &app_path, &inventory, &[]));
+    assert!(out.contains("local : ok=2 changed=5"), "{out}");
+    for name in [&web, &nodes, &worker1, &worker2] {
+        let image = inspect(name)["Config"]["Image"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(image.ends_with(&format!("@{v2}")), "{name} runs {image}");
+    }
+    let out = ok(rollback(&cli, &app_path, &inventory));
+    assert!(out.contains(&format!("rollback container {web}")), "{out}");
+    assert_eq!(
+        [&web, &nodes, &worker1, &worker2].map(|name| container_id(name)),
+        before
+    );
+    for name in [&web, &nodes, &worker1, &worker2] {
+        let c = inspect(name);
+        let image = c["Config"]["Image"].as_str().unwrap_or_default();
+        assert!(
+            image.ends_with(&format!("@{v1}")),
+            "{name} runs {image} after rollback"
+        );
+        assert_eq!(c["State"]["Running"], true);
+    }
+    assert_eq!(inspect(&web)["State"]["Health"]["Status"], "healthy");
+    // The app file still says v2: the next deploy plans to go forward again.
+    let check = ok(deploy(&cli, &app_path, &inventory, &["--check"]));
+    assert!(check.contains("local : ok=2 changed=4"), "{check}");
+
+    // --- 6. an unreachable host is named; the reachable one is still planned ------------------
+    let ghost = cli.path("ghost.sock");
+    fs::write(
+        inventory.join("hosts.yml"),
+        format!(
+            "all:\n  hosts:\n    local:\n      docker_host: \"{}\"\n    ghost:\n      docker_host: \"unix://{}\"\n",
+            docker_host(),
+            ghost.display()
+        ),
+    )
+    .expect("write hosts.yml");
+    let out = deploy(&cli, &app_path, &inventory, &["--check"]);
+    assert!(!out.status.success(), "{}", out.describe());
+    assert!(
+        out.stdout.contains("UNREACHABLE ghost"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stdout.contains("ghost : ok=0 changed=0 unreachable=1"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stdout.contains("local : ok=2 changed=4"),
+        "{}",
+        out.describe()
+    );
+}
+
+/// The origin example in `examples/` plans cleanly against a real daemon: its testing
+/// inventory is pointed at the daemon under test and the plan is checked (nothing applied).
+#[test]
+fn origin_example_plans_against_a_real_daemon() {
+    if !require_tool("docker") {
+        return;
+    }
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/origin");
+    let cli = BerthCli::new();
+    // A copy of the testing inventory whose hosts all talk to the daemon under test.
+    let inventory = cli.path("testing");
+    copy_dir(&examples.join("testing"), &inventory);
+    let mut vars = fs::read_to_string(inventory.join("group_vars/all.yml")).expect("read vars");
+    vars.push_str(&format!("docker_host: \"{}\"\n", docker_host()));
+    fs::write(inventory.join("group_vars/all.yml"), vars).expect("write vars");
+
+    let mut c = cli.cmd(["deploy"]);
+    c.arg(examples.join("app.yml"))
+        .arg("-i")
+        .arg(&inventory)
+        .args(["--check", "--json", "--no-pin"]);
+    let out = run(c, TIMEOUT);
+    let report = parse_json(&out.stdout, "deploy --check --json");
+    assert!(out.status.success(), "{}", out.describe());
+    let hosts = report["hosts"].as_array().expect("hosts");
+    assert!(!hosts.is_empty());
+    for host in hosts {
+        let actions: Vec<String> = host["plan"]["actions"]
+            .as_array()
+            .expect("actions")
+            .iter()
+            .map(|a| a["action"].as_str().unwrap_or_default().to_string())
+            .collect();
+        assert!(actions.iter().any(|a| a == "create_network"), "{host}");
+        assert!(actions.iter().any(|a| a == "create_container"), "{host}");
+        assert_eq!(host["failed"], 0, "{host}");
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).expect("mkdir");
+    for entry in fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("dir entry");
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).expect("copy file");
+        }
+    }
+}
+
+/// A private dockerd of this test's own, listening on a unix socket and on
+/// `tcp://127.0.0.1:PORT` with TLS client-certificate verification. Stopped by PID and its
+/// directories removed when dropped.
+struct TlsDockerd {
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+    port: u16,
+}
+
+impl TlsDockerd {
+    fn start() -> TlsDockerd {
+        let dir = tempfile::Builder::new()
+            .prefix("bdtls")
+            .tempdir()
+            .expect("temp dir");
+        let certs = dir.path().join("certs");
+        fs::create_dir_all(&certs).expect("mkdir certs");
+        make_certificates(&certs);
+        let port = free_port();
+        let log = fs::File::create(dir.path().join("dockerd.log")).expect("dockerd log");
+        let err = log.try_clone().expect("dockerd log");
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        let child = std::process::Command::new("dockerd")
+            .args(["--data-root", &path("data")])
+            .args(["--exec-root", &path("exec")])
+            .args(["--pidfile", &path("dockerd.pid")])
+            .args(["-H", &format!("unix://{}", path("docker.sock"))])
+            .args(["-H", &format!("tcp://127.0.0.1:{port}")])
+            .args(["--tlsverify", "--tlscacert", &path("certs/ca.pem")])
+            .args(["--tlscert", &path("certs/server-cert.pem")])
+            .args(["--tlskey", &path("certs/server-key.pem")])
+            .args([
+                "--storage-driver",
+                "overlay2",
+                "--bridge",
+                "none",
+                "--iptables=false",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .expect("start dockerd");
+        let socket = format!("unix://{}", path("docker.sock"));
+        let daemon = TlsDockerd { dir, child, port };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = run(
+                cmd(
+                    "docker",
+                    ["-H", &socket, "version", "--format", "{{.Server.Version}}"],
+                ),
+                TIMEOUT,
+            );
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "dockerd with TLS did not start:\n{}",
+                fs::read_to_string(daemon.dir.path().join("dockerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        daemon
+    }
+
+    fn certs(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    /// `docker -H unix://… ARGS` against this daemon.
+    fn docker<const N: usize>(&self, args: [&str; N]) -> std::process::Command {
+        let socket = format!("unix://{}", self.dir.path().join("docker.sock").display());
+        let mut c = cmd("docker", ["-H", socket.as_str()]);
+        c.args(args);
+        c
+    }
+}
+
+impl Drop for TlsDockerd {
+    fn drop(&mut self) {
+        // Containers and networks first: a stopped dockerd leaves its bridges behind.
+        let ids = run(self.docker(["ps", "-aq"]), TIMEOUT);
+        for id in ids.stdout.split_whitespace() {
+            let _ = run(self.docker(["rm", "-f", id]), TIMEOUT);
+        }
+        let _ = run(self.docker(["network", "prune", "-f"]), TIMEOUT);
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) on the PID of the child this struct started and still owns.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        // Anything dockerd left mounted below its directories goes before they are removed.
+        let root = self.dir.path().display().to_string();
+        if let Ok(mounts) = fs::read_to_string("/proc/mounts") {
+            let mut below: Vec<&str> = mounts
+                .lines()
+                .filter_map(|line| line.split_whitespace().nth(1))
+                .filter(|point| point.starts_with(&root))
+                .collect();
+            below.sort_by(|a, b| b.cmp(a));
+            for point in below {
+                let _ = run(cmd("umount", ["-l", point]), TIMEOUT);
+            }
+        }
+    }
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate (`ca.pem`, `cert.pem`,
+/// `key.pem`: Docker's `DOCKER_CERT_PATH` layout), plus a client certificate from another CA
+/// (`other/`), with the openssl CLI.
+fn make_certificates(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let mut c = cmd("openssl", args);
+        c.current_dir(dir);
+        run_ok(c, TIMEOUT);
+    };
+    fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write server.ext");
+    fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("write client.ext");
+    fs::create_dir_all(dir.join("other")).expect("mkdir other");
+    for (ca, out) in [("ca", ""), ("other/ca", "other/")] {
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{ca}-key.pem"),
+            "-out",
+            &format!("{ca}.pem"),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=berth-test-ca",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{out}key.pem"),
+            "-out",
+            &format!("{out}client.csr"),
+            "-subj",
+            "/CN=berth-deploy",
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{out}client.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}-key.pem"),
+            "-CAcreateserial",
+            "-out",
+            &format!("{out}cert.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            "client.ext",
+        ]);
+    }
+    fs::copy(dir.join("ca.pem"), dir.join("other/ca.pem")).expect("copy ca");
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server-key.pem",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca-key.pem",
+        "-CAcreateserial",
+        "-out",
+        "server-cert.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+}
+
+/// `tcp://` with TLS client certificates: the host with the right certificates is read and
+/// planned; one without TLS and one whose client certificate another CA signed are
+/// unreachable, each with the daemon's or the TLS layer's reason.
+#[test]
+fn tcp_with_tls_client_certificates() {
+    if !require_tool("docker") || !require_tool("dockerd") || !require_tool("openssl") {
+        return;
+    }
+    let daemon = TlsDockerd::start();
+    let cli = BerthCli::new();
+    let certs = daemon.certs();
+    let port = daemon.port;
+    let inventory = cli.path("inventory");
+    fs::create_dir_all(&inventory).expect("mkdir inventory");
+    fs::write(
+        inventory.join("hosts.yml"),
+        format!(
+            "all:\n  vars:\n    docker_host: tcp://127.0.0.1:{port}\n  hosts:\n    \
+             good:\n      docker_cert_path: {certs}\n    \
+             plain:\n    \
+             stranger:\n      docker_cert_path: {certs}/other\n",
+            certs = certs.display()
+        ),
+    )
+    .expect("write hosts.yml");
+    let app = cli.path("app.yml");
+    fs::write(
+        &app,
+        "name: tlsapp\nnetworks:\n  net: { subnet: 172.31.244.0/24 }\nservices:\n  \
+         one: { image: '127.0.0.1:9/none:v1', networks: { net: { ipv4_address: 172.31.244.5 } } }\n",
+    )
+    .expect("write app");
+    let mut c = cli.cmd(["deploy"]);
+    c.arg(&app)
+        .arg("-i")
+        .arg(&inventory)
+        .args(["--check", "--no-pin"]);
+    let out = run(c, TIMEOUT);
+    assert!(!out.status.success(), "{}", out.describe());
+    let text = &out.stdout;
+    assert!(
+        text.contains("good     : ok=0 changed=3 unreachable=0 failed=0"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        text.contains("create   network tlsapp_net"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        text.contains("plain    : ok=0 changed=0 unreachable=1"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        text.contains("HTTP request to an HTTPS server"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        text.contains("stranger : ok=0 changed=0 unreachable=1"),
+        "{}",
+        out.describe()
+    );
+    assert!(text.contains("UNREACHABLE stranger"), "{}", out.describe());
+}
+
+/// Two hosts deployed in parallel: the daemon under test over its unix socket and a daemon
+/// of the test's own over TLS, each with its own subnet from `host_vars`. Changing one
+/// host's variable changes only that host.
+#[test]
+fn two_hosts_in_parallel_with_per_host_variables() {
+    if !require_tool("docker") || !require_tool("dockerd") || !require_tool("openssl") {
+        return;
+    }
+    let daemon = TlsDockerd::start();
+    let server = Server::start();
+    let cli = BerthCli::new();
+    let app = unique("b2h").replace('-', "_");
+    let repository = format!("deploy-e2e/{}", app.replace('_', "-"));
+    let registry = server.host();
+    let _cleanup = Cleanup {
+        app: app.clone(),
+        images: vec![format!("{registry}/{repository}")],
+    };
+    let rootfs = cli.path("rootfs.tar");
+    write_busybox_rootfs(&rootfs, false);
+    let v1 = import_image(&cli, &rootfs, &format!("{registry}/{repository}:v1"), "1");
+
+    let inventory = cli.path("inventory");
+    fs::create_dir_all(inventory.join("host_vars")).expect("mkdir inventory");
+    fs::write(
+        inventory.join("hosts.yml"),
+        format!(
+            "all:\n  vars:\n    mode: one\n  children:\n    back:\n      hosts:\n        \
+             alpha:\n          docker_host: \"{}\"\n        \
+             beta:\n          docker_host: tcp://127.0.0.1:{}\n          docker_cert_path: {}\n",
+            docker_host(),
+            daemon.port,
+            daemon.certs().display()
+        ),
+    )
+    .expect("write hosts.yml");
+    fs::write(
+        inventory.join("host_vars/alpha.yml"),
+        "prefix: \"172.31.245\"\n",
+    )
+    .expect("vars");
+    fs::write(
+        inventory.join("host_vars/beta.yml"),
+        "prefix: \"172.31.246\"\n",
+    )
+    .expect("vars");
+    let app_path = cli.path("app.yml");
+    fs::write(
+        &app_path,
+        format!(
+            r#"name: {app}
+variables:
+  gateway: 254
+networks:
+  net:
+    subnet: "{{{{ prefix }}}}.0/24"
+    gateway: "{{{{ prefix }}}}.{{{{ gateway }}}}"
+services:
+  svc:
+    image: "{registry}/{repository}:v1"
+    hosts: back
+    command: [/bin/sh, -c, "trap 'exit 0' TERM; while true; do /bin/busybox sleep 1; done"]
+    env: {{ MODE: "{{{{ mode }}}}", HOST: "{{{{ inventory_hostname }}}}" }}
+    networks:
+      net: {{ ipv4_address: "{{{{ prefix }}}}.7" }}
+"#
+        ),
+    )
+    .expect("write app");
+    let container = format!("{app}_svc_1");
+    let network = format!("{app}_net");
+
+    let out = ok(deploy(&cli, &app_path, &inventory, &["--parallel", "2"]));
+    assert!(out.contains("alpha : ok=0 changed=3"), "{out}");
+    assert!(out.contains("beta  : ok=0 changed=3"), "{out}");
+    let on_alpha = inspect(&container);
+    let on_beta = parse_json(
+        &run_ok(daemon.docker(["inspect", &container]), TIMEOUT),
+        "inspect on beta",
+    )[0]
+    .clone();
+    assert_eq!(address(&on_alpha, &network), "172.31.245.7");
+    assert_eq!(address(&on_beta, &network), "172.31.246.7");
+    assert_eq!(
+        on_alpha["NetworkSettings"]["Networks"][&network]["Gateway"],
+        "172.31.245.254"
+    );
+    assert_eq!(
+        on_beta["NetworkSettings"]["Networks"][&network]["Gateway"],
+        "172.31.246.254"
+    );
+    assert!(env_of(&on_alpha).contains(&"HOST=alpha".to_string()));
+    assert!(env_of(&on_beta).contains(&"HOST=beta".to_string()));
+    for c in [&on_alpha, &on_beta] {
+        let image = c["Config"]["Image"].as_str().unwrap_or_default();
+        assert!(image.ends_with(&format!("@{v1}")), "{image}");
+    }
+
+    // One host's variable changes: only that host changes.
+    fs::write(
+        inventory.join("host_vars/beta.yml"),
+        "prefix: \"172.31.246\"\nmode: two\n",
+    )
+    .expect("vars");
+    let alpha_id = on_alpha["Id"].clone();
+    let out = ok(deploy(&cli, &app_path, &inventory, &[]));
+    assert!(out.contains("alpha : ok=2 changed=0"), "{out}");
+    assert!(out.contains("beta  : ok=1 changed=1"), "{out}");
+    assert_eq!(inspect(&container)["Id"], alpha_id);
+
+    // A new gateway on beta recreates its network (the container leaves it, stop-first);
+    // rolling beta back brings the old container back onto the recreated network.
+    fs::write(
+        inventory.join("host_vars/beta.yml"),
+        "prefix: \"172.31.246\"\nmode: two\ngateway: 253\n",
+    )
+    .expect("vars");
+    let before = parse_json(
+        &run_ok(daemon.docker(["inspect", &container]), TIMEOUT),
+        "inspect on beta",
+    )[0]["Id"]
+        .clone();
+    let out = ok(deploy(&cli, &app_path, &inventory, &["--limit", "beta"]));
+    assert!(
+        out.contains(&format!("recreate network {network}")),
+        "{out}"
+    );
+    assert!(out.contains("beta : ok=0 changed=2"), "{out}");
+    assert!(!out.contains("alpha"), "--limit beta touched alpha: {out}");
+    let mut c = cli.cmd(["rollback"]);
+    c.arg(&app_path)
+        .arg("-i")
+        .arg(&inventory)
+        .args(["--limit", "beta"]);
+    ok(run(c, TIMEOUT));
+    let on_beta = parse_json(
+        &run_ok(daemon.docker(["inspect", &container]), TIMEOUT),
+        "inspect on beta",
+    )[0]
+    .clone();
+    assert_eq!(on_beta["Id"], before);
+    assert_eq!(on_beta["State"]["Running"], true);
+    assert_eq!(address(&on_beta, &network), "172.31.246.7");
+    assert_eq!(
+        on_beta["NetworkSettings"]["Networks"][&network]["Gateway"],
+        "172.31.246.253"
+    );
+    assert_eq!(inspect(&container)["Id"], alpha_id);
+}
