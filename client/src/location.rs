@@ -64,17 +64,7 @@ impl Location {
             return Ok(Location::Registry(ImageRef::parse(input)?));
         }
         if let Some((transport, _)) = input.split_once(':') {
-            if !transport.contains(['.', '/'])
-                && [
-                    "dir",
-                    "containers-storage",
-                    "docker-daemon",
-                    "oci-archive",
-                    "ostree",
-                    "sif",
-                ]
-                .contains(&transport)
-            {
+            if UNSUPPORTED_TRANSPORTS.contains(&transport) {
                 return Err(Error::Unsupported(format!(
                     "{input:?}: the {transport}: transport is not supported; use a registry reference, oci:DIR[:TAG], docker-archive:FILE[:REF] or local:REF"
                 )));
@@ -98,6 +88,26 @@ impl Location {
     }
 }
 
+/// skopeo's transports that we name in an error rather than take for a registry host.
+const UNSUPPORTED_TRANSPORTS: [&str; 6] = [
+    "dir",
+    "containers-storage",
+    "docker-daemon",
+    "oci-archive",
+    "ostree",
+    "sif",
+];
+
+/// Whether [`Location::parse`] reads `text` as a transport other than a
+/// registry (`oci:`, `local:`, `dir:`...). A registry reference whose host is
+/// such a word (`docker://oci:5000/app`) must keep its `docker://` when printed.
+fn starts_with_transport(text: &str) -> bool {
+    text.split_once(':').is_some_and(|(transport, _)| {
+        ["oci", "docker-archive", "local"].contains(&transport)
+            || UNSUPPORTED_TRANSPORTS.contains(&transport)
+    })
+}
+
 /// `PATH[:NAME]`: the first `:` splits (paths with `:` are not supported, as in skopeo).
 fn split_path_and_name(rest: &str) -> (&str, Option<String>) {
     match rest.split_once(':') {
@@ -110,7 +120,13 @@ fn split_path_and_name(rest: &str) -> (&str, Option<String>) {
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Location::Registry(r) => write!(f, "{r}"),
+            Location::Registry(r) => {
+                let printed = r.to_string();
+                if starts_with_transport(&printed) {
+                    f.write_str("docker://")?;
+                }
+                f.write_str(&printed)
+            }
             Location::Oci { dir, tag } => {
                 write!(f, "oci:{}", dir.display())?;
                 if let Some(t) = tag {
@@ -193,6 +209,41 @@ mod tests {
         assert_eq!(
             Location::store_name(&ImageRef::parse("app").unwrap()),
             "docker.io/library/app:latest"
+        );
+    }
+
+    /// Found by the `reference` fuzz target: a registry whose host is a
+    /// transport word printed as `dir:5000/app`, which reads back as the
+    /// unsupported `dir:` transport (or `oci:`/`local:` as another location).
+    #[test]
+    fn printed_locations_parse_back() {
+        for input in [
+            "docker://dir:5000/app",
+            "docker://oci:5000/app:1",
+            "docker://local:5000/a/b",
+            "docker://docker-archive:1/x",
+            "localhost:5000/app:1",
+            "oci:/tmp/x:v1",
+            "docker-archive:/tmp/a.tar:app:1",
+            "local:app",
+        ] {
+            let location = Location::parse(input).unwrap();
+            let printed = location.to_string();
+            assert_eq!(
+                Location::parse(&printed).unwrap(),
+                location,
+                "{input} -> {printed}"
+            );
+        }
+        assert_eq!(
+            Location::parse("docker://dir:5000/app")
+                .unwrap()
+                .to_string(),
+            "docker://dir:5000/app"
+        );
+        assert_eq!(
+            Location::parse("ghcr.io/a/b").unwrap().to_string(),
+            "ghcr.io/a/b"
         );
     }
 }

@@ -38,7 +38,8 @@ pub fn parse_range(value: &str) -> Option<ByteRange> {
 }
 
 /// Parse an upload chunk's `Content-Range: <start>-<end>` (the spec's form;
-/// `bytes start-end[/total]` is accepted too). Returns inclusive (start, end).
+/// `bytes start-end[/total]` is accepted too). Returns inclusive (start, end)
+/// with `end - start + 1` (the chunk's length) representable in a `u64`.
 pub fn parse_content_range(value: &str) -> Option<(u64, u64)> {
     let v = value.trim();
     let v = v.strip_prefix("bytes").map(str::trim_start).unwrap_or(v);
@@ -47,7 +48,8 @@ pub fn parse_content_range(value: &str) -> Option<(u64, u64)> {
     let (start, end) = v.split_once('-')?;
     let start = start.trim().parse::<u64>().ok()?;
     let end = end.trim().parse::<u64>().ok()?;
-    (end >= start).then_some((start, end))
+    // `0-18446744073709551615` would be 2^64 bytes: its length overflows.
+    (end >= start && end - start < u64::MAX).then_some((start, end))
 }
 
 /// Query parameters, percent-decoded. Repeated keys keep the first value.
@@ -141,6 +143,17 @@ mod tests {
         for bad in ["", "5", "9-5", "a-b", "-5"] {
             assert_eq!(parse_content_range(bad), None, "{bad}");
         }
+        // Its length, end - start + 1, overflowed u64 (a panic in
+        // checked_chunk_start in debug builds); the range fuzz target checks this.
+        assert_eq!(parse_content_range("0-18446744073709551615"), None);
+        assert_eq!(
+            parse_content_range("1-18446744073709551615"),
+            Some((1, u64::MAX))
+        );
+        assert_eq!(
+            parse_content_range("0-18446744073709551614"),
+            Some((0, u64::MAX - 1))
+        );
     }
 
     #[test]
