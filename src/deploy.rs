@@ -7,8 +7,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use berth_client::credentials::Credentials;
-use berth_client::registry::ClientConfig;
 use berth_deploy::apply::{ActionResult, Outcome};
 use berth_deploy::run::{self, Event, RunOptions, RunReport};
 use berth_deploy::{desired_state, AppSource, Inventory};
@@ -75,20 +73,8 @@ struct CommonArgs {
 
 pub fn deploy(args: DeployArgs) -> Result<()> {
     let (source, desired) = load(&args.common)?;
-    let mut registry = ClientConfig {
-        insecure_registries: args.insecure.clone(),
-        ca_file: args.ca_file.clone(),
-        ..ClientConfig::default()
-    };
-    if let Some(creds) = &args.creds {
-        let (username, password) = creds
-            .split_once(':')
-            .context("--creds must be USER:PASSWORD")?;
-        registry.credentials = Some(Credentials::Basic {
-            username: username.to_string(),
-            password: password.to_string(),
-        });
-    }
+    let registry =
+        crate::images::client_config(&args.insecure, args.ca_file.as_ref(), args.creds.as_deref())?;
     let mut options = options(&args.common);
     options.check = args.check;
     options.pin = !args.no_pin;

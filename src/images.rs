@@ -199,6 +199,33 @@ pub struct LogoutArgs {
     registry: Option<String>,
 }
 
+/// The registry client settings from `--insecure`, `--ca-file` and `--creds USER:PASSWORD`.
+pub(crate) fn client_config(
+    insecure: &[String],
+    ca_file: Option<&PathBuf>,
+    creds: Option<&str>,
+) -> Result<ClientConfig> {
+    let mut config = ClientConfig {
+        insecure_registries: insecure
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        ca_file: ca_file.cloned(),
+        ..ClientConfig::default()
+    };
+    if let Some(creds) = creds {
+        let (username, password) = creds
+            .split_once(':')
+            .context("--creds must be USER:PASSWORD")?;
+        config.credentials = Some(Credentials::Basic {
+            username: username.to_string(),
+            password: password.to_string(),
+        });
+    }
+    Ok(config)
+}
+
 pub(crate) struct Session {
     pub(crate) client: Client,
     pub(crate) store: PathBuf,
@@ -209,25 +236,7 @@ pub(crate) struct Session {
 
 impl Session {
     pub(crate) fn new(args: &ClientArgs) -> Result<Session> {
-        let mut config = ClientConfig {
-            insecure_registries: args
-                .insecure
-                .iter()
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect(),
-            ca_file: args.ca_file.clone(),
-            ..ClientConfig::default()
-        };
-        if let Some(creds) = &args.creds {
-            let (username, password) = creds
-                .split_once(':')
-                .context("--creds must be USER:PASSWORD")?;
-            config.credentials = Some(Credentials::Basic {
-                username: username.to_string(),
-                password: password.to_string(),
-            });
-        }
+        let config = client_config(&args.insecure, args.ca_file.as_ref(), args.creds.as_deref())?;
         Ok(Session {
             client: Client::new(config),
             store: args.store.clone().unwrap_or_else(default_store_dir),

@@ -89,6 +89,24 @@ impl<T> IdleTimeout<T> {
         self.deadline.as_mut().reset(next);
     }
 
+    /// A write's outcome: progress resets the deadline, waiting checks it.
+    fn after_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match result {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.progressed();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => self.check(cx).map(|r| r.map(|()| 0)),
+        }
+    }
+
     /// Called when the inner stream is not ready: time out if it is too late.
     fn check(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.deadline.as_mut().poll(cx) {
@@ -128,16 +146,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write(cx, data) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    this.progressed();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => this.check(cx).map(|r| r.map(|()| 0)),
-        }
+        let result = Pin::new(&mut this.inner).poll_write(cx, data);
+        this.after_write(cx, result)
     }
 
     fn poll_write_vectored(
@@ -146,16 +156,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    this.progressed();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => this.check(cx).map(|r| r.map(|()| 0)),
-        }
+        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.after_write(cx, result)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -1534,55 +1534,8 @@ fn stage_label(stage: &Stage) -> String {
     }
 }
 
-/// `80`, `80/udp`, `8000-8002/tcp` → `["80/tcp"]`, ...
-fn parse_ports(spec: &str) -> Result<Vec<String>, String> {
-    let (ports, proto) = match spec.split_once('/') {
-        Some((p, proto)) => (p, proto.to_ascii_lowercase()),
-        None => (spec, "tcp".to_string()),
-    };
-    if !["tcp", "udp", "sctp"].contains(&proto.as_str()) {
-        return Err(format!(
-            "{spec:?}: the protocol {proto:?} is not tcp, udp or sctp"
-        ));
-    }
-    let port = |p: &str| -> Result<u16, String> {
-        p.parse::<u16>()
-            .ok()
-            .filter(|&n| n > 0)
-            .ok_or_else(|| format!("{spec:?}: {p:?} is not a port number (1-65535)"))
-    };
-    let (low, high) = match ports.split_once('-') {
-        Some((a, b)) => (port(a)?, port(b)?),
-        None => {
-            let p = port(ports)?;
-            (p, p)
-        }
-    };
-    if high < low {
-        return Err(format!("{spec:?}: the range ends before it starts"));
-    }
-    Ok((low..=high).map(|p| format!("{p}/{proto}")).collect())
-}
-
-fn is_signal(text: &str) -> bool {
-    if let Ok(n) = text.parse::<u32>() {
-        return (1..=64).contains(&n);
-    }
-    let upper = text.to_ascii_uppercase();
-    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
-    const NAMES: &[&str] = &[
-        "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT",
-        "KILL", "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM",
-        "TRAP", "TSTP", "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ",
-        "RTMIN", "RTMAX",
-    ];
-    if NAMES.contains(&name) {
-        return true;
-    }
-    let offset = |rest: &str| rest.parse::<u32>().is_ok_and(|n| (1..=15).contains(&n));
-    name.strip_prefix("RTMIN+").is_some_and(offset)
-        || name.strip_prefix("RTMAX-").is_some_and(offset)
-}
+// EXPOSE and STOPSIGNAL are checked as `berth import --change` checks them.
+use berth_client::import::{is_signal, parse_ports};
 
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

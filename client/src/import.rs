@@ -419,8 +419,8 @@ fn expand(s: &str, env: &[String], split: bool) -> std::result::Result<Vec<Strin
     Ok(out)
 }
 
-/// `80`, `80/udp`, `8000-8002/tcp` → `["80/tcp"]`, ...
-fn parse_ports(spec: &str) -> std::result::Result<Vec<String>, String> {
+/// `80`, `80/udp`, `8000-8002/tcp` → `["80/tcp"]`, ... (EXPOSE's port specs).
+pub fn parse_ports(spec: &str) -> std::result::Result<Vec<String>, String> {
     let (ports, proto) = match spec.split_once('/') {
         Some((p, proto)) => (p, proto.to_ascii_lowercase()),
         None => (spec, "tcp".to_string()),
@@ -449,7 +449,8 @@ fn parse_ports(spec: &str) -> std::result::Result<Vec<String>, String> {
     Ok((lo..=hi).map(|p| format!("{p}/{proto}")).collect())
 }
 
-fn is_signal(s: &str) -> bool {
+/// A signal as STOPSIGNAL takes it: a number 1-64, a name with or without SIG, RTMIN+n.
+pub fn is_signal(s: &str) -> bool {
     if let Ok(n) = s.parse::<u32>() {
         return (1..=64).contains(&n);
     }
