@@ -15,7 +15,8 @@ use berth_auth::htpasswd::Htpasswd;
 use berth_auth::ratelimit::{RateLimit, RateLimiter};
 use berth_auth::scope::{self, Endpoint, Scope};
 use berth_auth::token::{
-    basic_challenge, bearer_challenge, parse_authorization, Credentials, TokenIssuer, TokenVerifier,
+    basic_challenge, bearer_challenge, parse_authorization, Credentials, TokenIssuer,
+    TokenVerifier, VerifiedToken,
 };
 use berth_auth::Outcome;
 use sha2::{Digest as _, Sha256};
@@ -59,6 +60,9 @@ pub struct Access {
     service: String,
     tls: bool,
     accounts: Option<Accounts>,
+    /// Tokens already verified, by SHA-256: a signature check costs ~0.3 ms,
+    /// and a client sends the same token with every request of a push or pull.
+    verified_tokens: Mutex<HashMap<[u8; 32], VerifiedToken>>,
 }
 
 /// The htpasswd file, re-read when it changes, with a short-lived cache of
@@ -80,6 +84,7 @@ struct AccountsState {
 const ACCOUNTS_RECHECK: Duration = Duration::from_secs(2);
 const VERIFIED_LOGIN_TTL: Duration = Duration::from_secs(300);
 const VERIFIED_LOGIN_MAX: usize = 4096;
+const VERIFIED_TOKENS_MAX: usize = 16384;
 
 impl Accounts {
     fn open(path: PathBuf) -> Result<Accounts, String> {
@@ -211,6 +216,7 @@ impl Access {
             service: options.service,
             tls: options.tls,
             accounts,
+            verified_tokens: Mutex::new(HashMap::new()),
         })
     }
 
@@ -273,7 +279,7 @@ impl Access {
                             "this registry takes Basic credentials, not tokens",
                         ));
                     };
-                    match verifier.verify(token.expose(), SystemTime::now()) {
+                    match self.verify_token(verifier, token.expose()) {
                         Ok(verified) => {
                             let identity = verified.identity();
                             (identity, verified.access.clone(), Some(verified.access))
@@ -334,6 +340,45 @@ impl Access {
                 ),
             )),
         }
+    }
+
+    /// Verify a token, or find it among those verified before. A cached token
+    /// still expires on time: its `exp` is checked on every use.
+    fn verify_token(
+        &self,
+        verifier: &TokenVerifier,
+        token: &str,
+    ) -> Result<VerifiedToken, berth_auth::token::TokenError> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = SystemTime::now();
+        let now_secs = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        {
+            let cache = self
+                .verified_tokens
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(verified) = cache.get(&key) {
+                if verified.expires_at > now_secs {
+                    return Ok(verified.clone());
+                }
+            }
+        }
+        let verified = verifier.verify(token, now)?;
+        let mut cache = self
+            .verified_tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= VERIFIED_TOKENS_MAX {
+            cache.retain(|_, v| v.expires_at > now_secs);
+            if cache.len() >= VERIFIED_TOKENS_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(key, verified.clone());
+        Ok(verified)
     }
 
     /// Whether `caller` may see `repository` in the catalog.
