@@ -23,20 +23,6 @@ use serde_json::Value;
 
 const T: Duration = Duration::from_secs(300);
 
-/// Removes the docker images a test pulled, also when it panics.
-struct DockerImages<'a> {
-    cli: &'a BerthCli,
-    images: Vec<String>,
-}
-
-impl Drop for DockerImages<'_> {
-    fn drop(&mut self) {
-        for image in self.images.iter().rev() {
-            let _ = run(self.cli.docker(["rmi", "-f", image]), T);
-        }
-    }
-}
-
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }

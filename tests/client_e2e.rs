@@ -20,20 +20,6 @@ use serde_json::{json, Value};
 const T: Duration = Duration::from_secs(300);
 const CMD: &str = r#"CMD ["/bin/sh","-c","echo hello from berth"]"#;
 
-/// Removes the docker images a test loaded, also when it panics.
-struct DockerImages<'a> {
-    cli: &'a BerthCli,
-    images: Vec<String>,
-}
-
-impl Drop for DockerImages<'_> {
-    fn drop(&mut self) {
-        for image in self.images.iter().rev() {
-            let _ = run(self.cli.docker(["rmi", "-f", image]), T);
-        }
-    }
-}
-
 /// Which external tools this run has (outside CI a missing one skips its steps).
 struct Tools {
     skopeo: bool,

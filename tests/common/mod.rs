@@ -341,6 +341,23 @@ impl BerthCli {
     }
 }
 
+/// Removes docker images a test pulled or loaded (through `cli`'s docker), also when it panics.
+pub struct DockerImages<'a> {
+    pub cli: &'a BerthCli,
+    pub images: Vec<String>,
+}
+
+impl Drop for DockerImages<'_> {
+    fn drop(&mut self) {
+        for image in self.images.iter().rev() {
+            let _ = run(
+                self.cli.docker(["rmi", "-f", image]),
+                Duration::from_secs(300),
+            );
+        }
+    }
+}
+
 impl Default for BerthCli {
     fn default() -> Self {
         BerthCli::new()

@@ -285,28 +285,6 @@ pub fn run(
             Ok(())
         });
     }
-    let mut child = cmd.spawn()?;
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    std::thread::scope(|s| {
-        use std::io::{BufRead, BufReader};
-        if let Some(out) = stdout {
-            s.spawn(move || {
-                for line in BufReader::new(out).split(b'\n').map_while(Result::ok) {
-                    output(&String::from_utf8_lossy(&line));
-                }
-            });
-        }
-        if let Some(err) = stderr {
-            s.spawn(move || {
-                for line in BufReader::new(err).split(b'\n').map_while(Result::ok) {
-                    output(&String::from_utf8_lossy(&line));
-                }
-            });
-        }
-    });
-    let status = child.wait()?;
-    Ok(status.code().unwrap_or_else(|| {
-        128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
-    }))
+    let child = cmd.spawn()?;
+    super::stream_output_and_wait(child, output)
 }

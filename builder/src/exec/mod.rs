@@ -1685,6 +1685,37 @@ fn heredoc_script(
 }
 
 /// The plan's config with Docker's names, as it goes into the image.
+/// Pass each line the child prints (stdout and stderr) to `output` as it
+/// comes, then reap it: the exit code, or 128 + the signal that killed it.
+fn stream_output_and_wait(
+    mut child: std::process::Child,
+    output: &(dyn Fn(&str) + Sync),
+) -> io::Result<i32> {
+    use std::io::{BufRead, BufReader};
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    std::thread::scope(|s| {
+        if let Some(out) = stdout {
+            s.spawn(move || {
+                for line in BufReader::new(out).split(b'\n').map_while(Result::ok) {
+                    output(&String::from_utf8_lossy(&line));
+                }
+            });
+        }
+        if let Some(err) = stderr {
+            s.spawn(move || {
+                for line in BufReader::new(err).split(b'\n').map_while(Result::ok) {
+                    output(&String::from_utf8_lossy(&line));
+                }
+            });
+        }
+    });
+    let status = child.wait()?;
+    Ok(status.code().unwrap_or_else(|| {
+        128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
+    }))
+}
+
 pub fn to_container_config(c: &StageConfig) -> ContainerConfig {
     ContainerConfig {
         user: c.user.clone(),

@@ -4,7 +4,7 @@
 
 use std::ffi::CString;
 use std::fs;
-use std::io::{self, BufRead, BufReader};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -240,7 +240,7 @@ pub fn run(
         state,
         id: id.to_string(),
     };
-    let mut child = Command::new("runc")
+    let child = Command::new("runc")
         .arg("--root")
         .arg(state)
         .args(["run", "--bundle"])
@@ -250,26 +250,5 @@ pub fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    std::thread::scope(|s| {
-        if let Some(out) = stdout {
-            s.spawn(move || {
-                for line in BufReader::new(out).split(b'\n').map_while(Result::ok) {
-                    output(&String::from_utf8_lossy(&line));
-                }
-            });
-        }
-        if let Some(err) = stderr {
-            s.spawn(move || {
-                for line in BufReader::new(err).split(b'\n').map_while(Result::ok) {
-                    output(&String::from_utf8_lossy(&line));
-                }
-            });
-        }
-    });
-    let status = child.wait()?;
-    Ok(status.code().unwrap_or_else(|| {
-        128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
-    }))
+    super::stream_output_and_wait(child, output)
 }
