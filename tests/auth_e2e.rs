@@ -851,6 +851,9 @@ async fn podman_with_credentials() {
                 &runroot.display().to_string(),
                 "--runtime",
                 "runc",
+                // vfs: the overlay driver leaves a mount behind in the temporary folder.
+                "--storage-driver",
+                "vfs",
             ],
         );
         c.args(args);

@@ -218,8 +218,8 @@ fn build_push_pull_and_run_with_docker() {
 
     let expected = "hello from build\nheredoc-line-1\ngreeting=hello\nshebang script as /dev/.berth-heredoc\nmotd for /srv/app\na.txt b.sh \n1000\n/srv/app\nx.txt\n";
 
-    // podman (optional: not installed by scripts/test.sh) runs it too.
-    if which("podman").is_some() {
+    // podman runs it too (scripts/test.sh installs it; in CI a missing podman fails).
+    if require_tool("podman") {
         let root = s.cli.path("podman-root");
         let runroot = s.cli.path("podman-run");
         let podman = |args: &[&str]| {
