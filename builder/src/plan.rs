@@ -253,27 +253,8 @@ pub struct StageConfig {
     pub author: Option<String>,
 }
 
-/// Docker's `Healthcheck` config: `Test` is `["NONE"]`, `["CMD", argv...]`
-/// or `["CMD-SHELL", text]`; durations in nanoseconds, 0 for the default.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct HealthConfig {
-    pub test: Vec<String>,
-    #[serde(skip_serializing_if = "is_zero")]
-    pub interval: u64,
-    #[serde(skip_serializing_if = "is_zero")]
-    pub timeout: u64,
-    #[serde(skip_serializing_if = "is_zero")]
-    pub start_period: u64,
-    #[serde(skip_serializing_if = "is_zero")]
-    pub start_interval: u64,
-    #[serde(skip_serializing_if = "is_zero")]
-    pub retries: u64,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
+/// Docker's `Healthcheck` config, the same type the image config uses.
+pub use berth_client::import::HealthConfig;
 
 /// Build args Docker passes to RUN without an ARG, and keeps out of the
 /// cache key and history unless the Dockerfile declares them.

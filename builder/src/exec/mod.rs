@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use berth_client::copy::{copy_image, CopyOptions, Platforms};
 use berth_client::image::{media, BlobInfo, ImageDest, ManifestKind, NoProgress};
-use berth_client::import::{ContainerConfig, Empty, HealthConfig};
+use berth_client::import::{ContainerConfig, Empty};
 use berth_client::layout::{OciLayout, OciLayoutDest};
 use berth_client::location::Location;
 use berth_client::registry::Client;
@@ -1732,14 +1732,7 @@ pub fn to_container_config(c: &StageConfig) -> ContainerConfig {
         labels: c.labels.clone(),
         stop_signal: c.stop_signal.clone(),
         on_build: c.on_build.clone(),
-        healthcheck: c.healthcheck.as_ref().map(|h| HealthConfig {
-            test: h.test.clone(),
-            interval: h.interval,
-            timeout: h.timeout,
-            start_period: h.start_period,
-            start_interval: h.start_interval,
-            retries: h.retries,
-        }),
+        healthcheck: c.healthcheck.clone(),
         shell: c.shell.clone(),
     }
 }
@@ -1757,14 +1750,7 @@ pub fn to_stage_config(c: &ContainerConfig) -> StageConfig {
         labels: c.labels.clone(),
         stop_signal: c.stop_signal.clone(),
         on_build: c.on_build.clone(),
-        healthcheck: c.healthcheck.as_ref().map(|h| crate::plan::HealthConfig {
-            test: h.test.clone(),
-            interval: h.interval,
-            timeout: h.timeout,
-            start_period: h.start_period,
-            start_interval: h.start_interval,
-            retries: h.retries,
-        }),
+        healthcheck: c.healthcheck.clone(),
         shell: c.shell.clone(),
         author: None,
     }
