@@ -262,6 +262,32 @@ fn pull_credentials(
     auth
 }
 
+/// Run `work` for every host, at most `parallel` at a time, announcing each
+/// report as it finishes; the reports come back sorted by host.
+async fn each_host<F, Fut>(
+    desired: Vec<DesiredHost>,
+    parallel: usize,
+    on_event: &(dyn Fn(Event<'_>) + Send + Sync),
+    work: F,
+) -> Vec<HostReport>
+where
+    F: Fn(DesiredHost) -> Fut,
+    Fut: std::future::Future<Output = HostReport>,
+{
+    let work = &work;
+    let mut hosts: Vec<HostReport> = futures::stream::iter(desired)
+        .map(|host| async move {
+            let report = work(host).await;
+            on_event(Event::Finished(&report));
+            report
+        })
+        .buffer_unordered(parallel.max(1))
+        .collect()
+        .await;
+    hosts.sort_by(|a, b| a.host.cmp(&b.host));
+    hosts
+}
+
 /// `berth deploy` (or `--check`) of `desired` hosts.
 pub async fn deploy(
     app: &str,
@@ -297,16 +323,10 @@ pub async fn deploy(
 
     let apply_options = &apply_options;
     let unresolved = &unresolved;
-    let mut hosts: Vec<HostReport> = futures::stream::iter(desired)
-        .map(|host| async move {
-            let report = deploy_host(host, options, apply_options, unresolved, on_event).await;
-            on_event(Event::Finished(&report));
-            report
-        })
-        .buffer_unordered(options.parallel.max(1))
-        .collect()
-        .await;
-    hosts.sort_by(|a, b| a.host.cmp(&b.host));
+    let hosts = each_host(desired, options.parallel, on_event, |host| {
+        deploy_host(host, options, apply_options, unresolved, on_event)
+    })
+    .await;
     RunReport {
         app: app.to_string(),
         mode: if options.check {
@@ -400,16 +420,10 @@ pub async fn rollback(
     options: &RunOptions,
     on_event: &(dyn Fn(Event<'_>) + Send + Sync),
 ) -> RunReport {
-    let mut hosts: Vec<HostReport> = futures::stream::iter(desired)
-        .map(|host| async move {
-            let report = rollback_one(host, options, on_event).await;
-            on_event(Event::Finished(&report));
-            report
-        })
-        .buffer_unordered(options.parallel.max(1))
-        .collect()
-        .await;
-    hosts.sort_by(|a, b| a.host.cmp(&b.host));
+    let hosts = each_host(desired, options.parallel, on_event, |host| {
+        rollback_one(host, options, on_event)
+    })
+    .await;
     RunReport {
         app: app.to_string(),
         mode: Mode::Rollback,
