@@ -193,13 +193,17 @@ impl Resp {
 /// What a request's credentials are remembered under: its repository (or the
 /// catalog) and whether it deletes, since tokens are scoped that way.
 fn scope_of(method: &Method, path: &str) -> String {
+    format!("{} {}", repository_of(path), *method == Method::DELETE)
+}
+
+/// The repository a `/v2/NAME/...` path names (the rest of the path for `/v2/` and `_catalog`).
+fn repository_of(path: &str) -> &str {
     let rest = path.strip_prefix("/v2/").unwrap_or(path);
-    let name = ["/blobs/", "/manifests/", "/tags/", "/referrers/"]
+    ["/blobs/", "/manifests/", "/tags/", "/referrers/"]
         .iter()
         .filter_map(|marker| rest.rfind(marker).map(|i| &rest[..i]))
         .max_by_key(|n| n.len())
-        .unwrap_or(rest);
-    format!("{name} {}", *method == Method::DELETE)
+        .unwrap_or(rest)
 }
 
 /// Shared state of one run.
@@ -393,8 +397,7 @@ impl Ctx {
         } else if rest.is_empty() {
             None
         } else {
-            let name = scope_of(method, path);
-            let name = name.rsplit_once(' ').map(|(n, _)| n).unwrap_or(&name);
+            let name = repository_of(path);
             let actions = if *method == Method::DELETE {
                 "pull,push,delete"
             } else {

@@ -391,13 +391,6 @@ impl Access {
         }
     }
 
-    /// Whether a mount without `from=` may take any blob the registry holds.
-    /// Not with access control on: it would copy a blob from a repository
-    /// the caller cannot read into one it can.
-    pub fn mount_without_source_allowed(&self) -> bool {
-        false
-    }
-
     async fn login(&self, user: &str, password: &str, client: Option<SocketAddr>) -> bool {
         let ok = match &self.accounts {
             Some(accounts) => accounts.verify(user, password).await,

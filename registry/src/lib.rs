@@ -275,10 +275,10 @@ async fn handle(
             _ => Err(method_not_allowed(&m)),
         },
         Route::UploadStart { name } if m == Method::POST => {
-            let any_source = reg
-                .access
-                .as_ref()
-                .is_none_or(|a| a.mount_without_source_allowed());
+            // A mount without `from=` may take a blob from anywhere only
+            // without access control: with it, that would copy a blob from a
+            // repository the caller cannot read into one it can.
+            let any_source = reg.access.is_none();
             uploads::start(s, name, &req, any_source, body).await
         }
         Route::Upload { name, id } => match m {
