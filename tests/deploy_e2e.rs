@@ -912,3 +912,235 @@ services:
     );
     assert_eq!(inspect(&container)["Id"], alpha_id);
 }
+
+/// A real `sshd` on loopback with its own host key and one authorized client key; the
+/// sessions it opens talk to the daemon under test (`SetEnv DOCKER_HOST`). Stopped by PID.
+struct Sshd {
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Sshd {
+    fn start() -> Sshd {
+        let dir = tempfile::Builder::new()
+            .prefix("bdssh")
+            .tempdir()
+            .expect("temp dir");
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        for key in ["host_key", "client_key"] {
+            run_ok(
+                cmd(
+                    "ssh-keygen",
+                    ["-q", "-t", "ed25519", "-N", "", "-f", &path(key)],
+                ),
+                TIMEOUT,
+            );
+        }
+        fs::copy(path("client_key.pub"), path("authorized_keys")).expect("authorized_keys");
+        let port = free_port();
+        let host_key = fs::read_to_string(path("host_key.pub")).expect("host key");
+        let host_key: Vec<&str> = host_key.split_whitespace().take(2).collect();
+        fs::write(
+            path("known_hosts"),
+            format!("[127.0.0.1]:{port} {}\n", host_key.join(" ")),
+        )
+        .expect("known_hosts");
+        fs::write(
+            path("sshd_config"),
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile {}\n\
+                 AuthorizedKeysFile {}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 PermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\n\
+                 SetEnv DOCKER_HOST={}\n",
+                path("host_key"),
+                path("sshd.pid"),
+                path("authorized_keys"),
+                docker_host()
+            ),
+        )
+        .expect("sshd_config");
+        // sshd's privilege separation directory; Debian creates it only when the service
+        // starts.
+        fs::create_dir_all("/run/sshd").expect("mkdir /run/sshd");
+        let sshd = which("sshd").expect("sshd");
+        let log = fs::File::create(path("sshd.log")).expect("sshd log");
+        let child = std::process::Command::new(sshd)
+            .args(["-D", "-e", "-f", &path("sshd_config")])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start sshd");
+        let sshd = Sshd { dir, child, port };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sshd did not start:\n{}",
+                fs::read_to_string(sshd.dir.path().join("sshd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        sshd
+    }
+
+    /// The inventory variables that reach this sshd as root with the test's key, the way
+    /// an Ansible inventory says it.
+    fn host_vars(&self, key: &str) -> String {
+        let path = |name: &str| self.dir.path().join(name).display().to_string();
+        format!(
+            "{{ docker_host: \"ssh://root@127.0.0.1:{}\", ansible_ssh_private_key_file: \"{}\", \
+             ansible_ssh_common_args: \"-F /dev/null -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes\" }}",
+            self.port,
+            path(key),
+            path("known_hosts"),
+        )
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `ssh://` endpoints: the Engine API over one SSH connection (OpenSSH master + `docker
+/// system dial-stdio`), to a real sshd. Deploy, unchanged re-run, and a key the host does
+/// not accept (the host is named unreachable with ssh's own reason).
+#[test]
+fn ssh_endpoint_through_a_real_sshd() {
+    if !require_tool("docker")
+        || !require_tool("ssh")
+        || !require_tool("sshd")
+        || !require_tool("ssh-keygen")
+    {
+        return;
+    }
+    let sshd = Sshd::start();
+    let server = Server::start();
+    let cli = BerthCli::new();
+    let app = unique("bssh").replace('-', "_");
+    let repository = format!("deploy-e2e/{}", app.replace('_', "-"));
+    let registry = server.host();
+    let _cleanup = Cleanup {
+        app: app.clone(),
+        images: vec![format!("{registry}/{repository}")],
+    };
+    let rootfs = cli.path("rootfs.tar");
+    write_busybox_rootfs(&rootfs, false);
+    let v1 = import_image(&cli, &rootfs, &format!("{registry}/{repository}:v1"), "1");
+
+    let inventory = cli.path("inventory");
+    fs::create_dir_all(&inventory).expect("mkdir inventory");
+    let write_hosts = |key: &str| {
+        fs::write(
+            inventory.join("hosts.yml"),
+            format!("all:\n  hosts:\n    remote: {}\n", sshd.host_vars(key)),
+        )
+        .expect("write hosts.yml");
+    };
+    write_hosts("client_key");
+    let app_path = cli.path("app.yml");
+    fs::write(
+        &app_path,
+        format!(
+            r#"name: {app}
+services:
+  svc:
+    image: "{registry}/{repository}:v1"
+    command: [/bin/sh, -c, "trap 'exit 0' TERM; while true; do /bin/busybox sleep 1; done"]
+    env: {{ OVER: ssh }}
+"#
+        ),
+    )
+    .expect("write app");
+    let container = format!("{app}_svc_1");
+
+    let out = deploy(&cli, &app_path, &inventory, &[]);
+    assert!(
+        out.status.success(),
+        "{}\nsshd log:\n{}",
+        out.describe(),
+        sshd.log()
+    );
+    assert!(
+        out.stdout.contains("remote : ok=0 changed=2"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stdout.contains("ssh://root@127.0.0.1"),
+        "{}",
+        out.describe()
+    );
+    let created = inspect(&container);
+    assert_eq!(created["State"]["Running"], true);
+    assert!(env_of(&created).contains(&"OVER=ssh".to_string()));
+    let image = created["Config"]["Image"].as_str().unwrap_or_default();
+    assert!(image.ends_with(&format!("@{v1}")), "{image}");
+    assert!(
+        sshd.log().contains("Accepted publickey for root"),
+        "no SSH login seen:\n{}",
+        sshd.log()
+    );
+
+    // Unchanged: nothing touched, still over SSH.
+    let started = std::time::Instant::now();
+    let out = ok(deploy(&cli, &app_path, &inventory, &[]));
+    eprintln!("unchanged re-run over ssh: {:?}", started.elapsed());
+    assert!(out.contains("remote : ok=1 changed=0"), "{out}");
+    assert_eq!(inspect(&container)["Id"], created["Id"]);
+    assert_no_ssh_master_left(sshd.port);
+
+    // A key the host does not know: unreachable, with ssh's reason, and nothing left
+    // running (no ssh master, no socket folder of this run).
+    run_ok(
+        cmd(
+            "ssh-keygen",
+            [
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-f",
+                &sshd.dir.path().join("stranger_key").display().to_string(),
+            ],
+        ),
+        TIMEOUT,
+    );
+    write_hosts("stranger_key");
+    let out = run_fail(
+        {
+            let mut c = cli.cmd(["deploy"]);
+            c.arg(&app_path).arg("-i").arg(&inventory);
+            c
+        },
+        TIMEOUT,
+    );
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(text.contains("UNREACHABLE remote"), "{}", out.describe());
+    assert!(text.contains("Permission denied"), "{}", out.describe());
+    assert_no_ssh_master_left(sshd.port);
+}
+
+/// No `ssh` master connection to `port` outlives the `berth` run that opened it.
+fn assert_no_ssh_master_left(port: u16) {
+    let masters = run(cmd("pgrep", ["-f", "ControlMaster=yes"]), TIMEOUT);
+    let mine: Vec<&str> = masters
+        .stdout
+        .lines()
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .map(|c| c.split('\0').any(|arg| arg == port.to_string()))
+                .unwrap_or(false)
+        })
+        .collect();
+    assert!(mine.is_empty(), "ssh masters left running: {mine:?}");
+}

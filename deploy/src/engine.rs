@@ -2,8 +2,8 @@
 //! state into [`ActualHost`], and the small operations the applier is made of.
 //!
 //! Connections: `unix://PATH`, `tcp://HOST:PORT` (plain, or TLS with the client certificate,
-//! key and CA the inventory names). The API version is negotiated, so daemons as old as
-//! Debian 12's Docker 20.10 (API 1.41) work. Every call is bounded by a timeout; an
+//! key and CA the inventory names), `ssh://[USER@]HOST[:PORT]` (through [`crate::ssh`]). The
+//! API version is negotiated, so daemons as old as Debian 12's Docker 20.10 (API 1.41) work. Every call is bounded by a timeout; an
 //! unreachable host fails on its own with the address it tried.
 
 use std::collections::{BTreeMap, HashMap};
@@ -31,6 +31,7 @@ use crate::actual::{
 use crate::desired::{ContainerSpec, DesiredContainer, DesiredNetwork};
 use crate::inventory::DockerEndpoint;
 use crate::labels;
+use crate::ssh::{SshTarget, SshTunnel};
 
 /// Seconds bollard waits for one API call; pulls of big images are the slow ones.
 const REQUEST_TIMEOUT_SECS: u64 = 600;
@@ -55,6 +56,9 @@ impl std::fmt::Debug for PullAuth {
 pub struct Engine {
     docker: Docker,
     endpoint: String,
+    /// For `ssh://` hosts: the tunnel bollard's socket leads through; it lives as long as
+    /// any clone of the engine.
+    _tunnel: Option<std::sync::Arc<SshTunnel>>,
 }
 
 /// A failed Engine API call, said in words: what was done, on which host, and Docker's own
@@ -102,6 +106,7 @@ impl Engine {
     /// Connects and negotiates the API version, within `timeout`.
     pub async fn connect(endpoint: &DockerEndpoint, timeout: Duration) -> Result<Engine, String> {
         let shown = endpoint.to_string();
+        let mut tunnel = None;
         let docker = match endpoint {
             DockerEndpoint::Unix { path } => {
                 let path = path.to_string_lossy();
@@ -165,11 +170,25 @@ impl Engine {
                 )
                 .map_err(|e| format!("cannot connect to {shown}: {e}"))?
             }
-            DockerEndpoint::Ssh { .. } => {
-                return Err(format!(
-                    "{shown}: ssh:// endpoints are not supported yet; set docker_host to a \
-                     unix:// socket or a tcp:// address (with TLS certificates) for this host"
-                ))
+            DockerEndpoint::Ssh {
+                user,
+                host,
+                port,
+                identity_file,
+                options,
+            } => {
+                let target = SshTarget {
+                    user: user.clone(),
+                    host: host.clone(),
+                    port: *port,
+                    identity_file: identity_file.clone(),
+                    options: options.clone(),
+                };
+                let opened = SshTunnel::open(&target, timeout).await?;
+                let socket = opened.socket().to_string_lossy().into_owned();
+                tunnel = Some(std::sync::Arc::new(opened));
+                Docker::connect_with_unix(&socket, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+                    .map_err(|e| format!("cannot connect to {shown}: {e}"))?
             }
         };
         let docker = tokio::time::timeout(timeout, docker.negotiate_version())
@@ -179,6 +198,7 @@ impl Engine {
         Ok(Engine {
             docker,
             endpoint: shown,
+            _tunnel: tunnel,
         })
     }
 
@@ -875,17 +895,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn unsupported_and_incomplete_endpoints_say_what_to_do() {
-        let ssh = DockerEndpoint::Ssh {
-            user: Some("deploy".into()),
-            host: "web1".into(),
-            port: None,
-        };
-        let error = Engine::connect(&ssh, Duration::from_secs(1))
-            .await
-            .err()
-            .expect("ssh is refused");
-        assert!(error.contains("not supported yet"), "{error}");
+    async fn incomplete_endpoints_say_what_to_do() {
         let tls = DockerEndpoint::Tcp {
             host: "127.0.0.1".into(),
             port: 2376,

@@ -102,6 +102,12 @@ pub enum DockerEndpoint {
         user: Option<String>,
         host: String,
         port: Option<u16>,
+        /// `ansible_ssh_private_key_file`, relative to the inventory directory.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        identity_file: Option<PathBuf>,
+        /// `ansible_ssh_common_args` then `ansible_ssh_extra_args`, split like a shell would.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        options: Vec<String>,
     },
 }
 
@@ -130,7 +136,9 @@ impl fmt::Display for DockerEndpoint {
                     if tls.is_some() { " (tls)" } else { "" }
                 )
             }
-            DockerEndpoint::Ssh { user, host, port } => {
+            DockerEndpoint::Ssh {
+                user, host, port, ..
+            } => {
                 write!(f, "ssh://")?;
                 if let Some(user) = user {
                     write!(f, "{user}@")?;
@@ -805,6 +813,19 @@ fn endpoint_from_vars(
         }
     };
 
+    let ssh_identity = || Ok(text_var("ansible_ssh_private_key_file")?.map(resolve_path));
+    let ssh_options = || -> Result<Vec<String>, Problem> {
+        let mut options = Vec::new();
+        for name in ["ansible_ssh_common_args", "ansible_ssh_extra_args"] {
+            if let Some(text) = text_var(name)? {
+                options.extend(
+                    crate::units::split_words(&text).map_err(|e| Problem::new(key(name), e))?,
+                );
+            }
+        }
+        Ok(options)
+    };
+
     let Some(url) = text_var("docker_host")? else {
         if text_var("ansible_connection")?.as_deref() == Some("local") {
             return Ok(DockerEndpoint::Unix {
@@ -821,6 +842,8 @@ fn endpoint_from_vars(
             user: text_var("ansible_user")?,
             host: text_var("ansible_host")?.unwrap_or_else(|| host.to_string()),
             port,
+            identity_file: ssh_identity()?,
+            options: ssh_options()?,
         });
     };
 
@@ -865,7 +888,13 @@ fn endpoint_from_vars(
             format!("TLS settings only apply to tcp:// endpoints, not {url}"),
         )),
         ParsedEndpoint::Unix(path) => Ok(DockerEndpoint::Unix { path }),
-        ParsedEndpoint::Ssh { user, host, port } => Ok(DockerEndpoint::Ssh { user, host, port }),
+        ParsedEndpoint::Ssh { user, host, port } => Ok(DockerEndpoint::Ssh {
+            user,
+            host,
+            port,
+            identity_file: ssh_identity()?,
+            options: ssh_options()?,
+        }),
     }
 }
 
@@ -1189,7 +1218,9 @@ all:
             DockerEndpoint::Ssh {
                 user: None,
                 host: "h1".into(),
-                port: None
+                port: None,
+                identity_file: None,
+                options: vec![],
             }
         );
         assert_eq!(
@@ -1198,7 +1229,9 @@ all:
             DockerEndpoint::Ssh {
                 user: Some("ops".into()),
                 host: "10.0.0.1".into(),
-                port: Some(2222)
+                port: Some(2222),
+                identity_file: None,
+                options: vec![],
             }
         );
         assert_eq!(
@@ -1207,6 +1240,42 @@ all:
                 path: DEFAULT_UNIX_SOCKET.into()
             }
         );
+    }
+
+    #[test]
+    fn ssh_endpoints_take_ansible_s_key_and_ssh_arguments() {
+        let endpoint = endpoint_of(
+            "{ docker_host: 'ssh://deploy@web1', ansible_ssh_private_key_file: keys/id_ed25519, \
+             ansible_ssh_common_args: \"-o StrictHostKeyChecking=accept-new -J 'bastion'\", \
+             ansible_ssh_extra_args: -4 }",
+        )
+        .unwrap();
+        let DockerEndpoint::Ssh {
+            identity_file,
+            options,
+            ..
+        } = endpoint
+        else {
+            panic!("not ssh: {endpoint:?}");
+        };
+        let identity = identity_file.expect("identity");
+        assert!(
+            identity.is_absolute() || identity.starts_with("."),
+            "{identity:?}"
+        );
+        assert!(identity.ends_with("keys/id_ed25519"), "{identity:?}");
+        assert_eq!(
+            options,
+            [
+                "-o",
+                "StrictHostKeyChecking=accept-new",
+                "-J",
+                "bastion",
+                "-4"
+            ]
+        );
+        let broken = endpoint_of("{ ansible_ssh_common_args: \"-o 'unclosed\" }");
+        assert!(broken.is_err(), "{broken:?}");
     }
 
     #[test]
@@ -1238,7 +1307,9 @@ all:
             DockerEndpoint::Ssh {
                 user: Some("me".into()),
                 host: "box".into(),
-                port: Some(22)
+                port: Some(22),
+                identity_file: None,
+                options: vec![],
             }
         );
         // docker_host may be templated from other vars.

@@ -422,6 +422,8 @@ fn unreachable_host_fails_alone_and_render_has_recap() {
         user: None,
         host: "w2".into(),
         port: None,
+        identity_file: None,
+        options: vec![],
     };
     let actuals = BTreeMap::from([
         ("w1".to_string(), Ok(ActualHost::after_apply(&one))),

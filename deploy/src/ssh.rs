@@ -1,0 +1,394 @@
+//! `ssh://[USER@]HOST[:PORT]` Docker endpoints: the Engine API tunnelled over one SSH
+//! connection, with nothing but Docker (and sshd) on the host.
+//!
+//! How: one OpenSSH master connection (`ControlMaster`) per host; a private unix socket in
+//! a fresh temporary directory; every API connection bollard opens on that socket becomes a
+//! `docker system dial-stdio` session multiplexed over the master, as the docker CLI does for
+//! its own `ssh://` hosts. So authentication happens once, known_hosts, agents, jump hosts
+//! and `~/.ssh/config` all work as the user's `ssh` does, and the remote side needs no open
+//! TCP port and no socket-forwarding permission.
+//!
+//! The system `ssh` client is used instead of an SSH library on purpose: it is what operators
+//! already configure and trust (keys, agents, certificates, ProxyJump), and it keeps a second
+//! crypto stack out of the binary.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::UnixListener;
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+
+/// Where and how to reach a host over SSH.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshTarget {
+    pub user: Option<String>,
+    pub host: String,
+    pub port: Option<u16>,
+    /// `-i FILE` (Ansible's `ansible_ssh_private_key_file`).
+    pub identity_file: Option<PathBuf>,
+    /// Extra `ssh` arguments (Ansible's `ansible_ssh_common_args` and `ansible_ssh_extra_args`).
+    pub options: Vec<String>,
+}
+
+impl SshTarget {
+    fn destination(&self) -> String {
+        match &self.user {
+            Some(user) => format!("{user}@{}", self.host),
+            None => self.host.clone(),
+        }
+    }
+
+    fn shown(&self) -> String {
+        match self.port {
+            Some(port) => format!("ssh://{}:{port}", self.destination()),
+            None => format!("ssh://{}", self.destination()),
+        }
+    }
+
+    /// `ssh` with the control socket, this target's options and `flags`, ending in the
+    /// destination (a remote command, if any, goes after it).
+    fn command(
+        &self,
+        control: &Path,
+        master: bool,
+        connect_timeout: Duration,
+        flags: &[&str],
+    ) -> Command {
+        let mut command = Command::new(ssh_program());
+        command
+            .arg("-o")
+            .arg(format!("ControlPath={}", control.display()))
+            .arg("-o")
+            .arg(if master {
+                "ControlMaster=yes"
+            } else {
+                "ControlMaster=no"
+            })
+            // Never prompt: a deploy runs unattended, and a prompt would hang it.
+            .args(["-o", "BatchMode=yes"])
+            .arg("-o")
+            .arg(format!(
+                "ConnectTimeout={}",
+                connect_timeout.as_secs().max(1)
+            ))
+            // A dead host is noticed within a minute instead of at the kernel's TCP timeout.
+            .args([
+                "-o",
+                "ServerAliveInterval=15",
+                "-o",
+                "ServerAliveCountMax=3",
+            ]);
+        if let Some(port) = self.port {
+            command.arg("-p").arg(port.to_string());
+        }
+        if let Some(identity) = &self.identity_file {
+            command.arg("-i").arg(identity);
+        }
+        command.args(&self.options);
+        command.args(flags);
+        command.arg("--").arg(self.destination());
+        command.kill_on_drop(true);
+        command
+    }
+}
+
+/// `BERTH_SSH` overrides the client (e.g. a wrapper that adds options); default `ssh`.
+fn ssh_program() -> String {
+    std::env::var("BERTH_SSH")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "ssh".to_string())
+}
+
+/// A live tunnel: the master connection and the local socket bollard connects to. Dropping
+/// it closes the socket, ends the master (and with it every session) and removes the
+/// directory.
+pub struct SshTunnel {
+    dir: PathBuf,
+    socket: PathBuf,
+    master: Child,
+    acceptor: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for SshTunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SshTunnel({})", self.socket.display())
+    }
+}
+
+impl SshTunnel {
+    /// Connects (once), checks that `docker` answers on the far side, and starts serving
+    /// the local socket. Errors name the host and say what SSH or Docker said.
+    pub async fn open(target: &SshTarget, timeout: Duration) -> Result<SshTunnel, String> {
+        let shown = target.shown();
+        let dir =
+            private_dir().map_err(|e| format!("{shown}: cannot make a socket folder: {e}"))?;
+        let control = dir.join("c");
+        let socket = dir.join("docker.sock");
+        let cleanup = |message: String| {
+            let _ = std::fs::remove_dir_all(&dir);
+            message
+        };
+
+        let mut master = target.command(&control, true, timeout, &["-N"]);
+        master
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut master = master.spawn().map_err(|e| {
+            cleanup(format!(
+                "{shown}: cannot run {} ({e}); install the OpenSSH client",
+                ssh_program()
+            ))
+        })?;
+
+        // The master is up when its control socket answers `-O check`; if the process ends
+        // first, its stderr says why (refused, no route, publickey, host key changed).
+        let deadline = tokio::time::Instant::now() + timeout + Duration::from_secs(2);
+        loop {
+            if let Ok(Some(status)) = master.try_wait() {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = master.stderr.take() {
+                    let _ = pipe.read_to_string(&mut stderr).await;
+                }
+                return Err(cleanup(format!(
+                    "{shown}: ssh failed ({status}): {}",
+                    last_lines(&stderr)
+                )));
+            }
+            if control.exists() {
+                let mut check = target.command(&control, false, timeout, &["-O", "check"]);
+                check.stdout(Stdio::null()).stderr(Stdio::null());
+                if matches!(check.status().await, Ok(status) if status.success()) {
+                    break;
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let _ = master.start_kill();
+                return Err(cleanup(format!(
+                    "{shown}: no SSH connection within {}s",
+                    timeout.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+
+        // One round trip that proves Docker is there and answers, with its own words if not
+        // (`docker: command not found`, `permission denied ... docker.sock`).
+        let mut probe = target.command(&control, false, timeout, &["-T"]);
+        probe
+            .args(["docker", "version", "--format", "{{.Server.APIVersion}}"])
+            .stdin(Stdio::null());
+        let probed = tokio::time::timeout(timeout, probe.output()).await;
+        match probed {
+            Ok(Ok(output)) if output.status.success() => {}
+            Ok(Ok(output)) => {
+                let _ = master.start_kill();
+                return Err(cleanup(format!(
+                    "{shown}: `docker version` failed on the host: {}",
+                    last_lines(&String::from_utf8_lossy(&output.stderr))
+                )));
+            }
+            Ok(Err(e)) => {
+                let _ = master.start_kill();
+                return Err(cleanup(format!("{shown}: cannot run ssh: {e}")));
+            }
+            Err(_) => {
+                let _ = master.start_kill();
+                return Err(cleanup(format!(
+                    "{shown}: `docker version` did not answer within {}s",
+                    timeout.as_secs()
+                )));
+            }
+        }
+
+        let listener = match UnixListener::bind(&socket) {
+            Ok(listener) => listener,
+            Err(e) => {
+                let _ = master.start_kill();
+                return Err(cleanup(format!(
+                    "{shown}: cannot listen on {}: {e}",
+                    socket.display()
+                )));
+            }
+        };
+        let session_target = target.clone();
+        let session_control = control.clone();
+        let acceptor = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let target = session_target.clone();
+                let control = session_control.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = dial_stdio(&target, &control, stream, timeout).await {
+                        tracing::warn!(host = %target.host, "ssh session: {error}");
+                    }
+                });
+            }
+        });
+        Ok(SshTunnel {
+            dir,
+            socket,
+            master,
+            acceptor,
+        })
+    }
+
+    /// The local socket that speaks the remote Engine API.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+}
+
+impl Drop for SshTunnel {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+        let _ = self.master.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One API connection: `docker system dial-stdio` on the host, its stdin/stdout spliced to
+/// the accepted local stream until either side closes.
+async fn dial_stdio(
+    target: &SshTarget,
+    control: &Path,
+    mut stream: tokio::net::UnixStream,
+    timeout: Duration,
+) -> Result<(), String> {
+    let mut session = target.command(control, false, timeout, &["-T"]);
+    session
+        .args(["docker", "system", "dial-stdio"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = session
+        .spawn()
+        .map_err(|e| format!("cannot run ssh: {e}"))?;
+    let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err("ssh started without pipes".to_string());
+    };
+    let mut remote = tokio::io::join(stdout, stdin);
+    let copied = tokio::io::copy_bidirectional(&mut stream, &mut remote).await;
+    drop(remote);
+    // Closed stdin ends dial-stdio; give it a moment, then make sure it is gone.
+    if tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.start_kill();
+    }
+    copied.map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// A new directory only this user can enter, for the control and API sockets. Short paths
+/// matter: unix socket paths are limited to 108 bytes.
+fn private_dir() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let base = std::env::temp_dir();
+    let pid = std::process::id();
+    for attempt in 0u32..1000 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir = base.join(format!("berth-ssh-{pid}-{:x}", nanos ^ attempt));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("no free temporary name"))
+}
+
+/// The end of a tool's stderr, on one line: the cause is at the end, banners at the start.
+fn last_lines(text: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let tail = &lines[lines.len().saturating_sub(3)..];
+    if tail.is_empty() {
+        "no message".to_string()
+    } else {
+        tail.join(" / ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssh_command_line_carries_port_key_options_and_destination() {
+        let target = SshTarget {
+            user: Some("deploy".into()),
+            host: "web1".into(),
+            port: Some(2222),
+            identity_file: Some("/keys/id".into()),
+            options: vec!["-o".into(), "StrictHostKeyChecking=accept-new".into()],
+        };
+        let command = target.command(Path::new("/tmp/x/c"), true, Duration::from_secs(7), &["-N"]);
+        let args: Vec<String> = command
+            .as_std()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let joined = args.join(" ");
+        assert!(joined.contains("ControlPath=/tmp/x/c"), "{joined}");
+        assert!(joined.contains("ControlMaster=yes"), "{joined}");
+        assert!(joined.contains("BatchMode=yes"), "{joined}");
+        assert!(joined.contains("ConnectTimeout=7"), "{joined}");
+        assert!(joined.contains("-p 2222"), "{joined}");
+        assert!(joined.contains("-i /keys/id"), "{joined}");
+        assert!(
+            joined.ends_with("-o StrictHostKeyChecking=accept-new -N -- deploy@web1"),
+            "{joined}"
+        );
+    }
+
+    #[test]
+    fn last_lines_keeps_the_cause() {
+        assert_eq!(
+            last_lines("banner\n\nssh: connect to host x port 22: Connection refused\n"),
+            "banner / ssh: connect to host x port 22: Connection refused"
+        );
+        assert_eq!(last_lines(""), "no message");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_host_fails_with_ssh_s_words_and_leaves_nothing() {
+        // Port 1 on loopback: refused at once, no traffic leaves the machine.
+        let target = SshTarget {
+            user: Some("nobody".into()),
+            host: "127.0.0.1".into(),
+            port: Some(1),
+            identity_file: None,
+            options: vec![],
+        };
+        if std::process::Command::new(ssh_program())
+            .arg("-V")
+            .output()
+            .is_err()
+        {
+            // Without an ssh client the error must still be a sentence, not a panic.
+            let error = SshTunnel::open(&target, Duration::from_secs(3))
+                .await
+                .expect_err("no ssh");
+            assert!(error.contains("OpenSSH"), "{error}");
+            return;
+        }
+        let error = SshTunnel::open(&target, Duration::from_secs(3))
+            .await
+            .expect_err("nothing listens on port 1");
+        assert!(error.contains("ssh://nobody@127.0.0.1:1"), "{error}");
+        assert!(
+            error.contains("refused") || error.contains("ssh failed"),
+            "{error}"
+        );
+    }
+}
