@@ -29,7 +29,10 @@ die() { printf '\nERROR: %s\n' "$*" >&2; exit 1; }
 # --- 1. packages -------------------------------------------------------------------------------
 # runc before podman/buildah: they depend on "crun | runc", and crun does not work here
 # (ENVIRONMENT.md); with runc already installed apt never picks crun.
-PACKAGES=(docker.io skopeo docker-registry busybox-static umoci openssl runc podman buildah)
+# openssh-server: the deployer's ssh:// test runs its own sshd on loopback (never the system
+# service: policy-rc.d below keeps apt from starting it).
+PACKAGES=(docker.io skopeo docker-registry busybox-static umoci openssl runc podman buildah
+          openssh-client openssh-server iproute2 iptables)
 missing=()
 for p in "${PACKAGES[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
@@ -43,13 +46,23 @@ else
     [ "$(id -u)" -eq 0 ] || die "need root to install ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update
+    # Packages with services (docker.io, openssh-server) must not start them: the tests start
+    # their own daemons on private sockets and loopback ports.
+    no_services=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        no_services=1
+    fi
     apt-get -o DPkg::Lock::Timeout=600 install -y runc
     apt-get -o DPkg::Lock::Timeout=600 install -y "${PACKAGES[@]}"
+    [ -z "$no_services" ] || rm -f /usr/sbin/policy-rc.d
 fi
 if command -v crun >/dev/null; then
     echo "warning: crun is installed; podman may pick it and fail (tests pass --runtime runc)"
 fi
-for tool in dockerd docker skopeo docker-registry busybox umoci openssl gzip tar runc podman; do
+for tool in dockerd docker skopeo docker-registry busybox umoci openssl gzip tar runc podman \
+            ssh sshd ssh-keygen ip iptables nsenter; do
     command -v "$tool" >/dev/null || die "$tool not found on PATH after installing packages"
 done
 command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain first"

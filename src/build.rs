@@ -64,40 +64,23 @@ pub struct BuildArgs {
 }
 
 pub fn build(args: BuildArgs) -> Result<()> {
-    if !args.context.is_dir() {
-        bail!(
-            "the build context {} is not a directory: give the folder with your sources, e.g. `berth build --dry-run .`",
-            args.context.display()
-        );
-    }
-    let (dockerfile_name, text) = read_dockerfile(&args)?;
-    let ignore = read_dockerignore(&args, &dockerfile_name)?;
-
-    if let Some(platform) = &args.platform {
-        if platform.contains(',') {
-            bail!("--platform {platform}: one platform at a time for now (multi-platform builds are not implemented yet)");
-        }
-    }
-    let options = PlanOptions {
-        build_args: build_args(&args.build_args)?,
-        target: args.target.clone(),
-        target_platform: args.platform.clone(),
-        build_platform: None,
-        base_images: BTreeMap::new(),
-    };
-    let plan = berth_builder::plan(&text, &options)
-        .map_err(|e| anyhow::anyhow!("{}", e.in_file(&dockerfile_name)))?;
-
+    let (dockerfile_name, text, ignore, options, plan) = prepare(&args)?;
     if !args.dry_run {
         // Everything above is checked first, so a broken Dockerfile gets
         // its real error before anything is pulled or run.
-        return execute(
+        let built = execute(
             &args,
             dockerfile_name,
             text,
             ignore.map(|(_, r)| r),
             options,
-        );
+        )?;
+        if args.client.json {
+            println!("{}", built.json);
+        } else {
+            println!("{}", built.digest);
+        }
+        return Ok(());
     }
     if args.client.json {
         let mut value = serde_json::to_value(&plan)?;
@@ -126,13 +109,105 @@ pub fn build(args: BuildArgs) -> Result<()> {
     Ok(())
 }
 
+/// The checked inputs of a build: the Dockerfile's name and text, its .dockerignore, the
+/// plan options and the plan.
+type Prepared = (
+    String,
+    String,
+    Option<(PathBuf, DockerIgnore)>,
+    PlanOptions,
+    berth_builder::Plan,
+);
+
+fn prepare(args: &BuildArgs) -> Result<Prepared> {
+    if !args.context.is_dir() {
+        bail!(
+            "the build context {} is not a directory: give the folder with your sources, e.g. `berth build --dry-run .`",
+            args.context.display()
+        );
+    }
+    let (dockerfile_name, text) = read_dockerfile(args)?;
+    let ignore = read_dockerignore(args, &dockerfile_name)?;
+
+    if let Some(platform) = &args.platform {
+        if platform.contains(',') {
+            bail!("--platform {platform}: one platform at a time for now (multi-platform builds are not implemented yet)");
+        }
+    }
+    let options = PlanOptions {
+        build_args: build_args(&args.build_args)?,
+        target: args.target.clone(),
+        target_platform: args.platform.clone(),
+        build_platform: None,
+        base_images: BTreeMap::new(),
+    };
+    let plan = berth_builder::plan(&text, &options)
+        .map_err(|e| anyhow::anyhow!("{}", e.in_file(&dockerfile_name)))?;
+    Ok((dockerfile_name, text, ignore, options, plan))
+}
+
+/// One build of `berth ship`: a service's build context, pushed to the image it names.
+pub(crate) struct ServiceBuild {
+    pub context: PathBuf,
+    /// The Dockerfile, relative to the context [default: CONTEXT/Dockerfile].
+    pub dockerfile: Option<String>,
+    pub args: BTreeMap<String, String>,
+    pub target: Option<String>,
+    /// Where the image goes (REGISTRY/NAME:TAG).
+    pub reference: String,
+    pub no_cache: bool,
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Builds a service's image and pushes it; returns the pushed manifest digest.
+pub(crate) fn build_and_push(build: &ServiceBuild, client: ClientArgs) -> Result<String> {
+    let args = BuildArgs {
+        file: build
+            .dockerfile
+            .as_ref()
+            .map(|file| build.context.join(file).display().to_string()),
+        context: build.context.clone(),
+        build_args: build
+            .args
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect(),
+        target: build.target.clone(),
+        platform: None,
+        dry_run: false,
+        tags: vec![build.reference.clone()],
+        push: true,
+        output: Vec::new(),
+        no_cache: build.no_cache,
+        cache_from: Vec::new(),
+        cache_to: None,
+        cache_dir: build.cache_dir.clone(),
+        client,
+    };
+    let (dockerfile_name, text, ignore, options, _) = prepare(&args)?;
+    let built = execute(
+        &args,
+        dockerfile_name,
+        text,
+        ignore.map(|(_, r)| r),
+        options,
+    )?;
+    Ok(built.digest)
+}
+
+/// What a build made: the manifest digest, and the JSON `--json` prints.
+struct Built {
+    digest: String,
+    json: serde_json::Value,
+}
+
 fn execute(
     args: &BuildArgs,
     dockerfile_name: String,
     text: String,
     ignore: Option<DockerIgnore>,
     plan_options: PlanOptions,
-) -> Result<()> {
+) -> Result<Built> {
     if args.push && args.tags.is_empty() {
         bail!("--push needs a name to push to: add -t REGISTRY/NAME[:TAG]");
     }
@@ -210,22 +285,17 @@ fn execute(
         session.progress.line(&format!("wrote {dst}"));
         written.push(json!({"destination": dst.to_string(), "digest": report.digest.to_string()}));
     }
-    if session.json {
-        println!(
-            "{}",
-            json!({
-                "digest": built.manifest.digest.to_string(),
-                "config": built.config.digest.to_string(),
-                "steps": built.steps,
-                "cached": built.cached,
-                "isolation": built.isolation,
-                "outputs": written,
-            })
-        );
-    } else {
-        println!("{}", built.manifest.digest);
-    }
-    Ok(())
+    Ok(Built {
+        digest: built.manifest.digest.to_string(),
+        json: json!({
+            "digest": built.manifest.digest.to_string(),
+            "config": built.config.digest.to_string(),
+            "steps": built.steps,
+            "cached": built.cached,
+            "isolation": built.isolation,
+            "outputs": written,
+        }),
+    })
 }
 
 /// The Dockerfile's display name and text.

@@ -1,6 +1,7 @@
 //! `berth deploy` and `berth rollback`: argument handling and output only; the work is in
 //! `berth-deploy`.
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -15,10 +16,10 @@ use clap::Args;
 #[derive(Args, Debug)]
 pub struct DeployArgs {
     #[command(flatten)]
-    common: CommonArgs,
+    pub(crate) common: CommonArgs,
     /// Print the plan, change nothing
     #[arg(long)]
-    check: bool,
+    pub(crate) check: bool,
     /// Deploy the tags as written instead of resolving them to registry digests first
     /// (then hosts may run different images if a tag moves during the deploy)
     #[arg(long)]
@@ -29,10 +30,10 @@ pub struct DeployArgs {
     /// Registry (HOST[:PORT]) to reach over plain HTTP or unverified HTTPS when resolving
     /// digests; repeatable. Loopback registries need no flag.
     #[arg(long = "insecure", value_name = "REGISTRY", value_delimiter = ',')]
-    insecure: Vec<String>,
+    pub(crate) insecure: Vec<String>,
     /// Extra CA certificate (PEM) to trust when resolving digests
     #[arg(long, value_name = "FILE")]
-    ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     /// USER:PASSWORD for the registry instead of the stored login (also sent to the hosts
     /// for their pulls)
     #[arg(
@@ -41,7 +42,7 @@ pub struct DeployArgs {
         env = "BERTH_CREDS",
         hide_env_values = true
     )]
-    creds: Option<String>,
+    pub(crate) creds: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -51,9 +52,9 @@ pub struct RollbackArgs {
 }
 
 #[derive(Args, Debug)]
-struct CommonArgs {
+pub(crate) struct CommonArgs {
     /// The app file (services, networks, variables)
-    app: PathBuf,
+    pub(crate) app: PathBuf,
     /// Inventory: a directory with hosts.yml, group_vars/ and host_vars/, or a hosts file
     #[arg(long, short = 'i')]
     inventory: PathBuf,
@@ -73,6 +74,18 @@ struct CommonArgs {
 
 pub fn deploy(args: DeployArgs) -> Result<()> {
     let (source, desired) = load(&args.common)?;
+    deploy_loaded(&args, &source, desired, BTreeMap::new(), None)
+}
+
+/// Deploys hosts already loaded; `known_digests` are images whose digest is already known
+/// (`berth ship` pushed them), `extra` is added to the `--json` report (ship's builds).
+pub(crate) fn deploy_loaded(
+    args: &DeployArgs,
+    source: &AppSource,
+    desired: Vec<berth_deploy::DesiredHost>,
+    known_digests: BTreeMap<String, String>,
+    extra: Option<(&str, serde_json::Value)>,
+) -> Result<()> {
     let registry =
         crate::images::client_config(&args.insecure, args.ca_file.as_ref(), args.creds.as_deref())?;
     let mut options = options(&args.common);
@@ -80,12 +93,13 @@ pub fn deploy(args: DeployArgs) -> Result<()> {
     options.pin = !args.no_pin;
     options.apply.health_timeout = args.health_timeout;
     options.registry = registry;
+    options.known_digests = known_digests;
     let printer = Printer::new(args.common.json);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let report = runtime.block_on(run::deploy(&source.name, desired, &options, &|event| {
         printer.event(event)
     }));
-    finish(&printer, &report, "deploy")
+    finish(&printer, &report, "deploy", extra)
 }
 
 pub fn rollback(args: RollbackArgs) -> Result<()> {
@@ -104,10 +118,10 @@ pub fn rollback(args: RollbackArgs) -> Result<()> {
             ));
         }
     }
-    finish(&printer, &report, "rollback")
+    finish(&printer, &report, "rollback", None)
 }
 
-fn load(common: &CommonArgs) -> Result<(AppSource, Vec<berth_deploy::DesiredHost>)> {
+pub(crate) fn load(common: &CommonArgs) -> Result<(AppSource, Vec<berth_deploy::DesiredHost>)> {
     let source = AppSource::load(&common.app)?;
     let inventory = Inventory::load(&common.inventory)?;
     let desired = desired_state(&source, &inventory, common.limit.as_deref())?;
@@ -133,9 +147,18 @@ fn options(common: &CommonArgs) -> RunOptions {
     }
 }
 
-fn finish(printer: &Printer, report: &RunReport, what: &str) -> Result<()> {
+fn finish(
+    printer: &Printer,
+    report: &RunReport,
+    what: &str,
+    extra: Option<(&str, serde_json::Value)>,
+) -> Result<()> {
     if printer.json {
-        let text = serde_json::to_string_pretty(report).context("cannot format the report")?;
+        let mut value = serde_json::to_value(report).context("cannot format the report")?;
+        if let (Some((key, extra)), Some(object)) = (extra, value.as_object_mut()) {
+            object.insert(key.to_string(), extra);
+        }
+        let text = serde_json::to_string_pretty(&value).context("cannot format the report")?;
         println!("{text}");
     } else {
         printer.line(&report.recap());

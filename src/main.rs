@@ -17,6 +17,7 @@ mod deploy;
 mod images;
 mod progress;
 mod serve_loop;
+mod ship;
 mod tls;
 
 #[derive(Parser)]
@@ -63,6 +64,9 @@ enum Command {
     Deploy(deploy::DeployArgs),
     /// Return every host of an inventory to the app's previous release.
     Rollback(deploy::RollbackArgs),
+    /// Build every service with a build context, push it, and deploy the pushed digests
+    /// (for CI: no TTY needed, non-zero exit on any failure, --json report).
+    Ship(ship::ShipArgs),
 }
 
 /// How to reach S3 when the storage is `s3://BUCKET/PREFIX` (serve and gc share them).
@@ -183,6 +187,7 @@ fn main() -> ExitCode {
         Command::Build(args) => build::build(args),
         Command::Deploy(args) => deploy::deploy(args),
         Command::Rollback(args) => deploy::rollback(args),
+        Command::Ship(args) => ship::ship(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

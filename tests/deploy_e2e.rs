@@ -1144,3 +1144,145 @@ fn assert_no_ssh_master_left(port: u16) {
         .collect();
     assert!(mine.is_empty(), "ssh masters left running: {mine:?}");
 }
+
+/// `berth ship` on the origin example: the `web` service's build context (examples/origin/app,
+/// FROM the registry's busybox) is built under runc, pushed, and exactly that digest is
+/// deployed with its healthcheck; a second ship changes nothing; a broken Dockerfile fails
+/// the ship before anything is deployed.
+#[test]
+fn ship_builds_pushes_and_deploys_the_origin_example() {
+    if !require_tool("docker") || !require_tool("runc") {
+        return;
+    }
+    let server = Server::start();
+    let cli = BerthCli::new();
+    let registry = server.host();
+    // The example's app name, made unique so parallel runs and leftovers cannot collide.
+    let app = unique("bship").replace('-', "_");
+    let image = format!("{registry}/app_example_image");
+    let _cleanup = Cleanup {
+        app: app.clone(),
+        images: vec![image.clone(), format!("{registry}/busybox")],
+    };
+    let rootfs = cli.path("rootfs.tar");
+    write_busybox_rootfs(&rootfs, false);
+    import_image(&cli, &rootfs, &format!("{registry}/busybox:stable"), "base");
+
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/origin");
+    let copy = cli.path("origin");
+    copy_dir(&examples, &copy);
+    let app_text = fs::read_to_string(copy.join("app.yml"))
+        .expect("read app.yml")
+        .replacen("name: app_example", &format!("name: {app}"), 1)
+        // Network names are global on a host: give this run its own.
+        .replace("name: test_nw2", &format!("name: {app}_nw2"))
+        .replace("name: test_nw\n", &format!("name: {app}_nw\n"));
+    fs::write(copy.join("app.yml"), app_text).expect("write app.yml");
+    let web_port = free_port();
+    let nodes_port = free_port();
+    fs::write(
+        copy.join("testing/group_vars/all.yml"),
+        format!(
+            "app_env: testing\nregistry: \"{registry}\"\ndocker_host: \"{}\"\n\
+             web_port: {web_port}\nnodes_port: {nodes_port}\n\
+             front_prefix: \"172.31.247\"\nback_prefix: \"172.31.248\"\n",
+            docker_host()
+        ),
+    )
+    .expect("write vars");
+    let ship = |extra: &[&str]| {
+        let mut c = cli.cmd(["ship"]);
+        c.arg(copy.join("app.yml"))
+            .arg("-i")
+            .arg(copy.join("testing"))
+            .args(["--limit", "web-back1.testing", "--health-timeout", "60s"])
+            .args(extra);
+        run(c, TIMEOUT)
+    };
+
+    let out = ship(&["--json"]);
+    assert!(out.status.success(), "{}", out.describe());
+    let report = parse_json(&out.stdout, "ship --json");
+    let builds = report["builds"].as_array().expect("builds");
+    assert_eq!(builds.len(), 1, "{report}");
+    assert_eq!(builds[0]["image"], format!("{image}:v3"));
+    let digest = builds[0]["digest"].as_str().expect("digest").to_string();
+    assert!(digest.starts_with("sha256:"), "{digest}");
+    assert!(
+        out.stderr.contains("ship: [1/1] building"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(report["hosts"][0]["failed"], 0, "{report}");
+    // Both services run the pushed digest (nodes shares web's image), healthy.
+    for service in ["web", "nodes"] {
+        let container = inspect(&format!("{app}_{service}_1"));
+        let running = container["Config"]["Image"].as_str().unwrap_or_default();
+        assert_eq!(running, format!("{image}:v3@{digest}"));
+        assert_eq!(container["State"]["Running"], true);
+    }
+    let web = inspect(&format!("{app}_web_1"));
+    assert_eq!(web["State"]["Health"]["Status"], "healthy", "{web}");
+    assert_eq!(address(&web, &format!("{app}_nw")), "172.31.247.10");
+    let page = http_get(web_port);
+    assert!(
+        page.contains("Hello from the origin example"),
+        "web answered: {page}"
+    );
+    // The registry holds what was deployed.
+    let manifest = run_ok(
+        cli.cmd(["inspect", &format!("{image}:v3"), "--raw"]),
+        TIMEOUT,
+    );
+    assert_eq!(
+        digest_of(manifest.trim_end().as_bytes()),
+        digest,
+        "{manifest}"
+    );
+
+    // Shipping again: the build is cached (same digest), nothing changes on the host.
+    let out = ship(&[]);
+    assert!(out.status.success(), "{}", out.describe());
+    assert!(
+        out.stderr.contains(&format!("pushed {image}:v3@{digest}")),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stdout.contains("web-back1.testing : ok=4 changed=0"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(inspect(&format!("{app}_web_1"))["Id"], web["Id"]);
+
+    // A broken Dockerfile: the ship fails with the builder's words; the host keeps running.
+    fs::write(
+        copy.join("app/Dockerfile"),
+        "ARG BASE\nFROM ${BASE}\nRUN [\"/bin/sh\", \"-c\", \"exit 7\"]\n",
+    )
+    .expect("break Dockerfile");
+    let out = ship(&[]);
+    assert!(!out.status.success(), "{}", out.describe());
+    assert!(
+        out.stderr.contains("nothing was deployed"),
+        "{}",
+        out.describe()
+    );
+    assert!(out.stderr.contains("exit"), "{}", out.describe());
+    let after = inspect(&format!("{app}_web_1"));
+    assert_eq!(after["Id"], web["Id"]);
+    assert_eq!(after["State"]["Running"], true);
+}
+
+/// GET / on 127.0.0.1:PORT, the body as text (empty when nothing answers).
+fn http_get(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = stream.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    let mut body = String::new();
+    let _ = stream.read_to_string(&mut body);
+    body
+}

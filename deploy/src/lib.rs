@@ -22,6 +22,7 @@ pub mod inventory;
 pub mod limit;
 pub mod plan;
 pub mod run;
+pub mod ship;
 pub mod ssh;
 pub mod template;
 mod units;

@@ -29,6 +29,10 @@ pub struct RunOptions {
     pub pin: bool,
     /// How to reach registries for pinning (and whose credentials pulls use).
     pub registry: ClientConfig,
+    /// Digests already known for some image references (`berth ship` just pushed them):
+    /// used as they are instead of asking the registry, so a tag moved by someone else in
+    /// the meantime cannot swap the image.
+    pub known_digests: BTreeMap<String, String>,
 }
 
 impl Default for RunOptions {
@@ -40,6 +44,7 @@ impl Default for RunOptions {
             apply: ApplyOptions::default(),
             pin: true,
             registry: ClientConfig::default(),
+            known_digests: BTreeMap::new(),
         }
     }
 }
@@ -299,11 +304,21 @@ pub async fn deploy(
         .iter()
         .flat_map(|host| host.containers.iter().map(|c| c.spec.image.clone()))
         .collect();
-    let mut pins = BTreeMap::new();
+    let mut pins: BTreeMap<String, String> = options
+        .known_digests
+        .iter()
+        .filter(|(image, _)| written.contains(*image))
+        .map(|(image, digest)| (image.clone(), digest.clone()))
+        .collect();
     let mut unresolved = BTreeMap::new();
     if options.pin {
         let client = Client::new(options.registry.clone());
-        for (image, result) in resolve_digests(&client, &written).await {
+        let unknown: BTreeSet<String> = written
+            .iter()
+            .filter(|image| !pins.contains_key(*image))
+            .cloned()
+            .collect();
+        for (image, result) in resolve_digests(&client, &unknown).await {
             match result {
                 Ok(digest) => {
                     pins.insert(image, digest);
