@@ -922,7 +922,8 @@ struct Sshd {
 }
 
 impl Sshd {
-    fn start() -> Sshd {
+    /// `forwarding: false` sets `AllowStreamLocalForwarding no`, as hardened servers do.
+    fn start(forwarding: bool) -> Sshd {
         let dir = tempfile::Builder::new()
             .prefix("bdssh")
             .tempdir()
@@ -952,11 +953,12 @@ impl Sshd {
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile {}\n\
                  AuthorizedKeysFile {}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
                  PermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\n\
-                 SetEnv DOCKER_HOST={}\n",
+                 SetEnv DOCKER_HOST={}\nAllowStreamLocalForwarding {}\n",
                 path("host_key"),
                 path("sshd.pid"),
                 path("authorized_keys"),
-                docker_host()
+                docker_host(),
+                if forwarding { "yes" } else { "no" }
             ),
         )
         .expect("sshd_config");
@@ -1010,9 +1012,10 @@ impl Drop for Sshd {
     }
 }
 
-/// `ssh://` endpoints: the Engine API over one SSH connection (OpenSSH master + `docker
-/// system dial-stdio`), to a real sshd. Deploy, unchanged re-run, and a key the host does
-/// not accept (the host is named unreachable with ssh's own reason).
+/// `ssh://` endpoints: the Engine API over one SSH connection (an OpenSSH master that
+/// forwards the daemon's socket, or `docker system dial-stdio` sessions where the server
+/// forbids forwarding), to a real sshd. Deploy, unchanged re-run, the dial-stdio fallback,
+/// and a key the host does not accept (the host is named unreachable with ssh's reason).
 #[test]
 fn ssh_endpoint_through_a_real_sshd() {
     if !require_tool("docker")
@@ -1022,7 +1025,7 @@ fn ssh_endpoint_through_a_real_sshd() {
     {
         return;
     }
-    let sshd = Sshd::start();
+    let sshd = Sshd::start(true);
     let server = Server::start();
     let cli = BerthCli::new();
     let app = unique("bssh").replace('-', "_");
@@ -1097,6 +1100,41 @@ services:
     assert!(out.contains("remote : ok=1 changed=0"), "{out}");
     assert_eq!(inspect(&container)["Id"], created["Id"]);
     assert_no_ssh_master_left(sshd.port);
+
+    // A server that forbids socket forwarding: the same re-run through dial-stdio sessions.
+    let hardened = Sshd::start(false);
+    fs::write(
+        inventory.join("hosts.yml"),
+        format!(
+            "all:\n  hosts:\n    remote: {}\n",
+            hardened.host_vars("client_key")
+        ),
+    )
+    .expect("write hosts.yml");
+    let started = std::time::Instant::now();
+    let out = deploy(&cli, &app_path, &inventory, &[]);
+    eprintln!(
+        "unchanged re-run over ssh with dial-stdio: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        out.status.success(),
+        "{}\nsshd log:\n{}",
+        out.describe(),
+        hardened.log()
+    );
+    assert!(
+        out.stdout.contains("remote : ok=1 changed=0"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        hardened.log().contains("refused streamlocal port forward"),
+        "the hardened server was not asked to forward:\n{}",
+        hardened.log()
+    );
+    assert_no_ssh_master_left(hardened.port);
+    drop(hardened);
 
     // A key the host does not know: unreachable, with ssh's reason, and nothing left
     // running (no ssh master, no socket folder of this run).

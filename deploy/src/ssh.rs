@@ -110,7 +110,9 @@ pub struct SshTunnel {
     dir: PathBuf,
     socket: PathBuf,
     master: Child,
-    acceptor: JoinHandle<()>,
+    /// Serves the local socket with dial-stdio sessions; `None` when the master forwards
+    /// the daemon's socket itself.
+    acceptor: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for SshTunnel {
@@ -177,14 +179,15 @@ impl SshTunnel {
         }
 
         // One round trip that proves Docker is there and answers, with its own words if not
-        // (`docker: command not found`, `permission denied ... docker.sock`).
+        // (`docker: command not found`, `permission denied ... docker.sock`), and says where
+        // the daemon's socket is.
         let mut probe = target.command(&control, false, timeout, &["-T"]);
-        probe
-            .args(["docker", "version", "--format", "{{.Server.APIVersion}}"])
-            .stdin(Stdio::null());
+        probe.arg(PROBE).stdin(Stdio::null());
         let probed = tokio::time::timeout(timeout, probe.output()).await;
-        match probed {
-            Ok(Ok(output)) if output.status.success() => {}
+        let remote_socket = match probed {
+            Ok(Ok(output)) if output.status.success() => {
+                remote_unix_socket(&String::from_utf8_lossy(&output.stdout))
+            }
             Ok(Ok(output)) => {
                 let _ = master.start_kill();
                 return Err(cleanup(format!(
@@ -203,6 +206,23 @@ impl SshTunnel {
                     timeout.as_secs()
                 )));
             }
+        };
+
+        // Fast path: the daemon's unix socket forwarded over the master, so a new API
+        // connection is a new SSH channel (milliseconds) instead of a new `docker` process on
+        // the host (~0.2 s each, and bollard opens several). Servers that forbid socket
+        // forwarding get the dial-stdio path below, which needs nothing but `docker`.
+        if let Some(remote) = &remote_socket {
+            if forward_socket(target, &control, &socket, remote, timeout).await {
+                return Ok(SshTunnel {
+                    dir,
+                    socket,
+                    master,
+                    acceptor: None,
+                });
+            }
+            tracing::debug!(host = %target.host, "socket forwarding refused; using dial-stdio");
+            let _ = std::fs::remove_file(&socket);
         }
 
         let listener = match UnixListener::bind(&socket) {
@@ -217,17 +237,17 @@ impl SshTunnel {
         };
         let session_target = target.clone();
         let session_control = control.clone();
-        let acceptor = tokio::spawn(async move {
+        let acceptor = Some(tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let target = session_target.clone();
                 let control = session_control.clone();
                 tokio::spawn(async move {
                     if let Err(error) = dial_stdio(&target, &control, stream, timeout).await {
-                        tracing::warn!(host = %target.host, "ssh session: {error}");
+                        tracing::debug!(host = %target.host, "ssh session: {error}");
                     }
                 });
             }
-        });
+        }));
         Ok(SshTunnel {
             dir,
             socket,
@@ -244,10 +264,55 @@ impl SshTunnel {
 
 impl Drop for SshTunnel {
     fn drop(&mut self) {
-        self.acceptor.abort();
+        if let Some(acceptor) = &self.acceptor {
+            acceptor.abort();
+        }
         let _ = self.master.start_kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Run by the user's shell on the host: the API version (proof that Docker answers), then
+/// where the CLI would connect (`DOCKER_HOST`, or the default socket).
+const PROBE: &str = "docker version --format '{{.Server.APIVersion}}' && \
+     echo \"berth-docker-host=${DOCKER_HOST:-unix:///var/run/docker.sock}\"";
+
+/// The daemon's unix socket path from the probe's output; `None` for tcp/ssh daemons.
+fn remote_unix_socket(probe_output: &str) -> Option<String> {
+    probe_output
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("berth-docker-host=unix://"))
+        .filter(|path| path.starts_with('/'))
+        .map(str::to_string)
+}
+
+/// Asks the master to forward `local` to the host's `remote` socket, then proves it with a
+/// `/_ping`; false when the server refuses (sshd's `AllowStreamLocalForwarding no`).
+async fn forward_socket(
+    target: &SshTarget,
+    control: &Path,
+    local: &Path,
+    remote: &str,
+    timeout: Duration,
+) -> bool {
+    use tokio::io::AsyncWriteExt;
+    let spec = format!("{}:{remote}", local.display());
+    let mut forward = target.command(control, false, timeout, &["-O", "forward", "-L", &spec]);
+    forward.stdout(Stdio::null()).stderr(Stdio::null());
+    if !matches!(forward.status().await, Ok(status) if status.success()) {
+        return false;
+    }
+    let ping = async {
+        let mut stream = tokio::net::UnixStream::connect(local).await.ok()?;
+        stream
+            .write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            .await
+            .ok()?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.ok()?;
+        Some(answer.starts_with(b"HTTP/1.") && answer.ends_with(b"OK"))
+    };
+    matches!(tokio::time::timeout(timeout, ping).await, Ok(Some(true)))
 }
 
 /// One API connection: `docker system dial-stdio` on the host, its stdin/stdout spliced to
@@ -349,6 +414,19 @@ mod tests {
             joined.ends_with("-o StrictHostKeyChecking=accept-new -N -- deploy@web1"),
             "{joined}"
         );
+    }
+
+    #[test]
+    fn the_probe_finds_a_unix_socket_only() {
+        assert_eq!(
+            remote_unix_socket("1.41\nberth-docker-host=unix:///run/user/1000/docker.sock\n"),
+            Some("/run/user/1000/docker.sock".to_string())
+        );
+        assert_eq!(
+            remote_unix_socket("1.41\nberth-docker-host=tcp://10.0.0.2:2375\n"),
+            None
+        );
+        assert_eq!(remote_unix_socket("1.41\n"), None);
     }
 
     #[test]
