@@ -1324,3 +1324,102 @@ fn http_get(port: u16) -> String {
     let _ = stream.read_to_string(&mut body);
     body
 }
+
+/// Per-host failures say what failed: a published port another process holds, a tag the
+/// registry does not have (pinned: found before any host is touched; `--no-pin`: the
+/// host's own pull fails). Nothing half-made is left behind.
+#[test]
+fn taken_ports_and_missing_images_are_named() {
+    if !require_tool("docker") {
+        return;
+    }
+    let server = Server::start();
+    let cli = BerthCli::new();
+    let app = unique("bfail").replace('-', "_");
+    let repository = format!("deploy-e2e/{}", app.replace('_', "-"));
+    let registry = server.host();
+    let _cleanup = Cleanup {
+        app: app.clone(),
+        images: vec![format!("{registry}/{repository}")],
+    };
+    let rootfs = cli.path("rootfs.tar");
+    write_busybox_rootfs(&rootfs, false);
+    import_image(&cli, &rootfs, &format!("{registry}/{repository}:v1"), "1");
+    let inventory = cli.path("inventory");
+    fs::create_dir_all(&inventory).expect("mkdir inventory");
+    fs::write(
+        inventory.join("hosts.yml"),
+        format!(
+            "all:\n  hosts:\n    solo:\n      docker_host: \"{}\"\n",
+            docker_host()
+        ),
+    )
+    .expect("write hosts.yml");
+    // A port this test holds open, as another program on the host would.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = holder.local_addr().expect("addr").port();
+    let app_path = cli.path("app.yml");
+    let write_app = |tag: &str, port: u16| {
+        fs::write(
+            &app_path,
+            format!(
+                r#"name: {app}
+networks:
+  net: {{ subnet: 172.31.249.0/24 }}
+services:
+  web:
+    image: "{registry}/{repository}:{tag}"
+    command: [/bin/sh, -c, "trap 'exit 0' TERM; /bin/busybox httpd -f -p 8000 -h /etc & wait"]
+    ports: ["127.0.0.1:{port}:8000"]
+    networks: [net]
+"#
+            ),
+        )
+        .expect("write app");
+    };
+    let web = format!("{app}_web_1");
+
+    write_app("v1", taken);
+    let out = deploy(&cli, &app_path, &inventory, &[]);
+    assert!(!out.status.success(), "{}", out.describe());
+    assert!(out.stdout.contains("failed=1"), "{}", out.describe());
+    assert!(
+        out.stdout.contains(&format!("127.0.0.1:{taken}")),
+        "the taken port is not named:\n{}",
+        out.describe()
+    );
+    assert!(
+        out.stdout.contains("address already in use")
+            || out.stdout.contains("port is already allocated"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        container_id(&web).is_none(),
+        "a container that could not start was left behind"
+    );
+    drop(holder);
+
+    // A tag the registry does not have: named, before anything on the host changes.
+    write_app("v9", free_port());
+    let out = deploy(&cli, &app_path, &inventory, &[]);
+    assert!(!out.status.success(), "{}", out.describe());
+    assert!(
+        out.stdout
+            .contains(&format!("cannot resolve image {registry}/{repository}:v9")),
+        "{}",
+        out.describe()
+    );
+    assert!(out.stdout.contains("solo"), "{}", out.describe());
+    assert!(container_id(&web).is_none());
+
+    // Unpinned, the host's own pull fails, and says so.
+    let out = deploy(&cli, &app_path, &inventory, &["--no-pin"]);
+    assert!(!out.status.success(), "{}", out.describe());
+    assert!(
+        out.stdout.contains("FAILED: [solo] pull image"),
+        "{}",
+        out.describe()
+    );
+    assert!(container_id(&web).is_none());
+}
