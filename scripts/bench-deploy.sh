@@ -1,0 +1,302 @@
+#!/usr/bin/env bash
+# Benchmark the deployer: `berth deploy` of examples/origin/app.yml against the equivalent
+# Ansible playbook (community.docker, scripts/bench-deploy/app.yml) on the same three Docker
+# hosts, in the same run, alternating which tool goes first. Times a first deploy (fresh
+# hosts: no containers, networks or images) and an unchanged re-run for each tool, checks
+# after every first deploy that all containers run with the right settings and web is
+# healthy, and after every re-run that nothing changed. Prints median and min-max per tool
+# and phase, and the ratios ansible/berth (above 1 means berth is faster).
+#
+#   sudo scripts/bench-deploy.sh
+#
+# Environment knobs (all optional):
+#   BENCH_RUNS=3            rounds (each: both tools, first deploy + unchanged re-run)
+#   BENCH_RESULTS=FILE      also write the summary there
+#   BENCH_KEEP=1            keep the temporary folder (logs of every deploy)
+#
+# Needs root (network namespaces, dockerd). Installs from Debian what is missing (ansible
+# with community.docker, python3-docker, docker.io, busybox-static, runc, iproute2,
+# iptables). Uses ${CARGO_TARGET_DIR:-target}/release/berth, building it only if missing.
+# The hosts are network namespaces with their own dockerd (scripts/docker-hosts.sh); the
+# registry (`berth serve`) listens on their bridge's host address. Traffic goes only to
+# addresses inside those namespaces and that bridge. Everything is torn down on exit.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+RUNS=${BENCH_RUNS:-3}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BERTH="$TARGET_DIR/release/berth"
+HOSTS=3
+APP=app_example
+
+log() { echo "== $*" >&2; }
+die() { echo "bench-deploy.sh: $*" >&2; exit 1; }
+
+[[ $EUID -eq 0 ]] || die "needs root (network namespaces and dockerd)"
+[[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNS must be a positive number, not '$RUNS'"
+
+# --- tools ---------------------------------------------------------------------------------
+missing=()
+for pair in ansible-playbook:ansible dockerd:docker.io docker:docker.io busybox:busybox-static \
+    runc:runc ip:iproute2 iptables:iptables curl:curl python3:python3; do
+    command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+done
+python3 -c 'import docker' 2>/dev/null || missing+=(python3-docker)
+if ((${#missing[@]})); then
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -o DPkg::Lock::Timeout=600 update -qq >&2
+    # shellcheck disable=SC2046
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq $(printf '%s\n' "${missing[@]}" | sort -u) >&2
+fi
+ansible-galaxy collection list community.docker 2>/dev/null | grep -q '^community\.docker' ||
+    die "Ansible has no community.docker collection (Debian's ansible package ships it)"
+COLLECTION_VERSION=$(ansible-galaxy collection list community.docker 2>/dev/null |
+    awk '$1=="community.docker"{print $2; exit}')
+
+if [[ ! -x "$BERTH" ]]; then
+    log "building berth (release)"
+    cargo build --release --bin berth >&2
+fi
+
+# --- hosts and registry --------------------------------------------------------------------
+WORK=$(mktemp -d /tmp/berth-bench-deploy.XXXXXX)
+SERVE_PID=
+cleanup() {
+    local status=$?
+    if [[ -n "$SERVE_PID" ]]; then
+        kill "$SERVE_PID" 2>/dev/null || true
+        wait "$SERVE_PID" 2>/dev/null || true
+    fi
+    "$ROOT/scripts/docker-hosts.sh" down "$WORK/hosts" >/dev/null 2>&1 ||
+        echo "bench-deploy.sh: docker-hosts.sh down $WORK/hosts failed" >&2
+    if [[ "${BENCH_KEEP:-0}" == 1 || $status -ne 0 ]]; then
+        echo "logs kept in $WORK" >&2
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log "starting $HOSTS docker hosts"
+"$ROOT/scripts/docker-hosts.sh" up "$WORK/hosts" "$HOSTS" >"$WORK/hosts-up.log" 2>&1 ||
+    { cat "$WORK/hosts-up.log" >&2; die "docker-hosts.sh up failed"; }
+# shellcheck disable=SC1091
+source "$WORK/hosts/hosts.env"
+for i in $(seq 1 "$HOSTS"); do
+    addr_var="H${i}_ADDR"
+    sock_var="H${i}_SOCK"
+    [[ -n "${!addr_var:-}" && -S "${!sock_var:-}" ]] || die "hosts.env lacks host $i"
+    export "H${i}_ADDR"
+done
+
+# The registry listens on the bridge's host side, where every host can reach it.
+PORT=$(python3 -c "import socket; s=socket.socket(); s.bind(('$BRIDGE_ADDR',0)); print(s.getsockname()[1])")
+REGISTRY="$BRIDGE_ADDR:$PORT"
+BERTH_LOG=warn "$BERTH" serve --addr "$REGISTRY" --storage "$WORK/registry" >"$WORK/serve.log" 2>&1 &
+SERVE_PID=$!
+for _ in $(seq 1 100); do
+    curl -fs "http://$REGISTRY/v2/" >/dev/null && break
+    kill -0 "$SERVE_PID" 2>/dev/null || { cat "$WORK/serve.log" >&2; die "berth serve exited"; }
+    sleep 0.1
+done
+curl -fs "http://$REGISTRY/v2/" >/dev/null || die "berth serve did not answer on $REGISTRY"
+export BENCH_REGISTRY=$REGISTRY
+
+# The example's image, built as `berth ship` would: a busybox base pushed first, then
+# examples/origin/app built FROM it and pushed as the app file's image.
+log "building the example image into $REGISTRY"
+export BERTH_STORE="$WORK/store" BERTH_BUILD_CACHE="$WORK/build-cache" DOCKER_CONFIG="$WORK/docker-config"
+export BERTH_INSECURE_REGISTRIES=$REGISTRY
+mkdir -p "$WORK/rootfs/bin" "$DOCKER_CONFIG"
+cp "$(command -v busybox)" "$WORK/rootfs/bin/busybox"
+ln -s busybox "$WORK/rootfs/bin/sh"
+tar -C "$WORK/rootfs" -cf "$WORK/rootfs.tar" bin
+"$BERTH" import --quiet "$WORK/rootfs.tar" "$REGISTRY/busybox:stable" -c 'CMD ["/bin/sh"]' \
+    >"$WORK/import.log" 2>&1 || { cat "$WORK/import.log" >&2; die "berth import failed"; }
+IMAGE="$REGISTRY/$APP""_image:v3"
+"$BERTH" build --quiet -t "$IMAGE" --push --build-arg "BASE=$REGISTRY/busybox:stable" \
+    examples/origin/app >"$WORK/build.log" 2>&1 || { cat "$WORK/build.log" >&2; die "berth build failed"; }
+
+# berth's inventory: the testing environment's variables, the hosts reached over TCP.
+INV="$WORK/inventory"
+mkdir -p "$INV/group_vars"
+{
+    echo "all:"
+    echo "  children:"
+    echo "    back:"
+    echo "      hosts:"
+    for i in $(seq 1 "$HOSTS"); do
+        addr_var="H${i}_ADDR"
+        echo "        web-back$i.testing: { docker_host: \"tcp://${!addr_var}:2375\" }"
+    done
+} >"$INV/hosts.yml"
+printf 'app_env: testing\nregistry: "%s"\n' "$REGISTRY" >"$INV/group_vars/all.yml"
+
+docker_on() { # HOST_INDEX ARGS...
+    local sock_var="H${1}_SOCK"
+    shift
+    docker -H "unix://${!sock_var}" "$@"
+}
+
+# Back to fresh hosts: no app containers (kept or half-made ones included), networks or
+# images. Not timed.
+clean_hosts() {
+    local i ids
+    for i in $(seq 1 "$HOSTS"); do
+        ids=$(docker_on "$i" ps -aq --filter "name=${APP}_")
+        [[ -z "$ids" ]] || docker_on "$i" rm -f $ids >/dev/null
+        for nw in test_nw test_nw2; do
+            docker_on "$i" network rm "$nw" >/dev/null 2>&1 || true
+        done
+        ids=$(docker_on "$i" image ls -aq)
+        [[ -z "$ids" ]] || docker_on "$i" image rm -f $ids >/dev/null
+        [[ -z "$(docker_on "$i" ps -aq)$(docker_on "$i" image ls -aq)" ]] ||
+            die "host $i is not clean"
+        ! docker_on "$i" network inspect test_nw test_nw2 >/dev/null 2>&1 ||
+            die "host $i still has the app's networks"
+    done
+}
+
+# Checks every host holds the app as the example describes it; prints the containers' ids
+# (so a re-run can be checked to have replaced nothing).
+verify() { # TOOL
+    local i out
+    for i in $(seq 1 "$HOSTS"); do
+        docker_on "$i" inspect "${APP}_web_1" "${APP}_nodes_1" >"$WORK/inspect.json" ||
+            die "$1: containers missing on host $i"
+        docker_on "$i" network inspect test_nw test_nw2 >"$WORK/networks.json" ||
+            die "$1: networks missing on host $i"
+        python3 - "$WORK/inspect.json" "$WORK/networks.json" "$REGISTRY" "$1" "$i" <<'PY' ||
+import json, sys
+containers = {c["Name"].lstrip("/"): c for c in json.load(open(sys.argv[1]))}
+networks = {n["Name"]: n for n in json.load(open(sys.argv[2]))}
+registry, tool, host = sys.argv[3], sys.argv[4], sys.argv[5]
+problems = []
+def check(what, got, want):
+    if got != want:
+        problems.append(f"{what}: {got!r}, expected {want!r}")
+def ipam(name):
+    cfg = (networks[name]["IPAM"].get("Config") or [{}])[0]
+    return cfg.get("Subnet"), cfg.get("Gateway")
+check("test_nw subnet/gateway", ipam("test_nw"), ("10.1.4.0/24", "10.1.4.100"))
+check("test_nw2 subnet", ipam("test_nw2")[0], "10.2.3.0/24")
+want = {
+    "web": dict(env={"APP_ENV=testing", "LOG_LEVEL=info"}, ports={"8000/tcp": [("0.0.0.0", "80")]},
+                nets={"test_nw": "10.1.4.10"}, cpus=10**9, memory=256 << 20,
+                health=["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8000/"]),
+    "nodes": dict(env={"APP_ENV=testing", "ROLE=nodes"}, ports={"8000/tcp": [("127.0.0.1", "8000")]},
+                  nets={"test_nw": "10.1.4.2", "test_nw2": "10.2.3.2"}, cpus=0, memory=0, health=None),
+}
+for service, w in want.items():
+    c = containers[f"app_example_{service}_1"]
+    hc, cfg = c["HostConfig"], c["Config"]
+    check(f"{service} running", c["State"]["Running"], True)
+    check(f"{service} image", cfg["Image"].split("@")[0], f"{registry}/app_example_image:v3")
+    check(f"{service} command", cfg["Cmd"], ["httpd", "-f", "-p", "8000", "-h", "/www"])
+    check(f"{service} env", w["env"] - set(cfg.get("Env") or []), set())
+    check(f"{service} ports", {k: [(b["HostIp"], b["HostPort"]) for b in v]
+                               for k, v in (hc.get("PortBindings") or {}).items()}, w["ports"])
+    check(f"{service} networks", {k: (v.get("IPAMConfig") or {}).get("IPv4Address")
+                                  for k, v in c["NetworkSettings"]["Networks"].items()}, w["nets"])
+    check(f"{service} addresses", {k: v.get("IPAddress") for k, v in c["NetworkSettings"]["Networks"].items()},
+          w["nets"])
+    check(f"{service} restart", hc["RestartPolicy"]["Name"], "unless-stopped")
+    check(f"{service} cpus", hc.get("NanoCpus") or 0, w["cpus"])
+    check(f"{service} memory", hc.get("Memory") or 0, w["memory"])
+    check(f"{service} healthcheck", (cfg.get("Healthcheck") or {}).get("Test"), w["health"])
+web = containers["app_example_web_1"]
+check("web health", web["State"].get("Health", {}).get("Status"), "healthy")
+if problems:
+    sys.exit(f"{tool}, host {host}: " + "; ".join(problems))
+for name in sorted(containers):
+    print(containers[name]["Id"])
+PY
+            die "$1: host $i is not as the example describes"
+        local addr_var="H${i}_ADDR"
+        out=$(curl -fsS --max-time 5 "http://${!addr_var}:80/") || die "$1: web on host $i does not answer"
+        [[ "$out" == *"Hello from the origin example"* ]] || die "$1: web on host $i answered: $out"
+    done
+}
+
+now() { date +%s.%N; }
+elapsed() { python3 -c "print(f'{$2 - $1:.2f}')"; }
+
+berth_deploy() { # LOG
+    "$BERTH" deploy examples/origin/app.yml -i "$INV" --insecure "$REGISTRY" >"$1" 2>&1
+}
+ansible_deploy() { # LOG
+    ANSIBLE_CONFIG="$ROOT/scripts/bench-deploy/ansible.cfg" \
+        ansible-playbook -i "$ROOT/scripts/bench-deploy/inventory.yml" \
+        "$ROOT/scripts/bench-deploy/app.yml" >"$1" 2>&1
+}
+
+# An unchanged re-run must report nothing changed on any host (both tools print Ansible's
+# recap: `HOST : ok=N changed=N unreachable=N failed=N ...`).
+unchanged() { # TOOL LOG
+    local n
+    n=$(grep -cE '^web-back[0-9]+\.testing +: ok=[0-9]+ +changed=0 +unreachable=0 +failed=0' "$2" || true)
+    [[ "$n" == "$HOSTS" ]] || { cat "$2" >&2; die "$1: the unchanged re-run changed something"; }
+}
+
+RESULTS="$WORK/results.tsv"
+: >"$RESULTS"
+# one TOOL RUN: first deploy, check, unchanged re-run, check; appends the two times.
+one() {
+    local tool=$1 run=$2 t0 t1 first rerun before after
+    clean_hosts
+    sync
+    t0=$(now)
+    "${tool}_deploy" "$WORK/$tool-$run-first.log" ||
+        { cat "$WORK/$tool-$run-first.log" >&2; die "$tool: first deploy failed (run $run)"; }
+    t1=$(now)
+    first=$(elapsed "$t0" "$t1")
+    before=$(verify "$tool")
+    t0=$(now)
+    "${tool}_deploy" "$WORK/$tool-$run-rerun.log" ||
+        { cat "$WORK/$tool-$run-rerun.log" >&2; die "$tool: re-run failed (run $run)"; }
+    t1=$(now)
+    rerun=$(elapsed "$t0" "$t1")
+    unchanged "$tool" "$WORK/$tool-$run-rerun.log"
+    after=$(verify "$tool")
+    [[ "$before" == "$after" ]] || die "$tool: the unchanged re-run replaced containers"
+    printf '%s\t%s\t%s\t%s\n' "$tool" "$run" "$first" "$rerun" >>"$RESULTS"
+    printf '%-4s %-8s first %7ss   re-run %6ss\n' "$run" "$tool" "$first" "$rerun"
+}
+
+log "$RUNS runs: berth $("$BERTH" --version 2>/dev/null | awk '{print $NF}'), ansible-core $(ansible-playbook --version | awk 'NR==1{print $NF}' | tr -d ']'), community.docker $COLLECTION_VERSION, dockerd $(dockerd --version | awk '{print $3}' | tr -d ,)"
+for run in $(seq 1 "$RUNS"); do
+    if ((run % 2)); then
+        one berth "$run"
+        one ansible "$run"
+    else
+        one ansible "$run"
+        one berth "$run"
+    fi
+done
+clean_hosts
+
+python3 - "$RESULTS" "$RUNS" "${BENCH_RESULTS:-}" <<'PY'
+import statistics, sys
+rows = [line.split("\t") for line in open(sys.argv[1]).read().splitlines()]
+runs, out = int(sys.argv[2]), sys.argv[3]
+times = {}
+for tool, _run, first, rerun in rows:
+    times.setdefault((tool, "first deploy"), []).append(float(first))
+    times.setdefault((tool, "unchanged re-run"), []).append(float(rerun))
+lines = [f"deploy of examples/origin/app.yml to 3 hosts, {runs} runs (seconds: median, min-max)"]
+for phase in ("first deploy", "unchanged re-run"):
+    b, a = times[("berth", phase)], times[("ansible", phase)]
+    ratios = sorted(x / y for x, y in zip(a, b))
+    lines.append(
+        f"{phase:17} berth {statistics.median(b):6.2f} ({min(b):.2f}-{max(b):.2f})"
+        f"   ansible {statistics.median(a):6.2f} ({min(a):.2f}-{max(a):.2f})"
+        f"   ansible/berth {statistics.median(a) / statistics.median(b):5.1f}x"
+        f" (per run {ratios[0]:.1f}-{ratios[-1]:.1f}x)")
+text = "\n".join(lines)
+print(text)
+if out:
+    open(out, "w").write(text + "\n")
+PY
