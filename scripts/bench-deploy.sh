@@ -13,6 +13,7 @@
 #   BENCH_RUNS=3            rounds (each: both tools, first deploy + unchanged re-run)
 #   BENCH_RESULTS=FILE      also write the summary there
 #   BENCH_KEEP=1            keep the temporary folder (logs of every deploy)
+#   BENCH_BERTH=PATH        another berth binary (e.g. a debug build, for trying the script)
 #
 # Needs root (network namespaces, dockerd). Installs from Debian what is missing (ansible
 # with community.docker, python3-docker, docker.io, busybox-static, runc, iproute2,
@@ -26,7 +27,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 RUNS=${BENCH_RUNS:-3}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-BERTH="$TARGET_DIR/release/berth"
+BERTH=${BENCH_BERTH:-$TARGET_DIR/release/berth}
 HOSTS=3
 APP=app_example
 
@@ -42,7 +43,10 @@ for pair in ansible-playbook:ansible dockerd:docker.io docker:docker.io busybox:
     runc:runc ip:iproute2 iptables:iptables curl:curl python3:python3; do
     command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
 done
-python3 -c 'import docker' 2>/dev/null || missing+=(python3-docker)
+# community.docker 3.x talks to the Engine API with its own client on top of requests
+# (the Docker SDK for Python is not needed for the modules used here); Ansible runs its
+# modules with Debian's python3.
+/usr/bin/python3 -c 'import requests' 2>/dev/null || missing+=(python3-requests)
 if ((${#missing[@]})); then
     log "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -222,6 +226,14 @@ PY
 }
 
 now() { date +%s.%N; }
+
+# Where a first deploy's time went on host 1: the daemon's events, in seconds since the
+# deploy started (kept with BENCH_KEEP=1; not timed).
+timeline() { # T0 T1
+    docker_on 1 events --since "$1" --until "$2" \
+        --format '{{.TimeNano}} {{.Type}} {{.Action}} {{.Actor.Attributes.name}}' |
+        awk -v t0="$1" '{ printf "%6.2f %s %s %s\n", $1 / 1e9 - t0, $2, $3, $4 }'
+}
 elapsed() { python3 -c "print(f'{$2 - $1:.2f}')"; }
 
 berth_deploy() { # LOG
@@ -253,6 +265,7 @@ one() {
         { cat "$WORK/$tool-$run-first.log" >&2; die "$tool: first deploy failed (run $run)"; }
     t1=$(now)
     first=$(elapsed "$t0" "$t1")
+    timeline "$t0" "$t1" >"$WORK/$tool-$run-first.events"
     before=$(verify "$tool")
     t0=$(now)
     "${tool}_deploy" "$WORK/$tool-$run-rerun.log" ||
