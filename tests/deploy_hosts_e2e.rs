@@ -290,6 +290,9 @@ fn origin_example_on_three_namespaced_hosts() {
             );
         }
         assert_eq!(web["State"]["Health"]["Status"], "healthy", "{web}");
+        // The example's stop_grace_period (busybox httpd ignores SIGTERM).
+        assert_eq!(web["Config"]["StopTimeout"], 2, "{web}");
+        assert_eq!(nodes["Config"]["StopTimeout"], 2, "{nodes}");
         assert!(has_env(&web, "LOG_LEVEL=info"), "{web}");
         assert!(has_env(&nodes, "ROLE=nodes"), "{nodes}");
         // Networks and fixed addresses; web is on test_nw only, nodes on both.
