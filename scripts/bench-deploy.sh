@@ -210,6 +210,7 @@ for service, w in want.items():
     check(f"{service} addresses", {k: v.get("IPAddress") for k, v in c["NetworkSettings"]["Networks"].items()},
           w["nets"])
     check(f"{service} restart", hc["RestartPolicy"]["Name"], "unless-stopped")
+    check(f"{service} stop timeout", cfg.get("StopTimeout"), 2)
     check(f"{service} cpus", hc.get("NanoCpus") or 0, w["cpus"])
     check(f"{service} memory", hc.get("Memory") or 0, w["memory"])
     check(f"{service} healthcheck", (cfg.get("Healthcheck") or {}).get("Test"), w["health"])

@@ -80,12 +80,20 @@ remove_containers() {
     timeout 30 docker -H "unix://$sock" rm -f $ids >/dev/null 2>&1 || true
 }
 
+# True while PID runs. A zombie (dead, not yet reaped by its parent: the daemons are
+# re-parented to PID 1 once `up` exits) counts as gone.
+alive() {
+    local state
+    state=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$1/status" 2>/dev/null) || return 1
+    [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
+}
+
 stop_pid() {
     local pid="$1" what="$2"
-    kill -0 "$pid" 2>/dev/null || return 0
+    alive "$pid" || return 0
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 100); do
-        kill -0 "$pid" 2>/dev/null || return 0
+        alive "$pid" || return 0
         sleep 0.2
     done
     log "$what (pid $pid) did not stop within 20 s: SIGKILL"
@@ -241,7 +249,7 @@ wait_ready() {
         if curl -sf --max-time 2 --unix-socket "$h/docker.sock" http://d/_ping >/dev/null 2>&1; then
             return 0
         fi
-        kill -0 "$pid" 2>/dev/null || return 1
+        alive "$pid" || return 1
         sleep 0.2
     done
     return 1

@@ -31,8 +31,10 @@ die() { printf '\nERROR: %s\n' "$*" >&2; exit 1; }
 # (ENVIRONMENT.md); with runc already installed apt never picks crun.
 # openssh-server: the deployer's ssh:// test runs its own sshd on loopback (never the system
 # service: policy-rc.d below keeps apt from starting it).
+# iproute2, iptables, curl (and util-linux's nsenter/setsid): scripts/docker-hosts.sh, which
+# tests/deploy_hosts_e2e.rs uses to run dockerds in network namespaces.
 PACKAGES=(docker.io skopeo docker-registry busybox-static umoci openssl runc podman buildah
-          openssh-client openssh-server iproute2 iptables)
+          openssh-client openssh-server iproute2 iptables curl)
 missing=()
 for p in "${PACKAGES[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
@@ -62,7 +64,7 @@ if command -v crun >/dev/null; then
     echo "warning: crun is installed; podman may pick it and fail (tests pass --runtime runc)"
 fi
 for tool in dockerd docker skopeo docker-registry busybox umoci openssl gzip tar runc podman \
-            ssh sshd ssh-keygen ip iptables nsenter; do
+            ssh sshd ssh-keygen ip iptables nsenter setsid curl; do
     command -v "$tool" >/dev/null || die "$tool not found on PATH after installing packages"
 done
 command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain first"

@@ -28,6 +28,8 @@
 //!     cpus: 0.5
 //!     memory: 256m
 //!     healthcheck: { test: "curl -f http://localhost:8000/", interval: 10s, timeout: 3s, retries: 3, start_period: 5s }
+//!     stop_signal: SIGQUIT           # what `docker stop` sends first (default: the image's, else SIGTERM)
+//!     stop_grace_period: 3s          # then SIGKILL after this long (default 10s)
 //!     build: { context: ./web, dockerfile: Dockerfile, args: { V: 1 } }   # for `berth ship`
 //! ```
 //!
@@ -143,6 +145,12 @@ pub struct Service {
     pub memory: Option<u64>,
     #[serde(default)]
     pub healthcheck: Option<Healthcheck>,
+    /// The signal a stop sends first (`SIGTERM`, `QUIT`, `9`, ...).
+    #[serde(default, deserialize_with = "optional_signal")]
+    pub stop_signal: Option<String>,
+    /// How long a stop waits for the container to exit before killing it (nanoseconds).
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub stop_grace_period: Option<u64>,
     #[serde(default, deserialize_with = "optional_build")]
     pub build: Option<Build>,
 }
@@ -960,6 +968,35 @@ fn optional_bytes<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option
     }
 }
 
+fn optional_signal<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<String>, D::Error> {
+    let text = match Value::deserialize(d)? {
+        Value::Null => return Ok(None),
+        Value::String(text) => text,
+        Value::Number(n) => n.to_string(),
+        other => {
+            return Err(D::Error::custom(format!(
+                "expected a signal like SIGTERM, found {}",
+                yaml::kind_of(&other)
+            )))
+        }
+    };
+    // Names (SIGTERM, TERM, SIGRTMIN+3) or numbers; Docker checks the name itself.
+    let ok = !text.is_empty()
+        && text.len() <= 16
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-');
+    if ok {
+        Ok(Some(text))
+    } else {
+        Err(D::Error::custom(format!(
+            "expected a signal like SIGTERM, found {text:?}"
+        )))
+    }
+}
+
 fn optional_duration<'de, D: Deserializer<'de>>(
     d: D,
 ) -> std::result::Result<Option<u64>, D::Error> {
@@ -1282,6 +1319,31 @@ services:
             .unwrap_err()
             .to_string()
             .contains("unknown restart policy"));
+    }
+
+    #[test]
+    fn stop_signal_and_grace_period() {
+        let stop = |fields: &str| {
+            source(&format!(
+                "name: a\nservices:\n  w: {{ image: x, {fields} }}\n"
+            ))
+            .render(&Vars::new())
+            .map(|app| {
+                let w = &app.services["w"];
+                (w.stop_signal.clone(), w.stop_grace_period)
+            })
+        };
+        assert_eq!(
+            stop("stop_signal: SIGQUIT, stop_grace_period: 1500ms").unwrap(),
+            (Some("SIGQUIT".into()), Some(1_500_000_000))
+        );
+        assert_eq!(stop("stop_signal: 9").unwrap().0.as_deref(), Some("9"));
+        assert_eq!(stop("replicas: 1").unwrap(), (None, None));
+        assert!(stop("stop_signal: 'TERM; rm'")
+            .unwrap_err()
+            .to_string()
+            .contains("expected a signal"));
+        assert!(stop("stop_grace_period: soon").is_err());
     }
 
     #[test]

@@ -12,6 +12,12 @@
 //! - Ready = healthy when the service has a healthcheck, else still running after a short
 //!   settle time; both bounded by a timeout. A container that is not ready is removed and
 //!   the old one put back (renamed, its restart policy and networks restored, started).
+//! - A host is all or nothing: when an action fails, the containers this deploy already
+//!   created or replaced on that host are undone too (created ones removed, replaced ones'
+//!   previous releases put back), so the host runs what it ran before. The older kept
+//!   release (`NAME-prev` before this deploy) waits as `NAME-prev-old` until the host's
+//!   whole rollout succeeded, so the rollback targets survive a failed deploy as well.
+//!   A failed removal (they come last, after the rollout succeeded) undoes nothing.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -79,6 +85,7 @@ pub async fn apply_host(
         actual,
         options,
         detached: BTreeMap::new(),
+        done: Vec::new(),
     };
     let mut results = Vec::new();
     let mut failed = false;
@@ -97,8 +104,16 @@ pub async fn apply_host(
                     outcome: Outcome::Changed,
                     message: None,
                 },
-                Err(message) => {
+                Err(mut message) => {
                     failed = true;
+                    // Undone before the failure is reported, so its message says how the
+                    // host was left.
+                    if undoes_rollout(action) {
+                        if let Some(undo) = applier.undo().await {
+                            message.push_str("; ");
+                            message.push_str(&undo);
+                        }
+                    }
                     ActionResult {
                         action: action_text,
                         outcome: Outcome::Failed,
@@ -110,7 +125,76 @@ pub async fn apply_host(
         on_result(&result);
         results.push(result);
     }
+    if !failed {
+        applier.finish().await;
+    }
     results
+}
+
+/// Whether a failure of `action` undoes the host's rollout. Removals come after every
+/// container is up: the rollout itself succeeded then.
+fn undoes_rollout(action: &Action) -> bool {
+    !matches!(
+        action,
+        Action::RemoveContainer { .. } | Action::RemoveNetwork { .. }
+    )
+}
+
+/// A container change this deploy completed on a host, for undoing it if a later action
+/// fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Done {
+    /// `name` did not exist before this deploy.
+    Created(String),
+    /// `name` was replaced; what ran before is `NAME-prev`, and an older kept release (if
+    /// `kept_older`) waits as `NAME-prev-old`.
+    Replaced { name: String, kept_older: bool },
+}
+
+/// One step of undoing (or, after success, finishing) completed changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    Remove(String),
+    /// Put `NAME-prev` back as `NAME` and start it (see [`Applier::restore`]).
+    Restore(String),
+    Rename {
+        from: String,
+        to: String,
+    },
+}
+
+/// The steps that return a host to where it was before `done`, latest change first.
+fn undo_steps(done: &[Done]) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for change in done.iter().rev() {
+        match change {
+            Done::Created(name) => steps.push(Step::Remove(name.clone())),
+            Done::Replaced { name, kept_older } => {
+                steps.push(Step::Remove(name.clone()));
+                steps.push(Step::Restore(name.clone()));
+                if *kept_older {
+                    steps.push(Step::Rename {
+                        from: older_name(name),
+                        to: previous_name(name),
+                    });
+                }
+            }
+        }
+    }
+    steps
+}
+
+/// After the whole host succeeded: the older releases kept for an undo are not needed.
+fn finish_steps(done: &[Done]) -> Vec<Step> {
+    done.iter()
+        .filter_map(|change| match change {
+            Done::Replaced {
+                name,
+                kept_older: true,
+            } => Some(Step::Remove(older_name(name))),
+            _ => None,
+        })
+        .collect()
 }
 
 struct Applier<'a> {
@@ -121,6 +205,8 @@ struct Applier<'a> {
     /// Containers taken off a network that was recreated: container → network names, so a
     /// restored old container can be attached again.
     detached: BTreeMap<String, Vec<String>>,
+    /// Container changes completed so far on this host, in order.
+    done: Vec<Done>,
 }
 
 impl Applier<'_> {
@@ -155,6 +241,7 @@ impl Applier<'_> {
                     let cleanup = self.engine.remove(&name).await.err();
                     return Err(with_cleanup(error, cleanup));
                 }
+                self.done.push(Done::Created(name));
                 Ok(())
             }
             Action::ReplaceContainer {
@@ -203,22 +290,38 @@ impl Applier<'_> {
                 cleanup,
             ));
         }
-        // The new one is ready: set the old one aside, give the new one its name.
+        // The new one is ready: set the old one aside, give the new one its name. An older
+        // kept release waits as NAME-prev-old until the host's whole rollout succeeded.
+        let kept_older = self.keep_older(name).await?;
         self.set_aside(name).await?;
-        self.engine.rename(&next, name).await
+        self.engine.rename(&next, name).await?;
+        self.done.push(Done::Replaced {
+            name: name.to_string(),
+            kept_older,
+        });
+        Ok(())
     }
 
-    async fn replace_stop_first(&mut self, container: &DesiredContainer) -> Result<(), String> {
-        let name = container.name.as_str();
-        // An older kept release stays until the new one is ready: if this rollout fails,
-        // the host is back exactly where it was, rollback target included.
+    /// Renames an existing `NAME-prev` to `NAME-prev-old` (removing a stale one of an
+    /// interrupted deploy first). True if there was one.
+    async fn keep_older(&self, name: &str) -> Result<bool, String> {
         let previous = previous_name(name);
-        let older = format!("{previous}{OLDER_SUFFIX}");
+        let older = older_name(name);
         self.engine.remove(&older).await?;
         let had_previous = self.actual.previous.iter().any(|c| c.name == previous);
         if had_previous {
             self.engine.rename(&previous, &older).await?;
         }
+        Ok(had_previous)
+    }
+
+    async fn replace_stop_first(&mut self, container: &DesiredContainer) -> Result<(), String> {
+        let name = container.name.as_str();
+        // An older kept release stays until the host's rollout succeeded: if it fails, the
+        // host is back exactly where it was, rollback target included.
+        let previous = previous_name(name);
+        let older = older_name(name);
+        let had_previous = self.keep_older(name).await?;
         self.set_aside(name).await?;
         if let Err(error) = self.launch(container, name).await {
             let mut message = format!("{error}; the new container was removed");
@@ -239,7 +342,64 @@ impl Applier<'_> {
             }
             return Err(message);
         }
-        self.engine.remove(&older).await
+        self.done.push(Done::Replaced {
+            name: name.to_string(),
+            kept_older: had_previous,
+        });
+        Ok(())
+    }
+
+    /// Undoes every change this deploy completed on the host (after a failure). Says what
+    /// was undone, or None if there was nothing to undo. Every step is tried, even after one
+    /// failed, so as much as possible is put back.
+    async fn undo(&mut self) -> Option<String> {
+        let steps = undo_steps(&self.done);
+        if steps.is_empty() {
+            return None;
+        }
+        let mut problems = Vec::new();
+        for step in &steps {
+            if let Err(why) = self.step(step).await {
+                problems.push(why);
+            }
+        }
+        let names: Vec<String> = self
+            .done
+            .iter()
+            .map(|change| match change {
+                Done::Created(name) | Done::Replaced { name, .. } => name.clone(),
+            })
+            .collect();
+        self.done.clear();
+        Some(if problems.is_empty() {
+            format!(
+                "undid this deploy's earlier changes on the host: {} (back as before)",
+                names.join(", ")
+            )
+        } else {
+            format!(
+                "undoing this deploy's earlier changes ({}) failed: {}",
+                names.join(", "),
+                problems.join("; ")
+            )
+        })
+    }
+
+    /// After the whole host succeeded: removes the older releases kept for an undo. Best
+    /// effort: a leftover `NAME-prev-old` is planned for removal by the next deploy.
+    async fn finish(&mut self) {
+        for step in finish_steps(&self.done) {
+            let _ = self.step(&step).await;
+        }
+        self.done.clear();
+    }
+
+    async fn step(&self, step: &Step) -> Result<(), String> {
+        match step {
+            Step::Remove(name) => self.engine.remove(name).await,
+            Step::Restore(name) => self.restore(name).await,
+            Step::Rename { from, to } => self.engine.rename(from, to).await,
+        }
     }
 
     /// Stops `name` and keeps it as `NAME-prev` (replacing an older kept one).
@@ -454,6 +614,10 @@ fn previous_name(name: &str) -> String {
     format!("{name}{PREVIOUS_SUFFIX}")
 }
 
+fn older_name(name: &str) -> String {
+    format!("{name}{PREVIOUS_SUFFIX}{OLDER_SUFFIX}")
+}
+
 fn with_cleanup(error: String, cleanup: Option<String>) -> String {
     match cleanup {
         None => error,
@@ -468,5 +632,76 @@ fn shorten(text: &str) -> String {
         format!("{cut}…")
     } else {
         one_line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replaced(name: &str, kept_older: bool) -> Done {
+        Done::Replaced {
+            name: name.to_string(),
+            kept_older,
+        }
+    }
+
+    fn remove(name: &str) -> Step {
+        Step::Remove(name.to_string())
+    }
+
+    #[test]
+    fn undo_reverses_completed_changes_latest_first() {
+        let done = [
+            replaced("app_web_1", true),
+            Done::Created("app_extra_1".to_string()),
+            replaced("app_nodes_1", false),
+        ];
+        assert_eq!(
+            undo_steps(&done),
+            [
+                remove("app_nodes_1"),
+                Step::Restore("app_nodes_1".to_string()),
+                remove("app_extra_1"),
+                remove("app_web_1"),
+                Step::Restore("app_web_1".to_string()),
+                Step::Rename {
+                    from: "app_web_1-prev-old".to_string(),
+                    to: "app_web_1-prev".to_string(),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn nothing_done_nothing_to_undo_or_finish() {
+        assert!(undo_steps(&[]).is_empty());
+        assert!(finish_steps(&[]).is_empty());
+    }
+
+    #[test]
+    fn finishing_drops_only_the_kept_older_releases() {
+        let done = [
+            replaced("app_web_1", true),
+            replaced("app_nodes_1", false),
+            Done::Created("app_extra_1".to_string()),
+        ];
+        assert_eq!(finish_steps(&done), [remove("app_web_1-prev-old")]);
+    }
+
+    #[test]
+    fn removals_do_not_undo_a_finished_rollout() {
+        let remove_container = Action::RemoveContainer {
+            name: "app_old_1".to_string(),
+            id: "abc".to_string(),
+            reason: "gone".to_string(),
+        };
+        assert!(!undoes_rollout(&remove_container));
+        let remove_network = Action::RemoveNetwork {
+            name: "app_net".to_string(),
+            id: "def".to_string(),
+            reason: "gone".to_string(),
+        };
+        assert!(!undoes_rollout(&remove_network));
     }
 }

@@ -89,6 +89,13 @@ pub struct ContainerSpec {
     pub nano_cpus: Option<u64>,
     pub memory: Option<u64>,
     pub healthcheck: Option<HealthSpec>,
+    /// Left out of the stored spec (and so of the hash) when unset, so containers deployed
+    /// before these existed are not seen as changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// Whole seconds, as Docker's `StopTimeout` takes them (rounded up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace_period_s: Option<u64>,
 }
 
 /// A healthcheck as the Docker API takes it (durations in nanoseconds). Separate from the
@@ -236,6 +243,10 @@ pub fn desired_host(source: &AppSource, inventory: &Inventory, host: &Host) -> R
             nano_cpus: service.cpus.map(|cpus| (cpus * 1e9).round() as u64),
             memory: service.memory,
             healthcheck: service.healthcheck.as_ref().map(HealthSpec::from),
+            stop_signal: service.stop_signal.clone(),
+            stop_grace_period_s: service
+                .stop_grace_period
+                .map(|ns| ns.div_ceil(1_000_000_000)),
         };
         for replica in 1..=service.replicas {
             containers.push(DesiredContainer {

@@ -465,10 +465,9 @@ impl Engine {
             .docker
             .stop_container(
                 name,
-                Some(StopContainerOptions {
-                    t: Some(10),
-                    ..Default::default()
-                }),
+                // No `t`: the daemon waits the container's own StopTimeout (the service's
+                // stop_grace_period), 10 s when it has none.
+                Some(StopContainerOptions::default()),
             )
             .await
         {
@@ -731,6 +730,8 @@ pub fn container_body(app: &str, desired: &DesiredContainer) -> ContainerCreateB
         labels: Some(desired.labels(app).into_iter().collect()),
         exposed_ports: (!exposed.is_empty()).then_some(exposed),
         healthcheck,
+        stop_signal: spec.stop_signal.clone(),
+        stop_timeout: spec.stop_grace_period_s.and_then(|s| i64::try_from(s).ok()),
         host_config: Some(host_config),
         networking_config: Some(NetworkingConfig {
             endpoints_config: Some(endpoints),
@@ -804,6 +805,8 @@ mod tests {
                 retries: Some(2),
                 start_period_ns: None,
             }),
+            stop_signal: Some("SIGQUIT".into()),
+            stop_grace_period_s: Some(3),
         };
         DesiredContainer {
             name: "app_web_1".into(),
@@ -848,6 +851,8 @@ mod tests {
         assert_eq!(check.interval, Some(1_000_000_000));
         assert_eq!(check.retries, Some(2));
         assert_eq!(check.timeout, None);
+        assert_eq!(body.stop_signal.as_deref(), Some("SIGQUIT"));
+        assert_eq!(body.stop_timeout, Some(3));
     }
 
     #[test]

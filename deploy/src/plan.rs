@@ -784,6 +784,12 @@ fn spec_differences(old: &ContainerSpec, new: &ContainerSpec) -> Vec<String> {
     if old.healthcheck != new.healthcheck {
         reasons.push("healthcheck changed".to_string());
     }
+    if old.stop_signal != new.stop_signal {
+        reasons.push("stop_signal changed".to_string());
+    }
+    if old.stop_grace_period_s != new.stop_grace_period_s {
+        reasons.push("stop_grace_period changed".to_string());
+    }
     reasons
 }
 

@@ -87,6 +87,12 @@ pub fn require_tool(tool: &str) -> bool {
         }
         Some(_) => None,
     };
+    require(problem)
+}
+
+/// True when `problem` is None. Otherwise: with `CI=true` a loud panic, outside CI a printed
+/// `SKIP: ...` and false, so the caller can return early.
+pub fn require(problem: Option<String>) -> bool {
     match problem {
         None => true,
         Some(problem) if in_ci() => panic!(
@@ -497,6 +503,8 @@ impl ServerKind {
 /// server log is printed first.
 pub struct Server {
     pub kind: ServerKind,
+    /// The address it listens on: 127.0.0.1 unless started with [`Server::start_berth_on`].
+    pub ip: std::net::Ipv4Addr,
     pub port: u16,
     child: Option<Child>,
     /// Holds everything: `root/` (sandbox around the storage) and `logs/`.
@@ -570,6 +578,16 @@ impl Server {
         server
     }
 
+    /// `berth serve` listening on `ip` (an address of this machine other than 127.0.0.1, e.g.
+    /// the bridge that test hosts in network namespaces reach it on), with extra flags.
+    pub fn start_berth_on(ip: std::net::Ipv4Addr, extra: &[String]) -> Server {
+        let mut server = Server::prepare(ServerKind::Berth);
+        server.ip = ip;
+        server.extra_args = extra.to_vec();
+        server.start_again();
+        server
+    }
+
     /// A folder for this server's test files (configs, keys), removed with it.
     pub fn files_dir(&self) -> PathBuf {
         self.tmp.path().join("logs")
@@ -623,6 +641,7 @@ impl Server {
         fs::create_dir_all(&logs).expect("create log directory");
         Server {
             kind,
+            ip: std::net::Ipv4Addr::LOCALHOST,
             port: free_port(),
             child: None,
             tmp,
@@ -639,14 +658,15 @@ impl Server {
         }
     }
 
-    /// `127.0.0.1:PORT`, as docker and skopeo want it.
+    /// `IP:PORT` (127.0.0.1 unless started with [`Server::start_berth_on`]), as docker and
+    /// skopeo want it.
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://IP:PORT`
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.ip, self.port)
     }
 
     /// The storage directory given to the server.
@@ -773,12 +793,12 @@ impl Server {
                 }
             }
             if self.berth_tls
-                && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && TcpStream::connect((self.ip, self.port)).is_ok()
                 && self.child.is_some()
             {
                 return;
             }
-            match raw_status(self.port, "GET", "/v2/") {
+            match raw_status_at(self.ip, self.port, "GET", "/v2/") {
                 Some(200) => return,
                 // With auth on, an anonymous `GET /v2/` is refused: the server is up.
                 Some(401) if self.htpasswd.is_some() || self.expects_auth => return,
@@ -898,9 +918,14 @@ pub use berth_storage::s3_test_server::free_port;
 /// One HTTP/1.1 request over a raw socket; returns the status code or None if the server does
 /// not answer. Used for readiness checks (sync, no runtime needed).
 pub fn raw_status(port: u16, method: &str, path: &str) -> Option<u16> {
-    let response = raw_request(
-        port,
-        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
+    raw_status_at(std::net::Ipv4Addr::LOCALHOST, port, method, path)
+}
+
+/// [`raw_status`] to `ip:port`.
+pub fn raw_status_at(ip: std::net::Ipv4Addr, port: u16, method: &str, path: &str) -> Option<u16> {
+    let response = raw_request_at(
+        std::net::SocketAddr::from((ip, port)),
+        format!("{method} {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nConnection: close\r\n\r\n")
             .as_bytes(),
         Duration::from_secs(2),
     )?;
@@ -933,11 +958,20 @@ impl RawResponse {
 /// Sends `request` as is (the caller writes `Connection: close`) and reads until the server
 /// closes or `timeout` passes. None if the connection failed or nothing came back.
 pub fn raw_request(port: u16, request: &[u8], timeout: Duration) -> Option<RawResponse> {
-    let mut stream = TcpStream::connect_timeout(
-        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(2),
+    raw_request_at(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        request,
+        timeout,
     )
-    .ok()?;
+}
+
+/// [`raw_request`] to any address (a test's own namespace hosts, or its bridge).
+pub fn raw_request_at(
+    addr: std::net::SocketAddr,
+    request: &[u8],
+    timeout: Duration,
+) -> Option<RawResponse> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(timeout)).ok()?;
     stream.set_write_timeout(Some(timeout)).ok()?;
     stream.write_all(request).ok()?;
@@ -1394,3 +1428,186 @@ pub fn make_test_cert(
 }
 
 static COUNTER_CERTS: AtomicU32 = AtomicU32::new(1);
+
+// ---------------------------------------------------------------------------------------------
+// Real Docker hosts in network namespaces (scripts/docker-hosts.sh)
+// ---------------------------------------------------------------------------------------------
+
+/// True when the test runs as root; otherwise skips (outside CI) or fails loudly (CI).
+pub fn require_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    require((euid != 0).then(|| {
+        format!(
+            "not running as root (euid {euid}): network namespaces, bridges and iptables need it"
+        )
+    }))
+}
+
+/// True when `program` is on PATH (no daemon check, unlike [`require_tool`] for `docker`).
+pub fn require_program(program: &str) -> bool {
+    require(
+        which(program)
+            .is_none()
+            .then(|| format!("`{program}` is missing (not on PATH)")),
+    )
+}
+
+/// One dockerd in its own network namespace, as `scripts/docker-hosts.sh up` reports it.
+#[derive(Debug, Clone)]
+pub struct DockerHost {
+    /// The namespace's name (`bdh-X-I`).
+    pub name: String,
+    /// Its address on the bridge (`10.250.X.(10+I)`).
+    pub addr: std::net::Ipv4Addr,
+    /// The daemon's unix socket (on this machine's filesystem).
+    pub sock: PathBuf,
+    /// `tcp://ADDR:2375`
+    pub tcp: String,
+    pub pid: u32,
+    pub log: PathBuf,
+}
+
+/// N real Docker hosts made by `scripts/docker-hosts.sh up`, torn down (daemons stopped by
+/// PID, containers, namespaces, bridge, iptables rules) by `down` when dropped, also when the
+/// test fails. On a failing test the tail of every daemon's log is printed first.
+pub struct DockerHosts {
+    dir: tempfile::TempDir,
+    /// The bridge's host-side address: a registry the hosts pull from listens here.
+    pub bridge_addr: std::net::Ipv4Addr,
+    pub hosts: Vec<DockerHost>,
+}
+
+impl DockerHosts {
+    pub fn script() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/docker-hosts.sh")
+    }
+
+    /// Brings up `n` hosts; panics with the script's output if that fails (the script has
+    /// cleaned up after itself then).
+    pub fn up(n: usize) -> DockerHosts {
+        let dir = tempfile::Builder::new()
+            .prefix("bdh-")
+            .tempdir()
+            .expect("create temporary directory for the docker hosts");
+        let out = run(
+            cmd(
+                "bash",
+                [
+                    Self::script().as_os_str(),
+                    "up".as_ref(),
+                    dir.path().as_os_str(),
+                    n.to_string().as_ref(),
+                ],
+            ),
+            Duration::from_secs(180),
+        );
+        assert!(
+            out.status.success(),
+            "docker-hosts.sh up failed\n{}",
+            out.describe()
+        );
+        let env: BTreeMap<String, String> = out
+            .stdout
+            .lines()
+            .filter_map(|line| line.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        // From here on the guard owns the hosts: a failed parse below still tears them down.
+        let mut hosts = DockerHosts {
+            dir,
+            bridge_addr: std::net::Ipv4Addr::UNSPECIFIED,
+            hosts: Vec::new(),
+        };
+        let get = |key: &str| -> String {
+            env.get(key)
+                .cloned()
+                .unwrap_or_else(|| panic!("docker-hosts.sh printed no {key}:\n{}", out.stdout))
+        };
+        hosts.bridge_addr = get("BRIDGE_ADDR")
+            .parse()
+            .unwrap_or_else(|e| panic!("BRIDGE_ADDR: {e}"));
+        for i in 1..=n {
+            let key = |what: &str| get(&format!("H{i}_{what}"));
+            hosts.hosts.push(DockerHost {
+                name: key("NAME"),
+                addr: key("ADDR")
+                    .parse()
+                    .unwrap_or_else(|e| panic!("H{i}_ADDR: {e}")),
+                sock: PathBuf::from(key("SOCK")),
+                tcp: key("TCP"),
+                pid: key("PID")
+                    .parse()
+                    .unwrap_or_else(|e| panic!("H{i}_PID: {e}")),
+                log: PathBuf::from(key("LOG")),
+            });
+        }
+        hosts
+    }
+
+    /// `docker -H unix://SOCK ARGS` for host `i` (0-based).
+    pub fn docker<I, S>(&self, i: usize, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut c = Command::new("docker");
+        c.arg("-H")
+            .arg(format!("unix://{}", self.hosts[i].sock.display()))
+            .args(args)
+            .env_remove("DOCKER_CONTEXT")
+            .env_remove("DOCKER_TLS_VERIFY");
+        c
+    }
+
+    /// Kills host `i`'s dockerd (SIGKILL by PID): the host is down, its containers keep
+    /// running until `down`.
+    pub fn kill_daemon(&self, i: usize) {
+        let pid = self.hosts[i].pid;
+        // SAFETY: kill(2) on the PID docker-hosts.sh reported for a daemon it started.
+        let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        assert_eq!(rc, 0, "cannot kill dockerd pid {pid}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            // Not our child: init reaps it once it is gone.
+            let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if state.contains(") Z ") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for DockerHosts {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for host in &self.hosts {
+                eprintln!(
+                    "--- tail of {} dockerd log ({}) ---\n{}",
+                    host.name,
+                    host.log.display(),
+                    tail(&fs::read_to_string(&host.log).unwrap_or_default(), 30)
+                );
+            }
+        }
+        let out = run(
+            cmd(
+                "bash",
+                [
+                    Self::script().as_os_str(),
+                    "down".as_ref(),
+                    self.dir.path().as_os_str(),
+                ],
+            ),
+            Duration::from_secs(180),
+        );
+        if !out.status.success() {
+            eprintln!("docker-hosts.sh down failed\n{}", out.describe());
+        }
+    }
+}
