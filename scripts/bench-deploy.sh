@@ -18,7 +18,7 @@
 #   BENCH_BERTH=PATH        another berth binary (e.g. a debug build, for trying the script)
 #
 # Needs root (network namespaces, dockerd). Installs from Debian what is missing (ansible
-# with community.docker, python3-docker, docker.io, busybox-static, runc, iproute2,
+# with community.docker, python3-requests, docker.io, busybox-static, runc, iproute2,
 # iptables). Uses ${CARGO_TARGET_DIR:-target}/release/berth, building it only if missing.
 # The hosts are network namespaces with their own dockerd (scripts/docker-hosts.sh); the
 # registry (`berth serve`) listens on their bridge's host address. Traffic goes only to
