@@ -276,7 +276,7 @@ fn origin_example_on_three_namespaced_hosts() {
         failed: 0,
     };
     assert_all(&summary(&out.stdout), [first; 3], &out);
-    for h in 0..HOSTS.len() {
+    for (h, host) in HOSTS.iter().enumerate() {
         let web = f.inspect(h, WEB);
         let nodes = f.inspect(h, NODES);
         for c in [&web, &nodes] {
@@ -339,7 +339,7 @@ fn origin_example_on_three_namespaced_hosts() {
                     .lines()
                     .any(|l| l.starts_with(&format!("default via {FRONT}.100 "))),
                 "{name} on {}: default route is not the custom gateway:\n{routes}",
-                HOSTS[h]
+                host
             );
         }
         // Ports: web on all addresses, nodes on the host's loopback only.
@@ -358,7 +358,7 @@ fn origin_example_on_three_namespaced_hosts() {
         assert!(
             page.contains("Hello from the origin example"),
             "{}: {page}",
-            HOSTS[h]
+            host
         );
         // nodes answers on the host's own loopback.
         let page = f.exec(
@@ -436,18 +436,18 @@ fn origin_example_on_three_namespaced_hosts() {
         after,
         "a failed rollout must leave every host as it was"
     );
-    for h in 0..HOSTS.len() {
+    for (h, host) in HOSTS.iter().enumerate() {
         for name in [WEB, NODES] {
             let c = f.inspect(h, name);
-            assert_eq!(c["State"]["Running"], true, "{}: {name}", HOSTS[h]);
-            assert!(has_env(&c, "APP_ENV=testing"), "{}: {name}", HOSTS[h]);
+            assert_eq!(c["State"]["Running"], true, "{}: {name}", host);
+            assert!(has_env(&c, "APP_ENV=testing"), "{}: {name}", host);
             assert_eq!(c["HostConfig"]["RestartPolicy"]["Name"], "unless-stopped");
         }
         assert_eq!(
             f.id(h, &format!("{WEB}-prev")),
             rollback_targets[h],
             "{}: the rollback target must survive a failed rollout",
-            HOSTS[h]
+            host
         );
         assert!(f.http_get(h).contains("Hello from the origin example"));
     }
@@ -485,17 +485,17 @@ fn origin_example_on_three_namespaced_hosts() {
     }
     assert!(out.stdout.contains("undid"), "{}", out.describe());
     assert_eq!(f.ids(), after, "the old containers must be back");
-    for h in 0..HOSTS.len() {
+    for (h, host) in HOSTS.iter().enumerate() {
         for (name, kept) in [WEB, NODES].iter().zip(&kept[h]) {
             assert_eq!(
                 &f.id(h, &format!("{name}-prev")),
                 kept,
                 "{}: the rollback target of {name} must survive",
-                HOSTS[h]
+                host
             );
             assert!(f.id(h, &format!("{name}-prev-old")).is_none());
             let c = f.inspect(h, name);
-            assert_eq!(c["State"]["Running"], true, "{}: {name}", HOSTS[h]);
+            assert_eq!(c["State"]["Running"], true, "{}: {name}", host);
             assert_eq!(c["HostConfig"]["RestartPolicy"]["Name"], "unless-stopped");
         }
         let web = f.inspect(h, WEB);
@@ -507,7 +507,7 @@ fn origin_example_on_three_namespaced_hosts() {
         assert!(
             f.http_get(h).contains("Hello from the origin example"),
             "{}: the old web must still serve",
-            HOSTS[h]
+            host
         );
     }
 
