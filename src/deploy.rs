@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use berth_deploy::apply::{ActionResult, Outcome};
 use berth_deploy::run::{self, Event, RunOptions, RunReport};
+use berth_deploy::swarm::{self, run::SwarmOptions};
 use berth_deploy::{desired_state, AppSource, Inventory};
 use clap::Args;
 
@@ -43,12 +44,22 @@ pub struct DeployArgs {
         hide_env_values = true
     )]
     pub(crate) creds: Option<String>,
+    /// Deploy the app as Swarm services through a manager: the first host of the inventory
+    /// group `managers`, or the first host --limit selects
+    #[arg(long)]
+    pub(crate) swarm: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct RollbackArgs {
     #[command(flatten)]
     common: CommonArgs,
+    /// Return the app's Swarm services to the config before their last update
+    #[arg(long)]
+    swarm: bool,
+    /// With --swarm: longest wait for the services to converge again
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    health_timeout: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -73,6 +84,9 @@ pub(crate) struct CommonArgs {
 }
 
 pub fn deploy(args: DeployArgs) -> Result<()> {
+    if args.swarm {
+        return deploy_swarm(&args, BTreeMap::new());
+    }
     let (source, desired) = load(&args.common)?;
     deploy_loaded(&args, &source, desired, BTreeMap::new(), None)
 }
@@ -103,6 +117,9 @@ pub(crate) fn deploy_loaded(
 }
 
 pub fn rollback(args: RollbackArgs) -> Result<()> {
+    if args.swarm {
+        return rollback_swarm(&args);
+    }
     let (source, desired) = load(&args.common)?;
     let options = options(&args.common);
     let printer = Printer::new(args.common.json);
@@ -119,6 +136,66 @@ pub fn rollback(args: RollbackArgs) -> Result<()> {
         }
     }
     finish(&printer, &report, "rollback", None)
+}
+
+/// `berth deploy --swarm`: one plan for the whole swarm, applied through its manager.
+pub(crate) fn deploy_swarm(args: &DeployArgs, known_digests: BTreeMap<String, String>) -> Result<()> {
+    let desired = load_swarm(&args.common)?;
+    let registry =
+        crate::images::client_config(&args.insecure, args.ca_file.as_ref(), args.creds.as_deref())?;
+    let options = SwarmOptions {
+        check: args.check,
+        connect_timeout: args.common.connect_timeout,
+        health_timeout: args.health_timeout,
+        pin: !args.no_pin,
+        registry,
+        known_digests,
+        ..SwarmOptions::default()
+    };
+    let printer = Printer::new(args.common.json);
+    let manager = desired.manager.clone();
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let report = runtime.block_on(swarm::run::deploy(
+        desired,
+        &options,
+        &|plan| printer.line(&plan.render()),
+        &|result| printer.line(&action_line(&manager, result)),
+    ));
+    finish_swarm(&printer, &report, "deploy")
+}
+
+fn rollback_swarm(args: &RollbackArgs) -> Result<()> {
+    let desired = load_swarm(&args.common)?;
+    let options = SwarmOptions {
+        connect_timeout: args.common.connect_timeout,
+        health_timeout: args.health_timeout,
+        ..SwarmOptions::default()
+    };
+    let printer = Printer::new(args.common.json);
+    let manager = desired.manager.clone();
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let report = runtime.block_on(swarm::run::rollback(
+        desired,
+        &options,
+        &|plan| printer.line(&plan.render()),
+        &|result| printer.line(&action_line(&manager, result)),
+    ));
+    finish_swarm(&printer, &report, "rollback")
+}
+
+fn load_swarm(common: &CommonArgs) -> Result<swarm::SwarmDesired> {
+    let source = AppSource::load(&common.app)?;
+    let inventory = Inventory::load(&common.inventory)?;
+    Ok(swarm::desired_swarm(
+        &source,
+        &inventory,
+        common.limit.as_deref(),
+    )?)
+}
+
+fn finish_swarm(printer: &Printer, report: &swarm::run::SwarmReport, what: &str) -> Result<()> {
+    let plan = serde_json::to_value(&report.plan).context("cannot format the plan")?;
+    finish(printer, &report.run, what, Some(("swarm_plan", plan)))
 }
 
 pub(crate) fn load(common: &CommonArgs) -> Result<(AppSource, Vec<berth_deploy::DesiredHost>)> {

@@ -37,6 +37,12 @@ pub fn ship(args: ShipArgs) -> Result<()> {
              for the deploy's"
         );
     }
+    if args.deploy.swarm {
+        bail!(
+            "berth ship --swarm is not supported yet: build and push with `berth build --push`, \
+             then `berth deploy --swarm` (it pins the pushed tags to their digests)"
+        );
+    }
     let (source, desired) = load(&args.deploy.common)?;
     let builds = image_builds(&desired).map_err(anyhow::Error::msg)?;
     let base = match &args.context {
