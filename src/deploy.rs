@@ -139,7 +139,10 @@ pub fn rollback(args: RollbackArgs) -> Result<()> {
 }
 
 /// `berth deploy --swarm`: one plan for the whole swarm, applied through its manager.
-pub(crate) fn deploy_swarm(args: &DeployArgs, known_digests: BTreeMap<String, String>) -> Result<()> {
+pub(crate) fn deploy_swarm(
+    args: &DeployArgs,
+    known_digests: BTreeMap<String, String>,
+) -> Result<()> {
     let desired = load_swarm(&args.common)?;
     let registry =
         crate::images::client_config(&args.insecure, args.ca_file.as_ref(), args.creds.as_deref())?;

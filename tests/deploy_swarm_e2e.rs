@@ -337,13 +337,7 @@ fn swarm_deploy_rerun_update_failed_health_and_rollback() {
     // The placement constraint names a node label the test sets.
     let node = run_ok(daemon.docker(["node", "ls", "-q"]), TIMEOUT);
     run_ok(
-        daemon.docker([
-            "node",
-            "update",
-            "--label-add",
-            "berth_zone=a",
-            node.trim(),
-        ]),
+        daemon.docker(["node", "update", "--label-add", "berth_zone=a", node.trim()]),
         TIMEOUT,
     );
 
@@ -407,8 +401,7 @@ fn swarm_deploy_rerun_update_failed_health_and_rollback() {
         format!("{FRONT_PREFIX}.0/24")
     );
     assert_eq!(
-        task["Networks"][0]["Target"],
-        network[0]["Id"],
+        task["Networks"][0]["Target"], network[0]["Id"],
         "web is on the overlay network"
     );
     // Two tasks, pinned to v1, each serving on its own host-mode port.
@@ -450,13 +443,16 @@ fn swarm_deploy_rerun_update_failed_health_and_rollback() {
         "{out}"
     );
     assert!(out.contains("env MODE changed"), "{out}");
-    assert!(!out.contains("zebra"), "env values are never printed: {out}");
+    assert!(
+        !out.contains("zebra"),
+        "env values are never printed: {out}"
+    );
     assert!(
         out.contains("m1 : ok=2 changed=1 unreachable=0 failed=0"),
         "{out}"
     );
-    let env = daemon.json(["service", "inspect", &web])[0]["Spec"]["TaskTemplate"]
-        ["ContainerSpec"]["Env"]
+    let env = daemon.json(["service", "inspect", &web])[0]["Spec"]["TaskTemplate"]["ContainerSpec"]
+        ["Env"]
         .clone();
     assert_eq!(env, serde_json::json!(["MODE=zebra"]));
 
@@ -474,7 +470,8 @@ fn swarm_deploy_rerun_update_failed_health_and_rollback() {
     assert!(!out.status.success(), "{}", out.describe());
     eprintln!("broken release:\n{}", out.stdout);
     assert!(
-        out.stdout.contains("m1 : ok=2 changed=0 unreachable=0 failed=1"),
+        out.stdout
+            .contains("m1 : ok=2 changed=0 unreachable=0 failed=1"),
         "{}",
         out.describe()
     );
