@@ -469,6 +469,14 @@ fn swarm_deploy_rerun_update_failed_health_and_rollback() {
     let out = deploy(&cli, &app_path, &inventory, &["--health-timeout", "60s"]);
     assert!(!out.status.success(), "{}", out.describe());
     eprintln!("broken release:\n{}", out.stdout);
+    eprintln!(
+        "{}",
+        run(
+            daemon.docker(["service", "ps", "--no-trunc", &web]),
+            TIMEOUT
+        )
+        .stdout
+    );
     assert!(
         out.stdout
             .contains("m1 : ok=2 changed=0 unreachable=0 failed=1"),
@@ -504,6 +512,21 @@ fn swarm_deploy_rerun_update_failed_health_and_rollback() {
     assert!(
         out.contains(&format!("  update   service {web} (start-first)")),
         "{out}"
+    );
+
+    // --- 7. a daemon that is no swarm manager is refused with a reason -----------------------
+    run_ok(daemon.docker(["swarm", "leave", "--force"]), TIMEOUT);
+    let out = deploy(&cli, &app_path, &inventory, &[]);
+    assert!(!out.status.success(), "{}", out.describe());
+    assert!(
+        out.stdout.contains("is not part of an active swarm"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stdout.contains("unreachable=0 failed=1"),
+        "{}",
+        out.describe()
     );
     drop(server);
     drop(daemon);

@@ -113,25 +113,37 @@ fn finish(app: &str, mode: Mode, images: BTreeMap<String, String>, host: HostRep
     }
 }
 
-/// Connects and checks that the endpoint is an active Swarm manager.
-async fn connect_manager(desired: &SwarmDesired, timeout: Duration) -> Result<Engine, String> {
-    let engine = Engine::connect(&desired.endpoint, timeout).await?;
+/// Connects and checks that the endpoint is an active Swarm manager. The error says whether
+/// the host was unreachable (`true`) or answered but is no manager (`false`).
+async fn connect_manager(
+    desired: &SwarmDesired,
+    timeout: Duration,
+) -> Result<Engine, (String, bool)> {
+    let engine = Engine::connect(&desired.endpoint, timeout)
+        .await
+        .map_err(|e| (e, true))?;
     let info = engine
         .docker()
         .info()
         .await
-        .map_err(|e| api_error("reading the daemon's info", e))?;
+        .map_err(|e| (api_error("reading the daemon's info", e), false))?;
     let swarm = info.swarm.unwrap_or_default();
     if swarm.local_node_state != Some(LocalNodeState::ACTIVE) {
-        return Err(format!(
-            "{} is not part of an active swarm (docker swarm init on it, or point the inventory at a manager)",
-            engine.endpoint()
+        return Err((
+            format!(
+                "{} is not part of an active swarm (run `docker swarm init` there, or point the inventory at a manager)",
+                engine.endpoint()
+            ),
+            false,
         ));
     }
     if swarm.control_available != Some(true) {
-        return Err(format!(
-            "{} is a swarm worker, not a manager: services can only be deployed through a manager",
-            engine.endpoint()
+        return Err((
+            format!(
+                "{} is a swarm worker, not a manager: services can only be deployed through a manager",
+                engine.endpoint()
+            ),
+            false,
         ));
     }
     Ok(engine)
@@ -250,8 +262,7 @@ pub async fn deploy(
 
     let engine = match connect_manager(&desired, options.connect_timeout).await {
         Ok(engine) => engine,
-        Err(error) => {
-            let unreachable = !error.contains("swarm");
+        Err((error, unreachable)) => {
             return SwarmReport {
                 run: finish(&app, mode, pins, fail(report, error, unreachable)),
                 plan: None,
@@ -315,8 +326,7 @@ pub async fn rollback(
     let report = report_for(&desired);
     let engine = match connect_manager(&desired, options.connect_timeout).await {
         Ok(engine) => engine,
-        Err(error) => {
-            let unreachable = !error.contains("swarm");
+        Err((error, unreachable)) => {
             return SwarmReport {
                 run: finish(
                     &app,
