@@ -658,13 +658,14 @@ impl Applier<'_> {
                 ) if update => {
                     let tasks = self.task_errors(id).await;
                     return Err(format!(
-                        "service {} did not converge: {message}{}",
+                        "service {} did not converge: Swarm rolled the update back ({message}{}); its new tasks failed or never became healthy (docker service ps --no-trunc {})",
                         service.name,
                         if tasks.is_empty() {
                             String::new()
                         } else {
-                            format!(" ({tasks})")
-                        }
+                            format!("; last task error: {tasks}")
+                        },
+                        service.name
                     ));
                 }
                 Some(ServiceUpdateStatusStateEnum::PAUSED) => {
