@@ -85,7 +85,7 @@ pub(crate) struct CommonArgs {
 
 pub fn deploy(args: DeployArgs) -> Result<()> {
     if args.swarm {
-        return deploy_swarm(&args, BTreeMap::new());
+        return deploy_swarm(&args, BTreeMap::new(), None);
     }
     let (source, desired) = load(&args.common)?;
     deploy_loaded(&args, &source, desired, BTreeMap::new(), None)
@@ -142,6 +142,7 @@ pub fn rollback(args: RollbackArgs) -> Result<()> {
 pub(crate) fn deploy_swarm(
     args: &DeployArgs,
     known_digests: BTreeMap<String, String>,
+    extra: Option<(&str, serde_json::Value)>,
 ) -> Result<()> {
     let desired = load_swarm(&args.common)?;
     let registry =
@@ -164,7 +165,7 @@ pub(crate) fn deploy_swarm(
         &|plan| printer.line(&plan.render()),
         &|result| printer.line(&action_line(&manager, result)),
     ));
-    finish_swarm(&printer, &report, "deploy")
+    finish_swarm(&printer, &report, "deploy", extra)
 }
 
 fn rollback_swarm(args: &RollbackArgs) -> Result<()> {
@@ -183,10 +184,10 @@ fn rollback_swarm(args: &RollbackArgs) -> Result<()> {
         &|plan| printer.line(&plan.render()),
         &|result| printer.line(&action_line(&manager, result)),
     ));
-    finish_swarm(&printer, &report, "rollback")
+    finish_swarm(&printer, &report, "rollback", None)
 }
 
-fn load_swarm(common: &CommonArgs) -> Result<swarm::SwarmDesired> {
+pub(crate) fn load_swarm(common: &CommonArgs) -> Result<swarm::SwarmDesired> {
     let source = AppSource::load(&common.app)?;
     let inventory = Inventory::load(&common.inventory)?;
     Ok(swarm::desired_swarm(
@@ -196,9 +197,20 @@ fn load_swarm(common: &CommonArgs) -> Result<swarm::SwarmDesired> {
     )?)
 }
 
-fn finish_swarm(printer: &Printer, report: &swarm::run::SwarmReport, what: &str) -> Result<()> {
+/// Like [`finish`], with the swarm plan in the `--json` report (and ship's builds, if any).
+fn finish_swarm(
+    printer: &Printer,
+    report: &swarm::run::SwarmReport,
+    what: &str,
+    extra: Option<(&str, serde_json::Value)>,
+) -> Result<()> {
     let plan = serde_json::to_value(&report.plan).context("cannot format the plan")?;
-    finish(printer, &report.run, what, Some(("swarm_plan", plan)))
+    let mut extras = serde_json::Map::new();
+    extras.insert("swarm_plan".to_string(), plan);
+    if let Some((key, value)) = extra {
+        extras.insert(key.to_string(), value);
+    }
+    finish_with(printer, &report.run, what, extras)
 }
 
 pub(crate) fn load(common: &CommonArgs) -> Result<(AppSource, Vec<berth_deploy::DesiredHost>)> {
@@ -233,10 +245,23 @@ fn finish(
     what: &str,
     extra: Option<(&str, serde_json::Value)>,
 ) -> Result<()> {
+    let extras = extra
+        .map(|(key, value)| (key.to_string(), value))
+        .into_iter()
+        .collect();
+    finish_with(printer, report, what, extras)
+}
+
+fn finish_with(
+    printer: &Printer,
+    report: &RunReport,
+    what: &str,
+    extras: serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
     if printer.json {
         let mut value = serde_json::to_value(report).context("cannot format the report")?;
-        if let (Some((key, extra)), Some(object)) = (extra, value.as_object_mut()) {
-            object.insert(key.to_string(), extra);
+        if let Some(object) = value.as_object_mut() {
+            object.extend(extras);
         }
         let text = serde_json::to_string_pretty(&value).context("cannot format the report")?;
         println!("{text}");

@@ -21,8 +21,9 @@ use common::*;
 
 const TIMEOUT: Duration = Duration::from_secs(180);
 
-// A subnet picked to be unlikely on any real network; the daemon only exists for the test.
-const FRONT_PREFIX: &str = "172.31.246";
+// Subnets picked to be unlikely on any real network and apart from the 172.31.x ones the
+// other deploy tests use; the daemon and its swarm exist only for the test.
+const FRONT_PREFIX: &str = "172.29.251";
 
 /// A private dockerd that is a single-node Swarm manager. Leaves the swarm, stops the daemon
 /// by PID and removes its bridge and directories when dropped, also when the test fails.
@@ -74,7 +75,7 @@ impl SwarmDockerd {
                 "network",
                 "create",
                 "--subnet",
-                "172.31.247.0/24",
+                "172.29.250.0/24",
                 "-o",
                 &format!("com.docker.network.bridge.name={}", daemon.bridge),
                 "-o",
@@ -98,7 +99,7 @@ impl SwarmDockerd {
                 "--data-path-port",
                 &data_port,
                 "--default-addr-pool",
-                "172.31.248.0/22",
+                "172.29.252.0/22",
             ]),
             TIMEOUT,
         );
@@ -514,7 +515,61 @@ fn swarm_deploy_rerun_update_failed_health_and_rollback() {
         "{out}"
     );
 
-    // --- 7. a daemon that is no swarm manager is refused with a reason -----------------------
+    // --- 7. ship --swarm: a second app built from a context, pushed, deployed by digest ------
+    // (On a network: this daemon has no default bridge, which tasks without one would use.)
+    let site_app = format!("{app}_site");
+    let context = cli.path("site");
+    fs::create_dir_all(&context).expect("mkdir context");
+    fs::write(context.join("index.html"), "shipped to the swarm\n").expect("write page");
+    fs::write(
+        context.join("Dockerfile"),
+        format!("FROM {image}:v1\nCOPY index.html /www/index.html\n"),
+    )
+    .expect("write Dockerfile");
+    let site_port = free_port();
+    let site_path = cli.path("site.yml");
+    fs::write(
+        &site_path,
+        format!(
+            r#"name: {site_app}
+networks:
+  net: {{ subnet: 172.29.249.0/24 }}
+services:
+  site:
+    image: "{image}-site:v1"
+    build: ./site
+    command: [/bin/sh, -c, "trap 'exit 0' TERM; /bin/busybox httpd -f -p 8000 -h /www & wait"]
+    ports: [{{ target: 8000, published: {site_port}, mode: host }}]
+    networks: [net]
+    healthcheck: {{ test: [CMD, /bin/busybox, wget, -q, -O, /dev/null, "http://127.0.0.1:8000/index.html"], interval: 1s, retries: 30 }}
+"#
+        ),
+    )
+    .expect("write site app");
+    let mut c = cli.cmd(["ship", "--swarm"]);
+    c.arg(&site_path)
+        .arg("-i")
+        .arg(&inventory)
+        .args(["--json", "--health-timeout", "60s"]);
+    let out = run(c, TIMEOUT);
+    assert!(out.status.success(), "{}", out.describe());
+    let report = parse_json(&out.stdout, "ship --swarm --json");
+    let digest = report["builds"][0]["digest"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(digest.starts_with("sha256:"), "{report}");
+    assert_eq!(report["hosts"][0]["changed"], 2, "{report}");
+    let tasks = running_tasks(&daemon, &format!("{site_app}_site"));
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    assert!(tasks[0].0.ends_with(&format!(":v1@{digest}")), "{tasks:?}");
+    let page = http_get(site_port, "/index.html");
+    assert!(
+        page.contains("shipped to the swarm"),
+        "{site_port}: {page:?} {tasks:?}"
+    );
+
+    // --- 8. a daemon that is no swarm manager is refused with a reason -----------------------
     run_ok(daemon.docker(["swarm", "leave", "--force"]), TIMEOUT);
     let out = deploy(&cli, &app_path, &inventory, &[]);
     assert!(!out.status.success(), "{}", out.describe());

@@ -32,12 +32,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::app::{AppSource, NetworkDriver, Protocol, PublishMode, RestartPolicy};
+use crate::app::{AppSource, Build, NetworkDriver, Protocol, PublishMode, RestartPolicy};
 use crate::desired::HealthSpec;
 use crate::error::{Error, Problem, Result};
 use crate::inventory::{DockerEndpoint, Inventory};
 use crate::labels;
 use crate::plan::Unchanged;
+use crate::ship::ImageBuild;
 
 /// Bumped when the hashed form changes.
 const SWARM_HASH_VERSION: &str = "berth-swarm-v1";
@@ -81,6 +82,9 @@ pub struct SwarmService {
     pub key: String,
     pub spec: SwarmSpec,
     pub config_hash: String,
+    /// The service's build context (for `berth ship --swarm`); not part of the hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build: Option<Build>,
 }
 
 /// Everything that defines a service; hashed for change detection (field order is part of
@@ -170,6 +174,7 @@ impl SwarmService {
             key,
             config_hash: spec.config_hash(),
             spec,
+            build: None,
         }
     }
 
@@ -335,11 +340,10 @@ pub fn desired_swarm(
             max_replicas_per_node: placement.max_replicas_per_node,
             healthcheck: service.healthcheck.as_ref().map(HealthSpec::from),
         };
-        services.push(SwarmService::from_spec(
-            format!("{}_{key}", app.name),
-            key.clone(),
-            spec,
-        ));
+        let mut swarm_service =
+            SwarmService::from_spec(format!("{}_{key}", app.name), key.clone(), spec);
+        swarm_service.build = service.build.clone();
+        services.push(swarm_service);
     }
 
     let mut networks = Vec::new();
@@ -396,6 +400,40 @@ pub fn desired_swarm(
         services,
         warnings,
     })
+}
+
+/// What `berth ship --swarm` builds: each image a service with a build context runs, once.
+/// Two services naming one tag with different build settings are refused.
+pub fn image_builds(desired: &SwarmDesired) -> std::result::Result<Vec<ImageBuild>, String> {
+    let mut builds: BTreeMap<String, ImageBuild> = BTreeMap::new();
+    for service in &desired.services {
+        let Some(build) = &service.build else {
+            continue;
+        };
+        let image = service.spec.image.clone();
+        if image.contains('@') {
+            return Err(format!(
+                "service {} has a build context but its image {image} is pinned by digest; \
+                 name a tag to push the build to",
+                service.key
+            ));
+        }
+        let entry = builds.entry(image.clone()).or_insert_with(|| ImageBuild {
+            image: image.clone(),
+            build: build.clone(),
+            services: BTreeSet::new(),
+            hosts: BTreeSet::from([desired.manager.clone()]),
+        });
+        if entry.build != *build {
+            return Err(format!(
+                "image {image} is built differently by services {} and {}: one tag cannot hold both",
+                entry.services.iter().next().cloned().unwrap_or_default(),
+                service.key
+            ));
+        }
+        entry.services.insert(service.key.clone());
+    }
+    Ok(builds.into_values().collect())
 }
 
 fn nano_cpus(cpus: f64) -> u64 {
@@ -954,6 +992,24 @@ services:
                 .to_string();
             assert!(err.contains(expected), "{body}: {err}");
         }
+    }
+
+    #[test]
+    fn ship_builds_each_image_once() {
+        let d = desired(
+            "name: a\nservices:\n  one: { image: r/x:1, build: ./x }\n  two: { image: r/x:1, build: ./x }\n  three: { image: r/y }\n",
+        );
+        let builds = image_builds(&d).unwrap();
+        assert_eq!(builds.len(), 1);
+        assert_eq!(builds[0].image, "r/x:1");
+        assert_eq!(builds[0].services.len(), 2);
+        assert_eq!(builds[0].hosts, BTreeSet::from(["m1".to_string()]));
+        let clash = desired(
+            "name: a\nservices:\n  one: { image: r/x:1, build: ./x }\n  two: { image: r/x:1, build: ./y }\n",
+        );
+        assert!(image_builds(&clash)
+            .unwrap_err()
+            .contains("built differently by services one and two"));
     }
 
     #[test]

@@ -658,7 +658,7 @@ impl Applier<'_> {
                 ) if update => {
                     let tasks = self.task_errors(id).await;
                     return Err(format!(
-                        "service {} did not converge: Swarm rolled the update back ({message}{}); its new tasks failed or never became healthy (docker service ps --no-trunc {})",
+                        "service {}: its new tasks failed or never became healthy (Swarm: {message}{}; see docker service ps --no-trunc {})",
                         service.name,
                         if tasks.is_empty() {
                             String::new()
