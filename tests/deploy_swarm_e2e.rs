@@ -206,6 +206,7 @@ variables:
   registry: {registry}
   tag: v1
   mode: one
+  web_replicas: 2
 networks:
   front:
     subnet: {FRONT_PREFIX}.0/24
@@ -213,7 +214,7 @@ networks:
 services:
   web:
     image: "{{{{ registry }}}}/{repository}:{{{{ tag }}}}"
-    replicas: 2
+    replicas: "{{{{ web_replicas }}}}"
     command: [/bin/sh, -c, "trap 'exit 0' TERM; /bin/busybox httpd -f -p 8000 -h /etc & wait"]
     env: {{ MODE: "{{{{ mode }}}}" }}
     labels: {{ team: front }}
@@ -514,6 +515,43 @@ fn swarm_deploy_rerun_update_failed_health_and_rollback() {
         out.contains(&format!("  update   service {web} (start-first)")),
         "{out}"
     );
+
+    // --- 6b. scale web to 3 (its tasks are kept, one added) and drop nodes (removed) --------
+    let task_ids = |service: &str| -> Vec<String> {
+        let out = run_ok(
+            daemon.docker([
+                "service",
+                "ps",
+                "-q",
+                "--filter",
+                "desired-state=running",
+                service,
+            ]),
+            TIMEOUT,
+        );
+        out.split_whitespace().map(str::to_string).collect()
+    };
+    let before = task_ids(&web);
+    set_vars("mode: zebra\ntag: v1\nweb_replicas: 3\n");
+    let text = fs::read_to_string(&app_path).expect("read app");
+    let without_nodes = &text[..text.find("  nodes:").expect("nodes in the app file")];
+    fs::write(&app_path, without_nodes).expect("write app");
+    let out = ok(deploy(&cli, &app_path, &inventory, &[]));
+    assert!(out.contains("replicas 2 → 3"), "{out}");
+    assert!(out.contains(&format!("remove service {nodes}")), "{out}");
+    assert!(
+        out.contains("m1 : ok=1 changed=2 unreachable=0 failed=0"),
+        "{out}"
+    );
+    let after = task_ids(&web);
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert!(
+        before.iter().all(|id| after.contains(id)),
+        "scaling restarted tasks: {before:?} → {after:?}"
+    );
+    assert!(!run(daemon.docker(["service", "inspect", &nodes]), TIMEOUT)
+        .status
+        .success());
 
     // --- 7. ship --swarm: a second app built from a context, pushed, deployed by digest ------
     // (On a network: this daemon has no default bridge, which tasks without one would use.)

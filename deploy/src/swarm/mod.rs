@@ -194,14 +194,24 @@ impl SwarmService {
         all
     }
 
-    /// Labels on each task's container: the user's, the owner, and the hash, which tells
-    /// the tasks of this config apart from those of the one it replaces.
+    /// Labels on each task's container: the user's, the owner, and the task hash, which
+    /// tells the tasks of this config apart from those of the one it replaces.
     pub fn container_labels(&self, app: &str) -> BTreeMap<String, String> {
         let mut all = self.spec.labels.clone();
         all.insert(labels::APP.into(), app.into());
         all.insert(labels::SERVICE.into(), self.key.clone());
-        all.insert(labels::CONFIG_HASH.into(), self.config_hash.clone());
+        all.insert(labels::CONFIG_HASH.into(), self.task_hash());
         all
+    }
+
+    /// The config hash without the replica count: a change of `replicas` alone scales the
+    /// service and must not restart the tasks it keeps (their labels stay the same).
+    pub fn task_hash(&self) -> String {
+        SwarmSpec {
+            replicas: 0,
+            ..self.spec.clone()
+        }
+        .config_hash()
     }
 }
 
@@ -992,6 +1002,18 @@ services:
                 .to_string();
             assert!(err.contains(expected), "{body}: {err}");
         }
+    }
+
+    #[test]
+    fn scaling_alone_keeps_the_task_hash() {
+        let d = desired(APP);
+        let mut scaled = d.services[0].clone();
+        scaled.spec.replicas = 5;
+        scaled.config_hash = scaled.spec.config_hash();
+        assert_ne!(scaled.config_hash, d.services[0].config_hash);
+        assert_eq!(scaled.task_hash(), d.services[0].task_hash());
+        scaled.spec.env.insert("X".into(), "1".into());
+        assert_ne!(scaled.task_hash(), d.services[0].task_hash());
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!   host-mode port), failure action rollback, so Swarm itself undoes a rollout whose tasks
 //!   fail or never become healthy.
 //! - Converged = no update in progress and exactly `replicas` tasks running with the new
-//!   config (tasks carry `berth.config-hash`); Swarm counts a task with a healthcheck as
+//!   config (task containers carry its hash, replicas left out so that scaling alone
+//!   restarts nothing); Swarm counts a task with a healthcheck as
 //!   running only once it is healthy. Not converged within `--health-timeout`: an update is
 //!   rolled back (by Swarm, or by us when Swarm has not started to), a new service removed,
 //!   and the action fails.
@@ -673,7 +674,7 @@ impl Applier<'_> {
                 }
                 Some(ServiceUpdateStatusStateEnum::UPDATING) => {}
                 _ => {
-                    let (running, error) = self.running_tasks(id, &service.config_hash).await?;
+                    let (running, error) = self.running_tasks(id, &service.task_hash()).await?;
                     if running == service.spec.replicas as usize {
                         return Ok(());
                     }
