@@ -436,9 +436,21 @@ fn swarm_deploy_rerun_update_failed_health_and_rollback() {
     assert_eq!(report["mode"], "check");
     assert_eq!(report["hosts"][0]["changed"], 0, "{report}");
     assert_eq!(report["images"][format!("{image}:v1")], v1.as_str());
+    assert_eq!(
+        report["swarm_plan"]["unchanged"].as_array().map(Vec::len),
+        Some(3),
+        "{report}"
+    );
 
     // --- 3. env change: web updated in place, nodes untouched ---------------------------------
     set_vars("mode: zebra\n");
+    // The --json plan names the change but carries no env value.
+    let check = ok(deploy(&cli, &app_path, &inventory, &["--check", "--json"]));
+    assert!(!check.contains("zebra"), "{check}");
+    let report = parse_json(&check, "deploy --swarm --check --json");
+    let action = &report["swarm_plan"]["actions"][0];
+    assert_eq!(action["action"], "update_service", "{report}");
+    assert_eq!(action["service"]["spec"]["env"]["MODE"], "***", "{report}");
     let out = ok(deploy(&cli, &app_path, &inventory, &[]));
     assert!(
         out.contains(&format!("update service {web} (start-first)")),
