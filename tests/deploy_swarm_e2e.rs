@@ -619,6 +619,38 @@ services:
         "{site_port}: {page:?} {tasks:?}"
     );
 
+    // --- 7b. a tag the registry lacks: pinned, refused before the swarm is touched; with
+    // --no-pin, the node's pulls are rejected, the deploy fails and the new service goes ---
+    let ghost_app = format!("{app}_ghost");
+    let ghost_path = cli.path("ghost.yml");
+    fs::write(
+        &ghost_path,
+        format!("name: {ghost_app}\nservices:\n  ghost: {{ image: \"{image}:missing\" }}\n"),
+    )
+    .expect("write ghost app");
+    let out = deploy(&cli, &ghost_path, &inventory, &[]);
+    assert!(!out.status.success(), "{}", out.describe());
+    assert!(
+        out.stdout
+            .contains(&format!("cannot resolve image {image}:missing")),
+        "{}",
+        out.describe()
+    );
+    let out = deploy(&cli, &ghost_path, &inventory, &["--no-pin"]);
+    assert!(!out.status.success(), "{}", out.describe());
+    eprintln!("missing tag, --no-pin:\n{}", out.stdout);
+    assert!(out.stdout.contains("rejected"), "{}", out.describe());
+    assert!(out.stdout.contains("removed it"), "{}", out.describe());
+    assert!(
+        !run(
+            daemon.docker(["service", "inspect", &format!("{ghost_app}_ghost")]),
+            TIMEOUT
+        )
+        .status
+        .success(),
+        "the service that never ran was left behind"
+    );
+
     // --- 8. a daemon that is no swarm manager is refused with a reason -----------------------
     run_ok(daemon.docker(["swarm", "leave", "--force"]), TIMEOUT);
     let out = deploy(&cli, &app_path, &inventory, &[]);

@@ -81,6 +81,16 @@ pub struct SwarmReport {
 
 const POLL: Duration = Duration::from_millis(500);
 
+/// Rejected tasks of a new config after which waiting stops (see `converged`).
+const REJECTIONS_BEFORE_GIVING_UP: usize = 3;
+
+#[derive(Default)]
+struct TaskCounts {
+    running: usize,
+    rejected: usize,
+    error: String,
+}
+
 fn report_for(desired: &SwarmDesired) -> HostReport {
     HostReport {
         host: desired.manager.clone(),
@@ -674,12 +684,20 @@ impl Applier<'_> {
                 }
                 Some(ServiceUpdateStatusStateEnum::UPDATING) => {}
                 _ => {
-                    let (running, error) = self.running_tasks(id, &service.task_hash()).await?;
-                    if running == service.spec.replicas as usize {
+                    let counts = self.tasks(id, &service.task_hash()).await?;
+                    if counts.running == service.spec.replicas as usize {
                         return Ok(());
                     }
-                    if !error.is_empty() {
-                        last_error = error;
+                    // Swarm retries a rejected task forever; a few rejections in a row
+                    // (an image no node can pull) will not heal by waiting.
+                    if counts.rejected >= REJECTIONS_BEFORE_GIVING_UP {
+                        return Err(format!(
+                            "service {}: tasks rejected {} times: {}",
+                            service.name, counts.rejected, counts.error
+                        ));
+                    }
+                    if !counts.error.is_empty() {
+                        last_error = counts.error;
                     }
                 }
             }
@@ -699,8 +717,9 @@ impl Applier<'_> {
         }
     }
 
-    /// Running tasks of this config (desired state running), and the latest task error.
-    async fn running_tasks(&self, id: &str, hash: &str) -> Result<(usize, String), String> {
+    /// Tasks of this config: how many run (desired state running), how many the node
+    /// rejected (the image cannot be pulled, say), and the latest task error of any config.
+    async fn tasks(&self, id: &str, hash: &str) -> Result<TaskCounts, String> {
         let filters = HashMap::from([("service".to_string(), vec![id.to_string()])]);
         let tasks = self
             .engine
@@ -710,7 +729,7 @@ impl Applier<'_> {
             }))
             .await
             .map_err(|e| api_error("listing tasks", e))?;
-        let mut running = 0;
+        let mut counts = TaskCounts::default();
         let mut latest: Option<(String, String)> = None;
         for task in tasks {
             let ours = task
@@ -725,7 +744,10 @@ impl Applier<'_> {
                 && task.desired_state == Some(TaskState::RUNNING)
                 && status.state == Some(TaskState::RUNNING)
             {
-                running += 1;
+                counts.running += 1;
+            }
+            if ours && status.state == Some(TaskState::REJECTED) {
+                counts.rejected += 1;
             }
             if let Some(err) = status.err.filter(|e| !e.is_empty()) {
                 let when = status.timestamp.map(|t| t.to_string()).unwrap_or_default();
@@ -734,13 +756,14 @@ impl Applier<'_> {
                 }
             }
         }
-        Ok((running, latest.map(|(_, e)| e).unwrap_or_default()))
+        counts.error = latest.map(|(_, e)| e).unwrap_or_default();
+        Ok(counts)
     }
 
     async fn task_errors(&self, id: &str) -> String {
-        self.running_tasks(id, "")
+        self.tasks(id, "")
             .await
-            .map(|(_, error)| error)
+            .map(|counts| counts.error)
             .unwrap_or_default()
     }
 
