@@ -951,3 +951,132 @@ pub fn service_spec(
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::RestartPolicy;
+
+    fn service(restart: &str, retries: Option<u32>) -> SwarmService {
+        let spec = SwarmSpec {
+            image: "reg/web:v1".into(),
+            image_digest: Some("sha256:ab".into()),
+            entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
+            command: Some(vec!["httpd -f".into()]),
+            env: BTreeMap::from([("A".into(), "1".into())]),
+            labels: BTreeMap::from([("team".into(), "web".into())]),
+            replicas: 2,
+            ports: vec![super::super::SwarmPort {
+                published: None,
+                target: 8000,
+                protocol: Protocol::Udp,
+                mode: PublishMode::Host,
+            }],
+            networks: BTreeMap::from([("app_front".into(), vec!["www".into()])]),
+            restart: RestartPolicy {
+                name: restart.into(),
+                max_retries: retries,
+            },
+            limit_nano_cpus: Some(500_000_000),
+            limit_memory: None,
+            reserve_nano_cpus: Some(100_000_000),
+            reserve_memory: Some(1 << 20),
+            constraints: vec!["node.labels.zone==a".into()],
+            spread: vec!["node.labels.rack".into()],
+            max_replicas_per_node: Some(1),
+            healthcheck: None,
+        };
+        SwarmService::from_spec("app_web".into(), "web".into(), spec)
+    }
+
+    #[test]
+    fn engine_spec_maps_every_field() {
+        let spec = service_spec(
+            "app",
+            &service("on-failure", Some(3)),
+            Some("{}"),
+            Duration::from_secs(5),
+        );
+        let task = spec.task_template.as_ref().unwrap();
+        let container = task.container_spec.as_ref().unwrap();
+        assert_eq!(container.image.as_deref(), Some("reg/web:v1@sha256:ab"));
+        // The app file's entrypoint is Swarm's Command, its command Swarm's Args.
+        assert_eq!(container.command.as_deref().unwrap(), ["/bin/sh", "-c"]);
+        assert_eq!(container.args.as_deref().unwrap(), ["httpd -f"]);
+        assert_eq!(container.env.as_deref().unwrap(), ["A=1"]);
+        let container_labels = container.labels.as_ref().unwrap();
+        assert_eq!(container_labels["berth.app"], "app");
+        assert!(!container_labels.contains_key("berth.config"));
+        let restart = task.restart_policy.as_ref().unwrap();
+        assert_eq!(
+            restart.condition,
+            Some(TaskSpecRestartPolicyConditionEnum::ON_FAILURE)
+        );
+        assert_eq!(restart.max_attempts, Some(3));
+        let resources = task.resources.as_ref().unwrap();
+        assert_eq!(
+            resources.limits.as_ref().unwrap().nano_cpus,
+            Some(500_000_000)
+        );
+        assert_eq!(
+            resources.reservations.as_ref().unwrap().memory_bytes,
+            Some(1 << 20)
+        );
+        let placement = task.placement.as_ref().unwrap();
+        assert_eq!(placement.max_replicas, Some(1));
+        assert_eq!(
+            placement.constraints.as_deref().unwrap(),
+            ["node.labels.zone==a"]
+        );
+        let networks = task.networks.as_ref().unwrap();
+        assert_eq!(networks[0].target.as_deref(), Some("app_front"));
+        let port = &spec.endpoint_spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
+        assert_eq!(
+            port.publish_mode,
+            Some(EndpointPortConfigPublishModeEnum::HOST)
+        );
+        assert_eq!(port.protocol, Some(EndpointPortConfigProtocolEnum::UDP));
+        assert_eq!(port.published_port, None);
+        let update = spec.update_config.as_ref().unwrap();
+        assert_eq!(
+            update.order,
+            Some(ServiceSpecUpdateConfigOrderEnum::START_FIRST)
+        );
+        assert_eq!(
+            update.failure_action,
+            Some(ServiceSpecUpdateConfigFailureActionEnum::ROLLBACK)
+        );
+        let labels = spec.labels.as_ref().unwrap();
+        assert_eq!(labels[PREVIOUS_CONFIG], "{}");
+        assert_eq!(labels["team"], "web");
+        assert_eq!(
+            spec.mode
+                .as_ref()
+                .unwrap()
+                .replicated
+                .as_ref()
+                .unwrap()
+                .replicas,
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn restart_policies_map_to_swarm_conditions() {
+        for (name, expected) in [
+            ("no", TaskSpecRestartPolicyConditionEnum::NONE),
+            ("always", TaskSpecRestartPolicyConditionEnum::ANY),
+            ("unless-stopped", TaskSpecRestartPolicyConditionEnum::ANY),
+            ("on-failure", TaskSpecRestartPolicyConditionEnum::ON_FAILURE),
+        ] {
+            let spec = service_spec("app", &service(name, None), None, Duration::from_secs(5));
+            let task = spec.task_template.unwrap();
+            assert_eq!(
+                task.restart_policy.unwrap().condition,
+                Some(expected),
+                "{name}"
+            );
+            assert!(!spec.labels.unwrap().contains_key(PREVIOUS_CONFIG));
+        }
+    }
+}
