@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use berth_deploy::apply::{ActionResult, Outcome};
 use berth_deploy::run::{self, Event, RunOptions, RunReport};
+use berth_deploy::swarm::{self, run::SwarmOptions};
 use berth_deploy::{desired_state, AppSource, Inventory};
 use clap::Args;
 
@@ -43,12 +44,22 @@ pub struct DeployArgs {
         hide_env_values = true
     )]
     pub(crate) creds: Option<String>,
+    /// Deploy the app as Swarm services through a manager: the first host of the inventory
+    /// group `managers`, or the first host --limit selects
+    #[arg(long)]
+    pub(crate) swarm: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct RollbackArgs {
     #[command(flatten)]
     common: CommonArgs,
+    /// Return the app's Swarm services to the config before their last update
+    #[arg(long)]
+    swarm: bool,
+    /// With --swarm: longest wait for the services to converge again
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    health_timeout: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -73,6 +84,9 @@ pub(crate) struct CommonArgs {
 }
 
 pub fn deploy(args: DeployArgs) -> Result<()> {
+    if args.swarm {
+        return deploy_swarm(&args, BTreeMap::new(), None);
+    }
     let (source, desired) = load(&args.common)?;
     deploy_loaded(&args, &source, desired, BTreeMap::new(), None)
 }
@@ -103,6 +117,9 @@ pub(crate) fn deploy_loaded(
 }
 
 pub fn rollback(args: RollbackArgs) -> Result<()> {
+    if args.swarm {
+        return rollback_swarm(&args);
+    }
     let (source, desired) = load(&args.common)?;
     let options = options(&args.common);
     let printer = Printer::new(args.common.json);
@@ -119,6 +136,81 @@ pub fn rollback(args: RollbackArgs) -> Result<()> {
         }
     }
     finish(&printer, &report, "rollback", None)
+}
+
+/// `berth deploy --swarm`: one plan for the whole swarm, applied through its manager.
+pub(crate) fn deploy_swarm(
+    args: &DeployArgs,
+    known_digests: BTreeMap<String, String>,
+    extra: Option<(&str, serde_json::Value)>,
+) -> Result<()> {
+    let desired = load_swarm(&args.common)?;
+    let registry =
+        crate::images::client_config(&args.insecure, args.ca_file.as_ref(), args.creds.as_deref())?;
+    let options = SwarmOptions {
+        check: args.check,
+        connect_timeout: args.common.connect_timeout,
+        health_timeout: args.health_timeout,
+        pin: !args.no_pin,
+        registry,
+        known_digests,
+        ..SwarmOptions::default()
+    };
+    let printer = Printer::new(args.common.json);
+    let manager = desired.manager.clone();
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let report = runtime.block_on(swarm::run::deploy(
+        desired,
+        &options,
+        &|plan| printer.line(&plan.render()),
+        &|result| printer.line(&action_line(&manager, result)),
+    ));
+    finish_swarm(&printer, &report, "deploy", extra)
+}
+
+fn rollback_swarm(args: &RollbackArgs) -> Result<()> {
+    let desired = load_swarm(&args.common)?;
+    let options = SwarmOptions {
+        connect_timeout: args.common.connect_timeout,
+        health_timeout: args.health_timeout,
+        ..SwarmOptions::default()
+    };
+    let printer = Printer::new(args.common.json);
+    let manager = desired.manager.clone();
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let report = runtime.block_on(swarm::run::rollback(
+        desired,
+        &options,
+        &|plan| printer.line(&plan.render()),
+        &|result| printer.line(&action_line(&manager, result)),
+    ));
+    finish_swarm(&printer, &report, "rollback", None)
+}
+
+pub(crate) fn load_swarm(common: &CommonArgs) -> Result<swarm::SwarmDesired> {
+    let source = AppSource::load(&common.app)?;
+    let inventory = Inventory::load(&common.inventory)?;
+    Ok(swarm::desired_swarm(
+        &source,
+        &inventory,
+        common.limit.as_deref(),
+    )?)
+}
+
+/// Like [`finish`], with the swarm plan in the `--json` report (and ship's builds, if any).
+fn finish_swarm(
+    printer: &Printer,
+    report: &swarm::run::SwarmReport,
+    what: &str,
+    extra: Option<(&str, serde_json::Value)>,
+) -> Result<()> {
+    let plan = serde_json::to_value(&report.plan).context("cannot format the plan")?;
+    let mut extras = serde_json::Map::new();
+    extras.insert("swarm_plan".to_string(), plan);
+    if let Some((key, value)) = extra {
+        extras.insert(key.to_string(), value);
+    }
+    finish_with(printer, &report.run, what, extras)
 }
 
 pub(crate) fn load(common: &CommonArgs) -> Result<(AppSource, Vec<berth_deploy::DesiredHost>)> {
@@ -153,10 +245,23 @@ fn finish(
     what: &str,
     extra: Option<(&str, serde_json::Value)>,
 ) -> Result<()> {
+    let extras = extra
+        .map(|(key, value)| (key.to_string(), value))
+        .into_iter()
+        .collect();
+    finish_with(printer, report, what, extras)
+}
+
+fn finish_with(
+    printer: &Printer,
+    report: &RunReport,
+    what: &str,
+    extras: serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
     if printer.json {
         let mut value = serde_json::to_value(report).context("cannot format the report")?;
-        if let (Some((key, extra)), Some(object)) = (extra, value.as_object_mut()) {
-            object.insert(key.to_string(), extra);
+        if let Some(object) = value.as_object_mut() {
+            object.extend(extras);
         }
         let text = serde_json::to_string_pretty(&value).context("cannot format the report")?;
         println!("{text}");

@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use berth_deploy::ship::image_builds;
+use berth_deploy::ship::{image_builds, ImageBuild};
+use berth_deploy::swarm;
 use clap::Args;
 use serde_json::json;
 
 use crate::build::{build_and_push, ServiceBuild};
-use crate::deploy::{deploy_loaded, load, DeployArgs};
+use crate::deploy::{deploy_loaded, deploy_swarm, load, load_swarm, DeployArgs};
 use crate::images::ClientArgs;
 
 #[derive(Args, Debug)]
@@ -37,8 +38,34 @@ pub fn ship(args: ShipArgs) -> Result<()> {
              for the deploy's"
         );
     }
+    if args.deploy.swarm {
+        let desired = load_swarm(&args.deploy.common)?;
+        let builds = swarm::image_builds(&desired).map_err(anyhow::Error::msg)?;
+        let (pushed, report) = build_all(&args, &builds)?;
+        return deploy_swarm(
+            &args.deploy,
+            pushed,
+            Some(("builds", serde_json::Value::Array(report))),
+        );
+    }
     let (source, desired) = load(&args.deploy.common)?;
     let builds = image_builds(&desired).map_err(anyhow::Error::msg)?;
+    let (pushed, report) = build_all(&args, &builds)?;
+    deploy_loaded(
+        &args.deploy,
+        &source,
+        desired,
+        pushed,
+        Some(("builds", serde_json::Value::Array(report))),
+    )
+}
+
+/// Builds and pushes every image, in order; the first failure stops the ship before
+/// anything is deployed. Returns image → pushed digest, and the `builds` report.
+fn build_all(
+    args: &ShipArgs,
+    builds: &[ImageBuild],
+) -> Result<(BTreeMap<String, String>, Vec<serde_json::Value>)> {
     let base = match &args.context {
         Some(dir) => dir.clone(),
         None => args
@@ -100,11 +127,5 @@ pub fn ship(args: ShipArgs) -> Result<()> {
             "context": context.display().to_string(),
         }));
     }
-    deploy_loaded(
-        &args.deploy,
-        &source,
-        desired,
-        pushed,
-        Some(("builds", serde_json::Value::Array(report))),
-    )
+    Ok((pushed, report))
 }

@@ -31,7 +31,17 @@
 //!     stop_signal: SIGQUIT           # what `docker stop` sends first (default: the image's, else SIGTERM)
 //!     stop_grace_period: 3s          # then SIGKILL after this long (default 10s)
 //!     build: { context: ./web, dockerfile: Dockerfile, args: { V: 1 } }   # for `berth ship`
+//!     # Swarm mode only (`berth deploy --swarm`); container mode ignores them:
+//!     reservations: { cpus: 0.25, memory: 64m }     # what the scheduler sets aside per task
+//!     placement:
+//!       constraints: [node.labels.zone==a]          # Swarm constraint expressions
+//!       preferences: [{ spread: node.labels.zone }] # or plain `node.labels.zone`
+//!       max_replicas_per_node: 1
 //! ```
+//!
+//! A port may also say `mode: host` or `mode: ingress` (Swarm's publish modes; ingress, the
+//! routing mesh, is Swarm's default). Container mode publishes every port on its own host
+//! and ignores `mode`.
 //!
 //! String values anywhere under `networks` and `services` are templates (see
 //! [`crate::template`]), rendered per host with the app's `variables` overlaid by the host's
@@ -153,6 +163,34 @@ pub struct Service {
     pub stop_grace_period: Option<u64>,
     #[serde(default, deserialize_with = "optional_build")]
     pub build: Option<Build>,
+    /// Swarm mode: resources the scheduler reserves per task (container mode ignores it).
+    #[serde(default)]
+    pub reservations: Option<Reservations>,
+    /// Swarm mode: where tasks may run (container mode places by `hosts` instead).
+    #[serde(default)]
+    pub placement: Option<Placement>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reservations {
+    #[serde(default, deserialize_with = "optional_cpus")]
+    pub cpus: Option<f64>,
+    #[serde(default, deserialize_with = "optional_bytes")]
+    pub memory: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    /// Swarm constraint expressions (`node.labels.zone==a`, `node.role!=manager`).
+    #[serde(default)]
+    pub constraints: Vec<String>,
+    /// Spread descriptors (`node.labels.zone`), in order of preference.
+    #[serde(default, deserialize_with = "spread_list")]
+    pub preferences: Vec<String>,
+    #[serde(default)]
+    pub max_replicas_per_node: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -180,6 +218,19 @@ pub struct Port {
     pub published: Option<u16>,
     pub target: u16,
     pub protocol: Protocol,
+    /// Swarm's publish mode; `None` = Swarm's default (ingress). Skipped when unset so the
+    /// config hashes of containers deployed before this field existed stay the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<PublishMode>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishMode {
+    /// On the node that runs the task only (no routing mesh).
+    Host,
+    /// Through Swarm's routing mesh, on every node.
+    Ingress,
 }
 
 impl std::fmt::Display for Port {
@@ -526,6 +577,63 @@ impl App {
                     ));
                 }
             }
+            if let Some(reservations) = &service.reservations {
+                if let Some(cpus) = reservations.cpus {
+                    if !(cpus > 0.0 && cpus.is_finite()) {
+                        problems.push(Problem::new(
+                            at(".reservations.cpus"),
+                            format!("{cpus} is not a positive number of CPUs"),
+                        ));
+                    } else if service.cpus.is_some_and(|limit| cpus > limit) {
+                        problems.push(Problem::new(
+                            at(".reservations.cpus"),
+                            format!(
+                                "reserves {cpus} CPUs, more than its limit `cpus: {}`",
+                                service.cpus.unwrap_or_default()
+                            ),
+                        ));
+                    }
+                }
+                if let (Some(reserved), Some(limit)) = (reservations.memory, service.memory) {
+                    if reserved > limit {
+                        problems.push(Problem::new(
+                            at(".reservations.memory"),
+                            format!("reserves {reserved} bytes, more than its limit `memory` ({limit} bytes)"),
+                        ));
+                    }
+                }
+            }
+            if let Some(placement) = &service.placement {
+                for (index, constraint) in placement.constraints.iter().enumerate() {
+                    let valid = ["==", "!="].iter().any(|op| {
+                        constraint.split_once(op).is_some_and(|(key, value)| {
+                            !key.trim().is_empty() && !value.trim().is_empty()
+                        })
+                    });
+                    if !valid {
+                        problems.push(Problem::new(
+                            at(&format!(".placement.constraints[{index}]")),
+                            format!("{constraint:?} is not a constraint (KEY==VALUE or KEY!=VALUE, e.g. node.labels.zone==a)"),
+                        ));
+                    }
+                }
+                for (index, spread) in placement.preferences.iter().enumerate() {
+                    if spread.trim().is_empty() || spread.contains(char::is_whitespace) {
+                        problems.push(Problem::new(
+                            at(&format!(".placement.preferences[{index}]")),
+                            format!(
+                                "{spread:?} is not a spread descriptor (e.g. node.labels.zone)"
+                            ),
+                        ));
+                    }
+                }
+                if placement.max_replicas_per_node == Some(0) {
+                    problems.push(Problem::new(
+                        at(".placement.max_replicas_per_node"),
+                        "must be at least 1 (leave it out for no limit)",
+                    ));
+                }
+            }
             for name in service.env.keys() {
                 if name.is_empty() || name.contains('=') {
                     problems.push(Problem::new(
@@ -733,6 +841,7 @@ fn parse_port(item: &Value) -> std::result::Result<Port, String> {
                 published: None,
                 target,
                 protocol: Protocol::Tcp,
+                mode: None,
             })
         }
         Value::String(text) => {
@@ -764,6 +873,7 @@ fn parse_port(item: &Value) -> std::result::Result<Port, String> {
                             published: optional_port(published, port_number)?,
                             target: port_number(target)?,
                             protocol,
+                            mode: None,
                         });
                     }
                     _ => (None, spec),
@@ -776,12 +886,14 @@ fn parse_port(item: &Value) -> std::result::Result<Port, String> {
                     published: None,
                     target: port_number(target)?,
                     protocol,
+                    mode: None,
                 }),
                 [published, target] => Ok(Port {
                     host_ip,
                     published: optional_port(published, port_number)?,
                     target: port_number(target)?,
                     protocol,
+                    mode: None,
                 }),
                 _ => Err(format!(
                     "{text:?}: expected [HOST_IP:][PUBLISHED:]TARGET[/PROTOCOL]"
@@ -789,12 +901,11 @@ fn parse_port(item: &Value) -> std::result::Result<Port, String> {
             }
         }
         Value::Object(map) => {
-            if let Some(unknown) = map
-                .keys()
-                .find(|k| !["target", "published", "host_ip", "protocol"].contains(&k.as_str()))
-            {
+            if let Some(unknown) = map.keys().find(|k| {
+                !["target", "published", "host_ip", "protocol", "mode"].contains(&k.as_str())
+            }) {
                 return Err(format!(
-                    "unknown key `{unknown}` (expected target, published, host_ip, protocol)"
+                    "unknown key `{unknown}` (expected target, published, host_ip, protocol, mode)"
                 ));
             }
             let text_of = |key: &str| {
@@ -816,11 +927,19 @@ fn parse_port(item: &Value) -> std::result::Result<Port, String> {
                 .map(|p| parse_protocol(&p))
                 .transpose()?
                 .unwrap_or(Protocol::Tcp);
+            let mode = text_of("mode")?
+                .map(|m| match m.as_str() {
+                    "host" => Ok(PublishMode::Host),
+                    "ingress" => Ok(PublishMode::Ingress),
+                    other => Err(format!("unknown port mode {other:?} (host or ingress)")),
+                })
+                .transpose()?;
             Ok(Port {
                 host_ip,
                 published,
                 target,
                 protocol,
+                mode,
             })
         }
         other => Err(format!(
@@ -890,6 +1009,35 @@ fn service_networks<'de, D: Deserializer<'de>>(
             yaml::kind_of(&other)
         ))),
     }
+}
+
+/// Placement preferences: `node.labels.zone` or Compose's `{ spread: node.labels.zone }`.
+fn spread_list<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<String>, D::Error> {
+    let items = match Value::deserialize(d)? {
+        Value::Null => return Ok(Vec::new()),
+        Value::Array(items) => items,
+        other => {
+            return Err(D::Error::custom(format!(
+                "expected a list of spread preferences, found {}",
+                yaml::kind_of(&other)
+            )))
+        }
+    };
+    items
+        .into_iter()
+        .map(|item| match item {
+            Value::String(text) => Ok(text),
+            Value::Object(map) if map.len() == 1 => match map.get("spread") {
+                Some(Value::String(text)) => Ok(text.clone()),
+                _ => Err(D::Error::custom(
+                    "a preference is `{ spread: node.labels.NAME }`",
+                )),
+            },
+            _ => Err(D::Error::custom(
+                "a preference is `node.labels.NAME` or `{ spread: node.labels.NAME }`",
+            )),
+        })
+        .collect()
 }
 
 fn restart_policy<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<RestartPolicy, D::Error> {
@@ -1287,7 +1435,8 @@ services:
             ("'99999'", "invalid port"),
             ("'a:b:c:d'", "expected [HOST_IP:]"),
             ("{ published: 80 }", "missing `target`"),
-            ("{ target: 80, mode: host }", "unknown key `mode`"),
+            ("{ target: 80, mode: mesh }", "unknown port mode"),
+            ("{ target: 80, node: 1 }", "unknown key `node`"),
         ] {
             let found = problems(
                 &format!("name: a\nservices:\n  web: {{ image: x, ports: [{port}] }}\n"),

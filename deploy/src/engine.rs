@@ -63,7 +63,7 @@ pub struct Engine {
 
 /// A failed Engine API call, said in words: what was done, on which host, and Docker's own
 /// message (which names the container, port or address at fault).
-fn api_error(what: &str, err: bollard::errors::Error) -> String {
+pub(crate) fn api_error(what: &str, err: bollard::errors::Error) -> String {
     use bollard::errors::Error as E;
     match err {
         E::DockerResponseServerError {
@@ -200,6 +200,11 @@ impl Engine {
             endpoint: shown,
             _tunnel: tunnel,
         })
+    }
+
+    /// The API client, for the swarm module's service calls.
+    pub(crate) fn docker(&self) -> &Docker {
+        &self.docker
     }
 
     pub fn endpoint(&self) -> &str {
@@ -768,12 +773,14 @@ mod tests {
                     published: Some(8080),
                     target: 80,
                     protocol: Protocol::Tcp,
+                    mode: None,
                 },
                 Port {
                     host_ip: None,
                     published: None,
                     target: 53,
                     protocol: Protocol::Udp,
+                    mode: None,
                 },
             ],
             networks: BTreeMap::from([

@@ -24,6 +24,7 @@ pub mod plan;
 pub mod run;
 pub mod ship;
 pub mod ssh;
+pub mod swarm;
 pub mod template;
 mod units;
 mod yaml;

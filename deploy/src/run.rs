@@ -228,7 +228,7 @@ pub async fn resolve_digests(
 }
 
 /// Credentials `docker login` (or `berth login`) stored for each image's registry.
-fn pull_credentials(
+pub(crate) fn pull_credentials(
     config: &ClientConfig,
     images: &BTreeSet<String>,
 ) -> BTreeMap<String, PullAuth> {
