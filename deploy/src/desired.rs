@@ -125,24 +125,32 @@ impl From<&Healthcheck> for HealthSpec {
 impl ContainerSpec {
     /// The image reference a container is created from: pinned by digest when known.
     pub fn image_reference(&self) -> String {
-        match &self.image_digest {
-            Some(digest) => format!(
-                "{}@{digest}",
-                self.image.split('@').next().unwrap_or(&self.image)
-            ),
-            None => self.image.clone(),
-        }
+        pinned_reference(&self.image, self.image_digest.as_deref())
     }
 
     pub fn config_hash(&self) -> String {
-        let mut hasher = Sha256::new();
-        hasher.update(CONFIG_HASH_VERSION.as_bytes());
-        hasher.update(b"\n");
-        // Serialising plain structs and BTreeMaps cannot fail; the fallback keeps the hash
-        // total without an unwrap.
-        hasher.update(serde_json::to_vec(self).unwrap_or_default());
-        hex::encode(hasher.finalize())
+        versioned_hash(CONFIG_HASH_VERSION, self)
     }
+}
+
+/// `repo:tag@sha256:…` when the digest is known (any digest already in `image` replaced),
+/// else `image` as written. Shared by containers and swarm services.
+pub(crate) fn pinned_reference(image: &str, digest: Option<&str>) -> String {
+    match digest {
+        Some(digest) => format!("{}@{digest}", image.split('@').next().unwrap_or(image)),
+        None => image.to_string(),
+    }
+}
+
+/// SHA-256 (hex) of a format version line and a config's JSON: equal hash, nothing to do.
+pub(crate) fn versioned_hash(version: &str, config: &impl Serialize) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(version.as_bytes());
+    hasher.update(b"\n");
+    // Serialising plain structs and BTreeMaps cannot fail; the fallback keeps the hash
+    // total without an unwrap.
+    hasher.update(serde_json::to_vec(config).unwrap_or_default());
+    hex::encode(hasher.finalize())
 }
 
 impl DesiredContainer {

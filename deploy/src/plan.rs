@@ -21,6 +21,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
 
 use serde::Serialize;
 
@@ -625,9 +628,50 @@ fn normalise_tag(reference: &str) -> String {
     }
 }
 
-fn network_differences(desired: &DesiredNetwork, actual: &ActualNetwork) -> Vec<String> {
+/// The addressing of a network, as the app wants it or as Docker reports it; bridge and
+/// overlay networks (container and swarm mode) compare it the same way.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Addressing {
+    pub subnet: Option<Ipv4Net>,
+    pub gateway: Option<Ipv4Addr>,
+    pub ip_range: Option<Ipv4Net>,
+    pub internal: bool,
+}
+
+/// Why a network's addressing differs, one reason per field.
+pub(crate) fn addressing_differences(want: Addressing, have: Addressing) -> Vec<String> {
     let mut reasons = Vec::new();
     let show = |value: Option<String>| value.unwrap_or_else(|| "(none)".to_string());
+    // Unset subnet/gateway means "Docker picks": whatever it picked is fine.
+    if want.subnet.is_some() && want.subnet != have.subnet {
+        reasons.push(format!(
+            "subnet {} → {}",
+            show(have.subnet.map(|s| s.to_string())),
+            show(want.subnet.map(|s| s.to_string()))
+        ));
+    }
+    if want.gateway.is_some() && want.gateway != have.gateway {
+        reasons.push(format!(
+            "gateway {} → {}",
+            show(have.gateway.map(|g| g.to_string())),
+            show(want.gateway.map(|g| g.to_string()))
+        ));
+    }
+    if want.ip_range != have.ip_range {
+        reasons.push(format!(
+            "ip_range {} → {}",
+            show(have.ip_range.map(|r| r.to_string())),
+            show(want.ip_range.map(|r| r.to_string()))
+        ));
+    }
+    if want.internal != have.internal {
+        reasons.push(format!("internal {} → {}", have.internal, want.internal));
+    }
+    reasons
+}
+
+fn network_differences(desired: &DesiredNetwork, actual: &ActualNetwork) -> Vec<String> {
+    let mut reasons = Vec::new();
     if desired.driver.as_str() != actual.driver {
         reasons.push(format!(
             "driver {} → {}",
@@ -635,34 +679,20 @@ fn network_differences(desired: &DesiredNetwork, actual: &ActualNetwork) -> Vec<
             desired.driver.as_str()
         ));
     }
-    // Unset subnet/gateway means "Docker picks": whatever it picked is fine.
-    if desired.subnet.is_some() && desired.subnet != actual.subnet {
-        reasons.push(format!(
-            "subnet {} → {}",
-            show(actual.subnet.map(|s| s.to_string())),
-            show(desired.subnet.map(|s| s.to_string()))
-        ));
-    }
-    if desired.gateway.is_some() && desired.gateway != actual.gateway {
-        reasons.push(format!(
-            "gateway {} → {}",
-            show(actual.gateway.map(|g| g.to_string())),
-            show(desired.gateway.map(|g| g.to_string()))
-        ));
-    }
-    if desired.ip_range != actual.ip_range {
-        reasons.push(format!(
-            "ip_range {} → {}",
-            show(actual.ip_range.map(|r| r.to_string())),
-            show(desired.ip_range.map(|r| r.to_string()))
-        ));
-    }
-    if desired.internal != actual.internal {
-        reasons.push(format!(
-            "internal {} → {}",
-            actual.internal, desired.internal
-        ));
-    }
+    reasons.extend(addressing_differences(
+        Addressing {
+            subnet: desired.subnet,
+            gateway: desired.gateway,
+            ip_range: desired.ip_range,
+            internal: desired.internal,
+        },
+        Addressing {
+            subnet: actual.subnet,
+            gateway: actual.gateway,
+            ip_range: actual.ip_range,
+            internal: actual.internal,
+        },
+    ));
     // Docker adds options of its own; only the ones the app sets are compared.
     for (key, value) in &desired.options {
         match actual.options.get(key) {

@@ -30,7 +30,6 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::app::{AppSource, Build, NetworkDriver, Protocol, PublishMode, RestartPolicy};
 use crate::desired::HealthSpec;
@@ -139,22 +138,11 @@ impl std::fmt::Display for SwarmPort {
 impl SwarmSpec {
     /// `repo:tag@sha256:…` once pinned (the tag kept for people reading `docker service ls`).
     pub fn image_reference(&self) -> String {
-        match &self.image_digest {
-            Some(digest) => format!(
-                "{}@{digest}",
-                self.image.split('@').next().unwrap_or(&self.image)
-            ),
-            None => self.image.clone(),
-        }
+        crate::desired::pinned_reference(&self.image, self.image_digest.as_deref())
     }
 
     pub fn config_hash(&self) -> String {
-        let mut hasher = Sha256::new();
-        hasher.update(SWARM_HASH_VERSION.as_bytes());
-        hasher.update(b"\n");
-        // Plain structs and BTreeMaps always serialise; the fallback keeps this total.
-        hasher.update(serde_json::to_vec(self).unwrap_or_default());
-        hex::encode(hasher.finalize())
+        crate::desired::versioned_hash(SWARM_HASH_VERSION, self)
     }
 
     /// Stop-first when a task binds a fixed host-mode port: the new task could not bind it
@@ -723,34 +711,20 @@ fn network_differences(desired: &SwarmNetwork, actual: &ActualSwarmNetwork) -> V
             actual.driver
         ));
     }
-    let show = |v: Option<String>| v.unwrap_or_else(|| "none".into());
-    if desired.subnet.is_some() && desired.subnet != actual.subnet {
-        out.push(format!(
-            "subnet {} → {}",
-            show(actual.subnet.map(|s| s.to_string())),
-            show(desired.subnet.map(|s| s.to_string()))
-        ));
-    }
-    if desired.gateway.is_some() && desired.gateway != actual.gateway {
-        out.push(format!(
-            "gateway {} → {}",
-            show(actual.gateway.map(|s| s.to_string())),
-            show(desired.gateway.map(|s| s.to_string()))
-        ));
-    }
-    if desired.ip_range != actual.ip_range {
-        out.push(format!(
-            "ip_range {} → {}",
-            show(actual.ip_range.map(|s| s.to_string())),
-            show(desired.ip_range.map(|s| s.to_string()))
-        ));
-    }
-    if desired.internal != actual.internal {
-        out.push(format!(
-            "internal {} → {}",
-            actual.internal, desired.internal
-        ));
-    }
+    out.extend(crate::plan::addressing_differences(
+        crate::plan::Addressing {
+            subnet: desired.subnet,
+            gateway: desired.gateway,
+            ip_range: desired.ip_range,
+            internal: desired.internal,
+        },
+        crate::plan::Addressing {
+            subnet: actual.subnet,
+            gateway: actual.gateway,
+            ip_range: actual.ip_range,
+            internal: actual.internal,
+        },
+    ));
     if !actual.attachable {
         out.push("not attachable".into());
     }
