@@ -293,33 +293,16 @@ impl Engine {
             let Some(name) = network.name.clone() else {
                 continue;
             };
-            let ipv4 = network
-                .ipam
-                .as_ref()
-                .and_then(|ipam| ipam.config.as_ref())
-                .and_then(|configs| {
-                    configs.iter().find(|c| {
-                        c.subnet
-                            .as_deref()
-                            .is_some_and(|s| s.parse::<Ipv4Net>().is_ok())
-                    })
-                });
+            let (subnet, gateway, ip_range) = ipv4_addressing(network.ipam.as_ref());
             let mut containers = attached.remove(&name).unwrap_or_default();
             containers.sort_by(|a, b| a.name.cmp(&b.name));
             actual.networks.push(ActualNetwork {
                 id: network.id.unwrap_or_default(),
                 name,
                 driver: network.driver.unwrap_or_default(),
-                subnet: ipv4
-                    .and_then(|c| c.subnet.as_deref())
-                    .and_then(|s| s.parse().ok()),
-                gateway: ipv4
-                    .and_then(|c| c.gateway.as_deref())
-                    .and_then(|g| g.parse().ok()),
-                ip_range: ipv4
-                    .and_then(|c| c.ip_range.as_deref())
-                    .filter(|r| !r.is_empty())
-                    .and_then(|r| r.parse().ok()),
+                subnet,
+                gateway,
+                ip_range,
                 options: network.options.unwrap_or_default().into_iter().collect(),
                 internal: network.internal.unwrap_or(false),
                 labels: network.labels.unwrap_or_default().into_iter().collect(),
@@ -751,6 +734,31 @@ pub fn later_networks(
     spec: &ContainerSpec,
 ) -> impl Iterator<Item = (&String, &crate::app::ServiceNetwork)> {
     spec.networks.iter().skip(1)
+}
+
+/// The IPv4 subnet, gateway and ip range of a network's IPAM (its first IPv4 config; Docker
+/// lists IPv6 ones beside it). Unparseable or empty values count as unset.
+pub(crate) fn ipv4_addressing(
+    ipam: Option<&bollard::models::Ipam>,
+) -> (Option<Ipv4Net>, Option<Ipv4Addr>, Option<Ipv4Net>) {
+    let ipv4 = ipam
+        .and_then(|ipam| ipam.config.as_ref())
+        .and_then(|configs| {
+            configs.iter().find(|c| {
+                c.subnet
+                    .as_deref()
+                    .is_some_and(|s| s.parse::<Ipv4Net>().is_ok())
+            })
+        });
+    (
+        ipv4.and_then(|c| c.subnet.as_deref())
+            .and_then(|s| s.parse().ok()),
+        ipv4.and_then(|c| c.gateway.as_deref())
+            .and_then(|g| g.parse().ok()),
+        ipv4.and_then(|c| c.ip_range.as_deref())
+            .filter(|r| !r.is_empty())
+            .and_then(|r| r.parse().ok()),
+    )
 }
 
 #[cfg(test)]

@@ -185,31 +185,14 @@ async fn read(engine: &Engine) -> Result<SwarmActual, String> {
     }
     for network in networks {
         let Some(name) = network.name else { continue };
-        let ipv4 = network
-            .ipam
-            .as_ref()
-            .and_then(|ipam| ipam.config.as_ref())
-            .and_then(|configs| {
-                configs.iter().find(|c| {
-                    c.subnet
-                        .as_deref()
-                        .is_some_and(|s| s.parse::<ipnet::Ipv4Net>().is_ok())
-                })
-            });
+        let (subnet, gateway, ip_range) = crate::engine::ipv4_addressing(network.ipam.as_ref());
         actual.networks.push(ActualSwarmNetwork {
             id: network.id.unwrap_or_default(),
             name,
             driver: network.driver.unwrap_or_default(),
-            subnet: ipv4
-                .and_then(|c| c.subnet.as_deref())
-                .and_then(|s| s.parse().ok()),
-            gateway: ipv4
-                .and_then(|c| c.gateway.as_deref())
-                .and_then(|g| g.parse().ok()),
-            ip_range: ipv4
-                .and_then(|c| c.ip_range.as_deref())
-                .filter(|r| !r.is_empty())
-                .and_then(|r| r.parse().ok()),
+            subnet,
+            gateway,
+            ip_range,
             internal: network.internal.unwrap_or(false),
             attachable: network.attachable.unwrap_or(false),
             labels: network.labels.unwrap_or_default().into_iter().collect(),
