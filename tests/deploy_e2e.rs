@@ -569,22 +569,7 @@ impl Drop for TlsDockerd {
             let _ = run(self.docker(["rm", "-f", id]), TIMEOUT);
         }
         let _ = run(self.docker(["network", "prune", "-f"]), TIMEOUT);
-        let pid = self.child.id() as libc::pid_t;
-        // SAFETY: kill(2) on the PID of the child this struct started and still owns.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        terminate_child(&mut self.child, Duration::from_secs(30));
         // Anything dockerd left mounted below its directories goes before they are removed.
         let root = self.dir.path().display().to_string();
         if let Ok(mounts) = fs::read_to_string("/proc/mounts") {

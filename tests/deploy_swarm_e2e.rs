@@ -135,22 +135,7 @@ impl Drop for SwarmDockerd {
             let _ = run(self.docker(["rm", "-f", id]), TIMEOUT);
         }
         let _ = run(self.docker(["network", "rm", "docker_gwbridge"]), TIMEOUT);
-        let pid = self.child.id() as libc::pid_t;
-        // SAFETY: kill(2) on the PID of the child this struct started and still owns.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        terminate_child(&mut self.child, Duration::from_secs(30));
         if fs::metadata(format!("/sys/class/net/{}", self.bridge)).is_ok() {
             let _ = run(cmd("ip", ["link", "delete", &self.bridge]), TIMEOUT);
         }

@@ -1611,3 +1611,21 @@ impl Drop for DockerHosts {
         }
     }
 }
+
+/// Stops a child process this test started and still owns: SIGTERM, up to `grace` to exit,
+/// then SIGKILL; always reaped. For daemons (dockerd) whose Drop guard must not leave them.
+pub fn terminate_child(child: &mut Child, grace: Duration) {
+    // SAFETY: kill(2) on the PID of a child we spawned and have not reaped yet.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
