@@ -340,12 +340,7 @@ impl Engine {
     }
 
     pub async fn create_network(&self, network: &DesiredNetwork) -> Result<String, String> {
-        let ipam_config = network.subnet.map(|subnet| IpamConfig {
-            subnet: Some(subnet.to_string()),
-            gateway: network.gateway.map(|g| g.to_string()),
-            ip_range: network.ip_range.map(|r| r.to_string()),
-            auxiliary_addresses: None,
-        });
+        let ipam_config = ipam_config(network.subnet, network.gateway, network.ip_range);
         let request = NetworkCreateRequest {
             name: network.name.clone(),
             driver: Some(network.driver.as_str().to_string()),
@@ -734,6 +729,20 @@ pub fn later_networks(
     spec: &ContainerSpec,
 ) -> impl Iterator<Item = (&String, &crate::app::ServiceNetwork)> {
     spec.networks.iter().skip(1)
+}
+
+/// The IPAM config a network is created with: none (Docker picks) without a subnet.
+pub(crate) fn ipam_config(
+    subnet: Option<Ipv4Net>,
+    gateway: Option<Ipv4Addr>,
+    ip_range: Option<Ipv4Net>,
+) -> Option<IpamConfig> {
+    subnet.map(|subnet| IpamConfig {
+        subnet: Some(subnet.to_string()),
+        gateway: gateway.map(|g| g.to_string()),
+        ip_range: ip_range.map(|r| r.to_string()),
+        auxiliary_addresses: None,
+    })
 }
 
 /// The IPv4 subnet, gateway and ip range of a network's IPAM (its first IPv4 config; Docker

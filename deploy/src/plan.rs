@@ -159,24 +159,17 @@ impl HostPlan {
     /// One host's block of the printed plan (hosts finish at different times; each block
     /// can be printed as soon as its host is planned).
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(out, "HOST {} ({})", self.host, self.endpoint);
-        if let Some(error) = &self.error {
-            let _ = writeln!(out, "  failed   {error}");
-        }
-        for action in &self.actions {
-            let (verb, what, why) = describe(action);
-            let _ = writeln!(out, "  {verb:<8} {what}");
-            if !why.is_empty() {
-                let _ = writeln!(out, "           {why}");
-            }
-        }
-        for unchanged in &self.unchanged {
-            let _ = writeln!(out, "  ok       {} {}", unchanged.kind, unchanged.name);
-        }
-        for warning in &self.warnings {
-            let _ = writeln!(out, "  warning  {warning}");
-        }
+        let mut out = format!("HOST {} ({})\n", self.host, self.endpoint);
+        render_plan_lines(
+            &mut out,
+            self.error.as_deref(),
+            self.actions.iter().map(|action| {
+                let (verb, what, why) = describe(action);
+                (verb.to_string(), what, why)
+            }),
+            &self.unchanged,
+            &self.warnings,
+        );
         out.push('\n');
         out
     }
@@ -187,6 +180,32 @@ impl HostPlan {
 pub fn action_text(action: &Action) -> String {
     let (verb, what, _) = describe(action);
     format!("{verb} {what}")
+}
+
+/// The body of a printed plan, shared by hosts and swarms: the error, one line per action
+/// (`verb what`, then the reason indented), `ok` per unchanged object, then the warnings.
+pub(crate) fn render_plan_lines(
+    out: &mut String,
+    error: Option<&str>,
+    actions: impl Iterator<Item = (String, String, String)>,
+    unchanged: &[Unchanged],
+    warnings: &[String],
+) {
+    if let Some(error) = error {
+        let _ = writeln!(out, "  failed   {error}");
+    }
+    for (verb, what, why) in actions {
+        let _ = writeln!(out, "  {verb:<8} {what}");
+        if !why.is_empty() {
+            let _ = writeln!(out, "           {why}");
+        }
+    }
+    for unchanged in unchanged {
+        let _ = writeln!(out, "  ok       {} {}", unchanged.kind, unchanged.name);
+    }
+    for warning in warnings {
+        let _ = writeln!(out, "  warning  {warning}");
+    }
 }
 
 fn describe(action: &Action) -> (&'static str, String, String) {

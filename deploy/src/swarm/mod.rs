@@ -576,23 +576,17 @@ impl SwarmPlan {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "SWARM {} ({})", self.manager, self.endpoint);
-        if let Some(error) = &self.error {
-            let _ = writeln!(out, "  failed   {error}");
-        }
-        for action in &self.actions {
-            let (what, why) = describe(action);
-            let (verb, rest) = what.split_once(' ').unwrap_or((&what, ""));
-            let _ = writeln!(out, "  {verb:<8} {rest}");
-            if !why.is_empty() {
-                let _ = writeln!(out, "           {why}");
-            }
-        }
-        for unchanged in &self.unchanged {
-            let _ = writeln!(out, "  ok       {} {}", unchanged.kind, unchanged.name);
-        }
-        for warning in &self.warnings {
-            let _ = writeln!(out, "  warning  {warning}");
-        }
+        crate::plan::render_plan_lines(
+            &mut out,
+            self.error.as_deref(),
+            self.actions.iter().map(|action| {
+                let (what, why) = describe(action);
+                let (verb, rest) = what.split_once(' ').unwrap_or((&what, ""));
+                (verb.to_string(), rest.to_string(), why)
+            }),
+            &self.unchanged,
+            &self.warnings,
+        );
         out
     }
 }

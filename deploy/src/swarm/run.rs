@@ -21,7 +21,7 @@ use berth_client::registry::{Client, ClientConfig};
 use bollard::auth::DockerCredentials;
 use bollard::models::{
     EndpointPortConfig, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum,
-    EndpointSpec, HealthConfig, Ipam, IpamConfig, Limit, LocalNodeState, NetworkAttachmentConfig,
+    EndpointSpec, HealthConfig, Ipam, Limit, LocalNodeState, NetworkAttachmentConfig,
     NetworkCreateRequest, ResourceObject, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated,
     ServiceSpecRollbackConfig, ServiceSpecRollbackConfigFailureActionEnum,
     ServiceSpecRollbackConfigOrderEnum, ServiceSpecUpdateConfig,
@@ -292,15 +292,16 @@ pub async fn deploy(
             .iter()
             .map(|s| s.spec.image_reference())
             .collect();
-        let auth = pull_credentials(&options.registry, &images);
-        let applier = Applier {
-            engine: &engine,
-            app: &app,
+        apply_actions(
+            &engine,
+            &app,
             options,
-            auth: &auth,
-        };
-        report.results = applier.run_all(&plan.actions, on_result).await;
-        count(&mut report);
+            &images,
+            &plan,
+            &mut report,
+            on_result,
+        )
+        .await;
     }
     SwarmReport {
         run: finish(&app, mode, pins, report),
@@ -398,15 +399,16 @@ pub async fn rollback(
             _ => None,
         })
         .collect();
-    let auth = pull_credentials(&options.registry, &images);
-    let applier = Applier {
-        engine: &engine,
-        app: &app,
+    apply_actions(
+        &engine,
+        &app,
         options,
-        auth: &auth,
-    };
-    report.results = applier.run_all(&plan.actions, on_result).await;
-    count(&mut report);
+        &images,
+        &plan,
+        &mut report,
+        on_result,
+    )
+    .await;
     SwarmReport {
         run: finish(&app, Mode::Rollback, BTreeMap::new(), report),
         plan: Some(redacted(&plan)),
@@ -442,6 +444,28 @@ fn redacted(plan: &SwarmPlan) -> SwarmPlan {
         }
     }
     plan
+}
+
+/// Applies a plan's actions on the manager (pulling with the registry logins for `images`)
+/// and counts their results into the report. Shared by deploy and rollback.
+async fn apply_actions(
+    engine: &Engine,
+    app: &str,
+    options: &SwarmOptions,
+    images: &BTreeSet<String>,
+    plan: &SwarmPlan,
+    report: &mut HostReport,
+    on_result: &(dyn Fn(&ActionResult) + Send + Sync),
+) {
+    let auth = pull_credentials(&options.registry, images);
+    let applier = Applier {
+        engine,
+        app,
+        options,
+        auth: &auth,
+    };
+    report.results = applier.run_all(&plan.actions, on_result).await;
+    count(report);
 }
 
 struct Applier<'a> {
@@ -544,12 +568,8 @@ impl Applier<'_> {
     }
 
     async fn create_network(&self, network: &SwarmNetwork) -> Result<(), String> {
-        let ipam_config = network.subnet.map(|subnet| IpamConfig {
-            subnet: Some(subnet.to_string()),
-            gateway: network.gateway.map(|g| g.to_string()),
-            ip_range: network.ip_range.map(|r| r.to_string()),
-            auxiliary_addresses: None,
-        });
+        let ipam_config =
+            crate::engine::ipam_config(network.subnet, network.gateway, network.ip_range);
         let request = NetworkCreateRequest {
             name: network.name.clone(),
             driver: Some("overlay".to_string()),
