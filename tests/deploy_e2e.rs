@@ -127,17 +127,6 @@ fn container_id(name: &str) -> Option<String> {
     out.status.success().then(|| out.stdout.trim().to_string())
 }
 
-fn env_of(container: &serde_json::Value) -> Vec<String> {
-    container["Config"]["Env"]
-        .as_array()
-        .map(|env| {
-            env.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn address(container: &serde_json::Value, network: &str) -> String {
     container["NetworkSettings"]["Networks"][network]["IPAddress"]
         .as_str()

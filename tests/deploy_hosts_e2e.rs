@@ -159,17 +159,6 @@ impl Fixture {
     }
 }
 
-fn env_of(container: &serde_json::Value) -> Vec<String> {
-    container["Config"]["Env"]
-        .as_array()
-        .map(|env| {
-            env.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn has_env(container: &serde_json::Value, pair: &str) -> bool {
     env_of(container).iter().any(|e| e == pair)
 }

@@ -1629,3 +1629,15 @@ pub fn terminate_child(child: &mut Child, grace: Duration) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `Config.Env` of a `docker inspect` container object, as `NAME=value` strings.
+pub fn env_of(container: &serde_json::Value) -> Vec<String> {
+    container["Config"]["Env"]
+        .as_array()
+        .map(|env| {
+            env.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
