@@ -129,6 +129,18 @@ impl From<StorageError> for RegistryError {
                 )
                 .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
             }
+            StorageError::ReferenceUnknown(d) => Self::bad_request(
+                Code::ManifestBlobUnknown,
+                format!("{d} referenced by the manifest is not in this repository: push it first"),
+            ),
+            _ if e.is_storage_full() => {
+                tracing::error!(error = %e, "storage full: free space or raise the quota");
+                Self::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    Code::Unknown,
+                    format!("the registry's storage is full ({e}); retry once an operator has freed space (an upload that hit this was dropped: start it again)"),
+                )
+            }
             StorageError::Io(_) | StorageError::Corrupt(_) => {
                 tracing::error!(error = %e, "storage failure");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, Code::Unknown, e.to_string())

@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::digest::{restore_sha256_state, save_sha256_state, Hasher};
+use crate::upload_locks::UploadGuard;
 use crate::{
     Algorithm, BlobRead, ByteRange, ByteStream, Descriptor, Digest, GcReport, ManifestMeta, Result,
     Storage, StorageError, UploadStatus,
@@ -48,6 +49,15 @@ const READ_CHUNK: usize = 1 << 20;
 const WRITEBACK_BYTES: u64 = 8 << 20;
 /// Size of the windows a blob is mapped in when it is served.
 const MAP_WINDOW: usize = 4 << 20;
+/// An upload body is written to disk in batches of this many bytes.
+const WRITE_BATCH: usize = 1 << 20;
+/// Batch writes of upload bodies running at once on the blocking pool (whose
+/// other threads stay free for reads, manifests and tags).
+const UPLOAD_WRITERS: usize = 32;
+/// Finished uploads up to this size are hashed again from the file before
+/// they become a blob. Larger ones rely on [`DataWriter`]'s guarantee alone;
+/// re-reading them would cost about 0.6 s per GiB.
+const REHASH_MAX: u64 = 16 << 20;
 
 pub struct FsStorage {
     root: PathBuf,
@@ -56,6 +66,8 @@ pub struct FsStorage {
     gc_lock: Arc<RwLock<()>>,
     /// One lock per upload session: appends to one session are serialised.
     upload_locks: crate::upload_locks::UploadLocks,
+    /// Permits for batch writes of upload bodies (see [`UPLOAD_WRITERS`]).
+    upload_writers: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -82,6 +94,7 @@ impl FsStorage {
             root,
             gc_lock: Arc::new(RwLock::new(())),
             upload_locks: Default::default(),
+            upload_writers: Arc::new(tokio::sync::Semaphore::new(UPLOAD_WRITERS)),
         })
     }
 
@@ -96,104 +109,328 @@ impl FsStorage {
         }
     }
 
-    /// Lock an upload session and read its state. An id that names no session
-    /// leaves no lock behind (ids are random, so it never will name one).
-    async fn lock_upload(
-        &self,
-        repository: &str,
-        id: &str,
-    ) -> Result<(tokio::sync::OwnedMutexGuard<()>, UploadState)> {
-        let guard = self.upload_locks.get(id).lock_owned().await;
-        match self.read_upload(repository, id).await {
-            Ok(state) => Ok((guard, state)),
-            Err(e) => {
-                if matches!(e, StorageError::UploadUnknown) {
-                    self.upload_locks.forget(id);
-                }
-                Err(e)
-            }
-        }
+    /// Lock an upload session and read its state. A request naming another
+    /// repository's session (or no session) is refused before it queues on
+    /// the lock, so it can neither delay nor touch that session.
+    async fn lock_upload(&self, repository: &str, id: &str) -> Result<(UploadGuard, UploadState)> {
+        self.read_upload(repository, id).await?;
+        let guard = self.upload_locks.lock(id).await;
+        // Read again under the lock: the holder before us moved it on (or
+        // completed it, and then it is unknown now).
+        let state = self.read_upload(repository, id).await?;
+        Ok((guard, state))
     }
 
     /// Stream `data` onto the end of an upload's data file, hashing as it goes.
-    /// Writing and hashing run on a blocking thread so they overlap with
-    /// receiving the next chunk from the network.
+    ///
+    /// The body is received here, on the async side, into batches of up to
+    /// [`WRITE_BATCH`] bytes; each full batch is written and hashed on a
+    /// blocking thread while the next one arrives. So a body that trickles
+    /// in holds no thread while it waits for the network (hundreds of slow
+    /// uploads once starved every storage read of the blocking pool), and
+    /// at most [`UPLOAD_WRITERS`] batch writes run at once, whatever the
+    /// number of uploads, so reads always find a thread.
+    ///
+    /// The session's lock travels with the writer: if this request goes
+    /// away while a batch is being written, the lock is released only when
+    /// that write has ended, never beside it.
     async fn append_stream(
         &self,
+        guard: UploadGuard,
         id: &str,
-        mut state: UploadState,
+        state: UploadState,
         mut data: ByteStream,
         checkpoint: bool,
-    ) -> Result<(UploadState, Sha256, Option<io::Error>)> {
-        let paths = self.paths();
-        let id = id.to_string();
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
-        let writer = tokio::task::spawn_blocking(move || -> Result<(UploadState, Sha256)> {
-            let mut hasher = restore_sha256_state(&state.sha256)
-                .ok_or_else(|| StorageError::Corrupt(format!("upload {id}: bad hash state")))?;
-            let data_path = paths.upload_dir(&id).join("data");
-            let mut file = OpenOptions::new().write(true).open(&data_path)?;
-            let len = file.metadata()?.len();
-            if len < state.offset {
-                return Err(StorageError::Corrupt(format!(
-                    "upload {id}: {len} bytes on disk, {} recorded",
-                    state.offset
-                )));
-            }
-            // Bytes past the last checkpoint were never acknowledged: drop them.
-            file.set_len(state.offset)?;
-            file.seek(SeekFrom::Start(state.offset))?;
-            let mut since_checkpoint = 0u64;
-            let mut wrote_any = false;
-            let mut unflushed_from = state.offset;
-            while let Some(chunk) = rx.blocking_recv() {
-                file.write_all(&chunk)?;
-                hasher.update(&chunk);
-                state.offset += chunk.len() as u64;
-                since_checkpoint += chunk.len() as u64;
-                wrote_any = true;
-                if state.offset - unflushed_from >= WRITEBACK_BYTES {
-                    start_writeback(&file, unflushed_from, state.offset - unflushed_from);
-                    unflushed_from = state.offset;
-                }
-                if checkpoint && since_checkpoint >= CHECKPOINT_BYTES {
-                    file.sync_data()?;
-                    paths.save_upload_state(&id, &state, &hasher)?;
-                    since_checkpoint = 0;
-                }
-            }
-            if wrote_any {
-                file.sync_data()?;
-            }
-            if checkpoint && since_checkpoint > 0 {
-                paths.save_upload_state(&id, &state, &hasher)?;
-            }
-            Ok((state, hasher))
-        });
+    ) -> Result<(DataWriter, Option<io::Error>)> {
+        let mut slot = Slot::Ready(DataWriter::new(self.paths(), guard, id, state, checkpoint)?);
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut batch_len = 0usize;
         let mut body_error = None;
-        while let Some(item) = data.next().await {
-            match item {
-                Ok(chunk) if chunk.is_empty() => {}
-                Ok(chunk) => {
-                    if tx.send(chunk).await.is_err() {
-                        break; // the writer failed; its error is reported below
+        loop {
+            let end = match data.next().await {
+                None => true,
+                Some(Ok(chunk)) => {
+                    if !chunk.is_empty() {
+                        batch_len += chunk.len();
+                        batch.push(chunk);
                     }
+                    false
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     body_error = Some(e);
-                    break;
+                    true
                 }
+            };
+            if !end && batch_len < WRITE_BATCH {
+                continue;
             }
+            let mut w = match slot {
+                Slot::Ready(w) => w,
+                Slot::Busy(task) => task.await.map_err(io::Error::other)??,
+            };
+            let permit = self
+                .upload_writers
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(io::Error::other)?;
+            let chunks = std::mem::take(&mut batch);
+            batch_len = 0;
+            let task = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                w.write(&chunks)?;
+                if end {
+                    w.finish()?;
+                }
+                Ok(w)
+            });
+            if end {
+                let w = task.await.map_err(io::Error::other)??;
+                return Ok((w, body_error));
+            }
+            slot = Slot::Busy(task);
         }
-        drop(tx);
-        let (state, hasher) = writer.await.map_err(io::Error::other)??;
-        Ok((state, hasher, body_error))
+    }
+
+    /// A full disk ends the upload at once: its partial data and folder are
+    /// removed now rather than after the week abandoned sessions are kept,
+    /// since the space is what is missing. The client must start over.
+    fn dropping_upload_when_full(&self, id: &str, e: StorageError) -> StorageError {
+        if e.is_storage_full() && is_upload_id(id) {
+            tracing::error!(upload = id, "storage full: upload dropped");
+            let _ = remove_session(&self.paths().upload_dir(id));
+        }
+        e
     }
 
     async fn read_upload(&self, repository: &str, id: &str) -> Result<UploadState> {
         let paths = self.paths();
         let (repository, id) = (repository.to_string(), id.to_string());
         blocking(move || paths.load_upload_state(&repository, &id)).await
+    }
+}
+
+/// Where [`FsStorage::append_stream`]'s writer is: free, or on a blocking thread.
+enum Slot {
+    Ready(DataWriter),
+    Busy(tokio::task::JoinHandle<Result<DataWriter>>),
+}
+
+/// Appends to one upload's data file on blocking threads, one batch at a
+/// time, and owns the session's lock while it exists.
+///
+/// The guarantee that makes a finished upload's bytes the bytes that were
+/// hashed: every write to a data file happens through a `DataWriter`, which
+/// holds the session's in-process lock and an exclusive `flock` on the file
+/// (so a second `berth serve` on the same folder cannot write beside it
+/// either); it appends only at the saved offset, after truncating what a
+/// crash left past it; and the state (offset and running hash) is saved
+/// only after the bytes it covers are fsynced. So the first `offset` bytes
+/// of the file are exactly the bytes the saved hash covers.
+struct DataWriter {
+    paths: Paths,
+    _guard: UploadGuard,
+    id: String,
+    state: UploadState,
+    hasher: Sha256,
+    checkpoint: bool,
+    file: Option<File>,
+    since_checkpoint: u64,
+    unflushed_from: u64,
+    wrote_any: bool,
+}
+
+impl DataWriter {
+    fn new(
+        paths: Paths,
+        guard: UploadGuard,
+        id: &str,
+        state: UploadState,
+        checkpoint: bool,
+    ) -> Result<DataWriter> {
+        let hasher = restore_sha256_state(&state.sha256)
+            .ok_or_else(|| StorageError::Corrupt(format!("upload {id}: bad hash state")))?;
+        Ok(DataWriter {
+            paths,
+            _guard: guard,
+            id: id.to_string(),
+            unflushed_from: state.offset,
+            state,
+            hasher,
+            checkpoint,
+            file: None,
+            since_checkpoint: 0,
+            wrote_any: false,
+        })
+    }
+
+    /// Open the data file, lock it and cut it back to the saved offset (once).
+    fn open(&mut self) -> Result<()> {
+        if self.file.is_some() {
+            return Ok(());
+        }
+        let path = self.paths.upload_dir(&self.id).join("data");
+        let mut file = match OpenOptions::new().write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Err(StorageError::UploadUnknown),
+            Err(e) => return Err(e.into()),
+        };
+        if let Err(e) = lock_exclusive(&file) {
+            return Err(if e.kind() == ErrorKind::WouldBlock {
+                // Another process is appending to this session right now.
+                StorageError::RangeMismatch {
+                    offset: self.state.offset,
+                }
+            } else {
+                e.into()
+            });
+        }
+        let len = file.metadata()?.len();
+        if len < self.state.offset {
+            return Err(StorageError::Corrupt(format!(
+                "upload {}: {len} bytes on disk, {} recorded",
+                self.id, self.state.offset
+            )));
+        }
+        // Bytes past the last checkpoint were never acknowledged: drop them.
+        file.set_len(self.state.offset)?;
+        file.seek(SeekFrom::Start(self.state.offset))?;
+        self.file = Some(file);
+        Ok(())
+    }
+
+    fn write(&mut self, chunks: &[Bytes]) -> Result<()> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        self.open()?;
+        let Some(file) = self.file.as_mut() else {
+            return Err(StorageError::Corrupt("upload data file not open".into()));
+        };
+        for chunk in chunks {
+            file.write_all(chunk)?;
+            self.hasher.update(chunk);
+            self.state.offset += chunk.len() as u64;
+            self.since_checkpoint += chunk.len() as u64;
+            self.wrote_any = true;
+            if self.state.offset - self.unflushed_from >= WRITEBACK_BYTES {
+                start_writeback(
+                    file,
+                    self.unflushed_from,
+                    self.state.offset - self.unflushed_from,
+                );
+                self.unflushed_from = self.state.offset;
+            }
+            if self.checkpoint && self.since_checkpoint >= CHECKPOINT_BYTES {
+                file.sync_data()?;
+                self.paths
+                    .save_upload_state(&self.id, &self.state, &self.hasher)?;
+                self.since_checkpoint = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Make what was written durable and, for an append, record it.
+    fn finish(&mut self) -> Result<()> {
+        if let (true, Some(file)) = (self.wrote_any, self.file.as_mut()) {
+            file.sync_data()?;
+        }
+        if self.checkpoint && self.since_checkpoint > 0 {
+            self.paths
+                .save_upload_state(&self.id, &self.state, &self.hasher)?;
+            self.since_checkpoint = 0;
+        }
+        Ok(())
+    }
+
+    /// Turn the upload into blob `expected` (holding the session's lock).
+    ///
+    /// Never replaces an existing blob file: a digest already stored means
+    /// its bytes are already there, so the upload's data is simply dropped.
+    /// The data becomes the blob by a hard link (O(1), fails if the name
+    /// exists), and the session goes after it; a crash in between leaves a
+    /// session whose retried completion finds the blob and succeeds.
+    fn complete(mut self, repo: &str, expected: &Digest) -> Result<u64> {
+        let dir = self.paths.upload_dir(&self.id);
+        let data_path = dir.join("data");
+        // Opens, locks and cuts the file to the hashed offset; a file shorter
+        // than that is refused.
+        self.open()?;
+        let offset = self.state.offset;
+        if let Some(file) = self.file.as_mut() {
+            file.sync_all()?;
+        }
+        let actual = if expected.algorithm() == Algorithm::Sha256 && offset > REHASH_MAX {
+            Hasher::Sha256(self.hasher.clone()).finish()
+        } else {
+            // Cheap for small blobs, and the only way for sha512 (the running
+            // hash is SHA-256).
+            hash_file_prefix(&data_path, offset, expected.algorithm())?
+        };
+        if &actual != expected {
+            let _ = remove_session(&dir);
+            return Err(StorageError::DigestMismatch {
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        let blob = self.paths.blob(expected);
+        if let Some(parent) = blob.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let _no_gc = self.paths.gc_lock.read().unwrap_or_else(|e| e.into_inner());
+        match fs::hard_link(&data_path, &blob) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => touch_blob(&blob)?,
+            Err(e) => return Err(e.into()),
+        }
+        touch_link(&self.paths.layer_link(repo, expected))?;
+        let _ = remove_session(&dir);
+        Ok(offset)
+    }
+}
+
+/// The hash of the first `len` bytes of a file.
+fn hash_file_prefix(path: &Path, len: u64, algorithm: Algorithm) -> Result<Digest> {
+    let mut h = Hasher::new(algorithm);
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut left = len;
+    while left > 0 {
+        let n = f.read(&mut buf[..left.min(READ_CHUNK as u64) as usize])?;
+        if n == 0 {
+            return Err(StorageError::Corrupt(format!(
+                "{}: {left} bytes missing",
+                path.display()
+            )));
+        }
+        h.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(h.finish())
+}
+
+/// Remove an upload session's folder, its state first: a crash half-way
+/// leaves a folder without a state, which is unknown to every request and
+/// purged by its age.
+fn remove_session(dir: &Path) -> io::Result<()> {
+    remove_if_present(&dir.join("state.json"))?;
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Take an exclusive `flock` on a file without waiting.
+fn lock_exclusive(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock(2) takes an fd that `file` keeps open for the call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -289,6 +526,12 @@ impl Paths {
         let state: UploadState = serde_json::from_slice(&raw)
             .map_err(|e| StorageError::Corrupt(format!("upload {id} state: {e}")))?;
         if state.repository != repository {
+            return Err(StorageError::UploadUnknown);
+        }
+        // A state without its data (an older version completed by renaming
+        // the data away, then died before removing the state) names nothing
+        // that can continue: unknown, never a 500.
+        if !self.upload_dir(id).join("data").exists() {
             return Err(StorageError::UploadUnknown);
         }
         Ok(state)
@@ -594,7 +837,7 @@ impl Storage for FsStorage {
         start: Option<u64>,
         data: ByteStream,
     ) -> Result<UploadStatus> {
-        let (_guard, state) = self.lock_upload(repository, id).await?;
+        let (guard, state) = self.lock_upload(repository, id).await?;
         if let Some(start) = start {
             if start != state.offset {
                 return Err(StorageError::RangeMismatch {
@@ -602,14 +845,17 @@ impl Storage for FsStorage {
                 });
             }
         }
-        let (state, _, body_error) = self.append_stream(id, state, data, true).await?;
+        let (writer, body_error) = self
+            .append_stream(guard, id, state, data, true)
+            .await
+            .map_err(|e| self.dropping_upload_when_full(id, e))?;
         if let Some(e) = body_error {
             return Err(StorageError::BodyInterrupted(e));
         }
         Ok(UploadStatus {
             id: id.to_string(),
-            repository: state.repository,
-            offset: state.offset,
+            repository: writer.state.repository.clone(),
+            offset: writer.state.offset,
         })
     }
 
@@ -620,86 +866,43 @@ impl Storage for FsStorage {
         digest: &Digest,
         data: Option<ByteStream>,
     ) -> Result<u64> {
-        let (_guard, state) = self.lock_upload(repository, id).await?;
-        let paths = self.paths();
-        let (state, hasher) = match data {
+        let (guard, state) = self.lock_upload(repository, id).await?;
+        let writer = match data {
             Some(data) => {
-                let (state, hasher, body_error) =
-                    self.append_stream(id, state, data, false).await?;
+                let (writer, body_error) = self
+                    .append_stream(guard, id, state, data, false)
+                    .await
+                    .map_err(|e| self.dropping_upload_when_full(id, e))?;
                 if let Some(e) = body_error {
-                    // Keep what arrived so the client can resume from the offset.
-                    let (p, id) = (paths.clone(), id.to_string());
-                    let _ = blocking(move || Ok(p.save_upload_state(&id, &state, &hasher)?)).await;
+                    // Keep what arrived (fsynced already) so the client can resume.
+                    let _ = blocking(move || {
+                        let w = writer;
+                        Ok(w.paths.save_upload_state(&w.id, &w.state, &w.hasher)?)
+                    })
+                    .await;
                     return Err(StorageError::BodyInterrupted(e));
                 }
-                (state, hasher)
+                writer
             }
-            None => {
-                let hasher = restore_sha256_state(&state.sha256)
-                    .ok_or_else(|| StorageError::Corrupt(format!("upload {id}: bad hash state")))?;
-                (state, hasher)
-            }
+            None => DataWriter::new(self.paths(), guard, id, state, false)?,
         };
-        let (id_owned, repo, expected) = (id.to_string(), repository.to_string(), digest.clone());
-        let result = blocking(move || {
-            let dir = paths.upload_dir(&id_owned);
-            let data_path = dir.join("data");
-            let actual = match expected.algorithm() {
-                Algorithm::Sha256 => Hasher::Sha256(hasher).finish(),
-                // The running hash is SHA-256 only; sha512 uploads are rare enough to re-read.
-                Algorithm::Sha512 => {
-                    let mut h = Hasher::new(Algorithm::Sha512);
-                    let mut f = File::open(&data_path)?;
-                    let mut buf = vec![0u8; READ_CHUNK];
-                    let mut left = state.offset;
-                    while left > 0 {
-                        let n = f.read(&mut buf[..left.min(READ_CHUNK as u64) as usize])?;
-                        if n == 0 {
-                            break;
-                        }
-                        h.update(&buf[..n]);
-                        left -= n as u64;
-                    }
-                    h.finish()
-                }
-            };
-            if actual != expected {
-                let _ = fs::remove_dir_all(&dir);
-                return Err(StorageError::DigestMismatch { expected, actual });
-            }
-            let f = OpenOptions::new().write(true).open(&data_path)?;
-            f.set_len(state.offset)?;
-            f.sync_all()?;
-            drop(f);
-            let blob = paths.blob(&expected);
-            if let Some(parent) = blob.parent() {
-                fs::create_dir_all(parent)?;
-            }
-            let _no_gc = paths.gc_lock.read().unwrap_or_else(|e| e.into_inner());
-            // Rename, not copy: the finished upload becomes the blob in O(1).
-            fs::rename(&data_path, &blob)?;
-            touch_link(&paths.layer_link(&repo, &expected))?;
-            let _ = fs::remove_dir_all(&dir);
-            Ok(state.offset)
-        })
-        .await;
-        self.upload_locks.forget(id);
-        result
+        let (repo, expected) = (repository.to_string(), digest.clone());
+        blocking(move || writer.complete(&repo, &expected))
+            .await
+            .map_err(|e| self.dropping_upload_when_full(id, e))
     }
 
     async fn upload_cancel(&self, repository: &str, id: &str) -> Result<()> {
         let _locked = self.lock_upload(repository, id).await?;
         let dir = self.paths().upload_dir(id);
-        blocking(move || Ok(fs::remove_dir_all(dir)?)).await?;
-        self.upload_locks.forget(id);
-        Ok(())
+        blocking(move || Ok(remove_session(&dir)?)).await
     }
 
     async fn purge_uploads(&self, max_age: std::time::Duration) -> Result<usize> {
         let paths = self.paths();
         let cutoff = now_unix().saturating_sub(max_age.as_secs());
-        let purged = blocking(move || {
-            let mut purged = Vec::new();
+        blocking(move || {
+            let mut purged = 0;
             let uploads = paths.root.join("uploads");
             for id in list_dir(&uploads)? {
                 let dir = uploads.join(&id);
@@ -716,17 +919,13 @@ impl Storage for FsStorage {
                         .unwrap_or(0),
                 };
                 if started < cutoff {
-                    fs::remove_dir_all(&dir)?;
-                    purged.push(id);
+                    remove_session(&dir)?;
+                    purged += 1;
                 }
             }
             Ok(purged)
         })
-        .await?;
-        for id in &purged {
-            self.upload_locks.forget(id);
-        }
-        Ok(purged.len())
+        .await
     }
 
     async fn collect_garbage(&self, grace: std::time::Duration, dry_run: bool) -> Result<GcReport> {
@@ -801,6 +1000,18 @@ impl Storage for FsStorage {
         );
         blocking(move || {
             let _no_gc = paths.gc_lock.read().unwrap_or_else(|e| e.into_inner());
+            // What the manifest needs is checked under the same exclusion as
+            // the link that protects it, so no collection runs in between;
+            // refreshing the blobs' times spares them from a collection in
+            // another process too.
+            for needed in meta.references.iter().flatten() {
+                let linked = paths.layer_link(&repo, needed).exists()
+                    || paths.manifest_link(&repo, needed).exists();
+                let blob = paths.blob(needed);
+                if !linked || !not_found_as_none(touch_blob(&blob))?.is_some() {
+                    return Err(StorageError::ReferenceUnknown(needed.clone()));
+                }
+            }
             // Order matters for crash safety: bytes, then the link that makes
             // them visible, then the referrer entry and the tag that point at it.
             let blob = paths.blob(&digest);
@@ -1069,6 +1280,161 @@ mod tests {
             5
         );
         assert!(storage.repositories().await.expect("repos").is_empty());
+    }
+
+    /// Append `data` to a fresh session of `repo` and return its id.
+    async fn session_with(storage: &FsStorage, repo: &str, data: &[u8]) -> String {
+        let status = storage.upload_create(repo).await.expect("create");
+        storage
+            .upload_append(repo, &status.id, None, testsuite::stream_of(data))
+            .await
+            .expect("append");
+        status.id
+    }
+
+    #[tokio::test]
+    async fn completion_never_replaces_an_existing_blob() {
+        let (_dir, storage) = open();
+        let right = b"the victim's bytes".to_vec();
+        let digest = Digest::sha256_of(&right);
+        let id = session_with(&storage, "victim", &right).await;
+        storage
+            .upload_complete("victim", &id, &digest, None)
+            .await
+            .expect("victim push");
+        // A session whose saved state claims the right hash over other bytes
+        // (what two writers at once used to leave behind).
+        let id = session_with(&storage, "mallory", &right).await;
+        let data = storage.root().join("uploads").join(&id).join("data");
+        fs::write(&data, b"the attacker's bytes").expect("overwrite data");
+        let _ = storage.upload_complete("mallory", &id, &digest, None).await;
+        let stored = storage
+            .blob_bytes(&digest)
+            .await
+            .expect("read")
+            .expect("blob");
+        assert_eq!(&stored[..], &right[..], "an existing blob was replaced");
+        assert!(
+            !storage.root().join("uploads").join(&id).exists(),
+            "the upload was not dropped"
+        );
+    }
+
+    #[tokio::test]
+    async fn stale_hash_state_is_caught_before_a_new_blob_is_made() {
+        let (_dir, storage) = open();
+        let right = b"bytes the digest names".to_vec();
+        let digest = Digest::sha256_of(&right);
+        let id = session_with(&storage, "r", &right).await;
+        let data = storage.root().join("uploads").join(&id).join("data");
+        fs::write(&data, b"other bytes, same len!").expect("overwrite data");
+        let err = storage
+            .upload_complete("r", &id, &digest, None)
+            .await
+            .expect_err("must not complete");
+        assert!(matches!(err, StorageError::DigestMismatch { .. }), "{err}");
+        assert!(storage.blob_size(&digest).await.expect("size").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_session_shorter_than_its_state_is_refused() {
+        let (_dir, storage) = open();
+        let id = session_with(&storage, "r", b"0123456789").await;
+        let data = storage.root().join("uploads").join(&id).join("data");
+        fs::write(&data, b"01234").expect("truncate data");
+        let err = storage
+            .upload_complete("r", &id, &Digest::sha256_of(b"0123456789"), None)
+            .await
+            .expect_err("short data");
+        assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn completion_after_a_crash_between_link_and_cleanup_succeeds() {
+        let (_dir, storage) = open();
+        let bytes = b"crash right after the link".to_vec();
+        let digest = Digest::sha256_of(&bytes);
+        let id = session_with(&storage, "r", &bytes).await;
+        // The crash: the data is already the blob, the session is still there.
+        let paths = storage.paths();
+        let blob = paths.blob(&digest);
+        fs::create_dir_all(blob.parent().expect("parent")).expect("mkdir");
+        fs::hard_link(paths.upload_dir(&id).join("data"), &blob).expect("link");
+        assert_eq!(
+            storage
+                .upload_status("r", &id)
+                .await
+                .expect("status")
+                .offset,
+            bytes.len() as u64
+        );
+        let size = storage
+            .upload_complete("r", &id, &digest, None)
+            .await
+            .expect("retried completion");
+        assert_eq!(size, bytes.len() as u64);
+        assert!(storage.blob_linked("r", &digest).await.expect("linked"));
+        assert!(matches!(
+            storage.upload_status("r", &id).await,
+            Err(StorageError::UploadUnknown)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_session_whose_data_was_renamed_away_is_unknown_not_an_error() {
+        let (_dir, storage) = open();
+        let bytes = b"renamed by an older version".to_vec();
+        let digest = Digest::sha256_of(&bytes);
+        let id = session_with(&storage, "r", &bytes).await;
+        let paths = storage.paths();
+        let blob = paths.blob(&digest);
+        fs::create_dir_all(blob.parent().expect("parent")).expect("mkdir");
+        fs::rename(paths.upload_dir(&id).join("data"), &blob).expect("rename");
+        for result in [
+            storage.upload_status("r", &id).await.map(|_| ()),
+            storage
+                .upload_append("r", &id, None, testsuite::stream_of(b"x"))
+                .await
+                .map(|_| ()),
+            storage
+                .upload_complete("r", &id, &digest, None)
+                .await
+                .map(|_| ()),
+        ] {
+            assert!(
+                matches!(result, Err(StorageError::UploadUnknown)),
+                "{result:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_manifest_whose_blob_was_collected_is_refused() {
+        let (_dir, storage) = open();
+        let layer = Digest::sha256_of(b"gone");
+        let meta = ManifestMeta {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            subject: None,
+            artifact_type: None,
+            annotations: None,
+            references: Some(vec![layer.clone()]),
+        };
+        let body = Bytes::from_static(b"{}");
+        let err = storage
+            .manifest_put(
+                "r",
+                &Digest::sha256_of(&body),
+                body.clone(),
+                &meta,
+                Some("t"),
+            )
+            .await
+            .expect_err("missing layer");
+        assert!(
+            matches!(err, StorageError::ReferenceUnknown(ref d) if d == &layer),
+            "{err}"
+        );
+        assert!(storage.tag_resolve("r", "t").await.expect("tag").is_none());
     }
 
     #[tokio::test]

@@ -30,6 +30,9 @@ pub use s3::{S3Options, S3Storage};
 /// A stream of bytes in, or out of, storage.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 
+/// Referrer descriptors, read from storage as the stream is polled.
+pub type DescriptorStream = Pin<Box<dyn Stream<Item = Result<Descriptor>> + Send>>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("blob unknown to registry")]
@@ -52,6 +55,23 @@ pub enum StorageError {
     Unavailable(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A manifest names a blob or manifest the repository does not hold
+    /// (checked where it is linked, so no collection can take it in between).
+    #[error("{0} is not in the repository")]
+    ReferenceUnknown(Digest),
+}
+
+impl StorageError {
+    /// The storage ran out of space (or quota): the operator must free some.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            StorageError::Io(e) => {
+                e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(122)
+                // EDQUOT on Linux
+            }
+            _ => false,
+        }
+    }
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
@@ -212,6 +232,38 @@ pub trait Storage: Send + Sync + 'static {
     async fn tags(&self, repository: &str) -> Result<Option<Vec<String>>>;
     /// Manifests in `repository` whose `subject` is `subject`, sorted by digest.
     async fn referrers(&self, repository: &str, subject: &Digest) -> Result<Vec<Descriptor>>;
+    /// The referrers of `subject` whose digest sorts after `after` (all of
+    /// them without it), in digest order, for the referrers API to fill one
+    /// page and stop. Backends that keep one entry per referrer should
+    /// override this to list names and read each entry as the stream is
+    /// polled, so a listing holds one descriptor at a time.
+    ///
+    /// This default reads the whole list with [`Storage::referrers`], which
+    /// costs the size of every descriptor (referrers pushed before the
+    /// registry capped annotations may carry megabytes each). So that
+    /// concurrent requests cannot multiply that cost, only one such whole
+    /// list is held in the process at a time, until its stream is dropped.
+    async fn referrers_after(
+        &self,
+        repository: &str,
+        subject: &Digest,
+        after: Option<&Digest>,
+    ) -> Result<DescriptorStream> {
+        use futures::StreamExt;
+        static WHOLE_LISTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+        let permit = WHOLE_LISTS
+            .acquire()
+            .await
+            .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+        let mut all = self.referrers(repository, subject).await?;
+        if let Some(after) = after {
+            all.retain(|d| &d.digest > after);
+        }
+        Ok(Box::pin(futures::stream::iter(all).map(move |d| {
+            let _held_until_dropped = &permit;
+            Ok(d)
+        })))
+    }
     /// All repositories, sorted.
     async fn repositories(&self) -> Result<Vec<String>>;
 

@@ -289,6 +289,15 @@ impl Storage for MemoryStorage {
         tag: Option<&str>,
     ) -> Result<()> {
         self.with(|s| {
+            let repo = s.repos.get(repository);
+            for needed in meta.references.iter().flatten() {
+                let linked = repo.is_some_and(|r| {
+                    r.layers.contains_key(needed) || r.manifests.contains_key(needed)
+                });
+                if !linked || !s.blobs.contains_key(needed) {
+                    return Err(StorageError::ReferenceUnknown(needed.clone()));
+                }
+            }
             s.blobs.entry(digest.clone()).or_insert(bytes);
             s.blob_touched.insert(digest.clone(), Instant::now());
             let repo = s.repos.entry(repository.to_string()).or_default();
@@ -296,8 +305,8 @@ impl Storage for MemoryStorage {
             if let Some(tag) = tag {
                 repo.tags.insert(tag.to_string(), digest.clone());
             }
-        });
-        Ok(())
+            Ok(())
+        })
     }
 
     async fn manifest_meta(

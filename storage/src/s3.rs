@@ -84,6 +84,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::digest::{restore_sha256_state, save_sha256_state, Hasher};
+use crate::upload_locks::UploadGuard;
 use crate::{
     Algorithm, BlobRead, ByteRange, ByteStream, Descriptor, Digest, GcReport, ManifestMeta, Result,
     Storage, StorageError, UploadStatus,
@@ -723,23 +724,19 @@ impl S3Storage {
         Ok((session, e_tag))
     }
 
-    /// Lock a session in this process and read its state. An unknown id
-    /// leaves no lock behind.
+    /// Lock a session in this process and read its state. A request naming
+    /// another repository's session (or none) is refused before it queues on
+    /// the lock, so it can neither delay nor touch that session.
     async fn lock_session(
         &self,
         repository: &str,
         id: &str,
-    ) -> Result<(tokio::sync::OwnedMutexGuard<()>, Session, Option<String>)> {
-        let guard = self.upload_locks.get(id).lock_owned().await;
-        match self.load_session(repository, id).await {
-            Ok((session, e_tag)) => Ok((guard, session, e_tag)),
-            Err(e) => {
-                if matches!(e, StorageError::UploadUnknown) {
-                    self.upload_locks.forget(id);
-                }
-                Err(e)
-            }
-        }
+    ) -> Result<(UploadGuard, Session, Option<String>)> {
+        self.load_session(repository, id).await?;
+        let guard = self.upload_locks.lock(id).await;
+        // Read again under the lock: the holder before us moved it on.
+        let (session, e_tag) = self.load_session(repository, id).await?;
+        Ok((guard, session, e_tag))
     }
 
     /// Write a session's state if nobody else did since we read `e_tag`.
@@ -932,7 +929,30 @@ impl<'a> Writer<'a> {
             // failed before saving the state never overwrites the one the
             // saved state names (that one ends at a smaller offset).
             let key = format!("uploads/{}/tail-{}", self.id, self.session.offset);
-            self.s.put(&key, Bytes::copy_from_slice(&self.buf)).await?;
+            // Created, never overwritten: two writers racing on one session
+            // (two replicas) must not swap the bytes under the state the
+            // winner saves. The loser hears where the session stands.
+            match self
+                .s
+                .store
+                .put_opts(
+                    &self.s.path(&key),
+                    PutPayload::from(Bytes::copy_from_slice(&self.buf)),
+                    PutOptions::from(PutMode::Create),
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(object_store::Error::AlreadyExists { .. })
+                | Err(object_store::Error::Precondition { .. }) => {
+                    let (now, _) = self
+                        .s
+                        .load_session(&self.session.repository, &self.id)
+                        .await?;
+                    return Err(StorageError::RangeMismatch { offset: now.offset });
+                }
+                Err(e) => return Err(s3_error(e)),
+            }
             self.session.tail = self.buf.len() as u64;
             self.session.tail_key = Some(key);
         }
@@ -977,10 +997,10 @@ impl S3Storage {
         let Some(upload_id) = w.session.multipart.clone() else {
             // Small: all of it is in memory. One PUT to the content address.
             let bytes = w.buf.split().freeze();
-            let actual = match expected.algorithm() {
-                Algorithm::Sha256 => Hasher::Sha256(w.hasher.clone()).finish(),
-                Algorithm::Sha512 => Digest::of(Algorithm::Sha512, &bytes),
-            };
+            // Hashed again from the very bytes stored (at most a part, so
+            // cheap): the saved running hash may come from another writer's
+            // request, and these bytes are what readers will get.
+            let actual = Digest::of(expected.algorithm(), &bytes);
             if &actual != expected {
                 self.drop_session(&id, &w.opened).await?;
                 return Err(StorageError::DigestMismatch {
@@ -1061,12 +1081,26 @@ impl S3Storage {
             attributes,
             ..PutOptions::default()
         };
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..options
+        };
         let _no_gc = self.gc_lock.read().await;
-        self.store
+        // Created only if absent: an existing blob is never repointed (its
+        // bytes are already stored), so no upload can replace what a digest
+        // serves; our copy of the data is dropped instead.
+        match self
+            .store
             .put_opts(&self.path(&blob_rel(expected)), PutPayload::new(), options)
             .await
-            .map_err(s3_error)?;
-        self.cache_pointer(expected, &data_rel(&id), size);
+        {
+            Ok(_) => self.cache_pointer(expected, &data_rel(&id), size),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => {
+                self.delete(&data_rel(&id)).await?;
+            }
+            Err(e) => return Err(s3_error(e)),
+        }
         self.put(&layer_rel(repository, expected), Bytes::new())
             .await?;
         drop(_no_gc);
@@ -1390,14 +1424,7 @@ impl Storage for S3Storage {
                 return Err(StorageError::BodyInterrupted(e));
             }
         }
-        let result = self.finish_upload(repository, w, digest).await;
-        if !matches!(
-            result,
-            Err(StorageError::Unavailable(_)) | Err(StorageError::Io(_))
-        ) {
-            self.upload_locks.forget(id);
-        }
-        result
+        self.finish_upload(repository, w, digest).await
     }
 
     async fn upload_cancel(&self, repository: &str, id: &str) -> Result<()> {
@@ -1407,7 +1434,6 @@ impl Storage for S3Storage {
         for item in self.list(&format!("uploads/{id}/")).await? {
             self.delete(&item.rel).await?;
         }
-        self.upload_locks.forget(id);
         Ok(())
     }
 
@@ -1453,7 +1479,6 @@ impl Storage for S3Storage {
                 self.delete(&item.rel).await?;
             }
             self.delete(&state_rel(&id)).await?;
-            self.upload_locks.forget(&id);
         }
         Ok(purged)
     }
@@ -1467,6 +1492,19 @@ impl Storage for S3Storage {
         tag: Option<&str>,
     ) -> Result<()> {
         let _no_gc = self.gc_lock.read().await;
+        // What the manifest needs is checked under the same exclusion as the
+        // link that protects it, so no collection of this process runs in
+        // between (one HEAD per reference, all at once).
+        let checks = meta.references.iter().flatten().map(|needed| async move {
+            let linked = self.exists(&layer_rel(repository, needed)).await?
+                || self.exists(&manifest_rel(repository, needed)).await?;
+            Ok::<_, StorageError>((linked, needed))
+        });
+        for (linked, needed) in futures::future::try_join_all(checks).await? {
+            if !linked {
+                return Err(StorageError::ReferenceUnknown(needed.clone()));
+            }
+        }
         // Order matters: bytes, the link that makes them visible, then the
         // referrer entry and the tag that point at it.
         let size = bytes.len() as u64;
