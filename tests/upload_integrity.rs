@@ -1,0 +1,388 @@
+//! Upload integrity under attack: the interleaving an adversarial review used to replace the
+//! bytes behind another repository's digest, replayed with raw sockets (chunked bodies paced
+//! with sleeps) against `berth serve` on disk, with and without logins, and on S3.
+//!
+//! The sequence, on one upload id: a slow chunked PATCH holds the session → a PATCH of the
+//! same id under another repository name → a slow PATCH with the right bytes (queued) → a fast
+//! PATCH with other bytes → `PUT ?digest=` of the right bytes. Whatever each request answers,
+//! afterwards every blob must hash to its name: the victim's (which existed before) and the
+//! one the attacker aimed at (which did not).
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Deterministic bytes that do not compress or repeat.
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// One request with a Content-Length body, `Connection: close`.
+fn request(port: u16, method: &str, path: &str, auth: Option<&str>, body: &[u8]) -> RawResponse {
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(auth) = auth {
+        head.push_str(&format!("Authorization: {auth}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut raw = head.into_bytes();
+    raw.extend_from_slice(body);
+    raw_request(port, &raw, WAIT).unwrap_or_else(|| panic!("{method} {path}: no response"))
+}
+
+/// A PATCH whose headers are sent at once and whose chunked body follows piece by piece: the
+/// first piece after `first`, the others `pause` apart, on a thread of its own. Yields the
+/// status (None if the server closed without answering).
+fn trickled_patch(
+    port: u16,
+    path: String,
+    auth: Option<String>,
+    pieces: Vec<Vec<u8>>,
+    (first, pause): (Duration, Duration),
+) -> thread::JoinHandle<Option<u16>> {
+    thread::spawn(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(WAIT)).ok()?;
+        let mut head = format!(
+            "PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+             Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n"
+        );
+        if let Some(auth) = &auth {
+            head.push_str(&format!("Authorization: {auth}\r\n"));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).ok()?;
+        for (i, piece) in pieces.into_iter().enumerate() {
+            thread::sleep(if i == 0 { first } else { pause });
+            // A refused request may close early: keep going, the answer is what counts.
+            let _ = s.write_all(format!("{:x}\r\n", piece.len()).as_bytes());
+            let _ = s.write_all(&piece);
+            let _ = s.write_all(b"\r\n");
+        }
+        let _ = s.write_all(b"0\r\n\r\n");
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        parse_raw_response(&buf)?.status
+    })
+}
+
+fn pieces(data: &[u8], n: usize) -> Vec<Vec<u8>> {
+    data.chunks(data.len().div_ceil(n))
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+/// POST + PUT of a whole blob; panics unless 201.
+fn push_blob_raw(port: u16, repo: &str, auth: Option<&str>, data: &[u8]) -> String {
+    let digest = digest_of(data);
+    let started = request(
+        port,
+        "POST",
+        &format!("/v2/{repo}/blobs/uploads/"),
+        auth,
+        b"",
+    );
+    assert_eq!(started.status, Some(202), "POST: {}", started.body_text());
+    let location = started.header("location").expect("Location");
+    let done = request(
+        port,
+        "PUT",
+        &format!("{location}?digest={digest}"),
+        auth,
+        data,
+    );
+    assert_eq!(done.status, Some(201), "PUT: {}", done.body_text());
+    digest
+}
+
+/// GET a blob and check that its bytes hash to its name.
+fn assert_blob_intact(port: u16, repo: &str, digest: &str, auth: Option<&str>) {
+    let got = request(
+        port,
+        "GET",
+        &format!("/v2/{repo}/blobs/{digest}"),
+        auth,
+        b"",
+    );
+    assert_eq!(got.status, Some(200), "GET {repo} {digest}: {}", got.head);
+    assert_eq!(
+        digest_of(&got.body),
+        digest,
+        "the bytes served for {digest} in {repo} do not hash to it: the blob was poisoned"
+    );
+}
+
+/// Every file in the blob store hashes to its name (filesystem storage only).
+fn assert_blob_store_intact(storage: &Path) {
+    let mut stack = vec![storage.join("blobs").join("sha256")];
+    let mut checked = 0;
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path: PathBuf = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let bytes = fs::read(&path).expect("read blob");
+            assert_eq!(
+                sha256_hex(&bytes),
+                name,
+                "{} does not hash to its name",
+                path.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "no blob found under {}", storage.display());
+}
+
+struct Who {
+    /// Pushes `victim_repo` (and pulls it).
+    victim: Option<String>,
+    /// Pushes the attacker's two repositories (and pulls them).
+    attacker: Option<String>,
+}
+
+/// The attack of the review, aimed at `target` (the right bytes of the digest the PUT names).
+/// Returns the status of the final PUT.
+fn replay_attack(port: u16, who: &Who, repo: &str, other_repo: &str, target: &[u8]) -> u16 {
+    let auth = who.attacker.as_deref();
+    let started = request(
+        port,
+        "POST",
+        &format!("/v2/{repo}/blobs/uploads/"),
+        auth,
+        b"",
+    );
+    assert_eq!(started.status, Some(202), "POST: {}", started.body_text());
+    let location = started.header("location").expect("Location");
+    let id = location.rsplit('/').next().expect("upload id").to_string();
+    let half = target.len() / 2;
+    let garbage = pattern(half, 99);
+    let ms = Duration::from_millis;
+
+    // t=0: a slow chunked PATCH that holds the session for about 1.2 s (the first half).
+    let slow = trickled_patch(
+        port,
+        location.clone(),
+        who.attacker.clone(),
+        pieces(&target[..half], 8),
+        (ms(150), ms(150)),
+    );
+    // t=0.1: a PATCH with the right second half queues behind it; its body follows at t=1.4.
+    thread::sleep(ms(100));
+    let right = trickled_patch(
+        port,
+        location.clone(),
+        who.attacker.clone(),
+        pieces(&target[half..], 4),
+        (ms(1300), ms(200)),
+    );
+    // t=0.2: the same id under another repository name.
+    thread::sleep(ms(100));
+    let foreign = request(
+        port,
+        "PATCH",
+        &format!("/v2/{other_repo}/blobs/uploads/{id}"),
+        auth,
+        b"x",
+    );
+    assert_eq!(
+        foreign.status,
+        Some(404),
+        "a PATCH of the session under another repository must be unknown: {}",
+        foreign.body_text()
+    );
+    // t=0.3: a PATCH with other bytes. When the foreign request used to drop the lock, this
+    // one took a fresh lock at once, read offset 0, and its bytes (sent at t=1.7, while the
+    // right half is being written) landed over the first half; the right half's request then
+    // saved a state whose hash covers the right bytes.
+    let wrong = trickled_patch(
+        port,
+        location.clone(),
+        who.attacker.clone(),
+        vec![garbage],
+        (ms(1400), ms(0)),
+    );
+    let statuses = [slow, right, wrong].map(|t| t.join().expect("patch thread"));
+    eprintln!("PATCH statuses: {statuses:?}");
+    // 5. complete with the digest of the right bytes
+    let digest = digest_of(target);
+    let done = request(
+        port,
+        "PUT",
+        &format!("{location}?digest={digest}"),
+        auth,
+        b"",
+    );
+    let status = done.status.expect("PUT status");
+    eprintln!("PUT ?digest= answered {status}: {}", done.body_text());
+    assert!(
+        [201, 400, 404, 416].contains(&status),
+        "completion answered {status}: {}",
+        done.body_text()
+    );
+    status
+}
+
+fn attack_and_check(server: &Server, who: &Who, repos: [&str; 3], on_disk: bool) {
+    let [victim_repo, repo, other_repo] = repos;
+    let port = server.port;
+    // The victim's blob exists before the attack; the attacker can learn its digest.
+    let victim_bytes = pattern(64 * 1024, 1);
+    let victim = push_blob_raw(port, victim_repo, who.victim.as_deref(), &victim_bytes);
+    replay_attack(port, who, repo, other_repo, &victim_bytes);
+    assert_blob_intact(port, victim_repo, &victim, who.victim.as_deref());
+
+    // Aimed at a digest nobody pushed yet (planting bytes for a later push of it).
+    let fresh_bytes = pattern(48 * 1024, 2);
+    let fresh = digest_of(&fresh_bytes);
+    if replay_attack(port, who, repo, other_repo, &fresh_bytes) == 201 {
+        assert_blob_intact(port, repo, &fresh, who.attacker.as_deref());
+    }
+    if on_disk {
+        assert_blob_store_intact(server.storage());
+    }
+    assert!(server.is_running(), "the server died during the attack");
+}
+
+#[test]
+fn interleaved_patches_cannot_poison_a_blob_on_disk() {
+    let server = Server::start_berth_with(&[], false, false);
+    let who = Who {
+        victim: None,
+        attacker: None,
+    };
+    attack_and_check(
+        &server,
+        &who,
+        ["victim/app", "mallory/app", "mallory/other"],
+        true,
+    );
+}
+
+#[test]
+fn interleaved_patches_cannot_poison_a_blob_with_logins() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let htpasswd = dir.path().join("htpasswd");
+    let mut text = String::new();
+    for (user, password) in [("alice", "apw"), ("mallory", "mpw")] {
+        let hash = bcrypt::hash_with_result(password, 4)
+            .expect("bcrypt")
+            .format_for_version(bcrypt::Version::TwoY);
+        text.push_str(&format!("{user}:{hash}\n"));
+    }
+    fs::write(&htpasswd, text).expect("htpasswd");
+    let config = dir.path().join("berth.toml");
+    fs::write(
+        &config,
+        format!(
+            r#"[auth]
+htpasswd = "{}"
+token_key = "{}"
+
+[[access.rules]]
+who = "user:alice"
+repositories = ["alice/**"]
+actions = ["pull", "push"]
+
+[[access.rules]]
+who = "user:mallory"
+repositories = ["mallory/**"]
+actions = ["pull", "push"]
+
+[[access.rules]]
+who = "anonymous"
+repositories = ["alice/**"]
+actions = ["pull"]
+"#,
+            htpasswd.display(),
+            dir.path().join("token-key.pem").display()
+        ),
+    )
+    .expect("config");
+    let server = Server::start_berth_with(
+        &["--config".to_string(), config.display().to_string()],
+        true,
+        false,
+    );
+    let token = |user: &str, password: &str, scopes: &[&str]| {
+        use base64::Engine as _;
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let query: String = scopes.iter().map(|s| format!("&scope={s}")).collect();
+        let got = request(
+            server.port,
+            "GET",
+            &format!("/token?service=berth{query}"),
+            Some(&format!("Basic {basic}")),
+            b"",
+        );
+        assert_eq!(got.status, Some(200), "token: {}", got.body_text());
+        let body: serde_json::Value = serde_json::from_slice(&got.body).expect("token JSON");
+        format!("Bearer {}", body["token"].as_str().expect("token"))
+    };
+    let who = Who {
+        victim: Some(token("alice", "apw", &["repository:alice/app:pull,push"])),
+        attacker: Some(token(
+            "mallory",
+            "mpw",
+            &[
+                "repository:mallory/app:pull,push",
+                "repository:mallory/other:pull,push",
+            ],
+        )),
+    };
+    attack_and_check(
+        &server,
+        &who,
+        ["alice/app", "mallory/app", "mallory/other"],
+        true,
+    );
+    // Anonymous pullers (who never re-upload what HEAD reports) get the victim's true bytes.
+    let victim = digest_of(&pattern(64 * 1024, 1));
+    assert_blob_intact(server.port, "alice/app", &victim, None);
+}
+
+#[test]
+fn interleaved_patches_cannot_poison_a_blob_on_s3() {
+    let Some(s3) = s3_server("integrity") else {
+        return;
+    };
+    let server = Server::start_s3(&s3, "integrity", &[]);
+    let who = Who {
+        victim: None,
+        attacker: None,
+    };
+    attack_and_check(
+        &server,
+        &who,
+        ["victim/app", "mallory/app", "mallory/other"],
+        false,
+    );
+}
