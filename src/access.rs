@@ -101,6 +101,7 @@ pub fn build(settings: &Settings) -> Result<Option<Access>> {
         realm: auth.realm.clone(),
         service,
         tls: settings.tls.is_some(),
+        login_failures_before_backoff: auth.login_failures_before_backoff,
     })
     .map_err(anyhow::Error::msg)?;
     Ok(Some(access))

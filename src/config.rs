@@ -40,7 +40,8 @@ pub struct AuthSettings {
     pub scheme: Option<AuthScheme>,
     /// `service` in challenges, audience of tokens. Default "berth".
     pub service: Option<String>,
-    /// Token endpoint URL for challenges. Default: `/token` on the host the client used.
+    /// Token endpoint URL for challenges, used whatever `Host` a client sends.
+    /// Unset: `/token` on the host the client used (its `Host` header).
     pub realm: Option<String>,
     /// PEM file of the token signing key, created if missing. Replicas must share it.
     pub token_key: Option<PathBuf>,
@@ -51,6 +52,10 @@ pub struct AuthSettings {
     /// Public keys (PEM certificates/keys, or a JWKS JSON file) of an external
     /// token service to trust instead of running our own.
     pub trust_keys: Option<PathBuf>,
+    /// Wrong passwords in a row, per account and per client address, before
+    /// logins are backed off (1 s, doubling per failure, at most 15 min).
+    /// Default 5; 0 turns the backoff off.
+    pub login_failures_before_backoff: Option<u32>,
 }
 
 impl AuthSettings {

@@ -1,6 +1,6 @@
 //! Berth's authentication and authorisation, as pure logic the registry calls
 //! on every request: no HTTP types, no async, no I/O except reading and
-//! writing the token signing key.
+//! writing the token signing key (and the password-check threads of [`pool`]).
 //!
 //! - [`htpasswd`]: accounts from an `htpasswd -B` file (bcrypt only).
 //! - [`scope`]: Docker token scopes (`repository:NAME:pull,push`) and the
@@ -10,11 +10,17 @@
 //!   (ours or an external issuer's), the token endpoint's query and answer,
 //!   `WWW-Authenticate` challenges, `Authorization` header parsing.
 //! - [`ratelimit`]: a per-client token bucket with bounded memory.
+//! - [`throttle`]: exponential backoff after failed logins, per account and
+//!   per client address, with bounded memory.
+//! - [`pool`]: a few threads of its own with a bounded queue, where bcrypt
+//!   runs (never on the async runtime's shared blocking pool).
 
 pub mod acl;
 pub mod htpasswd;
+pub mod pool;
 pub mod ratelimit;
 pub mod scope;
+pub mod throttle;
 pub mod token;
 
 use acl::Identity;

@@ -58,6 +58,14 @@ pub enum TokenError {
     UnknownKey,
     #[error("token signature does not verify")]
     BadSignature,
+    /// An ES256 signature of ours whose S is in the upper half: we only
+    /// issue low-S signatures, so this is someone's rewrite of one.
+    #[error("token signature is not in canonical (low-S) form")]
+    HighS,
+    /// RFC 7515 §4.1.11: a receiver must refuse a token whose `crit` names
+    /// an extension it does not understand, and we understand none.
+    #[error("token header names critical extensions (crit) this registry does not understand")]
+    Critical,
     #[error("token expired")]
     Expired,
     #[error("token not valid yet")]
@@ -420,7 +428,7 @@ impl TokenIssuer {
         let token = jsonwebtoken::encode(&header, &claims, &self.key.encoding)
             .map_err(|e| TokenError::Key(format!("signing failed: {e}")))?;
         Ok(IssuedToken {
-            token: Secret(token),
+            token: Secret(low_s(token)?),
             expires_in: lifetime,
             issued_at: now,
         })
@@ -433,9 +441,49 @@ impl TokenIssuer {
             key: DecodingKey::from_ec_der(&self.key.public_point),
             algorithms: vec![Algorithm::ES256],
             kid: Some(self.key.kid.clone()),
+            low_s_only: true,
         });
         verifier
     }
+}
+
+/// The signature (third part) of a compact JWS as an ES256 signature, if
+/// it is one.
+fn es256_signature(token: &str) -> Option<p256::ecdsa::Signature> {
+    let encoded = token.rsplit('.').next()?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded)
+        .ok()?;
+    p256::ecdsa::Signature::from_slice(&raw).ok()
+}
+
+/// Rewrite a freshly signed ES256 token's signature into low-S form.
+/// ECDSA signatures are malleable: (r, s) and (r, n - s) both verify, so
+/// anyone could turn one of our tokens into a second, different string that
+/// verifies too. p256 signs without normalising (only secp256k1 does), so
+/// we do it here, and our verifier then refuses high-S outright: each token
+/// we issue has exactly one accepted spelling.
+fn low_s(token: String) -> Result<String, TokenError> {
+    let signature = es256_signature(&token)
+        .ok_or_else(|| TokenError::Key("signing gave no ES256 signature".into()))?;
+    let Some(normalised) = signature.normalize_s() else {
+        return Ok(token); // already low-S
+    };
+    let input = token.rsplit_once('.').map_or("", |(input, _)| input);
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(normalised.to_bytes());
+    Ok(format!("{input}.{encoded}"))
+}
+
+/// Whether the token's header has a `crit` member (any value, even `null`
+/// or `[]`: RFC 7515 forbids the empty list, and null is no list at all).
+fn has_crit_header(token: &str) -> Result<bool, TokenError> {
+    let encoded = token.split('.').next().unwrap_or_default();
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded)
+        .map_err(|_| TokenError::Malformed("invalid base64".into()))?;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&raw)
+        .map_err(|_| TokenError::Malformed("invalid JSON header".into()))?;
+    Ok(header.contains_key("crit"))
 }
 
 // ---------------------------------------------------------------------------
@@ -447,6 +495,13 @@ struct TrustedKey {
     /// be used as an HMAC secret (the classic RS256→HS256 confusion attack).
     algorithms: Vec<Algorithm>,
     kid: Option<String>,
+    /// Our own key: only low-S signatures (what we issue) are accepted. An
+    /// external issuer's keys accept both forms, because common signers (Go's
+    /// crypto/ecdsa, OpenSSL) do not normalise, so about half of an external
+    /// service's valid tokens are high-S; refusing them would refuse valid
+    /// logins, and nothing here depends on a token having one spelling (the
+    /// verified-token cache only saves work).
+    low_s_only: bool,
 }
 
 /// What a valid token says.
@@ -572,6 +627,9 @@ impl TokenVerifier {
         // The header is read before the signature is checked only to pick
         // the key and refuse algorithms we never accept (`none`, `HS256`).
         let header = jsonwebtoken::decode_header(token).map_err(|e| map_jwt_error(&e))?;
+        if header.crit.is_some() || has_crit_header(token)? {
+            return Err(TokenError::Critical);
+        }
         let candidates: Vec<&TrustedKey> = self
             .keys
             .iter()
@@ -591,7 +649,13 @@ impl TokenVerifier {
             );
         }
         let mut last = TokenError::BadSignature;
+        let high_s = header.alg == Algorithm::ES256
+            && es256_signature(token).is_some_and(|s| s.normalize_s().is_some());
         let claims = candidates.iter().find_map(|trusted| {
+            if trusted.low_s_only && high_s {
+                last = TokenError::HighS;
+                return None;
+            }
             let mut validation = Validation::new(header.alg);
             validation.algorithms = trusted.algorithms.clone();
             // Time, audience and issuer are checked below against `now`,
@@ -663,6 +727,7 @@ fn ec_trusted(key: DecodingKey, kid: Option<String>) -> Result<TrustedKey, Token
         key,
         algorithms: vec![algorithm],
         kid,
+        low_s_only: false,
     })
 }
 
@@ -671,6 +736,7 @@ fn rsa_trusted(key: DecodingKey, kid: Option<String>) -> TrustedKey {
         key,
         algorithms: vec![Algorithm::RS256, Algorithm::RS384, Algorithm::RS512],
         kid,
+        low_s_only: false,
     }
 }
 
@@ -1034,7 +1100,7 @@ mod tests {
     fn sign_raw(key: &SigningKey, claims: &serde_json::Value) -> String {
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(key.kid().to_string());
-        jsonwebtoken::encode(&header, claims, &key.encoding).expect("sign")
+        low_s(jsonwebtoken::encode(&header, claims, &key.encoding).expect("sign")).expect("low-S")
     }
 
     fn claims_at(now: u64) -> serde_json::Value {
@@ -1210,9 +1276,11 @@ mod tests {
         // Another key claiming our kid: the signature fails.
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(ours.key().kid().to_string());
-        let forged =
+        let forged = low_s(
             jsonwebtoken::encode(&header, &claims_at(1_700_000_000), &theirs.key().encoding)
-                .expect("sign");
+                .expect("sign"),
+        )
+        .expect("low-S");
         assert_eq!(
             verifier.verify(&forged, t0()),
             Err(TokenError::BadSignature)
@@ -1242,6 +1310,96 @@ mod tests {
         // Signature stripped.
         let stripped = format!("{}.{}.", parts[0], parts[1]);
         assert!(verifier.verify(&stripped, t0()).is_err());
+    }
+
+    /// The same token with S replaced by n - S (equally valid ECDSA).
+    fn flip_s(token: &str) -> String {
+        let signature = es256_signature(token).expect("ES256 signature");
+        let (r, s) = signature.split_scalars();
+        let flipped =
+            p256::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s).to_bytes()).expect("flip");
+        let input = token.rsplit_once('.').expect("JWT").0;
+        format!("{input}.{}", b64url(&flipped.to_bytes()))
+    }
+
+    #[test]
+    fn issues_low_s_and_refuses_high_s_from_our_key() {
+        let issuer = issuer();
+        let verifier = issuer.verifier(AUD);
+        // Trusting the same key as an external issuer's: both forms pass.
+        let mut external = TokenVerifier::new(ISS, AUD);
+        external
+            .trust_pem(issuer.key().public_key_pem())
+            .expect("trust");
+        // p256 signs high-S about half the time: 32 tokens miss that with
+        // odds of 2^-32 if issue() did not normalise.
+        for _ in 0..32 {
+            let issued = issuer
+                .issue(&Identity::user("a"), AUD, &[], t0())
+                .expect("issue");
+            let token = issued.token.expose();
+            let signature = es256_signature(token).expect("signature");
+            assert!(signature.normalize_s().is_none(), "issued a high-S token");
+            assert!(verifier.verify(token, t0()).is_ok());
+            let flipped = flip_s(token);
+            assert_eq!(verifier.verify(&flipped, t0()), Err(TokenError::HighS));
+            assert!(external.verify(&flipped, t0()).is_ok());
+            assert!(external.verify(token, t0()).is_ok());
+        }
+    }
+
+    /// A token with this raw header JSON, signed (low-S) with the test key.
+    fn sign_with_header(header: &str) -> String {
+        use p256::ecdsa::signature::Signer;
+        let secret = p256::SecretKey::from_sec1_pem(EC_SEC1_PRIVATE).expect("key");
+        let signer = p256::ecdsa::SigningKey::from(&secret);
+        let input = format!(
+            "{}.{}",
+            b64url(header.as_bytes()),
+            b64url(claims_at(1_700_000_000).to_string().as_bytes())
+        );
+        let signature: p256::ecdsa::Signature = signer.sign(input.as_bytes());
+        let signature = signature.normalize_s().unwrap_or(signature);
+        format!("{input}.{}", b64url(&signature.to_bytes()))
+    }
+
+    #[test]
+    fn refuses_crit_headers() {
+        let issuer = TokenIssuer::new(SigningKey::from_pem(EC_SEC1_PRIVATE).expect("key"), ISS);
+        let ours = issuer.verifier(AUD);
+        let mut external = TokenVerifier::new(ISS, AUD);
+        external.trust_pem(EC_CERT).expect("trust");
+        // Without crit the hand-made token passes: the refusals below are crit's.
+        let plain = sign_with_header(r#"{"alg":"ES256","typ":"JWT"}"#);
+        assert!(ours.verify(&plain, t0()).is_ok());
+        assert!(external.verify(&plain, t0()).is_ok());
+        for header in [
+            r#"{"alg":"ES256","typ":"JWT","crit":["exp"],"exp":1}"#,
+            r#"{"alg":"ES256","crit":["b64"],"b64":false}"#,
+            r#"{"alg":"ES256","crit":[]}"#,
+            r#"{"alg":"ES256","crit":null}"#,
+        ] {
+            let token = sign_with_header(header);
+            assert_eq!(
+                ours.verify(&token, t0()),
+                Err(TokenError::Critical),
+                "{header}"
+            );
+            assert_eq!(
+                external.verify(&token, t0()),
+                Err(TokenError::Critical),
+                "{header}"
+            );
+        }
+        // Through jsonwebtoken's own header type too.
+        let mut header = Header::new(Algorithm::ES256);
+        header.crit = Some(vec!["x-ext".into()]);
+        let token = low_s(
+            jsonwebtoken::encode(&header, &claims_at(1_700_000_000), &issuer.key().encoding)
+                .expect("sign"),
+        )
+        .expect("low-S");
+        assert_eq!(ours.verify(&token, t0()), Err(TokenError::Critical));
     }
 
     #[test]

@@ -208,6 +208,9 @@ fn signed(claims: &[u8]) -> String {
         URL_SAFE_NO_PAD.encode(claims)
     );
     let signature: p256::ecdsa::Signature = KEYS.signer.sign(signing_input.as_bytes());
+    // Low-S, as our issuer signs: the verifier refuses high-S from our key,
+    // and half the inputs would stop before the claim checks.
+    let signature = signature.normalize_s().unwrap_or(signature);
     format!(
         "{signing_input}.{}",
         URL_SAFE_NO_PAD.encode(signature.to_bytes())

@@ -12,8 +12,10 @@ use std::time::{Duration, Instant, SystemTime};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use berth_auth::acl::{Acl, Identity};
 use berth_auth::htpasswd::Htpasswd;
+use berth_auth::pool::WorkerPool;
 use berth_auth::ratelimit::{RateLimit, RateLimiter};
 use berth_auth::scope::{self, Endpoint, Scope};
+use berth_auth::throttle::{LoginThrottle, ThrottlePolicy};
 use berth_auth::token::{
     basic_challenge, bearer_challenge, parse_authorization, Credentials, TokenIssuer,
     TokenVerifier, VerifiedToken,
@@ -43,13 +45,17 @@ pub struct AccessOptions {
     /// Accounts for Basic logins and for the built-in token endpoint.
     pub htpasswd: Option<PathBuf>,
     pub rules: Acl,
-    /// The token endpoint's URL for challenges. Default: `/token` on the host
-    /// the client asked (`Host`), with the scheme the server speaks.
+    /// The token endpoint's URL for challenges. When set it is used as is,
+    /// whatever `Host` a client sends; only when unset is it `/token` on the
+    /// host the client asked (`Host`), with the scheme the server speaks.
     pub realm: Option<String>,
     /// The `service` of challenges and the audience of tokens.
     pub service: String,
     /// Whether the server speaks HTTPS (for the default realm).
     pub tls: bool,
+    /// Wrong passwords in a row, per account and per client address, before
+    /// logins from there are backed off (default 5; 0 turns it off).
+    pub login_failures_before_backoff: Option<u32>,
 }
 
 /// Live access control of a server.
@@ -72,7 +78,75 @@ struct Accounts {
     path: PathBuf,
     state: RwLock<AccountsState>,
     verified: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Where bcrypt runs: a few threads of its own with a short queue. On
+    /// tokio's shared blocking pool, 600 concurrent wrong passwords took
+    /// hundreds of threads and made a manifest HEAD wait 12 s.
+    pool: WorkerPool,
+    /// Shared with the check jobs, which count their own result: a client
+    /// that hangs up before the answer still pays for its guess.
+    throttles: Arc<Mutex<Throttles>>,
 }
+
+/// Backoff after failed logins, per account and per client address.
+struct Throttles {
+    /// Accounts of the htpasswd file.
+    accounts: LoginThrottle<String>,
+    /// Names that are not accounts, in a table of their own: a flood of
+    /// made-up names must not evict the real accounts' entries. Tracked at
+    /// all so that backoff looks the same whether a name exists or not.
+    unknown_names: LoginThrottle<String>,
+    /// Client addresses (IPv6 by /64: one host usually holds a whole /64).
+    addresses: LoginThrottle<IpAddr>,
+}
+
+impl Throttles {
+    fn names(&mut self, known: bool) -> &mut LoginThrottle<String> {
+        if known {
+            &mut self.accounts
+        } else {
+            &mut self.unknown_names
+        }
+    }
+
+    /// Count a checked login for the backoff, and log each lockout once.
+    fn record(&mut self, name: &str, known: bool, address: Option<IpAddr>, ok: bool) {
+        if ok {
+            self.names(known).record_success(name);
+            if let Some(address) = address {
+                self.addresses.record_success(&address);
+            }
+            return;
+        }
+        let now = Instant::now();
+        if let Some(backoff) = self.names(known).record_failure(name, now) {
+            let client = address.map(|a| a.to_string()).unwrap_or_default();
+            tracing::warn!(user = ?name, client, backoff_secs = backoff.as_secs(), "too many failed logins for account; backing off");
+        }
+        if let Some(address) = address {
+            if let Some(backoff) = self.addresses.record_failure(&address, now) {
+                tracing::warn!(client = %address, user = ?name, backoff_secs = backoff.as_secs(), "too many failed logins from address; backing off");
+            }
+        }
+    }
+}
+
+/// The result of a login.
+pub(crate) enum Login {
+    Ok,
+    Wrong,
+    /// Refused without checking the password: 429, retry after this long.
+    Refused {
+        retry_after: Duration,
+        reason: &'static str,
+    },
+}
+
+/// Password checks waiting per check thread before more are refused with
+/// 429: short, so a login never waits behind a long queue of guesses (four
+/// cost-10 checks are ~0.3 s).
+const PASSWORD_QUEUE_PER_THREAD: usize = 4;
+/// `Retry-After` when the check queue is full.
+const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 struct AccountsState {
     file: Arc<Htpasswd>,
@@ -87,8 +161,28 @@ const VERIFIED_LOGIN_MAX: usize = 4096;
 const VERIFIED_TOKENS_MAX: usize = 16384;
 
 impl Accounts {
-    fn open(path: PathBuf) -> Result<Accounts, String> {
+    fn open(path: PathBuf, failures_before_backoff: Option<u32>) -> Result<Accounts, String> {
         let (file, modified) = read_htpasswd(&path)?;
+        // One check per core at most: bcrypt is pure CPU, so more threads
+        // would only take cores from the requests being served.
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(8);
+        let queue = threads * PASSWORD_QUEUE_PER_THREAD;
+        let pool = WorkerPool::new("berth-bcrypt", threads, queue)
+            .map_err(|e| format!("cannot start the password-check threads: {e}"))?;
+        let policy = ThrottlePolicy {
+            free_failures: failures_before_backoff
+                .unwrap_or(berth_auth::throttle::DEFAULT_FREE_FAILURES),
+            ..ThrottlePolicy::default()
+        };
+        tracing::info!(
+            threads,
+            queue,
+            failures_before_backoff = policy.free_failures,
+            "password checks"
+        );
         Ok(Accounts {
             path,
             state: RwLock::new(AccountsState {
@@ -98,6 +192,15 @@ impl Accounts {
                 generation: 0,
             }),
             verified: Mutex::new(HashMap::new()),
+            pool,
+            throttles: Arc::new(Mutex::new(Throttles {
+                accounts: LoginThrottle::new(policy),
+                unknown_names: LoginThrottle::new(policy),
+                addresses: LoginThrottle::new(ThrottlePolicy {
+                    max_entries: 100_000,
+                    ..policy
+                }),
+            })),
         })
     }
 
@@ -134,9 +237,10 @@ impl Accounts {
         (state.file.clone(), state.generation)
     }
 
-    /// Check a password (bcrypt on a blocking thread, unless this exact login
-    /// was verified in the last minutes against the same file).
-    async fn verify(&self, user: &str, password: &str) -> bool {
+    /// Check a password: bcrypt on the check pool, unless this exact login
+    /// was verified in the last minutes against the same file. A backed-off
+    /// account or address, or a full check queue, is refused without bcrypt.
+    async fn verify(&self, user: &str, password: &str, client: Option<SocketAddr>) -> Login {
         let (file, generation) = self.current();
         let key: [u8; 32] = {
             let mut h = Sha256::new();
@@ -148,17 +252,61 @@ impl Accounts {
         };
         {
             let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+            // Before the backoff: only someone who knows the password can
+            // hit this, so a guesser who locked an account out does not lock
+            // out its owner's running pushes.
             if verified
                 .get(&key)
                 .is_some_and(|at| at.elapsed() < VERIFIED_LOGIN_TTL)
             {
-                return true;
+                return Login::Ok;
             }
         }
-        let (user_owned, password_owned) = (user.to_string(), password.to_string());
-        let ok = tokio::task::spawn_blocking(move || file.verify(&user_owned, &password_owned))
-            .await
-            .unwrap_or(false);
+        let known = file.contains(user);
+        // Without connect info every client would share one address entry,
+        // and one guesser would lock everyone out: skip the address then.
+        let address = client.map(|c| address_key(c.ip()));
+        {
+            let throttles = self.throttles.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let names = if known {
+                &throttles.accounts
+            } else {
+                &throttles.unknown_names
+            };
+            let wait = names
+                .check(user, now)
+                .max(address.and_then(|a| throttles.addresses.check(&a, now)));
+            if let Some(retry_after) = wait {
+                tracing::debug!(user = ?user, client = %client_ip(client), "login refused: backing off");
+                return Login::Refused {
+                    retry_after,
+                    reason: "too many failed logins",
+                };
+            }
+        }
+        let (sender, result) = tokio::sync::oneshot::channel();
+        let password_owned = password.to_string();
+        let name_owned = user.to_string();
+        let throttles = self.throttles.clone();
+        let job = move || {
+            let ok = file.verify(&name_owned, &password_owned);
+            throttles.lock().unwrap_or_else(|e| e.into_inner()).record(
+                &name_owned,
+                known,
+                address,
+                ok,
+            );
+            let _ = sender.send(ok);
+        };
+        if self.pool.try_run(job).is_err() {
+            tracing::debug!(client = %client_ip(client), "login refused: the password-check queue is full");
+            return Login::Refused {
+                retry_after: BUSY_RETRY_AFTER,
+                reason: "too many logins are being checked",
+            };
+        }
+        let ok = result.await.unwrap_or(false);
         if ok {
             let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
             if verified.len() >= VERIFIED_LOGIN_MAX {
@@ -168,9 +316,37 @@ impl Accounts {
                 }
             }
             verified.insert(key, Instant::now());
+            Login::Ok
+        } else {
+            Login::Wrong
         }
-        ok
     }
+}
+
+/// The throttle's key for a client address: IPv4 as is (also when mapped
+/// into IPv6), IPv6 by its /64, which one host or site usually holds whole.
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// 429 `TOOMANYREQUESTS` with `Retry-After` in whole seconds (rounded up).
+fn too_many(retry_after: Duration, reason: &str) -> RegistryError {
+    let secs = (retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).max(1);
+    RegistryError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        Code::TooManyRequests,
+        format!("{reason}: retry after {secs} s"),
+    )
+    .with_header(header::RETRY_AFTER, HeaderValue::from(secs))
 }
 
 fn read_htpasswd(path: &PathBuf) -> Result<(Htpasswd, Option<SystemTime>), String> {
@@ -192,7 +368,10 @@ pub(crate) struct Caller {
 
 impl Access {
     pub fn new(options: AccessOptions) -> Result<Access, String> {
-        let accounts = options.htpasswd.map(Accounts::open).transpose()?;
+        let accounts = options
+            .htpasswd
+            .map(|path| Accounts::open(path, options.login_failures_before_backoff))
+            .transpose()?;
         let needs_accounts = match &options.scheme {
             Scheme::Basic => true,
             Scheme::Token { issuer, .. } => issuer.is_some(),
@@ -258,13 +437,31 @@ impl Access {
             }
             Some(value) => match parse_authorization(value) {
                 Ok(Credentials::Basic { user, password }) => {
-                    if !self.login(&user, password.expose(), client).await {
+                    if let Scheme::Token { .. } = self.scheme {
+                        // With tokens, passwords are checked at /token only:
+                        // one place to guess them, throttled there. Clients
+                        // that follow the Bearer challenge never send Basic here.
                         return Err(self.challenge(
                             headers,
                             &required,
                             false,
-                            "wrong user name or password",
+                            "this registry takes Bearer tokens: get one from the realm of the challenge",
                         ));
+                    }
+                    match self.login(&user, password.expose(), client).await {
+                        Login::Ok => {}
+                        Login::Wrong => {
+                            return Err(self.challenge(
+                                headers,
+                                &required,
+                                false,
+                                "wrong user name or password",
+                            ))
+                        }
+                        Login::Refused {
+                            retry_after,
+                            reason,
+                        } => return Err(too_many(retry_after, reason)),
                     }
                     let identity = Identity::User(user);
                     let granted = self.rules.grant(&identity, &required);
@@ -391,18 +588,43 @@ impl Access {
         }
     }
 
-    async fn login(&self, user: &str, password: &str, client: Option<SocketAddr>) -> bool {
-        let ok = match &self.accounts {
-            Some(accounts) => accounts.verify(user, password).await,
-            None => false,
+    async fn login(&self, user: &str, password: &str, client: Option<SocketAddr>) -> Login {
+        let login = match &self.accounts {
+            Some(accounts) => accounts.verify(user, password, client).await,
+            None => Login::Wrong,
         };
-        if !ok {
+        if let Login::Wrong = login {
             // The user name as the client sent it (escaped), never the password.
             tracing::warn!(client = %client_ip(client), user = ?user, "failed login");
         }
-        ok
+        login
     }
 
+    /// A login at the token endpoint, as its error when it fails.
+    async fn token_login(
+        &self,
+        user: &str,
+        password: &str,
+        client: Option<SocketAddr>,
+    ) -> Result<(), TokenEndpointError> {
+        match self.login(user, password, client).await {
+            Login::Ok => Ok(()),
+            Login::Wrong => Err(TokenEndpointError::Unauthorized(basic_challenge(
+                &self.service,
+            ))),
+            Login::Refused {
+                retry_after,
+                reason,
+            } => Err(TokenEndpointError::TooMany(too_many(retry_after, reason))),
+        }
+    }
+
+    /// The token endpoint's URL for challenges. A configured realm wins:
+    /// `Host` is the client's to choose, and a realm built from it would
+    /// send credentials wherever the request said (behind a proxy that
+    /// passes `Host` through, to any host name). Only without one is the
+    /// realm built from `Host` (sanitised), which suits a registry reached
+    /// under one name, and is what README says.
     fn realm(&self, headers: &HeaderMap) -> String {
         if let Some(realm) = &self.realm {
             return realm.clone();
@@ -471,11 +693,7 @@ impl Access {
                 let identity = match authorization.map(parse_authorization) {
                     None => Identity::Anonymous,
                     Some(Ok(Credentials::Basic { user, password })) => {
-                        if !self.login(&user, password.expose(), client).await {
-                            return Err(TokenEndpointError::Unauthorized(basic_challenge(
-                                &self.service,
-                            )));
-                        }
+                        self.token_login(&user, password.expose(), client).await?;
                         if request.account.as_deref().is_some_and(|a| a != user) {
                             return Err(bad("account does not match the credentials".into()));
                         }
@@ -498,11 +716,7 @@ impl Access {
                         &self.service,
                     )));
                 };
-                if !self.login(&user, password.expose(), client).await {
-                    return Err(TokenEndpointError::Unauthorized(basic_challenge(
-                        &self.service,
-                    )));
-                }
+                self.token_login(&user, password.expose(), client).await?;
                 (form.service, form.scopes, Identity::User(user))
             }
         };
@@ -526,6 +740,8 @@ pub(crate) enum TokenEndpointError {
     BadRequest(String),
     /// With the `WWW-Authenticate` value.
     Unauthorized(String),
+    /// 429 with `Retry-After`: backed off, or too many checks at once.
+    TooMany(RegistryError),
     Internal(String),
 }
 

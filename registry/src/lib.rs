@@ -358,6 +358,9 @@ async fn token_endpoint(State(reg): State<Registry>, request: Request) -> Respon
             }
             r
         }
+        // The spec's error body with TOOMANYREQUESTS, as the rate limit
+        // above answers: Docker's token client reads that shape too.
+        Err(E::TooMany(e)) => e.into_response(),
         Err(E::Internal(message)) => {
             tracing::error!(error = %message, "cannot issue a token");
             token_error(
