@@ -1,8 +1,11 @@
 //! Content discovery: tags list, catalog and referrers.
 
+use axum::body::Body;
 use axum::http::{header, StatusCode};
 use axum::response::Response;
-use berth_storage::Storage;
+use berth_storage::{Digest, Storage};
+use bytes::Bytes;
+use futures::TryStreamExt;
 use serde_json::json;
 
 use crate::blobs::parse_digest;
@@ -90,6 +93,73 @@ pub async fn catalog(
     Ok(page_response(body, "/v2/_catalog", n, &page, more))
 }
 
+/// Most descriptors in one referrers page (the spec lets a registry page the
+/// list with `Link`; a client may ask for fewer with `n`).
+pub const REFERRERS_PAGE_ENTRIES: usize = 1000;
+
+/// Most bytes of descriptors in one referrers page. A page holds at least one
+/// descriptor, so a referrer stored before annotations were capped (up to a
+/// 4 MiB manifest's worth) is sent alone on its page.
+pub const REFERRERS_PAGE_BYTES: usize = 1 << 20;
+
+/// One page of a subject's referrers, as JSON descriptors.
+#[derive(Debug, Default)]
+struct ReferrersPage {
+    /// Each descriptor's JSON, all but the first preceded by a comma.
+    entries: Vec<Bytes>,
+    bytes: usize,
+    last: Option<Digest>,
+    /// More matching referrers follow this page.
+    more: bool,
+}
+
+/// Read the referrers after `after` one at a time until a page is full.
+/// Memory stays at one page (plus one descriptor) whatever is stored.
+async fn referrers_page(
+    s: &dyn Storage,
+    name: &str,
+    subject: &Digest,
+    after: Option<&Digest>,
+    artifact_type: Option<&str>,
+    max_entries: usize,
+    max_bytes: usize,
+) -> ApiResult<ReferrersPage> {
+    let mut page = ReferrersPage::default();
+    let mut stream = s.referrers_after(name, subject, after).await?;
+    while let Some(d) = stream.try_next().await? {
+        if artifact_type.is_some() && d.artifact_type.as_deref() != artifact_type {
+            continue;
+        }
+        if page.entries.len() >= max_entries {
+            page.more = true;
+            break;
+        }
+        let mut json = if page.entries.is_empty() {
+            Vec::new()
+        } else {
+            vec![b',']
+        };
+        serde_json::to_writer(&mut json, &d).map_err(|e| {
+            RegistryError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Code::Unknown,
+                format!("cannot encode the descriptor of {}: {e}", d.digest),
+            )
+        })?;
+        if !page.entries.is_empty() && page.bytes + json.len() > max_bytes {
+            page.more = true;
+            break;
+        }
+        page.bytes += json.len();
+        page.entries.push(json.into());
+        page.last = Some(d.digest);
+    }
+    Ok(page)
+}
+
+/// `GET /v2/<name>/referrers/<digest>[?artifactType=T][&n=N][&last=D]`: one
+/// page of the image index of the subject's referrers, with a `Link` to the
+/// next page when more follow (`last` is the last digest of the page before).
 pub async fn referrers(
     s: &dyn Storage,
     name: &str,
@@ -97,25 +167,51 @@ pub async fn referrers(
     req: &Req,
 ) -> ApiResult<Response> {
     let subject = parse_digest(digest)?;
-    let mut list = s.referrers(name, &subject).await?;
+    let (n, last) = page_params(req)?;
+    let max_entries = n
+        .unwrap_or(REFERRERS_PAGE_ENTRIES)
+        .clamp(1, REFERRERS_PAGE_ENTRIES);
+    let after = last.as_deref().map(parse_digest).transpose()?;
     let filter = req.param("artifactType");
-    if let Some(t) = &filter {
-        list.retain(|d| d.artifact_type.as_deref() == Some(t.as_str()));
-    }
-    let body = json!({
-        "schemaVersion": 2,
-        "mediaType": manifest::OCI_INDEX,
-        "manifests": list,
-    });
-    let mut r = crate::bytes_response(
-        StatusCode::OK,
-        manifest::OCI_INDEX,
-        body.to_string().into(),
-        false,
-    );
+    let page = referrers_page(
+        s,
+        name,
+        &subject,
+        after.as_ref(),
+        filter.as_deref(),
+        max_entries,
+        REFERRERS_PAGE_BYTES,
+    )
+    .await?;
+
+    // The page is sent piece by piece, never joined into one buffer.
+    let head = Bytes::from(format!(
+        r#"{{"schemaVersion":2,"mediaType":"{}","manifests":["#,
+        manifest::OCI_INDEX
+    ));
+    let tail = Bytes::from_static(b"]}");
+    let len = head.len() + page.bytes + tail.len();
+    let chunks = std::iter::once(head)
+        .chain(page.entries)
+        .chain(std::iter::once(tail))
+        .map(Ok::<_, std::convert::Infallible>);
+    let mut r = Response::new(Body::from_stream(futures::stream::iter(chunks)));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, header_value(manifest::OCI_INDEX));
+    h.insert(header::CONTENT_LENGTH, header::HeaderValue::from(len));
     if filter.is_some() {
-        r.headers_mut()
-            .insert("OCI-Filters-Applied", header_value("artifactType"));
+        h.insert("OCI-Filters-Applied", header_value("artifactType"));
+    }
+    if let (true, Some(last)) = (page.more, &page.last) {
+        let mut link = format!("</v2/{name}/referrers/{subject}?last={last}");
+        if n.is_some() {
+            link.push_str(&format!("&n={max_entries}"));
+        }
+        if let Some(t) = &filter {
+            link.push_str(&format!("&artifactType={}", http::percent_encode(t)));
+        }
+        link.push_str(">; rel=\"next\"");
+        h.insert(header::LINK, header_value(&link));
     }
     Ok(r)
 }

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use berth_storage::{Digest, ManifestMeta};
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
-use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiResult, Code, RegistryError};
 
@@ -18,6 +19,22 @@ pub const SUPPORTED: [&str; 4] = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCK
 /// Largest manifest accepted (the size the reference registry and most clients use).
 pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
 
+/// Deepest nesting of arrays and objects accepted. Real manifests nest four
+/// levels (index > manifests > descriptor > platform). serde skips unknown
+/// fields at any depth without a limit, so without this cap a document nested
+/// a million levels deep would be stored and served to clients whose parsers
+/// recurse.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// Most a manifest with a `subject` may carry into its referrer descriptor:
+/// its annotations and artifactType, measured as the JSON the referrers API
+/// sends. Every listing of the subject repeats them, so without a cap a
+/// handful of 4 MiB referrers made each listing tens of megabytes. Signatures,
+/// SBOMs and attestations (notation, cosign, sigstore bundles) put their
+/// payload in blobs and carry well under 1 KiB here; 64 KiB leaves ample room
+/// and still fits 16 referrers at the cap in one 1 MiB referrers page.
+pub const MAX_REFERRER_METADATA_BYTES: usize = 64 << 10;
+
 /// What must exist before the manifest may be stored.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reference {
@@ -27,20 +44,81 @@ pub enum Reference {
     Manifest(Digest),
 }
 
+/// A descriptor's `size`, to compare with the content the registry holds.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SizeClaim {
+    pub reference: Reference,
+    pub size: u64,
+    /// Where the descriptor sits in the manifest (`config`, `layers[2]`), for errors.
+    pub field: String,
+}
+
 #[derive(Debug)]
 pub struct ParsedManifest {
     pub meta: ManifestMeta,
     pub references: Vec<Reference>,
+    /// The sizes the manifest states for its references.
+    pub sizes: Vec<SizeClaim>,
 }
 
-/// Only the fields needed to decide what kind of document this is.
+/// Only the fields needed to decide what kind of document this is. Nothing
+/// is built for the others (`IgnoredAny`), so a huge `config` costs no memory.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Probe {
-    schema_version: Option<serde_json::Value>,
+    schema_version: Option<SchemaVersion>,
     media_type: Option<String>,
-    manifests: Option<serde_json::Value>,
-    config: Option<serde_json::Value>,
+    manifests: Option<IgnoredAny>,
+    config: Option<IgnoredAny>,
+}
+
+/// `schemaVersion` if it is a whole number; any other value is skipped
+/// without being built, and reported as a wrong version.
+struct SchemaVersion(Option<u64>);
+
+impl<'de> Deserialize<'de> for SchemaVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = SchemaVersion;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a schema version")
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<SchemaVersion, E> {
+                Ok(SchemaVersion(Some(v)))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<SchemaVersion, E> {
+                Ok(SchemaVersion(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<SchemaVersion, E> {
+                Ok(SchemaVersion(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<SchemaVersion, E> {
+                Ok(SchemaVersion(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<SchemaVersion, E> {
+                Ok(SchemaVersion(None))
+            }
+            fn visit_unit<E>(self) -> Result<SchemaVersion, E> {
+                Ok(SchemaVersion(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<SchemaVersion, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(SchemaVersion(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<SchemaVersion, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(SchemaVersion(None))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 fn invalid(message: impl Into<String>) -> RegistryError {
@@ -63,8 +141,76 @@ fn is_non_distributable(media_type: &str) -> bool {
     media_type.contains("nondistributable") || media_type.contains(".foreign.")
 }
 
+/// Refuse JSON nested deeper than [`MAX_JSON_DEPTH`]: one pass over the
+/// bytes, brackets inside strings skipped. Malformed JSON is left to the parser.
+fn check_depth(body: &[u8]) -> ApiResult<()> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Err(invalid(format!(
+                        "manifest JSON is nested more than {MAX_JSON_DEPTH} levels deep"
+                    )));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Length of `value` as JSON, without building the text.
+fn json_len(value: &impl Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, value) {
+        Ok(()) => count.0,
+        // Cannot happen for strings and string maps; count it as too big.
+        Err(_) => usize::MAX,
+    }
+}
+
+/// A referrer's descriptor must stay small: see [`MAX_REFERRER_METADATA_BYTES`].
+fn check_referrer_metadata(meta: &ManifestMeta) -> ApiResult<()> {
+    if meta.subject.is_none() {
+        return Ok(());
+    }
+    let carried = json_len(&meta.annotations).saturating_add(json_len(&meta.artifact_type));
+    if carried > MAX_REFERRER_METADATA_BYTES {
+        return Err(invalid(format!(
+            "a manifest with a subject may carry at most {MAX_REFERRER_METADATA_BYTES} bytes of \
+             annotations and artifactType (as JSON), this one carries {carried}: every referrers \
+             listing of the subject repeats them; put large data in a blob"
+        )));
+    }
+    Ok(())
+}
+
 /// Parse and check a manifest body. `content_type` is the request's header, if any.
 pub fn parse(body: &[u8], content_type: Option<&str>) -> ApiResult<ParsedManifest> {
+    check_depth(body)?;
     let probe: Probe = serde_json::from_slice(body)
         .map_err(|e| invalid(format!("manifest is not valid JSON: {e}")))?;
     let header_type = content_type.map(essence).filter(|t| !t.is_empty());
@@ -81,19 +227,21 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> ApiResult<ParsedManifes
         (None, None) if probe.config.is_some() => OCI_MANIFEST.to_string(),
         (None, None) => return Err(invalid("cannot tell the manifest type: set Content-Type")),
     };
-    if probe.schema_version.and_then(|v| v.as_u64()) != Some(2) {
+    if probe.schema_version.and_then(|v| v.0) != Some(2) {
         return Err(invalid(
             "schemaVersion must be 2 (schema1 manifests are not supported)",
         ));
     }
-    match media_type.as_str() {
+    let parsed = match media_type.as_str() {
         OCI_MANIFEST | DOCKER_MANIFEST => parse_image(body, media_type),
         OCI_INDEX | DOCKER_LIST => parse_index(body, media_type),
         other => Err(invalid(format!(
             "unsupported manifest media type {other:?}; supported: {}",
             SUPPORTED.join(", ")
         ))),
-    }
+    }?;
+    check_referrer_metadata(&parsed.meta)?;
+    Ok(parsed)
 }
 
 fn subject_of(subject: Option<&Descriptor>) -> ApiResult<Option<Digest>> {
@@ -121,11 +269,23 @@ fn digests_of(references: &[Reference]) -> Vec<Digest> {
 fn parse_image(body: &[u8], media_type: String) -> ApiResult<ParsedManifest> {
     let m: ImageManifest = serde_json::from_slice(body)
         .map_err(|e| invalid(format!("not a valid image manifest: {e}")))?;
-    let mut references = vec![Reference::Blob(to_digest(m.config().digest(), "config")?)];
+    let config = to_digest(m.config().digest(), "config")?;
+    let mut references = vec![Reference::Blob(config.clone())];
+    let mut sizes = vec![SizeClaim {
+        reference: Reference::Blob(config),
+        size: m.config().size(),
+        field: "config".into(),
+    }];
     for (i, layer) in m.layers().iter().enumerate() {
-        let digest = to_digest(layer.digest(), &format!("layers[{i}]"))?;
+        let field = format!("layers[{i}]");
+        let digest = to_digest(layer.digest(), &field)?;
         if !is_non_distributable(layer.media_type().as_ref()) {
-            references.push(Reference::Blob(digest));
+            references.push(Reference::Blob(digest.clone()));
+            sizes.push(SizeClaim {
+                reference: Reference::Blob(digest),
+                size: layer.size(),
+                field,
+            });
         }
     }
     // Referrers API: artifactType, else the config's media type.
@@ -143,6 +303,7 @@ fn parse_image(body: &[u8], media_type: String) -> ApiResult<ParsedManifest> {
             references: Some(digests_of(&references)),
         },
         references,
+        sizes,
     })
 }
 
@@ -150,11 +311,16 @@ fn parse_index(body: &[u8], media_type: String) -> ApiResult<ParsedManifest> {
     let index: ImageIndex = serde_json::from_slice(body)
         .map_err(|e| invalid(format!("not a valid image index: {e}")))?;
     let mut references = Vec::new();
+    let mut sizes = Vec::new();
     for (i, child) in index.manifests().iter().enumerate() {
-        references.push(Reference::Manifest(to_digest(
-            child.digest(),
-            &format!("manifests[{i}]"),
-        )?));
+        let field = format!("manifests[{i}]");
+        let digest = to_digest(child.digest(), &field)?;
+        references.push(Reference::Manifest(digest.clone()));
+        sizes.push(SizeClaim {
+            reference: Reference::Manifest(digest),
+            size: child.size(),
+            field,
+        });
     }
     Ok(ParsedManifest {
         meta: ManifestMeta {
@@ -165,6 +331,7 @@ fn parse_index(body: &[u8], media_type: String) -> ApiResult<ParsedManifest> {
             references: Some(digests_of(&references)),
         },
         references,
+        sizes,
     })
 }
 
@@ -323,6 +490,98 @@ mod tests {
             let err = parse(body.as_bytes(), ct).expect_err(&body);
             assert_eq!(err.code, Code::ManifestInvalid, "{body}: {}", err.message);
         }
+    }
+
+    #[test]
+    fn depth_is_capped_outside_strings_only() {
+        let nested = |levels: usize| {
+            let extra = format!(
+                r#","x-unknown":{}{}"#,
+                "[".repeat(levels),
+                "]".repeat(levels)
+            );
+            image(&extra)
+        };
+        // The manifest object is one level, so 63 more reach the cap exactly.
+        parse(nested(MAX_JSON_DEPTH - 1).as_bytes(), None).expect("at the cap");
+        let err = parse(nested(MAX_JSON_DEPTH).as_bytes(), None).expect_err("over the cap");
+        assert_eq!(err.code, Code::ManifestInvalid);
+        assert!(err.message.contains("64 levels"), "{}", err.message);
+        // serde alone would skip this unknown field at any depth.
+        let err = parse(nested(100_000).as_bytes(), None).expect_err("deep");
+        assert!(err.message.contains("nested"), "{}", err.message);
+        // Brackets in strings, escaped quotes included, are not nesting.
+        let strings = format!(
+            r#","annotations":{{"a":"{}","b":"\"{}\""}}"#,
+            "[{".repeat(1000),
+            "{".repeat(1000)
+        );
+        parse(image(&strings).as_bytes(), None).expect("brackets in strings");
+    }
+
+    #[test]
+    fn odd_schema_versions_are_refused_without_building_them() {
+        for v in ["1", "-2", "2.5", "\"2\"", "null", "[2,[2]]", r#"{"v":2}"#] {
+            let body = format!(r#"{{"schemaVersion":{v},"mediaType":"{OCI_MANIFEST}"}}"#);
+            let err = parse(body.as_bytes(), None).expect_err(v);
+            assert!(
+                err.message.contains("schemaVersion must be 2"),
+                "{v}: {}",
+                err.message
+            );
+        }
+    }
+
+    #[test]
+    fn referrer_metadata_is_capped() {
+        let referrer = |subject: bool, value_len: usize| {
+            let subject = if subject {
+                format!(
+                    r#","subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":9}}"#,
+                    d("subject")
+                )
+            } else {
+                String::new()
+            };
+            let extra = format!(
+                r#","artifactType":"application/x-sig"{subject},"annotations":{{"k":"{}"}}"#,
+                "v".repeat(value_len)
+            );
+            parse(image(&extra).as_bytes(), None)
+        };
+        // As JSON: {"k":"…"} is 8 bytes plus the value, "application/x-sig" 19.
+        let fits = MAX_REFERRER_METADATA_BYTES - 8 - 19;
+        referrer(true, fits).expect("at the cap");
+        let err = referrer(true, fits + 1).expect_err("over the cap");
+        assert_eq!(err.code, Code::ManifestInvalid);
+        assert!(err.message.contains("65536"), "{}", err.message);
+        // Without a subject nothing is copied into listings: no cap but the body's.
+        referrer(false, 1 << 20).expect("no subject");
+    }
+
+    #[test]
+    fn sizes_are_claimed_for_local_content_only() {
+        let parsed = parse(image("").as_bytes(), None).expect("valid");
+        let claims: Vec<(&str, u64)> = parsed
+            .sizes
+            .iter()
+            .map(|c| (c.field.as_str(), c.size))
+            .collect();
+        // The non-distributable layer (size 4) lives elsewhere.
+        assert_eq!(claims, vec![("config", 2), ("layers[0]", 3)]);
+        let index = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":5}}]}}"#,
+            d("child")
+        );
+        let parsed = parse(index.as_bytes(), None).expect("valid");
+        assert_eq!(
+            parsed.sizes,
+            vec![SizeClaim {
+                reference: Reference::Manifest(d("child").parse().expect("digest")),
+                size: 5,
+                field: "manifests[0]".into(),
+            }]
+        );
     }
 
     #[test]

@@ -54,6 +54,7 @@ pub async fn run_all(storage: &dyn Storage) {
     blobs_are_shared_but_linked_per_repository(storage).await;
     ranges(storage).await;
     manifests_tags_and_referrers(storage).await;
+    referrers_after_a_digest(storage).await;
     catalog_is_sorted_and_nested(storage).await;
     garbage_collection(storage).await;
 }
@@ -229,6 +230,46 @@ async fn ranges(s: &dyn Storage) {
         s.blob_read(&d, r(10, None)).await,
         Err(StorageError::RangeNotSatisfiable { size: 10 })
     ));
+}
+
+/// `referrers_after`, whichever way a backend lists: digest order, strictly after.
+async fn referrers_after_a_digest(s: &dyn Storage) {
+    use futures::TryStreamExt;
+    let repo = "ref/paged";
+    let subject = Digest::sha256_of(b"paged subject");
+    let mut digests = Vec::new();
+    for i in 0..3 {
+        let body = Bytes::from(format!("{{\"schemaVersion\":2,\"n\":{i}}}"));
+        let d = Digest::sha256_of(&body);
+        s.manifest_put(
+            repo,
+            &d,
+            body,
+            &meta("application/x-m", Some(&subject)),
+            None,
+        )
+        .await
+        .expect("put referrer");
+        digests.push(d);
+    }
+    digests.sort();
+    let subject = &subject;
+    let after = |a: Option<Digest>| async move {
+        let stream = s.referrers_after(repo, subject, a.as_ref()).await;
+        let list: Vec<crate::Descriptor> = stream.expect("list").try_collect().await.expect("read");
+        list.into_iter().map(|d| d.digest).collect::<Vec<_>>()
+    };
+    assert_eq!(after(None).await, digests);
+    assert_eq!(after(Some(digests[0].clone())).await, digests[1..]);
+    assert_eq!(after(Some(digests[2].clone())).await, Vec::<Digest>::new());
+    // An `after` that is not a referrer still splits the order.
+    let between = Digest::sha256_of(b"x");
+    let want: Vec<Digest> = digests.iter().filter(|d| **d > between).cloned().collect();
+    assert_eq!(after(Some(between)).await, want);
+    for d in &digests {
+        assert!(s.manifest_delete(repo, d).await.expect("delete"));
+    }
+    assert_eq!(after(None).await, Vec::<Digest>::new());
 }
 
 async fn manifests_tags_and_referrers(s: &dyn Storage) {
