@@ -127,9 +127,18 @@ impl Req {
     }
 }
 
-/// The request body as a storage stream.
+/// The request body as a storage stream. An `io::Error` under the body (the
+/// connection loop ending one that is slower than the minimum upload rate)
+/// comes out as itself, so its kind and message reach storage, the client's
+/// error and the logs.
 pub(crate) fn body_stream(body: Body) -> ByteStream {
-    Box::pin(body.into_data_stream().map_err(io::Error::other))
+    Box::pin(
+        body.into_data_stream()
+            .map_err(|e| match e.into_inner().downcast::<io::Error>() {
+                Ok(io) => *io,
+                Err(other) => io::Error::other(other),
+            }),
+    )
 }
 
 /// Take the request body out of its slot. A handler that fails before

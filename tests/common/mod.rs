@@ -526,6 +526,8 @@ pub struct Server {
     expects_auth: bool,
     /// Berth only: the server speaks HTTPS, so a TCP connect means it is up.
     berth_tls: bool,
+    /// Soft and hard RLIMIT_NOFILE of the server process, when set.
+    fd_limit: Option<u64>,
 }
 
 impl Server {
@@ -574,6 +576,16 @@ impl Server {
         server.extra_args = extra.to_vec();
         server.expects_auth = auth;
         server.berth_tls = tls;
+        server.start_again();
+        server
+    }
+
+    /// `berth serve` with extra flags, started with an open-file limit of `fd_limit` (soft and
+    /// hard, so the server cannot raise it).
+    pub fn start_berth_with_fd_limit(extra: &[String], fd_limit: u64) -> Server {
+        let mut server = Server::prepare(ServerKind::Berth);
+        server.extra_args = extra.to_vec();
+        server.fd_limit = Some(fd_limit);
         server.start_again();
         server
     }
@@ -655,6 +667,7 @@ impl Server {
             extra_args: Vec::new(),
             expects_auth: false,
             berth_tls: false,
+            fd_limit: None,
         }
     }
 
@@ -763,12 +776,22 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log);
+        let fd_limit = self.fd_limit;
         // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGKILL the server
         // if the thread that started it dies (e.g. the test binary is killed), so no server
-        // outlives the tests even when Drop cannot run.
+        // outlives the tests even when Drop cannot run. setrlimit is async-signal-safe too.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+                if let Some(n) = fd_limit {
+                    let limit = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
