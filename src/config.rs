@@ -12,6 +12,8 @@ use crate::{LogFormat, ServeArgs};
 
 pub const DEFAULT_ADDR: &str = "0.0.0.0:5000";
 pub const DEFAULT_STORAGE: &str = "./berth-data";
+/// How recent a push must be for the server's own collections to spare it.
+pub const DEFAULT_GC_GRACE: Duration = Duration::from_secs(3600);
 
 #[derive(Debug)]
 pub struct Settings {
@@ -19,6 +21,8 @@ pub struct Settings {
     pub storage: String,
     pub log_format: LogFormat,
     pub gc_interval: Option<Duration>,
+    /// What the server's own collections spare (pushed or reused more recently).
+    pub gc_grace: Duration,
     /// S3 connection settings, used when `storage` is `s3://...`.
     pub s3: S3Settings,
     /// Authentication; off when neither an htpasswd file nor trusted token
@@ -94,6 +98,10 @@ struct LimitsTable {
     header_timeout: Option<String>,
     /// e.g. "7d"
     upload_expiry: Option<String>,
+    /// Bytes per second a request body must average; 0 turns it off.
+    min_upload_rate: Option<u64>,
+    /// e.g. "30s": the span the minimum rate is judged over.
+    min_upload_rate_window: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -108,12 +116,19 @@ pub struct LimitSettings {
     pub header_timeout: Duration,
     /// Upload sessions untouched for this long are removed.
     pub upload_expiry: Duration,
+    /// Request bodies slower than this many bytes per second, over
+    /// `min_upload_rate_window`, are cut (trickling uploads). 0: off.
+    pub min_upload_rate: u64,
+    pub min_upload_rate_window: Duration,
 }
 
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// A week, as the reference registry.
 pub const DEFAULT_UPLOAD_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
+/// 1 KiB/s over 30 s: far below any real link, far above a trickle.
+pub const DEFAULT_MIN_UPLOAD_RATE: u64 = 1024;
+pub const DEFAULT_MIN_UPLOAD_RATE_WINDOW: Duration = Duration::from_secs(30);
 
 impl Default for LimitSettings {
     fn default() -> Self {
@@ -123,6 +138,8 @@ impl Default for LimitSettings {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             upload_expiry: DEFAULT_UPLOAD_EXPIRY,
+            min_upload_rate: DEFAULT_MIN_UPLOAD_RATE,
+            min_upload_rate_window: DEFAULT_MIN_UPLOAD_RATE_WINDOW,
         }
     }
 }
@@ -182,6 +199,8 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     /// e.g. "24h"
     gc_interval: Option<String>,
+    /// e.g. "1h"
+    gc_grace: Option<String>,
     #[serde(default)]
     s3: S3Settings,
     #[serde(default)]
@@ -211,6 +230,12 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
         .map(humantime::parse_duration)
         .transpose()
         .context("invalid gc_interval in the config file (use e.g. \"24h\")")?;
+    let file_gc_grace = file
+        .gc_grace
+        .as_deref()
+        .map(humantime::parse_duration)
+        .transpose()
+        .context("invalid gc_grace in the config file (use e.g. \"1h\")")?;
     Ok(Settings {
         addr: args
             .addr
@@ -222,6 +247,7 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
             .unwrap_or_else(|| DEFAULT_STORAGE.to_string()),
         log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         gc_interval: args.gc_interval.or(file_gc),
+        gc_grace: args.gc_grace.or(file_gc_grace).unwrap_or(DEFAULT_GC_GRACE),
         s3: S3Settings {
             endpoint: args.s3.s3_endpoint.or(file.s3.endpoint),
             region: args.s3.s3_region.or(file.s3.region),
@@ -273,6 +299,15 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
                     .context("invalid limits.upload_expiry (use e.g. \"7d\")")?,
                 None => DEFAULT_UPLOAD_EXPIRY,
             },
+            min_upload_rate: args
+                .min_upload_rate
+                .or(file.limits.min_upload_rate)
+                .unwrap_or(DEFAULT_MIN_UPLOAD_RATE),
+            min_upload_rate_window: match file.limits.min_upload_rate_window.as_deref() {
+                Some(text) => humantime::parse_duration(text)
+                    .context("invalid limits.min_upload_rate_window (use e.g. \"30s\")")?,
+                None => DEFAULT_MIN_UPLOAD_RATE_WINDOW,
+            },
         },
     })
 }
@@ -288,6 +323,7 @@ mod tests {
         assert_eq!(s.storage, "./berth-data");
         assert_eq!(s.log_format, LogFormat::Text);
         assert_eq!(s.gc_interval, None);
+        assert_eq!(s.gc_grace, Duration::from_secs(3600));
         assert_eq!(s.s3, S3Settings::default());
         assert!(!s.auth.enabled(), "no auth unless asked");
         assert!(s.tls.is_none(), "plain HTTP unless asked");
@@ -300,7 +336,7 @@ mod tests {
         let path = dir.path().join("berth.toml");
         std::fs::write(
             &path,
-            "addr = \"127.0.0.1:6000\"\nstorage = \"/srv/b\"\nlog_format = \"json\"\ngc_interval = \"12h\"\n",
+            "addr = \"127.0.0.1:6000\"\nstorage = \"/srv/b\"\nlog_format = \"json\"\ngc_interval = \"12h\"\ngc_grace = \"10m\"\n",
         )
         .expect("write");
         let args = ServeArgs {
@@ -313,6 +349,7 @@ mod tests {
         assert_eq!(s.storage, "/srv/b");
         assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(s.gc_interval, Some(Duration::from_secs(12 * 3600)));
+        assert_eq!(s.gc_grace, Duration::from_secs(600));
     }
 
     #[test]
@@ -397,6 +434,31 @@ mod tests {
         })
         .expect_err("cert without key");
         assert!(format!("{err:#}").contains("--tls-key"), "{err:#}");
+    }
+
+    #[test]
+    fn min_upload_rate_from_file_and_flag() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("berth.toml");
+        std::fs::write(
+            &path,
+            "[limits]\nmin_upload_rate = 100\nmin_upload_rate_window = \"2s\"\n",
+        )
+        .expect("write");
+        let s = resolve(ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .expect("resolve");
+        assert_eq!(s.limits.min_upload_rate, 100);
+        assert_eq!(s.limits.min_upload_rate_window, Duration::from_secs(2));
+        let s = resolve(ServeArgs {
+            config: Some(path),
+            min_upload_rate: Some(0),
+            ..Default::default()
+        })
+        .expect("resolve");
+        assert_eq!(s.limits.min_upload_rate, 0, "the flag wins, 0 turns it off");
     }
 
     #[test]

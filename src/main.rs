@@ -133,6 +133,10 @@ pub struct ServeArgs {
     /// Safe during pushes: it keeps anything touched in the last hour.
     #[arg(long, env = "BERTH_GC_INTERVAL", value_parser = humantime::parse_duration)]
     gc_interval: Option<Duration>,
+    /// What the server's collections spare: anything pushed or reused more
+    /// recently than this [default: 1h]
+    #[arg(long, env = "BERTH_GC_GRACE", value_parser = humantime::parse_duration)]
+    gc_grace: Option<Duration>,
     /// TOML file with any of: addr, storage, log_format, gc_interval and an
     /// [s3] table (endpoint, region, access_key_id, secret_access_key,
     /// session_token, virtual_hosted, allow_http, redirect_blobs). Flags and
@@ -159,6 +163,10 @@ pub struct ServeArgs {
     /// Requests per second per client address (429 with Retry-After beyond).
     #[arg(long, env = "BERTH_RATE_LIMIT", value_name = "PER_SECOND")]
     rate_limit: Option<f64>,
+    /// Cut request bodies that average less than this over
+    /// limits.min_upload_rate_window (30 s) [default: 1024]; 0 turns it off.
+    #[arg(long, env = "BERTH_MIN_UPLOAD_RATE", value_name = "BYTES_PER_SECOND")]
+    min_upload_rate: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize, Default)]
@@ -214,6 +222,8 @@ fn init_logging(format: LogFormat) {
 fn serve(args: ServeArgs) -> Result<()> {
     let settings = config::resolve(args)?;
     init_logging(settings.log_format);
+    // Raises the open-file limit before anything opens files.
+    let limits = serve_loop::Limits::new(&settings.limits);
     let opened = open_storage(&settings)?;
     let storage = opened.storage.clone();
     let mut registry = berth_registry::Registry::new(storage.clone());
@@ -236,7 +246,11 @@ fn serve(args: ServeArgs) -> Result<()> {
             settings.limits.upload_expiry,
         ));
         if let Some(every) = settings.gc_interval {
-            tokio::spawn(collect_garbage_periodically(storage, every));
+            tokio::spawn(collect_garbage_periodically(
+                storage,
+                every,
+                settings.gc_grace,
+            ));
         }
         let listener = match tokio::net::TcpListener::bind(&settings.addr).await {
             Ok(listener) => listener,
@@ -253,28 +267,12 @@ fn serve(args: ServeArgs) -> Result<()> {
             auth = settings.auth.enabled(),
             "berth registry listening"
         );
-        let timeouts = (settings.limits.header_timeout, settings.limits.idle_timeout);
         let loopback = listener.local_addr().map(|a| a.ip().is_loopback()).unwrap_or(false);
         if settings.auth.enabled() && settings.tls.is_none() && !loopback {
             tracing::warn!("logins are on but the server speaks plain HTTP on a non-loopback address: passwords and tokens cross the network in clear text; add --tls-cert/--tls-key or put a TLS proxy in front");
         }
-        match &settings.tls {
-            Some(tls_settings) => {
-                let acceptor = tls::acceptor(tls_settings)?;
-                let listener = tls::TlsListener::new(listener, acceptor)?;
-                serve_loop::serve(listener, app, timeouts, shutdown_signal()).await;
-            }
-            None => {
-                // Without TCP_NODELAY a response whose headers and body go out in two
-                // writes waits for the client's delayed ACK: ~40 ms per small blob GET.
-                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                    if let Err(e) = tcp.set_nodelay(true) {
-                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-                    }
-                });
-                serve_loop::serve(listener, app, timeouts, shutdown_signal()).await;
-            }
-        }
+        let acceptor = settings.tls.as_ref().map(tls::acceptor).transpose()?;
+        serve_loop::serve(listener, acceptor, app, limits, shutdown_signal()).await;
         tracing::info!("stopped: all in-flight requests finished");
         if let Some(s3) = &opened.s3 {
             let c = s3.request_counts();
@@ -321,15 +319,16 @@ fn open_storage(settings: &config::Settings) -> Result<OpenedStorage> {
     })
 }
 
-/// How recent a push must be for the server's own collections to spare it.
-const SERVER_GC_GRACE: Duration = Duration::from_secs(3600);
-
-async fn collect_garbage_periodically(storage: Arc<dyn berth_storage::Storage>, every: Duration) {
+async fn collect_garbage_periodically(
+    storage: Arc<dyn berth_storage::Storage>,
+    every: Duration,
+    grace: Duration,
+) {
     let mut ticks = tokio::time::interval(every);
     ticks.tick().await; // the first tick is immediate: wait one interval first
     loop {
         ticks.tick().await;
-        match storage.collect_garbage(SERVER_GC_GRACE, false).await {
+        match storage.collect_garbage(grace, false).await {
             Ok(r) => tracing::info!(
                 links = r.links_removed,
                 blobs = r.blobs_removed,

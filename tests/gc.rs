@@ -118,3 +118,123 @@ fn gc_refuses_a_folder_that_is_not_storage() {
         out.stderr
     );
 }
+
+/// The server's own collection every 50 ms with no grace at all (every blob not yet in a
+/// manifest is garbage at once), while 8 clients push blobs and then, after a pause of up to
+/// 110 ms (every other time), the manifest that needs them. A manifest PUT may be refused (the blob was collected
+/// first: MANIFEST_BLOB_UNKNOWN), but a manifest acknowledged with 201 must have every blob it
+/// names: the check and the link happen under one exclusion with the collection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_never_takes_a_blob_an_acknowledged_manifest_needs() {
+    let server = Server::start_berth_with(
+        &[
+            "--gc-interval".into(),
+            "50ms".into(),
+            "--gc-grace".into(),
+            "0s".into(),
+        ],
+        false,
+        false,
+    );
+    let base = server.url();
+    let mut pushers = Vec::new();
+    for p in 0..8u32 {
+        let base = base.clone();
+        pushers.push(tokio::spawn(async move {
+            let c = client();
+            let repo = format!("race/p{p}");
+            let (mut acknowledged, mut refused) = (Vec::new(), 0u32);
+            for i in 0..25u32 {
+                let layer = format!("layer {p}/{i}").into_bytes();
+                let config = format!("{{\"p\":{p},\"i\":{i}}}").into_bytes();
+                let layer_digest = push_blob(&c, &base, &repo, &layer).await;
+                let config_digest = push_blob(&c, &base, &repo, &config).await;
+                // Every other manifest follows at once, the others after a collection or two.
+                if i % 2 == 1 {
+                    tokio::time::sleep(Duration::from_millis(u64::from(
+                        20 + (p * 7 + i * 13) % 40,
+                    )))
+                    .await;
+                }
+                let manifest = manifest_json(&config, &[&layer], None);
+                let tag = format!("t{i}");
+                let resp = c
+                    .put(format!("{base}/v2/{repo}/manifests/{tag}"))
+                    .header("content-type", OCI_MANIFEST)
+                    .body(manifest.clone())
+                    .send()
+                    .await
+                    .expect("PUT manifest");
+                let status = resp.status().as_u16();
+                let body = resp.bytes().await.unwrap_or_default();
+                match status {
+                    201 => {
+                        acknowledged.push((repo.clone(), tag, vec![layer_digest, config_digest]))
+                    }
+                    400 => {
+                        let codes = common::error_codes(&body).unwrap_or_default();
+                        assert_eq!(
+                            codes,
+                            ["MANIFEST_BLOB_UNKNOWN"],
+                            "{}",
+                            String::from_utf8_lossy(&body)
+                        );
+                        refused += 1;
+                    }
+                    other => panic!(
+                        "manifest PUT answered {other}: {}",
+                        String::from_utf8_lossy(&body)
+                    ),
+                }
+            }
+            (acknowledged, refused)
+        }));
+    }
+    let (mut acknowledged, mut refused) = (Vec::new(), 0);
+    for p in pushers {
+        let (a, r) = p.await.expect("pusher");
+        acknowledged.extend(a);
+        refused += r;
+    }
+    eprintln!(
+        "{} manifests acknowledged, {refused} refused because a collection came first",
+        acknowledged.len()
+    );
+    // Let a few more collections run over what was acknowledged.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !acknowledged.is_empty(),
+        "no manifest was acknowledged: nothing was tested"
+    );
+    let c = client();
+    for (repo, tag, blobs) in &acknowledged {
+        let resp = c
+            .get(format!("{base}/v2/{repo}/manifests/{tag}"))
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .expect("GET manifest");
+        assert_eq!(
+            resp.status().as_u16(),
+            200,
+            "{repo}:{tag} acknowledged but gone"
+        );
+        for blob in blobs {
+            let resp = c
+                .get(format!("{base}/v2/{repo}/blobs/{blob}"))
+                .send()
+                .await
+                .expect("GET blob");
+            assert_eq!(
+                resp.status().as_u16(),
+                200,
+                "{repo}:{tag} was acknowledged but its blob {blob} was collected"
+            );
+            assert_eq!(&digest_of(&resp.bytes().await.expect("blob")), blob);
+        }
+    }
+    assert!(
+        server.log().contains("garbage collected"),
+        "the collection never ran"
+    );
+}

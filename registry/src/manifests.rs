@@ -6,7 +6,7 @@ use berth_storage::names::is_valid_tag;
 use berth_storage::{collect_limited, Digest, Storage};
 
 use crate::error::{ApiResult, Code, RegistryError};
-use crate::manifest::{self, Reference, MAX_MANIFEST_BYTES};
+use crate::manifest::{self, MAX_MANIFEST_BYTES};
 use crate::{bytes_response, drain, empty, header_value, take_body, Req};
 use axum::body::Body;
 
@@ -81,22 +81,9 @@ pub async fn put(
         Ref::Tag(tag) => (Digest::sha256_of(&body), Some(tag)),
     };
     check_descriptor_sizes(s, name, &parsed.sizes).await?;
-    for r in &parsed.references {
-        let present = match r {
-            Reference::Blob(d) => s.blob_linked(name, d).await?,
-            Reference::Manifest(d) => s.manifest_meta(name, d).await?.is_some(),
-        };
-        if !present {
-            let (what, d) = match r {
-                Reference::Blob(d) => ("blob", d),
-                Reference::Manifest(d) => ("manifest", d),
-            };
-            return Err(RegistryError::bad_request(
-                Code::ManifestBlobUnknown,
-                format!("{what} {d} referenced by the manifest is not in repository {name}: push it first"),
-            ));
-        }
-    }
+    // Storage checks that every blob and child manifest is in the repository,
+    // under the exclusion that keeps garbage collection from taking one
+    // between the check and the link (StorageError::ReferenceUnknown).
     s.manifest_put(name, &digest, body, &parsed.meta, tag)
         .await?;
     let mut r = empty(StatusCode::CREATED);

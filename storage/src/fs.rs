@@ -141,8 +141,14 @@ impl FsStorage {
         state: UploadState,
         mut data: ByteStream,
         checkpoint: bool,
-    ) -> Result<(DataWriter, Option<io::Error>)> {
-        let mut slot = Slot::Ready(DataWriter::new(self.paths(), guard, id, state, checkpoint)?);
+    ) -> Result<(Box<DataWriter>, Option<io::Error>)> {
+        let mut slot = Slot::Ready(Box::new(DataWriter::new(
+            self.paths(),
+            guard,
+            id,
+            state,
+            checkpoint,
+        )?));
         let mut batch: Vec<Bytes> = Vec::new();
         let mut batch_len = 0usize;
         let mut body_error = None;
@@ -212,8 +218,8 @@ impl FsStorage {
 
 /// Where [`FsStorage::append_stream`]'s writer is: free, or on a blocking thread.
 enum Slot {
-    Ready(DataWriter),
-    Busy(tokio::task::JoinHandle<Result<DataWriter>>),
+    Ready(Box<DataWriter>),
+    Busy(tokio::task::JoinHandle<Result<Box<DataWriter>>>),
 }
 
 /// Appends to one upload's data file on blocking threads, one batch at a
@@ -884,10 +890,10 @@ impl Storage for FsStorage {
                 }
                 writer
             }
-            None => DataWriter::new(self.paths(), guard, id, state, false)?,
+            None => Box::new(DataWriter::new(self.paths(), guard, id, state, false)?),
         };
         let (repo, expected) = (repository.to_string(), digest.clone());
-        blocking(move || writer.complete(&repo, &expected))
+        blocking(move || (*writer).complete(&repo, &expected))
             .await
             .map_err(|e| self.dropping_upload_when_full(id, e))
     }
@@ -1008,7 +1014,7 @@ impl Storage for FsStorage {
                 let linked = paths.layer_link(&repo, needed).exists()
                     || paths.manifest_link(&repo, needed).exists();
                 let blob = paths.blob(needed);
-                if !linked || !not_found_as_none(touch_blob(&blob))?.is_some() {
+                if !linked || not_found_as_none(touch_blob(&blob))?.is_none() {
                     return Err(StorageError::ReferenceUnknown(needed.clone()));
                 }
             }

@@ -724,17 +724,21 @@ impl S3Storage {
         Ok((session, e_tag))
     }
 
-    /// Lock a session in this process and read its state. A request naming
-    /// another repository's session (or none) is refused before it queues on
-    /// the lock, so it can neither delay nor touch that session.
+    /// Lock a session in this process and read its state. The lock is keyed
+    /// by id and never dropped while anyone holds or waits for it, so a
+    /// request naming another repository's session only waits its turn to
+    /// be told the session is unknown; it changes nothing. (Reading before
+    /// locking, as the filesystem does, would cost every append one more
+    /// GET here.)
     async fn lock_session(
         &self,
         repository: &str,
         id: &str,
     ) -> Result<(UploadGuard, Session, Option<String>)> {
-        self.load_session(repository, id).await?;
+        if !is_upload_id(id) {
+            return Err(StorageError::UploadUnknown);
+        }
         let guard = self.upload_locks.lock(id).await;
-        // Read again under the lock: the holder before us moved it on.
         let (session, e_tag) = self.load_session(repository, id).await?;
         Ok((guard, session, e_tag))
     }
