@@ -224,6 +224,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     init_logging(settings.log_format);
     // Raises the open-file limit before anything opens files.
     let limits = serve_loop::Limits::new(&settings.limits);
+    restrict_umask();
     let opened = open_storage(&settings)?;
     let storage = opened.storage.clone();
     let mut registry = berth_registry::Registry::new(storage.clone());
@@ -317,6 +318,20 @@ fn open_storage(settings: &config::Settings) -> Result<OpenedStorage> {
         storage: Arc::new(storage),
         s3: None,
     })
+}
+
+/// Files the registry creates (blobs, manifests, tags, upload data) are not
+/// for other users of the machine: no write for the group and nothing for
+/// others (0640 files, 0750 folders), whatever umask the service manager
+/// left us. A stricter umask is kept as it is.
+fn restrict_umask() {
+    // SAFETY: umask(2) only swaps the process's file-mode mask.
+    let before = unsafe { libc::umask(0o027) };
+    if before & 0o027 != 0o027 {
+        tracing::debug!(before = format!("{before:03o}"), "umask tightened");
+    }
+    // SAFETY: as above; puts back any bits the old mask had beyond 027.
+    unsafe { libc::umask(before | 0o027) };
 }
 
 async fn collect_garbage_periodically(
