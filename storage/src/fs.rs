@@ -36,8 +36,8 @@ use sha2::{Digest as _, Sha256};
 use crate::digest::{restore_sha256_state, save_sha256_state, Hasher};
 use crate::upload_locks::UploadGuard;
 use crate::{
-    Algorithm, BlobRead, ByteRange, ByteStream, Descriptor, Digest, GcReport, ManifestMeta, Result,
-    Storage, StorageError, UploadStatus,
+    Algorithm, BlobRead, ByteRange, ByteStream, Descriptor, DescriptorStream, Digest, GcReport,
+    ManifestMeta, Result, Storage, StorageError, UploadStatus,
 };
 
 /// During a long PATCH, the received bytes are fsynced and the offset and hash
@@ -487,11 +487,8 @@ impl Paths {
     }
 
     fn referrer(&self, repository: &str, subject: &Digest, d: &Digest) -> PathBuf {
-        self.referrers_dir(repository, subject).join(format!(
-            "{}-{}",
-            d.algorithm().as_str(),
-            d.hex()
-        ))
+        self.referrers_dir(repository, subject)
+            .join(referrer_entry_name(d))
     }
 
     fn upload_dir(&self, id: &str) -> PathBuf {
@@ -686,6 +683,39 @@ fn list_dir(dir: &Path) -> io::Result<Vec<String>> {
     }
     names.sort();
     Ok(names)
+}
+
+/// The name of referrer `d`'s entry in its subject's folder: `<alg>-<hex>`.
+fn referrer_entry_name(d: &Digest) -> String {
+    format!("{}-{}", d.algorithm().as_str(), d.hex())
+}
+
+/// The referrer a `<alg>-<hex>` entry of a referrers folder names; `None`
+/// for any other name (a stray file).
+fn referrer_entry_digest(name: &str) -> Option<Digest> {
+    let (alg, hex) = name.split_once('-')?;
+    format!("{alg}:{hex}").parse().ok()
+}
+
+/// Read referrer `digest`'s entry from its subject's folder; `None` when it
+/// was deleted since the folder was listed.
+fn read_referrer_entry(dir: &Path, digest: &Digest) -> Result<Option<Descriptor>> {
+    let path = dir.join(referrer_entry_name(digest));
+    let Some(raw) = not_found_as_none(fs::read(&path))? else {
+        return Ok(None);
+    };
+    let d: Descriptor = serde_json::from_slice(&raw)
+        .map_err(|e| StorageError::Corrupt(format!("{}: {e}", path.display())))?;
+    // Pages are cut on the listed name but resumed from the descriptor's
+    // digest (`last`): if they disagreed, paging could repeat or skip.
+    if &d.digest != digest {
+        return Err(StorageError::Corrupt(format!(
+            "{}: holds the descriptor of {}",
+            path.display(),
+            d.digest
+        )));
+    }
+    Ok(Some(d))
 }
 
 /// Every `<alg>/<hex>` or `<alg>/<xx>/<hex>` file below `dir` whose name is
@@ -1167,6 +1197,38 @@ impl Storage for FsStorage {
         .await
     }
 
+    /// Lists the entry names only, then reads one entry per poll: a page
+    /// costs the descriptors it takes, not every descriptor of the subject,
+    /// so unlike the default it needs no process-wide permit.
+    async fn referrers_after(
+        &self,
+        repository: &str,
+        subject: &Digest,
+        after: Option<&Digest>,
+    ) -> Result<DescriptorStream> {
+        let dir = Arc::new(self.paths().referrers_dir(repository, subject));
+        let (listed, after) = (dir.clone(), after.cloned());
+        let digests = blocking(move || {
+            let mut digests: Vec<Digest> = list_dir(&listed)?
+                .iter()
+                .filter_map(|name| referrer_entry_digest(name))
+                .filter(|d| after.as_ref().is_none_or(|a| d > a))
+                .collect();
+            // Digest order (algorithm, then hex), as the trait and the
+            // registry's `last` assume.
+            digests.sort();
+            Ok(digests)
+        })
+        .await?;
+        let stream = futures::stream::iter(digests)
+            .then(move |digest| {
+                let dir = dir.clone();
+                blocking(move || read_referrer_entry(&dir, &digest))
+            })
+            .filter_map(|entry| async move { entry.transpose() });
+        Ok(Box::pin(stream))
+    }
+
     async fn repositories(&self) -> Result<Vec<String>> {
         let dir = self.root.join("repositories");
         blocking(move || {
@@ -1441,6 +1503,87 @@ mod tests {
             "{err}"
         );
         assert!(storage.tag_resolve("r", "t").await.expect("tag").is_none());
+    }
+
+    #[tokio::test]
+    async fn referrers_after_reads_entries_lazily_and_skips_stray_names() {
+        use futures::TryStreamExt;
+        let (_dir, storage) = open();
+        let subject = Digest::sha256_of(b"subject");
+        let meta = ManifestMeta {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            subject: Some(subject.clone()),
+            artifact_type: None,
+            annotations: None,
+            references: None,
+        };
+        let mut digests = Vec::new();
+        for (i, algorithm) in [Algorithm::Sha512, Algorithm::Sha256, Algorithm::Sha256]
+            .into_iter()
+            .enumerate()
+        {
+            let body = Bytes::from(format!("{{\"n\":{i}}}"));
+            let d = Digest::of(algorithm, &body);
+            storage
+                .manifest_put("r", &d, body, &meta, None)
+                .await
+                .expect("put referrer");
+            digests.push(d);
+        }
+        digests.sort();
+        assert_eq!(digests[2].algorithm(), Algorithm::Sha512, "sha256 first");
+        let dir = storage.paths().referrers_dir("r", &subject);
+        for stray in [
+            "README",
+            "sha256-zz",
+            "sha256",
+            "md5-d41d8cd98f00b204e9800998ecf8427e",
+        ] {
+            fs::write(dir.join(stray), b"not a descriptor").expect("stray file");
+        }
+        fs::write(dir.join(format!("sha256:{}", digests[0].hex())), b"{}").expect("stray");
+        let list = |after: Option<Digest>| {
+            let storage = &storage;
+            let subject = &subject;
+            async move {
+                let stream = storage.referrers_after("r", subject, after.as_ref()).await;
+                let all: Vec<Descriptor> = stream.expect("list").try_collect().await.expect("read");
+                all.into_iter().map(|d| d.digest).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(list(None).await, digests);
+        assert_eq!(list(Some(digests[0].clone())).await, digests[1..]);
+
+        // Entries are read as the stream is polled: one deleted after the
+        // listing is skipped, not an error.
+        let mut stream = storage
+            .referrers_after("r", &subject, None)
+            .await
+            .expect("list");
+        let first = stream.try_next().await.expect("read").expect("first");
+        assert_eq!(first.digest, digests[0]);
+        assert!(storage
+            .manifest_delete("r", &digests[1])
+            .await
+            .expect("delete"));
+        let rest: Vec<Descriptor> = stream.try_collect().await.expect("rest");
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].digest, digests[2]);
+
+        // An entry whose descriptor names another digest would break paging.
+        let entry = dir.join(referrer_entry_name(&digests[0]));
+        let mut other: Descriptor =
+            serde_json::from_slice(&fs::read(&entry).expect("entry")).expect("descriptor");
+        other.digest = digests[1].clone();
+        fs::write(&entry, serde_json::to_vec(&other).expect("json")).expect("rewrite");
+        let err = storage
+            .referrers_after("r", &subject, None)
+            .await
+            .expect("list")
+            .try_collect::<Vec<_>>()
+            .await
+            .expect_err("mismatched entry");
+        assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
     }
 
     #[tokio::test]
