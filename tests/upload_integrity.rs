@@ -84,7 +84,11 @@ fn trickled_patch(
         let _ = s.write_all(b"0\r\n\r\n");
         let mut buf = Vec::new();
         let _ = s.read_to_end(&mut buf);
-        parse_raw_response(&buf)?.status
+        let response = parse_raw_response(&buf)?;
+        if std::env::var_os("UPLOAD_INTEGRITY_DEBUG").is_some() {
+            eprintln!("PATCH answered: {}", response.body_text());
+        }
+        response.status
     })
 }
 
@@ -170,8 +174,15 @@ struct Who {
 }
 
 /// The attack of the review, aimed at `target` (the right bytes of the digest the PUT names).
-/// Returns the status of the final PUT.
-fn replay_attack(port: u16, who: &Who, repo: &str, other_repo: &str, target: &[u8]) -> u16 {
+/// The PATCH with other bytes goes to `wrong_port` (another replica on the same storage, or
+/// the same server). Returns the status of the final PUT.
+fn replay_attack(
+    (port, wrong_port): (u16, u16),
+    who: &Who,
+    repo: &str,
+    other_repo: &str,
+    target: &[u8],
+) -> u16 {
     let auth = who.attacker.as_deref();
     let started = request(
         port,
@@ -204,31 +215,32 @@ fn replay_attack(port: u16, who: &Who, repo: &str, other_repo: &str, target: &[u
         pieces(&target[half..], 4),
         (ms(1300), ms(200)),
     );
-    // t=0.2: the same id under another repository name.
+    // t=0.2: the same id under another repository name (on a thread: where the session's
+    // lock is taken before the state is read, as on S3, it waits its turn).
     thread::sleep(ms(100));
-    let foreign = request(
-        port,
-        "PATCH",
-        &format!("/v2/{other_repo}/blobs/uploads/{id}"),
-        auth,
-        b"x",
-    );
-    assert_eq!(
-        foreign.status,
-        Some(404),
-        "a PATCH of the session under another repository must be unknown: {}",
-        foreign.body_text()
-    );
+    let foreign = {
+        let path = format!("/v2/{other_repo}/blobs/uploads/{id}");
+        let auth = who.attacker.clone();
+        thread::spawn(move || request(port, "PATCH", &path, auth.as_deref(), b"x"))
+    };
+    thread::sleep(ms(100));
     // t=0.3: a PATCH with other bytes. When the foreign request used to drop the lock, this
     // one took a fresh lock at once, read offset 0, and its bytes (sent at t=1.7, while the
     // right half is being written) landed over the first half; the right half's request then
     // saved a state whose hash covers the right bytes.
     let wrong = trickled_patch(
-        port,
+        wrong_port,
         location.clone(),
         who.attacker.clone(),
         vec![garbage],
         (ms(1400), ms(0)),
+    );
+    let foreign = foreign.join().expect("foreign PATCH thread");
+    assert_eq!(
+        foreign.status,
+        Some(404),
+        "a PATCH of the session under another repository must be unknown: {}",
+        foreign.body_text()
     );
     let statuses = [slow, right, wrong].map(|t| t.join().expect("patch thread"));
     eprintln!("PATCH statuses: {statuses:?}");
@@ -251,25 +263,50 @@ fn replay_attack(port: u16, who: &Who, repo: &str, other_repo: &str, target: &[u
     status
 }
 
-fn attack_and_check(server: &Server, who: &Who, repos: [&str; 3], on_disk: bool) {
+/// `replica`: a second server on the same storage, which gets the PATCH with other bytes.
+fn attack_and_check(
+    server: &Server,
+    replica: Option<&Server>,
+    who: &Who,
+    repos: [&str; 3],
+    on_disk: bool,
+) {
     let [victim_repo, repo, other_repo] = repos;
     let port = server.port;
+    let ports = (port, replica.map_or(port, |r| r.port));
     // The victim's blob exists before the attack; the attacker can learn its digest.
     let victim_bytes = pattern(64 * 1024, 1);
     let victim = push_blob_raw(port, victim_repo, who.victim.as_deref(), &victim_bytes);
-    replay_attack(port, who, repo, other_repo, &victim_bytes);
+    replay_attack(ports, who, repo, other_repo, &victim_bytes);
     assert_blob_intact(port, victim_repo, &victim, who.victim.as_deref());
 
     // Aimed at a digest nobody pushed yet (planting bytes for a later push of it).
     let fresh_bytes = pattern(48 * 1024, 2);
     let fresh = digest_of(&fresh_bytes);
-    if replay_attack(port, who, repo, other_repo, &fresh_bytes) == 201 {
+    if replay_attack(ports, who, repo, other_repo, &fresh_bytes) == 201 {
         assert_blob_intact(port, repo, &fresh, who.attacker.as_deref());
     }
     if on_disk {
         assert_blob_store_intact(server.storage());
     }
     assert!(server.is_running(), "the server died during the attack");
+    if let Some(replica) = replica {
+        for line in replica
+            .log()
+            .lines()
+            .filter(|l| l.contains("PATCH") || l.contains("PUT"))
+        {
+            eprintln!("replica: {line}");
+        }
+        for line in server
+            .log()
+            .lines()
+            .filter(|l| l.contains("PATCH") || l.contains("PUT"))
+        {
+            eprintln!("server: {line}");
+        }
+        assert_blob_intact(replica.port, victim_repo, &victim, who.victim.as_deref());
+    }
 }
 
 #[test]
@@ -281,6 +318,7 @@ fn interleaved_patches_cannot_poison_a_blob_on_disk() {
     };
     attack_and_check(
         &server,
+        None,
         &who,
         ["victim/app", "mallory/app", "mallory/other"],
         true,
@@ -360,6 +398,7 @@ actions = ["pull"]
     };
     attack_and_check(
         &server,
+        None,
         &who,
         ["alice/app", "mallory/app", "mallory/other"],
         true,
@@ -381,8 +420,21 @@ fn interleaved_patches_cannot_poison_a_blob_on_s3() {
     };
     attack_and_check(
         &server,
+        None,
         &who,
         ["victim/app", "mallory/app", "mallory/other"],
+        false,
+    );
+    // Two replicas on one bucket share no lock: the bytes that race in through the second
+    // one are kept apart by conditional writes (tails are created, never overwritten; the
+    // session's state is written only over the version read) and a small blob is hashed
+    // again from the bytes stored.
+    let replica = Server::start_s3(&s3, "integrity", &[]);
+    attack_and_check(
+        &server,
+        Some(&replica),
+        &who,
+        ["victim/app2", "mallory/app2", "mallory/other2"],
         false,
     );
 }

@@ -2067,6 +2067,100 @@ mod tests {
 
     use crate::s3_test_server::pattern;
 
+    /// Two replicas append to one session at once: the one that read the state first and
+    /// writes last must be refused, never saved over the other's bytes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_appends_on_two_replicas_never_mix() {
+        let Some(server) = server() else { return };
+        let (one, two) = (storage(&server, "race"), storage(&server, "race"));
+        let session = one.upload_create("r").await.expect("create");
+        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(1);
+        let late: ByteStream = Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        }));
+        let id = session.id.clone();
+        let slow = tokio::spawn(async move { two.upload_append("r", &id, None, late).await });
+        // Replica two has read the state and waits for its body; replica one appends meanwhile.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let right = pattern(1000, 1);
+        one.upload_append("r", &session.id, None, testsuite::stream_of(&right))
+            .await
+            .expect("append on one");
+        tx.send(Ok(Bytes::from(pattern(1000, 2))))
+            .await
+            .expect("send");
+        drop(tx);
+        let result = slow.await.expect("task");
+        assert!(
+            matches!(result, Err(StorageError::RangeMismatch { offset: 1000 })),
+            "the late append was accepted: {result:?}"
+        );
+        let digest = Digest::sha256_of(&right);
+        one.upload_complete("r", &session.id, &digest, None)
+            .await
+            .expect("complete with the right bytes");
+        assert_eq!(read_all(&one, &digest).await, right);
+    }
+
+    /// What the upload protocol relies on across replicas: the server refuses a create over
+    /// an existing object and an update over a version it no longer holds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_server_honours_conditional_writes() {
+        let Some(server) = server() else { return };
+        let s = storage(&server, "conditional");
+        let path = s.path("probe");
+        let create = || PutOptions::from(PutMode::Create);
+        let first = s
+            .store
+            .put_opts(&path, PutPayload::from_static(b"one"), create())
+            .await
+            .expect("first create");
+        let again = s
+            .store
+            .put_opts(&path, PutPayload::from_static(b"two"), create())
+            .await;
+        assert!(
+            matches!(
+                again,
+                Err(object_store::Error::AlreadyExists { .. })
+                    | Err(object_store::Error::Precondition { .. })
+            ),
+            "a second create succeeded: {again:?}"
+        );
+        let (_, e_tag) = s.get_bytes("probe").await.expect("get").expect("present");
+        assert!(
+            e_tag.is_some(),
+            "no ETag on GET: updates could not be conditional"
+        );
+        assert_eq!(e_tag, first.e_tag);
+        let update = |e_tag: Option<String>| {
+            PutOptions::from(PutMode::Update(UpdateVersion {
+                e_tag,
+                version: None,
+            }))
+        };
+        s.store
+            .put_opts(
+                &path,
+                PutPayload::from_static(b"three"),
+                update(first.e_tag.clone()),
+            )
+            .await
+            .expect("update over the version read");
+        let stale = s
+            .store
+            .put_opts(
+                &path,
+                PutPayload::from_static(b"four"),
+                update(first.e_tag.clone()),
+            )
+            .await;
+        assert!(
+            matches!(stale, Err(object_store::Error::Precondition { .. })),
+            "an update over a stale version succeeded: {stale:?}"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn shared_suite() {
         let Some(server) = server() else { return };
