@@ -165,6 +165,9 @@ async fn reads_stay_fast_while_a_thousand_uploads_trickle() {
         "blob GET took {blob_time:?}"
     );
 
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status.lines().find(|l| l.starts_with("VmRSS")).unwrap_or("VmRSS: ?");
+    eprintln!("server {rss} with {UPLOADS} trickling uploads");
     let _ = stop_tx.send(true);
     let mut still_open = 0;
     for t in tricklers {
