@@ -2067,6 +2067,51 @@ mod tests {
 
     use crate::s3_test_server::pattern;
 
+    /// A tag delete that read the tag before another replica re-tagged it must not take the
+    /// new value with a blind write: the tombstone is conditional on the version it read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stale_tag_delete_never_removes_a_re_tag() {
+        let Some(server) = server() else { return };
+        let (one, two) = (storage(&server, "retag"), storage(&server, "retag"));
+        let meta = ManifestMeta {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            subject: None,
+            artifact_type: None,
+            annotations: None,
+            references: Some(Vec::new()),
+        };
+        let (v1, v2) = (
+            Bytes::from_static(b"{\"v\":1}"),
+            Bytes::from_static(b"{\"v\":2}"),
+        );
+        let (d1, d2) = (Digest::sha256_of(&v1), Digest::sha256_of(&v2));
+        one.manifest_put("r", &d1, v1, &meta, Some("latest"))
+            .await
+            .expect("tag v1");
+        // Replica one reads the tag to delete it ...
+        let rel = tag_rel("r", "latest");
+        let (_, read_version) = one.get_bytes(&rel).await.expect("get").expect("tag");
+        // ... replica two re-tags meanwhile ...
+        two.manifest_put("r", &d2, v2, &meta, Some("latest"))
+            .await
+            .expect("re-tag v2");
+        // ... and replica one's tombstone over the version it read is refused.
+        assert!(
+            !one.tombstone_tag(&rel, read_version)
+                .await
+                .expect("tombstone"),
+            "a stale tombstone was written over the re-tag"
+        );
+        assert_eq!(
+            two.tag_resolve("r", "latest").await.expect("resolve"),
+            Some(d2.clone())
+        );
+        assert_eq!(
+            one.tag_resolve("r", "latest").await.expect("resolve"),
+            Some(d2)
+        );
+    }
+
     /// Two replicas append to one session at once: the one that read the state first and
     /// writes last must be refused, never saved over the other's bytes.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
