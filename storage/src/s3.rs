@@ -1701,6 +1701,21 @@ impl Storage for S3Storage {
     }
 
     async fn collect_garbage(&self, grace: Duration, dry_run: bool) -> Result<GcReport> {
+        self.collect_garbage_pausing(grace, dry_run, std::future::ready(()))
+            .await
+    }
+}
+
+impl S3Storage {
+    /// Mark and sweep; `after_mark` runs between choosing the candidates and
+    /// looking at the links once more (a no-op but for tests, which link a
+    /// candidate from another replica there).
+    async fn collect_garbage_pausing(
+        &self,
+        grace: Duration,
+        dry_run: bool,
+        after_mark: impl std::future::Future<Output = ()>,
+    ) -> Result<GcReport> {
         let _exclusive = self.gc_lock.write().await;
         let cutoff = SystemTime::now().checked_sub(grace).unwrap_or(UNIX_EPOCH);
         let mut report = GcReport::default();
@@ -1772,6 +1787,7 @@ impl Storage for S3Storage {
             }
             candidates.push((digest, item, pointer));
         }
+        after_mark.await;
         // Another replica may have linked a candidate since the mark (this
         // process's writes are excluded by the lock, other processes' are
         // not): look at the links once more, right before deleting.
@@ -2066,6 +2082,38 @@ mod tests {
     }
 
     use crate::s3_test_server::pattern;
+
+    /// A blob no repository links to when a collection marks, linked from another replica
+    /// before the sweep, is kept: the links are listed once more right before deleting.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_blob_linked_by_another_replica_during_a_collection_is_kept() {
+        let Some(server) = server() else { return };
+        let (one, two) = (storage(&server, "gcrace"), storage(&server, "gcrace"));
+        let mut digests = Vec::new();
+        for data in [b"relinked meanwhile".as_slice(), b"garbage".as_slice()] {
+            let session = one.upload_create("a").await.expect("create");
+            let d = Digest::sha256_of(data);
+            one.upload_complete("a", &session.id, &d, Some(testsuite::stream_of(data)))
+                .await
+                .expect("push");
+            assert!(one.unlink_blob("a", &d).await.expect("unlink"));
+            digests.push(d);
+        }
+        let (kept, gone) = (digests[0].clone(), digests[1].clone());
+        let relink = async {
+            two.link_blob("b", &kept)
+                .await
+                .expect("link from replica two");
+        };
+        let report = one
+            .collect_garbage_pausing(Duration::ZERO, false, relink)
+            .await
+            .expect("collect");
+        assert_eq!(report.blobs_removed, 1, "{report:?}");
+        assert!(two.blob_linked("b", &kept).await.expect("linked"));
+        assert_eq!(read_all(&two, &kept).await, b"relinked meanwhile");
+        assert!(one.blob_size(&gone).await.expect("size").is_none());
+    }
 
     /// A tag delete that read the tag before another replica re-tagged it must not take the
     /// new value with a blind write: the tombstone is conditional on the version it read.
