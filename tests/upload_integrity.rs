@@ -2,11 +2,15 @@
 //! bytes behind another repository's digest, replayed with raw sockets (chunked bodies paced
 //! with sleeps) against `berth serve` on disk, with and without logins, and on S3.
 //!
-//! The sequence, on one upload id: a slow chunked PATCH holds the session → a PATCH of the
-//! same id under another repository name → a slow PATCH with the right bytes (queued) → a fast
-//! PATCH with other bytes → `PUT ?digest=` of the right bytes. Whatever each request answers,
-//! afterwards every blob must hash to its name: the victim's (which existed before) and the
-//! one the attacker aimed at (which did not).
+//! The sequence, on one upload id: a slow chunked PATCH holds the session's lock → a PATCH of
+//! the same id under another repository name queues on that lock → a PATCH queues behind it
+//! → (once the foreign one is refused) a fast PATCH → `PUT ?digest=` of the right bytes. The
+//! refusal used to drop the lock from the table while the queued PATCH still held it, so the
+//! fast PATCH took a fresh lock and both wrote from the same offset at once. It is played in
+//! both orders (which of the two carries the right bytes), since on disk the last state saved
+//! wins and on S3 the first. Whatever each request answers, afterwards every blob must hash to
+//! its name: the victim's (which existed before) and the one the attacker aimed at (which did
+//! not).
 
 mod common;
 
@@ -173,15 +177,29 @@ struct Who {
     attacker: Option<String>,
 }
 
+/// Which of the two PATCHes that end up writing at once carries the right bytes.
+#[derive(Clone, Copy, Debug)]
+enum Order {
+    /// The PATCH that holds the old lock writes the third quarter of the right bytes, the fast
+    /// one on a fresh lock writes other bytes over it and saves, then the first writes the last
+    /// quarter and saves last: a state whose hash covers the right bytes, over data that are
+    /// not (disk: the last state written wins).
+    RightHoldsTheLock,
+    /// The fast PATCH on a fresh lock saves the right second half first; the one that holds
+    /// the old lock then sends other bytes of the same length: its state write is refused, but
+    /// its tail object (named by the offset it ends at, the same) replaced the right one (S3).
+    RightOnAFreshLock,
+}
+
 /// The attack of the review, aimed at `target` (the right bytes of the digest the PUT names).
-/// The PATCH with other bytes goes to `wrong_port` (another replica on the same storage, or
-/// the same server). Returns the status of the final PUT.
+/// The fast PATCH goes to `fast_port` (another replica on the same storage, or the same
+/// server). Returns the status of the final PUT.
 fn replay_attack(
-    (port, wrong_port): (u16, u16),
+    (port, fast_port): (u16, u16),
     who: &Who,
-    repo: &str,
-    other_repo: &str,
+    (repo, other_repo): (&str, &str),
     target: &[u8],
+    order: Order,
 ) -> u16 {
     let auth = who.attacker.as_deref();
     let started = request(
@@ -195,10 +213,11 @@ fn replay_attack(
     let location = started.header("location").expect("Location");
     let id = location.rsplit('/').next().expect("upload id").to_string();
     let half = target.len() / 2;
-    let garbage = pattern(half, 99);
+    let quarter = half + (target.len() - half) / 2;
+    let garbage = pattern(target.len() - half, 99);
     let ms = Duration::from_millis;
 
-    // t=0: a slow chunked PATCH that holds the session for about 1.2 s (the first half).
+    // t=0: a slow chunked PATCH that holds the session's lock for about 1.2 s (the first half).
     let slow = trickled_patch(
         port,
         location.clone(),
@@ -206,34 +225,33 @@ fn replay_attack(
         pieces(&target[..half], 8),
         (ms(150), ms(150)),
     );
-    // t=0.1: a PATCH with the right second half queues behind it; its body follows at t=1.4.
-    thread::sleep(ms(100));
-    let right = trickled_patch(
-        port,
-        location.clone(),
-        who.attacker.clone(),
-        pieces(&target[half..], 4),
-        (ms(1300), ms(200)),
-    );
-    // t=0.2: the same id under another repository name (on a thread: where the session's
-    // lock is taken before the state is read, as on S3, it waits its turn).
+    // t=0.1: the same id under another repository name. It waits for the lock (so on a thread
+    // of its own) and is answered 404 at t=1.2; that refusal used to drop the lock from the
+    // table while the PATCH queued behind it (next) still held it.
     thread::sleep(ms(100));
     let foreign = {
         let path = format!("/v2/{other_repo}/blobs/uploads/{id}");
         let auth = who.attacker.clone();
         thread::spawn(move || request(port, "PATCH", &path, auth.as_deref(), b"x"))
     };
+    // t=0.2: a PATCH that queues behind the foreign one, takes the lock at t=1.2 and reads
+    // offset `half`.
     thread::sleep(ms(100));
-    // t=0.3: a PATCH with other bytes. When the foreign request used to drop the lock, this
-    // one took a fresh lock at once, read offset 0, and its bytes (sent at t=1.7, while the
-    // right half is being written) landed over the first half; the right half's request then
-    // saved a state whose hash covers the right bytes.
-    let wrong = trickled_patch(
-        wrong_port,
+    let (held_pieces, held_pace) = match order {
+        // The third quarter is written at t=1.2, the last quarter at t=2.4.
+        Order::RightHoldsTheLock => (
+            vec![target[half..quarter].to_vec(), target[quarter..].to_vec()],
+            (ms(100), ms(2100)),
+        ),
+        // Other bytes, sent at t=2.5.
+        Order::RightOnAFreshLock => (vec![garbage.clone()], (ms(2300), ms(0))),
+    };
+    let held = trickled_patch(
+        port,
         location.clone(),
         who.attacker.clone(),
-        vec![garbage],
-        (ms(1400), ms(0)),
+        held_pieces,
+        held_pace,
     );
     let foreign = foreign.join().expect("foreign PATCH thread");
     assert_eq!(
@@ -242,9 +260,20 @@ fn replay_attack(
         "a PATCH of the session under another repository must be unknown: {}",
         foreign.body_text()
     );
-    let statuses = [slow, right, wrong].map(|t| t.join().expect("patch thread"));
-    eprintln!("PATCH statuses: {statuses:?}");
-    // 5. complete with the digest of the right bytes
+    // t=1.6: a fast PATCH, sent whole. With the lock dropped it took a fresh one at once, read
+    // offset `half` as well, and ran while the queued PATCH was still writing.
+    thread::sleep(ms(400));
+    let fast_body = match order {
+        Order::RightHoldsTheLock => &garbage[..],
+        Order::RightOnAFreshLock => &target[half..],
+    };
+    let fast = request(fast_port, "PATCH", &location, auth, fast_body);
+    let statuses = [slow, held].map(|t| t.join().expect("patch thread"));
+    eprintln!(
+        "{order:?}: PATCH statuses (slow, queued) {statuses:?}, fast {:?}",
+        fast.status
+    );
+    // Complete with the digest of the right bytes.
     let digest = digest_of(target);
     let done = request(
         port,
@@ -263,7 +292,7 @@ fn replay_attack(
     status
 }
 
-/// `replica`: a second server on the same storage, which gets the PATCH with other bytes.
+/// `replica`: a second server on the same storage, which gets the fast PATCH.
 fn attack_and_check(
     server: &Server,
     replica: Option<&Server>,
@@ -277,14 +306,18 @@ fn attack_and_check(
     // The victim's blob exists before the attack; the attacker can learn its digest.
     let victim_bytes = pattern(64 * 1024, 1);
     let victim = push_blob_raw(port, victim_repo, who.victim.as_deref(), &victim_bytes);
-    replay_attack(ports, who, repo, other_repo, &victim_bytes);
-    assert_blob_intact(port, victim_repo, &victim, who.victim.as_deref());
+    for order in [Order::RightHoldsTheLock, Order::RightOnAFreshLock] {
+        replay_attack(ports, who, (repo, other_repo), &victim_bytes, order);
+        assert_blob_intact(port, victim_repo, &victim, who.victim.as_deref());
+    }
 
-    // Aimed at a digest nobody pushed yet (planting bytes for a later push of it).
-    let fresh_bytes = pattern(48 * 1024, 2);
-    let fresh = digest_of(&fresh_bytes);
-    if replay_attack(ports, who, repo, other_repo, &fresh_bytes) == 201 {
-        assert_blob_intact(port, repo, &fresh, who.attacker.as_deref());
+    // Aimed at digests nobody pushed yet (planting bytes for a later push of them).
+    for (seed, order) in [(2, Order::RightHoldsTheLock), (3, Order::RightOnAFreshLock)] {
+        let fresh_bytes = pattern(48 * 1024, seed);
+        let fresh = digest_of(&fresh_bytes);
+        if replay_attack(ports, who, (repo, other_repo), &fresh_bytes, order) == 201 {
+            assert_blob_intact(port, repo, &fresh, who.attacker.as_deref());
+        }
     }
     if on_disk {
         assert_blob_store_intact(server.storage());
