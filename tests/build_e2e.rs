@@ -5,8 +5,10 @@
 //! built by `berth build` (runc + overlayfs), pushed, pulled by `docker pull` and run by
 //! `docker run --network none`, checking output, `docker inspect` config, and file modes and
 //! owners. Also: a rebuild is fully cached with the same digest, SOURCE_DATE_EPOCH makes
-//! --no-cache rebuilds identical, and a failing RUN names its line and exit code and leaves
-//! no mount behind.
+//! --no-cache rebuilds identical, a failing RUN names its line and exit code and leaves
+//! no mount behind, a build killed mid-RUN leaves mounts and a runc container that the next
+//! build removes, independent stages' RUNs overlap in time, and buildah builds the same tree
+//! and config (read with umoci and skopeo).
 //!
 //! Needs root (overlay mounts) and runc; with `CI=true` their absence fails the test.
 
@@ -675,13 +677,15 @@ ENTRYPOINT ["/bin/sh", "-c"]
 CMD ["id"]
 "#;
 
-/// The same Dockerfile built by `buildah bud --isolation chroot` (when installed; it is not in
-/// scripts/test.sh's packages) gives the same file tree and run-time config, apart from the
-/// differences listed here and accepted.
+/// The same Dockerfile built by `buildah bud --isolation chroot` gives the same file tree and
+/// run-time config, apart from the differences listed here and accepted. The trees are
+/// unpacked by umoci and both configs read by skopeo, so no part of the comparison goes
+/// through berth. buildah, umoci and skopeo are in scripts/test.sh's packages: a missing one
+/// skips the test outside CI and fails it with `CI=true`.
 #[test]
 fn same_tree_and_config_as_buildah() {
-    if !can_build() || which("buildah").is_none() || which("umoci").is_none() {
-        eprintln!("SKIP: needs buildah and umoci");
+    if !can_build() || !require_tool("buildah") || !require_tool("umoci") || !require_tool("skopeo")
+    {
         return;
     }
     let s = setup();
@@ -768,18 +772,23 @@ fn same_tree_and_config_as_buildah() {
         "file trees differ\nonly berth:   {only_ours:#?}\nonly buildah: {only_theirs:#?}"
     );
 
+    // The image configs as stored (skopeo --raw), not as `berth inspect` would show them.
     let config = |layout: &Path| -> Value {
         let out = run_ok(
-            s.cli.cmd([
-                "inspect",
-                "--config",
-                &format!("oci:{}:img", layout.display()),
-            ]),
+            cmd("skopeo", ["inspect", "--raw", "--config"])
+                .arg(format!("oci:{}:img", layout.display())),
             T,
         );
-        parse_json(&out, "config")["config"].clone()
+        parse_json(&out, "skopeo inspect --raw --config")["config"].clone()
     };
     let (ours_c, theirs_c) = (config(&ours), config(&theirs));
+    // Fields both images must have, so that equal fields cannot mean "absent in both".
+    for c in [&ours_c, &theirs_c] {
+        assert_eq!(c["User"], "app", "{c}");
+        assert_eq!(c["WorkingDir"], "/srv/app", "{c}");
+        assert_eq!(c["Labels"]["org.example.name"], "compare", "{c}");
+        assert!(c["ExposedPorts"].get("8080/tcp").is_some(), "{c}");
+    }
     for field in [
         "Env",
         "Cmd",
@@ -800,6 +809,48 @@ fn same_tree_and_config_as_buildah() {
     assert_eq!(ours_c["Labels"], their_labels, "labels");
 }
 
+/// The files named `names` in the image an `--output oci:DIR:TAG` wrote (searched in every
+/// layer, last layer wins), read straight from the layout's blobs.
+fn files_in_oci_image(layout: &Path, names: &[&str]) -> std::collections::BTreeMap<String, String> {
+    let blob = |digest: &str| -> Vec<u8> {
+        let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+        fs::read(layout.join("blobs/sha256").join(hex)).expect("read blob")
+    };
+    let index: Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).expect("index.json");
+    let manifest: Value = serde_json::from_slice(&blob(
+        index["manifests"][0]["digest"]
+            .as_str()
+            .expect("index.json names a manifest"),
+    ))
+    .expect("manifest");
+    let mut found = std::collections::BTreeMap::new();
+    for layer in manifest["layers"].as_array().expect("layers") {
+        let bytes = blob(layer["digest"].as_str().expect("layer digest"));
+        let reader: Box<dyn std::io::Read> = if bytes.starts_with(&[0x1f, 0x8b]) {
+            Box::new(flate2::read::GzDecoder::new(&bytes[..]))
+        } else {
+            Box::new(&bytes[..])
+        };
+        let mut tar = tar::Archive::new(reader);
+        for entry in tar.entries().expect("layer tar") {
+            let mut entry = entry.expect("layer tar entry");
+            let path = entry.path().expect("entry path").display().to_string();
+            let path = path.trim_start_matches("./").to_string();
+            if names.contains(&path.as_str()) {
+                let mut content = String::new();
+                std::io::Read::read_to_string(&mut entry, &mut content).expect("read entry");
+                found.insert(path, content);
+            }
+        }
+    }
+    found
+}
+
+/// Two stages that do not depend on each other run at the same time: each one's RUN records
+/// the kernel's uptime (a clock both containers share, read from their own /proc) before and
+/// after a 1 s sleep, and the two intervals must overlap. One after the other, the second
+/// would start after the first ended, however fast or slow the machine is.
 #[test]
 fn independent_stages_run_at_the_same_time() {
     if !can_build() {
@@ -807,21 +858,258 @@ fn independent_stages_run_at_the_same_time() {
     }
     let s = setup();
     let context = s.cli.path("parallel");
+    // /times-a in stage a, /times-b in stage b: different commands, so the steps cannot share
+    // one cache entry.
+    let stage = |name: &str| {
+        format!(
+            "FROM $BASE AS {name}\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"B=/bin/busybox; $B cat /proc/uptime > /times-{name} && $B sleep 1 && $B cat /proc/uptime >> /times-{name}\"]\n\n"
+        )
+    };
     write(
         &context.join("Dockerfile"),
         &format!(
-            "ARG BASE={}\nFROM $BASE AS a\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox sleep 2 && echo a > /a\"]\n\nFROM $BASE AS b\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox sleep 2 && echo b > /b\"]\n\nFROM $BASE\nCOPY --from=a /a /a\nCOPY --from=b /b /b\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"test \\\"$(/bin/busybox cat /a /b)\\\" = \\\"$(/bin/busybox printf 'a\\\\nb')\\\"\"]\n",
+            "ARG BASE={}\n{}{}FROM $BASE\nCOPY --from=a /times-a /times-a\nCOPY --from=b /times-b /times-b\n",
+            s.base,
+            stage("a"),
+            stage("b")
+        ),
+        0o644,
+    );
+    let layout = s.cli.path("parallel-layout");
+    let out_arg = format!("oci:{}:parallel", layout.display());
+    let (result, stderr) = build_json(&s.cli, &context, &["--output", &out_arg]);
+    assert!(result["digest"].as_str().is_some(), "{stderr}");
+    let files = files_in_oci_image(&layout, &["times-a", "times-b"]);
+    // (start, end) in seconds of uptime.
+    let interval = |name: &str| -> (f64, f64) {
+        let text = files
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} is not in the image: {files:?}"));
+        let t: Vec<f64> = text
+            .lines()
+            .map(|l| {
+                l.split(' ')
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("{name}: not /proc/uptime lines: {text:?}"))
+            })
+            .collect();
+        assert_eq!(t.len(), 2, "{name}: {text:?}");
+        // The sleep really happened between the readings: they are real clock readings.
+        assert!(t[1] - t[0] >= 0.99, "{name}: {text:?}");
+        (t[0], t[1])
+    };
+    let (a, b) = (interval("times-a"), interval("times-b"));
+    eprintln!(
+        "stage a ran {a:?}, stage b ran {b:?}: starts {:.2} s apart",
+        (a.0 - b.0).abs()
+    );
+    assert!(
+        a.0.max(b.0) < a.1.min(b.1),
+        "stages a and b did not overlap: a ran {a:?}, b ran {b:?} (uptime seconds)"
+    );
+}
+
+/// Mount points below `dir` (in this mount namespace, which `berth build` shares).
+fn mount_points_under(dir: &Path) -> Vec<String> {
+    let prefix = format!("{}/", dir.display());
+    fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .filter(|m| m.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `runc --root STATE list`: the containers runc keeps state for there.
+fn runc_containers(state: &Path) -> Vec<Value> {
+    let out = run_ok(
+        cmd("runc", ["--root"])
+            .arg(state)
+            .args(["list", "--format", "json"]),
+        T,
+    );
+    match parse_json(&out, "runc list") {
+        Value::Array(list) => list,
+        _ => Vec::new(),
+    }
+}
+
+/// PIDs of the processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<u32> {
+    fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|pid| {
+                    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                    String::from_utf8_lossy(&cmdline).contains(needle)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// True when `pid` has exited (gone, or a zombie nobody reaped yet).
+fn exited(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+    }
+}
+
+/// What the killed build of [`a_build_cleans_up_what_a_killed_build_left`] leaves if the test
+/// fails before berth cleans it up: its berth process (SIGKILL), runc containers (deleted) and
+/// mounts below the build cache (lazily unmounted), so nothing outlives the test.
+struct KilledBuild {
+    child: std::process::Child,
+    cache: PathBuf,
+}
+
+impl Drop for KilledBuild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let state = self.cache.join("runc");
+        for c in runc_containers(&state) {
+            if let Some(id) = c["id"].as_str() {
+                let _ = run(
+                    cmd("runc", ["--root"])
+                        .arg(&state)
+                        .args(["delete", "--force", id]),
+                    T,
+                );
+            }
+        }
+        let mut mounts = mount_points_under(&self.cache);
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            if let Ok(c) = std::ffi::CString::new(m) {
+                // SAFETY: a valid path; a lazy unmount of a mount this test's build made.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+    }
+}
+
+/// The README's "a build first cleans up what a killed build left": a build is killed (SIGKILL)
+/// while its RUN runs, which leaves the RUN's overlay mounted, its runc container running and
+/// runc's state for it; the next build with the same cache removes all of it and succeeds.
+#[test]
+fn a_build_cleans_up_what_a_killed_build_left() {
+    if !can_build() {
+        return;
+    }
+    let s = setup();
+    let cache = s.cli.path("killed-cache");
+    let cache_arg = cache.display().to_string();
+    let state = cache.join("runc");
+
+    let context = s.cli.path("killed");
+    write(
+        &context.join("Dockerfile"),
+        &format!(
+            "FROM {}\nRUN [\"/bin/busybox\", \"sleep\", \"30\"]\n",
             s.base
         ),
         0o644,
     );
-    let started = std::time::Instant::now();
-    let (result, stderr) = build_json(&s.cli, &context, &[]);
-    let took = started.elapsed();
-    assert!(result["digest"].as_str().is_some(), "{stderr}");
-    // One after the other the two 2 s RUNs would take 4 s or more.
+    let log = s.cli.path("killed.log");
+    let mut killed = build_cmd(&s.cli, &context, &["--cache-dir", &cache_arg]);
+    killed
+        .stdin(std::process::Stdio::null())
+        .stdout(fs::File::create(&log).unwrap())
+        .stderr(fs::File::create(&log).unwrap());
+    let mut killed = KilledBuild {
+        child: killed.spawn().expect("start berth build"),
+        cache: cache.clone(),
+    };
+    let pid = killed.child.id();
+    let ours = format!("berth-build-{pid}-");
+
+    // Wait for the event, not for a time: runc reports the RUN's container running.
+    let deadline = std::time::Instant::now() + T;
+    let container = loop {
+        if let Some(status) = killed.child.try_wait().unwrap() {
+            panic!(
+                "the build ended ({status}) before its RUN was seen running:\n{}",
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        if state.is_dir() {
+            if let Some(c) = runc_containers(&state).into_iter().find(|c| {
+                c["id"].as_str().is_some_and(|id| id.starts_with(&ours)) && c["status"] == "running"
+            }) {
+                break c;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the RUN never ran:\n{}",
+            fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let id = container["id"].as_str().unwrap().to_string();
+    let init = container["pid"].as_u64().expect("the container's pid") as u32;
+
+    killed.child.kill().expect("SIGKILL berth build");
+    killed.child.wait().unwrap();
+    // What the killed build left: the test is only worth something if there is something.
+    let left_mounts = mount_points_under(&cache);
     assert!(
-        took < Duration::from_millis(3700),
-        "stages a and b did not overlap: the build took {took:?}"
+        left_mounts
+            .iter()
+            .any(|m| m.contains(&format!("/run/{pid}-"))),
+        "the killed build left no overlay mount: {left_mounts:?}"
     );
+    assert!(state.join(&id).exists(), "no runc state for {id}");
+    assert!(!exited(init), "the RUN's process ended with berth");
+    eprintln!("the killed build left: mounts {left_mounts:?}, runc container {id} (pid {init})");
+
+    // The next build, with the same cache, RUN included.
+    let next = s.cli.path("next");
+    write(
+        &next.join("Dockerfile"),
+        &format!(
+            "FROM {}\nRUN [\"/bin/busybox\", \"touch\", \"/after-the-kill\"]\n",
+            s.base
+        ),
+        0o644,
+    );
+    let out = run(build_cmd(&s.cli, &next, &["--cache-dir", &cache_arg]), T);
+    assert!(out.status.success(), "{}", out.describe());
+
+    // Nothing of the killed build is left: no mount below the cache, no runc container or
+    // state, no run directory; its RUN's process and its `runc run` have exited.
+    assert!(
+        mount_points_under(&cache).is_empty(),
+        "mounts left: {:?}",
+        mount_points_under(&cache)
+    );
+    let containers = runc_containers(&state);
+    assert!(
+        containers.is_empty(),
+        "runc containers left: {containers:?}"
+    );
+    let states: Vec<_> = fs::read_dir(&state).unwrap().flatten().collect();
+    assert!(states.is_empty(), "runc state left: {states:?}");
+    let runs: Vec<_> = fs::read_dir(cache.join("run")).unwrap().flatten().collect();
+    assert!(runs.is_empty(), "run directories left: {runs:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while (!exited(init) || !processes_mentioning(&id).is_empty())
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        exited(init),
+        "the killed build's RUN (pid {init}) still runs"
+    );
+    let runcs = processes_mentioning(&id);
+    assert!(runcs.is_empty(), "processes of {id} still run: {runcs:?}");
 }
