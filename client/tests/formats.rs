@@ -15,9 +15,9 @@ use berth_client::{ImageDest, ImageSource, Manifest, Platform};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
+#[path = "../../tests/common/ci.rs"]
+mod ci;
+use ci::in_ci;
 
 /// Whether `name` can run; panics in CI when it cannot.
 fn have(name: &str) -> bool {
@@ -32,6 +32,31 @@ fn have(name: &str) -> bool {
         eprintln!("skipping: {name} is not installed");
     }
     ok
+}
+
+/// Whether DOCKER_HOST names a daemon that answers; panics in CI when not.
+fn docker_daemon() -> bool {
+    let problem = match std::env::var_os("DOCKER_HOST") {
+        None => "DOCKER_HOST is not set".to_string(),
+        Some(host) => {
+            let out = Command::new("docker")
+                .args(["version", "--format", "{{.Server.Version}}"])
+                .output();
+            match out {
+                Ok(o) if o.status.success() => return true,
+                Ok(o) => format!(
+                    "the daemon at DOCKER_HOST={host:?} does not answer: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+                Err(e) => format!("docker did not start: {e}"),
+            }
+        }
+    };
+    if in_ci() {
+        panic!("{problem}, and CI=true: run the tests through scripts/test.sh, which starts a private dockerd");
+    }
+    eprintln!("skipping: {problem}");
+    false
 }
 
 /// Run a command, fail the test with its output if it fails, return stdout.
@@ -328,14 +353,11 @@ async fn we_read_the_docker_archive_skopeo_writes() {
 }
 
 /// `docker load` of our archive, then `docker run`; and reading `docker save`.
-/// Needs a daemon: runs only when DOCKER_HOST is set.
+/// Needs a daemon that DOCKER_HOST names (never the system one by default): skips
+/// without one, fails with CI=true (scripts/test.sh starts a private dockerd).
 #[tokio::test]
 async fn docker_loads_and_saves() {
-    if std::env::var_os("DOCKER_HOST").is_none() {
-        eprintln!("skipping: DOCKER_HOST is not set");
-        return;
-    }
-    if !have("docker") {
+    if !have("docker") || !docker_daemon() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

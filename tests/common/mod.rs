@@ -38,15 +38,10 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 // Environment
 // ---------------------------------------------------------------------------------------------
 
+mod ci;
 /// True when running in CI (`CI=true` or `CI=1`): missing tools are then hard failures.
-pub fn in_ci() -> bool {
-    matches!(
-        std::env::var("CI")
-            .map(|v| v.to_ascii_lowercase())
-            .as_deref(),
-        Ok("true") | Ok("1")
-    )
-}
+/// Defined in `ci.rs`, which the client's and builder's tests share.
+pub use ci::in_ci;
 
 /// Finds an executable on PATH.
 pub fn which(tool: &str) -> Option<PathBuf> {
