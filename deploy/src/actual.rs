@@ -30,6 +30,8 @@ pub struct ActualNetwork {
     pub driver: String,
     /// First IPv4 IPAM config entry, if any (Docker allows several; we manage one).
     pub subnet: Option<Ipv4Net>,
+    /// The IPAM config's gateway or, where Docker left the one it picked out of it (20.10
+    /// does when none was asked for), the one its attached containers were given.
     pub gateway: Option<Ipv4Addr>,
     pub ip_range: Option<Ipv4Net>,
     #[serde(default)]

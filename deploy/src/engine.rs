@@ -6,7 +6,7 @@
 //! API version is negotiated, so daemons as old as Debian 12's Docker 20.10 (API 1.41) work. Every call is bounded by a timeout; an
 //! unreachable host fails on its own with the address it tried.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -233,86 +233,7 @@ impl Engine {
             .await
             .map_err(|e| api_error("listing images", e))?;
 
-        let images: Vec<ActualImage> = images
-            .into_iter()
-            .map(|image| ActualImage {
-                id: image.id,
-                repo_tags: image
-                    .repo_tags
-                    .into_iter()
-                    .filter(|t| t != "<none>:<none>")
-                    .collect(),
-                digests: image
-                    .repo_digests
-                    .iter()
-                    .filter_map(|d| d.rsplit_once('@').map(|(_, digest)| digest.to_string()))
-                    .collect(),
-            })
-            .collect();
-        let digests_of: HashMap<&str, &Vec<String>> = images
-            .iter()
-            .map(|image| (image.id.as_str(), &image.digests))
-            .collect();
-
-        let mut actual = ActualHost {
-            images: images.clone(),
-            ..ActualHost::default()
-        };
-        // Network name → containers attached (from each container's own network list, which
-        // the network list call does not give).
-        let mut attached: BTreeMap<String, Vec<AttachedContainer>> = BTreeMap::new();
-        for summary in containers {
-            let Some(container) = actual_container(&summary, &digests_of) else {
-                continue;
-            };
-            if let Some(networks) = summary
-                .network_settings
-                .as_ref()
-                .and_then(|s| s.networks.as_ref())
-            {
-                for network in networks.keys() {
-                    attached
-                        .entry(network.clone())
-                        .or_default()
-                        .push(AttachedContainer {
-                            name: container.name.clone(),
-                            app: container.app().map(str::to_string),
-                        });
-                }
-            }
-            let ours = container.app() == Some(app);
-            if ours && container.name.ends_with(labels::PREVIOUS_SUFFIX) {
-                actual.previous.push(container);
-            } else if ours && container.name.ends_with(labels::NEXT_SUFFIX) {
-                // A leftover of an interrupted deploy; the applier removes it before reuse.
-            } else {
-                actual.containers.push(container);
-            }
-        }
-        for network in networks {
-            let Some(name) = network.name.clone() else {
-                continue;
-            };
-            let (subnet, gateway, ip_range) = ipv4_addressing(network.ipam.as_ref());
-            let mut containers = attached.remove(&name).unwrap_or_default();
-            containers.sort_by(|a, b| a.name.cmp(&b.name));
-            actual.networks.push(ActualNetwork {
-                id: network.id.unwrap_or_default(),
-                name,
-                driver: network.driver.unwrap_or_default(),
-                subnet,
-                gateway,
-                ip_range,
-                options: network.options.unwrap_or_default().into_iter().collect(),
-                internal: network.internal.unwrap_or(false),
-                labels: network.labels.unwrap_or_default().into_iter().collect(),
-                attached: containers,
-            });
-        }
-        actual.networks.sort_by(|a, b| a.name.cmp(&b.name));
-        actual.containers.sort_by(|a, b| a.name.cmp(&b.name));
-        actual.previous.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(actual)
+        Ok(actual_host(app, containers, networks, images))
     }
 
     /// Pulls an image (`repo@sha256:…` or `repo:tag`), reading the progress stream to its
@@ -565,6 +486,111 @@ impl Engine {
                 .unwrap_or_default(),
         ))
     }
+}
+
+/// The host's state from the three list calls' answers (`GET /containers/json?all=1`,
+/// `GET /networks`, `GET /images/json`), as the Engine API returns them: what
+/// [`Engine::read`] plans with. Separate so tests can feed it JSON captured from a real
+/// daemon (deploy/tests/fixtures/engine-capture/).
+pub fn actual_host(
+    app: &str,
+    containers: Vec<ContainerSummary>,
+    networks: Vec<bollard::models::Network>,
+    images: Vec<bollard::models::ImageSummary>,
+) -> ActualHost {
+    let images: Vec<ActualImage> = images
+        .into_iter()
+        .map(|image| ActualImage {
+            id: image.id,
+            repo_tags: image
+                .repo_tags
+                .into_iter()
+                .filter(|t| t != "<none>:<none>")
+                .collect(),
+            digests: image
+                .repo_digests
+                .iter()
+                .filter_map(|d| d.rsplit_once('@').map(|(_, digest)| digest.to_string()))
+                .collect(),
+        })
+        .collect();
+    let digests_of: HashMap<&str, &Vec<String>> = images
+        .iter()
+        .map(|image| (image.id.as_str(), &image.digests))
+        .collect();
+
+    let mut actual = ActualHost {
+        images: images.clone(),
+        ..ActualHost::default()
+    };
+    // Network name → containers attached (from each container's own network list, which
+    // the network list call does not give).
+    let mut attached: BTreeMap<String, Vec<AttachedContainer>> = BTreeMap::new();
+    // Network name → the gateways its running containers were given.
+    let mut gateways: BTreeMap<String, BTreeSet<Ipv4Addr>> = BTreeMap::new();
+    for summary in containers {
+        let Some(container) = actual_container(&summary, &digests_of) else {
+            continue;
+        };
+        if let Some(networks) = summary
+            .network_settings
+            .as_ref()
+            .and_then(|s| s.networks.as_ref())
+        {
+            for (network, endpoint) in networks {
+                if let Some(gateway) = endpoint.gateway.as_deref().and_then(|g| g.parse().ok()) {
+                    gateways.entry(network.clone()).or_default().insert(gateway);
+                }
+                attached
+                    .entry(network.clone())
+                    .or_default()
+                    .push(AttachedContainer {
+                        name: container.name.clone(),
+                        app: container.app().map(str::to_string),
+                    });
+            }
+        }
+        let ours = container.app() == Some(app);
+        if ours && container.name.ends_with(labels::PREVIOUS_SUFFIX) {
+            actual.previous.push(container);
+        } else if ours && container.name.ends_with(labels::NEXT_SUFFIX) {
+            // A leftover of an interrupted deploy; the applier removes it before reuse.
+        } else {
+            actual.containers.push(container);
+        }
+    }
+    for network in networks {
+        let Some(name) = network.name.clone() else {
+            continue;
+        };
+        let (subnet, mut gateway, ip_range) = ipv4_addressing(network.ipam.as_ref());
+        // Docker 20.10 leaves the gateway it picked (the subnet's first address) out of the
+        // IPAM config when none was asked for; its containers' endpoints still show it. An
+        // app that names that gateway asks for no change.
+        if let (None, Some(subnet), Some(seen)) = (gateway, subnet, gateways.get(&name)) {
+            if let [only] = seen.iter().collect::<Vec<_>>()[..] {
+                gateway = subnet.contains(only).then_some(*only);
+            }
+        }
+        let mut containers = attached.remove(&name).unwrap_or_default();
+        containers.sort_by(|a, b| a.name.cmp(&b.name));
+        actual.networks.push(ActualNetwork {
+            id: network.id.unwrap_or_default(),
+            name,
+            driver: network.driver.unwrap_or_default(),
+            subnet,
+            gateway,
+            ip_range,
+            options: network.options.unwrap_or_default().into_iter().collect(),
+            internal: network.internal.unwrap_or(false),
+            labels: network.labels.unwrap_or_default().into_iter().collect(),
+            attached: containers,
+        });
+    }
+    actual.networks.sort_by(|a, b| a.name.cmp(&b.name));
+    actual.containers.sort_by(|a, b| a.name.cmp(&b.name));
+    actual.previous.sort_by(|a, b| a.name.cmp(&b.name));
+    actual
 }
 
 /// What [`Engine::status`] reports.
