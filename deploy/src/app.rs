@@ -761,11 +761,15 @@ fn env_map<'de, D: Deserializer<'de>>(
     match value {
         Value::Array(items) => {
             let mut map = BTreeMap::new();
-            for item in items {
-                let text = scalar_text(&item)
+            for (index, item) in items.iter().enumerate() {
+                let text = scalar_text(item)
                     .ok_or_else(|| D::Error::custom("env list items must be NAME=value"))?;
+                // Not quoted: without its `=` the whole item may be the (secret) value.
                 let (name, value) = text.split_once('=').ok_or_else(|| {
-                    D::Error::custom(format!("env item {text:?} must be NAME=value"))
+                    D::Error::custom(format!(
+                        "env item {index} has no `=`; it must be NAME=value (the item is not \
+                         shown: env values may be secrets)"
+                    ))
                 })?;
                 if map.insert(name.to_string(), value.to_string()).is_some() {
                     return Err(D::Error::custom(format!("env {name} is set twice")));
@@ -1344,6 +1348,19 @@ services:
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown key `service`"), "{err}");
+    }
+
+    #[test]
+    fn an_env_item_without_equals_is_not_quoted() {
+        // A forgotten `=` leaves the whole item, value included, in one string.
+        let found = problems(
+            "name: a\nservices:\n  web: { image: x, env: [\"MODE=prod\", \"TOKEN {{ token }}\"] }\n",
+            json!({ "token": "s3cr3t-value" }),
+        );
+        assert_eq!(
+            found,
+            ["services.web.env: env item 1 has no `=`; it must be NAME=value (the item is not shown: env values may be secrets)"]
+        );
     }
 
     #[test]

@@ -109,7 +109,16 @@ impl<'v> Templater<'v> {
             key: key.to_string(),
             message,
         };
-        let segments = parse(text).map_err(error)?;
+        let segments = parse(text).map_err(|problem| match resolving.last() {
+            // The text is a variable's value (or one it refers to): variables hold passwords
+            // and tokens, so the message names the variable and never quotes the value.
+            Some(variable) => error(format!(
+                "the value of variable `{variable}` is not a valid template: it has {} (the \
+                 value is not shown: variables may hold secrets)",
+                problem.what()
+            )),
+            None => error(problem.message(text)),
+        })?;
         if let [single] = segments.as_slice() {
             return match single {
                 Segment::Literal(text) => Ok(Value::String((*text).to_string())),
@@ -218,9 +227,53 @@ fn scalar_to_string(value: &Value) -> Option<String> {
     }
 }
 
-fn parse(text: &str) -> Result<Vec<Segment<'_>>, String> {
+/// What is wrong with a template's syntax; said with the text (app files) or without it
+/// (variable values, which may be secrets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ParseError {
+    Statement,
+    Unclosed,
+    Empty,
+    MalformedLiteral(String),
+    Unsupported(String),
+}
+
+impl ParseError {
+    /// The problem, quoting the template text.
+    fn message(&self, text: &str) -> String {
+        match self {
+            ParseError::Statement => {
+                "`{% ... %}` statements are not supported; only `{{ variable }}`".to_string()
+            }
+            ParseError::Unclosed => format!("unclosed `{{{{` in {text:?}"),
+            ParseError::Empty => "empty `{{ }}`".to_string(),
+            ParseError::MalformedLiteral(expression) => {
+                format!("malformed string literal `{expression}`")
+            }
+            ParseError::Unsupported(expression) => {
+                format!("`{{{{ {expression} }}}}` is not supported: {}", SUPPORTED)
+            }
+        }
+    }
+
+    /// The problem in words that quote nothing of the text.
+    fn what(&self) -> String {
+        match self {
+            ParseError::Statement => "a `{%` statement, which is not supported".to_string(),
+            ParseError::Unclosed => "an unclosed `{{`".to_string(),
+            ParseError::Empty => "an empty `{{ }}`".to_string(),
+            ParseError::MalformedLiteral(_) => "a malformed string literal".to_string(),
+            ParseError::Unsupported(_) => format!("an unsupported expression ({SUPPORTED})"),
+        }
+    }
+}
+
+const SUPPORTED: &str =
+    "only `{{ name }}`, `{{ name.key }}` or a quoted literal (no filters, operators or calls)";
+
+fn parse(text: &str) -> Result<Vec<Segment<'_>>, ParseError> {
     if text.contains("{%") {
-        return Err("`{% ... %}` statements are not supported; only `{{ variable }}`".to_string());
+        return Err(ParseError::Statement);
     }
     let mut segments = Vec::new();
     let mut rest = text;
@@ -230,7 +283,7 @@ fn parse(text: &str) -> Result<Vec<Segment<'_>>, String> {
         }
         let after_open = &rest[start + 2..];
         let Some(end) = find_close(after_open) else {
-            return Err(format!("unclosed `{{{{` in {text:?}"));
+            return Err(ParseError::Unclosed);
         };
         segments.push(parse_expression(&after_open[..end])?);
         rest = &after_open[end + 2..];
@@ -260,16 +313,16 @@ fn find_close(expression: &str) -> Option<usize> {
     None
 }
 
-fn parse_expression(raw: &str) -> Result<Segment<'_>, String> {
+fn parse_expression(raw: &str) -> Result<Segment<'_>, ParseError> {
     let expression = raw.trim();
     if expression.is_empty() {
-        return Err("empty `{{ }}`".to_string());
+        return Err(ParseError::Empty);
     }
     for quote in ['\'', '"'] {
         if let Some(inner) = expression.strip_prefix(quote) {
             return match inner.strip_suffix(quote) {
                 Some(literal) if !literal.contains(quote) => Ok(Segment::Quoted(literal)),
-                _ => Err(format!("malformed string literal `{expression}`")),
+                _ => Err(ParseError::MalformedLiteral(expression.to_string())),
             };
         }
     }
@@ -284,9 +337,7 @@ fn parse_expression(raw: &str) -> Result<Segment<'_>, String> {
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
     if !root_is_name || !path.iter().all(|part| valid_name(part)) {
-        return Err(format!(
-            "`{{{{ {expression} }}}}` is not supported: only `{{{{ name }}}}`, `{{{{ name.key }}}}` or a quoted literal (no filters, operators or calls)"
-        ));
+        return Err(ParseError::Unsupported(expression.to_string()));
     }
     Ok(Segment::Variable(path))
 }
@@ -344,6 +395,54 @@ mod tests {
             render("{{ db.hosts.1 }}:{{ db.port }}", v).unwrap(),
             json!("b:5432")
         );
+    }
+
+    /// A variable's value may be a password: a template error in it names the variable and
+    /// the key that used it, never the value, whatever the syntax problem.
+    #[test]
+    fn errors_in_a_variables_value_never_quote_it() {
+        for secret in [
+            "Xq9{{Zv7",
+            "Xq9{{ Zv7 | x }}",
+            "Xq9{{ 'Zv7 }}",
+            "Xq9{{ }}Zv7",
+            "Xq9{%Zv7",
+        ] {
+            let err =
+                render("{{ db_password }}", json!({ "db_password": secret })).expect_err(secret);
+            assert_eq!(err.key, "services.web.image", "{secret}");
+            assert!(
+                err.message
+                    .starts_with("the value of variable `db_password` is not a valid template"),
+                "{secret}: {}",
+                err.message
+            );
+            assert!(
+                !err.message.contains("Xq9") && !err.message.contains("Zv7"),
+                "{secret}: {}",
+                err.message
+            );
+            // Reached through another variable, the innermost one is named.
+            let err = render(
+                "x-{{ dsn }}",
+                json!({ "dsn": "db:{{ db_password }}", "db_password": secret }),
+            )
+            .expect_err(secret);
+            assert!(
+                err.message.contains("variable `db_password`") && !err.message.contains("Zv7"),
+                "{secret}: {}",
+                err.message
+            );
+        }
+        // In the app file's own text the template is quoted, to find it.
+        let err = render("{{ tag | upper }}", json!({ "tag": "v1" })).unwrap_err();
+        assert!(
+            err.message.contains("`{{ tag | upper }}` is not supported"),
+            "{}",
+            err.message
+        );
+        let err = render("app:{{tag", json!({})).unwrap_err();
+        assert_eq!(err.message, "unclosed `{{` in \"app:{{tag\"");
     }
 
     #[test]
