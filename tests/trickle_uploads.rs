@@ -166,7 +166,10 @@ async fn reads_stay_fast_while_a_thousand_uploads_trickle() {
     );
 
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status.lines().find(|l| l.starts_with("VmRSS")).unwrap_or("VmRSS: ?");
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS"))
+        .unwrap_or("VmRSS: ?");
     eprintln!("server {rss} with {UPLOADS} trickling uploads");
     let _ = stop_tx.send(true);
     let mut still_open = 0;
