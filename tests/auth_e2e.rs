@@ -19,13 +19,21 @@ const TIMEOUT: Duration = Duration::from_secs(300);
 
 /// alice (team-a), bob (readers), dave (own namespace) and carol (no group); cost-4 bcrypt.
 fn write_htpasswd(path: &Path) {
+    write_accounts(
+        path,
+        &[
+            ("alice", "apw"),
+            ("bob", "bpw"),
+            ("carol", "cpw"),
+            ("dave", "dpw"),
+        ],
+    );
+}
+
+/// An htpasswd file as `htpasswd -B -C 4` writes it.
+fn write_accounts(path: &Path, accounts: &[(&str, &str)]) {
     let mut text = String::new();
-    for (user, password) in [
-        ("alice", "apw"),
-        ("bob", "bpw"),
-        ("carol", "cpw"),
-        ("dave", "dpw"),
-    ] {
+    for (user, password) in accounts {
         let hash = bcrypt::hash_with_result(password, 4)
             .expect("bcrypt hash")
             .format_for_version(bcrypt::Version::TwoY);
@@ -513,10 +521,14 @@ async fn attacks_on_tokens_uploads_and_mounts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_scheme_and_rate_limit() {
+    // One request back per 1,000 s: however slowly this test runs, what the limiter allows is
+    // the burst plus `elapsed / 1000 s` (computed below), never a race against the refill.
+    const RATE: f64 = 0.001;
+    const BURST: usize = 40;
     let dir = tempfile::tempdir().expect("tempdir");
     let (server, _) = start_with_auth(
         dir.path(),
-        "scheme = \"basic\"\n[limits]\nrate = 1.0\nburst = 40\n",
+        &format!("scheme = \"basic\"\n[limits]\nrate = {RATE}\nburst = {BURST}\n"),
         &[],
     );
     let base = server.url();
@@ -539,24 +551,122 @@ async fn basic_scheme_and_rate_limit() {
     // /token does not exist in Basic mode.
     let resp = get(&format!("{base}/token"), None).await;
     assert_eq!(resp.status().as_u16(), 404);
-    // Past the burst: 429 with Retry-After and the TOOMANYREQUESTS code.
+    // Past the burst: 429 with Retry-After and the TOOMANYREQUESTS code. The limit is per
+    // client address; the requests above (and the harness's readiness probe) came from
+    // 127.0.0.1, these come from 127.0.0.2, whose bucket is full: exactly BURST pass.
+    let other = reqwest::Client::builder()
+        .no_proxy()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .timeout(Duration::from_secs(120))
+        .build()
+        .expect("client on 127.0.0.2");
+    let from_other = || {
+        other
+            .get(format!("{base}/v2/"))
+            .header("authorization", basic("alice", "apw"))
+            .send()
+    };
+    let started = std::time::Instant::now();
+    let mut passed = 0;
     let mut limited = None;
-    for _ in 0..60 {
-        let resp = get(&format!("{base}/v2/"), Some(&basic("alice", "apw"))).await;
+    for _ in 0..BURST + 20 {
+        let resp = from_other().await.expect("GET from 127.0.0.2");
         if resp.status().as_u16() == 429 {
             limited = Some(resp);
             break;
         }
+        assert_eq!(resp.status().as_u16(), 200);
+        passed += 1;
     }
-    let resp = limited.expect("no 429 after 60 requests at a 1/s limit with burst 40");
+    let resp = limited.unwrap_or_else(|| {
+        panic!(
+            "no 429 after {} requests with burst {BURST} and {RATE}/s",
+            BURST + 20
+        )
+    });
     let retry: u64 = header(&resp, "retry-after")
         .and_then(|v| v.parse().ok())
         .expect("Retry-After seconds");
-    assert!(retry >= 1);
     assert_eq!(
         codes(&resp.bytes().await.expect("body")),
         ["TOOMANYREQUESTS"]
     );
+    // Still refused right after (one more request would need ~1,000 s of refill).
+    for _ in 0..3 {
+        let resp = from_other().await.expect("GET from 127.0.0.2");
+        if resp.status().as_u16() != 429 {
+            passed += 1;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let refilled = (elapsed * RATE).floor() as usize;
+    assert!(
+        (BURST..=BURST + refilled).contains(&passed),
+        "{passed} requests passed: the burst is {BURST}, plus {refilled} refilled in {elapsed:.1} s"
+    );
+    // 127.0.0.1 has its own bucket, and it is not empty.
+    let resp = get(&format!("{base}/v2/"), Some(&basic("alice", "apw"))).await;
+    assert_eq!(
+        resp.status().as_u16(),
+        200,
+        "one address's limit is not another's"
+    );
+    // Retry-After is the time to refill one request: up to 1 / RATE, less what has refilled.
+    let full_wait = (1.0 / RATE) as u64;
+    assert!(
+        retry <= full_wait && retry as f64 >= full_wait as f64 - elapsed - 1.0,
+        "Retry-After {retry} s at {RATE}/s after {elapsed:.1} s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewritten_htpasswd_file_takes_effect_without_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, _) = start_with_auth(dir.path(), "scheme = \"basic\"\n", &[]);
+    let url = format!("{}/v2/", server.url());
+    let status = |user: &'static str, password: &'static str| {
+        let url = url.clone();
+        async move {
+            get(&url, Some(&basic(user, password)))
+                .await
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(status("alice", "apw").await, 200);
+    assert_eq!(status("carol", "cpw").await, 200);
+    // alice changes her password and carol leaves, as `htpasswd -B` would write it.
+    write_accounts(
+        &dir.path().join("htpasswd"),
+        &[("alice", "new-apw"), ("bob", "bpw"), ("dave", "dpw")],
+    );
+    // Synchronise on the server seeing the change, not on a guessed delay: alice's old
+    // password keeps passing (from the login cache, no bcrypt, no failure counted) until the
+    // server re-reads the file, and the first request after that is refused.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut polls = 0;
+    loop {
+        polls += 1;
+        match status("alice", "apw").await {
+            200 => {}
+            401 => break,
+            other => panic!("alice's old password: {other}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "alice's old password still works 60 s after the file changed ({polls} requests)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await; // pacing only
+    }
+    assert!(
+        server.log().contains("htpasswd file reloaded"),
+        "the re-read is logged"
+    );
+    assert_eq!(status("alice", "new-apw").await, 200, "the new password");
+    assert_eq!(status("alice", "apw").await, 401, "the old password");
+    assert_eq!(status("carol", "cpw").await, 401, "a removed account");
+    assert_eq!(status("bob", "bpw").await, 200, "an unchanged account");
+    eprintln!("re-read seen after {polls} requests");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,9 +2,12 @@
 
 mod common;
 
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
-use common::{client, digest_of, header, push_blob, push_manifest, Server, OCI_MANIFEST};
+use common::{
+    client, digest_of, header, push_blob, push_manifest, Server, ServerKind, OCI_MANIFEST,
+};
 
 const CLIENTS: usize = 16;
 
@@ -94,13 +97,34 @@ async fn sigterm_lets_an_upload_in_flight_finish() {
     for _ in 0..4 {
         tx.send(Ok(chunk.clone())).await.expect("send chunk");
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The signal must find the request in the server's hands (one still in the client would
+    // just be refused: a stopping server takes no new requests): wait until part of the body
+    // is in the session's data file.
+    let id = url
+        .split('?')
+        .next()
+        .and_then(|path| path.rsplit('/').next())
+        .expect("upload id in the Location")
+        .to_string();
+    let storage = server.storage().to_path_buf();
+    wait_for("the first half of the body is on disk", || {
+        upload_data_len(&storage, &id) > 0
+    })
+    .await;
+    let shutdowns = server.log().matches("shutting down").count();
     let pid = server.pid().expect("server pid");
     // SAFETY: kill(2) on our own child's PID, not yet reaped.
     unsafe {
         libc::kill(pid as libc::pid_t, libc::SIGTERM);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The second half goes only once the server has taken the signal (it logs it), so it
+    // really arrives during the shutdown. (distribution, the reference server, logs nothing.)
+    if server.kind == ServerKind::Berth {
+        wait_for("the server logs that it is shutting down", || {
+            server.log().matches("shutting down").count() > shutdowns
+        })
+        .await;
+    }
     for _ in 0..4 {
         tx.send(Ok(chunk.clone()))
             .await
@@ -125,4 +149,32 @@ async fn sigterm_lets_an_upload_in_flight_finish() {
         .await
         .expect("PUT");
     assert_eq!(resp.status().as_u16(), 201);
+}
+
+/// Waits until `done` (polled every 10 ms), or fails the test after a minute.
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Bytes in the data file of upload `id` (`uploads/ID/data` in berth's storage,
+/// `.../_uploads/ID/data` in distribution's), 0 while there is none.
+fn upload_data_len(dir: &Path, id: &str) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut len = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() {
+            len = len.max(upload_data_len(&path, id));
+        } else if path.ends_with(Path::new(id).join("data")) {
+            len = len.max(meta.len());
+        }
+    }
+    len
 }

@@ -85,6 +85,27 @@ struct Accounts {
     /// Shared with the check jobs, which count their own result: a client
     /// that hangs up before the answer still pays for its guess.
     throttles: Arc<Mutex<Throttles>>,
+    /// What the verified-login lifetime and the file's re-read interval are
+    /// measured with: tests move it by hand instead of waiting minutes.
+    clock: Clock,
+}
+
+/// The real clock, or a test's, which moves only when told.
+#[derive(Clone, Default)]
+struct Clock(Option<Arc<Mutex<Instant>>>);
+
+impl Clock {
+    fn now(&self) -> Instant {
+        match &self.0 {
+            None => Instant::now(),
+            Some(now) => *now.lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+
+    /// How long since `then` (zero if `then` is later).
+    fn since(&self, then: Instant) -> Duration {
+        self.now().saturating_duration_since(then)
+    }
 }
 
 /// Backoff after failed logins, per account and per client address.
@@ -161,7 +182,11 @@ const VERIFIED_LOGIN_MAX: usize = 4096;
 const VERIFIED_TOKENS_MAX: usize = 16384;
 
 impl Accounts {
-    fn open(path: PathBuf, failures_before_backoff: Option<u32>) -> Result<Accounts, String> {
+    fn open(
+        path: PathBuf,
+        failures_before_backoff: Option<u32>,
+        clock: Clock,
+    ) -> Result<Accounts, String> {
         let (file, modified) = read_htpasswd(&path)?;
         // One check per core at most: bcrypt is pure CPU, so more threads
         // would only take cores from the requests being served.
@@ -188,7 +213,7 @@ impl Accounts {
             state: RwLock::new(AccountsState {
                 file: Arc::new(file),
                 modified,
-                checked: Instant::now(),
+                checked: clock.now(),
                 generation: 0,
             }),
             verified: Mutex::new(HashMap::new()),
@@ -201,6 +226,7 @@ impl Accounts {
                     ..policy
                 }),
             })),
+            clock,
         })
     }
 
@@ -209,19 +235,20 @@ impl Accounts {
     fn current(&self) -> (Arc<Htpasswd>, u64) {
         {
             let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-            if state.checked.elapsed() < ACCOUNTS_RECHECK {
+            if self.clock.since(state.checked) < ACCOUNTS_RECHECK {
                 return (state.file.clone(), state.generation);
             }
         }
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        if state.checked.elapsed() >= ACCOUNTS_RECHECK {
-            state.checked = Instant::now();
+        if self.clock.since(state.checked) >= ACCOUNTS_RECHECK {
+            state.checked = self.clock.now();
             let modified = std::fs::metadata(&self.path)
                 .and_then(|m| m.modified())
                 .ok();
             if modified != state.modified {
                 match read_htpasswd(&self.path) {
-                    Ok((file, modified)) => {
+                    Ok((mut file, modified)) => {
+                        file.share_bcrypt_count(&state.file);
                         tracing::info!(path = %self.path.display(), users = file.len(), "htpasswd file reloaded");
                         state.file = Arc::new(file);
                         state.modified = modified;
@@ -257,7 +284,7 @@ impl Accounts {
             // out its owner's running pushes.
             if verified
                 .get(&key)
-                .is_some_and(|at| at.elapsed() < VERIFIED_LOGIN_TTL)
+                .is_some_and(|at| self.clock.since(*at) < VERIFIED_LOGIN_TTL)
             {
                 return Login::Ok;
             }
@@ -310,12 +337,12 @@ impl Accounts {
         if ok {
             let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
             if verified.len() >= VERIFIED_LOGIN_MAX {
-                verified.retain(|_, at| at.elapsed() < VERIFIED_LOGIN_TTL);
+                verified.retain(|_, at| self.clock.since(*at) < VERIFIED_LOGIN_TTL);
                 if verified.len() >= VERIFIED_LOGIN_MAX {
                     verified.clear();
                 }
             }
-            verified.insert(key, Instant::now());
+            verified.insert(key, self.clock.now());
             Login::Ok
         } else {
             Login::Wrong
@@ -370,7 +397,13 @@ impl Access {
     pub fn new(options: AccessOptions) -> Result<Access, String> {
         let accounts = options
             .htpasswd
-            .map(|path| Accounts::open(path, options.login_failures_before_backoff))
+            .map(|path| {
+                Accounts::open(
+                    path,
+                    options.login_failures_before_backoff,
+                    Clock::default(),
+                )
+            })
             .transpose()?;
         let needs_accounts = match &options.scheme {
             Scheme::Basic => true,
@@ -822,5 +855,164 @@ impl ClientRateLimit {
                 .with_header(header::RETRY_AFTER, HeaderValue::from(secs)))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The login cache and the htpasswd re-read, counted in bcrypt runs and
+    //! driven by a hand-moved clock: no 5-minute waits, no timing guesses.
+
+    use super::*;
+
+    // Cost-4 bcrypt hashes of "old-pw" and "new-pw".
+    const OLD: &str = "$2b$04$aLQrlQua2nxpR4xEcRzCa./pUVgpqhxCXOVxl1oDgj3zrYT2DlVp.";
+    const NEW: &str = "$2b$04$k7qRY2lxcwXlERSp0QOYGOcn9JURXDHO.9udDDUgcK3tc8mgLEp9W";
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+        accounts: Accounts,
+        now: Arc<Mutex<Instant>>,
+        /// The file's mtime, moved forward on every rewrite (see `rewrite`).
+        mtime: SystemTime,
+    }
+
+    impl Fixture {
+        fn new(text: &str) -> Fixture {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("htpasswd");
+            std::fs::write(&path, text).expect("write htpasswd");
+            let now = Arc::new(Mutex::new(Instant::now()));
+            let accounts =
+                Accounts::open(path.clone(), None, Clock(Some(now.clone()))).expect("open");
+            let mtime = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .expect("mtime");
+            Fixture {
+                _dir: dir,
+                path,
+                accounts,
+                now,
+                mtime,
+            }
+        }
+
+        fn advance(&self, by: Duration) {
+            *self.now.lock().unwrap() += by;
+        }
+
+        /// Replace the file as an editor would. The mtime is set a second
+        /// later than the last one: two writes within one tick of a coarse
+        /// file-system clock would otherwise look unchanged.
+        fn rewrite(&mut self, text: &str) {
+            std::fs::write(&self.path, text).expect("rewrite htpasswd");
+            self.mtime += Duration::from_secs(1);
+            std::fs::File::options()
+                .write(true)
+                .open(&self.path)
+                .and_then(|f| f.set_modified(self.mtime))
+                .expect("set mtime");
+        }
+
+        async fn login(&self, user: &str, password: &str) -> bool {
+            match self.accounts.verify(user, password, None).await {
+                Login::Ok => true,
+                Login::Wrong => false,
+                Login::Refused { reason, .. } => panic!("login refused: {reason}"),
+            }
+        }
+
+        /// bcrypt verifications so far, over every version of the file.
+        fn bcrypt_runs(&self) -> u64 {
+            self.accounts.current().0.bcrypt_runs()
+        }
+
+        fn generation(&self) -> u64 {
+            self.accounts.current().1
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_30_layer_push_costs_one_bcrypt() {
+        let f = Fixture::new(&format!("alice:{OLD}\n"));
+        // What a push of 30 layers sends: one request first (`GET /v2/`),
+        // then HEAD and upload requests in parallel, all with the same
+        // Basic credentials.
+        assert!(f.login("alice", "old-pw").await);
+        assert_eq!(f.bcrypt_runs(), 1);
+        let rest = futures::future::join_all((0..90).map(|_| f.login("alice", "old-pw"))).await;
+        assert!(rest.iter().all(|ok| *ok), "every request passes");
+        assert_eq!(f.bcrypt_runs(), 1, "one bcrypt for the whole push");
+        // A wrong password is never cached: each costs a bcrypt.
+        assert!(!f.login("alice", "wrong").await);
+        assert!(!f.login("alice", "wrong").await);
+        assert_eq!(f.bcrypt_runs(), 3);
+        // Nor is the cache keyed on the user alone.
+        assert!(!f.login("bob", "old-pw").await);
+        assert_eq!(f.bcrypt_runs(), 4);
+        assert!(f.login("alice", "old-pw").await);
+        assert_eq!(f.bcrypt_runs(), 4, "the right one is still cached");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_verified_login_is_remembered_for_five_minutes() {
+        let f = Fixture::new(&format!("alice:{OLD}\n"));
+        assert!(f.login("alice", "old-pw").await);
+        assert_eq!(f.bcrypt_runs(), 1);
+        f.advance(VERIFIED_LOGIN_TTL - Duration::from_secs(1));
+        assert!(f.login("alice", "old-pw").await);
+        assert_eq!(f.bcrypt_runs(), 1, "4 min 59 s later: still cached");
+        f.advance(Duration::from_secs(1));
+        assert!(f.login("alice", "old-pw").await);
+        assert_eq!(f.bcrypt_runs(), 2, "5 min later: checked again");
+        // Counted from the last check, not from the first login.
+        f.advance(VERIFIED_LOGIN_TTL - Duration::from_secs(1));
+        assert!(f.login("alice", "old-pw").await);
+        assert_eq!(f.bcrypt_runs(), 2);
+        assert_eq!(
+            VERIFIED_LOGIN_TTL,
+            Duration::from_secs(300),
+            "README says 5 minutes"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rewritten_htpasswd_file_is_used_after_the_recheck() {
+        let mut f = Fixture::new(&format!("alice:{OLD}\n"));
+        assert!(f.login("alice", "old-pw").await);
+        f.rewrite(&format!("# password changed\nalice:{NEW}\n"));
+        // Read at most every ACCOUNTS_RECHECK: until then the old file holds.
+        assert!(!f.login("alice", "new-pw").await);
+        assert_eq!(f.generation(), 0, "not re-read yet");
+        f.advance(ACCOUNTS_RECHECK);
+        // The next login sees the change: the new password works, and the
+        // old one is refused although it was cached minutes ago.
+        assert!(f.login("alice", "new-pw").await);
+        assert_eq!(f.generation(), 1, "re-read once");
+        let runs = f.bcrypt_runs();
+        assert!(!f.login("alice", "old-pw").await, "old password refused");
+        assert_eq!(
+            f.bcrypt_runs(),
+            runs + 1,
+            "checked, not taken from the cache"
+        );
+
+        // A broken file keeps the accounts in use.
+        f.rewrite("alice:$apr1$abc$def\n");
+        f.advance(ACCOUNTS_RECHECK);
+        assert!(f.login("alice", "new-pw").await);
+        assert_eq!(f.generation(), 1, "the broken file was not taken");
+
+        // A removed user's cached login ends with the re-read.
+        f.rewrite(&format!("bob:{OLD}\n"));
+        assert!(
+            f.login("alice", "new-pw").await,
+            "cached, before the re-read"
+        );
+        f.advance(ACCOUNTS_RECHECK);
+        assert!(!f.login("alice", "new-pw").await, "alice was removed");
+        assert!(f.login("bob", "old-pw").await);
+        assert_eq!(f.generation(), 2);
     }
 }
