@@ -3,14 +3,21 @@
 //! * Bearer tokens: an in-test token service and auth proxy in front of a real `berth serve`
 //!   (Docker's token flow: 401 + `WWW-Authenticate: Bearer realm=..,service=..,scope=..`,
 //!   Basic credentials at the realm, opaque tokens with scopes and `expires_in`). Login, push,
-//!   pull, token caching per scope, an account without push rights, logout.
+//!   pull, token caching per scope, an account without push rights, logout. The token service
+//!   also hands out refresh tokens (`offline_token=true`, as `docker login` asks) and takes the
+//!   OAuth2 refresh-token grant, which is how the client uses a stored identity token.
+//! * Docker credential helpers: a `docker-credential-bertht` script on PATH, named by
+//!   `credsStore` or `credHelpers`, in front of `berth serve` with logins.
 //! * Basic auth: Debian's `docker-registry` with an htpasswd (bcrypt) file: login, `--creds`,
 //!   wrong credentials, and credentials shared with the docker CLI both ways.
 
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
+use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -52,8 +59,12 @@ struct AuthState {
     http: reqwest::Client,
     tokens: Mutex<HashMap<String, Grant>>,
     next_token: AtomicU64,
-    /// Every request to the token endpoint, as its sorted scope list ("" for none).
+    /// Every `GET` of the token endpoint, as its sorted scope list ("" for none).
     token_requests: Mutex<Vec<String>>,
+    /// Refresh tokens handed out (to `offline_token=true` requests), with their user.
+    refresh_tokens: Mutex<HashMap<String, String>>,
+    /// Every `POST` of the token endpoint (OAuth2 grants), as its form fields.
+    grants: Mutex<Vec<HashMap<String, String>>>,
     /// Registry requests that reached the backend.
     forwarded: AtomicUsize,
 }
@@ -99,10 +110,12 @@ impl TokenRegistry {
             tokens: Mutex::new(HashMap::new()),
             next_token: AtomicU64::new(1),
             token_requests: Mutex::new(Vec::new()),
+            refresh_tokens: Mutex::new(HashMap::new()),
+            grants: Mutex::new(Vec::new()),
             forwarded: AtomicUsize::new(0),
         });
         let app = Router::new()
-            .route("/token", get(token_endpoint))
+            .route("/token", get(token_endpoint).post(token_grant))
             .fallback(proxy)
             .with_state(state.clone());
         let listener = rt
@@ -133,6 +146,31 @@ impl TokenRegistry {
 
     fn forwarded(&self) -> usize {
         self.state.forwarded.load(Ordering::SeqCst)
+    }
+
+    /// OAuth2 grants so far (each as its form fields).
+    fn grants(&self) -> Vec<HashMap<String, String>> {
+        self.state.grants.lock().unwrap().clone()
+    }
+
+    /// What `docker login` does where the token service gives refresh tokens: a token request
+    /// with the password and `offline_token=true`; the answer's `refresh_token` is what Docker
+    /// stores as the `identitytoken`, with no password.
+    fn refresh_token(&self, user: &str, password: &str) -> String {
+        let request = format!(
+            "GET /token?service={SERVICE}&client_id=docker&offline_token=true HTTP/1.1\r\n\
+             Host: {}\r\nAuthorization: Basic {}\r\nConnection: close\r\n\r\n",
+            self.host(),
+            BASE64.encode(format!("{user}:{password}"))
+        );
+        let resp = raw_request(self.port, request.as_bytes(), Duration::from_secs(30))
+            .expect("token service answers");
+        assert_eq!(resp.status, Some(200), "{}", resp.body_text());
+        let body: Value = serde_json::from_slice(&resp.body).expect("token JSON");
+        body["refresh_token"]
+            .as_str()
+            .expect("a refresh_token for offline_token=true")
+            .to_string()
     }
 }
 
@@ -180,19 +218,27 @@ fn json_response(status: StatusCode, body: Value) -> Response {
     r
 }
 
-/// `GET /token?service=test&scope=repository:NAME:ACTIONS...` with Basic credentials.
+/// `k=v&k2=v2` (a query or a form), decoded.
+fn form_pairs(text: &str) -> Vec<(String, String)> {
+    text.split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (percent_decode(k), percent_decode(v)))
+        .collect()
+}
+
+/// `GET /token?service=test&scope=repository:NAME:ACTIONS...` with Basic credentials; with
+/// `offline_token=true` the answer also carries a refresh token.
 async fn token_endpoint(
     State(s): State<Arc<AuthState>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
+    let pairs = form_pairs(&query.unwrap_or_default());
     let mut scopes: Vec<String> = Vec::new();
-    for pair in query.unwrap_or_default().split('&') {
-        if let Some((k, v)) = pair.split_once('=') {
-            if percent_decode(k) == "scope" {
-                // One parameter may hold several space-separated scopes.
-                scopes.extend(percent_decode(v).split(' ').map(str::to_string));
-            }
+    for (k, v) in &pairs {
+        if k == "scope" {
+            // One parameter may hold several space-separated scopes.
+            scopes.extend(v.split(' ').map(str::to_string));
         }
     }
     scopes.retain(|s| !s.is_empty());
@@ -215,8 +261,65 @@ async fn token_endpoint(
             json!({"errors": [{"code": "UNAUTHORIZED", "message": "invalid user name or password"}]}),
         );
     };
+    let offline = pairs
+        .iter()
+        .any(|(k, v)| k == "offline_token" && v == "true");
+    let refresh_token = offline.then(|| {
+        let token = unique("refresh");
+        s.refresh_tokens
+            .lock()
+            .unwrap()
+            .insert(token.clone(), user.clone());
+        token
+    });
+    let (token, expires_in) = issue(&s, user, &scopes);
+    let mut body = json!({"token": token, "access_token": token, "expires_in": expires_in,
+                          "issued_at": "2024-01-01T00:00:00Z"});
+    if let Some(refresh_token) = refresh_token {
+        body["refresh_token"] = json!(refresh_token);
+    }
+    json_response(StatusCode::OK, body)
+}
+
+/// `POST /token`: the OAuth2 refresh-token grant, with a refresh token this service gave out.
+/// Answers as OAuth2 does (`access_token` only, no `token`); a refresh token it does not know
+/// gets OAuth2's `400 invalid_grant`.
+async fn token_grant(State(s): State<Arc<AuthState>>, body: String) -> Response {
+    let form: HashMap<String, String> = form_pairs(&body).into_iter().collect();
+    s.grants.lock().unwrap().push(form.clone());
+    let field = |name: &str| form.get(name).map(String::as_str);
+    if field("grant_type") != Some("refresh_token") || field("service") != Some(SERVICE) {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "unsupported_grant_type"}),
+        );
+    }
+    let user = field("refresh_token")
+        .and_then(|token| s.refresh_tokens.lock().unwrap().get(token).cloned());
+    let Some(user) = user else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "invalid_grant", "error_description": "unknown refresh token"}),
+        );
+    };
+    let mut scopes: Vec<String> = field("scope")
+        .unwrap_or_default()
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    scopes.sort();
+    let (token, expires_in) = issue(&s, user, &scopes);
+    json_response(
+        StatusCode::OK,
+        json!({"access_token": token, "expires_in": expires_in, "scope": scopes.join(" ")}),
+    )
+}
+
+/// A new token for `user` with what it may do of `scopes`, and its lifetime in seconds.
+fn issue(s: &AuthState, user: String, scopes: &[String]) -> (String, u64) {
     let mut access: HashMap<String, BTreeSet<String>> = HashMap::new();
-    for scope in &scopes {
+    for scope in scopes {
         let mut parts = scope.splitn(3, ':');
         let (Some("repository"), Some(name), Some(actions)) =
             (parts.next(), parts.next(), parts.next())
@@ -244,11 +347,7 @@ async fn token_endpoint(
             expires: Instant::now() + Duration::from_secs(expires_in),
         },
     );
-    json_response(
-        StatusCode::OK,
-        json!({"token": token, "access_token": token, "expires_in": expires_in,
-               "issued_at": "2024-01-01T00:00:00Z"}),
-    )
+    (token, expires_in)
 }
 
 /// The repository and action a registry request needs (`None` for `/v2/` itself).
@@ -448,6 +547,114 @@ fn token_stats(reg: &TokenRegistry, before: usize) -> (usize, usize, Vec<String>
     let new = all[before..].to_vec();
     let distinct: BTreeSet<&String> = new.iter().collect();
     (new.len(), distinct.len(), new)
+}
+
+/// A Docker credential helper, `docker-credential-bertht`, alone in a directory to put first on
+/// PATH. `get` prints `answer.json` when asked about the one server it knows, and otherwise
+/// says "credentials not found" with exit 1, as Docker's helpers do; `store` and `erase`
+/// succeed. Every call is logged as `ACTION INPUT`.
+struct Helper {
+    dir: tempfile::TempDir,
+}
+
+impl Helper {
+    fn new(server: &str) -> Helper {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-helper-")
+            .tempdir()
+            .expect("helper directory");
+        std::fs::write(dir.path().join("server"), server).expect("write server");
+        let script = dir.path().join("docker-credential-bertht");
+        std::fs::write(
+            &script,
+            r#"#!/bin/sh
+dir=$(dirname "$0")
+input=$(cat)
+printf '%s %s\n' "$1" "$input" >> "$dir/calls.log"
+case "$1" in
+get)
+    if [ "$input" = "$(cat "$dir/server")" ] && [ -f "$dir/answer.json" ]; then
+        cat "$dir/answer.json"
+    else
+        echo "credentials not found in native keychain"
+        exit 1
+    fi ;;
+store|erase) ;;
+*) echo "unknown action: $1" >&2; exit 1 ;;
+esac
+"#,
+        )
+        .expect("write helper");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod helper");
+        Helper { dir }
+    }
+
+    /// What `get` answers from now on (`None`: "credentials not found").
+    fn answer(&self, server: &str, credentials: Option<(&str, &str)>) {
+        let path = self.dir.path().join("answer.json");
+        match credentials {
+            Some((user, secret)) => std::fs::write(
+                path,
+                json!({"ServerURL": server, "Username": user, "Secret": secret}).to_string(),
+            )
+            .expect("write answer"),
+            None => {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+
+    /// The calls so far, one `ACTION INPUT` line each.
+    fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("calls.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// `berth ARGS` in `cli`'s environment with this helper first on PATH.
+    fn berth<const N: usize>(&self, cli: &BerthCli, args: [&str; N]) -> Command {
+        let mut c = cli.cmd(args);
+        let mut path = OsString::from(self.dir.path());
+        if let Some(rest) = std::env::var_os("PATH") {
+            path.push(":");
+            path.push(rest);
+        }
+        c.env("PATH", path);
+        c
+    }
+}
+
+fn write_docker_config(cli: &BerthCli, config: &Value) {
+    std::fs::write(cli.config_json(), config.to_string()).expect("write config.json");
+}
+
+/// `berth serve` with logins (its built-in token service) and one account, alice/apw; no
+/// access rules, so a logged-in user may do everything.
+fn serve_with_logins(dir: &Path) -> Server {
+    let htpasswd = dir.join("htpasswd");
+    let hash = bcrypt::hash_with_result("apw", 4)
+        .expect("bcrypt hash")
+        .format_for_version(bcrypt::Version::TwoY);
+    std::fs::write(&htpasswd, format!("alice:{hash}\n")).expect("write htpasswd");
+    let config = dir.join("berth.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[auth]\nhtpasswd = \"{}\"\ntoken_key = \"{}\"\n",
+            htpasswd.display(),
+            dir.join("token-key.pem").display()
+        ),
+    )
+    .expect("write config");
+    Server::start_berth_with(
+        &["--config".to_string(), config.display().to_string()],
+        true,
+        false,
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -697,4 +904,247 @@ fn basic_auth_htpasswd_registry() {
     assert!(config_auths(&cli).get(&host).is_none());
     let out = run(cli.cmd(["ls", &format!("{host}/basic/app")]), FAIL_FAST);
     assert_login_hint(&out, "ls after logout");
+}
+
+#[test]
+fn docker_credential_helpers_with_berth_serve() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve_with_logins(dir.path());
+    let host = server.host();
+    let image = format!("{host}/helped/app:1");
+    let cli = BerthCli::new();
+    let digest = json_digest(&import_rootfs(&cli, &image, &["--creds", "alice:apw"]));
+    let helper = Helper::new(&host);
+    let inspect = |cli: &BerthCli| run(helper.berth(cli, ["inspect", &image, "--json"]), T);
+
+    // Nothing stored: refused.
+    let out = run(cli.cmd(["inspect", &image]), FAIL_FAST);
+    assert_login_hint(&out, "inspect without credentials");
+
+    // credsStore: the helper is asked about this registry, and its answer logs in.
+    write_docker_config(&cli, &json!({"credsStore": "bertht"}));
+    helper.answer(&host, Some(("alice", "apw")));
+    let out = inspect(&cli);
+    assert!(
+        out.status.success(),
+        "inspect via credsStore:\n{}",
+        out.describe()
+    );
+    assert_eq!(
+        json_digest(&parse_json(&out.stdout, "inspect --json")),
+        digest
+    );
+    let calls = helper.calls();
+    assert!(
+        !calls.is_empty() && calls.iter().all(|c| *c == format!("get {host}")),
+        "the helper should be asked `get {host}` only: {calls:?}"
+    );
+    let log = server.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("token issued") && l.contains("alice")),
+        "berth serve issued no token to alice:\n{log}"
+    );
+    let pulled = run(
+        helper
+            .berth(&cli, ["pull", &image, "--json"])
+            .arg(format!("oci:{}:v1", cli.path("pulled").display())),
+        T,
+    );
+    assert!(
+        pulled.status.success(),
+        "pull via credsStore:\n{}",
+        pulled.describe()
+    );
+    assert_eq!(json_digest(&parse_json(&pulled.stdout, "pull")), digest);
+
+    // The secret that logs in is the helper's: a wrong one is refused, and so is a helper
+    // that has nothing for this registry.
+    helper.answer(&host, Some(("alice", "wrong")));
+    assert_login_hint(&inspect(&cli), "inspect with the helper's wrong password");
+    helper.answer(&host, None);
+    assert_login_hint(&inspect(&cli), "inspect with nothing in the helper");
+
+    // credHelpers: the helper named for this registry wins over `auths`...
+    helper.answer(&host, Some(("alice", "apw")));
+    let wrong = BASE64.encode("alice:wrong");
+    let right = BASE64.encode("alice:apw");
+    write_docker_config(
+        &cli,
+        &json!({"auths": {&host: {"auth": wrong}}, "credHelpers": {&host: "bertht"}}),
+    );
+    let before = helper.calls().len();
+    let out = inspect(&cli);
+    assert!(
+        out.status.success(),
+        "inspect via credHelpers:\n{}",
+        out.describe()
+    );
+    assert!(
+        helper.calls().len() > before,
+        "credHelpers did not run the helper"
+    );
+    // ...and one named for another registry is not asked about this one.
+    write_docker_config(
+        &cli,
+        &json!({"auths": {&host: {"auth": right}}, "credHelpers": {"registry.example:5000": "bertht"}}),
+    );
+    let before = helper.calls().len();
+    let out = inspect(&cli);
+    assert!(
+        out.status.success(),
+        "inspect via auths:\n{}",
+        out.describe()
+    );
+    assert_eq!(
+        helper.calls().len(),
+        before,
+        "another registry's helper was asked"
+    );
+
+    // `berth login` stores through the helper; config.json keeps an empty entry, no secret.
+    write_docker_config(&cli, &json!({"credsStore": "bertht"}));
+    let out = run_with_input(
+        helper.berth(&cli, ["login", &host, "-u", "alice", "--password-stdin"]),
+        Some(b"apw\n"),
+        T,
+    );
+    assert!(
+        out.status.success(),
+        "login via credsStore:\n{}",
+        out.describe()
+    );
+    let stored = helper
+        .calls()
+        .iter()
+        .find_map(|c| c.strip_prefix("store ").map(str::to_string))
+        .expect("the helper was asked to store");
+    assert_eq!(
+        serde_json::from_str::<Value>(&stored).expect("store input is JSON"),
+        json!({"ServerURL": &host, "Username": "alice", "Secret": "apw"})
+    );
+    assert_eq!(config_auths(&cli)[&host], json!({}));
+    let text = std::fs::read_to_string(cli.config_json()).expect("config.json");
+    assert!(!text.contains("apw"), "a secret in config.json: {text}");
+    let out = run(helper.berth(&cli, ["logout", &host]), T);
+    assert!(out.status.success(), "logout:\n{}", out.describe());
+    assert!(
+        helper.calls().contains(&format!("erase {host}")),
+        "logout did not erase through the helper: {:?}",
+        helper.calls()
+    );
+
+    // A helper that is not installed: an error that names it.
+    write_docker_config(&cli, &json!({"credsStore": "bertht-missing"}));
+    let out = run(helper.berth(&cli, ["inspect", &image]), FAIL_FAST);
+    assert!(
+        !out.status.success() && out.stderr.contains("docker-credential-bertht-missing"),
+        "a missing helper should be named:\n{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn identity_tokens_use_the_oauth2_refresh_token_grant() {
+    let reg = TokenRegistry::start();
+    let host = reg.host();
+    let image = format!("{host}/team/app:1");
+    let pusher = BerthCli::new();
+    let digest = json_digest(&import_rootfs(
+        &pusher,
+        &image,
+        &["--creds", "alice:secret"],
+    ));
+
+    // config.json as `docker login` leaves it with such a token service: the refresh token as
+    // `identitytoken`, the user name without a password in `auth`.
+    let refresh = reg.refresh_token("alice", "secret");
+    let cli = BerthCli::new();
+    write_docker_config(
+        &cli,
+        &json!({"auths": {&host: {"auth": BASE64.encode("alice:"), "identitytoken": &refresh}}}),
+    );
+    let password_requests = reg.token_requests().len();
+    let grants_before = reg.grants().len();
+    let pulled = run(
+        cli.cmd(["pull", &image, "--json"])
+            .arg(format!("oci:{}:v1", cli.path("pulled").display())),
+        T,
+    );
+    assert!(
+        pulled.status.success(),
+        "pull with an identity token:\n{}",
+        pulled.describe()
+    );
+    assert_eq!(json_digest(&parse_json(&pulled.stdout, "pull")), digest);
+    // A push needs a token with push rights: a second grant with the same refresh token.
+    let tagged = run(cli.cmd(["tag", &image, &format!("{host}/team/app:2")]), T);
+    assert!(
+        tagged.status.success(),
+        "tag with an identity token:\n{}",
+        tagged.describe()
+    );
+    assert_eq!(
+        reg.token_requests().len(),
+        password_requests,
+        "the client asked for tokens with a password it does not have"
+    );
+    let grants = reg.grants()[grants_before..].to_vec();
+    eprintln!("grants: {grants:?}");
+    assert!(!grants.is_empty(), "no refresh-token grant was made");
+    for grant in &grants {
+        let field = |name: &str| grant.get(name).map(String::as_str);
+        assert_eq!(field("grant_type"), Some("refresh_token"), "{grant:?}");
+        assert_eq!(field("refresh_token"), Some(refresh.as_str()), "{grant:?}");
+        assert_eq!(field("service"), Some(SERVICE), "{grant:?}");
+        assert_eq!(field("client_id"), Some("berth"), "{grant:?}");
+    }
+    let scopes: Vec<&str> = grants
+        .iter()
+        .filter_map(|g| g.get("scope").map(String::as_str))
+        .collect();
+    assert!(
+        scopes
+            .iter()
+            .any(|s| s.contains("repository:team/app:pull"))
+            && scopes
+                .iter()
+                .any(|s| s.contains("repository:team/app:pull,push")),
+        "the grants should ask for pull, then pull,push on team/app: {scopes:?}"
+    );
+
+    // A refresh token the service does not know (revoked): refused, with the hint to log in.
+    write_docker_config(
+        &cli,
+        &json!({"auths": {&host: {"auth": BASE64.encode("alice:"), "identitytoken": "revoked"}}}),
+    );
+    let grants_before = reg.grants().len();
+    let out = run(cli.cmd(["inspect", &image]), FAIL_FAST);
+    assert!(reg.grants().len() > grants_before, "no grant was tried");
+    assert_login_hint(&out, "inspect with a revoked identity token");
+
+    // From a credential helper: the user name `<token>` means the secret is an identity token.
+    let helper = Helper::new(&host);
+    helper.answer(&host, Some(("<token>", &refresh)));
+    write_docker_config(&cli, &json!({"credsStore": "bertht"}));
+    let grants_before = reg.grants().len();
+    let out = run(helper.berth(&cli, ["inspect", &image, "--json"]), T);
+    assert!(
+        out.status.success(),
+        "inspect with the helper's identity token:\n{}",
+        out.describe()
+    );
+    assert_eq!(
+        json_digest(&parse_json(&out.stdout, "inspect --json")),
+        digest
+    );
+    let grants = reg.grants()[grants_before..].to_vec();
+    assert!(
+        !grants.is_empty()
+            && grants
+                .iter()
+                .all(|g| g.get("refresh_token") == Some(&refresh)),
+        "the helper's identity token should go in a refresh grant: {grants:?}"
+    );
+    assert_eq!(reg.token_requests().len(), password_requests);
 }

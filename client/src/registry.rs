@@ -392,6 +392,33 @@ impl Registry {
                 },
             });
         }
+        if status == StatusCode::BAD_REQUEST && matches!(creds, Some(Credentials::IdentityToken(_)))
+        {
+            // OAuth2 refuses a refresh token it no longer takes (expired,
+            // revoked) with 400 `invalid_grant` (RFC 6749, 5.2): a login
+            // problem, like a 401, for which the answer is to log in again.
+            let body = resp.bytes().await.unwrap_or_default();
+            let error = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error")?.as_str().map(str::to_string))
+                .unwrap_or_default();
+            return Err(match error.as_str() {
+                "invalid_grant" | "invalid_client" | "unauthorized_client" => Error::Unauthorized {
+                    registry: self.name.clone(),
+                    detail: format!(
+                        "the token service refused the stored identity token ({error})"
+                    ),
+                },
+                _ => Error::Registry {
+                    registry: self.name.clone(),
+                    action,
+                    status: status.as_u16(),
+                    detail: String::from_utf8_lossy(&body[..body.len().min(300)])
+                        .trim()
+                        .to_string(),
+                },
+            });
+        }
         if !status.is_success() {
             return Err(self.status_error(&action, status, resp).await);
         }
