@@ -3,7 +3,7 @@
 //! library would normalise away (dot segments, empty segments, chunked bodies).
 
 use crate::util::{excerpt, Blob, Manifest, Rng, MANIFEST_ACCEPT};
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, Context as _, Result};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, Url};
 use serde_json::Value;
@@ -27,6 +27,58 @@ pub const SPEC_CODES: &[&str] = &[
     "UNSUPPORTED",
     "TOOMANYREQUESTS",
 ];
+
+/// A failed assertion. Its `Display` is the message alone; it also remembers
+/// where the check asserted (`site`: the line in a check, or in a fixture
+/// helper, that called the assertion), which assertion it was (`assertion`:
+/// the `bail!` line itself, inside a [`Resp`] helper for the helpers), and its
+/// kind. The fault-injection test (`tests/faults.rs`) uses them to show that
+/// every assertion of the suite can fail.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub message: String,
+    pub site: (&'static str, u32),
+    pub assertion: (&'static str, u32),
+    pub kind: &'static str,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+impl Failure {
+    pub fn error(
+        site: (&'static str, u32),
+        assertion: (&'static str, u32),
+        kind: &'static str,
+        message: String,
+    ) -> anyhow::Error {
+        anyhow::Error::new(Failure {
+            message,
+            site,
+            assertion,
+            kind,
+        })
+    }
+}
+
+/// Fails a [`Resp`] assertion helper (all `#[track_caller]`): the site is the
+/// line that called the helper, the assertion this line.
+macro_rules! fail {
+    ($kind:expr, $($arg:tt)*) => {{
+        let caller = std::panic::Location::caller();
+        return Err(Failure::error(
+            (caller.file(), caller.line()),
+            (file!(), line!()),
+            $kind,
+            format!($($arg)*),
+        ));
+    }};
+}
 
 /// A fully buffered response.
 pub struct Resp {
@@ -57,25 +109,33 @@ impl Resp {
         s
     }
 
+    #[track_caller]
     pub fn expect_status(&self, allowed: &[u16]) -> Result<()> {
-        if allowed.contains(&self.status) {
-            Ok(())
-        } else {
-            bail!("expected status {:?}: {}", allowed, self.summary())
+        if !allowed.contains(&self.status) {
+            fail!(
+                "status",
+                "expected status {:?}: {}",
+                allowed,
+                self.summary()
+            );
         }
+        Ok(())
     }
 
+    #[track_caller]
     pub fn require_header(&self, name: &str) -> Result<String> {
         match self.header(name) {
             Some(v) if !v.is_empty() => Ok(v),
-            _ => bail!("missing header {name}: {}", self.summary()),
+            _ => fail!("header", "missing header {name}: {}", self.summary()),
         }
     }
 
+    #[track_caller]
     pub fn expect_header(&self, name: &str, want: &str) -> Result<()> {
         let got = self.require_header(name)?;
         if got != want {
-            bail!(
+            fail!(
+                "header",
                 "header {name} is {got:?}, expected {want:?} ({})",
                 self.what
             );
@@ -84,21 +144,31 @@ impl Resp {
     }
 
     /// `Location` header, required.
+    #[track_caller]
     pub fn location(&self) -> Result<String> {
         self.require_header("location")
     }
 
+    #[track_caller]
     pub fn json(&self) -> Result<Value> {
-        serde_json::from_slice(&self.body)
-            .map_err(|e| anyhow!("response body is not JSON ({e}): {}", self.summary()))
+        match serde_json::from_slice(&self.body) {
+            Ok(v) => Ok(v),
+            Err(e) => fail!(
+                "json",
+                "response body is not JSON ({e}): {}",
+                self.summary()
+            ),
+        }
     }
 
+    #[track_caller]
     pub fn expect_body(&self, want: &[u8]) -> Result<()> {
         if let Some(e) = &self.body_error {
-            bail!("{}: {e}", self.what);
+            fail!("body", "{}: {e}", self.what);
         }
         if self.body != want {
-            bail!(
+            fail!(
+                "body",
                 "body differs from the uploaded bytes ({} bytes received, {} expected; sha256 {} vs {}): {}",
                 self.body.len(),
                 want.len(),
@@ -113,41 +183,59 @@ impl Resp {
     /// Validates the spec's error body `{"errors":[{"code":..,"message":..}]}`
     /// and that one of the codes is in `codes` (any spec code when `codes` is empty).
     /// Returns the codes found.
+    #[track_caller]
     pub fn expect_error_body(&self, codes: &[&str]) -> Result<Vec<String>> {
-        let v: Value = serde_json::from_slice(&self.body).map_err(|_| {
-            anyhow!(
+        let Ok(v) = serde_json::from_slice::<Value>(&self.body) else {
+            fail!(
+                "error-body",
                 "error response has no JSON error body (expected {{\"errors\":[{{\"code\":..}}]}}): {}",
                 self.summary()
-            )
-        })?;
-        let errors = v
-            .get("errors")
-            .and_then(Value::as_array)
-            .ok_or_else(|| anyhow!("error body has no \"errors\" array: {}", self.summary()))?;
+            );
+        };
+        let Some(errors) = v.get("errors").and_then(Value::as_array) else {
+            fail!(
+                "error-body",
+                "error body has no \"errors\" array: {}",
+                self.summary()
+            );
+        };
         if errors.is_empty() {
-            bail!(
+            fail!(
+                "error-body",
                 "error body has an empty \"errors\" array: {}",
                 self.summary()
             );
         }
         let mut found = Vec::new();
         for e in errors {
-            let code = e.get("code").and_then(Value::as_str).ok_or_else(|| {
-                anyhow!("error entry without string \"code\": {}", self.summary())
-            })?;
+            let Some(code) = e.get("code").and_then(Value::as_str) else {
+                fail!(
+                    "error-body",
+                    "error entry without string \"code\": {}",
+                    self.summary()
+                );
+            };
             if code.is_empty() || !code.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
-                bail!("error code {code:?} is not uppercase letters and underscores");
+                fail!(
+                    "error-body",
+                    "error code {code:?} is not uppercase letters and underscores"
+                );
             }
             if let Some(m) = e.get("message") {
                 if !m.is_string() {
-                    bail!("error \"message\" is not a string: {}", self.summary());
+                    fail!(
+                        "error-body",
+                        "error \"message\" is not a string: {}",
+                        self.summary()
+                    );
                 }
             }
             found.push(code.to_string());
         }
         let wanted: &[&str] = if codes.is_empty() { SPEC_CODES } else { codes };
         if !found.iter().any(|c| wanted.contains(&c.as_str())) {
-            bail!(
+            fail!(
+                "error-body",
                 "error code(s) {:?}, expected one of {:?}: {}",
                 found,
                 wanted,
@@ -158,6 +246,7 @@ impl Resp {
     }
 
     /// Status in `statuses` and a spec error body with one of `codes`.
+    #[track_caller]
     pub fn expect_error(&self, statuses: &[u16], codes: &[&str]) -> Result<String> {
         self.expect_status(statuses)?;
         let found = self.expect_error_body(codes)?;
@@ -165,6 +254,7 @@ impl Resp {
     }
 
     /// A URL from the `Link: <url>; rel="next"` header, if any.
+    #[track_caller]
     pub fn link_next(&self) -> Result<Option<String>> {
         let Some(link) = self.header("link") else {
             return Ok(None);
@@ -186,7 +276,7 @@ impl Resp {
                 return Ok(Some(part[start + 1..end].to_string()));
             }
         }
-        bail!("Link header without rel=\"next\": {link:?}")
+        fail!("link", "Link header without rel=\"next\": {link:?}")
     }
 }
 
@@ -467,7 +557,7 @@ impl Ctx {
         let bytes = resp.bytes().await.context("reading the token response")?;
         let body: Value = serde_json::from_slice(&bytes).context("token response is not JSON")?;
         if !status.is_success() {
-            bail!("token endpoint answered {status}: {body}");
+            anyhow::bail!("token endpoint answered {status}: {body}");
         }
         let token = body["token"]
             .as_str()
@@ -650,7 +740,7 @@ impl Ctx {
             .ok_or_else(|| anyhow!("registry URL has no host"))?
             .to_string();
         if self.base.scheme() != "http" {
-            bail!("raw requests need a plain http:// registry URL");
+            anyhow::bail!("raw requests need a plain http:// registry URL");
         }
         let port = self.base.port_or_known_default().unwrap_or(80);
         let what = format!("{method} {path_and_query}");

@@ -7,6 +7,27 @@
 //! A check that gets an unexpected response fails with a detail message
 //! (request, status, body excerpt); it never aborts the run.
 
+/// Fails the current check, like `anyhow::bail!`, with an error that
+/// remembers this line (see [`http::Failure`]). Defined before the modules so
+/// that every module sees it (textual scope) instead of anyhow's.
+macro_rules! bail {
+    ($($arg:tt)*) => {
+        return Err(failed!($($arg)*))
+    };
+}
+
+/// The error [`bail!`] returns, for `ok_or_else` and friends.
+macro_rules! failed {
+    ($($arg:tt)*) => {
+        $crate::http::Failure::error(
+            (file!(), line!()),
+            (file!(), line!()),
+            "check",
+            format!($($arg)*),
+        )
+    };
+}
+
 mod checks;
 mod http;
 mod util;
@@ -25,7 +46,8 @@ pub struct Options {
     pub url: String,
     /// Repository namespace; a unique `run-<random>` component is appended per run.
     pub namespace: String,
-    /// Run only the checks whose id contains this substring.
+    /// Run only the checks whose id contains this substring; `=<id>[,<id>...]`
+    /// runs exactly the checks with these ids.
     pub only: Option<String>,
     /// User name and password, for registries with auth on.
     pub credentials: Option<(String, String)>,
@@ -48,6 +70,36 @@ pub struct CheckResult {
     pub id: String,
     pub passed: bool,
     pub detail: String,
+    /// For a failed check: the source line of the assertion that failed
+    /// (e.g. `conformance/src/checks/push.rs:123`), when it was an assertion
+    /// rather than, say, a connection error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    /// Test support: the failed assertion in detail.
+    #[doc(hidden)]
+    #[serde(skip)]
+    pub assertion: Option<Assertion>,
+}
+
+/// Where a failed check asserted: `site` is the line in a check (or fixture
+/// helper) that asserted, `line` the failing test itself (a `bail!` in a check,
+/// or a line inside a response helper such as `expect_error_body`), `kind` one
+/// of `status`, `header`, `body`, `json`, `error-body`, `link`, `check`.
+#[doc(hidden)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Assertion {
+    pub site: String,
+    pub line: String,
+    pub kind: &'static str,
+}
+
+/// Does `only` (from [`Options::only`]) select the check `id`? A substring of
+/// the id, or `=<id>[,<id>...]` for exactly these checks.
+pub fn selects(only: &str, id: &str) -> bool {
+    match only.strip_prefix('=') {
+        Some(exact) => exact.split(',').any(|e| e.trim() == id),
+        None => id.contains(only),
+    }
 }
 
 /// The outcomes of a run, in check order.
@@ -110,6 +162,8 @@ pub async fn run_with<F: FnMut(&CheckResult)>(opts: &Options, mut on_result: F) 
                 id: "setup".to_string(),
                 passed: false,
                 detail: format!("{e:#}"),
+                site: None,
+                assertion: None,
             };
             on_result(&r);
             report.results.push(r);
@@ -118,7 +172,7 @@ pub async fn run_with<F: FnMut(&CheckResult)>(opts: &Options, mut on_result: F) 
     };
     for check in checks::all() {
         if let Some(only) = &opts.only {
-            if !check.id.contains(only.as_str()) {
+            if !selects(only, check.id) {
                 continue;
             }
         }
@@ -135,9 +189,20 @@ async fn run_one(ctx: &Arc<http::Ctx>, check: &checks::Check) -> CheckResult {
     // A task of its own, so that a panic fails this check only.
     let handle =
         tokio::spawn(async move { tokio::time::timeout(Duration::from_secs(180), f(&ctx2)).await });
+    let mut assertion = None;
     let (passed, detail) = match handle.await {
         Ok(Ok(Ok(detail))) => (true, detail),
-        Ok(Ok(Err(e))) => (false, format!("{e:#}")),
+        Ok(Ok(Err(e))) => {
+            assertion = e
+                .chain()
+                .find_map(|c| c.downcast_ref::<http::Failure>())
+                .map(|f| Assertion {
+                    site: format!("{}:{}", f.site.0, f.site.1),
+                    line: format!("{}:{}", f.assertion.0, f.assertion.1),
+                    kind: f.kind,
+                });
+            (false, format!("{e:#}"))
+        }
         Ok(Err(_)) => (false, "timed out after 180 s".to_string()),
         Err(e) => (false, format!("check panicked: {e}")),
     };
@@ -150,6 +215,8 @@ async fn run_one(ctx: &Arc<http::Ctx>, check: &checks::Check) -> CheckResult {
         id: check.id.to_string(),
         passed,
         detail,
+        site: assertion.as_ref().map(|a| a.site.clone()),
+        assertion,
     }
 }
 

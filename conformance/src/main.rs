@@ -23,7 +23,7 @@ struct Args {
     /// the summary line then goes to stderr
     #[arg(long)]
     json: bool,
-    /// Run only the checks whose id contains this substring
+    /// Run only the checks whose id contains this substring (`=ID[,ID...]`: exactly these checks)
     #[arg(long)]
     only: Option<String>,
     /// List the checks (id, level, description) and exit

@@ -38,6 +38,20 @@ async fn bad_url_is_one_failed_setup_check() {
 }
 
 #[test]
+fn exact_only_selects_exactly_the_listed_ids() {
+    use berth_conformance::selects;
+    assert!(selects("push.blob.chunked", "push.blob.chunked-large"));
+    assert!(selects("=push.blob.chunked", "push.blob.chunked"));
+    assert!(!selects("=push.blob.chunked", "push.blob.chunked-large"));
+    assert!(selects("=base.v2,push.blob.chunked", "base.v2"));
+    assert!(selects("=base.v2, push.blob.chunked", "push.blob.chunked"));
+    assert!(!selects(
+        "=base.v2,push.blob.chunked",
+        "base.v2.api-version-header"
+    ));
+}
+
+#[test]
 fn only_filter_matches_ids() {
     let ids: Vec<_> = list().into_iter().map(|c| c.id).collect();
     assert!(ids.iter().any(|i| i.starts_with("push.")));

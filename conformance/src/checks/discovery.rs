@@ -4,7 +4,7 @@
 use super::{check, Check};
 use crate::http::{Ctx, Image, Resp};
 use crate::util::{self, Blob, Manifest, OCI_EMPTY, OCI_INDEX, OCI_MANIFEST};
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use serde_json::{json, Value};
 
 pub fn checks() -> Vec<Check> {
@@ -88,12 +88,12 @@ fn tags_of(r: &Resp, repo: &str) -> Result<Vec<String>> {
     let tags = v
         .get("tags")
         .and_then(Value::as_array)
-        .ok_or_else(|| anyhow!("\"tags\" is not a list: {}", r.summary()))?;
+        .ok_or_else(|| failed!("\"tags\" is not a list: {}", r.summary()))?;
     tags.iter()
         .map(|t| {
             t.as_str()
                 .map(str::to_string)
-                .ok_or_else(|| anyhow!("non-string tag {t}"))
+                .ok_or_else(|| failed!("non-string tag {t}"))
         })
         .collect()
 }
@@ -205,13 +205,13 @@ fn repositories_of(r: &Resp) -> Result<Vec<String>> {
     let repos = v
         .get("repositories")
         .and_then(Value::as_array)
-        .ok_or_else(|| anyhow!("\"repositories\" is not a list: {}", r.summary()))?;
+        .ok_or_else(|| failed!("\"repositories\" is not a list: {}", r.summary()))?;
     repos
         .iter()
         .map(|t| {
             t.as_str()
                 .map(str::to_string)
-                .ok_or_else(|| anyhow!("non-string repository {t}"))
+                .ok_or_else(|| failed!("non-string repository {t}"))
         })
         .collect()
 }
@@ -228,7 +228,8 @@ async fn catalog_list(c: &Ctx) -> Result<String> {
     let (a, b) = catalog_repos(c).await?;
     let mut url = "/v2/_catalog?n=1000".to_string();
     let mut seen = Vec::new();
-    for _ in 0..50 {
+    let mut pages = 0;
+    loop {
         let r = c.get(&url).await?;
         let page = repositories_of(&r)?;
         let mut sorted = page.clone();
@@ -237,8 +238,13 @@ async fn catalog_list(c: &Ctx) -> Result<String> {
             bail!("catalog page is not in lexical order");
         }
         seen.extend(page);
+        pages += 1;
         match r.link_next()? {
-            Some(l) => url = l,
+            Some(l) if pages < 50 => url = l,
+            Some(l) => bail!(
+                "the catalog does not end: page {pages} ({} repositories so far) still links to {l}",
+                seen.len()
+            ),
             None => break,
         }
     }
@@ -265,7 +271,7 @@ async fn catalog_pagination(c: &Ctx) -> Result<String> {
     }
     let link = r
         .link_next()?
-        .ok_or_else(|| anyhow!("?n=1 with more repositories has no Link rel=\"next\""))?;
+        .ok_or_else(|| failed!("?n=1 with more repositories has no Link rel=\"next\""))?;
     let r2 = c.get(&link).await?;
     let page2 = repositories_of(&r2).context("following the Link")?;
     if page2.len() != 1 || page2[0] <= page[0] {
@@ -412,7 +418,7 @@ pub async fn referrers(
         let list = v
             .get("manifests")
             .and_then(Value::as_array)
-            .ok_or_else(|| anyhow!("\"manifests\" is not a list: {}", r.summary()))?;
+            .ok_or_else(|| failed!("\"manifests\" is not a list: {}", r.summary()))?;
         all.extend(list.iter().cloned());
         let next = r.link_next()?;
         if first.is_none() {
@@ -423,7 +429,7 @@ pub async fn referrers(
             None => break,
         }
     }
-    let first = first.ok_or_else(|| anyhow!("no referrers response"))?;
+    let first = first.ok_or_else(|| failed!("no referrers response"))?;
     Ok((all, first))
 }
 
@@ -438,7 +444,7 @@ pub fn expect_descriptor(
         .iter()
         .find(|d| d.get("digest").and_then(Value::as_str) == Some(m.digest.as_str()))
         .ok_or_else(|| {
-            anyhow!(
+            failed!(
                 "referrer {} missing from the list of {} descriptor(s)",
                 m.digest,
                 list.len()

@@ -3,7 +3,7 @@
 use super::discovery::{build_referrers, expect_descriptor, referrers};
 use super::{check, Check};
 use crate::http::Ctx;
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use serde_json::Value;
 
 pub fn checks() -> Vec<Check> {

@@ -7,7 +7,7 @@ use crate::util::{
     self, with_platform, Blob, Manifest, DOCKER_CONFIG, DOCKER_LAYER, DOCKER_LIST, DOCKER_MANIFEST,
     OCI_INDEX, OCI_MANIFEST,
 };
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use reqwest::Method;
 use serde_json::json;
 
@@ -17,13 +17,16 @@ pub fn checks() -> Vec<Check> {
             "HEAD /blobs/<digest> -> 200, Content-Length = size, Docker-Content-Digest, no body",
             blob_head),
         check!("pull.blob.get", Must,
-            "GET /blobs/<digest> -> 200, the exact bytes, Content-Length, Docker-Content-Digest",
+            "GET /blobs/<digest> -> 200, the exact bytes, Docker-Content-Digest; a Content-Length, when sent, equals the size",
             blob_get),
+        check!("pull.blob.get.content-length", Should,
+            "GET /blobs/<digest> sends Content-Length equal to the size (RFC 9110 SHOULD; the spec names it for HEAD only)",
+            blob_get_content_length),
         check!("pull.blob.range", Should,
             "GET with Range: bytes=a-b (and a-) -> 206, Content-Range, the exact slice",
             blob_range),
         check!("pull.blob.range-invalid", Should,
-            "GET with a Range past the end -> 416",
+            "GET with a Range past the end -> 416 with Content-Range: bytes */<size> (RFC 9110 SHOULD)",
             blob_range_invalid),
         check!("pull.blob.unknown", Must,
             "GET/HEAD of an unknown blob -> 404 (GET body: BLOB_UNKNOWN)",
@@ -141,15 +144,37 @@ async fn blob_get(c: &Ctx) -> Result<String> {
     for b in [&img.config, &img.layers[0], &img.layers[1]] {
         let g = c.get(&format!("/v2/{repo}/blobs/{}", b.digest)).await?;
         g.expect_status(&[200])?;
-        g.expect_body(&b.bytes)?;
+        // Before the body: a wrong Content-Length also breaks the body's
+        // framing, and this names the cause. A chunked answer without one is
+        // legal HTTP (pull.blob.get.content-length asks for it).
         if let Some(len) = g.header("content-length") {
             if len != b.bytes.len().to_string() {
                 bail!("Content-Length {len}, expected {}", b.bytes.len());
             }
         }
+        g.expect_body(&b.bytes)?;
         g.expect_header("docker-content-digest", &b.digest)?;
     }
     Ok("3 blobs returned byte for byte".into())
+}
+
+/// The distribution-spec asks for Content-Length only on HEAD ("A successful
+/// response SHOULD contain the size in bytes of the uploaded blob in the
+/// header Content-Length"); for GET, HTTP itself does: "an origin server
+/// SHOULD send a Content-Length header field when the content size is known
+/// prior to sending the complete header section" (RFC 9110 section 8.6). A
+/// registry always knows a blob's size, so this check is a SHOULD.
+async fn blob_get_content_length(c: &Ctx) -> Result<String> {
+    let (repo, img, _) = fixture(c).await?;
+    let b = &img.layers[1];
+    let g = c.get(&format!("/v2/{repo}/blobs/{}", b.digest)).await?;
+    g.expect_status(&[200])?;
+    let len = g.require_header("content-length")?;
+    if len != b.bytes.len().to_string() {
+        bail!("Content-Length {len}, expected {}", b.bytes.len());
+    }
+    g.expect_body(&b.bytes)?;
+    Ok(format!("Content-Length: {len}"))
 }
 
 async fn get_range(c: &Ctx, repo: &str, b: &Blob, range: &str) -> Result<Resp> {
@@ -183,10 +208,15 @@ async fn blob_range_invalid(c: &Ctx) -> Result<String> {
     let n = b.bytes.len();
     let r = get_range(c, &repo, b, &format!("bytes={}-{}", n + 100, n + 200)).await?;
     r.expect_status(&[416])?;
-    let mut detail = match r.header("content-range") {
-        Some(cr) => format!("416, Content-Range {cr}"),
-        None => "416".into(),
-    };
+    // RFC 9110 section 15.5.17: a 416 to a byte-range request "SHOULD generate
+    // a Content-Range header field specifying the current length of the
+    // selected representation" (`bytes */<length>`, section 14.4).
+    r.expect_header("content-range", &format!("bytes */{n}"))?;
+    // A 4xx body may be in any format; a JSON one must be the error format.
+    if r.json().is_ok() {
+        r.expect_error_body(&[])?;
+    }
+    let mut detail = format!("416, Content-Range bytes */{n}");
     if let Some(e) = &r.body_error {
         detail.push_str(&format!(" (note: broken body: {e})"));
     }
@@ -461,7 +491,13 @@ async fn digest_invalid(c: &Ctx) -> Result<String> {
         answers.push(got);
         let r = c.delete(&format!("/v2/{repo}/blobs/{bad}")).await?;
         match r.status {
-            400 | 404 | 405 => {}
+            400 | 404 | 405 => {
+                // A 4xx body may be in any format; a JSON one must be the error format.
+                if r.json().is_ok() {
+                    r.expect_error_body(&[])
+                        .with_context(|| format!("DELETE blob {bad}"))?;
+                }
+            }
             _ => bail!("DELETE blob {bad}: expected 400/404/405: {}", r.summary()),
         }
     }
