@@ -235,7 +235,6 @@ enum Slot {
 /// of the file are exactly the bytes the saved hash covers.
 struct DataWriter {
     paths: Paths,
-    _guard: UploadGuard,
     id: String,
     state: UploadState,
     hasher: Sha256,
@@ -244,6 +243,9 @@ struct DataWriter {
     since_checkpoint: u64,
     unflushed_from: u64,
     wrote_any: bool,
+    // Last: fields drop in order, so the file (and its flock) is closed
+    // before the next request of this process may take the session.
+    _guard: UploadGuard,
 }
 
 impl DataWriter {
@@ -1358,6 +1360,33 @@ mod tests {
             .await
             .expect("append");
         status.id
+    }
+
+    /// Appends queued on one session each get their turn and all land, one after another
+    /// (none refused because the one before still held the data file's flock).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_appends_all_land_one_after_another() {
+        let (_dir, storage) = open();
+        let storage = Arc::new(storage);
+        let id = session_with(&storage, "r", b"").await;
+        for _ in 0..30 {
+            let appends: Vec<_> = (0..3)
+                .map(|_| {
+                    let (storage, id) = (storage.clone(), id.clone());
+                    tokio::spawn(async move {
+                        storage
+                            .upload_append("r", &id, None, testsuite::stream_of(b"abc"))
+                            .await
+                    })
+                })
+                .collect();
+            for append in appends {
+                let result = append.await.expect("task");
+                assert!(result.is_ok(), "a queued append failed: {result:?}");
+            }
+        }
+        let status = storage.upload_status("r", &id).await.expect("status");
+        assert_eq!(status.offset, 30 * 3 * 3);
     }
 
     #[tokio::test]
