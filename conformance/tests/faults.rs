@@ -669,7 +669,8 @@ fn json_mutations(v: &Value, at: &mut Vec<Seg>, out: &mut Vec<(Vec<Seg>, JsonOp)
     }
 }
 
-/// `*` matches any run of characters, `?` any one character.
+/// `*` matches any run of characters, `?` any one character, `|` separates
+/// alternatives.
 fn glob(pattern: &str, text: &str) -> bool {
     fn go(p: &[char], t: &[char]) -> bool {
         match p.split_first() {
@@ -679,9 +680,11 @@ fn glob(pattern: &str, text: &str) -> bool {
             Some((c, rest)) => t.first() == Some(c) && go(rest, &t[1..]),
         }
     }
-    let p: Vec<char> = pattern.chars().collect();
     let t: Vec<char> = text.chars().collect();
-    go(&p, &t)
+    pattern.split('|').any(|alt| {
+        let p: Vec<char> = alt.chars().collect();
+        go(&p, &t)
+    })
 }
 
 /// The assertion kinds each call on a line stands for.
@@ -1195,7 +1198,7 @@ const UNCHECKED: &[Unchecked] = &[
         reason: "a 4xx body MAY be in any format (spec, Error Codes), so its Content-Type says nothing",
     },
     Unchecked {
-        pattern: "* * 4*: json $.errors[0].message *",
+        pattern: "* * 4*: json $.errors[0].message Remove|* * 4*: json $.errors[0].message Change",
         reason: "an error's message is OPTIONAL and MAY be empty; only a non-string one is wrong",
     },
     Unchecked {
@@ -1207,11 +1210,11 @@ const UNCHECKED: &[Unchecked] = &[
         reason: "an error body holds one or more errors",
     },
     Unchecked {
-        pattern: "* * 4??: empty body",
+        pattern: "GET blob 416: empty body|PATCH upload 416: empty body|PUT manifest 413: empty body|DELETE blob 400: empty body",
         reason: "a 4xx body MAY be in any format, empty included; these checks ask only for the status (GET blob 416, PATCH 416, PUT manifest 413, DELETE of a malformed digest)",
     },
     Unchecked {
-        pattern: "* * 400: status -> 404",
+        pattern: "DELETE blob 400: status -> 404|GET blob 400: status -> 404|HEAD blob 400: status -> 404|GET manifest 400: status -> 404|GET tags 400: status -> 404|POST upload-start 400: status -> 404",
         reason: "a malformed name or digest may be answered 400 or 404: the spec lists 404 as these endpoints' failure and names no status for malformed references",
     },
     Unchecked {
@@ -1237,8 +1240,12 @@ const UNCHECKED: &[Unchecked] = &[
     },
     // Reads.
     Unchecked {
-        pattern: "GET base 200: *",
-        reason: "GET /v2/ MAY carry information in its body, which clients SHOULD ignore; only the status and the API-version header count",
+        pattern: "GET base 200: empty body",
+        reason: "GET /v2/ MAY carry information in its body, which clients SHOULD ignore",
+    },
+    Unchecked {
+        pattern: "GET base 200: * content-type",
+        reason: "GET /v2/ MAY carry information in its body, which clients SHOULD ignore",
     },
     Unchecked {
         pattern: "* blob 20?: * content-type",
@@ -1253,7 +1260,7 @@ const UNCHECKED: &[Unchecked] = &[
         reason: "the catalog is beyond the spec; its checks read the JSON body",
     },
     Unchecked {
-        pattern: "GET * 20?: drop content-length",
+        pattern: "GET base 200: drop content-length|GET catalog 200: drop content-length|GET manifest 200: drop content-length|GET referrers 200: drop content-length|GET tags 200: drop content-length|GET blob 206: drop content-length",
         reason: "HTTP/1.1 lets a GET answer be chunked; the spec names Content-Length for HEAD only (RFC 9110's SHOULD for blob GETs is pull.blob.get.content-length)",
     },
     Unchecked {
@@ -1280,6 +1287,12 @@ struct Unreached {
 }
 
 const UNREACHED: &[Unreached] = &[
+    Unreached {
+        file: "checks/push.rs",
+        fragment: "context(\"second session\")",
+        kind: "status",
+        reason: "a race: which of the two concurrent uploads reaches the server second varies, so a fault aimed at one may hit the other (the line above, the same assertion on the first session, fails)",
+    },
     Unreached {
         file: "checks/discovery.rs",
         fragment: "failed!(\"no referrers response\")",
@@ -1404,18 +1417,47 @@ async fn every_defect_is_noticed_and_every_assertion_can_fail() {
     // 2. Phase 1: class-wide defects.
     let t = Instant::now();
     let faults = class_faults(&order, &record.seen);
-    let runs = run_faults(&faults).await;
+    // A defect a rule already calls unchecked makes no check fail (it adds
+    // no assertion site either), so it is only listed, unless FAULTS_ALL=1
+    // runs it too, to show that no check notices it.
+    let all = std::env::var("FAULTS_ALL").is_ok();
+    let rule = |f: &Fault| {
+        let text = f.to_string();
+        UNCHECKED.iter().find(|u| glob(u.pattern, &text))
+    };
+    let mut declared: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let to_run: Vec<Fault> = faults
+        .iter()
+        .filter(|f| match rule(f) {
+            Some(u) if !all => {
+                declared.entry(u.reason).or_default().push(f.to_string());
+                false
+            }
+            _ => true,
+        })
+        .cloned()
+        .collect();
+    let runs = run_faults(&to_run).await;
     let mut tally = Tally::default();
     let mut caught = 0;
     let mut idle = Vec::new();
     let mut unexplained = Vec::new();
     let mut explained: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut too_broad = Vec::new();
     for (f, run) in &runs {
         tally.add(f, run);
         if run.applied == 0 {
             idle.push(f.to_string());
         } else if run.results.iter().any(|r| !r.passed) {
             caught += 1;
+            if let Some(u) = rule(f) {
+                // Only with FAULTS_ALL: a rule must not cover a noticed defect,
+                // or skipping it would hide the assertions it reaches.
+                too_broad.push(format!(
+                    "{f} is noticed, but {:?} calls it unchecked",
+                    u.pattern
+                ));
+            }
         } else {
             let text = f.to_string();
             match UNCHECKED.iter().find(|u| glob(u.pattern, &text)) {
@@ -1424,9 +1466,16 @@ async fn every_defect_is_noticed_and_every_assertion_can_fail() {
             }
         }
     }
+    let ran = explained.values().map(Vec::len).sum::<usize>();
+    for (reason, list) in &declared {
+        explained
+            .entry(reason)
+            .or_default()
+            .extend(list.iter().map(|t| format!("{t} (not run)")));
+    }
     eprintln!(
-        "phase 1: {} defects ({} check runs, {:.1?}): {caught} noticed, {} unchecked on purpose, {} UNEXPLAINED, {} changed nothing",
-        runs.len(),
+        "phase 1: {} defects ({} check runs, {:.1?}): {caught} noticed, {} unchecked on purpose ({ran} run to show it), {} UNEXPLAINED, {} changed nothing",
+        faults.len(),
         tally.check_runs,
         t.elapsed(),
         explained.values().map(Vec::len).sum::<usize>(),
@@ -1444,6 +1493,9 @@ async fn every_defect_is_noticed_and_every_assertion_can_fail() {
     }
     for t in &unexplained {
         eprintln!("  UNEXPLAINED: no check notices {t}");
+    }
+    for t in &too_broad {
+        eprintln!("  RULE TOO BROAD: {t}");
     }
 
     // 3. Phase 2: for each site not failed yet (and not known to be
@@ -1545,6 +1597,10 @@ async fn every_defect_is_noticed_and_every_assertion_can_fail() {
         "{} check runs in {:.1?}",
         tally.check_runs + order.len(),
         started.elapsed()
+    );
+    assert!(
+        too_broad.is_empty(),
+        "rules that cover noticed defects (above)"
     );
     assert!(
         unexplained.is_empty()
