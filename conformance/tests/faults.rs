@@ -15,9 +15,13 @@
 //!    answers (rel="next", and one that is not); blob and manifest bodies
 //!    truncated and flipped; JSON bodies emptied and mutated (each member
 //!    removed, each value changed or retyped, arrays shortened, extended,
-//!    reversed); DELETEs answered 202 without deleting. Each runs with the
-//!    checks that saw that class. It is noticed when one of them fails; one no
-//!    check notices must match a rule of [`UNCHECKED`], with the spec's reason.
+//!    reversed, error codes lower-cased); DELETEs answered 202 without
+//!    deleting; tag lists that keep deleted tags. Each runs with the checks
+//!    that saw that class. It is noticed when one of them fails; one no check
+//!    notices must match a rule of [`UNCHECKED`], with the spec's reason. A
+//!    defect a rule covers is listed, not run: it can make no check fail.
+//!    `FAULTS_ALL=1` runs those too, and fails if a rule covers a defect that
+//!    some check notices (a rule too broad hides assertions).
 //! 3. Assertions (phase 2): every assertion site of the suite (each line of
 //!    `src/checks/*.rs` and of the fixture helpers in `src/http.rs` that
 //!    asserts, each `fail!` in the response helpers) must fail under some
@@ -25,8 +29,17 @@
 //!    class, so sites that look at a later response of the same class (after
 //!    fixtures, or a second request) are then hit with faults aimed at one
 //!    response (the k-th of its class in one check), also with other wrong
-//!    statuses and with requests answered without being done. Sites no fault
-//!    reaches must be in [`UNREACHED`] with the reason.
+//!    statuses, a wrong status with a missing header or a wrong error code,
+//!    redirects, and manifest PUTs answered without being done; for each such
+//!    site a few at a time, until it fails. The checks that can reach a site
+//!    are found from the source: the check function holding the line, or the
+//!    checks calling the helper that holds it. Sites no fault reaches must be
+//!    in [`UNREACHED`] with the reason.
+//!
+//! The faults come from Berth's answers, so a new header or status in the
+//! registry can add a defect no check notices: the test then names it, to be
+//! checked or given a rule. The concurrent-upload check makes one ordinal
+//! racy (see [`UNREACHED`]).
 //!
 //! `cargo test -p berth-conformance --test faults -- --nocapture` prints the
 //! report (FAULTS_SITES=1 adds which fault failed each site).
