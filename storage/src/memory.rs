@@ -180,6 +180,12 @@ impl Storage for MemoryStorage {
         let error = drain(data, &mut buf).await;
         let status = self.with(|s| -> Result<UploadStatus> {
             let u = s.upload(repository, id)?;
+            // Checked again where the bytes land: another append may have
+            // landed while this body was read.
+            let now = u.data.len() as u64;
+            if start.is_some_and(|s| s != now) {
+                return Err(StorageError::RangeMismatch { offset: now });
+            }
             u.data.extend_from_slice(&buf);
             Ok(UploadStatus {
                 id: id.to_string(),
