@@ -2048,6 +2048,9 @@ impl RangedRead {
 mod tests {
     use super::*;
     use crate::s3_test_server::S3TestServer;
+
+    #[path = "../../../../tests/common/ci.rs"]
+    mod ci;
     use crate::testsuite;
 
     /// s3s-fs, or None (a skip) outside CI when it is not installed.
@@ -2055,7 +2058,7 @@ mod tests {
         match S3TestServer::start("brt") {
             Ok(Some(server)) => Some(server),
             Ok(None) => {
-                let ci = matches!(std::env::var("CI").as_deref(), Ok("true") | Ok("1"));
+                let ci = ci::in_ci();
                 assert!(
                     !ci,
                     "CI=true but s3s-fs is not installed (scripts/test.sh installs it)"
