@@ -2044,13 +2044,15 @@ impl RangedRead {
     }
 }
 
+/// The one definition of "running in CI" that every test crate shares.
+#[cfg(test)]
+#[path = "../../tests/common/ci.rs"]
+mod test_ci;
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::s3_test_server::S3TestServer;
-
-    #[path = "../../../../tests/common/ci.rs"]
-    mod ci;
     use crate::testsuite;
 
     /// s3s-fs, or None (a skip) outside CI when it is not installed.
@@ -2058,7 +2060,7 @@ mod tests {
         match S3TestServer::start("brt") {
             Ok(Some(server)) => Some(server),
             Ok(None) => {
-                let ci = ci::in_ci();
+                let ci = test_ci::in_ci();
                 assert!(
                     !ci,
                     "CI=true but s3s-fs is not installed (scripts/test.sh installs it)"
