@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
-# Fuzz Berth's parsers of untrusted input for a bounded time, benchmark-style: run by hand or
-# on a schedule, not in every CI run (scripts/test.sh does not call this).
+# Fuzz Berth's parsers of untrusted input and its upload state machine for a bounded time,
+# benchmark-style: run by hand or on a schedule, not in every CI run (scripts/test.sh does not
+# call this, so CI time does not grow with it).
 #
 #   scripts/fuzz.sh                       # every target, 60 s each
 #   FUZZ_SECONDS=300 scripts/fuzz.sh range auth
+#
+# Nightly: run every target for a few minutes each, e.g. from cron at 03:00
+#
+#   0 3 * * *  cd /path/to/berth && FUZZ_SECONDS=300 scripts/fuzz.sh >fuzz-$(date +\%F).log 2>&1
+#
+# (five targets x 5 minutes, about half an hour with the build; uploads is the slowest per input,
+# give it FUZZ_SECONDS=900 alone now and then). A non-zero exit means a crash was saved under
+# fuzz/artifacts/TARGET/: read the log's end, reproduce, fix, and keep the input (see below).
 #
 # Targets (fuzz/fuzz_targets/, a Cargo package of its own outside the main workspace):
 #   reference  image references, command-line locations, the /v2/ path router
@@ -11,6 +20,14 @@
 #   range      Range and Content-Range headers, upload Range, query strings
 #   auth       Authorization header, token scopes, /token query and form, token
 #              verification, access rules (ACL) and their repository patterns
+#   uploads    the upload state machine (POST/PATCH/PUT/DELETE/GET on upload sessions) on
+#              FsStorage (in a fresh folder on /dev/shm) and MemoryStorage: sequences over
+#              three repositories and four sessions, requests run concurrently, naming another
+#              repository's session or forged ids, bodies that break off, requests dropped
+#              part-way; checks every stored blob hashes to its name and that each session's
+#              answers fit some order of its requests (a reference model). Knobs:
+#              BERTH_FUZZ_TRACE=1 prints each input's requests, BERTH_FUZZ_STRICT=1 fails on
+#              the known FsStorage race it tolerates (see FLOCK_RACE in the target)
 #
 # Each target starts from its corpus in fuzz/corpus/TARGET (kept in the repository, minimised)
 # and from fuzz/regressions/TARGET: inputs that once failed, kept by name and never minimised
