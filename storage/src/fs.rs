@@ -931,9 +931,15 @@ impl Storage for FsStorage {
     }
 
     async fn upload_cancel(&self, repository: &str, id: &str) -> Result<()> {
-        let _locked = self.lock_upload(repository, id).await?;
+        let (guard, _) = self.lock_upload(repository, id).await?;
         let dir = self.paths().upload_dir(id);
-        blocking(move || Ok(remove_session(&dir)?)).await
+        // The lock goes with the removal: if this request goes away first,
+        // nobody takes the session while its files are being removed.
+        blocking(move || {
+            let _guard = guard;
+            Ok(remove_session(&dir)?)
+        })
+        .await
     }
 
     async fn purge_uploads(&self, max_age: std::time::Duration) -> Result<usize> {
