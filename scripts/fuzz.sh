@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Fuzz Berth's parsers of untrusted input and its upload state machine for a bounded time,
 # benchmark-style: run by hand or on a schedule, not in every CI run (scripts/test.sh does not
-# call this, so CI time does not grow with it).
+# call this, so CI time does not grow with it). What CI does run is the saved inputs: every
+# file of fuzz/regressions/TARGET and fuzz/corpus/TARGET goes once through the target's
+# checks in tests/fuzz_regressions.rs (`cargo test -p berth --test fuzz_regressions`, about
+# 4 s, no libFuzzer): each target's checks are a plain function, `run` in
+# fuzz/logic/TARGET.rs, which fuzz/fuzz_targets/TARGET.rs only wraps.
 #
 #   scripts/fuzz.sh                       # every target, 60 s each
 #   FUZZ_SECONDS=300 scripts/fuzz.sh range auth
@@ -14,7 +18,8 @@
 # give it FUZZ_SECONDS=900 alone now and then). A non-zero exit means a crash was saved under
 # fuzz/artifacts/TARGET/: read the log's end, reproduce, fix, and keep the input (see below).
 #
-# Targets (fuzz/fuzz_targets/, a Cargo package of its own outside the main workspace):
+# Targets (fuzz/fuzz_targets/ over fuzz/logic/, a Cargo package of its own outside the main
+# workspace):
 #   reference  image references, command-line locations, the /v2/ path router
 #   manifest   the check of a pushed manifest/index, content negotiation
 #   range      Range and Content-Range headers, upload Range, query strings
@@ -25,9 +30,8 @@
 #              three repositories and four sessions, requests run concurrently, naming another
 #              repository's session or forged ids, bodies that break off, requests dropped
 #              part-way; checks every stored blob hashes to its name and that each session's
-#              answers fit some order of its requests (a reference model). Knobs:
-#              BERTH_FUZZ_TRACE=1 prints each input's requests, BERTH_FUZZ_STRICT=1 fails on
-#              the known FsStorage race it tolerates (see FLOCK_RACE in the target)
+#              answers fit some order of its requests (a reference model). Knob:
+#              BERTH_FUZZ_TRACE=1 prints each input's requests and answers
 #
 # Each target starts from its corpus in fuzz/corpus/TARGET (kept in the repository, minimised)
 # and from fuzz/regressions/TARGET: inputs that once failed, kept by name and never minimised
@@ -36,7 +40,8 @@
 # coverage are merged into fuzz/corpus/TARGET afterwards (then commit them; keep the corpus
 # small, `cargo fuzz cmin TARGET` shrinks it). A crash is saved under fuzz/artifacts/TARGET/;
 # reproduce it with `cargo fuzz run TARGET fuzz/artifacts/TARGET/crash-...`, fix the bug, add a
-# unit test to the crate and copy the input into fuzz/corpus/TARGET.
+# unit test to the crate and copy the input into fuzz/regressions/TARGET under a name that says
+# what broke (from then on CI replays it).
 #
 # cargo-fuzz needs nightly-only rustc flags (-Zsanitizer=address, sanitizer coverage). There
 # is no nightly toolchain here, so this script sets RUSTC_BOOTSTRAP=1, which lets the stable
