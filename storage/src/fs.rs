@@ -430,6 +430,16 @@ fn remove_session(dir: &Path) -> io::Result<()> {
     }
 }
 
+impl Drop for DataWriter {
+    /// The file (and its flock) is closed before the fields drop, so before
+    /// the session's lock is released whatever the field order: a request
+    /// queued on the session must never find the file still locked (it
+    /// would take that for another process and answer 416).
+    fn drop(&mut self) {
+        drop(self.file.take());
+    }
+}
+
 /// Take an exclusive `flock` on a file without waiting.
 fn lock_exclusive(file: &File) -> io::Result<()> {
     use std::os::fd::AsRawFd;
