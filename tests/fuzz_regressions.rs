@@ -94,4 +94,10 @@ fn auth() {
 #[test]
 fn uploads() {
     replay("uploads", uploads::run);
+    // The target keeps one scratch folder per process (each input's storage inside it is
+    // removed after the input); a test process leaves nothing behind.
+    let folder = format!("berth-fuzz-uploads-{}", std::process::id());
+    for base in [std::path::PathBuf::from("/dev/shm"), std::env::temp_dir()] {
+        let _ = std::fs::remove_dir_all(base.join(&folder));
+    }
 }
