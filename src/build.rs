@@ -56,6 +56,10 @@ pub struct BuildArgs {
     /// Push this build's layer cache (keys and layers) to a registry reference
     #[arg(long, value_name = "REF")]
     cache_to: Option<String>,
+    /// Add NAME:IP (IPv4 or IPv6; also NAME=IP) to /etc/hosts in every RUN;
+    /// repeatable
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    add_hosts: Vec<String>,
     /// The build cache (base images, layers, keys) [default: beside the local store]
     #[arg(long, value_name = "DIR", env = "BERTH_BUILD_CACHE")]
     cache_dir: Option<PathBuf>,
@@ -181,6 +185,7 @@ pub(crate) fn build_and_push(build: &ServiceBuild, client: ClientArgs) -> Result
         no_cache: build.no_cache,
         cache_from: Vec::new(),
         cache_to: None,
+        add_hosts: Vec::new(),
         cache_dir: build.cache_dir.clone(),
         client,
     };
@@ -236,6 +241,12 @@ fn execute(
         })?),
         _ => None,
     };
+    let add_hosts = args
+        .add_hosts
+        .iter()
+        .map(|h| berth_builder::exec::netfiles::parse_add_host(h))
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(|e| anyhow::anyhow!(e))?;
     let session = Session::new(&args.client)?;
     let cache_dir = args.cache_dir.clone().unwrap_or_else(|| {
         let store = args.client.store.clone().unwrap_or_else(default_store_dir);
@@ -255,6 +266,7 @@ fn execute(
         source_date_epoch,
         cache_from: args.cache_from.clone(),
         cache_to: args.cache_to.clone(),
+        add_hosts,
     };
     let progress = |line: &str| session.progress.line(line);
     let handle = session.runtime.handle().clone();

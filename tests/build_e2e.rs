@@ -1113,3 +1113,206 @@ fn a_build_cleans_up_what_a_killed_build_left() {
     let runcs = processes_mentioning(&id);
     assert!(runcs.is_empty(), "processes of {id} still run: {runcs:?}");
 }
+
+/// The paths in each layer of the image an `--output oci:DIR:TAG` wrote, base first.
+fn layer_paths(layout: &Path) -> Vec<Vec<String>> {
+    let blob = |digest: &str| -> Vec<u8> {
+        let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+        fs::read(layout.join("blobs/sha256").join(hex)).expect("read blob")
+    };
+    let index: Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).expect("index.json");
+    let manifest: Value =
+        serde_json::from_slice(&blob(index["manifests"][0]["digest"].as_str().unwrap()))
+            .expect("manifest");
+    let mut all = Vec::new();
+    for layer in manifest["layers"].as_array().expect("layers") {
+        let bytes = blob(layer["digest"].as_str().expect("layer digest"));
+        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
+        let paths = tar
+            .entries()
+            .expect("layer tar")
+            .map(|e| {
+                let e = e.expect("layer tar entry");
+                let p = e.path().expect("entry path").display().to_string();
+                p.trim_start_matches("./").to_string()
+            })
+            .collect();
+        all.push(paths);
+    }
+    all
+}
+
+/// A `dnsmasq` on 127.0.88.1:53 (loopback, no config files) answering
+/// berth-test.internal with 127.0.88.2; stopped by its PID on drop.
+struct Dnsmasq(std::process::Child);
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Dnsmasq {
+    fn start(dir: &Path) -> Dnsmasq {
+        let program = which("dnsmasq").unwrap_or_else(|| PathBuf::from("/usr/sbin/dnsmasq"));
+        let child = Command::new(program)
+            .args([
+                "--no-daemon",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--address=/berth-test.internal/127.0.88.2",
+                "--listen-address=127.0.88.1",
+                "--bind-interfaces",
+                "--port=53",
+                "--user=root",
+            ])
+            .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start dnsmasq");
+        let d = Dnsmasq(child);
+        // Ready when it answers an A query for the name.
+        let mut query = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in ["berth-test", "internal"] {
+            query.push(label.len() as u8);
+            query.extend_from_slice(label.as_bytes());
+        }
+        query.extend_from_slice(&[0, 0, 1, 0, 1]);
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut buf = [0u8; 512];
+        for _ in 0..50 {
+            let _ = sock.send_to(&query, "127.0.88.1:53");
+            if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                if n > 12 && buf[..2] == [0x12, 0x34] && buf[n - 4..n] == [127, 0, 88, 2] {
+                    return d;
+                }
+            }
+        }
+        panic!("dnsmasq on 127.0.88.1:53 does not answer");
+    }
+}
+
+/// An HTTP server on 127.0.88.2 answering every request with `body`; its port.
+fn serve_loopback_http(body: &'static str) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.88.2:0").expect("bind 127.0.88.2");
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut conn = conn;
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = [0u8; 4096];
+            let _ = std::io::Read::read(&mut conn, &mut buf);
+            let _ = std::io::Write::write_all(
+                &mut conn,
+                format!(
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    port
+}
+
+/// RUN gets the host's resolver (here: a dnsmasq on a loopback address, named by
+/// BERTH_BUILD_RESOLV_CONF), an /etc/hosts with localhost, the hostname and --add-host, and an
+/// empty resolv.conf with --network=none; no layer holds these files, and a base's own ones
+/// keep their content. With runc, and with the chroot fallback.
+#[test]
+fn run_resolves_names_with_the_hosts_resolver_and_add_host() {
+    if !can_build() || !require_tool("dnsmasq") {
+        return;
+    }
+    let s = setup();
+    let _dns = Dnsmasq::start(&s.cli.path(""));
+    let port = serve_loopback_http("hello-from-88");
+    let resolv = s.cli.path("host-resolv.conf");
+    write(&resolv, "nameserver 127.0.88.1\n", 0o644);
+    let dockerfile = |own: bool| {
+        format!(
+            "FROM {}\n{}RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+             RUN wget -q -O /got http://berth-test.internal:{port}/ && wget -q -O /got2 http://other.internal:{port}/ && cat /etc/hosts > /seen-hosts\n\
+             RUN --network=none sh -c 'test ! -s /etc/resolv.conf && ! wget -q -T 2 -O- http://berth-test.internal:{port}/'\n",
+            s.base,
+            if own { "COPY own/ /etc/\n" } else { "" }
+        )
+    };
+    let names = ["got", "got2", "seen-hosts", "etc/resolv.conf", "etc/hosts"];
+    for (i, (own, isolation)) in [(false, "runc"), (true, "runc"), (false, "chroot")]
+        .into_iter()
+        .enumerate()
+    {
+        let context = s.cli.path(&format!("net{i}"));
+        write(&context.join("Dockerfile"), &dockerfile(own), 0o644);
+        write(
+            &context.join("own/resolv.conf"),
+            "nameserver 192.0.2.1\n",
+            0o644,
+        );
+        write(&context.join("own/hosts"), "192.0.2.2 own\n", 0o644);
+        let layout = s.cli.path(&format!("net{i}-layout"));
+        let out_arg = format!("oci:{}:net", layout.display());
+        let mut cmd = build_cmd(
+            &s.cli,
+            &context,
+            &[
+                "--no-cache",
+                "--add-host",
+                "other.internal:127.0.88.2",
+                "--add-host",
+                "v6.internal=[fd00::1]",
+                "--output",
+                &out_arg,
+            ],
+        );
+        cmd.env("BERTH_BUILD_RESOLV_CONF", &resolv)
+            .env("BERTH_BUILD_ISOLATION", isolation);
+        let out = run(cmd, T);
+        assert!(
+            out.status.success(),
+            "{isolation}, own={own}:\n{}",
+            out.describe()
+        );
+        let files = files_in_oci_image(&layout, &names);
+        assert_eq!(files["got"], "hello-from-88", "{isolation}");
+        assert_eq!(files["got2"], "hello-from-88", "{isolation}");
+        let hosts = &files["seen-hosts"];
+        assert!(
+            hosts.contains("127.0.0.1\tlocalhost buildkitsandbox\n")
+                && hosts.contains("127.0.88.2\tother.internal\n")
+                && hosts.contains("fd00::1\tv6.internal\n"),
+            "{isolation}: {hosts}"
+        );
+        if own {
+            assert_eq!(files["etc/resolv.conf"], "nameserver 192.0.2.1\n");
+            assert_eq!(files["etc/hosts"], "192.0.2.2 own\n");
+        } else {
+            assert!(
+                !files.contains_key("etc/resolv.conf") && !files.contains_key("etc/hosts"),
+                "{isolation}: a layer holds the network files: {files:?}"
+            );
+            // Not even /etc: the RUNs left it alone.
+            for (n, layer) in layer_paths(&layout).iter().enumerate().skip(1) {
+                let etc: Vec<&String> = layer.iter().filter(|p| p.starts_with("etc")).collect();
+                assert!(etc.is_empty(), "{isolation}: layer {n} holds {etc:?}");
+            }
+        }
+    }
+    // A bad --add-host is refused, naming the argument.
+    let out = run(
+        build_cmd(&s.cli, &s.cli.path("net0"), &["--add-host", "nohost"]),
+        T,
+    );
+    assert!(
+        !out.status.success() && out.stderr.contains("--add-host \"nohost\""),
+        "{}",
+        out.describe()
+    );
+}

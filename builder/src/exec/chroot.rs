@@ -200,7 +200,9 @@ pub struct Ids {
 
 /// Run `argv` chrooted into `root` in new mount/uts/ipc (and, with
 /// `network_none`, network) namespaces, as `ids` in `cwd`, passing output
-/// lines to `output`.
+/// lines to `output`. Each (file in the root, file on the host) of `binds`
+/// is bind-mounted read-only for the command (the mount point must exist).
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     root: &Path,
     argv: &[String],
@@ -208,6 +210,7 @@ pub fn run(
     cwd: &str,
     ids: &Ids,
     network_none: bool,
+    binds: &[(PathBuf, PathBuf)],
     output: &(dyn Fn(&str) + Sync),
 ) -> io::Result<i32> {
     let (uid, gid) = (ids.uid, ids.gid);
@@ -234,6 +237,16 @@ pub fn run(
         CString::new(root.join("proc").as_os_str().as_bytes()).map_err(io::Error::other)?;
     let has_proc = root.join("proc").is_dir();
     let groups: Vec<libc::gid_t> = ids.groups.clone();
+    let binds_c: Vec<(CString, CString)> = binds
+        .iter()
+        .map(|(target, source)| {
+            Ok((
+                CString::new(target.as_os_str().as_bytes()).map_err(io::Error::other)?,
+                CString::new(source.as_os_str().as_bytes()).map_err(io::Error::other)?,
+            ))
+        })
+        .collect::<io::Result<_>>()?;
+    let hostname = super::netfiles::HOSTNAME;
     let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
     if network_none {
         flags |= libc::CLONE_NEWNET;
@@ -273,6 +286,26 @@ pub fn run(
                     none.cast(),
                 );
             }
+            for (target, source) in &binds_c {
+                if libc::mount(
+                    source.as_ptr(),
+                    target.as_ptr(),
+                    none,
+                    libc::MS_BIND,
+                    none.cast(),
+                ) != 0
+                    || libc::mount(
+                        none,
+                        target.as_ptr(),
+                        none,
+                        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                        none.cast(),
+                    ) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            libc::sethostname(hostname.as_ptr().cast(), hostname.len());
             if libc::chroot(root_c.as_ptr()) != 0 || libc::chdir(cwd_c.as_ptr()) != 0 {
                 return Err(io::Error::last_os_error());
             }

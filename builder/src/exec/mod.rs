@@ -17,6 +17,7 @@
 pub mod chroot;
 pub mod files;
 pub mod layer;
+pub mod netfiles;
 pub mod runc;
 
 use std::collections::BTreeMap;
@@ -95,6 +96,9 @@ pub struct BuildOptions {
     pub cache_from: Vec<String>,
     /// `--cache-to REF`: push this build's cache (its keys and layers).
     pub cache_to: Option<String>,
+    /// `--add-host NAME:IP`: lines added to each RUN's `/etc/hosts`
+    /// (see [`netfiles::parse_add_host`]).
+    pub add_hosts: Vec<(String, std::net::IpAddr)>,
 }
 
 /// The config media type of a cache pushed with `--cache-to`.
@@ -941,6 +945,15 @@ impl<'a> Executor<'a> {
                         None => Some(self.context_hash(sources, step)?),
                     },
                 },
+                // `--add-host` entries are part of a RUN's key, as in
+                // BuildKit (only when given: other keys stay as they were).
+                Action::Run { .. } if !self.options.add_hosts.is_empty() => Some(
+                    netfiles::hosts(&self.options.add_hosts)
+                        .lines()
+                        .skip(2)
+                        .collect::<Vec<_>>()
+                        .join(";"),
+                ),
                 _ => None,
             };
             let new_key = chain_key(&key, &material, content.as_deref());
@@ -1135,14 +1148,22 @@ impl<'a> Executor<'a> {
         let work = scratch.join("work");
         let bundle = scratch.join("bundle");
         let rootfs = bundle.join("rootfs");
-        let empty = scratch.join("empty");
-        for d in [&upper, &work, &rootfs, &empty] {
+        for d in [&upper, &work, &rootfs] {
             fs::create_dir_all(d).ctx(|| format!("cannot create {}", d.display()))?;
         }
         let mut lowers: Vec<PathBuf> = layers.iter().rev().map(|l| l.dir.clone()).collect();
-        if lowers.is_empty() {
-            lowers.push(empty.clone());
-        }
+        // The network files' mount points, below the image (see
+        // netfiles::mount_point_layer); it also stands in for an empty image.
+        let netbase = scratch.join("netbase");
+        netfiles::mount_point_layer(&netbase)
+            .ctx(|| format!("cannot create {}", netbase.display()))?;
+        lowers.push(netbase);
+        let net = netfiles::NetFiles::write(
+            &scratch.join("net"),
+            ctx.network_none,
+            &self.options.add_hosts,
+        )
+        .ctx(|| "cannot write the step's resolv.conf and hosts".to_string())?;
         let code;
         {
             let mount = runc::Mount::overlay(&lowers, Some((&upper, &work)), &rootfs)
@@ -1181,6 +1202,20 @@ impl<'a> Executor<'a> {
                     "source": path, "options": ["rbind", "ro"],
                 }));
             }
+            let net_mounted: Vec<&str> = net
+                .pairs()
+                .into_iter()
+                .filter(|(target, _)| netfiles::mountable(&rootfs, target))
+                .map(|(target, source)| {
+                    if let Some(mounts) = spec["mounts"].as_array_mut() {
+                        mounts.push(json!({
+                            "destination": format!("/{target}"), "type": "bind",
+                            "source": source, "options": ["rbind", "ro"],
+                        }));
+                    }
+                    target
+                })
+                .collect();
             let id = format!(
                 "berth-build-{}-{}",
                 std::process::id(),
@@ -1197,6 +1232,15 @@ impl<'a> Executor<'a> {
                 let p = upper.join(&m[1..]);
                 if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
                     let _ = fs::remove_dir_all(&p);
+                }
+            }
+            // The mount points come from the bottom layer; where a layer
+            // above whited them out, runc made empty ones in the upper
+            // directory (the step could not write there: mounted read-only).
+            for target in net_mounted {
+                let p = upper.join(target);
+                if fs::symlink_metadata(&p).is_ok_and(|m| m.is_file() && m.len() == 0) {
+                    let _ = fs::remove_file(&p);
                 }
             }
         }
@@ -1234,6 +1278,27 @@ impl<'a> Executor<'a> {
         }
         let dirs: Vec<PathBuf> = layers.iter().map(|l| l.dir.clone()).collect();
         chroot::materialize(&dirs, &rootfs).ctx(|| "cannot copy the image's layers".to_string())?;
+        // The network files' mount points: made before the scan, so the
+        // diff does not see them (the copy is this step's alone).
+        let net = netfiles::NetFiles::write(
+            &scratch.join("net"),
+            ctx.network_none,
+            &self.options.add_hosts,
+        )
+        .ctx(|| "cannot write the step's resolv.conf and hosts".to_string())?;
+        let mut binds = Vec::new();
+        for (target, source) in net.pairs() {
+            if !netfiles::mountable(&rootfs, target) {
+                continue;
+            }
+            let point = rootfs.join(target);
+            if fs::symlink_metadata(&point).is_err() {
+                fs::create_dir_all(rootfs.join("etc"))
+                    .and_then(|_| fs::write(&point, b""))
+                    .ctx(|| format!("cannot create /{target}"))?;
+            }
+            binds.push((point, source.to_path_buf()));
+        }
         let before = chroot::snapshot(&rootfs).ctx(|| "cannot scan the image".to_string())?;
         let mut argv = argv.to_vec();
         let script_path = rootfs.join(".berth-heredoc");
@@ -1256,6 +1321,7 @@ impl<'a> Executor<'a> {
             workdir,
             &ids,
             ctx.network_none,
+            &binds,
             &|line| progress(&format!("#{no} | {line}")),
         )
         .map_err(|e| self.step_error(step, &format!("cannot run {:?}: {e}", argv.join(" "))))?;
