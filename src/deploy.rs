@@ -66,9 +66,15 @@ pub struct RollbackArgs {
 pub(crate) struct CommonArgs {
     /// The app file (services, networks, variables)
     pub(crate) app: PathBuf,
-    /// Inventory: a directory with hosts.yml, group_vars/ and host_vars/, or a hosts file
+    /// Inventory: an Ansible hosts file (YAML or INI) or a directory of them, with
+    /// group_vars/ and host_vars/ beside it
     #[arg(long, short = 'i')]
     inventory: PathBuf,
+    /// Extra variables over every host's (highest precedence), as ansible-playbook -e:
+    /// KEY=VALUE pairs, @FILE (YAML or JSON), or an inline JSON/YAML mapping; repeatable,
+    /// later ones win
+    #[arg(long = "extra-vars", short = 'e', value_name = "VARS")]
+    extra_vars: Vec<String>,
     /// Only these hosts or groups (Ansible's --limit patterns: web:&prod:!web3)
     #[arg(long, short = 'l')]
     limit: Option<String>,
@@ -189,7 +195,7 @@ fn rollback_swarm(args: &RollbackArgs) -> Result<()> {
 
 pub(crate) fn load_swarm(common: &CommonArgs) -> Result<swarm::SwarmDesired> {
     let source = AppSource::load(&common.app)?;
-    let inventory = Inventory::load(&common.inventory)?;
+    let inventory = load_inventory(common)?;
     Ok(swarm::desired_swarm(
         &source,
         &inventory,
@@ -215,7 +221,7 @@ fn finish_swarm(
 
 pub(crate) fn load(common: &CommonArgs) -> Result<(AppSource, Vec<berth_deploy::DesiredHost>)> {
     let source = AppSource::load(&common.app)?;
-    let inventory = Inventory::load(&common.inventory)?;
+    let inventory = load_inventory(common)?;
     let desired = desired_state(&source, &inventory, common.limit.as_deref())?;
     if desired.is_empty() {
         bail!(
@@ -229,6 +235,12 @@ pub(crate) fn load(common: &CommonArgs) -> Result<(AppSource, Vec<berth_deploy::
         );
     }
     Ok((source, desired))
+}
+
+/// The inventory with `-e/--extra-vars` on top.
+fn load_inventory(common: &CommonArgs) -> Result<Inventory> {
+    let extra = berth_deploy::inventory::extra_vars::parse_all(&common.extra_vars)?;
+    Ok(Inventory::load_with_extra_vars(&common.inventory, &extra)?)
 }
 
 fn options(common: &CommonArgs) -> RunOptions {

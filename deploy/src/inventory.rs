@@ -1,15 +1,23 @@
-//! Ansible-style inventories: one directory per environment (`deploy/testing/`,
-//! `deploy/production/`) holding a YAML hosts file, `group_vars/` and `host_vars/`.
+//! Ansible inventories: one directory per environment (`deploy/testing/`,
+//! `deploy/production/`) holding hosts files (YAML or INI), `group_vars/` and `host_vars/`,
+//! read to the same hosts, groups and variables as `ansible-inventory` reads them
+//! (`deploy/tests/ansible_inventory.rs` compares the two).
 //!
 //! # Files
-//! - hosts file: the first of `hosts.yml`, `hosts.yaml`, `hosts`, `inventory.yml`,
-//!   `inventory.yaml`, `inventory` in the directory (or a file given directly). Ansible's YAML
-//!   inventory format: top-level groups (`all` and any others, which become children of
-//!   `all`), each with `hosts:` (name → inline vars or nothing), `vars:` and `children:`.
-//!   Host ranges `web[01:03]` and `db-[a:c]` are expanded as Ansible does. INI inventories
-//!   are not read (`ansible-inventory -i FILE --list -y` converts one).
-//! - `group_vars/NAME`, `NAME.yml`, `NAME.yaml`, `NAME.json`, or a directory `group_vars/NAME/`
-//!   of such files (merged in path order); the same for `host_vars/HOST`.
+//! - `-i FILE`: one hosts file; `-i DIR`: every file in the directory (sorted, recursively),
+//!   except hidden ones, `group_vars/`, `host_vars/` and Ansible's ignored extensions
+//!   (`.md`, `.txt`, `.ini`, `.cfg`, `.bak`, `~`, …). A file ending in `.yml`, `.yaml` or
+//!   `.json`, or parsing as a YAML mapping, is Ansible's YAML inventory format: top-level groups
+//!   (`all` and any others; groups without a parent become children of `all`), each with
+//!   `hosts:` (name → inline vars or nothing), `vars:` and `children:`. Anything else is read
+//!   as Ansible's INI format (see `ini.rs`: sections, `:vars`, `:children`, `host k=v` with
+//!   Python-literal values, `host:port`). Host ranges `web[01:03]` and `db-[a:c]` are
+//!   expanded as Ansible does in both.
+//! - `group_vars/` and `host_vars/` beside the hosts file (in the directory given): for each
+//!   group or host NAME the first of `NAME` (a file, or a directory of `*.yml`/`*.yaml`/`*.json`
+//!   and extensionless files merged in path order), `NAME.yml`, `NAME.yaml`, `NAME.json`, as
+//!   Ansible's `host_group_vars` plugin; symlinks are followed.
+//! - `-e/--extra-vars` (`extra_vars.rs`) go over everything, as in Ansible.
 //!
 //! # Precedence (lowest first), as Ansible's default `VARIABLE_PRECEDENCE`
 //! 1. inline `vars:` of `all` in the hosts file
@@ -18,6 +26,7 @@
 //! 4. `group_vars/GROUP` of the host's other groups, parents before children
 //! 5. the host's inline vars in the hosts file
 //! 6. `host_vars/HOST`
+//! 7. `-e/--extra-vars`
 //!
 //! So a file in `group_vars/` beats any inline group var, even a child group's — surprising,
 //! but it is what Ansible does and what its users' inventories rely on. Groups of equal depth
@@ -47,6 +56,9 @@ use serde_json::Value;
 use crate::error::{Error, Problem, Result};
 use crate::template::{Templater, Vars};
 use crate::yaml;
+
+pub mod extra_vars;
+mod ini;
 
 const HOSTS_FILE_NAMES: [&str; 6] = [
     "hosts.yml",
@@ -165,43 +177,78 @@ pub struct Inventory {
 }
 
 impl Inventory {
-    /// Loads an inventory from a directory (or from a hosts file, taking its directory for
-    /// `group_vars/` and `host_vars/`).
+    /// Loads an inventory from a hosts file (YAML or INI) or a directory, taking that
+    /// directory (or the file's) for `group_vars/` and `host_vars/`.
     pub fn load(path: &Path) -> Result<Inventory> {
-        let (dir, hosts_file) = if path.is_file() {
-            let dir = path
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| PathBuf::from("."));
-            (dir, path.to_path_buf())
-        } else {
-            let found = HOSTS_FILE_NAMES
-                .iter()
-                .map(|name| path.join(name))
-                .find(|candidate| candidate.is_file());
-            let Some(hosts_file) = found else {
+        Inventory::load_with_extra_vars(path, &Vars::new())
+    }
+
+    /// Like [`Inventory::load`], with `-e/--extra-vars` on top of every host's variables
+    /// (Ansible's highest precedence).
+    ///
+    /// A directory is read as Ansible reads one: every file in it (sorted by name, in
+    /// subdirectories too) is an inventory source, except hidden files, `group_vars/`,
+    /// `host_vars/` and Ansible's ignored extensions (`.md`, `.txt`, `.ini`, `.cfg`, `~`, …).
+    /// Each file is YAML when it ends in `.yml`, `.yaml` or `.json` or parses as a YAML
+    /// mapping, INI otherwise.
+    pub fn load_with_extra_vars(path: &Path, extra_vars: &Vars) -> Result<Inventory> {
+        let (dir, sources) = if path.is_dir() {
+            let mut sources = Vec::new();
+            collect_sources(path, &mut sources)?;
+            if sources.is_empty() {
                 return Err(Error::Inventory {
                     path: path.to_path_buf(),
                     problem: Problem::new(
                         "",
                         format!(
-                            "no hosts file found (looked for {})",
+                            "no inventory file in this directory (e.g. {})",
                             HOSTS_FILE_NAMES.join(", ")
                         ),
                     ),
                 });
-            };
-            (path.to_path_buf(), hosts_file)
+            }
+            (path.to_path_buf(), sources)
+        } else {
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("."));
+            (dir, vec![path.to_path_buf()])
         };
-        let text = std::fs::read_to_string(&hosts_file).map_err(|source| Error::Io {
-            path: hosts_file.clone(),
-            source,
-        })?;
-        let document =
-            yaml::parse_str(&hosts_file, &text).map_err(|err| add_ini_hint(err, &text))?;
-        let mut builder = Builder::new(&hosts_file);
-        builder.parse_document(&document)?;
-        builder.finish(dir, hosts_file.clone())
+        let mut builder = Builder::new(&sources[0]);
+        for source in &sources {
+            let text = std::fs::read_to_string(source).map_err(|source_error| Error::Io {
+                path: source.clone(),
+                source: source_error,
+            })?;
+            builder.path = source.clone();
+            let extension = source.extension().and_then(|e| e.to_str()).unwrap_or("");
+            if matches!(extension, "yml" | "yaml" | "json") {
+                let document = yaml::parse_str(source, &text)?;
+                builder.parse_document(&document)?;
+                continue;
+            }
+            match yaml::parse_str(source, &text) {
+                Ok(document @ (Value::Object(_) | Value::Null)) => {
+                    builder.parse_document(&document)?
+                }
+                // Not a YAML mapping: INI, as Ansible falls back from its yaml plugin to ini.
+                // A YAML file with a syntax error reports that error, not INI's.
+                Ok(_) => ini::parse(&mut builder, &text)?,
+                Err(yaml_error) => {
+                    if let Err(ini_error) = ini::parse(&mut builder, &text) {
+                        return Err(if looks_like_yaml(&text) {
+                            yaml_error
+                        } else {
+                            ini_error
+                        });
+                    }
+                }
+            }
+        }
+        let hosts_file = sources[0].clone();
+        builder.finish(dir, hosts_file, extra_vars)
     }
 
     pub fn host(&self, name: &str) -> Option<&Host> {
@@ -230,6 +277,45 @@ impl Inventory {
             .collect()
     }
 
+    /// What was read, in the shape of `ansible-inventory --list`: `_meta.hostvars` (each
+    /// host's merged variables, without the magic `inventory_hostname*`/`group_names`; hosts
+    /// without variables left out) and one entry per group with its direct `hosts` (none for
+    /// `all`) and `children`, empty lists and empty groups left out, lists sorted.
+    pub fn ansible_list(&self) -> Value {
+        const MAGIC: [&str; 3] = [
+            "inventory_hostname",
+            "inventory_hostname_short",
+            "group_names",
+        ];
+        let mut top = serde_json::Map::new();
+        let mut hostvars = serde_json::Map::new();
+        for host in self.hosts.values() {
+            let vars: serde_json::Map<String, Value> = host
+                .vars
+                .iter()
+                .filter(|(key, _)| !MAGIC.contains(&key.as_str()))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect();
+            if !vars.is_empty() {
+                hostvars.insert(host.name.clone(), Value::Object(vars));
+            }
+        }
+        top.insert("_meta".into(), serde_json::json!({ "hostvars": hostvars }));
+        for group in self.groups.values() {
+            let mut entry = serde_json::Map::new();
+            if group.name != "all" && !group.hosts.is_empty() {
+                entry.insert("hosts".into(), serde_json::json!(group.hosts));
+            }
+            if !group.children.is_empty() {
+                entry.insert("children".into(), serde_json::json!(group.children));
+            }
+            if !entry.is_empty() {
+                top.insert(group.name.clone(), Value::Object(entry));
+            }
+        }
+        Value::Object(top)
+    }
+
     /// The hosts an Ansible-style `--limit` pattern selects (all hosts when `None`).
     pub fn select(&self, limit: Option<&str>) -> Result<Vec<&Host>> {
         let names = match limit {
@@ -243,36 +329,56 @@ impl Inventory {
     }
 }
 
-fn add_ini_hint(err: Error, text: &str) -> Error {
-    let looks_like_ini = text
-        .lines()
+/// Ansible's `INVENTORY_IGNORE_EXTS` (with its `REJECT_EXTS`): files a directory inventory
+/// skips.
+const IGNORED_EXTENSIONS: [&str; 13] = [
+    ".pyc", ".pyo", ".swp", ".bak", "~", ".rpm", ".md", ".txt", ".rst", ".orig", ".ini", ".cfg",
+    ".retry",
+];
+
+/// The first meaningful line is `key:` or `key: value` (YAML), not `[section]` or a host.
+fn looks_like_yaml(text: &str) -> bool {
+    text.lines()
         .map(str::trim)
         .find(|line| !line.is_empty() && !line.starts_with('#') && !line.starts_with(';'))
-        .is_some_and(|line| line.starts_with('[') && line.ends_with(']'));
-    match err {
-        Error::Yaml { path, message } if looks_like_ini => Error::Yaml {
-            path,
-            message: format!(
-                "{message}\nthis looks like an INI inventory; Berth reads Ansible's YAML inventory format \
-                 (convert with `ansible-inventory -i FILE --list -y`)"
-            ),
-        },
-        other => other,
+        .is_some_and(|line| {
+            line == "---" || line.ends_with(':') || (line.contains(": ") && !line.contains('='))
+        })
+}
+
+fn collect_sources(dir: &Path, sources: &mut Vec<PathBuf>) -> Result<()> {
+    for path in read_dir_sorted(dir)? {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if name.starts_with('.')
+            || matches!(name, "group_vars" | "host_vars" | "vars_plugins")
+            || IGNORED_EXTENSIONS.iter().any(|ext| name.ends_with(ext))
+        {
+            continue;
+        }
+        if path.is_dir() {
+            collect_sources(&path, sources)?;
+        } else {
+            sources.push(path);
+        }
     }
+    Ok(())
 }
 
 /// Collects groups and hosts while walking the hosts file, then resolves them.
-struct Builder<'p> {
-    path: &'p Path,
+struct Builder {
+    /// The file being read, for error messages.
+    path: PathBuf,
     groups: BTreeMap<String, Group>,
     /// Inline vars per host; a host listed in several groups merges them, later wins.
     host_inline_vars: BTreeMap<String, Vars>,
 }
 
-impl<'p> Builder<'p> {
-    fn new(path: &'p Path) -> Self {
+impl Builder {
+    fn new(path: &Path) -> Self {
         let mut builder = Builder {
-            path,
+            path: path.to_path_buf(),
             groups: BTreeMap::new(),
             host_inline_vars: BTreeMap::new(),
         };
@@ -283,7 +389,7 @@ impl<'p> Builder<'p> {
 
     fn problem(&self, key: &str, message: impl Into<String>) -> Error {
         Error::Inventory {
-            path: self.path.to_path_buf(),
+            path: self.path.clone(),
             problem: Problem::new(key, message),
         }
     }
@@ -317,11 +423,9 @@ impl<'p> Builder<'p> {
                 ))
             }
         };
+        // Groups without a parent become children of `all` in `finish`, as in Ansible.
         for (name, body) in top {
             self.parse_group(name, body, name)?;
-            if name != "all" {
-                self.link("all", name);
-            }
         }
         Ok(())
     }
@@ -412,21 +516,35 @@ impl<'p> Builder<'p> {
         Ok(())
     }
 
-    fn finish(mut self, dir: PathBuf, hosts_file: PathBuf) -> Result<Inventory> {
-        // Ansible puts hosts that are in no group but `all` into `ungrouped`.
+    fn finish(mut self, dir: PathBuf, hosts_file: PathBuf, extra_vars: &Vars) -> Result<Inventory> {
+        // Ansible puts hosts that are in no group but `all` into `ungrouped`, and takes
+        // hosts an INI file listed before its first section out of it once they are in a
+        // real group.
         let grouped: BTreeSet<String> = self
             .groups
             .values()
             .filter(|group| group.name != "all" && group.name != "ungrouped")
             .flat_map(|group| group.hosts.iter().cloned())
             .collect();
+        self.ensure_group("ungrouped")
+            .hosts
+            .retain(|host| !grouped.contains(host));
         let all_direct: Vec<String> = self.groups["all"].hosts.iter().cloned().collect();
         for host in all_direct {
             if !grouped.contains(&host) {
                 self.ensure_group("ungrouped").hosts.insert(host);
             }
         }
-        self.link("all", "ungrouped");
+        // Every group without a parent is a child of `all` (Ansible's reconcile step).
+        let orphans: Vec<String> = self
+            .groups
+            .values()
+            .filter(|group| group.name != "all" && group.parents.is_empty())
+            .map(|group| group.name.clone())
+            .collect();
+        for name in orphans {
+            self.link("all", &name);
+        }
         for name in self.host_inline_vars.keys() {
             if self.groups.contains_key(name) {
                 return Err(self.problem(
@@ -475,6 +593,7 @@ impl<'p> Builder<'p> {
             }
             vars.extend(inline.clone());
             vars.extend(host_files.remove(name).unwrap_or_default());
+            vars.extend(extra_vars.clone());
             let short = name.split('.').next().unwrap_or(name);
             vars.insert("inventory_hostname".into(), Value::String(name.clone()));
             vars.insert(
@@ -688,8 +807,9 @@ fn vars_file_name_matches(file_name: &str) -> Option<&str> {
     }
 }
 
-/// Reads `group_vars/` or `host_vars/`: NAME → merged vars of `NAME`, `NAME.yml`, … and the
-/// files inside a `NAME/` directory, in path order.
+/// Reads `group_vars/` or `host_vars/` as Ansible's `host_group_vars` plugin does: for each
+/// group or host NAME, the first of `NAME` (a file, or a directory whose files are merged in
+/// path order), `NAME.yml`, `NAME.yaml`, `NAME.json`. Symlinks are followed.
 fn load_vars_dir(
     dir: &Path,
     known: &BTreeSet<String>,
@@ -700,32 +820,46 @@ fn load_vars_dir(
     if !dir.is_dir() {
         return Ok(out);
     }
-    let mut entries: Vec<PathBuf> = read_dir_sorted(dir)?;
-    entries.retain(|path| {
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| !n.starts_with('.'))
-    });
-    for path in entries {
+    for path in read_dir_sorted(dir)? {
         let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        let (name, files) = if path.is_dir() {
-            (file_name.to_string(), collect_vars_files(&path)?)
-        } else {
-            match vars_file_name_matches(file_name) {
-                Some(stem) => (stem.to_string(), vec![path.clone()]),
-                None => continue,
-            }
-        };
-        if !known.contains(&name) {
-            warnings.push(format!(
-                "{}: no {what} named `{name}` in the inventory; ignored",
-                path.display()
-            ));
+        if file_name.starts_with('.') || known.contains(file_name) {
             continue;
         }
-        let merged: &mut Vars = out.entry(name).or_default();
+        let stem = if path.is_dir() {
+            Some(file_name)
+        } else {
+            vars_file_name_matches(file_name)
+        };
+        if let Some(stem) = stem.filter(|stem| !known.contains(*stem)) {
+            warnings.push(format!(
+                "{}: no {what} named `{stem}` in the inventory; ignored",
+                path.display()
+            ));
+        }
+    }
+    for name in known {
+        let mut files = None;
+        for extension in ["", ".yml", ".yaml", ".json"] {
+            let candidate = dir.join(format!("{name}{extension}"));
+            if !candidate.exists() {
+                continue;
+            }
+            if candidate.is_dir() {
+                if !extension.is_empty() {
+                    continue;
+                }
+                files = Some(collect_vars_files(&candidate)?);
+            } else {
+                files = Some(vec![candidate]);
+            }
+            break;
+        }
+        let Some(files) = files else {
+            continue;
+        };
+        let merged: &mut Vars = out.entry(name.clone()).or_default();
         for file in files {
             let vars =
                 vars_from_value(&yaml::read_file(&file)?).map_err(|message| Error::Inventory {
@@ -1174,15 +1308,133 @@ all:
     }
 
     #[test]
-    fn ini_inventory_gets_a_hint_and_missing_file_is_clear() {
-        let err = inventory(&[("hosts", "[web]\nweb1\nweb2\n")])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("INI inventory"), "{err}");
+    fn ini_inventory_with_sections_vars_children_and_types() {
+        let inv = inventory(&[
+            (
+                "inventory",
+                "; the write-up's testing inventory\n\
+                 lonely a=1\n\
+                 [back]\n\
+                 web-back[1:2].testing n=5 q=\"5\" s='\"5\"' b=True t=true sp=\"a b\" c=x#comment\n\
+                 web-back3.testing:2222 ansible_host=10.0.0.3 ansible_user=deploy\n\
+                 [back:vars]\n\
+                 level=back\n\
+                 text=hello world # kept\n\
+                 [top:children]\n\
+                 back\n\
+                 [top:vars]\n\
+                 level=top\n\
+                 ansible_group_priority=3\n",
+            ),
+            ("group_vars/all", "from_file: all\n"),
+        ])
+        .unwrap();
+        assert_eq!(var(&inv, "web-back1.testing", "n"), &json!(5));
+        assert_eq!(var(&inv, "web-back1.testing", "q"), &json!(5));
+        assert_eq!(var(&inv, "web-back1.testing", "s"), &json!("5"));
+        assert_eq!(var(&inv, "web-back1.testing", "b"), &json!(true));
+        assert_eq!(var(&inv, "web-back1.testing", "t"), &json!("true"));
+        assert_eq!(var(&inv, "web-back2.testing", "sp"), &json!("a b"));
+        assert_eq!(var(&inv, "web-back2.testing", "c"), &json!("x"));
+        assert_eq!(
+            var(&inv, "web-back2.testing", "text"),
+            &json!("hello world # kept")
+        );
+        // child group `back` beats its parent `top`
+        assert_eq!(var(&inv, "web-back2.testing", "level"), &json!("back"));
+        assert_eq!(var(&inv, "lonely", "from_file"), &json!("all"));
+        assert_eq!(inv.hosts_of_group("top").len(), 3);
+        assert!(inv.hosts_of_group("ungrouped").contains("lonely"));
+        assert_eq!(
+            inv.host("web-back3.testing").unwrap().endpoint,
+            DockerEndpoint::Ssh {
+                user: Some("deploy".into()),
+                host: "10.0.0.3".into(),
+                port: Some(2222),
+                identity_file: None,
+                options: vec![],
+            }
+        );
+        assert_eq!(
+            inv.group("all").unwrap().children.len(),
+            2,
+            "ungrouped and top"
+        );
+    }
+
+    #[test]
+    fn ini_errors_name_file_line_and_key() {
+        for (text, expected) in [
+            (
+                "[web]\nweb1 novalue\n",
+                "inventory: line 2: novalue: expected key=value",
+            ),
+            (
+                "[nope:vars]\na=1\n[web]\nh\n",
+                "line 1: nope: section [nope:vars]",
+            ),
+            (
+                "[top:children]\nmissing\n",
+                "line 2: missing: [top:children] names group",
+            ),
+            (
+                "[web:hosts2]\n",
+                "line 1: web: section [web:hosts2] has unknown type",
+            ),
+            ("[web]\nh x='open\n", "line 2: no closing quotation"),
+            ("[web]\nweb[3:1]\n", "line 2: web[3:1]: host range"),
+        ] {
+            let err = inventory(&[("inventory", text)]).unwrap_err().to_string();
+            assert!(err.contains(expected), "{text:?}: {err}");
+        }
         let err = inventory(&[("group_vars/all.yml", "a: 1\n")])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("no hosts file found"), "{err}");
+        assert!(err.contains("no inventory file"), "{err}");
+        // A YAML file with a YAML mistake gets the YAML error, not an INI one.
+        let err = inventory(&[("hosts", "all:\n  hosts:\n    a: {\n")])
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("line 1:"), "{err}");
+    }
+
+    #[test]
+    fn directory_inventory_mixes_ini_and_yaml_and_vars_files_match_whole_names() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let write = |path: &str, text: &str| {
+            let full = dir.path().join(path);
+            std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+            std::fs::write(full, text).unwrap();
+        };
+        write("10-web", "[web]\nweb-back2.prod\nweb-back3.prod\n");
+        write("20-db.yml", "db:\n  hosts: { db1: }\n");
+        write("README.md", "not an inventory\n");
+        write("notes.ini", "[ignored]\nx\n");
+        write("group_vars/web/10.yml", "a: dir\nb: dir\n");
+        write("group_vars/web/20.yml", "b: later\n");
+        write("group_vars/db", "a: extensionless\n");
+        write(
+            "group_vars/db.yml",
+            "a: shadowed by the extensionless file\n",
+        );
+        write("host_vars/web-back2.prod", "log_level: debug\n");
+        std::os::unix::fs::symlink(
+            "web-back2.prod",
+            dir.path().join("host_vars/web-back3.prod"),
+        )
+        .unwrap();
+        let inv = Inventory::load(dir.path()).unwrap();
+        let names: Vec<_> = inv.hosts().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["db1", "web-back2.prod", "web-back3.prod"]);
+        assert_eq!(var(&inv, "web-back2.prod", "b"), "later");
+        assert_eq!(var(&inv, "db1", "a"), "extensionless");
+        assert_eq!(var(&inv, "web-back2.prod", "log_level"), "debug");
+        assert_eq!(var(&inv, "web-back3.prod", "log_level"), "debug");
+        assert!(inv.group("ignored").is_none());
+        let extra: Vars = [("b".to_string(), json!("extra"))].into_iter().collect();
+        let inv = Inventory::load_with_extra_vars(dir.path(), &extra).unwrap();
+        assert_eq!(var(&inv, "web-back2.prod", "b"), "extra");
+        assert_eq!(var(&inv, "db1", "b"), "extra");
     }
 
     #[test]
