@@ -15,6 +15,7 @@ mod build;
 mod config;
 mod deploy;
 mod images;
+mod inventory;
 mod progress;
 mod serve_loop;
 mod ship;
@@ -64,6 +65,9 @@ enum Command {
     Deploy(deploy::DeployArgs),
     /// Return every host of an inventory to the app's previous release.
     Rollback(deploy::RollbackArgs),
+    /// Print what was read from an inventory (with -e on top), like ansible-inventory:
+    /// --list, --host NAME or --graph [GROUP].
+    Inventory(inventory::InventoryArgs),
     /// Build every service with a build context, push it, and deploy the pushed digests
     /// (for CI: no TTY needed, non-zero exit on any failure, --json report).
     Ship(ship::ShipArgs),
@@ -195,6 +199,7 @@ fn main() -> ExitCode {
         Command::Build(args) => build::build(args),
         Command::Deploy(args) => deploy::deploy(args),
         Command::Rollback(args) => deploy::rollback(args),
+        Command::Inventory(args) => inventory::inventory(args),
         Command::Ship(args) => ship::ship(args),
     };
     match result {

@@ -282,20 +282,10 @@ impl Inventory {
     /// without variables left out) and one entry per group with its direct `hosts` (none for
     /// `all`) and `children`, empty lists and empty groups left out, lists sorted.
     pub fn ansible_list(&self) -> Value {
-        const MAGIC: [&str; 3] = [
-            "inventory_hostname",
-            "inventory_hostname_short",
-            "group_names",
-        ];
         let mut top = serde_json::Map::new();
         let mut hostvars = serde_json::Map::new();
         for host in self.hosts.values() {
-            let vars: serde_json::Map<String, Value> = host
-                .vars
-                .iter()
-                .filter(|(key, _)| !MAGIC.contains(&key.as_str()))
-                .map(|(key, value)| (key.clone(), value.clone()))
-                .collect();
+            let vars = ansible_host_vars(host);
             if !vars.is_empty() {
                 hostvars.insert(host.name.clone(), Value::Object(vars));
             }
@@ -314,6 +304,53 @@ impl Inventory {
             }
         }
         Value::Object(top)
+    }
+
+    /// A host's merged variables as `ansible-inventory --host NAME` prints them (its entry
+    /// in `_meta.hostvars` of [`Inventory::ansible_list`], `{}` when it has none); `None`
+    /// for a host the inventory does not have.
+    pub fn ansible_host(&self, name: &str) -> Option<Value> {
+        self.hosts
+            .get(name)
+            .map(|host| Value::Object(ansible_host_vars(host)))
+    }
+
+    /// The group tree as `ansible-inventory --graph [GROUP]` prints it, from `group`
+    /// (default `all`): `@GROUP:` then, one level deeper each (`  |` per level, then `--`),
+    /// the child groups (recursively, a group under two parents shown under both) and then
+    /// the group's direct hosts (none listed for `all`). Ansible lists both in the order it
+    /// read them; Berth keeps no such order, so `ungrouped` comes first under `all` (as in
+    /// Ansible, which creates it first) and the others by name. `None` for an unknown group.
+    pub fn ansible_graph(&self, group: Option<&str>) -> Option<String> {
+        let start = self.groups.get(group.unwrap_or("all"))?;
+        let mut lines = Vec::new();
+        self.graph_group(start, 0, &mut lines);
+        let mut text = lines.join("\n");
+        text.push('\n');
+        Some(text)
+    }
+
+    fn graph_group(&self, group: &Group, depth: usize, lines: &mut Vec<String>) {
+        let indent = |depth: usize, name: &str| {
+            if depth == 0 {
+                name.to_string()
+            } else {
+                format!("{}--{name}", "  |".repeat(depth))
+            }
+        };
+        lines.push(indent(depth, &format!("@{}:", group.name)));
+        let mut children: Vec<&str> = group.children.iter().map(String::as_str).collect();
+        children.sort_by_key(|name| (*name != "ungrouped", *name));
+        for child in children {
+            if let Some(child) = self.groups.get(child) {
+                self.graph_group(child, depth + 1, lines);
+            }
+        }
+        if group.name != "all" {
+            for host in &group.hosts {
+                lines.push(indent(depth + 1, host));
+            }
+        }
     }
 
     /// The hosts an Ansible-style `--limit` pattern selects (all hosts when `None`).
@@ -373,6 +410,21 @@ struct Builder {
     groups: BTreeMap<String, Group>,
     /// Inline vars per host; a host listed in several groups merges them, later wins.
     host_inline_vars: BTreeMap<String, Vars>,
+}
+
+/// A host's variables as `ansible-inventory` shows them: without the magic
+/// `inventory_hostname*`/`group_names`.
+fn ansible_host_vars(host: &Host) -> serde_json::Map<String, Value> {
+    const MAGIC: [&str; 3] = [
+        "inventory_hostname",
+        "inventory_hostname_short",
+        "group_names",
+    ];
+    host.vars
+        .iter()
+        .filter(|(key, _)| !MAGIC.contains(&key.as_str()))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect()
 }
 
 impl Builder {
@@ -1155,6 +1207,77 @@ all:
         assert_eq!(inv.host("web3").unwrap().groups, ["all", "web", "web_eu"]);
         assert_eq!(inv.group("web_eu").unwrap().depth, 2);
         assert_eq!(var(&inv, "web3", "group_names"), &json!(["web", "web_eu"]));
+    }
+
+    #[test]
+    fn ansible_graph_renders_the_group_tree_as_ansible_inventory() {
+        let inv = inventory(&[(
+            "hosts",
+            "lonely\n[web]\nweb2\nweb1\n[eu]\nweb1\n[prod:children]\nweb\neu\n[empty]\n",
+        )])
+        .unwrap();
+        assert_eq!(
+            inv.ansible_graph(None).unwrap(),
+            "@all:\n\
+             \x20 |--@ungrouped:\n\
+             \x20 |  |--lonely\n\
+             \x20 |--@empty:\n\
+             \x20 |--@prod:\n\
+             \x20 |  |--@eu:\n\
+             \x20 |  |  |--web1\n\
+             \x20 |  |--@web:\n\
+             \x20 |  |  |--web1\n\
+             \x20 |  |  |--web2\n"
+        );
+        // From a group: that group at depth 0, and `all`'s rule (no hosts) only for `all`.
+        assert_eq!(
+            inv.ansible_graph(Some("web")).unwrap(),
+            "@web:\n  |--web1\n  |--web2\n"
+        );
+        assert_eq!(inv.ansible_graph(Some("nosuch")), None);
+    }
+
+    #[test]
+    fn ansible_graph_shows_a_group_under_each_parent_and_empty_ungrouped() {
+        let inv = inventory(&[("hosts.yml", HOSTS)]).unwrap();
+        assert_eq!(
+            inv.ansible_graph(Some("all")).unwrap(),
+            "@all:\n\
+             \x20 |--@ungrouped:\n\
+             \x20 |--@db:\n\
+             \x20 |  |--db1\n\
+             \x20 |--@web:\n\
+             \x20 |  |--@web_eu:\n\
+             \x20 |  |  |--web3\n\
+             \x20 |  |--web1\n\
+             \x20 |  |--web2\n"
+        );
+        let twice = inventory(&[(
+            "hosts",
+            "[a]\nh1\n[b]\nh2\n[a:children]\nc\n[b:children]\nc\n[c]\nh3\n",
+        )])
+        .unwrap();
+        assert_eq!(twice.ansible_graph(None).unwrap().matches("@c:").count(), 2);
+        assert_eq!(
+            twice.ansible_graph(None).unwrap().matches("|--h3").count(),
+            2
+        );
+    }
+
+    #[test]
+    fn ansible_host_is_the_hostvars_entry() {
+        let inv = inventory(&[("hosts.yml", HOSTS)]).unwrap();
+        let list = inv.ansible_list();
+        assert_eq!(
+            inv.ansible_host("db1").unwrap(),
+            list["_meta"]["hostvars"]["db1"]
+        );
+        assert!(inv
+            .ansible_host("db1")
+            .unwrap()
+            .get("group_names")
+            .is_none());
+        assert_eq!(inv.ansible_host("nosuch"), None);
     }
 
     #[test]
