@@ -1,84 +1,10 @@
 //! The HTTP API over the in-memory storage, driven without a network.
 
-use std::sync::Arc;
+mod common;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use axum::Router;
-use berth_registry::Registry;
-use berth_storage::{Digest, MemoryStorage};
-use http_body_util::BodyExt;
-use tower::ServiceExt;
-
-fn app() -> Router {
-    Registry::new(Arc::new(MemoryStorage::new())).router()
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-
-    fn error_code(&self) -> String {
-        let v: serde_json::Value = serde_json::from_slice(&self.body).expect("JSON error body");
-        v["errors"][0]["code"].as_str().unwrap_or("").to_string()
-    }
-}
-
-async fn call(
-    app: &Router,
-    method: &str,
-    uri: &str,
-    headers: &[(&str, &str)],
-    body: Vec<u8>,
-) -> Reply {
-    let mut req = Request::builder().method(method).uri(uri);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let response = app
-        .clone()
-        .oneshot(req.body(Body::from(body)).expect("request"))
-        .await
-        .expect("infallible");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes()
-        .to_vec();
-    Reply {
-        status,
-        headers,
-        body,
-    }
-}
-
-async fn push_blob(app: &Router, repo: &str, data: &[u8]) -> Digest {
-    let d = Digest::sha256_of(data);
-    let r = call(
-        app,
-        "POST",
-        &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
-        &[],
-        data.to_vec(),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::CREATED);
-    d
-}
+use axum::http::StatusCode;
+use berth_storage::Digest;
+use common::{app, call, push_blob};
 
 fn image_manifest(config: &Digest, layer: &Digest) -> Vec<u8> {
     format!(
@@ -94,7 +20,10 @@ const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 async fn base_endpoint_announces_the_api_version() {
     let r = call(&app(), "GET", "/v2/", &[], vec![]).await;
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.header("docker-distribution-api-version"), "registry/2.0");
+    assert_eq!(
+        r.header_str("docker-distribution-api-version"),
+        "registry/2.0"
+    );
 }
 
 #[tokio::test]
@@ -102,7 +31,7 @@ async fn chunked_upload_keeps_one_url_and_rejects_out_of_order_chunks() {
     let app = app();
     let r = call(&app, "POST", "/v2/a/b/blobs/uploads/", &[], vec![]).await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
-    let url = r.header("location").to_string();
+    let url = r.header_str("location").to_string();
     assert!(url.starts_with("/v2/a/b/blobs/uploads/"), "{url}");
     let r = call(
         &app,
@@ -112,8 +41,11 @@ async fn chunked_upload_keeps_one_url_and_rejects_out_of_order_chunks() {
         b"abc".to_vec(),
     )
     .await;
-    assert_eq!((r.status, r.header("range")), (StatusCode::ACCEPTED, "0-2"));
-    assert_eq!(r.header("location"), url);
+    assert_eq!(
+        (r.status, r.header_str("range")),
+        (StatusCode::ACCEPTED, "0-2")
+    );
+    assert_eq!(r.header_str("location"), url);
     let r = call(
         &app,
         "PATCH",
@@ -126,7 +58,7 @@ async fn chunked_upload_keeps_one_url_and_rejects_out_of_order_chunks() {
     assert_eq!(r.error_code(), "BLOB_UPLOAD_INVALID");
     let r = call(&app, "GET", &url, &[], vec![]).await;
     assert_eq!(
-        (r.status, r.header("range")),
+        (r.status, r.header_str("range")),
         (StatusCode::NO_CONTENT, "0-2")
     );
     let d = Digest::sha256_of(b"abcdef");
@@ -139,7 +71,7 @@ async fn chunked_upload_keeps_one_url_and_rejects_out_of_order_chunks() {
     )
     .await;
     assert_eq!(r.status, StatusCode::CREATED);
-    assert_eq!(r.header("docker-content-digest"), d.to_string());
+    assert_eq!(r.header_str("docker-content-digest"), d.to_string());
     let r = call(
         &app,
         "GET",
@@ -152,7 +84,7 @@ async fn chunked_upload_keeps_one_url_and_rejects_out_of_order_chunks() {
         (r.status, r.body.as_slice()),
         (StatusCode::PARTIAL_CONTENT, &b"bcd"[..])
     );
-    assert_eq!(r.header("content-range"), "bytes 1-3/6");
+    assert_eq!(r.header_str("content-range"), "bytes 1-3/6");
 }
 
 #[tokio::test]
@@ -191,7 +123,7 @@ async fn manifest_needs_its_blobs_and_is_served_byte_for_byte() {
     .await;
     assert_eq!(r.status, StatusCode::CREATED);
     let digest = Digest::sha256_of(&body).to_string();
-    assert_eq!(r.header("docker-content-digest"), digest);
+    assert_eq!(r.header_str("docker-content-digest"), digest);
     let r = call(
         &app,
         "GET",
@@ -201,7 +133,7 @@ async fn manifest_needs_its_blobs_and_is_served_byte_for_byte() {
     )
     .await;
     assert_eq!(r.body, body);
-    assert_eq!(r.header("content-type"), OCI_MANIFEST);
+    assert_eq!(r.header_str("content-type"), OCI_MANIFEST);
     // A client that only takes Docker types is told, not handed bytes it cannot read.
     let r = call(
         &app,
@@ -249,7 +181,7 @@ async fn index_is_negotiated_down_to_the_amd64_image_by_tag_only() {
     )
     .await;
     assert_eq!(r.status, StatusCode::CREATED);
-    let index_digest = r.header("docker-content-digest").to_string();
+    let index_digest = r.header_str("docker-content-digest").to_string();
     let r = call(
         &app,
         "GET",
@@ -260,7 +192,10 @@ async fn index_is_negotiated_down_to_the_amd64_image_by_tag_only() {
     .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body, image);
-    assert_eq!(r.header("docker-content-digest"), image_digest.to_string());
+    assert_eq!(
+        r.header_str("docker-content-digest"),
+        image_digest.to_string()
+    );
     let r = call(
         &app,
         "GET",

@@ -1,82 +1,19 @@
 //! Referrers pages, the referrer annotation cap, descriptor sizes and the JSON
 //! depth cap, through the HTTP API over the in-memory storage.
 
-use std::sync::Arc;
+mod common;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use axum::Router;
 use berth_registry::manifest::MAX_REFERRER_METADATA_BYTES;
-use berth_registry::Registry;
-use berth_storage::{Digest, MemoryStorage};
-use http_body_util::BodyExt;
+use berth_storage::Digest;
+use common::{app, call, push_blob, Reply};
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 /// `listing::REFERRERS_PAGE_BYTES`.
 const PAGE_BYTES: usize = 1 << 20;
-
-fn app() -> Router {
-    Registry::new(Arc::new(MemoryStorage::new())).router()
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn error(&self) -> (StatusCode, String, String) {
-        let v: Value = serde_json::from_slice(&self.body).unwrap_or(Value::Null);
-        let e = &v["errors"][0];
-        (
-            self.status,
-            e["code"].as_str().unwrap_or("").to_string(),
-            e["message"].as_str().unwrap_or("").to_string(),
-        )
-    }
-}
-
-async fn call(app: &Router, method: &str, uri: &str, ct: Option<&str>, body: Vec<u8>) -> Reply {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(ct) = ct {
-        req = req.header("content-type", ct);
-    }
-    let response = app
-        .clone()
-        .oneshot(req.body(Body::from(body)).expect("request"))
-        .await
-        .expect("infallible");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes()
-        .to_vec();
-    Reply {
-        status,
-        headers,
-        body,
-    }
-}
-
-async fn push_blob(app: &Router, repo: &str, data: &[u8]) -> Digest {
-    let d = Digest::sha256_of(data);
-    let uri = format!("/v2/{repo}/blobs/uploads/?digest={d}");
-    let r = call(app, "POST", &uri, None, data.to_vec()).await;
-    assert_eq!(r.status, StatusCode::CREATED);
-    d
-}
 
 async fn put_manifest(app: &Router, repo: &str, reference: &str, body: &[u8]) -> Reply {
     let uri = format!("/v2/{repo}/manifests/{reference}");
@@ -84,7 +21,7 @@ async fn put_manifest(app: &Router, repo: &str, reference: &str, body: &[u8]) ->
         .ok()
         .and_then(|v| v["mediaType"].as_str().map(str::to_string))
         .unwrap_or_else(|| OCI_MANIFEST.to_string());
-    call(app, "PUT", &uri, Some(&ct), body.to_vec()).await
+    call(app, "PUT", &uri, &[("content-type", &ct)], body.to_vec()).await
 }
 
 fn descriptor(media_type: &str, data: &[u8]) -> Value {
@@ -125,7 +62,7 @@ async fn all_pages(app: &Router, uri: &str, filtered: bool) -> (Vec<usize>, Vec<
     let (mut sizes, mut digests) = (Vec::new(), Vec::new());
     let mut next = Some(uri.to_string());
     while let Some(uri) = next.take() {
-        let r = call(app, "GET", &uri, None, vec![]).await;
+        let r = call(app, "GET", &uri, &[], vec![]).await;
         assert_eq!(r.status, StatusCode::OK, "{uri}");
         assert_eq!(r.header("content-type"), Some(OCI_INDEX));
         assert_eq!(r.header("content-length"), Some(&*r.body.len().to_string()));
@@ -219,7 +156,7 @@ async fn referrers_are_paged_by_bytes_and_count_with_the_filter_kept() {
         &app,
         "GET",
         &format!("/v2/paged/referrers/{}", Digest::sha256_of(b"none")),
-        None,
+        &[],
         vec![],
     )
     .await;
@@ -229,7 +166,7 @@ async fn referrers_are_paged_by_bytes_and_count_with_the_filter_kept() {
         &app,
         "GET",
         &format!("{base}?last=sha256:nope"),
-        None,
+        &[],
         vec![],
     )
     .await;
@@ -258,7 +195,7 @@ async fn a_referrer_over_the_annotation_cap_is_refused() {
         &app,
         "GET",
         &format!("/v2/capped/referrers/{subject}"),
-        None,
+        &[],
         vec![],
     )
     .await;
