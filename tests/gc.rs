@@ -220,17 +220,8 @@ async fn a_collection_never_takes_a_blob_an_acknowledged_manifest_needs() {
             "{repo}:{tag} acknowledged but gone"
         );
         for blob in blobs {
-            let resp = c
-                .get(format!("{base}/v2/{repo}/blobs/{blob}"))
-                .send()
-                .await
-                .expect("GET blob");
-            assert_eq!(
-                resp.status().as_u16(),
-                200,
-                "{repo}:{tag} was acknowledged but its blob {blob} was collected"
-            );
-            assert_eq!(&digest_of(&resp.bytes().await.expect("blob")), blob);
+            let why = format!("{repo}:{tag} was acknowledged, so its blobs stay");
+            common::assert_blob_served(&c, &base, repo, blob, &why).await;
         }
     }
     assert!(

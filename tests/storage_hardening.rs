@@ -209,13 +209,14 @@ async fn completion_cut_after_the_link_completes_on_retry() {
     );
     let resp = c.get(&location).send().await.expect("GET status");
     assert_eq!(resp.status().as_u16(), 404, "the session must be gone");
-    let resp = c
-        .get(format!("{base}/v2/crash/app/blobs/{digest}"))
-        .send()
-        .await
-        .expect("GET blob");
-    assert_eq!(resp.status().as_u16(), 200);
-    assert_eq!(digest_of(&resp.bytes().await.expect("body")), digest);
+    assert_blob_served(
+        &c,
+        &base,
+        "crash/app",
+        &digest,
+        "the retried completion made it",
+    )
+    .await;
 
     // An older version renamed the data away instead: that session is unknown, never a 500.
     let data = pattern(200 << 10, 6);

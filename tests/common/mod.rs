@@ -1248,6 +1248,29 @@ pub async fn assert_latest_is_one_of(
     digest
 }
 
+/// GETs a blob of `repo` and checks that it is served (200) with bytes that hash to `digest`;
+/// `why` says what the test expected, for the failure message.
+pub async fn assert_blob_served(
+    c: &reqwest::Client,
+    base: &str,
+    repo: &str,
+    digest: &str,
+    why: &str,
+) {
+    let resp = c
+        .get(format!("{base}/v2/{repo}/blobs/{digest}"))
+        .send()
+        .await
+        .expect("GET blob");
+    assert_eq!(resp.status().as_u16(), 200, "{repo} {digest}: {why}");
+    let body = resp.bytes().await.expect("blob body");
+    assert_eq!(
+        digest_of(&body),
+        digest,
+        "{repo} {digest} serves other bytes: {why}"
+    );
+}
+
 pub async fn get_json(c: &reqwest::Client, url: &str) -> (u16, serde_json::Value) {
     let resp = c
         .get(url)
