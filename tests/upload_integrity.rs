@@ -102,9 +102,8 @@ fn pieces(data: &[u8], n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// POST + PUT of a whole blob; panics unless 201.
-fn push_blob_raw(port: u16, repo: &str, auth: Option<&str>, data: &[u8]) -> String {
-    let digest = digest_of(data);
+/// POST of a new upload session; its Location. Panics unless 202.
+fn start_upload(port: u16, repo: &str, auth: Option<&str>) -> String {
     let started = request(
         port,
         "POST",
@@ -113,7 +112,13 @@ fn push_blob_raw(port: u16, repo: &str, auth: Option<&str>, data: &[u8]) -> Stri
         b"",
     );
     assert_eq!(started.status, Some(202), "POST: {}", started.body_text());
-    let location = started.header("location").expect("Location");
+    started.header("location").expect("Location")
+}
+
+/// POST + PUT of a whole blob; panics unless 201.
+fn push_blob_raw(port: u16, repo: &str, auth: Option<&str>, data: &[u8]) -> String {
+    let digest = digest_of(data);
+    let location = start_upload(port, repo, auth);
     let done = request(
         port,
         "PUT",
@@ -202,15 +207,7 @@ fn replay_attack(
     order: Order,
 ) -> u16 {
     let auth = who.attacker.as_deref();
-    let started = request(
-        port,
-        "POST",
-        &format!("/v2/{repo}/blobs/uploads/"),
-        auth,
-        b"",
-    );
-    assert_eq!(started.status, Some(202), "POST: {}", started.body_text());
-    let location = started.header("location").expect("Location");
+    let location = start_upload(port, repo, auth);
     let id = location.rsplit('/').next().expect("upload id").to_string();
     let half = target.len() / 2;
     let quarter = half + (target.len() - half) / 2;
