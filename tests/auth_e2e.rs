@@ -32,14 +32,7 @@ fn write_htpasswd(path: &Path) {
 
 /// An htpasswd file as `htpasswd -B -C 4` writes it.
 fn write_accounts(path: &Path, accounts: &[(&str, &str)]) {
-    let mut text = String::new();
-    for (user, password) in accounts {
-        let hash = bcrypt::hash_with_result(password, 4)
-            .expect("bcrypt hash")
-            .format_for_version(bcrypt::Version::TwoY);
-        text.push_str(&format!("{user}:{hash}\n"));
-    }
-    fs::write(path, text).expect("write htpasswd");
+    common::write_htpasswd(path, accounts, 4);
 }
 
 const RULES: &str = r#"

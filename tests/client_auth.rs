@@ -636,25 +636,13 @@ fn write_docker_config(cli: &BerthCli, config: &Value) {
 /// access rules, so a logged-in user may do everything.
 fn serve_with_logins(dir: &Path) -> Server {
     let htpasswd = dir.join("htpasswd");
-    let hash = bcrypt::hash_with_result("apw", 4)
-        .expect("bcrypt hash")
-        .format_for_version(bcrypt::Version::TwoY);
-    std::fs::write(&htpasswd, format!("alice:{hash}\n")).expect("write htpasswd");
-    let config = dir.join("berth.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[auth]\nhtpasswd = \"{}\"\ntoken_key = \"{}\"\n",
-            htpasswd.display(),
-            dir.join("token-key.pem").display()
-        ),
-    )
-    .expect("write config");
-    Server::start_berth_with(
-        &["--config".to_string(), config.display().to_string()],
-        true,
-        false,
-    )
+    write_htpasswd(&htpasswd, &[("alice", "apw")], 4);
+    let toml = format!(
+        "[auth]\nhtpasswd = \"{}\"\ntoken_key = \"{}\"\n",
+        htpasswd.display(),
+        dir.join("token-key.pem").display()
+    );
+    Server::start_berth_with_config(dir, &toml, true)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -39,31 +39,18 @@ fn basic(user: &str, password: &str) -> String {
 /// alice, bob, carol with bcrypt cost 10 (`htpasswd -B`'s usual cost for real files).
 fn start(dir: &Path, auth_extra: &str) -> (Server, PathBuf) {
     let htpasswd = dir.join("htpasswd");
-    let mut text = String::new();
-    for (user, password) in [("alice", "apw"), ("bob", "bpw"), ("carol", "cpw")] {
-        let hash = bcrypt::hash_with_result(password, 10)
-            .expect("bcrypt hash")
-            .format_for_version(bcrypt::Version::TwoY);
-        text.push_str(&format!("{user}:{hash}\n"));
-    }
-    fs::write(&htpasswd, text).expect("write htpasswd");
-    let key = dir.join("token-key.pem");
-    let config = dir.join("berth.toml");
-    fs::write(
-        &config,
-        format!(
-            "[auth]\nhtpasswd = \"{}\"\ntoken_key = \"{}\"\n{auth_extra}\n",
-            htpasswd.display(),
-            key.display()
-        ),
-    )
-    .expect("write config");
-    let server = Server::start_berth_with(
-        &["--config".into(), config.display().to_string()],
-        true,
-        false,
+    write_htpasswd(
+        &htpasswd,
+        &[("alice", "apw"), ("bob", "bpw"), ("carol", "cpw")],
+        10,
     );
-    (server, key)
+    let key = dir.join("token-key.pem");
+    let toml = format!(
+        "[auth]\nhtpasswd = \"{}\"\ntoken_key = \"{}\"\n{auth_extra}\n",
+        htpasswd.display(),
+        key.display()
+    );
+    (Server::start_berth_with_config(dir, &toml, true), key)
 }
 
 /// A client whose connections come from `ip` (any 127.0.0.0/8 address reaches the server).

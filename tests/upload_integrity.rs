@@ -359,18 +359,10 @@ fn interleaved_patches_cannot_poison_a_blob_on_disk() {
 fn interleaved_patches_cannot_poison_a_blob_with_logins() {
     let dir = tempfile::tempdir().expect("tempdir");
     let htpasswd = dir.path().join("htpasswd");
-    let mut text = String::new();
-    for (user, password) in [("alice", "apw"), ("mallory", "mpw")] {
-        let hash = bcrypt::hash_with_result(password, 4)
-            .expect("bcrypt")
-            .format_for_version(bcrypt::Version::TwoY);
-        text.push_str(&format!("{user}:{hash}\n"));
-    }
-    fs::write(&htpasswd, text).expect("htpasswd");
-    let config = dir.path().join("berth.toml");
-    fs::write(
-        &config,
-        format!(
+    write_htpasswd(&htpasswd, &[("alice", "apw"), ("mallory", "mpw")], 4);
+    let server = Server::start_berth_with_config(
+        dir.path(),
+        &format!(
             r#"[auth]
 htpasswd = "{}"
 token_key = "{}"
@@ -393,12 +385,7 @@ actions = ["pull"]
             htpasswd.display(),
             dir.path().join("token-key.pem").display()
         ),
-    )
-    .expect("config");
-    let server = Server::start_berth_with(
-        &["--config".to_string(), config.display().to_string()],
         true,
-        false,
     );
     let token = |user: &str, password: &str, scopes: &[&str]| {
         use base64::Engine as _;

@@ -606,21 +606,26 @@ impl Server {
         server
     }
 
+    /// `berth serve --config DIR/berth.toml` with `toml` written there (paths inside it are
+    /// the caller's); `auth`: logins are on, so `GET /v2/` answers 401.
+    pub fn start_berth_with_config(dir: &Path, toml: &str, auth: bool) -> Server {
+        let config = dir.join("berth.toml");
+        fs::write(&config, toml).expect("write berth.toml");
+        Server::start_berth_with(
+            &["--config".to_string(), config.display().to_string()],
+            auth,
+            false,
+        )
+    }
+
     /// Debian's `docker-registry` with Basic auth: an htpasswd file (bcrypt, as `htpasswd -B`
     /// writes it) with these `(user, password)` pairs. `GET /v2/` answers 401 without
     /// credentials, which the readiness check accepts.
     pub fn start_distribution_htpasswd(users: &[(&str, &str)]) -> Server {
         let mut server = Server::prepare(ServerKind::Distribution);
         let path = server.tmp.path().join("logs").join("htpasswd");
-        let mut text = String::new();
-        for (user, password) in users {
-            // Cost 4 (the minimum) keeps each request's check fast; the format is the same.
-            let hash = bcrypt::hash_with_result(password, 4)
-                .expect("bcrypt hash")
-                .format_for_version(bcrypt::Version::TwoY);
-            text.push_str(&format!("{user}:{hash}\n"));
-        }
-        fs::write(&path, text).expect("write htpasswd file");
+        // Cost 4 (the minimum) keeps each request's check fast; the format is the same.
+        write_htpasswd(&path, users, 4);
         server.htpasswd = Some(path);
         server.start_again();
         server
@@ -1246,6 +1251,18 @@ pub async fn assert_latest_is_one_of(
         "tag points at {digest}, which nobody pushed"
     );
     digest
+}
+
+/// An htpasswd file as `htpasswd -B -C COST` writes it, with these `(user, password)` pairs.
+pub fn write_htpasswd(path: &Path, accounts: &[(&str, &str)], cost: u32) {
+    let mut text = String::new();
+    for (user, password) in accounts {
+        let hash = bcrypt::hash_with_result(password, cost)
+            .expect("bcrypt hash")
+            .format_for_version(bcrypt::Version::TwoY);
+        text.push_str(&format!("{user}:{hash}\n"));
+    }
+    fs::write(path, text).expect("write htpasswd");
 }
 
 /// GETs a blob of `repo` and checks that it is served (200) with bytes that hash to `digest`;
