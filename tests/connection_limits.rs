@@ -63,6 +63,23 @@ fn wait_closed(mut s: TcpStream, what: &str) -> Duration {
     started.elapsed()
 }
 
+/// Opens one connection per opening, sends its bytes and nothing more, then checks each is
+/// closed within the header timeout of being opened.
+fn assert_openings_closed_in_time(port: u16, openings: &[&[u8]], what: impl Fn(&[u8]) -> String) {
+    let opened = Instant::now();
+    let conns: Vec<TcpStream> = openings
+        .iter()
+        .map(|bytes| {
+            let mut s = connect(port);
+            s.write_all(bytes).expect("write");
+            s
+        })
+        .collect();
+    for (s, bytes) in conns.into_iter().zip(openings) {
+        assert_closed_in_time(s, opened, &what(bytes));
+    }
+}
+
 fn assert_closed_in_time(s: TcpStream, opened: Instant, what: &str) {
     wait_closed(s, what);
     let took = opened.elapsed();
@@ -83,22 +100,9 @@ fn silent_connections_are_closed_after_the_header_timeout() {
         b"PRI * HTTP/2.0\r\n",
         b"GET /v2/ HTTP/1.1\r\nHost: x\r\n",
     ];
-    let opened = Instant::now();
-    let conns: Vec<TcpStream> = partial
-        .iter()
-        .map(|bytes| {
-            let mut s = connect(server.port);
-            s.write_all(bytes).expect("write");
-            s
-        })
-        .collect();
-    for (s, bytes) in conns.into_iter().zip(partial) {
-        assert_closed_in_time(
-            s,
-            opened,
-            &format!("after {:?}", String::from_utf8_lossy(bytes)),
-        );
-    }
+    assert_openings_closed_in_time(server.port, &partial, |bytes| {
+        format!("after {:?}", String::from_utf8_lossy(bytes))
+    });
     // A keep-alive connection that goes quiet after its first request is closed too.
     let mut kept = connect(server.port);
     kept.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -133,18 +137,9 @@ fn silent_tls_connections_are_closed_after_the_header_timeout() {
     let server = Server::start_berth_with(&args, false, true);
     // No handshake at all; a ClientHello record header that never gets its body.
     let partial: [&[u8]; 2] = [b"", &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]];
-    let opened = Instant::now();
-    let conns: Vec<TcpStream> = partial
-        .iter()
-        .map(|bytes| {
-            let mut s = connect(server.port);
-            s.write_all(bytes).expect("write");
-            s
-        })
-        .collect();
-    for (s, bytes) in conns.into_iter().zip(partial) {
-        assert_closed_in_time(s, opened, &format!("TLS after {bytes:?}"));
-    }
+    assert_openings_closed_in_time(server.port, &partial, |bytes| {
+        format!("TLS after {bytes:?}")
+    });
 }
 
 /// Open files of a process.
