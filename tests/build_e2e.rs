@@ -15,7 +15,6 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -23,82 +22,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-const T: Duration = Duration::from_secs(300);
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// runc and root, or a skip (a failure in CI).
-fn can_build() -> bool {
-    if !require_tool("runc") {
-        return false;
-    }
-    if !is_root() {
-        if in_ci() {
-            panic!("CI=true but the tests do not run as root: berth build needs root for overlay mounts");
-        }
-        eprintln!("SKIP: berth build needs root (overlay mounts)");
-        return false;
-    }
-    true
-}
-
-/// A registry with the busybox base image at `base`.
-struct Setup {
-    server: Server,
-    cli: BerthCli,
-    base: String,
-}
-
-fn setup() -> Setup {
-    let server = Server::start();
-    let cli = BerthCli::new();
-    let rootfs = cli.path("rootfs.tar");
-    write_busybox_rootfs(&rootfs, false);
-    let base = format!("{}/base/busybox:1", server.host());
-    run_ok(
-        cli.cmd([
-            "import",
-            "--change",
-            "ENV PATH=/bin",
-            "--change",
-            "CMD [\"/bin/sh\"]",
-        ])
-        .arg(&rootfs)
-        .arg(&base),
-        T,
-    );
-    Setup { server, cli, base }
-}
-
-fn build_cmd(cli: &BerthCli, context: &Path, args: &[&str]) -> Command {
-    let mut c = cli.cmd(["build"]);
-    c.args(args).arg(context).env_remove("SOURCE_DATE_EPOCH");
-    c
-}
-
-/// `berth build --json ...`: the result.
-fn build_json(cli: &BerthCli, context: &Path, args: &[&str]) -> (Value, String) {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let out = run(build_cmd(cli, context, &all), T);
-    assert!(
-        out.status.success(),
-        "berth build failed:\n{}",
-        out.describe()
-    );
-    (parse_json(&out.stdout, "berth build --json"), out.stderr)
-}
-
-fn write(path: &Path, content: &str, mode: u32) {
-    if let Some(p) = path.parent() {
-        fs::create_dir_all(p).unwrap();
-    }
-    fs::write(path, content).unwrap();
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
-}
+const T: Duration = BUILD_T;
 
 const APP: &str = r#"# syntax=docker/dockerfile:1
 ARG BASE

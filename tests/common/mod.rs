@@ -38,7 +38,10 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 // Environment
 // ---------------------------------------------------------------------------------------------
 
+mod build;
 mod ci;
+#[allow(unused_imports)]
+pub use build::*;
 /// True when running in CI (`CI=true` or `CI=1`): missing tools are then hard failures.
 /// Defined in `ci.rs`, which the client's and builder's tests share.
 pub use ci::in_ci;
