@@ -63,6 +63,11 @@ pub struct BuildArgs {
     /// The build cache (base images, layers, keys) [default: beside the local store]
     #[arg(long, value_name = "DIR", env = "BERTH_BUILD_CACHE")]
     cache_dir: Option<PathBuf>,
+    /// How steps are shown: tty (live view of running steps with their last
+    /// output lines), plain (one line per event), quiet, rawjson (a JSON
+    /// object per event); auto is tty on a terminal, plain otherwise
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: crate::build_progress::ProgressMode,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -187,6 +192,7 @@ pub(crate) fn build_and_push(build: &ServiceBuild, client: ClientArgs) -> Result
         cache_to: None,
         add_hosts: Vec::new(),
         cache_dir: build.cache_dir.clone(),
+        progress: crate::build_progress::ProgressMode::Auto,
         client,
     };
     let (dockerfile_name, text, ignore, options, _) = prepare(&args)?;
@@ -268,12 +274,21 @@ fn execute(
         cache_to: args.cache_to.clone(),
         add_hosts,
     };
-    let progress = |line: &str| session.progress.line(line);
+    let view = crate::build_progress::BuildProgress::new(
+        args.progress.resolve(args.client.quiet || args.client.json),
+    );
+    let progress = |line: &str| view.line(line);
     let handle = session.runtime.handle().clone();
     let started = std::time::Instant::now();
-    let built = Executor::new(&options, &session.client, &handle, &progress)
+    let built = match Executor::new(&options, &session.client, &handle, &progress)
         .and_then(|e| e.build())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    {
+        Ok(built) => built,
+        Err(e) => {
+            view.failed();
+            bail!("{e}");
+        }
+    };
     session.progress.line(&format!(
         "built {} in {:.2}s: {} layer steps, {} cached",
         built.manifest.digest,
