@@ -19,6 +19,8 @@ pub struct SourceRoot<'a> {
     pub ignore: Option<&'a DockerIgnore>,
     /// Context files become root-owned; files of a stage keep their owners.
     pub is_context: bool,
+    /// `COPY --exclude` patterns (for any source root).
+    pub exclude: Option<&'a DockerIgnore>,
 }
 
 /// One matched source: its path on disk and its path relative to the root.
@@ -32,9 +34,31 @@ fn has_glob(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
+/// The directories of a pattern before its first component with a glob
+/// (`src/*/x` → `src`).
+fn glob_base(pattern: &str) -> &str {
+    let mut end = 0;
+    for (i, part) in pattern.split('/').enumerate() {
+        if has_glob(part) {
+            break;
+        }
+        end = if i == 0 { part.len() } else { end + 1 + part.len() };
+    }
+    &pattern[..end.min(pattern.len())]
+}
+
 impl SourceRoot<'_> {
     fn excluded(&self, rel: &str) -> bool {
         !rel.is_empty() && self.ignore.is_some_and(|i| i.is_excluded(rel))
+    }
+
+    /// Whether `--exclude` drops a path: patterns match it relative to the
+    /// root, or relative to the source it is copied from (`--exclude=x/y`
+    /// with source `app/` drops `app/x/y`, as BuildKit does).
+    fn flag_excluded(&self, rel: &str, sub: &str) -> bool {
+        self.exclude.is_some_and(|e| {
+            (!rel.is_empty() && e.is_excluded(rel)) || (!sub.is_empty() && e.is_excluded(sub))
+        })
     }
 
     /// Resolve one COPY source (path or glob) to the files it names.
@@ -55,7 +79,11 @@ impl SourceRoot<'_> {
                     .map_err(|e| e.to_string())?
                     .to_string_lossy()
                     .into_owned();
-                if glob.matches(&r) && !self.excluded(&r) {
+                let from_base = r
+                    .strip_prefix(glob_base(&rel))
+                    .unwrap_or(&r)
+                    .trim_start_matches('/');
+                if glob.matches(&r) && !self.excluded(&r) && !self.flag_excluded(&r, from_base) {
                     found.push(Matched {
                         path: entry.path().to_path_buf(),
                         rel: r,
@@ -86,6 +114,13 @@ impl SourceRoot<'_> {
             ));
         }
         Ok(vec![Matched { path, rel }])
+    }
+
+    /// Whether `--exclude` drops a file source named as such (by its path
+    /// or its name).
+    pub fn is_excluded_file(&self, m: &Matched) -> bool {
+        let name = m.rel.rsplit('/').next().unwrap_or("");
+        self.flag_excluded(&m.rel, name)
     }
 
     fn what(&self) -> &'static str {
@@ -123,6 +158,17 @@ impl SourceRoot<'_> {
             if let Some(ignore) = self.ignore {
                 if !full_rel.is_empty() && ignore.is_excluded(&full_rel) {
                     if entry.file_type().is_dir() && !ignore.must_walk(&full_rel) {
+                        it.skip_current_dir();
+                    }
+                    continue;
+                }
+            }
+            if let Some(exclude) = self.exclude {
+                if self.flag_excluded(&full_rel, &sub) {
+                    // Into an excluded directory only for a `!` exception below it.
+                    let walk_on = (full_rel.is_empty() || exclude.must_walk(&full_rel))
+                        && (sub.is_empty() || exclude.must_walk(&sub));
+                    if entry.file_type().is_dir() && !walk_on {
                         it.skip_current_dir();
                     }
                     continue;
@@ -525,6 +571,7 @@ mod tests {
             root,
             ignore: Some(&ignore),
             is_context: true,
+            exclude: None,
         };
         let m = ctx.resolve("*.txt").unwrap();
         let names: Vec<&str> = m.iter().map(|m| m.rel.as_str()).collect();
