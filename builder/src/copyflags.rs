@@ -144,16 +144,25 @@ mod tests {
         let sha = format!("sha256:{}", "a".repeat(64));
         let one = |s: &str| vec![s.to_string()];
         assert!(check(&one("https://h/f"), false, None, Some(&add(&sha)), &[]).is_ok());
-        assert!(check(&one("https://h/r.git#main"), false, None, Some(&add("be1f38e")), &[]).is_ok());
+        assert!(check(
+            &one("https://h/r.git#main"),
+            false,
+            None,
+            Some(&add("be1f38e")),
+            &[]
+        )
+        .is_ok());
         let e = check(&one("local.tgz"), false, None, Some(&add(&sha)), &[]).unwrap_err();
         assert!(e.contains("non-HTTP(S)"), "{e}");
         let two = vec!["https://h/a".to_string(), "https://h/b".to_string()];
         assert!(check(&two, false, None, Some(&add(&sha)), &[])
             .unwrap_err()
             .contains("multiple sources"));
-        assert!(check(&one("https://h/f"), false, None, Some(&add("md5:abc")), &[])
-            .unwrap_err()
-            .contains("sha256"));
+        assert!(
+            check(&one("https://h/f"), false, None, Some(&add("md5:abc")), &[])
+                .unwrap_err()
+                .contains("sha256")
+        );
         assert!(check(&one("https://h/r.git"), false, None, Some(&add("xyz")), &[]).is_err());
         assert!(check(&one("a"), true, Some("1000:1000"), None, &[]).is_ok());
         assert!(check(&one("a"), false, Some("app"), None, &[]).is_ok());

@@ -1135,8 +1135,14 @@ impl<'a> Planner<'a> {
         };
         let chown = opt_expand(self, scope, &copy.chown, instruction)?;
         let chmod = opt_expand(self, scope, &copy.chmod, instruction)?;
-        crate::copyflags::check(&sources, copy.link, chown.as_deref(), add.as_ref(), &exclude)
-            .map_err(fail)?;
+        crate::copyflags::check(
+            &sources,
+            copy.link,
+            chown.as_deref(),
+            add.as_ref(),
+            &exclude,
+        )
+        .map_err(fail)?;
         let mut shown = vec![instruction.keyword.clone()];
         for (flag, value) in [("from", &from_name), ("chown", &chown), ("chmod", &chmod)] {
             if let Some(value) = value {

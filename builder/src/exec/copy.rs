@@ -26,7 +26,6 @@ use super::{is_url, Action, ExecError, Executor, ImageInfo, Layer, Source, Stage
 use crate::copyflags::{exclude_rules, kept_path, parents_pivot};
 use crate::plan::{chain_key, Step};
 
-
 /// The key a step's layer is cached under and the key after the step (see
 /// [`crate::copyflags::layer_keys`]; they differ for `--link`).
 pub(super) fn copy_keys(
@@ -120,8 +119,17 @@ impl Executor<'_> {
     }
 
     /// The commit (and ref name) a Git source names, asked once per build.
-    fn git_commit(&self, source: &str, checksum: Option<&str>) -> Result<(String, Option<String>), String> {
-        if let Some(known) = self.git_commits.lock().ok().and_then(|m| m.get(source).cloned()) {
+    fn git_commit(
+        &self,
+        source: &str,
+        checksum: Option<&str>,
+    ) -> Result<(String, Option<String>), String> {
+        if let Some(known) = self
+            .git_commits
+            .lock()
+            .ok()
+            .and_then(|m| m.get(source).cloned())
+        {
             return Ok(known);
         }
         let src = git::parse(source)?;
@@ -252,14 +260,14 @@ impl Executor<'_> {
             dir_times: Vec::new(),
         };
         let unpack = add.as_ref().map(|a| a.unpack.unwrap_or(true));
-        for source in sources {
+        for (n, source) in sources.iter().enumerate() {
             if git::is_git_url(source) || is_url(source) {
                 let Some(add) = add else {
                     return Err(fail(format!("{source}: COPY cannot fetch URLs; use ADD")));
                 };
                 let checksum = add.checksum.as_deref();
                 if git::is_git_url(source) {
-                    let checkout = scratch.join("git");
+                    let checkout = scratch.join(format!("git-{n}"));
                     let matched = self
                         .git_checkout(source, checksum, add.keep_git_dir, &checkout)
                         .map_err(fail)?;
@@ -402,7 +410,10 @@ impl Executor<'_> {
                 "{source}: no directory {rel:?} in the repository at commit {commit}"
             ));
         }
-        Ok(Matched { path, rel: String::new() })
+        Ok(Matched {
+            path,
+            rel: String::new(),
+        })
     }
 }
 
@@ -549,7 +560,14 @@ mod tests {
         let (layer2, next2) = copy_keys("parent-2", "m", Some("c"), &link);
         assert_eq!(layer1, layer2, "the layer does not depend on the parent");
         assert_ne!(next1, next2, "the steps after it still do");
-        let Action::Copy { from, sources, inline_files, dest, .. } = link else {
+        let Action::Copy {
+            from,
+            sources,
+            inline_files,
+            dest,
+            ..
+        } = link
+        else {
             unreachable!()
         };
         let plain = Action::Copy {

@@ -42,7 +42,11 @@ fn glob_base(pattern: &str) -> &str {
         if has_glob(part) {
             break;
         }
-        end = if i == 0 { part.len() } else { end + 1 + part.len() };
+        end = if i == 0 {
+            part.len()
+        } else {
+            end + 1 + part.len()
+        };
     }
     &pattern[..end.min(pattern.len())]
 }
@@ -587,5 +591,48 @@ mod tests {
         );
         fs::write(root.join("src/sub/x"), "y").unwrap();
         assert_ne!(h1, ctx.content_hash(&ctx.resolve(".").unwrap()).unwrap());
+    }
+
+    #[test]
+    fn exclude_matches_from_the_root_and_from_the_source() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        for f in [
+            "home.txt",
+            "homedir/keep",
+            "homedir/skip.txt",
+            "app/a",
+            "app/storage/views/v",
+            "src/hom.txt",
+        ] {
+            fs::create_dir_all(root.join(f).parent().unwrap()).unwrap();
+            fs::write(root.join(f), f).unwrap();
+        }
+        let exclude = DockerIgnore::parse("*.txt\nstorage/views\n").unwrap();
+        let ctx = SourceRoot {
+            root,
+            ignore: None,
+            is_context: true,
+            exclude: Some(&exclude),
+        };
+        let names = |source: &str| -> Vec<String> {
+            let mut all = Vec::new();
+            for m in ctx.resolve(source).unwrap() {
+                ctx.walk(&m, &mut |_, sub| {
+                    all.push(format!("{}:{sub}", m.rel));
+                    Ok(())
+                })
+                .unwrap();
+            }
+            all
+        };
+        assert_eq!(names("hom*"), ["homedir:", "homedir:keep"]);
+        assert_eq!(names("app"), ["app:", "app:a", "app:storage"]);
+        assert!(
+            ctx.resolve("src/hom*").is_err(),
+            "relative to the glob's directory too"
+        );
+        assert_eq!(glob_base("src/*/x"), "src");
+        assert_eq!(glob_base("*.txt"), "");
     }
 }

@@ -63,7 +63,10 @@ pub fn parse(source: &str) -> Result<GitSource, String> {
             let mut pairs = Vec::new();
             for pair in query.split('&').filter(|p| !p.is_empty()) {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                if !matches!(k, "ref" | "branch" | "tag" | "subdir" | "checksum" | "commit") {
+                if !matches!(
+                    k,
+                    "ref" | "branch" | "tag" | "subdir" | "checksum" | "commit"
+                ) {
                     own = false;
                 }
                 pairs.push((k, v));
@@ -132,7 +135,11 @@ pub fn pick_ref(listing: &str, reference: Option<&str>) -> Option<(String, Strin
         .filter_map(|l| l.split_once('\t'))
         .map(|(sha, name)| (sha.trim(), name.trim()))
         .collect();
-    let find = |name: &str| refs.iter().find(|(_, n)| *n == name).map(|(s, _)| s.to_string());
+    let find = |name: &str| {
+        refs.iter()
+            .find(|(_, n)| *n == name)
+            .map(|(s, _)| s.to_string())
+    };
     let wanted = reference.unwrap_or("HEAD");
     let candidates = [
         format!("refs/heads/{wanted}"),
@@ -169,12 +176,14 @@ fn git(args: &[&str], dir: Option<&Path>) -> Result<String, String> {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let last = stderr
             .lines()
-            .filter(|l| !l.trim().is_empty())
-            .last()
+            .rfind(|l| !l.trim().is_empty())
             .unwrap_or("")
             .trim()
             .to_string();
-        return Err(format!("git {} failed: {last}", args.first().unwrap_or(&"")));
+        return Err(format!(
+            "git {} failed: {last}",
+            args.first().unwrap_or(&"")
+        ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -182,7 +191,10 @@ fn git(args: &[&str], dir: Option<&Path>) -> Result<String, String> {
 /// The commit `src` names now (asks the remote unless the ref is a commit),
 /// checked against a `--checksum` (a commit prefix) and the query's commit.
 /// Also the full ref name to fetch (None for a commit).
-pub fn resolve(src: &GitSource, checksum: Option<&str>) -> Result<(String, Option<String>), String> {
+pub fn resolve(
+    src: &GitSource,
+    checksum: Option<&str>,
+) -> Result<(String, Option<String>), String> {
     let (commit, name) = match src.reference.as_deref() {
         Some(r) if is_commit(r) => (r.to_ascii_lowercase(), None),
         reference => {
@@ -222,7 +234,10 @@ pub fn checkout(
     git(&["init", "-q"], Some(dir)).map_err(fail)?;
     git(&["remote", "add", "origin", &src.remote], Some(dir)).map_err(fail)?;
     let want = ref_name.unwrap_or(commit);
-    let shallow = git(&["fetch", "-q", "--depth=1", "--no-tags", "origin", want], Some(dir));
+    let shallow = git(
+        &["fetch", "-q", "--depth=1", "--no-tags", "origin", want],
+        Some(dir),
+    );
     if shallow.is_err() {
         // Dumb HTTP has no shallow fetch, and some servers refuse a commit
         // by id: fetch branches and tags whole.

@@ -61,7 +61,8 @@ impl UrlCache {
     }
 
     fn keep(&self, record: &UrlRecord, bytes: &[u8]) -> Result<(), String> {
-        fs::create_dir_all(&self.dir).map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
+        fs::create_dir_all(&self.dir)
+            .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
         let (meta, body) = self.paths(&record.url);
         let pid = std::process::id();
         let write = |path: &Path, data: &[u8]| {
