@@ -44,6 +44,11 @@ pub fn check(
     add: Option<&AddOptions>,
     exclude: &[String],
 ) -> Result<(), String> {
+    if add.is_none() {
+        if let Some(url) = sources.iter().find(|s| is_remote(s)) {
+            return Err(format!("source can't be a URL for COPY ({url}); use ADD"));
+        }
+    }
     if let Some(checksum) = add.and_then(|a| a.checksum.as_deref()) {
         if sources.len() != 1 {
             return Err("--checksum can't be specified for multiple sources".into());
@@ -169,6 +174,9 @@ mod tests {
         let e = check(&one("a"), true, Some("app:1000"), None, &[]).unwrap_err();
         assert!(e.contains("numeric ids"), "{e}");
         assert!(check(&one("a"), false, None, None, &["".to_string()]).is_err());
+        assert!(check(&one("https://h/r.git"), false, None, None, &[])
+            .unwrap_err()
+            .contains("use ADD"));
     }
 
     #[test]

@@ -261,6 +261,14 @@ pub fn checkout(
         Some(dir),
     )
     .map_err(|e| fail(format!("commit {commit}: {e}")))?;
+    // Submodules come along, as BuildKit's git source fetches them.
+    if dir.join(".gitmodules").is_file() {
+        git(
+            &["submodule", "update", "--init", "--recursive", "--depth=1"],
+            Some(dir),
+        )
+        .map_err(|e| fail(format!("submodules: {e}")))?;
+    }
     if !keep_git_dir {
         std::fs::remove_dir_all(dir.join(".git")).map_err(|e| fail(e.to_string()))?;
     }
