@@ -481,6 +481,8 @@ fn add_git_repositories_and_revalidated_urls() {
              ADD {repo}#v1:docs /docs-v1\n\
              ADD --keep-git-dir=true {repo}#dev /dev/\n\
              ADD --checksum={} {repo}#v1 /v1/\n\
+             ADD {repo}#{v1} /by-commit/\n\
+             ADD {repo}?tag=v1&subdir=docs /by-query/\n\
              ADD {data} /data.txt\n",
             s.base,
             &v1[..10]
@@ -505,6 +507,8 @@ fn add_git_repositories_and_revalidated_urls() {
     );
     assert_eq!(files["dev/dev.txt"].content, "dev\n");
     assert_eq!(files["v1/README"].content, "v1 readme\n");
+    assert_eq!(files["by-commit/README"].content, "v1 readme\n");
+    assert_eq!(under(&files, "by-query"), ["guide.md"]);
     assert_eq!(files["data.txt"].content, "first body\n");
     assert_eq!(files["data.txt"].mode, 0o600);
     assert_eq!(
