@@ -222,7 +222,9 @@ impl Executor<'_> {
         let owner = match chown {
             Some(spec) => Some(
                 files::resolve_user(&image.path, spec)
-                    .map(|(u, g, _)| (u, g))
+                    // A numeric user alone gets the same numeric group, as
+                    // BuildKit does (a name gets its passwd group).
+                    .map(|(u, g, _)| (u, if spec.parse::<u32>().is_ok() { u } else { g }))
                     .map_err(|e| fail(format!("--chown={spec}: {e}")))?,
             ),
             None => None,
