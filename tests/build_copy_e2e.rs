@@ -280,6 +280,21 @@ fn exclude_parents_and_link_layers_that_outlive_a_new_base() {
     let files = image_files(&layout);
     assert_eq!(files["extra"].content, "extra", "the new base is below");
     assert_eq!(files["opt/plain.txt"].content, "plain");
+
+    // A context symlink to a host directory leads nowhere: sources resolve inside the context.
+    std::os::unix::fs::symlink("/etc", context.join("hostlink")).unwrap();
+    for source in ["hostlink/passwd", "--parents hostlink/passwd"] {
+        write(
+            &context.join("Dockerfile"),
+            &format!("FROM scratch\nCOPY {source} /x/\n"),
+            0o644,
+        );
+        let stderr = build_fails(&s, &context);
+        assert!(
+            stderr.contains("Dockerfile:2: COPY: \"hostlink/passwd\" not found"),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]

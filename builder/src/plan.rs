@@ -1339,8 +1339,14 @@ impl<'a> Planner<'a> {
                         },
                         Source::Context if paths.is_empty() => (None, false),
                         Source::Context => match add.as_ref().and_then(|a| a.checksum.clone()) {
-                            // ADD --checksum names the content itself.
-                            Some(checksum) => (Some(checksum), false),
+                            // ADD --checksum names the content itself (a git
+                            // source's key is its commit, asked at execution).
+                            Some(checksum)
+                                if !paths.iter().any(|p| crate::exec::git::is_git_url(p)) =>
+                            {
+                                (Some(checksum), false)
+                            }
+                            Some(_) => (Some(PENDING_CONTEXT.to_string()), true),
                             None => (Some(PENDING_CONTEXT.to_string()), true),
                         },
                     };

@@ -473,8 +473,17 @@ impl Stager<'_> {
             if fs::symlink_metadata(&target).is_ok() {
                 continue;
             }
-            let source = root.root.join(strip).join(&rel);
-            files::copy_one(&source, &target, self.rules)?;
+            // A directory of the source as it is; a symlink there becomes a
+            // plain directory (never a link the next writes would follow).
+            let source = files::scoped_join(root.root, &join(strip, &rel));
+            if fs::symlink_metadata(&source).is_ok_and(|m| m.is_dir()) {
+                files::copy_one(&source, &target, self.rules)?;
+            } else {
+                fs::create_dir(&target)?;
+                fs::set_permissions(&target, fs::Permissions::from_mode(0o755))?;
+                let t = filetime::FileTime::from_unix_time(self.default_time, 0);
+                filetime::set_file_times(&target, t, t)?;
+            }
             let t = fs::metadata(&target)?.mtime();
             if let Ok(r) = target.strip_prefix(self.staging) {
                 self.dir_times.push((r.to_path_buf(), t));

@@ -34,6 +34,56 @@ fn has_glob(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
+/// `root/rel` with the symlinks among `rel`'s directories resolved inside
+/// `root` (an absolute target starts again at `root`, `..` stops there), as
+/// BuildKit resolves source paths: a source never reaches outside its root
+/// (the host's files behind a context symlink, or an image's absolute link
+/// read on the host). The last component is not followed.
+pub fn scoped_join(root: &Path, rel: &str) -> PathBuf {
+    let mut parts: std::collections::VecDeque<String> = rel
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .map(str::to_string)
+        .collect();
+    let mut resolved: Vec<String> = Vec::new();
+    let mut hops = 0;
+    while let Some(part) = parts.pop_front() {
+        if part == ".." {
+            resolved.pop();
+            continue;
+        }
+        if parts.is_empty() {
+            resolved.push(part);
+            break;
+        }
+        let candidate = root.join(resolved.join("/")).join(&part);
+        let link = fs::symlink_metadata(&candidate)
+            .ok()
+            .filter(|m| m.file_type().is_symlink())
+            .and_then(|_| fs::read_link(&candidate).ok());
+        match link {
+            Some(target) if hops < 40 => {
+                hops += 1;
+                let target = target.to_string_lossy().into_owned();
+                if target.starts_with('/') {
+                    resolved.clear();
+                }
+                for p in target.split('/').rev() {
+                    if !p.is_empty() && p != "." {
+                        parts.push_front(p.to_string());
+                    }
+                }
+            }
+            _ => resolved.push(part),
+        }
+    }
+    if resolved.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(resolved.join("/"))
+    }
+}
+
 /// The directories of a pattern before its first component with a glob
 /// (`src/*/x` → `src`).
 fn glob_base(pattern: &str) -> &str {
@@ -102,11 +152,7 @@ impl SourceRoot<'_> {
             }
             return Ok(found);
         }
-        let path = if rel.is_empty() {
-            self.root.to_path_buf()
-        } else {
-            self.root.join(&rel)
-        };
+        let path = scoped_join(self.root, &rel);
         if fs::symlink_metadata(&path).is_err() || self.excluded(&rel) {
             return Err(format!(
                 "{source:?} not found{}",
@@ -634,5 +680,35 @@ mod tests {
         );
         assert_eq!(glob_base("src/*/x"), "src");
         assert_eq!(glob_base("*.txt"), "");
+    }
+
+    #[test]
+    fn source_paths_resolve_symlinks_inside_their_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fs::create_dir_all(root.join("usr/lib")).unwrap();
+        fs::write(root.join("usr/lib/libx"), "x").unwrap();
+        std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
+        std::os::unix::fs::symlink("/usr/lib", root.join("abs")).unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("host")).unwrap();
+        std::os::unix::fs::symlink("../../../..", root.join("up")).unwrap();
+        assert_eq!(scoped_join(root, "lib/libx"), root.join("usr/lib/libx"));
+        assert_eq!(scoped_join(root, "abs/libx"), root.join("usr/lib/libx"));
+        // Never the host's /etc/passwd, never above the root.
+        assert_eq!(scoped_join(root, "host/passwd"), root.join("etc/passwd"));
+        assert_eq!(
+            scoped_join(root, "up/usr/lib/libx"),
+            root.join("usr/lib/libx")
+        );
+        // The last component is the link itself.
+        assert_eq!(scoped_join(root, "lib"), root.join("lib"));
+        assert_eq!(scoped_join(root, ""), root.to_path_buf());
+        let ctx = SourceRoot {
+            root,
+            ignore: None,
+            is_context: true,
+            exclude: None,
+        };
+        assert!(ctx.resolve("host/passwd").is_err());
     }
 }
