@@ -58,7 +58,7 @@ step "CI=$CI$(narrowed)"
 # iproute2, iptables, curl (and util-linux's nsenter/setsid): scripts/docker-hosts.sh, which
 # tests/deploy_hosts_e2e.rs uses to run dockerds in network namespaces.
 PACKAGES=(docker.io skopeo docker-registry busybox-static umoci openssl runc podman buildah
-          openssh-client openssh-server iproute2 iptables curl dnsmasq ansible-core)
+          openssh-client openssh-server iproute2 iptables curl dnsmasq ansible-core git)
 missing=()
 for p in "${PACKAGES[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then

@@ -20,6 +20,7 @@ use std::fmt;
 
 use serde::Serialize;
 
+pub mod copyflags;
 pub mod dockerfile;
 pub mod dockerignore;
 pub mod exec;

@@ -1135,6 +1135,14 @@ impl<'a> Planner<'a> {
         };
         let chown = opt_expand(self, scope, &copy.chown, instruction)?;
         let chmod = opt_expand(self, scope, &copy.chmod, instruction)?;
+        crate::copyflags::check(
+            &sources,
+            copy.link,
+            chown.as_deref(),
+            add.as_ref(),
+            &exclude,
+        )
+        .map_err(fail)?;
         let mut shown = vec![instruction.keyword.clone()];
         for (flag, value) in [("from", &from_name), ("chown", &chown), ("chmod", &chmod)] {
             if let Some(value) = value {
@@ -1144,6 +1152,10 @@ impl<'a> Planner<'a> {
         if copy.link {
             shown.push("--link".into());
         }
+        if copy.parents {
+            shown.push("--parents".into());
+        }
+        shown.extend(exclude.iter().map(|e| format!("--exclude={e}")));
         shown.extend(sources.iter().cloned());
         shown.extend(inline_files.iter().map(|f| format!("<<{}", f.name)));
         shown.push(dest);
@@ -1327,8 +1339,14 @@ impl<'a> Planner<'a> {
                         },
                         Source::Context if paths.is_empty() => (None, false),
                         Source::Context => match add.as_ref().and_then(|a| a.checksum.clone()) {
-                            // ADD --checksum names the content itself.
-                            Some(checksum) => (Some(checksum), false),
+                            // ADD --checksum names the content itself (a git
+                            // source's key is its commit, asked at execution).
+                            Some(checksum)
+                                if !paths.iter().any(|p| crate::exec::git::is_git_url(p)) =>
+                            {
+                                (Some(checksum), false)
+                            }
+                            Some(_) => (Some(PENDING_CONTEXT.to_string()), true),
                             None => (Some(PENDING_CONTEXT.to_string()), true),
                         },
                     };
@@ -1339,11 +1357,13 @@ impl<'a> Planner<'a> {
             };
             let material = material.to_string();
             provisional |= pending;
-            let key = chain_key(&parent, &material, content.as_deref());
-            step.cache_key = Some(key.clone());
+            let link = matches!(step.action, Action::Copy { link: true, .. });
+            let (key, next) =
+                crate::copyflags::layer_keys(&parent, &material, content.as_deref(), link);
+            step.cache_key = Some(key);
             step.key_material = Some(material);
             step.provisional = provisional;
-            parent = key;
+            parent = next;
         }
         stage.final_key = parent;
         stage.base_provisional = provisional;

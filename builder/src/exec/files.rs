@@ -19,6 +19,8 @@ pub struct SourceRoot<'a> {
     pub ignore: Option<&'a DockerIgnore>,
     /// Context files become root-owned; files of a stage keep their owners.
     pub is_context: bool,
+    /// `COPY --exclude` patterns (for any source root).
+    pub exclude: Option<&'a DockerIgnore>,
 }
 
 /// One matched source: its path on disk and its path relative to the root.
@@ -32,9 +34,85 @@ fn has_glob(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
+/// `root/rel` with the symlinks among `rel`'s directories resolved inside
+/// `root` (an absolute target starts again at `root`, `..` stops there), as
+/// BuildKit resolves source paths: a source never reaches outside its root
+/// (the host's files behind a context symlink, or an image's absolute link
+/// read on the host). The last component is not followed.
+pub fn scoped_join(root: &Path, rel: &str) -> PathBuf {
+    let mut parts: std::collections::VecDeque<String> = rel
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .map(str::to_string)
+        .collect();
+    let mut resolved: Vec<String> = Vec::new();
+    let mut hops = 0;
+    while let Some(part) = parts.pop_front() {
+        if part == ".." {
+            resolved.pop();
+            continue;
+        }
+        if parts.is_empty() {
+            resolved.push(part);
+            break;
+        }
+        let candidate = root.join(resolved.join("/")).join(&part);
+        let link = fs::symlink_metadata(&candidate)
+            .ok()
+            .filter(|m| m.file_type().is_symlink())
+            .and_then(|_| fs::read_link(&candidate).ok());
+        match link {
+            Some(target) if hops < 40 => {
+                hops += 1;
+                let target = target.to_string_lossy().into_owned();
+                if target.starts_with('/') {
+                    resolved.clear();
+                }
+                for p in target.split('/').rev() {
+                    if !p.is_empty() && p != "." {
+                        parts.push_front(p.to_string());
+                    }
+                }
+            }
+            _ => resolved.push(part),
+        }
+    }
+    if resolved.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(resolved.join("/"))
+    }
+}
+
+/// The directories of a pattern before its first component with a glob
+/// (`src/*/x` → `src`).
+fn glob_base(pattern: &str) -> &str {
+    let mut end = 0;
+    for (i, part) in pattern.split('/').enumerate() {
+        if has_glob(part) {
+            break;
+        }
+        end = if i == 0 {
+            part.len()
+        } else {
+            end + 1 + part.len()
+        };
+    }
+    &pattern[..end.min(pattern.len())]
+}
+
 impl SourceRoot<'_> {
     fn excluded(&self, rel: &str) -> bool {
         !rel.is_empty() && self.ignore.is_some_and(|i| i.is_excluded(rel))
+    }
+
+    /// Whether `--exclude` drops a path: patterns match it relative to the
+    /// root, or relative to the source it is copied from (`--exclude=x/y`
+    /// with source `app/` drops `app/x/y`, as BuildKit does).
+    fn flag_excluded(&self, rel: &str, sub: &str) -> bool {
+        self.exclude.is_some_and(|e| {
+            (!rel.is_empty() && e.is_excluded(rel)) || (!sub.is_empty() && e.is_excluded(sub))
+        })
     }
 
     /// Resolve one COPY source (path or glob) to the files it names.
@@ -55,7 +133,11 @@ impl SourceRoot<'_> {
                     .map_err(|e| e.to_string())?
                     .to_string_lossy()
                     .into_owned();
-                if glob.matches(&r) && !self.excluded(&r) {
+                let from_base = r
+                    .strip_prefix(glob_base(&rel))
+                    .unwrap_or(&r)
+                    .trim_start_matches('/');
+                if glob.matches(&r) && !self.excluded(&r) && !self.flag_excluded(&r, from_base) {
                     found.push(Matched {
                         path: entry.path().to_path_buf(),
                         rel: r,
@@ -70,11 +152,7 @@ impl SourceRoot<'_> {
             }
             return Ok(found);
         }
-        let path = if rel.is_empty() {
-            self.root.to_path_buf()
-        } else {
-            self.root.join(&rel)
-        };
+        let path = scoped_join(self.root, &rel);
         if fs::symlink_metadata(&path).is_err() || self.excluded(&rel) {
             return Err(format!(
                 "{source:?} not found{}",
@@ -86,6 +164,13 @@ impl SourceRoot<'_> {
             ));
         }
         Ok(vec![Matched { path, rel }])
+    }
+
+    /// Whether `--exclude` drops a file source named as such (by its path
+    /// or its name).
+    pub fn is_excluded_file(&self, m: &Matched) -> bool {
+        let name = m.rel.rsplit('/').next().unwrap_or("");
+        self.flag_excluded(&m.rel, name)
     }
 
     fn what(&self) -> &'static str {
@@ -123,6 +208,17 @@ impl SourceRoot<'_> {
             if let Some(ignore) = self.ignore {
                 if !full_rel.is_empty() && ignore.is_excluded(&full_rel) {
                     if entry.file_type().is_dir() && !ignore.must_walk(&full_rel) {
+                        it.skip_current_dir();
+                    }
+                    continue;
+                }
+            }
+            if let Some(exclude) = self.exclude {
+                if self.flag_excluded(&full_rel, &sub) {
+                    // Into an excluded directory only for a `!` exception below it.
+                    let walk_on = (full_rel.is_empty() || exclude.must_walk(&full_rel))
+                        && (sub.is_empty() || exclude.must_walk(&sub));
+                    if entry.file_type().is_dir() && !walk_on {
                         it.skip_current_dir();
                     }
                     continue;
@@ -525,6 +621,7 @@ mod tests {
             root,
             ignore: Some(&ignore),
             is_context: true,
+            exclude: None,
         };
         let m = ctx.resolve("*.txt").unwrap();
         let names: Vec<&str> = m.iter().map(|m| m.rel.as_str()).collect();
@@ -540,5 +637,78 @@ mod tests {
         );
         fs::write(root.join("src/sub/x"), "y").unwrap();
         assert_ne!(h1, ctx.content_hash(&ctx.resolve(".").unwrap()).unwrap());
+    }
+
+    #[test]
+    fn exclude_matches_from_the_root_and_from_the_source() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        for f in [
+            "home.txt",
+            "homedir/keep",
+            "homedir/skip.txt",
+            "app/a",
+            "app/storage/views/v",
+            "src/hom.txt",
+        ] {
+            fs::create_dir_all(root.join(f).parent().unwrap()).unwrap();
+            fs::write(root.join(f), f).unwrap();
+        }
+        let exclude = DockerIgnore::parse("*.txt\nstorage/views\n").unwrap();
+        let ctx = SourceRoot {
+            root,
+            ignore: None,
+            is_context: true,
+            exclude: Some(&exclude),
+        };
+        let names = |source: &str| -> Vec<String> {
+            let mut all = Vec::new();
+            for m in ctx.resolve(source).unwrap() {
+                ctx.walk(&m, &mut |_, sub| {
+                    all.push(format!("{}:{sub}", m.rel));
+                    Ok(())
+                })
+                .unwrap();
+            }
+            all
+        };
+        assert_eq!(names("hom*"), ["homedir:", "homedir:keep"]);
+        assert_eq!(names("app"), ["app:", "app:a", "app:storage"]);
+        assert!(
+            ctx.resolve("src/hom*").is_err(),
+            "relative to the glob's directory too"
+        );
+        assert_eq!(glob_base("src/*/x"), "src");
+        assert_eq!(glob_base("*.txt"), "");
+    }
+
+    #[test]
+    fn source_paths_resolve_symlinks_inside_their_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fs::create_dir_all(root.join("usr/lib")).unwrap();
+        fs::write(root.join("usr/lib/libx"), "x").unwrap();
+        std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
+        std::os::unix::fs::symlink("/usr/lib", root.join("abs")).unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("host")).unwrap();
+        std::os::unix::fs::symlink("../../../..", root.join("up")).unwrap();
+        assert_eq!(scoped_join(root, "lib/libx"), root.join("usr/lib/libx"));
+        assert_eq!(scoped_join(root, "abs/libx"), root.join("usr/lib/libx"));
+        // Never the host's /etc/passwd, never above the root.
+        assert_eq!(scoped_join(root, "host/passwd"), root.join("etc/passwd"));
+        assert_eq!(
+            scoped_join(root, "up/usr/lib/libx"),
+            root.join("usr/lib/libx")
+        );
+        // The last component is the link itself.
+        assert_eq!(scoped_join(root, "lib"), root.join("lib"));
+        assert_eq!(scoped_join(root, ""), root.to_path_buf());
+        let ctx = SourceRoot {
+            root,
+            ignore: None,
+            is_context: true,
+            exclude: None,
+        };
+        assert!(ctx.resolve("host/passwd").is_err());
     }
 }

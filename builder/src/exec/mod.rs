@@ -15,9 +15,12 @@
 //! undone by guards on every path out.
 
 pub mod chroot;
+mod copy;
 pub mod files;
+pub mod git;
 pub mod layer;
 pub mod netfiles;
+mod remote;
 pub mod runc;
 
 use std::collections::BTreeMap;
@@ -40,10 +43,9 @@ use berth_storage::Digest;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::plan::{chain_key, Action, BaseImage, Plan, Source, Stage, StageConfig};
+use crate::plan::{Action, BaseImage, Plan, Source, Stage, StageConfig};
 use crate::{BuildError, DockerIgnore, PlanOptions};
 
-use files::{CopyRules, SourceRoot};
 use layer::{unpack_tar, write_tar};
 
 /// An execution error, ready to show the user.
@@ -286,7 +288,9 @@ pub struct Executor<'a> {
     /// The cache entries this build used or made (for `--cache-to`).
     used: std::sync::Mutex<BTreeMap<String, CacheEntry>>,
     /// ADD URL bodies fetched during this build (hashed for the key, then copied).
-    fetched: std::sync::Mutex<BTreeMap<String, Vec<u8>>>,
+    fetched: std::sync::Mutex<BTreeMap<String, remote::Fetched>>,
+    /// ADD git sources resolved during this build: commit and ref name.
+    git_commits: std::sync::Mutex<BTreeMap<String, (String, Option<String>)>>,
     step_no: AtomicUsize,
     cached: AtomicUsize,
 }
@@ -332,6 +336,7 @@ impl<'a> Executor<'a> {
             isolation: Isolation::Runc,
             isolation_reported: std::sync::atomic::AtomicBool::new(false),
             fetched: std::sync::Mutex::new(BTreeMap::new()),
+            git_commits: std::sync::Mutex::new(BTreeMap::new()),
             used: std::sync::Mutex::new(BTreeMap::new()),
             step_no: AtomicUsize::new(0),
             cached: AtomicUsize::new(0),
@@ -927,24 +932,7 @@ impl<'a> Executor<'a> {
             let started = Instant::now();
             let scratch = self.work_dir()?;
             let content = match &step.action {
-                Action::Copy {
-                    from, sources, add, ..
-                } => match from {
-                    Source::Stage { index } => Some(
-                        results[*index]
-                            .as_ref()
-                            .map(|r| r.key.clone())
-                            .ok_or_else(|| ExecError(format!("stage {index} has not run")))?,
-                    ),
-                    Source::Image { reference } => {
-                        images.get(reference).map(|i| i.digest.to_string())
-                    }
-                    Source::Context if sources.is_empty() => None,
-                    Source::Context => match add.as_ref().and_then(|a| a.checksum.clone()) {
-                        Some(c) => Some(c),
-                        None => Some(self.context_hash(sources, step)?),
-                    },
-                },
+                Action::Copy { .. } => self.copy_content(step, results, images)?,
                 // `--add-host` entries are part of a RUN's key, as in
                 // BuildKit (only when given: other keys stay as they were).
                 Action::Run { .. } if !self.options.add_hosts.is_empty() => Some(
@@ -956,7 +944,9 @@ impl<'a> Executor<'a> {
                 ),
                 _ => None,
             };
-            let new_key = chain_key(&key, &material, content.as_deref());
+            // The layer's key and the key after the step (they differ for COPY --link).
+            let (new_key, next_key) =
+                copy::copy_keys(&key, &material, content.as_deref(), &step.action);
             if let Some((layer, when)) = self.cache_get(&new_key) {
                 if let Ok(mut used) = self.used.lock() {
                     used.insert(
@@ -972,7 +962,7 @@ impl<'a> Executor<'a> {
                 history.push(history_entry(&when, &step.text, layer.is_none()));
                 layers.extend(layer);
                 created = Some(when);
-                key = new_key;
+                key = next_key;
                 continue;
             }
             let layer = match &step.action {
@@ -1029,14 +1019,9 @@ impl<'a> Executor<'a> {
                         scratch.0.as_path(),
                     )?
                 }
-                Action::Copy { .. } => self.copy_step(
-                    &layers,
-                    step,
-                    results,
-                    images,
-                    scratch.0.as_path(),
-                    stage.config.user.as_deref(),
-                )?,
+                Action::Copy { .. } => {
+                    self.copy_step(&layers, step, results, images, scratch.0.as_path())?
+                }
                 Action::Workdir { path } => {
                     self.workdir_step(&layers, path, scratch.0.as_path(), current_user.clone())?
                 }
@@ -1056,7 +1041,7 @@ impl<'a> Executor<'a> {
             history.push(history_entry(&when, &step.text, layer.is_none()));
             layers.extend(layer);
             created = Some(when);
-            key = new_key;
+            key = next_key;
             self.say(&format!(
                 "#{no} DONE {:.1}s",
                 started.elapsed().as_secs_f64()
@@ -1068,35 +1053,6 @@ impl<'a> Executor<'a> {
             key,
             created: created.unwrap_or_else(|| self.now()),
         })
-    }
-
-    fn context_hash(&self, sources: &[String], step: &crate::plan::Step) -> R<String> {
-        let ctx = SourceRoot {
-            root: &self.options.context,
-            ignore: self.options.ignore.as_ref(),
-            is_context: true,
-        };
-        let mut matched = Vec::new();
-        let mut urls = Vec::new();
-        for s in sources {
-            if is_url(s) {
-                urls.push(s.clone());
-                continue;
-            }
-            matched.extend(ctx.resolve(s).map_err(|e| self.step_error(step, &e))?);
-        }
-        let mut hash = ctx
-            .content_hash(&matched)
-            .ctx(|| "cannot read the build context".to_string())?;
-        for u in urls {
-            // Without --checksum the content decides: fetch it now (once;
-            // the copy uses the same bytes).
-            let bytes = self
-                .fetch(&u, None)
-                .map_err(|e| self.step_error(step, &e.0))?;
-            hash = chain_key(&hash, &u, Some(&Digest::sha256_of(&bytes).to_string()));
-        }
-        Ok(hash)
     }
 
     fn step_error(&self, step: &crate::plan::Step, message: &str) -> ExecError {
@@ -1365,266 +1321,6 @@ impl<'a> Executor<'a> {
             .ctx(|| format!("cannot create {path}"))?;
         drop(view);
         self.commit_dir(&staging)
-    }
-
-    fn copy_step(
-        &self,
-        layers: &[Layer],
-        step: &crate::plan::Step,
-        results: &[Option<StageResult>],
-        images: &BTreeMap<String, ImageInfo>,
-        scratch: &Path,
-        _user: Option<&str>,
-    ) -> R<Option<Layer>> {
-        let Action::Copy {
-            from,
-            sources,
-            inline_files,
-            dest,
-            chown,
-            chmod,
-            add,
-            exclude,
-            ..
-        } = &step.action
-        else {
-            return Ok(None);
-        };
-        let fail = |m: String| self.step_error(step, &m);
-        if !exclude.is_empty() {
-            return Err(fail("--exclude is not supported yet".into()));
-        }
-        if let Action::Copy { parents: true, .. } = &step.action {
-            return Err(fail("--parents is not supported yet".into()));
-        }
-        let image = self.view(layers, scratch)?;
-        let source_view = match from {
-            Source::Context => None,
-            Source::Stage { index } => {
-                let r = results[*index]
-                    .as_ref()
-                    .ok_or_else(|| fail(format!("stage {index} has not run")))?;
-                Some(self.view(&r.layers, scratch)?)
-            }
-            Source::Image { reference } => {
-                let i = images
-                    .get(reference)
-                    .ok_or_else(|| fail(format!("{reference} was not resolved")))?;
-                Some(self.view(&i.layers, scratch)?)
-            }
-        };
-        let root = SourceRoot {
-            root: source_view
-                .as_ref()
-                .map_or(self.options.context.as_path(), |v| v.path.as_path()),
-            ignore: if source_view.is_none() {
-                self.options.ignore.as_ref()
-            } else {
-                None
-            },
-            is_context: source_view.is_none(),
-        };
-        let owner = match chown {
-            Some(spec) => Some(
-                files::resolve_user(&image.path, spec)
-                    .map(|(u, g, _)| (u, g))
-                    .map_err(|e| fail(format!("--chown={spec}: {e}")))?,
-            ),
-            None => None,
-        };
-        let mode = match chmod {
-            Some(m) => Some(files::parse_chmod(m).map_err(fail)?),
-            None => None,
-        };
-        let clamp = self.options.source_date_epoch;
-        let default_time = clamp.unwrap_or(0) as i64;
-        let rules = CopyRules {
-            chown: owner,
-            chmod: mode.clone(),
-            preserve_owner: !root.is_context,
-            clamp,
-        };
-        let staging = scratch.join("stage");
-        fs::create_dir_all(&staging).ctx(|| "cannot create a directory".to_string())?;
-        let dest_dir = dest.ends_with('/')
-            || sources.len() + inline_files.len() > 1
-            || image.path.join(dest.trim_start_matches('/')).is_dir();
-        let dest_clean = dest.trim_end_matches('/');
-        let dest_clean = if dest_clean.is_empty() {
-            "/"
-        } else {
-            dest_clean
-        };
-        let mut dir_times: Vec<(PathBuf, i64)> = Vec::new();
-        let io_fail = |e: io::Error| fail(format!("copying: {e}"));
-        let parents =
-            |path: &str, owner: Option<(u32, u32)>, times: &mut Vec<(PathBuf, i64)>| -> R<()> {
-                files::make_parents(&staging, &image.path, path, owner, default_time)
-                    .map_err(io_fail)?;
-                // Keep the times make_parents set once children are written.
-                let mut rel = PathBuf::new();
-                for part in path.split('/').filter(|p| !p.is_empty()) {
-                    rel.push(part);
-                    if let Ok(m) = fs::metadata(staging.join(&rel)) {
-                        use std::os::unix::fs::MetadataExt;
-                        times.push((rel.clone(), m.mtime()));
-                    }
-                }
-                Ok(())
-            };
-        let unpack = add.as_ref().map(|a| a.unpack.unwrap_or(true));
-        for source in sources {
-            if is_url(source) {
-                if add.is_none() {
-                    return Err(fail(format!("{source}: COPY cannot fetch URLs; use ADD")));
-                }
-                let checksum = add.as_ref().and_then(|a| a.checksum.clone());
-                let bytes = self
-                    .fetch(source, checksum.as_deref())
-                    .map_err(|e| fail(e.0))?;
-                let name = source
-                    .split(['?', '#'])
-                    .next()
-                    .and_then(|u| u.rsplit('/').next())
-                    .filter(|n| !n.is_empty())
-                    .unwrap_or("index.html");
-                let target = if dest_dir {
-                    format!("{dest_clean}/{name}")
-                } else {
-                    dest_clean.to_string()
-                };
-                let (parent, _) = target.rsplit_once('/').unwrap_or(("", &target));
-                parents(parent, None, &mut dir_times)?;
-                let path = staging.join(target.trim_start_matches('/'));
-                fs::write(&path, &bytes).map_err(io_fail)?;
-                let (uid, gid) = owner.unwrap_or((0, 0));
-                std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).map_err(io_fail)?;
-                use std::os::unix::fs::PermissionsExt;
-                let m = mode.as_ref().map_or(0o600, |c| c.apply(0o600, false));
-                fs::set_permissions(&path, fs::Permissions::from_mode(m)).map_err(io_fail)?;
-                let ft = filetime::FileTime::from_unix_time(default_time, 0);
-                filetime::set_file_times(&path, ft, ft).map_err(io_fail)?;
-                continue;
-            }
-            let matched = root.resolve(source).map_err(fail)?;
-            for m in &matched {
-                let meta = fs::symlink_metadata(&m.path).map_err(io_fail)?;
-                if meta.is_file() && unpack == Some(true) {
-                    if let Some(gzip) = files::archive_kind(&m.path).map_err(io_fail)? {
-                        parents(dest_clean, owner, &mut dir_times)?;
-                        let into = staging.join(dest_clean.trim_start_matches('/'));
-                        files::extract_archive(&m.path, gzip, &into).map_err(io_fail)?;
-                        continue;
-                    }
-                }
-                if meta.is_dir() {
-                    let target = dest_clean.to_string();
-                    let (parent, _) = target.rsplit_once('/').unwrap_or(("", &target));
-                    parents(parent, None, &mut dir_times)?;
-                    let existing = image.path.join(target.trim_start_matches('/')).is_dir();
-                    let base = staging.join(target.trim_start_matches('/'));
-                    root.walk(m, &mut |path, sub| {
-                        let dst = if sub.is_empty() {
-                            base.clone()
-                        } else {
-                            base.join(sub)
-                        };
-                        if sub.is_empty() && existing {
-                            return files::make_parents(
-                                &staging,
-                                &image.path,
-                                &target,
-                                None,
-                                default_time,
-                            );
-                        }
-                        files::copy_one(path, &dst, &rules)?;
-                        if fs::symlink_metadata(&dst).is_ok_and(|m| m.is_dir()) {
-                            use std::os::unix::fs::MetadataExt;
-                            let t = fs::metadata(&dst)?.mtime();
-                            if let Ok(rel) = dst.strip_prefix(&staging) {
-                                dir_times.push((rel.to_path_buf(), t));
-                            }
-                        }
-                        Ok(())
-                    })
-                    .map_err(io_fail)?;
-                } else {
-                    let name = Path::new(&m.rel)
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    let target = if dest_dir {
-                        format!("{}/{name}", dest_clean.trim_end_matches('/'))
-                    } else {
-                        dest_clean.to_string()
-                    };
-                    let (parent, _) = target.rsplit_once('/').unwrap_or(("", &target));
-                    parents(parent, if dest_dir { owner } else { None }, &mut dir_times)?;
-                    files::copy_one(
-                        &m.path,
-                        &staging.join(target.trim_start_matches('/')),
-                        &rules,
-                    )
-                    .map_err(io_fail)?;
-                }
-            }
-        }
-        for file in inline_files {
-            let target = if dest.ends_with('/') {
-                format!("{}/{}", dest_clean.trim_end_matches('/'), file.name)
-            } else {
-                dest_clean.to_string()
-            };
-            let (parent, _) = target.rsplit_once('/').unwrap_or(("", &target));
-            parents(parent, None, &mut dir_times)?;
-            let path = staging.join(target.trim_start_matches('/'));
-            fs::write(&path, &file.content).map_err(io_fail)?;
-            let (uid, gid) = owner.unwrap_or((0, 0));
-            std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).map_err(io_fail)?;
-            use std::os::unix::fs::PermissionsExt;
-            let m = mode.as_ref().map_or(0o644, |c| c.apply(0o644, false));
-            fs::set_permissions(&path, fs::Permissions::from_mode(m)).map_err(io_fail)?;
-            let ft = filetime::FileTime::from_unix_time(default_time, 0);
-            filetime::set_file_times(&path, ft, ft).map_err(io_fail)?;
-        }
-        files::restore_dir_times(&staging, &dir_times).map_err(io_fail)?;
-        drop(source_view);
-        drop(image);
-        self.commit_dir(&staging)
-    }
-
-    /// ADD URL: fetch (loopback and any reachable host) and check
-    /// `--checksum` when given.
-    fn fetch(&self, url: &str, checksum: Option<&str>) -> R<Vec<u8>> {
-        let cached = self.fetched.lock().ok().and_then(|m| m.get(url).cloned());
-        let bytes = match cached {
-            Some(b) => bytes::Bytes::from(b),
-            None => self.fetch_remote(url)?,
-        };
-        if let Ok(mut m) = self.fetched.lock() {
-            m.insert(url.to_string(), bytes.to_vec());
-        }
-        if let Some(expected) = checksum {
-            let actual = Digest::sha256_of(&bytes).to_string();
-            if actual != expected {
-                return Err(ExecError(format!(
-                    "{url}: checksum mismatch: expected {expected}, got {actual}"
-                )));
-            }
-        }
-        Ok(bytes.to_vec())
-    }
-
-    fn fetch_remote(&self, url: &str) -> R<bytes::Bytes> {
-        let bytes = self
-            .runtime
-            .block_on(async {
-                let response = reqwest::get(url).await?.error_for_status()?;
-                response.bytes().await
-            })
-            .ctx(|| format!("cannot fetch {url}"))?;
-        Ok(bytes)
     }
 
     /// Write the config and manifest of the target stage's image.

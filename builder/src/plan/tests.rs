@@ -462,7 +462,7 @@ fn context_copies_are_provisional_and_chain_key_recomputes() {
     assert!(next.starts_with("sha256:") && next.len() == 71);
     // ADD --checksum names its content: nothing pending.
     let p = ok(
-        "FROM scratch\nADD --checksum=sha256:24454f83 https://example.com/a.tgz /\n",
+        "FROM scratch\nADD --checksum=sha256:24454f830cdb571e2c4ad15481119c43b3cafd48dd869a9b2945d1036d1dc68d https://example.com/a.tgz /\n",
         &options(),
     );
     assert!(!p.stages[0].steps[0].provisional);
