@@ -344,8 +344,9 @@ pub(super) fn remove_mount_points(upper: &Path, points: &MountPoints) {
     }
 }
 
-/// Apply `--security=insecure` to a runc spec: every capability, nothing
-/// masked or read-only, as BuildKit's insecure entitlement.
+/// Apply `--security=insecure` to a runc spec: every capability (that
+/// berth itself holds), nothing masked or read-only, as BuildKit's
+/// insecure entitlement.
 pub(super) fn make_insecure(spec: &mut Value) {
     const ALL_CAPS: &[&str] = &[
         "CAP_CHOWN",
@@ -387,7 +388,23 @@ pub(super) fn make_insecure(spec: &mut Value) {
         "CAP_BLOCK_SUSPEND",
         "CAP_AUDIT_READ",
     ];
-    let caps = json!(ALL_CAPS);
+    // Only what this process holds can be granted (a CI container may
+    // lack some); the list is in the kernel's bit order.
+    let held = fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX);
+    let caps: Vec<&str> = ALL_CAPS
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| held & (1u64 << bit) != 0)
+        .map(|(_, cap)| *cap)
+        .collect();
+    let caps = json!(caps);
     for set in ["bounding", "effective", "permitted"] {
         spec["process"]["capabilities"][set] = caps.clone();
     }
