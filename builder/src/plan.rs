@@ -878,7 +878,6 @@ impl<'a> Planner<'a> {
                     expanded.push(self.expand(scope, m, instruction)?);
                 }
                 let fail = |m: String| BuildError::at(instruction.line, Some("RUN"), m);
-                let mut from_error = None;
                 let mounts = mounts::parse_mounts(&expanded, &workdir, &mut |name| {
                     match find_stage(
                         &self.stage_names,
@@ -888,20 +887,13 @@ impl<'a> Planner<'a> {
                         instruction,
                     ) {
                         Some(Ok(index)) => Ok(MountFrom::Stage { index }),
-                        Some(Err(e)) => {
-                            let message = e.message.clone();
-                            from_error = Some(e);
-                            Err(message)
-                        }
+                        Some(Err(e)) => Err(e.message.replace("cannot copy from", "cannot mount")),
                         None => Ok(MountFrom::Image {
                             reference: name.to_string(),
                         }),
                     }
                 })
-                .map_err(|e| match from_error.take() {
-                    Some(stage_error) => stage_error,
-                    None => fail(e),
-                })?;
+                .map_err(fail)?;
                 mounts::check_inputs(&mounts, &self.options.run_inputs).map_err(fail)?;
                 for m in &mounts {
                     if let Some(MountFrom::Stage { index }) = m.source() {
