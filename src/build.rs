@@ -165,11 +165,12 @@ fn run_inputs(args: &BuildArgs) -> Result<RunInputs> {
     for spec in &args.secrets {
         let (id, source) = parse_secret_flag(spec).map_err(|e| anyhow::anyhow!(e))?;
         let value = match source {
-            SecretSource::File(path) => std::fs::read(&path).with_context(|| {
-                format!("--secret id={id}: cannot read {}", path.display())
-            })?,
+            SecretSource::File(path) => std::fs::read(&path)
+                .with_context(|| format!("--secret id={id}: cannot read {}", path.display()))?,
             SecretSource::Env(var) => std::env::var_os(&var)
-                .with_context(|| format!("--secret id={id}: the environment variable {var} is not set"))?
+                .with_context(|| {
+                    format!("--secret id={id}: the environment variable {var} is not set")
+                })?
                 .into_encoded_bytes(),
         };
         inputs.secrets.insert(id.clone());
@@ -187,7 +188,10 @@ fn run_inputs(args: &BuildArgs) -> Result<RunInputs> {
         };
         use std::os::unix::fs::FileTypeExt;
         if !std::fs::metadata(&socket).is_ok_and(|m| m.file_type().is_socket()) {
-            bail!("--ssh {spec}: {} is not a socket (an ssh-agent's SSH_AUTH_SOCK)", socket.display());
+            bail!(
+                "--ssh {spec}: {} is not a socket (an ssh-agent's SSH_AUTH_SOCK)",
+                socket.display()
+            );
         }
         inputs.ssh.insert(id.clone());
         agents.insert(id, socket);

@@ -106,6 +106,18 @@ fn file(layers: &[Vec<(String, Vec<u8>)>], name: &str) -> String {
 }
 
 fn build_to(s: &Setup, context: &Path, cache: &Path, layout: &Path, extra: &[&str]) -> Value {
+    build_in(s, context, cache, layout, extra, "auto")
+}
+
+/// `berth build` with `BERTH_BUILD_ISOLATION=isolation` (runc, chroot or auto).
+fn build_in(
+    s: &Setup,
+    context: &Path,
+    cache: &Path,
+    layout: &Path,
+    extra: &[&str],
+    isolation: &str,
+) -> Value {
     let _ = fs::remove_dir_all(layout);
     let out_arg = format!("oci:{}:img", layout.display());
     let cache_arg = cache.display().to_string();
@@ -119,7 +131,17 @@ fn build_to(s: &Setup, context: &Path, cache: &Path, layout: &Path, extra: &[&st
         &out_arg,
     ];
     args.extend_from_slice(extra);
-    build_json(&s.cli, context, &args).0
+    args.insert(0, "--json");
+    let out = run(
+        build_cmd(&s.cli, context, &args).env("BERTH_BUILD_ISOLATION", isolation),
+        T,
+    );
+    assert!(
+        out.status.success(),
+        "berth build failed:\n{}",
+        out.describe()
+    );
+    parse_json(&out.stdout, "berth build --json")
 }
 
 const CACHE_DOCKERFILE: &str = r#"ARG BASE
@@ -142,7 +164,7 @@ RUN --mount=type=cache,id=runs,target=/cache \
     echo scribbled > /ctx/input.txt; \
     test ! -e /ctx/ignored.txt; \
     echo tmp > /var/scratch/t; \
-    grep -q ' /var/scratch tmpfs ' /proc/mounts; \
+    if cat /bin/busybox /bin/busybox > /var/scratch/too-big; then exit 9; fi; \
     stat -c %a:%u:%g /opt/tool/cache > /tool-owner
 "#;
 
@@ -168,25 +190,18 @@ fn cache_bind_and_tmpfs_mounts() {
     assert_eq!(file(&l, "from-context"), "one");
     assert_eq!(file(&l, "tool-owner"), "700:1:2");
     // The mount RUN's layer holds what it wrote, and none of its mount points.
-    let mut mount_layer: Vec<&str> = l
-        .last()
-        .unwrap()
-        .iter()
-        .map(|(p, _)| p.as_str())
-        .collect();
+    let mut mount_layer: Vec<String> = l.last().unwrap().iter().map(|(p, _)| p.clone()).collect();
     mount_layer.sort();
     assert_eq!(
         mount_layer,
-        [
-            "from-context",
-            "from-stage",
-            "runs-seen",
-            "tool-owner"
-        ],
+        ["from-context", "from-stage", "runs-seen", "tool-owner"],
         "the mount step's layer"
     );
     // rw writes were discarded: the context is as it was.
-    assert_eq!(fs::read_to_string(context.join("input.txt")).unwrap(), "one\n");
+    assert_eq!(
+        fs::read_to_string(context.join("input.txt")).unwrap(),
+        "one\n"
+    );
 
     // Unchanged: fully cached, the cache mount untouched.
     let again = build_to(&s, &context, &cache, &layout, &[]);
@@ -225,7 +240,27 @@ fn cache_bind_and_tmpfs_mounts() {
     let text = run_ok(s.cli.cmd(["build", "prune", "--cache-dir", &cache_arg]), T);
     assert!(text.starts_with("removed 0 cache mounts"), "{text}");
     build_to(&s, &context, &cache, &layout, &["--no-cache"]);
-    assert_eq!(runs_seen(&layout), "1", "after prune the cache starts empty");
+    assert_eq!(
+        runs_seen(&layout),
+        "1",
+        "after prune the cache starts empty"
+    );
+
+    // The chroot fallback mounts the same way, and leaves the same layer.
+    let built = build_in(&s, &context, &cache, &layout, &["--no-cache"], "chroot");
+    assert_eq!(built["isolation"], "chroot");
+    let l = layers(&layout);
+    assert_eq!(runs_seen(&layout), "2");
+    assert_eq!(file(&l, "from-stage"), "from-stage");
+    assert_eq!(file(&l, "from-context"), "two");
+    assert_eq!(file(&l, "tool-owner"), "700:1:2");
+    let mut chroot_layer: Vec<String> = l.last().unwrap().iter().map(|(p, _)| p.clone()).collect();
+    chroot_layer.sort();
+    assert_eq!(chroot_layer, mount_layer, "the chroot mount step's layer");
+    assert_eq!(
+        fs::read_to_string(context.join("input.txt")).unwrap(),
+        "two\n"
+    );
 }
 
 const SECRET_DOCKERFILE: &str = r#"ARG BASE
@@ -300,11 +335,18 @@ fn secrets_never_leave_the_step() {
             build_cmd(&s.cli, &context, &a).env("ENVTOK", &secrets[1]),
             T,
         );
-        assert!(out.status.success(), "berth build failed:\n{}", out.describe());
+        assert!(
+            out.status.success(),
+            "berth build failed:\n{}",
+            out.describe()
+        );
         logs.push_str(&out.stdout);
         logs.push_str(&out.stderr);
     }
-    assert!(logs.contains("\"digest\""), "the --json build printed its result");
+    assert!(
+        logs.contains("\"digest\""),
+        "the --json build printed its result"
+    );
 
     // The step saw every secret.
     let l = layers(&layout);
@@ -315,7 +357,9 @@ fn secrets_never_leave_the_step() {
     assert_eq!(file(&l, "modes"), "400:0:0\n440:0:5");
     let paths: Vec<&str> = l.last().unwrap().iter().map(|(p, _)| p.as_str()).collect();
     assert!(
-        !paths.iter().any(|p| p.starts_with("run") || p.starts_with("etc")),
+        !paths
+            .iter()
+            .any(|p| p.starts_with("run") || p.starts_with("etc")),
         "secret mount points in the layer: {paths:?}"
     );
 
@@ -329,9 +373,7 @@ fn secrets_never_leave_the_step() {
     for secret in &secrets {
         for (name, bytes) in &places {
             assert!(
-                !bytes
-                    .windows(secret.len())
-                    .any(|w| w == secret.as_bytes()),
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
                 "a secret is in {name}"
             );
         }
@@ -402,7 +444,8 @@ fn ssh_agent_entitlements_and_bad_mounts() {
         T,
     );
     assert!(
-        out.stderr.contains("Dockerfile:8: RUN: --security=insecure")
+        out.stderr
+            .contains("Dockerfile:8: RUN: --security=insecure")
             && out.stderr.contains("--allow security.insecure"),
         "{}",
         out.describe()
@@ -443,12 +486,27 @@ fn ssh_agent_entitlements_and_bad_mounts() {
 
     // Bad mounts and options: named with the file, line and instruction (plan time).
     for (run, wanted) in [
-        ("RUN --mount=type=volume,target=/x true", "unknown mount type \"volume\""),
-        ("RUN --mount=type=cache,target=/x,colour=red true", "unknown option \"colour\""),
-        ("RUN --mount=type=cache,target=/x,id=../up true", "path separators"),
-        ("RUN --mount=type=bind,source=../outside,target=/x true", "climbs above"),
+        (
+            "RUN --mount=type=volume,target=/x true",
+            "unknown mount type \"volume\"",
+        ),
+        (
+            "RUN --mount=type=cache,target=/x,colour=red true",
+            "unknown option \"colour\"",
+        ),
+        (
+            "RUN --mount=type=cache,target=/x,id=../up true",
+            "path separators",
+        ),
+        (
+            "RUN --mount=type=bind,source=../outside,target=/x true",
+            "climbs above",
+        ),
         ("RUN --mount=type=ssh,id=nope,required true", "--ssh nope="),
-        ("RUN --network=bridge true", "--network=bridge: use default, none or host"),
+        (
+            "RUN --network=bridge true",
+            "--network=bridge: use default, none or host",
+        ),
     ] {
         write(
             &context.join("Dockerfile"),

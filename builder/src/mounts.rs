@@ -291,7 +291,9 @@ fn absolute_target(target: &str, workdir: &str) -> Result<String, String> {
         }
     }
     if parts.is_empty() {
-        return Err(format!("target={target}: cannot mount over the root directory"));
+        return Err(format!(
+            "target={target}: cannot mount over the root directory"
+        ));
     }
     Ok(format!("/{}", parts.join("/")))
 }
@@ -313,7 +315,15 @@ fn parse_mount(
     let allowed: &[&str] = match kind.as_str() {
         "bind" => &["target", "source", "from", "readonly", "readwrite"],
         "cache" => &[
-            "target", "id", "readonly", "readwrite", "sharing", "from", "source", "mode", "uid",
+            "target",
+            "id",
+            "readonly",
+            "readwrite",
+            "sharing",
+            "from",
+            "source",
+            "mode",
+            "uid",
             "gid",
         ],
         "tmpfs" => &["target", "size"],
@@ -410,9 +420,7 @@ fn parse_mount(
                 Some("private") => Sharing::Private,
                 Some("locked") => Sharing::Locked,
                 Some(other) => {
-                    return Err(format!(
-                        "sharing={other}: use shared, private or locked"
-                    ))
+                    return Err(format!("sharing={other}: use shared, private or locked"))
                 }
             };
             RunMount::Cache {
@@ -529,9 +537,8 @@ pub enum SecretSource {
 /// `docker build` takes it: `src` (or `source`) reads a file, `env` a
 /// variable, and `id=ID` alone the variable named ID.
 pub fn parse_secret_flag(spec: &str) -> Result<(String, SecretSource), String> {
-    let bad = |why: String| {
-        format!("--secret {spec}: {why}; write id=ID,src=FILE or id=ID,env=VARIABLE")
-    };
+    let bad =
+        |why: String| format!("--secret {spec}: {why}; write id=ID,src=FILE or id=ID,env=VARIABLE");
     let mut id = None;
     let mut src = None;
     let mut env = None;
@@ -571,7 +578,9 @@ pub fn parse_ssh_flag(spec: &str) -> Result<(String, Option<std::path::PathBuf>)
         None => (spec, None),
     };
     if id.is_empty() {
-        return Err(format!("--ssh {spec}: no id; write --ssh default=$SSH_AUTH_SOCK"));
+        return Err(format!(
+            "--ssh {spec}: no id; write --ssh default=$SSH_AUTH_SOCK"
+        ));
     }
     match paths {
         Some(p) if p.contains(',') => Err(format!(
@@ -747,13 +756,22 @@ mod tests {
     fn bad_mounts_are_named() {
         for (value, wanted) in [
             ("type=volume,target=/x", "unknown mount type \"volume\""),
-            ("type=cache,target=/x,colour=blue", "unknown option \"colour\""),
+            (
+                "type=cache,target=/x,colour=blue",
+                "unknown option \"colour\"",
+            ),
             ("type=tmpfs,target=/x,from=build", "does not take \"from\""),
-            ("type=bind,target=/x,sharing=locked", "does not take \"sharing\""),
+            (
+                "type=bind,target=/x,sharing=locked",
+                "does not take \"sharing\"",
+            ),
             ("type=cache", "needs target=PATH"),
             ("type=cache,target=/x,id=a/b", "path separators"),
             ("type=cache,target=/x,id=..", "path separators"),
-            ("type=cache,target=/x,sharing=sometimes", "use shared, private or locked"),
+            (
+                "type=cache,target=/x,sharing=sometimes",
+                "use shared, private or locked",
+            ),
             ("type=cache,target=/x,mode=999", "octal"),
             ("type=cache,target=/x,uid=me", "numeric id"),
             ("type=bind,target=/x,source=../etc", "climbs above"),
@@ -774,12 +792,18 @@ mod tests {
             assert!(e.starts_with(&format!("--mount={value}")), "{e}");
         }
         let dup = parse_mounts(
-            &["type=tmpfs,target=/x".into(), "type=cache,target=/x/".into()],
+            &[
+                "type=tmpfs,target=/x".into(),
+                "type=cache,target=/x/".into(),
+            ],
             "/",
             &mut resolve,
         )
         .unwrap_err();
-        assert!(dup.contains("another mount of this RUN has the target /x"), "{dup}");
+        assert!(
+            dup.contains("another mount of this RUN has the target /x"),
+            "{dup}"
+        );
     }
 
     #[test]
@@ -805,7 +829,13 @@ mod tests {
             f("type=env,id=x,src=VAR").unwrap().1,
             SecretSource::Env("VAR".into())
         );
-        for bad in ["src=a", "id=x,src=a,env=B", "id=x,colour=red", "id=x,type=pipe", "id"] {
+        for bad in [
+            "src=a",
+            "id=x,src=a,env=B",
+            "id=x,colour=red",
+            "id=x,type=pipe",
+            "id",
+        ] {
             assert!(f(bad).unwrap_err().contains("--secret"), "{bad}");
         }
         assert_eq!(parse_ssh_flag("default").unwrap(), ("default".into(), None));

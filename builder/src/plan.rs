@@ -878,8 +878,8 @@ impl<'a> Planner<'a> {
                     expanded.push(self.expand(scope, m, instruction)?);
                 }
                 let fail = |m: String| BuildError::at(instruction.line, Some("RUN"), m);
-                let mounts = mounts::parse_mounts(&expanded, &workdir, &mut |name| {
-                    match find_stage(
+                let mounts =
+                    mounts::parse_mounts(&expanded, &workdir, &mut |name| match find_stage(
                         &self.stage_names,
                         stage_count,
                         name,
@@ -891,9 +891,8 @@ impl<'a> Planner<'a> {
                         None => Ok(MountFrom::Image {
                             reference: name.to_string(),
                         }),
-                    }
-                })
-                .map_err(fail)?;
+                    })
+                    .map_err(fail)?;
                 mounts::check_inputs(&mounts, &self.options.run_inputs).map_err(fail)?;
                 for m in &mounts {
                     if let Some(MountFrom::Stage { index }) = m.source() {
@@ -903,11 +902,8 @@ impl<'a> Planner<'a> {
                 let network = opt_expand(self, scope, &run.network, instruction)?;
                 let security = opt_expand(self, scope, &run.security, instruction)?;
                 mounts::parse_network(network.as_deref()).map_err(fail)?;
-                mounts::parse_security(
-                    security.as_deref(),
-                    self.options.run_inputs.allow_insecure,
-                )
-                .map_err(fail)?;
+                mounts::parse_security(security.as_deref(), self.options.run_inputs.allow_insecure)
+                    .map_err(fail)?;
                 // ARGs in scope, then ENV: ENV wins on a shared name.
                 let mut env: Vec<String> = scope
                     .args

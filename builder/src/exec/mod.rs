@@ -1018,14 +1018,6 @@ impl<'a> Executor<'a> {
                         self.options.plan_options.run_inputs.allow_insecure,
                     )
                     .map_err(|e| self.step_error(step, &e))?;
-                    if !mounts.is_empty() {
-                        if let Isolation::Chroot(why) = &self.isolation {
-                            return Err(self.step_error(
-                                step,
-                                &format!("RUN --mount needs runc and overlayfs, and this build uses the chroot fallback because {why}"),
-                            ));
-                        }
-                    }
                     let prepared =
                         self.prepare_mounts(mounts, results, images, step, scratch.0.as_path())?;
                     let (argv, script) = heredoc_script(argv, heredocs);
@@ -1332,8 +1324,18 @@ impl<'a> Executor<'a> {
                     .and_then(|_| fs::write(&point, b""))
                     .ctx(|| format!("cannot create /{target}"))?;
             }
-            binds.push((point, source.to_path_buf()));
+            binds.push(chroot::ChrootMount {
+                target: point,
+                source: Some(source.to_path_buf()),
+                readonly: true,
+                data: String::new(),
+            });
         }
+        // RUN --mount points: made before the scan, so not in the diff.
+        binds.extend(
+            mounts::chroot_mounts(&rootfs, ctx.mounts)
+                .map_err(|e| self.step_error(step, &format!("cannot prepare RUN --mount: {e}")))?,
+        );
         let before = chroot::snapshot(&rootfs).ctx(|| "cannot scan the image".to_string())?;
         let mut argv = argv.to_vec();
         let script_path = rootfs.join(".berth-heredoc");

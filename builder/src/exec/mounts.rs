@@ -344,6 +344,47 @@ pub(super) fn remove_mount_points(upper: &Path, points: &MountPoints) {
     }
 }
 
+/// The chroot isolation's mounts for a step's RUN --mounts (the runc
+/// entries of [`Prepared::spec`]), their mount points made in `root` (a
+/// copy of this step's own, scanned after this, so they are no change).
+pub(super) fn chroot_mounts(
+    root: &Path,
+    prepared: &Prepared,
+) -> io::Result<Vec<super::chroot::ChrootMount>> {
+    let mut out = Vec::new();
+    for entry in &prepared.spec {
+        let target = entry["destination"].as_str().unwrap_or("/");
+        let options: Vec<&str> = entry["options"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let point = root.join(resolve_in_root(root, target)?);
+        let source = entry["source"].as_str().map(PathBuf::from);
+        let bind = entry["type"] == "bind";
+        let source_is_dir = source.as_deref().is_some_and(|s| s.is_dir());
+        if !bind || source_is_dir {
+            fs::create_dir_all(&point)?;
+        } else if fs::symlink_metadata(&point).is_err() {
+            if let Some(parent) = point.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            fs::write(&point, b"")?;
+        }
+        out.push(super::chroot::ChrootMount {
+            target: point,
+            source: if bind { source } else { None },
+            readonly: options.contains(&"ro"),
+            data: options
+                .iter()
+                .filter(|o| o.starts_with("size=") || o.starts_with("mode="))
+                .copied()
+                .collect::<Vec<_>>()
+                .join(","),
+        });
+    }
+    Ok(out)
+}
+
 /// Apply `--security=insecure` to a runc spec: every capability (that
 /// berth itself holds), nothing masked or read-only, as BuildKit's
 /// insecure entitlement.
@@ -454,12 +495,11 @@ pub fn prune(cache_dir: &Path) -> io::Result<Pruned> {
             }
             let n = instance.file_name().to_string_lossy().into_owned();
             let lock_path = locks.join(format!("{name}.{n}"));
-            let _held = match fs::create_dir_all(&locks)
-                .and_then(|_| flock(&lock_path, true, false))
-            {
-                Ok(Some(lock)) => lock,
-                _ => continue, // a build has it mounted
-            };
+            let _held =
+                match fs::create_dir_all(&locks).and_then(|_| flock(&lock_path, true, false)) {
+                    Ok(Some(lock)) => lock,
+                    _ => continue, // a build has it mounted
+                };
             for e in walkdir::WalkDir::new(&path).into_iter().flatten() {
                 if let Ok(m) = e.path().symlink_metadata() {
                     if !m.is_dir() {
@@ -525,7 +565,11 @@ impl Executor<'_> {
 
     /// A bind source in the build context: symlinks resolved inside it,
     /// and not excluded by .dockerignore.
-    fn context_source(&self, source: &str, step: &crate::plan::Step) -> R<(SourceRoot<'_>, Matched)> {
+    fn context_source(
+        &self,
+        source: &str,
+        step: &crate::plan::Step,
+    ) -> R<(SourceRoot<'_>, Matched)> {
         let root = SourceRoot {
             root: &self.options.context,
             ignore: self.options.ignore.as_ref(),
@@ -577,10 +621,16 @@ impl Executor<'_> {
                     source,
                     readwrite,
                 } => {
-                    let path = self.bind_source(from, source, results, images, step, scratch, n, &mut out)?;
+                    let path = self
+                        .bind_source(from, source, results, images, step, scratch, n, &mut out)?;
                     let path = if *readwrite {
-                        writable(&path, &scratch.join(format!("mount-rw-{n}")), &mut out)
-                            .map_err(|e| fail(format!("--mount target={target}: cannot make a writable copy: {e}")))?
+                        writable(&path, &scratch.join(format!("mount-rw-{n}")), &mut out).map_err(
+                            |e| {
+                                fail(format!(
+                                    "--mount target={target}: cannot make a writable copy: {e}"
+                                ))
+                            },
+                        )?
                     } else {
                         path
                     };
@@ -599,7 +649,9 @@ impl Executor<'_> {
                     gid,
                 } => {
                     let seed = match from {
-                        Some(from) => Some(self.bind_source(from, source, results, images, step, scratch, n, &mut out)?),
+                        Some(from) => Some(self.bind_source(
+                            from, source, results, images, step, scratch, n, &mut out,
+                        )?),
                         None => None,
                     };
                     let dir = self
@@ -609,7 +661,8 @@ impl Executor<'_> {
                     out.targets.push(target.clone());
                 }
                 RunMount::Tmpfs { target, size } => {
-                    let mut options = vec!["nosuid".to_string(), "nodev".into(), "mode=1777".into()];
+                    let mut options =
+                        vec!["nosuid".to_string(), "nodev".into(), "mode=1777".into()];
                     if let Some(size) = size {
                         options.push(format!("size={size}"));
                     }
@@ -650,7 +703,9 @@ impl Executor<'_> {
                         let file = dir.join(format!("secret-{n}"));
                         fs::write(&file, &value.0)
                             .and_then(|_| std::os::unix::fs::chown(&file, Some(*uid), Some(*gid)))
-                            .and_then(|_| fs::set_permissions(&file, fs::Permissions::from_mode(*mode)))
+                            .and_then(|_| {
+                                fs::set_permissions(&file, fs::Permissions::from_mode(*mode))
+                            })
                             .map_err(|e| fail(format!("cannot write secret {id:?}: {e}")))?;
                         out.spec.push(bind_entry(target, &file, true));
                         out.targets.push(target.clone());
@@ -707,29 +762,39 @@ impl Executor<'_> {
                 }
                 // Only what .dockerignore lets through, as BuildKit sends it.
                 let staged = scratch.join(format!("mount-context-{n}"));
-                stage_context(&root, &matched, &staged)
-                    .map_err(|e| fail(format!("--mount source={source}: cannot stage the context files: {e}")))?;
+                stage_context(&root, &matched, &staged).map_err(|e| {
+                    fail(format!(
+                        "--mount source={source}: cannot stage the context files: {e}"
+                    ))
+                })?;
                 return Ok(staged);
             }
-            MountFrom::Stage { index } => &results[*index]
-                .as_ref()
-                .ok_or_else(|| fail(format!("stage {index} has not run")))?
-                .layers,
-            MountFrom::Image { reference } => &images
-                .get(reference)
-                .ok_or_else(|| fail(format!("{reference} was not resolved")))?
-                .layers,
+            MountFrom::Stage { index } => {
+                &results[*index]
+                    .as_ref()
+                    .ok_or_else(|| fail(format!("stage {index} has not run")))?
+                    .layers
+            }
+            MountFrom::Image { reference } => {
+                &images
+                    .get(reference)
+                    .ok_or_else(|| fail(format!("{reference} was not resolved")))?
+                    .layers
+            }
         };
         let view = self.view(layers, scratch)?;
         let rel = resolve_in_root(&view.path, source)
             .map_err(|e| fail(format!("--mount source={source}: {e}")))?;
         let path = view.path.join(rel);
         if fs::symlink_metadata(&path).is_err() {
-            return Err(fail(format!("--mount source={source}: not found in {}", match from {
-                MountFrom::Stage { index } => format!("stage {index}"),
-                MountFrom::Image { reference } => reference.clone(),
-                MountFrom::Context => "the build context".into(),
-            })));
+            return Err(fail(format!(
+                "--mount source={source}: not found in {}",
+                match from {
+                    MountFrom::Stage { index } => format!("stage {index}"),
+                    MountFrom::Image { reference } => reference.clone(),
+                    MountFrom::Context => "the build context".into(),
+                }
+            )));
         }
         out.guards.push(Box::new(view));
         Ok(path)
@@ -884,7 +949,11 @@ mod tests {
             fs::create_dir_all(upper.join(d)).unwrap();
         }
         let m = fs::metadata(root.join("var/cache")).unwrap();
-        fs::set_permissions(upper.join("var/cache"), fs::Permissions::from_mode(m.mode())).unwrap();
+        fs::set_permissions(
+            upper.join("var/cache"),
+            fs::Permissions::from_mode(m.mode()),
+        )
+        .unwrap();
         let m = fs::metadata(root.join("var")).unwrap();
         fs::set_permissions(upper.join("var"), fs::Permissions::from_mode(m.mode())).unwrap();
         fs::write(upper.join("kept/file"), "x").unwrap();
@@ -893,9 +962,44 @@ mod tests {
             .min_depth(1)
             .sort_by_file_name()
             .into_iter()
-            .map(|e| e.unwrap().path().strip_prefix(&upper).unwrap().display().to_string())
+            .map(|e| {
+                e.unwrap()
+                    .path()
+                    .strip_prefix(&upper)
+                    .unwrap()
+                    .display()
+                    .to_string()
+            })
             .collect();
         assert_eq!(left, vec!["kept", "kept/file"]);
+    }
+
+    #[test]
+    fn agent_proxy_forwards_connections() {
+        use std::io::{Read, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let agent_path = dir.path().join("agent.sock");
+        let agent = UnixListener::bind(&agent_path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = agent.accept().unwrap();
+            let mut request = [0u8; 5];
+            conn.read_exact(&mut request).unwrap();
+            request.reverse();
+            conn.write_all(&request).unwrap();
+        });
+        // SAFETY: getuid/getgid have no preconditions.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let (proxy, socket) = AgentProxy::start(&agent_path, 0o660, uid, gid).unwrap();
+        let meta = fs::metadata(&socket).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o660);
+        let mut client = UnixStream::connect(&socket).unwrap();
+        client.write_all(b"hello").unwrap();
+        let mut reply = [0u8; 5];
+        client.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"olleh");
+        server.join().unwrap();
+        drop(proxy);
+        assert!(!socket.exists(), "the proxy's folder goes with it");
     }
 
     #[test]

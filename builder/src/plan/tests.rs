@@ -751,7 +751,10 @@ fn run_mounts_are_checked_and_keyed() {
     let ctx = ok("FROM b\nRUN --mount=target=/src true\n", &o);
     assert!(ctx.stages[0].steps[0].provisional);
     // Errors name the line; secrets and entitlements are checked against the options.
-    let e = err("FROM b\n\nRUN --mount=type=cache,target=/x,id=a/b true\n", &o);
+    let e = err(
+        "FROM b\n\nRUN --mount=type=cache,target=/x,id=a/b true\n",
+        &o,
+    );
     assert!(
         e.starts_with("Dockerfile:3: RUN: --mount=type=cache,target=/x,id=a/b: id=a/b"),
         "{e}"
