@@ -156,8 +156,10 @@ RUN --mount=type=cache,id=runs,target=/cache \
     --mount=type=bind,target=/ctx,rw \
     --mount=type=tmpfs,target=/var/scratch,size=1m \
     --mount=type=cache,target=/opt/tool/cache,sharing=locked,mode=0700,uid=1,gid=2 \
+    --mount=type=cache,id=runs,target=/same-cache,sharing=locked \
     set -e; \
     echo "$ROUND" >> /cache/runs; \
+    test -s /same-cache/runs; \
     wc -l < /cache/runs > /runs-seen; \
     cat /stage/stage.txt > /from-stage; \
     cat /ctx/input.txt > /from-context; \

@@ -200,6 +200,9 @@ pub(super) struct Prepared {
     pub env: Vec<String>,
     /// Set when a secret is in use: the runc bundle goes here (memory).
     pub bundle: Option<PathBuf>,
+    /// Cache mounts this step holds already, by id (one id at two
+    /// targets must not wait for its own lock).
+    held: BTreeMap<String, PathBuf>,
     guards: Vec<Box<dyn std::any::Any>>,
 }
 
@@ -810,6 +813,11 @@ impl Executor<'_> {
         seed: Option<&Path>,
         out: &mut Prepared,
     ) -> io::Result<PathBuf> {
+        if sharing != Sharing::Private {
+            if let Some(path) = out.held.get(id) {
+                return Ok(path.clone());
+            }
+        }
         let base = self.options.cache_dir.join("mounts");
         let hash = cache_hash(id);
         let dir = base.join("cache").join(&hash);
@@ -849,6 +857,7 @@ impl Executor<'_> {
                 let _ = fs::remove_dir_all(&made);
             }
         }
+        out.held.insert(id.to_string(), path.clone());
         Ok(path)
     }
 }
