@@ -157,6 +157,7 @@ RUN --mount=type=cache,id=runs,target=/cache \
     --mount=type=tmpfs,target=/var/scratch,size=1m \
     --mount=type=cache,target=/opt/tool/cache,sharing=locked,mode=0700,uid=1,gid=2 \
     --mount=type=cache,id=runs,target=/same-cache,sharing=locked \
+    --mount=type=tmpfs,target=/tmp \
     set -e; \
     echo "$ROUND" >> /cache/runs; \
     test -s /same-cache/runs; \
@@ -166,6 +167,7 @@ RUN --mount=type=cache,id=runs,target=/cache \
     echo scribbled > /ctx/input.txt; \
     test ! -e /ctx/ignored.txt; \
     echo tmp > /var/scratch/t; \
+    echo gone > /tmp/gone; \
     if cat /bin/busybox /bin/busybox > /var/scratch/too-big; then exit 9; fi; \
     stat -c %a:%u:%g /opt/tool/cache > /tool-owner
 "#;
