@@ -151,7 +151,10 @@ RUN ["/bin/busybox", "sh", "-c", "/bin/busybox mkdir -p /data && echo from-stage
 FROM ${BASE}
 RUN ["/bin/busybox", "--install", "-s", "/bin"]
 ARG ROUND=1
+ARG BASE
 RUN --mount=type=cache,id=runs,target=/cache \
+    --mount=type=bind,from=${BASE},source=etc,target=/base-etc \
+    --mount=type=cache,id=seeded,target=/seeded,from=tools,source=/data \
     --mount=type=bind,from=tools,source=/data,target=/stage \
     --mount=type=bind,target=/ctx,rw \
     --mount=type=tmpfs,target=/var/scratch,size=1m \
@@ -163,6 +166,8 @@ RUN --mount=type=cache,id=runs,target=/cache \
     test -s /same-cache/runs; \
     wc -l < /cache/runs > /runs-seen; \
     cat /stage/stage.txt > /from-stage; \
+    cat /base-etc/passwd > /base-passwd; \
+    cat /seeded/stage.txt > /from-seed; \
     cat /ctx/input.txt > /from-context; \
     echo scribbled > /ctx/input.txt; \
     test ! -e /ctx/ignored.txt; \
@@ -193,12 +198,21 @@ fn cache_bind_and_tmpfs_mounts() {
     assert_eq!(file(&l, "from-stage"), "from-stage");
     assert_eq!(file(&l, "from-context"), "one");
     assert_eq!(file(&l, "tool-owner"), "700:1:2");
+    assert_eq!(file(&l, "base-passwd"), "root:x:0:0:root:/root:/bin/sh");
+    assert_eq!(file(&l, "from-seed"), "from-stage");
     // The mount RUN's layer holds what it wrote, and none of its mount points.
     let mut mount_layer: Vec<String> = l.last().unwrap().iter().map(|(p, _)| p.clone()).collect();
     mount_layer.sort();
     assert_eq!(
         mount_layer,
-        ["from-context", "from-stage", "runs-seen", "tool-owner"],
+        [
+            "base-passwd",
+            "from-context",
+            "from-seed",
+            "from-stage",
+            "runs-seen",
+            "tool-owner"
+        ],
         "the mount step's layer"
     );
     // rw writes were discarded: the context is as it was.
@@ -239,7 +253,7 @@ fn cache_bind_and_tmpfs_mounts() {
         .map(|v| v.as_str().unwrap())
         .collect();
     ids.sort();
-    assert_eq!(ids, ["/opt/tool/cache", "runs"], "{pruned}");
+    assert_eq!(ids, ["/opt/tool/cache", "runs", "seeded"], "{pruned}");
     assert!(pruned["bytes"].as_u64().unwrap() >= 6, "{pruned}");
     let text = run_ok(s.cli.cmd(["build", "prune", "--cache-dir", &cache_arg]), T);
     assert!(text.starts_with("removed 0 cache mounts"), "{text}");
