@@ -17,9 +17,13 @@ use serde_json::json;
 use crate::images::{ClientArgs, Session, TransferArgs};
 
 #[derive(Parser, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct BuildArgs {
+    #[command(subcommand)]
+    action: Option<BuildAction>,
     /// The build context: a directory
-    context: PathBuf,
+    #[arg(required = true)]
+    context: Option<PathBuf>,
     /// The Dockerfile [default: CONTEXT/Dockerfile]; `-` reads it from stdin
     #[arg(long, short = 'f', value_name = "FILE")]
     file: Option<String>,
@@ -60,7 +64,22 @@ pub struct BuildArgs {
     /// repeatable
     #[arg(long = "add-host", value_name = "NAME:IP")]
     add_hosts: Vec<String>,
-    /// The build cache (base images, layers, keys) [default: beside the local store]
+    /// Give RUN --mount=type=secret,id=ID a secret: from a file (src=FILE)
+    /// or an environment variable (env=VAR; id=ID alone reads $ID), as
+    /// `docker build`; never stored in the image, the cache or the log; repeatable
+    #[arg(long = "secret", value_name = "id=ID[,src=FILE|,env=VAR]")]
+    secrets: Vec<String>,
+    /// Forward an SSH agent to RUN --mount=type=ssh[,id=ID]: `default` (or
+    /// ID=SOCKET, e.g. default=$SSH_AUTH_SOCK; `default` alone uses
+    /// $SSH_AUTH_SOCK); key files are not supported; repeatable
+    #[arg(long = "ssh", value_name = "ID[=SOCKET]")]
+    ssh: Vec<String>,
+    /// Grant an entitlement: security.insecure lets RUN --security=insecure
+    /// run with every capability; network.host is accepted (RUN
+    /// --network=host needs nothing more); repeatable
+    #[arg(long = "allow", value_name = "ENTITLEMENT")]
+    allow: Vec<String>,
+    /// The build cache (base images, layers, keys, cache mounts) [default: beside the local store]
     #[arg(long, value_name = "DIR", env = "BERTH_BUILD_CACHE")]
     cache_dir: Option<PathBuf>,
     /// How steps are shown: tty (live view of running steps with their last
@@ -72,7 +91,130 @@ pub struct BuildArgs {
     client: ClientArgs,
 }
 
-pub fn build(args: BuildArgs) -> Result<()> {
+#[derive(clap::Subcommand, Debug)]
+enum BuildAction {
+    /// Empty the RUN --mount=type=cache folders of the build cache (kept
+    /// across builds and --no-cache until then); says what it freed
+    Prune(PruneArgs),
+}
+
+#[derive(Parser, Debug)]
+pub struct PruneArgs {
+    /// The build cache [default: beside the local store]
+    #[arg(long, value_name = "DIR", env = "BERTH_BUILD_CACHE")]
+    cache_dir: Option<PathBuf>,
+    /// Berth's local image store (the default build cache is beside it)
+    #[arg(long, value_name = "DIR", env = "BERTH_STORE")]
+    store: Option<PathBuf>,
+    /// Print the result as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+impl BuildArgs {
+    fn context(&self) -> &Path {
+        self.context.as_deref().unwrap_or(Path::new("."))
+    }
+}
+
+/// The build cache folder: --cache-dir, or `build-cache` beside the store.
+fn cache_dir(cache_dir: &Option<PathBuf>, store: &Option<PathBuf>) -> PathBuf {
+    cache_dir.clone().unwrap_or_else(|| {
+        let store = store.clone().unwrap_or_else(default_store_dir);
+        store
+            .parent()
+            .map(|p| p.join("build-cache"))
+            .unwrap_or_else(|| PathBuf::from("build-cache"))
+    })
+}
+
+/// `berth build prune`.
+fn prune(args: PruneArgs) -> Result<()> {
+    let dir = cache_dir(&args.cache_dir, &args.store);
+    let pruned = berth_builder::exec::mounts::prune(&dir)
+        .with_context(|| format!("cannot prune the cache mounts in {}", dir.display()))?;
+    if args.json {
+        println!(
+            "{}",
+            json!({"cache_dir": dir.display().to_string(), "cache_mounts": pruned.ids, "bytes": pruned.bytes})
+        );
+    } else {
+        println!(
+            "removed {} cache mount{} ({} bytes) from {}{}",
+            pruned.ids.len(),
+            if pruned.ids.len() == 1 { "" } else { "s" },
+            pruned.bytes,
+            dir.display(),
+            if pruned.ids.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", pruned.ids.join(", "))
+            }
+        );
+    }
+    Ok(())
+}
+
+/// `--secret`, `--ssh` and `--allow`: the ids and entitlement for the
+/// plan, the values for the executor.
+type RunInputs = (
+    berth_builder::mounts::RunInputs,
+    BTreeMap<String, berth_builder::exec::mounts::Secret>,
+    BTreeMap<String, PathBuf>,
+);
+
+fn run_inputs(args: &BuildArgs) -> Result<RunInputs> {
+    use berth_builder::mounts::{parse_secret_flag, parse_ssh_flag, SecretSource};
+    let mut inputs = berth_builder::mounts::RunInputs::default();
+    let mut secrets = BTreeMap::new();
+    for spec in &args.secrets {
+        let (id, source) = parse_secret_flag(spec).map_err(|e| anyhow::anyhow!(e))?;
+        let value = match source {
+            SecretSource::File(path) => std::fs::read(&path)
+                .with_context(|| format!("--secret id={id}: cannot read {}", path.display()))?,
+            SecretSource::Env(var) => std::env::var_os(&var)
+                .with_context(|| {
+                    format!("--secret id={id}: the environment variable {var} is not set")
+                })?
+                .into_encoded_bytes(),
+        };
+        inputs.secrets.insert(id.clone());
+        secrets.insert(id, berth_builder::exec::mounts::Secret::new(value));
+    }
+    let mut agents = BTreeMap::new();
+    for spec in &args.ssh {
+        let (id, socket) = parse_ssh_flag(spec).map_err(|e| anyhow::anyhow!(e))?;
+        let socket = match socket {
+            Some(s) => s,
+            None => std::env::var_os("SSH_AUTH_SOCK")
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+                .with_context(|| format!("--ssh {spec}: SSH_AUTH_SOCK is not set: start an ssh-agent or write --ssh {id}=SOCKET"))?,
+        };
+        use std::os::unix::fs::FileTypeExt;
+        if !std::fs::metadata(&socket).is_ok_and(|m| m.file_type().is_socket()) {
+            bail!(
+                "--ssh {spec}: {} is not a socket (an ssh-agent's SSH_AUTH_SOCK)",
+                socket.display()
+            );
+        }
+        inputs.ssh.insert(id.clone());
+        agents.insert(id, socket);
+    }
+    for entitlement in &args.allow {
+        match entitlement.as_str() {
+            "security.insecure" => inputs.allow_insecure = true,
+            "network.host" => {}
+            other => bail!("--allow {other}: use security.insecure or network.host"),
+        }
+    }
+    Ok((inputs, secrets, agents))
+}
+
+pub fn build(mut args: BuildArgs) -> Result<()> {
+    if let Some(BuildAction::Prune(prune_args)) = args.action.take() {
+        return prune(prune_args);
+    }
     let (dockerfile_name, text, ignore, options, plan) = prepare(&args)?;
     if !args.dry_run {
         // Everything above is checked first, so a broken Dockerfile gets
@@ -107,11 +249,11 @@ pub fn build(args: BuildArgs) -> Result<()> {
         match &ignore {
             Some((path, rules)) => println!(
                 "context: {} ({} rules from {})",
-                args.context.display(),
+                args.context().display(),
                 rules.rules().len(),
                 path.display()
             ),
-            None => println!("context: {} (no .dockerignore)", args.context.display()),
+            None => println!("context: {} (no .dockerignore)", args.context().display()),
         }
         print!("{plan}");
     }
@@ -129,10 +271,10 @@ type Prepared = (
 );
 
 fn prepare(args: &BuildArgs) -> Result<Prepared> {
-    if !args.context.is_dir() {
+    if !args.context().is_dir() {
         bail!(
             "the build context {} is not a directory: give the folder with your sources, e.g. `berth build --dry-run .`",
-            args.context.display()
+            args.context().display()
         );
     }
     let (dockerfile_name, text) = read_dockerfile(args)?;
@@ -149,6 +291,7 @@ fn prepare(args: &BuildArgs) -> Result<Prepared> {
         target_platform: args.platform.clone(),
         build_platform: None,
         base_images: BTreeMap::new(),
+        run_inputs: run_inputs(args)?.0,
     };
     let plan = berth_builder::plan(&text, &options)
         .map_err(|e| anyhow::anyhow!("{}", e.in_file(&dockerfile_name)))?;
@@ -175,7 +318,8 @@ pub(crate) fn build_and_push(build: &ServiceBuild, client: ClientArgs) -> Result
             .dockerfile
             .as_ref()
             .map(|file| build.context.join(file).display().to_string()),
-        context: build.context.clone(),
+        action: None,
+        context: Some(build.context.clone()),
         build_args: build
             .args
             .iter()
@@ -191,6 +335,9 @@ pub(crate) fn build_and_push(build: &ServiceBuild, client: ClientArgs) -> Result
         cache_from: Vec::new(),
         cache_to: None,
         add_hosts: Vec::new(),
+        secrets: Vec::new(),
+        ssh: Vec::new(),
+        allow: Vec::new(),
         cache_dir: build.cache_dir.clone(),
         progress: crate::build_progress::ProgressMode::Auto,
         client,
@@ -254,15 +401,10 @@ fn execute(
         .collect::<Result<Vec<_>, String>>()
         .map_err(|e| anyhow::anyhow!(e))?;
     let session = Session::new(&args.client)?;
-    let cache_dir = args.cache_dir.clone().unwrap_or_else(|| {
-        let store = args.client.store.clone().unwrap_or_else(default_store_dir);
-        store
-            .parent()
-            .map(|p| p.join("build-cache"))
-            .unwrap_or_else(|| PathBuf::from("build-cache"))
-    });
+    let cache_dir = cache_dir(&args.cache_dir, &args.client.store);
+    let (_, secrets, ssh_agents) = run_inputs(args)?;
     let options = BuildOptions {
-        context: args.context.clone(),
+        context: args.context().to_path_buf(),
         dockerfile_name,
         dockerfile_text: text,
         ignore,
@@ -273,6 +415,8 @@ fn execute(
         cache_from: args.cache_from.clone(),
         cache_to: args.cache_to.clone(),
         add_hosts,
+        secrets,
+        ssh_agents,
     };
     let view = crate::build_progress::BuildProgress::new(
         args.progress.resolve(args.client.quiet || args.client.json),
@@ -341,7 +485,7 @@ fn read_dockerfile(args: &BuildArgs) -> Result<(String, String)> {
             Ok((file.to_string(), text))
         }
         None => {
-            let path = args.context.join("Dockerfile");
+            let path = args.context().join("Dockerfile");
             let text = std::fs::read_to_string(&path).with_context(|| {
                 format!(
                     "cannot read {}: put a Dockerfile in the context or name one with -f",
@@ -363,7 +507,7 @@ fn read_dockerignore(
     if args.file.as_deref().is_some_and(|f| f != "-") {
         candidates.push(PathBuf::from(format!("{dockerfile_name}.dockerignore")));
     }
-    candidates.push(args.context.join(".dockerignore"));
+    candidates.push(args.context().join(".dockerignore"));
     for path in candidates {
         match std::fs::read_to_string(&path) {
             Ok(text) => {

@@ -59,7 +59,8 @@ enum Command {
     Login(images::LoginArgs),
     /// Forget the credentials for a registry.
     Logout(images::LogoutArgs),
-    /// Build an image from a Dockerfile (runc + overlayfs, no daemon); --dry-run prints the plan
+    /// Build an image from a Dockerfile (runc + overlayfs, no daemon); --dry-run prints the plan;
+    /// `berth build prune` empties the RUN --mount=type=cache folders
     Build(build::BuildArgs),
     /// Run an app on the hosts of an inventory: plan (printed with reasons), then apply
     /// with health-gated, rolled-back-on-failure replacement; --check only plans.

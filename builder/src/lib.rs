@@ -25,6 +25,7 @@ pub mod dockerfile;
 pub mod dockerignore;
 pub mod exec;
 pub mod expand;
+pub mod mounts;
 pub mod plan;
 
 pub use dockerfile::{parse, Dockerfile, Instruction};

@@ -35,6 +35,7 @@ use crate::dockerfile::{
     self, AddOptions, Command, CommandLine, Copy, Directives, Heredoc, Instruction,
 };
 use crate::expand::{expand_heredoc, expand_word, lookup_in};
+use crate::mounts::{self, MountFrom, RunInputs, RunMount};
 use crate::{BuildError, Warning};
 
 /// What to build, besides the Dockerfile.
@@ -53,6 +54,9 @@ pub struct PlanOptions {
     /// resolving the images and plans again, so that `$PATH` and friends
     /// expand from the image's ENV and keys name exact digests.
     pub base_images: BTreeMap<String, BaseImage>,
+    /// The secret and SSH ids and entitlements the build was given, for
+    /// `RUN --mount` and `--security` checks.
+    pub run_inputs: RunInputs,
 }
 
 /// A base image's facts that matter to the plan.
@@ -175,7 +179,9 @@ pub enum Action {
         uncached_env: Vec<String>,
         user: Option<String>,
         workdir: String,
-        mounts: Vec<String>,
+        /// `--mount`s, checked, with defaults applied (secret values are
+        /// never here: only their ids).
+        mounts: Vec<RunMount>,
         network: Option<String>,
         security: Option<String>,
     },
@@ -867,24 +873,37 @@ impl<'a> Planner<'a> {
                         argv
                     }
                 };
-                let mut mounts = Vec::new();
+                let mut expanded = Vec::new();
                 for m in &run.mounts {
-                    let mount = self.expand(scope, m, instruction)?;
-                    if let Some(from) = mount_source(&mount) {
-                        if let Some(index) = find_stage(
-                            &self.stage_names,
-                            stage_count,
-                            &from,
-                            stage.index,
-                            instruction,
-                        ) {
-                            stage.depends_on.push(index?);
-                        }
+                    expanded.push(self.expand(scope, m, instruction)?);
+                }
+                let fail = |m: String| BuildError::at(instruction.line, Some("RUN"), m);
+                let mounts =
+                    mounts::parse_mounts(&expanded, &workdir, &mut |name| match find_stage(
+                        &self.stage_names,
+                        stage_count,
+                        name,
+                        stage.index,
+                        instruction,
+                    ) {
+                        Some(Ok(index)) => Ok(MountFrom::Stage { index }),
+                        Some(Err(e)) => Err(e.message.replace("cannot copy from", "cannot mount")),
+                        None => Ok(MountFrom::Image {
+                            reference: name.to_string(),
+                        }),
+                    })
+                    .map_err(fail)?;
+                mounts::check_inputs(&mounts, &self.options.run_inputs).map_err(fail)?;
+                for m in &mounts {
+                    if let Some(MountFrom::Stage { index }) = m.source() {
+                        stage.depends_on.push(*index);
                     }
-                    mounts.push(mount);
                 }
                 let network = opt_expand(self, scope, &run.network, instruction)?;
                 let security = opt_expand(self, scope, &run.security, instruction)?;
+                mounts::parse_network(network.as_deref()).map_err(fail)?;
+                mounts::parse_security(security.as_deref(), self.options.run_inputs.allow_insecure)
+                    .map_err(fail)?;
                 // ARGs in scope, then ENV: ENV wins on a shared name.
                 let mut env: Vec<String> = scope
                     .args
@@ -1305,7 +1324,39 @@ impl<'a> Planner<'a> {
                         "run": argv, "env": env, "user": user, "workdir": workdir,
                         "mounts": mounts, "network": network, "security": security,
                     });
-                    (material, None, false)
+                    // What bind mounts (and cache seeds) read decides the
+                    // result too, as in BuildKit.
+                    let mut pending = false;
+                    let parts: Vec<(String, String)> = mounts
+                        .iter()
+                        .filter_map(|m| Some((m.target()?.to_string(), m.source()?)))
+                        .map(|(target, from)| {
+                            let content = match from {
+                                MountFrom::Stage { index } => {
+                                    pending |= sources[*index].1;
+                                    sources[*index].0.clone()
+                                }
+                                MountFrom::Image { reference } => match self
+                                    .options
+                                    .base_images
+                                    .get(reference)
+                                    .and_then(|b| b.digest.clone())
+                                {
+                                    Some(digest) => digest,
+                                    None => {
+                                        pending = true;
+                                        format!("pending:image:{reference}")
+                                    }
+                                },
+                                MountFrom::Context => {
+                                    pending = true;
+                                    PENDING_CONTEXT.to_string()
+                                }
+                            };
+                            (target, content)
+                        })
+                        .collect();
+                    (material, mounts::content_key(&parts), pending)
                 }
                 Action::Copy {
                     from,
@@ -1399,13 +1450,6 @@ fn heredoc_for<'h>(source: &str, heredocs: &'h [Heredoc]) -> Option<&'h Heredoc>
     let rest = rest.strip_prefix('-').unwrap_or(rest);
     let name: String = rest.chars().filter(|c| *c != '"' && *c != '\'').collect();
     heredocs.iter().find(|h| h.name == name)
-}
-
-/// The `from=` of a `--mount` value.
-fn mount_source(mount: &str) -> Option<String> {
-    mount
-        .split(',')
-        .find_map(|part| part.strip_prefix("from=").map(str::to_string))
 }
 
 /// A `--from` value naming a stage: by index (`0`) or by name. `None`

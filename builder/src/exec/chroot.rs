@@ -198,10 +198,20 @@ pub struct Ids {
     pub groups: Vec<u32>,
 }
 
+/// A mount made for the command only (its mount point must exist).
+pub struct ChrootMount {
+    /// The mount point, a path on the host inside the root.
+    pub target: PathBuf,
+    /// What to bind there; None for a tmpfs.
+    pub source: Option<PathBuf>,
+    pub readonly: bool,
+    /// A tmpfs's options (`size=...,mode=...`).
+    pub data: String,
+}
+
 /// Run `argv` chrooted into `root` in new mount/uts/ipc (and, with
 /// `network_none`, network) namespaces, as `ids` in `cwd`, passing output
-/// lines to `output`. Each (file in the root, file on the host) of `binds`
-/// is bind-mounted read-only for the command (the mount point must exist).
+/// lines to `output`, with `mounts` made (in order) for it.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     root: &Path,
@@ -210,7 +220,7 @@ pub fn run(
     cwd: &str,
     ids: &Ids,
     network_none: bool,
-    binds: &[(PathBuf, PathBuf)],
+    mounts: &[ChrootMount],
     output: &(dyn Fn(&str) + Sync),
 ) -> io::Result<i32> {
     let (uid, gid) = (ids.uid, ids.gid);
@@ -237,12 +247,15 @@ pub fn run(
         CString::new(root.join("proc").as_os_str().as_bytes()).map_err(io::Error::other)?;
     let has_proc = root.join("proc").is_dir();
     let groups: Vec<libc::gid_t> = ids.groups.clone();
-    let binds_c: Vec<(CString, CString)> = binds
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+    let mounts_c: Vec<(CString, Option<CString>, bool, CString)> = mounts
         .iter()
-        .map(|(target, source)| {
+        .map(|m| {
             Ok((
-                CString::new(target.as_os_str().as_bytes()).map_err(io::Error::other)?,
-                CString::new(source.as_os_str().as_bytes()).map_err(io::Error::other)?,
+                c(&m.target)?,
+                m.source.as_deref().map(c).transpose()?,
+                m.readonly,
+                CString::new(m.data.as_str()).map_err(io::Error::other)?,
             ))
         })
         .collect::<io::Result<_>>()?;
@@ -286,21 +299,33 @@ pub fn run(
                     none.cast(),
                 );
             }
-            for (target, source) in &binds_c {
-                if libc::mount(
-                    source.as_ptr(),
-                    target.as_ptr(),
-                    none,
-                    libc::MS_BIND,
-                    none.cast(),
-                ) != 0
-                    || libc::mount(
-                        none,
+            let tmpfs = c"tmpfs";
+            for (target, source, readonly, data) in &mounts_c {
+                let made = match source {
+                    Some(source) => libc::mount(
+                        source.as_ptr(),
                         target.as_ptr(),
                         none,
-                        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                        libc::MS_BIND | libc::MS_REC,
                         none.cast(),
-                    ) != 0
+                    ),
+                    None => libc::mount(
+                        tmpfs.as_ptr(),
+                        target.as_ptr(),
+                        tmpfs.as_ptr(),
+                        libc::MS_NOSUID | libc::MS_NODEV,
+                        data.as_ptr().cast(),
+                    ),
+                };
+                if made != 0
+                    || (*readonly
+                        && libc::mount(
+                            none,
+                            target.as_ptr(),
+                            none,
+                            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                            none.cast(),
+                        ) != 0)
                 {
                     return Err(io::Error::last_os_error());
                 }

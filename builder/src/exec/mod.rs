@@ -19,6 +19,7 @@ mod copy;
 pub mod files;
 pub mod git;
 pub mod layer;
+pub mod mounts;
 pub mod netfiles;
 mod remote;
 pub mod runc;
@@ -101,6 +102,10 @@ pub struct BuildOptions {
     /// `--add-host NAME:IP`: lines added to each RUN's `/etc/hosts`
     /// (see [`netfiles::parse_add_host`]).
     pub add_hosts: Vec<(String, std::net::IpAddr)>,
+    /// `--secret`: values by id, for `RUN --mount=type=secret`.
+    pub secrets: BTreeMap<String, mounts::Secret>,
+    /// `--ssh ID=SOCKET`: agent sockets by id, for `RUN --mount=type=ssh`.
+    pub ssh_agents: BTreeMap<String, PathBuf>,
 }
 
 /// The config media type of a cache pushed with `--cache-to`.
@@ -303,6 +308,10 @@ struct RunCtx<'p> {
     network_none: bool,
     /// A `#!` heredoc script (see [`HEREDOC_PATH`]).
     script: Option<String>,
+    /// `RUN --mount`s, set up on the host.
+    mounts: &'p mounts::Prepared,
+    /// `RUN --security=insecure` (allowed).
+    insecure: bool,
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -394,6 +403,14 @@ impl<'a> Executor<'a> {
                 } = &step.action
                 {
                     refs.push(reference.clone());
+                }
+                if let Action::Run { mounts, .. } = &step.action {
+                    refs.extend(mounts.iter().filter_map(|m| match m.source() {
+                        Some(crate::mounts::MountFrom::Image { reference }) => {
+                            Some(reference.clone())
+                        }
+                        _ => None,
+                    }));
                 }
             }
             for r in refs {
@@ -935,13 +952,19 @@ impl<'a> Executor<'a> {
                 Action::Copy { .. } => self.copy_content(step, results, images)?,
                 // `--add-host` entries are part of a RUN's key, as in
                 // BuildKit (only when given: other keys stay as they were).
-                Action::Run { .. } if !self.options.add_hosts.is_empty() => Some(
-                    netfiles::hosts(&self.options.add_hosts)
-                        .lines()
-                        .skip(2)
-                        .collect::<Vec<_>>()
-                        .join(";"),
-                ),
+                Action::Run { mounts, .. } => {
+                    let hosts = (!self.options.add_hosts.is_empty()).then(|| {
+                        netfiles::hosts(&self.options.add_hosts)
+                            .lines()
+                            .skip(2)
+                            .collect::<Vec<_>>()
+                            .join(";")
+                    });
+                    match (hosts, self.mount_content(mounts, results, images, step)?) {
+                        (Some(h), Some(m)) => Some(format!("{h}\n{m}")),
+                        (h, m) => h.or(m),
+                    }
+                }
                 _ => None,
             };
             // The layer's key and the key after the step (they differ for COPY --link).
@@ -977,36 +1000,27 @@ impl<'a> Executor<'a> {
                     network,
                     security,
                 } => {
-                    if !mounts.is_empty() {
-                        return Err(self.step_error(
-                            step,
-                            "RUN --mount is not supported by berth build yet; copy what the step needs with COPY",
-                        ));
-                    }
-                    if security.as_deref().is_some_and(|s| s != "sandbox") {
-                        return Err(self.step_error(
-                            step,
-                            "RUN --security=insecure is not supported by berth build",
-                        ));
-                    }
-                    let network_none = match network.as_deref() {
-                        None | Some("default") | Some("host") => false,
-                        Some("none") => true,
-                        Some(other) => {
-                            return Err(self.step_error(
-                                step,
-                                &format!("--network={other}: use default, host or none"),
-                            ))
-                        }
-                    };
+                    let network_none = crate::mounts::parse_network(network.as_deref())
+                        .map_err(|e| self.step_error(step, &e))?
+                        == crate::mounts::Network::None;
+                    let insecure = crate::mounts::parse_security(
+                        security.as_deref(),
+                        self.options.plan_options.run_inputs.allow_insecure,
+                    )
+                    .map_err(|e| self.step_error(step, &e))?;
+                    let prepared =
+                        self.prepare_mounts(mounts, results, images, step, scratch.0.as_path())?;
                     let (argv, script) = heredoc_script(argv, heredocs);
                     let ctx = RunCtx {
                         platform: &platform,
                         network_none,
                         script,
+                        mounts: &prepared,
+                        insecure,
                     };
                     let mut env = env.clone();
                     env.extend(uncached_env.iter().cloned());
+                    env.extend(prepared.env.iter().cloned());
                     self.run_step(
                         &ctx,
                         &layers,
@@ -1102,7 +1116,12 @@ impl<'a> Executor<'a> {
         }
         let upper = scratch.join("upper");
         let work = scratch.join("work");
-        let bundle = scratch.join("bundle");
+        // With secrets, the bundle (config.json holds `env=` secrets) is in memory.
+        let bundle = ctx
+            .mounts
+            .bundle
+            .clone()
+            .unwrap_or_else(|| scratch.join("bundle"));
         let rootfs = bundle.join("rootfs");
         for d in [&upper, &work, &rootfs] {
             fs::create_dir_all(d).ctx(|| format!("cannot create {}", d.display()))?;
@@ -1132,6 +1151,7 @@ impl<'a> Executor<'a> {
                 .copied()
                 .filter(|m| fs::symlink_metadata(rootfs.join(&m[1..])).is_err())
                 .collect();
+            let mount_points = mounts::missing_mount_points(&rootfs, &ctx.mounts.targets);
             let script = match &ctx.script {
                 Some(body) => {
                     let path = scratch.join("heredoc");
@@ -1158,6 +1178,9 @@ impl<'a> Executor<'a> {
                     "source": path, "options": ["rbind", "ro"],
                 }));
             }
+            if ctx.insecure {
+                mounts::make_insecure(&mut spec);
+            }
             let net_mounted: Vec<&str> = net
                 .pairs()
                 .into_iter()
@@ -1172,6 +1195,9 @@ impl<'a> Executor<'a> {
                     target
                 })
                 .collect();
+            if let Some(list) = spec["mounts"].as_array_mut() {
+                list.extend(ctx.mounts.spec.iter().cloned());
+            }
             let id = format!(
                 "berth-build-{}-{}",
                 std::process::id(),
@@ -1183,6 +1209,7 @@ impl<'a> Executor<'a> {
             })
             .ctx(|| "cannot run runc".to_string())?;
             drop(mount);
+            mounts::remove_mount_points(&upper, &mount_points);
             // Mount points runc made are not the step's output.
             for m in missing {
                 let p = upper.join(&m[1..]);
@@ -1253,8 +1280,18 @@ impl<'a> Executor<'a> {
                     .and_then(|_| fs::write(&point, b""))
                     .ctx(|| format!("cannot create /{target}"))?;
             }
-            binds.push((point, source.to_path_buf()));
+            binds.push(chroot::ChrootMount {
+                target: point,
+                source: Some(source.to_path_buf()),
+                readonly: true,
+                data: String::new(),
+            });
         }
+        // RUN --mount points: made before the scan, so not in the diff.
+        binds.extend(
+            mounts::chroot_mounts(&rootfs, ctx.mounts)
+                .map_err(|e| self.step_error(step, &format!("cannot prepare RUN --mount: {e}")))?,
+        );
         let before = chroot::snapshot(&rootfs).ctx(|| "cannot scan the image".to_string())?;
         let mut argv = argv.to_vec();
         let script_path = rootfs.join(".berth-heredoc");

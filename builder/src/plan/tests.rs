@@ -728,3 +728,56 @@ fn onbuild_triggers_of_a_known_base_image_run_first() {
         "the image's CMD is kept"
     );
 }
+
+#[test]
+fn run_mounts_are_checked_and_keyed() {
+    let o = options();
+    let text = "FROM a AS tools\nRUN make\nFROM b\nWORKDIR /w\nARG C=go\nRUN --mount=type=bind,from=tools,source=/out,target=bin --mount=type=cache,id=$C,target=/c ./bin/x\n";
+    let p = ok(text, &o);
+    assert_eq!(p.stages[1].depends_on, [0]);
+    let step = &p.stages[1].steps[2];
+    let Action::Run { mounts, .. } = &step.action else {
+        panic!("not a RUN: {step:?}")
+    };
+    assert_eq!(mounts[0].target(), Some("/w/bin"));
+    assert!(
+        matches!(&mounts[1], RunMount::Cache { id, .. } if id == "go"),
+        "{mounts:?}"
+    );
+    // What a bind mount reads is part of the key: another stage content, another key.
+    let other = ok(&text.replace("RUN make", "RUN make all"), &o);
+    assert_ne!(other.stages[1].steps[2].cache_key, step.cache_key);
+    // A bind of the context is only known at execution.
+    let ctx = ok("FROM b\nRUN --mount=target=/src true\n", &o);
+    assert!(ctx.stages[0].steps[0].provisional);
+    // Errors name the line; secrets and entitlements are checked against the options.
+    let e = err(
+        "FROM b\n\nRUN --mount=type=cache,target=/x,id=a/b true\n",
+        &o,
+    );
+    assert!(
+        e.starts_with("Dockerfile:3: RUN: --mount=type=cache,target=/x,id=a/b: id=a/b"),
+        "{e}"
+    );
+    let first = PlanOptions {
+        target: Some("app".into()),
+        ..options()
+    };
+    let e = err(
+        "FROM b AS app\nRUN --mount=type=bind,from=later,target=/x true\nFROM c AS later\n",
+        &first,
+    );
+    assert!(
+        e.contains("Dockerfile:2: RUN: --mount=type=bind,from=later,target=/x: cannot mount stage \"later\": it must be defined before"),
+        "{e}"
+    );
+    let secret = "FROM b\nRUN --mount=type=secret,id=tok,required true\n";
+    assert!(err(secret, &o).contains("secret \"tok\" is required"));
+    let mut given = options();
+    given.run_inputs.secrets.insert("tok".into());
+    ok(secret, &given);
+    let insecure = "FROM b\nRUN --security=insecure true\n";
+    assert!(err(insecure, &o).contains("--allow security.insecure"));
+    given.run_inputs.allow_insecure = true;
+    ok(insecure, &given);
+}
