@@ -577,6 +577,7 @@ impl Executor<'_> {
             root: &self.options.context,
             ignore: self.options.ignore.as_ref(),
             is_context: true,
+            exclude: None,
         };
         let rel = resolve_in_root(&self.options.context, source)
             .map_err(|e| self.step_error(step, &format!("--mount source={source}: {e}")))?;
