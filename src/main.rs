@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 mod access;
 mod build;
+mod build_output;
 mod config;
 mod deploy;
 mod images;

@@ -25,6 +25,7 @@ pub mod dockerignore;
 pub mod exec;
 pub mod expand;
 pub mod plan;
+pub mod platforms;
 
 pub use dockerfile::{parse, Dockerfile, Instruction};
 pub use dockerignore::DockerIgnore;
