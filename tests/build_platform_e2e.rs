@@ -293,10 +293,18 @@ fn zstd_layers_run_under_podman_and_recompress_from_the_cache() {
     let meta = s.cli.path("meta.json");
     let local = s.cli.path("rootfs");
     let local_arg = format!("type=local,dest={}", local.display());
+    let fs_tar = s.cli.path("fs.tar");
+    let oci_tar = s.cli.path("oci.tar");
+    let tar_arg = format!("type=tar,dest={}", fs_tar.display());
+    let oci_arg = format!("type=oci,dest={},name=zstd", oci_tar.display());
     build_json(
         &s.cli,
         &context,
         &[
+            "-o",
+            &tar_arg,
+            "--output",
+            &oci_arg,
             "--compression",
             "zstd",
             "-t",
@@ -339,6 +347,23 @@ fn zstd_layers_run_under_podman_and_recompress_from_the_cache() {
     assert!(!local.join("etc/gone").exists());
     let listing = run_ok(cmd("find", [local.to_str().unwrap()]), T);
     assert!(!listing.contains(".wh."), "{listing}");
+    // type=tar: the same tree in a tar; type=oci: an OCI layout tar skopeo reads.
+    let names = run_ok(cmd("tar", ["-tf", fs_tar.to_str().unwrap()]), T);
+    assert!(
+        names.lines().any(|l| l == "hello") && !names.contains("etc/gone"),
+        "{names}"
+    );
+    let in_archive = parse_json(
+        &run_ok(
+            cmd("skopeo", ["inspect", "--raw"]).arg(format!("oci-archive:{}", oci_tar.display())),
+            T,
+        ),
+        "skopeo inspect oci-archive",
+    );
+    assert_eq!(
+        in_archive["layers"][1]["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    );
 
     // The same build as gzip: every step from the cache, layers recompressed, same diff_ids.
     let gzip_image = format!("{}/plat/gzip:1", s.server.host());
