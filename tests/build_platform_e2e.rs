@@ -1,6 +1,6 @@
 //! `berth build` for several platforms and its outputs, end to end with real parts: a
 //! busybox base made with `berth import` on `berth serve` (127.0.0.1), images read back
-//! with skopeo (`inspect --raw`, `--config`), podman and `berth pull --platform`.
+//! with skopeo (`inspect --raw`, `--config`), podman, docker and `berth pull --platform`.
 //!
 //! - `--platform linux/amd64,linux/arm64` on the cross-compile pattern (RUN only in
 //!   `FROM --platform=$BUILDPLATFORM` stages, a `FROM scratch` final stage): an OCI index
@@ -209,6 +209,28 @@ fn multi_platform_index_from_a_native_build_stage() {
         .filter(|l| l.starts_with('#') && l.contains("(shared)") && l.contains("] RUN"))
         .count();
     assert_eq!(shared_runs, 1, "the shared RUN ran once:\n{stderr}");
+
+    // docker (Debian's 20.10 daemon in CI) takes each platform's image from the index.
+    if require_tool("docker") {
+        let _cleanup = DockerImages {
+            cli: &s.cli,
+            images: vec![image.clone()],
+        };
+        for arch in ["arm64", "amd64"] {
+            let platform = format!("linux/{arch}");
+            run_ok(
+                s.cli
+                    .docker(["pull", "-q", "--platform", &platform, &image]),
+                T,
+            );
+            let got = run_ok(
+                s.cli
+                    .docker(["image", "inspect", "--format", "{{.Architecture}}", &image]),
+                T,
+            );
+            assert_eq!(got.trim(), arch, "docker pull --platform {platform}");
+        }
+    }
 }
 
 #[test]
