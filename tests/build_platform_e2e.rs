@@ -201,7 +201,7 @@ fn multi_platform_index_from_a_native_build_stage() {
         read("linux_arm64", "shared-stamp")
     );
     assert!(
-        stderr.contains("the same stage as in the linux/amd64 build, built once"),
+        stderr.contains("stage 1 (shared): the same stage as in the linux/"),
         "{stderr}"
     );
     let shared_runs = stderr

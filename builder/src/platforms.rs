@@ -177,7 +177,7 @@ pub fn execution_in(
         },
     };
     Err(format!(
-        "cannot run a {wanted} program on this {host} machine: {why}. Install an emulator ({EMULATOR_HINT}, which registers qemu with binfmt_misc), or run the commands in a `FROM --platform=$BUILDPLATFORM` stage and cross-compile for $TARGETPLATFORM"
+        "cannot run a {wanted} program on this {host} machine: no emulation ({why}). Install an emulator ({EMULATOR_HINT}, which registers qemu with binfmt_misc), or run the commands in a `FROM --platform=$BUILDPLATFORM` stage and cross-compile for $TARGETPLATFORM"
     ))
 }
 

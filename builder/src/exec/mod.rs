@@ -407,12 +407,30 @@ impl<'a> Executor<'a> {
         for target in self.target_platforms() {
             builds.push(self.prepare_platform(target.as_deref(), &mut resolved, &mut warned)?);
         }
-        let mut shared = BTreeMap::new();
+        let shared = multiplatform::SharedStages::default();
+        let results: Vec<R<StageResult>> = match builds.as_slice() {
+            [one] => vec![self.run_plan(one, &shared)],
+            many => std::thread::scope(|s| {
+                let this = &self;
+                let shared = &shared;
+                let handles: Vec<_> = many
+                    .iter()
+                    .map(|b| s.spawn(move || this.run_plan(b, shared)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(ExecError("a platform's build panicked".into()))
+                        })
+                    })
+                    .collect()
+            }),
+        };
         let mut built = Vec::new();
-        for b in &builds {
-            let result = self.run_plan(b, &mut shared)?;
+        for (b, result) in builds.iter().zip(results) {
             let target = &b.plan.stages[b.plan.target];
-            built.push(self.write_image(&b.plan, target, &result, &b.images)?);
+            built.push(self.write_image(&b.plan, target, &result?, &b.images)?);
         }
         let manifest = if self.options.platforms.len() > 1 {
             let children: Vec<(Manifest, String)> = built
@@ -488,7 +506,7 @@ impl<'a> Executor<'a> {
                     &dest,
                     Some(&tag),
                     &CopyOptions {
-                        platforms: Platforms::One(wanted),
+                        platforms: Platforms::One(wanted.clone()),
                         jobs: 4,
                         oci_media_types: false,
                     },
@@ -509,6 +527,15 @@ impl<'a> Executor<'a> {
             .block_on(self.layout.read_small_blob(&config.digest))?;
         let value: Value = serde_json::from_slice(&config_bytes)
             .ctx(|| format!("{reference}: the image config is not JSON"))?;
+        let pulled_arch = value["architecture"].as_str().unwrap_or_default();
+        if !pulled_arch.is_empty() && pulled_arch != wanted.architecture {
+            // BuildKit's InvalidBaseImagePlatform check: a single-platform
+            // image is used as it is, whatever platform it was made for.
+            self.say(&format!(
+                "warning: {reference} is a {}/{pulled_arch} image, used for {platform}: its programs may not run there (InvalidBaseImagePlatform)",
+                value["os"].as_str().unwrap_or("linux")
+            ));
+        }
         let container: ContainerConfig =
             serde_json::from_value(value.get("config").cloned().unwrap_or(Value::Null))
                 .or_else(|_| Ok::<_, serde_json::Error>(ContainerConfig::default()))

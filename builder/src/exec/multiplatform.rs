@@ -3,12 +3,14 @@
 //! and its base images pulled for the platform each stage runs on; stages
 //! whose plan key is the same in two platforms' plans (a `FROM
 //! --platform=$BUILDPLATFORM` stage that does not use $TARGET*) do the same
-//! work, so they run once and the other platforms take the result. RUN for
+//! work, so they run once and the other platforms take the result. The
+//! platforms' builds run at the same time, one thread each. RUN for
 //! a platform this machine cannot execute goes through a registered qemu
 //! emulator (see [`crate::platforms`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
 
@@ -101,45 +103,31 @@ impl Executor<'_> {
     }
 
     /// Run the needed stages of one platform's plan; a stage another
-    /// platform already ran under the same key is taken from `shared`.
-    pub(super) fn run_plan(
-        &self,
-        build: &PlatformBuild,
-        shared: &mut BTreeMap<String, (StageResult, String)>,
-    ) -> R<StageResult> {
+    /// platform's build runs (or ran) under the same key is taken from it.
+    pub(super) fn run_plan(&self, build: &PlatformBuild, shared: &SharedStages) -> R<StageResult> {
         let plan = &build.plan;
         let images = &build.images;
         let mut results: Vec<Option<StageResult>> = vec![None; plan.stages.len()];
         for group in &plan.schedule {
-            let mut todo = Vec::new();
-            for &index in group {
-                let stage = &plan.stages[index];
-                match shared.get(&stage.final_key) {
-                    Some((result, built_for)) => {
-                        self.say(&format!(
-                            "[{}] {}: the same stage as in the {built_for} build, built once",
-                            plan.target_platform,
-                            stage_label(stage)
-                        ));
-                        results[index] = Some(result.clone());
-                    }
-                    None => todo.push(index),
-                }
-            }
             // The stages of a group depend only on earlier groups: they
             // run at the same time, each on its own thread.
-            let done: Vec<(usize, R<StageResult>)> = if todo.len() == 1 {
-                vec![(todo[0], self.run_stage(plan, todo[0], &results, images))]
+            let done: Vec<(usize, R<StageResult>)> = if group.len() == 1 {
+                vec![(
+                    group[0],
+                    self.shared_stage(plan, group[0], &results, images, shared),
+                )]
             } else {
                 let this = &self;
                 let results = &results;
                 std::thread::scope(|s| {
-                    let handles: Vec<_> = todo
+                    let handles: Vec<_> = group
                         .iter()
                         .map(|&index| {
                             (
                                 index,
-                                s.spawn(move || this.run_stage(plan, index, results, images)),
+                                s.spawn(move || {
+                                    this.shared_stage(plan, index, results, images, shared)
+                                }),
                             )
                         })
                         .collect();
@@ -155,19 +143,55 @@ impl Executor<'_> {
                 })
             };
             for (index, result) in done {
-                let result = result?;
-                shared.insert(
-                    plan.stages[index].final_key.clone(),
-                    (result.clone(), plan.target_platform.clone()),
-                );
-                results[index] = Some(result);
+                results[index] = Some(result?);
             }
         }
         results[plan.target]
             .clone()
             .ok_or_else(|| ExecError("the target stage did not run".into()))
     }
+
+    /// Run a stage, unless another platform's build runs it under the same
+    /// key: then wait for that one and take its result.
+    fn shared_stage(
+        &self,
+        plan: &Plan,
+        index: usize,
+        results: &[Option<StageResult>],
+        images: &BTreeMap<String, ImageInfo>,
+        shared: &SharedStages,
+    ) -> R<StageResult> {
+        let stage = &plan.stages[index];
+        let cell = match shared.lock() {
+            Ok(mut map) => map.entry(stage.final_key.clone()).or_default().clone(),
+            Err(_) => return Err(ExecError("a stage thread panicked".into())),
+        };
+        let mut ran_here = false;
+        let outcome = cell.get_or_init(|| {
+            ran_here = true;
+            self.run_stage(plan, index, results, images)
+                .map(|r| (r, plan.target_platform.clone()))
+                .map_err(|e| e.0)
+        });
+        match outcome {
+            Ok((result, _)) if ran_here => Ok(result.clone()),
+            Ok((result, built_for)) => {
+                self.say(&format!(
+                    "[{}] {}: the same stage as in the {built_for} build, built once",
+                    plan.target_platform,
+                    stage_label(stage)
+                ));
+                Ok(result.clone())
+            }
+            Err(e) => Err(ExecError(e.clone())),
+        }
+    }
 }
+
+/// Stages by plan key, each run by the first platform's build that needs
+/// it; the others wait for it and share the result (or the error).
+pub(super) type SharedStages =
+    std::sync::Mutex<BTreeMap<String, Arc<OnceLock<Result<(StageResult, String), String>>>>>;
 
 fn stage_label(stage: &crate::plan::Stage) -> String {
     match &stage.name {
