@@ -427,6 +427,27 @@ fn zstd_layers_run_under_podman_and_recompress_from_the_cache() {
     );
     assert_eq!(diff_ids(&forced), zstd_diff_ids);
 
+    // A zstd image as a base: its layers unpack for the next build's RUN.
+    let on_zstd = s.cli.path("on-zstd");
+    write(
+        &on_zstd.join("Dockerfile"),
+        &format!("FROM {forced}\nRUN cat /hello > /again\n"),
+        0o644,
+    );
+    let again = s.cli.path("again");
+    let again_arg = format!("type=local,dest={}", again.display());
+    // A fresh cache, so the zstd blobs are pulled and unpacked, not found unpacked.
+    let fresh = s.cli.path("fresh-cache");
+    build_json(
+        &s.cli,
+        &on_zstd,
+        &["-o", &again_arg, "--cache-dir", fresh.to_str().unwrap()],
+    );
+    assert_eq!(
+        fs::read_to_string(again.join("again")).unwrap(),
+        "zstd-ok\n"
+    );
+
     // A reader other than berth: podman pulls the zstd image and runs it.
     if require_tool("podman") {
         let root = s.cli.path("podman-root");
