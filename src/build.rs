@@ -139,6 +139,14 @@ pub fn build(args: BuildArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         println!("dockerfile: {dockerfile_name}");
+        let platforms = target_platforms(&args)?;
+        if platforms.len() > 1 {
+            println!(
+                "platforms: {} (one image each under an OCI index; the plan below is {}'s)",
+                platforms.join(", "),
+                platforms[0]
+            );
+        }
         match &ignore {
             Some((path, rules)) => println!(
                 "context: {} ({} rules from {})",
@@ -327,6 +335,14 @@ fn execute(
     berth_builder::exec::outputs::check_annotations(&annotations, platforms.len() > 1)
         .map_err(|e| anyhow::anyhow!(e))?;
     let labels = key_values("--label", &args.labels)?;
+    if platforms.len() > 1 {
+        if let Some(archive) = destinations
+            .iter()
+            .find(|d| matches!(d, Location::DockerArchive { .. }))
+        {
+            bail!("--output {archive}: a docker archive holds one image, and a build for {} platforms makes an index: write oci:DIR or type=oci, push it, or build one --platform", platforms.len());
+        }
+    }
     let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) if !v.trim().is_empty() => Some(v.trim().parse::<u64>().with_context(|| {
             format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds since 1970")

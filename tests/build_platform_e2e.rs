@@ -285,6 +285,15 @@ fn foreign_run_without_an_emulator_and_bad_platforms_are_refused() {
     refused(&["--sbom"], "not supported yet");
     refused(&["--compression", "lz4"], "gzip, zstd or uncompressed");
     refused(&["--annotation", "index:k=v"], "multi-platform");
+    refused(
+        &[
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-o",
+            "type=docker,dest=image.tar",
+        ],
+        "a docker archive holds one image",
+    );
     write(
         &context.join("Dockerfile"),
         &format!("FROM --platform=linux/bogus {}\n", s.base),
