@@ -283,6 +283,52 @@ mod tests {
     }
 
     #[test]
+    fn one_reference_on_two_platforms_gets_each_platforms_image() {
+        use crate::plan::{plan, Base, BaseImage, PlanOptions};
+        let text = "FROM --platform=$BUILDPLATFORM img AS build\nARG TARGETARCH\nRUN echo $TARGETARCH\nFROM img\nCOPY --from=build / /\n";
+        let mut o = PlanOptions {
+            build_platform: Some("linux/amd64".into()),
+            target_platform: Some("linux/arm64".into()),
+            ..Default::default()
+        };
+        for (platform, digest) in [("linux/amd64", "sha256:a"), ("linux/arm64", "sha256:b")] {
+            o.base_images.insert(
+                PlanOptions::image_key("img", platform),
+                BaseImage {
+                    digest: Some(digest.into()),
+                    ..Default::default()
+                },
+            );
+        }
+        let p = plan(text, &o).unwrap();
+        let digest = |i: usize| match &p.stages[i].base {
+            Base::Image { digest, .. } => digest.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            digest(0).as_deref(),
+            Some("sha256:a"),
+            "the build platform's image"
+        );
+        assert_eq!(
+            digest(1).as_deref(),
+            Some("sha256:b"),
+            "the target platform's image"
+        );
+        assert!(!p
+            .stages
+            .iter()
+            .any(|s| s.steps.iter().any(|st| st.provisional)));
+        // An unsupported FROM --platform is the Dockerfile's error.
+        let e = plan("FROM --platform=linux/sparc img\n", &o).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("Dockerfile:1: FROM: unsupported platform"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn emulators_are_found_in_binfmt_misc() {
         let amd64 = normalize("linux/amd64").unwrap();
         let arm64 = normalize("linux/arm64").unwrap();
