@@ -436,6 +436,35 @@ fn zstd_layers_run_under_podman_and_recompress_from_the_cache() {
     );
     assert_eq!(diff_ids(&forced), zstd_diff_ids);
 
+    // uncompressed: each layer blob is its tar, so its digest is its diff_id.
+    let plain = format!("{}/plat/plain:1", s.server.host());
+    build_json(
+        &s.cli,
+        &context,
+        &[
+            "--compression",
+            "uncompressed",
+            "--force-compression",
+            "-t",
+            &plain,
+            "--push",
+        ],
+    );
+    let manifest = skopeo_raw(&plain, false);
+    let digests: Vec<Value> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            assert_eq!(
+                l["mediaType"], "application/vnd.oci.image.layer.v1.tar",
+                "{l}"
+            );
+            l["digest"].clone()
+        })
+        .collect();
+    assert_eq!(Value::from(digests), zstd_diff_ids);
+
     // A zstd image as a base: its layers unpack for the next build's RUN.
     let on_zstd = s.cli.path("on-zstd");
     write(
