@@ -14,7 +14,9 @@ use berth_client::location::{default_store_dir, Location};
 use clap::Parser;
 use serde_json::json;
 
+use crate::build_output::Output;
 use crate::images::{ClientArgs, Session, TransferArgs};
+use berth_builder::exec::outputs::Compression;
 
 #[derive(Parser, Debug)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -34,8 +36,12 @@ pub struct BuildArgs {
     /// Build this stage (FROM ... AS NAME) instead of the last one
     #[arg(long, value_name = "STAGE")]
     target: Option<String>,
-    /// Build for OS/ARCH[/VARIANT] [default: this machine's]
-    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    /// Build for OS/ARCH[/VARIANT] [default: this machine's]; a comma list
+    /// (linux/amd64,linux/arm64) builds each and writes an OCI image index.
+    /// RUN for a platform this machine cannot run needs a qemu emulator
+    /// registered with binfmt_misc (apt-get install qemu-user-static
+    /// binfmt-support); `FROM --platform=$BUILDPLATFORM` stages run natively
+    #[arg(long, value_name = "OS/ARCH[/VARIANT],...")]
     platform: Option<String>,
     /// Print the plan (stages, steps, cache keys) and stop; nothing runs
     #[arg(long)]
@@ -47,9 +53,43 @@ pub struct BuildArgs {
     /// Push the image to the registry each -t names
     #[arg(long)]
     push: bool,
-    /// Also write the image to oci:DIR[:TAG] or docker-archive:FILE[:REF]; repeatable
+    /// Also write the result: oci:DIR[:TAG], docker-archive:FILE[:REF], or
+    /// as buildx: type=local,dest=DIR (the final filesystem; also a bare
+    /// DIR), type=tar,dest=FILE, type=oci,dest=FILE[,tar=false],
+    /// type=docker,dest=FILE[,name=REF], type=image|registry,name=REF[,push=true];
+    /// repeatable
     #[arg(long, short = 'o', value_name = "DEST")]
     output: Vec<String>,
+    /// Layer compression: gzip, zstd (OCI's tar+zstd; Docker >= 23,
+    /// podman and containerd read it) or uncompressed. Base image layers
+    /// stay as pulled unless --force-compression
+    #[arg(long, value_name = "gzip|zstd|uncompressed")]
+    compression: Option<String>,
+    /// Recompress the base images' layers too
+    #[arg(long)]
+    force_compression: bool,
+    /// Write the image digest (the index digest for several platforms) to FILE
+    #[arg(long, value_name = "FILE")]
+    iidfile: Option<PathBuf>,
+    /// Write the build result as JSON to FILE (BuildKit's keys:
+    /// containerimage.digest, containerimage.config.digest,
+    /// containerimage.descriptor, image.name)
+    #[arg(long, value_name = "FILE")]
+    metadata_file: Option<PathBuf>,
+    /// Set an image label (over the Dockerfile's LABEL); repeatable
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// Add an annotation to the image manifest; prefix index: (multi-platform),
+    /// manifest-descriptor: or manifest[OS/ARCH]: as buildx; repeatable
+    #[arg(long = "annotation", value_name = "[TYPE:]KEY=VALUE")]
+    annotations: Vec<String>,
+    /// Provenance attestations are not supported yet: only
+    /// --provenance=false is accepted
+    #[arg(long, value_name = "false", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    provenance: Option<String>,
+    /// SBOM attestations are not supported yet: only --sbom=false is accepted
+    #[arg(long, value_name = "false", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    sbom: Option<String>,
     /// Build every step again instead of reusing cached layers
     #[arg(long)]
     no_cache: bool,
@@ -246,6 +286,14 @@ pub fn build(mut args: BuildArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         println!("dockerfile: {dockerfile_name}");
+        let platforms = target_platforms(&args)?;
+        if platforms.len() > 1 {
+            println!(
+                "platforms: {} (one image each under an OCI index; the plan below is {}'s)",
+                platforms.join(", "),
+                platforms[0]
+            );
+        }
         match &ignore {
             Some((path, rules)) => println!(
                 "context: {} ({} rules from {})",
@@ -280,15 +328,18 @@ fn prepare(args: &BuildArgs) -> Result<Prepared> {
     let (dockerfile_name, text) = read_dockerfile(args)?;
     let ignore = read_dockerignore(args, &dockerfile_name)?;
 
-    if let Some(platform) = &args.platform {
-        if platform.contains(',') {
-            bail!("--platform {platform}: one platform at a time for now (multi-platform builds are not implemented yet)");
+    let platforms = target_platforms(args)?;
+    for (flag, value) in [("--provenance", &args.provenance), ("--sbom", &args.sbom)] {
+        if let Some(v) = value {
+            if !matches!(v.to_ascii_lowercase().as_str(), "false" | "0" | "off") {
+                bail!("{flag}={v}: attestations are not supported yet by berth build; leave the flag out or pass {flag}=false");
+            }
         }
     }
     let options = PlanOptions {
         build_args: build_args(&args.build_args)?,
         target: args.target.clone(),
-        target_platform: args.platform.clone(),
+        target_platform: platforms.first().cloned(),
         build_platform: None,
         base_images: BTreeMap::new(),
         run_inputs: run_inputs(args)?.0,
@@ -296,6 +347,32 @@ fn prepare(args: &BuildArgs) -> Result<Prepared> {
     let plan = berth_builder::plan(&text, &options)
         .map_err(|e| anyhow::anyhow!("{}", e.in_file(&dockerfile_name)))?;
     Ok((dockerfile_name, text, ignore, options, plan))
+}
+
+/// The normalised `--platform` list (empty: this machine's).
+fn target_platforms(args: &BuildArgs) -> Result<Vec<String>> {
+    match &args.platform {
+        None => Ok(Vec::new()),
+        Some(p) => Ok(berth_builder::platforms::parse_list(p)
+            .map_err(|e| anyhow::anyhow!("--platform {p}: {e}"))?
+            .iter()
+            .map(|p| p.to_string())
+            .collect()),
+    }
+}
+
+/// `KEY=VALUE` options (`--label`).
+fn key_values(flag: &str, raw: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for kv in raw {
+        match kv.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                out.insert(k.trim().to_string(), v.to_string());
+            }
+            _ => bail!("{flag} {kv:?}: write {flag} KEY=VALUE"),
+        }
+    }
+    Ok(out)
 }
 
 /// One build of `berth ship`: a service's build context, pushed to the image it names.
@@ -331,6 +408,14 @@ pub(crate) fn build_and_push(build: &ServiceBuild, client: ClientArgs) -> Result
         tags: vec![build.reference.clone()],
         push: true,
         output: Vec::new(),
+        compression: None,
+        force_compression: false,
+        iidfile: None,
+        metadata_file: None,
+        labels: Vec::new(),
+        annotations: Vec::new(),
+        provenance: None,
+        sbom: None,
         no_cache: build.no_cache,
         cache_from: Vec::new(),
         cache_to: None,
@@ -378,15 +463,38 @@ fn execute(
             destinations.push(Location::Registry(reference));
         }
     }
+    let mut layer_attrs = crate::build_output::LayerAttrs {
+        compression: args.compression.clone(),
+        force_compression: args.force_compression,
+    };
+    let mut other_outputs = Vec::new();
     for o in &args.output {
-        let location = Location::parse(o)?;
-        if !matches!(
-            location,
-            Location::Oci { .. } | Location::DockerArchive { .. }
-        ) {
-            bail!("--output {o}: write oci:DIR[:TAG] or docker-archive:FILE[:REF] (use -t and --push for registries)");
+        match crate::build_output::parse(o, &mut layer_attrs)? {
+            Output::Image(location) => destinations.push(location),
+            other => other_outputs.push(other),
         }
-        destinations.push(location);
+    }
+    let compression = match &layer_attrs.compression {
+        Some(c) => Compression::parse(c).map_err(|e| anyhow::anyhow!("--compression: {e}"))?,
+        None => Compression::Gzip,
+    };
+    let platforms = target_platforms(args)?;
+    let annotations = args
+        .annotations
+        .iter()
+        .map(|a| berth_builder::exec::outputs::Annotation::parse(a))
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    berth_builder::exec::outputs::check_annotations(&annotations, platforms.len() > 1)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let labels = key_values("--label", &args.labels)?;
+    if platforms.len() > 1 {
+        if let Some(archive) = destinations
+            .iter()
+            .find(|d| matches!(d, Location::DockerArchive { .. }))
+        {
+            bail!("--output {archive}: a docker archive holds one image, and a build for {} platforms makes an index: write oci:DIR or type=oci, push it, or build one --platform", platforms.len());
+        }
     }
     let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) if !v.trim().is_empty() => Some(v.trim().parse::<u64>().with_context(|| {
@@ -417,6 +525,15 @@ fn execute(
         add_hosts,
         secrets,
         ssh_agents,
+        platforms: if platforms.len() > 1 {
+            platforms
+        } else {
+            Vec::new()
+        },
+        compression,
+        force_compression: layer_attrs.force_compression,
+        labels,
+        annotations,
     };
     let view = crate::build_progress::BuildProgress::new(
         args.progress.resolve(args.client.quiet || args.client.json),
@@ -446,7 +563,7 @@ fn execute(
     };
     let transfer = TransferArgs {
         platform: None,
-        all: false,
+        all: built.manifest.is_index(),
         jobs: 4,
         preserve_digests: true,
     };
@@ -456,6 +573,38 @@ fn execute(
         session.progress.line(&format!("wrote {dst}"));
         written.push(json!({"destination": dst.to_string(), "digest": report.digest.to_string()}));
     }
+    for output in &other_outputs {
+        let what = write_output(
+            &built,
+            output,
+            &session,
+            &source,
+            &transfer,
+            &options.cache_dir,
+        )?;
+        session.progress.line(&format!("wrote {what}"));
+        written.push(json!({"destination": what}));
+    }
+    let single_config = (!built.manifest.is_index()).then_some(&built.config);
+    if let Some(file) = &args.iidfile {
+        std::fs::write(file, built.manifest.digest.to_string())
+            .with_context(|| format!("--iidfile: cannot write {}", file.display()))?;
+    }
+    if let Some(file) = &args.metadata_file {
+        let value = berth_builder::exec::outputs::metadata(
+            &built.manifest,
+            single_config,
+            &args.tags,
+            &BTreeMap::new(),
+        );
+        std::fs::write(file, serde_json::to_vec_pretty(&value)?)
+            .with_context(|| format!("--metadata-file: cannot write {}", file.display()))?;
+    }
+    let per_platform: Vec<serde_json::Value> = built
+        .images
+        .iter()
+        .map(|i| json!({"platform": i.platform, "digest": i.manifest.digest.to_string(), "config": i.config.digest.to_string()}))
+        .collect();
     Ok(Built {
         digest: built.manifest.digest.to_string(),
         json: json!({
@@ -465,8 +614,64 @@ fn execute(
             "cached": built.cached,
             "isolation": built.isolation,
             "outputs": written,
+            "media_type": built.manifest.media_type,
+            "platforms": per_platform,
         }),
     })
+}
+
+/// Write a `--output` that is not an image destination; returns what was written.
+fn write_output(
+    built: &berth_builder::exec::Built,
+    output: &Output,
+    session: &Session,
+    source: &Location,
+    transfer: &TransferArgs,
+    cache_dir: &Path,
+) -> Result<String> {
+    use berth_builder::exec::outputs::{export_rootfs, export_rootfs_tar};
+    // Several platforms: one folder per platform (linux_amd64), as buildx.
+    let trees: Vec<(Option<String>, &[PathBuf])> = built
+        .images
+        .iter()
+        .map(|i| {
+            let sub = (built.images.len() > 1).then(|| i.platform.replace('/', "_"));
+            (sub, i.layer_dirs.as_slice())
+        })
+        .collect();
+    match output {
+        Output::Image(_) => unreachable!("image outputs are copied"),
+        Output::Local(dir) => {
+            for (sub, dirs) in &trees {
+                let dest = match sub {
+                    Some(s) => dir.join(s),
+                    None => dir.clone(),
+                };
+                export_rootfs(dirs, &dest).with_context(|| {
+                    format!("--output type=local: cannot write {}", dest.display())
+                })?;
+            }
+            Ok(format!("type=local,dest={}", dir.display()))
+        }
+        Output::Tar(file) => {
+            export_rootfs_tar(&trees, file, cache_dir)
+                .with_context(|| format!("--output type=tar: cannot write {}", file.display()))?;
+            Ok(format!("type=tar,dest={}", file.display()))
+        }
+        Output::OciTar { file, name } => {
+            let tmp = tempfile::Builder::new()
+                .prefix("oci-output-")
+                .tempdir_in(cache_dir)
+                .context("cannot create a temporary directory")?;
+            let layout = Location::Oci {
+                dir: tmp.path().join("layout"),
+                tag: name.clone(),
+            };
+            session.copy(source, &layout, transfer)?;
+            crate::build_output::tar_directory(&tmp.path().join("layout"), file)?;
+            Ok(format!("type=oci,dest={}", file.display()))
+        }
+    }
 }
 
 /// The Dockerfile's display name and text.

@@ -13,6 +13,7 @@ use serde::Deserialize;
 mod access;
 mod build;
 mod build_progress;
+mod build_output;
 mod config;
 mod deploy;
 mod images;
@@ -61,7 +62,7 @@ enum Command {
     Logout(images::LogoutArgs),
     /// Build an image from a Dockerfile (runc + overlayfs, no daemon); --dry-run prints the plan;
     /// `berth build prune` empties the RUN --mount=type=cache folders
-    Build(build::BuildArgs),
+    Build(Box<build::BuildArgs>),
     /// Run an app on the hosts of an inventory: plan (printed with reasons), then apply
     /// with health-gated, rolled-back-on-failure replacement; --check only plans.
     Deploy(deploy::DeployArgs),
@@ -198,7 +199,7 @@ fn main() -> ExitCode {
         Command::Rm(args) => images::rm(args),
         Command::Login(args) => images::login(args),
         Command::Logout(args) => images::logout(args),
-        Command::Build(args) => build::build(args),
+        Command::Build(args) => build::build(*args),
         Command::Deploy(args) => deploy::deploy(args),
         Command::Rollback(args) => deploy::rollback(args),
         Command::Inventory(args) => inventory::inventory(args),

@@ -27,6 +27,7 @@ pub mod exec;
 pub mod expand;
 pub mod mounts;
 pub mod plan;
+pub mod platforms;
 
 pub use dockerfile::{parse, Dockerfile, Instruction};
 pub use dockerignore::DockerIgnore;

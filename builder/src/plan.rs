@@ -59,6 +59,23 @@ pub struct PlanOptions {
     pub run_inputs: RunInputs,
 }
 
+impl PlanOptions {
+    /// The key of [`PlanOptions::base_images`] for `reference` pulled for
+    /// `platform`: one reference can be used on two platforms in one build
+    /// (`FROM --platform=$BUILDPLATFORM img` and `FROM img`).
+    pub fn image_key(reference: &str, platform: &str) -> String {
+        format!("{reference} for {platform}")
+    }
+
+    /// What is known about `reference` on `platform`: the entry for that
+    /// platform, else the one under the bare reference.
+    pub fn base_image(&self, reference: &str, platform: &str) -> Option<&BaseImage> {
+        self.base_images
+            .get(&Self::image_key(reference, platform))
+            .or_else(|| self.base_images.get(reference))
+    }
+}
+
 /// A base image's facts that matter to the plan.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct BaseImage {
@@ -734,7 +751,7 @@ impl<'a> Planner<'a> {
             });
         }
         if let Some(p) = &stage.platform {
-            Platform::parse(p).map_err(fail)?;
+            stage.platform = Some(crate::platforms::normalize(p).map_err(fail)?.to_string());
         }
         if reference.is_empty() {
             return Err(fail(format!("the base image {image:?} expands to nothing: give the ARG a default or a --build-arg")));
@@ -753,7 +770,9 @@ impl<'a> Planner<'a> {
         } else if lower == "scratch" {
             stage.base = Base::Scratch;
         } else {
-            let known = self.options.base_images.get(&reference);
+            let on = stage.platform.clone();
+            let on = on.unwrap_or_else(|| self.target_platform.to_string());
+            let known = self.options.base_image(&reference, &on);
             stage.base = Base::Image {
                 reference: reference.clone(),
                 digest: known.and_then(|k| k.digest.clone()),
@@ -1284,6 +1303,10 @@ impl<'a> Planner<'a> {
     /// Give every layer step of a stage its key (its dependencies have
     /// theirs already).
     fn assign_keys(&self, stages: &mut [Stage], index: usize) {
+        let on_platform = stages[index]
+            .platform
+            .clone()
+            .unwrap_or_else(|| self.target_platform.to_string());
         let (base_key, mut provisional) = match &stages[index].base {
             Base::Scratch => (chain_key("", "scratch", None), false),
             Base::Image { reference, digest } => {
@@ -1381,8 +1404,7 @@ impl<'a> Planner<'a> {
                         }
                         Source::Image { reference } => match self
                             .options
-                            .base_images
-                            .get(reference)
+                            .base_image(reference, &on_platform)
                             .and_then(|b| b.digest.clone())
                         {
                             Some(digest) => (Some(digest), false),

@@ -282,7 +282,7 @@ pub fn unpack_entry<R: Read>(entry: &mut tar::Entry<'_, R>, dest: &Path) -> io::
 pub fn decompressing_reader<'a>(
     mut file: fs::File,
     media_type: &str,
-) -> io::Result<Box<dyn Read + 'a>> {
+) -> io::Result<Box<dyn Read + Send + 'a>> {
     let mut magic = [0u8; 4];
     let n = file.read(&mut magic)?;
     use std::io::Seek;
@@ -292,9 +292,9 @@ pub fn decompressing_reader<'a>(
             io::BufReader::with_capacity(256 * 1024, file),
         )))
     } else if magic[..n].starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) || media_type.contains("zstd") {
-        Err(io::Error::other(
-            "zstd-compressed layers are not supported yet by berth build",
-        ))
+        Ok(Box::new(zstd::stream::read::Decoder::with_buffer(
+            io::BufReader::with_capacity(256 * 1024, file),
+        )?))
     } else {
         Ok(Box::new(io::BufReader::with_capacity(256 * 1024, file)))
     }

@@ -20,7 +20,9 @@ pub mod files;
 pub mod git;
 pub mod layer;
 pub mod mounts;
+mod multiplatform;
 pub mod netfiles;
+pub mod outputs;
 mod remote;
 pub mod runc;
 
@@ -44,7 +46,7 @@ use berth_storage::Digest;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::plan::{Action, BaseImage, Plan, Source, Stage, StageConfig};
+use crate::plan::{Action, Plan, Source, Stage, StageConfig};
 use crate::{BuildError, DockerIgnore, PlanOptions};
 
 use layer::{unpack_tar, write_tar};
@@ -106,6 +108,19 @@ pub struct BuildOptions {
     pub secrets: BTreeMap<String, mounts::Secret>,
     /// `--ssh ID=SOCKET`: agent sockets by id, for `RUN --mount=type=ssh`.
     pub ssh_agents: BTreeMap<String, PathBuf>,
+    /// `--platform A,B,...` (normalised): one image per platform under an
+    /// OCI index. Empty: one image for `plan_options.target_platform`.
+    pub platforms: Vec<String>,
+    /// `--compression`: of the layers this build makes or takes from its
+    /// cache (recompressed when cached in another one).
+    pub compression: outputs::Compression,
+    /// Recompress the base images' layers too (BuildKit's
+    /// `force-compression=true`); otherwise they are kept as pulled.
+    pub force_compression: bool,
+    /// `--label K=V`: added to the image config's labels (over LABEL).
+    pub labels: BTreeMap<String, String>,
+    /// `--annotation`: manifest, index and descriptor annotations.
+    pub annotations: Vec<outputs::Annotation>,
 }
 
 /// The config media type of a cache pushed with `--cache-to`.
@@ -117,17 +132,32 @@ struct CacheFile {
     entries: BTreeMap<String, CacheEntry>,
 }
 
-/// A built image, in the cache's OCI layout under `tag`.
+/// A built image (or index of images), in the cache's OCI layout under `tag`.
 pub struct Built {
+    /// The first platform's plan.
     pub plan: Plan,
+    /// The image manifest, or the index of a multi-platform build.
     pub manifest: Manifest,
+    /// The (first) image's config.
     pub config: BlobInfo,
+    /// One image per platform.
+    pub images: Vec<BuiltImage>,
     pub layout: PathBuf,
     pub tag: String,
     pub steps: usize,
     pub cached: usize,
     /// How RUN steps were isolated (reported to the user).
     pub isolation: String,
+}
+
+/// One platform's image of a build.
+pub struct BuiltImage {
+    pub platform: String,
+    pub manifest: Manifest,
+    pub config: BlobInfo,
+    /// The unpacked layer directories, bottom first (overlay format), for
+    /// `--output type=local`.
+    pub layer_dirs: Vec<PathBuf>,
 }
 
 /// A layer of an image being built, with its unpacked directory.
@@ -385,108 +415,61 @@ impl<'a> Executor<'a> {
                 }
             }
         }
-        let first = crate::plan(&self.options.dockerfile_text, &self.options.plan_options)
-            .map_err(|e| self.in_file(e))?;
-        // Resolve the images the needed stages use, then plan again with
-        // their digests and configs (exact keys, $PATH from the image).
-        let mut images: BTreeMap<String, ImageInfo> = BTreeMap::new();
-        let platform = first.target_platform.clone();
-        for stage in first.stages.iter().filter(|s| s.needed) {
-            let mut refs = Vec::new();
-            if let crate::plan::Base::Image { reference, .. } = &stage.base {
-                refs.push(reference.clone());
-            }
-            for step in &stage.steps {
-                if let Action::Copy {
-                    from: Source::Image { reference },
-                    ..
-                } = &step.action
-                {
-                    refs.push(reference.clone());
-                }
-                if let Action::Run { mounts, .. } = &step.action {
-                    refs.extend(mounts.iter().filter_map(|m| match m.source() {
-                        Some(crate::mounts::MountFrom::Image { reference }) => {
-                            Some(reference.clone())
-                        }
-                        _ => None,
-                    }));
-                }
-            }
-            for r in refs {
-                if let std::collections::btree_map::Entry::Vacant(slot) = images.entry(r) {
-                    let info = self.resolve_image(
-                        slot.key(),
-                        stage.platform.as_deref().unwrap_or(&platform),
-                    )?;
-                    slot.insert(info);
-                }
-            }
+        let mut resolved = BTreeMap::new();
+        let mut warned = std::collections::BTreeSet::new();
+        let mut builds = Vec::new();
+        for target in self.target_platforms() {
+            builds.push(self.prepare_platform(target.as_deref(), &mut resolved, &mut warned)?);
         }
-        let mut plan_options = self.options.plan_options.clone();
-        for (reference, info) in &images {
-            plan_options.base_images.insert(
-                reference.clone(),
-                BaseImage {
-                    digest: Some(info.digest.to_string()),
-                    env: info.config.env.clone(),
-                    config: Some(to_stage_config(&info.config)),
-                },
-            );
-        }
-        let plan = crate::plan(&self.options.dockerfile_text, &plan_options)
-            .map_err(|e| self.in_file(e))?;
-        for w in &plan.warnings {
-            self.say(&format!("warning: {w}"));
-        }
-
-        // The stages of a group depend only on earlier groups: they run
-        // at the same time, each on its own thread.
-        let mut results: Vec<Option<StageResult>> = vec![None; plan.stages.len()];
-        for group in &plan.schedule {
-            let done: Vec<(usize, R<StageResult>)> = if group.len() == 1 {
-                vec![(group[0], self.run_stage(&plan, group[0], &results, &images))]
-            } else {
+        let shared = multiplatform::SharedStages::default();
+        let results: Vec<R<StageResult>> = match builds.as_slice() {
+            [one] => vec![self.run_plan(one, &shared)],
+            many => std::thread::scope(|s| {
                 let this = &self;
-                let (plan, results, images) = (&plan, &results, &images);
-                std::thread::scope(|s| {
-                    let handles: Vec<_> = group
-                        .iter()
-                        .map(|&index| {
-                            (
-                                index,
-                                s.spawn(move || this.run_stage(plan, index, results, images)),
-                            )
+                let shared = &shared;
+                let handles: Vec<_> = many
+                    .iter()
+                    .map(|b| s.spawn(move || this.run_plan(b, shared)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(ExecError("a platform's build panicked".into()))
                         })
-                        .collect();
-                    handles
-                        .into_iter()
-                        .map(|(index, h)| {
-                            let r = h.join().unwrap_or_else(|_| {
-                                Err(ExecError(format!("stage {index} panicked")))
-                            });
-                            (index, r)
-                        })
-                        .collect()
-                })
-            };
-            for (index, result) in done {
-                results[index] = Some(result?);
-            }
+                    })
+                    .collect()
+            }),
+        };
+        let mut built = Vec::new();
+        for (b, result) in builds.iter().zip(results) {
+            let target = &b.plan.stages[b.plan.target];
+            built.push(self.write_image(&b.plan, target, &result?, &b.images)?);
         }
-        let target = &plan.stages[plan.target];
-        let result = results[plan.target]
-            .clone()
-            .ok_or_else(|| ExecError("the target stage did not run".into()))?;
-        let (manifest, config) = self.write_image(&plan, target, &result)?;
+        let manifest = if self.options.platforms.len() > 1 {
+            let children: Vec<(Manifest, String)> = built
+                .iter()
+                .map(|i| (i.manifest.clone(), i.platform.clone()))
+                .collect();
+            outputs::image_index(&children, &self.options.annotations).map_err(ExecError)?
+        } else {
+            built[0].manifest.clone()
+        };
         let tag = format!("build-{}", manifest.digest.hex());
         let dest = self
             .runtime
             .block_on(OciLayoutDest::create(self.layout.dir(), Some(&tag)))?;
         self.runtime.block_on(async {
+            if manifest.is_index() {
+                for image in &built {
+                    dest.put_manifest(&image.manifest, None).await?;
+                }
+            }
             dest.put_manifest(&manifest, Some(&tag)).await?;
             dest.commit().await
         })?;
+        let plan = builds.swap_remove(0).plan;
+        let config = built[0].config.clone();
         if let Some(reference) = &self.options.cache_to {
             self.export_cache(reference)
                 .map_err(|e| ExecError(format!("--cache-to {reference}: {e}")))?;
@@ -505,6 +488,7 @@ impl<'a> Executor<'a> {
             plan,
             manifest,
             config,
+            images: built,
             layout: self.layout.dir().to_path_buf(),
             tag,
             steps,
@@ -516,8 +500,13 @@ impl<'a> Executor<'a> {
     /// Pull an image into the cache layout and unpack its layers.
     fn resolve_image(&self, reference: &str, platform: &str) -> R<ImageInfo> {
         let r = ImageRef::parse(reference)?;
-        let tag = Location::store_name(&r);
-        self.say(&format!("resolving {reference}"));
+        let mut tag = Location::store_name(&r);
+        if platform != crate::plan::Platform::host().to_string() {
+            // One tag per platform: pulling another platform's image must
+            // not take the tag (and so the blobs' protection) from this one.
+            tag = format!("{tag}#{}", platform.replace('/', "-"));
+        }
+        self.say(&format!("resolving {reference} for {platform}"));
         let wanted: berth_client::Platform = platform.parse()?;
         let registry = self.client.registry(&r.registry)?;
         let layout_dir = self.layout.dir().to_path_buf();
@@ -531,7 +520,7 @@ impl<'a> Executor<'a> {
                     &dest,
                     Some(&tag),
                     &CopyOptions {
-                        platforms: Platforms::One(wanted),
+                        platforms: Platforms::One(wanted.clone()),
                         jobs: 4,
                         oci_media_types: false,
                     },
@@ -552,6 +541,15 @@ impl<'a> Executor<'a> {
             .block_on(self.layout.read_small_blob(&config.digest))?;
         let value: Value = serde_json::from_slice(&config_bytes)
             .ctx(|| format!("{reference}: the image config is not JSON"))?;
+        let pulled_arch = value["architecture"].as_str().unwrap_or_default();
+        if !pulled_arch.is_empty() && pulled_arch != wanted.architecture {
+            // BuildKit's InvalidBaseImagePlatform check: a single-platform
+            // image is used as it is, whatever platform it was made for.
+            self.say(&format!(
+                "warning: {reference} is a {}/{pulled_arch} image, used for {platform}: its programs may not run there (InvalidBaseImagePlatform)",
+                value["os"].as_str().unwrap_or("linux")
+            ));
+        }
         let container: ContainerConfig =
             serde_json::from_value(value.get("config").cloned().unwrap_or(Value::Null))
                 .or_else(|_| Ok::<_, serde_json::Error>(ContainerConfig::default()))
@@ -768,18 +766,13 @@ impl<'a> Executor<'a> {
         let clamp = self.options.source_date_epoch;
         let tar_thread = std::thread::spawn(move || write_tar(&root, writer, clamp).map(drop));
         let blobs = self.layout.dir().join("blobs");
-        let written = berth_client::import::write_layer(
-            Box::new(reader),
-            "layer",
-            &blobs,
-            berth_client::import::DEFAULT_LEVEL,
-        );
+        let written = outputs::write_blob(Box::new(reader), self.options.compression, &blobs);
         let tarred = tar_thread
             .join()
             .map_err(|_| ExecError("the layer writer panicked".into()))?;
         tarred.ctx(|| format!("cannot make a layer of {}", dir.display()))?;
-        let out = written?;
-        let path = self.layout.blob_path(&out.digest);
+        let out = written.ctx(|| format!("cannot write a layer of {}", dir.display()))?;
+        let path = self.layout.blob_path(&out.blob.digest);
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).ctx(|| format!("cannot create {}", parent.display()))?;
         }
@@ -788,11 +781,7 @@ impl<'a> Executor<'a> {
             .ctx(|| format!("cannot write {}", path.display()))?;
         let record = LayerRecord {
             diff_id: out.diff_id,
-            blob: BlobInfo {
-                media_type: media::OCI_LAYER_GZIP.to_string(),
-                digest: out.digest,
-                size: out.size,
-            },
+            blob: out.blob,
         };
         let final_dir = self.layers_dir.join(record.diff_id.hex());
         if final_dir.exists() {
@@ -891,6 +880,11 @@ impl<'a> Executor<'a> {
             Some(n) => format!("stage {index} ({n})"),
             None => format!("stage {index}"),
         };
+        let label = match self.options.platforms.len() > 1 {
+            true => format!("{} {label}", plan.target_platform),
+            false => label,
+        };
+        let images = &multiplatform::images_on(images, &platform);
         let (mut layers, mut history, mut key, mut created) = match &stage.base {
             crate::plan::Base::Scratch => (Vec::new(), Vec::new(), stage.base_key.clone(), None),
             crate::plan::Base::Image { reference, .. } => {
@@ -1092,16 +1086,18 @@ impl<'a> Executor<'a> {
         no: usize,
         scratch: &Path,
     ) -> R<Option<Layer>> {
-        let host = crate::plan::Platform::host();
-        if let Ok(wanted) = crate::plan::Platform::parse(ctx.platform) {
-            if wanted.os != host.os || wanted.arch != host.arch {
-                return Err(self.step_error(
-                    step,
-                    &format!(
-                        "cannot run a {} command on this {host} machine (no emulation): build on a {} machine, or keep RUN out of stages for other platforms",
-                        ctx.platform, ctx.platform
-                    ),
-                ));
+        let execution = crate::plan::Platform::parse(ctx.platform)
+            .and_then(|wanted| crate::platforms::execution_for(&wanted))
+            .map_err(|e| self.step_error(step, &e))?;
+        if let crate::platforms::Execution::Emulated(emulator) = &execution {
+            self.say(&format!(
+                "#{no} {} under the {} emulator ({})",
+                ctx.platform,
+                emulator.name,
+                emulator.interpreter.display()
+            ));
+            if !emulator.fix_binary && matches!(self.isolation, Isolation::Chroot(_)) {
+                return Err(self.step_error(step, &format!("the {} emulator is registered without the F flag, which chroot isolation needs; register it with the F flag (qemu-user-static does)", emulator.name)));
             }
         }
         self.report_isolation();
@@ -1198,6 +1194,7 @@ impl<'a> Executor<'a> {
             if let Some(list) = spec["mounts"].as_array_mut() {
                 list.extend(ctx.mounts.spec.iter().cloned());
             }
+            let emulator_mount = multiplatform::EmulatorMount::add(&execution, &rootfs, &mut spec);
             let id = format!(
                 "berth-build-{}-{}",
                 std::process::id(),
@@ -1210,6 +1207,7 @@ impl<'a> Executor<'a> {
             .ctx(|| "cannot run runc".to_string())?;
             drop(mount);
             mounts::remove_mount_points(&upper, &mount_points);
+            emulator_mount.clean(&upper);
             // Mount points runc made are not the step's output.
             for m in missing {
                 let p = upper.join(&m[1..]);
@@ -1366,7 +1364,8 @@ impl<'a> Executor<'a> {
         plan: &Plan,
         stage: &Stage,
         result: &StageResult,
-    ) -> R<(Manifest, BlobInfo)> {
+        images: &BTreeMap<String, ImageInfo>,
+    ) -> R<BuiltImage> {
         let platform = stage
             .platform
             .clone()
@@ -1375,7 +1374,8 @@ impl<'a> Executor<'a> {
         let os = parts.next().unwrap_or("linux").to_string();
         let arch = parts.next().unwrap_or("amd64").to_string();
         let variant = parts.next().map(str::to_string);
-        let container = to_container_config(&stage.config);
+        let mut container = to_container_config(&stage.config);
+        container.labels.extend(self.options.labels.clone());
         let created = match self.options.source_date_epoch {
             Some(_) => self.now(),
             None => result.created.clone(),
@@ -1403,33 +1403,74 @@ impl<'a> Executor<'a> {
             digest: Digest::sha256_of(&config_bytes),
             size: config_bytes.len() as u64,
         };
-        let layers: Vec<Value> = result
-            .layers
-            .iter()
-            .map(|l| {
-                let media_type = match l.record.blob.media_type.as_str() {
-                    media::DOCKER_LAYER_GZIP => media::OCI_LAYER_GZIP,
-                    media::DOCKER_LAYER => media::OCI_LAYER,
-                    other => other,
-                };
-                json!({"mediaType": media_type, "digest": l.record.blob.digest.to_string(), "size": l.record.blob.size})
-            })
-            .collect();
-        let manifest = json!({
+        let mut layers: Vec<Value> = Vec::new();
+        for l in &result.layers {
+            let blob = self.output_blob(l, images)?;
+            let media_type = match blob.media_type.as_str() {
+                media::DOCKER_LAYER_GZIP => media::OCI_LAYER_GZIP,
+                media::DOCKER_LAYER => media::OCI_LAYER,
+                other => other,
+            };
+            layers.push(json!({"mediaType": media_type, "digest": blob.digest.to_string(), "size": blob.size}));
+        }
+        let mut manifest = json!({
             "schemaVersion": 2,
             "mediaType": media::OCI_MANIFEST,
             "config": {"mediaType": media::OCI_CONFIG, "digest": config_blob.digest.to_string(), "size": config_blob.size},
             "layers": layers,
         });
+        let annotations = outputs::annotations_for(
+            &self.options.annotations,
+            outputs::AnnotationLevel::Manifest,
+            Some(&platform),
+        );
+        if !annotations.is_empty() {
+            manifest["annotations"] = json!(annotations);
+        }
         let manifest_bytes = serde_json::to_vec(&manifest).ctx(|| "manifest".to_string())?;
         self.runtime.block_on(
             self.layout
                 .put_blob_bytes(&config_blob.digest, &config_bytes),
         )?;
-        Ok((
-            Manifest::new(manifest_bytes, media::OCI_MANIFEST),
-            config_blob,
-        ))
+        Ok(BuiltImage {
+            platform,
+            manifest: Manifest::new(manifest_bytes, media::OCI_MANIFEST),
+            config: config_blob,
+            layer_dirs: result.layers.iter().map(|l| l.dir.clone()).collect(),
+        })
+    }
+
+    /// A layer's blob in the build's compression: layers of base images
+    /// stay as pulled (unless `force_compression`), the others are
+    /// recompressed when their cached blob has another compression.
+    fn output_blob(&self, layer: &Layer, images: &BTreeMap<String, ImageInfo>) -> R<BlobInfo> {
+        let blob = &layer.record.blob;
+        let wanted = self.options.compression;
+        if outputs::Compression::of_media_type(&blob.media_type) == Some(wanted) {
+            return Ok(blob.clone());
+        }
+        let from_base = images
+            .values()
+            .any(|i| i.layers.iter().any(|b| b.record.blob.digest == blob.digest));
+        if from_base && !self.options.force_compression {
+            return Ok(blob.clone());
+        }
+        outputs::recompress(
+            &self.layout.blob_path(&blob.digest),
+            blob,
+            &layer.record.diff_id,
+            wanted,
+            &self.layout.dir().join("blobs"),
+            &self.options.cache_dir.join("recompressed"),
+            |d| self.layout.blob_path(d),
+        )
+        .ctx(|| {
+            format!(
+                "cannot recompress layer {} as {}",
+                blob.digest,
+                wanted.name()
+            )
+        })
     }
 }
 
