@@ -14,6 +14,7 @@ mod access;
 mod build;
 mod config;
 mod deploy;
+mod down;
 mod images;
 mod inventory;
 mod progress;
@@ -65,6 +66,9 @@ enum Command {
     Deploy(deploy::DeployArgs),
     /// Return every host of an inventory to the app's previous release.
     Rollback(deploy::RollbackArgs),
+    /// Remove what deploys of an app made on the hosts of an inventory (containers, its
+    /// networks others do not use; its volumes only with --volumes).
+    Down(down::DownArgs),
     /// Print what was read from an inventory (with -e on top), like ansible-inventory:
     /// --list, --host NAME or --graph [GROUP].
     Inventory(inventory::InventoryArgs),
@@ -199,6 +203,7 @@ fn main() -> ExitCode {
         Command::Build(args) => build::build(args),
         Command::Deploy(args) => deploy::deploy(args),
         Command::Rollback(args) => deploy::rollback(args),
+        Command::Down(args) => down::down(args),
         Command::Inventory(args) => inventory::inventory(args),
         Command::Ship(args) => ship::ship(args),
     };

@@ -254,6 +254,19 @@ pub fn desired_swarm(
                 "labels starting with `berth.` are reserved for Berth's bookkeeping",
             ));
         }
+        // Not carried into swarm services yet: refused rather than silently dropped.
+        if !service.volumes.is_empty() {
+            problems.push(Problem::new(
+                at(".volumes"),
+                "volumes are not supported in swarm mode yet (container mode supports them)",
+            ));
+        }
+        if !service.secrets.is_empty() {
+            problems.push(Problem::new(
+                at(".secrets"),
+                "secrets are not supported in swarm mode yet (container mode supports them)",
+            ));
+        }
         if service.hosts != "all" {
             warnings.push(format!(
                 "services.{key}.hosts ({}) does not apply in swarm mode: Swarm places tasks; use placement.constraints",
