@@ -787,6 +787,7 @@ fn spec_differences(old: &ContainerSpec, new: &ContainerSpec) -> Vec<String> {
         ));
     }
     map_differences("env", &old.env, &new.env, false, &mut reasons);
+    reasons.extend(volumes::mount_differences(old, new));
     map_differences("label", &old.labels, &new.labels, true, &mut reasons);
     if old.ports != new.ports {
         let list = |ports: &[Port]| {

@@ -58,3 +58,43 @@ pub(crate) fn plan_volumes(
     }
     Ok(actions)
 }
+
+/// A container's mount and secret changes in words (secrets by name, never by value).
+pub(crate) fn mount_differences(
+    old: &crate::desired::ContainerSpec,
+    new: &crate::desired::ContainerSpec,
+) -> Vec<String> {
+    let mut reasons = Vec::new();
+    for mount in &new.mounts {
+        match old.mounts.iter().find(|m| m.target == mount.target) {
+            None => reasons.push(format!("mount {} added", mount.target)),
+            Some(before) if before != mount => {
+                reasons.push(format!("mount {} changed", mount.target))
+            }
+            Some(_) => {}
+        }
+    }
+    for mount in &old.mounts {
+        if !new.mounts.iter().any(|m| m.target == mount.target) {
+            reasons.push(format!("mount {} removed", mount.target));
+        }
+    }
+    for secret in &new.secrets {
+        match old.secrets.iter().find(|s| s.target == secret.target) {
+            None => reasons.push(format!("secret {} added", secret.source)),
+            Some(before) if before.digest != secret.digest => {
+                reasons.push(format!("secret {} changed", secret.source))
+            }
+            Some(before) if before != secret => {
+                reasons.push(format!("secret {} owner or mode changed", secret.source))
+            }
+            Some(_) => {}
+        }
+    }
+    for secret in &old.secrets {
+        if !new.secrets.iter().any(|s| s.target == secret.target) {
+            reasons.push(format!("secret {} removed", secret.source));
+        }
+    }
+    reasons
+}
