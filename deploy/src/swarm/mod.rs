@@ -21,6 +21,7 @@
 //!   to (Swarm's own PreviousSpec is dropped after an automatic rollback, so it cannot be
 //!   relied on for a rollback on purpose).
 
+pub mod init;
 pub mod run;
 
 use std::collections::{BTreeMap, BTreeSet};
