@@ -21,6 +21,21 @@ use common::*;
 const TIMEOUT: Duration = Duration::from_secs(120);
 const NAMES: [&str; 3] = ["m1", "m2", "w1"];
 const ZONES: [&str; 3] = ["a", "b", "c"];
+const SECRET_1: &str = "swarm-s3cret-one-5t";
+const SECRET_2: &str = "swarm-s3cret-two-8w";
+const SECRET_3: &str = "swarm-s3cret-three-2k";
+
+/// The greeting secret as task `task` on host `i` reads it, if it can.
+fn exec_output(hosts: &DockerHosts, i: usize, task: &str) -> Option<String> {
+    let out = run(
+        hosts.docker(
+            i,
+            ["exec", task, "/bin/busybox", "cat", "/run/secrets/greeting"],
+        ),
+        TIMEOUT,
+    );
+    out.status.success().then_some(out.stdout)
+}
 
 fn swarm_state(hosts: &DockerHosts, i: usize) -> String {
     run_ok(
@@ -166,27 +181,45 @@ fn three_hosts_become_one_swarm_running_a_service_on_each() {
             r#"name: sinit
 networks:
   mesh: {{ driver: overlay, subnet: 10.253.7.0/24 }}
+volumes:
+  data: {{ labels: {{ purpose: swarm-e2e }} }}
+secrets:
+  greeting: {{ environment: SWARM_E2E_SECRET }}
 services:
   web:
     image: {image}
-    command: [/bin/busybox, httpd, -f, -p, "8080", -h, /etc]
+    command: [/bin/sh, -c, "trap 'exit 0' TERM; /bin/busybox httpd -f -p 8080 -h /etc & wait"]
     replicas: 3
     networks: [mesh]
     ports: [{{ target: 8080, published: 8080, mode: host }}]
     placement: {{ max_replicas_per_node: 1, constraints: [node.labels.berth_test==yes] }}
+    volumes: [data:/data]
+    secrets: [{{ source: greeting, mode: "0440" }}]
 "#
         ),
     )
     .expect("write app");
-    let mut deploy = cli.cmd(["deploy", "--swarm"]);
-    deploy.arg(&app).arg("-i").arg(&inventory_path).args([
-        "--insecure",
-        &registry,
-        "--health-timeout",
-        "60s",
-    ]);
-    let out = run(deploy, TIMEOUT);
-    assert!(out.status.success(), "{}", out.describe());
+    let deploy = |secret: &str| {
+        let mut c = cli.cmd(["deploy", "--swarm"]);
+        c.arg(&app)
+            .arg("-i")
+            .arg(&inventory_path)
+            .args(["--insecure", &registry, "--health-timeout", "60s"])
+            .env("SWARM_E2E_SECRET", secret);
+        let started = Instant::now();
+        let out = run(c, TIMEOUT);
+        eprintln!("deploy --swarm in {:.1}s", started.elapsed().as_secs_f64());
+        assert!(out.status.success(), "{}", out.describe());
+        for text in [&out.stdout, &out.stderr] {
+            assert!(
+                !text.contains(secret),
+                "secret printed:\n{}",
+                out.describe()
+            );
+        }
+        out
+    };
+    deploy(SECRET_1);
     let deadline = Instant::now() + Duration::from_secs(60);
     for host in &hosts.hosts {
         loop {
@@ -249,5 +282,89 @@ services:
         TIMEOUT,
     );
     assert!(fetched.starts_with("root:"), "{fetched}");
+
+    // --- 5. the secret is a file in every task, the volume exists on every node --------------
+    for (i, task) in tasks.iter().enumerate() {
+        assert_eq!(exec_output(&hosts, i, task).as_deref(), Some(SECRET_1));
+        let mode = run_ok(
+            hosts.docker(
+                i,
+                [
+                    "exec",
+                    task,
+                    "/bin/busybox",
+                    "stat",
+                    "-c",
+                    "%a",
+                    "/run/secrets/greeting",
+                ],
+            ),
+            TIMEOUT,
+        );
+        assert_eq!(mode.trim(), "440");
+        let volume = parse_json(
+            &run_ok(
+                hosts.docker(i, ["volume", "inspect", "sinit_data"]),
+                TIMEOUT,
+            ),
+            "volume inspect",
+        );
+        assert_eq!(volume[0]["Labels"]["berth.app"], "sinit", "{volume}");
+    }
+    let secrets = run_ok(
+        hosts.docker(0, ["secret", "ls", "--format", "{{.Name}}"]),
+        TIMEOUT,
+    );
+    let names: Vec<String> = secrets.split_whitespace().map(str::to_string).collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(names[0].starts_with("sinit_greeting-"), "{names:?}");
+
+    // --- 6. a new value is a new secret, rolled out; the old one stays for rollback ----------
+    let out = deploy(SECRET_2);
+    assert!(out.stdout.contains("update"), "{}", out.stdout);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ids = run_ok(
+            hosts.docker(
+                0,
+                [
+                    "ps",
+                    "-q",
+                    "--filter",
+                    "label=com.docker.swarm.service.name=sinit_web",
+                ],
+            ),
+            TIMEOUT,
+        );
+        let current = ids.split_whitespace().next().map(str::to_string);
+        if let Some(task) = current {
+            if exec_output(&hosts, 0, &task).as_deref() == Some(SECRET_2) {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rotated secret did not reach the task"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let secrets = run_ok(
+        hosts.docker(0, ["secret", "ls", "--format", "{{.Name}}"]),
+        TIMEOUT,
+    );
+    let rotated: Vec<&str> = secrets.split_whitespace().collect();
+    // The first value is kept while the service's previous release (rollback's target)
+    // uses it; the new one is there beside it.
+    assert!(rotated.contains(&names[0].as_str()), "{rotated:?}");
+    assert_eq!(rotated.len(), 2, "{rotated:?}");
+    // A third value: the first is no longer any release's, and is removed.
+    deploy(SECRET_3);
+    let secrets = run_ok(
+        hosts.docker(0, ["secret", "ls", "--format", "{{.Name}}"]),
+        TIMEOUT,
+    );
+    let third: Vec<&str> = secrets.split_whitespace().collect();
+    assert_eq!(third.len(), 2, "{third:?}");
+    assert!(!third.contains(&names[0].as_str()), "{third:?}");
     eprintln!("whole test in {:.1}s", started.elapsed().as_secs_f64());
 }

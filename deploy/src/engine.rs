@@ -34,6 +34,7 @@ use crate::labels;
 use crate::ssh::{SshTarget, SshTunnel};
 
 mod storage;
+pub(crate) use storage::docker_mount as storage_mount;
 
 /// Seconds bollard waits for one API call; pulls of big images are the slow ones.
 const REQUEST_TIMEOUT_SECS: u64 = 600;

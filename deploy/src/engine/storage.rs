@@ -178,7 +178,7 @@ pub(super) fn add_mounts(app: &str, spec: &ContainerSpec, host_config: &mut Host
     }
 }
 
-fn docker_mount(mount: &Mount) -> DockerMount {
+pub(crate) fn docker_mount(mount: &Mount) -> DockerMount {
     let typ = match mount.kind {
         AppMountType::Volume => MountType::VOLUME,
         AppMountType::Bind => MountType::BIND,
