@@ -198,7 +198,16 @@ impl ActualHost {
             containers,
             images,
             previous: Vec::new(),
-            volumes: Vec::new(),
+            volumes: desired
+                .volumes
+                .iter()
+                .map(|volume| ActualVolume {
+                    name: volume.name.clone(),
+                    driver: volume.driver.clone().unwrap_or_else(|| "local".into()),
+                    options: volume.driver_opts.clone(),
+                    labels: volume.labels.clone(),
+                })
+                .collect(),
         }
     }
 }

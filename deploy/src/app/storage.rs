@@ -206,11 +206,15 @@ fn is_false(value: &bool) -> bool {
 }
 
 impl App {
-    /// The Docker name of a volume key.
+    /// The Docker name of a volume key: its `name`, else the key itself for an external
+    /// volume (made outside the app, as Compose reads it), else `APP_KEY`.
     pub fn volume_docker_name(&self, key: &str) -> String {
-        match self.volumes.get(key).and_then(|v| v.name.clone()) {
-            Some(name) => name,
-            None => format!("{}_{key}", self.name),
+        match self.volumes.get(key) {
+            Some(Volume {
+                name: Some(name), ..
+            }) => name.clone(),
+            Some(Volume { external: true, .. }) => key.to_string(),
+            _ => format!("{}_{key}", self.name),
         }
     }
 

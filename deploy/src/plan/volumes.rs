@@ -98,3 +98,117 @@ pub(crate) fn mount_differences(
     }
     reasons
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::actual::ActualHost;
+    use crate::app::AppSource;
+    use crate::desired::{desired_state, DesiredHost};
+    use crate::inventory::Inventory;
+    use crate::plan::{action_text, plan_host, Action};
+
+    const APP: &str = r#"
+name: shop
+volumes:
+  data: { driver_opts: { type: tmpfs, device: tmpfs, o: size=8m } }
+  shared: { external: true }
+secrets:
+  pw: { environment: BERTH_PLAN_VOLUMES_TEST_PW }
+services:
+  db:
+    image: reg/db
+    env: { TOKEN: "{{ token }}" }
+    volumes: [data:/data, "shared:/shared:ro", { type: tmpfs, target: /tmp }]
+"#;
+
+    fn desired(app: &str, token: &str) -> DesiredHost {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            dir.path().join("hosts.yml"),
+            format!("all:\n  hosts:\n    h1: {{ token: \"{token}\" }}\n"),
+        )
+        .expect("write hosts");
+        let inventory = Inventory::load(dir.path()).expect("inventory");
+        let source = AppSource::parse(Path::new("app.yml"), app).expect("app");
+        desired_state(&source, &inventory, None)
+            .expect("desired")
+            .remove(0)
+    }
+
+    fn shared_exists(actual: &mut ActualHost) {
+        actual.volumes.retain(|v| v.name != "shared");
+        actual.volumes.push(crate::actual::ActualVolume {
+            name: "shared".into(),
+            driver: "local".into(),
+            options: Default::default(),
+            labels: Default::default(),
+        });
+    }
+
+    #[test]
+    fn volumes_are_created_once_and_never_removed() {
+        let host = desired(APP, "t1");
+        let names: Vec<&str> = host.volumes.iter().map(|v| v.name.as_str()).collect();
+        // `shared` is external: used by its own name, only checked for.
+        assert_eq!(names, ["shop_data", "shared"]);
+        let mut empty = ActualHost::default();
+        let plan = plan_host(&host, &empty);
+        assert!(plan
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("external volume shared"));
+        shared_exists(&mut empty);
+        let plan = plan_host(&host, &empty);
+        let verbs: Vec<String> = plan.actions.iter().map(action_text).collect();
+        assert_eq!(
+            verbs,
+            [
+                "pull image reg/db",
+                "create volume shop_data (local)",
+                "create container shop_db_1"
+            ]
+        );
+        // After it: nothing to do, and a deploy of an app without volumes removes none.
+        let mut after = ActualHost::after_apply(&host);
+        shared_exists(&mut after);
+        assert!(plan_host(&host, &after).actions.is_empty());
+        let without = desired("name: shop\nservices: { db: { image: reg/db } }", "t1");
+        let plan = plan_host(&without, &after);
+        assert!(
+            !plan
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::RemoveVolume { .. })),
+            "{plan:?}"
+        );
+    }
+
+    #[test]
+    fn changed_mounts_and_env_replace_with_names_only() {
+        let host = desired(APP, "t1");
+        let mut after = ActualHost::after_apply(&host);
+        shared_exists(&mut after);
+        // The stored config holds a digest, not the value.
+        let label = &after.containers[0].labels[crate::labels::CONFIG];
+        assert!(
+            !label.contains("t1") && label.contains("salted-sha256:"),
+            "{label}"
+        );
+        let changed = desired(&APP.replace("/tmp }", "/scratch }"), "t2");
+        let plan = plan_host(&changed, &after);
+        let Action::ReplaceContainer { reasons, .. } = &plan.actions[0] else {
+            panic!("{plan:?}");
+        };
+        assert_eq!(
+            reasons,
+            &[
+                "env TOKEN changed",
+                "mount /scratch added",
+                "mount /tmp removed"
+            ]
+        );
+    }
+}
