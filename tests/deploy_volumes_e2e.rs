@@ -309,6 +309,18 @@ fn volumes_secrets_down_and_rollback_of_created_containers() {
         FILE_SECRET_2
     );
 
+    // --- 4b. a "reboot" empties the secret folders: the container cannot start without
+    // them, and the next deploy writes them again before starting it.
+    run_ok(cmd("docker", ["stop", "-t", "1", &db]), TIMEOUT);
+    fs::remove_dir_all(format!("/run/berth/secrets/{app}")).expect("remove secret folders");
+    assert!(!run(cmd("docker", ["start", &db]), TIMEOUT).status.success());
+    let out = ok(berth(&cli, &["deploy"], &app_path, &inventory));
+    assert!(out.contains(&format!("start    container {db}")), "{out}");
+    assert_eq!(
+        exec_ok(&db, &["cat", "/run/secrets/db_password"]),
+        FILE_SECRET_2
+    );
+
     // --- 5. a deploy that adds a service, rolled back: its container goes --------------------
     let cache = format!("{app}_cache_1");
     let with_cache = cli.path("app-cache.yml");

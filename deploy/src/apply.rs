@@ -85,6 +85,7 @@ pub async fn apply_host(
     let mut applier = Applier {
         engine,
         app: &desired.app,
+        desired,
         actual,
         options,
         detached: BTreeMap::new(),
@@ -203,6 +204,7 @@ fn finish_steps(done: &[Done]) -> Vec<Step> {
 struct Applier<'a> {
     engine: &'a Engine,
     app: &'a str,
+    desired: &'a DesiredHost,
     actual: &'a ActualHost,
     options: &'a ApplyOptions,
     /// Containers taken off a network that was recreated: container → network names, so a
@@ -258,6 +260,11 @@ impl Applier<'_> {
                 ReplaceStrategy::StopFirst => self.replace_stop_first(container).await,
             },
             Action::StartContainer { name, .. } => {
+                // Its secret files may be gone (a host reboot empties /run): written again,
+                // unchanged (the config hash matched, so did their digests).
+                if let Some(container) = self.desired.containers.iter().find(|c| &c.name == name) {
+                    self.engine.write_secrets(self.app, container).await?;
+                }
                 self.engine.start(name).await?;
                 let has_check = self
                     .actual

@@ -142,8 +142,10 @@ impl Engine {
 }
 
 /// The create request's mounts: `Mounts` for volumes, tmpfs and binds whose host path must
-/// exist (Docker refuses a missing one, naming it); legacy `Binds` for binds that may create
-/// their host path, and for secret files (read-only, from their host folder).
+/// exist (Docker refuses a missing one, naming it), secret files among them (read-only,
+/// from their host folder: after a reboot emptied it, the container fails to start rather
+/// than run with an empty folder in place of its secret); legacy `Binds` for binds that may
+/// create their host path.
 pub(super) fn add_mounts(app: &str, spec: &ContainerSpec, host_config: &mut HostConfig) {
     let mut mounts = Vec::new();
     let mut binds = Vec::new();
@@ -163,11 +165,13 @@ pub(super) fn add_mounts(app: &str, spec: &ContainerSpec, host_config: &mut Host
     if !spec.secrets.is_empty() {
         let host_dir = secrets_host_dir(app, &spec.secrets);
         for file in &spec.secrets {
-            binds.push(format!(
-                "{host_dir}/{}:{}:ro",
-                file.host_file_name(),
-                file.target
-            ));
+            mounts.push(DockerMount {
+                target: Some(file.target.clone()),
+                source: Some(format!("{host_dir}/{}", file.host_file_name())),
+                typ: Some(MountType::BIND),
+                read_only: Some(true),
+                ..Default::default()
+            });
         }
     }
     if !mounts.is_empty() {
