@@ -321,7 +321,11 @@ services:
 
     // --- 6. a new value is a new secret, rolled out; the old one stays for rollback ----------
     let out = deploy(SECRET_2);
-    assert!(out.stdout.contains("update"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("secret greeting changed"),
+        "{}",
+        out.stdout
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let ids = run_ok(

@@ -808,6 +808,20 @@ pub fn spec_differences(stored: Option<&String>, desired: &SwarmSpec) -> Vec<Str
                 };
                 reasons.push(format!("{key} {} → {}", show(old_value), show(new_value)));
             }
+            "secrets" => {
+                // By name: an entry differs in digest, owner, mode or target.
+                let entries =
+                    |v: &Value| -> Vec<Value> { v.as_array().cloned().unwrap_or_default() };
+                let (old_list, new_list) = (entries(old_value), entries(new_value));
+                let names: BTreeSet<String> = old_list
+                    .iter()
+                    .filter(|e| !new_list.contains(e))
+                    .chain(new_list.iter().filter(|e| !old_list.contains(e)))
+                    .filter_map(|e| e.get("source").and_then(Value::as_str).map(str::to_string))
+                    .collect();
+                let names: Vec<String> = names.into_iter().collect();
+                reasons.push(format!("secret {} changed", names.join(", ")));
+            }
             _ => reasons.push(format!("{key} changed")),
         }
     }
