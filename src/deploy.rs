@@ -64,7 +64,7 @@ pub struct RollbackArgs {
 
 #[derive(Args, Debug)]
 pub(crate) struct CommonArgs {
-    /// The app file (services, networks, variables)
+    /// The app file (services, networks, variables); `berth down` also takes the app's name
     pub(crate) app: PathBuf,
     /// Inventory: an Ansible hosts file (YAML or INI) or a directory of them, with
     /// group_vars/ and host_vars/ beside it
