@@ -39,6 +39,9 @@
 //!       max_replicas_per_node: 1
 //! ```
 //!
+//! Top-level `volumes:` and `secrets:`, and a service's `volumes:` (mounts) and `secrets:`,
+//! follow the compose-spec; see [`storage`](self::Volume) for their forms.
+//!
 //! A port may also say `mode: host` or `mode: ingress` (Swarm's publish modes; ingress, the
 //! routing mesh, is Swarm's default). Container mode publishes every port on its own host
 //! and ignores `mode`.
@@ -62,6 +65,12 @@ use crate::template::{has_template, Templater, Vars};
 use crate::units;
 use crate::yaml;
 
+mod storage;
+pub use storage::{
+    parse_short_mount, BindOptions, Mount, MountType, Secret, SecretRef, TmpfsOptions, Volume,
+    VolumeOptions, DEFAULT_SECRET_MODE, SECRETS_DIR,
+};
+
 /// An app file as read from disk, before per-host rendering.
 #[derive(Debug, Clone)]
 pub struct AppSource {
@@ -70,6 +79,8 @@ pub struct AppSource {
     /// Default values of variables; inventory vars override them.
     pub variables: Vars,
     networks: Value,
+    volumes: Value,
+    secrets: Value,
     services: Value,
 }
 
@@ -78,6 +89,10 @@ pub struct AppSource {
 pub struct App {
     pub name: String,
     pub networks: BTreeMap<String, Network>,
+    /// Named volumes the app owns (or uses, when `external`); see [`Volume`].
+    pub volumes: BTreeMap<String, Volume>,
+    /// Where each secret's value is read; see [`Secret`].
+    pub secrets: BTreeMap<String, Secret>,
     pub services: BTreeMap<String, Service>,
 }
 
@@ -169,6 +184,20 @@ pub struct Service {
     /// Swarm mode: where tasks may run (container mode places by `hosts` instead).
     #[serde(default)]
     pub placement: Option<Placement>,
+    /// Mounts: named volumes, bind mounts, tmpfs (see [`Mount`]).
+    #[serde(
+        default,
+        deserialize_with = "storage::mount_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub volumes: Vec<Mount>,
+    /// Secrets given to the service as files (see [`SecretRef`]).
+    #[serde(
+        default,
+        deserialize_with = "storage::secret_refs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub secrets: Vec<SecretRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -325,13 +354,13 @@ impl AppSource {
                 ),
             ));
         };
-        if let Some(unknown) = top
-            .keys()
-            .find(|k| !["name", "variables", "networks", "services"].contains(&k.as_str()))
-        {
+        if let Some(unknown) = top.keys().find(|k| !TOP_LEVEL_KEYS.contains(&k.as_str())) {
             return Err(invalid(
                 unknown,
-                format!("unknown key `{unknown}` (expected name, variables, networks, services)"),
+                format!(
+                    "unknown key `{unknown}` (expected {})",
+                    TOP_LEVEL_KEYS.join(", ")
+                ),
             ));
         }
         let name = match top.remove("name") {
@@ -376,12 +405,16 @@ impl AppSource {
             )),
         };
         let networks = section(top.remove("networks"), "networks")?;
+        let volumes = section(top.remove("volumes"), "volumes")?;
+        let secrets = section(top.remove("secrets"), "secrets")?;
         let services = section(top.remove("services"), "services")?;
         Ok(AppSource {
             path: path.to_path_buf(),
             name,
             variables,
             networks,
+            volumes,
+            secrets,
             services,
         })
     }
@@ -405,6 +438,12 @@ impl AppSource {
         let networks = templater
             .render(&self.networks, "networks")
             .map_err(template_error)?;
+        let volumes = templater
+            .render(&self.volumes, "volumes")
+            .map_err(template_error)?;
+        let secrets = templater
+            .render(&self.secrets, "secrets")
+            .map_err(template_error)?;
         let services = templater
             .render(&self.services, "services")
             .map_err(template_error)?;
@@ -412,11 +451,15 @@ impl AppSource {
         let mut problems = Vec::new();
         let networks: BTreeMap<String, Network> =
             typed_entries(&networks, "networks", &mut problems);
+        let volumes: BTreeMap<String, Volume> = typed_entries(&volumes, "volumes", &mut problems);
+        let secrets: BTreeMap<String, Secret> = typed_entries(&secrets, "secrets", &mut problems);
         let services: BTreeMap<String, Service> =
             typed_entries(&services, "services", &mut problems);
         let app = App {
             name: self.name.clone(),
             networks,
+            volumes,
+            secrets,
             services,
         };
         if problems.is_empty() {
@@ -701,9 +744,19 @@ impl App {
                 }
             }
         }
+        self.validate_storage(&mut problems);
         problems
     }
 }
+
+const TOP_LEVEL_KEYS: [&str; 6] = [
+    "name",
+    "variables",
+    "networks",
+    "volumes",
+    "secrets",
+    "services",
+];
 
 fn is_reserved(subnet: Ipv4Net, address: Ipv4Addr) -> bool {
     // /31 and /32 have no network/broadcast addresses to avoid (RFC 3021).

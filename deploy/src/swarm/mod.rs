@@ -21,7 +21,9 @@
 //!   to (Swarm's own PreviousSpec is dropped after an automatic rollback, so it cannot be
 //!   relied on for a rollback on purpose).
 
+pub mod init;
 pub mod run;
+pub mod secrets;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -84,6 +86,10 @@ pub struct SwarmService {
     /// The service's build context (for `berth ship --swarm`); not part of the hash.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub build: Option<Build>,
+    /// The bytes of `spec.secrets` (names only when serialised); empty for a spec read back
+    /// from a label (rollback), whose secrets must still exist on the swarm.
+    #[serde(skip_serializing_if = "crate::swarm::secrets::no_values")]
+    pub secret_values: crate::storage::SecretValues,
 }
 
 /// Everything that defines a service; hashed for change detection (field order is part of
@@ -112,6 +118,16 @@ pub struct SwarmSpec {
     pub spread: Vec<String>,
     pub max_replicas_per_node: Option<u64>,
     pub healthcheck: Option<HealthSpec>,
+    /// Mounts; a volume's `source` is its Docker name. Empty lists are left out of the
+    /// stored spec (and the hash), so services deployed before them stay unchanged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<crate::app::Mount>,
+    /// The named volumes the mounts use: each node makes one with this driver on first use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<crate::storage::DesiredVolume>,
+    /// Secret files (digests, not values): Swarm secrets named `APP_NAME-DIGEST`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<crate::storage::SecretFile>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -163,6 +179,7 @@ impl SwarmService {
             config_hash: spec.config_hash(),
             spec,
             build: None,
+            secret_values: Default::default(),
         }
     }
 
@@ -254,6 +271,23 @@ pub fn desired_swarm(
                 "labels starting with `berth.` are reserved for Berth's bookkeeping",
             ));
         }
+        let (mounts, volumes) = secrets::swarm_mounts(&app, service);
+        let mut secret_values = crate::storage::SecretValues::default();
+        let secret_files = match crate::storage::secret_files(
+            &app,
+            source
+                .path
+                .parent()
+                .unwrap_or_else(|| std::path::Path::new(".")),
+            &service.secrets,
+            &mut secret_values,
+        ) {
+            Ok(files) => files,
+            Err(message) => {
+                problems.push(Problem::new(at(".secrets"), message));
+                Vec::new()
+            }
+        };
         if service.hosts != "all" {
             warnings.push(format!(
                 "services.{key}.hosts ({}) does not apply in swarm mode: Swarm places tasks; use placement.constraints",
@@ -337,10 +371,14 @@ pub fn desired_swarm(
             spread: placement.preferences,
             max_replicas_per_node: placement.max_replicas_per_node,
             healthcheck: service.healthcheck.as_ref().map(HealthSpec::from),
+            mounts,
+            volumes,
+            secrets: secret_files,
         };
         let mut swarm_service =
             SwarmService::from_spec(format!("{}_{key}", app.name), key.clone(), spec);
         swarm_service.build = service.build.clone();
+        swarm_service.secret_values = secret_values;
         services.push(swarm_service);
     }
 
@@ -769,6 +807,20 @@ pub fn spec_differences(stored: Option<&String>, desired: &SwarmSpec) -> Vec<Str
                     other => other.to_string(),
                 };
                 reasons.push(format!("{key} {} → {}", show(old_value), show(new_value)));
+            }
+            "secrets" => {
+                // By name: an entry differs in digest, owner, mode or target.
+                let entries =
+                    |v: &Value| -> Vec<Value> { v.as_array().cloned().unwrap_or_default() };
+                let (old_list, new_list) = (entries(old_value), entries(new_value));
+                let names: BTreeSet<String> = old_list
+                    .iter()
+                    .filter(|e| !new_list.contains(e))
+                    .chain(new_list.iter().filter(|e| !old_list.contains(e)))
+                    .filter_map(|e| e.get("source").and_then(Value::as_str).map(str::to_string))
+                    .collect();
+                let names: Vec<String> = names.into_iter().collect();
+                reasons.push(format!("secret {} changed", names.join(", ")));
             }
             _ => reasons.push(format!("{key} changed")),
         }

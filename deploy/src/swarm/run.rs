@@ -465,6 +465,31 @@ async fn apply_actions(
         auth: &auth,
     };
     report.results = applier.run_all(&plan.actions, on_result).await;
+    // Secrets no service uses any more (rotated away, or of removed services) go last, once
+    // every update converged.
+    if report.results.iter().all(|r| r.outcome == Outcome::Changed) {
+        match super::secrets::remove_unused(engine, app).await {
+            Ok(removed) if removed.is_empty() => {}
+            Ok(removed) => {
+                let result = ActionResult {
+                    action: format!("remove unused Swarm secrets {}", removed.join(", ")),
+                    outcome: Outcome::Changed,
+                    message: None,
+                };
+                on_result(&result);
+                report.results.push(result);
+            }
+            Err(message) => {
+                let result = ActionResult {
+                    action: "remove unused Swarm secrets".to_string(),
+                    outcome: Outcome::Failed,
+                    message: Some(message),
+                };
+                on_result(&result);
+                report.results.push(result);
+            }
+        }
+    }
     count(report);
 }
 
@@ -531,7 +556,8 @@ impl Applier<'_> {
         match action {
             SwarmAction::CreateNetwork { network, .. } => self.create_network(network).await,
             SwarmAction::CreateService { service, .. } => {
-                let spec = service_spec(self.app, service, None, self.options.monitor);
+                let mut spec = service_spec(self.app, service, None, self.options.monitor);
+                super::secrets::attach_secrets(self.engine, self.app, service, &mut spec).await?;
                 let created = docker
                     .create_service(spec, self.credentials(service))
                     .await
@@ -606,10 +632,12 @@ impl Applier<'_> {
             .inspect_service(id, None)
             .await
             .map_err(|e| api_error(&format!("inspecting service {}", service.name), e))?;
+        let mut spec = service_spec(self.app, service, previous_config, self.options.monitor);
+        super::secrets::attach_secrets(self.engine, self.app, service, &mut spec).await?;
         docker
             .update_service(
                 id,
-                service_spec(self.app, service, previous_config, self.options.monitor),
+                spec,
                 UpdateServiceOptions {
                     version: version_of(&current),
                     ..Default::default()
@@ -843,6 +871,7 @@ pub fn service_spec(
             start_period: h.start_period_ns.map(nanos),
             start_interval: None,
         }),
+        mounts: (!spec.mounts.is_empty()).then(|| super::secrets::engine_mounts(service)),
         ..Default::default()
     };
     let resources = TaskSpecResources {
@@ -988,6 +1017,9 @@ mod tests {
             spread: vec!["node.labels.rack".into()],
             max_replicas_per_node: Some(1),
             healthcheck: None,
+            mounts: Vec::new(),
+            volumes: Vec::new(),
+            secrets: Vec::new(),
         };
         SwarmService::from_spec("app_web".into(), "web".into(), spec)
     }
