@@ -71,6 +71,8 @@ pub struct AppSource {
     pub variables: Vars,
     networks: Value,
     services: Value,
+    /// Set when the file is a compose file (`crate::compose`), which renders itself.
+    compose: Option<Box<crate::compose::ComposeSource>>,
 }
 
 /// An app file rendered for one host's variables, typed and validated.
@@ -79,6 +81,25 @@ pub struct App {
     pub name: String,
     pub networks: BTreeMap<String, Network>,
     pub services: BTreeMap<String, Service>,
+    /// How containers are named and labelled (Berth's own or Compose's scheme).
+    #[serde(skip_serializing_if = "Naming::is_berth")]
+    pub naming: Naming,
+}
+
+/// Container names and labels: Berth's (`APP_SERVICE_N`) or Compose v2's (`PROJECT-SERVICE-N`
+/// with the `com.docker.compose.*` labels), for apps read from a compose file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Naming {
+    #[default]
+    Berth,
+    Compose,
+}
+
+impl Naming {
+    pub(crate) fn is_berth(&self) -> bool {
+        *self == Naming::Berth
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
@@ -303,12 +324,32 @@ fn one() -> u32 {
 
 impl AppSource {
     pub fn load(path: &Path) -> Result<AppSource> {
-        let document = yaml::read_file(path)?;
-        AppSource::from_value(path, document)
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        AppSource::parse(path, &text)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<AppSource> {
-        AppSource::from_value(path, yaml::parse_str(path, text)?)
+        let document = yaml::parse_str(path, text)?;
+        if crate::compose::is_compose(path, &document) {
+            let compose = crate::compose::ComposeSource::load(path, text, document)?;
+            return Ok(AppSource {
+                path: path.to_path_buf(),
+                name: compose.project.clone(),
+                variables: Vars::new(),
+                networks: Value::Null,
+                services: Value::Null,
+                compose: Some(Box::new(compose)),
+            });
+        }
+        AppSource::from_value(path, document)
+    }
+
+    /// Is this app read from a compose file?
+    pub fn is_compose(&self) -> bool {
+        self.compose.is_some()
     }
 
     fn from_value(path: &Path, document: Value) -> Result<AppSource> {
@@ -383,6 +424,7 @@ impl AppSource {
             variables,
             networks,
             services,
+            compose: None,
         })
     }
 
@@ -395,6 +437,9 @@ impl AppSource {
 
     /// Renders templates with a host's variables, types the result and validates it.
     pub fn render(&self, host_vars: &Vars) -> Result<App> {
+        if let Some(compose) = &self.compose {
+            return compose.render(host_vars);
+        }
         let vars = self.vars_for(host_vars);
         let templater = Templater::new(&vars);
         let template_error = |e: crate::template::TemplateError| Error::Template {
@@ -408,28 +453,37 @@ impl AppSource {
         let services = templater
             .render(&self.services, "services")
             .map_err(template_error)?;
+        typed_app(&self.path, &self.name, &networks, &services, Naming::Berth)
+    }
+}
 
-        let mut problems = Vec::new();
-        let networks: BTreeMap<String, Network> =
-            typed_entries(&networks, "networks", &mut problems);
-        let services: BTreeMap<String, Service> =
-            typed_entries(&services, "services", &mut problems);
-        let app = App {
-            name: self.name.clone(),
-            networks,
-            services,
-        };
-        if problems.is_empty() {
-            problems = app.validate();
-        }
-        if problems.is_empty() {
-            Ok(app)
-        } else {
-            Err(Error::InvalidApp {
-                file: self.path.clone(),
-                problems,
-            })
-        }
+/// Types rendered `networks` and `services` sections (Berth's shape) and validates the app.
+pub(crate) fn typed_app(
+    path: &Path,
+    name: &str,
+    networks: &Value,
+    services: &Value,
+    naming: Naming,
+) -> Result<App> {
+    let mut problems = Vec::new();
+    let networks: BTreeMap<String, Network> = typed_entries(networks, "networks", &mut problems);
+    let services: BTreeMap<String, Service> = typed_entries(services, "services", &mut problems);
+    let app = App {
+        name: name.to_string(),
+        networks,
+        services,
+        naming,
+    };
+    if problems.is_empty() {
+        problems = app.validate();
+    }
+    if problems.is_empty() {
+        Ok(app)
+    } else {
+        Err(Error::InvalidApp {
+            file: path.to_path_buf(),
+            problems,
+        })
     }
 }
 
@@ -1376,10 +1430,13 @@ services:
 
     #[test]
     fn name_is_required_and_fixed() {
-        assert!(AppSource::parse(Path::new("a.yml"), "services: {}\n")
-            .unwrap_err()
-            .to_string()
-            .contains("name: missing"));
+        // (Without `variables`, a file with services and no name is a compose file.)
+        assert!(
+            AppSource::parse(Path::new("a.yml"), "variables: {}\nservices: {}\n")
+                .unwrap_err()
+                .to_string()
+                .contains("name: missing")
+        );
         assert!(AppSource::parse(Path::new("a.yml"), "name: '{{ x }}'\n")
             .unwrap_err()
             .to_string()

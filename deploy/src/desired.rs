@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::app::{
-    App, AppSource, Build, Healthcheck, NetworkDriver, Port, RestartPolicy, ServiceNetwork,
+    App, AppSource, Build, Healthcheck, Naming, NetworkDriver, Port, RestartPolicy, ServiceNetwork,
 };
 use crate::error::{Error, Problem, Result};
 use crate::inventory::{DockerEndpoint, Host, Inventory};
@@ -64,6 +64,9 @@ pub struct DesiredContainer {
     pub config_hash: String,
     /// Present only for services with a build context (used by `berth ship`).
     pub build: Option<Build>,
+    /// Compose-named containers also carry the `com.docker.compose.*` labels.
+    #[serde(skip_serializing_if = "Naming::is_berth")]
+    pub naming: Naming,
 }
 
 /// Everything that defines a container; hashed for change detection. Field order is the
@@ -165,6 +168,9 @@ impl DesiredContainer {
             labels::CONFIG.into(),
             serde_json::to_string(&self.spec).unwrap_or_default(),
         );
+        if self.naming == Naming::Compose {
+            crate::compose::add_container_labels(&mut all, app, self);
+        }
         all
     }
 }
@@ -258,12 +264,18 @@ pub fn desired_host(source: &AppSource, inventory: &Inventory, host: &Host) -> R
         };
         for replica in 1..=service.replicas {
             containers.push(DesiredContainer {
-                name: container_name(&app.name, service_key, replica),
+                name: match app.naming {
+                    Naming::Berth => container_name(&app.name, service_key, replica),
+                    Naming::Compose => {
+                        crate::compose::container_name(&app.name, service_key, replica)
+                    }
+                },
                 service: service_key.clone(),
                 replica,
                 config_hash: spec.config_hash(),
                 spec: spec.clone(),
                 build: service.build.clone(),
+                naming: app.naming,
             });
         }
     }

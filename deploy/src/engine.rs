@@ -865,6 +865,7 @@ mod tests {
             config_hash: spec.config_hash(),
             spec,
             build: None,
+            naming: crate::app::Naming::Berth,
         }
     }
 
