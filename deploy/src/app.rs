@@ -39,6 +39,9 @@
 //!       max_replicas_per_node: 1
 //! ```
 //!
+//! Top-level `volumes:` and `secrets:`, and a service's `volumes:` (mounts) and `secrets:`,
+//! follow the compose-spec; see [`storage`](self::Volume) for their forms.
+//!
 //! A port may also say `mode: host` or `mode: ingress` (Swarm's publish modes; ingress, the
 //! routing mesh, is Swarm's default). Container mode publishes every port on its own host
 //! and ignores `mode`.
@@ -62,6 +65,12 @@ use crate::template::{has_template, Templater, Vars};
 use crate::units;
 use crate::yaml;
 
+mod storage;
+pub use storage::{
+    parse_short_mount, BindOptions, Mount, MountType, Secret, SecretRef, TmpfsOptions, Volume,
+    VolumeOptions, DEFAULT_SECRET_MODE, SECRETS_DIR,
+};
+
 /// An app file as read from disk, before per-host rendering.
 #[derive(Debug, Clone)]
 pub struct AppSource {
@@ -70,6 +79,8 @@ pub struct AppSource {
     /// Default values of variables; inventory vars override them.
     pub variables: Vars,
     networks: Value,
+    volumes: Value,
+    secrets: Value,
     services: Value,
     /// Set when the file is a compose file (`crate::compose`), which renders itself.
     compose: Option<Box<crate::compose::ComposeSource>>,
@@ -80,6 +91,10 @@ pub struct AppSource {
 pub struct App {
     pub name: String,
     pub networks: BTreeMap<String, Network>,
+    /// Named volumes the app owns (or uses, when `external`); see [`Volume`].
+    pub volumes: BTreeMap<String, Volume>,
+    /// Where each secret's value is read; see [`Secret`].
+    pub secrets: BTreeMap<String, Secret>,
     pub services: BTreeMap<String, Service>,
     /// How containers are named and labelled (Berth's own or Compose's scheme).
     #[serde(skip_serializing_if = "Naming::is_berth")]
@@ -190,6 +205,20 @@ pub struct Service {
     /// Swarm mode: where tasks may run (container mode places by `hosts` instead).
     #[serde(default)]
     pub placement: Option<Placement>,
+    /// Mounts: named volumes, bind mounts, tmpfs (see [`Mount`]).
+    #[serde(
+        default,
+        deserialize_with = "storage::mount_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub volumes: Vec<Mount>,
+    /// Secrets given to the service as files (see [`SecretRef`]).
+    #[serde(
+        default,
+        deserialize_with = "storage::secret_refs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub secrets: Vec<SecretRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -340,6 +369,8 @@ impl AppSource {
                 name: compose.project.clone(),
                 variables: Vars::new(),
                 networks: Value::Null,
+                volumes: Value::Null,
+                secrets: Value::Null,
                 services: Value::Null,
                 compose: Some(Box::new(compose)),
             });
@@ -366,13 +397,13 @@ impl AppSource {
                 ),
             ));
         };
-        if let Some(unknown) = top
-            .keys()
-            .find(|k| !["name", "variables", "networks", "services"].contains(&k.as_str()))
-        {
+        if let Some(unknown) = top.keys().find(|k| !TOP_LEVEL_KEYS.contains(&k.as_str())) {
             return Err(invalid(
                 unknown,
-                format!("unknown key `{unknown}` (expected name, variables, networks, services)"),
+                format!(
+                    "unknown key `{unknown}` (expected {})",
+                    TOP_LEVEL_KEYS.join(", ")
+                ),
             ));
         }
         let name = match top.remove("name") {
@@ -417,12 +448,16 @@ impl AppSource {
             )),
         };
         let networks = section(top.remove("networks"), "networks")?;
+        let volumes = section(top.remove("volumes"), "volumes")?;
+        let secrets = section(top.remove("secrets"), "secrets")?;
         let services = section(top.remove("services"), "services")?;
         Ok(AppSource {
             path: path.to_path_buf(),
             name,
             variables,
             networks,
+            volumes,
+            secrets,
             services,
             compose: None,
         })
@@ -450,27 +485,54 @@ impl AppSource {
         let networks = templater
             .render(&self.networks, "networks")
             .map_err(template_error)?;
+        let volumes = templater
+            .render(&self.volumes, "volumes")
+            .map_err(template_error)?;
+        let secrets = templater
+            .render(&self.secrets, "secrets")
+            .map_err(template_error)?;
         let services = templater
             .render(&self.services, "services")
             .map_err(template_error)?;
-        typed_app(&self.path, &self.name, &networks, &services, Naming::Berth)
+        let sections = RenderedSections {
+            networks: &networks,
+            volumes: &volumes,
+            secrets: &secrets,
+            services: &services,
+        };
+        typed_app(&self.path, &self.name, sections, Naming::Berth)
     }
 }
 
-/// Types rendered `networks` and `services` sections (Berth's shape) and validates the app.
+/// An app's sections after templating (or compose conversion), before typing.
+pub(crate) struct RenderedSections<'a> {
+    pub networks: &'a Value,
+    pub volumes: &'a Value,
+    pub secrets: &'a Value,
+    pub services: &'a Value,
+}
+
+/// Types rendered sections (Berth's shape) and validates the app.
 pub(crate) fn typed_app(
     path: &Path,
     name: &str,
-    networks: &Value,
-    services: &Value,
+    sections: RenderedSections,
     naming: Naming,
 ) -> Result<App> {
     let mut problems = Vec::new();
-    let networks: BTreeMap<String, Network> = typed_entries(networks, "networks", &mut problems);
-    let services: BTreeMap<String, Service> = typed_entries(services, "services", &mut problems);
+    let networks: BTreeMap<String, Network> =
+        typed_entries(sections.networks, "networks", &mut problems);
+    let volumes: BTreeMap<String, Volume> =
+        typed_entries(sections.volumes, "volumes", &mut problems);
+    let secrets: BTreeMap<String, Secret> =
+        typed_entries(sections.secrets, "secrets", &mut problems);
+    let services: BTreeMap<String, Service> =
+        typed_entries(sections.services, "services", &mut problems);
     let app = App {
         name: name.to_string(),
         networks,
+        volumes,
+        secrets,
         services,
         naming,
     };
@@ -755,9 +817,19 @@ impl App {
                 }
             }
         }
+        self.validate_storage(&mut problems);
         problems
     }
 }
+
+const TOP_LEVEL_KEYS: [&str; 6] = [
+    "name",
+    "variables",
+    "networks",
+    "volumes",
+    "secrets",
+    "services",
+];
 
 fn is_reserved(subnet: Ipv4Net, address: Ipv4Addr) -> bool {
     // /31 and /32 have no network/broadcast addresses to avoid (RFC 3021).

@@ -25,6 +25,8 @@ use crate::yaml::kind_of;
 /// Berth-shaped `networks` and `services` sections.
 pub(crate) struct Converted {
     pub networks: Value,
+    pub volumes: Value,
+    pub secrets: Value,
     pub services: Value,
 }
 
@@ -32,6 +34,7 @@ pub(crate) struct Converted {
 pub(crate) const PROJECT_LABEL: &str = "com.docker.compose.project";
 pub(crate) const NETWORK_LABEL: &str = "com.docker.compose.network";
 pub(crate) const VERSION_LABEL: &str = "com.docker.compose.version";
+pub(crate) const VOLUME_LABEL: &str = "com.docker.compose.volume";
 /// The Compose version written in `com.docker.compose.version`: a v2 release number, so both
 /// `docker compose` and the older `docker-compose` parse it.
 pub(crate) const COMPOSE_VERSION: &str = "2.0.0";
@@ -166,8 +169,35 @@ impl Converter<'_> {
                 Value::Object(network.unwrap_or_default()),
             );
         }
+        let mut berth_volumes = Map::new();
+        let declared_volumes = self
+            .mapping("volumes", top.get("volumes"))
+            .unwrap_or_default();
+        for (name, body) in &declared_volumes {
+            let at = format!("volumes.{name}");
+            if let Some(volume) = self.volume(&at, name, body) {
+                berth_volumes.insert(name.clone(), Value::Object(volume));
+            }
+        }
+        let mut berth_secrets = Map::new();
+        let declared_secrets = self
+            .mapping("secrets", top.get("secrets"))
+            .unwrap_or_default();
+        for (name, body) in &declared_secrets {
+            let at = format!("secrets.{name}");
+            if let Some(secret) = self.mapping(&at, Some(body)) {
+                self.check_keys(&at, &secret, model::SECRET, model::SECRET_NOT_YET);
+                let secret: Map<String, Value> = secret
+                    .into_iter()
+                    .filter(|(key, _)| !key.starts_with("x-"))
+                    .collect();
+                berth_secrets.insert(name.clone(), Value::Object(secret));
+            }
+        }
         Converted {
             networks: Value::Object(berth_networks),
+            volumes: Value::Object(berth_volumes),
+            secrets: Value::Object(berth_secrets),
             services: Value::Object(berth_services),
         }
     }
@@ -248,6 +278,7 @@ impl Converter<'_> {
         if let Some(hosts) = hosts {
             out.insert("hosts".into(), Value::String(hosts));
         }
+        // Mounts and secret uses have the same forms in both files (see `app/storage.rs`).
         for key in [
             "command",
             "entrypoint",
@@ -255,6 +286,8 @@ impl Converter<'_> {
             "restart",
             "stop_signal",
             "stop_grace_period",
+            "volumes",
+            "secrets",
         ] {
             if let Some(value) = body.get(key).filter(|v| !v.is_null()) {
                 out.insert(key.into(), value.clone());
@@ -753,6 +786,30 @@ impl Converter<'_> {
                 out.insert("placement".into(), Value::Object(placement));
             }
         }
+    }
+
+    /// A top-level volume, with the labels Compose puts on the volumes it creates (not on
+    /// external ones, which Berth never creates).
+    fn volume(&mut self, at: &str, key: &str, body: &Value) -> Option<Map<String, Value>> {
+        let body = self.mapping(at, Some(body))?;
+        self.check_keys(at, &body, model::VOLUME, &[]);
+        let mut out: Map<String, Value> = body
+            .into_iter()
+            .filter(|(key, value)| !key.starts_with("x-") && !value.is_null())
+            .collect();
+        if out.get("external") != Some(&Value::Bool(true)) {
+            let mut labels = self
+                .labels(&join(at, "labels"), out.get("labels"))
+                .unwrap_or_default();
+            labels.insert(
+                PROJECT_LABEL.into(),
+                Value::String(self.project.to_string()),
+            );
+            labels.insert(VOLUME_LABEL.into(), Value::String(key.to_string()));
+            labels.insert(VERSION_LABEL.into(), Value::String(COMPOSE_VERSION.into()));
+            out.insert("labels".into(), Value::Object(labels));
+        }
+        Some(out)
     }
 
     /// A top-level network → Berth's network (one IPv4 subnet at most), with the labels

@@ -64,7 +64,7 @@ pub fn is_compose(path: &Path, document: &Value) -> bool {
         || !top.contains_key("name")
         || top
             .keys()
-            .any(|k| !["name", "networks", "services"].contains(&k.as_str()))
+            .any(|k| !["name", "networks", "volumes", "secrets", "services"].contains(&k.as_str()))
     {
         return true;
     }
@@ -100,6 +100,8 @@ pub fn is_compose(path: &Path, document: &Value) -> bool {
                         | "labels"
                         | "build"
                         | "cpus"
+                        | "volumes"
+                        | "secrets"
                 )
     };
     services.iter().any(|s| s.keys().any(compose_only))
@@ -221,16 +223,17 @@ impl ComposeSource {
         if !converter.problems.is_empty() {
             return Err(invalid_all(&self.path, &self.text, converter.problems));
         }
-        crate::app::typed_app(
-            &self.path,
-            &self.project,
-            &converted.networks,
-            &converted.services,
-            Naming::Compose,
-        )
-        .map_err(|err| match err {
-            Error::InvalidApp { file, problems } => invalid_all(&file, &self.text, problems),
-            other => other,
+        let sections = crate::app::RenderedSections {
+            networks: &converted.networks,
+            volumes: &converted.volumes,
+            secrets: &converted.secrets,
+            services: &converted.services,
+        };
+        crate::app::typed_app(&self.path, &self.project, sections, Naming::Compose).map_err(|err| {
+            match err {
+                Error::InvalidApp { file, problems } => invalid_all(&file, &self.text, problems),
+                other => other,
+            }
         })
     }
 }

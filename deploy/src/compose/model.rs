@@ -7,9 +7,11 @@
 //! github.com/compose-spec/compose-spec).
 
 /// Top-level keys Berth reads. `version` is obsolete in the spec and ignored.
-pub(crate) const TOP: &[&str] = &["version", "name", "services", "networks"];
+pub(crate) const TOP: &[&str] = &[
+    "version", "name", "services", "networks", "volumes", "secrets",
+];
 /// Top-level keys of the spec that Berth does not handle yet.
-pub(crate) const TOP_NOT_YET: &[&str] = &["volumes", "secrets", "configs", "include", "models"];
+pub(crate) const TOP_NOT_YET: &[&str] = &["configs", "include", "models"];
 
 /// Service keys Berth reads (converted in `convert.rs`).
 pub(crate) const SERVICE: &[&str] = &[
@@ -30,6 +32,8 @@ pub(crate) const SERVICE: &[&str] = &[
     "build",
     "profiles",
     "depends_on",
+    "volumes",
+    "secrets",
     "scale",
     "cpus",
     "mem_limit",
@@ -93,7 +97,6 @@ pub(crate) const SERVICE_NOT_YET: &[&str] = &[
     "pull_policy",
     "read_only",
     "runtime",
-    "secrets",
     "security_opt",
     "shm_size",
     "stdin_open",
@@ -106,7 +109,6 @@ pub(crate) const SERVICE_NOT_YET: &[&str] = &[
     "user",
     "userns_mode",
     "uts",
-    "volumes",
     "volumes_from",
     "working_dir",
 ];
@@ -200,3 +202,16 @@ pub(crate) const IPAM_CONFIG_NOT_YET: &[&str] = &["aux_addresses"];
 
 /// `x-berth:` on a service or at the top level (the default for every service).
 pub(crate) const X_BERTH: &[&str] = &["hosts"];
+
+/// Top-level `volumes.NAME` (the app model's `Volume` has the same keys).
+pub(crate) const VOLUME: &[&str] = &["name", "driver", "driver_opts", "labels", "external"];
+/// Top-level `secrets.NAME` (the app model's `Secret`).
+pub(crate) const SECRET: &[&str] = &["file", "environment"];
+pub(crate) const SECRET_NOT_YET: &[&str] = &[
+    "external",
+    "name",
+    "driver",
+    "driver_opts",
+    "labels",
+    "template_driver",
+];

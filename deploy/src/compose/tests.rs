@@ -81,6 +81,10 @@ services:
     x-berth: { hosts: db }
     environment: { PASSWORD: "${DB_PASSWORD:?set DB_PASSWORD}", EMPTY: }
     networks: [back]
+    volumes:
+      - db_data:/var/lib/db
+      - { type: tmpfs, target: /scratch, tmpfs: { size: 64m } }
+    secrets: [db_password]
     deploy:
       restart_policy: { condition: on-failure, max_attempts: 3 }
   worker:
@@ -101,6 +105,12 @@ networks:
     driver: bridge
     driver_opts: { com.docker.network.bridge.name: br-shop }
     labels: { tier: back }
+volumes:
+  db_data:
+    driver_opts: { type: tmpfs, device: tmpfs }
+  shared: { external: true }
+secrets:
+  db_password: { file: ./db_password }
 "#;
 
 #[test]
@@ -172,6 +182,23 @@ fn converts_every_supported_key() {
             max_retries: Some(3)
         }
     );
+    assert_eq!(db.volumes.len(), 2);
+    assert_eq!(db.volumes[0].source.as_deref(), Some("db_data"));
+    assert_eq!(db.volumes[0].target, "/var/lib/db");
+    assert_eq!(
+        db.volumes[1].tmpfs.as_ref().unwrap().size,
+        Some(64 * 1024 * 1024)
+    );
+    assert_eq!(db.secrets[0].target_path(), "/run/secrets/db_password");
+    assert_eq!(
+        app.secrets["db_password"].file.as_deref(),
+        Some("./db_password")
+    );
+    let data = &app.volumes["db_data"];
+    assert_eq!(data.driver_opts["type"], "tmpfs");
+    assert_eq!(data.labels["com.docker.compose.volume"], "db_data");
+    assert!(app.volumes["shared"].external);
+    assert!(app.volumes["shared"].labels.is_empty());
     assert_eq!(app.services["worker"].replicas, 2);
     assert_eq!(
         app.services["worker"].networks["default"].aliases,
@@ -279,8 +306,8 @@ fn keys_berth_cannot_express_yet_are_named() {
         ("services.web.healthcheck.start_interval", "name: p\nservices:\n  web: { image: x, healthcheck: { test: [CMD, x], start_interval: 1s } }\n"),
         ("services.web.deploy.update_config", "name: p\nservices:\n  web: { image: x, deploy: { update_config: { parallelism: 1 } } }\n"),
         ("networks.n.external", "name: p\nservices:\n  web: { image: x }\nnetworks:\n  n: { external: true }\n"),
-        ("volumes", "name: p\nservices:\n  web: { image: x }\nvolumes:\n  data: {}\n"),
-        ("secrets", "name: p\nservices:\n  web: { image: x }\nsecrets:\n  s: { file: ./s }\n"),
+        ("configs", "name: p\nservices:\n  web: { image: x }\nconfigs:\n  c: { file: ./c }\n"),
+        ("secrets.s.external (line 5)", "name: p\nservices:\n  web: { image: x }\nsecrets:\n  s: { external: true }\n"),
         ("services.web.depends_on.db.condition", "name: p\nservices:\n  db: { image: x }\n  web: { image: x, depends_on: { db: { condition: service_completed_successfully } } }\n"),
     ] {
         let err = error_of(compose);
