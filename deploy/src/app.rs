@@ -205,6 +205,10 @@ pub struct Service {
     /// Swarm mode: where tasks may run (container mode places by `hosts` instead).
     #[serde(default)]
     pub placement: Option<Placement>,
+    /// Services whose containers a host starts (and waits for, when they have a
+    /// healthcheck) before this one's: Compose's `depends_on`.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
     /// Mounts: named volumes, bind mounts, tmpfs (see [`Mount`]).
     #[serde(
         default,
@@ -587,6 +591,43 @@ fn typed_entries<T: for<'de> Deserialize<'de>>(
 }
 
 impl App {
+    /// Service keys in the order a host starts them: by name, except that a service comes
+    /// after those it `depends_on`. A cycle is an error naming one service on it.
+    pub fn start_order(&self) -> std::result::Result<Vec<&str>, Problem> {
+        fn visit<'a>(
+            app: &'a App,
+            key: &'a str,
+            order: &mut Vec<&'a str>,
+            visiting: &mut Vec<&'a str>,
+        ) -> std::result::Result<(), Problem> {
+            if order.contains(&key) {
+                return Ok(());
+            }
+            if visiting.contains(&key) {
+                return Err(Problem::new(
+                    format!("services.{key}.depends_on"),
+                    format!("dependency cycle: {} -> {key}", visiting.join(" -> ")),
+                ));
+            }
+            visiting.push(key);
+            if let Some(service) = app.services.get(key) {
+                for dependency in &service.depends_on {
+                    if app.services.contains_key(dependency) {
+                        visit(app, dependency, order, visiting)?;
+                    }
+                }
+            }
+            visiting.pop();
+            order.push(key);
+            Ok(())
+        }
+        let mut order = Vec::new();
+        for key in self.services.keys() {
+            visit(self, key, &mut order, &mut Vec::new())?;
+        }
+        Ok(order)
+    }
+
     /// The Docker name of a network key.
     pub fn network_docker_name(&self, key: &str) -> String {
         match self.networks.get(key).and_then(|n| n.name.clone()) {
@@ -719,6 +760,14 @@ impl App {
                     }
                 }
             }
+            for dependency in &service.depends_on {
+                if dependency == key || !self.services.contains_key(dependency) {
+                    problems.push(Problem::new(
+                        at(".depends_on"),
+                        format!("`{dependency}` is not another service of this app"),
+                    ));
+                }
+            }
             if let Some(placement) = &service.placement {
                 for (index, constraint) in placement.constraints.iter().enumerate() {
                     let valid = ["==", "!="].iter().any(|op| {
@@ -818,6 +867,9 @@ impl App {
             }
         }
         self.validate_storage(&mut problems);
+        if let Err(problem) = self.start_order() {
+            problems.push(problem);
+        }
         problems
     }
 }

@@ -226,7 +226,12 @@ pub fn desired_host(source: &AppSource, inventory: &Inventory, host: &Host) -> R
 
     let mut containers = Vec::new();
     let mut used_networks = BTreeSet::new();
-    for (service_key, service) in &app.services {
+    // `validate` has refused dependency cycles already.
+    let order = app.start_order().unwrap_or_default();
+    for (service_key, service) in order
+        .into_iter()
+        .filter_map(|key| app.services.get_key_value(key))
+    {
         let placed = inventory.select(Some(&service.hosts)).map_err(|err| {
             invalid(vec![Problem::new(
                 format!("services.{service_key}.hosts"),

@@ -306,11 +306,14 @@ impl Converter<'_> {
         if let Some(build) = self.build(&join(at, "build"), body.get("build")) {
             out.insert("build".into(), build);
         }
-        self.depends_on(
+        let dependencies = self.depends_on(
             &join(at, "depends_on"),
             body.get("depends_on"),
             service_names,
         );
+        if !dependencies.is_empty() {
+            out.insert("depends_on".into(), serde_json::json!(dependencies));
+        }
         // Service-level resource keys first; `deploy:` (the newer spelling) overrides them.
         if let Some(scale) = body.get("scale").filter(|v| !v.is_null()) {
             out.insert("replicas".into(), scale.clone());
@@ -638,12 +641,20 @@ impl Converter<'_> {
         }
     }
 
-    /// Checked only: the services must exist and the conditions be ones Berth meets. Berth
-    /// starts a host's containers one by one and waits for each to be healthy (when it has a
-    /// healthcheck) before the next.
-    fn depends_on(&mut self, at: &str, value: Option<&Value>, services: &BTreeSet<&str>) {
-        let check_name = |this: &mut Self, key: String, name: &str| {
-            if !services.contains(name) {
+    /// The services a service depends on, which must exist, with conditions Berth meets: a
+    /// host starts its containers one by one, dependencies first, and waits for each to be
+    /// healthy (when it has a healthcheck) before the next.
+    fn depends_on(
+        &mut self,
+        at: &str,
+        value: Option<&Value>,
+        services: &BTreeSet<&str>,
+    ) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut check_name = |this: &mut Self, key: String, name: &str| {
+            if services.contains(name) {
+                names.push(name.to_string());
+            } else {
                 this.problem(key, format!("unknown service `{name}`"));
             }
         };
@@ -686,6 +697,7 @@ impl Converter<'_> {
                 ),
             ),
         }
+        names
     }
 
     /// `deploy:` → replicas, resources, restart policy and placement.

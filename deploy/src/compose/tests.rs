@@ -403,3 +403,69 @@ fn line_of_follows_block_and_flow_style() {
     assert_eq!(line_of(text, "services.db.bad"), Some(6));
     assert_eq!(line_of(text, "services.web.bad"), None);
 }
+
+/// `examples/origin/compose.yaml` is `examples/origin/app.yml` as a compose file: for every
+/// host of both inventories, the same containers (by service and replica), networks,
+/// addresses, ports, env and limits; only names and labels follow Compose.
+#[test]
+fn origin_example_compose_file_matches_its_app_file() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/origin");
+    let app = AppSource::load(&examples.join("app.yml")).expect("app.yml");
+    let compose = AppSource::load(&examples.join("compose.yaml")).expect("compose.yaml");
+    assert!(compose.is_compose());
+    assert_eq!(compose.name, app.name);
+    for environment in ["testing", "production"] {
+        let inventory = Inventory::load(&examples.join(environment)).expect("inventory");
+        let from_app = desired_state(&app, &inventory, None).expect("app desired");
+        let from_compose = desired_state(&compose, &inventory, None).expect("compose desired");
+        assert_eq!(from_app.len(), from_compose.len());
+        for (a, c) in from_app.iter().zip(&from_compose) {
+            assert_eq!(a.host, c.host);
+            assert_eq!(a.networks.len(), c.networks.len(), "{}", a.host);
+            for (an, cn) in a.networks.iter().zip(&c.networks) {
+                assert_eq!(
+                    (&an.name, an.driver, an.subnet, an.gateway),
+                    (&cn.name, cn.driver, cn.subnet, cn.gateway),
+                    "{}",
+                    a.host
+                );
+            }
+            assert_eq!(a.containers.len(), c.containers.len(), "{}", a.host);
+            for (ac, cc) in a.containers.iter().zip(&c.containers) {
+                assert_eq!(
+                    cc.name,
+                    format!("app_example-{}-{}", ac.service, ac.replica)
+                );
+                let (mut aspec, mut cspec) = (ac.spec.clone(), cc.spec.clone());
+                // Compose adds the service name as an alias on each network.
+                for attachment in cspec.networks.values_mut() {
+                    attachment.aliases.retain(|alias| *alias != ac.service);
+                }
+                aspec.labels.clear();
+                cspec.labels.clear();
+                assert_eq!(aspec, cspec, "{} {}", a.host, ac.name);
+                assert_eq!(ac.build.is_some(), cc.build.is_some());
+            }
+        }
+    }
+}
+
+#[test]
+fn depends_on_orders_a_hosts_containers_and_cycles_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hosts.yml"), "all:\n  hosts: { h1: }\n").unwrap();
+    let inventory = Inventory::load(dir.path()).unwrap();
+    let (_project, path) = project(
+        "name: p\nservices:\n  api: { image: x, depends_on: { db: { condition: service_healthy } } }\n  db: { image: x, depends_on: [cache] }\n  cache: { image: x }\n",
+        &[],
+    );
+    let desired = desired_state(&AppSource::load(&path).unwrap(), &inventory, None).unwrap();
+    let names: Vec<&str> = desired[0]
+        .containers
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(names, ["p-cache-1", "p-db-1", "p-api-1"]);
+    let err = error_of("name: p\nservices:\n  a: { image: x, depends_on: [b] }\n  b: { image: x, depends_on: [a] }\n");
+    assert!(err.contains("dependency cycle: a -> b -> a"), "{err}");
+}
