@@ -178,13 +178,18 @@ fn comparable(container: &Value, project: &str, replace: &[(&str, &str)]) -> Val
             // docker-compose 1.29 also adds the short container ID, Docker the container
             // name: keep the names the file asked for (the service's and `aliases:`).
             aliases.retain(|a| ["web", "www", "nodes", "worker"].contains(&a.as_str()));
+            // The default network's subnet and the addresses on it are Docker's choice.
+            let (address, gateway) = if key == "default" {
+                ("dynamic".to_string(), "dynamic".to_string())
+            } else {
+                (
+                    normalise(endpoint["IPAddress"].as_str().unwrap_or_default()),
+                    normalise(endpoint["Gateway"].as_str().unwrap_or_default()),
+                )
+            };
             networks.insert(
                 key,
-                serde_json::json!({
-                    "address": normalise(endpoint["IPAddress"].as_str().unwrap_or_default()),
-                    "gateway": normalise(endpoint["Gateway"].as_str().unwrap_or_default()),
-                    "aliases": aliases,
-                }),
+                serde_json::json!({ "address": address, "gateway": gateway, "aliases": aliases }),
             );
         }
     }

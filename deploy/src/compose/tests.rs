@@ -469,3 +469,55 @@ fn depends_on_orders_a_hosts_containers_and_cycles_are_refused() {
     let err = error_of("name: p\nservices:\n  a: { image: x, depends_on: [b] }\n  b: { image: x, depends_on: [a] }\n");
     assert!(err.contains("dependency cycle: a -> b -> a"), "{err}");
 }
+
+/// `--swarm` with a compose file is `docker stack deploy`: services named `PROJECT_SERVICE`,
+/// with the `deploy:` keys as their replicas, resources, restart policy and placement.
+#[test]
+fn swarm_mode_applies_the_deploy_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("hosts.yml"),
+        "all:\n  children:\n    managers: { hosts: { m1: } }\n",
+    )
+    .unwrap();
+    let inventory = Inventory::load(dir.path()).unwrap();
+    let (_project, path) = project(
+        r#"
+name: stack
+services:
+  web:
+    image: reg/web:1
+    ports: [{ target: 8000, published: 80, mode: host }]
+    deploy:
+      replicas: 3
+      resources:
+        limits: { cpus: "0.5", memory: 128M }
+        reservations: { cpus: "0.25", memory: 64M }
+      restart_policy: { condition: on-failure, max_attempts: 2 }
+      placement:
+        constraints: [node.labels.zone==a]
+        preferences: [{ spread: node.labels.rack }]
+        max_replicas_per_node: 1
+networks:
+  default:
+    driver: overlay
+    ipam: { config: [{ subnet: 10.9.0.0/24 }] }
+"#,
+        &[],
+    );
+    let source = AppSource::load(&path).unwrap();
+    let desired = crate::swarm::desired_swarm(&source, &inventory, None).expect("swarm desired");
+    let web = &desired.services[0];
+    assert_eq!(web.name, "stack_web");
+    assert_eq!(web.spec.replicas, 3);
+    assert_eq!(web.spec.limit_nano_cpus, Some(500_000_000));
+    assert_eq!(web.spec.limit_memory, Some(128 << 20));
+    assert_eq!(web.spec.reserve_nano_cpus, Some(250_000_000));
+    assert_eq!(web.spec.reserve_memory, Some(64 << 20));
+    assert_eq!(web.spec.restart.max_retries, Some(2));
+    assert_eq!(web.spec.constraints, ["node.labels.zone==a"]);
+    assert_eq!(web.spec.spread, ["node.labels.rack"]);
+    assert_eq!(web.spec.max_replicas_per_node, Some(1));
+    assert_eq!(web.spec.networks["stack_default"], ["web"]);
+    assert_eq!(desired.networks[0].name, "stack_default");
+}
