@@ -109,6 +109,17 @@ services:
       back: { ipv4_address: "${BACK}.2" }
     stop_signal: SIGTERM
     x-berth: { hosts: all }
+    user: "65534"
+    working_dir: /tmp
+    hostname: nodes-host
+    extra_hosts: ["db.internal:10.0.0.5"]
+    cap_drop: [NET_RAW]
+    cap_add: [SYS_TIME]
+    init: true
+    read_only: true
+    tmpfs: ["/run:size=1m"]
+    ulimits: { nofile: { soft: 1024, hard: 2048 } }
+    logging: { driver: json-file, options: { max-size: 1m } }
   worker:
     image: "${REGISTRY}/${REPO}:${TAG:-v1}"
     command: *loop
@@ -234,6 +245,20 @@ fn comparable(container: &Value, project: &str, replace: &[(&str, &str)]) -> Val
         "nano_cpus": host["NanoCpus"],
         "memory": host["Memory"],
         "running": container["State"]["Running"],
+        "user": container["Config"]["User"],
+        "working_dir": container["Config"]["WorkingDir"],
+        // Docker's default hostname is the container's short ID.
+        "hostname": container["Config"]["Hostname"].as_str().filter(|h| {
+            !container["Id"].as_str().unwrap_or_default().starts_with(h)
+        }),
+        "extra_hosts": host["ExtraHosts"],
+        "cap_add": host["CapAdd"],
+        "cap_drop": host["CapDrop"],
+        "init": host["Init"],
+        "read_only": host["ReadonlyRootfs"],
+        "tmpfs": host["Tmpfs"],
+        "ulimits": host["Ulimits"],
+        "log_config": host["LogConfig"],
     })
 }
 
@@ -426,6 +451,12 @@ fn compose_file_deploys_like_docker_compose_up() {
     let nodes = comparable(&ours["nodes-1"], &project, &berth_subst);
     assert_eq!(nodes["networks"]["back"]["address"], "BACK.2");
     assert!(nodes["env"].to_string().contains("FROM_ENV=shared"));
+    assert_eq!(nodes["user"], "65534");
+    assert_eq!(nodes["hostname"], "nodes-host");
+    assert_eq!(nodes["read_only"], true);
+    assert_eq!(nodes["tmpfs"]["/run"], "size=1m");
+    assert_eq!(nodes["ulimits"][0]["Hard"], 2048);
+    assert_eq!(nodes["log_config"]["Config"]["max-size"], "1m");
     // worker has no `networks:`: both put it on the project's default network.
     let worker = comparable(&ours["worker-2"], &project, &berth_subst);
     assert!(worker["networks"]["default"].is_object(), "{worker}");

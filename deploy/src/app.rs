@@ -31,6 +31,10 @@
 //!     stop_signal: SIGQUIT           # what `docker stop` sends first (default: the image's, else SIGTERM)
 //!     stop_grace_period: 3s          # then SIGKILL after this long (default 10s)
 //!     build: { context: ./web, dockerfile: Dockerfile, args: { V: 1 } }   # for `berth ship`
+//!     depends_on: [db]               # a host starts db (healthy, if it has a check) first
+//!     user: "1000"                   # also working_dir, hostname, extra_hosts, cap_add,
+//!                                    # cap_drop, init, read_only, tmpfs, ulimits, logging
+//!                                    # (container mode; see app/runtime.rs)
 //!     # Swarm mode only (`berth deploy --swarm`); container mode ignores them:
 //!     reservations: { cpus: 0.25, memory: 64m }     # what the scheduler sets aside per task
 //!     placement:
@@ -65,6 +69,8 @@ use crate::template::{has_template, Templater, Vars};
 use crate::units;
 use crate::yaml;
 
+mod runtime;
+pub use runtime::{Logging, RuntimeOptions, Ulimit};
 mod storage;
 pub use storage::{
     parse_short_mount, BindOptions, Mount, MountType, Secret, SecretRef, TmpfsOptions, Volume,
@@ -209,6 +215,29 @@ pub struct Service {
     /// healthcheck) before this one's: Compose's `depends_on`.
     #[serde(default)]
     pub depends_on: Vec<String>,
+    // Container options (see `app/runtime.rs`).
+    #[serde(default, deserialize_with = "runtime::optional_text")]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default, deserialize_with = "runtime::extra_hosts")]
+    pub extra_hosts: Vec<String>,
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+    #[serde(default)]
+    pub init: Option<bool>,
+    #[serde(default)]
+    pub read_only: bool,
+    #[serde(default, deserialize_with = "runtime::tmpfs")]
+    pub tmpfs: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "runtime::ulimits")]
+    pub ulimits: BTreeMap<String, Ulimit>,
+    #[serde(default)]
+    pub logging: Option<Logging>,
     /// Mounts: named volumes, bind mounts, tmpfs (see [`Mount`]).
     #[serde(
         default,

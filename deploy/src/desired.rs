@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::app::{
-    App, AppSource, Build, Healthcheck, Naming, NetworkDriver, Port, RestartPolicy, ServiceNetwork,
+    App, AppSource, Build, Healthcheck, Naming, NetworkDriver, Port, RestartPolicy, RuntimeOptions,
+    ServiceNetwork,
 };
 use crate::error::{Error, Problem, Result};
 use crate::inventory::{DockerEndpoint, Host, Inventory};
@@ -99,6 +100,9 @@ pub struct ContainerSpec {
     /// Whole seconds, as Docker's `StopTimeout` takes them (rounded up).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_grace_period_s: Option<u64>,
+    /// User, working dir, hostname, capabilities, ulimits, logging, ...; left out when unset.
+    #[serde(default, skip_serializing_if = "RuntimeOptions::is_empty")]
+    pub runtime: RuntimeOptions,
 }
 
 /// A healthcheck as the Docker API takes it (durations in nanoseconds). Separate from the
@@ -266,6 +270,7 @@ pub fn desired_host(source: &AppSource, inventory: &Inventory, host: &Host) -> R
             stop_grace_period_s: service
                 .stop_grace_period
                 .map(|ns| ns.div_ceil(1_000_000_000)),
+            runtime: RuntimeOptions::of(service),
         };
         for replica in 1..=service.replicas {
             containers.push(DesiredContainer {

@@ -288,9 +288,27 @@ impl Converter<'_> {
             "stop_grace_period",
             "volumes",
             "secrets",
+            // Container options, in the same forms (see `app/runtime.rs`).
+            "user",
+            "working_dir",
+            "hostname",
+            "extra_hosts",
+            "cap_add",
+            "cap_drop",
+            "init",
+            "read_only",
+            "tmpfs",
+            "ulimits",
         ] {
             if let Some(value) = body.get(key).filter(|v| !v.is_null()) {
                 out.insert(key.into(), value.clone());
+            }
+        }
+        if let Some(logging) = body.get("logging").filter(|v| !v.is_null()) {
+            let at = join(at, "logging");
+            if let Some(map) = self.mapping(&at, Some(logging)) {
+                self.check_keys(&at, &map, model::LOGGING, &[]);
+                out.insert("logging".into(), Value::Object(map));
             }
         }
         let env = self.environment(at, body);

@@ -102,6 +102,18 @@ pub fn is_compose(path: &Path, document: &Value) -> bool {
                         | "cpus"
                         | "volumes"
                         | "secrets"
+                        | "depends_on"
+                        | "user"
+                        | "working_dir"
+                        | "hostname"
+                        | "extra_hosts"
+                        | "cap_add"
+                        | "cap_drop"
+                        | "init"
+                        | "read_only"
+                        | "tmpfs"
+                        | "ulimits"
+                        | "logging"
                 )
     };
     services.iter().any(|s| s.keys().any(compose_only))

@@ -38,6 +38,17 @@ pub(crate) const SERVICE: &[&str] = &[
     "cpus",
     "mem_limit",
     "mem_reservation",
+    "user",
+    "working_dir",
+    "hostname",
+    "extra_hosts",
+    "cap_add",
+    "cap_drop",
+    "init",
+    "read_only",
+    "tmpfs",
+    "ulimits",
+    "logging",
 ];
 
 /// Service keys of the spec that the Berth app model cannot express yet.
@@ -57,8 +68,6 @@ pub(crate) const SERVICE_NOT_YET: &[&str] = &[
     "cpu_rt_runtime",
     "cpu_shares",
     "cpuset",
-    "cap_add",
-    "cap_drop",
     "credential_spec",
     "develop",
     "device_cgroup_rules",
@@ -70,16 +79,12 @@ pub(crate) const SERVICE_NOT_YET: &[&str] = &[
     "driver_opts",
     "extends",
     "external_links",
-    "extra_hosts",
     "gpus",
     "group_add",
-    "hostname",
-    "init",
     "ipc",
     "isolation",
     "label_file",
     "links",
-    "logging",
     "mac_address",
     "mem_swappiness",
     "memswap_limit",
@@ -95,22 +100,17 @@ pub(crate) const SERVICE_NOT_YET: &[&str] = &[
     "privileged",
     "provider",
     "pull_policy",
-    "read_only",
     "runtime",
     "security_opt",
     "shm_size",
     "stdin_open",
     "storage_opt",
     "sysctls",
-    "tmpfs",
     "tty",
-    "ulimits",
     "use_api_socket",
-    "user",
     "userns_mode",
     "uts",
     "volumes_from",
-    "working_dir",
 ];
 
 /// A service's attachment to one network.
@@ -180,6 +180,9 @@ pub(crate) const RESOURCE_RESERVATIONS_NOT_YET: &[&str] = &["devices", "generic_
 pub(crate) const RESTART_POLICY: &[&str] = &["condition", "max_attempts"];
 pub(crate) const RESTART_POLICY_NOT_YET: &[&str] = &["delay", "window"];
 pub(crate) const PLACEMENT: &[&str] = &["constraints", "preferences", "max_replicas_per_node"];
+
+/// `logging:` of a service.
+pub(crate) const LOGGING: &[&str] = &["driver", "options"];
 
 pub(crate) const DEPENDS_ON: &[&str] = &["condition", "restart", "required"];
 pub(crate) const ENV_FILE: &[&str] = &["path", "required", "format"];

@@ -64,6 +64,17 @@ services:
     stop_signal: SIGQUIT
     stop_grace_period: 2s
     labels: [team=web]
+    user: 1000
+    working_dir: /app
+    hostname: web1
+    extra_hosts: ["db.internal:10.0.0.5", "cache=10.0.0.6"]
+    cap_add: [NET_ADMIN]
+    cap_drop: [ALL]
+    init: true
+    read_only: true
+    tmpfs: [/run, "/tmp:size=64m"]
+    ulimits: { nproc: 512, nofile: { soft: 1024, hard: 2048 } }
+    logging: { driver: json-file, options: { max-size: 1m } }
     depends_on:
       db: { condition: service_healthy }
     deploy:
@@ -157,6 +168,21 @@ fn converts_every_supported_key() {
     assert_eq!(web.stop_signal.as_deref(), Some("SIGQUIT"));
     assert_eq!(web.stop_grace_period, Some(2_000_000_000));
     assert_eq!(web.labels["team"], "web");
+    let runtime = crate::app::RuntimeOptions::of(web);
+    assert_eq!(runtime.user.as_deref(), Some("1000"));
+    assert_eq!(runtime.working_dir.as_deref(), Some("/app"));
+    assert_eq!(runtime.hostname.as_deref(), Some("web1"));
+    assert_eq!(
+        runtime.extra_hosts,
+        ["db.internal:10.0.0.5", "cache:10.0.0.6"]
+    );
+    assert_eq!((runtime.cap_add.len(), runtime.cap_drop.len()), (1, 1));
+    assert_eq!((runtime.init, runtime.read_only), (Some(true), true));
+    assert_eq!(runtime.tmpfs["/tmp"], "size=64m");
+    assert_eq!(runtime.tmpfs["/run"], "");
+    assert_eq!(runtime.ulimits["nproc"].hard, 512);
+    assert_eq!(runtime.ulimits["nofile"].soft, 1024);
+    assert_eq!(runtime.logging.as_ref().unwrap().options["max-size"], "1m");
     assert_eq!(web.cpus, Some(0.5));
     assert_eq!(web.memory, Some(50 * 1024 * 1024));
     assert_eq!(web.reservations.as_ref().unwrap().cpus, Some(0.25));
@@ -347,7 +373,7 @@ fn detection_keeps_berth_app_files() {
         "name: a\nversion: '3.8'\nservices:\n  web: { image: x }\n"
     ));
     assert!(!berth(
-        "name: a\nservices:\n  web: { image: x, depends_on: [] }\n"
+        "name: a\nservices:\n  web: { image: x, expose: [80] }\n"
     ));
     assert!(!berth(
         "name: a\nservices:\n  web: { image: x }\nnetworks:\n  n: { ipam: {} }\n"

@@ -254,6 +254,16 @@ pub fn desired_swarm(
                 "labels starting with `berth.` are reserved for Berth's bookkeeping",
             ));
         }
+        let runtime = crate::app::RuntimeOptions::of(service);
+        if !runtime.is_empty() {
+            problems.push(Problem::new(
+                at(""),
+                format!(
+                    "{} not supported yet in swarm mode",
+                    runtime.differences(&Default::default()).join(", ")
+                ),
+            ));
+        }
         if service.hosts != "all" {
             warnings.push(format!(
                 "services.{key}.hosts ({}) does not apply in swarm mode: Swarm places tasks; use placement.constraints",
