@@ -445,6 +445,12 @@ fn origin_example_compose_file_matches_its_app_file() {
         let from_app = desired_state(&app, &inventory, None).expect("app desired");
         let from_compose = desired_state(&compose, &inventory, None).expect("compose desired");
         assert_eq!(from_app.len(), from_compose.len());
+        // `berth ship` builds the same images from the same contexts and args.
+        assert_eq!(
+            crate::ship::image_builds(&from_app),
+            crate::ship::image_builds(&from_compose)
+        );
+        assert!(!crate::ship::image_builds(&from_compose).unwrap().is_empty());
         for (a, c) in from_app.iter().zip(&from_compose) {
             assert_eq!(a.host, c.host);
             assert_eq!(a.networks.len(), c.networks.len(), "{}", a.host);
