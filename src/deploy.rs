@@ -69,7 +69,7 @@ pub(crate) struct CommonArgs {
     /// Inventory: an Ansible hosts file (YAML or INI) or a directory of them, with
     /// group_vars/ and host_vars/ beside it
     #[arg(long, short = 'i')]
-    inventory: PathBuf,
+    pub(crate) inventory: PathBuf,
     /// Extra variables over every host's (highest precedence), as ansible-playbook -e:
     /// KEY=VALUE pairs, @FILE (YAML or JSON), or an inline JSON/YAML mapping; repeatable,
     /// later ones win
@@ -77,10 +77,10 @@ pub(crate) struct CommonArgs {
     extra_vars: Vec<String>,
     /// Only these hosts or groups (Ansible's --limit patterns: web:&prod:!web3)
     #[arg(long, short = 'l')]
-    limit: Option<String>,
+    pub(crate) limit: Option<String>,
     /// Print the plan and the results as one JSON document on stdout
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Hosts worked on at once
     #[arg(long, default_value_t = 8)]
     parallel: usize,
@@ -238,12 +238,12 @@ pub(crate) fn load(common: &CommonArgs) -> Result<(AppSource, Vec<berth_deploy::
 }
 
 /// The inventory with `-e/--extra-vars` on top.
-fn load_inventory(common: &CommonArgs) -> Result<Inventory> {
+pub(crate) fn load_inventory(common: &CommonArgs) -> Result<Inventory> {
     let extra = berth_deploy::inventory::extra_vars::parse_all(&common.extra_vars)?;
     Ok(Inventory::load_with_extra_vars(&common.inventory, &extra)?)
 }
 
-fn options(common: &CommonArgs) -> RunOptions {
+pub(crate) fn options(common: &CommonArgs) -> RunOptions {
     RunOptions {
         parallel: common.parallel.max(1),
         connect_timeout: common.connect_timeout,
@@ -251,7 +251,7 @@ fn options(common: &CommonArgs) -> RunOptions {
     }
 }
 
-fn finish(
+pub(crate) fn finish(
     printer: &Printer,
     report: &RunReport,
     what: &str,
@@ -299,20 +299,20 @@ fn finish_with(
 
 /// Prints events as they come (plain lines, never interleaved mid-line), or nothing until
 /// the end with `--json`.
-struct Printer {
+pub(crate) struct Printer {
     json: bool,
     out: Mutex<()>,
 }
 
 impl Printer {
-    fn new(json: bool) -> Printer {
+    pub(crate) fn new(json: bool) -> Printer {
         Printer {
             json,
             out: Mutex::new(()),
         }
     }
 
-    fn line(&self, text: &str) {
+    pub(crate) fn line(&self, text: &str) {
         if self.json {
             return;
         }
@@ -322,7 +322,7 @@ impl Printer {
         let _ = stdout.flush();
     }
 
-    fn event(&self, event: Event<'_>) {
+    pub(crate) fn event(&self, event: Event<'_>) {
         match event {
             Event::Planned(plan) => {
                 let mut text = plan.render();

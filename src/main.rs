@@ -14,11 +14,13 @@ mod access;
 mod build;
 mod config;
 mod deploy;
+mod down;
 mod images;
 mod inventory;
 mod progress;
 mod serve_loop;
 mod ship;
+mod swarm_init;
 mod tls;
 
 #[derive(Parser)]
@@ -65,6 +67,12 @@ enum Command {
     Deploy(deploy::DeployArgs),
     /// Return every host of an inventory to the app's previous release.
     Rollback(deploy::RollbackArgs),
+    /// Remove what deploys of an app made on the hosts of an inventory (containers, its
+    /// networks others do not use; its volumes only with --volumes).
+    Down(down::DownArgs),
+    /// Swarm bootstrap: `berth swarm init -i INV` makes the inventory's managers and
+    /// workers one Swarm, with node labels from `swarm_labels`.
+    Swarm(swarm_init::SwarmArgs),
     /// Print what was read from an inventory (with -e on top), like ansible-inventory:
     /// --list, --host NAME or --graph [GROUP].
     Inventory(inventory::InventoryArgs),
@@ -199,6 +207,8 @@ fn main() -> ExitCode {
         Command::Build(args) => build::build(args),
         Command::Deploy(args) => deploy::deploy(args),
         Command::Rollback(args) => deploy::rollback(args),
+        Command::Down(args) => down::down(args),
+        Command::Swarm(args) => swarm_init::swarm(args),
         Command::Inventory(args) => inventory::inventory(args),
         Command::Ship(args) => ship::ship(args),
     };

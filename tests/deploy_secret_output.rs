@@ -163,6 +163,7 @@ fn answer(request: &Request) -> (u16, String) {
         ("GET", "containers/json") => (200, fixture("containers.json")),
         ("GET", "networks") => (200, fixture("networks.json")),
         ("GET", "images/json") => (200, fixture("images.json")),
+        ("GET", "volumes") => (200, r#"{"Volumes":[],"Warnings":[]}"#.to_string()),
         ("GET", inspect) if inspect.starts_with("containers/") => {
             let name = inspect
                 .trim_start_matches("containers/")

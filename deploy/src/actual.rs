@@ -21,6 +21,19 @@ pub struct ActualHost {
     /// them as obsolete nor take them for the current release.
     #[serde(default)]
     pub previous: Vec<ActualContainer>,
+    /// Every volume on the host (named ones; the app's carry `berth.app`).
+    #[serde(default)]
+    pub volumes: Vec<ActualVolume>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActualVolume {
+    pub name: String,
+    pub driver: String,
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -185,6 +198,7 @@ impl ActualHost {
             containers,
             images,
             previous: Vec::new(),
+            volumes: Vec::new(),
         }
     }
 }

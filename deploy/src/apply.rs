@@ -39,6 +39,8 @@ pub struct ApplyOptions {
     pub settle: Duration,
     /// Registry credentials per image reference, for pulls.
     pub pull_auth: BTreeMap<String, PullAuth>,
+    /// The `berth.deploy` label of the containers this run creates.
+    pub deploy_id: String,
 }
 
 impl Default for ApplyOptions {
@@ -47,6 +49,7 @@ impl Default for ApplyOptions {
             health_timeout: Duration::from_secs(120),
             settle: Duration::from_secs(1),
             pull_auth: BTreeMap::new(),
+            deploy_id: new_deploy_id(),
         }
     }
 }
@@ -136,7 +139,7 @@ pub async fn apply_host(
 fn undoes_rollout(action: &Action) -> bool {
     !matches!(
         action,
-        Action::RemoveContainer { .. } | Action::RemoveNetwork { .. }
+        Action::RemoveContainer { .. } | Action::RemoveNetwork { .. } | Action::RemoveVolume { .. }
     )
 }
 
@@ -220,6 +223,8 @@ impl Applier<'_> {
             Action::CreateNetwork { network, .. } => {
                 self.engine.create_network(network).await.map(|_| ())
             }
+            Action::CreateVolume { volume, .. } => self.engine.create_volume(volume).await,
+            Action::RemoveVolume { name, .. } => self.engine.remove_volume(name).await,
             Action::RecreateNetwork {
                 network, detach, ..
             } => {
@@ -268,8 +273,9 @@ impl Applier<'_> {
 
     /// Creates, connects and starts `container` under `name`, and waits until it is ready.
     async fn launch(&self, container: &DesiredContainer, name: &str) -> Result<(), String> {
+        self.engine.write_secrets(self.app, container).await?;
         self.engine
-            .create_container(self.app, container, name)
+            .create_container(self.app, container, name, &self.options.deploy_id)
             .await?;
         for (network, attachment) in later_networks(&container.spec) {
             self.engine.attach(network, name, attachment).await?;
@@ -488,6 +494,7 @@ pub async fn wait_ready(
 /// second rollback returns to where the first started.
 pub async fn rollback_host(
     engine: &Engine,
+    app: &str,
     actual: &ActualHost,
     options: &ApplyOptions,
     on_result: &(dyn Fn(&ActionResult) + Send + Sync),
@@ -527,7 +534,79 @@ pub async fn rollback_host(
         on_result(&result);
         results.push(result);
     }
+    // Then the containers the rolled-back deploy created: there was nothing before them.
+    for created in created_by_latest_deploy(actual, app) {
+        let action = format!("remove container {}", created.name);
+        let result = if failed {
+            ActionResult {
+                action,
+                outcome: Outcome::Skipped,
+                message: Some("an earlier rollback on this host failed".to_string()),
+            }
+        } else {
+            match engine.remove(&created.name).await {
+                Ok(()) => ActionResult {
+                    action,
+                    outcome: Outcome::Changed,
+                    message: Some("created by the deploy rolled back".to_string()),
+                },
+                Err(message) => {
+                    failed = true;
+                    ActionResult {
+                        action,
+                        outcome: Outcome::Failed,
+                        message: Some(message),
+                    }
+                }
+            }
+        };
+        on_result(&result);
+        results.push(result);
+    }
     results
+}
+
+/// The app's current containers that the host's latest deploy created (its `berth.deploy`
+/// id is the highest among the app's containers, kept releases included) and that have no
+/// kept previous release. A host's first deploy is never undone this way (rollback is not
+/// `berth down`): some container of the app must carry an older id (or none: made before
+/// the label existed). After such a rollback the removed ones are gone, so a second
+/// rollback does not reach further back for containers to remove unless older ids remain.
+pub(crate) fn created_by_latest_deploy<'a>(
+    actual: &'a ActualHost,
+    app: &str,
+) -> Vec<&'a ActualContainer> {
+    let id = |c: &ActualContainer| {
+        c.labels
+            .get(crate::labels::DEPLOY)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let current: Vec<&ActualContainer> = actual
+        .containers
+        .iter()
+        .filter(|c| c.app() == Some(app))
+        .collect();
+    let all_ids: Vec<String> = current
+        .iter()
+        .copied()
+        .chain(actual.previous.iter())
+        .map(id)
+        .collect();
+    let Some(latest) = all_ids.iter().max() else {
+        return Vec::new();
+    };
+    if latest.is_empty() || all_ids.iter().all(|other| other == latest) {
+        return Vec::new();
+    }
+    current
+        .into_iter()
+        .filter(|c| &id(c) == latest)
+        .filter(|c| {
+            let kept = format!("{}{PREVIOUS_SUFFIX}", c.name);
+            !actual.previous.iter().any(|p| p.name == kept)
+        })
+        .collect()
 }
 
 async fn swap_back(
@@ -594,6 +673,15 @@ async fn swap_back(
             })
         }
     }
+}
+
+/// A deploy id: the time in nanoseconds, zero-padded so ids sort as text in time order.
+pub fn new_deploy_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{nanos:020}")
 }
 
 /// Name suffix (after `-prev`) of an older kept release while a stop-first rollout runs.

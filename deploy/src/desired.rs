@@ -21,12 +21,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::app::{
-    App, AppSource, Build, Healthcheck, Naming, NetworkDriver, Port, RestartPolicy, RuntimeOptions,
-    ServiceNetwork,
+    App, AppSource, Build, Healthcheck, Mount, MountType, Naming, NetworkDriver, Port,
+    RestartPolicy, RuntimeOptions, ServiceNetwork,
 };
 use crate::error::{Error, Problem, Result};
 use crate::inventory::{DockerEndpoint, Host, Inventory};
 use crate::labels;
+use crate::storage::{self, DesiredVolume, SecretFile, SecretValues};
 
 /// Bumped when the hashed form changes, so old and new hashes never compare equal by accident.
 const CONFIG_HASH_VERSION: &str = "berth-config-v1";
@@ -37,6 +38,9 @@ pub struct DesiredHost {
     pub endpoint: DockerEndpoint,
     pub app: String,
     pub networks: Vec<DesiredNetwork>,
+    /// Named volumes the host's containers mount (external ones only checked for).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<DesiredVolume>,
     pub containers: Vec<DesiredContainer>,
 }
 
@@ -68,6 +72,13 @@ pub struct DesiredContainer {
     /// Compose-named containers also carry the `com.docker.compose.*` labels.
     #[serde(skip_serializing_if = "Naming::is_berth")]
     pub naming: Naming,
+    /// The bytes of `spec.secrets` (names only when serialised).
+    #[serde(skip_serializing_if = "is_empty_values")]
+    pub secret_values: SecretValues,
+}
+
+fn is_empty_values(values: &SecretValues) -> bool {
+    values.0.is_empty()
 }
 
 /// Everything that defines a container; hashed for change detection. Field order is the
@@ -103,6 +114,12 @@ pub struct ContainerSpec {
     /// User, working dir, hostname, capabilities, ulimits, logging, ...; left out when unset.
     #[serde(default, skip_serializing_if = "RuntimeOptions::is_empty")]
     pub runtime: RuntimeOptions,
+    /// Volumes, binds and tmpfs; a volume's `source` is its Docker name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
+    /// Secret files (digests, not values).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretFile>,
 }
 
 /// A healthcheck as the Docker API takes it (durations in nanoseconds). Separate from the
@@ -168,9 +185,11 @@ impl DesiredContainer {
         all.insert(labels::SERVICE.into(), self.service.clone());
         all.insert(labels::REPLICA.into(), self.replica.to_string());
         all.insert(labels::CONFIG_HASH.into(), self.config_hash.clone());
+        // Env values may be secrets: the label keeps digests (the config hash covers values).
         all.insert(
             labels::CONFIG.into(),
-            serde_json::to_string(&self.spec).unwrap_or_default(),
+            serde_json::to_string(&storage::without_env_values(app, &self.spec))
+                .unwrap_or_default(),
         );
         if self.naming == Naming::Compose {
             crate::compose::add_container_labels(&mut all, app, self);
@@ -230,6 +249,11 @@ pub fn desired_host(source: &AppSource, inventory: &Inventory, host: &Host) -> R
 
     let mut containers = Vec::new();
     let mut used_networks = BTreeSet::new();
+    let mut used_volumes = BTreeSet::new();
+    let app_dir = source
+        .path
+        .parent()
+        .unwrap_or_else(|| std::path::Path::new("."));
     // `validate` has refused dependency cycles already.
     let order = app.start_order().unwrap_or_default();
     for (service_key, service) in order
@@ -253,6 +277,28 @@ pub fn desired_host(source: &AppSource, inventory: &Inventory, host: &Host) -> R
                 (app.network_docker_name(key), attachment.clone())
             })
             .collect();
+        let mounts: Vec<Mount> = service
+            .volumes
+            .iter()
+            .map(|mount| {
+                let mut mount = mount.clone();
+                if mount.kind == MountType::Volume {
+                    if let Some(key) = &mount.source {
+                        used_volumes.insert(key.clone());
+                        mount.source = Some(app.volume_docker_name(key));
+                    }
+                }
+                mount
+            })
+            .collect();
+        let mut secret_values = SecretValues::default();
+        let secrets = storage::secret_files(&app, app_dir, &service.secrets, &mut secret_values)
+            .map_err(|message| {
+                invalid(vec![Problem::new(
+                    format!("services.{service_key}.secrets"),
+                    message,
+                )])
+            })?;
         let spec = ContainerSpec {
             image: service.image.clone(),
             image_digest: None,
@@ -271,6 +317,8 @@ pub fn desired_host(source: &AppSource, inventory: &Inventory, host: &Host) -> R
                 .stop_grace_period
                 .map(|ns| ns.div_ceil(1_000_000_000)),
             runtime: RuntimeOptions::of(service),
+            mounts,
+            secrets,
         };
         for replica in 1..=service.replicas {
             containers.push(DesiredContainer {
@@ -286,6 +334,7 @@ pub fn desired_host(source: &AppSource, inventory: &Inventory, host: &Host) -> R
                 spec: spec.clone(),
                 build: service.build.clone(),
                 naming: app.naming,
+                secret_values: secret_values.clone(),
             });
         }
     }
@@ -314,11 +363,28 @@ pub fn desired_host(source: &AppSource, inventory: &Inventory, host: &Host) -> R
             }
         })
         .collect();
+    let volumes = used_volumes
+        .iter()
+        .filter_map(|key| app.volumes.get(key).map(|volume| (key, volume)))
+        .map(|(key, volume)| {
+            let mut labels = volume.labels.clone();
+            labels.insert(labels::APP.into(), app.name.clone());
+            DesiredVolume {
+                key: key.clone(),
+                name: app.volume_docker_name(key),
+                driver: volume.driver.clone(),
+                driver_opts: volume.driver_opts.clone(),
+                labels,
+                external: volume.external,
+            }
+        })
+        .collect();
     Ok(DesiredHost {
         host: host.name.clone(),
         endpoint: host.endpoint.clone(),
         app: app.name.clone(),
         networks,
+        volumes,
         containers,
     })
 }
@@ -519,7 +585,13 @@ services:
         assert_eq!(labels[labels::CONFIG_HASH], db.config_hash);
         assert_eq!(labels[labels::REPLICA], "1");
         let stored: ContainerSpec = serde_json::from_str(&labels[labels::CONFIG]).unwrap();
-        assert_eq!(stored, db.spec);
+        // Env values are stored as salted digests, everything else as it is.
+        assert_eq!(stored, storage::without_env_values("shop", &db.spec));
+        assert!(!labels[labels::CONFIG].contains("\"A\":\"1\""));
+        assert_eq!(
+            stored.env["A"],
+            storage::env_digest("shop", "A", &db.spec.env["A"])
+        );
         assert_eq!(db.config_hash.len(), 64);
     }
 

@@ -33,6 +33,8 @@ use crate::inventory::DockerEndpoint;
 use crate::labels;
 use crate::ssh::{SshTarget, SshTunnel};
 
+mod storage;
+
 /// Seconds bollard waits for one API call; pulls of big images are the slow ones.
 const REQUEST_TIMEOUT_SECS: u64 = 600;
 
@@ -233,7 +235,9 @@ impl Engine {
             .await
             .map_err(|e| api_error("listing images", e))?;
 
-        Ok(actual_host(app, containers, networks, images))
+        let mut actual = actual_host(app, containers, networks, images);
+        actual.volumes = self.read_volumes().await?;
+        Ok(actual)
     }
 
     /// Pulls an image (`repo@sha256:…` or `repo:tag`), reading the progress stream to its
@@ -341,8 +345,12 @@ impl Engine {
         app: &str,
         desired: &DesiredContainer,
         name: &str,
+        deploy_id: &str,
     ) -> Result<String, String> {
-        let body = container_body(app, desired);
+        let mut body = container_body(app, desired);
+        if let Some(labels) = body.labels.as_mut() {
+            labels.insert(labels::DEPLOY.to_string(), deploy_id.to_string());
+        }
         let response = self
             .docker
             .create_container(
@@ -715,7 +723,7 @@ pub fn container_body(app: &str, desired: &DesiredContainer) -> ContainerCreateB
         .into_iter()
         .collect();
     let network_mode = first.map(|(name, _)| name.clone());
-    let host_config = HostConfig {
+    let mut host_config = HostConfig {
         port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
         restart_policy: Some(restart_policy(&spec.restart)),
         nano_cpus: spec.nano_cpus.and_then(|n| i64::try_from(n).ok()),
@@ -723,6 +731,7 @@ pub fn container_body(app: &str, desired: &DesiredContainer) -> ContainerCreateB
         network_mode,
         ..Default::default()
     };
+    storage::add_mounts(app, spec, &mut host_config);
     let healthcheck = spec.healthcheck.as_ref().map(|check| HealthConfig {
         test: Some(check.test.clone()),
         interval: check.interval_ns.and_then(|n| i64::try_from(n).ok()),
@@ -907,6 +916,8 @@ mod tests {
             stop_signal: Some("SIGQUIT".into()),
             stop_grace_period_s: Some(3),
             runtime: Default::default(),
+            mounts: Vec::new(),
+            secrets: Vec::new(),
         };
         DesiredContainer {
             name: "app_web_1".into(),
@@ -916,6 +927,7 @@ mod tests {
             spec,
             build: None,
             naming: crate::app::Naming::Berth,
+            secret_values: Default::default(),
         }
     }
 

@@ -17,6 +17,7 @@ pub mod app;
 pub mod apply;
 pub mod compose;
 pub mod desired;
+pub mod down;
 pub mod engine;
 pub mod error;
 pub mod inventory;
@@ -25,6 +26,7 @@ pub mod plan;
 pub mod run;
 pub mod ship;
 pub mod ssh;
+pub mod storage;
 pub mod swarm;
 pub mod template;
 mod units;
@@ -67,4 +69,7 @@ pub mod labels {
     /// Name suffix of a new container while it is started and checked next to the old one
     /// (start-first replacement); renamed to the real name once healthy.
     pub const NEXT_SUFFIX: &str = "-next";
+    /// The run that created a container (a sortable time-based id, not part of its config):
+    /// `berth rollback` removes the containers the latest deploy created.
+    pub const DEPLOY: &str = "berth.deploy";
 }

@@ -68,6 +68,15 @@ pub enum Action {
         image: String,
         reason: String,
     },
+    CreateVolume {
+        volume: crate::storage::DesiredVolume,
+        reason: String,
+    },
+    /// Only `berth down --volumes` plans this: a deploy never removes a volume.
+    RemoveVolume {
+        name: String,
+        reason: String,
+    },
     CreateNetwork {
         network: DesiredNetwork,
         reason: String,
@@ -211,6 +220,18 @@ pub(crate) fn render_plan_lines(
 fn describe(action: &Action) -> (&'static str, String, String) {
     match action {
         Action::PullImage { image, reason } => ("pull", format!("image {image}"), reason.clone()),
+        Action::CreateVolume { volume, reason } => (
+            "create",
+            format!(
+                "volume {} ({})",
+                volume.name,
+                volume.driver.as_deref().unwrap_or("local")
+            ),
+            reason.clone(),
+        ),
+        Action::RemoveVolume { name, reason } => {
+            ("remove", format!("volume {name}"), reason.clone())
+        }
         Action::CreateNetwork { network, reason } => (
             "create",
             format!("network {} ({})", network.name, network_summary(network)),
@@ -379,6 +400,8 @@ fn plan_host_inner(desired: &DesiredHost, actual: &ActualHost) -> Result<HostPla
         });
     }
 
+    let volume_actions = crate::plan::volumes::plan_volumes(desired, actual, &mut plan)?;
+
     // Containers.
     let mut container_actions = Vec::new();
     for container in &desired.containers {
@@ -408,7 +431,11 @@ fn plan_host_inner(desired: &DesiredHost, actual: &ActualHost) -> Result<HostPla
         if !hash_matches {
             match &previous {
                 Ok(previous) => {
-                    let differences = spec_differences(previous, &container.spec);
+                    // Compared as labels store them: env values by their digests.
+                    let differences = spec_differences(
+                        &crate::storage::without_env_values(app, previous),
+                        &crate::storage::without_env_values(app, &container.spec),
+                    );
                     if differences.is_empty() {
                         reasons.push(
                             "config hash changed (written by another Berth version)".to_string(),
@@ -578,6 +605,7 @@ fn plan_host_inner(desired: &DesiredHost, actual: &ActualHost) -> Result<HostPla
     network_actions.sort_by(|a, b| network_name(a).cmp(network_name(b)));
     plan.actions = pulls
         .into_iter()
+        .chain(volume_actions)
         .chain(network_actions)
         .chain(container_actions)
         .chain(removals)
@@ -759,6 +787,7 @@ fn spec_differences(old: &ContainerSpec, new: &ContainerSpec) -> Vec<String> {
         ));
     }
     map_differences("env", &old.env, &new.env, false, &mut reasons);
+    reasons.extend(volumes::mount_differences(old, new));
     map_differences("label", &old.labels, &new.labels, true, &mut reasons);
     if old.ports != new.ports {
         let list = |ports: &[Port]| {
@@ -940,6 +969,8 @@ fn choose_strategy(old: Option<&ContainerSpec>, new: &ContainerSpec) -> (Replace
     }
     (ReplaceStrategy::StartFirst, String::new())
 }
+
+pub(crate) mod volumes;
 
 #[cfg(test)]
 mod tests;

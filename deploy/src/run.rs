@@ -33,6 +33,9 @@ pub struct RunOptions {
     /// used as they are instead of asking the registry, so a tag moved by someone else in
     /// the meantime cannot swap the image.
     pub known_digests: BTreeMap<String, String>,
+    /// `berth down`: the plan removes everything of the app (the desired hosts are empty);
+    /// `Some(true)` removes its volumes too.
+    pub down: Option<bool>,
 }
 
 impl Default for RunOptions {
@@ -45,6 +48,7 @@ impl Default for RunOptions {
             pin: true,
             registry: ClientConfig::default(),
             known_digests: BTreeMap::new(),
+            down: None,
         }
     }
 }
@@ -139,6 +143,7 @@ pub enum Mode {
     Deploy,
     Check,
     Rollback,
+    Down,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -380,7 +385,10 @@ async fn deploy_host(
         Ok(actual) => actual,
         Err(error) => return report.fail(format!("reading the host's state: {error}"), false),
     };
-    let plan = plan_host(&desired, &actual);
+    let mut plan = plan_host(&desired, &actual);
+    if let Some(volumes) = options.down {
+        crate::down::adjust_plan(&mut plan, &actual, &desired.app, volumes);
+    }
     on_event(Event::Planned(&plan));
     let mut report = report;
     report.ok = plan.ok();
@@ -462,7 +470,7 @@ async fn rollback_one(
         Err(error) => return report.fail(format!("reading the host's state: {error}"), false),
     };
     let host = desired.host.clone();
-    report.results = rollback_host(&engine, &actual, &options.apply, &|result| {
+    report.results = rollback_host(&engine, &desired.app, &actual, &options.apply, &|result| {
         on_event(Event::Action {
             host: &host,
             result,

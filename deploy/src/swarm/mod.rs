@@ -21,6 +21,7 @@
 //!   to (Swarm's own PreviousSpec is dropped after an automatic rollback, so it cannot be
 //!   relied on for a rollback on purpose).
 
+pub mod init;
 pub mod run;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -262,6 +263,19 @@ pub fn desired_swarm(
                     "{} not supported yet in swarm mode",
                     runtime.differences(&Default::default()).join(", ")
                 ),
+            ));
+        }
+        // Not carried into swarm services yet: refused rather than silently dropped.
+        if !service.volumes.is_empty() {
+            problems.push(Problem::new(
+                at(".volumes"),
+                "volumes are not supported in swarm mode yet (container mode supports them)",
+            ));
+        }
+        if !service.secrets.is_empty() {
+            problems.push(Problem::new(
+                at(".secrets"),
+                "secrets are not supported in swarm mode yet (container mode supports them)",
             ));
         }
         if service.hosts != "all" {
