@@ -51,6 +51,16 @@ impl Drop for Cleanup {
                 let _ = run(cmd("docker", ["network", "rm", id]), TIMEOUT);
             }
         }
+        for project in &self.projects {
+            let label = format!("label=com.docker.compose.project={project}");
+            let volumes = run(
+                cmd("docker", ["volume", "ls", "-q", "--filter", &label]),
+                TIMEOUT,
+            );
+            for name in volumes.stdout.split_whitespace() {
+                let _ = run(cmd("docker", ["volume", "rm", name]), TIMEOUT);
+            }
+        }
         for image in &self.images {
             let ids = run(cmd("docker", ["images", "-q", image]), TIMEOUT);
             for id in ids.stdout.split_whitespace() {
@@ -100,6 +110,8 @@ services:
       nodes: { condition: service_started }
     cpus: 0.5
     mem_limit: 64m
+    volumes: ["data:/data"]
+    secrets: [token]
   nodes:
     image: "${REGISTRY}/${REPO}:${TAG:-v1}"
     command: *loop
@@ -125,6 +137,10 @@ services:
     command: *loop
     scale: 2
     restart: on-failure:3
+volumes:
+  data: {}
+secrets:
+  token: { file: ./token.txt }
 networks:
   front:
     ipam:
@@ -232,7 +248,24 @@ fn comparable(container: &Value, project: &str, replace: &[(&str, &str)]) -> Val
         }
     }
     ports.sort();
+    // Mounts by destination: type, and the volume's name without the project.
+    let mut mounts: Vec<String> = container["Mounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            let name = m["Name"].as_str().unwrap_or_default();
+            format!(
+                "{} {} {}",
+                m["Destination"].as_str().unwrap_or_default(),
+                m["Type"].as_str().unwrap_or_default(),
+                name.strip_prefix(&format!("{project}_")).unwrap_or(name)
+            )
+        })
+        .collect();
+    mounts.sort();
     serde_json::json!({
+        "mounts": mounts,
         "networks": networks,
         "env": env,
         "labels": labels,
@@ -366,6 +399,7 @@ fn compose_file_deploys_like_docker_compose_up() {
         "# from env_file\nMODE=from-file\nFILE_ONLY='x y'\n",
     )
     .expect("write web.env");
+    fs::write(dir.join("token.txt"), "s3cr3t-token").expect("write token.txt");
 
     // Berth's variables come from the inventory; docker-compose's from its environment.
     let (web_port, alt_port) = (free_port(), free_port());
@@ -397,8 +431,8 @@ fn compose_file_deploys_like_docker_compose_up() {
 
     // --- 2. the same file, by Berth and by docker-compose ---------------------------------------
     let out = ok(berth(&cli, &["deploy"], &compose_file, &inventory, &[]));
-    // One pull, three networks (front, back, default), four containers.
-    assert!(out.contains("local : ok=0 changed=8"), "{out}");
+    // One pull, one volume, three networks (front, back, default), four containers.
+    assert!(out.contains("local : ok=0 changed=9"), "{out}");
     run_ok(
         docker_compose(&dir, &reference, &compose_env, &["up", "-d"]),
         TIMEOUT,
@@ -478,6 +512,41 @@ fn compose_file_deploys_like_docker_compose_up() {
             "network {network}"
         );
     }
+    assert_eq!(
+        web["mounts"],
+        serde_json::json!(["/data volume data", "/run/secrets/token bind "]),
+        "{web}"
+    );
+    for container in [format!("{project}-web-1"), format!("{reference}_web_1")] {
+        let token = run_ok(
+            cmd(
+                "docker",
+                [
+                    "exec",
+                    &container,
+                    "/bin/busybox",
+                    "cat",
+                    "/run/secrets/token",
+                ],
+            ),
+            TIMEOUT,
+        );
+        assert_eq!(token, "s3cr3t-token", "{container}");
+    }
+    let volume_label = run_ok(
+        cmd(
+            "docker",
+            [
+                "volume",
+                "inspect",
+                "--format",
+                "{{index .Labels \"com.docker.compose.volume\"}}",
+                &format!("{project}_data"),
+            ],
+        ),
+        TIMEOUT,
+    );
+    assert_eq!(volume_label.trim(), "data");
     // The published port answers.
     let page = run_ok(
         cmd(
@@ -528,7 +597,22 @@ fn compose_file_deploys_like_docker_compose_up() {
         assert!(image.ends_with(&v1), "{name} runs {image} after rollback");
     }
 
-    // --- 5. a key Berth cannot express yet is refused before anything happens -----------------
+    // --- 5. `berth down` removes Berth's project and keeps its volume; the other stays ----
+    ok(berth(&cli, &["down"], &compose_file, &inventory, &[]));
+    assert!(project_containers(&project).is_empty());
+    let label = format!("label=com.docker.compose.project={project}");
+    let left = run_ok(
+        cmd("docker", ["network", "ls", "-q", "--filter", &label]),
+        TIMEOUT,
+    );
+    assert!(left.trim().is_empty(), "networks left: {left}");
+    run_ok(
+        cmd("docker", ["volume", "inspect", &format!("{project}_data")]),
+        TIMEOUT,
+    );
+    assert_eq!(project_containers(&reference).len(), 4);
+
+    // --- 6. a key Berth cannot express yet is refused before anything happens -----------------
     let bad = cli.path("bad");
     fs::create_dir_all(&bad).expect("mkdir bad");
     fs::write(
