@@ -553,3 +553,65 @@ networks:
     assert_eq!(web.spec.networks["stack_default"], ["web"]);
     assert_eq!(desired.networks[0].name, "stack_default");
 }
+
+/// The write-up's own layout (INI inventory, extensionless `group_vars/all`, a `host_vars`
+/// file with a symlinked sibling) with a compose file: the host_vars override shows only on
+/// its hosts, and `-e image_tag=v2` moves every host.
+#[test]
+fn writeup_layout_with_a_compose_file() {
+    let production =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ansible/writeup/production");
+    let (_project, path) = project(
+        r#"
+name: app_example
+services:
+  web:
+    image: "${registry_host}/${image_name}:${image_tag}"
+    environment:
+      APP_ENV: ${app_env}
+      LOG_LEVEL: ${log_level:-info}
+      NODE: ${inventory_hostname}
+"#,
+        &[],
+    );
+    let source = AppSource::load(&path).unwrap();
+    let env_of = |extra: Vars| {
+        let inventory = Inventory::load_with_extra_vars(&production, &extra).unwrap();
+        desired_state(&source, &inventory, None)
+            .unwrap()
+            .into_iter()
+            .map(|host| {
+                let web = &host.containers[0].spec;
+                (
+                    host.host.clone(),
+                    web.image.clone(),
+                    web.env["APP_ENV"].clone(),
+                    web.env["LOG_LEVEL"].clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let image = |tag: &str| format!("registry.example.internal:5000/app_example_image:{tag}");
+    let row = |host: &str, tag: &str, env: &str, level: &str| {
+        (
+            host.to_string(),
+            image(tag),
+            env.to_string(),
+            level.to_string(),
+        )
+    };
+    assert_eq!(
+        env_of(Vars::new()),
+        [
+            row("web-back1.prod", "v3", "production", "info"),
+            row("web-back2.prod", "v3", "production-special", "debug"),
+            row("web-back3.prod", "v3", "production-special", "debug"),
+        ]
+    );
+    let extra = vars(json!({ "image_tag": "v2" }));
+    assert!(env_of(extra).iter().all(|(_, i, _, _)| *i == image("v2")));
+    // Ansible's magic variables interpolate too.
+    let inventory = Inventory::load(&production).unwrap();
+    let desired = desired_state(&source, &inventory, None).unwrap();
+    assert_eq!(desired[1].containers[0].spec.env["NODE"], "web-back2.prod");
+}
