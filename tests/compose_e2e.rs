@@ -132,6 +132,19 @@ services:
     tmpfs: ["/run:size=1m"]
     ulimits: { nofile: { soft: 1024, hard: 2048 } }
     logging: { driver: json-file, options: { max-size: 1m } }
+    privileged: true
+    dns: [10.0.0.53]
+    dns_search: example.internal
+    security_opt: ["no-new-privileges:true"]
+    sysctls: { net.core.somaxconn: 1024 }
+    shm_size: 32m
+    pids_limit: 100
+    tty: true
+    stdin_open: true
+  cron:
+    image: "${REGISTRY}/${REPO}:${TAG:-v1}"
+    command: *loop
+    container_name: "${CRON_NAME}"
   worker:
     image: "${REGISTRY}/${REPO}:${TAG:-v1}"
     command: *loop
@@ -292,6 +305,15 @@ fn comparable(container: &Value, project: &str, replace: &[(&str, &str)]) -> Val
         "tmpfs": host["Tmpfs"],
         "ulimits": host["Ulimits"],
         "log_config": host["LogConfig"],
+        "privileged": host["Privileged"],
+        "dns": host["Dns"],
+        "dns_search": host["DnsSearch"],
+        "security_opt": host["SecurityOpt"],
+        "sysctls": host["Sysctls"],
+        "shm_size": host["ShmSize"],
+        "pids_limit": host["PidsLimit"],
+        "tty": container["Config"]["Tty"],
+        "stdin_open": container["Config"]["OpenStdin"],
     })
 }
 
@@ -409,7 +431,7 @@ fn compose_file_deploys_like_docker_compose_up() {
     fs::write(
         inventory.join("hosts.yml"),
         format!(
-            "all:\n  hosts:\n    local:\n      docker_host: \"{}\"\n      FRONT: \"{BERTH_FRONT}\"\n      BACK: \"{BERTH_BACK}\"\n      WEB_PORT: {web_port}\n      ALT_PORT: {alt_port}\n      FROM_ENV: shared\n",
+            "all:\n  hosts:\n    local:\n      docker_host: \"{}\"\n      FRONT: \"{BERTH_FRONT}\"\n      BACK: \"{BERTH_BACK}\"\n      WEB_PORT: {web_port}\n      ALT_PORT: {alt_port}\n      FROM_ENV: shared\n      CRON_NAME: {project}-cron\n",
             docker_host()
         ),
     )
@@ -420,6 +442,7 @@ fn compose_file_deploys_like_docker_compose_up() {
         ("WEB_PORT", ref_web_port.to_string()),
         ("ALT_PORT", ref_alt_port.to_string()),
         ("FROM_ENV", "shared".to_string()),
+        ("CRON_NAME", format!("{reference}-cron")),
     ];
     let compose_file = dir.join("compose.yaml");
 
@@ -431,8 +454,8 @@ fn compose_file_deploys_like_docker_compose_up() {
 
     // --- 2. the same file, by Berth and by docker-compose ---------------------------------------
     let out = ok(berth(&cli, &["deploy"], &compose_file, &inventory, &[]));
-    // One pull, one volume, three networks (front, back, default), four containers.
-    assert!(out.contains("local : ok=0 changed=9"), "{out}");
+    // One pull, one volume, three networks (front, back, default), five containers.
+    assert!(out.contains("local : ok=0 changed=10"), "{out}");
     run_ok(
         docker_compose(&dir, &reference, &compose_env, &["up", "-d"]),
         TIMEOUT,
@@ -441,13 +464,14 @@ fn compose_file_deploys_like_docker_compose_up() {
     let ours = project_containers(&project);
     let theirs = project_containers(&reference);
     let keys: Vec<&String> = ours.keys().collect();
-    assert_eq!(keys, ["nodes-1", "web-1", "worker-1", "worker-2"]);
+    assert_eq!(keys, ["cron-1", "nodes-1", "web-1", "worker-1", "worker-2"]);
     assert_eq!(keys, theirs.keys().collect::<Vec<_>>());
     assert_eq!(
         ours["web-1"]["Name"],
         format!("/{project}-web-1"),
         "compose v2 names"
     );
+    assert_eq!(ours["cron-1"]["Name"], format!("/{project}-cron"));
     let berth_subst = [
         (BERTH_FRONT, "FRONT"),
         (BERTH_BACK, "BACK"),
@@ -491,6 +515,10 @@ fn compose_file_deploys_like_docker_compose_up() {
     assert_eq!(nodes["tmpfs"]["/run"], "size=1m");
     assert_eq!(nodes["ulimits"][0]["Hard"], 2048);
     assert_eq!(nodes["log_config"]["Config"]["max-size"], "1m");
+    assert_eq!(nodes["privileged"], true);
+    assert_eq!(nodes["sysctls"]["net.core.somaxconn"], "1024");
+    assert_eq!(nodes["shm_size"], 32 << 20);
+    assert_eq!(nodes["tty"], true);
     // worker has no `networks:`: both put it on the project's default network.
     let worker = comparable(&ours["worker-2"], &project, &berth_subst);
     assert!(worker["networks"]["default"].is_object(), "{worker}");
@@ -610,14 +638,14 @@ fn compose_file_deploys_like_docker_compose_up() {
         cmd("docker", ["volume", "inspect", &format!("{project}_data")]),
         TIMEOUT,
     );
-    assert_eq!(project_containers(&reference).len(), 4);
+    assert_eq!(project_containers(&reference).len(), 5);
 
     // --- 6. a key Berth cannot express yet is refused before anything happens -----------------
     let bad = cli.path("bad");
     fs::create_dir_all(&bad).expect("mkdir bad");
     fs::write(
         bad.join("compose.yaml"),
-        "services:\n  web:\n    image: x\n    privileged: true\n    enviroment: { A: 1 }\n",
+        "services:\n  web:\n    image: x\n    devices: [/dev/fuse]\n    enviroment: { A: 1 }\n",
     )
     .expect("write bad compose");
     let out = berth(
@@ -632,7 +660,7 @@ fn compose_file_deploys_like_docker_compose_up() {
         out.stderr.contains("compose.yaml")
             && out
                 .stderr
-                .contains("services.web.privileged (line 4): `privileged` is not supported yet")
+                .contains("services.web.devices (line 4): `devices` is not supported yet")
             && out
                 .stderr
                 .contains("services.web.enviroment (line 5): unknown key `enviroment`"),

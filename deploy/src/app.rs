@@ -238,6 +238,28 @@ pub struct Service {
     pub ulimits: BTreeMap<String, Ulimit>,
     #[serde(default)]
     pub logging: Option<Logging>,
+    #[serde(default)]
+    pub privileged: bool,
+    #[serde(default, deserialize_with = "runtime::one_or_list")]
+    pub dns: Vec<String>,
+    #[serde(default, deserialize_with = "runtime::one_or_list")]
+    pub dns_search: Vec<String>,
+    #[serde(default)]
+    pub security_opt: Vec<String>,
+    #[serde(default, deserialize_with = "runtime::sysctls")]
+    pub sysctls: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "optional_bytes")]
+    pub shm_size: Option<u64>,
+    #[serde(default)]
+    pub pids_limit: Option<i64>,
+    #[serde(default)]
+    pub tty: bool,
+    #[serde(default)]
+    pub stdin_open: bool,
+    /// The container's name instead of `APP_SERVICE_1` (one replica only), as Compose's
+    /// `container_name`.
+    #[serde(default)]
+    pub container_name: Option<String>,
     /// Mounts: named volumes, bind mounts, tmpfs (see [`Mount`]).
     #[serde(
         default,
@@ -670,6 +692,7 @@ impl App {
     pub fn validate(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         let mut docker_names: BTreeMap<String, &str> = BTreeMap::new();
+        let mut container_names: BTreeMap<&str, &str> = BTreeMap::new();
         let mut subnets: Vec<(&str, Ipv4Net)> = Vec::new();
         for (key, network) in &self.networks {
             let at = |field: &str| format!("networks.{key}{field}");
@@ -787,6 +810,26 @@ impl App {
                             format!("reserves {reserved} bytes, more than its limit `memory` ({limit} bytes)"),
                         ));
                     }
+                }
+            }
+            if let Some(name) = &service.container_name {
+                if let Some(other) = container_names.insert(name, key) {
+                    problems.push(Problem::new(
+                        at(".container_name"),
+                        format!("{name} is also the container name of service `{other}`"),
+                    ));
+                }
+                if let Err(message) = check_docker_name(name) {
+                    problems.push(Problem::new(at(".container_name"), message));
+                }
+                if service.replicas > 1 {
+                    problems.push(Problem::new(
+                        at(".container_name"),
+                        format!(
+                            "{} replicas cannot share the container name {name}",
+                            service.replicas
+                        ),
+                    ));
                 }
             }
             for dependency in &service.depends_on {

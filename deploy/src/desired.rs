@@ -322,9 +322,10 @@ pub fn desired_host(source: &AppSource, inventory: &Inventory, host: &Host) -> R
         };
         for replica in 1..=service.replicas {
             containers.push(DesiredContainer {
-                name: match app.naming {
-                    Naming::Berth => container_name(&app.name, service_key, replica),
-                    Naming::Compose => {
+                name: match (&service.container_name, app.naming) {
+                    (Some(name), _) => name.clone(),
+                    (None, Naming::Berth) => container_name(&app.name, service_key, replica),
+                    (None, Naming::Compose) => {
                         crate::compose::container_name(&app.name, service_key, replica)
                     }
                 },

@@ -767,6 +767,8 @@ fn apply_runtime_options(options: &crate::app::RuntimeOptions, body: &mut Contai
     body.user = options.user.clone();
     body.working_dir = options.working_dir.clone();
     body.hostname = options.hostname.clone();
+    body.tty = options.tty.then_some(true);
+    body.open_stdin = options.stdin_open.then_some(true);
     let host = body.host_config.get_or_insert_with(Default::default);
     host.extra_hosts = non_empty(&options.extra_hosts);
     host.cap_add = non_empty(&options.cap_add);
@@ -791,6 +793,19 @@ fn apply_runtime_options(options: &crate::app::RuntimeOptions, body: &mut Contai
             })
             .collect()
     });
+    host.privileged = options.privileged.then_some(true);
+    host.dns = non_empty(&options.dns);
+    host.dns_search = non_empty(&options.dns_search);
+    host.security_opt = non_empty(&options.security_opt);
+    host.sysctls = (!options.sysctls.is_empty()).then(|| {
+        options
+            .sysctls
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    });
+    host.shm_size = options.shm_size.and_then(|s| i64::try_from(s).ok());
+    host.pids_limit = options.pids_limit;
     host.log_config =
         options
             .logging

@@ -15,6 +15,13 @@
 //!     tmpfs: [/run, "/tmp:size=64m"]     # or one path
 //!     ulimits: { nproc: 65535, nofile: { soft: 1024, hard: 2048 } }
 //!     logging: { driver: json-file, options: { max-size: 10m } }
+//!     privileged: false
+//!     dns: [10.0.0.53]                   # or one address; also dns_search
+//!     security_opt: [no-new-privileges:true]
+//!     sysctls: { net.core.somaxconn: 1024 }   # or [net.core.somaxconn=1024]
+//!     shm_size: 64m
+//!     pids_limit: 100
+//!     tty: false                         # also stdin_open
 //! ```
 //!
 //! They travel together as [`RuntimeOptions`] in the container spec, left out of the stored
@@ -80,6 +87,25 @@ pub struct RuntimeOptions {
     pub ulimits: BTreeMap<String, Ulimit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logging: Option<Logging>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub privileged: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_search: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_opt: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sysctls: BTreeMap<String, String>,
+    /// Bytes of /dev/shm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<i64>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tty: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stdin_open: bool,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -100,6 +126,15 @@ impl RuntimeOptions {
             tmpfs: service.tmpfs.clone(),
             ulimits: service.ulimits.clone(),
             logging: service.logging.clone(),
+            privileged: service.privileged,
+            dns: service.dns.clone(),
+            dns_search: service.dns_search.clone(),
+            security_opt: service.security_opt.clone(),
+            sysctls: service.sysctls.clone(),
+            shm_size: service.shm_size,
+            pids_limit: service.pids_limit,
+            tty: service.tty,
+            stdin_open: service.stdin_open,
         }
     }
 
@@ -126,6 +161,15 @@ impl RuntimeOptions {
         check("tmpfs", self.tmpfs != other.tmpfs);
         check("ulimits", self.ulimits != other.ulimits);
         check("logging", self.logging != other.logging);
+        check("privileged", self.privileged != other.privileged);
+        check("dns", self.dns != other.dns);
+        check("dns_search", self.dns_search != other.dns_search);
+        check("security_opt", self.security_opt != other.security_opt);
+        check("sysctls", self.sysctls != other.sysctls);
+        check("shm_size", self.shm_size != other.shm_size);
+        check("pids_limit", self.pids_limit != other.pids_limit);
+        check("tty", self.tty != other.tty);
+        check("stdin_open", self.stdin_open != other.stdin_open);
         names
     }
 }
@@ -185,6 +229,48 @@ pub(super) fn extra_hosts<'de, D: Deserializer<'de>>(
             Ok(format!("{host}:{ip}"))
         })
         .collect()
+}
+
+/// One value or a list of them (`dns: 10.0.0.53`).
+pub(super) fn one_or_list<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<String>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(Vec::new()),
+        Value::Array(items) => items
+            .iter()
+            .map(|item| {
+                scalar_text(item).ok_or_else(|| D::Error::custom("list items must be text"))
+            })
+            .collect(),
+        value => scalar_text(&value).map(|v| vec![v]).ok_or_else(|| {
+            D::Error::custom(format!(
+                "expected text or a list, found {}",
+                yaml::kind_of(&value)
+            ))
+        }),
+    }
+}
+
+/// `{ NAME: VALUE }` or `[NAME=VALUE]`.
+pub(super) fn sysctls<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<BTreeMap<String, String>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Array(items) => items
+            .iter()
+            .map(|item| {
+                let text = item
+                    .as_str()
+                    .ok_or_else(|| D::Error::custom("sysctls items are NAME=VALUE"))?;
+                let (name, value) = text
+                    .split_once('=')
+                    .ok_or_else(|| D::Error::custom(format!("{text:?}: expected NAME=VALUE")))?;
+                Ok((name.to_string(), value.to_string()))
+            })
+            .collect(),
+        value => string_map(value).map_err(D::Error::custom),
+    }
 }
 
 /// One path or a list of `PATH[:OPTIONS]`.

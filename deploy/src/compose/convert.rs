@@ -299,6 +299,16 @@ impl Converter<'_> {
             "read_only",
             "tmpfs",
             "ulimits",
+            "privileged",
+            "dns",
+            "dns_search",
+            "security_opt",
+            "sysctls",
+            "shm_size",
+            "pids_limit",
+            "tty",
+            "stdin_open",
+            "container_name",
         ] {
             if let Some(value) = body.get(key).filter(|v| !v.is_null()) {
                 out.insert(key.into(), value.clone());

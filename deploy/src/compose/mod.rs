@@ -114,6 +114,16 @@ pub fn is_compose(path: &Path, document: &Value) -> bool {
                         | "tmpfs"
                         | "ulimits"
                         | "logging"
+                        | "privileged"
+                        | "dns"
+                        | "dns_search"
+                        | "security_opt"
+                        | "sysctls"
+                        | "shm_size"
+                        | "pids_limit"
+                        | "tty"
+                        | "stdin_open"
+                        | "container_name"
                 )
     };
     services.iter().any(|s| s.keys().any(compose_only))

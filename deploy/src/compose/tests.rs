@@ -328,7 +328,7 @@ fn unknown_keys_name_file_line_and_key() {
 #[test]
 fn keys_berth_cannot_express_yet_are_named() {
     for (key, compose) in [
-        ("services.web.privileged (line 5)", "name: p\nservices:\n  web:\n    image: x\n    privileged: true\n"),
+        ("services.web.devices (line 5)", "name: p\nservices:\n  web:\n    image: x\n    devices: [/dev/fuse]\n"),
         ("services.web.healthcheck.start_interval", "name: p\nservices:\n  web: { image: x, healthcheck: { test: [CMD, x], start_interval: 1s } }\n"),
         ("services.web.deploy.update_config", "name: p\nservices:\n  web: { image: x, deploy: { update_config: { parallelism: 1 } } }\n"),
         ("networks.n.external", "name: p\nservices:\n  web: { image: x }\nnetworks:\n  n: { external: true }\n"),
