@@ -55,10 +55,11 @@ step "CI=$CI$(narrowed)"
 # (ENVIRONMENT.md); with runc already installed apt never picks crun.
 # openssh-server: the deployer's ssh:// test runs its own sshd on loopback (never the system
 # service: policy-rc.d below keeps apt from starting it).
+# docker-compose (1.29): tests/compose_e2e.rs deploys the same compose file with it and berth.
 # iproute2, iptables, curl (and util-linux's nsenter/setsid): scripts/docker-hosts.sh, which
 # tests/deploy_hosts_e2e.rs uses to run dockerds in network namespaces.
 PACKAGES=(docker.io skopeo docker-registry busybox-static umoci openssl runc podman buildah
-          openssh-client openssh-server iproute2 iptables curl dnsmasq ansible-core git)
+          openssh-client openssh-server iproute2 iptables curl dnsmasq ansible-core git docker-compose)
 missing=()
 for p in "${PACKAGES[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
@@ -89,7 +90,8 @@ if command -v crun >/dev/null; then
 fi
 not_found=()
 for tool in dockerd docker skopeo docker-registry busybox umoci openssl gzip tar runc podman \
-            buildah ssh sshd ssh-keygen ip iptables nsenter setsid curl dnsmasq ansible-inventory; do
+            buildah ssh sshd ssh-keygen ip iptables nsenter setsid curl dnsmasq ansible-inventory \
+            docker-compose; do
     command -v "$tool" >/dev/null || not_found+=("$tool")
 done
 [ "${#not_found[@]}" -eq 0 ] \

@@ -31,6 +31,10 @@
 //!     stop_signal: SIGQUIT           # what `docker stop` sends first (default: the image's, else SIGTERM)
 //!     stop_grace_period: 3s          # then SIGKILL after this long (default 10s)
 //!     build: { context: ./web, dockerfile: Dockerfile, args: { V: 1 } }   # for `berth ship`
+//!     depends_on: [db]               # a host starts db (healthy, if it has a check) first
+//!     user: "1000"                   # also working_dir, hostname, extra_hosts, cap_add,
+//!                                    # cap_drop, init, read_only, tmpfs, ulimits, logging
+//!                                    # (container mode; see app/runtime.rs)
 //!     # Swarm mode only (`berth deploy --swarm`); container mode ignores them:
 //!     reservations: { cpus: 0.25, memory: 64m }     # what the scheduler sets aside per task
 //!     placement:
@@ -65,6 +69,8 @@ use crate::template::{has_template, Templater, Vars};
 use crate::units;
 use crate::yaml;
 
+mod runtime;
+pub use runtime::{Logging, RuntimeOptions, Ulimit};
 mod storage;
 pub use storage::{
     parse_short_mount, BindOptions, Mount, MountType, Secret, SecretRef, TmpfsOptions, Volume,
@@ -82,6 +88,8 @@ pub struct AppSource {
     volumes: Value,
     secrets: Value,
     services: Value,
+    /// Set when the file is a compose file (`crate::compose`), which renders itself.
+    compose: Option<Box<crate::compose::ComposeSource>>,
 }
 
 /// An app file rendered for one host's variables, typed and validated.
@@ -94,6 +102,25 @@ pub struct App {
     /// Where each secret's value is read; see [`Secret`].
     pub secrets: BTreeMap<String, Secret>,
     pub services: BTreeMap<String, Service>,
+    /// How containers are named and labelled (Berth's own or Compose's scheme).
+    #[serde(skip_serializing_if = "Naming::is_berth")]
+    pub naming: Naming,
+}
+
+/// Container names and labels: Berth's (`APP_SERVICE_N`) or Compose v2's (`PROJECT-SERVICE-N`
+/// with the `com.docker.compose.*` labels), for apps read from a compose file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Naming {
+    #[default]
+    Berth,
+    Compose,
+}
+
+impl Naming {
+    pub(crate) fn is_berth(&self) -> bool {
+        *self == Naming::Berth
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
@@ -184,6 +211,55 @@ pub struct Service {
     /// Swarm mode: where tasks may run (container mode places by `hosts` instead).
     #[serde(default)]
     pub placement: Option<Placement>,
+    /// Services whose containers a host starts (and waits for, when they have a
+    /// healthcheck) before this one's: Compose's `depends_on`.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    // Container options (see `app/runtime.rs`).
+    #[serde(default, deserialize_with = "runtime::optional_text")]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default, deserialize_with = "runtime::extra_hosts")]
+    pub extra_hosts: Vec<String>,
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+    #[serde(default)]
+    pub init: Option<bool>,
+    #[serde(default)]
+    pub read_only: bool,
+    #[serde(default, deserialize_with = "runtime::tmpfs")]
+    pub tmpfs: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "runtime::ulimits")]
+    pub ulimits: BTreeMap<String, Ulimit>,
+    #[serde(default)]
+    pub logging: Option<Logging>,
+    #[serde(default)]
+    pub privileged: bool,
+    #[serde(default, deserialize_with = "runtime::one_or_list")]
+    pub dns: Vec<String>,
+    #[serde(default, deserialize_with = "runtime::one_or_list")]
+    pub dns_search: Vec<String>,
+    #[serde(default)]
+    pub security_opt: Vec<String>,
+    #[serde(default, deserialize_with = "runtime::sysctls")]
+    pub sysctls: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "optional_bytes")]
+    pub shm_size: Option<u64>,
+    #[serde(default)]
+    pub pids_limit: Option<i64>,
+    #[serde(default)]
+    pub tty: bool,
+    #[serde(default)]
+    pub stdin_open: bool,
+    /// The container's name instead of `APP_SERVICE_1` (one replica only), as Compose's
+    /// `container_name`.
+    #[serde(default)]
+    pub container_name: Option<String>,
     /// Mounts: named volumes, bind mounts, tmpfs (see [`Mount`]).
     #[serde(
         default,
@@ -332,12 +408,34 @@ fn one() -> u32 {
 
 impl AppSource {
     pub fn load(path: &Path) -> Result<AppSource> {
-        let document = yaml::read_file(path)?;
-        AppSource::from_value(path, document)
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        AppSource::parse(path, &text)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<AppSource> {
-        AppSource::from_value(path, yaml::parse_str(path, text)?)
+        let document = yaml::parse_str(path, text)?;
+        if crate::compose::is_compose(path, &document) {
+            let compose = crate::compose::ComposeSource::load(path, text, document)?;
+            return Ok(AppSource {
+                path: path.to_path_buf(),
+                name: compose.project.clone(),
+                variables: Vars::new(),
+                networks: Value::Null,
+                volumes: Value::Null,
+                secrets: Value::Null,
+                services: Value::Null,
+                compose: Some(Box::new(compose)),
+            });
+        }
+        AppSource::from_value(path, document)
+    }
+
+    /// Is this app read from a compose file?
+    pub fn is_compose(&self) -> bool {
+        self.compose.is_some()
     }
 
     fn from_value(path: &Path, document: Value) -> Result<AppSource> {
@@ -416,6 +514,7 @@ impl AppSource {
             volumes,
             secrets,
             services,
+            compose: None,
         })
     }
 
@@ -428,6 +527,9 @@ impl AppSource {
 
     /// Renders templates with a host's variables, types the result and validates it.
     pub fn render(&self, host_vars: &Vars) -> Result<App> {
+        if let Some(compose) = &self.compose {
+            return compose.render(host_vars);
+        }
         let vars = self.vars_for(host_vars);
         let templater = Templater::new(&vars);
         let template_error = |e: crate::template::TemplateError| Error::Template {
@@ -447,32 +549,58 @@ impl AppSource {
         let services = templater
             .render(&self.services, "services")
             .map_err(template_error)?;
-
-        let mut problems = Vec::new();
-        let networks: BTreeMap<String, Network> =
-            typed_entries(&networks, "networks", &mut problems);
-        let volumes: BTreeMap<String, Volume> = typed_entries(&volumes, "volumes", &mut problems);
-        let secrets: BTreeMap<String, Secret> = typed_entries(&secrets, "secrets", &mut problems);
-        let services: BTreeMap<String, Service> =
-            typed_entries(&services, "services", &mut problems);
-        let app = App {
-            name: self.name.clone(),
-            networks,
-            volumes,
-            secrets,
-            services,
+        let sections = RenderedSections {
+            networks: &networks,
+            volumes: &volumes,
+            secrets: &secrets,
+            services: &services,
         };
-        if problems.is_empty() {
-            problems = app.validate();
-        }
-        if problems.is_empty() {
-            Ok(app)
-        } else {
-            Err(Error::InvalidApp {
-                file: self.path.clone(),
-                problems,
-            })
-        }
+        typed_app(&self.path, &self.name, sections, Naming::Berth)
+    }
+}
+
+/// An app's sections after templating (or compose conversion), before typing.
+pub(crate) struct RenderedSections<'a> {
+    pub networks: &'a Value,
+    pub volumes: &'a Value,
+    pub secrets: &'a Value,
+    pub services: &'a Value,
+}
+
+/// Types rendered sections (Berth's shape) and validates the app.
+pub(crate) fn typed_app(
+    path: &Path,
+    name: &str,
+    sections: RenderedSections,
+    naming: Naming,
+) -> Result<App> {
+    let mut problems = Vec::new();
+    let networks: BTreeMap<String, Network> =
+        typed_entries(sections.networks, "networks", &mut problems);
+    let volumes: BTreeMap<String, Volume> =
+        typed_entries(sections.volumes, "volumes", &mut problems);
+    let secrets: BTreeMap<String, Secret> =
+        typed_entries(sections.secrets, "secrets", &mut problems);
+    let services: BTreeMap<String, Service> =
+        typed_entries(sections.services, "services", &mut problems);
+    let app = App {
+        name: name.to_string(),
+        networks,
+        volumes,
+        secrets,
+        services,
+        naming,
+    };
+    if problems.is_empty() {
+        problems = app.validate();
+    }
+    if problems.is_empty() {
+        Ok(app)
+    } else {
+        Err(Error::InvalidApp {
+            file: path.to_path_buf(),
+            problems,
+        })
     }
 }
 
@@ -514,6 +642,43 @@ fn typed_entries<T: for<'de> Deserialize<'de>>(
 }
 
 impl App {
+    /// Service keys in the order a host starts them: by name, except that a service comes
+    /// after those it `depends_on`. A cycle is an error naming one service on it.
+    pub fn start_order(&self) -> std::result::Result<Vec<&str>, Problem> {
+        fn visit<'a>(
+            app: &'a App,
+            key: &'a str,
+            order: &mut Vec<&'a str>,
+            visiting: &mut Vec<&'a str>,
+        ) -> std::result::Result<(), Problem> {
+            if order.contains(&key) {
+                return Ok(());
+            }
+            if visiting.contains(&key) {
+                return Err(Problem::new(
+                    format!("services.{key}.depends_on"),
+                    format!("dependency cycle: {} -> {key}", visiting.join(" -> ")),
+                ));
+            }
+            visiting.push(key);
+            if let Some(service) = app.services.get(key) {
+                for dependency in &service.depends_on {
+                    if app.services.contains_key(dependency) {
+                        visit(app, dependency, order, visiting)?;
+                    }
+                }
+            }
+            visiting.pop();
+            order.push(key);
+            Ok(())
+        }
+        let mut order = Vec::new();
+        for key in self.services.keys() {
+            visit(self, key, &mut order, &mut Vec::new())?;
+        }
+        Ok(order)
+    }
+
     /// The Docker name of a network key.
     pub fn network_docker_name(&self, key: &str) -> String {
         match self.networks.get(key).and_then(|n| n.name.clone()) {
@@ -527,6 +692,7 @@ impl App {
     pub fn validate(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         let mut docker_names: BTreeMap<String, &str> = BTreeMap::new();
+        let mut container_names: BTreeMap<&str, &str> = BTreeMap::new();
         let mut subnets: Vec<(&str, Ipv4Net)> = Vec::new();
         for (key, network) in &self.networks {
             let at = |field: &str| format!("networks.{key}{field}");
@@ -646,6 +812,34 @@ impl App {
                     }
                 }
             }
+            if let Some(name) = &service.container_name {
+                if let Some(other) = container_names.insert(name, key) {
+                    problems.push(Problem::new(
+                        at(".container_name"),
+                        format!("{name} is also the container name of service `{other}`"),
+                    ));
+                }
+                if let Err(message) = check_docker_name(name) {
+                    problems.push(Problem::new(at(".container_name"), message));
+                }
+                if service.replicas > 1 {
+                    problems.push(Problem::new(
+                        at(".container_name"),
+                        format!(
+                            "{} replicas cannot share the container name {name}",
+                            service.replicas
+                        ),
+                    ));
+                }
+            }
+            for dependency in &service.depends_on {
+                if dependency == key || !self.services.contains_key(dependency) {
+                    problems.push(Problem::new(
+                        at(".depends_on"),
+                        format!("`{dependency}` is not another service of this app"),
+                    ));
+                }
+            }
             if let Some(placement) = &service.placement {
                 for (index, constraint) in placement.constraints.iter().enumerate() {
                     let valid = ["==", "!="].iter().any(|op| {
@@ -745,6 +939,9 @@ impl App {
             }
         }
         self.validate_storage(&mut problems);
+        if let Err(problem) = self.start_order() {
+            problems.push(problem);
+        }
         problems
     }
 }
@@ -1429,10 +1626,13 @@ services:
 
     #[test]
     fn name_is_required_and_fixed() {
-        assert!(AppSource::parse(Path::new("a.yml"), "services: {}\n")
-            .unwrap_err()
-            .to_string()
-            .contains("name: missing"));
+        // (Without `variables`, a file with services and no name is a compose file.)
+        assert!(
+            AppSource::parse(Path::new("a.yml"), "variables: {}\nservices: {}\n")
+                .unwrap_err()
+                .to_string()
+                .contains("name: missing")
+        );
         assert!(AppSource::parse(Path::new("a.yml"), "name: '{{ x }}'\n")
             .unwrap_err()
             .to_string()

@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::app::{
-    App, AppSource, Build, Healthcheck, Mount, MountType, NetworkDriver, Port, RestartPolicy,
-    ServiceNetwork,
+    App, AppSource, Build, Healthcheck, Mount, MountType, Naming, NetworkDriver, Port,
+    RestartPolicy, RuntimeOptions, ServiceNetwork,
 };
 use crate::error::{Error, Problem, Result};
 use crate::inventory::{DockerEndpoint, Host, Inventory};
@@ -69,6 +69,9 @@ pub struct DesiredContainer {
     pub config_hash: String,
     /// Present only for services with a build context (used by `berth ship`).
     pub build: Option<Build>,
+    /// Compose-named containers also carry the `com.docker.compose.*` labels.
+    #[serde(skip_serializing_if = "Naming::is_berth")]
+    pub naming: Naming,
     /// The bytes of `spec.secrets` (names only when serialised).
     #[serde(skip_serializing_if = "is_empty_values")]
     pub secret_values: SecretValues,
@@ -108,6 +111,9 @@ pub struct ContainerSpec {
     /// Whole seconds, as Docker's `StopTimeout` takes them (rounded up).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_grace_period_s: Option<u64>,
+    /// User, working dir, hostname, capabilities, ulimits, logging, ...; left out when unset.
+    #[serde(default, skip_serializing_if = "RuntimeOptions::is_empty")]
+    pub runtime: RuntimeOptions,
     /// Volumes, binds and tmpfs; a volume's `source` is its Docker name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<Mount>,
@@ -185,6 +191,9 @@ impl DesiredContainer {
             serde_json::to_string(&storage::without_env_values(app, &self.spec))
                 .unwrap_or_default(),
         );
+        if self.naming == Naming::Compose {
+            crate::compose::add_container_labels(&mut all, app, self);
+        }
         all
     }
 }
@@ -245,7 +254,12 @@ pub fn desired_host(source: &AppSource, inventory: &Inventory, host: &Host) -> R
         .path
         .parent()
         .unwrap_or_else(|| std::path::Path::new("."));
-    for (service_key, service) in &app.services {
+    // `validate` has refused dependency cycles already.
+    let order = app.start_order().unwrap_or_default();
+    for (service_key, service) in order
+        .into_iter()
+        .filter_map(|key| app.services.get_key_value(key))
+    {
         let placed = inventory.select(Some(&service.hosts)).map_err(|err| {
             invalid(vec![Problem::new(
                 format!("services.{service_key}.hosts"),
@@ -302,17 +316,25 @@ pub fn desired_host(source: &AppSource, inventory: &Inventory, host: &Host) -> R
             stop_grace_period_s: service
                 .stop_grace_period
                 .map(|ns| ns.div_ceil(1_000_000_000)),
+            runtime: RuntimeOptions::of(service),
             mounts,
             secrets,
         };
         for replica in 1..=service.replicas {
             containers.push(DesiredContainer {
-                name: container_name(&app.name, service_key, replica),
+                name: match (&service.container_name, app.naming) {
+                    (Some(name), _) => name.clone(),
+                    (None, Naming::Berth) => container_name(&app.name, service_key, replica),
+                    (None, Naming::Compose) => {
+                        crate::compose::container_name(&app.name, service_key, replica)
+                    }
+                },
                 service: service_key.clone(),
                 replica,
                 config_hash: spec.config_hash(),
                 spec: spec.clone(),
                 build: service.build.clone(),
+                naming: app.naming,
                 secret_values: secret_values.clone(),
             });
         }

@@ -741,7 +741,7 @@ pub fn container_body(app: &str, desired: &DesiredContainer) -> ContainerCreateB
         start_period: check.start_period_ns.and_then(|n| i64::try_from(n).ok()),
         start_interval: None,
     });
-    ContainerCreateBody {
+    let mut body = ContainerCreateBody {
         image: Some(spec.image_reference()),
         cmd: spec.command.clone(),
         entrypoint: spec.entrypoint.clone(),
@@ -756,7 +756,71 @@ pub fn container_body(app: &str, desired: &DesiredContainer) -> ContainerCreateB
             endpoints_config: Some(endpoints),
         }),
         ..Default::default()
-    }
+    };
+    apply_runtime_options(&spec.runtime, &mut body);
+    body
+}
+
+/// User, working dir, hostname, capabilities, init, read-only root, tmpfs, ulimits and
+/// logging, where the create request carries them.
+fn apply_runtime_options(options: &crate::app::RuntimeOptions, body: &mut ContainerCreateBody) {
+    let non_empty = |list: &Vec<String>| (!list.is_empty()).then(|| list.clone());
+    body.user = options.user.clone();
+    body.working_dir = options.working_dir.clone();
+    body.hostname = options.hostname.clone();
+    body.tty = options.tty.then_some(true);
+    body.open_stdin = options.stdin_open.then_some(true);
+    let host = body.host_config.get_or_insert_with(Default::default);
+    host.extra_hosts = non_empty(&options.extra_hosts);
+    host.cap_add = non_empty(&options.cap_add);
+    host.cap_drop = non_empty(&options.cap_drop);
+    host.init = options.init;
+    host.readonly_rootfs = options.read_only.then_some(true);
+    host.tmpfs = (!options.tmpfs.is_empty()).then(|| {
+        options
+            .tmpfs
+            .iter()
+            .map(|(path, opts)| (path.clone(), opts.clone()))
+            .collect()
+    });
+    host.ulimits = (!options.ulimits.is_empty()).then(|| {
+        options
+            .ulimits
+            .iter()
+            .map(|(name, limit)| bollard::models::ResourcesUlimits {
+                name: Some(name.clone()),
+                soft: Some(limit.soft),
+                hard: Some(limit.hard),
+            })
+            .collect()
+    });
+    host.privileged = options.privileged.then_some(true);
+    host.dns = non_empty(&options.dns);
+    host.dns_search = non_empty(&options.dns_search);
+    host.security_opt = non_empty(&options.security_opt);
+    host.sysctls = (!options.sysctls.is_empty()).then(|| {
+        options
+            .sysctls
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    });
+    host.shm_size = options.shm_size.and_then(|s| i64::try_from(s).ok());
+    host.pids_limit = options.pids_limit;
+    host.log_config =
+        options
+            .logging
+            .as_ref()
+            .map(|logging| bollard::models::HostConfigLogConfig {
+                typ: logging.driver.clone(),
+                config: (!logging.options.is_empty()).then(|| {
+                    logging
+                        .options
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect()
+                }),
+            });
 }
 
 /// The networks a container joins after create (all but the first, which
@@ -867,6 +931,7 @@ mod tests {
             }),
             stop_signal: Some("SIGQUIT".into()),
             stop_grace_period_s: Some(3),
+            runtime: Default::default(),
             mounts: Vec::new(),
             secrets: Vec::new(),
         };
@@ -877,6 +942,7 @@ mod tests {
             config_hash: spec.config_hash(),
             spec,
             build: None,
+            naming: crate::app::Naming::Berth,
             secret_values: Default::default(),
         }
     }

@@ -15,6 +15,7 @@
 pub mod actual;
 pub mod app;
 pub mod apply;
+pub mod compose;
 pub mod desired;
 pub mod down;
 pub mod engine;
@@ -35,7 +36,7 @@ pub use actual::{
     ActualContainer, ActualHost, ActualImage, ActualNetwork, AttachedContainer, ContainerState,
     Health,
 };
-pub use app::{App, AppSource, Network, NetworkDriver, Service};
+pub use app::{App, AppSource, Naming, Network, NetworkDriver, Service};
 
 pub use desired::{
     container_name, desired_host, desired_state, ContainerSpec, DesiredContainer, DesiredHost,

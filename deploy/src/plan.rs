@@ -868,6 +868,9 @@ fn spec_differences(old: &ContainerSpec, new: &ContainerSpec) -> Vec<String> {
     if old.stop_grace_period_s != new.stop_grace_period_s {
         reasons.push("stop_grace_period changed".to_string());
     }
+    for option in old.runtime.differences(&new.runtime) {
+        reasons.push(format!("{option} changed"));
+    }
     reasons
 }
 

@@ -288,6 +288,16 @@ pub fn desired_swarm(
                 Vec::new()
             }
         };
+        let runtime = crate::app::RuntimeOptions::of(service);
+        if !runtime.is_empty() {
+            problems.push(Problem::new(
+                at(""),
+                format!(
+                    "{} not supported yet in swarm mode",
+                    runtime.differences(&Default::default()).join(", ")
+                ),
+            ));
+        }
         if service.hosts != "all" {
             warnings.push(format!(
                 "services.{key}.hosts ({}) does not apply in swarm mode: Swarm places tasks; use placement.constraints",
