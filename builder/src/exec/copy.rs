@@ -470,8 +470,12 @@ impl Stager<'_> {
         for part in parts.iter().take(parts.len().saturating_sub(1)) {
             rel = join(&rel, part).trim_start_matches('/').to_string();
             let target = self.path(&join(dest, &rel));
-            if fs::symlink_metadata(&target).is_ok() {
-                continue;
+            match fs::symlink_metadata(&target) {
+                Ok(m) if m.is_dir() => continue,
+                // A symlink (or file) an earlier source put here: writes
+                // below it would follow it onto the host.
+                Ok(_) => fs::remove_file(&target)?,
+                Err(_) => {}
             }
             // A directory of the source as it is; a symlink there becomes a
             // plain directory (never a link the next writes would follow).
