@@ -7,6 +7,9 @@
 mod common;
 
 use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -41,4 +44,179 @@ fn copy_parents_never_writes_through_a_copied_symlink() {
         out.describe()
     );
     assert!(out.status.success(), "{}", out.describe());
+}
+
+/// A `git daemon` serving the repositories under a folder on 127.0.0.1; stopped by PID.
+struct GitDaemon {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl GitDaemon {
+    fn start(base: &Path) -> GitDaemon {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("git")
+            .args([
+                "daemon",
+                "--reuseaddr",
+                "--export-all",
+                "--listen=127.0.0.1",
+            ])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", base.display()))
+            .arg(base)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("git daemon");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "git daemon did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        GitDaemon { child, port }
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Every file under `dir` whose content holds `needle`.
+fn files_holding(dir: &Path, needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let Ok(m) = fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if m.is_dir() {
+                todo.push(p);
+            } else if m.is_file()
+                && fs::read(&p).is_ok_and(|b| String::from_utf8_lossy(&b).contains(needle))
+            {
+                found.push(p.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+/// A git server the attacker controls: `ADD git://…#:LINK/DIR` with LINK a symlink in the
+/// repository to a host directory must not copy the host's DIR; a submodule whose URL is a
+/// `file://` repository on the host must not be checked out.
+#[test]
+fn add_git_never_reads_the_host() {
+    if !can_build() || !require_tool("git") {
+        return;
+    }
+    let cli = BerthCli::new();
+    let host_secret = "host-only-5f1c2a";
+    let victim = cli.path("victim");
+    write(&victim.join("inner/secret.txt"), host_secret, 0o644);
+    // A repository on the host, not meant for the build.
+    let host_repo = cli.path("host-repo");
+    fs::create_dir_all(&host_repo).unwrap();
+    git(&host_repo, &["init", "-q"]);
+    write(&host_repo.join("secret.txt"), host_secret, 0o644);
+    git(&host_repo, &["add", "."]);
+    git(&host_repo, &["commit", "-qm", "host"]);
+    let host_commit = git(&host_repo, &["rev-parse", "HEAD"]);
+
+    let served = cli.path("srv");
+    let evil = served.join("evil.git");
+    fs::create_dir_all(&evil).unwrap();
+    git(&evil, &["init", "-q"]);
+    std::os::unix::fs::symlink(&victim, evil.join("link")).unwrap();
+    git(&evil, &["add", "link"]);
+    git(&evil, &["commit", "-qm", "evil"]);
+    let evil_sub = served.join("evilsub.git");
+    fs::create_dir_all(&evil_sub).unwrap();
+    git(&evil_sub, &["init", "-q"]);
+    write(
+        &evil_sub.join(".gitmodules"),
+        &format!(
+            "[submodule \"sub\"]\n\tpath = sub\n\turl = file://{}\n",
+            host_repo.display()
+        ),
+        0o644,
+    );
+    git(&evil_sub, &["add", ".gitmodules"]);
+    git(
+        &evil_sub,
+        &[
+            "update-index",
+            "--add",
+            "--cacheinfo",
+            &format!("160000,{host_commit},sub"),
+        ],
+    );
+    git(&evil_sub, &["commit", "-qm", "evil"]);
+    let daemon = GitDaemon::start(&served);
+    let url = format!("git://127.0.0.1:{}/evil.git", daemon.port);
+    let url_sub = format!("git://127.0.0.1:{}/evilsub.git", daemon.port);
+
+    let context = cli.path("ctx");
+    for (n, add) in [
+        format!("ADD {url}#main:link/inner /x/"),
+        format!("ADD {url_sub} /y/"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        write(
+            &context.join("Dockerfile"),
+            &format!("FROM scratch\n{add}\n"),
+            0o644,
+        );
+        let dest = cli.path(&format!("out-{n}"));
+        let out_arg = format!("type=local,dest={}", dest.display());
+        let out = run(build_cmd(&cli, &context, &["--output", &out_arg]), BUILD_T);
+        let leaked = files_holding(&dest, host_secret);
+        assert!(
+            leaked.is_empty(),
+            "{add}: host files in the image: {leaked:?}\n{}",
+            out.describe()
+        );
+        assert!(
+            !out.status.success(),
+            "{add} should fail:\n{}",
+            out.describe()
+        );
+    }
 }

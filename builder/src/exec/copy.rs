@@ -402,10 +402,12 @@ impl Executor<'_> {
             filetime::set_symlink_file_times(path, time, time).map_err(|e| e.to_string())?;
         }
         let rel = src.subdir.clone().unwrap_or_default();
+        // Symlinks in the subdirectory's path resolve inside the checkout
+        // (a repository's link to a host directory must not be followed).
         let path = if rel.is_empty() {
             checkout.to_path_buf()
         } else {
-            checkout.join(&rel)
+            files::scoped_join(checkout, &rel)
         };
         if !fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
             return Err(format!(
