@@ -220,3 +220,71 @@ fn add_git_never_reads_the_host() {
         );
     }
 }
+
+/// Every path under `dir`, relative, sorted.
+fn tree(dir: &Path) -> Vec<String> {
+    let mut all = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            all.push(p.strip_prefix(dir).unwrap().display().to_string());
+            if fs::symlink_metadata(&p).unwrap().is_dir() {
+                todo.push(p);
+            }
+        }
+    }
+    all.sort();
+    all
+}
+
+/// RUN --mount targets under symlinks the image holds (to a host directory) are made inside
+/// the rootfs, under runc and under the chroot isolation; and a step that swaps a mount
+/// point's parent for such a symlink does not make the clean-up of mount points delete
+/// the host's files.
+#[test]
+fn mount_targets_stay_inside_the_rootfs() {
+    if !can_build() {
+        return;
+    }
+    let s = setup();
+    let victim = s.cli.path("victim");
+    fs::create_dir_all(victim.join("a/b")).unwrap();
+    fs::create_dir_all(victim.join("c")).unwrap();
+    write(&victim.join("c/d"), "", 0o644);
+    let before = tree(&victim);
+    let context = s.cli.path("ctx");
+    write(&context.join("bound"), "bound", 0o644);
+    let secret = s.cli.path("secret");
+    write(&secret, "s3cr3t-value", 0o600);
+    let v = victim.display();
+    write(
+        &context.join("Dockerfile"),
+        &format!(
+            "FROM {base}\n\
+             RUN ln -s {v} /mnt && ln -s {v}/a /lnk\n\
+             RUN --mount=type=tmpfs,target=/mnt/t1 --mount=type=bind,target=/lnk/b2 \
+                 --mount=type=cache,target=/mnt/c1 --mount=type=secret,id=s,target=/mnt/s1 \
+                 --mount=type=bind,source=bound,target=/mnt/c/d true\n\
+             RUN --mount=type=tmpfs,target=/newdir/a/b --mount=type=bind,source=bound,target=/new2/c/d \
+                 mv /newdir /moved && ln -s {v} /newdir && mv /new2 /moved2 && ln -s {v} /new2\n",
+            base = s.base
+        ),
+        0o644,
+    );
+    let secret_arg = format!("id=s,src={}", secret.display());
+    for isolation in ["runc", "chroot"] {
+        let mut cmd = build_cmd(&s.cli, &context, &["--no-cache", "--secret", &secret_arg]);
+        if isolation == "chroot" {
+            cmd.env("BERTH_BUILD_ISOLATION", "chroot");
+        }
+        let out = run(cmd, BUILD_T);
+        assert_eq!(
+            tree(&victim),
+            before,
+            "{isolation}: the build changed the host's files:\n{}",
+            out.describe()
+        );
+        assert!(out.status.success(), "{isolation}: {}", out.describe());
+    }
+}

@@ -319,7 +319,22 @@ pub(super) fn missing_mount_points(root: &Path, targets: &[String]) -> MountPoin
 /// directories above them that were copied up only because a mount point
 /// was made in them (empty, unchanged owner and mode).
 pub(super) fn remove_mount_points(upper: &Path, points: &MountPoints) {
+    // The step may have swapped a directory above a mount point for a
+    // symlink (to a host path, as seen from here): never follow one.
+    let under_real_dirs = |rel: &Path| {
+        let mut dir = upper.to_path_buf();
+        rel.parent()
+            .into_iter()
+            .flat_map(Path::components)
+            .all(|c| {
+                dir.push(c);
+                fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir())
+            })
+    };
     for rel in &points.missing {
+        if !under_real_dirs(rel) {
+            continue;
+        }
         let p = upper.join(rel);
         match fs::symlink_metadata(&p) {
             Ok(m) if m.is_dir() => {
@@ -332,6 +347,9 @@ pub(super) fn remove_mount_points(upper: &Path, points: &MountPoints) {
         }
     }
     for (rel, (mode, uid, gid)) in &points.parents {
+        if !under_real_dirs(rel) {
+            continue;
+        }
         let p = upper.join(rel);
         let Ok(m) = fs::symlink_metadata(&p) else {
             continue;
