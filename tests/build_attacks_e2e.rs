@@ -7,6 +7,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -267,7 +268,9 @@ fn mount_targets_stay_inside_the_rootfs() {
                  --mount=type=cache,target=/mnt/c1 --mount=type=secret,id=s,target=/mnt/s1 \
                  --mount=type=bind,source=bound,target=/mnt/c/d true\n\
              RUN --mount=type=tmpfs,target=/newdir/a/b --mount=type=bind,source=bound,target=/new2/c/d \
-                 mv /newdir /moved && ln -s {v} /newdir && mv /new2 /moved2 && ln -s {v} /new2\n",
+                 mv /newdir /moved && ln -s {v} /newdir && mv /new2 /moved2 && ln -s {v} /new2\n\
+             RUN --mount=type=cache,target=/c cp /bin/busybox /c/sh && chmod 4755 /c/sh \
+                 && cp /bin/busybox /suid && chmod 4755 /suid\n",
             base = s.base
         ),
         0o644,
@@ -287,4 +290,38 @@ fn mount_targets_stay_inside_the_rootfs() {
         );
         assert!(out.status.success(), "{isolation}: {}", out.describe());
     }
+    // The set-uid copies of a shell that the steps left in the cache mount and in the layer
+    // are on the host: no other user may reach them.
+    let cache = s.cli.path("../build-cache");
+    let mut suid = Vec::new();
+    for d in ["mounts", "layers"] {
+        let found = files_holding_mode(&cache.join(d), 0o4000);
+        assert!(!found.is_empty(), "no set-uid file under {d}");
+        suid.extend(found);
+    }
+    for file in suid {
+        let open_path = file
+            .ancestors()
+            .skip(1)
+            .take_while(|a| a.starts_with(&cache) && *a != cache)
+            .all(|a| fs::metadata(a).unwrap().permissions().mode() & 0o001 != 0);
+        assert!(!open_path, "{} is reachable by every user", file.display());
+    }
+}
+
+/// The files under `dir` with any of `bits` in their mode.
+fn files_holding_mode(dir: &Path, bits: u32) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let m = fs::symlink_metadata(e.path()).unwrap();
+            if m.is_dir() {
+                todo.push(e.path());
+            } else if m.is_file() && m.permissions().mode() & bits != 0 {
+                found.push(e.path());
+            }
+        }
+    }
+    found
 }

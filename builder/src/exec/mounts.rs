@@ -843,6 +843,8 @@ impl Executor<'_> {
         let locks = base.join("locks");
         fs::create_dir_all(&dir)?;
         fs::create_dir_all(&locks)?;
+        // A step may leave set-uid files in its cache: closed to other users.
+        fs::set_permissions(&base, fs::Permissions::from_mode(0o700))?;
         fs::write(dir.join("id"), id)?;
         let lock_path = |n: usize| locks.join(format!("{hash}.{n}"));
         let (instance, lock) = match sharing {
