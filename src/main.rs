@@ -12,8 +12,8 @@ use serde::Deserialize;
 
 mod access;
 mod build;
-mod build_progress;
 mod build_output;
+mod build_progress;
 mod config;
 mod deploy;
 mod images;
