@@ -256,6 +256,8 @@ fn mount_targets_stay_inside_the_rootfs() {
     let before = tree(&victim);
     let context = s.cli.path("ctx");
     write(&context.join("bound"), "bound", 0o644);
+    // With a .dockerignore the bound context is hard links to these files.
+    write(&context.join(".dockerignore"), "ignored\n", 0o644);
     let secret = s.cli.path("secret");
     write(&secret, "s3cr3t-value", 0o600);
     let v = victim.display();
@@ -269,6 +271,7 @@ fn mount_targets_stay_inside_the_rootfs() {
                  --mount=type=bind,source=bound,target=/mnt/c/d true\n\
              RUN --mount=type=tmpfs,target=/newdir/a/b --mount=type=bind,source=bound,target=/new2/c/d \
                  mv /newdir /moved && ln -s {v} /newdir && mv /new2 /moved2 && ln -s {v} /new2\n\
+             RUN --mount=type=bind,target=/ctx sh -c 'echo pwned > /ctx/bound; echo pwned > /ctx/new; true'\n\
              RUN --mount=type=cache,target=/c cp /bin/busybox /c/sh && chmod 4755 /c/sh \
                  && cp /bin/busybox /suid && chmod 4755 /suid\n",
             base = s.base
@@ -289,6 +292,11 @@ fn mount_targets_stay_inside_the_rootfs() {
             out.describe()
         );
         assert!(out.status.success(), "{isolation}: {}", out.describe());
+        assert_eq!(fs::read_to_string(context.join("bound")).unwrap(), "bound");
+        assert!(
+            !context.join("new").exists(),
+            "{isolation}: a read-only bind was written"
+        );
     }
     // The set-uid copies of a shell that the steps left in the cache mount and in the layer
     // are on the host: no other user may reach them.
