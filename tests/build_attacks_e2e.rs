@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// `COPY --parents LINK LINK/FILE`: the first source puts the context's symlink (to a host
-/// directory) in the staging folder; the second source's kept path `LINK/FILE` must not be
-/// written through it onto the host.
+/// `COPY --parents LINK LINK/FILE` and `COPY LINK <<LINK/FILE`: the first source puts the
+/// context's symlink (to a host directory) in the staging folder; the second source's path
+/// `LINK/FILE` must not be written through it onto the host; nor may a heredoc named
+/// `<<../../HOST/PATH` climb out of the staging folder.
 #[test]
 fn copy_parents_never_writes_through_a_copied_symlink() {
     if !can_build() {
@@ -31,20 +32,35 @@ fn copy_parents_never_writes_through_a_copied_symlink() {
     // What `a/pwned` names inside the context (the link's target taken from the context root).
     let inside = context.join(victim.strip_prefix("/").unwrap());
     write(&inside.join("pwned"), "written by the build", 0o644);
-    write(
-        &context.join("Dockerfile"),
-        "FROM scratch\nCOPY --parents a a/pwned /out/\n",
-        0o644,
-    );
     let layout = cli.path("layout");
     let out_arg = format!("oci:{}:img", layout.display());
-    let out = run(build_cmd(&cli, &context, &["--output", &out_arg]), BUILD_T);
-    assert!(
-        !victim.join("pwned").exists(),
-        "the build wrote onto the host through a copied symlink:\n{}",
-        out.describe()
-    );
-    assert!(out.status.success(), "{}", out.describe());
+    // A heredoc named like a path: through the copied symlink, or up with `..`.
+    let ups = "../".repeat(victim.components().count() + 4);
+    let up_target = format!("{ups}{}/up", victim.strip_prefix("/").unwrap().display());
+    for (n, dockerfile) in [
+        "FROM scratch\nCOPY --parents a a/pwned /out/\n".to_string(),
+        "FROM scratch\nCOPY a <<a/pwned /out/\nx\na/pwned\n".to_string(),
+        format!("FROM scratch\nCOPY <<{up_target} /out/\nx\n{up_target}\n"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        write(&context.join("Dockerfile"), dockerfile, 0o644);
+        let out = run(build_cmd(&cli, &context, &["--output", &out_arg]), BUILD_T);
+        let written: Vec<_> = fs::read_dir(&victim)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(
+            written.is_empty(),
+            "{dockerfile}: the build wrote onto the host: {written:?}\n{}",
+            out.describe()
+        );
+        if n == 0 {
+            assert!(out.status.success(), "{}", out.describe());
+        }
+    }
 }
 
 /// A `git daemon` serving the repositories under a folder on 127.0.0.1; stopped by PID.

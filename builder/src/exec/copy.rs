@@ -348,8 +348,15 @@ impl Executor<'_> {
             }
         }
         for file in inline_files {
+            // A heredoc named like a path (`<<a/b`, `<<../../x`) is a file
+            // of that base name, as a source file is: never a path that
+            // climbs out of the staging folder or through a copied link.
+            let cleaned = crate::dockerignore::clean(&format!("/{}", file.name));
+            let Some(name) = cleaned.rsplit('/').next().filter(|n| !n.is_empty()) else {
+                return Err(fail(format!("<<{}: not a file name", file.name)));
+            };
             let target = if dest.ends_with('/') {
-                format!("{}/{}", dest_clean.trim_end_matches('/'), file.name)
+                format!("{}/{name}", dest_clean.trim_end_matches('/'))
             } else {
                 dest_clean.to_string()
             };
