@@ -349,3 +349,83 @@ fn files_holding_mode(dir: &Path, bits: u32) -> Vec<std::path::PathBuf> {
     }
     found
 }
+
+/// A build `kill -9`ed while a RUN holds a secret (on its tmpfs), a tmpfs and a writable
+/// bind: the next build unmounts and removes all of it, and the secret is in no file of the
+/// build cache.
+#[test]
+fn a_killed_build_leaves_no_secret_behind() {
+    if !can_build() {
+        return;
+    }
+    let s = setup();
+    let context = s.cli.path("ctx");
+    let secret_value = "killed-build-secret-8d2e";
+    let secret = s.cli.path("secret");
+    write(&secret, secret_value, 0o600);
+    write(&context.join("bound"), "bound", 0o644);
+    write(
+        &context.join("Dockerfile"),
+        &format!(
+            "FROM {}\nRUN --mount=type=secret,id=s,env=S --mount=type=bind,target=/b,rw \
+             --mount=type=tmpfs,target=/t sh -c 'touch /t/x /b/x; sleep 60'\n",
+            s.base
+        ),
+        0o644,
+    );
+    let secret_arg = format!("id=s,src={}", secret.display());
+    let mut build = build_cmd(&s.cli, &context, &["--secret", &secret_arg]);
+    let mut child = build
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("berth build");
+    let cache = s.cli.path("../build-cache");
+    let run_mounts = || -> Vec<String> {
+        let Ok(run) = cache.join("run").canonicalize() else {
+            return Vec::new();
+        };
+        let prefix = run.display().to_string();
+        fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(1))
+            .filter(|m| m.starts_with(&prefix))
+            .map(str::to_string)
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !run_mounts().iter().any(|m| m.ends_with("/secrets")) {
+        assert!(
+            Instant::now() < deadline,
+            "the step never mounted its secrets"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the build ended early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Let runc start the step, then kill the build where it stands.
+    std::thread::sleep(Duration::from_millis(500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!run_mounts().is_empty(), "the killed build left its mounts");
+
+    write(
+        &context.join("Dockerfile"),
+        &format!("FROM {}\nRUN true\n", s.base),
+        0o644,
+    );
+    let out = run(build_cmd(&s.cli, &context, &[]), BUILD_T);
+    assert!(out.status.success(), "{}", out.describe());
+    assert_eq!(
+        run_mounts(),
+        Vec::<String>::new(),
+        "mounts left after the sweep"
+    );
+    let leaked = files_holding(&cache, secret_value);
+    assert!(leaked.is_empty(), "the secret is on disk: {leaked:?}");
+    assert_eq!(fs::read_to_string(context.join("bound")).unwrap(), "bound");
+    assert!(
+        !context.join("x").exists(),
+        "the rw bind wrote into the context"
+    );
+}
