@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -428,4 +429,66 @@ fn a_killed_build_leaves_no_secret_behind() {
         !context.join("x").exists(),
         "the rw bind wrote into the context"
     );
+}
+
+/// Two builds at once on one build cache: a `sharing=private` cache mount is never used by
+/// two steps at once (each its own folder), a `sharing=locked` one is held by one step at a
+/// time (the second waits), and both builds succeed.
+#[test]
+fn concurrent_builds_share_cache_mounts_as_asked() {
+    if !can_build() {
+        return;
+    }
+    let s = setup();
+    // Each step marks the cache busy for a while and notes whether it found it busy.
+    let step = |sharing: &str, id: &str| {
+        format!(
+            "RUN --mount=type=cache,id={id},sharing={sharing},target=/c sh -c \
+             'if [ -e /c/busy ]; then echo overlap >> /c/log; fi; touch /c/busy; \
+              echo run >> /c/log; sleep 1; rm /c/busy'\n"
+        )
+    };
+    let mut children = Vec::new();
+    for n in 0..2 {
+        let context = s.cli.path(&format!("ctx{n}"));
+        write(
+            &context.join("Dockerfile"),
+            &format!(
+                "FROM {}\nARG N={n}\n{}{}",
+                s.base,
+                step("private", "pv"),
+                step("locked", "lk")
+            ),
+            0o644,
+        );
+        children.push(
+            build_cmd(&s.cli, &context, &["--no-cache"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("berth build"),
+        );
+    }
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let cache = s.cli.path("../build-cache/mounts/cache");
+    let mut logs = BTreeMap::new();
+    for entry in fs::read_dir(&cache).unwrap().flatten() {
+        let id = fs::read_to_string(entry.path().join("id")).unwrap();
+        for instance in fs::read_dir(entry.path()).unwrap().flatten() {
+            if let Ok(log) = fs::read_to_string(instance.path().join("log")) {
+                logs.entry(id.clone()).or_insert_with(Vec::new).push(log);
+            }
+        }
+    }
+    assert_eq!(logs["lk"], vec!["run\nrun\n".to_string()], "{logs:?}");
+    // Private instances: never two steps in one folder (two folders when they overlapped).
+    let private: Vec<&str> = logs["pv"].iter().flat_map(|l| l.lines()).collect();
+    assert_eq!(private, vec!["run", "run"], "{logs:?}");
 }
