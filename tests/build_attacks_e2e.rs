@@ -315,6 +315,35 @@ fn mount_targets_stay_inside_the_rootfs() {
             "{isolation}: a read-only bind was written"
         );
     }
+    // A mount nested in a read-only bind of the context (no .dockerignore: the context folder
+    // itself is bound) needs a mount point: never made in the user's context.
+    let plain = s.cli.path("ctx-plain");
+    write(
+        &plain.join("Dockerfile"),
+        &format!(
+            "FROM {}
+RUN --mount=type=bind,target=/ctx --mount=type=tmpfs,target=/ctx/newdir              --mount=type=secret,id=s,target=/ctx/newfile true
+",
+            s.base
+        ),
+        0o644,
+    );
+    let out = run(
+        build_cmd(&s.cli, &plain, &["--secret", &secret_arg]),
+        BUILD_T,
+    );
+    let made: Vec<_> = fs::read_dir(&plain)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(made, vec!["Dockerfile"], "{}", out.describe());
+    // (runc cannot make the mount point in the read-only bind: the step fails, by its line.)
+    assert!(
+        out.stderr.contains("Dockerfile:2: RUN:"),
+        "{}",
+        out.describe()
+    );
     // The set-uid copies of a shell that the steps left in the cache mount and in the layer
     // are on the host: no other user may reach them.
     let cache = s.cli.path("../build-cache");
