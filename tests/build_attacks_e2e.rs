@@ -521,3 +521,60 @@ fn concurrent_builds_share_cache_mounts_as_asked() {
     let private: Vec<&str> = logs["pv"].iter().flat_map(|l| l.lines()).collect();
     assert_eq!(private, vec!["run", "run"], "{logs:?}");
 }
+
+/// Two stages that run at the same time lock the same two `sharing=locked` cache mounts in
+/// opposite orders (by their targets' depth): each seeds its first cache from a big stage
+/// while holding its lock, so each takes its first lock before the other asks for it. The
+/// build must not wait on itself forever.
+#[test]
+fn locked_cache_mounts_in_opposite_orders_do_not_deadlock() {
+    if !can_build() {
+        return;
+    }
+    let s = setup();
+    let context = s.cli.path("ctx");
+    write(
+        &context.join("Dockerfile"),
+        &format!(
+            "FROM {base} AS big\n\
+             RUN mkdir /many && cd /many && for i in $(seq 1 2000); do echo $i > f$i; done\n\
+             FROM {base} AS one\n\
+             RUN --mount=type=cache,id=A,sharing=locked,target=/a,from=big,source=/many \
+                 --mount=type=cache,id=B,sharing=locked,target=/b/c echo one > /one\n\
+             FROM big AS two\n\
+             RUN --mount=type=cache,id=B,sharing=locked,target=/b,from=big,source=/many \
+                 --mount=type=cache,id=A,sharing=locked,target=/a/c echo two > /two\n\
+             FROM {base}\n\
+             COPY --from=one /one /one\n\
+             COPY --from=two /two /two\n",
+            base = s.base
+        ),
+        0o644,
+    );
+    let mut child = build_cmd(&s.cli, &context, &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("berth build");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("the build still waits after 60 s: its stages hold each other's cache locks");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    use std::io::Read as _;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "{stderr}");
+}

@@ -203,6 +203,8 @@ pub(super) struct Prepared {
     /// Cache mounts this step holds already, by id (one id at two
     /// targets must not wait for its own lock).
     held: BTreeMap<String, PathBuf>,
+    /// The shared/locked cache locks taken up front, by id hash.
+    prelocked: BTreeMap<String, Lock>,
     guards: Vec<Box<dyn std::any::Any>>,
 }
 
@@ -633,6 +635,8 @@ impl Executor<'_> {
         let mut order: Vec<&RunMount> = mounts.iter().collect();
         // Parents before children (a mount under another one's target).
         order.sort_by_key(|m| m.target().map_or(0, |t| t.matches('/').count()));
+        self.lock_caches_in_order(mounts, &mut out)
+            .map_err(|e| fail(format!("--mount type=cache: cannot lock: {e}")))?;
         let mut secrets_dir: Option<PathBuf> = None;
         let mut ssh_seen = false;
         for (n, m) in order.into_iter().enumerate() {
@@ -822,6 +826,32 @@ impl Executor<'_> {
         Ok(path)
     }
 
+    /// Take the waiting (shared and locked) cache locks of a step in one
+    /// order for every step, by id hash: two steps that name the same ids
+    /// in other orders (their targets sort by depth) must not each hold
+    /// one and wait for the other's forever.
+    fn lock_caches_in_order(&self, mounts: &[RunMount], out: &mut Prepared) -> io::Result<()> {
+        let mut wanted: BTreeMap<String, bool> = BTreeMap::new();
+        for m in mounts {
+            if let RunMount::Cache { id, sharing, .. } = m {
+                if *sharing != Sharing::Private {
+                    *wanted.entry(cache_hash(id)).or_default() |= *sharing == Sharing::Locked;
+                }
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let locks = self.options.cache_dir.join("mounts").join("locks");
+        fs::create_dir_all(&locks)?;
+        for (hash, exclusive) in wanted {
+            if let Some(lock) = flock(&locks.join(format!("{hash}.0")), exclusive, true)? {
+                out.prelocked.insert(hash, lock);
+            }
+        }
+        Ok(())
+    }
+
     /// The directory of a cache mount, locked as `sharing` says; made
     /// (owned and moded as asked, seeded from `seed`) when new.
     fn cache_mount(
@@ -847,7 +877,9 @@ impl Executor<'_> {
         fs::set_permissions(&base, fs::Permissions::from_mode(0o700))?;
         fs::write(dir.join("id"), id)?;
         let lock_path = |n: usize| locks.join(format!("{hash}.{n}"));
+        let prelocked = out.prelocked.remove(&hash);
         let (instance, lock) = match sharing {
+            Sharing::Shared | Sharing::Locked if prelocked.is_some() => (0, prelocked),
             Sharing::Shared => (0, flock(&lock_path(0), false, true)?),
             Sharing::Locked => (0, flock(&lock_path(0), true, true)?),
             Sharing::Private => {
