@@ -1,8 +1,10 @@
-//! `berth build` against a hostile Dockerfile and build context (a malicious repository built
-//! in CI): whatever the Dockerfile asks, no file outside the build's own folders is written
-//! or read on the host.
+//! `berth build` against a hostile Dockerfile, build context and git server (a malicious
+//! repository built in CI): whatever they ask, no file outside the build's own folders is
+//! written, read or deleted on the host; set-uid files a step leaves are closed to other
+//! users; a killed build's secret mounts are swept; concurrent cache mounts share as asked
+//! and never deadlock. Each attack here once worked, or is checked to hold.
 //!
-//! Needs root and runc; with `CI=true` their absence fails the test.
+//! Needs root, runc and git; with `CI=true` their absence fails the test.
 
 mod common;
 
