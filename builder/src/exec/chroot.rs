@@ -173,6 +173,14 @@ pub fn diff(root: &Path, before: &Snapshot, diff: &Path) -> io::Result<()> {
         {
             continue; // its parent went too
         }
+        if rel.parent().is_some_and(|p| {
+            !p.as_os_str().is_empty()
+                && !fs::symlink_metadata(root.join(p)).is_ok_and(|m| m.is_dir())
+        }) {
+            // Its parent is no directory now (a symlink the step made, maybe
+            // to a host path): the parent's own entry hides it.
+            continue;
+        }
         let target = diff.join(rel);
         if let Some(p) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
             if !diff.join(p).exists() {

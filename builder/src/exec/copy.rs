@@ -348,8 +348,15 @@ impl Executor<'_> {
             }
         }
         for file in inline_files {
+            // A heredoc named like a path (`<<a/b`, `<<../../x`) is a file
+            // of that base name, as a source file is: never a path that
+            // climbs out of the staging folder or through a copied link.
+            let cleaned = crate::dockerignore::clean(&format!("/{}", file.name));
+            let Some(name) = cleaned.rsplit('/').next().filter(|n| !n.is_empty()) else {
+                return Err(fail(format!("<<{}: not a file name", file.name)));
+            };
             let target = if dest.ends_with('/') {
-                format!("{}/{}", dest_clean.trim_end_matches('/'), file.name)
+                format!("{}/{name}", dest_clean.trim_end_matches('/'))
             } else {
                 dest_clean.to_string()
             };
@@ -402,10 +409,12 @@ impl Executor<'_> {
             filetime::set_symlink_file_times(path, time, time).map_err(|e| e.to_string())?;
         }
         let rel = src.subdir.clone().unwrap_or_default();
+        // Symlinks in the subdirectory's path resolve inside the checkout
+        // (a repository's link to a host directory must not be followed).
         let path = if rel.is_empty() {
             checkout.to_path_buf()
         } else {
-            checkout.join(&rel)
+            files::scoped_join(checkout, &rel)
         };
         if !fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
             return Err(format!(
@@ -470,8 +479,12 @@ impl Stager<'_> {
         for part in parts.iter().take(parts.len().saturating_sub(1)) {
             rel = join(&rel, part).trim_start_matches('/').to_string();
             let target = self.path(&join(dest, &rel));
-            if fs::symlink_metadata(&target).is_ok() {
-                continue;
+            match fs::symlink_metadata(&target) {
+                Ok(m) if m.is_dir() => continue,
+                // A symlink (or file) an earlier source put here: writes
+                // below it would follow it onto the host.
+                Ok(_) => fs::remove_file(&target)?,
+                Err(_) => {}
             }
             // A directory of the source as it is; a symlink there becomes a
             // plain directory (never a link the next writes would follow).

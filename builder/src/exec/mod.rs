@@ -383,6 +383,11 @@ impl<'a> Executor<'a> {
         let mut ex = ex;
         for d in [&ex.layers_dir, &ex.keys_dir, &ex.run_dir, &ex.state_dir] {
             fs::create_dir_all(d).ctx(|| format!("cannot create {}", d.display()))?;
+            // Image trees live here (set-uid files a RUN made too): closed
+            // to other users of the host, as Docker's own folder is.
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::set_permissions(d, fs::Permissions::from_mode(0o700))
+                .ctx(|| format!("cannot restrict {}", d.display()))?;
         }
         sweep_stale(&ex.run_dir, &ex.state_dir);
         ex.isolation = Isolation::choose(&ex.run_dir)?;

@@ -203,6 +203,8 @@ pub(super) struct Prepared {
     /// Cache mounts this step holds already, by id (one id at two
     /// targets must not wait for its own lock).
     held: BTreeMap<String, PathBuf>,
+    /// The shared/locked cache locks taken up front, by id hash.
+    prelocked: BTreeMap<String, Lock>,
     guards: Vec<Box<dyn std::any::Any>>,
 }
 
@@ -319,7 +321,22 @@ pub(super) fn missing_mount_points(root: &Path, targets: &[String]) -> MountPoin
 /// directories above them that were copied up only because a mount point
 /// was made in them (empty, unchanged owner and mode).
 pub(super) fn remove_mount_points(upper: &Path, points: &MountPoints) {
+    // The step may have swapped a directory above a mount point for a
+    // symlink (to a host path, as seen from here): never follow one.
+    let under_real_dirs = |rel: &Path| {
+        let mut dir = upper.to_path_buf();
+        rel.parent()
+            .into_iter()
+            .flat_map(Path::components)
+            .all(|c| {
+                dir.push(c);
+                fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir())
+            })
+    };
     for rel in &points.missing {
+        if !under_real_dirs(rel) {
+            continue;
+        }
         let p = upper.join(rel);
         match fs::symlink_metadata(&p) {
             Ok(m) if m.is_dir() => {
@@ -332,6 +349,9 @@ pub(super) fn remove_mount_points(upper: &Path, points: &MountPoints) {
         }
     }
     for (rel, (mode, uid, gid)) in &points.parents {
+        if !under_real_dirs(rel) {
+            continue;
+        }
         let p = upper.join(rel);
         let Ok(m) = fs::symlink_metadata(&p) else {
             continue;
@@ -615,6 +635,8 @@ impl Executor<'_> {
         let mut order: Vec<&RunMount> = mounts.iter().collect();
         // Parents before children (a mount under another one's target).
         order.sort_by_key(|m| m.target().map_or(0, |t| t.matches('/').count()));
+        self.lock_caches_in_order(mounts, &mut out)
+            .map_err(|e| fail(format!("--mount type=cache: cannot lock: {e}")))?;
         let mut secrets_dir: Option<PathBuf> = None;
         let mut ssh_seen = false;
         for (n, m) in order.into_iter().enumerate() {
@@ -804,6 +826,32 @@ impl Executor<'_> {
         Ok(path)
     }
 
+    /// Take the waiting (shared and locked) cache locks of a step in one
+    /// order for every step, by id hash: two steps that name the same ids
+    /// in other orders (their targets sort by depth) must not each hold
+    /// one and wait for the other's forever.
+    fn lock_caches_in_order(&self, mounts: &[RunMount], out: &mut Prepared) -> io::Result<()> {
+        let mut wanted: BTreeMap<String, bool> = BTreeMap::new();
+        for m in mounts {
+            if let RunMount::Cache { id, sharing, .. } = m {
+                if *sharing != Sharing::Private {
+                    *wanted.entry(cache_hash(id)).or_default() |= *sharing == Sharing::Locked;
+                }
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let locks = self.options.cache_dir.join("mounts").join("locks");
+        fs::create_dir_all(&locks)?;
+        for (hash, exclusive) in wanted {
+            if let Some(lock) = flock(&locks.join(format!("{hash}.0")), exclusive, true)? {
+                out.prelocked.insert(hash, lock);
+            }
+        }
+        Ok(())
+    }
+
     /// The directory of a cache mount, locked as `sharing` says; made
     /// (owned and moded as asked, seeded from `seed`) when new.
     fn cache_mount(
@@ -825,9 +873,13 @@ impl Executor<'_> {
         let locks = base.join("locks");
         fs::create_dir_all(&dir)?;
         fs::create_dir_all(&locks)?;
+        // A step may leave set-uid files in its cache: closed to other users.
+        fs::set_permissions(&base, fs::Permissions::from_mode(0o700))?;
         fs::write(dir.join("id"), id)?;
         let lock_path = |n: usize| locks.join(format!("{hash}.{n}"));
+        let prelocked = out.prelocked.remove(&hash);
         let (instance, lock) = match sharing {
+            Sharing::Shared | Sharing::Locked if prelocked.is_some() => (0, prelocked),
             Sharing::Shared => (0, flock(&lock_path(0), false, true)?),
             Sharing::Locked => (0, flock(&lock_path(0), true, true)?),
             Sharing::Private => {
