@@ -207,14 +207,39 @@ fn add_git_never_reads_the_host() {
         ],
     );
     git(&evil_sub, &["commit", "-qm", "evil"]);
+    // A repository the host's own git config points an alias at (as credential helpers,
+    // `insteadOf` and extra headers in ~/.gitconfig would reach private repositories).
+    let hidden = served.join("hidden.git");
+    fs::create_dir_all(&hidden).unwrap();
+    git(&hidden, &["init", "-q"]);
+    write(&hidden.join("secret.txt"), host_secret, 0o644);
+    git(&hidden, &["add", "."]);
+    git(&hidden, &["commit", "-qm", "hidden"]);
     let daemon = GitDaemon::start(&served);
     let url = format!("git://127.0.0.1:{}/evil.git", daemon.port);
     let url_sub = format!("git://127.0.0.1:{}/evilsub.git", daemon.port);
+    let url_alias = format!("git://127.0.0.1:{}/alias.git", daemon.port);
+    let home = cli.path("home");
+    write(
+        &home.join(".gitconfig"),
+        &format!(
+            "[url \"git://127.0.0.1:{}/hidden.git\"]\n\tinsteadOf = {url_alias}\n",
+            daemon.port
+        ),
+        0o644,
+    );
+    // The alias works for the host's git: the test would prove nothing otherwise.
+    let listed = run(
+        cmd("git", ["ls-remote", "--", url_alias.as_str()]).env("HOME", &home),
+        BUILD_T,
+    );
+    assert!(listed.status.success(), "{}", listed.describe());
 
     let context = cli.path("ctx");
     for (n, add) in [
         format!("ADD {url}#main:link/inner /x/"),
         format!("ADD {url_sub} /y/"),
+        format!("ADD {url_alias} /z/"),
     ]
     .iter()
     .enumerate()
@@ -226,7 +251,9 @@ fn add_git_never_reads_the_host() {
         );
         let dest = cli.path(&format!("out-{n}"));
         let out_arg = format!("type=local,dest={}", dest.display());
-        let out = run(build_cmd(&cli, &context, &["--output", &out_arg]), BUILD_T);
+        let mut build = build_cmd(&cli, &context, &["--output", &out_arg]);
+        build.env("HOME", &home);
+        let out = run(build, BUILD_T);
         let leaked = files_holding(&dest, host_secret);
         assert!(
             leaked.is_empty(),

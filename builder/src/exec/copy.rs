@@ -132,7 +132,8 @@ impl Executor<'_> {
         {
             return Ok(known);
         }
-        let src = git::parse(source)?;
+        let mut src = git::parse(source)?;
+        src.ssh_agent = self.options.ssh_agents.get("default").cloned();
         let resolved = git::resolve(&src, checksum)?;
         if let Ok(mut m) = self.git_commits.lock() {
             m.insert(source.to_string(), resolved.clone());
@@ -386,7 +387,8 @@ impl Executor<'_> {
         keep_git_dir: bool,
         checkout: &Path,
     ) -> Result<Matched, String> {
-        let src = git::parse(source)?;
+        let mut src = git::parse(source)?;
+        src.ssh_agent = self.options.ssh_agents.get("default").cloned();
         let (commit, ref_name) = self.git_commit(source, checksum)?;
         git::checkout(&src, &commit, ref_name.as_deref(), checkout, keep_git_dir)?;
         let time = filetime::FileTime::from_unix_time(

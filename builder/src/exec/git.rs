@@ -24,6 +24,9 @@ pub struct GitSource {
     pub subdir: Option<String>,
     /// `?checksum=`/`?commit=`: a commit (prefix) the ref must resolve to.
     pub commit: Option<String>,
+    /// The SSH agent git may use: the build's `--ssh default=SOCKET`, never
+    /// the host's own (see [`git`]).
+    pub ssh_agent: Option<std::path::PathBuf>,
 }
 
 /// Whether an ADD source is a Git repository, by the reference's forms.
@@ -55,6 +58,7 @@ pub fn parse(source: &str) -> Result<GitSource, String> {
         reference: None,
         subdir: None,
         commit: None,
+        ssh_agent: None,
     };
     // The query form (http(s) only: scp-like paths have no query).
     if rest.starts_with("http://") || rest.starts_with("https://") {
@@ -156,7 +160,13 @@ pub fn pick_ref(listing: &str, reference: Option<&str>) -> Option<(String, Strin
     None
 }
 
-fn git(args: &[&str], dir: Option<&Path>) -> Result<String, String> {
+/// Runs git without the host's identity: a Dockerfile is untrusted input, and
+/// with the host's `~/.gitconfig` (credential helpers, `insteadOf`, extra
+/// headers), its SSH keys and agent, `ADD git@host:private.git` would read any
+/// repository the build machine can. As BuildKit, only what the build is given
+/// is used: the `--ssh default` agent. Protocols are limited to the forms ADD
+/// accepts (no `ext::`, no `file://`, also for submodules).
+fn git(args: &[&str], dir: Option<&Path>, ssh_agent: Option<&Path>) -> Result<String, String> {
     let mut cmd = Command::new("git");
     if let Some(d) = dir {
         cmd.arg("-C").arg(d);
@@ -164,7 +174,21 @@ fn git(args: &[&str], dir: Option<&Path>) -> Result<String, String> {
     cmd.args(args)
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_ASKPASS", "true")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_ALLOW_PROTOCOL", "http:https:git:ssh")
+        // -F /dev/null: not the host's ssh config; no identity files, only the agent.
+        .env(
+            "GIT_SSH_COMMAND",
+            "ssh -F /dev/null -o IdentitiesOnly=no -o IdentityFile=none -o BatchMode=yes -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile=/dev/null",
+        )
+        .env_remove("SSH_AUTH_SOCK")
+        .env_remove("GIT_SSH")
+        .env_remove("GIT_PROXY_COMMAND")
         .stdin(Stdio::null());
+    if let Some(agent) = ssh_agent {
+        cmd.env("SSH_AUTH_SOCK", agent);
+    }
     let out = cmd.output().map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             "ADD of a git repository needs git: install it (e.g. apt-get install git)".to_string()
@@ -198,8 +222,12 @@ pub fn resolve(
     let (commit, name) = match src.reference.as_deref() {
         Some(r) if is_commit(r) => (r.to_ascii_lowercase(), None),
         reference => {
-            let listing = git(&["ls-remote", "--", &src.remote], None)
-                .map_err(|e| format!("{}: {e}", src.remote))?;
+            let listing = git(
+                &["ls-remote", "--", &src.remote],
+                None,
+                src.ssh_agent.as_deref(),
+            )
+            .map_err(|e| format!("{}: {e}", src.remote))?;
             let (sha, name) = pick_ref(&listing, reference).ok_or_else(|| match reference {
                 Some(r) => format!("{}: unknown git ref {r:?}", src.remote),
                 None => format!("{}: the repository has no HEAD", src.remote),
@@ -230,19 +258,25 @@ pub fn checkout(
     keep_git_dir: bool,
 ) -> Result<(), String> {
     let fail = |e: String| format!("{}: {e}", src.remote);
+    let agent = src.ssh_agent.as_deref();
     std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
-    git(&["init", "-q"], Some(dir)).map_err(fail)?;
-    git(&["remote", "add", "origin", &src.remote], Some(dir)).map_err(fail)?;
+    git(&["init", "-q"], Some(dir), agent).map_err(fail)?;
+    git(&["remote", "add", "origin", &src.remote], Some(dir), agent).map_err(fail)?;
     let want = ref_name.unwrap_or(commit);
     let shallow = git(
         &["fetch", "-q", "--depth=1", "--no-tags", "origin", want],
         Some(dir),
+        agent,
     );
     if shallow.is_err() {
         // Dumb HTTP has no shallow fetch, and some servers refuse a commit
         // by id: fetch branches and tags whole.
         let full = match ref_name {
-            Some(name) => git(&["fetch", "-q", "--no-tags", "origin", name], Some(dir)),
+            Some(name) => git(
+                &["fetch", "-q", "--no-tags", "origin", name],
+                Some(dir),
+                agent,
+            ),
             None => git(
                 &[
                     "fetch",
@@ -252,6 +286,7 @@ pub fn checkout(
                     "+refs/tags/*:refs/tags/*",
                 ],
                 Some(dir),
+                agent,
             ),
         };
         full.map_err(fail)?;
@@ -259,6 +294,7 @@ pub fn checkout(
     git(
         &["-c", "advice.detachedHead=false", "checkout", "-q", commit],
         Some(dir),
+        agent,
     )
     .map_err(|e| fail(format!("commit {commit}: {e}")))?;
     // Submodules come along, as BuildKit's git source fetches them.
@@ -266,6 +302,7 @@ pub fn checkout(
         git(
             &["submodule", "update", "--init", "--recursive", "--depth=1"],
             Some(dir),
+            agent,
         )
         .map_err(|e| fail(format!("submodules: {e}")))?;
     }
