@@ -534,6 +534,7 @@ fn execute(
         force_compression: layer_attrs.force_compression,
         labels,
         annotations,
+        local_store: Some(session.store.clone()),
     };
     let view = crate::build_progress::BuildProgress::new(
         args.progress.resolve(args.client.quiet || args.client.json),

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use berth_client::copy::{copy_image, CopyOptions, CopyReport, Platforms};
 use berth_client::credentials::{Credentials, DockerConfig};
 use berth_client::image::{ImageSource, ManifestKind, Platform};
-use berth_client::location::{default_store_dir, Location};
+use berth_client::location::{default_store_dir, is_bare_name, parse_preferring_local, Location};
 use berth_client::open::{open_dest, open_source, Opened};
 use berth_client::reference::DOCKER_HUB;
 use berth_client::registry::{Client, ClientConfig};
@@ -128,16 +128,22 @@ pub struct ImportArgs {
     /// Platform the image is for [default: this machine's]
     #[arg(long, value_name = "OS/ARCH")]
     platform: Option<String>,
+    /// Push a bare name (no registry host) to its registry (Docker Hub)
+    /// instead of keeping it in the local store
+    #[arg(long)]
+    push: bool,
     #[command(flatten)]
     client: ClientArgs,
 }
 
 #[derive(Parser, Debug)]
 pub struct TagArgs {
-    /// Existing image on a registry
+    /// Existing image: a bare name the local store holds (as `berth images`
+    /// shows it) or local:REF tags in the local store; REGISTRY/NAME:TAG on a registry
     src: String,
-    /// New name on the same registry (another tag or repository); only
-    /// manifests move, blobs are mounted
+    /// New name: in the local store for a local image (push it after with
+    /// `berth push`); on the same registry otherwise, where only manifests
+    /// move and blobs are mounted
     dst: String,
     #[command(flatten)]
     client: ClientArgs,
@@ -145,7 +151,8 @@ pub struct TagArgs {
 
 #[derive(Parser, Debug)]
 pub struct InspectArgs {
-    /// Image: registry reference, oci:DIR[:TAG], docker-archive:FILE[:REF] or local:REF
+    /// Image: registry reference, oci:DIR[:TAG], docker-archive:FILE[:REF] or
+    /// local:REF; a bare name (`app:1`) the local store holds is read from there
     reference: String,
     /// Print the manifest exactly as stored
     #[arg(long, conflicts_with = "config")]
@@ -360,30 +367,49 @@ pub fn copy(args: CopyArgs) -> Result<()> {
 
 pub fn tag(args: TagArgs) -> Result<()> {
     let session = Session::new(&args.client)?;
-    let (Location::Registry(src), Location::Registry(dst)) =
-        (Location::parse(&args.src)?, Location::parse(&args.dst)?)
+    let src = session
+        .runtime
+        .block_on(parse_preferring_local(&args.src, &session.store))?;
+    if let Location::Local(_) = &src {
+        // docker tag: another name for a local image, in the local store.
+        let dst_text = args.dst.strip_prefix("local:").unwrap_or(&args.dst);
+        let dst = Location::Local(berth_client::ImageRef::parse(dst_text)?);
+        let report = session.copy(&src, &dst, &every_platform())?;
+        session.report(&dst, &report);
+        return Ok(());
+    }
+    let (Location::Registry(src), Location::Registry(dst)) = (src, Location::parse(&args.dst)?)
     else {
         bail!("tag works on registry references; use `berth copy` for other locations");
     };
     if src.registry != dst.registry {
         bail!("tag stays on one registry ({} vs {}): use `berth copy` to move images between registries", src.registry, dst.registry);
     }
-    // Every platform and the index itself: a tag names the same manifest.
-    let transfer = TransferArgs {
-        platform: None,
-        all: true,
-        jobs: 4,
-        preserve_digests: true,
-    };
     let dst = Location::Registry(dst);
-    let report = session.copy(&Location::Registry(src), &dst, &transfer)?;
+    let report = session.copy(&Location::Registry(src), &dst, &every_platform())?;
     session.report(&dst, &report);
     Ok(())
 }
 
+/// Every platform and the index itself: a tag names the same manifest.
+fn every_platform() -> TransferArgs {
+    TransferArgs {
+        platform: None,
+        all: true,
+        jobs: 4,
+        preserve_digests: true,
+    }
+}
+
 pub fn import(args: ImportArgs) -> Result<()> {
     let session = Session::new(&args.client)?;
-    let dst = Location::parse(&args.reference)?;
+    // As `docker import`, a bare name makes a local image; a name with a
+    // registry host (or --push) goes to that registry.
+    let dst = if is_bare_name(&args.reference) && !args.push {
+        Location::Local(berth_client::ImageRef::parse(&args.reference)?)
+    } else {
+        Location::parse(&args.reference)?
+    };
     let platform = match &args.platform {
         Some(p) => p.parse::<Platform>()?,
         None => Platform::current(),
@@ -426,7 +452,9 @@ pub fn import(args: ImportArgs) -> Result<()> {
 
 pub fn inspect(args: InspectArgs) -> Result<()> {
     let session = Session::new(&args.client)?;
-    let loc = Location::parse(&args.reference)?;
+    let loc = session
+        .runtime
+        .block_on(parse_preferring_local(&args.reference, &session.store))?;
     session.runtime.block_on(async {
         let source = open_source(&session.client, &loc, &session.store).await?;
         let top = source.manifest().await?;

@@ -12,12 +12,13 @@ use serde::Deserialize;
 
 mod access;
 mod build;
-mod build_progress;
 mod build_output;
+mod build_progress;
 mod config;
 mod deploy;
 mod images;
 mod inventory;
+mod local_images;
 mod progress;
 mod serve_loop;
 mod ship;
@@ -54,6 +55,10 @@ enum Command {
     Inspect(images::InspectArgs),
     /// List the tags of a repository.
     Ls(images::LsArgs),
+    /// List the images in the local store (what `build -t`, `pull`, `tag` and `import` made).
+    Images(local_images::ImagesArgs),
+    /// Remove images from the local store by name.
+    Rmi(local_images::RmiArgs),
     /// Remove a tag or manifest.
     Rm(images::RmArgs),
     /// Save credentials for a registry (shared with `docker login`).
@@ -196,6 +201,8 @@ fn main() -> ExitCode {
         Command::Tag(args) => images::tag(args),
         Command::Inspect(args) => images::inspect(args),
         Command::Ls(args) => images::ls(args),
+        Command::Images(args) => local_images::images(args),
+        Command::Rmi(args) => local_images::rmi(args),
         Command::Rm(args) => images::rm(args),
         Command::Login(args) => images::login(args),
         Command::Logout(args) => images::logout(args),
