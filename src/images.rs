@@ -185,9 +185,13 @@ pub struct RmArgs {
 }
 
 #[derive(Parser, Debug)]
+#[command(
+    after_help = "Examples:\n  berth login 127.0.0.1:5000            (asks for user name and password)\n  echo \"$TOKEN\" | berth login -u ci --password-stdin registry.example.com"
+)]
 pub struct LoginArgs {
     /// Registry host[:port] [default: Docker Hub]
     registry: Option<String>,
+    /// User name [default: asked on the terminal]
     #[arg(long, short)]
     username: Option<String>,
     /// Password (prefer --password-stdin: arguments show in `ps`)
@@ -196,8 +200,18 @@ pub struct LoginArgs {
     /// Read the password from stdin
     #[arg(long)]
     password_stdin: bool,
-    #[command(flatten)]
-    client: ClientArgs,
+    /// Registry (HOST[:PORT]) to reach over plain HTTP or HTTPS without
+    /// certificate checks. Loopback registries need no flag.
+    #[arg(
+        long,
+        value_name = "REGISTRY",
+        env = "BERTH_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    insecure: Vec<String>,
+    /// Extra CA certificate(s) (PEM) to trust
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Parser, Debug)]
@@ -660,13 +674,21 @@ pub fn rm(args: RmArgs) -> Result<()> {
 }
 
 pub fn login(args: LoginArgs) -> Result<()> {
+    use crate::login_prompt::{ask, ask_hidden, can_prompt};
     let registry_name = normalise_registry(args.registry.as_deref());
     let username = match args.username {
         Some(u) => u,
-        None => {
-            bail!("give the user name with --username (and the password with --password-stdin)")
-        }
+        None if args.password_stdin => bail!(
+            "--password-stdin reads only the password: give the user name with --username (-u)"
+        ),
+        None if can_prompt() => ask("Username: ")?,
+        None => bail!(
+            "no terminal to ask for the user name: run `berth login -u USER --password-stdin {registry_name}` with the password on stdin"
+        ),
     };
+    if username.is_empty() {
+        bail!("the user name is empty");
+    }
     let password = if args.password_stdin {
         let mut p = String::new();
         std::io::stdin()
@@ -674,31 +696,53 @@ pub fn login(args: LoginArgs) -> Result<()> {
             .context("reading the password from stdin")?;
         p.trim_end_matches(['\n', '\r']).to_string()
     } else if let Some(p) = args.password {
-        eprintln!("warning: a password on the command line can be seen by other users; use --password-stdin");
+        eprintln!("WARNING! Using --password via the command line is insecure (other users see it in `ps`); use --password-stdin");
         p
+    } else if can_prompt() {
+        ask_hidden("Password: ")?
     } else {
-        bail!("give the password with --password-stdin (or --password)");
+        bail!("no terminal to ask for the password: pipe it with --password-stdin, e.g. `echo \"$TOKEN\" | berth login -u {username} --password-stdin {registry_name}`");
     };
     if password.is_empty() {
         bail!("the password is empty");
     }
-    let session = Session::new(&args.client)?;
-    session.runtime.block_on(async {
-        let registry = session.client.registry(&registry_name)?;
-        registry
-            .login(Credentials::Basic {
-                username: username.clone(),
-                password: password.clone(),
-            })
-            .await
+    // Only the connection settings: login's credentials are the ones asked for.
+    let session = Session::new(&ClientArgs {
+        insecure: args.insecure,
+        ca_file: args.ca_file,
+        creds: None,
+        store: None,
+        quiet: false,
+        json: false,
     })?;
+    session
+        .runtime
+        .block_on(async {
+            let registry = session.client.registry(&registry_name)?;
+            registry
+                .login(Credentials::Basic {
+                    username: username.clone(),
+                    password: password.clone(),
+                })
+                .await
+        })
+        .map_err(|e| match e {
+            berth_client::Error::Unauthorized { .. } => anyhow::anyhow!(
+                "{registry_name} refused the user name or password of {username:?}; nothing was saved. Check them and run `berth login {registry_name}` again"
+            ),
+            other => other.into(),
+        })?;
     let path = session.client.config().docker_config.clone();
     let mut config = DockerConfig::load(&path)?;
     config.store(&registry_name, &username, &password)?;
-    eprintln!(
-        "Login Succeeded ({registry_name}; credentials saved in {})",
-        path.display()
-    );
+    if config.credential_helper(&registry_name).is_none() {
+        // docker's warning: config.json holds the password, only base64-encoded.
+        eprintln!(
+            "WARNING! Your password is stored unencrypted (base64) in {}.\nConfigure a credential helper (credsStore or credHelpers in that file) to remove this warning.",
+            path.display()
+        );
+    }
+    eprintln!("Login Succeeded");
     Ok(())
 }
 

@@ -19,6 +19,7 @@ mod deploy;
 mod images;
 mod inventory;
 mod local_images;
+mod login_prompt;
 mod progress;
 mod serve_loop;
 mod ship;

@@ -386,7 +386,7 @@ impl Registry {
             return Err(Error::Unauthorized {
                 registry: self.name.clone(),
                 detail: if creds.is_some() {
-                    "the token service refused the stored credentials".into()
+                    "the token service refused the user name or password".into()
                 } else {
                     "the token service wants credentials".into()
                 },

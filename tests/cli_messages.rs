@@ -1,0 +1,147 @@
+//! The command line's conversations and mistakes, with the real binary: `berth login` asking
+//! for user name and password on a pseudo-terminal (`script`, util-linux; the password never
+//! echoed, a refused login worded as such, docker's warning naming config.json), and each
+//! user mistake of issue 16 answered with a message that says what to do next.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const T: Duration = Duration::from_secs(60);
+
+/// Runs `command` under a pseudo-terminal (`script -qec`), answering each prompt of `dialogue`
+/// with its line once the prompt has appeared (so nothing is typed while echo is still on).
+/// Returns everything the terminal showed and whether the command succeeded.
+fn converse(command: &Command, dialogue: &[(&str, &str)]) -> (String, bool) {
+    let mut line = format!("{:?}", command.get_program());
+    for a in command.get_args() {
+        line.push_str(&format!(" {a:?}"));
+    }
+    let mut c = Command::new("script");
+    c.args(["-qec", &line, "/dev/null"]);
+    for (k, v) in command.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start script");
+    let mut stdin = child.stdin.take().expect("piped");
+    let mut stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut screen = String::new();
+    let deadline = Instant::now() + T;
+    let mut wait_for = |screen: &mut String, what: &str| {
+        while !screen.contains(what) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(chunk) => screen.push_str(&String::from_utf8_lossy(&chunk)),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("no {what:?} on the terminal:\n{screen}");
+                }
+            }
+        }
+    };
+    for (prompt, answer) in dialogue {
+        wait_for(&mut screen, prompt);
+        stdin
+            .write_all(format!("{answer}\n").as_bytes())
+            .expect("type into the terminal");
+    }
+    while let Ok(chunk) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        screen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let status = child.wait().expect("wait for script");
+    drop(stdin);
+    (screen, status.success())
+}
+
+#[test]
+fn login_prompts_on_a_terminal() {
+    if !require_tool("script") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let htpasswd = dir.path().join("htpasswd");
+    write_htpasswd(&htpasswd, &[("alice", "s3cret-pw")], 4);
+    let toml = format!(
+        "[auth]\nhtpasswd = \"{}\"\ntoken_key = \"{}\"\n",
+        htpasswd.display(),
+        dir.path().join("token-key.pem").display()
+    );
+    let server = Server::start_berth_with_config(dir.path(), &toml, true);
+    let cli = BerthCli::new();
+    let host = server.host();
+
+    // A wrong password: refused in plain words, nothing stored.
+    let (screen, ok) = converse(
+        &cli.cmd(["login", &host]),
+        &[("Username: ", "alice"), ("Password: ", "wrong-pw")],
+    );
+    assert!(!ok, "{screen}");
+    assert!(!screen.contains("wrong-pw"), "password echoed:\n{screen}");
+    assert!(
+        screen.contains("refused the user name or password")
+            && screen.contains("nothing was saved"),
+        "{screen}"
+    );
+    assert!(!screen.contains("stored credentials"), "{screen}");
+    assert!(
+        !cli.config_json().exists()
+            || !std::fs::read_to_string(cli.config_json())
+                .unwrap_or_default()
+                .contains(&host)
+    );
+
+    // The right one: no echo, docker's warning naming the file, the login stored.
+    let (screen, ok) = converse(
+        &cli.cmd(["login", &host]),
+        &[("Username: ", "alice"), ("Password: ", "s3cret-pw")],
+    );
+    eprintln!("the terminal showed:\n{screen}");
+    assert!(ok, "{screen}");
+    assert!(!screen.contains("s3cret-pw"), "password echoed:\n{screen}");
+    assert!(
+        screen.contains("alice"),
+        "the user name is echoed:\n{screen}"
+    );
+    assert!(screen.contains("Login Succeeded"), "{screen}");
+    assert!(
+        screen.contains("stored unencrypted")
+            && screen.contains(&cli.config_json().display().to_string()),
+        "{screen}"
+    );
+    let config = std::fs::read_to_string(cli.config_json()).expect("config.json written");
+    assert!(config.contains(&host), "{config}");
+    // The stored login works: a catalog-free check, the registry's tag list of a missing repo
+    // is 404 NAME_UNKNOWN rather than 401.
+    let out = run(cli.cmd(["ls", &format!("{host}/nothing-here")]), T);
+    assert!(
+        !out.stderr.contains("authentication required"),
+        "{}",
+        out.describe()
+    );
+
+    // No terminal: the message says how to log in from a script.
+    let out = run_fail(cli.cmd(["login", &host]), T);
+    assert!(out.stderr.contains("--password-stdin"), "{}", out.stderr);
+}
