@@ -169,7 +169,8 @@ pub struct InspectArgs {
 
 #[derive(Parser, Debug)]
 pub struct LsArgs {
-    /// Repository on a registry (REGISTRY/NAME), oci:DIR, or `local:` for the local store
+    /// Repository on a registry (REGISTRY/NAME), oci:DIR, or `local:` for the
+    /// local store; a registry alone (HOST:PORT) lists its repositories
     repository: String,
     #[command(flatten)]
     client: ClientArgs,
@@ -601,6 +602,9 @@ async fn read_small_blob(
 }
 
 pub fn ls(args: LsArgs) -> Result<()> {
+    if crate::catalog::looks_like_registry(&args.repository) {
+        return crate::catalog::list(&args.repository, 1000, &args.client);
+    }
     let session = Session::new(&args.client)?;
     let tags = if args.repository == "local:" || args.repository == "local" {
         session

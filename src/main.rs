@@ -14,6 +14,7 @@ mod access;
 mod build;
 mod build_output;
 mod build_progress;
+mod catalog;
 mod config;
 mod deploy;
 mod images;
@@ -56,6 +57,8 @@ enum Command {
     Inspect(images::InspectArgs),
     /// List the tags of a repository.
     Ls(images::LsArgs),
+    /// List the repositories of a registry.
+    Catalog(catalog::CatalogArgs),
     /// List the images in the local store (what `build -t`, `pull`, `tag` and `import` made).
     Images(local_images::ImagesArgs),
     /// Remove images from the local store by name.
@@ -202,6 +205,7 @@ fn main() -> ExitCode {
         Command::Tag(args) => images::tag(args),
         Command::Inspect(args) => images::inspect(args),
         Command::Ls(args) => images::ls(args),
+        Command::Catalog(args) => catalog::catalog(args),
         Command::Images(args) => local_images::images(args),
         Command::Rmi(args) => local_images::rmi(args),
         Command::Rm(args) => images::rm(args),

@@ -145,3 +145,30 @@ fn login_prompts_on_a_terminal() {
     let out = run_fail(cli.cmd(["login", &host]), T);
     assert!(out.stderr.contains("--password-stdin"), "{}", out.stderr);
 }
+
+#[test]
+fn catalog_follows_every_page() {
+    let server = Server::start();
+    let cli = BerthCli::new();
+    let host = server.host();
+    let rootfs = cli.path("rootfs.tar");
+    write_busybox_rootfs(&rootfs, false);
+    let names = ["alpha", "beta", "gamma/one", "gamma/two", "zeta"];
+    for name in names {
+        run_ok(
+            cli.cmd(["import", "-q"])
+                .arg(&rootfs)
+                .arg(format!("{host}/{name}:1")),
+            T,
+        );
+    }
+    // Two per page: three pages joined by `Link`.
+    let listed = parse_json(
+        &run_ok(cli.cmd(["catalog", &host, "--page-size", "2", "--json"]), T),
+        "catalog --json",
+    );
+    assert_eq!(listed, serde_json::json!(names));
+    // `berth ls HOST`: the same, one per line.
+    let text = run_ok(cli.cmd(["ls", &host]), T);
+    assert_eq!(text.lines().collect::<Vec<_>>(), names);
+}
