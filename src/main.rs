@@ -22,6 +22,7 @@ mod inventory;
 mod local_images;
 mod login_prompt;
 mod progress;
+mod serve_banner;
 mod serve_loop;
 mod ship;
 mod tls;
@@ -130,7 +131,7 @@ pub struct GcArgs {
 
 #[derive(Parser, Debug, Default)]
 pub struct ServeArgs {
-    /// Address to listen on [default: 0.0.0.0:5000]
+    /// Address to listen on; `:PORT` means every address [default: 0.0.0.0:5000]
     #[arg(long, env = "BERTH_ADDR")]
     addr: Option<String>,
     /// Where to store images: a folder, or s3://BUCKET/PREFIX [default: ./berth-data]
@@ -281,17 +282,7 @@ fn serve(args: ServeArgs) -> Result<()> {
             ),
             Err(e) => bail!("cannot listen on {}: {e}", settings.addr),
         };
-        tracing::info!(
-            addr = %listener.local_addr()?,
-            storage = %settings.storage,
-            https = settings.tls.is_some(),
-            auth = settings.auth.enabled(),
-            "berth registry listening"
-        );
-        let loopback = listener.local_addr().map(|a| a.ip().is_loopback()).unwrap_or(false);
-        if settings.auth.enabled() && settings.tls.is_none() && !loopback {
-            tracing::warn!("logins are on but the server speaks plain HTTP on a non-loopback address: passwords and tokens cross the network in clear text; add --tls-cert/--tls-key or put a TLS proxy in front");
-        }
+        serve_banner::announce(&listener, &settings);
         let acceptor = settings.tls.as_ref().map(tls::acceptor).transpose()?;
         serve_loop::serve(listener, acceptor, app, limits, shutdown_signal()).await;
         tracing::info!("stopped: all in-flight requests finished");

@@ -172,3 +172,82 @@ fn catalog_follows_every_page() {
     let text = run_ok(cli.cmd(["ls", &host]), T);
     assert_eq!(text.lines().collect::<Vec<_>>(), names);
 }
+
+#[test]
+fn serve_logs_every_request_and_warns_when_open() {
+    let server = Server::start();
+    let cli = BerthCli::new();
+    let host = server.host();
+    let rootfs = cli.path("rootfs.tar");
+    write_busybox_rootfs(&rootfs, false);
+    run_ok(
+        cli.cmd(["import", "-q"])
+            .arg(&rootfs)
+            .arg(format!("{host}/logged/app:1")),
+        T,
+    );
+    run_ok(cli.cmd(["pull", &format!("{host}/logged/app:1"), "-q"]), T);
+    run_fail(
+        cli.cmd(["inspect", &format!("{host}/logged/app:missing")]),
+        T,
+    );
+    let log = server.log();
+    let request_lines: Vec<&str> = log.lines().filter(|l| l.contains(" request ")).collect();
+    // Reads and 404s are logged at the default level, with who and how much.
+    let blob_read = request_lines
+        .iter()
+        .find(|l| l.contains("method=GET") && l.contains("route=blob") && l.contains("status=200"))
+        .unwrap_or_else(|| panic!("no blob GET logged:\n{log}"));
+    assert!(blob_read.contains("repository=logged/app"), "{blob_read}");
+    assert!(blob_read.contains("client=127.0.0.1"), "{blob_read}");
+    assert!(!blob_read.contains("bytes=0 "), "{blob_read}");
+    assert!(
+        request_lines
+            .iter()
+            .any(|l| l.contains("route=manifest") && l.contains("status=404")),
+        "no 404 logged:\n{log}"
+    );
+    // The banner names the storage by its absolute path and the URL to push to.
+    let banner = log
+        .lines()
+        .find(|l| l.contains("berth registry listening"))
+        .unwrap_or_else(|| panic!("no banner:\n{log}"));
+    assert!(banner.contains("storage=/"), "{banner}");
+    assert!(banner.contains(&format!("http://{host}/v2/")), "{banner}");
+    assert!(banner.contains("auth=off"), "{banner}");
+
+    // `--addr :PORT` (docker's registry form) listens on every address, with a warning
+    // when nobody has to log in.
+    let storage = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["serve", "--addr", ":0", "--storage"])
+        .arg(storage.path())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start berth serve");
+    let mut stderr = child.stderr.take().expect("piped");
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if text.contains("no logins") {
+                break;
+            }
+        }
+        let _ = tx.send(text);
+    });
+    let text = rx.recv_timeout(T).unwrap_or_default();
+    let _ = child.kill(); // by its own handle, i.e. its PID
+    let _ = child.wait();
+    assert!(text.contains("addr=0.0.0.0:"), "{text}");
+    assert!(
+        text.contains("WARN") && text.contains("no logins") && text.contains("--htpasswd"),
+        "{text}"
+    );
+}
