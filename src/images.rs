@@ -80,6 +80,9 @@ pub struct PushArgs {
     src: String,
     /// Registry reference to push to [default: SRC's name]
     dst: Option<String>,
+    /// Push every tag the local store holds of SRC's repository (SRC without a tag)
+    #[arg(long, short = 'a', conflicts_with = "dst")]
+    all_tags: bool,
     #[command(flatten)]
     transfer: TransferArgs,
     #[command(flatten)]
@@ -93,6 +96,9 @@ pub struct PullArgs {
     /// Where to put it: oci:DIR[:TAG], docker-archive:FILE[:REF] or local:REF
     /// [default: the local store, under REFERENCE]
     dest: Option<String>,
+    /// Pull every tag of the repository into the local store (REFERENCE without a tag)
+    #[arg(long, short = 'a', conflicts_with = "dest")]
+    all_tags: bool,
     #[command(flatten)]
     transfer: TransferArgs,
     #[command(flatten)]
@@ -105,6 +111,12 @@ pub struct CopyArgs {
     src: String,
     /// Destination, in the same forms
     dst: String,
+    /// USER:PASSWORD for the source registry (as skopeo's --src-creds)
+    #[arg(long, value_name = "USER:PASSWORD")]
+    src_creds: Option<String>,
+    /// USER:PASSWORD for the destination registry (as skopeo's --dest-creds)
+    #[arg(long, value_name = "USER:PASSWORD")]
+    dest_creds: Option<String>,
     #[command(flatten)]
     transfer: TransferArgs,
     #[command(flatten)]
@@ -274,13 +286,28 @@ impl Session {
         dst: &Location,
         transfer: &TransferArgs,
     ) -> Result<CopyReport> {
+        self.copy_between(&self.client, &self.client, src, dst, transfer)
+    }
+
+    /// [`Session::copy`] with a client (its credentials) per side.
+    pub(crate) fn copy_between(
+        &self,
+        src_client: &Client,
+        dst_client: &Client,
+        src: &Location,
+        dst: &Location,
+        transfer: &TransferArgs,
+    ) -> Result<CopyReport> {
         let mut options = copy_options(transfer)?;
         options.oci_media_types = matches!(dst, Location::Oci { .. }) && !transfer.preserve_digests;
-        self.runtime
-            .block_on(async {
-                let source = open_source(&self.client, src, &self.store).await?;
+        self.runtime.block_on(async {
+            let copied = async {
+                let source = open_source(src_client, src, &self.store).await?;
+                if let (Some(wanted), false) = (&transfer.platform, transfer.all) {
+                    crate::hints::require_platform(source.as_ref(), wanted).await?;
+                }
                 let Opened { dest, tag } =
-                    open_dest(&self.client, dst, &self.store, options.jobs).await?;
+                    open_dest(dst_client, dst, &self.store, options.jobs).await?;
                 let report = copy_image(
                     source.as_ref(),
                     dest.as_ref(),
@@ -289,9 +316,14 @@ impl Session {
                     &self.progress,
                 )
                 .await?;
-                Ok::<_, berth_client::Error>(report)
-            })
-            .map_err(anyhow::Error::from)
+                Ok::<_, anyhow::Error>(report)
+            }
+            .await;
+            match copied {
+                Ok(report) => Ok(report),
+                Err(e) => Err(crate::hints::explain_missing(src_client, src, e).await),
+            }
+        })
     }
 
     pub(crate) fn report(&self, dst: &Location, report: &CopyReport) {
@@ -337,8 +369,12 @@ fn copy_options(transfer: &TransferArgs) -> Result<CopyOptions> {
 }
 
 pub fn push(args: PushArgs) -> Result<()> {
+    crate::hints::reject_path(&args.src)?;
     let session = Session::new(&args.client)?;
     let src = Location::parse_with_default(&args.src, true)?;
+    if args.all_tags {
+        return crate::all_tags::push_all(&session, &src, &args.transfer);
+    }
     let dst = match (&args.dst, &src) {
         (Some(d), _) => Location::parse(d)?,
         (None, Location::Local(r)) => Location::Registry(r.clone()),
@@ -357,11 +393,15 @@ pub fn push(args: PushArgs) -> Result<()> {
 }
 
 pub fn pull(args: PullArgs) -> Result<()> {
+    crate::hints::reject_path(&args.reference)?;
     let session = Session::new(&args.client)?;
     let src = Location::parse(&args.reference)?;
     let Location::Registry(reference) = &src else {
         bail!("pull takes a registry reference; to read {src} use `berth copy`");
     };
+    if args.all_tags {
+        return crate::all_tags::pull_all(&session, reference, &args.transfer);
+    }
     let dst = match &args.dest {
         Some(d) => Location::parse_with_default(d, true)?,
         None => Location::Local(reference.clone()),
@@ -372,10 +412,28 @@ pub fn pull(args: PullArgs) -> Result<()> {
 }
 
 pub fn copy(args: CopyArgs) -> Result<()> {
+    crate::hints::reject_path(&args.src)?;
     let session = Session::new(&args.client)?;
     let src = Location::parse(&args.src)?;
     let dst = Location::parse(&args.dst)?;
-    let report = session.copy(&src, &dst, &args.transfer)?;
+    // Per-side credentials (skopeo's flags) over --creds and the stored logins.
+    let side = |creds: &Option<String>| -> Result<Option<Client>> {
+        let Some(creds) = creds else { return Ok(None) };
+        let c = &args.client;
+        Ok(Some(Client::new(client_config(
+            &c.insecure,
+            c.ca_file.as_ref(),
+            Some(creds),
+        )?)))
+    };
+    let (src_client, dst_client) = (side(&args.src_creds)?, side(&args.dest_creds)?);
+    let report = session.copy_between(
+        src_client.as_ref().unwrap_or(&session.client),
+        dst_client.as_ref().unwrap_or(&session.client),
+        &src,
+        &dst,
+        &args.transfer,
+    )?;
     session.report(&dst, &report);
     Ok(())
 }
@@ -466,11 +524,12 @@ pub fn import(args: ImportArgs) -> Result<()> {
 }
 
 pub fn inspect(args: InspectArgs) -> Result<()> {
+    crate::hints::reject_path(&args.reference)?;
     let session = Session::new(&args.client)?;
     let loc = session
         .runtime
         .block_on(parse_preferring_local(&args.reference, &session.store))?;
-    session.runtime.block_on(async {
+    let inspected = session.runtime.block_on(async {
         let source = open_source(&session.client, &loc, &session.store).await?;
         let top = source.manifest().await?;
         if args.raw {
@@ -547,7 +606,15 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
             println!("  {}  {:>10}  {}", l.digest, human_bytes(l.size), l.media_type);
         }
         Ok(())
-    })
+    });
+    match inspected {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            Err(session
+                .runtime
+                .block_on(crate::hints::explain_missing(&session.client, &loc, e)))
+        }
+    }
 }
 
 fn print_index(
@@ -575,7 +642,7 @@ fn print_index(
 }
 
 /// Read a config blob, capped (configs are small; a huge one is an attack or a mistake).
-async fn read_small_blob(
+pub(crate) async fn read_small_blob(
     source: &dyn ImageSource,
     blob: &berth_client::BlobInfo,
 ) -> Result<Vec<u8>> {

@@ -11,12 +11,14 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
 mod access;
+mod all_tags;
 mod build;
 mod build_output;
 mod build_progress;
 mod catalog;
 mod config;
 mod deploy;
+mod hints;
 mod images;
 mod inventory;
 mod local_images;
@@ -312,8 +314,9 @@ fn open_storage(settings: &config::Settings) -> Result<OpenedStorage> {
     if settings.storage.starts_with("s3://") {
         let options = settings.s3.options(&settings.storage)?;
         let s3 = Arc::new(
+            // Display only: the error's source repeats its own message.
             berth_storage::S3Storage::new(&options)
-                .with_context(|| format!("cannot use {}", settings.storage))?,
+                .map_err(|e| anyhow::anyhow!("cannot use {}: {e}", settings.storage))?,
         );
         return Ok(OpenedStorage {
             storage: s3.clone(),

@@ -251,3 +251,176 @@ fn serve_logs_every_request_and_warns_when_open() {
         "{text}"
     );
 }
+
+/// Runs a command that must fail and checks its error names each of `hints`.
+fn fails_saying(c: Command, hints: &[&str]) -> String {
+    let out = run_fail(c, T);
+    for hint in hints {
+        assert!(
+            out.stderr.contains(hint),
+            "the error lacks {hint:?}:\n{}",
+            out.describe()
+        );
+    }
+    assert!(!out.stderr.contains("panicked"), "{}", out.describe());
+    out.stderr
+}
+
+#[test]
+fn mistakes_say_what_to_do() {
+    let server = Server::start();
+    let cli = BerthCli::new();
+    let host = server.host();
+    let rootfs = cli.path("rootfs.tar");
+    write_busybox_rootfs(&rootfs, false);
+    for tag in ["1", "2"] {
+        run_ok(
+            cli.cmd(["import", "-q", "--platform", "linux/amd64"])
+                .arg(&rootfs)
+                .arg(format!("{host}/app:{tag}")),
+            T,
+        );
+    }
+
+    // A missing tag: the tags the repository has.
+    fails_saying(
+        cli.cmd(["pull", &format!("{host}/app:3")]),
+        &["has no tag \"3\"", "its tags: 1, 2"],
+    );
+    fails_saying(
+        cli.cmd(["inspect", &format!("{host}/app:3")]),
+        &["its tags: 1, 2"],
+    );
+
+    // `--platform` that a single-platform image was not made for: the one it has.
+    fails_saying(
+        cli.cmd([
+            "pull",
+            &format!("{host}/app:1"),
+            "--platform",
+            "linux/arm64",
+        ]),
+        &["not linux/arm64", "platforms available: linux/amd64"],
+    );
+
+    // A file or folder where an image is expected: the transport to write.
+    let archive = rootfs.display().to_string();
+    fails_saying(
+        cli.cmd(["push", &archive, &format!("{host}/app:4")]),
+        &[&format!("did you mean docker-archive:{archive}")],
+    );
+    let folder = cli.path("").display().to_string();
+    let folder = folder.trim_end_matches('/').to_string();
+    fails_saying(
+        cli.cmd(["inspect", &folder]),
+        &[&format!("did you mean oci:{folder}")],
+    );
+
+    // A local name nobody made: `berth images` is named.
+    fails_saying(cli.cmd(["rmi", "never-built:1"]), &["berth images"]);
+
+    // S3 with an explicit endpoint and no credentials: said at once, no metadata service.
+    let mut serve = cli.cmd([
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--storage",
+        "s3://bucket/prefix",
+        "--s3-endpoint",
+        "http://127.0.0.1:9",
+        "--s3-allow-http",
+    ]);
+    for var in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_SKIP_SIGNATURE",
+    ] {
+        serve.env_remove(var);
+    }
+    let stderr = fails_saying(serve, &["no AWS credentials found", "AWS_ACCESS_KEY_ID"]);
+    assert!(!stderr.contains("169.254.169.254"), "{stderr}");
+    assert_eq!(
+        stderr.matches("no AWS credentials found").count(),
+        1,
+        "{stderr}"
+    );
+
+    // `login` from a script without --password-stdin, `--password-stdin` without a user.
+    fails_saying(cli.cmd(["login", &host]), &["--password-stdin"]);
+    fails_saying(
+        cli.cmd(["login", &host, "--password-stdin"]),
+        &["--username"],
+    );
+}
+
+#[test]
+fn docker_and_skopeo_flags_work() {
+    let server = Server::start();
+    let cli = BerthCli::new();
+    let host = server.host();
+    let rootfs = cli.path("rootfs.tar");
+    write_busybox_rootfs(&rootfs, false);
+    for tag in ["1", "2"] {
+        run_ok(
+            cli.cmd(["import", "-q"])
+                .arg(&rootfs)
+                .arg(format!("{host}/app:{tag}")),
+            T,
+        );
+    }
+    // `pull -a`: every tag into the local store.
+    run_ok(cli.cmd(["pull", "-a", &format!("{host}/app"), "-q"]), T);
+    let listed = parse_json(&run_ok(cli.cmd(["images", "--json"]), T), "images");
+    let names: Vec<&str> = listed
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| r["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        names.contains(&format!("{host}/app:1").as_str()),
+        "{listed}"
+    );
+    assert!(
+        names.contains(&format!("{host}/app:2").as_str()),
+        "{listed}"
+    );
+
+    // `push --all-tags`: every local tag of a repository (retagged locally first).
+    for tag in ["1", "2"] {
+        run_ok(
+            cli.cmd([
+                "tag",
+                &format!("local:{host}/app:{tag}"),
+                &format!("{host}/copy:{tag}"),
+                "-q",
+            ]),
+            T,
+        );
+    }
+    run_ok(
+        cli.cmd(["push", "--all-tags", &format!("{host}/copy"), "-q"]),
+        T,
+    );
+    let tags = parse_json(
+        &run_ok(cli.cmd(["ls", &format!("{host}/copy"), "--json"]), T),
+        "ls",
+    );
+    assert_eq!(tags, serde_json::json!(["1", "2"]));
+
+    // skopeo's per-side credentials are accepted (the registry has no logins: ignored).
+    run_ok(
+        cli.cmd([
+            "copy",
+            &format!("{host}/app:1"),
+            &format!("{host}/creds:1"),
+            "--src-creds",
+            "a:b",
+            "--dest-creds",
+            "c:d",
+            "-q",
+        ]),
+        T,
+    );
+}
