@@ -16,8 +16,11 @@ mod build;
 mod build_output;
 mod build_progress;
 mod catalog;
+mod completion;
 mod config;
 mod deploy;
+mod durations;
+mod examples;
 mod hints;
 mod images;
 mod inventory;
@@ -62,6 +65,8 @@ enum Command {
     Ls(images::LsArgs),
     /// List the repositories of a registry.
     Catalog(catalog::CatalogArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completion(completion::CompletionArgs),
     /// List the images in the local store (what `build -t`, `pull`, `tag` and `import` made).
     Images(local_images::ImagesArgs),
     /// Remove images from the local store by name.
@@ -197,7 +202,7 @@ pub enum LogFormat {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = examples::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Gc(args) => gc(args),
@@ -209,6 +214,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => images::inspect(args),
         Command::Ls(args) => images::ls(args),
         Command::Catalog(args) => catalog::catalog(args),
+        Command::Completion(args) => completion::completion::<Cli>(args),
         Command::Images(args) => local_images::images(args),
         Command::Rmi(args) => local_images::rmi(args),
         Command::Rm(args) => images::rm(args),
