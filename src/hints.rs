@@ -99,6 +99,14 @@ pub fn path_hint(input: &str) -> Option<String> {
     }
 }
 
+/// Refuse a path on disk given as an image reference, naming the transport to write.
+pub fn reject_path(input: &str) -> Result<()> {
+    match path_hint(input) {
+        Some(hint) => bail!("{hint}"),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,13 +125,5 @@ mod tests {
         assert_eq!(path_hint("app:1"), None);
         assert_eq!(path_hint(&format!("docker-archive:{file}")), None);
         assert_eq!(path_hint("/no/such/file.tar"), None);
-    }
-}
-
-/// Refuse a path on disk given as an image reference, naming the transport to write.
-pub fn reject_path(input: &str) -> Result<()> {
-    match path_hint(input) {
-        Some(hint) => bail!("{hint}"),
-        None => Ok(()),
     }
 }
