@@ -24,10 +24,11 @@ pub fn ask(question: &str) -> Result<String> {
 
 /// Ask on stderr, read one line from stdin with the terminal's echo off.
 pub fn ask_hidden(question: &str) -> Result<String> {
-    eprint!("{question}");
-    std::io::stderr().flush().ok();
     let answer = {
+        // Echo off before the question shows, so nothing typed after it is echoed.
         let _echo_off = EchoOff::new()?;
+        eprint!("{question}");
+        std::io::stderr().flush().ok();
         read_line()
     };
     // The Enter the user typed was not echoed either.
