@@ -63,7 +63,7 @@ pub async fn explain_missing(
                 String::new()
             };
             anyhow::anyhow!(
-                "{error:#}\n{} has no tag {tag:?}; its tags: {}{more}",
+                "{error:#}; {} has no tag {tag:?}; its tags: {}{more}",
                 r.name(),
                 tags[..shown].join(", ")
             )
