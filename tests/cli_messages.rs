@@ -424,3 +424,51 @@ fn docker_and_skopeo_flags_work() {
         T,
     );
 }
+
+#[test]
+fn help_and_flags_say_what_they_do() {
+    let cli = BerthCli::new();
+    // login's help: only the flags login uses, -u described, an example.
+    let help = run_ok(cli.cmd(["login", "--help"]), T);
+    for dead in ["--creds", "--store", "--json", "--quiet"] {
+        assert!(!help.contains(dead), "login --help lists {dead}:\n{help}");
+    }
+    assert!(
+        help.contains("-u, --username <USERNAME>  User name"),
+        "{help}"
+    );
+    assert!(help.contains("Examples:"), "{help}");
+    // Every image subcommand shows examples.
+    for sub in ["push", "pull", "tag", "images", "catalog", "build", "serve"] {
+        let help = run_ok(cli.cmd([sub, "--help"]), T);
+        assert!(
+            help.contains("Examples:\n  berth "),
+            "{sub} --help:\n{help}"
+        );
+    }
+    // docker's flag names exist (clap used to suggest --all, which means all platforms).
+    assert!(run_ok(cli.cmd(["pull", "--help"]), T).contains("-a, --all-tags"));
+    assert!(run_ok(cli.cmd(["push", "--help"]), T).contains("--all-tags"));
+    // `--connect-timeout 5` is seconds, as its help says: parsing passes, the missing
+    // inventory is what fails.
+    let out = run_fail(
+        cli.cmd([
+            "deploy",
+            "-i",
+            "/nonexistent/inventory.ini",
+            "/nonexistent/app.yml",
+            "--connect-timeout",
+            "5",
+        ]),
+        T,
+    );
+    assert!(!out.stderr.contains("invalid value"), "{}", out.describe());
+    // Completions for the three shells name the subcommands.
+    for shell in ["bash", "zsh", "fish"] {
+        let script = run_ok(cli.cmd(["completion", shell]), T);
+        assert!(
+            script.contains("images") && script.contains("catalog"),
+            "{shell}"
+        );
+    }
+}
