@@ -53,6 +53,10 @@ pub struct BuildArgs {
     /// Push the image to the registry each -t names
     #[arg(long)]
     push: bool,
+    /// Take every FROM image from its registry, even a bare name the local
+    /// store holds (by default `FROM app:1` uses the local app:1, as docker does)
+    #[arg(long)]
+    pull: bool,
     /// Also write the result: oci:DIR[:TAG], docker-archive:FILE[:REF], or
     /// as buildx: type=local,dest=DIR (the final filesystem; also a bare
     /// DIR), type=tar,dest=FILE, type=oci,dest=FILE[,tar=false],
@@ -407,6 +411,8 @@ pub(crate) fn build_and_push(build: &ServiceBuild, client: ClientArgs) -> Result
         dry_run: false,
         tags: vec![build.reference.clone()],
         push: true,
+        // As `docker compose build`: a bare FROM the local store holds is used.
+        pull: false,
         output: Vec::new(),
         compression: None,
         force_compression: false,
@@ -534,6 +540,7 @@ fn execute(
         force_compression: layer_attrs.force_compression,
         labels,
         annotations,
+        local_store: (!args.pull).then(|| session.store.clone()),
     };
     let view = crate::build_progress::BuildProgress::new(
         args.progress.resolve(args.client.quiet || args.client.json),

@@ -237,10 +237,12 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
         .transpose()
         .context("invalid gc_grace in the config file (use e.g. \"1h\")")?;
     Ok(Settings {
-        addr: args
-            .addr
-            .or(file.addr)
-            .unwrap_or_else(|| DEFAULT_ADDR.to_string()),
+        addr: crate::serve_banner::normalise_addr(
+            &args
+                .addr
+                .or(file.addr)
+                .unwrap_or_else(|| DEFAULT_ADDR.to_string()),
+        ),
         storage: args
             .storage
             .or(file.storage)

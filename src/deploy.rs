@@ -85,7 +85,7 @@ pub(crate) struct CommonArgs {
     #[arg(long, default_value_t = 8)]
     parallel: usize,
     /// Seconds a host may take to answer before it counts as unreachable
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::durations::seconds_or_duration)]
     connect_timeout: Duration,
 }
 

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use berth_client::copy::{copy_image, CopyOptions, CopyReport, Platforms};
 use berth_client::credentials::{Credentials, DockerConfig};
 use berth_client::image::{ImageSource, ManifestKind, Platform};
-use berth_client::location::{default_store_dir, Location};
+use berth_client::location::{default_store_dir, is_bare_name, parse_preferring_local, Location};
 use berth_client::open::{open_dest, open_source, Opened};
 use berth_client::reference::DOCKER_HUB;
 use berth_client::registry::{Client, ClientConfig};
@@ -80,6 +80,9 @@ pub struct PushArgs {
     src: String,
     /// Registry reference to push to [default: SRC's name]
     dst: Option<String>,
+    /// Push every tag the local store holds of SRC's repository (SRC without a tag)
+    #[arg(long, short = 'a', conflicts_with = "dst")]
+    all_tags: bool,
     #[command(flatten)]
     transfer: TransferArgs,
     #[command(flatten)]
@@ -93,6 +96,9 @@ pub struct PullArgs {
     /// Where to put it: oci:DIR[:TAG], docker-archive:FILE[:REF] or local:REF
     /// [default: the local store, under REFERENCE]
     dest: Option<String>,
+    /// Pull every tag of the repository into the local store (REFERENCE without a tag)
+    #[arg(long, short = 'a', conflicts_with = "dest")]
+    all_tags: bool,
     #[command(flatten)]
     transfer: TransferArgs,
     #[command(flatten)]
@@ -105,6 +111,12 @@ pub struct CopyArgs {
     src: String,
     /// Destination, in the same forms
     dst: String,
+    /// USER:PASSWORD for the source registry (as skopeo's --src-creds)
+    #[arg(long, value_name = "USER:PASSWORD")]
+    src_creds: Option<String>,
+    /// USER:PASSWORD for the destination registry (as skopeo's --dest-creds)
+    #[arg(long, value_name = "USER:PASSWORD")]
+    dest_creds: Option<String>,
     #[command(flatten)]
     transfer: TransferArgs,
     #[command(flatten)]
@@ -128,16 +140,22 @@ pub struct ImportArgs {
     /// Platform the image is for [default: this machine's]
     #[arg(long, value_name = "OS/ARCH")]
     platform: Option<String>,
+    /// Push a bare name (no registry host) to its registry (Docker Hub)
+    /// instead of keeping it in the local store
+    #[arg(long)]
+    push: bool,
     #[command(flatten)]
     client: ClientArgs,
 }
 
 #[derive(Parser, Debug)]
 pub struct TagArgs {
-    /// Existing image on a registry
+    /// Existing image: a bare name the local store holds (as `berth images`
+    /// shows it) or local:REF tags in the local store; REGISTRY/NAME:TAG on a registry
     src: String,
-    /// New name on the same registry (another tag or repository); only
-    /// manifests move, blobs are mounted
+    /// New name: in the local store for a local image (push it after with
+    /// `berth push`); on the same registry otherwise, where only manifests
+    /// move and blobs are mounted
     dst: String,
     #[command(flatten)]
     client: ClientArgs,
@@ -145,7 +163,8 @@ pub struct TagArgs {
 
 #[derive(Parser, Debug)]
 pub struct InspectArgs {
-    /// Image: registry reference, oci:DIR[:TAG], docker-archive:FILE[:REF] or local:REF
+    /// Image: registry reference, oci:DIR[:TAG], docker-archive:FILE[:REF] or
+    /// local:REF; a bare name (`app:1`) the local store holds is read from there
     reference: String,
     /// Print the manifest exactly as stored
     #[arg(long, conflicts_with = "config")]
@@ -162,7 +181,8 @@ pub struct InspectArgs {
 
 #[derive(Parser, Debug)]
 pub struct LsArgs {
-    /// Repository on a registry (REGISTRY/NAME), oci:DIR, or `local:` for the local store
+    /// Repository on a registry (REGISTRY/NAME), oci:DIR, or `local:` for the
+    /// local store; a registry alone (HOST:PORT) lists its repositories
     repository: String,
     #[command(flatten)]
     client: ClientArgs,
@@ -178,9 +198,13 @@ pub struct RmArgs {
 }
 
 #[derive(Parser, Debug)]
+#[command(
+    after_help = "Examples:\n  berth login 127.0.0.1:5000            (asks for user name and password)\n  echo \"$TOKEN\" | berth login -u ci --password-stdin registry.example.com"
+)]
 pub struct LoginArgs {
     /// Registry host[:port] [default: Docker Hub]
     registry: Option<String>,
+    /// User name [default: asked on the terminal]
     #[arg(long, short)]
     username: Option<String>,
     /// Password (prefer --password-stdin: arguments show in `ps`)
@@ -189,8 +213,18 @@ pub struct LoginArgs {
     /// Read the password from stdin
     #[arg(long)]
     password_stdin: bool,
-    #[command(flatten)]
-    client: ClientArgs,
+    /// Registry (HOST[:PORT]) to reach over plain HTTP or HTTPS without
+    /// certificate checks. Loopback registries need no flag.
+    #[arg(
+        long,
+        value_name = "REGISTRY",
+        env = "BERTH_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    insecure: Vec<String>,
+    /// Extra CA certificate(s) (PEM) to trust
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Parser, Debug)]
@@ -252,13 +286,28 @@ impl Session {
         dst: &Location,
         transfer: &TransferArgs,
     ) -> Result<CopyReport> {
+        self.copy_between(&self.client, &self.client, src, dst, transfer)
+    }
+
+    /// [`Session::copy`] with a client (its credentials) per side.
+    pub(crate) fn copy_between(
+        &self,
+        src_client: &Client,
+        dst_client: &Client,
+        src: &Location,
+        dst: &Location,
+        transfer: &TransferArgs,
+    ) -> Result<CopyReport> {
         let mut options = copy_options(transfer)?;
         options.oci_media_types = matches!(dst, Location::Oci { .. }) && !transfer.preserve_digests;
-        self.runtime
-            .block_on(async {
-                let source = open_source(&self.client, src, &self.store).await?;
+        self.runtime.block_on(async {
+            let copied = async {
+                let source = open_source(src_client, src, &self.store).await?;
+                if let (Some(wanted), false) = (&transfer.platform, transfer.all) {
+                    crate::hints::require_platform(source.as_ref(), wanted).await?;
+                }
                 let Opened { dest, tag } =
-                    open_dest(&self.client, dst, &self.store, options.jobs).await?;
+                    open_dest(dst_client, dst, &self.store, options.jobs).await?;
                 let report = copy_image(
                     source.as_ref(),
                     dest.as_ref(),
@@ -267,9 +316,14 @@ impl Session {
                     &self.progress,
                 )
                 .await?;
-                Ok::<_, berth_client::Error>(report)
-            })
-            .map_err(anyhow::Error::from)
+                Ok::<_, anyhow::Error>(report)
+            }
+            .await;
+            match copied {
+                Ok(report) => Ok(report),
+                Err(e) => Err(crate::hints::explain_missing(src_client, src, e).await),
+            }
+        })
     }
 
     pub(crate) fn report(&self, dst: &Location, report: &CopyReport) {
@@ -315,8 +369,12 @@ fn copy_options(transfer: &TransferArgs) -> Result<CopyOptions> {
 }
 
 pub fn push(args: PushArgs) -> Result<()> {
+    crate::hints::reject_path(&args.src)?;
     let session = Session::new(&args.client)?;
     let src = Location::parse_with_default(&args.src, true)?;
+    if args.all_tags {
+        return crate::all_tags::push_all(&session, &src, &args.transfer);
+    }
     let dst = match (&args.dst, &src) {
         (Some(d), _) => Location::parse(d)?,
         (None, Location::Local(r)) => Location::Registry(r.clone()),
@@ -335,11 +393,15 @@ pub fn push(args: PushArgs) -> Result<()> {
 }
 
 pub fn pull(args: PullArgs) -> Result<()> {
+    crate::hints::reject_path(&args.reference)?;
     let session = Session::new(&args.client)?;
     let src = Location::parse(&args.reference)?;
     let Location::Registry(reference) = &src else {
         bail!("pull takes a registry reference; to read {src} use `berth copy`");
     };
+    if args.all_tags {
+        return crate::all_tags::pull_all(&session, reference, &args.transfer);
+    }
     let dst = match &args.dest {
         Some(d) => Location::parse_with_default(d, true)?,
         None => Location::Local(reference.clone()),
@@ -350,40 +412,77 @@ pub fn pull(args: PullArgs) -> Result<()> {
 }
 
 pub fn copy(args: CopyArgs) -> Result<()> {
+    crate::hints::reject_path(&args.src)?;
     let session = Session::new(&args.client)?;
     let src = Location::parse(&args.src)?;
     let dst = Location::parse(&args.dst)?;
-    let report = session.copy(&src, &dst, &args.transfer)?;
+    // Per-side credentials (skopeo's flags) over --creds and the stored logins.
+    let side = |creds: &Option<String>| -> Result<Option<Client>> {
+        let Some(creds) = creds else { return Ok(None) };
+        let c = &args.client;
+        Ok(Some(Client::new(client_config(
+            &c.insecure,
+            c.ca_file.as_ref(),
+            Some(creds),
+        )?)))
+    };
+    let (src_client, dst_client) = (side(&args.src_creds)?, side(&args.dest_creds)?);
+    let report = session.copy_between(
+        src_client.as_ref().unwrap_or(&session.client),
+        dst_client.as_ref().unwrap_or(&session.client),
+        &src,
+        &dst,
+        &args.transfer,
+    )?;
     session.report(&dst, &report);
     Ok(())
 }
 
 pub fn tag(args: TagArgs) -> Result<()> {
     let session = Session::new(&args.client)?;
-    let (Location::Registry(src), Location::Registry(dst)) =
-        (Location::parse(&args.src)?, Location::parse(&args.dst)?)
+    let src = session
+        .runtime
+        .block_on(parse_preferring_local(&args.src, &session.store))?;
+    if let Location::Local(_) = &src {
+        // docker tag: another name for a local image, in the local store.
+        let dst_text = args.dst.strip_prefix("local:").unwrap_or(&args.dst);
+        let dst = Location::Local(berth_client::ImageRef::parse(dst_text)?);
+        let report = session.copy(&src, &dst, &every_platform())?;
+        session.report(&dst, &report);
+        return Ok(());
+    }
+    let (Location::Registry(src), Location::Registry(dst)) = (src, Location::parse(&args.dst)?)
     else {
         bail!("tag works on registry references; use `berth copy` for other locations");
     };
     if src.registry != dst.registry {
         bail!("tag stays on one registry ({} vs {}): use `berth copy` to move images between registries", src.registry, dst.registry);
     }
-    // Every platform and the index itself: a tag names the same manifest.
-    let transfer = TransferArgs {
-        platform: None,
-        all: true,
-        jobs: 4,
-        preserve_digests: true,
-    };
     let dst = Location::Registry(dst);
-    let report = session.copy(&Location::Registry(src), &dst, &transfer)?;
+    let report = session.copy(&Location::Registry(src), &dst, &every_platform())?;
     session.report(&dst, &report);
     Ok(())
 }
 
+/// Every platform and the index itself: a tag names the same manifest.
+fn every_platform() -> TransferArgs {
+    TransferArgs {
+        platform: None,
+        all: true,
+        jobs: 4,
+        preserve_digests: true,
+    }
+}
+
 pub fn import(args: ImportArgs) -> Result<()> {
     let session = Session::new(&args.client)?;
-    let dst = Location::parse(&args.reference)?;
+    // As `docker import`, a bare name makes a local image; a name with a
+    // registry host (or --push) goes to that registry.
+    let dst = if is_bare_name(&args.reference) && !args.push {
+        Location::Local(berth_client::ImageRef::parse(&args.reference)?)
+    } else {
+        Location::parse(&args.reference)?
+    };
     let platform = match &args.platform {
         Some(p) => p.parse::<Platform>()?,
         None => Platform::current(),
@@ -425,9 +524,12 @@ pub fn import(args: ImportArgs) -> Result<()> {
 }
 
 pub fn inspect(args: InspectArgs) -> Result<()> {
+    crate::hints::reject_path(&args.reference)?;
     let session = Session::new(&args.client)?;
-    let loc = Location::parse(&args.reference)?;
-    session.runtime.block_on(async {
+    let loc = session
+        .runtime
+        .block_on(parse_preferring_local(&args.reference, &session.store))?;
+    let inspected = session.runtime.block_on(async {
         let source = open_source(&session.client, &loc, &session.store).await?;
         let top = source.manifest().await?;
         if args.raw {
@@ -504,7 +606,15 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
             println!("  {}  {:>10}  {}", l.digest, human_bytes(l.size), l.media_type);
         }
         Ok(())
-    })
+    });
+    match inspected {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            Err(session
+                .runtime
+                .block_on(crate::hints::explain_missing(&session.client, &loc, e)))
+        }
+    }
 }
 
 fn print_index(
@@ -532,7 +642,7 @@ fn print_index(
 }
 
 /// Read a config blob, capped (configs are small; a huge one is an attack or a mistake).
-async fn read_small_blob(
+pub(crate) async fn read_small_blob(
     source: &dyn ImageSource,
     blob: &berth_client::BlobInfo,
 ) -> Result<Vec<u8>> {
@@ -559,6 +669,9 @@ async fn read_small_blob(
 }
 
 pub fn ls(args: LsArgs) -> Result<()> {
+    if crate::catalog::looks_like_registry(&args.repository) {
+        return crate::catalog::list(&args.repository, 1000, &args.client);
+    }
     let session = Session::new(&args.client)?;
     let tags = if args.repository == "local:" || args.repository == "local" {
         session
@@ -632,13 +745,21 @@ pub fn rm(args: RmArgs) -> Result<()> {
 }
 
 pub fn login(args: LoginArgs) -> Result<()> {
+    use crate::login_prompt::{ask, ask_hidden, can_prompt};
     let registry_name = normalise_registry(args.registry.as_deref());
     let username = match args.username {
         Some(u) => u,
-        None => {
-            bail!("give the user name with --username (and the password with --password-stdin)")
-        }
+        None if args.password_stdin => bail!(
+            "--password-stdin reads only the password: give the user name with --username (-u)"
+        ),
+        None if can_prompt() => ask("Username: ")?,
+        None => bail!(
+            "no terminal to ask for the user name: run `berth login -u USER --password-stdin {registry_name}` with the password on stdin"
+        ),
     };
+    if username.is_empty() {
+        bail!("the user name is empty");
+    }
     let password = if args.password_stdin {
         let mut p = String::new();
         std::io::stdin()
@@ -646,31 +767,53 @@ pub fn login(args: LoginArgs) -> Result<()> {
             .context("reading the password from stdin")?;
         p.trim_end_matches(['\n', '\r']).to_string()
     } else if let Some(p) = args.password {
-        eprintln!("warning: a password on the command line can be seen by other users; use --password-stdin");
+        eprintln!("WARNING! Using --password via the command line is insecure (other users see it in `ps`); use --password-stdin");
         p
+    } else if can_prompt() {
+        ask_hidden("Password: ")?
     } else {
-        bail!("give the password with --password-stdin (or --password)");
+        bail!("no terminal to ask for the password: pipe it with --password-stdin, e.g. `echo \"$TOKEN\" | berth login -u {username} --password-stdin {registry_name}`");
     };
     if password.is_empty() {
         bail!("the password is empty");
     }
-    let session = Session::new(&args.client)?;
-    session.runtime.block_on(async {
-        let registry = session.client.registry(&registry_name)?;
-        registry
-            .login(Credentials::Basic {
-                username: username.clone(),
-                password: password.clone(),
-            })
-            .await
+    // Only the connection settings: login's credentials are the ones asked for.
+    let session = Session::new(&ClientArgs {
+        insecure: args.insecure,
+        ca_file: args.ca_file,
+        creds: None,
+        store: None,
+        quiet: false,
+        json: false,
     })?;
+    session
+        .runtime
+        .block_on(async {
+            let registry = session.client.registry(&registry_name)?;
+            registry
+                .login(Credentials::Basic {
+                    username: username.clone(),
+                    password: password.clone(),
+                })
+                .await
+        })
+        .map_err(|e| match e {
+            berth_client::Error::Unauthorized { .. } => anyhow::anyhow!(
+                "{registry_name} refused the user name or password of {username:?}; nothing was saved. Check them and run `berth login {registry_name}` again"
+            ),
+            other => other.into(),
+        })?;
     let path = session.client.config().docker_config.clone();
     let mut config = DockerConfig::load(&path)?;
     config.store(&registry_name, &username, &password)?;
-    eprintln!(
-        "Login Succeeded ({registry_name}; credentials saved in {})",
-        path.display()
-    );
+    if config.credential_helper(&registry_name).is_none() {
+        // docker's warning: config.json holds the password, only base64-encoded.
+        eprintln!(
+            "WARNING! Your password is stored unencrypted (base64) in {}.\nConfigure a credential helper (credsStore or credHelpers in that file) to remove this warning.",
+            path.display()
+        );
+    }
+    eprintln!("Login Succeeded");
     Ok(())
 }
 

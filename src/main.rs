@@ -11,15 +11,24 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
 mod access;
+mod all_tags;
 mod build;
 mod build_output;
 mod build_progress;
+mod catalog;
+mod completion;
 mod config;
 mod deploy;
 mod down;
+mod durations;
+mod examples;
+mod hints;
 mod images;
 mod inventory;
+mod local_images;
+mod login_prompt;
 mod progress;
+mod serve_banner;
 mod serve_loop;
 mod ship;
 mod swarm_init;
@@ -56,6 +65,14 @@ enum Command {
     Inspect(images::InspectArgs),
     /// List the tags of a repository.
     Ls(images::LsArgs),
+    /// List the repositories of a registry.
+    Catalog(catalog::CatalogArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completion(completion::CompletionArgs),
+    /// List the images in the local store (what `build -t`, `pull`, `tag` and `import` made).
+    Images(local_images::ImagesArgs),
+    /// Remove images from the local store by name.
+    Rmi(local_images::RmiArgs),
     /// Remove a tag or manifest.
     Rm(images::RmArgs),
     /// Save credentials for a registry (shared with `docker login`).
@@ -129,7 +146,7 @@ pub struct GcArgs {
 
 #[derive(Parser, Debug, Default)]
 pub struct ServeArgs {
-    /// Address to listen on [default: 0.0.0.0:5000]
+    /// Address to listen on; `:PORT` means every address [default: 0.0.0.0:5000]
     #[arg(long, env = "BERTH_ADDR")]
     addr: Option<String>,
     /// Where to store images: a folder, or s3://BUCKET/PREFIX [default: ./berth-data]
@@ -193,7 +210,7 @@ pub enum LogFormat {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = examples::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Gc(args) => gc(args),
@@ -204,6 +221,10 @@ fn main() -> ExitCode {
         Command::Tag(args) => images::tag(args),
         Command::Inspect(args) => images::inspect(args),
         Command::Ls(args) => images::ls(args),
+        Command::Catalog(args) => catalog::catalog(args),
+        Command::Completion(args) => completion::completion::<Cli>(args),
+        Command::Images(args) => local_images::images(args),
+        Command::Rmi(args) => local_images::rmi(args),
         Command::Rm(args) => images::rm(args),
         Command::Login(args) => images::login(args),
         Command::Logout(args) => images::logout(args),
@@ -279,17 +300,7 @@ fn serve(args: ServeArgs) -> Result<()> {
             ),
             Err(e) => bail!("cannot listen on {}: {e}", settings.addr),
         };
-        tracing::info!(
-            addr = %listener.local_addr()?,
-            storage = %settings.storage,
-            https = settings.tls.is_some(),
-            auth = settings.auth.enabled(),
-            "berth registry listening"
-        );
-        let loopback = listener.local_addr().map(|a| a.ip().is_loopback()).unwrap_or(false);
-        if settings.auth.enabled() && settings.tls.is_none() && !loopback {
-            tracing::warn!("logins are on but the server speaks plain HTTP on a non-loopback address: passwords and tokens cross the network in clear text; add --tls-cert/--tls-key or put a TLS proxy in front");
-        }
+        serve_banner::announce(&listener, &settings);
         let acceptor = settings.tls.as_ref().map(tls::acceptor).transpose()?;
         serve_loop::serve(listener, acceptor, app, limits, shutdown_signal()).await;
         tracing::info!("stopped: all in-flight requests finished");
@@ -319,8 +330,9 @@ fn open_storage(settings: &config::Settings) -> Result<OpenedStorage> {
     if settings.storage.starts_with("s3://") {
         let options = settings.s3.options(&settings.storage)?;
         let s3 = Arc::new(
+            // Display only: the error's source repeats its own message.
             berth_storage::S3Storage::new(&options)
-                .with_context(|| format!("cannot use {}", settings.storage))?,
+                .map_err(|e| anyhow::anyhow!("cannot use {}: {e}", settings.storage))?,
         );
         return Ok(OpenedStorage {
             storage: s3.clone(),

@@ -178,6 +178,12 @@ impl DockerConfig {
         }
     }
 
+    /// The credential helper `registry`'s login goes through, if any
+    /// (`credHelpers`, else `credsStore`).
+    pub fn credential_helper(&self, registry: &str) -> Option<String> {
+        self.helper_for(registry)
+    }
+
     fn helper_for(&self, registry: &str) -> Option<String> {
         let wanted = normalise_key(registry);
         if let Some(helpers) = self.json.get("credHelpers").and_then(Value::as_object) {

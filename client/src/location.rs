@@ -88,6 +88,46 @@ impl Location {
     }
 }
 
+/// Whether `input` is a plain name with no registry host written (`app:1`,
+/// `team/app`): docker looks such names up in its local image store before
+/// Docker Hub, and so does Berth.
+pub fn is_bare_name(input: &str) -> bool {
+    if input.starts_with("docker://") || starts_with_transport(input) {
+        return false;
+    }
+    let name = input.split('@').next().unwrap_or(input);
+    match name.split_once('/') {
+        Some((first, _)) => !(first.contains('.') || first.contains(':') || first == "localhost"),
+        None => true,
+    }
+}
+
+/// Whether the local store at `store` holds `reference` under its full name.
+pub async fn local_store_has(store: &std::path::Path, reference: &ImageRef) -> bool {
+    let layout = crate::layout::OciLayout::new(store);
+    if !layout.exists().await {
+        return false;
+    }
+    let name = Location::store_name(reference);
+    layout
+        .tags()
+        .await
+        .map(|tags| tags.contains(&name))
+        .unwrap_or(false)
+}
+
+/// Parse a location as [`Location::parse`], except that a bare name the
+/// local store holds means that local image (docker's lookup order).
+pub async fn parse_preferring_local(input: &str, store: &std::path::Path) -> Result<Location> {
+    let location = Location::parse(input)?;
+    if let Location::Registry(r) = &location {
+        if is_bare_name(input) && local_store_has(store, r).await {
+            return Ok(Location::Local(r.clone()));
+        }
+    }
+    Ok(location)
+}
+
 /// skopeo's transports that we name in an error rather than take for a registry host.
 const UNSUPPORTED_TRANSPORTS: [&str; 6] = [
     "dir",
@@ -162,6 +202,28 @@ pub fn default_store_dir() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bare_names_have_no_registry_host() {
+        for bare in [
+            "app",
+            "app:1",
+            "team/app:1",
+            "app@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        ] {
+            assert!(is_bare_name(bare), "{bare}");
+        }
+        for hosted in [
+            "localhost/app",
+            "127.0.0.1:5000/app:1",
+            "ghcr.io/a/b",
+            "docker://app",
+            "local:app",
+            "oci:dir",
+        ] {
+            assert!(!is_bare_name(hosted), "{hosted}");
+        }
+    }
 
     #[test]
     fn parses_transports() {

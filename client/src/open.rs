@@ -35,7 +35,7 @@ pub async fn open_source(
             let name = Location::store_name(r);
             Box::new(OciLayoutSource::open(store, Some(&name)).await.map_err(|e| match e {
                 crate::Error::NotFound { .. } => crate::Error::not_found(format!(
-                    "{name} in the local store ({}); `berth pull {r}` fetches it, `berth ls local:` lists what is there",
+                    "{name} in the local store ({}); `berth pull {r}` fetches it, `berth images` lists what is there",
                     store.display()
                 )),
                 other => other,

@@ -386,7 +386,7 @@ impl Registry {
             return Err(Error::Unauthorized {
                 registry: self.name.clone(),
                 detail: if creds.is_some() {
-                    "the token service refused the stored credentials".into()
+                    "the token service refused the user name or password".into()
                 } else {
                     "the token service wants credentials".into()
                 },
@@ -761,6 +761,43 @@ impl Registry {
             tags.extend(list.tags.unwrap_or_default());
         }
         Ok(tags)
+    }
+
+    /// The registry's repositories (`GET /v2/_catalog`), `page_size` per
+    /// request, following `Link` to the next page.
+    pub async fn catalog(&self, page_size: usize) -> Result<Vec<String>> {
+        let mut repositories = Vec::new();
+        let mut next = Some(format!("/v2/_catalog?n={}", page_size.max(1)));
+        while let Some(path) = next.take() {
+            let resp = self
+                .send(
+                    Method::GET,
+                    &path,
+                    &["registry:catalog:*".to_string()],
+                    |r| r,
+                )
+                .await?;
+            let what = format!("the catalog of {}", self.name);
+            let resp = self.expect_ok(resp, &format!("GET {what}"), &what).await?;
+            next = header_str(resp.headers(), "link").and_then(parse_next_link);
+            #[derive(serde::Deserialize)]
+            struct Catalog {
+                repositories: Option<Vec<String>>,
+            }
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|e| self.transport_error("reading the catalog", e))?;
+            let page: Catalog =
+                serde_json::from_slice(&body).map_err(|e| Error::malformed("catalog", e))?;
+            let page = page.repositories.unwrap_or_default();
+            // A server that ignores `last` would send the same page forever.
+            if page.is_empty() || repositories.last() == page.last() {
+                break;
+            }
+            repositories.extend(page);
+        }
+        Ok(repositories)
     }
 
     // --- blobs -----------------------------------------------------------------------------

@@ -763,7 +763,12 @@ impl Access {
         let issued = issuer
             .issue(&identity, &self.service, &access, SystemTime::now())
             .map_err(|e| TokenEndpointError::Internal(e.to_string()))?;
-        tracing::info!(client = %client_ip(client), user = ?identity.subject(), scopes = %scope::to_scope_string(&access), "token issued");
+        // Anonymous probes (every `docker pull` starts with one) are noise at info.
+        if identity.subject().is_empty() {
+            tracing::debug!(client = %client_ip(client), user = "", scopes = %scope::to_scope_string(&access), "token issued");
+        } else {
+            tracing::info!(client = %client_ip(client), user = identity.subject(), scopes = %scope::to_scope_string(&access), "token issued");
+        }
         Ok(issued.response_json())
     }
 }

@@ -89,23 +89,73 @@ impl Registry {
 
 const API_VERSION: HeaderValue = HeaderValue::from_static("registry/2.0");
 
+/// What [`dispatch`] learnt about a request, left on its response for the log line.
+#[derive(Clone, Default)]
+struct RequestInfo {
+    route: &'static str,
+    repository: String,
+    user: String,
+}
+
 async fn common_headers_and_log(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    let client = client_addr(request.extensions())
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
+    let bytes_in = http::header_str(request.headers(), "content-length")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
     let mut response = next.run(request).await;
     response
         .headers_mut()
         .insert("Docker-Distribution-API-Version", API_VERSION);
     let status = response.status();
-    let micros = started.elapsed().as_micros() as u64;
-    // Writes and errors at info; reads (the hot path) at debug.
-    if status.is_server_error() {
-        tracing::warn!(%method, %path, status = status.as_u16(), micros, "request");
-    } else if method == Method::GET || method == Method::HEAD {
-        tracing::debug!(%method, %path, status = status.as_u16(), micros, "request");
+    let info = response
+        .extensions_mut()
+        .remove::<RequestInfo>()
+        .unwrap_or_else(|| RequestInfo {
+            route: if path == "/token" { "token" } else { "other" },
+            ..RequestInfo::default()
+        });
+    // The body's length when known (HEAD answers carry the would-be length).
+    let bytes = if method == Method::HEAD {
+        0
     } else {
-        tracing::info!(%method, %path, status = status.as_u16(), micros, "request");
+        axum::body::HttpBody::size_hint(response.body())
+            .exact()
+            .or_else(|| {
+                http::header_str(response.headers(), "content-length")?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let ms = format!("{ms:.1}");
+    // One line per request, reads and 404s included; BERTH_LOG=warn quiets it.
+    macro_rules! log_request {
+        ($level:ident) => {
+            tracing::$level!(
+                %method,
+                route = %info.route,
+                repository = %info.repository,
+                status = status.as_u16(),
+                bytes,
+                bytes_in,
+                ms = %ms,
+                %client,
+                user = %if info.user.is_empty() { "-" } else { &info.user },
+                %path,
+                "request"
+            )
+        };
+    }
+    if status.is_server_error() {
+        log_request!(warn);
+    } else {
+        log_request!(info);
     }
     response
 }
@@ -205,14 +255,27 @@ async fn dispatch(State(reg): State<Registry>, request: Request) -> Response {
         headers,
     };
     let mut body = Some(body);
+    let mut info = RequestInfo {
+        route: "other",
+        ..RequestInfo::default()
+    };
     let result = match route {
-        Ok(route) => match authorise(&reg, &route, &req, client).await {
-            Ok(caller) => handle(&reg, route, req, caller, &mut body).await,
-            Err(e) => Err(e),
-        },
+        Ok(route) => {
+            info.route = route.kind();
+            info.repository = route.repository().unwrap_or_default().to_string();
+            match authorise(&reg, &route, &req, client).await {
+                Ok(caller) => {
+                    if let Some(c) = &caller {
+                        info.user = c.identity.subject().to_string();
+                    }
+                    handle(&reg, route, req, caller, &mut body).await
+                }
+                Err(e) => Err(e),
+            }
+        }
         Err(e) => Err(e),
     };
-    match result {
+    let mut response = match result {
         Ok(response) => response,
         Err(e) => {
             if let Some(unread) = body.take() {
@@ -220,7 +283,9 @@ async fn dispatch(State(reg): State<Registry>, request: Request) -> Response {
             }
             e.into_response()
         }
-    }
+    };
+    response.extensions_mut().insert(info);
+    response
 }
 
 /// Rate limit, then access rules. `None` when access control is off.

@@ -16,6 +16,34 @@ pub enum Route<'a> {
     Referrers { name: &'a str, digest: &'a str },
 }
 
+impl Route<'_> {
+    /// A short name of the endpoint, for request logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Route::Base => "base",
+            Route::Catalog => "catalog",
+            Route::Tags { .. } => "tags",
+            Route::Manifest { .. } => "manifest",
+            Route::Blob { .. } => "blob",
+            Route::UploadStart { .. } | Route::Upload { .. } => "upload",
+            Route::Referrers { .. } => "referrers",
+        }
+    }
+
+    /// The repository the request is about, if any.
+    pub fn repository(&self) -> Option<&str> {
+        match self {
+            Route::Base | Route::Catalog => None,
+            Route::Tags { name }
+            | Route::Manifest { name, .. }
+            | Route::Blob { name, .. }
+            | Route::UploadStart { name }
+            | Route::Upload { name, .. }
+            | Route::Referrers { name, .. } => Some(name),
+        }
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum RouteError<'a> {
     /// The path names no API endpoint.

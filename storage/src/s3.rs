@@ -320,6 +320,25 @@ fn now_unix() -> u64 {
 }
 
 /// Map an object store failure. A server that cannot be reached or answers
+/// Without credentials the AWS client asks the cloud's instance metadata
+/// service (169.254.169.254) for some, which on a machine outside AWS ends
+/// in a confusing 403 or timeout. With an explicit endpoint (an
+/// S3-compatible server) that service is never the answer, so say so at once.
+const NO_CREDENTIALS: &str = "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or access_key_id and secret_access_key in the config file's [s3] table) for the server named by --s3-endpoint";
+
+/// Whether credentials come from the options or from the environment
+/// variables the AWS client reads (static keys, web identity, container
+/// credentials), so the metadata service would not be asked.
+fn credentials_configured(options: &S3Options) -> bool {
+    let env = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    (options.access_key_id.is_some() && options.secret_access_key.is_some())
+        || (env("AWS_ACCESS_KEY_ID") && env("AWS_SECRET_ACCESS_KEY"))
+        || env("AWS_WEB_IDENTITY_TOKEN_FILE")
+        || env("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        || env("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        || env("AWS_SKIP_SIGNATURE")
+}
+
 /// 5xx is `Unavailable` (the client may retry); refused credentials and the
 /// like are plain failures.
 fn s3_error(e: object_store::Error) -> StorageError {
@@ -457,6 +476,13 @@ impl S3Storage {
             for cert in certs {
                 client = client.with_root_certificate(cert);
             }
+        }
+        let endpoint_named = options.endpoint.is_some()
+            || ["AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
+                .iter()
+                .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
+        if endpoint_named && !credentials_configured(options) {
+            return Err(io::Error::other(NO_CREDENTIALS).into());
         }
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(&options.bucket)

@@ -121,6 +121,9 @@ pub struct BuildOptions {
     pub labels: BTreeMap<String, String>,
     /// `--annotation`: manifest, index and descriptor annotations.
     pub annotations: Vec<outputs::Annotation>,
+    /// Berth's local image store: a bare `FROM NAME` it holds is taken from
+    /// there before the registry (as docker does); None: registry only.
+    pub local_store: Option<PathBuf>,
 }
 
 /// The config media type of a cache pushed with `--cache-to`.
@@ -515,13 +518,34 @@ impl<'a> Executor<'a> {
         let wanted: berth_client::Platform = platform.parse()?;
         let registry = self.client.registry(&r.registry)?;
         let layout_dir = self.layout.dir().to_path_buf();
+        let local_store = match &self.options.local_store {
+            Some(store)
+                if berth_client::location::is_bare_name(reference)
+                    && self
+                        .runtime
+                        .block_on(berth_client::location::local_store_has(store, &r)) =>
+            {
+                self.say(&format!("using {reference} from the local store"));
+                Some(store.clone())
+            }
+            _ => None,
+        };
         let report = self
             .runtime
             .block_on(async {
-                let source = RegistrySource::new(registry, r.clone());
+                let source: Box<dyn berth_client::image::ImageSource> = match &local_store {
+                    Some(store) => Box::new(
+                        berth_client::layout::OciLayoutSource::open(
+                            store,
+                            Some(&Location::store_name(&r)),
+                        )
+                        .await?,
+                    ),
+                    None => Box::new(RegistrySource::new(registry, r.clone())),
+                };
                 let dest = OciLayoutDest::create(&layout_dir, Some(&tag)).await?;
                 copy_image(
-                    &source,
+                    source.as_ref(),
                     &dest,
                     Some(&tag),
                     &CopyOptions {
