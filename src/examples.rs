@@ -17,10 +17,12 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("rm", "berth rm 127.0.0.1:5000/app:1\n  berth rm 127.0.0.1:5000/app@sha256:...\n  berth rm local:app:1"),
     ("logout", "berth logout 127.0.0.1:5000"),
     ("build", "berth build -t app:1 .\n  berth build -t 127.0.0.1:5000/app:1 --push -f docker/Dockerfile .\n  berth build --dry-run --target test ."),
-    ("deploy", "berth deploy -i examples/origin/production examples/origin/app.yml --check\n  berth deploy -i inventory.ini app.yml -l web --connect-timeout 5"),
+    ("deploy", "berth deploy -i examples/origin/production examples/origin/app.yml --check\n  berth deploy -i inventory.ini app.yml -l web --connect-timeout 5\n  berth deploy -i testing/inventory compose.yaml -e image_tag=v2"),
     ("rollback", "berth rollback -i inventory.ini app.yml"),
     ("inventory", "berth inventory -i inventory.ini --list\n  berth inventory -i inventory.ini --graph web"),
-    ("ship", "berth ship -i inventory.ini app.yml --json"),
+    ("ship", "berth ship -i inventory.ini app.yml --json\n  berth ship -i inventory.ini compose.yaml"),
+    ("down", "berth down -i inventory.ini app.yml --check\n  berth down -i inventory.ini compose.yaml --volumes\n  berth down -i inventory.ini myapp            (by the app's name)"),
+    ("swarm", "berth swarm init -i inventory.ini          (group managers inits, the others join)"),
 ];
 
 /// `command` with the examples of each subcommand it has.
@@ -72,6 +74,8 @@ mod tests {
             "rollback",
             "inventory",
             "ship",
+            "down",
+            "swarm",
         ] {
             let sub = command
                 .find_subcommand(name)
