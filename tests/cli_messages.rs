@@ -354,6 +354,22 @@ fn mistakes_say_what_to_do() {
         cli.cmd(["login", &host, "--password-stdin"]),
         &["--username"],
     );
+
+    // An app file that is not there: the OS error once. A YAML error names the file, not
+    // the parser's `<input>`.
+    let inventory = cli.path("inventory.ini");
+    std::fs::write(&inventory, "web1 ansible_host=127.0.0.1\n").unwrap();
+    let missing = cli.path("missing.yml");
+    let mut deploy = cli.cmd(["deploy", "-i"]);
+    deploy.arg(&inventory).arg(&missing);
+    let stderr = fails_saying(deploy, &["missing.yml: No such file or directory"]);
+    assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
+    let bad = cli.path("bad.yml");
+    std::fs::write(&bad, "name: x\nservices:\n  web: [\n").unwrap();
+    let mut deploy = cli.cmd(["deploy", "-i"]);
+    deploy.arg(&inventory).arg(&bad);
+    let stderr = fails_saying(deploy, &["bad.yml:3:8", "line 3 column 8"]);
+    assert!(!stderr.contains("<input>"), "{stderr}");
 }
 
 #[test]

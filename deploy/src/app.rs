@@ -410,7 +410,7 @@ impl AppSource {
     pub fn load(path: &Path) -> Result<AppSource> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         })?;
         AppSource::parse(path, &text)
     }

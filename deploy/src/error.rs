@@ -36,10 +36,12 @@ fn bullet_list(problems: &[Problem]) -> String {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{}: {source}", path.display())]
+    // Not named `source`: thiserror would make it the error's source, and the
+    // chain printed with it would say the OS error twice.
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     /// YAML syntax or shape errors; `message` already carries line and column.

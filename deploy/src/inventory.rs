@@ -220,7 +220,7 @@ impl Inventory {
         for source in &sources {
             let text = std::fs::read_to_string(source).map_err(|source_error| Error::Io {
                 path: source.clone(),
-                source: source_error,
+                error: source_error,
             })?;
             builder.path = source.clone();
             let extension = source.extension().and_then(|e| e.to_str()).unwrap_or("");
@@ -944,7 +944,7 @@ fn collect_vars_files(dir: &Path) -> Result<Vec<PathBuf>> {
 fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
     let io_error = |source| Error::Io {
         path: dir.to_path_buf(),
-        source,
+        error: source,
     };
     let mut paths = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_error)? {

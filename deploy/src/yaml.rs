@@ -29,16 +29,25 @@ pub(crate) fn parse_str(path: &Path, text: &str) -> Result<Value> {
     // country code `NO` into `true`/`false`. Code that wants a flag accepts those words
     // itself, where a flag is expected.
     options.strict_booleans = true;
-    serde_saphyr::from_str_with_options::<Value>(text, options).map_err(|err| Error::Yaml {
-        path: path.to_path_buf(),
-        message: err.to_string(),
+    serde_saphyr::from_str_with_options::<Value>(text, options).map_err(|err| {
+        // The parser names the text `<input>` and starts with "error: ": say the file.
+        let message = err
+            .to_string()
+            .replace("<input>", &path.display().to_string());
+        Error::Yaml {
+            path: path.to_path_buf(),
+            message: message
+                .strip_prefix("error: ")
+                .unwrap_or(&message)
+                .to_string(),
+        }
     })
 }
 
 pub(crate) fn read_file(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
-        source,
+        error: source,
     })?;
     parse_str(path, &text)
 }

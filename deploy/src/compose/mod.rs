@@ -195,7 +195,7 @@ impl ComposeSource {
             Err(source) => {
                 return Err(Error::Io {
                     path: dotenv_path,
-                    source,
+                    error: source,
                 })
             }
         };
