@@ -182,6 +182,10 @@ pub struct ServeArgs {
     /// limits.min_upload_rate_window (30 s) [default: 1024]; 0 turns it off.
     #[arg(long, env = "BERTH_MIN_UPLOAD_RATE", value_name = "BYTES_PER_SECOND")]
     min_upload_rate: Option<u64>,
+    /// Maintenance mode: pulls work, every write gets 405 UNSUPPORTED, and the
+    /// server's own garbage collection and upload expiry do not run.
+    #[arg(long, env = "BERTH_READ_ONLY")]
+    read_only: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize, Default)]
@@ -238,7 +242,7 @@ fn init_logging(format: LogFormat) {
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
-    let settings = config::resolve(args)?;
+    let mut settings = config::resolve(args)?;
     init_logging(settings.log_format);
     // Raises the open-file limit before anything opens files.
     let limits = serve_loop::Limits::new(&settings.limits);
@@ -252,6 +256,8 @@ fn serve(args: ServeArgs) -> Result<()> {
     if let Some(limit) = access::rate_limit(&settings.limits)? {
         registry = registry.with_rate_limit(limit);
     }
+    registry = registry.with_immutable_tags(std::mem::take(&mut settings.immutable));
+    registry.read_only().set(settings.read_only);
     let app = registry.router();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
@@ -260,11 +266,16 @@ fn serve(args: ServeArgs) -> Result<()> {
                 format!("cannot reach the bucket of {}: check --s3-endpoint, the region and the AWS_* credentials", settings.storage)
             })?;
         }
-        tokio::spawn(purge_abandoned_uploads(
-            storage.clone(),
-            settings.limits.upload_expiry,
-        ));
-        if let Some(every) = settings.gc_interval {
+        // Read-only: the server's own deletions (expiry, GC) stay off too.
+        if settings.read_only {
+            tracing::warn!("read-only mode: pulls work, every write is refused with 405; upload expiry and GC are off");
+        } else {
+            tokio::spawn(purge_abandoned_uploads(
+                storage.clone(),
+                settings.limits.upload_expiry,
+            ));
+        }
+        if let Some(every) = settings.gc_interval.filter(|_| !settings.read_only) {
             tokio::spawn(collect_garbage_periodically(
                 storage,
                 every,

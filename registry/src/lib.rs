@@ -21,9 +21,11 @@ pub mod access;
 mod blobs;
 pub mod error;
 pub mod http;
+pub mod immutable;
 mod listing;
 pub mod manifest;
 mod manifests;
+pub mod ops;
 pub mod route;
 mod uploads;
 
@@ -37,6 +39,8 @@ pub struct Registry {
     storage: Arc<dyn Storage>,
     access: Option<Arc<access::Access>>,
     rate_limit: Option<Arc<access::ClientRateLimit>>,
+    read_only: ops::ReadOnly,
+    immutable: Arc<immutable::ImmutableTags>,
 }
 
 impl Registry {
@@ -45,7 +49,20 @@ impl Registry {
             storage,
             access: None,
             rate_limit: None,
+            read_only: ops::ReadOnly::default(),
+            immutable: Arc::default(),
         }
+    }
+
+    /// The read-only switch: on, every write is refused with 405.
+    pub fn read_only(&self) -> ops::ReadOnly {
+        self.read_only.clone()
+    }
+
+    /// Refuse moving or deleting tags the rules name.
+    pub fn with_immutable_tags(mut self, rules: immutable::ImmutableTags) -> Registry {
+        self.immutable = Arc::new(rules);
+        self
     }
 
     /// Turn on authentication and authorisation.
@@ -73,6 +90,8 @@ impl Registry {
             router
         };
         router
+            .route("/healthz", axum::routing::get(ops::healthz))
+            .route("/readyz", axum::routing::get(ops::readyz))
             .route("/v2", any(dispatch))
             .route("/v2/", any(dispatch))
             .route("/v2/{*rest}", any(dispatch))
@@ -261,6 +280,7 @@ async fn handle(
 ) -> ApiResult<Response> {
     let s = reg.storage.as_ref();
     let m = req.method.clone();
+    reg.read_only.check(&m)?;
     match route {
         Route::Base if m == Method::GET || m == Method::HEAD => Ok(json_response(
             StatusCode::OK,
@@ -299,8 +319,8 @@ async fn handle(
         },
         Route::Manifest { name, reference } => match m {
             Method::GET | Method::HEAD => manifests::get(s, name, reference, &req).await,
-            Method::PUT => manifests::put(s, name, reference, &req, body).await,
-            Method::DELETE => manifests::delete(s, name, reference).await,
+            Method::PUT => manifests::put(s, &reg.immutable, name, reference, &req, body).await,
+            Method::DELETE => manifests::delete(s, &reg.immutable, name, reference).await,
             _ => Err(method_not_allowed(&m)),
         },
         _ => Err(method_not_allowed(&m)),
