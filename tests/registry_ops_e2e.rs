@@ -245,3 +245,63 @@ fn bad_ops_config_fails_at_start_naming_the_key() {
     let e = serve_refuses("[[immutable]]\nrepositories = [\"prod/**\"]\ntag = [\"v*\"]\n");
     assert!(e.contains("tag"), "{e}");
 }
+
+/// Removes the test's local images, also when it panics.
+struct RemoveImages(Vec<String>);
+
+impl Drop for RemoveImages {
+    fn drop(&mut self) {
+        for image in &self.0 {
+            let _ = run(cmd("docker", ["rmi", "-f", image]), Duration::from_secs(60));
+        }
+    }
+}
+
+/// A one-layer image `name` made by `docker import` of a tar holding `content`.
+fn import_image(work: &std::path::Path, name: &str, content: &str) {
+    let root = work.join(format!("root-{}", unique("img")));
+    fs::create_dir_all(&root).expect("mkdir image root");
+    fs::write(root.join("release.txt"), content).expect("write release.txt");
+    let tar = root.with_extension("tar");
+    run_ok(
+        cmd("tar", ["-C"]).arg(&root).arg("-cf").arg(&tar).arg("."),
+        Duration::from_secs(60),
+    );
+    run_ok(
+        cmd("docker", ["import"]).arg(&tar).arg(name),
+        Duration::from_secs(120),
+    );
+}
+
+#[test]
+fn docker_push_to_an_immutable_tag_is_refused_naming_the_rule() {
+    if !require_tool("docker") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_berth_with_config(dir.path(), IMMUTABLE_RULES, false);
+    let image = format!("{}/prod/web:v1", server.host());
+    let rc = format!("{}/prod/web:v1-rc1", server.host());
+    let _cleanup = RemoveImages(vec![image.clone(), rc.clone()]);
+    let timeout = Duration::from_secs(300);
+
+    import_image(dir.path(), &image, &unique("first build"));
+    run_ok(cmd("docker", ["push", &image]), timeout);
+    // The same image again: CI re-running a release job succeeds.
+    run_ok(cmd("docker", ["push", &image]), timeout);
+
+    import_image(dir.path(), &image, &unique("second build"));
+    let refused = run_fail(cmd("docker", ["push", &image]), timeout);
+    let said = format!("{}{}", refused.stdout, refused.stderr);
+    eprintln!("docker push refused: {said}");
+    assert!(
+        said.contains("immutable") && said.contains("releases"),
+        "docker shows the rule's message: {}",
+        refused.describe()
+    );
+    // A release candidate tag may be pushed over.
+    run_ok(cmd("docker", ["tag", &image, &rc]), timeout);
+    run_ok(cmd("docker", ["push", &rc]), timeout);
+    import_image(dir.path(), &rc, &unique("third build"));
+    run_ok(cmd("docker", ["push", &rc]), timeout);
+}
