@@ -37,6 +37,35 @@ pub struct Settings {
     pub read_only: bool,
     /// `[[immutable]]` rules, compiled (bad patterns fail at start).
     pub immutable: berth_registry::immutable::ImmutableTags,
+    pub metrics: MetricsSettings,
+}
+
+/// The `[metrics]` table: Prometheus `/metrics`.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Default true.
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    /// Serve `/metrics` on a listener of its own (e.g. "127.0.0.1:9090")
+    /// instead of the main one.
+    pub addr: Option<String>,
+    /// A Bearer token that may read `/metrics` (besides a login, when logins are on).
+    pub token: Option<String>,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings {
+            enabled: true,
+            addr: None,
+            token: None,
+        }
+    }
 }
 
 /// The `[auth]` table (and `--htpasswd`, `--auth-scheme`).
@@ -218,6 +247,8 @@ struct FileConfig {
     limits: LimitsTable,
     #[serde(default)]
     immutable: Vec<berth_registry::immutable::ImmutableConfig>,
+    #[serde(default)]
+    metrics: MetricsSettings,
 }
 
 /// `storage = "LOCATION"`, or a `[storage]` table with `path` and
@@ -347,6 +378,7 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
         },
         read_only: args.read_only || file_read_only,
         immutable,
+        metrics: file.metrics,
     })
 }
 

@@ -257,6 +257,13 @@ fn serve(args: ServeArgs) -> Result<()> {
         registry = registry.with_rate_limit(limit);
     }
     registry = registry.with_immutable_tags(std::mem::take(&mut settings.immutable));
+    let metrics = settings
+        .metrics
+        .enabled
+        .then(|| berth_registry::metrics::Metrics::new(settings.metrics.token.clone()));
+    if let Some(m) = &metrics {
+        registry = registry.with_metrics(m.clone(), settings.metrics.addr.is_none());
+    }
     registry.read_only().set(settings.read_only);
     let app = registry.router();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -300,6 +307,9 @@ fn serve(args: ServeArgs) -> Result<()> {
         let loopback = listener.local_addr().map(|a| a.ip().is_loopback()).unwrap_or(false);
         if settings.auth.enabled() && settings.tls.is_none() && !loopback {
             tracing::warn!("logins are on but the server speaks plain HTTP on a non-loopback address: passwords and tokens cross the network in clear text; add --tls-cert/--tls-key or put a TLS proxy in front");
+        }
+        if let (Some(m), Some(addr)) = (metrics, &settings.metrics.addr) {
+            serve_metrics_apart(m, addr).await?;
         }
         let acceptor = settings.tls.as_ref().map(tls::acceptor).transpose()?;
         serve_loop::serve(listener, acceptor, app, limits, shutdown_signal()).await;
@@ -436,6 +446,21 @@ async fn purge_abandoned_uploads(storage: Arc<dyn berth_storage::Storage>, max_a
             Err(e) => tracing::warn!(error = %e, "could not purge abandoned uploads"),
         }
     }
+}
+
+/// `[metrics] addr`: `/metrics` on a plain-HTTP listener of its own.
+async fn serve_metrics_apart(metrics: berth_registry::metrics::Metrics, addr: &str) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for [metrics] addr"))?;
+    tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+    let app = berth_registry::metrics::standalone_router(metrics);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics listener failed");
+        }
+    });
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM; the server then stops accepting and lets

@@ -25,6 +25,7 @@ pub mod immutable;
 mod listing;
 pub mod manifest;
 mod manifests;
+pub mod metrics;
 pub mod ops;
 pub mod route;
 mod uploads;
@@ -41,6 +42,9 @@ pub struct Registry {
     rate_limit: Option<Arc<access::ClientRateLimit>>,
     read_only: ops::ReadOnly,
     immutable: Arc<immutable::ImmutableTags>,
+    metrics: Option<metrics::Metrics>,
+    /// `/metrics` on this router (not on a listener of its own).
+    metrics_route: bool,
 }
 
 impl Registry {
@@ -51,7 +55,16 @@ impl Registry {
             rate_limit: None,
             read_only: ops::ReadOnly::default(),
             immutable: Arc::default(),
+            metrics: None,
+            metrics_route: false,
         }
+    }
+
+    /// Record metrics; `route`: answer `/metrics` on this router too.
+    pub fn with_metrics(mut self, metrics: metrics::Metrics, route: bool) -> Registry {
+        self.metrics = Some(metrics);
+        self.metrics_route = route;
+        self
     }
 
     /// The read-only switch: on, every write is refused with 405.
@@ -89,7 +102,13 @@ impl Registry {
         } else {
             router
         };
-        router
+        let router = if self.metrics_route {
+            router.route("/metrics", axum::routing::get(metrics::endpoint))
+        } else {
+            router
+        };
+        let metrics = self.metrics.clone();
+        let router = router
             .route("/healthz", axum::routing::get(ops::healthz))
             .route("/readyz", axum::routing::get(ops::readyz))
             .route("/v2", any(dispatch))
@@ -101,8 +120,13 @@ impl Registry {
                     "not a registry API path: the API lives under /v2/",
                 )
             })
-            .layer(middleware::from_fn(common_headers_and_log))
-            .with_state(self)
+            .layer(middleware::from_fn(common_headers_and_log));
+        // Beside the request log, outside it: counts every answer.
+        let router = match metrics {
+            Some(m) => router.layer(middleware::from_fn_with_state(m, metrics::record)),
+            None => router,
+        };
+        router.with_state(self)
     }
 }
 
