@@ -302,7 +302,7 @@ async fn own_listener_counts_rate_limited_requests_and_can_be_off() {
         Duration::from_secs(30),
     );
     assert!(
-        e.stderr.contains("enable"),
+        e.stderr.contains("unknown field `enable`"),
         "names the unknown key: {}",
         e.stderr
     );

@@ -243,7 +243,7 @@ fn bad_ops_config_fails_at_start_naming_the_key() {
     let e = serve_refuses("[[immutable]]\nrepositories = [\"prod/**\"]\ntags = [\"v/*\"]\n");
     assert!(e.contains("immutable[0].tags"), "{e}");
     let e = serve_refuses("[[immutable]]\nrepositories = [\"prod/**\"]\ntag = [\"v*\"]\n");
-    assert!(e.contains("tag"), "{e}");
+    assert!(e.contains("unknown field `tag`"), "{e}");
 }
 
 /// Removes the test's local images, also when it panics.
