@@ -289,6 +289,9 @@ fn serve(args: ServeArgs) -> Result<()> {
                 settings.gc_grace,
             ));
         }
+        if let (Some(m), Some(addr)) = (metrics, &settings.metrics.addr) {
+            serve_metrics_apart(m, addr).await?;
+        }
         let listener = match tokio::net::TcpListener::bind(&settings.addr).await {
             Ok(listener) => listener,
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
@@ -307,9 +310,6 @@ fn serve(args: ServeArgs) -> Result<()> {
         let loopback = listener.local_addr().map(|a| a.ip().is_loopback()).unwrap_or(false);
         if settings.auth.enabled() && settings.tls.is_none() && !loopback {
             tracing::warn!("logins are on but the server speaks plain HTTP on a non-loopback address: passwords and tokens cross the network in clear text; add --tls-cert/--tls-key or put a TLS proxy in front");
-        }
-        if let (Some(m), Some(addr)) = (metrics, &settings.metrics.addr) {
-            serve_metrics_apart(m, addr).await?;
         }
         let acceptor = settings.tls.as_ref().map(tls::acceptor).transpose()?;
         serve_loop::serve(listener, acceptor, app, limits, shutdown_signal()).await;
