@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use clap::ValueEnum;
@@ -33,6 +33,39 @@ pub struct Settings {
     pub access: berth_auth::acl::AclConfig,
     pub tls: Option<crate::tls::TlsSettings>,
     pub limits: LimitSettings,
+    /// `--read-only` / `[storage] read_only`: pulls only, every write refused.
+    pub read_only: bool,
+    /// `[[immutable]]` rules, compiled (bad patterns fail at start).
+    pub immutable: berth_registry::immutable::ImmutableTags,
+    pub metrics: MetricsSettings,
+}
+
+/// The `[metrics]` table: Prometheus `/metrics`.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Default true.
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    /// Serve `/metrics` on a listener of its own (e.g. "127.0.0.1:9090")
+    /// instead of the main one.
+    pub addr: Option<String>,
+    /// A Bearer token that may read `/metrics` (besides a login, when logins are on).
+    pub token: Option<String>,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings {
+            enabled: true,
+            addr: None,
+            token: None,
+        }
+    }
 }
 
 /// The `[auth]` table (and `--htpasswd`, `--auth-scheme`).
@@ -195,7 +228,8 @@ impl S3Settings {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     addr: Option<String>,
-    storage: Option<String>,
+    /// A location string, or a `[storage]` table (see [`storage_entry`]).
+    storage: Option<toml::Value>,
     log_format: Option<LogFormat>,
     /// e.g. "24h"
     gc_interval: Option<String>,
@@ -211,6 +245,36 @@ struct FileConfig {
     tls: TlsTable,
     #[serde(default)]
     limits: LimitsTable,
+    #[serde(default)]
+    immutable: Vec<berth_registry::immutable::ImmutableConfig>,
+    #[serde(default)]
+    metrics: MetricsSettings,
+}
+
+/// `storage = "LOCATION"`, or a `[storage]` table with `path` and
+/// `read_only`: (location, read_only). Unknown keys are named.
+fn storage_entry(value: Option<toml::Value>) -> Result<(Option<String>, bool)> {
+    use toml::Value;
+    let table = match value {
+        None => return Ok((None, false)),
+        Some(Value::String(location)) => return Ok((Some(location), false)),
+        Some(Value::Table(table)) => table,
+        Some(other) => bail!(
+            "invalid storage in the config file: a location string or a [storage] table, not a {}",
+            other.type_str()
+        ),
+    };
+    let (mut location, mut read_only) = (None, false);
+    for (key, value) in table {
+        match (key.as_str(), value) {
+            ("path", Value::String(path)) => location = Some(path),
+            ("read_only", Value::Boolean(on)) => read_only = on,
+            ("path", _) => bail!("invalid storage.path in the config file: use a string (a folder or s3://BUCKET/PREFIX)"),
+            ("read_only", _) => bail!("invalid storage.read_only in the config file: use true or false"),
+            (other, _) => bail!("unknown key storage.{other} in the config file (known: path, read_only)"),
+        }
+    }
+    Ok((location, read_only))
 }
 
 fn load(path: &Path) -> Result<FileConfig> {
@@ -224,6 +288,9 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
         Some(path) => load(path)?,
         None => FileConfig::default(),
     };
+    let (file_storage, file_read_only) = storage_entry(file.storage)?;
+    let immutable = berth_registry::immutable::ImmutableTags::from_config(&file.immutable)
+        .map_err(|e| anyhow::anyhow!("invalid config file: {e}"))?;
     let file_gc = file
         .gc_interval
         .as_deref()
@@ -245,7 +312,7 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
         ),
         storage: args
             .storage
-            .or(file.storage)
+            .or(file_storage)
             .unwrap_or_else(|| DEFAULT_STORAGE.to_string()),
         log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         gc_interval: args.gc_interval.or(file_gc),
@@ -311,6 +378,9 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
                 None => DEFAULT_MIN_UPLOAD_RATE_WINDOW,
             },
         },
+        read_only: args.read_only || file_read_only,
+        immutable,
+        metrics: file.metrics,
     })
 }
 

@@ -199,6 +199,10 @@ pub struct ServeArgs {
     /// limits.min_upload_rate_window (30 s) [default: 1024]; 0 turns it off.
     #[arg(long, env = "BERTH_MIN_UPLOAD_RATE", value_name = "BYTES_PER_SECOND")]
     min_upload_rate: Option<u64>,
+    /// Maintenance mode: pulls work, every write gets 405 UNSUPPORTED, and the
+    /// server's own garbage collection and upload expiry do not run.
+    #[arg(long, env = "BERTH_READ_ONLY")]
+    read_only: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize, Default)]
@@ -259,7 +263,7 @@ fn init_logging(format: LogFormat) {
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
-    let settings = config::resolve(args)?;
+    let mut settings = config::resolve(args)?;
     init_logging(settings.log_format);
     // Raises the open-file limit before anything opens files.
     let limits = serve_loop::Limits::new(&settings.limits);
@@ -273,6 +277,15 @@ fn serve(args: ServeArgs) -> Result<()> {
     if let Some(limit) = access::rate_limit(&settings.limits)? {
         registry = registry.with_rate_limit(limit);
     }
+    registry = registry.with_immutable_tags(std::mem::take(&mut settings.immutable));
+    let metrics = settings
+        .metrics
+        .enabled
+        .then(|| berth_registry::metrics::Metrics::new(settings.metrics.token.clone()));
+    if let Some(m) = &metrics {
+        registry = registry.with_metrics(m.clone(), settings.metrics.addr.is_none());
+    }
+    registry.read_only().set(settings.read_only);
     let app = registry.router();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
@@ -281,16 +294,24 @@ fn serve(args: ServeArgs) -> Result<()> {
                 format!("cannot reach the bucket of {}: check --s3-endpoint, the region and the AWS_* credentials", settings.storage)
             })?;
         }
-        tokio::spawn(purge_abandoned_uploads(
-            storage.clone(),
-            settings.limits.upload_expiry,
-        ));
-        if let Some(every) = settings.gc_interval {
+        // Read-only: the server's own deletions (expiry, GC) stay off too.
+        if settings.read_only {
+            tracing::warn!("read-only mode: pulls work, every write is refused with 405; upload expiry and GC are off");
+        } else {
+            tokio::spawn(purge_abandoned_uploads(
+                storage.clone(),
+                settings.limits.upload_expiry,
+            ));
+        }
+        if let Some(every) = settings.gc_interval.filter(|_| !settings.read_only) {
             tokio::spawn(collect_garbage_periodically(
                 storage,
                 every,
                 settings.gc_grace,
             ));
+        }
+        if let (Some(m), Some(addr)) = (metrics, &settings.metrics.addr) {
+            serve_metrics_apart(m, addr).await?;
         }
         let listener = match tokio::net::TcpListener::bind(&settings.addr).await {
             Ok(listener) => listener,
@@ -437,6 +458,21 @@ async fn purge_abandoned_uploads(storage: Arc<dyn berth_storage::Storage>, max_a
             Err(e) => tracing::warn!(error = %e, "could not purge abandoned uploads"),
         }
     }
+}
+
+/// `[metrics] addr`: `/metrics` on a plain-HTTP listener of its own.
+async fn serve_metrics_apart(metrics: berth_registry::metrics::Metrics, addr: &str) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for [metrics] addr"))?;
+    tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+    let app = berth_registry::metrics::standalone_router(metrics);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics listener failed");
+        }
+    });
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM; the server then stops accepting and lets

@@ -318,15 +318,16 @@ enum Segment {
     Any,
 }
 
-/// A compiled repository-name pattern.
+/// A compiled repository-name pattern (`*` within a segment, `**` for whole
+/// segments); also used by the registry's immutable-tag rules.
 #[derive(Debug, Clone)]
-struct Pattern {
+pub struct Pattern {
     source: String,
     segments: Vec<Segment>,
 }
 
 impl Pattern {
-    fn parse(source: &str) -> Result<Pattern, String> {
+    pub fn parse(source: &str) -> Result<Pattern, String> {
         if source.is_empty() || source.len() > 255 {
             return Err("empty or longer than 255 bytes".into());
         }
@@ -356,7 +357,7 @@ impl Pattern {
         })
     }
 
-    fn matches(&self, name: &str) -> bool {
+    pub fn matches(&self, name: &str) -> bool {
         let parts: Vec<&str> = name.split('/').collect();
         let (p, n) = (self.segments.len(), parts.len());
         // done[i][j]: do pattern segments i.. match name segments j..?
@@ -382,7 +383,7 @@ impl Pattern {
 
 /// `*` matches any run of characters (no `/`: segments are split already).
 /// Classic backtracking on the last star: O(len(glob) * len(text)) at worst.
-fn glob_match(glob: &str, text: &str) -> bool {
+pub fn glob_match(glob: &str, text: &str) -> bool {
     let (g, t) = (glob.as_bytes(), text.as_bytes());
     let (mut gi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;

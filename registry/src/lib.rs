@@ -21,9 +21,12 @@ pub mod access;
 mod blobs;
 pub mod error;
 pub mod http;
+pub mod immutable;
 mod listing;
 pub mod manifest;
 mod manifests;
+pub mod metrics;
+pub mod ops;
 pub mod route;
 mod uploads;
 
@@ -37,6 +40,11 @@ pub struct Registry {
     storage: Arc<dyn Storage>,
     access: Option<Arc<access::Access>>,
     rate_limit: Option<Arc<access::ClientRateLimit>>,
+    read_only: ops::ReadOnly,
+    immutable: Arc<immutable::ImmutableTags>,
+    metrics: Option<metrics::Metrics>,
+    /// `/metrics` on this router (not on a listener of its own).
+    metrics_route: bool,
 }
 
 impl Registry {
@@ -45,7 +53,29 @@ impl Registry {
             storage,
             access: None,
             rate_limit: None,
+            read_only: ops::ReadOnly::default(),
+            immutable: Arc::default(),
+            metrics: None,
+            metrics_route: false,
         }
+    }
+
+    /// Record metrics; `route`: answer `/metrics` on this router too.
+    pub fn with_metrics(mut self, metrics: metrics::Metrics, route: bool) -> Registry {
+        self.metrics = Some(metrics);
+        self.metrics_route = route;
+        self
+    }
+
+    /// The read-only switch: on, every write is refused with 405.
+    pub fn read_only(&self) -> ops::ReadOnly {
+        self.read_only.clone()
+    }
+
+    /// Refuse moving or deleting tags the rules name.
+    pub fn with_immutable_tags(mut self, rules: immutable::ImmutableTags) -> Registry {
+        self.immutable = Arc::new(rules);
+        self
     }
 
     /// Turn on authentication and authorisation.
@@ -72,7 +102,15 @@ impl Registry {
         } else {
             router
         };
-        router
+        let router = if self.metrics_route {
+            router.route("/metrics", axum::routing::get(metrics::endpoint))
+        } else {
+            router
+        };
+        let metrics = self.metrics.clone();
+        let router = router
+            .route("/healthz", axum::routing::get(ops::healthz))
+            .route("/readyz", axum::routing::get(ops::readyz))
             .route("/v2", any(dispatch))
             .route("/v2/", any(dispatch))
             .route("/v2/{*rest}", any(dispatch))
@@ -82,8 +120,13 @@ impl Registry {
                     "not a registry API path: the API lives under /v2/",
                 )
             })
-            .layer(middleware::from_fn(common_headers_and_log))
-            .with_state(self)
+            .layer(middleware::from_fn(common_headers_and_log));
+        // Beside the request log, outside it: counts every answer.
+        let router = match metrics {
+            Some(m) => router.layer(middleware::from_fn_with_state(m, metrics::record)),
+            None => router,
+        };
+        router.with_state(self)
     }
 }
 
@@ -326,6 +369,7 @@ async fn handle(
 ) -> ApiResult<Response> {
     let s = reg.storage.as_ref();
     let m = req.method.clone();
+    reg.read_only.check(&m)?;
     match route {
         Route::Base if m == Method::GET || m == Method::HEAD => Ok(json_response(
             StatusCode::OK,
@@ -364,8 +408,8 @@ async fn handle(
         },
         Route::Manifest { name, reference } => match m {
             Method::GET | Method::HEAD => manifests::get(s, name, reference, &req).await,
-            Method::PUT => manifests::put(s, name, reference, &req, body).await,
-            Method::DELETE => manifests::delete(s, name, reference).await,
+            Method::PUT => manifests::put(s, &reg.immutable, name, reference, &req, body).await,
+            Method::DELETE => manifests::delete(s, &reg.immutable, name, reference).await,
             _ => Err(method_not_allowed(&m)),
         },
         _ => Err(method_not_allowed(&m)),

@@ -6,6 +6,7 @@ use berth_storage::names::is_valid_tag;
 use berth_storage::{collect_limited, Digest, Storage};
 
 use crate::error::{ApiResult, Code, RegistryError};
+use crate::immutable::ImmutableTags;
 use crate::manifest::{self, MAX_MANIFEST_BYTES};
 use crate::{bytes_response, drain, empty, header_value, take_body, Req};
 use axum::body::Body;
@@ -42,6 +43,7 @@ fn manifest_unknown(name: &str, reference: &str) -> RegistryError {
 
 pub async fn put(
     s: &dyn Storage,
+    immutable: &ImmutableTags,
     name: &str,
     reference: &str,
     req: &Req,
@@ -80,6 +82,9 @@ pub async fn put(
         }
         Ref::Tag(tag) => (Digest::sha256_of(&body), Some(tag)),
     };
+    if let Some(tag) = tag {
+        immutable.check_put(s, name, tag, &digest).await?;
+    }
     check_descriptor_sizes(s, name, &parsed.sizes).await?;
     // Storage checks that every blob and child manifest is in the repository,
     // under the exclusion that keeps garbage collection from taking one
@@ -159,11 +164,22 @@ pub async fn get(s: &dyn Storage, name: &str, reference: &str, req: &Req) -> Api
     Ok(r)
 }
 
-pub async fn delete(s: &dyn Storage, name: &str, reference: &str) -> ApiResult<Response> {
+pub async fn delete(
+    s: &dyn Storage,
+    immutable: &ImmutableTags,
+    name: &str,
+    reference: &str,
+) -> ApiResult<Response> {
     let removed = match parse_reference(reference)? {
         // Deleting a tag removes only the tag.
-        Ref::Tag(tag) => s.tag_delete(name, tag).await?,
-        Ref::Digest(digest) => s.manifest_delete(name, &digest).await?,
+        Ref::Tag(tag) => {
+            immutable.check_tag_delete(name, tag)?;
+            s.tag_delete(name, tag).await?
+        }
+        Ref::Digest(digest) => {
+            immutable.check_manifest_delete(s, name, &digest).await?;
+            s.manifest_delete(name, &digest).await?
+        }
     };
     if !removed {
         return Err(manifest_unknown(name, reference));
