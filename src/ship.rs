@@ -16,6 +16,9 @@ use crate::deploy::{deploy_loaded, deploy_swarm, load, load_swarm, DeployArgs};
 use crate::images::ClientArgs;
 
 #[derive(Args, Debug)]
+// deploy's --check cannot plan a ship (its images are not built yet): hidden here, and
+// refused with what to run instead.
+#[command(mut_arg("check", |a| a.hide(true)))]
 pub struct ShipArgs {
     #[command(flatten)]
     deploy: DeployArgs,
