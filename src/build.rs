@@ -123,6 +123,10 @@ pub struct BuildArgs {
     /// --network=host needs nothing more); repeatable
     #[arg(long = "allow", value_name = "ENTITLEMENT")]
     allow: Vec<String>,
+    /// The network of every RUN without its own RUN --network: default and
+    /// host share this machine's network, none has only loopback
+    #[arg(long, value_name = "default|none|host")]
+    network: Option<String>,
     /// The build cache (base images, layers, keys, cache mounts) [default: beside the local store]
     #[arg(long, value_name = "DIR", env = "BERTH_BUILD_CACHE")]
     cache_dir: Option<PathBuf>,
@@ -244,6 +248,11 @@ fn run_inputs(args: &BuildArgs) -> Result<RunInputs> {
         }
         inputs.ssh.insert(id.clone());
         agents.insert(id, socket);
+    }
+    if let Some(network) = &args.network {
+        berth_builder::mounts::parse_network(Some(network))
+            .map_err(|e| anyhow::anyhow!("--network {network}: use default, none or host ({e})"))?;
+        inputs.network = Some(network.clone());
     }
     for entitlement in &args.allow {
         match entitlement.as_str() {
@@ -429,6 +438,7 @@ pub(crate) fn build_and_push(build: &ServiceBuild, client: ClientArgs) -> Result
         secrets: Vec::new(),
         ssh: Vec::new(),
         allow: Vec::new(),
+        network: None,
         cache_dir: build.cache_dir.clone(),
         progress: crate::build_progress::ProgressMode::Auto,
         client,

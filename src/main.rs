@@ -27,6 +27,7 @@ mod images;
 mod inventory;
 mod local_images;
 mod login_prompt;
+mod man;
 mod progress;
 mod serve_banner;
 mod serve_loop;
@@ -69,6 +70,8 @@ enum Command {
     Catalog(catalog::CatalogArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completion(completion::CompletionArgs),
+    /// Write man pages (berth.1 and one per subcommand), generated from this binary's help.
+    Man(man::ManArgs),
     /// List the images in the local store (what `build -t`, `pull`, `tag` and `import` made).
     Images(local_images::ImagesArgs),
     /// Remove images from the local store by name.
@@ -227,6 +230,7 @@ fn main() -> ExitCode {
         Command::Ls(args) => images::ls(args),
         Command::Catalog(args) => catalog::catalog(args),
         Command::Completion(args) => completion::completion::<Cli>(args),
+        Command::Man(args) => man::man::<Cli>(args),
         Command::Images(args) => local_images::images(args),
         Command::Rmi(args) => local_images::rmi(args),
         Command::Rm(args) => images::rm(args),

@@ -95,3 +95,44 @@ fn progress_modes_show_the_steps() {
         "plain lines in the tty view:\n{screen}"
     );
 }
+
+/// `berth build --network none` (docker build's flag) gives every RUN without its own
+/// `RUN --network` only a loopback interface; a step's own `--network=host` still wins; a
+/// wrong value is refused before anything runs.
+#[test]
+fn build_network_flag_sets_the_default_for_run() {
+    if !can_build() {
+        return;
+    }
+    let s = setup();
+    let ctx = s.cli.path("net");
+    write(
+        &ctx.join("Dockerfile"),
+        &format!(
+            "FROM {}\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN grep -c : /proc/net/dev > /default\nRUN --network=host grep -c : /proc/net/dev > /own\n",
+            s.base
+        ),
+        0o644,
+    );
+    let dest = s.cli.path("net-out");
+    let out_arg = format!("type=local,dest={}", dest.display());
+    let out = run(
+        build_cmd(&s.cli, &ctx, &["--network", "none", "--output", &out_arg]),
+        BUILD_T,
+    );
+    assert!(out.status.success(), "{}", out.describe());
+    let read = |name: &str| std::fs::read_to_string(dest.join(name)).unwrap_or_default();
+    assert_eq!(read("default").trim(), "1", "only lo with --network none");
+    assert_ne!(
+        read("own").trim(),
+        "1",
+        "RUN --network=host keeps the host's interfaces"
+    );
+    assert_ne!(read("own").trim(), "", "the step wrote its count");
+    let out = run_fail(build_cmd(&s.cli, &ctx, &["--network", "bridge"]), BUILD_T);
+    assert!(
+        out.stderr.contains("--network bridge"),
+        "{}",
+        out.describe()
+    );
+}

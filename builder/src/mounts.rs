@@ -116,6 +116,9 @@ pub struct RunInputs {
     pub ssh: BTreeSet<String>,
     /// `--allow security.insecure`.
     pub allow_insecure: bool,
+    /// `berth build --network`: the network of every RUN that does not
+    /// name its own with `RUN --network` (docker build's flag).
+    pub network: Option<String>,
 }
 
 /// The part of a RUN's cache key that stands for what its mounts read:

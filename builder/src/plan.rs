@@ -918,7 +918,8 @@ impl<'a> Planner<'a> {
                         stage.depends_on.push(*index);
                     }
                 }
-                let network = opt_expand(self, scope, &run.network, instruction)?;
+                let network = opt_expand(self, scope, &run.network, instruction)?
+                    .or_else(|| self.options.run_inputs.network.clone());
                 let security = opt_expand(self, scope, &run.security, instruction)?;
                 mounts::parse_network(network.as_deref()).map_err(fail)?;
                 mounts::parse_security(security.as_deref(), self.options.run_inputs.allow_insecure)
