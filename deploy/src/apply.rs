@@ -9,8 +9,9 @@
 //! - Start-first: the new container starts as `NAME-next` next to the old one; only when
 //!   it is ready is the old one stopped and the names swapped. Stop-first: the old one is
 //!   stopped and set aside first (its ports or fixed addresses are needed).
-//! - Ready = healthy when the service has a healthcheck, else still running after a short
-//!   settle time; both bounded by a timeout. A container that is not ready is removed and
+//! - Ready (see `ready.rs`) = the healthcheck passed, run early by Berth itself or by
+//!   dockerd, when the service has one; else still running after a short settle time; both
+//!   bounded by a timeout. A container that is not ready is removed and
 //!   the old one put back (renamed, its restart policy and networks restored, started).
 //! - A host is all or nothing: when an action fails, the containers this deploy already
 //!   created or replaced on that host are undone too (created ones removed, replaced ones'
@@ -20,16 +21,20 @@
 //!   A failed removal (they come last, after the rollout succeeded) undoes nothing.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::actual::{ActualContainer, ActualHost, Health};
+use crate::actual::{ActualContainer, ActualHost};
 use crate::app::RestartPolicy;
-use crate::desired::{DesiredContainer, DesiredHost};
+use crate::desired::{DesiredContainer, DesiredHost, HealthSpec};
 use crate::engine::{later_networks, Engine, PullAuth};
 use crate::labels::{NEXT_SUFFIX, PREVIOUS_SUFFIX};
 use crate::plan::{stored_spec, Action, HostPlan, ReplaceStrategy};
+use crate::ready::Readiness;
+
+/// How long a container without a healthcheck must keep running to count as started.
+pub const DEFAULT_SETTLE: Duration = Duration::from_millis(300);
 
 #[derive(Debug, Clone)]
 pub struct ApplyOptions {
@@ -47,7 +52,7 @@ impl Default for ApplyOptions {
     fn default() -> Self {
         ApplyOptions {
             health_timeout: Duration::from_secs(120),
-            settle: Duration::from_secs(1),
+            settle: DEFAULT_SETTLE,
             pull_auth: BTreeMap::new(),
             deploy_id: new_deploy_id(),
         }
@@ -266,12 +271,18 @@ impl Applier<'_> {
                     self.engine.write_secrets(self.app, container).await?;
                 }
                 self.engine.start(name).await?;
-                let has_check = self
+                let check = self
                     .actual
                     .container(name)
                     .and_then(|c| stored_spec(c).ok())
-                    .is_some_and(|spec| spec.healthcheck.is_some());
-                self.wait_ready(name, has_check).await
+                    .and_then(|spec| spec.healthcheck);
+                let settle = self
+                    .desired
+                    .containers
+                    .iter()
+                    .find(|c| &c.name == name)
+                    .and_then(|c| c.settle());
+                self.wait_ready(name, check.as_ref(), settle).await
             }
             Action::RemoveContainer { name, .. } => self.engine.remove(name).await,
             Action::RemoveNetwork { name, .. } => self.engine.remove_network(name).await,
@@ -288,8 +299,12 @@ impl Applier<'_> {
             self.engine.attach(network, name, attachment).await?;
         }
         self.engine.start(name).await?;
-        self.wait_ready(name, container.spec.healthcheck.is_some())
-            .await
+        self.wait_ready(
+            name,
+            container.spec.healthcheck.as_ref(),
+            container.settle(),
+        )
+        .await
     }
 
     async fn replace_start_first(&mut self, container: &DesiredContainer) -> Result<(), String> {
@@ -442,58 +457,28 @@ impl Applier<'_> {
         self.engine.start(name).await
     }
 
-    async fn wait_ready(&self, name: &str, has_healthcheck: bool) -> Result<(), String> {
-        wait_ready(self.engine, name, has_healthcheck, self.options).await
+    async fn wait_ready(
+        &self,
+        name: &str,
+        check: Option<&HealthSpec>,
+        settle: Option<Duration>,
+    ) -> Result<(), String> {
+        wait_ready(self.engine, name, check, settle, self.options).await
     }
 }
 
-/// Waits until `name` is healthy (with a healthcheck) or has kept running for the settle
-/// time (without one). Fails as soon as it exits or turns unhealthy, or at the timeout.
+/// Waits until `name` is ready (see `ready.rs`): its healthcheck passed (Berth's own early
+/// run or dockerd's), or it kept running for the settle time (`settle` overrides the
+/// options' default for one service).
 pub async fn wait_ready(
     engine: &Engine,
     name: &str,
-    has_healthcheck: bool,
+    check: Option<&HealthSpec>,
+    settle: Option<Duration>,
     options: &ApplyOptions,
 ) -> Result<(), String> {
-    let started = Instant::now();
-    let poll = Duration::from_millis(200);
-    loop {
-        let Some(status) = engine.status(name).await? else {
-            return Err(format!("{name} disappeared while starting"));
-        };
-        if !status.running || status.restarting {
-            let mut message = format!(
-                "{name} stopped after start (exit code {})",
-                status.exit_code.unwrap_or_default()
-            );
-            if let Some(error) = status.error {
-                message.push_str(&format!(": {error}"));
-            }
-            return Err(message);
-        }
-        if has_healthcheck {
-            match status.health {
-                Some(Health::Healthy) => return Ok(()),
-                Some(Health::Unhealthy) => {
-                    let mut message = format!("{name} is unhealthy");
-                    if let Some(output) = status.last_check {
-                        message.push_str(&format!(" (last check: {})", shorten(&output)));
-                    }
-                    return Err(message);
-                }
-                _ => {}
-            }
-        } else if started.elapsed() >= options.settle {
-            return Ok(());
-        }
-        if started.elapsed() >= options.health_timeout {
-            return Err(format!(
-                "{name} was not healthy within {}s",
-                options.health_timeout.as_secs()
-            ));
-        }
-        tokio::time::sleep(poll).await;
-    }
+    let readiness = Readiness::of(check, settle.unwrap_or(options.settle));
+    crate::ready::wait_ready(engine, name, &readiness, options.health_timeout).await
 }
 
 /// `berth rollback` on one host: every container with a kept previous release
@@ -645,10 +630,10 @@ async fn swap_back(
             }
         }
         engine.start(name).await?;
-        let has_check = previous_spec
+        let check = previous_spec
             .as_ref()
-            .is_some_and(|spec| spec.healthcheck.is_some());
-        wait_ready(engine, name, has_check, options).await
+            .and_then(|spec| spec.healthcheck.as_ref());
+        wait_ready(engine, name, check, None, options).await
     }
     .await;
     match brought_back {
@@ -717,16 +702,6 @@ fn with_cleanup(error: String, cleanup: Option<String>) -> String {
     match cleanup {
         None => error,
         Some(why) => format!("{error} (and removing it failed: {why})"),
-    }
-}
-
-fn shorten(text: &str) -> String {
-    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if one_line.chars().count() > 200 {
-        let cut: String = one_line.chars().take(200).collect();
-        format!("{cut}…")
-    } else {
-        one_line
     }
 }
 

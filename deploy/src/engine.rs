@@ -944,6 +944,7 @@ mod tests {
             build: None,
             naming: crate::app::Naming::Berth,
             secret_values: Default::default(),
+            settle_ns: None,
         }
     }
 

@@ -23,6 +23,7 @@ pub mod error;
 pub mod inventory;
 pub mod limit;
 pub mod plan;
+pub mod ready;
 pub mod run;
 pub mod ship;
 pub mod ssh;
