@@ -5,6 +5,8 @@
 //!   is ready (Berth runs the check itself through `exec`) long before dockerd's first check;
 //!   a check that never passes is still rolled back (at `--health-timeout`); a service
 //!   without a check that exits within its `settle:` time fails the deploy, the old one kept.
+//! - `--timings`: the per-host line in the recap, and in `--json` every phase, summing to
+//!   the host's wall time, with the number of Engine API calls.
 //!
 //! Everything the test creates is removed by a guard, also when it fails.
 
@@ -146,7 +148,7 @@ fn readiness_checks_early_and_still_rolls_back() {
     let worker = format!("{app}_worker_1");
 
     // --- 1. ready by Berth's own check, long before dockerd's first one (30 s) -----------------
-    let (out, took) = deploy(&cli, &app_path, &inventory, &[]);
+    let (out, took) = deploy(&cli, &app_path, &inventory, &["--timings"]);
     assert!(out.status.success(), "{}", out.describe());
     assert!(
         out.stdout
@@ -164,6 +166,24 @@ fn readiness_checks_early_and_still_rolls_back() {
         took >= Duration::from_secs(2) && took < Duration::from_secs(25),
         "first deploy took {took:?}"
     );
+    // `--timings` adds one line per host to the recap.
+    let line = out
+        .stdout
+        .lines()
+        .find(|line| line.starts_with("TIMINGS local: total "))
+        .unwrap_or_else(|| panic!("no TIMINGS line\n{}", out.describe()));
+    for field in [
+        "connect",
+        "read",
+        "pull",
+        "create",
+        "start",
+        "ready",
+        "remove",
+        "API calls",
+    ] {
+        assert!(line.contains(field), "{field} missing: {line}");
+    }
     let ids = (container_id(&web), container_id(&worker));
 
     // --- 2. a check that never passes is rolled back (dockerd would say so after 60 s) ---------
@@ -197,4 +217,37 @@ fn readiness_checks_early_and_still_rolls_back() {
     );
     assert_eq!(container_id(&worker), ids.1);
     assert_eq!(inspect(&worker)["State"]["Running"], true);
+
+    // --- 4. an update with --timings --json: every phase, summing to the host's wall time ------
+    vars("mode: four\n");
+    let (out, took) = deploy(&cli, &app_path, &inventory, &["--timings", "--json"]);
+    assert!(out.status.success(), "{}", out.describe());
+    let report = parse_json(&out.stdout, "deploy --timings --json");
+    let timings = &report["hosts"][0]["timings"];
+    let seconds = |field: &str| {
+        timings[field]
+            .as_f64()
+            .unwrap_or_else(|| panic!("timings.{field} missing: {report}"))
+    };
+    let phases: f64 = [
+        "connect", "read", "pull", "create", "start", "ready", "remove",
+    ]
+    .iter()
+    .map(|field| seconds(field))
+    .sum();
+    let total = seconds("total");
+    assert!(
+        total <= took.as_secs_f64(),
+        "host total {total} > command {took:?}"
+    );
+    // The rest of the host's time is planning and bookkeeping: well under 10 %.
+    assert!(
+        phases <= total + 0.001 && phases >= total * 0.9,
+        "phases {phases} vs total {total}: {timings}"
+    );
+    // Both replaced start-first (the worker waits its 2 s settle), nothing pulled.
+    assert!(seconds("ready") >= 1.5, "{timings}");
+    assert_eq!(seconds("pull"), 0.0, "{timings}");
+    let calls = timings["api_calls"].as_u64().unwrap_or_default();
+    assert!((10..500).contains(&calls), "{calls} API calls: {timings}");
 }

@@ -78,6 +78,10 @@ pub struct DesiredContainer {
     /// The service's `settle:` (nanoseconds), outside the spec: it changes no container.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub settle_ns: Option<u64>,
+    /// The services this one's containers start after (`depends_on`), for the host's
+    /// start order; outside the spec too.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
 }
 
 fn is_empty_values(values: &SecretValues) -> bool {
@@ -345,6 +349,7 @@ pub fn desired_host(source: &AppSource, inventory: &Inventory, host: &Host) -> R
                 naming: app.naming,
                 secret_values: secret_values.clone(),
                 settle_ns: service.settle,
+                depends_on: service.depends_on.clone(),
             });
         }
     }

@@ -27,9 +27,11 @@ pub mod ready;
 pub mod run;
 pub mod ship;
 pub mod ssh;
+pub mod stages;
 pub mod storage;
 pub mod swarm;
 pub mod template;
+pub mod timings;
 mod units;
 mod yaml;
 

@@ -159,9 +159,9 @@ pub async fn wait_ready(
 /// Runs the healthcheck command in `name` once; true when it exits 0 within `timeout`. Any
 /// error (not running yet, exec refused, too slow) is "not ready yet": failing is Docker's.
 async fn run_probe(engine: &Engine, name: &str, command: &[String], timeout: Duration) -> bool {
-    let docker = engine.docker();
     let run = async {
-        let exec = docker
+        let exec = engine
+            .docker()
             .create_exec(
                 name,
                 CreateExecOptions {
@@ -173,7 +173,8 @@ async fn run_probe(engine: &Engine, name: &str, command: &[String], timeout: Dur
             )
             .await
             .ok()?;
-        let started = docker
+        let started = engine
+            .docker()
             .start_exec(&exec.id, None::<StartExecOptions>)
             .await
             .ok()?;
@@ -183,7 +184,7 @@ async fn run_probe(engine: &Engine, name: &str, command: &[String], timeout: Dur
                 chunk.ok()?;
             }
         }
-        let inspect = docker.inspect_exec(&exec.id).await.ok()?;
+        let inspect = engine.docker().inspect_exec(&exec.id).await.ok()?;
         Some(inspect.exit_code == Some(0))
     };
     matches!(tokio::time::timeout(timeout, run).await, Ok(Some(true)))
