@@ -28,6 +28,14 @@ pub struct DeployArgs {
     /// Longest wait for a new container to become healthy before it is rolled back
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     health_timeout: Duration,
+    /// How long a new container without a healthcheck must keep running to count as
+    /// started (a service's `settle:` overrides it)
+    #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
+    settle: Duration,
+    /// Print per host where the time went (connect, read, pull, create, start, ready,
+    /// remove) and how many Engine API calls it took; in `--json` as each host's `timings`
+    #[arg(long)]
+    timings: bool,
     /// Registry (HOST[:PORT]) to reach over plain HTTP or unverified HTTPS when resolving
     /// digests; repeatable. Loopback registries need no flag.
     #[arg(long = "insecure", value_name = "REGISTRY", value_delimiter = ',')]
@@ -112,6 +120,8 @@ pub(crate) fn deploy_loaded(
     options.check = args.check;
     options.pin = !args.no_pin;
     options.apply.health_timeout = args.health_timeout;
+    options.apply.settle = args.settle;
+    options.timings = args.timings;
     options.registry = registry;
     options.known_digests = known_digests;
     let printer = Printer::new(args.common.json);

@@ -119,6 +119,19 @@ fn inspect(name: &str) -> serde_json::Value {
     value[0].clone()
 }
 
+/// `inspect` once dockerd's own healthcheck has a verdict: Berth's early check makes a
+/// deploy return before dockerd ran its first one (up to an `interval` later).
+fn inspect_checked(name: &str) -> serde_json::Value {
+    for _ in 0..150 {
+        let container = inspect(name);
+        if container["State"]["Health"]["Status"] != "starting" {
+            return container;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    inspect(name)
+}
+
 fn container_id(name: &str) -> Option<String> {
     let out = run(
         cmd("docker", ["inspect", "--format", "{{.Id}}", name]),
@@ -214,7 +227,7 @@ fn deploy_rerun_change_failed_health_and_rollback() {
         out.contains("local : ok=0 changed=7 unreachable=0 failed=0"),
         "{out}"
     );
-    let w = inspect(&web);
+    let w = inspect_checked(&web);
     let n = inspect(&nodes);
     assert_eq!(w["State"]["Health"]["Status"], "healthy", "{w}");
     assert_eq!(address(&w, &front), format!("{FRONT_PREFIX}.10"));
@@ -383,7 +396,10 @@ fn deploy_rerun_change_failed_health_and_rollback() {
         );
         assert_eq!(c["State"]["Running"], true);
     }
-    assert_eq!(inspect(&web)["State"]["Health"]["Status"], "healthy");
+    assert_eq!(
+        inspect_checked(&web)["State"]["Health"]["Status"],
+        "healthy"
+    );
     // The app file still says v2: the next deploy plans to go forward again.
     let check = ok(deploy(&cli, &app_path, &inventory, &["--check"]));
     assert!(check.contains("local : ok=2 changed=4"), "{check}");
@@ -1233,7 +1249,7 @@ fn ship_builds_pushes_and_deploys_the_origin_example() {
         assert_eq!(running, format!("{image}:v3@{digest}"));
         assert_eq!(container["State"]["Running"], true);
     }
-    let web = inspect(&format!("{app}_web_1"));
+    let web = inspect_checked(&format!("{app}_web_1"));
     assert_eq!(web["State"]["Health"]["Status"], "healthy", "{web}");
     assert_eq!(address(&web, &format!("{app}_nw")), "172.31.247.10");
     let page = http_get(web_port);

@@ -113,6 +113,19 @@ impl Fixture {
         parse_json(&out, "docker inspect")[0].clone()
     }
 
+    /// `inspect` once dockerd's own healthcheck has a verdict: Berth's early check makes a
+    /// deploy return before dockerd ran its first one (up to an `interval` later).
+    fn inspect_checked(&self, host: usize, name: &str) -> serde_json::Value {
+        for _ in 0..150 {
+            let container = self.inspect(host, name);
+            if container["State"]["Health"]["Status"] != "starting" {
+                return container;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        self.inspect(host, name)
+    }
+
     fn id(&self, host: usize, name: &str) -> Option<String> {
         let out = run(
             self.hosts
@@ -266,7 +279,7 @@ fn origin_example_on_three_namespaced_hosts() {
     };
     assert_all(&summary(&out.stdout), [first; 3], &out);
     for (h, host) in HOSTS.iter().enumerate() {
-        let web = f.inspect(h, WEB);
+        let web = f.inspect_checked(h, WEB);
         let nodes = f.inspect(h, NODES);
         for c in [&web, &nodes] {
             assert_eq!(c["State"]["Running"], true, "{c}");

@@ -32,6 +32,7 @@
 //!     stop_grace_period: 3s          # then SIGKILL after this long (default 10s)
 //!     build: { context: ./web, dockerfile: Dockerfile, args: { V: 1 } }   # for `berth ship`
 //!     depends_on: [db]               # a host starts db (healthy, if it has a check) first
+//!     settle: 2s                     # no healthcheck: started once running this long (0.3s)
 //!     user: "1000"                   # also working_dir, hostname, extra_hosts, cap_add,
 //!                                    # cap_drop, init, read_only, tmpfs, ulimits, logging
 //!                                    # (container mode; see app/runtime.rs)
@@ -215,6 +216,11 @@ pub struct Service {
     /// healthcheck) before this one's: Compose's `depends_on`.
     #[serde(default)]
     pub depends_on: Vec<String>,
+    /// Without a healthcheck: how long a new container must keep running to count as
+    /// started (nanoseconds; `--settle`'s default when unset). Not part of the container's
+    /// config: changing it replaces nothing.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub settle: Option<u64>,
     // Container options (see `app/runtime.rs`).
     #[serde(default, deserialize_with = "runtime::optional_text")]
     pub user: Option<String>,

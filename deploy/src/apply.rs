@@ -1,16 +1,19 @@
 //! Carrying out one host's plan through the Engine API, and `berth rollback`.
 //!
 //! Rules:
-//! - Actions run in plan order; the first failure stops the host (the rest are reported as
-//!   skipped), so removals, which come last, never happen after a failed rollout.
+//! - Actions run in stages (`stages.rs`): pulls next to network and volume changes, then
+//!   containers in `depends_on` waves (independent ones together), then removals. The
+//!   first failed stage stops the host (later stages are reported as skipped), so removals,
+//!   which come last, never happen after a failed rollout.
 //! - A replaced container is never deleted: it is stopped, its restart policy set to `no`
 //!   (a daemon restart must not start it next to the new one) and renamed `NAME-prev`.
 //!   That is the release `berth rollback` returns to.
 //! - Start-first: the new container starts as `NAME-next` next to the old one; only when
 //!   it is ready is the old one stopped and the names swapped. Stop-first: the old one is
 //!   stopped and set aside first (its ports or fixed addresses are needed).
-//! - Ready = healthy when the service has a healthcheck, else still running after a short
-//!   settle time; both bounded by a timeout. A container that is not ready is removed and
+//! - Ready (see `ready.rs`) = the healthcheck passed, run early by Berth itself or by
+//!   dockerd, when the service has one; else still running after a short settle time; both
+//!   bounded by a timeout. A container that is not ready is removed and
 //!   the old one put back (renamed, its restart policy and networks restored, started).
 //! - A host is all or nothing: when an action fails, the containers this deploy already
 //!   created or replaced on that host are undone too (created ones removed, replaced ones'
@@ -20,16 +23,22 @@
 //!   A failed removal (they come last, after the rollout succeeded) undoes nothing.
 
 use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::actual::{ActualContainer, ActualHost, Health};
+use crate::actual::{ActualContainer, ActualHost};
 use crate::app::RestartPolicy;
-use crate::desired::{DesiredContainer, DesiredHost};
+use crate::desired::{DesiredContainer, DesiredHost, HealthSpec};
 use crate::engine::{later_networks, Engine, PullAuth};
 use crate::labels::{NEXT_SUFFIX, PREVIOUS_SUFFIX};
 use crate::plan::{stored_spec, Action, HostPlan, ReplaceStrategy};
+use crate::ready::Readiness;
+use crate::timings::{Phase, PhaseClock};
+
+/// How long a container without a healthcheck must keep running to count as started.
+pub const DEFAULT_SETTLE: Duration = Duration::from_millis(300);
 
 #[derive(Debug, Clone)]
 pub struct ApplyOptions {
@@ -47,7 +56,7 @@ impl Default for ApplyOptions {
     fn default() -> Self {
         ApplyOptions {
             health_timeout: Duration::from_secs(120),
-            settle: Duration::from_secs(1),
+            settle: DEFAULT_SETTLE,
             pull_auth: BTreeMap::new(),
             deploy_id: new_deploy_id(),
         }
@@ -73,7 +82,8 @@ pub struct ActionResult {
     pub message: Option<String>,
 }
 
-/// Carries out `plan` on one host. Returns one result per action, in order.
+/// Carries out `plan` on one host, independent actions at the same time (see
+/// `stages.rs`). Returns one result per action, in plan order.
 pub async fn apply_host(
     engine: &Engine,
     desired: &DesiredHost,
@@ -82,57 +92,128 @@ pub async fn apply_host(
     options: &ApplyOptions,
     on_result: &(dyn Fn(&ActionResult) + Send + Sync),
 ) -> Vec<ActionResult> {
-    let mut applier = Applier {
+    let clock = PhaseClock::default();
+    apply_host_timed(engine, desired, plan, actual, options, on_result, &clock).await
+}
+
+/// [`apply_host`], recording where the time went in `clock` (`--timings`).
+pub async fn apply_host_timed(
+    engine: &Engine,
+    desired: &DesiredHost,
+    plan: &HostPlan,
+    actual: &ActualHost,
+    options: &ApplyOptions,
+    on_result: &(dyn Fn(&ActionResult) + Send + Sync),
+    clock: &PhaseClock,
+) -> Vec<ActionResult> {
+    let applier = Applier {
+        clock,
         engine,
         app: &desired.app,
         desired,
         actual,
         options,
-        detached: BTreeMap::new(),
-        done: Vec::new(),
+        detached: Mutex::new(BTreeMap::new()),
+        done: Mutex::new(Vec::new()),
     };
-    let mut results = Vec::new();
+    let mut results: Vec<Option<ActionResult>> = vec![None; plan.actions.len()];
+    let skipped = |index: usize| ActionResult {
+        action: crate::plan::action_text(&plan.actions[index]),
+        outcome: Outcome::Skipped,
+        message: Some("an earlier action on this host failed".to_string()),
+    };
     let mut failed = false;
-    for action in &plan.actions {
-        let action_text = crate::plan::action_text(action);
-        let result = if failed {
-            ActionResult {
-                action: action_text,
-                outcome: Outcome::Skipped,
-                message: Some("an earlier action on this host failed".to_string()),
+    for stage in crate::stages::stages(&plan.actions, desired) {
+        if failed {
+            for index in stage.into_iter().flatten() {
+                let result = skipped(index);
+                on_result(&result);
+                results[index] = Some(result);
             }
-        } else {
-            match applier.run(action).await {
-                Ok(()) => ActionResult {
-                    action: action_text,
-                    outcome: Outcome::Changed,
-                    message: None,
-                },
-                Err(mut message) => {
-                    failed = true;
-                    // Undone before the failure is reported, so its message says how the
-                    // host was left.
-                    if undoes_rollout(action) {
-                        if let Some(undo) = applier.undo().await {
-                            message.push_str("; ");
-                            message.push_str(&undo);
+            continue;
+        }
+        // Every lane runs to its end or its first failure; the stage's failures are
+        // reported after all its lanes stopped, with what undoing the host did.
+        let stage_started = Instant::now();
+        let lanes = stage.into_iter().map(|lane| {
+            let applier = &applier;
+            async move {
+                let mut ran = Vec::new();
+                let mut lane_failed = false;
+                for index in lane {
+                    if lane_failed {
+                        ran.push((index, Err(None)));
+                        continue;
+                    }
+                    let action = &plan.actions[index];
+                    match applier.run(action).await {
+                        Ok(()) => {
+                            let result = ActionResult {
+                                action: crate::plan::action_text(action),
+                                outcome: Outcome::Changed,
+                                message: None,
+                            };
+                            on_result(&result);
+                            ran.push((index, Ok(result)));
+                        }
+                        Err(message) => {
+                            lane_failed = true;
+                            ran.push((index, Err(Some(message))));
                         }
                     }
-                    ActionResult {
-                        action: action_text,
-                        outcome: Outcome::Failed,
-                        message: Some(message),
-                    }
+                }
+                ran
+            }
+        });
+        let mut failures = Vec::new();
+        for (index, outcome) in futures::future::join_all(lanes).await.into_iter().flatten() {
+            match outcome {
+                Ok(result) => results[index] = Some(result),
+                Err(Some(message)) => failures.push((index, message)),
+                Err(None) => {
+                    let result = skipped(index);
+                    on_result(&result);
+                    results[index] = Some(result);
                 }
             }
+        }
+        if failures.is_empty() {
+            clock.end_stage(stage_started.elapsed());
+            continue;
+        }
+        failed = true;
+        failures.sort_by_key(|(index, _)| *index);
+        // Undone before the failures are reported, so their messages say how the host was
+        // left.
+        let undo = if failures
+            .iter()
+            .any(|(index, _)| undoes_rollout(&plan.actions[*index]))
+        {
+            clock.time(Phase::Remove, applier.undo()).await
+        } else {
+            None
         };
-        on_result(&result);
-        results.push(result);
+        clock.end_stage(stage_started.elapsed());
+        for (index, mut message) in failures {
+            if let Some(undo) = &undo {
+                message.push_str("; ");
+                message.push_str(undo);
+            }
+            let result = ActionResult {
+                action: crate::plan::action_text(&plan.actions[index]),
+                outcome: Outcome::Failed,
+                message: Some(message),
+            };
+            on_result(&result);
+            results[index] = Some(result);
+        }
     }
     if !failed {
-        applier.finish().await;
+        let started = Instant::now();
+        clock.time(Phase::Remove, applier.finish()).await;
+        clock.end_stage(started.elapsed());
     }
-    results
+    results.into_iter().flatten().collect()
 }
 
 /// Whether a failure of `action` undoes the host's rollout. Removals come after every
@@ -202,6 +283,7 @@ fn finish_steps(done: &[Done]) -> Vec<Step> {
 }
 
 struct Applier<'a> {
+    clock: &'a PhaseClock,
     engine: &'a Engine,
     app: &'a str,
     desired: &'a DesiredHost,
@@ -209,46 +291,47 @@ struct Applier<'a> {
     options: &'a ApplyOptions,
     /// Containers taken off a network that was recreated: container → network names, so a
     /// restored old container can be attached again.
-    detached: BTreeMap<String, Vec<String>>,
-    /// Container changes completed so far on this host, in order.
-    done: Vec<Done>,
+    detached: Mutex<BTreeMap<String, Vec<String>>>,
+    /// Container changes completed so far on this host, in order of completion.
+    done: Mutex<Vec<Done>>,
 }
 
 impl Applier<'_> {
-    async fn run(&mut self, action: &Action) -> Result<(), String> {
+    async fn run(&self, action: &Action) -> Result<(), String> {
         match action {
             Action::PullImage { image, .. } => {
-                self.engine
-                    .pull(image, self.options.pull_auth.get(image).cloned())
-                    .await
+                let pull = self
+                    .engine
+                    .pull(image, self.options.pull_auth.get(image).cloned());
+                self.clock.time(Phase::Pull, pull).await
             }
             Action::CreateNetwork { network, .. } => {
-                self.engine.create_network(network).await.map(|_| ())
+                let create = self.engine.create_network(network);
+                self.clock.time(Phase::Create, create).await.map(|_| ())
             }
-            Action::CreateVolume { volume, .. } => self.engine.create_volume(volume).await,
-            Action::RemoveVolume { name, .. } => self.engine.remove_volume(name).await,
-            Action::RecreateNetwork {
-                network, detach, ..
-            } => {
-                for name in detach {
-                    self.engine.stop(name).await?;
-                    self.engine.disconnect(&network.name, name).await?;
-                    self.detached
-                        .entry(name.clone())
-                        .or_default()
-                        .push(network.name.clone());
-                }
-                self.engine.remove_network(&network.name).await?;
-                self.engine.create_network(network).await.map(|_| ())
+            Action::CreateVolume { volume, .. } => {
+                let create = self.engine.create_volume(volume);
+                self.clock.time(Phase::Create, create).await
+            }
+            Action::RemoveVolume { name, .. } => {
+                let remove = self.engine.remove_volume(name);
+                self.clock.time(Phase::Remove, remove).await
+            }
+            Action::RecreateNetwork { .. } => {
+                self.clock.time(Phase::Create, self.recreate(action)).await
             }
             Action::CreateContainer { container, .. } => {
                 let name = container.name.clone();
-                self.engine.remove(&next_name(&name)).await?;
+                let next = next_name(&name);
+                self.clock
+                    .time(Phase::Remove, self.engine.remove(&next))
+                    .await?;
                 if let Err(error) = self.launch(container, &name).await {
-                    let cleanup = self.engine.remove(&name).await.err();
+                    let cleanup = self.engine.remove(&name);
+                    let cleanup = self.clock.time(Phase::Remove, cleanup).await.err();
                     return Err(with_cleanup(error, cleanup));
                 }
-                self.done.push(Done::Created(name));
+                lock(&self.done).push(Done::Created(name));
                 Ok(())
             }
             Action::ReplaceContainer {
@@ -263,41 +346,92 @@ impl Applier<'_> {
                 // Its secret files may be gone (a host reboot empties /run): written again,
                 // unchanged (the config hash matched, so did their digests).
                 if let Some(container) = self.desired.containers.iter().find(|c| &c.name == name) {
-                    self.engine.write_secrets(self.app, container).await?;
+                    let write = self.engine.write_secrets(self.app, container);
+                    self.clock.time(Phase::Create, write).await?;
                 }
-                self.engine.start(name).await?;
-                let has_check = self
+                self.clock
+                    .time(Phase::Start, self.engine.start(name))
+                    .await?;
+                let check = self
                     .actual
                     .container(name)
                     .and_then(|c| stored_spec(c).ok())
-                    .is_some_and(|spec| spec.healthcheck.is_some());
-                self.wait_ready(name, has_check).await
+                    .and_then(|spec| spec.healthcheck);
+                let settle = self
+                    .desired
+                    .containers
+                    .iter()
+                    .find(|c| &c.name == name)
+                    .and_then(|c| c.settle());
+                self.wait_ready(name, check.as_ref(), settle).await
             }
-            Action::RemoveContainer { name, .. } => self.engine.remove(name).await,
-            Action::RemoveNetwork { name, .. } => self.engine.remove_network(name).await,
+            Action::RemoveContainer { name, .. } => {
+                self.clock
+                    .time(Phase::Remove, self.engine.remove(name))
+                    .await
+            }
+            Action::RemoveNetwork { name, .. } => {
+                self.clock
+                    .time(Phase::Remove, self.engine.remove_network(name))
+                    .await
+            }
+        }
+    }
+
+    /// Stops and disconnects the containers on a network that is recreated, and recreates it.
+    async fn recreate(&self, action: &Action) -> Result<(), String> {
+        match action {
+            Action::RecreateNetwork {
+                network, detach, ..
+            } => {
+                for name in detach {
+                    self.engine.stop(name).await?;
+                    self.engine.disconnect(&network.name, name).await?;
+                    lock(&self.detached)
+                        .entry(name.clone())
+                        .or_default()
+                        .push(network.name.clone());
+                }
+                self.engine.remove_network(&network.name).await?;
+                self.engine.create_network(network).await.map(|_| ())
+            }
+            _ => Ok(()),
         }
     }
 
     /// Creates, connects and starts `container` under `name`, and waits until it is ready.
     async fn launch(&self, container: &DesiredContainer, name: &str) -> Result<(), String> {
-        self.engine.write_secrets(self.app, container).await?;
-        self.engine
-            .create_container(self.app, container, name, &self.options.deploy_id)
+        let create = async {
+            self.engine.write_secrets(self.app, container).await?;
+            self.engine
+                .create_container(self.app, container, name, &self.options.deploy_id)
+                .await?;
+            for (network, attachment) in later_networks(&container.spec) {
+                self.engine.attach(network, name, attachment).await?;
+            }
+            Ok::<(), String>(())
+        };
+        self.clock.time(Phase::Create, create).await?;
+        self.clock
+            .time(Phase::Start, self.engine.start(name))
             .await?;
-        for (network, attachment) in later_networks(&container.spec) {
-            self.engine.attach(network, name, attachment).await?;
-        }
-        self.engine.start(name).await?;
-        self.wait_ready(name, container.spec.healthcheck.is_some())
-            .await
+        self.wait_ready(
+            name,
+            container.spec.healthcheck.as_ref(),
+            container.settle(),
+        )
+        .await
     }
 
-    async fn replace_start_first(&mut self, container: &DesiredContainer) -> Result<(), String> {
+    async fn replace_start_first(&self, container: &DesiredContainer) -> Result<(), String> {
         let name = container.name.as_str();
         let next = next_name(name);
-        self.engine.remove(&next).await?;
+        self.clock
+            .time(Phase::Remove, self.engine.remove(&next))
+            .await?;
         if let Err(error) = self.launch(container, &next).await {
-            let cleanup = self.engine.remove(&next).await.err();
+            let cleanup = self.engine.remove(&next);
+            let cleanup = self.clock.time(Phase::Remove, cleanup).await.err();
             return Err(with_cleanup(
                 format!("{error}; the new container was removed, {name} kept running"),
                 cleanup,
@@ -305,10 +439,14 @@ impl Applier<'_> {
         }
         // The new one is ready: set the old one aside, give the new one its name. An older
         // kept release waits as NAME-prev-old until the host's whole rollout succeeded.
-        let kept_older = self.keep_older(name).await?;
-        self.set_aside(name).await?;
-        self.engine.rename(&next, name).await?;
-        self.done.push(Done::Replaced {
+        let swap = async {
+            let kept_older = self.keep_older(name).await?;
+            self.set_aside(name).await?;
+            self.engine.rename(&next, name).await?;
+            Ok::<bool, String>(kept_older)
+        };
+        let kept_older = self.clock.time(Phase::Remove, swap).await?;
+        lock(&self.done).push(Done::Replaced {
             name: name.to_string(),
             kept_older,
         });
@@ -328,14 +466,18 @@ impl Applier<'_> {
         Ok(had_previous)
     }
 
-    async fn replace_stop_first(&mut self, container: &DesiredContainer) -> Result<(), String> {
+    async fn replace_stop_first(&self, container: &DesiredContainer) -> Result<(), String> {
         let name = container.name.as_str();
         // An older kept release stays until the host's rollout succeeded: if it fails, the
         // host is back exactly where it was, rollback target included.
         let previous = previous_name(name);
         let older = older_name(name);
-        let had_previous = self.keep_older(name).await?;
-        self.set_aside(name).await?;
+        let aside = async {
+            let had_previous = self.keep_older(name).await?;
+            self.set_aside(name).await?;
+            Ok::<bool, String>(had_previous)
+        };
+        let had_previous = self.clock.time(Phase::Remove, aside).await?;
         if let Err(error) = self.launch(container, name).await {
             let mut message = format!("{error}; the new container was removed");
             let restored = async {
@@ -355,7 +497,7 @@ impl Applier<'_> {
             }
             return Err(message);
         }
-        self.done.push(Done::Replaced {
+        lock(&self.done).push(Done::Replaced {
             name: name.to_string(),
             kept_older: had_previous,
         });
@@ -365,8 +507,9 @@ impl Applier<'_> {
     /// Undoes every change this deploy completed on the host (after a failure). Says what
     /// was undone, or None if there was nothing to undo. Every step is tried, even after one
     /// failed, so as much as possible is put back.
-    async fn undo(&mut self) -> Option<String> {
-        let steps = undo_steps(&self.done);
+    async fn undo(&self) -> Option<String> {
+        let done = std::mem::take(&mut *lock(&self.done));
+        let steps = undo_steps(&done);
         if steps.is_empty() {
             return None;
         }
@@ -376,14 +519,12 @@ impl Applier<'_> {
                 problems.push(why);
             }
         }
-        let names: Vec<String> = self
-            .done
+        let names: Vec<String> = done
             .iter()
             .map(|change| match change {
                 Done::Created(name) | Done::Replaced { name, .. } => name.clone(),
             })
             .collect();
-        self.done.clear();
         Some(if problems.is_empty() {
             format!(
                 "undid this deploy's earlier changes on the host: {} (back as before)",
@@ -400,11 +541,11 @@ impl Applier<'_> {
 
     /// After the whole host succeeded: removes the older releases kept for an undo. Best
     /// effort: a leftover `NAME-prev-old` is planned for removal by the next deploy.
-    async fn finish(&mut self) {
-        for step in finish_steps(&self.done) {
+    async fn finish(&self) {
+        let done = std::mem::take(&mut *lock(&self.done));
+        for step in finish_steps(&done) {
             let _ = self.step(&step).await;
         }
-        self.done.clear();
     }
 
     async fn step(&self, step: &Step) -> Result<(), String> {
@@ -434,7 +575,8 @@ impl Applier<'_> {
             .and_then(|c| stored_spec(c).ok());
         if let Some(spec) = &spec {
             self.engine.set_restart(name, &spec.restart).await?;
-            for network in self.detached.get(name).into_iter().flatten() {
+            let detached = lock(&self.detached).get(name).cloned().unwrap_or_default();
+            for network in &detached {
                 let attachment = spec.networks.get(network).cloned().unwrap_or_default();
                 self.engine.attach(network, name, &attachment).await?;
             }
@@ -442,58 +584,29 @@ impl Applier<'_> {
         self.engine.start(name).await
     }
 
-    async fn wait_ready(&self, name: &str, has_healthcheck: bool) -> Result<(), String> {
-        wait_ready(self.engine, name, has_healthcheck, self.options).await
+    async fn wait_ready(
+        &self,
+        name: &str,
+        check: Option<&HealthSpec>,
+        settle: Option<Duration>,
+    ) -> Result<(), String> {
+        let ready = wait_ready(self.engine, name, check, settle, self.options);
+        self.clock.time(Phase::Ready, ready).await
     }
 }
 
-/// Waits until `name` is healthy (with a healthcheck) or has kept running for the settle
-/// time (without one). Fails as soon as it exits or turns unhealthy, or at the timeout.
+/// Waits until `name` is ready (see `ready.rs`): its healthcheck passed (Berth's own early
+/// run or dockerd's), or it kept running for the settle time (`settle` overrides the
+/// options' default for one service).
 pub async fn wait_ready(
     engine: &Engine,
     name: &str,
-    has_healthcheck: bool,
+    check: Option<&HealthSpec>,
+    settle: Option<Duration>,
     options: &ApplyOptions,
 ) -> Result<(), String> {
-    let started = Instant::now();
-    let poll = Duration::from_millis(200);
-    loop {
-        let Some(status) = engine.status(name).await? else {
-            return Err(format!("{name} disappeared while starting"));
-        };
-        if !status.running || status.restarting {
-            let mut message = format!(
-                "{name} stopped after start (exit code {})",
-                status.exit_code.unwrap_or_default()
-            );
-            if let Some(error) = status.error {
-                message.push_str(&format!(": {error}"));
-            }
-            return Err(message);
-        }
-        if has_healthcheck {
-            match status.health {
-                Some(Health::Healthy) => return Ok(()),
-                Some(Health::Unhealthy) => {
-                    let mut message = format!("{name} is unhealthy");
-                    if let Some(output) = status.last_check {
-                        message.push_str(&format!(" (last check: {})", shorten(&output)));
-                    }
-                    return Err(message);
-                }
-                _ => {}
-            }
-        } else if started.elapsed() >= options.settle {
-            return Ok(());
-        }
-        if started.elapsed() >= options.health_timeout {
-            return Err(format!(
-                "{name} was not healthy within {}s",
-                options.health_timeout.as_secs()
-            ));
-        }
-        tokio::time::sleep(poll).await;
-    }
+    let readiness = Readiness::of(check, settle.unwrap_or(options.settle));
+    crate::ready::wait_ready(engine, name, &readiness, options.health_timeout).await
 }
 
 /// `berth rollback` on one host: every container with a kept previous release
@@ -645,10 +758,10 @@ async fn swap_back(
             }
         }
         engine.start(name).await?;
-        let has_check = previous_spec
+        let check = previous_spec
             .as_ref()
-            .is_some_and(|spec| spec.healthcheck.is_some());
-        wait_ready(engine, name, has_check, options).await
+            .and_then(|spec| spec.healthcheck.as_ref());
+        wait_ready(engine, name, check, None, options).await
     }
     .await;
     match brought_back {
@@ -694,6 +807,13 @@ pub fn new_deploy_id() -> String {
 /// Name suffix (after `-prev`) of an older kept release while a stop-first rollout runs.
 const OLDER_SUFFIX: &str = "-old";
 
+/// The lock is never held across an await; a panic elsewhere leaves the data usable.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn no_restart() -> RestartPolicy {
     RestartPolicy {
         name: "no".to_string(),
@@ -717,16 +837,6 @@ fn with_cleanup(error: String, cleanup: Option<String>) -> String {
     match cleanup {
         None => error,
         Some(why) => format!("{error} (and removing it failed: {why})"),
-    }
-}
-
-fn shorten(text: &str) -> String {
-    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if one_line.chars().count() > 200 {
-        let cut: String = one_line.chars().take(200).collect();
-        format!("{cut}…")
-    } else {
-        one_line
     }
 }
 

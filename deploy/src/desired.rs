@@ -75,6 +75,13 @@ pub struct DesiredContainer {
     /// The bytes of `spec.secrets` (names only when serialised).
     #[serde(skip_serializing_if = "is_empty_values")]
     pub secret_values: SecretValues,
+    /// The service's `settle:` (nanoseconds), outside the spec: it changes no container.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settle_ns: Option<u64>,
+    /// The services this one's containers start after (`depends_on`), for the host's
+    /// start order; outside the spec too.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
 }
 
 fn is_empty_values(values: &SecretValues) -> bool {
@@ -178,6 +185,11 @@ pub(crate) fn versioned_hash(version: &str, config: &impl Serialize) -> String {
 }
 
 impl DesiredContainer {
+    /// The service's own settle time, when it sets one.
+    pub fn settle(&self) -> Option<std::time::Duration> {
+        self.settle_ns.map(std::time::Duration::from_nanos)
+    }
+
     /// All labels to set on the container: the user's plus Berth's bookkeeping.
     pub fn labels(&self, app: &str) -> BTreeMap<String, String> {
         let mut all = self.spec.labels.clone();
@@ -336,6 +348,8 @@ pub fn desired_host(source: &AppSource, inventory: &Inventory, host: &Host) -> R
                 build: service.build.clone(),
                 naming: app.naming,
                 secret_values: secret_values.clone(),
+                settle_ns: service.settle,
+                depends_on: service.depends_on.clone(),
             });
         }
     }

@@ -62,6 +62,8 @@ pub struct Engine {
     /// For `ssh://` hosts: the tunnel bollard's socket leads through; it lives as long as
     /// any clone of the engine.
     _tunnel: Option<std::sync::Arc<SshTunnel>>,
+    /// Engine API calls made through this connection (all clones), for `--timings`.
+    calls: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A failed Engine API call, said in words: what was done, on which host, and Docker's own
@@ -202,12 +204,26 @@ impl Engine {
             docker,
             endpoint: shown,
             _tunnel: tunnel,
+            // The version negotiation above was one.
+            calls: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1)),
         })
     }
 
     /// The API client, for the swarm module's service calls.
     pub(crate) fn docker(&self) -> &Docker {
+        self.api()
+    }
+
+    /// The API client for one call (counted).
+    fn api(&self) -> &Docker {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         &self.docker
+    }
+
+    /// Engine API calls made so far through this connection.
+    pub fn api_calls(&self) -> u64 {
+        self.calls.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn endpoint(&self) -> &str {
@@ -218,7 +234,7 @@ impl Engine {
     /// all images. Three list calls, no per-object inspect, so an unchanged re-run is quick.
     pub async fn read(&self, app: &str) -> Result<ActualHost, String> {
         let containers = self
-            .docker
+            .api()
             .list_containers(Some(ListContainersOptions {
                 all: true,
                 ..Default::default()
@@ -226,12 +242,12 @@ impl Engine {
             .await
             .map_err(|e| api_error("listing containers", e))?;
         let networks = self
-            .docker
+            .api()
             .list_networks(None::<ListNetworksOptions>)
             .await
             .map_err(|e| api_error("listing networks", e))?;
         let images = self
-            .docker
+            .api()
             .list_images(Some(ListImagesOptions::default()))
             .await
             .map_err(|e| api_error("listing images", e))?;
@@ -251,7 +267,7 @@ impl Engine {
             serveraddress: Some(auth.server),
             ..Default::default()
         });
-        let mut stream = self.docker.create_image(
+        let mut stream = self.api().create_image(
             Some(CreateImageOptions {
                 from_image: Some(image.to_string()),
                 ..Default::default()
@@ -293,7 +309,7 @@ impl Engine {
             ..Default::default()
         };
         let response = self
-            .docker
+            .api()
             .create_network(request)
             .await
             .map_err(|e| api_error(&format!("creating network {}", network.name), e))?;
@@ -301,7 +317,7 @@ impl Engine {
     }
 
     pub async fn remove_network(&self, name: &str) -> Result<(), String> {
-        match self.docker.remove_network(name).await {
+        match self.api().remove_network(name).await {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(api_error(&format!("removing network {name}"), e)),
@@ -309,7 +325,7 @@ impl Engine {
     }
 
     pub async fn disconnect(&self, network: &str, container: &str) -> Result<(), String> {
-        self.docker
+        self.api()
             .disconnect_network(
                 network,
                 NetworkDisconnectRequest {
@@ -328,7 +344,7 @@ impl Engine {
         container: &str,
         attachment: &crate::app::ServiceNetwork,
     ) -> Result<(), String> {
-        self.docker
+        self.api()
             .connect_network(
                 network,
                 NetworkConnectRequest {
@@ -353,7 +369,7 @@ impl Engine {
             labels.insert(labels::DEPLOY.to_string(), deploy_id.to_string());
         }
         let response = self
-            .docker
+            .api()
             .create_container(
                 Some(CreateContainerOptions {
                     name: Some(name.to_string()),
@@ -367,7 +383,7 @@ impl Engine {
     }
 
     pub async fn start(&self, name: &str) -> Result<(), String> {
-        self.docker
+        self.api()
             .start_container(name, None)
             .await
             .map_err(|e| api_error(&format!("starting {name}"), e))
@@ -375,7 +391,7 @@ impl Engine {
 
     pub async fn stop(&self, name: &str) -> Result<(), String> {
         match self
-            .docker
+            .api()
             .stop_container(
                 name,
                 // No `t`: the daemon waits the container's own StopTimeout (the service's
@@ -396,7 +412,7 @@ impl Engine {
     /// Removes a container (stopping it first); a missing one is fine.
     pub async fn remove(&self, name: &str) -> Result<(), String> {
         match self
-            .docker
+            .api()
             .remove_container(
                 name,
                 Some(RemoveContainerOptions {
@@ -414,7 +430,7 @@ impl Engine {
     }
 
     pub async fn rename(&self, from: &str, to: &str) -> Result<(), String> {
-        self.docker
+        self.api()
             .rename_container(
                 from,
                 RenameContainerOptions {
@@ -432,7 +448,7 @@ impl Engine {
         name: &str,
         policy: &crate::app::RestartPolicy,
     ) -> Result<(), String> {
-        self.docker
+        self.api()
             .update_container(
                 name,
                 bollard::models::ContainerUpdateBody {
@@ -446,7 +462,7 @@ impl Engine {
 
     /// Current state and health of a container (`None` when it does not exist).
     pub async fn status(&self, name: &str) -> Result<Option<Status>, String> {
-        let inspect = match self.docker.inspect_container(name, None).await {
+        let inspect = match self.api().inspect_container(name, None).await {
             Ok(inspect) => inspect,
             Err(e) if is_not_found(&e) => return Ok(None),
             Err(e) => return Err(api_error(&format!("inspecting {name}"), e)),
@@ -482,7 +498,7 @@ impl Engine {
 impl Engine {
     /// Names of the networks a container is attached to (`None` when it does not exist).
     pub async fn networks_of(&self, name: &str) -> Result<Option<Vec<String>>, String> {
-        let inspect = match self.docker.inspect_container(name, None).await {
+        let inspect = match self.api().inspect_container(name, None).await {
             Ok(inspect) => inspect,
             Err(e) if is_not_found(&e) => return Ok(None),
             Err(e) => return Err(api_error(&format!("inspecting {name}"), e)),
@@ -944,6 +960,8 @@ mod tests {
             build: None,
             naming: crate::app::Naming::Berth,
             secret_values: Default::default(),
+            settle_ns: None,
+            depends_on: Vec::new(),
         }
     }
 

@@ -23,12 +23,15 @@ pub mod error;
 pub mod inventory;
 pub mod limit;
 pub mod plan;
+pub mod ready;
 pub mod run;
 pub mod ship;
 pub mod ssh;
+pub mod stages;
 pub mod storage;
 pub mod swarm;
 pub mod template;
+pub mod timings;
 mod units;
 mod yaml;
 

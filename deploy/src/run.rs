@@ -3,7 +3,7 @@
 //! host ends with a [`HostReport`]; one unreachable or failing host never stops the others.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use berth_client::credentials::{Credentials, DockerConfig};
 use berth_client::registry::{Client, ClientConfig};
@@ -11,10 +11,11 @@ use berth_client::ImageRef;
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::apply::{apply_host, rollback_host, ActionResult, ApplyOptions, Outcome};
+use crate::apply::{apply_host_timed, rollback_host, ActionResult, ApplyOptions, Outcome};
 use crate::desired::DesiredHost;
 use crate::engine::{Engine, PullAuth};
 use crate::plan::{plan_host, HostPlan};
+use crate::timings::{HostTimings, PhaseClock};
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -36,6 +37,8 @@ pub struct RunOptions {
     /// `berth down`: the plan removes everything of the app (the desired hosts are empty);
     /// `Some(true)` removes its volumes too.
     pub down: Option<bool>,
+    /// `--timings`: report where each host's time went and its Engine API calls.
+    pub timings: bool,
 }
 
 impl Default for RunOptions {
@@ -49,6 +52,7 @@ impl Default for RunOptions {
             registry: ClientConfig::default(),
             known_digests: BTreeMap::new(),
             down: None,
+            timings: false,
         }
     }
 }
@@ -82,6 +86,9 @@ pub struct HostReport {
     pub changed: usize,
     pub failed: usize,
     pub skipped: usize,
+    /// With `--timings` (deploys that reached the host).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timings: Option<HostTimings>,
 }
 
 impl HostReport {
@@ -97,6 +104,7 @@ impl HostReport {
             changed: 0,
             failed: 0,
             skipped: 0,
+            timings: None,
         }
     }
 
@@ -169,6 +177,12 @@ impl RunReport {
         for host in &self.hosts {
             out.push_str(&host.recap_line(width));
             out.push('\n');
+        }
+        for host in &self.hosts {
+            if let Some(timings) = &host.timings {
+                out.push_str(&timings.line(&host.host));
+                out.push('\n');
+            }
         }
         for host in &self.hosts {
             if host.unreachable {
@@ -377,14 +391,21 @@ async fn deploy_host(
     if !failed_images.is_empty() {
         return report.fail(failed_images.join("; "), false);
     }
+    let started = Instant::now();
     let engine = match Engine::connect(&desired.endpoint, options.connect_timeout).await {
         Ok(engine) => engine,
         Err(error) => return report.fail(error, true),
     };
+    let mut timings = HostTimings {
+        connect: started.elapsed().as_secs_f64(),
+        ..HostTimings::default()
+    };
+    let reading = Instant::now();
     let actual = match engine.read(&desired.app).await {
         Ok(actual) => actual,
         Err(error) => return report.fail(format!("reading the host's state: {error}"), false),
     };
+    timings.read = reading.elapsed().as_secs_f64();
     let mut plan = plan_host(&desired, &actual);
     if let Some(volumes) = options.down {
         crate::down::adjust_plan(&mut plan, &actual, &desired.app, volumes);
@@ -400,7 +421,8 @@ async fn deploy_host(
         report.changed = plan.changed();
     } else {
         let host = desired.host.clone();
-        report.results = apply_host(
+        let clock = PhaseClock::default();
+        report.results = apply_host_timed(
             &engine,
             &desired,
             &plan,
@@ -412,9 +434,16 @@ async fn deploy_host(
                     result,
                 })
             },
+            &clock,
         )
         .await;
         report.count_results();
+        if options.timings {
+            clock.fill(&mut timings);
+            timings.total = started.elapsed().as_secs_f64();
+            timings.api_calls = engine.api_calls();
+            report.timings = Some(timings);
+        }
     }
     report.plan = Some(redacted(&plan));
     report
@@ -503,6 +532,7 @@ mod tests {
             changed: 0,
             failed: 0,
             skipped: 0,
+            timings: None,
         }
     }
 

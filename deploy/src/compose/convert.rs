@@ -278,6 +278,12 @@ impl Converter<'_> {
         if let Some(hosts) = hosts {
             out.insert("hosts".into(), Value::String(hosts));
         }
+        // `x-berth: { settle: 2s }`: the app file's `settle:` (parsed, and checked, there).
+        if let Some(Value::Object(x_berth)) = body.get("x-berth") {
+            if let Some(settle) = x_berth.get("settle") {
+                out.insert("settle".into(), settle.clone());
+            }
+        }
         // Mounts and secret uses have the same forms in both files (see `app/storage.rs`).
         for key in [
             "command",

@@ -204,7 +204,7 @@ pub(crate) const IPAM_CONFIG: &[&str] = &["subnet", "gateway", "ip_range"];
 pub(crate) const IPAM_CONFIG_NOT_YET: &[&str] = &["aux_addresses"];
 
 /// `x-berth:` on a service or at the top level (the default for every service).
-pub(crate) const X_BERTH: &[&str] = &["hosts"];
+pub(crate) const X_BERTH: &[&str] = &["hosts", "settle"];
 
 /// Top-level `volumes.NAME` (the app model's `Volume` has the same keys).
 pub(crate) const VOLUME: &[&str] = &["name", "driver", "driver_opts", "labels", "external"];

@@ -22,7 +22,7 @@ const HELPER_DIR: &str = "/berth-secrets";
 impl Engine {
     pub async fn read_volumes(&self) -> Result<Vec<ActualVolume>, String> {
         let listed = self
-            .docker
+            .api()
             .list_volumes(None::<ListVolumesOptions>)
             .await
             .map_err(|e| api_error("listing volumes", e))?;
@@ -49,7 +49,7 @@ impl Engine {
             labels: Some(volume.labels.clone().into_iter().collect()),
             ..Default::default()
         };
-        self.docker
+        self.api()
             .create_volume(request)
             .await
             .map(|_| ())
@@ -59,7 +59,7 @@ impl Engine {
     /// Removes a volume; a missing one is fine, one still in use is an error (Docker's).
     pub async fn remove_volume(&self, name: &str) -> Result<(), String> {
         match self
-            .docker
+            .api()
             .remove_volume(name, None::<RemoveVolumeOptions>)
             .await
         {
@@ -87,7 +87,7 @@ impl Engine {
         let helper = format!("{}-secrets", container.name);
         let remove_helper = || async {
             match self
-                .docker
+                .api()
                 .remove_container(
                     &helper,
                     Some(RemoveContainerOptions {
@@ -114,7 +114,7 @@ impl Engine {
             }),
             ..Default::default()
         };
-        self.docker
+        self.api()
             .create_container(
                 Some(CreateContainerOptions {
                     name: Some(helper.clone()),
@@ -125,7 +125,7 @@ impl Engine {
             .await
             .map_err(|e| api_error(&format!("creating secrets helper {helper}"), e))?;
         let uploaded = self
-            .docker
+            .api()
             .upload_to_container(
                 &helper,
                 Some(UploadToContainerOptions {

@@ -103,6 +103,7 @@ fn report_for(desired: &SwarmDesired) -> HostReport {
         changed: 0,
         failed: 0,
         skipped: 0,
+        timings: None,
     }
 }
 
