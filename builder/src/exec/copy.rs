@@ -296,7 +296,7 @@ impl Executor<'_> {
                     .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                     .map_or(default_time, |d| d.as_secs() as i64);
                 let mtime = clamp.map_or(mtime, |c| mtime.min(c as i64));
-                out.new_file(&target, &got.bytes, 0o600, mode.as_ref(), owner, mtime)
+                out.new_file_from(&target, &got.path, 0o600, mode.as_ref(), owner, mtime)
                     .map_err(io_fail)?;
                 continue;
             }
@@ -553,6 +553,36 @@ impl Stager<'_> {
         self.parents(parent, None)?;
         let path = self.path(target);
         fs::write(&path, content)?;
+        self.finish_file(&path, default_mode, chmod, owner, mtime)
+    }
+
+    /// As `new_file`, the content copied from a file (an ADD URL download).
+    fn new_file_from(
+        &mut self,
+        target: &str,
+        source: &Path,
+        default_mode: u32,
+        chmod: Option<&files::Chmod>,
+        owner: Option<(u32, u32)>,
+        mtime: i64,
+    ) -> io::Result<()> {
+        let (parent, _) = target.rsplit_once('/').unwrap_or(("", target));
+        self.parents(parent, None)?;
+        let path = self.path(target);
+        let _ = fs::remove_file(&path);
+        fs::copy(source, &path)?;
+        self.finish_file(&path, default_mode, chmod, owner, mtime)
+    }
+
+    fn finish_file(
+        &self,
+        path: &Path,
+        default_mode: u32,
+        chmod: Option<&files::Chmod>,
+        owner: Option<(u32, u32)>,
+        mtime: i64,
+    ) -> io::Result<()> {
+        let path = path.to_path_buf();
         let (uid, gid) = owner.unwrap_or((0, 0));
         std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
         let m = chmod.map_or(default_mode, |c| c.apply(default_mode, false));

@@ -189,7 +189,16 @@ fn git(args: &[&str], dir: Option<&Path>, ssh_agent: Option<&Path>) -> Result<St
     if let Some(agent) = ssh_agent {
         cmd.env("SSH_AUTH_SOCK", agent);
     }
-    let out = cmd.output().map_err(|e| {
+    super::git_limits::apply_low_speed(&mut cmd);
+    let limit = super::git_limits::deadline();
+    let out = super::git_limits::output_within(&mut cmd, limit).map_err(|e| {
+        let Some(e) = e else {
+            return format!(
+                "git {} did not finish within {}s; check the repository's server (the limit is BERTH_BUILD_ADD_GIT_TIMEOUT, in seconds)",
+                args.first().unwrap_or(&""),
+                limit.as_secs()
+            );
+        };
         if e.kind() == std::io::ErrorKind::NotFound {
             "ADD of a git repository needs git: install it (e.g. apt-get install git)".to_string()
         } else {

@@ -18,6 +18,7 @@ pub mod chroot;
 mod copy;
 pub mod files;
 pub mod git;
+mod git_limits;
 pub mod layer;
 pub mod mounts;
 mod multiplatform;

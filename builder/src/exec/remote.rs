@@ -6,11 +6,40 @@
 //! used without asking at all.
 
 use std::fs;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use berth_storage::Digest;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+/// Bounds on one ADD download, so a broken or hostile server cannot fill the
+/// build host's disk or hang the build: a connect timeout, an idle timeout
+/// (no byte for that long) and a maximum body size. Each is overridable by
+/// an environment variable (tests use short ones).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub connect: Duration,
+    pub idle: Duration,
+    pub max_bytes: u64,
+}
+
+impl Limits {
+    pub fn from_env() -> Limits {
+        let num = |name: &str, default: u64| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(default)
+        };
+        Limits {
+            connect: Duration::from_secs(num("BERTH_BUILD_ADD_CONNECT_TIMEOUT", 30)),
+            idle: Duration::from_secs(num("BERTH_BUILD_ADD_IDLE_TIMEOUT", 60)),
+            max_bytes: num("BERTH_BUILD_ADD_MAX_BYTES", 16 << 30),
+        }
+    }
+}
 
 /// What the cache keeps of a URL's last response.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -22,10 +51,10 @@ pub struct UrlRecord {
     pub digest: String,
 }
 
-/// A fetched (or revalidated) body.
+/// A fetched (or revalidated) body, on disk (never whole in memory).
 #[derive(Clone)]
 pub struct Fetched {
-    pub bytes: Vec<u8>,
+    pub path: PathBuf,
     pub digest: String,
     /// From `Last-Modified`: the ADDed file's mtime, as Docker sets it.
     pub modified: Option<SystemTime>,
@@ -52,27 +81,32 @@ impl UrlCache {
     }
 
     /// The kept record and body of `url`, when both are there and agree.
-    fn kept(&self, url: &str) -> Option<(UrlRecord, Vec<u8>)> {
+    fn kept(&self, url: &str) -> Option<(UrlRecord, PathBuf)> {
         let (meta, body) = self.paths(url);
         let record: UrlRecord = serde_json::from_slice(&fs::read(meta).ok()?).ok()?;
-        let bytes = fs::read(body).ok()?;
-        (record.url == url && Digest::sha256_of(&bytes).to_string() == record.digest)
-            .then_some((record, bytes))
+        (record.url == url && sha256_of_file(&body).ok()? == record.digest)
+            .then_some((record, body))
     }
 
-    fn keep(&self, record: &UrlRecord, bytes: &[u8]) -> Result<(), String> {
-        fs::create_dir_all(&self.dir)
-            .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
-        let (meta, body) = self.paths(&record.url);
-        let pid = std::process::id();
-        let write = |path: &Path, data: &[u8]| {
-            let tmp = path.with_extension(format!("tmp{pid}"));
-            fs::write(&tmp, data)
-                .and_then(|_| fs::rename(&tmp, path))
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))
-        };
-        write(&body, bytes)?;
-        write(&meta, &serde_json::to_vec(record).unwrap_or_default())
+    /// Moves a downloaded body into place as `url`'s body; with `record`
+    /// (a validator or checksum makes it worth revalidating), its record too.
+    fn keep(
+        &self,
+        url: &str,
+        record: Option<&UrlRecord>,
+        download: &Path,
+    ) -> Result<PathBuf, String> {
+        let (meta, body) = self.paths(url);
+        // A stale record must not vouch for the new body.
+        let _ = fs::remove_file(&meta);
+        fs::rename(download, &body).map_err(|e| format!("cannot write {}: {e}", body.display()))?;
+        if let Some(record) = record {
+            let tmp = meta.with_extension(format!("tmp{}", std::process::id()));
+            fs::write(&tmp, serde_json::to_vec(record).unwrap_or_default())
+                .and_then(|_| fs::rename(&tmp, &meta))
+                .map_err(|e| format!("cannot write {}: {e}", meta.display()))?;
+        }
+        Ok(body)
     }
 
     /// The body of `url`: with `checksum`, a kept body of that digest or a
@@ -80,12 +114,16 @@ impl UrlCache {
     /// body or a download.
     pub async fn fetch(&self, url: &str, checksum: Option<&str>) -> Result<Fetched, String> {
         let kept = self.kept(url);
-        if let (Some(expected), Some((record, bytes))) = (checksum, &kept) {
+        if let (Some(expected), Some((record, body))) = (checksum, &kept) {
             if record.digest == expected {
-                return Ok(fetched(bytes.clone(), record));
+                return Ok(fetched(body.clone(), record));
             }
         }
-        let client = reqwest::Client::new();
+        let limits = Limits::from_env();
+        let client = reqwest::Client::builder()
+            .connect_timeout(limits.connect)
+            .build()
+            .map_err(|e| format!("cannot fetch {url}: {e}"))?;
         let mut request = client.get(url);
         if checksum.is_none() {
             if let Some((record, _)) = &kept {
@@ -97,13 +135,28 @@ impl UrlCache {
                 }
             }
         }
-        let response = request
-            .send()
+        let silent = || {
+            format!(
+                "{url}: no response for {}s; check that the server is up (the limit is BERTH_BUILD_ADD_IDLE_TIMEOUT, in seconds)",
+                limits.idle.as_secs()
+            )
+        };
+        let response = tokio::time::timeout(limits.idle, request.send())
             .await
-            .map_err(|e| format!("cannot fetch {url}: {e}"))?;
+            .map_err(|_| silent())?
+            .map_err(|e| {
+                if e.is_connect() && e.is_timeout() {
+                    format!(
+                        "{url}: cannot connect within {}s; check the URL and the network (the limit is BERTH_BUILD_ADD_CONNECT_TIMEOUT, in seconds)",
+                        limits.connect.as_secs()
+                    )
+                } else {
+                    format!("cannot fetch {url}: {e}")
+                }
+            })?;
         if response.status() == reqwest::StatusCode::NOT_MODIFIED {
-            if let Some((record, bytes)) = kept {
-                return Ok(fetched(bytes, &record));
+            if let Some((record, body)) = kept {
+                return Ok(fetched(body, &record));
             }
         }
         let response = response
@@ -118,12 +171,53 @@ impl UrlCache {
         };
         let etag = header(reqwest::header::ETAG);
         let last_modified = header(reqwest::header::LAST_MODIFIED);
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| format!("cannot fetch {url}: {e}"))?
-            .to_vec();
-        let digest = Digest::sha256_of(&bytes).to_string();
+        let too_big = || {
+            format!(
+                "{url}: the body is larger than {} bytes; raise BERTH_BUILD_ADD_MAX_BYTES if that is expected",
+                limits.max_bytes
+            )
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > limits.max_bytes)
+        {
+            return Err(too_big());
+        }
+        fs::create_dir_all(&self.dir)
+            .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
+        // Streamed to a temporary file beside the cache (removed if dropped on
+        // an error), hashed on the way.
+        let mut download = tempfile::Builder::new()
+            .prefix(".download")
+            .tempfile_in(&self.dir)
+            .map_err(|e| format!("cannot create a file in {}: {e}", self.dir.display()))?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut response = response;
+        loop {
+            let chunk = tokio::time::timeout(limits.idle, response.chunk())
+                .await
+                .map_err(|_| {
+                    format!(
+                        "{url}: the server sent nothing for {}s after {size} bytes; check that it is up (the limit is BERTH_BUILD_ADD_IDLE_TIMEOUT, in seconds)",
+                        limits.idle.as_secs()
+                    )
+                })?
+                .map_err(|e| format!("cannot fetch {url}: {e}"))?;
+            let Some(chunk) = chunk else { break };
+            size += chunk.len() as u64;
+            if size > limits.max_bytes {
+                return Err(too_big());
+            }
+            hasher.update(&chunk);
+            download
+                .write_all(&chunk)
+                .map_err(|e| format!("cannot write {}: {e}", download.path().display()))?;
+        }
+        download
+            .flush()
+            .map_err(|e| format!("cannot write {}: {e}", download.path().display()))?;
+        let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
         if let Some(expected) = checksum {
             if digest != expected {
                 return Err(format!(
@@ -137,22 +231,41 @@ impl UrlCache {
             last_modified,
             digest,
         };
-        // Only a validator makes a kept body useful (or a checksum to match).
-        if record.etag.is_some() || record.last_modified.is_some() || checksum.is_some() {
-            self.keep(&record, &bytes)?;
-        }
-        Ok(fetched(bytes, &record))
+        // Only a validator makes a kept body useful (or a checksum to match);
+        // without one the body still lives there, for this build's copy.
+        let worth_keeping =
+            record.etag.is_some() || record.last_modified.is_some() || checksum.is_some();
+        let (_, path) = download
+            .keep()
+            .map_err(|e| format!("cannot keep the download of {url}: {e}"))?;
+        let body = self.keep(url, worth_keeping.then_some(&record), &path)?;
+        Ok(fetched(body, &record))
     }
 }
 
-fn fetched(bytes: Vec<u8>, record: &UrlRecord) -> Fetched {
+/// `sha256:<hex>` of a file, read in pieces.
+fn sha256_of_file(path: &Path) -> std::io::Result<String> {
+    let mut file = fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+}
+
+fn fetched(path: PathBuf, record: &UrlRecord) -> Fetched {
     Fetched {
         modified: record
             .last_modified
             .as_deref()
             .and_then(|v| httpdate::parse_http_date(v).ok()),
         digest: record.digest.clone(),
-        bytes,
+        path,
     }
 }
 
