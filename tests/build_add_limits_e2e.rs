@@ -1,6 +1,6 @@
 //! `ADD <URL>` against broken or hostile servers: a body that never ends stops
-//! at `BERTH_BUILD_ADD_MAX_BYTES` (streamed to disk, so berth's memory stays
-//! small), a server that accepts and never answers fails after
+//! at `BERTH_BUILD_ADD_MAX_BYTES` (streamed to disk: berth's peak RSS, read
+//! from /proc while it runs, stays far under the body), a server that accepts and never answers fails after
 //! `BERTH_BUILD_ADD_IDLE_TIMEOUT`, a silent git remote after
 //! `BERTH_BUILD_ADD_GIT_TIMEOUT`; a normal URL still works and revalidates
 //! (CACHED) on rebuild. The servers are loopback threads of this test.
@@ -90,6 +90,45 @@ fn serve(conn: TcpStream, counts: &Counts) -> std::io::Result<()> {
     }
 }
 
+/// `ADD URL` of a body that never ends, with a 256 MiB maximum: the build's
+/// stderr and berth's peak RSS (`VmHWM`, KiB) sampled while it ran.
+fn endless_build(s: &Setup, url: &str) -> (String, u64) {
+    let context = s.cli.path("endless");
+    write(
+        &context.join("Dockerfile"),
+        &format!("FROM {}\nADD {url} /big\n", s.base),
+        0o644,
+    );
+    let log = s.cli.path("endless.log");
+    let mut cmd = build_cmd(&s.cli, &context, &[]);
+    cmd.env("BERTH_BUILD_ADD_MAX_BYTES", (256u64 << 20).to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"));
+    let mut child = cmd.spawn().expect("spawn berth build");
+    let status_file = format!("/proc/{}/status", child.id());
+    let start = Instant::now();
+    let mut peak_kib = 0;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if start.elapsed() > BUILD_T {
+            let _ = child.kill();
+            panic!("berth build did not stop");
+        }
+        let hwm = std::fs::read_to_string(&status_file).ok().and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        });
+        peak_kib = peak_kib.max(hwm.unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!status.success(), "the build should fail:\n{stderr}");
+    (stderr, peak_kib)
+}
+
 /// A failing build with short limits: its stderr and how long it took.
 fn failing_build(s: &Setup, name: &str, add: &str) -> (String, Duration) {
     let context = s.cli.path(name);
@@ -121,15 +160,20 @@ fn add_url_limits_and_normal_revalidation() {
     let s = setup();
     let (port, counts) = start_server();
 
-    // (a) A body that never ends: stopped at the maximum size, named.
+    // (a) A body that never ends: stopped at the maximum size, named; the
+    // 256 MiB on the way went to disk, not into berth's memory.
     let url = format!("http://127.0.0.1:{port}/endless");
-    let (stderr, _) = failing_build(&s, "endless", &format!("ADD {url} /big"));
+    let (stderr, peak_kib) = endless_build(&s, &url);
     assert!(
         stderr.contains("Dockerfile:2: ADD:")
             && stderr.contains(&url)
-            && stderr.contains("larger than 1048576 bytes")
+            && stderr.contains("larger than 268435456 bytes")
             && stderr.contains("BERTH_BUILD_ADD_MAX_BYTES"),
         "{stderr}"
+    );
+    assert!(
+        peak_kib > 0 && peak_kib < 128 * 1024,
+        "berth's peak RSS was {peak_kib} KiB"
     );
 
     // (b) A server that accepts and never answers: the idle timeout.
