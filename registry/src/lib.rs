@@ -22,12 +22,12 @@ mod blobs;
 pub mod error;
 pub mod http;
 pub mod immutable;
-pub mod quota;
 mod listing;
 pub mod manifest;
 mod manifests;
 pub mod metrics;
 pub mod ops;
+pub mod quota;
 pub mod route;
 mod uploads;
 
@@ -417,7 +417,9 @@ async fn handle(
         },
         Route::Manifest { name, reference } => match m {
             Method::GET | Method::HEAD => manifests::get(s, name, reference, &req).await,
-            Method::PUT => manifests::put(s, &reg.immutable, &reg.quotas, name, reference, &req, body).await,
+            Method::PUT => {
+                manifests::put(s, &reg.immutable, &reg.quotas, name, reference, &req, body).await
+            }
             Method::DELETE => manifests::delete(s, &reg.immutable, name, reference).await,
             _ => Err(method_not_allowed(&m)),
         },

@@ -7,8 +7,8 @@ use berth_storage::{collect_limited, Digest, Storage};
 
 use crate::error::{ApiResult, Code, RegistryError};
 use crate::immutable::ImmutableTags;
-use crate::quota::Quotas;
 use crate::manifest::{self, MAX_MANIFEST_BYTES};
+use crate::quota::Quotas;
 use crate::{bytes_response, drain, empty, header_value, take_body, Req};
 use axum::body::Body;
 
