@@ -1,7 +1,8 @@
 //! `[[quota]]` rules on a real `berth serve`: pushes under `max_bytes` work, the blob (or the
 //! manifest) that would pass it gets 403 DENIED with the numbers and is not linked, other
 //! repositories are unaffected, `max_tags` refuses a new tag but takes an existing one again,
-//! `berth usage --json` counts what was pushed, and bad rules fail at start naming the key.
+//! `berth usage --json` counts what was pushed, bad rules fail at start naming the key, and the
+//! real `docker push` over a quota prints the refusal.
 
 mod common;
 
@@ -241,4 +242,68 @@ fn bad_quota_config_fails_at_start_naming_the_key() {
     assert!(e.contains("quota[0].max_tags"), "{e}");
     let e = serve_refuses("[[quota]]\nrepositories = [\"team/**\"]\nmax_byte = 10\n");
     assert!(e.contains("unknown field `max_byte`"), "{e}");
+}
+
+/// Removes the test's local images, also when it panics.
+struct RemoveImages(Vec<String>);
+
+impl Drop for RemoveImages {
+    fn drop(&mut self) {
+        for image in &self.0 {
+            let _ = run(cmd("docker", ["rmi", "-f", image]), Duration::from_secs(60));
+        }
+    }
+}
+
+/// A one-layer image `name` made by `docker import`, holding `size` bytes that do not
+/// compress (so the pushed layer is about that big).
+fn import_image(work: &std::path::Path, name: &str, size: usize) {
+    let root = work.join(unique("root"));
+    fs::create_dir_all(&root).expect("mkdir image root");
+    let mut state = u64::from(std::process::id()) ^ 0x9e37_79b9_7f4a_7c15 ^ size as u64;
+    let noise: Vec<u8> = (0..size)
+        .map(|_| {
+            // xorshift64: incompressible enough for gzip.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect();
+    fs::write(root.join("noise.bin"), noise).expect("write noise");
+    let tar = root.with_extension("tar");
+    run_ok(
+        cmd("tar", ["-C"]).arg(&root).arg("-cf").arg(&tar).arg("."),
+        Duration::from_secs(60),
+    );
+    run_ok(
+        cmd("docker", ["import"]).arg(&tar).arg(name),
+        Duration::from_secs(120),
+    );
+}
+
+#[test]
+fn docker_push_over_the_quota_shows_the_message() {
+    if !require_tool("docker") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = "[[quota]]\nname = \"docker\"\nrepositories = [\"dq/**\"]\nmax_bytes = 100000\n";
+    let server = Server::start_berth_with_config(dir.path(), rules, false);
+    let small = format!("{}/dq/app:small", server.host());
+    let big = format!("{}/dq/app:big", server.host());
+    let _cleanup = RemoveImages(vec![small.clone(), big.clone()]);
+    let timeout = Duration::from_secs(300);
+
+    import_image(dir.path(), &small, 20_000);
+    run_ok(cmd("docker", ["push", &small]), timeout);
+    import_image(dir.path(), &big, 200_000);
+    let refused = run_fail(cmd("docker", ["push", &big]), timeout);
+    let said = format!("{}{}", refused.stdout, refused.stderr);
+    eprintln!("docker push refused: {said}");
+    assert!(
+        said.contains("quota of dq/app exceeded") && said.contains("max_bytes is 100000"),
+        "docker shows the quota's message: {}",
+        refused.describe()
+    );
 }
