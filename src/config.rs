@@ -37,6 +37,8 @@ pub struct Settings {
     pub read_only: bool,
     /// `[[immutable]]` rules, compiled (bad patterns fail at start).
     pub immutable: berth_registry::immutable::ImmutableTags,
+    /// `[[quota]]` rules, compiled (bad patterns and limits fail at start).
+    pub quotas: berth_registry::quota::Quotas,
     pub metrics: MetricsSettings,
 }
 
@@ -248,6 +250,8 @@ struct FileConfig {
     #[serde(default)]
     immutable: Vec<berth_registry::immutable::ImmutableConfig>,
     #[serde(default)]
+    quota: Vec<berth_registry::quota::QuotaConfig>,
+    #[serde(default)]
     metrics: MetricsSettings,
 }
 
@@ -290,6 +294,8 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
     };
     let (file_storage, file_read_only) = storage_entry(file.storage)?;
     let immutable = berth_registry::immutable::ImmutableTags::from_config(&file.immutable)
+        .map_err(|e| anyhow::anyhow!("invalid config file: {e}"))?;
+    let quotas = berth_registry::quota::Quotas::from_config(&file.quota)
         .map_err(|e| anyhow::anyhow!("invalid config file: {e}"))?;
     let file_gc = file
         .gc_interval
@@ -380,6 +386,7 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
         },
         read_only: args.read_only || file_read_only,
         immutable,
+        quotas,
         metrics: file.metrics,
     })
 }

@@ -34,6 +34,7 @@ mod serve_loop;
 mod ship;
 mod swarm_init;
 mod tls;
+mod usage;
 
 #[derive(Parser)]
 #[command(
@@ -52,6 +53,8 @@ enum Command {
     Serve(ServeArgs),
     /// Reclaim disk space: remove blobs that no manifest needs any more.
     Gc(GcArgs),
+    /// Bytes and tags per repository, with the `[[quota]]` limits that apply.
+    Usage(usage::UsageArgs),
     /// Send an image to a registry (from the local store, oci:DIR or docker-archive:FILE).
     Push(images::PushArgs),
     /// Fetch an image from a registry (into the local store, or oci:DIR / docker-archive:FILE).
@@ -221,6 +224,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Gc(args) => gc(args),
+        Command::Usage(args) => usage::usage(args),
         Command::Push(args) => images::push(args),
         Command::Pull(args) => images::pull(args),
         Command::Copy(args) => images::copy(args),
@@ -282,6 +286,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         registry = registry.with_rate_limit(limit);
     }
     registry = registry.with_immutable_tags(std::mem::take(&mut settings.immutable));
+    registry = registry.with_quotas(std::mem::take(&mut settings.quotas));
     let metrics = settings
         .metrics
         .enabled

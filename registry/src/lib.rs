@@ -27,6 +27,7 @@ pub mod manifest;
 mod manifests;
 pub mod metrics;
 pub mod ops;
+pub mod quota;
 pub mod route;
 mod uploads;
 
@@ -42,6 +43,7 @@ pub struct Registry {
     rate_limit: Option<Arc<access::ClientRateLimit>>,
     read_only: ops::ReadOnly,
     immutable: Arc<immutable::ImmutableTags>,
+    quotas: Arc<quota::Quotas>,
     metrics: Option<metrics::Metrics>,
     /// `/metrics` on this router (not on a listener of its own).
     metrics_route: bool,
@@ -55,6 +57,7 @@ impl Registry {
             rate_limit: None,
             read_only: ops::ReadOnly::default(),
             immutable: Arc::default(),
+            quotas: Arc::default(),
             metrics: None,
             metrics_route: false,
         }
@@ -75,6 +78,12 @@ impl Registry {
     /// Refuse moving or deleting tags the rules name.
     pub fn with_immutable_tags(mut self, rules: immutable::ImmutableTags) -> Registry {
         self.immutable = Arc::new(rules);
+        self
+    }
+
+    /// Refuse pushes past the `[[quota]]` rules.
+    pub fn with_quotas(mut self, rules: quota::Quotas) -> Registry {
+        self.quotas = Arc::new(rules);
         self
     }
 
@@ -397,18 +406,20 @@ async fn handle(
             // without access control: with it, that would copy a blob from a
             // repository the caller cannot read into one it can.
             let any_source = reg.access.is_none();
-            uploads::start(s, name, &req, any_source, body).await
+            uploads::start(s, &reg.quotas, name, &req, any_source, body).await
         }
         Route::Upload { name, id } => match m {
             Method::GET | Method::HEAD => uploads::status(s, name, id).await,
             Method::PATCH => uploads::patch(s, name, id, &req, body).await,
-            Method::PUT => uploads::finish(s, name, id, &req, body).await,
+            Method::PUT => uploads::finish(s, &reg.quotas, name, id, &req, body).await,
             Method::DELETE => uploads::cancel(s, name, id).await,
             _ => Err(method_not_allowed(&m)),
         },
         Route::Manifest { name, reference } => match m {
             Method::GET | Method::HEAD => manifests::get(s, name, reference, &req).await,
-            Method::PUT => manifests::put(s, &reg.immutable, name, reference, &req, body).await,
+            Method::PUT => {
+                manifests::put(s, &reg.immutable, &reg.quotas, name, reference, &req, body).await
+            }
             Method::DELETE => manifests::delete(s, &reg.immutable, name, reference).await,
             _ => Err(method_not_allowed(&m)),
         },

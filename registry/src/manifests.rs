@@ -8,6 +8,7 @@ use berth_storage::{collect_limited, Digest, Storage};
 use crate::error::{ApiResult, Code, RegistryError};
 use crate::immutable::ImmutableTags;
 use crate::manifest::{self, MAX_MANIFEST_BYTES};
+use crate::quota::Quotas;
 use crate::{bytes_response, drain, empty, header_value, take_body, Req};
 use axum::body::Body;
 
@@ -44,6 +45,7 @@ fn manifest_unknown(name: &str, reference: &str) -> RegistryError {
 pub async fn put(
     s: &dyn Storage,
     immutable: &ImmutableTags,
+    quotas: &Quotas,
     name: &str,
     reference: &str,
     req: &Req,
@@ -84,6 +86,10 @@ pub async fn put(
     };
     if let Some(tag) = tag {
         immutable.check_put(s, name, tag, &digest).await?;
+        quotas.check_tag(s, name, tag).await?;
+        quotas
+            .check_manifest(s, name, tag, &parsed.references)
+            .await?;
     }
     check_descriptor_sizes(s, name, &parsed.sizes).await?;
     // Storage checks that every blob and child manifest is in the repository,

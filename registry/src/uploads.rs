@@ -8,6 +8,7 @@ use berth_storage::{Digest, Storage, UploadStatus};
 
 use crate::blobs::parse_digest;
 use crate::error::{ApiResult, Code, RegistryError};
+use crate::quota::Quotas;
 use crate::{empty, header_value, http, take_body, Req};
 use axum::body::Body;
 
@@ -91,6 +92,7 @@ async fn checked_chunk_start(
 /// registry holds it (not with access control on).
 pub async fn start(
     s: &dyn Storage,
+    quotas: &Quotas,
     name: &str,
     req: &Req,
     any_source: bool,
@@ -107,18 +109,36 @@ pub async fn start(
             None => false,
         };
         if source_has_it {
+            if !s.blob_linked(name, &digest).await? {
+                if let Some(size) = s.blob_size(&digest).await? {
+                    quotas.check_upload(s, name, Some(&digest), size).await?;
+                }
+            }
             s.link_blob(name, &digest).await?;
             return Ok(blob_created(name, &digest));
         }
         // Fall back to a normal upload, as the spec requires.
     }
     let digest = req.param("digest").map(|d| parse_digest(&d)).transpose()?;
+    if let Some(declared) = declared_length(req).filter(|_| digest.is_some()) {
+        // A monolithic upload says its size up front: refuse before reading it.
+        quotas
+            .check_upload(s, name, digest.as_ref(), declared)
+            .await?;
+    }
     let upload = s.upload_create(name).await?;
     match digest {
         Some(digest) => {
+            let was_linked = quotas.limits_bytes(name) && s.blob_linked(name, &digest).await?;
             let result = s
                 .upload_complete(name, &upload.id, &digest, Some(take_body(body)))
                 .await;
+            let result = match result {
+                Ok(size) if quotas.limits_bytes(name) && !was_linked => {
+                    completed_within_quota(s, quotas, name, &digest, size).await
+                }
+                other => other.map(|_| ()).map_err(Into::into),
+            };
             if result.is_err() {
                 // A failed single-request upload has no URL the client knows: drop it.
                 let _ = s.upload_cancel(name, &upload.id).await;
@@ -149,6 +169,7 @@ pub async fn patch(
 
 pub async fn finish(
     s: &dyn Storage,
+    quotas: &Quotas,
     name: &str,
     id: &str,
     req: &Req,
@@ -156,9 +177,34 @@ pub async fn finish(
 ) -> ApiResult<Response> {
     let digest = required_digest(req)?;
     checked_chunk_start(s, name, id, req).await?;
-    s.upload_complete(name, id, &digest, Some(take_body(body)))
+    let was_linked = quotas.limits_bytes(name) && s.blob_linked(name, &digest).await?;
+    let size = s
+        .upload_complete(name, id, &digest, Some(take_body(body)))
         .await?;
+    if quotas.limits_bytes(name) && !was_linked {
+        completed_within_quota(s, quotas, name, &digest, size).await?;
+    }
     Ok(blob_created(name, &digest))
+}
+
+/// After an upload completed: over the quota, the blob is unlinked from the
+/// repository again (garbage collection takes it if nothing else links it).
+async fn completed_within_quota(
+    s: &dyn Storage,
+    quotas: &Quotas,
+    name: &str,
+    digest: &Digest,
+    size: u64,
+) -> ApiResult<()> {
+    if let Err(refused) = quotas.check_upload(s, name, Some(digest), size).await {
+        s.unlink_blob(name, digest).await?;
+        return Err(refused);
+    }
+    Ok(())
+}
+
+fn declared_length(req: &Req) -> Option<u64> {
+    req.header("content-length")?.trim().parse().ok()
 }
 
 pub async fn cancel(s: &dyn Storage, name: &str, id: &str) -> ApiResult<Response> {
