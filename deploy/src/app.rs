@@ -1060,16 +1060,7 @@ fn optional_words<'de, D: Deserializer<'de>>(
 }
 
 fn port_list<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<Port>, D::Error> {
-    let items = match Value::deserialize(d)? {
-        Value::Null => return Ok(Vec::new()),
-        Value::Array(items) => items,
-        other => {
-            return Err(D::Error::custom(format!(
-                "expected a list of ports, found {}",
-                yaml::kind_of(&other)
-            )))
-        }
-    };
+    let items = yaml::list_items(Value::deserialize(d)?, "ports").map_err(D::Error::custom)?;
     items
         .iter()
         .enumerate()
@@ -1273,16 +1264,8 @@ fn service_networks<'de, D: Deserializer<'de>>(
 
 /// Placement preferences: `node.labels.zone` or Compose's `{ spread: node.labels.zone }`.
 fn spread_list<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<String>, D::Error> {
-    let items = match Value::deserialize(d)? {
-        Value::Null => return Ok(Vec::new()),
-        Value::Array(items) => items,
-        other => {
-            return Err(D::Error::custom(format!(
-                "expected a list of spread preferences, found {}",
-                yaml::kind_of(&other)
-            )))
-        }
-    };
+    let items =
+        yaml::list_items(Value::deserialize(d)?, "spread preferences").map_err(D::Error::custom)?;
     items
         .into_iter()
         .map(|item| match item {

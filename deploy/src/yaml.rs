@@ -52,6 +52,19 @@ pub(crate) fn read_file(path: &Path) -> Result<Value> {
     parse_str(path, &text)
 }
 
+/// The items of a list field as users write it: nothing (null) is an empty list, anything
+/// other than a list is "expected a list of WHAT, found ...".
+pub(crate) fn list_items(value: Value, what: &str) -> std::result::Result<Vec<Value>, String> {
+    match value {
+        Value::Null => Ok(Vec::new()),
+        Value::Array(items) => Ok(items),
+        other => Err(format!(
+            "expected a list of {what}, found {}",
+            kind_of(&other)
+        )),
+    }
+}
+
 /// A human name for a JSON value's type, for "expected a mapping, found a list" messages.
 pub(crate) fn kind_of(value: &Value) -> &'static str {
     match value {

@@ -380,16 +380,7 @@ fn known<'a>(keys: impl Iterator<Item = &'a String>) -> String {
 
 /// A service's `volumes:`: short `SOURCE:TARGET[:ro|rw]` / `TARGET` items or long mappings.
 pub(super) fn mount_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Mount>, D::Error> {
-    let items = match Value::deserialize(d)? {
-        Value::Null => return Ok(Vec::new()),
-        Value::Array(items) => items,
-        other => {
-            return Err(D::Error::custom(format!(
-                "expected a list of mounts, found {}",
-                yaml::kind_of(&other)
-            )))
-        }
-    };
+    let items = yaml::list_items(Value::deserialize(d)?, "mounts").map_err(D::Error::custom)?;
     items
         .into_iter()
         .enumerate()
@@ -451,16 +442,7 @@ pub fn parse_short_mount(text: &str) -> Result<Mount, String> {
 
 /// A service's `secrets:`: names, or mappings with source/target/uid/gid/mode.
 pub(super) fn secret_refs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SecretRef>, D::Error> {
-    let items = match Value::deserialize(d)? {
-        Value::Null => return Ok(Vec::new()),
-        Value::Array(items) => items,
-        other => {
-            return Err(D::Error::custom(format!(
-                "expected a list of secrets, found {}",
-                yaml::kind_of(&other)
-            )))
-        }
-    };
+    let items = yaml::list_items(Value::deserialize(d)?, "secrets").map_err(D::Error::custom)?;
     items
         .into_iter()
         .enumerate()
