@@ -556,32 +556,6 @@ fn cache_to_a_registry_and_back_on_a_fresh_machine() {
 }
 
 /// `find` listing of a tree: path, type, mode, owner, size (files), link target; no times.
-fn tree_listing(root: &Path) -> Vec<String> {
-    let out = run_ok(
-        cmd("find", [root.as_os_str()]).args([
-            "-mindepth",
-            "1",
-            "-printf",
-            "%P %y %m %U:%G %s %l\\n",
-        ]),
-        T,
-    );
-    let mut lines: Vec<String> = out
-        .lines()
-        .map(|l| {
-            // Directory sizes depend on the filesystem, not the image.
-            let f: Vec<&str> = l.split(' ').collect();
-            if f.get(1) == Some(&"d") {
-                format!("{} d {} {}", f[0], f[2], f[3])
-            } else {
-                l.to_string()
-            }
-        })
-        .collect();
-    lines.sort();
-    lines
-}
-
 const COMPARE: &str = r#"ARG BASE
 FROM ${BASE}
 RUN ["/bin/busybox", "--install", "-s", "/bin"]

@@ -48,32 +48,6 @@ LABEL org.example.name="compare-buildkit"
 CMD ["sh", "-c", "cat /srv/app/tool.txt /srv/app/token.sha /srv/app/token.mode /srv/app/cache-runs /srv/app/ctx-listing /srv/app/tmpfs-listing /srv/app/tmpfs-mounted; ls /srv/app/files; id -u"]
 "#;
 
-fn tree_listing(root: &Path) -> Vec<String> {
-    let out = run_ok(
-        cmd("find", [root.as_os_str()]).args([
-            "-mindepth",
-            "1",
-            "-printf",
-            "%P %y %m %U:%G %s %l\\n",
-        ]),
-        T,
-    );
-    let mut lines: Vec<String> = out
-        .lines()
-        .map(|l| {
-            // Directory sizes depend on the filesystem, not the image.
-            let f: Vec<&str> = l.split(' ').collect();
-            if f.get(1) == Some(&"d") {
-                format!("{} d {} {}", f[0], f[2], f[3])
-            } else {
-                l.to_string()
-            }
-        })
-        .collect();
-    lines.sort();
-    lines
-}
-
 /// Every byte of every blob of an OCI layout, gzip layers also decompressed.
 fn layout_contains(layout: &Path, needle: &str) -> Option<PathBuf> {
     for entry in fs::read_dir(layout.join("blobs/sha256")).ok()?.flatten() {

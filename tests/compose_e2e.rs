@@ -29,54 +29,6 @@ const BERTH_BACK: &str = "172.31.231";
 const REF_FRONT: &str = "172.31.232";
 const REF_BACK: &str = "172.31.233";
 
-/// Removes every container and network of the test's compose projects, and its images.
-struct Cleanup {
-    projects: Vec<String>,
-    images: Vec<String>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for project in &self.projects {
-            let label = format!("label=com.docker.compose.project={project}");
-            let ids = run(cmd("docker", ["ps", "-aq", "--filter", &label]), TIMEOUT);
-            for id in ids.stdout.split_whitespace() {
-                let _ = run(cmd("docker", ["rm", "-f", id]), TIMEOUT);
-            }
-            let networks = run(
-                cmd("docker", ["network", "ls", "-q", "--filter", &label]),
-                TIMEOUT,
-            );
-            for id in networks.stdout.split_whitespace() {
-                let _ = run(cmd("docker", ["network", "rm", id]), TIMEOUT);
-            }
-        }
-        for project in &self.projects {
-            let label = format!("label=com.docker.compose.project={project}");
-            let volumes = run(
-                cmd("docker", ["volume", "ls", "-q", "--filter", &label]),
-                TIMEOUT,
-            );
-            for name in volumes.stdout.split_whitespace() {
-                let _ = run(cmd("docker", ["volume", "rm", name]), TIMEOUT);
-            }
-        }
-        for image in &self.images {
-            let ids = run(cmd("docker", ["images", "-q", image]), TIMEOUT);
-            for id in ids.stdout.split_whitespace() {
-                let _ = run(cmd("docker", ["rmi", "-f", id]), TIMEOUT);
-            }
-        }
-    }
-}
-
-fn docker_host() -> String {
-    std::env::var("DOCKER_HOST")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string())
-}
-
 /// The compose file both tools deploy. Shells that exit on SIGTERM, so replacements are quick.
 const COMPOSE: &str = r#"
 x-loop: &loop [/bin/sh, -c, "trap 'exit 0' TERM; while true; do /bin/busybox sleep 1; done"]
@@ -165,11 +117,6 @@ networks:
     ipam:
       config: [{ subnet: "${BACK}.0/24" }]
 "#;
-
-fn inspect(name: &str) -> Value {
-    let out = run_ok(cmd("docker", ["inspect", name]), TIMEOUT);
-    parse_json(&out, "docker inspect")[0].clone()
-}
 
 /// Containers of a compose project by `service-N`, from the labels both tools write.
 fn project_containers(project: &str) -> BTreeMap<String, Value> {
@@ -350,11 +297,6 @@ fn berth(
     run(c, TIMEOUT)
 }
 
-fn ok(out: CmdOutput) -> String {
-    assert!(out.status.success(), "expected success\n{}", out.describe());
-    out.stdout
-}
-
 fn docker_compose(dir: &Path, project: &str, env: &[(&str, String)], args: &[&str]) -> Command {
     let mut c = cmd("docker-compose", ["-p", project, "-f"]);
     c.arg(dir.join("compose.yaml")).args(args).current_dir(dir);
@@ -371,21 +313,6 @@ fn image_of(container: &str) -> String {
         .to_string()
 }
 
-/// `berth import` of a busybox rootfs; returns the digest.
-fn import_image(cli: &BerthCli, rootfs: &Path, reference: &str, version: &str) -> String {
-    let mut c = cli.cmd(["import"]);
-    c.arg(rootfs)
-        .arg(reference)
-        .args(["-c", "CMD [\"/bin/sh\"]", "-c"])
-        .arg(format!("LABEL version={version}"));
-    let out = run_ok(c, TIMEOUT);
-    out.lines()
-        .map(str::trim)
-        .find(|line| line.starts_with("sha256:"))
-        .unwrap_or_else(|| panic!("no digest in berth import output:\n{out}"))
-        .to_string()
-}
-
 #[test]
 fn compose_file_deploys_like_docker_compose_up() {
     if !require_tool("docker") || !require_tool("docker-compose") {
@@ -399,9 +326,13 @@ fn compose_file_deploys_like_docker_compose_up() {
     let reference = format!("{id}r");
     let repository = format!("compose-e2e/{id}");
     let registry = server.host();
-    let _cleanup = Cleanup {
-        projects: vec![project.clone(), reference.clone()],
+    let _cleanup = DockerCleanup {
+        labels: [&project, &reference]
+            .iter()
+            .map(|p| format!("label=com.docker.compose.project={p}"))
+            .collect(),
         images: vec![format!("{registry}/{repository}")],
+        dirs: Vec::new(),
     };
     let rootfs = cli.path("rootfs.tar");
     write_busybox_rootfs(&rootfs, false);

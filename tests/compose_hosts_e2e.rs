@@ -25,19 +25,6 @@ const HOSTS: [&str; 3] = [
 const WEB: &str = "app_example-web-1";
 const NODES: &str = "app_example-nodes-1";
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    fs::create_dir_all(to).expect("mkdir");
-    for entry in fs::read_dir(from).expect("read dir") {
-        let entry = entry.expect("dir entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), &target).expect("copy file");
-        }
-    }
-}
-
 #[test]
 fn compose_file_with_an_ini_inventory_on_three_hosts() {
     if !require_root() {

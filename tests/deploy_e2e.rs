@@ -21,43 +21,6 @@ const TIMEOUT: Duration = Duration::from_secs(300);
 const FRONT_PREFIX: &str = "172.31.240";
 const BACK_PREFIX: &str = "172.31.241";
 
-/// Removes every container and network labelled with the test's app, and its images.
-struct Cleanup {
-    app: String,
-    images: Vec<String>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let label = format!("label=berth.app={}", self.app);
-        let ids = run(cmd("docker", ["ps", "-aq", "--filter", &label]), TIMEOUT);
-        for id in ids.stdout.split_whitespace() {
-            let _ = run(cmd("docker", ["rm", "-f", id]), TIMEOUT);
-        }
-        let networks = run(
-            cmd("docker", ["network", "ls", "-q", "--filter", &label]),
-            TIMEOUT,
-        );
-        for id in networks.stdout.split_whitespace() {
-            let _ = run(cmd("docker", ["network", "rm", id]), TIMEOUT);
-        }
-        for image in &self.images {
-            let ids = run(cmd("docker", ["images", "-q", image]), TIMEOUT);
-            for id in ids.stdout.split_whitespace() {
-                let _ = run(cmd("docker", ["rmi", "-f", id]), TIMEOUT);
-            }
-        }
-    }
-}
-
-/// The docker endpoint under test, as an inventory's `docker_host`.
-fn docker_host() -> String {
-    std::env::var("DOCKER_HOST")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string())
-}
-
 fn app_file(app: &str, registry: &str, repository: &str, web_port: u16) -> String {
     // Shells that exit on SIGTERM, so stop-first replacements do not wait 10 s for a kill.
     format!(
@@ -113,12 +76,6 @@ fn set_vars(inventory: &Path, vars: &str) {
     fs::write(inventory.join("group_vars/all.yml"), vars).expect("write group_vars/all.yml");
 }
 
-fn inspect(name: &str) -> serde_json::Value {
-    let out = run_ok(cmd("docker", ["inspect", name]), TIMEOUT);
-    let value = parse_json(&out, "docker inspect");
-    value[0].clone()
-}
-
 /// `inspect` once dockerd's own healthcheck has a verdict: Berth's early check makes a
 /// deploy return before dockerd ran its first one (up to an `interval` later).
 fn inspect_checked(name: &str) -> serde_json::Value {
@@ -159,26 +116,6 @@ fn rollback(cli: &BerthCli, app_file: &Path, inventory: &Path) -> CmdOutput {
     run(c, TIMEOUT)
 }
 
-fn ok(out: CmdOutput) -> String {
-    assert!(out.status.success(), "expected success\n{}", out.describe());
-    out.stdout
-}
-
-/// `berth import` of a busybox rootfs with a distinguishing label; returns the digest.
-fn import_image(cli: &BerthCli, rootfs: &Path, reference: &str, version: &str) -> String {
-    let mut c = cli.cmd(["import"]);
-    c.arg(rootfs)
-        .arg(reference)
-        .args(["-c", "CMD [\"/bin/sh\"]", "-c"])
-        .arg(format!("LABEL version={version}"));
-    let out = run_ok(c, TIMEOUT);
-    out.lines()
-        .map(str::trim)
-        .find(|line| line.starts_with("sha256:"))
-        .unwrap_or_else(|| panic!("no digest in berth import output:\n{out}"))
-        .to_string()
-}
-
 #[test]
 fn deploy_rerun_change_failed_health_and_rollback() {
     if !require_tool("docker") {
@@ -189,10 +126,7 @@ fn deploy_rerun_change_failed_health_and_rollback() {
     let app = unique("be2e").replace('-', "_");
     let repository = format!("deploy-e2e/{}", app.replace('_', "-"));
     let registry = server.host();
-    let _cleanup = Cleanup {
-        app: app.clone(),
-        images: vec![format!("{registry}/{repository}")],
-    };
+    let _cleanup = DockerCleanup::app(&app, vec![format!("{registry}/{repository}")]);
 
     let rootfs = cli.path("rootfs.tar");
     write_busybox_rootfs(&rootfs, false);
@@ -470,19 +404,6 @@ fn origin_example_plans_against_a_real_daemon() {
         assert!(actions.iter().any(|a| a == "create_network"), "{host}");
         assert!(actions.iter().any(|a| a == "create_container"), "{host}");
         assert_eq!(host["failed"], 0, "{host}");
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).expect("mkdir");
-    for entry in fs::read_dir(from).expect("read dir") {
-        let entry = entry.expect("dir entry");
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), &target).expect("copy file");
-        }
     }
 }
 
@@ -767,10 +688,7 @@ fn two_hosts_in_parallel_with_per_host_variables() {
     let app = unique("b2h").replace('-', "_");
     let repository = format!("deploy-e2e/{}", app.replace('_', "-"));
     let registry = server.host();
-    let _cleanup = Cleanup {
-        app: app.clone(),
-        images: vec![format!("{registry}/{repository}")],
-    };
+    let _cleanup = DockerCleanup::app(&app, vec![format!("{registry}/{repository}")]);
     let rootfs = cli.path("rootfs.tar");
     write_busybox_rootfs(&rootfs, false);
     let v1 = import_image(&cli, &rootfs, &format!("{registry}/{repository}:v1"), "1");
@@ -1021,10 +939,7 @@ fn ssh_endpoint_through_a_real_sshd() {
     let app = unique("bssh").replace('-', "_");
     let repository = format!("deploy-e2e/{}", app.replace('_', "-"));
     let registry = server.host();
-    let _cleanup = Cleanup {
-        app: app.clone(),
-        images: vec![format!("{registry}/{repository}")],
-    };
+    let _cleanup = DockerCleanup::app(&app, vec![format!("{registry}/{repository}")]);
     let rootfs = cli.path("rootfs.tar");
     write_busybox_rootfs(&rootfs, false);
     let v1 = import_image(&cli, &rootfs, &format!("{registry}/{repository}:v1"), "1");
@@ -1188,10 +1103,7 @@ fn ship_builds_pushes_and_deploys_the_origin_example() {
     // The example's app name, made unique so parallel runs and leftovers cannot collide.
     let app = unique("bship").replace('-', "_");
     let image = format!("{registry}/app_example_image");
-    let _cleanup = Cleanup {
-        app: app.clone(),
-        images: vec![image.clone(), format!("{registry}/busybox")],
-    };
+    let _cleanup = DockerCleanup::app(&app, vec![image.clone(), format!("{registry}/busybox")]);
     let rootfs = cli.path("rootfs.tar");
     write_busybox_rootfs(&rootfs, false);
     import_image(&cli, &rootfs, &format!("{registry}/busybox:stable"), "base");
@@ -1328,10 +1240,7 @@ fn taken_ports_and_missing_images_are_named() {
     let app = unique("bfail").replace('-', "_");
     let repository = format!("deploy-e2e/{}", app.replace('_', "-"));
     let registry = server.host();
-    let _cleanup = Cleanup {
-        app: app.clone(),
-        images: vec![format!("{registry}/{repository}")],
-    };
+    let _cleanup = DockerCleanup::app(&app, vec![format!("{registry}/{repository}")]);
     let rootfs = cli.path("rootfs.tar");
     write_busybox_rootfs(&rootfs, false);
     import_image(&cli, &rootfs, &format!("{registry}/{repository}:v1"), "1");

@@ -18,7 +18,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -174,23 +174,6 @@ impl Fixture {
 
 fn has_env(container: &serde_json::Value, pair: &str) -> bool {
     env_of(container).iter().any(|e| e == pair)
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).expect("mkdir");
-    for entry in fs::read_dir(from).expect("read dir") {
-        let entry = entry.expect("dir entry");
-        let target = to.join(entry.file_name());
-        let kind = entry.file_type().expect("file type");
-        if kind.is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else if kind.is_symlink() {
-            let link = fs::read_link(entry.path()).expect("read link");
-            std::os::unix::fs::symlink(link, &target).expect("symlink");
-        } else {
-            fs::copy(entry.path(), &target).expect("copy file");
-        }
-    }
 }
 
 fn assert_all(counts: &BTreeMap<String, Counts>, expect: [Counts; 3], out: &CmdOutput) {

@@ -20,47 +20,6 @@ use common::*;
 
 const TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Removes every container and network labelled with the test's app, and its images.
-struct Cleanup {
-    app: String,
-    images: Vec<String>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let label = format!("label=berth.app={}", self.app);
-        let ids = run(cmd("docker", ["ps", "-aq", "--filter", &label]), TIMEOUT);
-        for id in ids.stdout.split_whitespace() {
-            let _ = run(cmd("docker", ["rm", "-f", id]), TIMEOUT);
-        }
-        let networks = run(
-            cmd("docker", ["network", "ls", "-q", "--filter", &label]),
-            TIMEOUT,
-        );
-        for id in networks.stdout.split_whitespace() {
-            let _ = run(cmd("docker", ["network", "rm", id]), TIMEOUT);
-        }
-        for image in &self.images {
-            let ids = run(cmd("docker", ["images", "-q", image]), TIMEOUT);
-            for id in ids.stdout.split_whitespace() {
-                let _ = run(cmd("docker", ["rmi", "-f", id]), TIMEOUT);
-            }
-        }
-    }
-}
-
-fn docker_host() -> String {
-    std::env::var("DOCKER_HOST")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string())
-}
-
-fn inspect(name: &str) -> serde_json::Value {
-    let out = run_ok(cmd("docker", ["inspect", name]), TIMEOUT);
-    parse_json(&out, "docker inspect")[0].clone()
-}
-
 fn container_id(name: &str) -> String {
     inspect(name)["Id"].as_str().unwrap_or_default().to_string()
 }
@@ -116,10 +75,7 @@ fn readiness_checks_early_and_still_rolls_back() {
     let app = unique("bspeed").replace('-', "_");
     let repository = format!("timings-e2e/{}", app.replace('_', "-"));
     let image = format!("{}/{repository}:v1", server.host());
-    let _cleanup = Cleanup {
-        app: app.clone(),
-        images: vec![format!("{}/{repository}", server.host())],
-    };
+    let _cleanup = DockerCleanup::app(&app, vec![format!("{}/{repository}", server.host())]);
     let rootfs = cli.path("rootfs.tar");
     write_busybox_rootfs(&rootfs, false);
     let mut import = cli.cmd(["import"]);

@@ -24,44 +24,6 @@ const FILE_SECRET_1: &str = "FileS3cret-one-7c2";
 const FILE_SECRET_2: &str = "FileS3cret-two-4d9";
 const TOKEN_SECRET: &str = "TokS3cret-k0p5";
 
-struct Cleanup {
-    app: String,
-    images: Vec<String>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let label = format!("label=berth.app={}", self.app);
-        let ids = run(cmd("docker", ["ps", "-aq", "--filter", &label]), TIMEOUT);
-        for id in ids.stdout.split_whitespace() {
-            let _ = run(cmd("docker", ["rm", "-f", "-v", id]), TIMEOUT);
-        }
-        for kind in ["network", "volume"] {
-            let listed = run(
-                cmd("docker", [kind, "ls", "-q", "--filter", &label]),
-                TIMEOUT,
-            );
-            for id in listed.stdout.split_whitespace() {
-                let _ = run(cmd("docker", [kind, "rm", id]), TIMEOUT);
-            }
-        }
-        for image in &self.images {
-            let ids = run(cmd("docker", ["images", "-q", image]), TIMEOUT);
-            for id in ids.stdout.split_whitespace() {
-                let _ = run(cmd("docker", ["rmi", "-f", id]), TIMEOUT);
-            }
-        }
-        let _ = fs::remove_dir_all(format!("/run/berth/secrets/{}", self.app));
-    }
-}
-
-fn docker_host() -> String {
-    std::env::var("DOCKER_HOST")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string())
-}
-
 const LOOP: &str = "trap 'exit 0' TERM; while true; do /bin/busybox sleep 1; done";
 
 fn app_file(app: &str, image: &str, host_dir: &Path, extra_service: bool) -> String {
@@ -145,15 +107,6 @@ fn inspect(what: &str) -> Option<serde_json::Value> {
         .then(|| parse_json(&out.stdout, "docker inspect")[0].clone())
 }
 
-fn import_image(cli: &BerthCli, rootfs: &Path, reference: &str, version: &str) {
-    let mut c = cli.cmd(["import"]);
-    c.arg(rootfs)
-        .arg(reference)
-        .args(["-c", "CMD [\"/bin/sh\"]", "-c"])
-        .arg(format!("LABEL version={version}"));
-    run_ok(c, TIMEOUT);
-}
-
 #[test]
 fn volumes_secrets_down_and_rollback_of_created_containers() {
     if !require_tool("docker") {
@@ -163,10 +116,10 @@ fn volumes_secrets_down_and_rollback_of_created_containers() {
     let cli = BerthCli::new();
     let app = unique("bvol").replace('-', "_");
     let image = format!("{}/volumes-e2e/{}", server.host(), app.replace('_', "-"));
-    let _cleanup = Cleanup {
-        app: app.clone(),
-        images: vec![image.clone()],
-    };
+    let mut _cleanup = DockerCleanup::app(&app, vec![image.clone()]);
+    _cleanup.dirs.push(std::path::PathBuf::from(format!(
+        "/run/berth/secrets/{app}"
+    )));
     let rootfs = cli.path("rootfs.tar");
     write_busybox_rootfs(&rootfs, false);
     import_image(&cli, &rootfs, &format!("{image}:v1"), "1");

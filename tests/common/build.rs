@@ -88,3 +88,30 @@ pub fn write(path: &Path, content: &str, mode: u32) {
     fs::write(path, content).unwrap();
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
 }
+
+/// Every entry below `root` as `PATH TYPE MODE UID:GID SIZE LINK` (`find -printf`), sorted;
+/// directories without a size (it depends on the filesystem, not the image).
+pub fn tree_listing(root: &Path) -> Vec<String> {
+    let out = run_ok(
+        cmd("find", [root.as_os_str()]).args([
+            "-mindepth",
+            "1",
+            "-printf",
+            "%P %y %m %U:%G %s %l\\n",
+        ]),
+        BUILD_T,
+    );
+    let mut lines: Vec<String> = out
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            if f.get(1) == Some(&"d") {
+                format!("{} d {} {}", f[0], f[2], f[3])
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    lines.sort();
+    lines
+}

@@ -40,11 +40,14 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
 mod build;
 mod ci;
+mod deploy;
 #[allow(unused_imports)]
 pub use build::*;
 /// True when running in CI (`CI=true` or `CI=1`): missing tools are then hard failures.
 /// Defined in `ci.rs`, which the client's and builder's tests share.
 pub use ci::in_ci;
+#[allow(unused_imports)]
+pub use deploy::*;
 
 /// Finds an executable on PATH.
 pub fn which(tool: &str) -> Option<PathBuf> {
