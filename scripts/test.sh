@@ -194,6 +194,17 @@ echo "dockerd $(docker version --format '{{.Server.Version}}') ready, pid $DOCKE
 
 # --- 3. cargo ------------------------------------------------------------------------------------
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# A clean clone gains nothing from incremental compilation, and its caches cost gigabytes of
+# the disk the big-blob tests need (CI once ran out of space in tests/client_big.rs).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+# Free space where the tests write (their temporary files, the registry's blobs) and what the
+# build took, printed before the tests so a "No space left on device" failure explains itself.
+disk_report() {
+    local tmp="${TMPDIR:-/tmp}"
+    echo "disk: $(df -h --output=avail "$tmp" | tail -n 1 | tr -d ' ') free in $tmp," \
+         "$(df -h --output=avail "$ROOT" | tail -n 1 | tr -d ' ') free in $ROOT," \
+         "target/ $(du -sh target 2>/dev/null | cut -f1)"
+}
 failures=()
 run_step() {
     local name="$1"; shift
@@ -237,10 +248,12 @@ run_step fmt cargo fmt --all --check || true
 run_step build cargo build --workspace --all-targets \
     || die "build failed: not running tests (failed so far: ${failures[*]})"
 run_step clippy cargo clippy --workspace --all-targets -- -D warnings || true
+disk_report
 # shellcheck disable=SC2086 # BERTH_TEST_ARGS is meant to split into words
 STEP_TIMEOUT="${BERTH_TEST_TIMEOUT:-2400}" run_step test cargo test --workspace --no-fail-fast ${BERTH_TEST_ARGS:-} -- --test-threads=2 || true
 
 step "done in $(( $(date +%s) - START ))s"
+disk_report
 if [ "${#failures[@]}" -gt 0 ]; then
     echo "FAILED: ${failures[*]}$(narrowed)"
     exit 1
