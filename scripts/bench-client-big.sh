@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Measures what the README says about big layers: time and peak RSS of pushing and pulling
+# Measures what docs/client.md says about big layers: time and peak RSS of pushing and pulling
 # an image with one 1 GiB layer, `berth copy` beside `skopeo copy`, in the same run,
 # alternating which tool goes first.
 #

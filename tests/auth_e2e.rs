@@ -1,7 +1,7 @@
 //! Logins and access rules with real clients: `docker login/push/pull`, skopeo and `berth`
 //! against `berth serve` with the built-in token service, Basic auth, HTTPS with a test CA
 //! (certificate reload, client certificates), the conformance suite with credentials, and
-//! the attacks of the security table in README.md (wrong-scope, expired and forged tokens,
+//! the attacks of the security table in docs/security.md (wrong-scope, expired and forged tokens,
 //! a replayed upload URL, source-less mounts, rate limits).
 
 mod common;

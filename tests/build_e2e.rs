@@ -894,7 +894,7 @@ impl Drop for KilledBuild {
     }
 }
 
-/// The README's "a build first cleans up what a killed build left": a build is killed (SIGKILL)
+/// docs/build.md's "a build first cleans up what a killed build left": a build is killed (SIGKILL)
 /// while its RUN runs, which leaves the RUN's overlay mounted, its runc container running and
 /// runc's state for it; the next build with the same cache removes all of it and succeeds.
 #[test]

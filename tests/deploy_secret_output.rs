@@ -1,4 +1,4 @@
-//! "Env values are never printed" (README, deploy section), checked on everything the
+//! "Env values are never printed" (docs/deploy.md), checked on everything the
 //! `berth` binary writes, stdout and stderr, on runs that fail: a rollout whose healthcheck
 //! fails, a host the planner refuses, an unreachable host, and config errors. With and
 //! without `--json`, `--check`.

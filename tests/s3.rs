@@ -390,8 +390,8 @@ async fn s3_requests_per_push_and_pull() {
     assert_eq!(status, 200);
     let blob_pull = count().since(&before);
 
-    // A blob over one 8 MiB part: a multipart upload and a pointer (README: N parts + 8). The
-    // README's 256 MiB figures follow from the same counts; 20 MiB keeps this test quick.
+    // A blob over one 8 MiB part: a multipart upload and a pointer (docs/storage-s3.md: N parts + 8). The
+    // 256 MiB figures in docs/storage-s3.md follow from the same counts; 20 MiB keeps this test quick.
     let big = pattern(20 << 20, 20);
     let parts = (big.len() as u64).div_ceil(berth_storage::s3::PART_SIZE as u64);
     let before = count();
@@ -425,13 +425,13 @@ async fn s3_requests_per_push_and_pull() {
         "S3 requests: 20 MiB blob pull, first and second on a replica: {:?}",
         big_pulls
     );
-    // Exactly the README's table ("S3 requests per operation"): a change in either direction
+    // Exactly docs/storage-s3.md's table ("S3 requests per operation"): a change in either direction
     // means the table is wrong. The reference registry makes about 18 per blob.
     let expect = |what: &str, got: &berth_storage::s3::RequestCountsSnapshot, total: u64| {
         assert_eq!(
             got.total(),
             total,
-            "S3 requests for {what}: {got:?}; README says {total}"
+            "S3 requests for {what}: {got:?}; docs/storage-s3.md says {total}"
         );
     };
     expect("a docker-style blob push", &docker_style, 11);
