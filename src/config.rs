@@ -40,6 +40,19 @@ pub struct Settings {
     /// `[[quota]]` rules, compiled (bad patterns and limits fail at start).
     pub quotas: berth_registry::quota::Quotas,
     pub metrics: MetricsSettings,
+    /// `[manifests]`: what a pushed manifest must satisfy.
+    pub manifests: ManifestSettings,
+}
+
+/// The `[manifests]` table.
+#[derive(Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestSettings {
+    /// Accept an image index whose child manifests are not all pushed (a "sparse" index,
+    /// e.g. one platform copied out of a multi-platform image). Off: every child must be
+    /// in the repository first (MANIFEST_BLOB_UNKNOWN), as distribution does by default.
+    #[serde(default)]
+    pub sparse_indexes: bool,
 }
 
 /// The `[metrics]` table: Prometheus `/metrics`.
@@ -253,6 +266,8 @@ struct FileConfig {
     quota: Vec<berth_registry::quota::QuotaConfig>,
     #[serde(default)]
     metrics: MetricsSettings,
+    #[serde(default)]
+    manifests: ManifestSettings,
 }
 
 /// `storage = "LOCATION"`, or a `[storage]` table with `path` and
@@ -385,6 +400,7 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
             },
         },
         read_only: args.read_only || file_read_only,
+        manifests: file.manifests,
         immutable,
         quotas,
         metrics: file.metrics,

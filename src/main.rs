@@ -287,6 +287,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     registry = registry.with_immutable_tags(std::mem::take(&mut settings.immutable));
     registry = registry.with_quotas(std::mem::take(&mut settings.quotas));
+    registry = registry.with_sparse_indexes(settings.manifests.sparse_indexes);
     let metrics = settings
         .metrics
         .enabled

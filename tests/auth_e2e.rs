@@ -671,6 +671,7 @@ async fn conformance_with_credentials() {
         namespace: "team-a/conformance".to_string(),
         only: None,
         credentials: Some(("alice".into(), "apw".into())),
+        next: false,
     };
     let report = berth_conformance::run(&options).await;
     let failed = report.failed();

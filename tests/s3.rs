@@ -22,6 +22,7 @@ async fn conformance_on_s3() {
         namespace: "conformance/test".to_string(),
         only: std::env::var("BERTH_CONFORMANCE_ONLY").ok(),
         credentials: None,
+        next: false,
     };
     let report = berth_conformance::run(&options).await;
     let failed = report.failed();

@@ -51,6 +51,9 @@ pub struct Options {
     pub only: Option<String>,
     /// User name and password, for registries with auth on.
     pub credentials: Option<(String, String)>,
+    /// Also run the checks of features after v1.1 (level NEXT), with the registry's
+    /// options for them on; skips the v1.1 checks those options contradict.
+    pub next: bool,
 }
 
 impl Default for Options {
@@ -60,6 +63,7 @@ impl Default for Options {
             namespace: "conformance/test".to_string(),
             only: None,
             credentials: None,
+            next: false,
         }
     }
 }
@@ -171,6 +175,14 @@ pub async fn run_with<F: FnMut(&CheckResult)>(opts: &Options, mut on_result: F) 
         }
     };
     for check in checks::all() {
+        let skip = if opts.next {
+            checks::CONTRADICTED_BY_NEXT.contains(&check.id)
+        } else {
+            check.level == checks::Level::Next
+        };
+        if skip {
+            continue;
+        }
         if let Some(only) = &opts.only {
             if !selects(only, check.id) {
                 continue;

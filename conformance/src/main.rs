@@ -35,6 +35,10 @@ struct Args {
     /// Password for --username
     #[arg(long, env = "OCI_PASSWORD", requires = "username")]
     password: Option<String>,
+    /// Also check the features after v1.1 (several tags per manifest PUT, sparse indexes,
+    /// digests on every GET/HEAD); the registry must have its options for them on
+    #[arg(long)]
+    next: bool,
 }
 
 #[tokio::main]
@@ -51,6 +55,7 @@ async fn main() -> ExitCode {
         namespace: args.namespace,
         only: args.only,
         credentials: args.username.zip(args.password),
+        next: args.next,
     };
     let json = args.json;
     let report = run_with(&opts, |r| {

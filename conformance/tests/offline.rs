@@ -11,6 +11,7 @@ async fn unreachable_registry_fails_every_check_without_panicking() {
         namespace: "conformance/offline".to_string(),
         only: Some("base.".to_string()),
         credentials: None,
+        next: false,
     };
     let report = run(&opts).await;
     assert_eq!(report.results.len(), 2);
@@ -30,6 +31,7 @@ async fn bad_url_is_one_failed_setup_check() {
         namespace: "x".to_string(),
         only: None,
         credentials: None,
+        next: false,
     };
     let report = run(&opts).await;
     assert_eq!(report.results.len(), 1);

@@ -76,9 +76,31 @@ async fn every_check_can_fail() {
         namespace: "conformance/yes".to_string(),
         only: None,
         credentials: None,
+        next: false,
+    })
+    .await;
+    // The checks of features after v1.1 fail against it too.
+    let next = run(&Options {
+        url: format!("http://{addr}"),
+        namespace: "conformance/yes".to_string(),
+        only: Some("next.".to_string()),
+        credentials: None,
+        next: true,
     })
     .await;
     server.abort();
+    assert!(
+        next.results.len() >= 4,
+        "the NEXT checks ran: {:?}",
+        next.results.iter().map(|r| &r.id).collect::<Vec<_>>()
+    );
+    for r in &next.results {
+        assert!(
+            !r.passed,
+            "{} passed against a yes-to-everything server",
+            r.id
+        );
+    }
     let passed: Vec<&str> = report
         .results
         .iter()

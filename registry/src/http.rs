@@ -61,6 +61,20 @@ pub fn query_param(query: Option<&str>, key: &str) -> Option<String> {
     })
 }
 
+/// Every value of a repeated query parameter (`?tag=a&tag=b`), percent-decoded, in order.
+pub fn query_params(query: Option<&str>, key: &str) -> Vec<String> {
+    let Some(query) = query else {
+        return Vec::new();
+    };
+    query
+        .split('&')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k) == key).then(|| percent_decode(v))
+        })
+        .collect()
+}
+
 /// Hand-written because it is ten lines and only used on query values.
 fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
@@ -105,6 +119,15 @@ pub fn percent_encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeated_query_parameters_keep_every_value_in_order() {
+        let q = Some("tag=a&n=1&tag=b%2Dc&tagx=no&tag=");
+        assert_eq!(query_params(q, "tag"), vec!["a", "b-c", ""]);
+        assert_eq!(query_param(q, "tag").as_deref(), Some("a"));
+        assert!(query_params(None, "tag").is_empty());
+        assert!(query_params(Some("n=1"), "tag").is_empty());
+    }
 
     #[test]
     fn ranges() {

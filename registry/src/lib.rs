@@ -44,6 +44,8 @@ pub struct Registry {
     read_only: ops::ReadOnly,
     immutable: Arc<immutable::ImmutableTags>,
     quotas: Arc<quota::Quotas>,
+    /// Accept image indexes whose child manifests are not all pushed.
+    sparse_indexes: bool,
     metrics: Option<metrics::Metrics>,
     /// `/metrics` on this router (not on a listener of its own).
     metrics_route: bool,
@@ -58,6 +60,7 @@ impl Registry {
             read_only: ops::ReadOnly::default(),
             immutable: Arc::default(),
             quotas: Arc::default(),
+            sparse_indexes: false,
             metrics: None,
             metrics_route: false,
         }
@@ -84,6 +87,14 @@ impl Registry {
     /// Refuse pushes past the `[[quota]]` rules.
     pub fn with_quotas(mut self, rules: quota::Quotas) -> Registry {
         self.quotas = Arc::new(rules);
+        self
+    }
+
+    /// Accept an image index whose child manifests are not all in the repository (a
+    /// "sparse" index, e.g. one platform copied out of a multi-platform image). Off by
+    /// default, as in distribution: a pull of a missing platform fails only later.
+    pub fn with_sparse_indexes(mut self, on: bool) -> Registry {
+        self.sparse_indexes = on;
         self
     }
 
@@ -222,6 +233,11 @@ pub(crate) struct Req {
 impl Req {
     pub fn param(&self, key: &str) -> Option<String> {
         http::query_param(self.query.as_deref(), key)
+    }
+
+    /// Every value of a repeated query parameter, in order.
+    pub fn params(&self, key: &str) -> Vec<String> {
+        http::query_params(self.query.as_deref(), key)
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -418,7 +434,12 @@ async fn handle(
         Route::Manifest { name, reference } => match m {
             Method::GET | Method::HEAD => manifests::get(s, name, reference, &req).await,
             Method::PUT => {
-                manifests::put(s, &reg.immutable, &reg.quotas, name, reference, &req, body).await
+                let rules = manifests::PutRules {
+                    immutable: &reg.immutable,
+                    quotas: &reg.quotas,
+                    sparse_indexes: reg.sparse_indexes,
+                };
+                manifests::put(s, &rules, name, reference, &req, body).await
             }
             Method::DELETE => manifests::delete(s, &reg.immutable, name, reference).await,
             _ => Err(method_not_allowed(&m)),

@@ -42,16 +42,44 @@ fn manifest_unknown(name: &str, reference: &str) -> RegistryError {
     )
 }
 
+/// What a manifest PUT is checked against besides the manifest itself.
+pub struct PutRules<'a> {
+    pub immutable: &'a ImmutableTags,
+    pub quotas: &'a Quotas,
+    /// Accept an index whose child manifests are not all pushed.
+    pub sparse_indexes: bool,
+}
+
+/// The tags a manifest PUT sets: the one in the path, and each `?tag=` (the next
+/// distribution-spec's push of one manifest under several tags), without repeats.
+fn tags_to_set<'a>(path_tag: Option<&'a str>, query_tags: &'a [String]) -> ApiResult<Vec<&'a str>> {
+    let mut tags: Vec<&str> = path_tag.into_iter().collect();
+    for tag in query_tags {
+        if !is_valid_tag(tag) {
+            return Err(RegistryError::bad_request(
+                Code::ManifestInvalid,
+                format!(
+                    "invalid ?tag={tag:?}: up to 128 of [A-Za-z0-9_.-], not starting with . or -"
+                ),
+            ));
+        }
+        if !tags.contains(&tag.as_str()) {
+            tags.push(tag);
+        }
+    }
+    Ok(tags)
+}
+
 pub async fn put(
     s: &dyn Storage,
-    immutable: &ImmutableTags,
-    quotas: &Quotas,
+    rules: &PutRules<'_>,
     name: &str,
     reference: &str,
     req: &Req,
     body: &mut Option<Body>,
 ) -> ApiResult<Response> {
     let reference = parse_reference(reference)?;
+    let query_tags = req.params("tag");
     let content_type = req.header("content-type").map(str::to_string);
     let mut stream = take_body(body);
     let collected = collect_limited(&mut stream, MAX_MANIFEST_BYTES)
@@ -70,8 +98,8 @@ pub async fn put(
             format!("manifest larger than {MAX_MANIFEST_BYTES} bytes"),
         ));
     };
-    let parsed = manifest::parse(&body, content_type.as_deref())?;
-    let (digest, tag) = match reference {
+    let mut parsed = manifest::parse(&body, content_type.as_deref())?;
+    let (digest, path_tag) = match reference {
         Ref::Digest(claimed) => {
             let actual = Digest::of(claimed.algorithm(), &body);
             if actual != claimed {
@@ -84,19 +112,29 @@ pub async fn put(
         }
         Ref::Tag(tag) => (Digest::sha256_of(&body), Some(tag)),
     };
-    if let Some(tag) = tag {
-        immutable.check_put(s, name, tag, &digest).await?;
-        quotas.check_tag(s, name, tag).await?;
-        quotas
+    let tags = tags_to_set(path_tag, &query_tags)?;
+    for tag in &tags {
+        rules.immutable.check_put(s, name, tag, &digest).await?;
+        rules
+            .quotas
             .check_manifest(s, name, tag, &parsed.references)
             .await?;
+    }
+    rules.quotas.check_tags(s, name, &tags).await?;
+    if rules.sparse_indexes {
+        drop_missing_children(s, name, &mut parsed).await?;
     }
     check_descriptor_sizes(s, name, &parsed.sizes).await?;
     // Storage checks that every blob and child manifest is in the repository,
     // under the exclusion that keeps garbage collection from taking one
     // between the check and the link (StorageError::ReferenceUnknown).
-    s.manifest_put(name, &digest, body, &parsed.meta, tag)
-        .await?;
+    // Several tags: the manifest is stored with the first, then each further
+    // tag is one more (idempotent) put of the same bytes.
+    let untagged = tags.is_empty().then_some(None);
+    for tag in tags.iter().map(|t| Some(*t)).chain(untagged) {
+        s.manifest_put(name, &digest, body.clone(), &parsed.meta, tag)
+            .await?;
+    }
     let mut r = empty(StatusCode::CREATED);
     let h = r.headers_mut();
     h.insert(
@@ -104,10 +142,45 @@ pub async fn put(
         header_value(&format!("/v2/{name}/manifests/{digest}")),
     );
     h.insert("Docker-Content-Digest", header_value(&digest.to_string()));
+    for tag in query_tags.iter().filter(|t| tags.contains(&t.as_str())) {
+        h.append("OCI-Tag", header_value(tag));
+    }
     if let Some(subject) = &parsed.meta.subject {
         h.insert("OCI-Subject", header_value(&subject.to_string()));
     }
     Ok(r)
+}
+
+/// A sparse index: child manifests that are not in the repository are not required
+/// (nor marked for garbage collection: a child pushed later is kept by its own link).
+/// Those that are present stay required, so storage checks them under its GC exclusion.
+async fn drop_missing_children(
+    s: &dyn Storage,
+    name: &str,
+    parsed: &mut manifest::ParsedManifest,
+) -> ApiResult<()> {
+    use crate::manifest::Reference as R;
+    let mut missing = Vec::new();
+    for reference in &parsed.references {
+        if let R::Manifest(d) = reference {
+            if s.manifest_meta(name, d).await?.is_none() {
+                missing.push(d.clone());
+            }
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    parsed
+        .references
+        .retain(|r| !matches!(r, R::Manifest(d) if missing.contains(d)));
+    parsed
+        .sizes
+        .retain(|c| !matches!(&c.reference, R::Manifest(d) if missing.contains(d)));
+    if let Some(refs) = parsed.meta.references.as_mut() {
+        refs.retain(|d| !missing.contains(d));
+    }
+    Ok(())
 }
 
 pub async fn get(s: &dyn Storage, name: &str, reference: &str, req: &Req) -> ApiResult<Response> {

@@ -224,23 +224,36 @@ impl Quotas {
         Ok(())
     }
 
-    /// A manifest PUT to `tag`: refused when the tag is new and the
-    /// repository already has `max_tags` tags. Re-pushing a tag is fine.
-    pub async fn check_tag(&self, s: &dyn Storage, repository: &str, tag: &str) -> ApiResult<()> {
+    /// A manifest PUT setting `tags` (one, or several with `?tag=a&tag=b`): refused when
+    /// the new ones among them would take the repository past `max_tags`. Re-pushing a tag
+    /// is fine; the new tags of one request count together.
+    pub async fn check_tags(
+        &self,
+        s: &dyn Storage,
+        repository: &str,
+        tags: &[&str],
+    ) -> ApiResult<()> {
         let Some((rule, max)) = self
             .rule_for(repository)
             .and_then(|r| r.max_tags.map(|m| (r, m)))
         else {
             return Ok(());
         };
-        if s.tag_resolve(repository, tag).await?.is_some() {
+        let mut new = Vec::new();
+        for tag in tags {
+            if !new.contains(tag) && s.tag_resolve(repository, tag).await?.is_none() {
+                new.push(*tag);
+            }
+        }
+        if new.is_empty() {
             return Ok(());
         }
         let used = s.tags(repository).await?.unwrap_or_default().len() as u64;
-        if used >= max {
+        if used + new.len() as u64 > max {
             return Err(refusal(format!(
-                "quota of {repository} exceeded (rule {}): max_tags is {max} and {used} tags are in use; new tag {tag} refused (delete a tag or re-push an existing one)",
-                rule.name
+                "quota of {repository} exceeded (rule {}): max_tags is {max} and {used} tags are in use; new tag {} refused (delete a tag or re-push an existing one)",
+                rule.name,
+                new.join(", ")
             )));
         }
         Ok(())
@@ -331,6 +344,39 @@ mod tests {
         assert!(q.rule_for("other").is_none());
         assert!(q.limits_bytes("team/app"));
         assert!(!q.limits_bytes("other"));
+    }
+
+    /// One PUT with `?tag=b&tag=c` counts both new tags; re-pushed and repeated tags do not.
+    #[tokio::test]
+    async fn new_tags_of_one_request_count_together() {
+        let s = berth_storage::MemoryStorage::new();
+        let body = bytes::Bytes::from_static(b"{}");
+        let digest = berth_storage::Digest::sha256_of(&body);
+        let meta = berth_storage::ManifestMeta {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            subject: None,
+            artifact_type: None,
+            annotations: None,
+            references: Some(Vec::new()),
+        };
+        s.manifest_put("team/app", &digest, body, &meta, Some("a"))
+            .await
+            .expect("put");
+        let q = Quotas::from_config(&[rule(&["team/**"], None, Some(2))]).expect("valid");
+        let e = q
+            .check_tags(&s, "team/app", &["b", "c"])
+            .await
+            .expect_err("two new tags on top of one");
+        assert!(e.message.contains("new tag b, c refused"), "{}", e.message);
+        q.check_tags(&s, "team/app", &["a", "b"])
+            .await
+            .expect("one new");
+        q.check_tags(&s, "team/app", &["b", "b"])
+            .await
+            .expect("one new, twice");
+        q.check_tags(&s, "other", &["x", "y", "z"])
+            .await
+            .expect("no rule");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod discovery;
 mod management;
+mod next;
 mod pull;
 mod push;
 
@@ -18,6 +19,8 @@ pub enum Level {
     Should,
     /// Beyond the specification (e.g. `_catalog`, stateless upload URLs).
     Extra,
+    /// In the specification's main branch, after v1.1; run only with `--next`.
+    Next,
 }
 
 impl Level {
@@ -26,6 +29,7 @@ impl Level {
             Level::Must => "MUST",
             Level::Should => "SHOULD",
             Level::Extra => "EXTRA",
+            Level::Next => "NEXT",
         }
     }
 }
@@ -68,8 +72,13 @@ pub fn all() -> Vec<Check> {
     v.extend(pull::checks());
     v.extend(discovery::checks());
     v.extend(management::checks());
+    v.extend(next::checks());
     v
 }
+
+/// The v1.1 checks that assert the opposite of an option the `--next` checks need turned
+/// on (an index with a missing child is refused; sparse indexes accept it).
+pub const CONTRADICTED_BY_NEXT: &[&str] = &["pull.manifest.index-missing-child"];
 
 async fn base_v2(c: &Ctx) -> anyhow::Result<String> {
     let r = c.get("/v2/").await?;
