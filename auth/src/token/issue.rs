@@ -2,7 +2,7 @@
 //! [`IssuedToken`] is the token endpoint's answer.
 
 use std::fmt;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, Header};
@@ -143,27 +143,15 @@ pub(super) fn low_s(token: String) -> Result<String, TokenError> {
     Ok(format!("{input}.{encoded}"))
 }
 
-/// RFC 3339 in UTC (`2026-01-02T03:04:05Z`) from Unix seconds.
+/// Last second humantime can print (`9999-12-31T23:59:59Z`); later times
+/// make its formatter fail, which `to_string` would turn into a panic.
+const LAST_PRINTABLE_SECOND: u64 = 253_402_300_799;
+
+/// RFC 3339 in UTC (`2026-01-02T03:04:05Z`) from Unix seconds; times past
+/// year 9999 print as its last second.
 pub fn rfc3339(secs: u64) -> String {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (proleptic Gregorian calendar),
-    // counting 400-year eras that start on March 1st.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let time = UNIX_EPOCH + Duration::from_secs(secs.min(LAST_PRINTABLE_SECOND));
+    humantime::format_rfc3339_seconds(time).to_string()
 }
 
 #[cfg(test)]
@@ -272,5 +260,7 @@ mod tests {
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
         assert_eq!(rfc3339(1_709_164_800), "2024-02-29T00:00:00Z");
+        // Far-future input is clamped, never a panic.
+        assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59Z");
     }
 }
