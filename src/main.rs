@@ -31,6 +31,7 @@ mod man;
 mod progress;
 mod serve_banner;
 mod serve_loop;
+mod session;
 mod ship;
 mod swarm_init;
 mod tls;
