@@ -6,7 +6,7 @@ use berth_client::layout::OciLayout;
 use berth_client::location::Location;
 use berth_client::ImageRef;
 
-use crate::images::{Session, TransferArgs};
+use crate::session::{Session, TransferArgs};
 
 /// Every tag of `repository` on its registry, into the local store.
 pub fn pull_all(session: &Session, repository: &ImageRef, transfer: &TransferArgs) -> Result<()> {

@@ -15,7 +15,7 @@ use clap::Parser;
 use serde_json::json;
 
 use crate::build_output::Output;
-use crate::images::{ClientArgs, Session, TransferArgs};
+use crate::session::{ClientArgs, Session, TransferArgs};
 use berth_builder::exec::outputs::Compression;
 
 #[derive(Parser, Debug)]

@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::Parser;
 use serde_json::json;
 
-use crate::images::{ClientArgs, Session};
+use crate::session::{ClientArgs, Session};
 
 #[derive(Parser, Debug)]
 #[command(

@@ -8,12 +8,21 @@ use serde::Deserialize;
 
 use clap::ValueEnum;
 
-use crate::{LogFormat, ServeArgs};
+use crate::serve::ServeArgs;
 
 pub const DEFAULT_ADDR: &str = "0.0.0.0:5000";
 pub const DEFAULT_STORAGE: &str = "./berth-data";
 /// How recent a push must be for the server's own collections to spare it.
 pub const DEFAULT_GC_GRACE: Duration = Duration::from_secs(3600);
+
+/// `--log-format` / `log_format`: how `berth serve` writes its log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
 
 #[derive(Debug)]
 pub struct Settings {
@@ -325,7 +334,7 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
         .transpose()
         .context("invalid gc_grace in the config file (use e.g. \"1h\")")?;
     Ok(Settings {
-        addr: crate::serve_banner::normalise_addr(
+        addr: crate::serve::banner::normalise_addr(
             &args
                 .addr
                 .or(file.addr)
@@ -458,7 +467,7 @@ mod tests {
         .expect("write");
         let s = resolve(ServeArgs {
             config: Some(path.clone()),
-            s3: crate::S3Args {
+            s3: crate::serve::S3Args {
                 s3_region: Some("us-east-2".into()),
                 ..Default::default()
             },
@@ -475,7 +484,7 @@ mod tests {
         assert!(format!("{err:#}").contains("--s3-allow-http"), "{err:#}");
         let s = resolve(ServeArgs {
             config: Some(path),
-            s3: crate::S3Args {
+            s3: crate::serve::S3Args {
                 s3_allow_http: true,
                 ..Default::default()
             },

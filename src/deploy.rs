@@ -114,8 +114,11 @@ pub(crate) fn deploy_loaded(
     known_digests: BTreeMap<String, String>,
     extra: Option<(&str, serde_json::Value)>,
 ) -> Result<()> {
-    let registry =
-        crate::images::client_config(&args.insecure, args.ca_file.as_ref(), args.creds.as_deref())?;
+    let registry = crate::session::client_config(
+        &args.insecure,
+        args.ca_file.as_ref(),
+        args.creds.as_deref(),
+    )?;
     let mut options = options(&args.common);
     options.check = args.check;
     options.pin = !args.no_pin;
@@ -161,8 +164,11 @@ pub(crate) fn deploy_swarm(
     extra: Option<(&str, serde_json::Value)>,
 ) -> Result<()> {
     let desired = load_swarm(&args.common)?;
-    let registry =
-        crate::images::client_config(&args.insecure, args.ca_file.as_ref(), args.creds.as_deref())?;
+    let registry = crate::session::client_config(
+        &args.insecure,
+        args.ca_file.as_ref(),
+        args.creds.as_deref(),
+    )?;
     let options = SwarmOptions {
         check: args.check,
         connect_timeout: args.common.connect_timeout,

@@ -10,8 +10,8 @@ use berth_client::ImageRef;
 use clap::Parser;
 use serde::Serialize;
 
-use crate::images::{ClientArgs, Session};
 use crate::progress::human_bytes;
+use crate::session::{ClientArgs, Session};
 
 #[derive(Parser, Debug)]
 #[command(after_help = "Examples:\n  berth images\n  berth images --json | jq -r '.[].name'")]

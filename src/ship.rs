@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::build::{build_and_push, ServiceBuild};
 use crate::deploy::{deploy_loaded, deploy_swarm, load, load_swarm, DeployArgs};
-use crate::images::ClientArgs;
+use crate::session::ClientArgs;
 
 #[derive(Args, Debug)]
 // deploy's --check cannot plan a ship (its images are not built yet): hidden here, and

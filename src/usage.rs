@@ -6,10 +6,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
 
-use crate::{config, open_storage, S3Args, ServeArgs};
+use crate::config;
+use crate::serve::{storage, S3Args, ServeArgs};
 
 #[derive(Parser, Debug)]
 pub struct UsageArgs {
@@ -42,13 +43,7 @@ pub fn usage(args: UsageArgs) -> Result<()> {
         s3: args.s3,
         ..Default::default()
     })?;
-    let storage_path = &settings.storage;
-    if !storage_path.starts_with("s3://")
-        && !std::path::Path::new(storage_path).join("blobs").is_dir()
-    {
-        bail!("{storage_path} is not a berth storage folder (no blobs/ in it): check --storage");
-    }
-    let storage = open_storage(&settings)?.storage;
+    let storage = storage::open_existing(&settings)?;
     let quotas = &settings.quotas;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let rows = runtime.block_on(async {

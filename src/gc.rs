@@ -1,0 +1,66 @@
+//! `berth gc`: reclaim the disk space of blobs no manifest needs, on a
+//! storage a server may be using at the same time (the grace period spares
+//! pushes in progress).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+use crate::config;
+use crate::serve::{storage, S3Args, ServeArgs};
+
+#[derive(Parser, Debug)]
+pub struct GcArgs {
+    /// The storage folder, or s3://BUCKET/PREFIX [default: ./berth-data]
+    #[arg(long, env = "BERTH_STORAGE")]
+    storage: Option<String>,
+    #[command(flatten)]
+    s3: S3Args,
+    /// TOML config file (its `storage` key and [s3] table are used)
+    #[arg(long, env = "BERTH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Keep anything pushed or reused more recently than this, so pushes in
+    /// progress lose nothing (e.g. 30m, 1h, 2d)
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    grace: Duration,
+    /// Report what would be removed, remove nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the result as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn gc(args: GcArgs) -> Result<()> {
+    let settings = config::resolve(ServeArgs {
+        storage: args.storage,
+        config: args.config,
+        s3: args.s3,
+        ..Default::default()
+    })?;
+    let storage = storage::open_existing(&settings)?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let report = runtime
+        .block_on(storage.collect_garbage(args.grace, args.dry_run))
+        .context("garbage collection failed")?;
+    if args.json {
+        let mut value = serde_json::to_value(&report)?;
+        value["dry_run"] = args.dry_run.into();
+        println!("{value}");
+    } else {
+        let verb = if args.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        println!(
+            "{verb} {} repository links and {} blobs ({:.1} MiB)",
+            report.links_removed,
+            report.blobs_removed,
+            report.bytes_freed as f64 / (1 << 20) as f64
+        );
+    }
+    Ok(())
+}
