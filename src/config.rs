@@ -305,6 +305,13 @@ fn storage_entry(value: Option<toml::Value>) -> Result<(Option<String>, bool)> {
     Ok((location, read_only))
 }
 
+/// `[storage] read_only` of the config file as it is now, for a reload on SIGHUP. The whole
+/// file is read and checked, so a reload with a broken file changes nothing.
+pub fn read_only_in_file(path: &Path) -> Result<bool> {
+    let file = load(path)?;
+    Ok(storage_entry(file.storage)?.1)
+}
+
 fn load(path: &Path) -> Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;

@@ -1,6 +1,6 @@
 //! Registry operations against a real `berth serve`: `/healthz` and `/readyz` (with the
 //! storage gone), read-only mode (a read-only replica beside a writer on one S3 bucket, and
-//! `[storage] read_only` on disk), immutable tags by the raw API on disk and S3 and by the real
+//! `[storage] read_only` on disk, switched by SIGHUP), immutable tags by the raw API on disk and S3 and by the real
 //! `docker push`, and bad config refused at start naming the key.
 
 mod common;
@@ -161,6 +161,74 @@ async fn health_read_only_and_immutable_tags_on_disk() {
         reader.log().contains("read-only mode"),
         "the start-up log says so:\n{}",
         reader.log()
+    );
+}
+
+/// Polls until a blob upload start answers `want` (the switch is applied when the signal
+/// is handled, a moment after `kill` returns).
+async fn until_upload_start_answers(c: &reqwest::Client, base: &str, want: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = send(c.post(format!("{base}/v2/hup/app/blobs/uploads/"))).await;
+        if status == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "upload start still answers {status} (want {want}): {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn hangup(server: &Server) {
+    let pid = server.pid().expect("berth serve runs");
+    run_ok(
+        cmd("kill", ["-HUP"]).arg(pid.to_string()),
+        Duration::from_secs(10),
+    );
+}
+
+/// SIGHUP re-reads `[storage] read_only`: on, writes get 405 and pulls still work; a config
+/// that no longer parses changes nothing (and says so); off again, writes work.
+#[tokio::test]
+async fn sighup_toggles_read_only_from_the_config_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_berth_with_config(dir.path(), "", false);
+    let base = server.url();
+    let config = dir.path().join("berth.toml");
+    let c = client();
+    let (digest, _, _) = push_tiny_image(&c, &base, "hup/app", "v1").await;
+    until_upload_start_answers(&c, &base, 202).await;
+
+    fs::write(&config, "[storage]\nread_only = true\n").expect("write config");
+    hangup(&server);
+    until_upload_start_answers(&c, &base, 405).await;
+    check_read_only(&c, &base, "hup/app", &digest).await;
+
+    fs::write(&config, "[storage]\nread_only = \"no\"\n").expect("write config");
+    hangup(&server);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.log().contains("config not reloaded") {
+        assert!(
+            Instant::now() < deadline,
+            "no reload error logged:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    until_upload_start_answers(&c, &base, 405).await;
+
+    fs::write(&config, "[storage]\nread_only = false\n").expect("write config");
+    hangup(&server);
+    until_upload_start_answers(&c, &base, 202).await;
+    push_tiny_image(&c, &base, "hup/app", "v2").await;
+    assert!(
+        server
+            .log()
+            .contains("SIGHUP: reloaded [storage] read_only"),
+        "{}",
+        server.log()
     );
 }
 

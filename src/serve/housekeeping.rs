@@ -1,39 +1,50 @@
-//! What `berth serve` runs in the background: expiring abandoned uploads
-//! and, when asked, periodic garbage collection.
+//! What `berth serve` runs in the background: expiring abandoned uploads,
+//! when asked periodic garbage collection, and the read-only switch on SIGHUP.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_registry::ops::ReadOnly;
+
 use crate::config::Settings;
 
-/// Start the background tasks the settings ask for. Read-only: the
-/// server's own deletions (expiry, GC) stay off too.
-pub fn spawn(settings: &Settings, storage: Arc<dyn berth_storage::Storage>) {
+/// Start the background tasks the settings ask for. While read-only (at start, or after a
+/// SIGHUP turned it on) the server's own deletions (expiry, GC) skip their turns.
+pub fn spawn(settings: &Settings, storage: Arc<dyn berth_storage::Storage>, read_only: ReadOnly) {
     if settings.read_only {
         tracing::warn!("read-only mode: pulls work, every write is refused with 405; upload expiry and GC are off");
-    } else {
-        tokio::spawn(purge_abandoned_uploads(
-            storage.clone(),
-            settings.limits.upload_expiry,
-        ));
     }
-    if let Some(every) = settings.gc_interval.filter(|_| !settings.read_only) {
+    tokio::spawn(purge_abandoned_uploads(
+        storage.clone(),
+        settings.limits.upload_expiry,
+        read_only.clone(),
+    ));
+    if let Some(every) = settings.gc_interval {
         tokio::spawn(collect_garbage_periodically(
             storage,
             every,
             settings.gc_grace,
+            read_only,
         ));
     }
 }
 
 /// Upload sessions untouched for `max_age` are abandoned pushes.
-async fn purge_abandoned_uploads(storage: Arc<dyn berth_storage::Storage>, max_age: Duration) {
+async fn purge_abandoned_uploads(
+    storage: Arc<dyn berth_storage::Storage>,
+    max_age: Duration,
+    read_only: ReadOnly,
+) {
     // Hourly, or more often when sessions expire sooner than that.
     let mut every = tokio::time::interval(
         (max_age / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600)),
     );
     loop {
         every.tick().await;
+        if read_only.is_on() {
+            continue;
+        }
         match storage.purge_uploads(max_age).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(sessions = n, "purged abandoned upload sessions"),
@@ -46,11 +57,15 @@ async fn collect_garbage_periodically(
     storage: Arc<dyn berth_storage::Storage>,
     every: Duration,
     grace: Duration,
+    read_only: ReadOnly,
 ) {
     let mut ticks = tokio::time::interval(every);
     ticks.tick().await; // the first tick is immediate: wait one interval first
     loop {
         ticks.tick().await;
+        if read_only.is_on() {
+            continue;
+        }
         match storage.collect_garbage(grace, false).await {
             Ok(r) => tracing::info!(
                 links = r.links_removed,
@@ -61,4 +76,43 @@ async fn collect_garbage_periodically(
             Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
         }
     }
+}
+
+/// SIGHUP re-reads `[storage] read_only` from the config file (the `--read-only` flag keeps
+/// it on); nothing else is reloaded. A file that no longer parses changes nothing.
+pub fn reload_read_only_on_sighup(config: Option<PathBuf>, flag: bool, read_only: ReadOnly) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP: the read-only switch cannot be reloaded");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let Some(path) = &config else {
+                tracing::warn!(
+                    "SIGHUP: no --config file to reload; read_only stays {}",
+                    read_only.is_on()
+                );
+                continue;
+            };
+            match crate::config::read_only_in_file(path) {
+                Ok(in_file) => {
+                    let on = flag || in_file;
+                    let was = read_only.is_on();
+                    read_only.set(on);
+                    tracing::warn!(read_only = on, was, config = %path.display(), "SIGHUP: reloaded [storage] read_only (only this key is reloaded; restart for the others)");
+                }
+                Err(e) => {
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "SIGHUP: config not reloaded; read_only stays {}",
+                        read_only.is_on()
+                    );
+                }
+            }
+        }
+    });
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use axum::Router;
 use berth_registry::metrics::Metrics;
+use berth_registry::ops::ReadOnly;
 use clap::Parser;
 
 use crate::config::{self, LogFormat, Settings};
@@ -106,15 +107,19 @@ pub struct ServeArgs {
 }
 
 pub fn serve(args: ServeArgs) -> Result<()> {
+    let reload = (args.config.clone(), args.read_only);
     let mut settings = config::resolve(args)?;
     init_logging(settings.log_format);
     // Raises the open-file limit before anything opens files.
     let limits = connections::Limits::new(&settings.limits);
     storage::restrict_umask();
     let opened = storage::open_storage(&settings)?;
-    let (app, metrics) = registry_router(&mut settings, opened.storage.clone())?;
+    let (app, metrics, read_only) = registry_router(&mut settings, opened.storage.clone())?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(run(settings, opened, app, metrics, limits))
+    runtime.block_on(async move {
+        housekeeping::reload_read_only_on_sighup(reload.0, reload.1, read_only.clone());
+        run(settings, opened, app, metrics, read_only, limits).await
+    })
 }
 
 fn init_logging(format: LogFormat) {
@@ -132,11 +137,11 @@ fn init_logging(format: LogFormat) {
 
 /// The registry with everything the settings turn on (logins, rate limit,
 /// immutable tags, quotas, metrics, read-only), as a router, and its metrics
-/// (when on) for a `[metrics] addr` listener of their own.
+/// (when on) for a `[metrics] addr` listener of their own, and its read-only switch.
 fn registry_router(
     settings: &mut Settings,
     storage: Arc<dyn berth_storage::Storage>,
-) -> Result<(Router, Option<Metrics>)> {
+) -> Result<(Router, Option<Metrics>, ReadOnly)> {
     let mut registry = berth_registry::Registry::new(storage);
     if let Some(access) = access::build(settings)? {
         registry = registry.with_access(access);
@@ -154,8 +159,9 @@ fn registry_router(
     if let Some(m) = &metrics {
         registry = registry.with_metrics(m.clone(), settings.metrics.addr.is_none());
     }
-    registry.read_only().set(settings.read_only);
-    Ok((registry.router(), metrics))
+    let read_only = registry.read_only();
+    read_only.set(settings.read_only);
+    Ok((registry.router(), metrics, read_only))
 }
 
 /// Everything that needs the runtime: the bucket check, housekeeping, the
@@ -165,6 +171,7 @@ async fn run(
     opened: OpenedStorage,
     app: Router,
     metrics: Option<Metrics>,
+    read_only: ReadOnly,
     limits: connections::Limits,
 ) -> Result<()> {
     if let Some(s3) = &opened.s3 {
@@ -172,7 +179,7 @@ async fn run(
             format!("cannot reach the bucket of {}: check --s3-endpoint, the region and the AWS_* credentials", settings.storage)
         })?;
     }
-    housekeeping::spawn(&settings, opened.storage.clone());
+    housekeeping::spawn(&settings, opened.storage.clone(), read_only);
     if let (Some(m), Some(addr)) = (metrics, &settings.metrics.addr) {
         serve_metrics_apart(m, addr).await?;
     }
