@@ -1,8 +1,8 @@
 //! Deterministic pseudo-random content, produced in chunks so that large blobs never sit
 //! in memory whole.
 
+use berth_oci::{Algorithm, Digest, Hasher};
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 
 /// Size of one chunk (header + pool) of a big blob.
 pub const CHUNK: usize = 1 << 20;
@@ -97,17 +97,17 @@ impl BigBlob {
 
     /// The blob's digest (`sha256:<hex>`), computed by going through it once.
     pub fn digest(&self) -> String {
-        let mut h = Sha256::new();
+        let mut h = Hasher::new(Algorithm::Sha256);
         for piece in self.pieces() {
             h.update(&piece);
         }
-        format!("sha256:{}", hex::encode(h.finalize()))
+        h.finish().to_string()
     }
 }
 
 /// `sha256:<hex>` of a small in-memory blob.
 pub fn digest_of(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+    Digest::sha256_of(data).to_string()
 }
 
 #[cfg(test)]

@@ -5,10 +5,9 @@ use bytes::Bytes;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use reqwest::{Body, Client, Response, StatusCode};
 
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// The layers the workloads push are gzip-compressed tars.
+pub use berth_oci::media_type::OCI_LAYER_GZIP as OCI_LAYER;
+pub use berth_oci::media_type::{DOCKER_MANIFEST, OCI_CONFIG, OCI_MANIFEST};
 
 /// A registry at one base URL (`http://127.0.0.1:PORT`, no trailing slash).
 #[derive(Clone)]

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use berth_oci::{Algorithm, Hasher};
 use bytes::Bytes;
 use reqwest::header::ACCEPT;
 use reqwest::{Body, StatusCode};
-use sha2::{Digest, Sha256};
 
 use crate::data::{digest_of, BigBlob, Prng};
 use crate::registry::{Registry, DOCKER_MANIFEST, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST};
@@ -124,13 +124,13 @@ async fn pull_big(reg: &Registry, args: &Args, verify: bool) -> Result<Outcome> 
             // Hash on another thread so that receiving and verifying overlap.
             let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(64);
             let hasher = tokio::task::spawn_blocking(move || {
-                let mut h = Sha256::new();
+                let mut h = Hasher::new(Algorithm::Sha256);
                 let mut n = 0u64;
                 while let Some(chunk) = rx.blocking_recv() {
                     n += chunk.len() as u64;
                     h.update(&chunk);
                 }
-                (Some(format!("sha256:{}", hex::encode(h.finalize()))), n)
+                (Some(h.finish().to_string()), n)
             });
             while let Some(chunk) = resp.chunk().await.context("reading the blob body")? {
                 if tx.send(chunk).await.is_err() {

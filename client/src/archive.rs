@@ -15,8 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use berth_storage::digest::Hasher;
-use berth_storage::{Algorithm, ByteStream, Digest};
+use berth_oci::{Algorithm, ByteStream, Digest, Hasher};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;

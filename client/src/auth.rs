@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use berth_oci::{Actions, Scope};
 use serde::Deserialize;
 
 /// What a registry asked for in `WWW-Authenticate`.
@@ -145,17 +146,23 @@ impl TokenCache {
     }
 }
 
-/// Scope strings of Docker's token spec.
+/// Scope strings of Docker's token spec, printed by the one scope grammar
+/// (`berth_oci::scope`) the registry's token service parses them with.
 pub fn pull_scope(repository: &str) -> String {
-    format!("repository:{repository}:pull")
+    Scope::repository(repository, Actions::PULL).to_string()
 }
 
 pub fn push_scope(repository: &str) -> String {
-    format!("repository:{repository}:pull,push")
+    Scope::repository(repository, Actions::PULL.union(Actions::PUSH)).to_string()
 }
 
 pub fn delete_scope(repository: &str) -> String {
-    format!("repository:{repository}:delete")
+    Scope::repository(repository, Actions::DELETE).to_string()
+}
+
+/// `registry:catalog:*`, to list the registry's repositories.
+pub fn catalog_scope() -> String {
+    Scope::catalog().to_string()
 }
 
 #[cfg(test)]
@@ -201,6 +208,10 @@ mod tests {
     #[test]
     fn token_cache_expires() {
         let mut cache = TokenCache::default();
+        assert_eq!(pull_scope("a/b"), "repository:a/b:pull");
+        assert_eq!(push_scope("a/b"), "repository:a/b:pull,push");
+        assert_eq!(delete_scope("a/b"), "repository:a/b:delete");
+        assert_eq!(catalog_scope(), "registry:catalog:*");
         let key = TokenCache::key(&[push_scope("a"), pull_scope("b")]);
         assert_eq!(key, TokenCache::key(&[pull_scope("b"), push_scope("a")]));
         cache.put(key.clone(), "t".into(), Duration::from_secs(300));

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use berth_storage::Digest;
+use berth_oci::Digest;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
@@ -200,8 +200,8 @@ const DOCKER_TO_OCI: [(&str, &str); 6] = [
     (media::DOCKER_LAYER_GZIP, media::OCI_LAYER_GZIP),
     (media::DOCKER_LAYER, media::OCI_LAYER),
     (
-        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        berth_oci::media_type::DOCKER_FOREIGN_LAYER_GZIP,
+        berth_oci::media_type::OCI_LAYER_NONDISTRIBUTABLE_GZIP,
     ),
 ];
 

@@ -3,7 +3,7 @@
 
 use std::io;
 
-use berth_storage::Digest;
+use berth_oci::Digest;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

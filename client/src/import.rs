@@ -14,8 +14,7 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use berth_storage::digest::Hasher;
-use berth_storage::{Algorithm, Digest};
+use berth_oci::{Algorithm, Digest, Hasher};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use berth_storage::{ByteStream, Digest};
+use berth_oci::{ByteStream, Digest};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};

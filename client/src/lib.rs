@@ -28,5 +28,5 @@ pub use image::{
 pub use reference::ImageRef;
 
 /// A stream of bytes (a blob being read).
-pub use berth_storage::ByteStream;
-pub use berth_storage::Digest;
+pub use berth_oci::ByteStream;
+pub use berth_oci::Digest;

@@ -8,8 +8,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use berth_storage::names::{is_valid_repository_name, is_valid_tag};
-use berth_storage::Digest;
+use berth_oci::names::{is_valid_repository_name, is_valid_tag};
+use berth_oci::Digest;
 
 use crate::error::{Error, Result};
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use berth_storage::{ByteStream, Digest};
+use berth_oci::{percent, ByteStream, Digest};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use reqwest::header::{
@@ -770,12 +770,7 @@ impl Registry {
         let mut next = Some(format!("/v2/_catalog?n={}", page_size.max(1)));
         while let Some(path) = next.take() {
             let resp = self
-                .send(
-                    Method::GET,
-                    &path,
-                    &["registry:catalog:*".to_string()],
-                    |r| r,
-                )
+                .send(Method::GET, &path, &[crate::auth::catalog_scope()], |r| r)
                 .await?;
             let what = format!("the catalog of {}", self.name);
             let resp = self.expect_ok(resp, &format!("GET {what}"), &what).await?;
@@ -1308,22 +1303,9 @@ fn spec_error_detail(body: &[u8]) -> Option<String> {
 fn form_encode(pairs: &[(&str, &str)]) -> String {
     pairs
         .iter()
-        .map(|(k, v)| format!("{}={}", percent(k), percent(v)))
+        .map(|(k, v)| format!("{}={}", percent::encode(k), percent::encode(v)))
         .collect::<Vec<_>>()
         .join("&")
-}
-
-fn percent(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use berth_storage::{ByteStream, Digest};
+use berth_oci::{ByteStream, Digest};
 
 use crate::error::Result;
 use crate::image::{BlobInfo, BlobOutcome, BlobProgress, ImageDest, ImageSource, Manifest};

@@ -1,19 +1,16 @@
 //! Small helpers: digests, pseudo-random content, media types, manifest builders.
 
+use berth_oci::{percent, Algorithm, Digest};
 use serde_json::{json, Value};
-use sha2::{Digest as _, Sha256, Sha512};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-pub const OCI_LAYER_NONDIST: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
-pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+pub use berth_oci::media_type::DOCKER_LAYER_GZIP as DOCKER_LAYER;
+/// The layers these checks push are gzip-compressed tars.
+pub use berth_oci::media_type::OCI_LAYER_GZIP as OCI_LAYER;
+pub use berth_oci::media_type::OCI_LAYER_NONDISTRIBUTABLE_GZIP as OCI_LAYER_NONDIST;
+pub use berth_oci::media_type::{
+    DOCKER_CONFIG, DOCKER_LIST, DOCKER_MANIFEST, OCI_CONFIG, OCI_EMPTY, OCI_INDEX, OCI_MANIFEST,
+};
 
 /// Accept header sent on every manifest GET/HEAD, so that no registry converts formats.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
@@ -22,11 +19,11 @@ application/vnd.docker.distribution.manifest.v2+json, \
 application/vnd.docker.distribution.manifest.list.v2+json";
 
 pub fn sha256_digest(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+    Digest::sha256_of(data).to_string()
 }
 
 pub fn sha512_digest(data: &[u8]) -> String {
-    format!("sha512:{}", hex::encode(Sha512::digest(data)))
+    Digest::of(Algorithm::Sha512, data).to_string()
 }
 
 /// Computes the digest of `data` with the algorithm named in `digest` and
@@ -199,15 +196,7 @@ pub fn excerpt(body: &[u8]) -> String {
 
 /// Percent-encodes a query value (unreserved characters stay).
 pub fn qenc(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent::encode(s)
 }
 
 #[cfg(test)]

@@ -3,15 +3,29 @@
 //! arbitrary strings.
 //!
 //! Properties: no panic; what parses prints back to a string that parses to
-//! the same value; every accepted repository name passes the storage
-//! layer's validation (the one that guards storage paths); the two
-//! independent repository-name validators (storage's regex, berth-auth's
-//! hand-written scanner) agree on every input.
+//! the same value; every accepted repository name passes the one name
+//! grammar (`berth_oci::names`, which guards storage paths and token
+//! scopes); that grammar's hand-written scanners accept exactly what the
+//! distribution spec's regexes accept.
+
+use std::sync::LazyLock;
 
 use berth_client::location::Location;
 use berth_client::reference::{is_loopback_host, ImageRef};
+use berth_oci::names::{is_valid_repository_name, is_valid_tag, MAX_NAME_LEN};
 use berth_registry::route::{self, Route};
-use berth_storage::names::{is_valid_repository_name, is_valid_tag};
+use regex::Regex;
+
+/// The distribution spec's grammar for repository names, as a regex: an
+/// independent oracle for the hand-written scanner.
+static NAME_REGEX: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$")
+        .expect("static regex")
+});
+
+/// The distribution spec's grammar for tags.
+static TAG_REGEX: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$").expect("static regex"));
 
 fn check_image_ref(input: &str) {
     let Ok(r) = ImageRef::parse(input) else {
@@ -97,11 +111,16 @@ pub fn run(data: &[u8]) {
     check_location(input, false);
     check_location(input, true);
     check_route(input);
-    // Two validators guard repository names (storage paths, token scopes):
-    // they must never disagree.
+    // One grammar guards repository names and tags (storage paths, token
+    // scopes, references): it must accept exactly what the spec's regexes do.
     assert_eq!(
         is_valid_repository_name(input),
-        berth_auth::scope::is_valid_repository_name(input),
-        "validators disagree on {input:?}"
+        input.len() <= MAX_NAME_LEN && NAME_REGEX.is_match(input),
+        "name grammar disagrees with the spec's regex on {input:?}"
+    );
+    assert_eq!(
+        is_valid_tag(input),
+        TAG_REGEX.is_match(input),
+        "tag grammar disagrees with the spec's regex on {input:?}"
     );
 }

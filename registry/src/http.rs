@@ -1,6 +1,7 @@
 //! Header and query-string helpers (pure functions).
 
 use axum::http::{HeaderMap, HeaderValue};
+use berth_oci::percent::decode_form_lossy;
 use berth_storage::ByteRange;
 
 /// The `Range` header of an upload: `0-<last byte>`. An empty upload is
@@ -57,7 +58,7 @@ pub fn query_param(query: Option<&str>, key: &str) -> Option<String> {
     let query = query?;
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k) == key).then(|| percent_decode(v))
+        (decode_form_lossy(k) == key).then(|| decode_form_lossy(v))
     })
 }
 
@@ -70,51 +71,14 @@ pub fn query_params(query: Option<&str>, key: &str) -> Vec<String> {
         .split('&')
         .filter_map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k) == key).then(|| percent_decode(v))
+            (decode_form_lossy(k) == key).then(|| decode_form_lossy(v))
         })
         .collect()
 }
 
-/// Hand-written because it is ten lines and only used on query values.
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
-                    Some(b) => {
-                        out.push(b);
-                        i += 3;
-                        continue;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Percent-encode a value for use in a query string (for `Link` headers).
-pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+/// Percent-encode a value for use in a query string (for `Link` headers;
+/// `/` stays readable).
+pub use berth_oci::percent::encode_keeping_slash as percent_encode;
 
 #[cfg(test)]
 mod tests {

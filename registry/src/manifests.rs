@@ -2,7 +2,7 @@
 
 use axum::http::{header, StatusCode};
 use axum::response::Response;
-use berth_storage::names::is_valid_tag;
+use berth_oci::names::is_valid_tag;
 use berth_storage::{collect_limited, Digest, Storage};
 
 use crate::error::{ApiResult, Code, RegistryError};

@@ -2,7 +2,7 @@
 //! contain slashes, so the path is read from its end; nothing is decoded, so
 //! `%2e%2e` or `..` simply fail name validation.
 
-use berth_storage::names::is_valid_repository_name;
+use berth_oci::names::is_valid_repository_name;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route<'a> {

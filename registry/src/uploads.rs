@@ -3,7 +3,7 @@
 
 use axum::http::{header, StatusCode};
 use axum::response::Response;
-use berth_storage::names::is_valid_repository_name;
+use berth_oci::names::is_valid_repository_name;
 use berth_storage::{Digest, Storage, UploadStatus};
 
 use crate::blobs::parse_digest;

@@ -3,6 +3,7 @@
 mod common;
 
 use axum::http::StatusCode;
+use berth_oci::media_type::{OCI_INDEX, OCI_MANIFEST};
 use berth_storage::Digest;
 use common::{app, call, push_blob};
 
@@ -12,9 +13,6 @@ fn image_manifest(config: &Digest, layer: &Digest) -> Vec<u8> {
     )
     .into_bytes()
 }
-
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 #[tokio::test]
 async fn base_endpoint_announces_the_api_version() {

@@ -5,13 +5,12 @@ mod common;
 
 use axum::http::StatusCode;
 use axum::Router;
+use berth_oci::media_type::{OCI_INDEX, OCI_MANIFEST};
 use berth_registry::manifest::MAX_REFERRER_METADATA_BYTES;
 use berth_storage::Digest;
 use common::{app, call, push_blob, Reply};
 use serde_json::{json, Value};
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 /// `listing::REFERRERS_PAGE_BYTES`.
 const PAGE_BYTES: usize = 1 << 20;
 

@@ -22,13 +22,11 @@ pub mod s3_test_server;
 pub mod testsuite;
 mod upload_locks;
 
-pub use digest::{Algorithm, Digest, DigestError};
+pub use berth_oci::ByteStream;
+pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use fs::FsStorage;
 pub use memory::MemoryStorage;
 pub use s3::{S3Options, S3Storage};
-
-/// A stream of bytes in, or out of, storage.
-pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 
 /// Referrer descriptors, read from storage as the stream is polled.
 pub type DescriptorStream = Pin<Box<dyn Stream<Item = Result<Descriptor>> + Send>>;

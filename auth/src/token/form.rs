@@ -33,27 +33,9 @@ fn form_pairs(input: &str) -> Result<Vec<(String, String)>, RequestError> {
         .collect()
 }
 
+/// One form value, strictly: a bad escape or bytes that are not UTF-8 are refused.
 fn percent_decode(input: &str) -> Result<String, RequestError> {
-    let bytes = input.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| RequestError::Encoding(String::new()))?;
-                out.push(hex);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).map_err(|_| RequestError::Encoding(String::new()))
+    berth_oci::percent::decode_form(input).map_err(|_| RequestError::Encoding(String::new()))
 }
 
 /// Names we put in tokens and logs: no control characters, bounded.

@@ -16,8 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 
-use berth_storage::digest::Hasher;
-use berth_storage::{Algorithm, Digest};
+use berth_oci::{Algorithm, Digest, Hasher};
 
 pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 const WHITEOUT_PREFIX: &str = ".wh.";

@@ -43,7 +43,7 @@ use berth_client::location::Location;
 use berth_client::registry::Client;
 use berth_client::remote::RegistrySource;
 use berth_client::{ImageRef, Manifest};
-use berth_storage::Digest;
+use berth_oci::Digest;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 

@@ -12,8 +12,7 @@ use std::path::{Path, PathBuf};
 
 use berth_client::image::{media, BlobInfo};
 use berth_client::Manifest;
-use berth_storage::digest::Hasher;
-use berth_storage::{Algorithm, Digest};
+use berth_oci::{Algorithm, Digest, Hasher};
 use serde_json::{json, Value};
 
 use super::layer;
