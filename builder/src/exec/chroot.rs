@@ -352,5 +352,5 @@ pub fn run(
         });
     }
     let child = cmd.spawn()?;
-    super::stream_output_and_wait(child, output)
+    super::run_step::stream_output_and_wait(child, output)
 }

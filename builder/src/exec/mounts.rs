@@ -29,8 +29,9 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
+use super::error::{ExecError, R};
 use super::files::{Matched, SourceRoot};
-use super::{ExecError, Executor, ImageInfo, StageResult, R};
+use super::{Executor, ImageInfo, StageResult};
 use crate::mounts::{MountFrom, RunMount, Sharing};
 
 /// A `--secret` value; never printed.
@@ -566,11 +567,11 @@ impl Executor<'_> {
                 MountFrom::Stage { index } => results[*index]
                     .as_ref()
                     .map(|r| r.key.clone())
-                    .ok_or_else(|| ExecError(format!("stage {index} has not run")))?,
+                    .ok_or_else(|| ExecError::Internal(format!("stage {index} has not run")))?,
                 MountFrom::Image { reference } => images
                     .get(reference)
                     .map(|i| i.digest.to_string())
-                    .ok_or_else(|| ExecError(format!("{reference} was not resolved")))?,
+                    .ok_or_else(|| ExecError::Internal(format!("{reference} was not resolved")))?,
                 MountFrom::Context => {
                     let source = match m {
                         RunMount::Bind { source, .. } | RunMount::Cache { source, .. } => source,
@@ -578,7 +579,10 @@ impl Executor<'_> {
                     };
                     let (root, matched) = self.context_source(source, step)?;
                     root.content_hash(&[matched])
-                        .map_err(|e| ExecError(format!("cannot read the build context: {e}")))?
+                        .map_err(|source| ExecError::Io {
+                            what: "cannot read the build context".into(),
+                            source,
+                        })?
                 }
             };
             parts.push((target.to_string(), content));
