@@ -547,6 +547,15 @@ pub fn prune(cache_dir: &Path) -> io::Result<Pruned> {
     Ok(pruned)
 }
 
+/// What a RUN's bind mounts and cache seeds may read, and where it stages.
+#[derive(Clone, Copy)]
+struct MountSources<'m> {
+    results: &'m [Option<StageResult>],
+    images: &'m BTreeMap<String, ImageInfo>,
+    step: &'m crate::plan::Step,
+    scratch: &'m Path,
+}
+
 impl Executor<'_> {
     /// The part of a RUN's cache key for what its mounts read (see
     /// `crate::mounts::content_key`): the bound context files' content
@@ -641,6 +650,12 @@ impl Executor<'_> {
         order.sort_by_key(|m| m.target().map_or(0, |t| t.matches('/').count()));
         self.lock_caches_in_order(mounts, &mut out)
             .map_err(|e| fail(format!("--mount type=cache: cannot lock: {e}")))?;
+        let sources = MountSources {
+            results,
+            images,
+            step,
+            scratch,
+        };
         let mut secrets_dir: Option<PathBuf> = None;
         let mut ssh_seen = false;
         for (n, m) in order.into_iter().enumerate() {
@@ -651,8 +666,7 @@ impl Executor<'_> {
                     source,
                     readwrite,
                 } => {
-                    let path = self
-                        .bind_source(from, source, results, images, step, scratch, n, &mut out)?;
+                    let path = self.bind_source(from, source, &sources, n, &mut out)?;
                     let path = if *readwrite {
                         writable(&path, &scratch.join(format!("mount-rw-{n}")), &mut out).map_err(
                             |e| {
@@ -679,9 +693,7 @@ impl Executor<'_> {
                     gid,
                 } => {
                     let seed = match from {
-                        Some(from) => Some(self.bind_source(
-                            from, source, results, images, step, scratch, n, &mut out,
-                        )?),
+                        Some(from) => Some(self.bind_source(from, source, &sources, n, &mut out)?),
                         None => None,
                     };
                     let dir = self
@@ -699,47 +711,8 @@ impl Executor<'_> {
                     out.spec.push(json!({"destination": target, "type": "tmpfs", "source": "tmpfs", "options": options}));
                     out.targets.push(target.clone());
                 }
-                RunMount::Secret {
-                    id,
-                    target,
-                    env,
-                    required,
-                    mode,
-                    uid,
-                    gid,
-                } => {
-                    let Some(value) = self.options.secrets.get(id) else {
-                        if *required {
-                            return Err(fail(format!("secret {id:?} is required but the build was not given it: pass --secret id={id},src=FILE")));
-                        }
-                        continue;
-                    };
-                    if secrets_dir.is_none() {
-                        let dir = scratch.join("secrets");
-                        let guard = mount_tmpfs(&dir, "mode=0700")
-                            .map_err(|e| fail(format!("cannot mount a tmpfs for secrets: {e}")))?;
-                        out.guards.push(Box::new(guard));
-                        out.bundle = Some(dir.join("bundle"));
-                        secrets_dir = Some(dir);
-                    }
-                    if let Some(var) = env {
-                        let text = std::str::from_utf8(&value.0)
-                            .ok()
-                            .filter(|t| !t.contains('\0'))
-                            .ok_or_else(|| fail(format!("secret {id:?} cannot be the variable {var}: its value is not text (UTF-8 without NUL)")))?;
-                        out.env.push(format!("{var}={text}"));
-                    }
-                    if let (Some(target), Some(dir)) = (target, &secrets_dir) {
-                        let file = dir.join(format!("secret-{n}"));
-                        fs::write(&file, &value.0)
-                            .and_then(|_| std::os::unix::fs::chown(&file, Some(*uid), Some(*gid)))
-                            .and_then(|_| {
-                                fs::set_permissions(&file, fs::Permissions::from_mode(*mode))
-                            })
-                            .map_err(|e| fail(format!("cannot write secret {id:?}: {e}")))?;
-                        out.spec.push(bind_entry(target, &file, true));
-                        out.targets.push(target.clone());
-                    }
+                RunMount::Secret { .. } => {
+                    self.prepare_secret(m, step, scratch, n, &mut secrets_dir, &mut out)?
                 }
                 RunMount::Ssh {
                     id,
@@ -770,19 +743,79 @@ impl Executor<'_> {
         Ok(out)
     }
 
+    /// `type=secret`: its value as a variable and/or a file on a tmpfs
+    /// (mounted on the first secret, with the runc bundle moved onto it,
+    /// so no secret touches the disk).
+    fn prepare_secret(
+        &self,
+        mount: &RunMount,
+        step: &crate::plan::Step,
+        scratch: &Path,
+        n: usize,
+        secrets_dir: &mut Option<PathBuf>,
+        out: &mut Prepared,
+    ) -> R<()> {
+        let RunMount::Secret {
+            id,
+            target,
+            env,
+            required,
+            mode,
+            uid,
+            gid,
+        } = mount
+        else {
+            return Ok(());
+        };
+        let fail = |m: String| self.step_error(step, &m);
+        let Some(value) = self.options.secrets.get(id) else {
+            if *required {
+                return Err(fail(format!("secret {id:?} is required but the build was not given it: pass --secret id={id},src=FILE")));
+            }
+            return Ok(());
+        };
+        if secrets_dir.is_none() {
+            let dir = scratch.join("secrets");
+            let guard = mount_tmpfs(&dir, "mode=0700")
+                .map_err(|e| fail(format!("cannot mount a tmpfs for secrets: {e}")))?;
+            out.guards.push(Box::new(guard));
+            out.bundle = Some(dir.join("bundle"));
+            *secrets_dir = Some(dir);
+        }
+        if let Some(var) = env {
+            let text = std::str::from_utf8(&value.0)
+                .ok()
+                .filter(|t| !t.contains('\0'))
+                .ok_or_else(|| fail(format!("secret {id:?} cannot be the variable {var}: its value is not text (UTF-8 without NUL)")))?;
+            out.env.push(format!("{var}={text}"));
+        }
+        if let (Some(target), Some(dir)) = (target, secrets_dir.as_ref()) {
+            let file = dir.join(format!("secret-{n}"));
+            fs::write(&file, &value.0)
+                .and_then(|_| std::os::unix::fs::chown(&file, Some(*uid), Some(*gid)))
+                .and_then(|_| fs::set_permissions(&file, fs::Permissions::from_mode(*mode)))
+                .map_err(|e| fail(format!("cannot write secret {id:?}: {e}")))?;
+            out.spec.push(bind_entry(target, &file, true));
+            out.targets.push(target.clone());
+        }
+        Ok(())
+    }
+
     /// The host path a bind mount (or a cache seed) reads.
-    #[allow(clippy::too_many_arguments)]
     fn bind_source(
         &self,
         from: &MountFrom,
         source: &str,
-        results: &[Option<StageResult>],
-        images: &BTreeMap<String, ImageInfo>,
-        step: &crate::plan::Step,
-        scratch: &Path,
+        sources: &MountSources<'_>,
         n: usize,
         out: &mut Prepared,
     ) -> R<PathBuf> {
+        let MountSources {
+            results,
+            images,
+            step,
+            scratch,
+        } = *sources;
         let fail = |m: String| self.step_error(step, &m);
         let layers = match from {
             MountFrom::Context => {
