@@ -401,7 +401,6 @@ impl Planner<'_> {
         Ok((Action::Config, Some(text)))
     }
 
-    #[allow(clippy::too_many_arguments)]
     /// COPY/ADD: `--from` (a stage is a dependency), sources (heredocs
     /// become inline files), the destination under WORKDIR, and the flags;
     /// returns the action and its shown text.
@@ -414,60 +413,9 @@ impl Planner<'_> {
         workdir: &str,
         stage_count: usize,
     ) -> Result<(Action, String), BuildError> {
-        let fail = |e: String| BuildError::at(instruction.line, Some(&instruction.keyword), e);
-        // BuildKit refuses variables in --from (a stage's name must be
-        // known before any stage runs); so does Berth, with its advice.
-        let from_name = match &copy.from {
-            None => None,
-            Some(raw) => {
-                let processed = expand_word(raw, self.escape(), &|_| None).map_err(fail)?;
-                if processed != *raw {
-                    return Err(fail(format!(
-                        "--from={raw}: variable expansion is not supported for --from; define a stage with FROM using a global ARG instead"
-                    )));
-                }
-                Some(processed)
-            }
-        };
-        let from = match from_name.clone() {
-            None => Source::Context,
-            Some(name) => match find_stage(
-                &self.stage_names,
-                stage_count,
-                &name,
-                stage.index,
-                instruction,
-            ) {
-                Some(index) => {
-                    let index = index?;
-                    stage.depends_on.push(index);
-                    Source::Stage { index }
-                }
-                None => Source::Image { reference: name },
-            },
-        };
-        let mut sources = Vec::new();
-        let mut inline_files = Vec::new();
-        for source in &copy.sources {
-            if let Some(h) = heredoc_for(source, &instruction.heredocs) {
-                let content = if h.expand {
-                    expand_heredoc(&h.body, self.escape(), &|name| scope.lookup(name))
-                        .map_err(fail)?
-                } else {
-                    h.body.clone()
-                };
-                inline_files.push(InlineFile {
-                    name: h.name.clone(),
-                    content,
-                });
-                continue;
-            }
-            let expanded = self.expand(scope, source, instruction)?;
-            if expanded.is_empty() {
-                return Err(fail(format!("the source {source:?} expands to nothing")));
-            }
-            sources.push(expanded);
-        }
+        let fail = |e: String| fail_at(instruction, e);
+        let (from_name, from) = self.copy_from(stage, copy, instruction, stage_count)?;
+        let (sources, inline_files) = self.copy_sources(scope, copy, instruction)?;
         let dest = self.expand(scope, &copy.dest, instruction)?;
         if dest.is_empty() {
             return Err(fail("the destination expands to nothing".into()));
@@ -477,17 +425,7 @@ impl Planner<'_> {
                 "with several sources the destination must be a directory ending in /: write {dest}/"
             )));
         }
-        let absolute = if dest.starts_with('/') {
-            dest.clone()
-        } else {
-            format!("{}/{dest}", workdir.trim_end_matches('/'))
-        };
-        let mut resolved_dest = crate::dockerignore::clean(&absolute);
-        if (dest.ends_with('/') || dest == "." || dest.ends_with("/."))
-            && !resolved_dest.ends_with('/')
-        {
-            resolved_dest.push('/');
-        }
+        let resolved_dest = copy_destination(&dest, workdir);
         let mut exclude = Vec::new();
         for e in &copy.exclude {
             exclude.push(self.expand(scope, e, instruction)?);
@@ -541,6 +479,82 @@ impl Planner<'_> {
             },
             shown.join(" "),
         ))
+    }
+
+    /// `--from`: its name as written and what it names (a stage, which
+    /// becomes a dependency, or an image). BuildKit refuses variables in
+    /// --from (a stage's name must be known before any stage runs); so
+    /// does Berth, with its advice.
+    fn copy_from(
+        &self,
+        stage: &mut Stage,
+        copy: &Copy,
+        instruction: &Instruction,
+        stage_count: usize,
+    ) -> Result<(Option<String>, Source), BuildError> {
+        let fail = |e: String| fail_at(instruction, e);
+        let Some(raw) = &copy.from else {
+            return Ok((None, Source::Context));
+        };
+        let name = expand_word(raw, self.escape(), &|_| None).map_err(fail)?;
+        if name != *raw {
+            return Err(fail(format!(
+                "--from={raw}: variable expansion is not supported for --from; define a stage with FROM using a global ARG instead"
+            )));
+        }
+        let source = match find_stage(
+            &self.stage_names,
+            stage_count,
+            &name,
+            stage.index,
+            instruction,
+        ) {
+            Some(index) => {
+                let index = index?;
+                stage.depends_on.push(index);
+                Source::Stage { index }
+            }
+            None => Source::Image {
+                reference: name.clone(),
+            },
+        };
+        Ok((Some(name), source))
+    }
+
+    /// The sources, expanded; a heredoc source becomes an inline file
+    /// (its body expanded unless its marker was quoted).
+    fn copy_sources(
+        &self,
+        scope: &Scope,
+        copy: &Copy,
+        instruction: &Instruction,
+    ) -> Result<(Vec<String>, Vec<InlineFile>), BuildError> {
+        let mut sources = Vec::new();
+        let mut inline_files = Vec::new();
+        for source in &copy.sources {
+            if let Some(h) = heredoc_for(source, &instruction.heredocs) {
+                let content = if h.expand {
+                    expand_heredoc(&h.body, self.escape(), &|name| scope.lookup(name))
+                        .map_err(|e| fail_at(instruction, e))?
+                } else {
+                    h.body.clone()
+                };
+                inline_files.push(InlineFile {
+                    name: h.name.clone(),
+                    content,
+                });
+                continue;
+            }
+            let expanded = self.expand(scope, source, instruction)?;
+            if expanded.is_empty() {
+                return Err(fail_at(
+                    instruction,
+                    format!("the source {source:?} expands to nothing"),
+                ));
+            }
+            sources.push(expanded);
+        }
+        Ok((sources, inline_files))
     }
 
     fn key_value(
@@ -640,6 +654,21 @@ fn opt_expand(
         .as_ref()
         .map(|v| planner.expand(scope, v, at))
         .transpose()
+}
+
+/// COPY's destination, absolute (under WORKDIR when relative) and cleaned;
+/// a trailing `/` (or `.`) stays, as it says "a directory".
+fn copy_destination(dest: &str, workdir: &str) -> String {
+    let absolute = if dest.starts_with('/') {
+        dest.to_string()
+    } else {
+        format!("{}/{dest}", workdir.trim_end_matches('/'))
+    };
+    let mut resolved = crate::dockerignore::clean(&absolute);
+    if (dest.ends_with('/') || dest == "." || dest.ends_with("/.")) && !resolved.ends_with('/') {
+        resolved.push('/');
+    }
+    resolved
 }
 
 /// An error at `instruction`'s line.
