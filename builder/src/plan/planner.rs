@@ -103,57 +103,12 @@ impl<'a> Planner<'a> {
         self.directives.escape
     }
 
+    /// Compile the whole Dockerfile: global ARGs, then every stage
+    /// (pass 1), the target and what it needs, then the keys (pass 2).
     pub(super) fn run(mut self) -> Result<Plan, BuildError> {
         let instructions = std::mem::take(&mut self.instructions);
-        let first_from = instructions.iter().position(|i| i.keyword == "FROM");
-        for instruction in &instructions[..first_from.unwrap_or(instructions.len())] {
-            if !matches!(instruction.command, Command::Arg { .. }) {
-                return Err(BuildError::at(
-                    instruction.line,
-                    Some(&instruction.keyword),
-                    "only ARG may come before the first FROM",
-                ));
-            }
-        }
-        let first_from = first_from.ok_or_else(|| BuildError {
-            file: "Dockerfile".into(),
-            line: None,
-            instruction: None,
-            message: "no FROM instruction: a Dockerfile must start with FROM (after parser directives, comments and ARGs)".into(),
-        })?;
-        for instruction in &instructions[..first_from] {
-            let Command::Arg { args } = &instruction.command else {
-                continue;
-            };
-            for decl in args {
-                self.declared.insert(decl.name.clone());
-                let value = match self.options.build_args.get(&decl.name) {
-                    Some(v) => Some(v.clone()),
-                    None => match &decl.default {
-                        Some(d) => Some(self.expand(&self.global.clone(), d, instruction)?),
-                        None => None,
-                    },
-                };
-                let arg = ArgValue {
-                    name: decl.name.clone(),
-                    value,
-                };
-                self.global.set_arg(arg.clone());
-                self.declared_global.retain(|a| a.name != arg.name);
-                self.declared_global.push(arg);
-            }
-        }
-
-        // Split into stages at each FROM.
-        let mut stage_bodies: Vec<&[Instruction]> = Vec::new();
-        let mut start = first_from;
-        for (i, instruction) in instructions.iter().enumerate().skip(first_from + 1) {
-            if instruction.keyword == "FROM" {
-                stage_bodies.push(&instructions[start..i]);
-                start = i;
-            }
-        }
-        stage_bodies.push(&instructions[start..]);
+        let first_from = self.global_args(&instructions)?;
+        let stage_bodies = split_stages(&instructions, first_from);
         for (index, body) in stage_bodies.iter().enumerate() {
             if let Command::From {
                 stage_name: Some(name),
@@ -198,7 +153,68 @@ impl<'a> Planner<'a> {
                 self.assign_keys(&mut stages, index);
             }
         }
+        self.warn_unused_build_args();
+        self.warnings.sort_by_key(|w| w.line);
 
+        Ok(Plan {
+            target,
+            target_platform: self.target_platform.to_string(),
+            build_platform: self.build_platform.to_string(),
+            syntax: self.directives.syntax.clone(),
+            global_args: self.declared_global.clone(),
+            stages,
+            schedule,
+            warnings: self.warnings,
+        })
+    }
+
+    /// The ARGs before the first FROM (nothing else may come there): the
+    /// global scope. Returns the first FROM's index.
+    fn global_args(&mut self, instructions: &[Instruction]) -> Result<usize, BuildError> {
+        let first_from = instructions.iter().position(|i| i.keyword == "FROM");
+        for instruction in &instructions[..first_from.unwrap_or(instructions.len())] {
+            if !matches!(instruction.command, Command::Arg { .. }) {
+                return Err(BuildError::at(
+                    instruction.line,
+                    Some(&instruction.keyword),
+                    "only ARG may come before the first FROM",
+                ));
+            }
+        }
+        let first_from = first_from.ok_or_else(|| BuildError {
+            file: "Dockerfile".into(),
+            line: None,
+            instruction: None,
+            message: "no FROM instruction: a Dockerfile must start with FROM (after parser directives, comments and ARGs)".into(),
+        })?;
+        for instruction in &instructions[..first_from] {
+            let Command::Arg { args } = &instruction.command else {
+                continue;
+            };
+            for decl in args {
+                self.declared.insert(decl.name.clone());
+                let value = match self.options.build_args.get(&decl.name) {
+                    Some(v) => Some(v.clone()),
+                    None => match &decl.default {
+                        Some(d) => Some(self.expand(&self.global.clone(), d, instruction)?),
+                        None => None,
+                    },
+                };
+                let arg = ArgValue {
+                    name: decl.name.clone(),
+                    value,
+                };
+                self.global.set_arg(arg.clone());
+                self.declared_global.retain(|a| a.name != arg.name);
+                self.declared_global.push(arg);
+            }
+        }
+        Ok(first_from)
+    }
+
+    /// `--build-arg`s no ARG declares (predefined ones aside) do nothing:
+    /// say so, as Docker does.
+    fn warn_unused_build_args(&mut self) {
         for name in self.options.build_args.keys() {
             let predefined = PROXY_ARGS.contains(&name.as_str())
                 || name.starts_with("BUILDKIT_")
@@ -213,18 +229,6 @@ impl<'a> Planner<'a> {
                 });
             }
         }
-        self.warnings.sort_by_key(|w| w.line);
-
-        Ok(Plan {
-            target,
-            target_platform: self.target_platform.to_string(),
-            build_platform: self.build_platform.to_string(),
-            syntax: self.directives.syntax.clone(),
-            global_args: self.declared_global.clone(),
-            stages,
-            schedule,
-            warnings: self.warnings,
-        })
     }
 
     fn resolve_target(&self, stages: &[Stage]) -> Result<usize, BuildError> {
@@ -434,6 +438,20 @@ impl<'a> Planner<'a> {
         }
         Ok(())
     }
+}
+
+/// The instructions from the first FROM on, split at each FROM.
+fn split_stages(instructions: &[Instruction], first_from: usize) -> Vec<&[Instruction]> {
+    let mut stage_bodies: Vec<&[Instruction]> = Vec::new();
+    let mut start = first_from;
+    for (i, instruction) in instructions.iter().enumerate().skip(first_from + 1) {
+        if instruction.keyword == "FROM" {
+            stage_bodies.push(&instructions[start..i]);
+            start = i;
+        }
+    }
+    stage_bodies.push(&instructions[start..]);
+    stage_bodies
 }
 
 /// Per-stage counters for warnings and the CMD/ENTRYPOINT interplay.
