@@ -23,6 +23,7 @@ use super::error::{ExecError, IoContext, R};
 use super::files::{self, CopyRules, Matched, SourceRoot};
 use super::git;
 use super::remote::{self, UrlCache};
+use super::scratch::View;
 use super::{Executor, ImageInfo, Layer, StageResult};
 use crate::copyflags::{exclude_rules, kept_path, parents_pivot};
 use crate::plan::{chain_key, Action, Source, Step};
@@ -201,21 +202,7 @@ impl Executor<'_> {
         let exclude_rules = exclude_rules(exclude).map_err(fail)?;
         // --link reads nothing of the image: it copies into an empty one.
         let image = self.view(if *link { &[] } else { layers }, scratch)?;
-        let source_view = match from {
-            Source::Context => None,
-            Source::Stage { index } => {
-                let r = results[*index]
-                    .as_ref()
-                    .ok_or_else(|| fail(format!("stage {index} has not run")))?;
-                Some(self.view(&r.layers, scratch)?)
-            }
-            Source::Image { reference } => {
-                let i = images
-                    .get(reference)
-                    .ok_or_else(|| fail(format!("{reference} was not resolved")))?;
-                Some(self.view(&i.layers, scratch)?)
-            }
-        };
+        let source_view = self.copy_source_view(step, from, results, images, scratch)?;
         let root = SourceRoot {
             root: source_view
                 .as_ref()
@@ -296,6 +283,33 @@ impl Executor<'_> {
         drop(source_view);
         drop(image);
         self.commit_dir(&staging)
+    }
+
+    /// A view of the stage or image `--from` names (None: the context).
+    fn copy_source_view(
+        &self,
+        step: &Step,
+        from: &Source,
+        results: &[Option<StageResult>],
+        images: &std::collections::BTreeMap<String, ImageInfo>,
+        scratch: &Path,
+    ) -> R<Option<View>> {
+        let fail = |m: String| self.step_error(step, &m);
+        Ok(match from {
+            Source::Context => None,
+            Source::Stage { index } => {
+                let r = results[*index]
+                    .as_ref()
+                    .ok_or_else(|| fail(format!("stage {index} has not run")))?;
+                Some(self.view(&r.layers, scratch)?)
+            }
+            Source::Image { reference } => {
+                let i = images
+                    .get(reference)
+                    .ok_or_else(|| fail(format!("{reference} was not resolved")))?;
+                Some(self.view(&i.layers, scratch)?)
+            }
+        })
     }
 
     /// `--chown`: the owner, resolved in the image. A numeric user alone
