@@ -69,7 +69,8 @@ pub enum ExecError {
         #[source]
         source: Box<ExecError>,
     },
-    /// Output options that cannot be honoured (an index's annotations).
+    /// The multi-platform image index could not be made (a platform
+    /// that does not parse).
     #[error("{0}")]
     InvalidOutput(String),
     /// This host cannot build: not root, or the isolation asked for with

@@ -23,7 +23,8 @@
 //! - `cache` is the key → layer index and `--cache-from`/`--cache-to`;
 //! - `layer_store` unpacks and commits layer directories, `scratch` holds
 //!   per-step directories and read-only views of layers;
-//! - `isolation` picks runc or the chroot fallback; `error` is [`ExecError`].
+//! - `mounts` sets up `RUN --mount`s; `isolation` picks runc or the chroot
+//!   fallback; `error` is [`ExecError`].
 
 mod cache;
 pub mod chroot;
@@ -177,6 +178,8 @@ struct StageResult {
     created: String,
 }
 
+/// Runs one build: holds the options, the cache's paths and what the
+/// build has used so far (cache entries, fetched URLs, Git commits).
 pub struct Executor<'a> {
     options: &'a BuildOptions,
     client: &'a Client,
