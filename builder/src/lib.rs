@@ -10,11 +10,11 @@
 //! - [`plan`] compiles a Dockerfile, build args and a target into stages,
 //!   steps and cache keys: the data the executor runs and `--dry-run` prints.
 //!
-//!
 //! Those four touch nothing outside their arguments, so every rule is
-//! unit-tested on strings (DESIGN.md: "Compile, then execute"). Then
-//! [`exec`] runs a plan: base images, RUN in runc over overlayfs, COPY/ADD,
-//! the layer cache, and the image written into an OCI layout.
+//! unit-tested on strings: compile, then execute, as BuildKit splits its
+//! frontend from its solver. Then [`exec`] runs a plan: base images, RUN in
+//! runc over overlayfs (or chroot), COPY/ADD, the layer cache, and the
+//! image written into an OCI layout.
 
 use std::fmt;
 

@@ -307,15 +307,174 @@ fn parse_mount(
     ssh_index: usize,
     resolve_from: &mut dyn FnMut(&str) -> Result<MountFrom, String>,
 ) -> Result<RunMount, String> {
-    let fields = fields(value)?;
-    let mut kind = "bind".to_string();
-    for (k, v) in &fields {
-        if k == "type" {
-            kind = v.clone().unwrap_or_default().to_ascii_lowercase();
+    let options = MountOptions::parse(&fields(value)?)?;
+    let common = options.common(workdir, resolve_from)?;
+    Ok(match options.kind.as_str() {
+        "bind" => RunMount::Bind {
+            target: options.need_target(&common)?,
+            from: common.from.unwrap_or(MountFrom::Context),
+            source: common.source,
+            readwrite: !common.readonly.unwrap_or(true),
+        },
+        "cache" => cache_mount(&options, common)?,
+        "tmpfs" => RunMount::Tmpfs {
+            target: options.need_target(&common)?,
+            size: options.text("size").map(|s| parse_size(&s)).transpose()?,
+        },
+        "secret" => secret_mount(&options, common)?,
+        _ => RunMount::Ssh {
+            id: options
+                .text("id")
+                .filter(|i| !i.is_empty())
+                .unwrap_or_else(|| DEFAULT_SSH_ID.to_string()),
+            target: common
+                .target
+                .unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{ssh_index}")),
+            required: options.flag("required")?.unwrap_or(false),
+            mode: options.mode(0o600)?,
+            uid: common.uid,
+            gid: common.gid,
+        },
+    })
+}
+
+/// A `--mount`'s type and options, aliases folded (`dst` is `target`,
+/// `ro` is `readonly`), each checked against what the type takes.
+struct MountOptions {
+    kind: String,
+    values: std::collections::BTreeMap<&'static str, Option<String>>,
+}
+
+/// The options every mount type reads the same way.
+struct CommonOptions {
+    /// Absolute, under WORKDIR when relative.
+    target: Option<String>,
+    uid: u32,
+    gid: u32,
+    /// Relative to what the mount reads; empty for its root.
+    source: String,
+    from: Option<MountFrom>,
+    /// From `ro`/`readonly` or `rw`/`readwrite`; None when neither is given.
+    readonly: Option<bool>,
+}
+
+impl MountOptions {
+    fn parse(fields: &[(String, Option<String>)]) -> Result<MountOptions, String> {
+        let mut kind = "bind".to_string();
+        for (k, v) in fields {
+            if k == "type" {
+                kind = v.clone().unwrap_or_default().to_ascii_lowercase();
+            }
         }
+        let allowed = allowed_options(&kind)?;
+        let mut values = std::collections::BTreeMap::new();
+        for (k, v) in fields {
+            let key = match k.as_str() {
+                "type" => continue,
+                "target" | "dst" | "destination" => "target",
+                "source" | "src" => "source",
+                "ro" | "readonly" => "readonly",
+                "rw" | "readwrite" => "readwrite",
+                "from" => "from",
+                "id" => "id",
+                "sharing" => "sharing",
+                "mode" => "mode",
+                "uid" => "uid",
+                "gid" => "gid",
+                "size" => "size",
+                "env" => "env",
+                "required" => "required",
+                other => {
+                    return Err(format!(
+                        "unknown option {other:?} (type={kind} takes {})",
+                        allowed.join(", ")
+                    ))
+                }
+            };
+            if !allowed.contains(&key) {
+                return Err(format!(
+                    "type={kind} does not take {k:?} (it takes {})",
+                    allowed.join(", ")
+                ));
+            }
+            let flag = matches!(key, "readonly" | "readwrite" | "required");
+            if v.is_none() && !flag {
+                return Err(format!("{k} needs a value: write {k}=..."));
+            }
+            if values.insert(key, v.clone()).is_some() {
+                return Err(format!("{k} is given twice"));
+            }
+        }
+        Ok(MountOptions { kind, values })
     }
-    // The options each type takes (aliases folded below).
-    let allowed: &[&str] = match kind.as_str() {
+
+    fn text(&self, key: &str) -> Option<String> {
+        self.values.get(key).cloned().flatten()
+    }
+
+    fn flag(&self, key: &str) -> Result<Option<bool>, String> {
+        self.values
+            .get(key)
+            .map(|v| parse_bool(key, v.as_deref()))
+            .transpose()
+    }
+
+    fn mode(&self, default: u32) -> Result<u32, String> {
+        self.text("mode").map_or(Ok(default), |m| parse_mode(&m))
+    }
+
+    fn need_target(&self, common: &CommonOptions) -> Result<String, String> {
+        common
+            .target
+            .clone()
+            .ok_or_else(|| format!("type={} needs target=PATH (where to mount it)", self.kind))
+    }
+
+    fn common(
+        &self,
+        workdir: &str,
+        resolve_from: &mut dyn FnMut(&str) -> Result<MountFrom, String>,
+    ) -> Result<CommonOptions, String> {
+        let target = match self.text("target") {
+            Some(t) if t.is_empty() => return Err("target is empty".into()),
+            Some(t) => Some(absolute_target(&t, workdir)?),
+            None => None,
+        };
+        let uid = self.text("uid").map_or(Ok(0), |v| parse_id("uid", &v))?;
+        let gid = self.text("gid").map_or(Ok(0), |v| parse_id("gid", &v))?;
+        let source = match self.text("source") {
+            Some(s) => clean_relative(&s)
+                .map(|p| p.join("/"))
+                .ok_or_else(|| format!("source={s} climbs above the root of what it reads"))?,
+            None => String::new(),
+        };
+        let from = match self.text("from") {
+            Some(f) if f.is_empty() => return Err("from is empty".into()),
+            Some(f) => Some(resolve_from(&f)?),
+            None => None,
+        };
+        let readonly = match (self.flag("readonly")?, self.flag("readwrite")?) {
+            (Some(ro), Some(rw)) if ro == rw => {
+                return Err("ro and rw contradict each other".into());
+            }
+            (Some(ro), _) => Some(ro),
+            (None, Some(rw)) => Some(!rw),
+            (None, None) => None,
+        };
+        Ok(CommonOptions {
+            target,
+            uid,
+            gid,
+            source,
+            from,
+            readonly,
+        })
+    }
+}
+
+/// The options each mount type takes (aliases folded).
+fn allowed_options(kind: &str) -> Result<&'static [&'static str], String> {
+    Ok(match kind {
         "bind" => &["target", "source", "from", "readonly", "readwrite"],
         "cache" => &[
             "target",
@@ -333,160 +492,70 @@ fn parse_mount(
         "secret" => &["target", "id", "env", "required", "mode", "uid", "gid"],
         "ssh" => &["target", "id", "required", "mode", "uid", "gid"],
         other => return Err(format!("unknown mount type {other:?}: use {TYPES}")),
+    })
+}
+
+/// `type=cache`: the id defaults to the target.
+fn cache_mount(options: &MountOptions, common: CommonOptions) -> Result<RunMount, String> {
+    let target = options.need_target(&common)?;
+    let id = match options.text("id") {
+        Some(id) => {
+            check_cache_id(&id)?;
+            id
+        }
+        None => target.clone(),
     };
-    let mut opt = std::collections::BTreeMap::<&str, Option<String>>::new();
-    for (k, v) in &fields {
-        let key = match k.as_str() {
-            "type" => continue,
-            "target" | "dst" | "destination" => "target",
-            "source" | "src" => "source",
-            "ro" | "readonly" => "readonly",
-            "rw" | "readwrite" => "readwrite",
-            "from" | "id" | "sharing" | "mode" | "uid" | "gid" | "size" | "env" | "required" => {
-                k.as_str()
-            }
-            other => {
-                return Err(format!(
-                    "unknown option {other:?} (type={kind} takes {})",
-                    allowed.join(", ")
-                ))
-            }
-        };
-        if !allowed.contains(&key) {
-            return Err(format!(
-                "type={kind} does not take {k:?} (it takes {})",
-                allowed.join(", ")
-            ));
-        }
-        let flag = matches!(key, "readonly" | "readwrite" | "required");
-        if v.is_none() && !flag {
-            return Err(format!("{k} needs a value: write {k}=..."));
-        }
-        if opt.insert(key, v.clone()).is_some() {
-            return Err(format!("{k} is given twice"));
+    let sharing = match options.text("sharing").as_deref() {
+        None | Some("shared") => Sharing::Shared,
+        Some("private") => Sharing::Private,
+        Some("locked") => Sharing::Locked,
+        Some(other) => return Err(format!("sharing={other}: use shared, private or locked")),
+    };
+    Ok(RunMount::Cache {
+        id,
+        target,
+        readonly: common.readonly.unwrap_or(false),
+        sharing,
+        from: common.from,
+        source: common.source,
+        mode: options.mode(0o755)?,
+        uid: common.uid,
+        gid: common.gid,
+    })
+}
+
+/// `type=secret`: a file (by default /run/secrets/ID), a variable, or both.
+fn secret_mount(options: &MountOptions, common: CommonOptions) -> Result<RunMount, String> {
+    let env = options.text("env");
+    if let Some(name) = &env {
+        if name.is_empty()
+            || name.contains('=')
+            || name.contains('\0')
+            || name.starts_with(|c: char| c.is_ascii_digit())
+        {
+            return Err(format!("env={name}: not a valid variable name"));
         }
     }
-    let text = |k: &str| opt.get(k).cloned().flatten();
-    let flag = |k: &str| -> Result<Option<bool>, String> {
-        opt.get(k).map(|v| parse_bool(k, v.as_deref())).transpose()
+    let id = match (options.text("id"), &common.target) {
+        (Some(id), _) if !id.is_empty() => id,
+        (Some(_), _) => return Err("id is empty".into()),
+        (None, Some(t)) => t.rsplit('/').next().unwrap_or_default().to_string(),
+        (None, None) => return Err("type=secret needs id=ID (the --secret id it reads)".into()),
     };
-    let target = match text("target") {
-        Some(t) if t.is_empty() => return Err("target is empty".into()),
-        Some(t) => Some(absolute_target(&t, workdir)?),
-        None => None,
+    // A file at /run/secrets/ID unless only a variable was asked for.
+    let target = match (common.target, &env) {
+        (Some(t), _) => Some(t),
+        (None, Some(_)) => None,
+        (None, None) => Some(absolute_target(&format!("/run/secrets/{id}"), "/")?),
     };
-    let need_target = || {
-        target
-            .clone()
-            .ok_or_else(|| format!("type={kind} needs target=PATH (where to mount it)"))
-    };
-    let mode = |default: u32| text("mode").map_or(Ok(default), |m| parse_mode(&m));
-    let uid = text("uid").map_or(Ok(0), |v| parse_id("uid", &v))?;
-    let gid = text("gid").map_or(Ok(0), |v| parse_id("gid", &v))?;
-    let source = match text("source") {
-        Some(s) => clean_relative(&s)
-            .map(|p| p.join("/"))
-            .ok_or_else(|| format!("source={s} climbs above the root of what it reads"))?,
-        None => String::new(),
-    };
-    let from = match text("from") {
-        Some(f) if f.is_empty() => return Err("from is empty".into()),
-        Some(f) => Some(resolve_from(&f)?),
-        None => None,
-    };
-    let readonly = match (flag("readonly")?, flag("readwrite")?) {
-        (Some(ro), Some(rw)) if ro == rw => {
-            return Err("ro and rw contradict each other".into());
-        }
-        (Some(ro), _) => Some(ro),
-        (None, Some(rw)) => Some(!rw),
-        (None, None) => None,
-    };
-    Ok(match kind.as_str() {
-        "bind" => RunMount::Bind {
-            target: need_target()?,
-            from: from.unwrap_or(MountFrom::Context),
-            source,
-            readwrite: !readonly.unwrap_or(true),
-        },
-        "cache" => {
-            let target = need_target()?;
-            let id = match text("id") {
-                Some(id) => {
-                    check_cache_id(&id)?;
-                    id
-                }
-                None => target.clone(),
-            };
-            let sharing = match text("sharing").as_deref() {
-                None | Some("shared") => Sharing::Shared,
-                Some("private") => Sharing::Private,
-                Some("locked") => Sharing::Locked,
-                Some(other) => {
-                    return Err(format!("sharing={other}: use shared, private or locked"))
-                }
-            };
-            RunMount::Cache {
-                id,
-                target,
-                readonly: readonly.unwrap_or(false),
-                sharing,
-                from,
-                source,
-                mode: mode(0o755)?,
-                uid,
-                gid,
-            }
-        }
-        "tmpfs" => RunMount::Tmpfs {
-            target: need_target()?,
-            size: text("size").map(|s| parse_size(&s)).transpose()?,
-        },
-        "secret" => {
-            let env = text("env");
-            if let Some(name) = &env {
-                if name.is_empty()
-                    || name.contains('=')
-                    || name.contains('\0')
-                    || name.starts_with(|c: char| c.is_ascii_digit())
-                {
-                    return Err(format!("env={name}: not a valid variable name"));
-                }
-            }
-            let id = match (text("id"), &target) {
-                (Some(id), _) if !id.is_empty() => id,
-                (Some(_), _) => return Err("id is empty".into()),
-                (None, Some(t)) => t.rsplit('/').next().unwrap_or_default().to_string(),
-                (None, None) => {
-                    return Err("type=secret needs id=ID (the --secret id it reads)".into())
-                }
-            };
-            // A file at /run/secrets/ID unless only a variable was asked for.
-            let target = match (target, &env) {
-                (Some(t), _) => Some(t),
-                (None, Some(_)) => None,
-                (None, None) => Some(absolute_target(&format!("/run/secrets/{id}"), "/")?),
-            };
-            RunMount::Secret {
-                id,
-                target,
-                env,
-                required: flag("required")?.unwrap_or(false),
-                mode: mode(0o400)?,
-                uid,
-                gid,
-            }
-        }
-        _ => RunMount::Ssh {
-            id: text("id")
-                .filter(|i| !i.is_empty())
-                .unwrap_or_else(|| DEFAULT_SSH_ID.to_string()),
-            target: target.unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{ssh_index}")),
-            required: flag("required")?.unwrap_or(false),
-            mode: mode(0o600)?,
-            uid,
-            gid,
-        },
+    Ok(RunMount::Secret {
+        id,
+        target,
+        env,
+        required: options.flag("required")?.unwrap_or(false),
+        mode: options.mode(0o400)?,
+        uid: common.uid,
+        gid: common.gid,
     })
 }
 

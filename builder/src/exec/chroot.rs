@@ -217,6 +217,41 @@ pub struct ChrootMount {
     pub data: String,
 }
 
+/// The program to exec: as written when it is a path, else found along
+/// the step's PATH in the image.
+fn find_program(root: &Path, program: &str, env: &[String]) -> io::Result<String> {
+    if program.contains('/') {
+        return Ok(program.to_string());
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    path.split(':')
+        .map(|d| format!("{}/{program}", d.trim_end_matches('/')))
+        .find(|p| root.join(p.trim_start_matches('/')).exists())
+        .ok_or_else(|| io::Error::other(format!("{program}: not found in the image's PATH")))
+}
+
+/// A mount's target, source (None: a tmpfs), read-only flag and tmpfs
+/// options as C strings, made before the fork (no allocation after it).
+type MountArgs = (CString, Option<CString>, bool, CString);
+
+fn mount_args(mounts: &[ChrootMount]) -> io::Result<Vec<MountArgs>> {
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+    mounts
+        .iter()
+        .map(|m| {
+            Ok((
+                c(&m.target)?,
+                m.source.as_deref().map(c).transpose()?,
+                m.readonly,
+                CString::new(m.data.as_str()).map_err(io::Error::other)?,
+            ))
+        })
+        .collect()
+}
+
 /// Run `argv` chrooted into `root` in new mount/uts/ipc (and, with
 /// `network_none`, network) namespaces, as `ids` in `cwd`, passing output
 /// lines to `output`, with `mounts` made (in order) for it.
@@ -235,19 +270,7 @@ pub fn run(
     let Some(program) = argv.first() else {
         return Err(io::Error::other("empty command"));
     };
-    // Resolve the program in the image (PATH of the step).
-    let program = if program.contains('/') {
-        program.clone()
-    } else {
-        let path = env
-            .iter()
-            .find_map(|e| e.strip_prefix("PATH="))
-            .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-        path.split(':')
-            .map(|d| format!("{}/{program}", d.trim_end_matches('/')))
-            .find(|p| root.join(p.trim_start_matches('/')).exists())
-            .ok_or_else(|| io::Error::other(format!("{program}: not found in the image's PATH")))?
-    };
+    let program = find_program(root, program, env)?;
     fs::create_dir_all(root.join(cwd.trim_start_matches('/')))?;
     let root_c = CString::new(root.as_os_str().as_bytes()).map_err(io::Error::other)?;
     let cwd_c = CString::new(cwd).map_err(io::Error::other)?;
@@ -255,18 +278,7 @@ pub fn run(
         CString::new(root.join("proc").as_os_str().as_bytes()).map_err(io::Error::other)?;
     let has_proc = root.join("proc").is_dir();
     let groups: Vec<libc::gid_t> = ids.groups.clone();
-    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
-    let mounts_c: Vec<(CString, Option<CString>, bool, CString)> = mounts
-        .iter()
-        .map(|m| {
-            Ok((
-                c(&m.target)?,
-                m.source.as_deref().map(c).transpose()?,
-                m.readonly,
-                CString::new(m.data.as_str()).map_err(io::Error::other)?,
-            ))
-        })
-        .collect::<io::Result<_>>()?;
+    let mounts_c = mount_args(mounts)?;
     let hostname = super::netfiles::HOSTNAME;
     let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
     if network_none {
@@ -352,5 +364,5 @@ pub fn run(
         });
     }
     let child = cmd.spawn()?;
-    super::stream_output_and_wait(child, output)
+    super::run_step::stream_output_and_wait(child, output)
 }

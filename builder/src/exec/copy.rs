@@ -19,12 +19,19 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use super::error::{ExecError, IoContext, R};
 use super::files::{self, CopyRules, Matched, SourceRoot};
 use super::git;
 use super::remote::{self, UrlCache};
-use super::{is_url, Action, ExecError, Executor, ImageInfo, Layer, Source, StageResult, R};
+use super::scratch::View;
+use super::{Executor, ImageInfo, Layer, StageResult};
 use crate::copyflags::{exclude_rules, kept_path, parents_pivot};
-use crate::plan::{chain_key, Step};
+use crate::plan::{chain_key, Action, Source, Step};
+
+/// An ADD source fetched over http(s).
+fn is_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
+}
 
 /// The key a step's layer is cached under and the key after the step (see
 /// [`crate::copyflags::layer_keys`]; they differ for `--link`).
@@ -63,7 +70,7 @@ impl Executor<'_> {
                 results[*index]
                     .as_ref()
                     .map(|r| r.key.clone())
-                    .ok_or_else(|| ExecError(format!("stage {index} has not run")))?,
+                    .ok_or_else(|| ExecError::Internal(format!("stage {index} has not run")))?,
             ),
             Source::Image { reference } => images.get(reference).map(|i| i.digest.to_string()),
             Source::Context if sources.is_empty() => None,
@@ -104,7 +111,7 @@ impl Executor<'_> {
         }
         let mut hash = ctx
             .content_hash(&matched)
-            .ctx(|| "cannot read the build context".to_string())?;
+            .with_context(|| "cannot read the build context".to_string())?;
         for u in remote {
             // The content decides: the commit a ref names now, or the body
             // (fetched or revalidated once; the copy uses the same bytes).
@@ -166,6 +173,8 @@ impl Executor<'_> {
         Ok(got)
     }
 
+    /// COPY/ADD on a cache miss: stage what the sources name under the
+    /// destination in a new directory, which becomes the layer.
     pub(super) fn copy_step(
         &self,
         layers: &[Layer],
@@ -193,7 +202,100 @@ impl Executor<'_> {
         let exclude_rules = exclude_rules(exclude).map_err(fail)?;
         // --link reads nothing of the image: it copies into an empty one.
         let image = self.view(if *link { &[] } else { layers }, scratch)?;
-        let source_view = match from {
+        let source_view = self.copy_source_view(step, from, results, images, scratch)?;
+        let root = SourceRoot {
+            root: source_view
+                .as_ref()
+                .map_or(self.options.context.as_path(), |v| v.path.as_path()),
+            ignore: if source_view.is_none() {
+                self.options.ignore.as_ref()
+            } else {
+                None
+            },
+            is_context: source_view.is_none(),
+            exclude: exclude_rules.as_ref(),
+        };
+        let clamp = self.options.source_date_epoch;
+        let dest_clean = dest.trim_end_matches('/');
+        let target = CopyTarget {
+            dest,
+            clean: if dest_clean.is_empty() {
+                "/"
+            } else {
+                dest_clean
+            },
+            is_dir: dest.ends_with('/')
+                || *keep_parents
+                || sources.len() + inline_files.len() > 1
+                || image.path.join(dest.trim_start_matches('/')).is_dir(),
+            owner: self.copy_owner(step, chown.as_deref(), &image.path)?,
+            mode: match chmod {
+                Some(m) => Some(files::parse_chmod(m).map_err(fail)?),
+                None => None,
+            },
+            clamp,
+            default_time: clamp.unwrap_or(0) as i64,
+        };
+        let rules = CopyRules {
+            chown: target.owner,
+            chmod: target.mode.clone(),
+            preserve_owner: !root.is_context,
+            clamp,
+        };
+        let staging = scratch.join("stage");
+        fs::create_dir_all(&staging).with_context(|| "cannot create a directory".to_string())?;
+        let mut out = Stager {
+            staging: &staging,
+            image: &image.path,
+            rules: &rules,
+            default_time: target.default_time,
+            dir_times: Vec::new(),
+        };
+        let unpack = add.as_ref().map(|a| a.unpack.unwrap_or(true));
+        for (n, source) in sources.iter().enumerate() {
+            if git::is_git_url(source) || is_url(source) {
+                let Some(add) = add else {
+                    return Err(fail(format!("{source}: COPY cannot fetch URLs; use ADD")));
+                };
+                let checkout = scratch.join(format!("git-{n}"));
+                let remote = RemoteSource {
+                    url: source,
+                    add,
+                    checkout: &checkout,
+                    exclude: exclude_rules.as_ref(),
+                };
+                self.copy_remote(step, &remote, &target, &mut out)?;
+                continue;
+            }
+            let local = LocalSource {
+                root: &root,
+                source,
+                keep_parents: *keep_parents,
+                unpack,
+            };
+            self.copy_local(step, &local, &target, &mut out)?;
+        }
+        for file in inline_files {
+            self.copy_inline(step, file, &target, &mut out)?;
+        }
+        files::restore_dir_times(&staging, &out.dir_times)
+            .map_err(|e| self.copying_error(step, e))?;
+        drop(source_view);
+        drop(image);
+        self.commit_dir(&staging)
+    }
+
+    /// A view of the stage or image `--from` names (None: the context).
+    fn copy_source_view(
+        &self,
+        step: &Step,
+        from: &Source,
+        results: &[Option<StageResult>],
+        images: &std::collections::BTreeMap<String, ImageInfo>,
+        scratch: &Path,
+    ) -> R<Option<View>> {
+        let fail = |m: String| self.step_error(step, &m);
+        Ok(match from {
             Source::Context => None,
             Source::Stage { index } => {
                 let r = results[*index]
@@ -207,174 +309,173 @@ impl Executor<'_> {
                     .ok_or_else(|| fail(format!("{reference} was not resolved")))?;
                 Some(self.view(&i.layers, scratch)?)
             }
+        })
+    }
+
+    /// `--chown`: the owner, resolved in the image. A numeric user alone
+    /// gets the same numeric group, as BuildKit does (a name gets its
+    /// passwd group).
+    fn copy_owner(&self, step: &Step, chown: Option<&str>, image: &Path) -> R<Option<(u32, u32)>> {
+        let Some(spec) = chown else {
+            return Ok(None);
         };
-        let root = SourceRoot {
-            root: source_view
-                .as_ref()
-                .map_or(self.options.context.as_path(), |v| v.path.as_path()),
-            ignore: if source_view.is_none() {
-                self.options.ignore.as_ref()
-            } else {
-                None
-            },
-            is_context: source_view.is_none(),
-            exclude: exclude_rules.as_ref(),
-        };
-        let owner = match chown {
-            Some(spec) => Some(
-                files::resolve_user(&image.path, spec)
-                    // A numeric user alone gets the same numeric group, as
-                    // BuildKit does (a name gets its passwd group).
-                    .map(|(u, g, _)| (u, if spec.parse::<u32>().is_ok() { u } else { g }))
-                    .map_err(|e| fail(format!("--chown={spec}: {e}")))?,
-            ),
-            None => None,
-        };
-        let mode = match chmod {
-            Some(m) => Some(files::parse_chmod(m).map_err(fail)?),
-            None => None,
-        };
-        let clamp = self.options.source_date_epoch;
-        let default_time = clamp.unwrap_or(0) as i64;
-        let rules = CopyRules {
-            chown: owner,
-            chmod: mode.clone(),
-            preserve_owner: !root.is_context,
-            clamp,
-        };
-        let staging = scratch.join("stage");
-        fs::create_dir_all(&staging).ctx(|| "cannot create a directory".to_string())?;
-        let dest_dir = dest.ends_with('/')
-            || *keep_parents
-            || sources.len() + inline_files.len() > 1
-            || image.path.join(dest.trim_start_matches('/')).is_dir();
-        let dest_clean = dest.trim_end_matches('/');
-        let dest_clean = if dest_clean.is_empty() {
-            "/"
+        files::resolve_user(image, spec)
+            .map(|(u, g, _)| Some((u, if spec.parse::<u32>().is_ok() { u } else { g })))
+            .map_err(|e| self.step_error(step, &format!("--chown={spec}: {e}")))
+    }
+
+    fn copying_error(&self, step: &Step, e: io::Error) -> ExecError {
+        self.step_error(step, &format!("copying: {e}"))
+    }
+
+    /// ADD of a Git repository (checked out, then copied as a directory)
+    /// or of an http(s) URL (the body, as a file).
+    fn copy_remote(
+        &self,
+        step: &Step,
+        remote: &RemoteSource<'_>,
+        target: &CopyTarget<'_>,
+        out: &mut Stager<'_>,
+    ) -> R<()> {
+        let fail = |m: String| self.step_error(step, &m);
+        let io_fail = |e: io::Error| self.copying_error(step, e);
+        let checksum = remote.add.checksum.as_deref();
+        if git::is_git_url(remote.url) {
+            let matched = self
+                .git_checkout(
+                    remote.url,
+                    checksum,
+                    remote.add.keep_git_dir,
+                    remote.checkout,
+                )
+                .map_err(fail)?;
+            let git_root = SourceRoot {
+                root: remote.checkout,
+                ignore: None,
+                is_context: true,
+                exclude: remote.exclude,
+            };
+            return out
+                .directory(&git_root, &matched, target.clean)
+                .map_err(io_fail);
+        }
+        let got = self.fetch(remote.url, checksum).map_err(fail)?;
+        let file = if target.is_dir {
+            format!("{}/{}", target.clean, remote::file_name(remote.url))
         } else {
-            dest_clean
+            target.clean.to_string()
         };
-        let io_fail = |e: io::Error| fail(format!("copying: {e}"));
-        let mut out = Stager {
-            staging: &staging,
-            image: &image.path,
-            rules: &rules,
-            default_time,
-            dir_times: Vec::new(),
+        // Docker sets the file's mtime from Last-Modified.
+        let mtime = got
+            .modified
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(target.default_time, |d| d.as_secs() as i64);
+        let mtime = target.clamp.map_or(mtime, |c| mtime.min(c as i64));
+        out.new_file_from(
+            &file,
+            &got.path,
+            0o600,
+            target.mode.as_ref(),
+            target.owner,
+            mtime,
+        )
+        .map_err(io_fail)
+    }
+
+    /// A source in the context, a stage or an image: each file or
+    /// directory it matches (archives unpacked for ADD).
+    fn copy_local(
+        &self,
+        step: &Step,
+        local: &LocalSource<'_, '_>,
+        target: &CopyTarget<'_>,
+        out: &mut Stager<'_>,
+    ) -> R<()> {
+        let io_fail = |e: io::Error| self.copying_error(step, e);
+        let root = local.root;
+        let dest_clean = target.clean;
+        let owner = target.owner;
+        let strip = if local.keep_parents {
+            parents_pivot(local.source)
+        } else {
+            String::new()
         };
-        let unpack = add.as_ref().map(|a| a.unpack.unwrap_or(true));
-        for (n, source) in sources.iter().enumerate() {
-            if git::is_git_url(source) || is_url(source) {
-                let Some(add) = add else {
-                    return Err(fail(format!("{source}: COPY cannot fetch URLs; use ADD")));
-                };
-                let checksum = add.checksum.as_deref();
-                if git::is_git_url(source) {
-                    let checkout = scratch.join(format!("git-{n}"));
-                    let matched = self
-                        .git_checkout(source, checksum, add.keep_git_dir, &checkout)
-                        .map_err(fail)?;
-                    let git_root = SourceRoot {
-                        root: &checkout,
-                        ignore: None,
-                        is_context: true,
-                        exclude: exclude_rules.as_ref(),
-                    };
-                    out.directory(&git_root, &matched, dest_clean)
-                        .map_err(io_fail)?;
+        let matched = root
+            .resolve(local.source)
+            .map_err(|m| self.step_error(step, &m))?;
+        for m in &matched {
+            let meta = fs::symlink_metadata(&m.path).map_err(io_fail)?;
+            if meta.is_file() && local.unpack == Some(true) {
+                if let Some(gzip) = files::archive_kind(&m.path).map_err(io_fail)? {
+                    out.parents(dest_clean, owner).map_err(io_fail)?;
+                    let into = out.path(dest_clean);
+                    files::extract_archive(&m.path, gzip, &into).map_err(io_fail)?;
                     continue;
                 }
-                let got = self.fetch(source, checksum).map_err(fail)?;
-                let target = if dest_dir {
-                    format!("{dest_clean}/{}", remote::file_name(source))
+            }
+            if local.keep_parents {
+                let kept = kept_path(&m.rel, &strip);
+                out.parents(dest_clean, owner).map_err(io_fail)?;
+                out.source_dirs(root, &strip, kept, dest_clean)
+                    .map_err(io_fail)?;
+                let file = join(dest_clean, kept);
+                if meta.is_dir() {
+                    out.directory(root, m, &file).map_err(io_fail)?;
+                } else if !root.is_excluded_file(m) {
+                    files::copy_one(&m.path, &out.path(&file), out.rules).map_err(io_fail)?;
+                }
+                continue;
+            }
+            if meta.is_dir() {
+                out.directory(root, m, dest_clean).map_err(io_fail)?;
+            } else if !root.is_excluded_file(m) {
+                let name = Path::new(&m.rel)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let file = if target.is_dir {
+                    format!("{}/{name}", dest_clean.trim_end_matches('/'))
                 } else {
                     dest_clean.to_string()
                 };
-                // Docker sets the file's mtime from Last-Modified.
-                let mtime = got
-                    .modified
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(default_time, |d| d.as_secs() as i64);
-                let mtime = clamp.map_or(mtime, |c| mtime.min(c as i64));
-                out.new_file_from(&target, &got.path, 0o600, mode.as_ref(), owner, mtime)
+                let (parent, _) = file.rsplit_once('/').unwrap_or(("", &file));
+                out.parents(parent, if target.is_dir { owner } else { None })
                     .map_err(io_fail)?;
-                continue;
-            }
-            let strip = if *keep_parents {
-                parents_pivot(source)
-            } else {
-                String::new()
-            };
-            let matched = root.resolve(source).map_err(fail)?;
-            for m in &matched {
-                let meta = fs::symlink_metadata(&m.path).map_err(io_fail)?;
-                if meta.is_file() && unpack == Some(true) {
-                    if let Some(gzip) = files::archive_kind(&m.path).map_err(io_fail)? {
-                        out.parents(dest_clean, owner).map_err(io_fail)?;
-                        let into = staging.join(dest_clean.trim_start_matches('/'));
-                        files::extract_archive(&m.path, gzip, &into).map_err(io_fail)?;
-                        continue;
-                    }
-                }
-                if *keep_parents {
-                    let kept = kept_path(&m.rel, &strip);
-                    out.parents(dest_clean, owner).map_err(io_fail)?;
-                    out.source_dirs(&root, &strip, kept, dest_clean)
-                        .map_err(io_fail)?;
-                    let target = join(dest_clean, kept);
-                    if meta.is_dir() {
-                        out.directory(&root, m, &target).map_err(io_fail)?;
-                    } else if !root.is_excluded_file(m) {
-                        files::copy_one(&m.path, &out.path(&target), &rules).map_err(io_fail)?;
-                    }
-                    continue;
-                }
-                if meta.is_dir() {
-                    out.directory(&root, m, dest_clean).map_err(io_fail)?;
-                } else if !root.is_excluded_file(m) {
-                    let name = Path::new(&m.rel)
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    let target = if dest_dir {
-                        format!("{}/{name}", dest_clean.trim_end_matches('/'))
-                    } else {
-                        dest_clean.to_string()
-                    };
-                    let (parent, _) = target.rsplit_once('/').unwrap_or(("", &target));
-                    out.parents(parent, if dest_dir { owner } else { None })
-                        .map_err(io_fail)?;
-                    files::copy_one(&m.path, &out.path(&target), &rules).map_err(io_fail)?;
-                }
+                files::copy_one(&m.path, &out.path(&file), out.rules).map_err(io_fail)?;
             }
         }
-        for file in inline_files {
-            // A heredoc named like a path (`<<a/b`, `<<../../x`) is a file
-            // of that base name, as a source file is: never a path that
-            // climbs out of the staging folder or through a copied link.
-            let cleaned = crate::dockerignore::clean(&format!("/{}", file.name));
-            let Some(name) = cleaned.rsplit('/').next().filter(|n| !n.is_empty()) else {
-                return Err(fail(format!("<<{}: not a file name", file.name)));
-            };
-            let target = if dest.ends_with('/') {
-                format!("{}/{name}", dest_clean.trim_end_matches('/'))
-            } else {
-                dest_clean.to_string()
-            };
-            out.new_file(
-                &target,
-                file.content.as_bytes(),
-                0o644,
-                mode.as_ref(),
-                owner,
-                default_time,
-            )
-            .map_err(io_fail)?;
-        }
-        files::restore_dir_times(&staging, &out.dir_times).map_err(io_fail)?;
-        drop(source_view);
-        drop(image);
-        self.commit_dir(&staging)
+        Ok(())
+    }
+
+    /// A heredoc source (`COPY <<EOF /dest`): a new file.
+    fn copy_inline(
+        &self,
+        step: &Step,
+        file: &crate::plan::InlineFile,
+        target: &CopyTarget<'_>,
+        out: &mut Stager<'_>,
+    ) -> R<()> {
+        // A heredoc named like a path (`<<a/b`, `<<../../x`) is a file
+        // of that base name, as a source file is: never a path that
+        // climbs out of the staging folder or through a copied link.
+        let cleaned = crate::dockerignore::clean(&format!("/{}", file.name));
+        let Some(name) = cleaned.rsplit('/').next().filter(|n| !n.is_empty()) else {
+            return Err(self.step_error(step, &format!("<<{}: not a file name", file.name)));
+        };
+        let path = if target.dest.ends_with('/') {
+            format!("{}/{name}", target.clean.trim_end_matches('/'))
+        } else {
+            target.clean.to_string()
+        };
+        out.new_file(
+            &path,
+            file.content.as_bytes(),
+            0o644,
+            target.mode.as_ref(),
+            target.owner,
+            target.default_time,
+        )
+        .map_err(|e| self.copying_error(step, e))
     }
 
     /// Check out a Git source into `checkout` with the reference's modes
@@ -436,6 +537,45 @@ fn join(dir: &str, rel: &str) -> String {
     } else {
         format!("{}/{rel}", dir.trim_end_matches('/'))
     }
+}
+
+/// Where and how a COPY/ADD writes, the same for all its sources.
+struct CopyTarget<'d> {
+    /// The destination as planned (a trailing `/` names a directory).
+    dest: &'d str,
+    /// The destination without its trailing `/` (`/` for the root).
+    clean: &'d str,
+    /// The sources go inside the destination (it ends in `/`, there are
+    /// several, `--parents`, or the image has a directory there).
+    is_dir: bool,
+    /// `--chown`, resolved.
+    owner: Option<(u32, u32)>,
+    /// `--chmod`.
+    mode: Option<files::Chmod>,
+    /// SOURCE_DATE_EPOCH.
+    clamp: Option<u64>,
+    /// The time of files that bring none (heredocs, new directories).
+    default_time: i64,
+}
+
+/// An ADD source fetched from elsewhere.
+struct RemoteSource<'r> {
+    url: &'r str,
+    add: &'r crate::dockerfile::AddOptions,
+    /// Where a Git source is checked out.
+    checkout: &'r Path,
+    /// `--exclude`, applied to a Git checkout.
+    exclude: Option<&'r crate::dockerignore::DockerIgnore>,
+}
+
+/// A COPY/ADD source read from the context, a stage or an image.
+struct LocalSource<'l, 'r> {
+    root: &'l SourceRoot<'r>,
+    source: &'l str,
+    /// `--parents`.
+    keep_parents: bool,
+    /// ADD unpacks local archives (unless `--unpack=false`); None: COPY.
+    unpack: Option<bool>,
 }
 
 /// Writes copied files below the staging directory, creating parents as the
@@ -591,8 +731,6 @@ impl Stager<'_> {
         filetime::set_file_times(&path, ft, ft)
     }
 }
-
-use super::Ctx as _;
 
 #[cfg(test)]
 mod tests {

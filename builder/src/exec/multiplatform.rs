@@ -14,7 +14,8 @@ use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
 
-use super::{ExecError, Executor, ImageInfo, StageResult, R};
+use super::error::{ExecError, R};
+use super::{Executor, ImageInfo, StageResult};
 use crate::exec::to_stage_config;
 use crate::plan::{Action, BaseImage, Plan, Source};
 use crate::platforms::{Emulator, Execution};
@@ -143,7 +144,7 @@ impl Executor<'_> {
                         .into_iter()
                         .map(|(index, h)| {
                             let r = h.join().unwrap_or_else(|_| {
-                                Err(ExecError(format!("stage {index} panicked")))
+                                Err(ExecError::Internal(format!("stage {index} panicked")))
                             });
                             (index, r)
                         })
@@ -156,7 +157,7 @@ impl Executor<'_> {
         }
         results[plan.target]
             .clone()
-            .ok_or_else(|| ExecError("the target stage did not run".into()))
+            .ok_or_else(|| ExecError::Internal("the target stage did not run".into()))
     }
 
     /// Run a stage, unless another platform's build runs it under the same
@@ -172,14 +173,14 @@ impl Executor<'_> {
         let stage = &plan.stages[index];
         let cell = match shared.lock() {
             Ok(mut map) => map.entry(stage.final_key.clone()).or_default().clone(),
-            Err(_) => return Err(ExecError("a stage thread panicked".into())),
+            Err(_) => return Err(ExecError::Internal("a stage thread panicked".into())),
         };
         let mut ran_here = false;
         let outcome = cell.get_or_init(|| {
             ran_here = true;
             self.run_stage(plan, index, results, images)
                 .map(|r| (r, plan.target_platform.clone()))
-                .map_err(|e| e.0)
+                .map_err(Arc::new)
         });
         match outcome {
             Ok((result, _)) if ran_here => Ok(result.clone()),
@@ -191,15 +192,16 @@ impl Executor<'_> {
                 ));
                 Ok(result.clone())
             }
-            Err(e) => Err(ExecError(e.clone())),
+            Err(e) => Err(ExecError::Shared(Arc::clone(e))),
         }
     }
 }
 
 /// Stages by plan key, each run by the first platform's build that needs
 /// it; the others wait for it and share the result (or the error).
-pub(super) type SharedStages =
-    std::sync::Mutex<BTreeMap<String, Arc<OnceLock<Result<(StageResult, String), String>>>>>;
+pub(super) type SharedStages = std::sync::Mutex<
+    BTreeMap<String, Arc<OnceLock<Result<(StageResult, String), Arc<ExecError>>>>>,
+>;
 
 fn stage_label(stage: &crate::plan::Stage) -> String {
     match &stage.name {

@@ -120,40 +120,12 @@ impl UrlCache {
             }
         }
         let limits = Limits::from_env();
-        let client = reqwest::Client::builder()
-            .connect_timeout(limits.connect)
-            .build()
-            .map_err(|e| format!("cannot fetch {url}: {e}"))?;
-        let mut request = client.get(url);
-        if checksum.is_none() {
-            if let Some((record, _)) = &kept {
-                if let Some(etag) = &record.etag {
-                    request = request.header(reqwest::header::IF_NONE_MATCH, etag);
-                }
-                if let Some(lm) = &record.last_modified {
-                    request = request.header(reqwest::header::IF_MODIFIED_SINCE, lm);
-                }
-            }
-        }
-        let silent = || {
-            format!(
-                "{url}: no response for {}s; check that the server is up (the limit is BERTH_BUILD_ADD_IDLE_TIMEOUT, in seconds)",
-                limits.idle.as_secs()
-            )
+        // Without a checksum, the kept body is revalidated.
+        let revalidate = match (checksum, &kept) {
+            (None, Some((record, _))) => Some(record),
+            _ => None,
         };
-        let response = tokio::time::timeout(limits.idle, request.send())
-            .await
-            .map_err(|_| silent())?
-            .map_err(|e| {
-                if e.is_connect() && e.is_timeout() {
-                    format!(
-                        "{url}: cannot connect within {}s; check the URL and the network (the limit is BERTH_BUILD_ADD_CONNECT_TIMEOUT, in seconds)",
-                        limits.connect.as_secs()
-                    )
-                } else {
-                    format!("cannot fetch {url}: {e}")
-                }
-            })?;
+        let response = send(url, revalidate, &limits).await?;
         if response.status() == reqwest::StatusCode::NOT_MODIFIED {
             if let Some((record, body)) = kept {
                 return Ok(fetched(body, &record));
@@ -171,53 +143,7 @@ impl UrlCache {
         };
         let etag = header(reqwest::header::ETAG);
         let last_modified = header(reqwest::header::LAST_MODIFIED);
-        let too_big = || {
-            format!(
-                "{url}: the body is larger than {} bytes; raise BERTH_BUILD_ADD_MAX_BYTES if that is expected",
-                limits.max_bytes
-            )
-        };
-        if response
-            .content_length()
-            .is_some_and(|n| n > limits.max_bytes)
-        {
-            return Err(too_big());
-        }
-        fs::create_dir_all(&self.dir)
-            .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
-        // Streamed to a temporary file beside the cache (removed if dropped on
-        // an error), hashed on the way.
-        let mut download = tempfile::Builder::new()
-            .prefix(".download")
-            .tempfile_in(&self.dir)
-            .map_err(|e| format!("cannot create a file in {}: {e}", self.dir.display()))?;
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
-        let mut response = response;
-        loop {
-            let chunk = tokio::time::timeout(limits.idle, response.chunk())
-                .await
-                .map_err(|_| {
-                    format!(
-                        "{url}: the server sent nothing for {}s after {size} bytes; check that it is up (the limit is BERTH_BUILD_ADD_IDLE_TIMEOUT, in seconds)",
-                        limits.idle.as_secs()
-                    )
-                })?
-                .map_err(|e| format!("cannot fetch {url}: {e}"))?;
-            let Some(chunk) = chunk else { break };
-            size += chunk.len() as u64;
-            if size > limits.max_bytes {
-                return Err(too_big());
-            }
-            hasher.update(&chunk);
-            download
-                .write_all(&chunk)
-                .map_err(|e| format!("cannot write {}: {e}", download.path().display()))?;
-        }
-        download
-            .flush()
-            .map_err(|e| format!("cannot write {}: {e}", download.path().display()))?;
-        let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
+        let (download, digest) = self.download(url, response, &limits).await?;
         if let Some(expected) = checksum {
             if digest != expected {
                 return Err(format!(
@@ -241,6 +167,104 @@ impl UrlCache {
         let body = self.keep(url, worth_keeping.then_some(&record), &path)?;
         Ok(fetched(body, &record))
     }
+
+    /// Stream the body to a temporary file beside the cache (removed if
+    /// dropped on an error), hashed on the way and held to the size limit.
+    async fn download(
+        &self,
+        url: &str,
+        mut response: reqwest::Response,
+        limits: &Limits,
+    ) -> Result<(tempfile::NamedTempFile, String), String> {
+        let too_big = || {
+            format!(
+                "{url}: the body is larger than {} bytes; raise BERTH_BUILD_ADD_MAX_BYTES if that is expected",
+                limits.max_bytes
+            )
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > limits.max_bytes)
+        {
+            return Err(too_big());
+        }
+        fs::create_dir_all(&self.dir)
+            .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
+        let mut download = tempfile::Builder::new()
+            .prefix(".download")
+            .tempfile_in(&self.dir)
+            .map_err(|e| format!("cannot create a file in {}: {e}", self.dir.display()))?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        loop {
+            let chunk = tokio::time::timeout(limits.idle, response.chunk())
+                .await
+                .map_err(|_| {
+                    format!(
+                        "{url}: the server sent nothing for {}s after {size} bytes; check that it is up (the limit is BERTH_BUILD_ADD_IDLE_TIMEOUT, in seconds)",
+                        limits.idle.as_secs()
+                    )
+                })?
+                .map_err(|e| format!("cannot fetch {url}: {e}"))?;
+            let Some(chunk) = chunk else { break };
+            size += chunk.len() as u64;
+            if size > limits.max_bytes {
+                return Err(too_big());
+            }
+            hasher.update(&chunk);
+            download
+                .write_all(&chunk)
+                .map_err(|e| format!("cannot write {}: {e}", download.path().display()))?;
+        }
+        download
+            .flush()
+            .map_err(|e| format!("cannot write {}: {e}", download.path().display()))?;
+        Ok((
+            download,
+            format!("sha256:{}", hex::encode(hasher.finalize())),
+        ))
+    }
+}
+
+/// GET `url` (conditional on `revalidate`'s validators), within the
+/// connect and idle limits.
+async fn send(
+    url: &str,
+    revalidate: Option<&UrlRecord>,
+    limits: &Limits,
+) -> Result<reqwest::Response, String> {
+    let client = reqwest::Client::builder()
+        .connect_timeout(limits.connect)
+        .build()
+        .map_err(|e| format!("cannot fetch {url}: {e}"))?;
+    let mut request = client.get(url);
+    if let Some(record) = revalidate {
+        if let Some(etag) = &record.etag {
+            request = request.header(reqwest::header::IF_NONE_MATCH, etag);
+        }
+        if let Some(lm) = &record.last_modified {
+            request = request.header(reqwest::header::IF_MODIFIED_SINCE, lm);
+        }
+    }
+    let silent = || {
+        format!(
+            "{url}: no response for {}s; check that the server is up (the limit is BERTH_BUILD_ADD_IDLE_TIMEOUT, in seconds)",
+            limits.idle.as_secs()
+        )
+    };
+    tokio::time::timeout(limits.idle, request.send())
+        .await
+        .map_err(|_| silent())?
+        .map_err(|e| {
+            if e.is_connect() && e.is_timeout() {
+                format!(
+                    "{url}: cannot connect within {}s; check the URL and the network (the limit is BERTH_BUILD_ADD_CONNECT_TIMEOUT, in seconds)",
+                    limits.connect.as_secs()
+                )
+            } else {
+                format!("cannot fetch {url}: {e}")
+            }
+        })
 }
 
 /// `sha256:<hex>` of a file, read in pieces.

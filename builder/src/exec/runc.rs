@@ -250,5 +250,5 @@ pub fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    super::stream_output_and_wait(child, output)
+    super::run_step::stream_output_and_wait(child, output)
 }
