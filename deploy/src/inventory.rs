@@ -366,6 +366,20 @@ impl Inventory {
     }
 }
 
+impl crate::limit::HostsAndGroups for Inventory {
+    fn host_names(&self) -> Vec<&str> {
+        self.hosts.keys().map(String::as_str).collect()
+    }
+
+    fn group_names(&self) -> Vec<&str> {
+        self.groups.keys().map(String::as_str).collect()
+    }
+
+    fn hosts_of_group(&self, group: &str) -> BTreeSet<&str> {
+        Inventory::hosts_of_group(self, group)
+    }
+}
+
 /// Ansible's `INVENTORY_IGNORE_EXTS` (with its `REJECT_EXTS`): files a directory inventory
 /// skips.
 const IGNORED_EXTENSIONS: [&str; 13] = [
