@@ -39,7 +39,7 @@ use crate::error::{Error, Problem, Result};
 use crate::inventory::{DockerEndpoint, Inventory};
 use crate::labels;
 use crate::plan::Unchanged;
-use crate::ship::ImageBuild;
+use crate::ship::{BuildUse, ImageBuild};
 
 /// Bumped when the hashed form changes.
 const SWARM_HASH_VERSION: &str = "berth-swarm-v1";
@@ -451,35 +451,15 @@ pub fn desired_swarm(
 /// What `berth ship --swarm` builds: each image a service with a build context runs, once.
 /// Two services naming one tag with different build settings are refused.
 pub fn image_builds(desired: &SwarmDesired) -> std::result::Result<Vec<ImageBuild>, String> {
-    let mut builds: BTreeMap<String, ImageBuild> = BTreeMap::new();
-    for service in &desired.services {
-        let Some(build) = &service.build else {
-            continue;
-        };
-        let image = service.spec.image.clone();
-        if image.contains('@') {
-            return Err(format!(
-                "service {} has a build context but its image {image} is pinned by digest; \
-                 name a tag to push the build to",
-                service.key
-            ));
-        }
-        let entry = builds.entry(image.clone()).or_insert_with(|| ImageBuild {
-            image: image.clone(),
-            build: build.clone(),
-            services: BTreeSet::new(),
-            hosts: BTreeSet::from([desired.manager.clone()]),
-        });
-        if entry.build != *build {
-            return Err(format!(
-                "image {image} is built differently by services {} and {}: one tag cannot hold both",
-                entry.services.iter().next().cloned().unwrap_or_default(),
-                service.key
-            ));
-        }
-        entry.services.insert(service.key.clone());
-    }
-    Ok(builds.into_values().collect())
+    // Every service runs through the manager: it is the one "host" of all builds.
+    crate::ship::collect_builds(desired.services.iter().filter_map(|service| {
+        Some(BuildUse {
+            image: &service.spec.image,
+            build: service.build.as_ref()?,
+            service: &service.key,
+            host: &desired.manager,
+        })
+    }))
 }
 
 fn nano_cpus(cpus: f64) -> u64 {
