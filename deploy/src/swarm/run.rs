@@ -92,28 +92,7 @@ struct TaskCounts {
 }
 
 fn report_for(desired: &SwarmDesired) -> HostReport {
-    HostReport {
-        host: desired.manager.clone(),
-        endpoint: desired.endpoint.to_string(),
-        unreachable: false,
-        error: None,
-        plan: None,
-        results: Vec::new(),
-        ok: 0,
-        changed: 0,
-        failed: 0,
-        skipped: 0,
-        timings: None,
-    }
-}
-
-fn fail(mut report: HostReport, error: String, unreachable: bool) -> HostReport {
-    report.unreachable = unreachable;
-    if !unreachable {
-        report.failed += 1;
-    }
-    report.error = Some(error);
-    report
+    HostReport::empty(&desired.manager, &desired.endpoint)
 }
 
 fn finish(app: &str, mode: Mode, images: BTreeMap<String, String>, host: HostReport) -> RunReport {
@@ -246,7 +225,7 @@ pub async fn deploy(
             }
         }
         if !errors.is_empty() {
-            let host = fail(report, errors.join("; "), false);
+            let host = report.fail(errors.join("; "), false);
             return SwarmReport {
                 run: finish(&app, mode, pins, host),
                 plan: None,
@@ -259,7 +238,7 @@ pub async fn deploy(
         Ok(engine) => engine,
         Err((error, unreachable)) => {
             return SwarmReport {
-                run: finish(&app, mode, pins, fail(report, error, unreachable)),
+                run: finish(&app, mode, pins, report.fail(error, unreachable)),
                 plan: None,
             };
         }
@@ -267,7 +246,7 @@ pub async fn deploy(
     let actual = match read(&engine).await {
         Ok(actual) => actual,
         Err(error) => {
-            let host = fail(report, format!("reading the swarm's state: {error}"), false);
+            let host = report.fail(format!("reading the swarm's state: {error}"), false);
             return SwarmReport {
                 run: finish(&app, mode, pins, host),
                 plan: None,
@@ -279,7 +258,7 @@ pub async fn deploy(
     let mut report = report;
     report.ok = plan.unchanged.len();
     if let Some(error) = &plan.error {
-        let host = fail(report, error.clone(), false);
+        let host = report.fail(error.clone(), false);
         return SwarmReport {
             run: finish(&app, mode, pins, host),
             plan: Some(redacted(&plan)),
@@ -328,7 +307,7 @@ pub async fn rollback(
                     &app,
                     Mode::Rollback,
                     BTreeMap::new(),
-                    fail(report, error, unreachable),
+                    report.fail(error, unreachable),
                 ),
                 plan: None,
             };
@@ -337,7 +316,7 @@ pub async fn rollback(
     let actual = match read(&engine).await {
         Ok(actual) => actual,
         Err(error) => {
-            let host = fail(report, format!("reading the swarm's state: {error}"), false);
+            let host = report.fail(format!("reading the swarm's state: {error}"), false);
             return SwarmReport {
                 run: finish(&app, Mode::Rollback, BTreeMap::new(), host),
                 plan: None,
@@ -416,16 +395,6 @@ pub async fn rollback(
     }
 }
 
-fn count(report: &mut HostReport) {
-    for result in &report.results {
-        match result.outcome {
-            Outcome::Changed => report.changed += 1,
-            Outcome::Failed => report.failed += 1,
-            Outcome::Skipped => report.skipped += 1,
-        }
-    }
-}
-
 /// Env values replaced by `***` in what is printed or serialised (they are often secrets).
 fn redacted(plan: &SwarmPlan) -> SwarmPlan {
     let mut plan = plan.clone();
@@ -491,7 +460,7 @@ async fn apply_actions(
             }
         }
     }
-    count(report);
+    report.count_results();
 }
 
 struct Applier<'a> {
