@@ -33,7 +33,11 @@ use crate::inventory::DockerEndpoint;
 use crate::labels;
 use crate::ssh::{SshTarget, SshTunnel};
 
+mod error;
 mod storage;
+pub(crate) use error::api_error;
+use error::with_causes;
+pub use error::EngineError;
 pub(crate) use storage::docker_mount as storage_mount;
 
 /// Seconds bollard waits for one API call; pulls of big images are the slow ones.
@@ -66,37 +70,6 @@ pub struct Engine {
     calls: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
-/// A failed Engine API call, said in words: what was done, on which host, and Docker's own
-/// message (which names the container, port or address at fault).
-pub(crate) fn api_error(what: &str, err: bollard::errors::Error) -> String {
-    use bollard::errors::Error as E;
-    match err {
-        E::DockerResponseServerError {
-            status_code,
-            message,
-        } => format!("{what}: {message} (HTTP {status_code})"),
-        E::DockerStreamError { error } => format!("{what}: {error}"),
-        E::RequestTimeoutError => format!("{what}: the Docker API did not answer in time"),
-        other => format!("{what}: {}", with_causes(&other)),
-    }
-}
-
-/// An error with its causes (`client error (SendRequest): ...: invalid peer certificate`):
-/// the transport's top-level message alone rarely says what went wrong.
-fn with_causes(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 fn is_not_found(err: &bollard::errors::Error) -> bool {
     matches!(
         err,
@@ -109,14 +82,20 @@ fn is_not_found(err: &bollard::errors::Error) -> bool {
 
 impl Engine {
     /// Connects and negotiates the API version, within `timeout`.
-    pub async fn connect(endpoint: &DockerEndpoint, timeout: Duration) -> Result<Engine, String> {
+    pub async fn connect(
+        endpoint: &DockerEndpoint,
+        timeout: Duration,
+    ) -> Result<Engine, EngineError> {
         let shown = endpoint.to_string();
         let mut tunnel = None;
         let docker = match endpoint {
             DockerEndpoint::Unix { path } => {
                 let path = path.to_string_lossy();
                 Docker::connect_with_unix(&path, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
-                    .map_err(|e| format!("cannot connect to {shown}: {e}"))?
+                    .map_err(|e| EngineError::Connect {
+                        endpoint: shown.clone(),
+                        message: e.to_string(),
+                    })?
             }
             DockerEndpoint::Tcp {
                 host,
@@ -133,7 +112,10 @@ impl Engine {
                     REQUEST_TIMEOUT_SECS,
                     API_DEFAULT_VERSION,
                 )
-                .map_err(|e| format!("cannot connect to {shown}: {e}"))?
+                .map_err(|e| EngineError::Connect {
+                        endpoint: shown.clone(),
+                        message: e.to_string(),
+                    })?
             }
             DockerEndpoint::Tcp {
                 host,
@@ -143,21 +125,28 @@ impl Engine {
                 let (Some(ca), Some(cert), Some(key)) =
                     (&tls.ca_cert, &tls.client_cert, &tls.client_key)
                 else {
-                    return Err(format!(
-                        "{shown}: TLS needs a CA certificate, a client certificate and its key \
+                    return Err(EngineError::TlsSettings {
+                        endpoint: shown,
+                        message: "TLS needs a CA certificate, a client certificate and its key \
                          (docker_cert_path with ca.pem, cert.pem, key.pem, or docker_tls_ca_cert, \
                          docker_tls_client_cert and docker_tls_client_key)"
-                    ));
+                            .to_string(),
+                    });
                 };
                 if !tls.verify {
-                    return Err(format!(
-                        "{shown}: docker_tls_verify: false is not supported; give the daemon's CA \
-                         in docker_tls_ca_cert instead"
-                    ));
+                    return Err(EngineError::TlsSettings {
+                        endpoint: shown,
+                        message: "docker_tls_verify: false is not supported; give the daemon's \
+                         CA in docker_tls_ca_cert instead"
+                            .to_string(),
+                    });
                 }
                 for file in [ca, cert, key] {
                     if !file.is_file() {
-                        return Err(format!("{shown}: TLS file {} not found", file.display()));
+                        return Err(EngineError::TlsSettings {
+                            endpoint: shown,
+                            message: format!("TLS file {} not found", file.display()),
+                        });
                     }
                 }
                 let host = if host.contains(':') {
@@ -173,7 +162,10 @@ impl Engine {
                     REQUEST_TIMEOUT_SECS,
                     API_DEFAULT_VERSION,
                 )
-                .map_err(|e| format!("cannot connect to {shown}: {e}"))?
+                .map_err(|e| EngineError::Connect {
+                        endpoint: shown.clone(),
+                        message: e.to_string(),
+                    })?
             }
             DockerEndpoint::Ssh {
                 user,
@@ -189,17 +181,28 @@ impl Engine {
                     identity_file: identity_file.clone(),
                     options: options.clone(),
                 };
-                let opened = SshTunnel::open(&target, timeout).await?;
+                let opened = SshTunnel::open(&target, timeout)
+                    .await
+                    .map_err(EngineError::SshTunnel)?;
                 let socket = opened.socket().to_string_lossy().into_owned();
                 tunnel = Some(std::sync::Arc::new(opened));
                 Docker::connect_with_unix(&socket, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
-                    .map_err(|e| format!("cannot connect to {shown}: {e}"))?
+                    .map_err(|e| EngineError::Connect {
+                        endpoint: shown.clone(),
+                        message: e.to_string(),
+                    })?
             }
         };
         let docker = tokio::time::timeout(timeout, docker.negotiate_version())
             .await
-            .map_err(|_| format!("{shown} did not answer within {}s", timeout.as_secs()))?
-            .map_err(|e| format!("{shown}: {}", with_causes(&e)))?;
+            .map_err(|_| EngineError::NoAnswer {
+                endpoint: shown.clone(),
+                timeout,
+            })?
+            .map_err(|e| EngineError::Unreachable {
+                endpoint: shown.clone(),
+                message: with_causes(&e),
+            })?;
         Ok(Engine {
             docker,
             endpoint: shown,
@@ -232,7 +235,7 @@ impl Engine {
 
     /// Everything planning needs: all networks, all containers (this app's and others'),
     /// all images. Three list calls, no per-object inspect, so an unchanged re-run is quick.
-    pub async fn read(&self, app: &str) -> Result<ActualHost, String> {
+    pub async fn read(&self, app: &str) -> Result<ActualHost, EngineError> {
         let containers = self
             .api()
             .list_containers(Some(ListContainersOptions {
@@ -259,7 +262,7 @@ impl Engine {
 
     /// Pulls an image (`repo@sha256:…` or `repo:tag`), reading the progress stream to its
     /// end; an error anywhere in it fails the pull.
-    pub async fn pull(&self, image: &str, auth: Option<PullAuth>) -> Result<(), String> {
+    pub async fn pull(&self, image: &str, auth: Option<PullAuth>) -> Result<(), EngineError> {
         let credentials = auth.map(|auth| bollard::auth::DockerCredentials {
             username: auth.username,
             password: auth.password,
@@ -281,7 +284,7 @@ impl Engine {
         Ok(())
     }
 
-    pub async fn create_network(&self, network: &DesiredNetwork) -> Result<String, String> {
+    pub async fn create_network(&self, network: &DesiredNetwork) -> Result<String, EngineError> {
         let ipam_config = ipam_config(network.subnet, network.gateway, network.ip_range);
         let request = NetworkCreateRequest {
             name: network.name.clone(),
@@ -316,7 +319,7 @@ impl Engine {
         Ok(response.id)
     }
 
-    pub async fn remove_network(&self, name: &str) -> Result<(), String> {
+    pub async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
         match self.api().remove_network(name).await {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
@@ -324,7 +327,7 @@ impl Engine {
         }
     }
 
-    pub async fn disconnect(&self, network: &str, container: &str) -> Result<(), String> {
+    pub async fn disconnect(&self, network: &str, container: &str) -> Result<(), EngineError> {
         self.api()
             .disconnect_network(
                 network,
@@ -343,7 +346,7 @@ impl Engine {
         network: &str,
         container: &str,
         attachment: &crate::app::ServiceNetwork,
-    ) -> Result<(), String> {
+    ) -> Result<(), EngineError> {
         self.api()
             .connect_network(
                 network,
@@ -363,7 +366,7 @@ impl Engine {
         desired: &DesiredContainer,
         name: &str,
         deploy_id: &str,
-    ) -> Result<String, String> {
+    ) -> Result<String, EngineError> {
         let mut body = container_body(app, desired);
         if let Some(labels) = body.labels.as_mut() {
             labels.insert(labels::DEPLOY.to_string(), deploy_id.to_string());
@@ -382,14 +385,14 @@ impl Engine {
         Ok(response.id)
     }
 
-    pub async fn start(&self, name: &str) -> Result<(), String> {
+    pub async fn start(&self, name: &str) -> Result<(), EngineError> {
         self.api()
             .start_container(name, None)
             .await
             .map_err(|e| api_error(&format!("starting {name}"), e))
     }
 
-    pub async fn stop(&self, name: &str) -> Result<(), String> {
+    pub async fn stop(&self, name: &str) -> Result<(), EngineError> {
         match self
             .api()
             .stop_container(
@@ -410,7 +413,7 @@ impl Engine {
     }
 
     /// Removes a container (stopping it first); a missing one is fine.
-    pub async fn remove(&self, name: &str) -> Result<(), String> {
+    pub async fn remove(&self, name: &str) -> Result<(), EngineError> {
         match self
             .api()
             .remove_container(
@@ -429,7 +432,7 @@ impl Engine {
         }
     }
 
-    pub async fn rename(&self, from: &str, to: &str) -> Result<(), String> {
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), EngineError> {
         self.api()
             .rename_container(
                 from,
@@ -447,7 +450,7 @@ impl Engine {
         &self,
         name: &str,
         policy: &crate::app::RestartPolicy,
-    ) -> Result<(), String> {
+    ) -> Result<(), EngineError> {
         self.api()
             .update_container(
                 name,
@@ -461,7 +464,7 @@ impl Engine {
     }
 
     /// Current state and health of a container (`None` when it does not exist).
-    pub async fn status(&self, name: &str) -> Result<Option<Status>, String> {
+    pub async fn status(&self, name: &str) -> Result<Option<Status>, EngineError> {
         let inspect = match self.api().inspect_container(name, None).await {
             Ok(inspect) => inspect,
             Err(e) if is_not_found(&e) => return Ok(None),
@@ -497,7 +500,7 @@ impl Engine {
 
 impl Engine {
     /// Names of the networks a container is attached to (`None` when it does not exist).
-    pub async fn networks_of(&self, name: &str) -> Result<Option<Vec<String>>, String> {
+    pub async fn networks_of(&self, name: &str) -> Result<Option<Vec<String>>, EngineError> {
         let inspect = match self.api().inspect_container(name, None).await {
             Ok(inspect) => inspect,
             Err(e) if is_not_found(&e) => return Ok(None),
@@ -1061,7 +1064,8 @@ mod tests {
         let error = Engine::connect(&tls, Duration::from_secs(1))
             .await
             .err()
-            .expect("incomplete TLS is refused");
+            .expect("incomplete TLS is refused")
+            .to_string();
         assert!(
             error.contains("needs a CA certificate, a client certificate"),
             "{error}"
@@ -1072,7 +1076,8 @@ mod tests {
         let error = Engine::connect(&missing, Duration::from_secs(1))
             .await
             .err()
-            .expect("a missing socket is unreachable");
+            .expect("a missing socket is unreachable")
+            .to_string();
         assert!(error.contains("/nonexistent/docker.sock"), "{error}");
     }
 }

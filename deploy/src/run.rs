@@ -400,7 +400,10 @@ async fn deploy_host(
     let started = Instant::now();
     let engine = match Engine::connect(&desired.endpoint, options.connect_timeout).await {
         Ok(engine) => engine,
-        Err(error) => return report.fail(error, true),
+        Err(error) => {
+            let unreachable = error.is_unreachable();
+            return report.fail(error.to_string(), unreachable);
+        }
     };
     let mut timings = HostTimings {
         connect: started.elapsed().as_secs_f64(),
@@ -498,7 +501,10 @@ async fn rollback_one(
     let mut report = HostReport::new(&desired);
     let engine = match Engine::connect(&desired.endpoint, options.connect_timeout).await {
         Ok(engine) => engine,
-        Err(error) => return report.fail(error, true),
+        Err(error) => {
+            let unreachable = error.is_unreachable();
+            return report.fail(error.to_string(), unreachable);
+        }
     };
     let actual = match engine.read(&desired.app).await {
         Ok(actual) => actual,

@@ -381,7 +381,7 @@ pub async fn init(inventory: &Inventory, connect_timeout: Duration) -> Result<In
                 ));
                 node_ids[index] = node_id_now(&member.engine).await;
             }
-            Err(e) => report.error = Some(api_error("swarm join", e)),
+            Err(e) => report.error = Some(api_error("swarm join", e).to_string()),
         }
     }
 

@@ -36,7 +36,7 @@ use bollard::query_parameters::{
 
 use crate::app::{Protocol, PublishMode};
 use crate::apply::{ActionResult, Outcome};
-use crate::engine::{api_error, Engine, PullAuth};
+use crate::engine::{api_error, Engine, EngineError, PullAuth};
 use crate::labels;
 use crate::run::{pull_credentials, resolve_digests, HostReport, Mode, RunReport};
 
@@ -104,38 +104,45 @@ fn finish(app: &str, mode: Mode, images: BTreeMap<String, String>, host: HostRep
     }
 }
 
-/// Connects and checks that the endpoint is an active Swarm manager. The error says whether
-/// the host was unreachable (`true`) or answered but is no manager (`false`).
+/// Why a Swarm run could not start on its manager.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("{endpoint} is not part of an active swarm (run `docker swarm init` there, or point the inventory at a manager)")]
+    NotInSwarm { endpoint: String },
+    #[error("{endpoint} is a swarm worker, not a manager: services can only be deployed through a manager")]
+    Worker { endpoint: String },
+}
+
+impl ManagerError {
+    /// The manager was never reached (as opposed to: it answered but cannot take services).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, ManagerError::Engine(error) if error.is_unreachable())
+    }
+}
+
+/// Connects and checks that the endpoint is an active Swarm manager.
 async fn connect_manager(
     desired: &SwarmDesired,
     timeout: Duration,
-) -> Result<Engine, (String, bool)> {
-    let engine = Engine::connect(&desired.endpoint, timeout)
-        .await
-        .map_err(|e| (e, true))?;
+) -> Result<Engine, ManagerError> {
+    let engine = Engine::connect(&desired.endpoint, timeout).await?;
     let info = engine
         .docker()
         .info()
         .await
-        .map_err(|e| (api_error("reading the daemon's info", e), false))?;
+        .map_err(|e| api_error("reading the daemon's info", e))?;
     let swarm = info.swarm.unwrap_or_default();
     if swarm.local_node_state != Some(LocalNodeState::ACTIVE) {
-        return Err((
-            format!(
-                "{} is not part of an active swarm (run `docker swarm init` there, or point the inventory at a manager)",
-                engine.endpoint()
-            ),
-            false,
-        ));
+        return Err(ManagerError::NotInSwarm {
+            endpoint: engine.endpoint().to_string(),
+        });
     }
     if swarm.control_available != Some(true) {
-        return Err((
-            format!(
-                "{} is a swarm worker, not a manager: services can only be deployed through a manager",
-                engine.endpoint()
-            ),
-            false,
-        ));
+        return Err(ManagerError::Worker {
+            endpoint: engine.endpoint().to_string(),
+        });
     }
     Ok(engine)
 }
@@ -236,9 +243,15 @@ pub async fn deploy(
 
     let engine = match connect_manager(&desired, options.connect_timeout).await {
         Ok(engine) => engine,
-        Err((error, unreachable)) => {
+        Err(error) => {
+            let unreachable = error.is_unreachable();
             return SwarmReport {
-                run: finish(&app, mode, pins, report.fail(error, unreachable)),
+                run: finish(
+                    &app,
+                    mode,
+                    pins,
+                    report.fail(error.to_string(), unreachable),
+                ),
                 plan: None,
             };
         }
@@ -301,13 +314,14 @@ pub async fn rollback(
     let report = report_for(&desired);
     let engine = match connect_manager(&desired, options.connect_timeout).await {
         Ok(engine) => engine,
-        Err((error, unreachable)) => {
+        Err(error) => {
+            let unreachable = error.is_unreachable();
             return SwarmReport {
                 run: finish(
                     &app,
                     Mode::Rollback,
                     BTreeMap::new(),
-                    report.fail(error, unreachable),
+                    report.fail(error.to_string(), unreachable),
                 ),
                 plan: None,
             };
@@ -537,7 +551,7 @@ impl Applier<'_> {
                     // A service that never came up is removed: nothing half-made stays.
                     let removed = match docker.delete_service(&id).await {
                         Ok(()) => "removed it".to_string(),
-                        Err(e) => api_error("removing it", e),
+                        Err(e) => api_error("removing it", e).to_string(),
                     };
                     return Err(format!("{why}; {removed}"));
                 }
@@ -558,8 +572,10 @@ impl Applier<'_> {
             SwarmAction::RemoveService { name, id, .. } => docker
                 .delete_service(id)
                 .await
-                .map_err(|e| api_error(&format!("removing service {name}"), e)),
-            SwarmAction::RemoveNetwork { name, .. } => self.engine.remove_network(name).await,
+                .map_err(|e| api_error(&format!("removing service {name}"), e).to_string()),
+            SwarmAction::RemoveNetwork { name, .. } => {
+                self.engine.remove_network(name).await.map_err(String::from)
+            }
         }
     }
 
@@ -587,7 +603,7 @@ impl Applier<'_> {
             .create_network(request)
             .await
             .map(|_| ())
-            .map_err(|e| api_error(&format!("creating network {}", network.name), e))
+            .map_err(|e| api_error(&format!("creating network {}", network.name), e).into())
     }
 
     /// Sends `service` as the new spec of `id` (at its current version).
@@ -616,7 +632,7 @@ impl Applier<'_> {
             )
             .await
             .map(|_| ())
-            .map_err(|e| api_error(&format!("updating service {}", service.name), e))
+            .map_err(|e| api_error(&format!("updating service {}", service.name), e).into())
     }
 
     /// Asks Swarm to go back to the service's PreviousSpec (kept right after an update).
@@ -640,7 +656,7 @@ impl Applier<'_> {
             )
             .await
             .map(|_| ())
-            .map_err(|e| api_error("requesting a rollback", e))
+            .map_err(|e| api_error("requesting a rollback", e).into())
     }
 
     /// Waits until `service` runs `replicas` tasks of its config and no update is in
@@ -776,7 +792,7 @@ impl Applier<'_> {
         loop {
             let state = match docker.inspect_service(id, None).await {
                 Ok(service) => service.update_status.and_then(|s| s.state),
-                Err(e) => return api_error("checking the rollback", e),
+                Err(e) => return api_error("checking the rollback", e).to_string(),
             };
             match state {
                 Some(ServiceUpdateStatusStateEnum::ROLLBACK_COMPLETED) => {
