@@ -6,15 +6,10 @@
 //! API version is negotiated, so daemons as old as Debian 12's Docker 20.10 (API 1.41) work. Every call is bounded by a timeout; an
 //! unreachable host fails on its own with the address it tried.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use bollard::models::{
-    ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, EndpointIpamConfig,
-    EndpointSettings, HealthConfig, HealthStatusEnum, HostConfig, Ipam, IpamConfig,
-    NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest, NetworkingConfig,
-    PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    HealthStatusEnum, Ipam, NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, ListContainersOptions, ListImagesOptions,
@@ -22,18 +17,21 @@ use bollard::query_parameters::{
 };
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures::StreamExt;
-use ipnet::Ipv4Net;
 
-use crate::actual::{
-    ActualContainer, ActualHost, ActualImage, ActualNetwork, AttachedContainer, ContainerState,
-    Health,
-};
-use crate::desired::{ContainerSpec, DesiredContainer, DesiredNetwork};
+use crate::actual::{ActualHost, Health};
+use crate::desired::{DesiredContainer, DesiredNetwork};
 use crate::inventory::DockerEndpoint;
 use crate::labels;
 use crate::ssh::{SshTarget, SshTunnel};
 
+mod body;
+pub(crate) use body::ipam_config;
+pub use body::{container_body, later_networks};
+use body::{endpoint_settings, restart_policy};
 mod error;
+mod read;
+pub use read::actual_host;
+pub(crate) use read::ipv4_addressing;
 mod storage;
 pub(crate) use error::api_error;
 use error::with_causes;
@@ -113,9 +111,9 @@ impl Engine {
                     API_DEFAULT_VERSION,
                 )
                 .map_err(|e| EngineError::Connect {
-                        endpoint: shown.clone(),
-                        message: e.to_string(),
-                    })?
+                    endpoint: shown.clone(),
+                    message: e.to_string(),
+                })?
             }
             DockerEndpoint::Tcp {
                 host,
@@ -163,9 +161,9 @@ impl Engine {
                     API_DEFAULT_VERSION,
                 )
                 .map_err(|e| EngineError::Connect {
-                        endpoint: shown.clone(),
-                        message: e.to_string(),
-                    })?
+                    endpoint: shown.clone(),
+                    message: e.to_string(),
+                })?
             }
             DockerEndpoint::Ssh {
                 user,
@@ -516,111 +514,6 @@ impl Engine {
     }
 }
 
-/// The host's state from the three list calls' answers (`GET /containers/json?all=1`,
-/// `GET /networks`, `GET /images/json`), as the Engine API returns them: what
-/// [`Engine::read`] plans with. Separate so tests can feed it JSON captured from a real
-/// daemon (deploy/tests/fixtures/engine-capture/).
-pub fn actual_host(
-    app: &str,
-    containers: Vec<ContainerSummary>,
-    networks: Vec<bollard::models::Network>,
-    images: Vec<bollard::models::ImageSummary>,
-) -> ActualHost {
-    let images: Vec<ActualImage> = images
-        .into_iter()
-        .map(|image| ActualImage {
-            id: image.id,
-            repo_tags: image
-                .repo_tags
-                .into_iter()
-                .filter(|t| t != "<none>:<none>")
-                .collect(),
-            digests: image
-                .repo_digests
-                .iter()
-                .filter_map(|d| d.rsplit_once('@').map(|(_, digest)| digest.to_string()))
-                .collect(),
-        })
-        .collect();
-    let digests_of: HashMap<&str, &Vec<String>> = images
-        .iter()
-        .map(|image| (image.id.as_str(), &image.digests))
-        .collect();
-
-    let mut actual = ActualHost {
-        images: images.clone(),
-        ..ActualHost::default()
-    };
-    // Network name → containers attached (from each container's own network list, which
-    // the network list call does not give).
-    let mut attached: BTreeMap<String, Vec<AttachedContainer>> = BTreeMap::new();
-    // Network name → the gateways its running containers were given.
-    let mut gateways: BTreeMap<String, BTreeSet<Ipv4Addr>> = BTreeMap::new();
-    for summary in containers {
-        let Some(container) = actual_container(&summary, &digests_of) else {
-            continue;
-        };
-        if let Some(networks) = summary
-            .network_settings
-            .as_ref()
-            .and_then(|s| s.networks.as_ref())
-        {
-            for (network, endpoint) in networks {
-                if let Some(gateway) = endpoint.gateway.as_deref().and_then(|g| g.parse().ok()) {
-                    gateways.entry(network.clone()).or_default().insert(gateway);
-                }
-                attached
-                    .entry(network.clone())
-                    .or_default()
-                    .push(AttachedContainer {
-                        name: container.name.clone(),
-                        app: container.app().map(str::to_string),
-                    });
-            }
-        }
-        let ours = container.app() == Some(app);
-        if ours && container.name.ends_with(labels::PREVIOUS_SUFFIX) {
-            actual.previous.push(container);
-        } else if ours && container.name.ends_with(labels::NEXT_SUFFIX) {
-            // A leftover of an interrupted deploy; the applier removes it before reuse.
-        } else {
-            actual.containers.push(container);
-        }
-    }
-    for network in networks {
-        let Some(name) = network.name.clone() else {
-            continue;
-        };
-        let (subnet, mut gateway, ip_range) = ipv4_addressing(network.ipam.as_ref());
-        // Docker 20.10 leaves the gateway it picked (the subnet's first address) out of the
-        // IPAM config when none was asked for; its containers' endpoints still show it. An
-        // app that names that gateway asks for no change.
-        if let (None, Some(subnet), Some(seen)) = (gateway, subnet, gateways.get(&name)) {
-            if let [only] = seen.iter().collect::<Vec<_>>()[..] {
-                gateway = subnet.contains(only).then_some(*only);
-            }
-        }
-        let mut containers = attached.remove(&name).unwrap_or_default();
-        containers.sort_by(|a, b| a.name.cmp(&b.name));
-        actual.networks.push(ActualNetwork {
-            id: network.id.unwrap_or_default(),
-            name,
-            driver: network.driver.unwrap_or_default(),
-            subnet,
-            gateway,
-            ip_range,
-            options: network.options.unwrap_or_default().into_iter().collect(),
-            internal: network.internal.unwrap_or(false),
-            labels: network.labels.unwrap_or_default().into_iter().collect(),
-            attached: containers,
-        });
-    }
-    actual.networks.sort_by(|a, b| a.name.cmp(&b.name));
-    actual.containers.sort_by(|a, b| a.name.cmp(&b.name));
-    actual.previous.sort_by(|a, b| a.name.cmp(&b.name));
-    actual
-}
-
 /// What [`Engine::status`] reports.
 #[derive(Debug, Clone)]
 pub struct Status {
@@ -634,266 +527,16 @@ pub struct Status {
     pub last_check: Option<String>,
 }
 
-fn actual_container(
-    summary: &ContainerSummary,
-    digests_of: &HashMap<&str, &Vec<String>>,
-) -> Option<ActualContainer> {
-    let name = summary
-        .names
-        .as_ref()?
-        .first()?
-        .trim_start_matches('/')
-        .to_string();
-    let image_id = summary.image_id.clone().unwrap_or_default();
-    let state = match summary.state {
-        Some(ContainerSummaryStateEnum::CREATED) => ContainerState::Created,
-        Some(ContainerSummaryStateEnum::RUNNING) => ContainerState::Running,
-        Some(ContainerSummaryStateEnum::PAUSED) => ContainerState::Paused,
-        Some(ContainerSummaryStateEnum::RESTARTING) => ContainerState::Restarting,
-        Some(ContainerSummaryStateEnum::REMOVING) => ContainerState::Removing,
-        Some(ContainerSummaryStateEnum::DEAD) => ContainerState::Dead,
-        _ => ContainerState::Exited,
-    };
-    Some(ActualContainer {
-        id: summary.id.clone().unwrap_or_default(),
-        name,
-        labels: summary
-            .labels
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect(),
-        image: summary.image.clone().unwrap_or_default(),
-        image_digests: digests_of
-            .get(image_id.as_str())
-            .map(|d| d.to_vec())
-            .unwrap_or_default(),
-        image_id,
-        state,
-        health: summary.status.as_deref().and_then(health_from_status),
-    })
-}
-
-/// The health part of `docker ps`'s status text (`Up 5 minutes (healthy)`): the list call
-/// of API 1.41 has no health field, and inspecting every container would cost a call each.
-fn health_from_status(status: &str) -> Option<Health> {
-    if status.contains("(healthy)") {
-        Some(Health::Healthy)
-    } else if status.contains("(unhealthy)") {
-        Some(Health::Unhealthy)
-    } else if status.contains("(health: starting)") {
-        Some(Health::Starting)
-    } else {
-        None
-    }
-}
-
-fn restart_policy(policy: &crate::app::RestartPolicy) -> RestartPolicy {
-    let name = match policy.name.as_str() {
-        "always" => RestartPolicyNameEnum::ALWAYS,
-        "unless-stopped" => RestartPolicyNameEnum::UNLESS_STOPPED,
-        "on-failure" => RestartPolicyNameEnum::ON_FAILURE,
-        "no" => RestartPolicyNameEnum::NO,
-        _ => RestartPolicyNameEnum::EMPTY,
-    };
-    RestartPolicy {
-        name: Some(name),
-        maximum_retry_count: policy.max_retries.map(i64::from),
-    }
-}
-
-fn endpoint_settings(attachment: &crate::app::ServiceNetwork) -> EndpointSettings {
-    EndpointSettings {
-        ipam_config: attachment
-            .ipv4_address
-            .map(|ip: Ipv4Addr| EndpointIpamConfig {
-                ipv4_address: Some(ip.to_string()),
-                ..Default::default()
-            }),
-        aliases: (!attachment.aliases.is_empty()).then(|| attachment.aliases.clone()),
-        ..Default::default()
-    }
-}
-
-/// The create request for a desired container: image pinned by digest, Berth's labels,
-/// ports with host IPs, every network with its fixed address, limits and healthcheck.
-pub fn container_body(app: &str, desired: &DesiredContainer) -> ContainerCreateBody {
-    let spec: &ContainerSpec = &desired.spec;
-    let mut port_bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
-    let mut exposed = Vec::new();
-    for port in &spec.ports {
-        let key = format!("{}/{}", port.target, port.protocol.as_str());
-        exposed.push(key.clone());
-        port_bindings
-            .entry(key)
-            .or_insert_with(|| Some(Vec::new()))
-            .get_or_insert_with(Vec::new)
-            .push(PortBinding {
-                host_ip: port.host_ip.map(|ip| ip.to_string()),
-                host_port: port.published.map(|p| p.to_string()),
-            });
-    }
-    exposed.sort();
-    exposed.dedup();
-    // Daemons older than API 1.44 take one network at create time; the others are
-    // connected before the container starts (see [`later_networks`]).
-    let first = spec.networks.iter().next();
-    let endpoints: HashMap<String, EndpointSettings> = first
-        .map(|(name, attachment)| (name.clone(), endpoint_settings(attachment)))
-        .into_iter()
-        .collect();
-    let network_mode = first.map(|(name, _)| name.clone());
-    let mut host_config = HostConfig {
-        port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
-        restart_policy: Some(restart_policy(&spec.restart)),
-        nano_cpus: spec.nano_cpus.and_then(|n| i64::try_from(n).ok()),
-        memory: spec.memory.and_then(|m| i64::try_from(m).ok()),
-        network_mode,
-        ..Default::default()
-    };
-    storage::add_mounts(app, spec, &mut host_config);
-    let healthcheck = spec.healthcheck.as_ref().map(|check| HealthConfig {
-        test: Some(check.test.clone()),
-        interval: check.interval_ns.and_then(|n| i64::try_from(n).ok()),
-        timeout: check.timeout_ns.and_then(|n| i64::try_from(n).ok()),
-        retries: check.retries.map(i64::from),
-        start_period: check.start_period_ns.and_then(|n| i64::try_from(n).ok()),
-        start_interval: None,
-    });
-    let mut body = ContainerCreateBody {
-        image: Some(spec.image_reference()),
-        cmd: spec.command.clone(),
-        entrypoint: spec.entrypoint.clone(),
-        env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-        labels: Some(desired.labels(app).into_iter().collect()),
-        exposed_ports: (!exposed.is_empty()).then_some(exposed),
-        healthcheck,
-        stop_signal: spec.stop_signal.clone(),
-        stop_timeout: spec.stop_grace_period_s.and_then(|s| i64::try_from(s).ok()),
-        host_config: Some(host_config),
-        networking_config: Some(NetworkingConfig {
-            endpoints_config: Some(endpoints),
-        }),
-        ..Default::default()
-    };
-    apply_runtime_options(&spec.runtime, &mut body);
-    body
-}
-
-/// User, working dir, hostname, capabilities, init, read-only root, tmpfs, ulimits and
-/// logging, where the create request carries them.
-fn apply_runtime_options(options: &crate::app::RuntimeOptions, body: &mut ContainerCreateBody) {
-    let non_empty = |list: &Vec<String>| (!list.is_empty()).then(|| list.clone());
-    body.user = options.user.clone();
-    body.working_dir = options.working_dir.clone();
-    body.hostname = options.hostname.clone();
-    body.tty = options.tty.then_some(true);
-    body.open_stdin = options.stdin_open.then_some(true);
-    let host = body.host_config.get_or_insert_with(Default::default);
-    host.extra_hosts = non_empty(&options.extra_hosts);
-    host.cap_add = non_empty(&options.cap_add);
-    host.cap_drop = non_empty(&options.cap_drop);
-    host.init = options.init;
-    host.readonly_rootfs = options.read_only.then_some(true);
-    host.tmpfs = (!options.tmpfs.is_empty()).then(|| {
-        options
-            .tmpfs
-            .iter()
-            .map(|(path, opts)| (path.clone(), opts.clone()))
-            .collect()
-    });
-    host.ulimits = (!options.ulimits.is_empty()).then(|| {
-        options
-            .ulimits
-            .iter()
-            .map(|(name, limit)| bollard::models::ResourcesUlimits {
-                name: Some(name.clone()),
-                soft: Some(limit.soft),
-                hard: Some(limit.hard),
-            })
-            .collect()
-    });
-    host.privileged = options.privileged.then_some(true);
-    host.dns = non_empty(&options.dns);
-    host.dns_search = non_empty(&options.dns_search);
-    host.security_opt = non_empty(&options.security_opt);
-    host.sysctls = (!options.sysctls.is_empty()).then(|| {
-        options
-            .sysctls
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    });
-    host.shm_size = options.shm_size.and_then(|s| i64::try_from(s).ok());
-    host.pids_limit = options.pids_limit;
-    host.log_config =
-        options
-            .logging
-            .as_ref()
-            .map(|logging| bollard::models::HostConfigLogConfig {
-                typ: logging.driver.clone(),
-                config: (!logging.options.is_empty()).then(|| {
-                    logging
-                        .options
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect()
-                }),
-            });
-}
-
-/// The networks a container joins after create (all but the first, which
-/// [`container_body`] sets).
-pub fn later_networks(
-    spec: &ContainerSpec,
-) -> impl Iterator<Item = (&String, &crate::app::ServiceNetwork)> {
-    spec.networks.iter().skip(1)
-}
-
-/// The IPAM config a network is created with: none (Docker picks) without a subnet.
-pub(crate) fn ipam_config(
-    subnet: Option<Ipv4Net>,
-    gateway: Option<Ipv4Addr>,
-    ip_range: Option<Ipv4Net>,
-) -> Option<IpamConfig> {
-    subnet.map(|subnet| IpamConfig {
-        subnet: Some(subnet.to_string()),
-        gateway: gateway.map(|g| g.to_string()),
-        ip_range: ip_range.map(|r| r.to_string()),
-        auxiliary_addresses: None,
-    })
-}
-
-/// The IPv4 subnet, gateway and ip range of a network's IPAM (its first IPv4 config; Docker
-/// lists IPv6 ones beside it). Unparseable or empty values count as unset.
-pub(crate) fn ipv4_addressing(
-    ipam: Option<&bollard::models::Ipam>,
-) -> (Option<Ipv4Net>, Option<Ipv4Addr>, Option<Ipv4Net>) {
-    let ipv4 = ipam
-        .and_then(|ipam| ipam.config.as_ref())
-        .and_then(|configs| {
-            configs.iter().find(|c| {
-                c.subnet
-                    .as_deref()
-                    .is_some_and(|s| s.parse::<Ipv4Net>().is_ok())
-            })
-        });
-    (
-        ipv4.and_then(|c| c.subnet.as_deref())
-            .and_then(|s| s.parse().ok()),
-        ipv4.and_then(|c| c.gateway.as_deref())
-            .and_then(|g| g.parse().ok()),
-        ipv4.and_then(|c| c.ip_range.as_deref())
-            .filter(|r| !r.is_empty())
-            .and_then(|r| r.parse().ok()),
-    )
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use bollard::models::RestartPolicyNameEnum;
+
+    use super::read::health_from_status;
     use super::*;
     use crate::app::{Port, Protocol, ServiceNetwork};
-    use crate::desired::HealthSpec;
+    use crate::desired::{ContainerSpec, HealthSpec};
 
     fn desired() -> DesiredContainer {
         let spec = ContainerSpec {
