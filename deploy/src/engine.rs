@@ -6,6 +6,7 @@
 //! API version is negotiated, so daemons as old as Debian 12's Docker 20.10 (API 1.41) work. Every call is bounded by a timeout; an
 //! unreachable host fails on its own with the address it tried.
 
+use std::path::Path;
 use std::time::Duration;
 
 use bollard::models::{
@@ -20,7 +21,7 @@ use futures::StreamExt;
 
 use crate::actual::{ActualHost, Health};
 use crate::desired::{DesiredContainer, DesiredNetwork};
-use crate::inventory::DockerEndpoint;
+use crate::inventory::{DockerEndpoint, TlsFiles};
 use crate::labels;
 use crate::ssh::{SshTarget, SshTunnel};
 
@@ -78,6 +79,52 @@ fn is_not_found(err: &bollard::errors::Error) -> bool {
     )
 }
 
+/// `tcp://HOST:PORT`, an IPv6 host in brackets.
+fn tcp_url(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("tcp://[{host}]:{port}")
+    } else {
+        format!("tcp://{host}:{port}")
+    }
+}
+
+/// The CA, client certificate and key of a TLS endpoint, each present on disk. Berth always
+/// verifies the daemon: `docker_tls_verify: false` is refused rather than ignored.
+fn tls_files<'a>(
+    tls: &'a TlsFiles,
+    shown: &str,
+) -> Result<(&'a Path, &'a Path, &'a Path), EngineError> {
+    let settings_error = |message: String| EngineError::TlsSettings {
+        endpoint: shown.to_string(),
+        message,
+    };
+    let (Some(ca), Some(cert), Some(key)) = (&tls.ca_cert, &tls.client_cert, &tls.client_key)
+    else {
+        return Err(settings_error(
+            "TLS needs a CA certificate, a client certificate and its key \
+             (docker_cert_path with ca.pem, cert.pem, key.pem, or docker_tls_ca_cert, \
+             docker_tls_client_cert and docker_tls_client_key)"
+                .to_string(),
+        ));
+    };
+    if !tls.verify {
+        return Err(settings_error(
+            "docker_tls_verify: false is not supported; give the daemon's CA in \
+             docker_tls_ca_cert instead"
+                .to_string(),
+        ));
+    }
+    for file in [ca, cert, key] {
+        if !file.is_file() {
+            return Err(settings_error(format!(
+                "TLS file {} not found",
+                file.display()
+            )));
+        }
+    }
+    Ok((ca, cert, key))
+}
+
 impl Engine {
     /// Connects and negotiates the API version, within `timeout`.
     pub async fn connect(
@@ -85,85 +132,42 @@ impl Engine {
         timeout: Duration,
     ) -> Result<Engine, EngineError> {
         let shown = endpoint.to_string();
+        let connect_error = |e: bollard::errors::Error| EngineError::Connect {
+            endpoint: shown.clone(),
+            message: e.to_string(),
+        };
         let mut tunnel = None;
         let docker = match endpoint {
             DockerEndpoint::Unix { path } => {
                 let path = path.to_string_lossy();
                 Docker::connect_with_unix(&path, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
-                    .map_err(|e| EngineError::Connect {
-                        endpoint: shown.clone(),
-                        message: e.to_string(),
-                    })?
+                    .map_err(connect_error)?
             }
             DockerEndpoint::Tcp {
                 host,
                 port,
                 tls: None,
-            } => {
-                let host = if host.contains(':') {
-                    format!("[{host}]")
-                } else {
-                    host.clone()
-                };
-                Docker::connect_with_http(
-                    &format!("tcp://{host}:{port}"),
-                    REQUEST_TIMEOUT_SECS,
-                    API_DEFAULT_VERSION,
-                )
-                .map_err(|e| EngineError::Connect {
-                    endpoint: shown.clone(),
-                    message: e.to_string(),
-                })?
-            }
+            } => Docker::connect_with_http(
+                &tcp_url(host, *port),
+                REQUEST_TIMEOUT_SECS,
+                API_DEFAULT_VERSION,
+            )
+            .map_err(connect_error)?,
             DockerEndpoint::Tcp {
                 host,
                 port,
                 tls: Some(tls),
             } => {
-                let (Some(ca), Some(cert), Some(key)) =
-                    (&tls.ca_cert, &tls.client_cert, &tls.client_key)
-                else {
-                    return Err(EngineError::TlsSettings {
-                        endpoint: shown,
-                        message: "TLS needs a CA certificate, a client certificate and its key \
-                         (docker_cert_path with ca.pem, cert.pem, key.pem, or docker_tls_ca_cert, \
-                         docker_tls_client_cert and docker_tls_client_key)"
-                            .to_string(),
-                    });
-                };
-                if !tls.verify {
-                    return Err(EngineError::TlsSettings {
-                        endpoint: shown,
-                        message: "docker_tls_verify: false is not supported; give the daemon's \
-                         CA in docker_tls_ca_cert instead"
-                            .to_string(),
-                    });
-                }
-                for file in [ca, cert, key] {
-                    if !file.is_file() {
-                        return Err(EngineError::TlsSettings {
-                            endpoint: shown,
-                            message: format!("TLS file {} not found", file.display()),
-                        });
-                    }
-                }
-                let host = if host.contains(':') {
-                    format!("[{host}]")
-                } else {
-                    host.clone()
-                };
+                let (ca, cert, key) = tls_files(tls, &shown)?;
                 Docker::connect_with_ssl(
-                    &format!("tcp://{host}:{port}"),
+                    &tcp_url(host, *port),
                     key,
                     cert,
                     ca,
                     REQUEST_TIMEOUT_SECS,
                     API_DEFAULT_VERSION,
                 )
-                .map_err(|e| EngineError::Connect {
-                    endpoint: shown.clone(),
-                    message: e.to_string(),
-                })?
+                .map_err(connect_error)?
             }
             DockerEndpoint::Ssh {
                 user,
@@ -185,10 +189,7 @@ impl Engine {
                 let socket = opened.socket().to_string_lossy().into_owned();
                 tunnel = Some(std::sync::Arc::new(opened));
                 Docker::connect_with_unix(&socket, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
-                    .map_err(|e| EngineError::Connect {
-                        endpoint: shown.clone(),
-                        message: e.to_string(),
-                    })?
+                    .map_err(connect_error)?
             }
         };
         let docker = tokio::time::timeout(timeout, docker.negotiate_version())
