@@ -82,15 +82,6 @@ pub(super) fn port_list<'de, D: Deserializer<'de>>(
 }
 
 fn parse_port(item: &Value) -> std::result::Result<Port, String> {
-    let port_number = |text: &str| -> std::result::Result<u16, String> {
-        if text.contains('-') {
-            return Err(format!(
-                "port ranges ({text}) are not supported; list each port"
-            ));
-        }
-        text.parse::<u16>()
-            .map_err(|_| format!("invalid port {text:?}"))
-    };
     match item {
         Value::Number(n) => {
             let target = n
@@ -105,109 +96,125 @@ fn parse_port(item: &Value) -> std::result::Result<Port, String> {
                 mode: None,
             })
         }
-        Value::String(text) => {
-            // [HOST_IP:][PUBLISHED:]TARGET[/PROTOCOL]; an IPv6 host IP is written in brackets.
-            let (spec, protocol) = match text.rsplit_once('/') {
-                Some((spec, protocol)) => (spec, parse_protocol(protocol)?),
-                None => (text.as_str(), Protocol::Tcp),
-            };
-            let (host_ip, rest) = if let Some(bracketed) = spec.strip_prefix('[') {
-                let (ip, rest) = bracketed
-                    .split_once("]:")
-                    .ok_or_else(|| format!("{text:?}: expected [IPv6]:PUBLISHED:TARGET"))?;
-                (
-                    Some(
-                        ip.parse::<IpAddr>()
-                            .map_err(|_| format!("{text:?}: invalid IP {ip:?}"))?,
-                    ),
-                    rest,
-                )
-            } else {
-                let parts: Vec<&str> = spec.split(':').collect();
-                match parts.as_slice() {
-                    [ip, published, target] => {
-                        let ip = ip
-                            .parse::<IpAddr>()
-                            .map_err(|_| format!("{text:?}: invalid host IP {ip:?}"))?;
-                        return Ok(Port {
-                            host_ip: Some(ip),
-                            published: optional_port(published, port_number)?,
-                            target: port_number(target)?,
-                            protocol,
-                            mode: None,
-                        });
-                    }
-                    _ => (None, spec),
-                }
-            };
-            let parts: Vec<&str> = rest.split(':').collect();
-            match parts.as_slice() {
-                [target] if host_ip.is_none() => Ok(Port {
-                    host_ip,
-                    published: None,
-                    target: port_number(target)?,
-                    protocol,
-                    mode: None,
-                }),
-                [published, target] => Ok(Port {
-                    host_ip,
-                    published: optional_port(published, port_number)?,
-                    target: port_number(target)?,
-                    protocol,
-                    mode: None,
-                }),
-                _ => Err(format!(
-                    "{text:?}: expected [HOST_IP:][PUBLISHED:]TARGET[/PROTOCOL]"
-                )),
-            }
-        }
-        Value::Object(map) => {
-            if let Some(unknown) = map.keys().find(|k| {
-                !["target", "published", "host_ip", "protocol", "mode"].contains(&k.as_str())
-            }) {
-                return Err(format!(
-                    "unknown key `{unknown}` (expected target, published, host_ip, protocol, mode)"
-                ));
-            }
-            let text_of = |key: &str| {
-                map.get(key)
-                    .filter(|v| !v.is_null())
-                    .map(|v| scalar_text(v).ok_or_else(|| format!("{key} must be a scalar")))
-                    .transpose()
-            };
-            let target =
-                port_number(&text_of("target")?.ok_or("missing `target` (the container port)")?)?;
-            let published = text_of("published")?.map(|p| port_number(&p)).transpose()?;
-            let host_ip = text_of("host_ip")?
-                .map(|ip| {
-                    ip.parse::<IpAddr>()
-                        .map_err(|_| format!("invalid host_ip {ip:?}"))
-                })
-                .transpose()?;
-            let protocol = text_of("protocol")?
-                .map(|p| parse_protocol(&p))
-                .transpose()?
-                .unwrap_or(Protocol::Tcp);
-            let mode = text_of("mode")?
-                .map(|m| match m.as_str() {
-                    "host" => Ok(PublishMode::Host),
-                    "ingress" => Ok(PublishMode::Ingress),
-                    other => Err(format!("unknown port mode {other:?} (host or ingress)")),
-                })
-                .transpose()?;
-            Ok(Port {
-                host_ip,
-                published,
-                target,
-                protocol,
-                mode,
-            })
-        }
+        Value::String(text) => port_from_text(text),
+        Value::Object(map) => port_from_mapping(map),
         other => Err(format!(
             "expected \"HOST:CONTAINER\" or a mapping, found {}",
             yaml::kind_of(other)
         )),
     }
+}
+
+/// `[HOST_IP:][PUBLISHED:]TARGET[/PROTOCOL]`; an IPv6 host IP is written in brackets.
+fn port_from_text(text: &str) -> std::result::Result<Port, String> {
+    let (spec, protocol) = match text.rsplit_once('/') {
+        Some((spec, protocol)) => (spec, parse_protocol(protocol)?),
+        None => (text, Protocol::Tcp),
+    };
+    let (host_ip, rest) = if let Some(bracketed) = spec.strip_prefix('[') {
+        let (ip, rest) = bracketed
+            .split_once("]:")
+            .ok_or_else(|| format!("{text:?}: expected [IPv6]:PUBLISHED:TARGET"))?;
+        (
+            Some(
+                ip.parse::<IpAddr>()
+                    .map_err(|_| format!("{text:?}: invalid IP {ip:?}"))?,
+            ),
+            rest,
+        )
+    } else {
+        let parts: Vec<&str> = spec.split(':').collect();
+        match parts.as_slice() {
+            [ip, published, target] => {
+                let ip = ip
+                    .parse::<IpAddr>()
+                    .map_err(|_| format!("{text:?}: invalid host IP {ip:?}"))?;
+                return Ok(Port {
+                    host_ip: Some(ip),
+                    published: optional_port(published, port_number)?,
+                    target: port_number(target)?,
+                    protocol,
+                    mode: None,
+                });
+            }
+            _ => (None, spec),
+        }
+    };
+    let parts: Vec<&str> = rest.split(':').collect();
+    match parts.as_slice() {
+        [target] if host_ip.is_none() => Ok(Port {
+            host_ip,
+            published: None,
+            target: port_number(target)?,
+            protocol,
+            mode: None,
+        }),
+        [published, target] => Ok(Port {
+            host_ip,
+            published: optional_port(published, port_number)?,
+            target: port_number(target)?,
+            protocol,
+            mode: None,
+        }),
+        _ => Err(format!(
+            "{text:?}: expected [HOST_IP:][PUBLISHED:]TARGET[/PROTOCOL]"
+        )),
+    }
+}
+
+/// `{ target, published, host_ip, protocol, mode }`.
+fn port_from_mapping(map: &serde_json::Map<String, Value>) -> std::result::Result<Port, String> {
+    if let Some(unknown) = map
+        .keys()
+        .find(|k| !["target", "published", "host_ip", "protocol", "mode"].contains(&k.as_str()))
+    {
+        return Err(format!(
+            "unknown key `{unknown}` (expected target, published, host_ip, protocol, mode)"
+        ));
+    }
+    let text_of = |key: &str| {
+        map.get(key)
+            .filter(|v| !v.is_null())
+            .map(|v| scalar_text(v).ok_or_else(|| format!("{key} must be a scalar")))
+            .transpose()
+    };
+    let target = port_number(&text_of("target")?.ok_or("missing `target` (the container port)")?)?;
+    let published = text_of("published")?.map(|p| port_number(&p)).transpose()?;
+    let host_ip = text_of("host_ip")?
+        .map(|ip| {
+            ip.parse::<IpAddr>()
+                .map_err(|_| format!("invalid host_ip {ip:?}"))
+        })
+        .transpose()?;
+    let protocol = text_of("protocol")?
+        .map(|p| parse_protocol(&p))
+        .transpose()?
+        .unwrap_or(Protocol::Tcp);
+    let mode = text_of("mode")?
+        .map(|m| match m.as_str() {
+            "host" => Ok(PublishMode::Host),
+            "ingress" => Ok(PublishMode::Ingress),
+            other => Err(format!("unknown port mode {other:?} (host or ingress)")),
+        })
+        .transpose()?;
+    Ok(Port {
+        host_ip,
+        published,
+        target,
+        protocol,
+        mode,
+    })
+}
+
+/// A port number; ranges are refused by name (Compose allows them, Berth lists each port).
+fn port_number(text: &str) -> std::result::Result<u16, String> {
+    if text.contains('-') {
+        return Err(format!(
+            "port ranges ({text}) are not supported; list each port"
+        ));
+    }
+    text.parse::<u16>()
+        .map_err(|_| format!("invalid port {text:?}"))
 }
 
 fn optional_port(
