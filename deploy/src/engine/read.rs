@@ -15,8 +15,8 @@ use crate::labels;
 
 /// The host's state from the three list calls' answers (`GET /containers/json?all=1`,
 /// `GET /networks`, `GET /images/json`), as the Engine API returns them: what
-/// [`Engine::read`] plans with. Separate so tests can feed it JSON captured from a real
-/// daemon (deploy/tests/fixtures/engine-capture/).
+/// [`Engine::read`](super::Engine::read) plans with. Separate so tests can feed it JSON
+/// captured from a real daemon (deploy/tests/fixtures/engine-capture/).
 pub fn actual_host(
     app: &str,
     containers: Vec<ContainerSummary>,
