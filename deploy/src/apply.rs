@@ -303,19 +303,32 @@ impl Applier<'_> {
                 let pull = self
                     .engine
                     .pull(image, self.options.pull_auth.get(image).cloned());
-                self.clock.time(Phase::Pull, pull).await
+                self.clock
+                    .time(Phase::Pull, pull)
+                    .await
+                    .map_err(String::from)
             }
             Action::CreateNetwork { network, .. } => {
                 let create = self.engine.create_network(network);
-                self.clock.time(Phase::Create, create).await.map(|_| ())
+                self.clock
+                    .time(Phase::Create, create)
+                    .await
+                    .map(|_| ())
+                    .map_err(String::from)
             }
             Action::CreateVolume { volume, .. } => {
                 let create = self.engine.create_volume(volume);
-                self.clock.time(Phase::Create, create).await
+                self.clock
+                    .time(Phase::Create, create)
+                    .await
+                    .map_err(String::from)
             }
             Action::RemoveVolume { name, .. } => {
                 let remove = self.engine.remove_volume(name);
-                self.clock.time(Phase::Remove, remove).await
+                self.clock
+                    .time(Phase::Remove, remove)
+                    .await
+                    .map_err(String::from)
             }
             Action::RecreateNetwork { .. } => {
                 self.clock.time(Phase::Create, self.recreate(action)).await
@@ -329,6 +342,7 @@ impl Applier<'_> {
                 if let Err(error) = self.launch(container, &name).await {
                     let cleanup = self.engine.remove(&name);
                     let cleanup = self.clock.time(Phase::Remove, cleanup).await.err();
+                    let cleanup = cleanup.map(String::from);
                     return Err(with_cleanup(error, cleanup));
                 }
                 lock(&self.done).push(Done::Created(name));
@@ -365,16 +379,16 @@ impl Applier<'_> {
                     .and_then(|c| c.settle());
                 self.wait_ready(name, check.as_ref(), settle).await
             }
-            Action::RemoveContainer { name, .. } => {
-                self.clock
-                    .time(Phase::Remove, self.engine.remove(name))
-                    .await
-            }
-            Action::RemoveNetwork { name, .. } => {
-                self.clock
-                    .time(Phase::Remove, self.engine.remove_network(name))
-                    .await
-            }
+            Action::RemoveContainer { name, .. } => self
+                .clock
+                .time(Phase::Remove, self.engine.remove(name))
+                .await
+                .map_err(String::from),
+            Action::RemoveNetwork { name, .. } => self
+                .clock
+                .time(Phase::Remove, self.engine.remove_network(name))
+                .await
+                .map_err(String::from),
         }
     }
 
@@ -393,7 +407,11 @@ impl Applier<'_> {
                         .push(network.name.clone());
                 }
                 self.engine.remove_network(&network.name).await?;
-                self.engine.create_network(network).await.map(|_| ())
+                self.engine
+                    .create_network(network)
+                    .await
+                    .map(|_| ())
+                    .map_err(String::from)
             }
             _ => Ok(()),
         }
@@ -432,6 +450,7 @@ impl Applier<'_> {
         if let Err(error) = self.launch(container, &next).await {
             let cleanup = self.engine.remove(&next);
             let cleanup = self.clock.time(Phase::Remove, cleanup).await.err();
+            let cleanup = cleanup.map(String::from);
             return Err(with_cleanup(
                 format!("{error}; the new container was removed, {name} kept running"),
                 cleanup,
@@ -550,9 +569,9 @@ impl Applier<'_> {
 
     async fn step(&self, step: &Step) -> Result<(), String> {
         match step {
-            Step::Remove(name) => self.engine.remove(name).await,
+            Step::Remove(name) => self.engine.remove(name).await.map_err(String::from),
             Step::Restore(name) => self.restore(name).await,
-            Step::Rename { from, to } => self.engine.rename(from, to).await,
+            Step::Rename { from, to } => self.engine.rename(from, to).await.map_err(String::from),
         }
     }
 
@@ -562,7 +581,10 @@ impl Applier<'_> {
         self.engine.remove(&previous).await?;
         self.engine.set_restart(name, &no_restart()).await?;
         self.engine.stop(name).await?;
-        self.engine.rename(name, &previous).await
+        self.engine
+            .rename(name, &previous)
+            .await
+            .map_err(String::from)
     }
 
     /// Puts the container set aside by [`Self::set_aside`] back under `name` and starts it.
@@ -581,7 +603,7 @@ impl Applier<'_> {
                 self.engine.attach(network, name, &attachment).await?;
             }
         }
-        self.engine.start(name).await
+        self.engine.start(name).await.map_err(String::from)
     }
 
     async fn wait_ready(
@@ -675,7 +697,7 @@ pub async fn rollback_host(
                     ActionResult {
                         action,
                         outcome: Outcome::Failed,
-                        message: Some(message),
+                        message: Some(message.to_string()),
                     }
                 }
             }

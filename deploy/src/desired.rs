@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::app::{
     App, AppSource, Build, Healthcheck, Mount, MountType, Naming, NetworkDriver, Port,
-    RestartPolicy, RuntimeOptions, ServiceNetwork,
+    RestartPolicy, RuntimeOptions, Service, ServiceNetwork,
 };
 use crate::error::{Error, Problem, Result};
 use crate::inventory::{DockerEndpoint, Host, Inventory};
@@ -260,8 +260,7 @@ pub fn desired_host(source: &AppSource, inventory: &Inventory, host: &Host) -> R
     };
 
     let mut containers = Vec::new();
-    let mut used_networks = BTreeSet::new();
-    let mut used_volumes = BTreeSet::new();
+    let mut used = UsedKeys::default();
     let app_dir = source
         .path
         .parent()
@@ -281,28 +280,6 @@ pub fn desired_host(source: &AppSource, inventory: &Inventory, host: &Host) -> R
         if !placed.iter().any(|placed| placed.name == host.name) {
             continue;
         }
-        let networks: BTreeMap<String, ServiceNetwork> = service
-            .networks
-            .iter()
-            .map(|(key, attachment)| {
-                used_networks.insert(key.clone());
-                (app.network_docker_name(key), attachment.clone())
-            })
-            .collect();
-        let mounts: Vec<Mount> = service
-            .volumes
-            .iter()
-            .map(|mount| {
-                let mut mount = mount.clone();
-                if mount.kind == MountType::Volume {
-                    if let Some(key) = &mount.source {
-                        used_volumes.insert(key.clone());
-                        mount.source = Some(app.volume_docker_name(key));
-                    }
-                }
-                mount
-            })
-            .collect();
         let mut secret_values = SecretValues::default();
         let secrets = storage::secret_files(&app, app_dir, &service.secrets, &mut secret_values)
             .map_err(|message| {
@@ -311,27 +288,7 @@ pub fn desired_host(source: &AppSource, inventory: &Inventory, host: &Host) -> R
                     message,
                 )])
             })?;
-        let spec = ContainerSpec {
-            image: service.image.clone(),
-            image_digest: None,
-            command: service.command.clone(),
-            entrypoint: service.entrypoint.clone(),
-            env: service.env.clone(),
-            labels: service.labels.clone(),
-            ports: service.ports.clone(),
-            networks,
-            restart: service.restart.clone(),
-            nano_cpus: service.cpus.map(|cpus| (cpus * 1e9).round() as u64),
-            memory: service.memory,
-            healthcheck: service.healthcheck.as_ref().map(HealthSpec::from),
-            stop_signal: service.stop_signal.clone(),
-            stop_grace_period_s: service
-                .stop_grace_period
-                .map(|ns| ns.div_ceil(1_000_000_000)),
-            runtime: RuntimeOptions::of(service),
-            mounts,
-            secrets,
-        };
+        let spec = container_spec(&app, service, secrets, &mut used);
         for replica in 1..=service.replicas {
             containers.push(DesiredContainer {
                 name: match (&service.container_name, app.naming) {
@@ -358,9 +315,79 @@ pub fn desired_host(source: &AppSource, inventory: &Inventory, host: &Host) -> R
     if !problems.is_empty() {
         return Err(invalid(problems));
     }
+    Ok(DesiredHost {
+        host: host.name.clone(),
+        endpoint: host.endpoint.clone(),
+        app: app.name.clone(),
+        networks: desired_networks(&app, &used.networks),
+        volumes: desired_volumes(&app, &used.volumes),
+        containers,
+    })
+}
 
-    let networks = used_networks
+/// Network and volume keys the host's containers use: only those are created there.
+#[derive(Default)]
+struct UsedKeys {
+    networks: BTreeSet<String>,
+    volumes: BTreeSet<String>,
+}
+
+/// A service's container config, with network and volume keys turned into Docker names
+/// (and noted in `used`).
+fn container_spec(
+    app: &App,
+    service: &Service,
+    secrets: Vec<SecretFile>,
+    used: &mut UsedKeys,
+) -> ContainerSpec {
+    let networks: BTreeMap<String, ServiceNetwork> = service
+        .networks
         .iter()
+        .map(|(key, attachment)| {
+            used.networks.insert(key.clone());
+            (app.network_docker_name(key), attachment.clone())
+        })
+        .collect();
+    let mounts: Vec<Mount> = service
+        .volumes
+        .iter()
+        .map(|mount| {
+            let mut mount = mount.clone();
+            if mount.kind == MountType::Volume {
+                if let Some(key) = &mount.source {
+                    used.volumes.insert(key.clone());
+                    mount.source = Some(app.volume_docker_name(key));
+                }
+            }
+            mount
+        })
+        .collect();
+    ContainerSpec {
+        image: service.image.clone(),
+        image_digest: None,
+        command: service.command.clone(),
+        entrypoint: service.entrypoint.clone(),
+        env: service.env.clone(),
+        labels: service.labels.clone(),
+        ports: service.ports.clone(),
+        networks,
+        restart: service.restart.clone(),
+        nano_cpus: service.cpus.map(|cpus| (cpus * 1e9).round() as u64),
+        memory: service.memory,
+        healthcheck: service.healthcheck.as_ref().map(HealthSpec::from),
+        stop_signal: service.stop_signal.clone(),
+        stop_grace_period_s: service
+            .stop_grace_period
+            .map(|ns| ns.div_ceil(1_000_000_000)),
+        runtime: RuntimeOptions::of(service),
+        mounts,
+        secrets,
+    }
+}
+
+/// The app's networks `used` names, labelled as the app's.
+fn desired_networks(app: &App, used: &BTreeSet<String>) -> Vec<DesiredNetwork> {
+    used.iter()
         .filter_map(|key| app.networks.get(key).map(|network| (key, network)))
         .map(|(key, network)| {
             let mut labels = network.labels.clone();
@@ -377,9 +404,12 @@ pub fn desired_host(source: &AppSource, inventory: &Inventory, host: &Host) -> R
                 labels,
             }
         })
-        .collect();
-    let volumes = used_volumes
-        .iter()
+        .collect()
+}
+
+/// The app's volumes `used` names, labelled as the app's.
+fn desired_volumes(app: &App, used: &BTreeSet<String>) -> Vec<DesiredVolume> {
+    used.iter()
         .filter_map(|key| app.volumes.get(key).map(|volume| (key, volume)))
         .map(|(key, volume)| {
             let mut labels = volume.labels.clone();
@@ -393,15 +423,7 @@ pub fn desired_host(source: &AppSource, inventory: &Inventory, host: &Host) -> R
                 external: volume.external,
             }
         })
-        .collect();
-    Ok(DesiredHost {
-        host: host.name.clone(),
-        endpoint: host.endpoint.clone(),
-        app: app.name.clone(),
-        networks,
-        volumes,
-        containers,
-    })
+        .collect()
 }
 
 /// Conflicts among the containers one host runs: Docker would refuse them one by one in

@@ -6,15 +6,11 @@
 //! API version is negotiated, so daemons as old as Debian 12's Docker 20.10 (API 1.41) work. Every call is bounded by a timeout; an
 //! unreachable host fails on its own with the address it tried.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::path::Path;
 use std::time::Duration;
 
 use bollard::models::{
-    ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, EndpointIpamConfig,
-    EndpointSettings, HealthConfig, HealthStatusEnum, HostConfig, Ipam, IpamConfig,
-    NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest, NetworkingConfig,
-    PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    HealthStatusEnum, Ipam, NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, ListContainersOptions, ListImagesOptions,
@@ -22,18 +18,25 @@ use bollard::query_parameters::{
 };
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures::StreamExt;
-use ipnet::Ipv4Net;
 
-use crate::actual::{
-    ActualContainer, ActualHost, ActualImage, ActualNetwork, AttachedContainer, ContainerState,
-    Health,
-};
-use crate::desired::{ContainerSpec, DesiredContainer, DesiredNetwork};
-use crate::inventory::DockerEndpoint;
+use crate::actual::{ActualHost, Health};
+use crate::desired::{DesiredContainer, DesiredNetwork};
+use crate::inventory::{DockerEndpoint, TlsFiles};
 use crate::labels;
 use crate::ssh::{SshTarget, SshTunnel};
 
+mod body;
+pub(crate) use body::ipam_config;
+pub use body::{container_body, later_networks};
+use body::{endpoint_settings, restart_policy};
+mod error;
+mod read;
+pub use read::actual_host;
+pub(crate) use read::ipv4_addressing;
 mod storage;
+pub(crate) use error::api_error;
+use error::with_causes;
+pub use error::EngineError;
 pub(crate) use storage::docker_mount as storage_mount;
 
 /// Seconds bollard waits for one API call; pulls of big images are the slow ones.
@@ -66,37 +69,6 @@ pub struct Engine {
     calls: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
-/// A failed Engine API call, said in words: what was done, on which host, and Docker's own
-/// message (which names the container, port or address at fault).
-pub(crate) fn api_error(what: &str, err: bollard::errors::Error) -> String {
-    use bollard::errors::Error as E;
-    match err {
-        E::DockerResponseServerError {
-            status_code,
-            message,
-        } => format!("{what}: {message} (HTTP {status_code})"),
-        E::DockerStreamError { error } => format!("{what}: {error}"),
-        E::RequestTimeoutError => format!("{what}: the Docker API did not answer in time"),
-        other => format!("{what}: {}", with_causes(&other)),
-    }
-}
-
-/// An error with its causes (`client error (SendRequest): ...: invalid peer certificate`):
-/// the transport's top-level message alone rarely says what went wrong.
-fn with_causes(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 fn is_not_found(err: &bollard::errors::Error) -> bool {
     matches!(
         err,
@@ -107,73 +79,95 @@ fn is_not_found(err: &bollard::errors::Error) -> bool {
     )
 }
 
+/// `tcp://HOST:PORT`, an IPv6 host in brackets.
+fn tcp_url(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("tcp://[{host}]:{port}")
+    } else {
+        format!("tcp://{host}:{port}")
+    }
+}
+
+/// The CA, client certificate and key of a TLS endpoint, each present on disk. Berth always
+/// verifies the daemon: `docker_tls_verify: false` is refused rather than ignored.
+fn tls_files<'a>(
+    tls: &'a TlsFiles,
+    shown: &str,
+) -> Result<(&'a Path, &'a Path, &'a Path), EngineError> {
+    let settings_error = |message: String| EngineError::TlsSettings {
+        endpoint: shown.to_string(),
+        message,
+    };
+    let (Some(ca), Some(cert), Some(key)) = (&tls.ca_cert, &tls.client_cert, &tls.client_key)
+    else {
+        return Err(settings_error(
+            "TLS needs a CA certificate, a client certificate and its key \
+             (docker_cert_path with ca.pem, cert.pem, key.pem, or docker_tls_ca_cert, \
+             docker_tls_client_cert and docker_tls_client_key)"
+                .to_string(),
+        ));
+    };
+    if !tls.verify {
+        return Err(settings_error(
+            "docker_tls_verify: false is not supported; give the daemon's CA in \
+             docker_tls_ca_cert instead"
+                .to_string(),
+        ));
+    }
+    for file in [ca, cert, key] {
+        if !file.is_file() {
+            return Err(settings_error(format!(
+                "TLS file {} not found",
+                file.display()
+            )));
+        }
+    }
+    Ok((ca, cert, key))
+}
+
 impl Engine {
     /// Connects and negotiates the API version, within `timeout`.
-    pub async fn connect(endpoint: &DockerEndpoint, timeout: Duration) -> Result<Engine, String> {
+    pub async fn connect(
+        endpoint: &DockerEndpoint,
+        timeout: Duration,
+    ) -> Result<Engine, EngineError> {
         let shown = endpoint.to_string();
+        let connect_error = |e: bollard::errors::Error| EngineError::Connect {
+            endpoint: shown.clone(),
+            message: e.to_string(),
+        };
         let mut tunnel = None;
         let docker = match endpoint {
             DockerEndpoint::Unix { path } => {
                 let path = path.to_string_lossy();
                 Docker::connect_with_unix(&path, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
-                    .map_err(|e| format!("cannot connect to {shown}: {e}"))?
+                    .map_err(connect_error)?
             }
             DockerEndpoint::Tcp {
                 host,
                 port,
                 tls: None,
-            } => {
-                let host = if host.contains(':') {
-                    format!("[{host}]")
-                } else {
-                    host.clone()
-                };
-                Docker::connect_with_http(
-                    &format!("tcp://{host}:{port}"),
-                    REQUEST_TIMEOUT_SECS,
-                    API_DEFAULT_VERSION,
-                )
-                .map_err(|e| format!("cannot connect to {shown}: {e}"))?
-            }
+            } => Docker::connect_with_http(
+                &tcp_url(host, *port),
+                REQUEST_TIMEOUT_SECS,
+                API_DEFAULT_VERSION,
+            )
+            .map_err(connect_error)?,
             DockerEndpoint::Tcp {
                 host,
                 port,
                 tls: Some(tls),
             } => {
-                let (Some(ca), Some(cert), Some(key)) =
-                    (&tls.ca_cert, &tls.client_cert, &tls.client_key)
-                else {
-                    return Err(format!(
-                        "{shown}: TLS needs a CA certificate, a client certificate and its key \
-                         (docker_cert_path with ca.pem, cert.pem, key.pem, or docker_tls_ca_cert, \
-                         docker_tls_client_cert and docker_tls_client_key)"
-                    ));
-                };
-                if !tls.verify {
-                    return Err(format!(
-                        "{shown}: docker_tls_verify: false is not supported; give the daemon's CA \
-                         in docker_tls_ca_cert instead"
-                    ));
-                }
-                for file in [ca, cert, key] {
-                    if !file.is_file() {
-                        return Err(format!("{shown}: TLS file {} not found", file.display()));
-                    }
-                }
-                let host = if host.contains(':') {
-                    format!("[{host}]")
-                } else {
-                    host.clone()
-                };
+                let (ca, cert, key) = tls_files(tls, &shown)?;
                 Docker::connect_with_ssl(
-                    &format!("tcp://{host}:{port}"),
+                    &tcp_url(host, *port),
                     key,
                     cert,
                     ca,
                     REQUEST_TIMEOUT_SECS,
                     API_DEFAULT_VERSION,
                 )
-                .map_err(|e| format!("cannot connect to {shown}: {e}"))?
+                .map_err(connect_error)?
             }
             DockerEndpoint::Ssh {
                 user,
@@ -189,17 +183,25 @@ impl Engine {
                     identity_file: identity_file.clone(),
                     options: options.clone(),
                 };
-                let opened = SshTunnel::open(&target, timeout).await?;
+                let opened = SshTunnel::open(&target, timeout)
+                    .await
+                    .map_err(EngineError::SshTunnel)?;
                 let socket = opened.socket().to_string_lossy().into_owned();
                 tunnel = Some(std::sync::Arc::new(opened));
                 Docker::connect_with_unix(&socket, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
-                    .map_err(|e| format!("cannot connect to {shown}: {e}"))?
+                    .map_err(connect_error)?
             }
         };
         let docker = tokio::time::timeout(timeout, docker.negotiate_version())
             .await
-            .map_err(|_| format!("{shown} did not answer within {}s", timeout.as_secs()))?
-            .map_err(|e| format!("{shown}: {}", with_causes(&e)))?;
+            .map_err(|_| EngineError::NoAnswer {
+                endpoint: shown.clone(),
+                timeout,
+            })?
+            .map_err(|e| EngineError::Unreachable {
+                endpoint: shown.clone(),
+                message: with_causes(&e),
+            })?;
         Ok(Engine {
             docker,
             endpoint: shown,
@@ -232,7 +234,7 @@ impl Engine {
 
     /// Everything planning needs: all networks, all containers (this app's and others'),
     /// all images. Three list calls, no per-object inspect, so an unchanged re-run is quick.
-    pub async fn read(&self, app: &str) -> Result<ActualHost, String> {
+    pub async fn read(&self, app: &str) -> Result<ActualHost, EngineError> {
         let containers = self
             .api()
             .list_containers(Some(ListContainersOptions {
@@ -259,7 +261,7 @@ impl Engine {
 
     /// Pulls an image (`repo@sha256:…` or `repo:tag`), reading the progress stream to its
     /// end; an error anywhere in it fails the pull.
-    pub async fn pull(&self, image: &str, auth: Option<PullAuth>) -> Result<(), String> {
+    pub async fn pull(&self, image: &str, auth: Option<PullAuth>) -> Result<(), EngineError> {
         let credentials = auth.map(|auth| bollard::auth::DockerCredentials {
             username: auth.username,
             password: auth.password,
@@ -281,7 +283,7 @@ impl Engine {
         Ok(())
     }
 
-    pub async fn create_network(&self, network: &DesiredNetwork) -> Result<String, String> {
+    pub async fn create_network(&self, network: &DesiredNetwork) -> Result<String, EngineError> {
         let ipam_config = ipam_config(network.subnet, network.gateway, network.ip_range);
         let request = NetworkCreateRequest {
             name: network.name.clone(),
@@ -316,7 +318,7 @@ impl Engine {
         Ok(response.id)
     }
 
-    pub async fn remove_network(&self, name: &str) -> Result<(), String> {
+    pub async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
         match self.api().remove_network(name).await {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
@@ -324,7 +326,7 @@ impl Engine {
         }
     }
 
-    pub async fn disconnect(&self, network: &str, container: &str) -> Result<(), String> {
+    pub async fn disconnect(&self, network: &str, container: &str) -> Result<(), EngineError> {
         self.api()
             .disconnect_network(
                 network,
@@ -343,7 +345,7 @@ impl Engine {
         network: &str,
         container: &str,
         attachment: &crate::app::ServiceNetwork,
-    ) -> Result<(), String> {
+    ) -> Result<(), EngineError> {
         self.api()
             .connect_network(
                 network,
@@ -363,7 +365,7 @@ impl Engine {
         desired: &DesiredContainer,
         name: &str,
         deploy_id: &str,
-    ) -> Result<String, String> {
+    ) -> Result<String, EngineError> {
         let mut body = container_body(app, desired);
         if let Some(labels) = body.labels.as_mut() {
             labels.insert(labels::DEPLOY.to_string(), deploy_id.to_string());
@@ -382,14 +384,14 @@ impl Engine {
         Ok(response.id)
     }
 
-    pub async fn start(&self, name: &str) -> Result<(), String> {
+    pub async fn start(&self, name: &str) -> Result<(), EngineError> {
         self.api()
             .start_container(name, None)
             .await
             .map_err(|e| api_error(&format!("starting {name}"), e))
     }
 
-    pub async fn stop(&self, name: &str) -> Result<(), String> {
+    pub async fn stop(&self, name: &str) -> Result<(), EngineError> {
         match self
             .api()
             .stop_container(
@@ -410,7 +412,7 @@ impl Engine {
     }
 
     /// Removes a container (stopping it first); a missing one is fine.
-    pub async fn remove(&self, name: &str) -> Result<(), String> {
+    pub async fn remove(&self, name: &str) -> Result<(), EngineError> {
         match self
             .api()
             .remove_container(
@@ -429,7 +431,7 @@ impl Engine {
         }
     }
 
-    pub async fn rename(&self, from: &str, to: &str) -> Result<(), String> {
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), EngineError> {
         self.api()
             .rename_container(
                 from,
@@ -447,7 +449,7 @@ impl Engine {
         &self,
         name: &str,
         policy: &crate::app::RestartPolicy,
-    ) -> Result<(), String> {
+    ) -> Result<(), EngineError> {
         self.api()
             .update_container(
                 name,
@@ -461,7 +463,7 @@ impl Engine {
     }
 
     /// Current state and health of a container (`None` when it does not exist).
-    pub async fn status(&self, name: &str) -> Result<Option<Status>, String> {
+    pub async fn status(&self, name: &str) -> Result<Option<Status>, EngineError> {
         let inspect = match self.api().inspect_container(name, None).await {
             Ok(inspect) => inspect,
             Err(e) if is_not_found(&e) => return Ok(None),
@@ -497,7 +499,7 @@ impl Engine {
 
 impl Engine {
     /// Names of the networks a container is attached to (`None` when it does not exist).
-    pub async fn networks_of(&self, name: &str) -> Result<Option<Vec<String>>, String> {
+    pub async fn networks_of(&self, name: &str) -> Result<Option<Vec<String>>, EngineError> {
         let inspect = match self.api().inspect_container(name, None).await {
             Ok(inspect) => inspect,
             Err(e) if is_not_found(&e) => return Ok(None),
@@ -513,111 +515,6 @@ impl Engine {
     }
 }
 
-/// The host's state from the three list calls' answers (`GET /containers/json?all=1`,
-/// `GET /networks`, `GET /images/json`), as the Engine API returns them: what
-/// [`Engine::read`] plans with. Separate so tests can feed it JSON captured from a real
-/// daemon (deploy/tests/fixtures/engine-capture/).
-pub fn actual_host(
-    app: &str,
-    containers: Vec<ContainerSummary>,
-    networks: Vec<bollard::models::Network>,
-    images: Vec<bollard::models::ImageSummary>,
-) -> ActualHost {
-    let images: Vec<ActualImage> = images
-        .into_iter()
-        .map(|image| ActualImage {
-            id: image.id,
-            repo_tags: image
-                .repo_tags
-                .into_iter()
-                .filter(|t| t != "<none>:<none>")
-                .collect(),
-            digests: image
-                .repo_digests
-                .iter()
-                .filter_map(|d| d.rsplit_once('@').map(|(_, digest)| digest.to_string()))
-                .collect(),
-        })
-        .collect();
-    let digests_of: HashMap<&str, &Vec<String>> = images
-        .iter()
-        .map(|image| (image.id.as_str(), &image.digests))
-        .collect();
-
-    let mut actual = ActualHost {
-        images: images.clone(),
-        ..ActualHost::default()
-    };
-    // Network name → containers attached (from each container's own network list, which
-    // the network list call does not give).
-    let mut attached: BTreeMap<String, Vec<AttachedContainer>> = BTreeMap::new();
-    // Network name → the gateways its running containers were given.
-    let mut gateways: BTreeMap<String, BTreeSet<Ipv4Addr>> = BTreeMap::new();
-    for summary in containers {
-        let Some(container) = actual_container(&summary, &digests_of) else {
-            continue;
-        };
-        if let Some(networks) = summary
-            .network_settings
-            .as_ref()
-            .and_then(|s| s.networks.as_ref())
-        {
-            for (network, endpoint) in networks {
-                if let Some(gateway) = endpoint.gateway.as_deref().and_then(|g| g.parse().ok()) {
-                    gateways.entry(network.clone()).or_default().insert(gateway);
-                }
-                attached
-                    .entry(network.clone())
-                    .or_default()
-                    .push(AttachedContainer {
-                        name: container.name.clone(),
-                        app: container.app().map(str::to_string),
-                    });
-            }
-        }
-        let ours = container.app() == Some(app);
-        if ours && container.name.ends_with(labels::PREVIOUS_SUFFIX) {
-            actual.previous.push(container);
-        } else if ours && container.name.ends_with(labels::NEXT_SUFFIX) {
-            // A leftover of an interrupted deploy; the applier removes it before reuse.
-        } else {
-            actual.containers.push(container);
-        }
-    }
-    for network in networks {
-        let Some(name) = network.name.clone() else {
-            continue;
-        };
-        let (subnet, mut gateway, ip_range) = ipv4_addressing(network.ipam.as_ref());
-        // Docker 20.10 leaves the gateway it picked (the subnet's first address) out of the
-        // IPAM config when none was asked for; its containers' endpoints still show it. An
-        // app that names that gateway asks for no change.
-        if let (None, Some(subnet), Some(seen)) = (gateway, subnet, gateways.get(&name)) {
-            if let [only] = seen.iter().collect::<Vec<_>>()[..] {
-                gateway = subnet.contains(only).then_some(*only);
-            }
-        }
-        let mut containers = attached.remove(&name).unwrap_or_default();
-        containers.sort_by(|a, b| a.name.cmp(&b.name));
-        actual.networks.push(ActualNetwork {
-            id: network.id.unwrap_or_default(),
-            name,
-            driver: network.driver.unwrap_or_default(),
-            subnet,
-            gateway,
-            ip_range,
-            options: network.options.unwrap_or_default().into_iter().collect(),
-            internal: network.internal.unwrap_or(false),
-            labels: network.labels.unwrap_or_default().into_iter().collect(),
-            attached: containers,
-        });
-    }
-    actual.networks.sort_by(|a, b| a.name.cmp(&b.name));
-    actual.containers.sort_by(|a, b| a.name.cmp(&b.name));
-    actual.previous.sort_by(|a, b| a.name.cmp(&b.name));
-    actual
-}
-
 /// What [`Engine::status`] reports.
 #[derive(Debug, Clone)]
 pub struct Status {
@@ -631,266 +528,16 @@ pub struct Status {
     pub last_check: Option<String>,
 }
 
-fn actual_container(
-    summary: &ContainerSummary,
-    digests_of: &HashMap<&str, &Vec<String>>,
-) -> Option<ActualContainer> {
-    let name = summary
-        .names
-        .as_ref()?
-        .first()?
-        .trim_start_matches('/')
-        .to_string();
-    let image_id = summary.image_id.clone().unwrap_or_default();
-    let state = match summary.state {
-        Some(ContainerSummaryStateEnum::CREATED) => ContainerState::Created,
-        Some(ContainerSummaryStateEnum::RUNNING) => ContainerState::Running,
-        Some(ContainerSummaryStateEnum::PAUSED) => ContainerState::Paused,
-        Some(ContainerSummaryStateEnum::RESTARTING) => ContainerState::Restarting,
-        Some(ContainerSummaryStateEnum::REMOVING) => ContainerState::Removing,
-        Some(ContainerSummaryStateEnum::DEAD) => ContainerState::Dead,
-        _ => ContainerState::Exited,
-    };
-    Some(ActualContainer {
-        id: summary.id.clone().unwrap_or_default(),
-        name,
-        labels: summary
-            .labels
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect(),
-        image: summary.image.clone().unwrap_or_default(),
-        image_digests: digests_of
-            .get(image_id.as_str())
-            .map(|d| d.to_vec())
-            .unwrap_or_default(),
-        image_id,
-        state,
-        health: summary.status.as_deref().and_then(health_from_status),
-    })
-}
-
-/// The health part of `docker ps`'s status text (`Up 5 minutes (healthy)`): the list call
-/// of API 1.41 has no health field, and inspecting every container would cost a call each.
-fn health_from_status(status: &str) -> Option<Health> {
-    if status.contains("(healthy)") {
-        Some(Health::Healthy)
-    } else if status.contains("(unhealthy)") {
-        Some(Health::Unhealthy)
-    } else if status.contains("(health: starting)") {
-        Some(Health::Starting)
-    } else {
-        None
-    }
-}
-
-fn restart_policy(policy: &crate::app::RestartPolicy) -> RestartPolicy {
-    let name = match policy.name.as_str() {
-        "always" => RestartPolicyNameEnum::ALWAYS,
-        "unless-stopped" => RestartPolicyNameEnum::UNLESS_STOPPED,
-        "on-failure" => RestartPolicyNameEnum::ON_FAILURE,
-        "no" => RestartPolicyNameEnum::NO,
-        _ => RestartPolicyNameEnum::EMPTY,
-    };
-    RestartPolicy {
-        name: Some(name),
-        maximum_retry_count: policy.max_retries.map(i64::from),
-    }
-}
-
-fn endpoint_settings(attachment: &crate::app::ServiceNetwork) -> EndpointSettings {
-    EndpointSettings {
-        ipam_config: attachment
-            .ipv4_address
-            .map(|ip: Ipv4Addr| EndpointIpamConfig {
-                ipv4_address: Some(ip.to_string()),
-                ..Default::default()
-            }),
-        aliases: (!attachment.aliases.is_empty()).then(|| attachment.aliases.clone()),
-        ..Default::default()
-    }
-}
-
-/// The create request for a desired container: image pinned by digest, Berth's labels,
-/// ports with host IPs, every network with its fixed address, limits and healthcheck.
-pub fn container_body(app: &str, desired: &DesiredContainer) -> ContainerCreateBody {
-    let spec: &ContainerSpec = &desired.spec;
-    let mut port_bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
-    let mut exposed = Vec::new();
-    for port in &spec.ports {
-        let key = format!("{}/{}", port.target, port.protocol.as_str());
-        exposed.push(key.clone());
-        port_bindings
-            .entry(key)
-            .or_insert_with(|| Some(Vec::new()))
-            .get_or_insert_with(Vec::new)
-            .push(PortBinding {
-                host_ip: port.host_ip.map(|ip| ip.to_string()),
-                host_port: port.published.map(|p| p.to_string()),
-            });
-    }
-    exposed.sort();
-    exposed.dedup();
-    // Daemons older than API 1.44 take one network at create time; the others are
-    // connected before the container starts (see [`later_networks`]).
-    let first = spec.networks.iter().next();
-    let endpoints: HashMap<String, EndpointSettings> = first
-        .map(|(name, attachment)| (name.clone(), endpoint_settings(attachment)))
-        .into_iter()
-        .collect();
-    let network_mode = first.map(|(name, _)| name.clone());
-    let mut host_config = HostConfig {
-        port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
-        restart_policy: Some(restart_policy(&spec.restart)),
-        nano_cpus: spec.nano_cpus.and_then(|n| i64::try_from(n).ok()),
-        memory: spec.memory.and_then(|m| i64::try_from(m).ok()),
-        network_mode,
-        ..Default::default()
-    };
-    storage::add_mounts(app, spec, &mut host_config);
-    let healthcheck = spec.healthcheck.as_ref().map(|check| HealthConfig {
-        test: Some(check.test.clone()),
-        interval: check.interval_ns.and_then(|n| i64::try_from(n).ok()),
-        timeout: check.timeout_ns.and_then(|n| i64::try_from(n).ok()),
-        retries: check.retries.map(i64::from),
-        start_period: check.start_period_ns.and_then(|n| i64::try_from(n).ok()),
-        start_interval: None,
-    });
-    let mut body = ContainerCreateBody {
-        image: Some(spec.image_reference()),
-        cmd: spec.command.clone(),
-        entrypoint: spec.entrypoint.clone(),
-        env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-        labels: Some(desired.labels(app).into_iter().collect()),
-        exposed_ports: (!exposed.is_empty()).then_some(exposed),
-        healthcheck,
-        stop_signal: spec.stop_signal.clone(),
-        stop_timeout: spec.stop_grace_period_s.and_then(|s| i64::try_from(s).ok()),
-        host_config: Some(host_config),
-        networking_config: Some(NetworkingConfig {
-            endpoints_config: Some(endpoints),
-        }),
-        ..Default::default()
-    };
-    apply_runtime_options(&spec.runtime, &mut body);
-    body
-}
-
-/// User, working dir, hostname, capabilities, init, read-only root, tmpfs, ulimits and
-/// logging, where the create request carries them.
-fn apply_runtime_options(options: &crate::app::RuntimeOptions, body: &mut ContainerCreateBody) {
-    let non_empty = |list: &Vec<String>| (!list.is_empty()).then(|| list.clone());
-    body.user = options.user.clone();
-    body.working_dir = options.working_dir.clone();
-    body.hostname = options.hostname.clone();
-    body.tty = options.tty.then_some(true);
-    body.open_stdin = options.stdin_open.then_some(true);
-    let host = body.host_config.get_or_insert_with(Default::default);
-    host.extra_hosts = non_empty(&options.extra_hosts);
-    host.cap_add = non_empty(&options.cap_add);
-    host.cap_drop = non_empty(&options.cap_drop);
-    host.init = options.init;
-    host.readonly_rootfs = options.read_only.then_some(true);
-    host.tmpfs = (!options.tmpfs.is_empty()).then(|| {
-        options
-            .tmpfs
-            .iter()
-            .map(|(path, opts)| (path.clone(), opts.clone()))
-            .collect()
-    });
-    host.ulimits = (!options.ulimits.is_empty()).then(|| {
-        options
-            .ulimits
-            .iter()
-            .map(|(name, limit)| bollard::models::ResourcesUlimits {
-                name: Some(name.clone()),
-                soft: Some(limit.soft),
-                hard: Some(limit.hard),
-            })
-            .collect()
-    });
-    host.privileged = options.privileged.then_some(true);
-    host.dns = non_empty(&options.dns);
-    host.dns_search = non_empty(&options.dns_search);
-    host.security_opt = non_empty(&options.security_opt);
-    host.sysctls = (!options.sysctls.is_empty()).then(|| {
-        options
-            .sysctls
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    });
-    host.shm_size = options.shm_size.and_then(|s| i64::try_from(s).ok());
-    host.pids_limit = options.pids_limit;
-    host.log_config =
-        options
-            .logging
-            .as_ref()
-            .map(|logging| bollard::models::HostConfigLogConfig {
-                typ: logging.driver.clone(),
-                config: (!logging.options.is_empty()).then(|| {
-                    logging
-                        .options
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect()
-                }),
-            });
-}
-
-/// The networks a container joins after create (all but the first, which
-/// [`container_body`] sets).
-pub fn later_networks(
-    spec: &ContainerSpec,
-) -> impl Iterator<Item = (&String, &crate::app::ServiceNetwork)> {
-    spec.networks.iter().skip(1)
-}
-
-/// The IPAM config a network is created with: none (Docker picks) without a subnet.
-pub(crate) fn ipam_config(
-    subnet: Option<Ipv4Net>,
-    gateway: Option<Ipv4Addr>,
-    ip_range: Option<Ipv4Net>,
-) -> Option<IpamConfig> {
-    subnet.map(|subnet| IpamConfig {
-        subnet: Some(subnet.to_string()),
-        gateway: gateway.map(|g| g.to_string()),
-        ip_range: ip_range.map(|r| r.to_string()),
-        auxiliary_addresses: None,
-    })
-}
-
-/// The IPv4 subnet, gateway and ip range of a network's IPAM (its first IPv4 config; Docker
-/// lists IPv6 ones beside it). Unparseable or empty values count as unset.
-pub(crate) fn ipv4_addressing(
-    ipam: Option<&bollard::models::Ipam>,
-) -> (Option<Ipv4Net>, Option<Ipv4Addr>, Option<Ipv4Net>) {
-    let ipv4 = ipam
-        .and_then(|ipam| ipam.config.as_ref())
-        .and_then(|configs| {
-            configs.iter().find(|c| {
-                c.subnet
-                    .as_deref()
-                    .is_some_and(|s| s.parse::<Ipv4Net>().is_ok())
-            })
-        });
-    (
-        ipv4.and_then(|c| c.subnet.as_deref())
-            .and_then(|s| s.parse().ok()),
-        ipv4.and_then(|c| c.gateway.as_deref())
-            .and_then(|g| g.parse().ok()),
-        ipv4.and_then(|c| c.ip_range.as_deref())
-            .filter(|r| !r.is_empty())
-            .and_then(|r| r.parse().ok()),
-    )
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use bollard::models::RestartPolicyNameEnum;
+
+    use super::read::health_from_status;
     use super::*;
     use crate::app::{Port, Protocol, ServiceNetwork};
-    use crate::desired::HealthSpec;
+    use crate::desired::{ContainerSpec, HealthSpec};
 
     fn desired() -> DesiredContainer {
         let spec = ContainerSpec {
@@ -1061,7 +708,8 @@ mod tests {
         let error = Engine::connect(&tls, Duration::from_secs(1))
             .await
             .err()
-            .expect("incomplete TLS is refused");
+            .expect("incomplete TLS is refused")
+            .to_string();
         assert!(
             error.contains("needs a CA certificate, a client certificate"),
             "{error}"
@@ -1072,7 +720,8 @@ mod tests {
         let error = Engine::connect(&missing, Duration::from_secs(1))
             .await
             .err()
-            .expect("a missing socket is unreachable");
+            .expect("a missing socket is unreachable")
+            .to_string();
         assert!(error.contains("/nonexistent/docker.sock"), "{error}");
     }
 }

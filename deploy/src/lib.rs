@@ -1,4 +1,4 @@
-//! Berth's deployer core: everything `berth deploy` decides before it talks to a Docker host.
+//! Berth's deployer: everything `berth deploy` decides, and the code that carries it out.
 //!
 //! The flow is pure data, so every decision can be printed (`--check`) and tested without hosts:
 //!
@@ -9,8 +9,11 @@
 //!                        actual state per host (read from Docker later) ─┘
 //! ```
 //!
-//! Nothing in this crate opens a socket or runs a process; the Docker API reader and applier
-//! build on these types.
+//! Those steps (`inventory`, `app`, `compose`, `desired`, `plan`, `limit`, `template`) are
+//! pure: they read files but open no socket and run no process. The modules that act on hosts
+//! build on their types and do both: `engine` talks to the Docker Engine API (unix socket,
+//! TCP/TLS, or `ssh`, which runs the system `ssh` client); `run` and `swarm::run` also ask
+//! registries for image digests; `apply`, `ready`, `down` and `swarm` act through `engine`.
 
 pub mod actual;
 pub mod app;

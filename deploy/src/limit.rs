@@ -14,9 +14,23 @@
 use std::collections::BTreeSet;
 
 use crate::error::{Error, Result};
-use crate::inventory::Inventory;
 
-pub(crate) fn select<'i>(inventory: &'i Inventory, pattern: &str) -> Result<Vec<&'i str>> {
+/// The hosts and groups a pattern selects from. A trait rather than `Inventory` itself, so
+/// this module does not import `inventory`, which calls it (for `Inventory::select`).
+pub(crate) trait HostsAndGroups {
+    /// Every host's name.
+    fn host_names(&self) -> Vec<&str>;
+    /// Every group's name.
+    fn group_names(&self) -> Vec<&str>;
+    /// Hosts of a group including those of its descendant groups.
+    fn hosts_of_group(&self, group: &str) -> BTreeSet<&str>;
+}
+
+/// The names of the hosts `pattern` selects, sorted.
+pub(crate) fn select<'i, I: HostsAndGroups + ?Sized>(
+    inventory: &'i I,
+    pattern: &str,
+) -> Result<Vec<&'i str>> {
     let error = |message: String| Error::Limit {
         pattern: pattern.to_string(),
         message,
@@ -62,7 +76,10 @@ pub(crate) fn select<'i>(inventory: &'i Inventory, pattern: &str) -> Result<Vec<
     Ok(selected.into_iter().collect())
 }
 
-fn hosts_matching<'i>(inventory: &'i Inventory, term: &str) -> Result<BTreeSet<&'i str>, String> {
+fn hosts_matching<'i, I: HostsAndGroups + ?Sized>(
+    inventory: &'i I,
+    term: &str,
+) -> Result<BTreeSet<&'i str>, String> {
     if term.starts_with('~') {
         return Err(format!(
             "`{term}`: regular-expression patterns are not supported; use * globs"
@@ -77,14 +94,14 @@ fn hosts_matching<'i>(inventory: &'i Inventory, term: &str) -> Result<BTreeSet<&
         return Err("`!` or `&` without a name".to_string());
     }
     let mut hosts = BTreeSet::new();
-    for host in inventory.hosts() {
-        if glob_matches(term, &host.name) {
-            hosts.insert(host.name.as_str());
+    for host in inventory.host_names() {
+        if glob_matches(term, host) {
+            hosts.insert(host);
         }
     }
-    for group in inventory.groups() {
-        if glob_matches(term, &group.name) {
-            hosts.extend(inventory.hosts_of_group(&group.name));
+    for group in inventory.group_names() {
+        if glob_matches(term, group) {
+            hosts.extend(inventory.hosts_of_group(group));
         }
     }
     // `*` alone is Ansible's synonym for all; an empty inventory is the only way it matches
@@ -125,6 +142,8 @@ pub fn glob_matches(pattern: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // Tests only: they go through `Inventory::select`, the way callers use patterns.
+    use crate::inventory::Inventory;
 
     fn fixture() -> (tempfile::TempDir, Inventory) {
         let dir = tempfile::tempdir().expect("temp dir");

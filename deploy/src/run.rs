@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::apply::{apply_host_timed, rollback_host, ActionResult, ApplyOptions, Outcome};
 use crate::desired::DesiredHost;
 use crate::engine::{Engine, PullAuth};
+use crate::inventory::DockerEndpoint;
 use crate::plan::{plan_host, HostPlan};
 use crate::timings::{HostTimings, PhaseClock};
 
@@ -93,9 +94,14 @@ pub struct HostReport {
 
 impl HostReport {
     fn new(host: &DesiredHost) -> HostReport {
+        HostReport::empty(&host.host, &host.endpoint)
+    }
+
+    /// A report with nothing done yet, for a host (or a Swarm's manager) at `endpoint`.
+    pub(crate) fn empty(host: &str, endpoint: &DockerEndpoint) -> HostReport {
         HostReport {
-            host: host.host.clone(),
-            endpoint: host.endpoint.to_string(),
+            host: host.to_string(),
+            endpoint: endpoint.to_string(),
             unreachable: false,
             error: None,
             plan: None,
@@ -108,7 +114,7 @@ impl HostReport {
         }
     }
 
-    fn fail(mut self, error: String, unreachable: bool) -> HostReport {
+    pub(crate) fn fail(mut self, error: String, unreachable: bool) -> HostReport {
         self.unreachable = unreachable;
         if !unreachable {
             self.failed += 1;
@@ -117,7 +123,7 @@ impl HostReport {
         self
     }
 
-    fn count_results(&mut self) {
+    pub(crate) fn count_results(&mut self) {
         for result in &self.results {
             match result.outcome {
                 Outcome::Changed => self.changed += 1,
@@ -394,7 +400,10 @@ async fn deploy_host(
     let started = Instant::now();
     let engine = match Engine::connect(&desired.endpoint, options.connect_timeout).await {
         Ok(engine) => engine,
-        Err(error) => return report.fail(error, true),
+        Err(error) => {
+            let unreachable = error.is_unreachable();
+            return report.fail(error.to_string(), unreachable);
+        }
     };
     let mut timings = HostTimings {
         connect: started.elapsed().as_secs_f64(),
@@ -492,7 +501,10 @@ async fn rollback_one(
     let mut report = HostReport::new(&desired);
     let engine = match Engine::connect(&desired.endpoint, options.connect_timeout).await {
         Ok(engine) => engine,
-        Err(error) => return report.fail(error, true),
+        Err(error) => {
+            let unreachable = error.is_unreachable();
+            return report.fail(error.to_string(), unreachable);
+        }
     };
     let actual = match engine.read(&desired.app).await {
         Ok(actual) => actual,

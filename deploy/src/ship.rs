@@ -24,49 +24,77 @@ pub struct ImageBuild {
 /// from different build settings (a build arg taken from a host variable): one tag cannot
 /// hold both images, so that is an error naming both hosts.
 pub fn image_builds(desired: &[DesiredHost]) -> Result<Vec<ImageBuild>, String> {
+    collect_builds(desired.iter().flat_map(|host| {
+        host.containers.iter().filter_map(|container| {
+            Some(BuildUse {
+                image: &container.spec.image,
+                build: container.build.as_ref()?,
+                service: &container.service,
+                host: &host.host,
+            })
+        })
+    }))
+}
+
+/// A service (or one replica of it) on a host that runs an image built from `build`.
+pub(crate) struct BuildUse<'a> {
+    pub image: &'a str,
+    pub build: &'a Build,
+    pub service: &'a str,
+    pub host: &'a str,
+}
+
+/// One build per image reference, for container mode and Swarm alike: an image pinned by
+/// digest cannot take a build, and one tag cannot hold two different builds.
+pub(crate) fn collect_builds<'a>(
+    uses: impl IntoIterator<Item = BuildUse<'a>>,
+) -> Result<Vec<ImageBuild>, String> {
     let mut builds: BTreeMap<String, ImageBuild> = BTreeMap::new();
-    for host in desired {
-        for container in &host.containers {
-            let Some(build) = &container.build else {
-                continue;
-            };
-            let image = container.spec.image.clone();
-            if image.contains('@') {
-                return Err(format!(
-                    "service {} has a build context but its image {image} is pinned by digest; \
-                     name a tag to push the build to",
-                    container.service
-                ));
-            }
-            match builds.get_mut(&image) {
-                Some(existing) if existing.build != *build => {
-                    let other = existing.hosts.iter().next().cloned().unwrap_or_default();
-                    return Err(format!(
-                        "image {image} is built differently for host {other} and host {} \
-                         (service {}): one tag cannot hold both; put the differing variable \
-                         into the image tag too",
-                        host.host, container.service
-                    ));
-                }
-                Some(existing) => {
-                    existing.services.insert(container.service.clone());
-                    existing.hosts.insert(host.host.clone());
-                }
-                None => {
-                    builds.insert(
-                        image.clone(),
-                        ImageBuild {
-                            image,
-                            build: build.clone(),
-                            services: BTreeSet::from([container.service.clone()]),
-                            hosts: BTreeSet::from([host.host.clone()]),
-                        },
-                    );
-                }
-            }
+    for used in uses {
+        let image = used.image;
+        if image.contains('@') {
+            return Err(format!(
+                "service {} has a build context but its image {image} is pinned by digest; \
+                 name a tag to push the build to",
+                used.service
+            ));
         }
+        let entry = builds
+            .entry(image.to_string())
+            .or_insert_with(|| ImageBuild {
+                image: image.to_string(),
+                build: used.build.clone(),
+                services: BTreeSet::new(),
+                hosts: BTreeSet::new(),
+            });
+        if entry.build != *used.build {
+            return Err(build_clash(entry, &used));
+        }
+        entry.services.insert(used.service.to_string());
+        entry.hosts.insert(used.host.to_string());
     }
     Ok(builds.into_values().collect())
+}
+
+/// Why `used` cannot share `existing`'s image: on one host two services disagree (the app
+/// file itself), across hosts a host variable does.
+fn build_clash(existing: &ImageBuild, used: &BuildUse) -> String {
+    let image = &existing.image;
+    if existing.hosts.contains(used.host) {
+        let other = existing.services.iter().next().cloned().unwrap_or_default();
+        format!(
+            "image {image} is built differently by services {other} and {}: one tag cannot hold both",
+            used.service
+        )
+    } else {
+        let other = existing.hosts.iter().next().cloned().unwrap_or_default();
+        format!(
+            "image {image} is built differently for host {other} and host {} \
+             (service {}): one tag cannot hold both; put the differing variable \
+             into the image tag too",
+            used.host, used.service
+        )
+    }
 }
 
 #[cfg(test)]

@@ -121,6 +121,65 @@ impl std::fmt::Debug for SshTunnel {
     }
 }
 
+/// Waits until the master connection's control socket answers `-O check`. If the process
+/// ends first, its stderr says why (refused, no route, publickey, host key changed); past
+/// the deadline it is killed.
+async fn wait_for_master(
+    target: &SshTarget,
+    control: &Path,
+    master: &mut Child,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + timeout + Duration::from_secs(2);
+    loop {
+        if let Ok(Some(status)) = master.try_wait() {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = master.stderr.take() {
+                let _ = pipe.read_to_string(&mut stderr).await;
+            }
+            return Err(format!("ssh failed ({status}): {}", last_lines(&stderr)));
+        }
+        if control.exists() {
+            let mut check = target.command(control, false, timeout, &["-O", "check"]);
+            check.stdout(Stdio::null()).stderr(Stdio::null());
+            if matches!(check.status().await, Ok(status) if status.success()) {
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = master.start_kill();
+            return Err(format!("no SSH connection within {}s", timeout.as_secs()));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// One round trip that proves Docker is there and answers, with its own words if not
+/// (`docker: command not found`, `permission denied ... docker.sock`), and says where the
+/// daemon's socket is (`None`: not a unix socket).
+async fn probe_docker(
+    target: &SshTarget,
+    control: &Path,
+    timeout: Duration,
+) -> Result<Option<String>, String> {
+    let mut probe = target.command(control, false, timeout, &["-T"]);
+    probe.arg(PROBE).stdin(Stdio::null());
+    match tokio::time::timeout(timeout, probe.output()).await {
+        Ok(Ok(output)) if output.status.success() => {
+            Ok(remote_unix_socket(&String::from_utf8_lossy(&output.stdout)))
+        }
+        Ok(Ok(output)) => Err(format!(
+            "`docker version` failed on the host: {}",
+            last_lines(&String::from_utf8_lossy(&output.stderr))
+        )),
+        Ok(Err(e)) => Err(format!("cannot run ssh: {e}")),
+        Err(_) => Err(format!(
+            "`docker version` did not answer within {}s",
+            timeout.as_secs()
+        )),
+    }
+}
+
 impl SshTunnel {
     /// Connects (once), checks that `docker` answers on the far side, and starts serving
     /// the local socket. Errors name the host and say what SSH or Docker said.
@@ -147,64 +206,14 @@ impl SshTunnel {
             ))
         })?;
 
-        // The master is up when its control socket answers `-O check`; if the process ends
-        // first, its stderr says why (refused, no route, publickey, host key changed).
-        let deadline = tokio::time::Instant::now() + timeout + Duration::from_secs(2);
-        loop {
-            if let Ok(Some(status)) = master.try_wait() {
-                let mut stderr = String::new();
-                if let Some(mut pipe) = master.stderr.take() {
-                    let _ = pipe.read_to_string(&mut stderr).await;
-                }
-                return Err(cleanup(format!(
-                    "{shown}: ssh failed ({status}): {}",
-                    last_lines(&stderr)
-                )));
-            }
-            if control.exists() {
-                let mut check = target.command(&control, false, timeout, &["-O", "check"]);
-                check.stdout(Stdio::null()).stderr(Stdio::null());
-                if matches!(check.status().await, Ok(status) if status.success()) {
-                    break;
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
+        wait_for_master(target, &control, &mut master, timeout)
+            .await
+            .map_err(|message| cleanup(format!("{shown}: {message}")))?;
+        let remote_socket = match probe_docker(target, &control, timeout).await {
+            Ok(remote_socket) => remote_socket,
+            Err(message) => {
                 let _ = master.start_kill();
-                return Err(cleanup(format!(
-                    "{shown}: no SSH connection within {}s",
-                    timeout.as_secs()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-
-        // One round trip that proves Docker is there and answers, with its own words if not
-        // (`docker: command not found`, `permission denied ... docker.sock`), and says where
-        // the daemon's socket is.
-        let mut probe = target.command(&control, false, timeout, &["-T"]);
-        probe.arg(PROBE).stdin(Stdio::null());
-        let probed = tokio::time::timeout(timeout, probe.output()).await;
-        let remote_socket = match probed {
-            Ok(Ok(output)) if output.status.success() => {
-                remote_unix_socket(&String::from_utf8_lossy(&output.stdout))
-            }
-            Ok(Ok(output)) => {
-                let _ = master.start_kill();
-                return Err(cleanup(format!(
-                    "{shown}: `docker version` failed on the host: {}",
-                    last_lines(&String::from_utf8_lossy(&output.stderr))
-                )));
-            }
-            Ok(Err(e)) => {
-                let _ = master.start_kill();
-                return Err(cleanup(format!("{shown}: cannot run ssh: {e}")));
-            }
-            Err(_) => {
-                let _ = master.start_kill();
-                return Err(cleanup(format!(
-                    "{shown}: `docker version` did not answer within {}s",
-                    timeout.as_secs()
-                )));
+                return Err(cleanup(format!("{shown}: {message}")));
             }
         };
 

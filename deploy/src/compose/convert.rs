@@ -1,6 +1,7 @@
 //! An interpolated compose document → the sections of a Berth app file (`networks`,
-//! `services` in Berth's own shape), which `app.rs` then types and validates as it does for
-//! its own files. One small function per compose section, each naming its keys in errors.
+//! `services` in Berth's own shape), which `app` (`source.rs`, `validate.rs`) then types
+//! and validates as it does for its own files. One small function per compose section,
+//! each naming its keys in errors.
 //!
 //! What changes on the way, so Berth creates what `docker compose up` would:
 //! - a service without `networks:` joins the project's `default` network (`PROJECT_default`);

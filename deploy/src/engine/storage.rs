@@ -10,7 +10,7 @@ use bollard::query_parameters::{
     UploadToContainerOptions,
 };
 
-use super::{api_error, is_not_found, Engine};
+use super::{api_error, is_not_found, Engine, EngineError};
 use crate::actual::ActualVolume;
 use crate::app::{Mount, MountType as AppMountType};
 use crate::desired::{ContainerSpec, DesiredContainer};
@@ -20,7 +20,7 @@ use crate::storage::{secrets_host_dir, secrets_tar, DesiredVolume};
 const HELPER_DIR: &str = "/berth-secrets";
 
 impl Engine {
-    pub async fn read_volumes(&self) -> Result<Vec<ActualVolume>, String> {
+    pub async fn read_volumes(&self) -> Result<Vec<ActualVolume>, EngineError> {
         let listed = self
             .api()
             .list_volumes(None::<ListVolumesOptions>)
@@ -41,7 +41,7 @@ impl Engine {
         Ok(volumes)
     }
 
-    pub async fn create_volume(&self, volume: &DesiredVolume) -> Result<(), String> {
+    pub async fn create_volume(&self, volume: &DesiredVolume) -> Result<(), EngineError> {
         let request = VolumeCreateRequest {
             name: Some(volume.name.clone()),
             driver: volume.driver.clone(),
@@ -57,7 +57,7 @@ impl Engine {
     }
 
     /// Removes a volume; a missing one is fine, one still in use is an error (Docker's).
-    pub async fn remove_volume(&self, name: &str) -> Result<(), String> {
+    pub async fn remove_volume(&self, name: &str) -> Result<(), EngineError> {
         match self
             .api()
             .remove_volume(name, None::<RemoveVolumeOptions>)
@@ -77,13 +77,14 @@ impl Engine {
         &self,
         app: &str,
         container: &DesiredContainer,
-    ) -> Result<(), String> {
+    ) -> Result<(), EngineError> {
         let spec = &container.spec;
         if spec.secrets.is_empty() {
             return Ok(());
         }
         let host_dir = secrets_host_dir(app, &spec.secrets);
-        let archive = secrets_tar(&spec.secrets, &container.secret_values)?;
+        let archive =
+            secrets_tar(&spec.secrets, &container.secret_values).map_err(EngineError::Secrets)?;
         let helper = format!("{}-secrets", container.name);
         let remove_helper = || async {
             match self

@@ -74,69 +74,10 @@ pub(super) fn parse(builder: &mut Builder, text: &str) -> Result<()> {
             }
         }
         match state {
-            State::Hosts => {
-                let tokens = shell_split(line).map_err(|m| builder.problem(&at(""), m))?;
-                let Some((pattern, assignments)) = tokens.split_first() else {
-                    continue;
-                };
-                let (pattern, port) = split_port(pattern);
-                let names =
-                    expand_host_range(pattern).map_err(|m| builder.problem(&at(pattern), m))?;
-                let mut vars = crate::template::Vars::new();
-                for token in assignments {
-                    let Some((key, value)) = token.split_once('=') else {
-                        return Err(builder.problem(
-                            &at(token),
-                            format!("expected key=value after the host name, found {token:?}"),
-                        ));
-                    };
-                    vars.insert(key.to_string(), python_value(value));
-                }
-                if let Some(port) = port {
-                    vars.insert("ansible_port".into(), Value::from(port));
-                }
-                for name in names {
-                    check_name(&name, "host", false).map_err(|m| builder.problem(&at(&name), m))?;
-                    builder.ensure_group(&group).hosts.insert(name.clone());
-                    builder
-                        .host_inline_vars
-                        .entry(name)
-                        .or_default()
-                        .extend(vars.clone());
-                }
-            }
-            State::Vars => {
-                let Some((key, value)) = line.split_once('=') else {
-                    return Err(builder.problem(
-                        &at(""),
-                        format!("expected key=value in [{group}:vars], found {line:?}"),
-                    ));
-                };
-                let (key, value) = (key.trim(), python_value(value.trim()));
-                if key == "ansible_group_priority" {
-                    let priority = value.as_i64().ok_or_else(|| {
-                        builder.problem(&at(key), "ansible_group_priority must be an integer")
-                    })?;
-                    builder.ensure_group(&group).priority = priority;
-                }
-                builder
-                    .ensure_group(&group)
-                    .inline_vars
-                    .insert(key.to_string(), value);
-            }
+            State::Hosts => host_line(builder, &group, line, &at)?,
+            State::Vars => vars_line(builder, &group, line, &at)?,
             State::Children => {
-                let child = line
-                    .split_once('#')
-                    .map_or(line, |(name, _)| name)
-                    .trim()
-                    .to_string();
-                if child.contains(char::is_whitespace) {
-                    return Err(builder.problem(
-                        &at(""),
-                        format!("expected a group name in [{group}:children], found {line:?}"),
-                    ));
-                }
-                check_name(&child, "group", true).map_err(|m| builder.problem(&at(&child), m))?;
+                let child = child_line(builder, &group, line, &at)?;
                 if !builder.groups.contains_key(&child)
                     && !pending.iter().any(|(name, ..)| *name == child)
                 {
@@ -155,6 +96,94 @@ pub(super) fn parse(builder: &mut Builder, text: &str) -> Result<()> {
         return Err(builder.problem(&format!("line {line_no}: {name}"), message));
     }
     Ok(())
+}
+
+/// `NAME[:PORT] key=value ...` in a hosts section: the hosts (ranges expanded) join
+/// `group` with those inline variables.
+fn host_line(
+    builder: &mut Builder,
+    group: &str,
+    line: &str,
+    at: &dyn Fn(&str) -> String,
+) -> Result<()> {
+    let tokens = shell_split(line).map_err(|m| builder.problem(&at(""), m))?;
+    let Some((pattern, assignments)) = tokens.split_first() else {
+        return Ok(());
+    };
+    let (pattern, port) = split_port(pattern);
+    let names = expand_host_range(pattern).map_err(|m| builder.problem(&at(pattern), m))?;
+    let mut vars = crate::template::Vars::new();
+    for token in assignments {
+        let Some((key, value)) = token.split_once('=') else {
+            return Err(builder.problem(
+                &at(token),
+                format!("expected key=value after the host name, found {token:?}"),
+            ));
+        };
+        vars.insert(key.to_string(), python_value(value));
+    }
+    if let Some(port) = port {
+        vars.insert("ansible_port".into(), Value::from(port));
+    }
+    for name in names {
+        check_name(&name, "host", false).map_err(|m| builder.problem(&at(&name), m))?;
+        builder.ensure_group(group).hosts.insert(name.clone());
+        builder
+            .host_inline_vars
+            .entry(name)
+            .or_default()
+            .extend(vars.clone());
+    }
+    Ok(())
+}
+
+/// `key=value` in a `[group:vars]` section.
+fn vars_line(
+    builder: &mut Builder,
+    group: &str,
+    line: &str,
+    at: &dyn Fn(&str) -> String,
+) -> Result<()> {
+    let Some((key, value)) = line.split_once('=') else {
+        return Err(builder.problem(
+            &at(""),
+            format!("expected key=value in [{group}:vars], found {line:?}"),
+        ));
+    };
+    let (key, value) = (key.trim(), python_value(value.trim()));
+    if key == "ansible_group_priority" {
+        let priority = value.as_i64().ok_or_else(|| {
+            builder.problem(&at(key), "ansible_group_priority must be an integer")
+        })?;
+        builder.ensure_group(group).priority = priority;
+    }
+    builder
+        .ensure_group(group)
+        .inline_vars
+        .insert(key.to_string(), value);
+    Ok(())
+}
+
+/// A group name in a `[group:children]` section (a trailing `#` comment dropped).
+fn child_line(
+    builder: &Builder,
+    group: &str,
+    line: &str,
+    at: &dyn Fn(&str) -> String,
+) -> Result<String> {
+    let child = line
+        .split_once('#')
+        .map_or(line, |(name, _)| name)
+        .trim()
+        .to_string();
+    if child.contains(char::is_whitespace) {
+        return Err(builder.problem(
+            &at(""),
+            format!("expected a group name in [{group}:children], found {line:?}"),
+        ));
+    }
+    check_name(&child, "group", true).map_err(|m| builder.problem(&at(&child), m))?;
+    Ok(child)
 }
 
 /// `[name]` or `[name:kind]`, optionally followed by a `#` comment.

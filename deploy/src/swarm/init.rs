@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bollard::models::{
-    LocalNodeState, NodeSpecRoleEnum, SwarmInfo, SwarmInitRequest, SwarmJoinRequest,
+    JoinTokens, LocalNodeState, NodeSpecRoleEnum, SwarmInfo, SwarmInitRequest, SwarmJoinRequest,
 };
 use bollard::query_parameters::UpdateNodeOptions;
 use serde::Serialize;
@@ -196,6 +196,75 @@ fn labels_of(host: &Host) -> Result<BTreeMap<String, String>, String> {
 /// changes began are in the report.
 pub async fn init(inventory: &Inventory, connect_timeout: Duration) -> Result<InitReport, String> {
     // 1. Read every host first: nothing changes if any of them must be refused.
+    let members_read = read_members(inventory, connect_timeout).await?;
+    let (leader, others) = members_read
+        .split_first()
+        .ok_or_else(|| "no hosts to make a swarm of".to_string())?;
+    let leader_cluster = managed_cluster(leader)?;
+    let leader_nodes: Vec<String> = if leader_cluster.is_some() {
+        leader
+            .engine
+            .docker()
+            .list_nodes(None)
+            .await
+            .map_err(|e| api_error("listing the swarm's nodes", e))?
+            .into_iter()
+            .filter_map(|node| node.id)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    check_others(others, &leader_cluster, &leader_nodes)?;
+
+    // 2. The leader inits, if it must; then everyone joins with the token of its role.
+    let mut reports: Vec<NodeReport> = members_read
+        .iter()
+        .map(|m| NodeReport {
+            host: m.host.name.clone(),
+            endpoint: m.engine.endpoint().to_string(),
+            role: m.role,
+            changed: Vec::new(),
+            ok: Vec::new(),
+            error: None,
+        })
+        .collect();
+    let leader_remote = format!("{}:{SWARM_PORT}", leader.address);
+    let cluster_id = ensure_swarm(leader, leader_cluster, &leader_remote, &mut reports[0]).await?;
+    let tokens = leader
+        .engine
+        .docker()
+        .inspect_swarm()
+        .await
+        .map_err(|e| api_error("reading the swarm's join tokens", e))?
+        .join_tokens
+        .unwrap_or_default();
+    let mut node_ids: Vec<Option<String>> = members_read
+        .iter()
+        .map(|m| m.node_id().map(str::to_string))
+        .collect();
+    if node_ids[0].is_none() {
+        node_ids[0] = node_id_now(&leader.engine).await;
+    }
+    let joining = Joining {
+        tokens: &tokens,
+        cluster_id: &cluster_id,
+        leader_remote: &leader_remote,
+    };
+    join_others(&members_read, &joining, &mut reports, &mut node_ids).await;
+
+    // 3. Roles and labels, through the leader.
+    settle_nodes(&members_read, &node_ids, &mut reports).await;
+    Ok(InitReport {
+        cluster_id: Some(cluster_id),
+        hosts: reports,
+    })
+}
+
+/// Connects to every member and reads its swarm state.
+async fn read_members(
+    inventory: &Inventory,
+    connect_timeout: Duration,
+) -> Result<Vec<Member<'_>>, String> {
     let mut members_read = Vec::new();
     for (host, role) in members(inventory)? {
         let address = address_of(host)?;
@@ -219,10 +288,13 @@ pub async fn init(inventory: &Inventory, connect_timeout: Duration) -> Result<In
             info,
         });
     }
-    let (leader, others) = members_read
-        .split_first()
-        .ok_or_else(|| "no hosts to make a swarm of".to_string())?;
-    let leader_cluster = match leader.state() {
+    Ok(members_read)
+}
+
+/// The swarm the leader already manages (`None`: it is in none yet); a worker or a node in
+/// a broken state is refused.
+fn managed_cluster(leader: &Member) -> Result<Option<String>, String> {
+    Ok(match leader.state() {
         LocalNodeState::ACTIVE if leader.info.control_available != Some(true) => {
             return Err(format!(
                 "host {} (first of `{MANAGERS_GROUP}`) is a worker of a swarm (managed at {}); it must be a manager",
@@ -244,26 +316,21 @@ pub async fn init(inventory: &Inventory, connect_timeout: Duration) -> Result<In
                     .unwrap_or_default()
             ))
         }
-    };
-    let leader_nodes: Vec<String> = if leader_cluster.is_some() {
-        leader
-            .engine
-            .docker()
-            .list_nodes(None)
-            .await
-            .map_err(|e| api_error("listing the swarm's nodes", e))?
-            .into_iter()
-            .filter_map(|node| node.id)
-            .collect()
-    } else {
-        Vec::new()
-    };
+    })
+}
+
+/// The other members must be in no swarm yet, or in the leader's already.
+fn check_others(
+    others: &[Member],
+    leader_cluster: &Option<String>,
+    leader_nodes: &[String],
+) -> Result<(), String> {
     for member in others {
         match member.state() {
             LocalNodeState::INACTIVE | LocalNodeState::EMPTY => {}
             LocalNodeState::ACTIVE => {
                 let cluster = member.info.cluster.as_ref().and_then(|c| c.id.clone());
-                let same = match (&leader_cluster, &cluster) {
+                let same = match (leader_cluster, &cluster) {
                     (Some(ours), Some(theirs)) => ours == theirs,
                     (Some(_), None) => member
                         .node_id()
@@ -293,22 +360,19 @@ pub async fn init(inventory: &Inventory, connect_timeout: Duration) -> Result<In
         }
     }
 
-    // 2. The leader inits, if it must; then everyone joins with the token of its role.
-    let mut reports: Vec<NodeReport> = members_read
-        .iter()
-        .map(|m| NodeReport {
-            host: m.host.name.clone(),
-            endpoint: m.engine.endpoint().to_string(),
-            role: m.role,
-            changed: Vec::new(),
-            ok: Vec::new(),
-            error: None,
-        })
-        .collect();
-    let leader_remote = format!("{}:{SWARM_PORT}", leader.address);
-    let cluster_id = match leader_cluster {
+    Ok(())
+}
+
+/// The leader's swarm id: the one it manages, or a new one it inits.
+async fn ensure_swarm(
+    leader: &Member<'_>,
+    leader_cluster: Option<String>,
+    leader_remote: &str,
+    report: &mut NodeReport,
+) -> Result<String, String> {
+    Ok(match leader_cluster {
         Some(id) => {
-            reports[0].ok.push(format!("manager of swarm {id}"));
+            report.ok.push(format!("manager of swarm {id}"));
             id
         }
         None => {
@@ -317,12 +381,12 @@ pub async fn init(inventory: &Inventory, connect_timeout: Duration) -> Result<In
                 .docker()
                 .init_swarm(SwarmInitRequest {
                     listen_addr: Some(format!("0.0.0.0:{SWARM_PORT}")),
-                    advertise_addr: Some(leader_remote.clone()),
+                    advertise_addr: Some(leader_remote.to_string()),
                     ..Default::default()
                 })
                 .await
                 .map_err(|e| api_error(&format!("host {}: swarm init", leader.host.name), e))?;
-            reports[0]
+            report
                 .changed
                 .push(format!("swarm init (advertises {leader_remote})"));
             let info = leader
@@ -336,22 +400,29 @@ pub async fn init(inventory: &Inventory, connect_timeout: Duration) -> Result<In
                 .and_then(|c| c.id)
                 .unwrap_or_default()
         }
-    };
-    let tokens = leader
-        .engine
-        .docker()
-        .inspect_swarm()
-        .await
-        .map_err(|e| api_error("reading the swarm's join tokens", e))?
-        .join_tokens
-        .unwrap_or_default();
-    let mut node_ids: Vec<Option<String>> = members_read
-        .iter()
-        .map(|m| m.node_id().map(str::to_string))
-        .collect();
-    if node_ids[0].is_none() {
-        node_ids[0] = node_id_now(&leader.engine).await;
-    }
+    })
+}
+
+/// What a member needs to join the leader's swarm.
+struct Joining<'a> {
+    tokens: &'a JoinTokens,
+    cluster_id: &'a str,
+    leader_remote: &'a str,
+}
+
+/// Every member but the leader joins (unless it is in the swarm already), with the token
+/// of its role; a failed join is that member's error.
+async fn join_others(
+    members_read: &[Member<'_>],
+    joining: &Joining<'_>,
+    reports: &mut [NodeReport],
+    node_ids: &mut [Option<String>],
+) {
+    let Joining {
+        tokens,
+        cluster_id,
+        leader_remote,
+    } = joining;
     for (index, member) in members_read.iter().enumerate().skip(1) {
         let report = &mut reports[index];
         if member.state() == LocalNodeState::ACTIVE {
@@ -368,7 +439,7 @@ pub async fn init(inventory: &Inventory, connect_timeout: Duration) -> Result<In
             .join_swarm(SwarmJoinRequest {
                 listen_addr: Some(format!("0.0.0.0:{SWARM_PORT}")),
                 advertise_addr: Some(format!("{}:{SWARM_PORT}", member.address)),
-                remote_addrs: Some(vec![leader_remote.clone()]),
+                remote_addrs: Some(vec![leader_remote.to_string()]),
                 join_token: token,
                 ..Default::default()
             })
@@ -381,11 +452,18 @@ pub async fn init(inventory: &Inventory, connect_timeout: Duration) -> Result<In
                 ));
                 node_ids[index] = node_id_now(&member.engine).await;
             }
-            Err(e) => report.error = Some(api_error("swarm join", e)),
+            Err(e) => report.error = Some(api_error("swarm join", e).to_string()),
         }
     }
+}
 
-    // 3. Roles and labels, through the leader.
+/// Roles and labels of every member that joined, set through the leader.
+async fn settle_nodes(
+    members_read: &[Member<'_>],
+    node_ids: &[Option<String>],
+    reports: &mut [NodeReport],
+) {
+    let leader = &members_read[0];
     for (index, member) in members_read.iter().enumerate() {
         if reports[index].error.is_some() {
             continue;
@@ -402,10 +480,6 @@ pub async fn init(inventory: &Inventory, connect_timeout: Duration) -> Result<In
             Err(error) => reports[index].error = Some(error),
         }
     }
-    Ok(InitReport {
-        cluster_id: Some(cluster_id),
-        hosts: reports,
-    })
 }
 
 fn role_name(role: Role) -> &'static str {

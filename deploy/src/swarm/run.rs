@@ -20,26 +20,18 @@ use std::time::{Duration, Instant};
 use berth_client::registry::{Client, ClientConfig};
 use bollard::auth::DockerCredentials;
 use bollard::models::{
-    EndpointPortConfig, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum,
-    EndpointSpec, HealthConfig, Ipam, Limit, LocalNodeState, NetworkAttachmentConfig,
-    NetworkCreateRequest, ResourceObject, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated,
-    ServiceSpecRollbackConfig, ServiceSpecRollbackConfigFailureActionEnum,
-    ServiceSpecRollbackConfigOrderEnum, ServiceSpecUpdateConfig,
-    ServiceSpecUpdateConfigFailureActionEnum, ServiceSpecUpdateConfigOrderEnum,
-    ServiceUpdateStatusStateEnum, TaskSpec, TaskSpecContainerSpec, TaskSpecPlacement,
-    TaskSpecPlacementPreferences, TaskSpecPlacementSpread, TaskSpecResources,
-    TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
+    Ipam, LocalNodeState, NetworkCreateRequest, ServiceUpdateStatusStateEnum, TaskState,
 };
 use bollard::query_parameters::{
     ListNetworksOptions, ListServicesOptions, ListTasksOptions, UpdateServiceOptions,
 };
 
-use crate::app::{Protocol, PublishMode};
 use crate::apply::{ActionResult, Outcome};
-use crate::engine::{api_error, Engine, PullAuth};
+use crate::engine::{api_error, Engine, EngineError, PullAuth};
 use crate::labels;
 use crate::run::{pull_credentials, resolve_digests, HostReport, Mode, RunReport};
 
+pub use super::service_spec::service_spec;
 use super::{
     plan_swarm, spec_differences, ActualService, ActualSwarmNetwork, SwarmAction, SwarmActual,
     SwarmDesired, SwarmNetwork, SwarmPlan, SwarmService, SwarmSpec, PREVIOUS_CONFIG,
@@ -92,28 +84,7 @@ struct TaskCounts {
 }
 
 fn report_for(desired: &SwarmDesired) -> HostReport {
-    HostReport {
-        host: desired.manager.clone(),
-        endpoint: desired.endpoint.to_string(),
-        unreachable: false,
-        error: None,
-        plan: None,
-        results: Vec::new(),
-        ok: 0,
-        changed: 0,
-        failed: 0,
-        skipped: 0,
-        timings: None,
-    }
-}
-
-fn fail(mut report: HostReport, error: String, unreachable: bool) -> HostReport {
-    report.unreachable = unreachable;
-    if !unreachable {
-        report.failed += 1;
-    }
-    report.error = Some(error);
-    report
+    HostReport::empty(&desired.manager, &desired.endpoint)
 }
 
 fn finish(app: &str, mode: Mode, images: BTreeMap<String, String>, host: HostReport) -> RunReport {
@@ -125,38 +96,45 @@ fn finish(app: &str, mode: Mode, images: BTreeMap<String, String>, host: HostRep
     }
 }
 
-/// Connects and checks that the endpoint is an active Swarm manager. The error says whether
-/// the host was unreachable (`true`) or answered but is no manager (`false`).
+/// Why a Swarm run could not start on its manager.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("{endpoint} is not part of an active swarm (run `docker swarm init` there, or point the inventory at a manager)")]
+    NotInSwarm { endpoint: String },
+    #[error("{endpoint} is a swarm worker, not a manager: services can only be deployed through a manager")]
+    Worker { endpoint: String },
+}
+
+impl ManagerError {
+    /// The manager was never reached (as opposed to: it answered but cannot take services).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, ManagerError::Engine(error) if error.is_unreachable())
+    }
+}
+
+/// Connects and checks that the endpoint is an active Swarm manager.
 async fn connect_manager(
     desired: &SwarmDesired,
     timeout: Duration,
-) -> Result<Engine, (String, bool)> {
-    let engine = Engine::connect(&desired.endpoint, timeout)
-        .await
-        .map_err(|e| (e, true))?;
+) -> Result<Engine, ManagerError> {
+    let engine = Engine::connect(&desired.endpoint, timeout).await?;
     let info = engine
         .docker()
         .info()
         .await
-        .map_err(|e| (api_error("reading the daemon's info", e), false))?;
+        .map_err(|e| api_error("reading the daemon's info", e))?;
     let swarm = info.swarm.unwrap_or_default();
     if swarm.local_node_state != Some(LocalNodeState::ACTIVE) {
-        return Err((
-            format!(
-                "{} is not part of an active swarm (run `docker swarm init` there, or point the inventory at a manager)",
-                engine.endpoint()
-            ),
-            false,
-        ));
+        return Err(ManagerError::NotInSwarm {
+            endpoint: engine.endpoint().to_string(),
+        });
     }
     if swarm.control_available != Some(true) {
-        return Err((
-            format!(
-                "{} is a swarm worker, not a manager: services can only be deployed through a manager",
-                engine.endpoint()
-            ),
-            false,
-        ));
+        return Err(ManagerError::Worker {
+            endpoint: engine.endpoint().to_string(),
+        });
     }
     Ok(engine)
 }
@@ -246,7 +224,7 @@ pub async fn deploy(
             }
         }
         if !errors.is_empty() {
-            let host = fail(report, errors.join("; "), false);
+            let host = report.fail(errors.join("; "), false);
             return SwarmReport {
                 run: finish(&app, mode, pins, host),
                 plan: None,
@@ -257,9 +235,15 @@ pub async fn deploy(
 
     let engine = match connect_manager(&desired, options.connect_timeout).await {
         Ok(engine) => engine,
-        Err((error, unreachable)) => {
+        Err(error) => {
+            let unreachable = error.is_unreachable();
             return SwarmReport {
-                run: finish(&app, mode, pins, fail(report, error, unreachable)),
+                run: finish(
+                    &app,
+                    mode,
+                    pins,
+                    report.fail(error.to_string(), unreachable),
+                ),
                 plan: None,
             };
         }
@@ -267,7 +251,7 @@ pub async fn deploy(
     let actual = match read(&engine).await {
         Ok(actual) => actual,
         Err(error) => {
-            let host = fail(report, format!("reading the swarm's state: {error}"), false);
+            let host = report.fail(format!("reading the swarm's state: {error}"), false);
             return SwarmReport {
                 run: finish(&app, mode, pins, host),
                 plan: None,
@@ -279,7 +263,7 @@ pub async fn deploy(
     let mut report = report;
     report.ok = plan.unchanged.len();
     if let Some(error) = &plan.error {
-        let host = fail(report, error.clone(), false);
+        let host = report.fail(error.clone(), false);
         return SwarmReport {
             run: finish(&app, mode, pins, host),
             plan: Some(redacted(&plan)),
@@ -322,13 +306,14 @@ pub async fn rollback(
     let report = report_for(&desired);
     let engine = match connect_manager(&desired, options.connect_timeout).await {
         Ok(engine) => engine,
-        Err((error, unreachable)) => {
+        Err(error) => {
+            let unreachable = error.is_unreachable();
             return SwarmReport {
                 run: finish(
                     &app,
                     Mode::Rollback,
                     BTreeMap::new(),
-                    fail(report, error, unreachable),
+                    report.fail(error.to_string(), unreachable),
                 ),
                 plan: None,
             };
@@ -337,7 +322,7 @@ pub async fn rollback(
     let actual = match read(&engine).await {
         Ok(actual) => actual,
         Err(error) => {
-            let host = fail(report, format!("reading the swarm's state: {error}"), false);
+            let host = report.fail(format!("reading the swarm's state: {error}"), false);
             return SwarmReport {
                 run: finish(&app, Mode::Rollback, BTreeMap::new(), host),
                 plan: None,
@@ -416,16 +401,6 @@ pub async fn rollback(
     }
 }
 
-fn count(report: &mut HostReport) {
-    for result in &report.results {
-        match result.outcome {
-            Outcome::Changed => report.changed += 1,
-            Outcome::Failed => report.failed += 1,
-            Outcome::Skipped => report.skipped += 1,
-        }
-    }
-}
-
 /// Env values replaced by `***` in what is printed or serialised (they are often secrets).
 fn redacted(plan: &SwarmPlan) -> SwarmPlan {
     let mut plan = plan.clone();
@@ -491,7 +466,7 @@ async fn apply_actions(
             }
         }
     }
-    count(report);
+    report.count_results();
 }
 
 struct Applier<'a> {
@@ -568,7 +543,7 @@ impl Applier<'_> {
                     // A service that never came up is removed: nothing half-made stays.
                     let removed = match docker.delete_service(&id).await {
                         Ok(()) => "removed it".to_string(),
-                        Err(e) => api_error("removing it", e),
+                        Err(e) => api_error("removing it", e).to_string(),
                     };
                     return Err(format!("{why}; {removed}"));
                 }
@@ -589,8 +564,10 @@ impl Applier<'_> {
             SwarmAction::RemoveService { name, id, .. } => docker
                 .delete_service(id)
                 .await
-                .map_err(|e| api_error(&format!("removing service {name}"), e)),
-            SwarmAction::RemoveNetwork { name, .. } => self.engine.remove_network(name).await,
+                .map_err(|e| api_error(&format!("removing service {name}"), e).to_string()),
+            SwarmAction::RemoveNetwork { name, .. } => {
+                self.engine.remove_network(name).await.map_err(String::from)
+            }
         }
     }
 
@@ -618,7 +595,7 @@ impl Applier<'_> {
             .create_network(request)
             .await
             .map(|_| ())
-            .map_err(|e| api_error(&format!("creating network {}", network.name), e))
+            .map_err(|e| api_error(&format!("creating network {}", network.name), e).into())
     }
 
     /// Sends `service` as the new spec of `id` (at its current version).
@@ -647,7 +624,7 @@ impl Applier<'_> {
             )
             .await
             .map(|_| ())
-            .map_err(|e| api_error(&format!("updating service {}", service.name), e))
+            .map_err(|e| api_error(&format!("updating service {}", service.name), e).into())
     }
 
     /// Asks Swarm to go back to the service's PreviousSpec (kept right after an update).
@@ -671,7 +648,7 @@ impl Applier<'_> {
             )
             .await
             .map(|_| ())
-            .map_err(|e| api_error("requesting a rollback", e))
+            .map_err(|e| api_error("requesting a rollback", e).into())
     }
 
     /// Waits until `service` runs `replicas` tasks of its config and no update is in
@@ -807,7 +784,7 @@ impl Applier<'_> {
         loop {
             let state = match docker.inspect_service(id, None).await {
                 Ok(service) => service.update_status.and_then(|s| s.state),
-                Err(e) => return api_error("checking the rollback", e),
+                Err(e) => return api_error("checking the rollback", e).to_string(),
             };
             match state {
                 Some(ServiceUpdateStatusStateEnum::ROLLBACK_COMPLETED) => {
@@ -841,278 +818,4 @@ fn version_of(service: &bollard::models::Service) -> i32 {
         .and_then(|v| v.index)
         .unwrap_or_default();
     i32::try_from(index).unwrap_or(i32::MAX)
-}
-
-/// The Engine API's service spec for `service`.
-pub fn service_spec(
-    app: &str,
-    service: &SwarmService,
-    previous_config: Option<&str>,
-    monitor: Duration,
-) -> ServiceSpec {
-    let spec = &service.spec;
-    let restart = match spec.restart.name.as_str() {
-        "no" => TaskSpecRestartPolicyConditionEnum::NONE,
-        "on-failure" => TaskSpecRestartPolicyConditionEnum::ON_FAILURE,
-        // always, unless-stopped (Swarm has no "stopped by hand" state), or unset
-        _ => TaskSpecRestartPolicyConditionEnum::ANY,
-    };
-    let nanos = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-    let container = TaskSpecContainerSpec {
-        image: Some(spec.image_reference()),
-        labels: Some(service.container_labels(app).into_iter().collect()),
-        command: spec.entrypoint.clone(),
-        args: spec.command.clone(),
-        env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-        health_check: spec.healthcheck.as_ref().map(|h| HealthConfig {
-            test: Some(h.test.clone()),
-            interval: h.interval_ns.map(nanos),
-            timeout: h.timeout_ns.map(nanos),
-            retries: h.retries.map(i64::from),
-            start_period: h.start_period_ns.map(nanos),
-            start_interval: None,
-        }),
-        mounts: (!spec.mounts.is_empty()).then(|| super::secrets::engine_mounts(service)),
-        ..Default::default()
-    };
-    let resources = TaskSpecResources {
-        limits: Some(Limit {
-            nano_cpus: spec.limit_nano_cpus.map(nanos),
-            memory_bytes: spec.limit_memory.map(nanos),
-            pids: None,
-        }),
-        reservations: Some(ResourceObject {
-            nano_cpus: spec.reserve_nano_cpus.map(nanos),
-            memory_bytes: spec.reserve_memory.map(nanos),
-            generic_resources: None,
-        }),
-        ..Default::default()
-    };
-    let placement = TaskSpecPlacement {
-        constraints: Some(spec.constraints.clone()),
-        preferences: Some(
-            spec.spread
-                .iter()
-                .map(|descriptor| TaskSpecPlacementPreferences {
-                    spread: Some(TaskSpecPlacementSpread {
-                        spread_descriptor: Some(descriptor.clone()),
-                    }),
-                })
-                .collect(),
-        ),
-        max_replicas: spec.max_replicas_per_node.map(nanos),
-        platforms: None,
-    };
-    let networks = spec
-        .networks
-        .iter()
-        .map(|(name, aliases)| NetworkAttachmentConfig {
-            target: Some(name.clone()),
-            aliases: Some(aliases.clone()),
-            driver_opts: None,
-        })
-        .collect();
-    let ports = spec
-        .ports
-        .iter()
-        .map(|port| EndpointPortConfig {
-            name: None,
-            protocol: Some(match port.protocol {
-                Protocol::Tcp => EndpointPortConfigProtocolEnum::TCP,
-                Protocol::Udp => EndpointPortConfigProtocolEnum::UDP,
-                Protocol::Sctp => EndpointPortConfigProtocolEnum::SCTP,
-            }),
-            target_port: Some(i64::from(port.target)),
-            published_port: port.published.map(i64::from),
-            publish_mode: Some(match port.mode {
-                PublishMode::Host => EndpointPortConfigPublishModeEnum::HOST,
-                PublishMode::Ingress => EndpointPortConfigPublishModeEnum::INGRESS,
-            }),
-        })
-        .collect();
-    let stop_first = spec.needs_stop_first().is_some();
-    let monitor = i64::try_from(monitor.as_nanos()).unwrap_or(i64::MAX);
-    ServiceSpec {
-        name: Some(service.name.clone()),
-        labels: Some(service.labels(app, previous_config).into_iter().collect()),
-        task_template: Some(TaskSpec {
-            container_spec: Some(container),
-            resources: Some(resources),
-            restart_policy: Some(TaskSpecRestartPolicy {
-                condition: Some(restart),
-                max_attempts: spec.restart.max_retries.map(i64::from),
-                ..Default::default()
-            }),
-            placement: Some(placement),
-            networks: Some(networks),
-            ..Default::default()
-        }),
-        mode: Some(ServiceSpecMode {
-            replicated: Some(ServiceSpecModeReplicated {
-                replicas: Some(i64::from(spec.replicas)),
-            }),
-            ..Default::default()
-        }),
-        update_config: Some(ServiceSpecUpdateConfig {
-            parallelism: Some(1),
-            delay: Some(0),
-            failure_action: Some(ServiceSpecUpdateConfigFailureActionEnum::ROLLBACK),
-            monitor: Some(monitor),
-            max_failure_ratio: Some(0.0),
-            order: Some(if stop_first {
-                ServiceSpecUpdateConfigOrderEnum::STOP_FIRST
-            } else {
-                ServiceSpecUpdateConfigOrderEnum::START_FIRST
-            }),
-        }),
-        rollback_config: Some(ServiceSpecRollbackConfig {
-            parallelism: Some(1),
-            delay: Some(0),
-            failure_action: Some(ServiceSpecRollbackConfigFailureActionEnum::PAUSE),
-            monitor: Some(monitor),
-            max_failure_ratio: Some(0.0),
-            order: Some(if stop_first {
-                ServiceSpecRollbackConfigOrderEnum::STOP_FIRST
-            } else {
-                ServiceSpecRollbackConfigOrderEnum::START_FIRST
-            }),
-        }),
-        endpoint_spec: Some(EndpointSpec {
-            mode: None,
-            ports: Some(ports),
-        }),
-        ..Default::default()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::app::RestartPolicy;
-
-    fn service(restart: &str, retries: Option<u32>) -> SwarmService {
-        let spec = SwarmSpec {
-            image: "reg/web:v1".into(),
-            image_digest: Some("sha256:ab".into()),
-            entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
-            command: Some(vec!["httpd -f".into()]),
-            env: BTreeMap::from([("A".into(), "1".into())]),
-            labels: BTreeMap::from([("team".into(), "web".into())]),
-            replicas: 2,
-            ports: vec![super::super::SwarmPort {
-                published: None,
-                target: 8000,
-                protocol: Protocol::Udp,
-                mode: PublishMode::Host,
-            }],
-            networks: BTreeMap::from([("app_front".into(), vec!["www".into()])]),
-            restart: RestartPolicy {
-                name: restart.into(),
-                max_retries: retries,
-            },
-            limit_nano_cpus: Some(500_000_000),
-            limit_memory: None,
-            reserve_nano_cpus: Some(100_000_000),
-            reserve_memory: Some(1 << 20),
-            constraints: vec!["node.labels.zone==a".into()],
-            spread: vec!["node.labels.rack".into()],
-            max_replicas_per_node: Some(1),
-            healthcheck: None,
-            mounts: Vec::new(),
-            volumes: Vec::new(),
-            secrets: Vec::new(),
-        };
-        SwarmService::from_spec("app_web".into(), "web".into(), spec)
-    }
-
-    #[test]
-    fn engine_spec_maps_every_field() {
-        let spec = service_spec(
-            "app",
-            &service("on-failure", Some(3)),
-            Some("{}"),
-            Duration::from_secs(5),
-        );
-        let task = spec.task_template.as_ref().unwrap();
-        let container = task.container_spec.as_ref().unwrap();
-        assert_eq!(container.image.as_deref(), Some("reg/web:v1@sha256:ab"));
-        // The app file's entrypoint is Swarm's Command, its command Swarm's Args.
-        assert_eq!(container.command.as_deref().unwrap(), ["/bin/sh", "-c"]);
-        assert_eq!(container.args.as_deref().unwrap(), ["httpd -f"]);
-        assert_eq!(container.env.as_deref().unwrap(), ["A=1"]);
-        let container_labels = container.labels.as_ref().unwrap();
-        assert_eq!(container_labels["berth.app"], "app");
-        assert!(!container_labels.contains_key("berth.config"));
-        let restart = task.restart_policy.as_ref().unwrap();
-        assert_eq!(
-            restart.condition,
-            Some(TaskSpecRestartPolicyConditionEnum::ON_FAILURE)
-        );
-        assert_eq!(restart.max_attempts, Some(3));
-        let resources = task.resources.as_ref().unwrap();
-        assert_eq!(
-            resources.limits.as_ref().unwrap().nano_cpus,
-            Some(500_000_000)
-        );
-        assert_eq!(
-            resources.reservations.as_ref().unwrap().memory_bytes,
-            Some(1 << 20)
-        );
-        let placement = task.placement.as_ref().unwrap();
-        assert_eq!(placement.max_replicas, Some(1));
-        assert_eq!(
-            placement.constraints.as_deref().unwrap(),
-            ["node.labels.zone==a"]
-        );
-        let networks = task.networks.as_ref().unwrap();
-        assert_eq!(networks[0].target.as_deref(), Some("app_front"));
-        let port = &spec.endpoint_spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
-        assert_eq!(
-            port.publish_mode,
-            Some(EndpointPortConfigPublishModeEnum::HOST)
-        );
-        assert_eq!(port.protocol, Some(EndpointPortConfigProtocolEnum::UDP));
-        assert_eq!(port.published_port, None);
-        let update = spec.update_config.as_ref().unwrap();
-        assert_eq!(
-            update.order,
-            Some(ServiceSpecUpdateConfigOrderEnum::START_FIRST)
-        );
-        assert_eq!(
-            update.failure_action,
-            Some(ServiceSpecUpdateConfigFailureActionEnum::ROLLBACK)
-        );
-        let labels = spec.labels.as_ref().unwrap();
-        assert_eq!(labels[PREVIOUS_CONFIG], "{}");
-        assert_eq!(labels["team"], "web");
-        assert_eq!(
-            spec.mode
-                .as_ref()
-                .unwrap()
-                .replicated
-                .as_ref()
-                .unwrap()
-                .replicas,
-            Some(2)
-        );
-    }
-
-    #[test]
-    fn restart_policies_map_to_swarm_conditions() {
-        for (name, expected) in [
-            ("no", TaskSpecRestartPolicyConditionEnum::NONE),
-            ("always", TaskSpecRestartPolicyConditionEnum::ANY),
-            ("unless-stopped", TaskSpecRestartPolicyConditionEnum::ANY),
-            ("on-failure", TaskSpecRestartPolicyConditionEnum::ON_FAILURE),
-        ] {
-            let spec = service_spec("app", &service(name, None), None, Duration::from_secs(5));
-            let task = spec.task_template.unwrap();
-            assert_eq!(
-                task.restart_policy.unwrap().condition,
-                Some(expected),
-                "{name}"
-            );
-            assert!(!spec.labels.unwrap().contains_key(PREVIOUS_CONFIG));
-        }
-    }
 }
