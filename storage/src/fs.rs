@@ -5,26 +5,15 @@
 //! file in place, truncating it back to the last checkpoint after a crash, and
 //! renaming the finished file into the blob store without copying it.
 //!
-//! Layout under the root:
-//! ```text
-//! blobs/<alg>/<hex[0..2]>/<hex>                          blob bytes (manifests too)
-//! repositories/<name>/_layers/<alg>/<hex>                empty link: blob is in this repo
-//! repositories/<name>/_manifests/<alg>/<hex>             ManifestMeta JSON: manifest is in this repo
-//! repositories/<name>/_tags/<tag>                        the digest the tag points at
-//! repositories/<name>/_referrers/<alg>/<hex>/<alg>-<hex> Descriptor JSON of a referrer
-//! uploads/<id>/{state.json,data}                         upload sessions
-//! tmp/                                                   temporary files, renamed into place
-//! ```
+//! The files under the root are named by [`crate::layout`] ([`Layout::Fs`]).
 //! Every file that has content is written to `tmp/`, fsynced and renamed into
 //! place, so a crash at any point leaves either the old or the new version,
-//! never a torn one. Repository names start with `[a-z0-9]`, so they can never
-//! collide with the `_`-prefixed folders.
+//! never a torn one.
 
-use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -34,6 +23,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::digest::{restore_sha256_state, save_sha256_state, Hasher};
+use crate::gc::{self, GcStore, Stored};
+use crate::layout::{
+    is_upload_id, referrer_entry_digest, referrer_entry_name, Layout, BLOBS, REPOSITORIES, TMP,
+    UPLOADS,
+};
 use crate::upload_locks::UploadGuard;
 use crate::{
     Algorithm, BlobRead, ByteRange, ByteStream, Descriptor, DescriptorStream, Digest, GcReport,
@@ -59,11 +53,14 @@ const UPLOAD_WRITERS: usize = 32;
 /// re-reading them would cost about 0.6 s per GiB.
 const REHASH_MAX: u64 = 16 << 20;
 
+/// How this backend spells the storage layout.
+const LAYOUT: Layout = Layout::Fs;
+
 pub struct FsStorage {
     root: PathBuf,
     /// Held for reading by every write that links a blob, for writing by
     /// garbage collection, so a collection never races a push in this process.
-    gc_lock: Arc<RwLock<()>>,
+    gc_lock: Arc<tokio::sync::RwLock<()>>,
     /// One lock per upload session: appends to one session are serialised.
     upload_locks: crate::upload_locks::UploadLocks,
     /// Permits for batch writes of upload bodies (see [`UPLOAD_WRITERS`]).
@@ -83,16 +80,16 @@ impl FsStorage {
     /// Open (creating if needed) a storage root.
     pub fn open(root: impl Into<PathBuf>) -> io::Result<FsStorage> {
         let root = root.into();
-        for dir in ["blobs", "repositories", "uploads", "tmp"] {
+        for dir in [BLOBS, REPOSITORIES, UPLOADS, TMP] {
             fs::create_dir_all(root.join(dir))?;
         }
         // Temporary files left by a crash are never referenced: drop them.
-        for entry in fs::read_dir(root.join("tmp"))? {
+        for entry in fs::read_dir(root.join(TMP))? {
             let _ = fs::remove_file(entry?.path());
         }
         Ok(FsStorage {
             root,
-            gc_lock: Arc::new(RwLock::new(())),
+            gc_lock: Arc::new(tokio::sync::RwLock::new(())),
             upload_locks: Default::default(),
             upload_writers: Arc::new(tokio::sync::Semaphore::new(UPLOAD_WRITERS)),
         })
@@ -204,7 +201,7 @@ impl FsStorage {
     fn dropping_upload_when_full(&self, id: &str, e: StorageError) -> StorageError {
         if e.is_storage_full() && is_upload_id(id) {
             tracing::error!(upload = id, "storage full: upload dropped");
-            let _ = remove_session(&self.paths().upload_dir(id));
+            let _ = self.paths().remove_session(id);
         }
         e
     }
@@ -277,7 +274,7 @@ impl DataWriter {
         if self.file.is_some() {
             return Ok(());
         }
-        let path = self.paths.upload_dir(&self.id).join("data");
+        let path = self.paths.upload_data(&self.id);
         let mut file = match OpenOptions::new().write(true).open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound => return Err(StorageError::UploadUnknown),
@@ -360,8 +357,7 @@ impl DataWriter {
     /// exists), and the session goes after it; a crash in between leaves a
     /// session whose retried completion finds the blob and succeeds.
     fn complete(mut self, repo: &str, expected: &Digest) -> Result<u64> {
-        let dir = self.paths.upload_dir(&self.id);
-        let data_path = dir.join("data");
+        let data_path = self.paths.upload_data(&self.id);
         // Opens, locks and cuts the file to the hashed offset; a file shorter
         // than that is refused.
         self.open()?;
@@ -377,7 +373,7 @@ impl DataWriter {
             hash_file_prefix(&data_path, offset, expected.algorithm())?
         };
         if &actual != expected {
-            let _ = remove_session(&dir);
+            let _ = self.paths.remove_session(&self.id);
             return Err(StorageError::DigestMismatch {
                 expected: expected.clone(),
                 actual,
@@ -387,14 +383,14 @@ impl DataWriter {
         if let Some(parent) = blob.parent() {
             fs::create_dir_all(parent)?;
         }
-        let _no_gc = self.paths.gc_lock.read().unwrap_or_else(|e| e.into_inner());
+        let _no_gc = self.paths.gc_lock.blocking_read();
         match fs::hard_link(&data_path, &blob) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::AlreadyExists => touch_blob(&blob)?,
             Err(e) => return Err(e.into()),
         }
         touch_link(&self.paths.layer_link(repo, expected))?;
-        let _ = remove_session(&dir);
+        let _ = self.paths.remove_session(&self.id);
         Ok(offset)
     }
 }
@@ -417,17 +413,6 @@ fn hash_file_prefix(path: &Path, len: u64, algorithm: Algorithm) -> Result<Diges
         left -= n as u64;
     }
     Ok(h.finish())
-}
-
-/// Remove an upload session's folder, its state first: a crash half-way
-/// leaves a folder without a state, which is unknown to every request and
-/// purged by its age.
-fn remove_session(dir: &Path) -> io::Result<()> {
-    remove_if_present(&dir.join("state.json"))?;
-    match fs::remove_dir_all(dir) {
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        other => other,
-    }
 }
 
 impl Drop for DataWriter {
@@ -457,54 +442,72 @@ fn lock_exclusive(file: &File) -> io::Result<()> {
 #[derive(Clone)]
 struct Paths {
     root: PathBuf,
-    gc_lock: Arc<RwLock<()>>,
+    gc_lock: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl Paths {
+    /// Where a key of the [`Layout`] is under the root.
+    fn at(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
     fn blob(&self, d: &Digest) -> PathBuf {
-        self.root
-            .join("blobs")
-            .join(d.algorithm().as_str())
-            .join(&d.hex()[..2])
-            .join(d.hex())
+        self.at(&LAYOUT.blob(d))
     }
 
     fn repo(&self, repository: &str) -> PathBuf {
-        self.root.join("repositories").join(repository)
+        self.at(&LAYOUT.repository(repository))
     }
 
     fn layer_link(&self, repository: &str, d: &Digest) -> PathBuf {
-        self.repo(repository)
-            .join("_layers")
-            .join(d.algorithm().as_str())
-            .join(d.hex())
+        self.at(&LAYOUT.layer_link(repository, d))
     }
 
     fn manifest_link(&self, repository: &str, d: &Digest) -> PathBuf {
-        self.repo(repository)
-            .join("_manifests")
-            .join(d.algorithm().as_str())
-            .join(d.hex())
+        self.at(&LAYOUT.manifest_link(repository, d))
     }
 
     fn tags_dir(&self, repository: &str) -> PathBuf {
-        self.repo(repository).join("_tags")
+        self.at(&LAYOUT.tags(repository))
+    }
+
+    fn tag(&self, repository: &str, tag: &str) -> PathBuf {
+        self.at(&LAYOUT.tag(repository, tag))
     }
 
     fn referrers_dir(&self, repository: &str, subject: &Digest) -> PathBuf {
-        self.repo(repository)
-            .join("_referrers")
-            .join(subject.algorithm().as_str())
-            .join(subject.hex())
+        self.at(&LAYOUT.referrers(repository, subject))
     }
 
     fn referrer(&self, repository: &str, subject: &Digest, d: &Digest) -> PathBuf {
-        self.referrers_dir(repository, subject)
-            .join(referrer_entry_name(d))
+        self.at(&LAYOUT.referrer(repository, subject, d))
     }
 
     fn upload_dir(&self, id: &str) -> PathBuf {
-        self.root.join("uploads").join(id)
+        self.at(&LAYOUT.upload(id))
+    }
+
+    fn upload_state(&self, id: &str) -> PathBuf {
+        self.at(&LAYOUT.upload_state(id))
+    }
+
+    fn upload_data(&self, id: &str) -> PathBuf {
+        self.at(&LAYOUT.upload_data(id))
+    }
+
+    fn tmp(&self, name: &str) -> PathBuf {
+        self.at(&LAYOUT.tmp(name))
+    }
+
+    /// Remove an upload session's folder, its state first: a crash half-way
+    /// leaves a folder without a state, which is unknown to every request and
+    /// purged by its age.
+    fn remove_session(&self, id: &str) -> io::Result<()> {
+        remove_if_present(&self.upload_state(id))?;
+        match fs::remove_dir_all(self.upload_dir(id)) {
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
     }
 
     /// Write a file so that it is either absent, the old version, or all of
@@ -513,10 +516,7 @@ impl Paths {
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent)?;
         }
-        let tmp = self
-            .root
-            .join("tmp")
-            .join(uuid::Uuid::new_v4().simple().to_string());
+        let tmp = self.tmp(&uuid::Uuid::new_v4().simple().to_string());
         let result = (|| {
             let mut f = File::create(&tmp)?;
             f.write_all(data)?;
@@ -533,7 +533,7 @@ impl Paths {
         if !is_upload_id(id) {
             return Err(StorageError::UploadUnknown);
         }
-        let raw = match fs::read(self.upload_dir(id).join("state.json")) {
+        let raw = match fs::read(self.upload_state(id)) {
             Ok(raw) => raw,
             Err(e) if e.kind() == ErrorKind::NotFound => return Err(StorageError::UploadUnknown),
             Err(e) => return Err(e.into()),
@@ -546,7 +546,7 @@ impl Paths {
         // A state without its data (an older version completed by renaming
         // the data away, then died before removing the state) names nothing
         // that can continue: unknown, never a 500.
-        if !self.upload_dir(id).join("data").exists() {
+        if !self.upload_data(id).exists() {
             return Err(StorageError::UploadUnknown);
         }
         Ok(state)
@@ -560,7 +560,7 @@ impl Paths {
             created_unix: state.created_unix,
         };
         let json = serde_json::to_vec(&state).map_err(io::Error::other)?;
-        self.write_atomic(&self.upload_dir(id).join("state.json"), &json)
+        self.write_atomic(&self.upload_state(id), &json)
     }
 }
 
@@ -583,10 +583,6 @@ fn touch_blob(blob: &Path) -> io::Result<()> {
         .set_modified(SystemTime::now())
 }
 
-fn modified_before(path: &Path, cutoff: SystemTime) -> io::Result<bool> {
-    Ok(fs::metadata(path)?.modified()? < cutoff)
-}
-
 /// Ask the kernel to start writing a just-written range to disk, without
 /// waiting: the disk then works while the rest of the body arrives, and the
 /// fsync that ends the upload has little left to do. Only a hint; errors are
@@ -601,10 +597,6 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
     unsafe {
         libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
     }
-}
-
-fn is_upload_id(id: &str) -> bool {
-    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -697,18 +689,6 @@ fn list_dir(dir: &Path) -> io::Result<Vec<String>> {
     Ok(names)
 }
 
-/// The name of referrer `d`'s entry in its subject's folder: `<alg>-<hex>`.
-fn referrer_entry_name(d: &Digest) -> String {
-    format!("{}-{}", d.algorithm().as_str(), d.hex())
-}
-
-/// The referrer a `<alg>-<hex>` entry of a referrers folder names; `None`
-/// for any other name (a stray file).
-fn referrer_entry_digest(name: &str) -> Option<Digest> {
-    let (alg, hex) = name.split_once('-')?;
-    format!("{alg}:{hex}").parse().ok()
-}
-
 /// Read referrer `digest`'s entry from its subject's folder; `None` when it
 /// was deleted since the folder was listed.
 fn read_referrer_entry(dir: &Path, digest: &Digest) -> Result<Option<Descriptor>> {
@@ -728,27 +708,6 @@ fn read_referrer_entry(dir: &Path, digest: &Digest) -> Result<Option<Descriptor>
         )));
     }
     Ok(Some(d))
-}
-
-/// Every `<alg>/<hex>` or `<alg>/<xx>/<hex>` file below `dir` whose name is
-/// a digest, with its path. Anything else (a stray file) is left alone.
-fn digest_files(dir: &Path) -> io::Result<Vec<(Digest, PathBuf)>> {
-    let mut out = Vec::new();
-    for alg in list_dir(dir)? {
-        let alg_dir = dir.join(&alg);
-        let mut stack = vec![alg_dir];
-        while let Some(d) = stack.pop() {
-            for name in list_dir(&d)? {
-                let path = d.join(&name);
-                if path.is_dir() {
-                    stack.push(path);
-                } else if let Ok(digest) = format!("{alg}:{name}").parse::<Digest>() {
-                    out.push((digest, path));
-                }
-            }
-        }
-    }
-    Ok(out)
 }
 
 fn find_repositories(dir: &Path, prefix: &str, out: &mut Vec<String>) -> io::Result<()> {
@@ -771,6 +730,57 @@ fn find_repositories(dir: &Path, prefix: &str, out: &mut Vec<String>) -> io::Res
         find_repositories(&path, &full, out)?;
     }
     Ok(())
+}
+
+/// Every file below the folder `prefix` of `root`, keyed by its path from
+/// `root`; none when the folder does not exist.
+fn list_files(root: &Path, prefix: &str) -> io::Result<Vec<Stored>> {
+    let mut out = Vec::new();
+    let mut folders = vec![prefix.trim_end_matches('/').to_string()];
+    while let Some(folder) = folders.pop() {
+        for name in list_dir(&root.join(&folder))? {
+            let key = format!("{folder}/{name}");
+            let Some(meta) = not_found_as_none(fs::metadata(root.join(&key)))? else {
+                continue; // removed while listing
+            };
+            if meta.is_dir() {
+                folders.push(key);
+            } else {
+                out.push(Stored {
+                    key,
+                    size: meta.len(),
+                    modified: meta.modified()?,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl GcStore for FsStorage {
+    fn layout(&self) -> Layout {
+        LAYOUT
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Stored>> {
+        let (root, prefix) = (self.root.clone(), prefix.to_string());
+        blocking(move || Ok(list_files(&root, &prefix)?)).await
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<Bytes>> {
+        let path = self.root.join(key);
+        blocking(move || Ok(not_found_as_none(fs::read(path))?.map(Bytes::from))).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let path = self.root.join(key);
+        blocking(move || {
+            remove_if_present(&path)?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -824,7 +834,7 @@ impl Storage for FsStorage {
         let blob = paths.blob(digest);
         let gc_lock = paths.gc_lock.clone();
         blocking(move || {
-            let _no_gc = gc_lock.read().unwrap_or_else(|e| e.into_inner());
+            let _no_gc = gc_lock.blocking_read();
             match touch_blob(&blob) {
                 Err(e) if e.kind() == ErrorKind::NotFound => return Err(StorageError::BlobUnknown),
                 other => other?,
@@ -855,14 +865,13 @@ impl Storage for FsStorage {
             offset: 0,
         };
         blocking(move || {
-            let dir = paths.upload_dir(&id);
-            fs::create_dir_all(&dir)?;
-            File::create(dir.join("data"))?;
+            fs::create_dir_all(paths.upload_dir(&id))?;
+            File::create(paths.upload_data(&id))?;
             // Not fsynced: a session lost in a crash only makes the client start over.
             let json = serde_json::to_vec(&state).map_err(io::Error::other)?;
-            let tmp = paths.root.join("tmp").join(format!("{id}.state"));
+            let tmp = paths.tmp(&format!("{id}.state"));
             fs::write(&tmp, json)?;
-            fs::rename(&tmp, dir.join("state.json"))?;
+            fs::rename(&tmp, paths.upload_state(&id))?;
             Ok(())
         })
         .await?;
@@ -942,12 +951,12 @@ impl Storage for FsStorage {
 
     async fn upload_cancel(&self, repository: &str, id: &str) -> Result<()> {
         let (guard, _) = self.lock_upload(repository, id).await?;
-        let dir = self.paths().upload_dir(id);
+        let (paths, id) = (self.paths(), id.to_string());
         // The lock goes with the removal: if this request goes away first,
         // nobody takes the session while its files are being removed.
         blocking(move || {
             let _guard = guard;
-            Ok(remove_session(&dir)?)
+            Ok(paths.remove_session(&id)?)
         })
         .await
     }
@@ -957,10 +966,9 @@ impl Storage for FsStorage {
         let cutoff = now_unix().saturating_sub(max_age.as_secs());
         blocking(move || {
             let mut purged = 0;
-            let uploads = paths.root.join("uploads");
-            for id in list_dir(&uploads)? {
-                let dir = uploads.join(&id);
-                let state: Option<UploadState> = fs::read(dir.join("state.json"))
+            for id in list_dir(&paths.at(UPLOADS))? {
+                let dir = paths.upload_dir(&id);
+                let state: Option<UploadState> = fs::read(paths.upload_state(&id))
                     .ok()
                     .and_then(|raw| serde_json::from_slice(&raw).ok());
                 // A session without a readable state is judged by its folder's age.
@@ -973,7 +981,7 @@ impl Storage for FsStorage {
                         .unwrap_or(0),
                 };
                 if started < cutoff {
-                    remove_session(&dir)?;
+                    paths.remove_session(&id)?;
                     purged += 1;
                 }
             }
@@ -983,58 +991,8 @@ impl Storage for FsStorage {
     }
 
     async fn collect_garbage(&self, grace: std::time::Duration, dry_run: bool) -> Result<GcReport> {
-        let paths = self.paths();
-        blocking(move || {
-            let _exclusive = paths.gc_lock.write().unwrap_or_else(|e| e.into_inner());
-            let cutoff = SystemTime::now().checked_sub(grace).unwrap_or(UNIX_EPOCH);
-            let remove = |path: &Path| {
-                if dry_run {
-                    Ok(())
-                } else {
-                    fs::remove_file(path)
-                }
-            };
-            let mut report = GcReport::default();
-            let mut live: HashSet<Digest> = HashSet::new();
-            let mut repos = Vec::new();
-            find_repositories(&paths.root.join("repositories"), "", &mut repos)?;
-            for repo in repos {
-                // Mark: every manifest of the repository and what it references.
-                let mut needed: Option<HashSet<Digest>> = Some(HashSet::new());
-                for (digest, link) in digest_files(&paths.repo(&repo).join("_manifests"))? {
-                    let raw = fs::read(&link)?;
-                    let meta: ManifestMeta = serde_json::from_slice(&raw)
-                        .map_err(|e| StorageError::Corrupt(format!("{}: {e}", link.display())))?;
-                    match (&mut needed, meta.references) {
-                        (Some(set), Some(refs)) => set.extend(refs),
-                        _ => needed = None, // unknown references: keep every link
-                    }
-                    live.insert(digest);
-                }
-                // Sweep the repository's links nobody needs.
-                for (digest, link) in digest_files(&paths.repo(&repo).join("_layers"))? {
-                    let needed_here = needed.as_ref().is_none_or(|set| set.contains(&digest));
-                    if needed_here || !modified_before(&link, cutoff)? {
-                        live.insert(digest);
-                    } else {
-                        remove(&link)?;
-                        report.links_removed += 1;
-                    }
-                }
-            }
-            // Sweep blobs no repository links to.
-            for (digest, blob) in digest_files(&paths.root.join("blobs"))? {
-                if live.contains(&digest) || !modified_before(&blob, cutoff)? {
-                    continue;
-                }
-                let size = fs::metadata(&blob)?.len();
-                remove(&blob)?;
-                report.blobs_removed += 1;
-                report.bytes_freed += size;
-            }
-            Ok(report)
-        })
-        .await
+        let _exclusive = self.gc_lock.write().await;
+        gc::collect(self, grace, dry_run, std::future::ready(())).await
     }
 
     async fn manifest_put(
@@ -1053,7 +1011,7 @@ impl Storage for FsStorage {
             tag.map(str::to_string),
         );
         blocking(move || {
-            let _no_gc = paths.gc_lock.read().unwrap_or_else(|e| e.into_inner());
+            let _no_gc = paths.gc_lock.blocking_read();
             // What the manifest needs is checked under the same exclusion as
             // the link that protects it, so no collection runs in between;
             // refreshing the blobs' times spares them from a collection in
@@ -1087,7 +1045,7 @@ impl Storage for FsStorage {
                 paths.write_atomic(&paths.referrer(&repo, subject, &digest), &json)?;
             }
             if let Some(tag) = tag {
-                let path = paths.tags_dir(&repo).join(tag);
+                let path = paths.tag(&repo, &tag);
                 paths.write_atomic(&path, digest.to_string().as_bytes())?;
             }
             Ok(())
@@ -1165,7 +1123,7 @@ impl Storage for FsStorage {
     }
 
     async fn tag_resolve(&self, repository: &str, tag: &str) -> Result<Option<Digest>> {
-        let path = self.paths().tags_dir(repository).join(tag);
+        let path = self.paths().tag(repository, tag);
         blocking(move || {
             let Some(raw) = not_found_as_none(fs::read_to_string(&path))? else {
                 return Ok(None);
@@ -1180,7 +1138,7 @@ impl Storage for FsStorage {
     }
 
     async fn tag_delete(&self, repository: &str, tag: &str) -> Result<bool> {
-        let path = self.paths().tags_dir(repository).join(tag);
+        let path = self.paths().tag(repository, tag);
         blocking(move || Ok(remove_if_present(&path)?)).await
     }
 
@@ -1248,7 +1206,7 @@ impl Storage for FsStorage {
     }
 
     async fn repositories(&self) -> Result<Vec<String>> {
-        let dir = self.root.join("repositories");
+        let dir = self.root.join(REPOSITORIES);
         blocking(move || {
             let mut out = Vec::new();
             find_repositories(&dir, "", &mut out)?;
@@ -1472,7 +1430,7 @@ mod tests {
         let paths = storage.paths();
         let blob = paths.blob(&digest);
         fs::create_dir_all(blob.parent().expect("parent")).expect("mkdir");
-        fs::hard_link(paths.upload_dir(&id).join("data"), &blob).expect("link");
+        fs::hard_link(paths.upload_data(&id), &blob).expect("link");
         assert_eq!(
             storage
                 .upload_status("r", &id)
@@ -1502,7 +1460,7 @@ mod tests {
         let paths = storage.paths();
         let blob = paths.blob(&digest);
         fs::create_dir_all(blob.parent().expect("parent")).expect("mkdir");
-        fs::rename(paths.upload_dir(&id).join("data"), &blob).expect("rename");
+        fs::rename(paths.upload_data(&id), &blob).expect("rename");
         for result in [
             storage.upload_status("r", &id).await.map(|_| ()),
             storage

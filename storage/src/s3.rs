@@ -1,18 +1,7 @@
 //! S3 backend (any S3-compatible object store), over `object_store`.
 //!
-//! Layout under `s3://BUCKET/PREFIX`:
-//! ```text
-//! blobs/<alg>/<d>                                  blob bytes, or a pointer (see below)
-//! data/<upload id>                                 bytes of a blob uploaded in parts
-//! repositories/<name>/_layers/<alg>/<d>            empty link: blob is in this repo
-//! repositories/<name>/_manifests/<alg>/<d>         ManifestMeta JSON
-//! repositories/<name>/_tags/<tag>                  the digest; empty = deleted (tombstone)
-//! repositories/<name>/_referrers/<alg>/<d>         JSON array: the referrers of <d>
-//! uploads/<id>/state                               upload session (JSON)
-//! uploads/<id>/tail-<offset>                       bytes not yet in a part (< one part)
-//! ```
-//! `<d>` is the digest in unpadded base64url (43 characters for sha256)
-//! rather than hex, to keep keys short (see [`dkey`]).
+//! Keys under `s3://BUCKET/PREFIX` are named by [`crate::layout`]
+//! ([`Layout::S3`]).
 //!
 //! # Where a finished upload goes, and why
 //!
@@ -58,7 +47,7 @@
 //! ListMultipartUploads is never used (several S3-compatible servers lack it):
 //! abandoned multipart uploads are found through their session state.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -84,6 +73,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::digest::{restore_sha256_state, save_sha256_state, Hasher};
+use crate::gc::{self, BlobBytes, GcStore, Stored};
+use crate::layout::{
+    is_upload_id, parse_tag, tag_content, Layout, LinkKind, DATA, REPOSITORIES, UPLOADS,
+};
 use crate::upload_locks::UploadGuard;
 use crate::{
     Algorithm, BlobRead, ByteRange, ByteStream, Descriptor, Digest, GcReport, ManifestMeta, Result,
@@ -269,6 +262,9 @@ impl HttpService for CountingService {
     }
 }
 
+/// How this backend spells the storage layout.
+const LAYOUT: Layout = Layout::S3;
+
 pub struct S3Storage {
     store: Arc<AmazonS3>,
     /// `PREFIX/` or empty.
@@ -306,10 +302,6 @@ struct Session {
     /// The object holding the tail bytes, if one was written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tail_key: Option<String>,
-}
-
-fn is_upload_id(id: &str) -> bool {
-    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn now_unix() -> u64 {
@@ -356,101 +348,6 @@ fn json<T: Serialize>(value: &T) -> Result<Bytes> {
 
 fn http_get() -> http::Method {
     http::Method::GET
-}
-
-/// A digest as it appears in keys: `<alg>/<base64url of the raw digest>`.
-/// Not hex, to keep keys short: S3 allows 1024 bytes, but some compatible
-/// servers allow far less (s3s-fs stores per-key sidecar files named after
-/// the base64 of the whole key, so its keys must stay under ~165 bytes).
-fn dkey(d: &Digest) -> String {
-    use base64::Engine as _;
-    let raw = hex::decode(d.hex()).unwrap_or_default();
-    format!(
-        "{}/{}",
-        d.algorithm().as_str(),
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
-    )
-}
-
-/// The inverse of [`dkey`]; None for anything that is not one.
-fn digest_from_tail(alg_b64: &str) -> Option<Digest> {
-    use base64::Engine as _;
-    let (alg, b64) = alg_b64.split_once('/')?;
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(b64)
-        .ok()?;
-    format!("{alg}:{}", hex::encode(raw)).parse().ok()
-}
-
-fn blob_rel(d: &Digest) -> String {
-    format!("blobs/{}", dkey(d))
-}
-
-fn repo_rel(repository: &str) -> String {
-    format!("repositories/{repository}")
-}
-
-fn layer_rel(repository: &str, d: &Digest) -> String {
-    format!("{}/_layers/{}", repo_rel(repository), dkey(d))
-}
-
-fn manifest_rel(repository: &str, d: &Digest) -> String {
-    format!("{}/_manifests/{}", repo_rel(repository), dkey(d))
-}
-
-/// Tags longer than this are stored under a hashed name (`=` + base64url
-/// SHA-256 of the tag, `=` being outside the tag alphabet), with the tag
-/// itself inside the object, to keep keys short (see [`dkey`]).
-const TAG_KEY_MAX: usize = 48;
-
-fn tag_rel(repository: &str, tag: &str) -> String {
-    if tag.len() <= TAG_KEY_MAX {
-        format!("{}/_tags/{tag}", repo_rel(repository))
-    } else {
-        use base64::Engine as _;
-        let hashed = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(tag));
-        format!("{}/_tags/={hashed}", repo_rel(repository))
-    }
-}
-
-/// A tag object's content: the digest, and for a hashed name the tag.
-fn tag_content(tag: &str, digest: &Digest) -> Bytes {
-    if tag.len() <= TAG_KEY_MAX {
-        Bytes::from(digest.to_string())
-    } else {
-        Bytes::from(format!("{digest}\n{tag}"))
-    }
-}
-
-/// Parse a tag object: (digest, tag if stored inside); None for a tombstone.
-fn parse_tag(raw: &[u8]) -> Option<(std::result::Result<Digest, ()>, Option<String>)> {
-    if raw.is_empty() {
-        return None;
-    }
-    let text = std::str::from_utf8(raw).unwrap_or_default();
-    let mut lines = text.lines();
-    let digest = lines.next().and_then(|l| l.trim().parse().ok()).ok_or(());
-    Some((digest, lines.next().map(str::to_string)))
-}
-
-/// The referrers index of a subject: a JSON array of descriptors.
-fn referrers_rel(repository: &str, subject: &Digest) -> String {
-    format!("{}/_referrers/{}", repo_rel(repository), dkey(subject))
-}
-
-fn state_rel(id: &str) -> String {
-    format!("uploads/{id}/state")
-}
-
-fn data_rel(id: &str) -> String {
-    format!("data/{id}")
-}
-
-/// A listed object, with its key relative to the prefix.
-struct Listed {
-    rel: String,
-    size: u64,
-    modified: SystemTime,
 }
 
 impl S3Storage {
@@ -556,7 +453,7 @@ impl S3Storage {
     /// misconfiguration shows at start-up rather than at the first push.
     pub async fn check(&self) -> Result<()> {
         self.store
-            .list_with_delimiter(Some(&self.path("uploads/")))
+            .list_with_delimiter(Some(&self.path(UPLOADS)))
             .await
             .map_err(s3_error)?;
         Ok(())
@@ -624,7 +521,7 @@ impl S3Storage {
         }
     }
 
-    async fn list(&self, rel_prefix: &str) -> Result<Vec<Listed>> {
+    async fn list(&self, rel_prefix: &str) -> Result<Vec<Stored>> {
         let prefix = self.path(rel_prefix);
         let objects: Vec<_> = self
             .store
@@ -634,8 +531,8 @@ impl S3Storage {
             .map_err(s3_error)?;
         Ok(objects
             .into_iter()
-            .map(|m| Listed {
-                rel: self.rel_of(&m.location).to_string(),
+            .map(|m| Stored {
+                key: self.rel_of(&m.location).to_string(),
                 size: m.size,
                 modified: SystemTime::from(m.last_modified),
             })
@@ -671,7 +568,7 @@ impl S3Storage {
             .get(&Attribute::Metadata(META_SIZE.into()))
             .and_then(|s| s.parse::<u64>().ok())
             .ok_or_else(|| StorageError::Corrupt(format!("blob pointer to {key:?} has no size")))?;
-        if !key.starts_with("data/") {
+        if !key.starts_with(DATA) {
             return Err(StorageError::Corrupt(format!(
                 "blob pointer to {key:?} outside data/"
             )));
@@ -681,7 +578,7 @@ impl S3Storage {
 
     /// Where a blob's bytes are and how many there are (one HEAD).
     async fn locate(&self, d: &Digest) -> Result<Option<(String, u64)>> {
-        let Some(head) = self.head_opt(&blob_rel(d)).await? else {
+        let Some(head) = self.head_opt(&LAYOUT.blob(d)).await? else {
             self.forget_pointer(d);
             return Ok(None);
         };
@@ -690,7 +587,7 @@ impl S3Storage {
                 self.cache_pointer(d, &key, size);
                 Ok(Some((key, size)))
             }
-            None => Ok(Some((blob_rel(d), head.meta.size))),
+            None => Ok(Some((LAYOUT.blob(d), head.meta.size))),
         }
     }
 
@@ -739,7 +636,7 @@ impl S3Storage {
         if !is_upload_id(id) {
             return Err(StorageError::UploadUnknown);
         }
-        let Some((raw, e_tag)) = self.get_bytes(&state_rel(id)).await? else {
+        let Some((raw, e_tag)) = self.get_bytes(&LAYOUT.upload_state(id)).await? else {
             return Err(StorageError::UploadUnknown);
         };
         let session: Session = serde_json::from_slice(&raw)
@@ -786,7 +683,7 @@ impl S3Storage {
         let result = self
             .store
             .put_opts(
-                &self.path(&state_rel(id)),
+                &self.path(&LAYOUT.upload_state(id)),
                 PutPayload::from(json(session)?),
                 PutOptions::from(mode),
             )
@@ -811,13 +708,13 @@ impl S3Storage {
             // Best effort: a completed upload is already gone.
             let _ = self
                 .store
-                .abort_multipart(&self.path(&data_rel(id)), mp)
+                .abort_multipart(&self.path(&LAYOUT.upload_data(id)), mp)
                 .await;
         }
         if let Some(tail) = &session.tail_key {
             self.delete(tail).await?;
         }
-        self.delete(&state_rel(id)).await
+        self.delete(&LAYOUT.upload_state(id)).await
     }
 }
 
@@ -874,7 +771,7 @@ impl<'a> Writer<'a> {
     }
 
     fn data_path(&self) -> Path {
-        self.s.path(&data_rel(&self.id))
+        self.s.path(&LAYOUT.upload_data(&self.id))
     }
 
     /// Take in a chunk; send every full part.
@@ -958,7 +855,7 @@ impl<'a> Writer<'a> {
             // Named by the offset it ends at: a tail written by a request that
             // failed before saving the state never overwrites the one the
             // saved state names (that one ends at a smaller offset).
-            let key = format!("uploads/{}/tail-{}", self.id, self.session.offset);
+            let key = LAYOUT.upload_tail(&self.id, self.session.offset);
             // Created, never overwritten: two writers racing on one session
             // (two replicas) must not swap the bytes under the state the
             // winner saves. The loser hears where the session stands.
@@ -1041,8 +938,8 @@ impl S3Storage {
             let _no_gc = self.gc_lock.read().await;
             // Rewritten even if present: a fresh modification time keeps a
             // concurrent garbage collection from taking a blob just re-pushed.
-            self.put(&blob_rel(expected), bytes).await?;
-            self.put(&layer_rel(repository, expected), Bytes::new())
+            self.put(&LAYOUT.blob(expected), bytes).await?;
+            self.put(&LAYOUT.layer_link(repository, expected), Bytes::new())
                 .await?;
             drop(_no_gc);
             self.drop_session(&id, &w.opened).await?;
@@ -1066,7 +963,7 @@ impl S3Storage {
             w.send_part(last).await?;
         }
         w.settle_all().await?;
-        let data = self.path(&data_rel(&id));
+        let data = self.path(&LAYOUT.upload_data(&id));
         let parts = w
             .session
             .parts
@@ -1088,7 +985,7 @@ impl S3Storage {
             }
             let actual = h.finish();
             if &actual != expected {
-                self.delete(&data_rel(&id)).await?;
+                self.delete(&LAYOUT.upload_data(&id)).await?;
                 let mut done = w.opened.clone();
                 done.multipart = None;
                 self.drop_session(&id, &done).await?;
@@ -1101,7 +998,7 @@ impl S3Storage {
         let mut attributes = Attributes::new();
         attributes.insert(
             Attribute::Metadata(META_DATA_KEY.into()),
-            AttributeValue::from(data_rel(&id)),
+            AttributeValue::from(LAYOUT.upload_data(&id)),
         );
         attributes.insert(
             Attribute::Metadata(META_SIZE.into()),
@@ -1121,17 +1018,21 @@ impl S3Storage {
         // serves; our copy of the data is dropped instead.
         match self
             .store
-            .put_opts(&self.path(&blob_rel(expected)), PutPayload::new(), options)
+            .put_opts(
+                &self.path(&LAYOUT.blob(expected)),
+                PutPayload::new(),
+                options,
+            )
             .await
         {
-            Ok(_) => self.cache_pointer(expected, &data_rel(&id), size),
+            Ok(_) => self.cache_pointer(expected, &LAYOUT.upload_data(&id), size),
             Err(object_store::Error::AlreadyExists { .. })
             | Err(object_store::Error::Precondition { .. }) => {
-                self.delete(&data_rel(&id)).await?;
+                self.delete(&LAYOUT.upload_data(&id)).await?;
             }
             Err(e) => return Err(s3_error(e)),
         }
-        self.put(&layer_rel(repository, expected), Bytes::new())
+        self.put(&LAYOUT.layer_link(repository, expected), Bytes::new())
             .await?;
         drop(_no_gc);
         let mut done = w.opened.clone();
@@ -1141,11 +1042,11 @@ impl S3Storage {
     }
 
     /// The tag objects of a repository: (name in the key, listing).
-    async fn tag_objects(&self, repository: &str) -> Result<Vec<(String, Listed)>> {
-        let dir = format!("{}/_tags/", repo_rel(repository));
+    async fn tag_objects(&self, repository: &str) -> Result<Vec<(String, Stored)>> {
+        let dir = format!("{}/", LAYOUT.tags(repository));
         let mut out = Vec::new();
         for item in self.list(&dir).await? {
-            if let Some(tag) = item.rel.strip_prefix(&dir) {
+            if let Some(tag) = item.key.strip_prefix(&dir) {
                 if !tag.contains('/') {
                     out.push((tag.to_string(), item));
                 }
@@ -1162,7 +1063,7 @@ impl S3Storage {
         subject: &Digest,
         edit: impl Fn(&mut Vec<Descriptor>),
     ) -> Result<()> {
-        let rel = referrers_rel(repository, subject);
+        let rel = LAYOUT.referrers(repository, subject);
         for _ in 0..TAG_RETRIES {
             let (mut list, mode) = match self.get_bytes(&rel).await? {
                 Some((raw, e_tag)) => {
@@ -1224,38 +1125,9 @@ impl S3Storage {
     /// S3 has no empty folders: once its last link is deleted a repository
     /// would vanish from the catalog, where on disk its folder stays. A
     /// marker (not a digest, so never taken for a link) keeps it listed.
-    async fn keep_repository(&self, repository: &str, kind: &str) -> Result<()> {
-        self.put(
-            &format!("{}/{kind}/_kept", repo_rel(repository)),
-            Bytes::new(),
-        )
-        .await
-    }
-
-    /// Keys of every repository link below `repositories/`, by kind.
-    async fn all_links(&self) -> Result<Vec<(String, &'static str, Digest, Listed)>> {
-        let mut out = Vec::new();
-        for item in self.list("repositories/").await? {
-            let Some(rest) = item.rel.strip_prefix("repositories/") else {
-                continue;
-            };
-            for kind in ["_layers", "_manifests"] {
-                let marker = format!("/{kind}/");
-                if let Some(pos) = rest.find(&marker) {
-                    let repo = &rest[..pos];
-                    // A component starting with `_` belongs to a repository
-                    // above this one (repository names never start with `_`).
-                    if repo.split('/').any(|c| c.starts_with('_')) {
-                        continue;
-                    }
-                    if let Some(d) = digest_from_tail(&rest[pos + marker.len()..]) {
-                        out.push((repo.to_string(), kind, d, item));
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(out)
+    async fn keep_repository(&self, repository: &str, kind: LinkKind) -> Result<()> {
+        self.put(&LAYOUT.kept_marker(repository, kind), Bytes::new())
+            .await
     }
 }
 
@@ -1279,7 +1151,7 @@ impl Storage for S3Storage {
                 self.forget_pointer(digest);
             }
             let r = self
-                .get_opt(&blob_rel(digest))
+                .get_opt(&LAYOUT.blob(digest))
                 .await?
                 .ok_or(StorageError::BlobUnknown)?;
             let Some((key, size)) = Self::pointer_of(&r.attributes)? else {
@@ -1328,7 +1200,7 @@ impl Storage for S3Storage {
     }
 
     async fn blob_bytes(&self, digest: &Digest) -> Result<Option<Bytes>> {
-        let Some(r) = self.get_opt(&blob_rel(digest)).await? else {
+        let Some(r) = self.get_opt(&LAYOUT.blob(digest)).await? else {
             return Ok(None);
         };
         let key = match Self::pointer_of(&r.attributes)? {
@@ -1360,7 +1232,7 @@ impl Storage for S3Storage {
     async fn blob_linked(&self, repository: &str, digest: &Digest) -> Result<bool> {
         // The link alone: collection removes a blob only after its last link,
         // so a link implies the blob (one HEAD instead of two).
-        self.exists(&layer_rel(repository, digest)).await
+        self.exists(&LAYOUT.layer_link(repository, digest)).await
     }
 
     async fn link_blob(&self, repository: &str, digest: &Digest) -> Result<()> {
@@ -1368,16 +1240,17 @@ impl Storage for S3Storage {
         if self.locate(digest).await?.is_none() {
             return Err(StorageError::BlobUnknown);
         }
-        self.put(&layer_rel(repository, digest), Bytes::new()).await
+        self.put(&LAYOUT.layer_link(repository, digest), Bytes::new())
+            .await
     }
 
     async fn unlink_blob(&self, repository: &str, digest: &Digest) -> Result<bool> {
-        let rel = layer_rel(repository, digest);
+        let rel = LAYOUT.layer_link(repository, digest);
         if !self.exists(&rel).await? {
             return Ok(false);
         }
         self.delete(&rel).await?;
-        self.keep_repository(repository, "_layers").await?;
+        self.keep_repository(repository, LinkKind::Layer).await?;
         Ok(true)
     }
 
@@ -1393,7 +1266,7 @@ impl Storage for S3Storage {
             tail: 0,
             tail_key: None,
         };
-        self.put(&state_rel(&id), json(&session)?).await?;
+        self.put(&LAYOUT.upload_state(&id), json(&session)?).await?;
         Ok(UploadStatus {
             id,
             repository: repository.to_string(),
@@ -1461,8 +1334,8 @@ impl Storage for S3Storage {
         let (_guard, session, _) = self.lock_session(repository, id).await?;
         self.drop_session(id, &session).await?;
         // Tails left by failed requests.
-        for item in self.list(&format!("uploads/{id}/")).await? {
-            self.delete(&item.rel).await?;
+        for item in self.list(&format!("{}/", LAYOUT.upload(id))).await? {
+            self.delete(&item.key).await?;
         }
         Ok(())
     }
@@ -1471,19 +1344,15 @@ impl Storage for S3Storage {
         let cutoff = SystemTime::now().checked_sub(max_age).unwrap_or(UNIX_EPOCH);
         // Sessions are judged by their last write: a long chunked upload
         // that is still moving is not abandoned.
-        let mut by_id: HashMap<String, Vec<Listed>> = HashMap::new();
-        for item in self.list("uploads/").await? {
-            let id = item
-                .rel
-                .strip_prefix("uploads/")
-                .and_then(|r| r.split('/').next())
-                .unwrap_or_default()
-                .to_string();
+        let mut by_id: HashMap<String, Vec<Stored>> = HashMap::new();
+        for item in self.list(UPLOADS).await? {
+            let id = LAYOUT.upload_of(&item.key).to_string();
             by_id.entry(id).or_default().push(item);
         }
         let mut purged = 0;
         for (id, items) in by_id {
-            let state = items.iter().find(|i| i.rel.ends_with("/state"));
+            let state_key = LAYOUT.upload_state(&id);
+            let state = items.iter().find(|i| i.key == state_key);
             let newest = items.iter().map(|i| i.modified).max().unwrap_or(UNIX_EPOCH);
             let stale = match state {
                 Some(state) => state.modified < cutoff,
@@ -1493,22 +1362,22 @@ impl Storage for S3Storage {
                 continue;
             }
             if state.is_some() {
-                if let Some((raw, _)) = self.get_bytes(&state_rel(&id)).await? {
+                if let Some((raw, _)) = self.get_bytes(&LAYOUT.upload_state(&id)).await? {
                     if let Ok(session) = serde_json::from_slice::<Session>(&raw) {
                         if let Some(mp) = &session.multipart {
                             let _ = self
                                 .store
-                                .abort_multipart(&self.path(&data_rel(&id)), mp)
+                                .abort_multipart(&self.path(&LAYOUT.upload_data(&id)), mp)
                                 .await;
                         }
                     }
                 }
                 purged += 1;
             }
-            for item in items.iter().filter(|i| !i.rel.ends_with("/state")) {
-                self.delete(&item.rel).await?;
+            for item in items.iter().filter(|i| i.key != state_key) {
+                self.delete(&item.key).await?;
             }
-            self.delete(&state_rel(&id)).await?;
+            self.delete(&LAYOUT.upload_state(&id)).await?;
         }
         Ok(purged)
     }
@@ -1526,8 +1395,10 @@ impl Storage for S3Storage {
         // link that protects it, so no collection of this process runs in
         // between (one HEAD per reference, all at once).
         let checks = meta.references.iter().flatten().map(|needed| async move {
-            let linked = self.exists(&layer_rel(repository, needed)).await?
-                || self.exists(&manifest_rel(repository, needed)).await?;
+            let linked = self.exists(&LAYOUT.layer_link(repository, needed)).await?
+                || self
+                    .exists(&LAYOUT.manifest_link(repository, needed))
+                    .await?;
             Ok::<_, StorageError>((linked, needed))
         });
         for (linked, needed) in futures::future::try_join_all(checks).await? {
@@ -1538,8 +1409,8 @@ impl Storage for S3Storage {
         // Order matters: bytes, the link that makes them visible, then the
         // referrer entry and the tag that point at it.
         let size = bytes.len() as u64;
-        self.put(&blob_rel(digest), bytes).await?;
-        self.put(&manifest_rel(repository, digest), json(meta)?)
+        self.put(&LAYOUT.blob(digest), bytes).await?;
+        self.put(&LAYOUT.manifest_link(repository, digest), json(meta)?)
             .await?;
         if let Some(subject) = &meta.subject {
             let descriptor = Descriptor {
@@ -1557,7 +1428,7 @@ impl Storage for S3Storage {
         }
         if let Some(tag) = tag {
             // An S3 PUT is atomic: racing tag writes end with one whole value.
-            self.put(&tag_rel(repository, tag), tag_content(tag, digest))
+            self.put(&LAYOUT.tag(repository, tag), tag_content(tag, digest))
                 .await?;
         }
         Ok(())
@@ -1568,7 +1439,7 @@ impl Storage for S3Storage {
         repository: &str,
         digest: &Digest,
     ) -> Result<Option<ManifestMeta>> {
-        let rel = manifest_rel(repository, digest);
+        let rel = LAYOUT.manifest_link(repository, digest);
         let Some((raw, _)) = self.get_bytes(&rel).await? else {
             return Ok(None);
         };
@@ -1600,9 +1471,9 @@ impl Storage for S3Storage {
             if item.size == 0 {
                 continue;
             }
-            if let Some((raw, e_tag)) = self.get_bytes(&item.rel).await? {
+            if let Some((raw, e_tag)) = self.get_bytes(&item.key).await? {
                 if matches!(parse_tag(&raw), Some((Ok(d), _)) if &d == digest) {
-                    self.tombstone_tag(&item.rel, e_tag).await?;
+                    self.tombstone_tag(&item.key, e_tag).await?;
                 }
             }
         }
@@ -1612,13 +1483,14 @@ impl Storage for S3Storage {
             })
             .await?;
         }
-        self.delete(&manifest_rel(repository, digest)).await?;
-        self.keep_repository(repository, "_manifests").await?;
+        self.delete(&LAYOUT.manifest_link(repository, digest))
+            .await?;
+        self.keep_repository(repository, LinkKind::Manifest).await?;
         Ok(true)
     }
 
     async fn tag_resolve(&self, repository: &str, tag: &str) -> Result<Option<Digest>> {
-        let rel = tag_rel(repository, tag);
+        let rel = LAYOUT.tag(repository, tag);
         let Some((raw, _)) = self.get_bytes(&rel).await? else {
             return Ok(None);
         };
@@ -1630,7 +1502,7 @@ impl Storage for S3Storage {
     }
 
     async fn tag_delete(&self, repository: &str, tag: &str) -> Result<bool> {
-        let rel = tag_rel(repository, tag);
+        let rel = LAYOUT.tag(repository, tag);
         for _ in 0..TAG_RETRIES {
             let Some((raw, e_tag)) = self.get_bytes(&rel).await? else {
                 return Ok(false);
@@ -1651,7 +1523,7 @@ impl Storage for S3Storage {
     async fn tags(&self, repository: &str) -> Result<Option<Vec<String>>> {
         let objects = self.tag_objects(repository).await?;
         if objects.is_empty() {
-            let repo = self.path(&format!("{}/", repo_rel(repository)));
+            let repo = self.path(&format!("{}/", LAYOUT.repository(repository)));
             let listing = self
                 .store
                 .list_with_delimiter(Some(&repo))
@@ -1659,7 +1531,7 @@ impl Storage for S3Storage {
                 .map_err(s3_error)?;
             let exists = listing.common_prefixes.iter().any(|p| {
                 p.filename()
-                    .is_some_and(|name| name == "_layers" || name == "_manifests")
+                    .is_some_and(|name| LinkKind::ALL.iter().any(|k| name == k.folder()))
             });
             return Ok(exists.then(Vec::new));
         }
@@ -1673,7 +1545,7 @@ impl Storage for S3Storage {
                 continue;
             }
             // A long tag under a hashed name: the tag is inside.
-            if let Some((raw, _)) = self.get_bytes(&item.rel).await? {
+            if let Some((raw, _)) = self.get_bytes(&item.key).await? {
                 if let Some((_, Some(tag))) = parse_tag(&raw) {
                     tags.push(tag);
                 }
@@ -1684,7 +1556,7 @@ impl Storage for S3Storage {
     }
 
     async fn referrers(&self, repository: &str, subject: &Digest) -> Result<Vec<Descriptor>> {
-        let rel = referrers_rel(repository, subject);
+        let rel = LAYOUT.referrers(repository, subject);
         let mut out: Vec<Descriptor> = match self.get_bytes(&rel).await? {
             Some((raw, _)) => serde_json::from_slice(&raw)
                 .map_err(|e| StorageError::Corrupt(format!("{rel}: {e}")))?,
@@ -1701,9 +1573,9 @@ impl Storage for S3Storage {
         let mut stack = vec![String::new()];
         while let Some(repo) = stack.pop() {
             let dir = if repo.is_empty() {
-                "repositories/".to_string()
+                REPOSITORIES.to_string()
             } else {
-                format!("repositories/{repo}/")
+                format!("{}/", LAYOUT.repository(&repo))
             };
             let listing = self
                 .store
@@ -1713,7 +1585,7 @@ impl Storage for S3Storage {
             for p in &listing.common_prefixes {
                 let Some(name) = p.filename() else { continue };
                 if name.starts_with('_') {
-                    if !repo.is_empty() && (name == "_layers" || name == "_manifests") {
+                    if !repo.is_empty() && LinkKind::ALL.iter().any(|k| name == k.folder()) {
                         out.insert(repo.clone());
                     }
                 } else if repo.is_empty() {
@@ -1733,9 +1605,8 @@ impl Storage for S3Storage {
 }
 
 impl S3Storage {
-    /// Mark and sweep; `after_mark` runs between choosing the candidates and
-    /// looking at the links once more (a no-op but for tests, which link a
-    /// candidate from another replica there).
+    /// Collect garbage; `after_mark` runs between choosing the candidates
+    /// and looking at the links once more (see [`gc::collect`]).
     async fn collect_garbage_pausing(
         &self,
         grace: Duration,
@@ -1743,118 +1614,44 @@ impl S3Storage {
         after_mark: impl std::future::Future<Output = ()>,
     ) -> Result<GcReport> {
         let _exclusive = self.gc_lock.write().await;
-        let cutoff = SystemTime::now().checked_sub(grace).unwrap_or(UNIX_EPOCH);
-        let mut report = GcReport::default();
+        gc::collect(self, grace, dry_run, after_mark).await
+    }
+}
 
-        // Mark: every manifest of every repository and what it references.
-        let links = self.all_links().await?;
-        let mut needed: HashMap<String, Option<HashSet<Digest>>> = HashMap::new();
-        let mut live: HashSet<Digest> = HashSet::new();
-        for (repo, kind, digest, item) in &links {
-            if *kind != "_manifests" {
-                continue;
-            }
-            let entry = needed
-                .entry(repo.clone())
-                .or_insert_with(|| Some(HashSet::new()));
-            let Some((raw, _)) = self.get_bytes(&item.rel).await? else {
-                continue; // deleted meanwhile
-            };
-            let meta: ManifestMeta = serde_json::from_slice(&raw)
-                .map_err(|e| StorageError::Corrupt(format!("{}: {e}", item.rel)))?;
-            match (entry.as_mut(), meta.references) {
-                (Some(set), Some(refs)) => set.extend(refs),
-                _ => *entry = None, // unknown references: keep every link
-            }
-            live.insert(digest.clone());
+#[async_trait]
+impl GcStore for S3Storage {
+    fn layout(&self) -> Layout {
+        LAYOUT
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Stored>> {
+        S3Storage::list(self, prefix).await
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<Bytes>> {
+        Ok(self.get_bytes(key).await?.map(|(bytes, _)| bytes))
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        S3Storage::delete(self, key).await
+    }
+
+    /// Empty objects are pointers (or the empty blob): read where they point.
+    async fn blob_bytes_of(&self, blob: &Stored) -> Result<BlobBytes> {
+        if blob.size != 0 {
+            return Ok(BlobBytes::Inline);
         }
-        // Sweep the links nobody needs.
-        let mut swept: HashSet<(String, SystemTime)> = HashSet::new();
-        for (repo, kind, digest, item) in &links {
-            if *kind != "_layers" {
-                continue;
-            }
-            let needed_here = match needed.get(repo) {
-                Some(Some(set)) => set.contains(digest),
-                Some(None) => true,
-                None => false,
-            };
-            if needed_here || item.modified >= cutoff {
-                live.insert(digest.clone());
-            } else {
-                swept.insert((item.rel.clone(), item.modified));
-                if !dry_run {
-                    self.delete(&item.rel).await?;
-                }
-                report.links_removed += 1;
-            }
-        }
-        // Blobs no repository links to.
-        let mut candidates = Vec::new();
-        let mut pointed: HashSet<String> = HashSet::new();
-        for item in self.list("blobs/").await? {
-            let Some(digest) = item.rel.strip_prefix("blobs/").and_then(digest_from_tail) else {
-                continue;
-            };
-            // Empty objects are pointers (or the empty blob): read where they point.
-            let pointer = if item.size == 0 {
-                match self.head_opt(&item.rel).await? {
-                    Some(head) => Self::pointer_of(&head.attributes)?,
-                    None => continue,
-                }
-            } else {
-                None
-            };
-            if live.contains(&digest) || item.modified >= cutoff {
-                if let Some((key, _)) = pointer {
-                    pointed.insert(key);
-                }
-                continue;
-            }
-            candidates.push((digest, item, pointer));
-        }
-        after_mark.await;
-        // Another replica may have linked a candidate since the mark (this
-        // process's writes are excluded by the lock, other processes' are
-        // not): look at the links once more, right before deleting.
-        if !candidates.is_empty() {
-            let linked_now: HashSet<Digest> = self
-                .all_links()
-                .await?
-                .into_iter()
-                .filter(|(_, _, _, item)| !swept.contains(&(item.rel.clone(), item.modified)))
-                .map(|(_, _, d, _)| d)
-                .collect();
-            candidates.retain(|(digest, _, pointer)| {
-                let keep = linked_now.contains(digest);
-                if let (true, Some((key, _))) = (keep, pointer) {
-                    pointed.insert(key.clone());
-                }
-                !keep
-            });
-        }
-        for (digest, item, pointer) in candidates {
-            let size = pointer.as_ref().map(|(_, s)| *s).unwrap_or(item.size);
-            if !dry_run {
-                self.delete(&item.rel).await?;
-                if let Some((key, _)) = &pointer {
-                    self.delete(key).await?;
-                }
-                self.forget_pointer(&digest);
-            }
-            report.blobs_removed += 1;
-            report.bytes_freed += size;
-        }
-        // Data objects no pointer names: re-pushes of a big blob, or uploads
-        // that completed but died before writing their pointer.
-        if !dry_run {
-            for item in self.list("data/").await? {
-                if !pointed.contains(&item.rel) && item.modified < cutoff {
-                    self.delete(&item.rel).await?;
-                }
-            }
-        }
-        Ok(report)
+        let Some(head) = self.head_opt(&blob.key).await? else {
+            return Ok(BlobBytes::Gone);
+        };
+        Ok(match Self::pointer_of(&head.attributes)? {
+            Some((key, size)) => BlobBytes::At { key, size },
+            None => BlobBytes::Inline,
+        })
+    }
+
+    fn forget_blob(&self, digest: &Digest) {
+        self.forget_pointer(digest);
     }
 }
 
@@ -2168,7 +1965,7 @@ mod tests {
             .await
             .expect("tag v1");
         // Replica one reads the tag to delete it ...
-        let rel = tag_rel("r", "latest");
+        let rel = LAYOUT.tag("r", "latest");
         let (_, read_version) = one.get_bytes(&rel).await.expect("get").expect("tag");
         // ... replica two re-tags meanwhile ...
         two.manifest_put("r", &d2, v2, &meta, Some("latest"))
@@ -2364,7 +2161,7 @@ mod tests {
         assert_eq!(data_objects.len(), 1);
         assert_eq!(data_objects[0].size, size);
         let pointer = a
-            .head_opt(&blob_rel(&digest))
+            .head_opt(&LAYOUT.blob(&digest))
             .await
             .expect("head")
             .expect("pointer");
