@@ -87,29 +87,30 @@ impl FsStorage {
     }
 }
 
+/// The files under a root, as garbage collection sees them. Its operations
+/// block: a collection runs on one blocking thread (see
+/// [`FsStorage::collect_garbage`]).
+struct RootFiles {
+    root: PathBuf,
+}
+
 #[async_trait]
-impl GcStore for FsStorage {
+impl GcStore for RootFiles {
     fn layout(&self) -> Layout {
         LAYOUT
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Stored>> {
-        let (root, prefix) = (self.root.clone(), prefix.to_string());
-        blocking(move || Ok(list_files(&root, &prefix)?)).await
+        Ok(list_files(&self.root, prefix)?)
     }
 
     async fn read(&self, key: &str) -> Result<Option<Bytes>> {
-        let path = self.root.join(key);
-        blocking(move || Ok(not_found_as_none(fs::read(path))?.map(Bytes::from))).await
+        Ok(not_found_as_none(fs::read(self.root.join(key)))?.map(Bytes::from))
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        let path = self.root.join(key);
-        blocking(move || {
-            remove_if_present(&path)?;
-            Ok(())
-        })
-        .await
+        remove_if_present(&self.root.join(key))?;
+        Ok(())
     }
 }
 
@@ -320,9 +321,20 @@ impl Storage for FsStorage {
         .await
     }
 
+    /// On one blocking thread, as one run of file operations: a hop to the
+    /// blocking pool for each of them made a collection many times slower,
+    /// and it holds the lock that excludes pushes all along.
     async fn collect_garbage(&self, grace: std::time::Duration, dry_run: bool) -> Result<GcReport> {
-        let _exclusive = self.gc_lock.write().await;
-        gc::collect(self, grace, dry_run, std::future::ready(())).await
+        let files = RootFiles {
+            root: self.root.clone(),
+        };
+        let gc_lock = self.gc_lock.clone();
+        let runtime = tokio::runtime::Handle::current();
+        blocking(move || {
+            let _exclusive = gc_lock.blocking_write();
+            runtime.block_on(gc::collect(&files, grace, dry_run, std::future::ready(())))
+        })
+        .await
     }
 
     async fn manifest_put(
