@@ -464,4 +464,10 @@ mod tests {
     async fn shared_suite() {
         crate::testsuite::run_all(&super::MemoryStorage::new()).await;
     }
+
+    #[tokio::test]
+    async fn a_blob_relinked_during_a_collection_is_kept() {
+        let storage = super::MemoryStorage::new();
+        crate::gc::scenarios::a_blob_relinked_during_a_collection_is_kept(&storage, &storage).await;
+    }
 }

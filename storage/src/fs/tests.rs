@@ -20,6 +20,15 @@ async fn shared_suite() {
 }
 
 #[tokio::test]
+async fn a_blob_relinked_during_a_collection_is_kept() {
+    let (_dir, storage) = open();
+    let files = RootFiles {
+        root: storage.root().to_path_buf(),
+    };
+    crate::gc::scenarios::a_blob_relinked_during_a_collection_is_kept(&files, &storage).await;
+}
+
+#[tokio::test]
 async fn uploads_and_tags_survive_reopen() {
     let (dir, storage) = open();
     let status = storage.upload_create("a/b").await.expect("create");
