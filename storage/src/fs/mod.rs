@@ -5,7 +5,7 @@
 //! file in place, truncating it back to the last checkpoint after a crash, and
 //! renaming the finished file into the blob store without copying it.
 //!
-//! The files under the root are named by [`crate::layout`] ([`Layout::Fs`]).
+//! The files under the root are named by `crate::layout` (`Layout::Fs`).
 //! Every file that has content is written to `tmp/`, fsynced and renamed into
 //! place, so a crash at any point leaves either the old or the new version,
 //! never a torn one.

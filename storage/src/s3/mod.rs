@@ -1,7 +1,6 @@
 //! S3 backend (any S3-compatible object store), over `object_store`.
 //!
-//! Keys under `s3://BUCKET/PREFIX` are named by [`crate::layout`]
-//! ([`Layout::S3`]).
+//! Keys under `s3://BUCKET/PREFIX` are named by `crate::layout` (`Layout::S3`).
 //!
 //! # Where a finished upload goes, and why
 //!
