@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 
 pub mod digest;
 pub mod fs;
+mod gc;
+mod layout;
 pub mod memory;
 pub mod names;
 pub mod s3;

@@ -1,14 +1,16 @@
 //! In-memory backend, for unit tests of the logic above storage.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::digest::Hasher;
+use crate::gc::{self, GcStore, Stored};
+use crate::layout::{Layout, LinkKind};
 use crate::{
     BlobRead, ByteRange, ByteStream, Descriptor, Digest, GcReport, ManifestMeta, Result, Storage,
     StorageError, UploadStatus,
@@ -17,13 +19,20 @@ use crate::{
 #[derive(Default)]
 pub struct MemoryStorage {
     state: Mutex<State>,
+    /// Held for reading by every write that links a blob, for writing by
+    /// garbage collection, which reads and deletes one key at a time.
+    gc_lock: tokio::sync::RwLock<()>,
 }
+
+/// Keys are spelled as on a filesystem (any spelling would do: they are
+/// only how garbage collection names what it finds).
+const LAYOUT: Layout = Layout::Fs;
 
 #[derive(Default)]
 struct State {
     blobs: HashMap<Digest, Bytes>,
     /// When each blob was last stored or reused, for the GC grace period.
-    blob_touched: HashMap<Digest, Instant>,
+    blob_touched: HashMap<Digest, SystemTime>,
     repos: BTreeMap<String, Repo>,
     uploads: HashMap<String, Upload>,
 }
@@ -31,7 +40,7 @@ struct State {
 #[derive(Default)]
 struct Repo {
     /// Linked blobs, with when they were linked.
-    layers: BTreeMap<Digest, Instant>,
+    layers: BTreeMap<Digest, SystemTime>,
     manifests: HashMap<Digest, ManifestMeta>,
     tags: BTreeMap<String, Digest>,
 }
@@ -65,11 +74,104 @@ async fn drain(mut data: ByteStream, into: &mut Vec<u8>) -> Option<std::io::Erro
 }
 
 impl State {
+    /// Every object, keyed as the [`LAYOUT`] spells it: blobs, layer links
+    /// and manifest links (manifests carry no time: they are never swept).
+    fn objects(&self) -> Vec<Stored> {
+        let mut out = Vec::new();
+        for (digest, bytes) in &self.blobs {
+            out.push(Stored {
+                key: LAYOUT.blob(digest),
+                size: bytes.len() as u64,
+                // Never touched: as old as can be.
+                modified: self.blob_touched.get(digest).copied().unwrap_or(UNIX_EPOCH),
+            });
+        }
+        for (name, repo) in &self.repos {
+            for (digest, linked) in &repo.layers {
+                out.push(Stored {
+                    key: LAYOUT.layer_link(name, digest),
+                    size: 0,
+                    modified: *linked,
+                });
+            }
+            for digest in repo.manifests.keys() {
+                out.push(Stored {
+                    key: LAYOUT.manifest_link(name, digest),
+                    size: 0,
+                    modified: SystemTime::now(),
+                });
+            }
+        }
+        out
+    }
+
     fn upload(&mut self, repository: &str, id: &str) -> Result<&mut Upload> {
         match self.uploads.get_mut(id) {
             Some(u) if u.repository == repository => Ok(u),
             _ => Err(StorageError::UploadUnknown),
         }
+    }
+}
+
+/// Garbage collection sees the state as the keys of a storage layout.
+#[async_trait]
+impl GcStore for MemoryStorage {
+    fn layout(&self) -> Layout {
+        LAYOUT
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Stored>> {
+        let mut objects = self.with(|s| s.objects());
+        objects.retain(|o| o.key.starts_with(prefix));
+        Ok(objects)
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<Bytes>> {
+        if let Some(digest) = LAYOUT.parse_blob(key) {
+            return Ok(self.with(|s| s.blobs.get(&digest).cloned()));
+        }
+        let Some(link) = LAYOUT.parse_link(key) else {
+            return Ok(None);
+        };
+        // Outer `None`: no such link; inner `None`: a layer link, empty.
+        let found = self.with(|s| {
+            let repo = s.repos.get(&link.repository)?;
+            match link.kind {
+                LinkKind::Layer => repo.layers.contains_key(&link.digest).then_some(None),
+                LinkKind::Manifest => repo.manifests.get(&link.digest).cloned().map(Some),
+            }
+        });
+        Ok(match found {
+            None => None,
+            Some(None) => Some(Bytes::new()),
+            Some(Some(meta)) => Some(Bytes::from(
+                serde_json::to_vec(&meta).map_err(std::io::Error::other)?,
+            )),
+        })
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        if let Some(digest) = LAYOUT.parse_blob(key) {
+            self.with(|s| {
+                s.blobs.remove(&digest);
+                s.blob_touched.remove(&digest);
+            });
+        } else if let Some(link) = LAYOUT.parse_link(key) {
+            self.with(|s| {
+                let Some(repo) = s.repos.get_mut(&link.repository) else {
+                    return;
+                };
+                match link.kind {
+                    LinkKind::Layer => {
+                        repo.layers.remove(&link.digest);
+                    }
+                    LinkKind::Manifest => {
+                        repo.manifests.remove(&link.digest);
+                    }
+                }
+            });
+        }
+        Ok(())
     }
 }
 
@@ -116,13 +218,14 @@ impl Storage for MemoryStorage {
     }
 
     async fn link_blob(&self, repository: &str, digest: &Digest) -> Result<()> {
+        let _no_gc = self.gc_lock.read().await;
         self.with(|s| {
             if !s.blobs.contains_key(digest) {
                 return Err(StorageError::BlobUnknown);
             }
-            s.blob_touched.insert(digest.clone(), Instant::now());
+            s.blob_touched.insert(digest.clone(), SystemTime::now());
             let repo = s.repos.entry(repository.to_string()).or_default();
-            repo.layers.insert(digest.clone(), Instant::now());
+            repo.layers.insert(digest.clone(), SystemTime::now());
             Ok(())
         })
     }
@@ -209,6 +312,7 @@ impl Storage for MemoryStorage {
         if let Some(data) = data {
             self.upload_append(repository, id, None, data).await?;
         }
+        let _no_gc = self.gc_lock.read().await;
         self.with(|s| {
             s.upload(repository, id)?;
             let upload = s.uploads.remove(id).ok_or(StorageError::UploadUnknown)?;
@@ -223,9 +327,9 @@ impl Storage for MemoryStorage {
             }
             let size = upload.data.len() as u64;
             s.blobs.insert(digest.clone(), Bytes::from(upload.data));
-            s.blob_touched.insert(digest.clone(), Instant::now());
+            s.blob_touched.insert(digest.clone(), SystemTime::now());
             let repo = s.repos.entry(repository.to_string()).or_default();
-            repo.layers.insert(digest.clone(), Instant::now());
+            repo.layers.insert(digest.clone(), SystemTime::now());
             Ok(size)
         })
     }
@@ -247,43 +351,8 @@ impl Storage for MemoryStorage {
     }
 
     async fn collect_garbage(&self, grace: Duration, dry_run: bool) -> Result<GcReport> {
-        Ok(self.with(|s| {
-            let old = |t: &Instant| t.elapsed() > grace;
-            let mut report = GcReport::default();
-            let mut live = HashSet::new();
-            for repo in s.repos.values_mut() {
-                let needed: Option<HashSet<Digest>> = repo
-                    .manifests
-                    .values()
-                    .map(|m| m.references.clone())
-                    .collect::<Option<Vec<_>>>()
-                    .map(|refs| refs.into_iter().flatten().collect());
-                live.extend(repo.manifests.keys().cloned());
-                repo.layers.retain(|d, linked| {
-                    let keep = needed.as_ref().is_none_or(|n| n.contains(d)) || !old(linked);
-                    if keep {
-                        live.insert(d.clone());
-                    } else {
-                        report.links_removed += 1;
-                    }
-                    keep || dry_run
-                });
-            }
-            let State {
-                blobs,
-                blob_touched,
-                ..
-            } = s;
-            blobs.retain(|d, bytes| {
-                let keep = live.contains(d) || blob_touched.get(d).is_some_and(|t| !old(t));
-                if !keep {
-                    report.blobs_removed += 1;
-                    report.bytes_freed += bytes.len() as u64;
-                }
-                keep || dry_run
-            });
-            report
-        }))
+        let _exclusive = self.gc_lock.write().await;
+        gc::collect(self, grace, dry_run, std::future::ready(())).await
     }
 
     async fn manifest_put(
@@ -294,6 +363,7 @@ impl Storage for MemoryStorage {
         meta: &ManifestMeta,
         tag: Option<&str>,
     ) -> Result<()> {
+        let _no_gc = self.gc_lock.read().await;
         self.with(|s| {
             let repo = s.repos.get(repository);
             for needed in meta.references.iter().flatten() {
@@ -305,7 +375,7 @@ impl Storage for MemoryStorage {
                 }
             }
             s.blobs.entry(digest.clone()).or_insert(bytes);
-            s.blob_touched.insert(digest.clone(), Instant::now());
+            s.blob_touched.insert(digest.clone(), SystemTime::now());
             let repo = s.repos.entry(repository.to_string()).or_default();
             repo.manifests.insert(digest.clone(), meta.clone());
             if let Some(tag) = tag {
@@ -393,5 +463,11 @@ mod tests {
     #[tokio::test]
     async fn shared_suite() {
         crate::testsuite::run_all(&super::MemoryStorage::new()).await;
+    }
+
+    #[tokio::test]
+    async fn a_blob_relinked_during_a_collection_is_kept() {
+        let storage = super::MemoryStorage::new();
+        crate::gc::scenarios::a_blob_relinked_during_a_collection_is_kept(&storage, &storage).await;
     }
 }
