@@ -60,6 +60,9 @@ async fn collect_garbage_periodically(
     read_only: ReadOnly,
 ) {
     let mut ticks = tokio::time::interval(every);
+    // A collection that outlasts the interval (a big bucket, a loaded machine) is followed by
+    // a whole interval, not by the ticks it missed run back to back.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await; // the first tick is immediate: wait one interval first
     loop {
         ticks.tick().await;

@@ -106,8 +106,14 @@ mod tests {
             assert!(seen.insert(c.id), "duplicate id {}", c.id);
             let group = c.id.split('.').next().unwrap_or_default();
             assert!(
-                ["base", "push", "pull", "discovery", "management"].contains(&group),
+                ["base", "push", "pull", "discovery", "management", "next"].contains(&group),
                 "bad group in {}",
+                c.id
+            );
+            assert_eq!(
+                group == "next",
+                c.level == Level::Next,
+                "{}: the next. group is exactly the NEXT level",
                 c.id
             );
             assert!(!c.about.is_empty());
