@@ -1,7 +1,7 @@
 //! Prometheus metrics of a real `berth serve`: the exposition checked by Debian's `promtool`,
 //! scraped by a real `prometheus` server on loopback, counters that follow a push and a pull,
 //! `/metrics` behind a login or the `[metrics] token`, its own listener (`[metrics] addr`) and
-//! rate-limited requests counted, and `enabled = false`.
+//! rate-limited requests counted, `enabled = false`, and the periodic GC and process_* series.
 
 mod common;
 
@@ -305,5 +305,81 @@ async fn own_listener_counts_rate_limited_requests_and_can_be_off() {
         e.stderr.contains("unknown field `enable`"),
         "names the unknown key: {}",
         e.stderr
+    );
+}
+
+/// The server's periodic garbage collection is counted (runs by result, duration, what it
+/// removed: the blobs of a deleted image), and the standard process_* series are there:
+/// all of it passes promtool.
+#[tokio::test]
+async fn garbage_collections_and_the_process_are_measured() {
+    if !require_tool("promtool") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start_berth_with_config(
+        dir.path(),
+        "gc_interval = \"100ms\"\ngc_grace = \"0s\"\n[metrics]\nenabled = true\n",
+        false,
+    );
+    let c = client();
+    let base = server.url();
+    let (digest, _, _) = push_tiny_image(&c, &base, "gc/app", "v1").await;
+    let resp = c
+        .delete(format!("{base}/v2/gc/app/manifests/{digest}"))
+        .send()
+        .await
+        .expect("DELETE manifest");
+    assert_eq!(resp.status().as_u16(), 202);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let (status, text) = get_metrics(&c, &format!("{base}/metrics"), None).await;
+        assert_eq!(status, 200, "{text}");
+        if sample(&text, "berth_gc_blobs_removed_total").unwrap_or(0.0) >= 2.0 {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no collection removed the deleted image's blobs:\n{text}\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    promtool_check(&text);
+    assert!(sample(&text, r#"berth_gc_runs_total{result="ok"}"#).unwrap_or(0.0) >= 1.0);
+    assert_eq!(
+        sample(&text, r#"berth_gc_runs_total{result="error"}"#),
+        None
+    );
+    assert!(sample(&text, "berth_gc_duration_seconds_count").unwrap_or(0.0) >= 1.0);
+    assert!(sample(&text, "berth_gc_freed_bytes_total").unwrap_or(0.0) > 0.0);
+    let pid = server.pid().expect("berth serve runs");
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let rss_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS");
+    let rss = sample(&text, "process_resident_memory_bytes").expect("process RSS");
+    assert!(
+        rss > 1e6 && (rss / (rss_kib * 1024.0) - 1.0).abs() < 0.5,
+        "process_resident_memory_bytes {rss} against VmRSS {rss_kib} KiB"
+    );
+    assert!(
+        sample(&text, "process_open_fds").unwrap_or(0.0) >= 3.0,
+        "{text}"
+    );
+    assert!(
+        sample(&text, "process_max_fds").unwrap_or(0.0) >= 1024.0,
+        "{text}"
+    );
+    assert!(
+        sample(&text, "process_cpu_seconds_total").is_some(),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "process_start_time_seconds").unwrap_or(0.0) > 1.7e9,
+        "{text}"
     );
 }

@@ -27,6 +27,7 @@ pub mod manifest;
 mod manifests;
 pub mod metrics;
 pub mod ops;
+pub mod process_metrics;
 pub mod quota;
 pub mod route;
 mod uploads;

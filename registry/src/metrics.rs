@@ -1,13 +1,15 @@
 //! Prometheus metrics (`prometheus-client`): requests by route kind, method
 //! and status class, latency, bytes in and out, uploads in progress, auth
-//! failures and rate-limited requests. Recorded by a layer beside the request
-//! log; exposed at `/metrics` on the main listener or on one of its own.
+//! failures, rate-limited requests, garbage collections, and the standard
+//! `process_*` series. Recorded by a layer beside the request log (GC by the
+//! server's housekeeping); exposed at `/metrics` on the main listener or on
+//! one of its own.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -38,6 +40,11 @@ struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -55,6 +62,7 @@ struct Inner {
     uploads: Gauge,
     auth_failures: Family<ReasonLabels, Counter>,
     rate_limited: Counter,
+    gc: GcMetrics,
     /// `[metrics] token`: a Bearer token that may read `/metrics`.
     token: Option<String>,
 }
@@ -64,9 +72,63 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.5, 13))
 }
 
+/// The server's periodic garbage collections.
+struct GcMetrics {
+    runs: Family<ResultLabels, Counter>,
+    duration: Histogram,
+    links_removed: Counter,
+    blobs_removed: Counter,
+    bytes_freed: Counter,
+}
+
+impl GcMetrics {
+    fn register(registry: &mut PromRegistry) -> GcMetrics {
+        use prometheus_client::registry::Unit;
+        let gc = GcMetrics {
+            runs: Family::default(),
+            // 1 ms to ~17 min (4^10 ms): a small folder to a big bucket.
+            duration: Histogram::new(exponential_buckets(0.001, 4.0, 11)),
+            links_removed: Counter::default(),
+            blobs_removed: Counter::default(),
+            bytes_freed: Counter::default(),
+        };
+        registry.register(
+            "gc_runs",
+            "Garbage collections run by the server, by result (ok or error)",
+            gc.runs.clone(),
+        );
+        registry.register_with_unit(
+            "gc_duration",
+            "Time each garbage collection took",
+            Unit::Seconds,
+            gc.duration.clone(),
+        );
+        registry.register(
+            "gc_links_removed",
+            "Repository links to blobs no manifest needs, removed by garbage collection",
+            gc.links_removed.clone(),
+        );
+        registry.register(
+            "gc_blobs_removed",
+            "Blobs no repository links to, removed by garbage collection",
+            gc.blobs_removed.clone(),
+        );
+        registry.register_with_unit(
+            "gc_freed",
+            "Blob bytes freed by garbage collection",
+            Unit::Bytes,
+            gc.bytes_freed.clone(),
+        );
+        gc
+    }
+}
+
 impl Metrics {
     pub fn new(token: Option<String>) -> Metrics {
-        let mut registry = PromRegistry::with_prefix("berth");
+        // The standard process_* names unprefixed on the root; Berth's own under berth_.
+        let mut root = PromRegistry::default();
+        root.register_collector(Box::new(crate::process_metrics::ProcessCollector::default()));
+        let registry = root.sub_registry_with_prefix("berth");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "http_requests",
@@ -113,8 +175,9 @@ impl Metrics {
             "Requests answered 429 (rate limit or login backoff)",
             rate_limited.clone(),
         );
+        let gc = GcMetrics::register(registry);
         Metrics(Arc::new(Inner {
-            registry,
+            registry: root,
             requests,
             latency,
             received,
@@ -122,8 +185,25 @@ impl Metrics {
             uploads,
             auth_failures,
             rate_limited,
+            gc,
             token: token.filter(|t| !t.is_empty()),
         }))
+    }
+
+    /// One garbage collection by the server: how long it took and what it removed.
+    pub fn record_gc(&self, took: Duration, outcome: Result<&berth_storage::GcReport, ()>) {
+        let gc = &self.0.gc;
+        gc.duration.observe(took.as_secs_f64());
+        let result = match outcome {
+            Ok(report) => {
+                gc.links_removed.inc_by(report.links_removed);
+                gc.blobs_removed.inc_by(report.blobs_removed);
+                gc.bytes_freed.inc_by(report.bytes_freed);
+                "ok"
+            }
+            Err(()) => "error",
+        };
+        gc.runs.get_or_create(&ResultLabels { result }).inc();
     }
 
     /// The text exposition format.

@@ -5,13 +5,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_registry::metrics::Metrics;
 use berth_registry::ops::ReadOnly;
 
 use crate::config::Settings;
 
 /// Start the background tasks the settings ask for. While read-only (at start, or after a
 /// SIGHUP turned it on) the server's own deletions (expiry, GC) skip their turns.
-pub fn spawn(settings: &Settings, storage: Arc<dyn berth_storage::Storage>, read_only: ReadOnly) {
+pub fn spawn(
+    settings: &Settings,
+    storage: Arc<dyn berth_storage::Storage>,
+    read_only: ReadOnly,
+    metrics: Option<Metrics>,
+) {
     if settings.read_only {
         tracing::warn!("read-only mode: pulls work, every write is refused with 405; upload expiry and GC are off");
     }
@@ -26,6 +32,7 @@ pub fn spawn(settings: &Settings, storage: Arc<dyn berth_storage::Storage>, read
             every,
             settings.gc_grace,
             read_only,
+            metrics,
         ));
     }
 }
@@ -58,6 +65,7 @@ async fn collect_garbage_periodically(
     every: Duration,
     grace: Duration,
     read_only: ReadOnly,
+    metrics: Option<Metrics>,
 ) {
     let mut ticks = tokio::time::interval(every);
     // A collection that outlasts the interval (a big bucket, a loaded machine) is followed by
@@ -69,7 +77,12 @@ async fn collect_garbage_periodically(
         if read_only.is_on() {
             continue;
         }
-        match storage.collect_garbage(grace, false).await {
+        let started = std::time::Instant::now();
+        let outcome = storage.collect_garbage(grace, false).await;
+        if let Some(m) = &metrics {
+            m.record_gc(started.elapsed(), outcome.as_ref().map_err(|_| ()));
+        }
+        match outcome {
             Ok(r) => tracing::info!(
                 links = r.links_removed,
                 blobs = r.blobs_removed,

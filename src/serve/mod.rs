@@ -179,7 +179,12 @@ async fn run(
             format!("cannot reach the bucket of {}: check --s3-endpoint, the region and the AWS_* credentials", settings.storage)
         })?;
     }
-    housekeeping::spawn(&settings, opened.storage.clone(), read_only);
+    housekeeping::spawn(
+        &settings,
+        opened.storage.clone(),
+        read_only,
+        metrics.clone(),
+    );
     if let (Some(m), Some(addr)) = (metrics, &settings.metrics.addr) {
         serve_metrics_apart(m, addr).await?;
     }
