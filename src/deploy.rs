@@ -92,6 +92,11 @@ pub(crate) struct CommonArgs {
     /// Hosts worked on at once
     #[arg(long, default_value_t = 8)]
     parallel: usize,
+    /// Change N hosts (or N% of them) at a time, batch after batch in inventory order; a
+    /// batch with a failed host stops the rest, which stay as they were (not with --swarm:
+    /// Swarm's own update_config.parallelism applies there)
+    #[arg(long, value_name = "N|N%", value_parser = berth_deploy::run::Rolling::parse)]
+    rolling: Option<berth_deploy::run::Rolling>,
     /// Seconds a host may take to answer before it counts as unreachable
     #[arg(long, default_value = "10s", value_parser = crate::durations::seconds_or_duration)]
     connect_timeout: Duration,
@@ -263,6 +268,7 @@ pub(crate) fn options(common: &CommonArgs) -> RunOptions {
     RunOptions {
         parallel: common.parallel.max(1),
         connect_timeout: common.connect_timeout,
+        rolling: common.rolling,
         ..RunOptions::default()
     }
 }

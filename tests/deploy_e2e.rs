@@ -1322,3 +1322,84 @@ services:
     );
     assert!(container_id(&web).is_none());
 }
+
+/// `--rolling 1`: hosts change one at a time in inventory order; the first host is
+/// unreachable, so the batch fails and the second host is left as it was and reported as not
+/// deployed. Without `--rolling` the same inventory deploys the second host anyway.
+#[test]
+fn rolling_stops_after_a_failed_batch() {
+    if !require_tool("docker") {
+        return;
+    }
+    let server = Server::start();
+    let cli = BerthCli::new();
+    let app = unique("broll").replace('-', "_");
+    let repository = format!("deploy-e2e/{}", app.replace('_', "-"));
+    let registry = server.host();
+    let _cleanup = DockerCleanup::app(&app, vec![format!("{registry}/{repository}")]);
+    let rootfs = cli.path("rootfs.tar");
+    write_busybox_rootfs(&rootfs, false);
+    import_image(&cli, &rootfs, &format!("{registry}/{repository}:v1"), "1");
+    // Nothing listens on a port this test just closed: the first host refuses at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let inventory = cli.path("inventory");
+    fs::create_dir_all(&inventory).expect("mkdir inventory");
+    fs::write(
+        inventory.join("hosts.yml"),
+        format!(
+            "all:\n  hosts:\n    a-gone:\n      docker_host: tcp://127.0.0.1:{closed}\n    \
+             b-here:\n      docker_host: \"{}\"\n",
+            docker_host()
+        ),
+    )
+    .expect("write hosts.yml");
+    let app_path = cli.path("app.yml");
+    fs::write(
+        &app_path,
+        format!(
+            r#"name: {app}
+services:
+  web:
+    image: "{registry}/{repository}:v1"
+    command: [/bin/sh, -c, "trap 'exit 0' TERM; sleep 1000 & wait"]
+"#
+        ),
+    )
+    .expect("write app");
+    let web = format!("{app}_web_1");
+
+    let out = deploy(
+        &cli,
+        &app_path,
+        &inventory,
+        &["--rolling", "1", "--connect-timeout", "3s"],
+    );
+    assert!(!out.status.success(), "{}", out.describe());
+    assert!(
+        out.stdout
+            .contains("not deployed: --rolling stopped after batch 1"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        container_id(&web).is_none(),
+        "the host after the failed batch was changed:\n{}",
+        out.describe()
+    );
+
+    let out = deploy(&cli, &app_path, &inventory, &["--connect-timeout", "3s"]);
+    assert!(!out.status.success(), "a-gone is still unreachable");
+    assert!(
+        container_id(&web).is_some(),
+        "without --rolling the reachable host is deployed:\n{}",
+        out.describe()
+    );
+
+    let out = deploy(&cli, &app_path, &inventory, &["--rolling", "0"]);
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("--rolling"), "{}", out.describe());
+}

@@ -40,6 +40,43 @@ pub struct RunOptions {
     pub down: Option<bool>,
     /// `--timings`: report where each host's time went and its Engine API calls.
     pub timings: bool,
+    /// `--rolling N` / `N%`: hosts change in batches of this size, one batch after the
+    /// other, and a batch with a failed host stops the hosts after it.
+    pub rolling: Option<Rolling>,
+}
+
+/// How many hosts a rolling deploy changes at once (Kamal's boot limit, Ansible's `serial`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rolling {
+    Hosts(usize),
+    /// A share of the hosts deployed, rounded up (at least one host).
+    Percent(u8),
+}
+
+impl Rolling {
+    /// `3` or `25%`.
+    pub fn parse(text: &str) -> Result<Rolling, String> {
+        let bad = || format!("--rolling {text:?}: give a number of hosts (3) or a share (25%)");
+        if let Some(percent) = text.strip_suffix('%') {
+            return match percent.trim().parse::<u8>() {
+                Ok(p @ 1..=100) => Ok(Rolling::Percent(p)),
+                _ => Err(bad()),
+            };
+        }
+        match text.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(Rolling::Hosts(n)),
+            _ => Err(bad()),
+        }
+    }
+
+    /// Hosts per batch when `hosts` are deployed.
+    pub fn batch_size(self, hosts: usize) -> usize {
+        match self {
+            Rolling::Hosts(n) => n,
+            Rolling::Percent(p) => (hosts * usize::from(p)).div_ceil(100),
+        }
+        .max(1)
+    }
 }
 
 impl Default for RunOptions {
@@ -54,6 +91,7 @@ impl Default for RunOptions {
             known_digests: BTreeMap::new(),
             down: None,
             timings: false,
+            rolling: None,
         }
     }
 }
@@ -318,6 +356,69 @@ where
     hosts
 }
 
+/// Every host at once (up to `--parallel`), or in `--rolling` batches (not for `--check`).
+async fn all_or_rolling<F, Fut>(
+    desired: Vec<DesiredHost>,
+    options: &RunOptions,
+    on_event: &(dyn Fn(Event<'_>) + Send + Sync),
+    work: F,
+) -> Vec<HostReport>
+where
+    F: Fn(DesiredHost) -> Fut,
+    Fut: std::future::Future<Output = HostReport>,
+{
+    match options.rolling.filter(|_| !options.check) {
+        None => each_host(desired, options.parallel, on_event, work).await,
+        Some(rolling) => {
+            let size = rolling.batch_size(desired.len());
+            in_batches(desired, size, on_event, work).await
+        }
+    }
+}
+
+/// `--rolling`: `size` hosts at a time, batch after batch (in inventory order); once a batch
+/// has a failed host, the hosts after it are left as they are and reported as not deployed.
+async fn in_batches<F, Fut>(
+    desired: Vec<DesiredHost>,
+    size: usize,
+    on_event: &(dyn Fn(Event<'_>) + Send + Sync),
+    work: F,
+) -> Vec<HostReport>
+where
+    F: Fn(DesiredHost) -> Fut,
+    Fut: std::future::Future<Output = HostReport>,
+{
+    let mut reports = Vec::new();
+    let mut rest = desired.into_iter();
+    let mut failed_batch = None;
+    for batch in 1.. {
+        let hosts: Vec<DesiredHost> = rest.by_ref().take(size).collect();
+        if hosts.is_empty() {
+            break;
+        }
+        let done = each_host(hosts, size, on_event, &work).await;
+        let failed = done.iter().any(|r| !r.succeeded());
+        reports.extend(done);
+        if failed {
+            failed_batch = Some(batch);
+            break;
+        }
+    }
+    if let Some(batch) = failed_batch {
+        for host in rest {
+            let mut report = HostReport::new(&host);
+            report.error = Some(format!(
+                "not deployed: --rolling stopped after batch {batch}, where a host failed; the host is as it was"
+            ));
+            report.skipped = 1;
+            on_event(Event::Finished(&report));
+            reports.push(report);
+        }
+    }
+    reports.sort_by(|a, b| a.host.cmp(&b.host));
+    reports
+}
+
 /// `berth deploy` (or `--check`) of `desired` hosts.
 pub async fn deploy(
     app: &str,
@@ -363,7 +464,7 @@ pub async fn deploy(
 
     let apply_options = &apply_options;
     let unresolved = &unresolved;
-    let hosts = each_host(desired, options.parallel, on_event, |host| {
+    let hosts = all_or_rolling(desired, options, on_event, |host| {
         deploy_host(host, options, apply_options, unresolved, on_event)
     })
     .await;
@@ -481,7 +582,7 @@ pub async fn rollback(
     options: &RunOptions,
     on_event: &(dyn Fn(Event<'_>) + Send + Sync),
 ) -> RunReport {
-    let hosts = each_host(desired, options.parallel, on_event, |host| {
+    let hosts = all_or_rolling(desired, options, on_event, |host| {
         rollback_one(host, options, on_event)
     })
     .await;
@@ -531,6 +632,21 @@ async fn rollback_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rolling_sizes_parse_and_round_up() {
+        assert_eq!(Rolling::parse("3"), Ok(Rolling::Hosts(3)));
+        assert_eq!(Rolling::parse("25%"), Ok(Rolling::Percent(25)));
+        for bad in ["0", "0%", "101%", "-1", "x", "", "%"] {
+            let e = Rolling::parse(bad).expect_err(bad);
+            assert!(e.contains("--rolling"), "{e}");
+        }
+        assert_eq!(Rolling::Hosts(2).batch_size(5), 2);
+        assert_eq!(Rolling::Percent(25).batch_size(10), 3);
+        assert_eq!(Rolling::Percent(1).batch_size(3), 1);
+        assert_eq!(Rolling::Percent(100).batch_size(7), 7);
+        assert_eq!(Rolling::Percent(50).batch_size(0), 1);
+    }
 
     fn host(name: &str) -> HostReport {
         HostReport {
