@@ -75,7 +75,8 @@ P1=$(free_port)
 P2=$(free_port "$P1")
 start on true "$P1"
 start off false "$P2"
-curl -fs "${URL[on]}/metrics" | grep -q '^berth_http_requests_total' || { echo "metrics are not on" >&2; exit 1; }
+exposition=$(curl -fs "${URL[on]}/metrics")
+[[ "$exposition" == *"# TYPE berth_http_requests_total"* ]] || { echo "metrics are not on" >&2; exit 1; }
 [[ "$(curl -s -o /dev/null -w '%{http_code}' "${URL[off]}/metrics")" == 404 ]] ||
     { echo "metrics are not off" >&2; exit 1; }
 
