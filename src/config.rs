@@ -8,7 +8,95 @@ use serde::Deserialize;
 
 use clap::ValueEnum;
 
-use crate::serve::ServeArgs;
+/// How to reach S3 when the storage is `s3://BUCKET/PREFIX` (serve and gc share them).
+#[derive(clap::Args, Debug, Default)]
+pub struct S3Args {
+    /// S3 endpoint URL, for S3-compatible servers (default: AWS, or AWS_ENDPOINT_URL)
+    #[arg(long, env = "BERTH_S3_ENDPOINT")]
+    pub(crate) s3_endpoint: Option<String>,
+    /// S3 region (default: AWS_REGION / AWS_DEFAULT_REGION, else us-east-1)
+    #[arg(long, env = "BERTH_S3_REGION")]
+    pub(crate) s3_region: Option<String>,
+    /// Address the bucket as BUCKET.host (virtual-hosted) instead of host/BUCKET (path-style, the default)
+    #[arg(long, env = "BERTH_S3_VIRTUAL_HOSTED")]
+    pub(crate) s3_virtual_hosted: bool,
+    /// Allow a plain-HTTP S3 endpoint (credentials and content travel unencrypted)
+    #[arg(long, env = "BERTH_S3_ALLOW_HTTP")]
+    pub(crate) s3_allow_http: bool,
+    /// 16 MiB ranges a big blob read fetches ahead in parallel [default: 3]; 0 reads
+    /// each blob with one GET (for S3 servers that copy the object per ranged GET, e.g. moto)
+    #[arg(long, env = "BERTH_S3_READ_AHEAD", value_name = "N")]
+    pub(crate) s3_read_ahead: Option<usize>,
+}
+
+#[derive(clap::Parser, Debug, Default)]
+pub struct ServeArgs {
+    /// Address to listen on; `:PORT` means every address [default: 0.0.0.0:5000]
+    #[arg(long, env = "BERTH_ADDR")]
+    pub(crate) addr: Option<String>,
+    /// Where to store images: a folder, or s3://BUCKET/PREFIX [default: ./berth-data]
+    #[arg(long, env = "BERTH_STORAGE")]
+    pub(crate) storage: Option<String>,
+    #[command(flatten)]
+    pub(crate) s3: S3Args,
+    /// S3 only: answer blob GETs with a 307 redirect to a presigned S3 URL
+    /// instead of passing the bytes through the registry
+    #[arg(long, env = "BERTH_REDIRECT_BLOBS")]
+    pub(crate) redirect_blobs: bool,
+    /// Log format [default: text]
+    #[arg(long, env = "BERTH_LOG_FORMAT", value_enum)]
+    pub(crate) log_format: Option<LogFormat>,
+    /// Collect garbage this often while serving (e.g. 24h); off by default.
+    /// Safe during pushes: it keeps anything touched in the last hour.
+    #[arg(long, env = "BERTH_GC_INTERVAL", value_parser = humantime::parse_duration)]
+    pub(crate) gc_interval: Option<Duration>,
+    /// What the server's collections spare: anything pushed or reused more
+    /// recently than this [default: 1h]
+    #[arg(long, env = "BERTH_GC_GRACE", value_parser = humantime::parse_duration)]
+    pub(crate) gc_grace: Option<Duration>,
+    /// TOML file with any of: addr, storage, log_format, gc_interval and an
+    /// [s3] table (endpoint, region, access_key_id, secret_access_key,
+    /// session_token, virtual_hosted, allow_http, redirect_blobs). Flags and
+    /// BERTH_* variables override it.
+    #[arg(long, env = "BERTH_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// Turn on logins: accounts from this `htpasswd -B` file (bcrypt). Access
+    /// rules go in the config file's [access] table.
+    #[arg(long, env = "BERTH_HTPASSWD", value_name = "FILE")]
+    pub(crate) htpasswd: Option<PathBuf>,
+    /// How clients log in: Docker's token flow (default, with the built-in
+    /// /token endpoint) or Basic credentials on every request.
+    #[arg(long, env = "BERTH_AUTH_SCHEME", value_enum)]
+    pub(crate) auth_scheme: Option<AuthScheme>,
+    /// Serve HTTPS with this PEM certificate chain (re-read when it changes).
+    #[arg(long, env = "BERTH_TLS_CERT", value_name = "PEM", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The certificate's PEM private key.
+    #[arg(long, env = "BERTH_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA bundle (mTLS).
+    #[arg(long, env = "BERTH_TLS_CLIENT_CA", value_name = "PEM")]
+    pub(crate) tls_client_ca: Option<PathBuf>,
+    /// Requests per second per client address (429 with Retry-After beyond).
+    #[arg(long, env = "BERTH_RATE_LIMIT", value_name = "PER_SECOND")]
+    pub(crate) rate_limit: Option<f64>,
+    /// Cut request bodies that average less than this over
+    /// limits.min_upload_rate_window (30 s) [default: 1024]; 0 turns it off.
+    #[arg(long, env = "BERTH_MIN_UPLOAD_RATE", value_name = "BYTES_PER_SECOND")]
+    pub(crate) min_upload_rate: Option<u64>,
+    /// Maintenance mode: pulls work, every write gets 405 UNSUPPORTED, and the
+    /// server's own garbage collection and upload expiry do not run.
+    #[arg(long, env = "BERTH_READ_ONLY")]
+    pub(crate) read_only: bool,
+}
+
+/// `:5000` (the form docker's registry takes) means every IPv4 address.
+pub fn normalise_addr(addr: &str) -> String {
+    match addr.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => addr.to_string(),
+    }
+}
 
 pub const DEFAULT_ADDR: &str = "0.0.0.0:5000";
 pub const DEFAULT_STORAGE: &str = "./berth-data";
@@ -341,7 +429,7 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
         .transpose()
         .context("invalid gc_grace in the config file (use e.g. \"1h\")")?;
     Ok(Settings {
-        addr: crate::serve::banner::normalise_addr(
+        addr: normalise_addr(
             &args
                 .addr
                 .or(file.addr)
@@ -474,7 +562,7 @@ mod tests {
         .expect("write");
         let s = resolve(ServeArgs {
             config: Some(path.clone()),
-            s3: crate::serve::S3Args {
+            s3: S3Args {
                 s3_region: Some("us-east-2".into()),
                 ..Default::default()
             },
@@ -491,7 +579,7 @@ mod tests {
         assert!(format!("{err:#}").contains("--s3-allow-http"), "{err:#}");
         let s = resolve(ServeArgs {
             config: Some(path),
-            s3: crate::serve::S3Args {
+            s3: S3Args {
                 s3_allow_http: true,
                 ..Default::default()
             },

@@ -15,7 +15,7 @@ pub async fn require_platform(source: &dyn ImageSource, wanted: &str) -> Result<
     let ManifestKind::Image { config, .. } = top.parse()? else {
         return Ok(());
     };
-    let bytes = crate::session::read_small_blob(source, &config).await?;
+    let bytes = crate::config_blob::read_small_blob(source, &config).await?;
     let Ok(made_for) = serde_json::from_slice::<Platform>(&bytes) else {
         return Ok(());
     };

@@ -16,8 +16,9 @@ use berth_client::registry::Client;
 use clap::Parser;
 use serde_json::json;
 
+use crate::config_blob::read_small_blob;
 use crate::progress::human_bytes;
-use crate::session::{client_config, read_small_blob, ClientArgs, Session, TransferArgs};
+use crate::session::{client_config, ClientArgs, Session, TransferArgs};
 
 #[derive(Parser, Debug)]
 pub struct PushArgs {

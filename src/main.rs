@@ -14,6 +14,7 @@ mod build_progress;
 mod catalog;
 mod completion;
 mod config;
+mod config_blob;
 mod deploy;
 mod down;
 mod durations;

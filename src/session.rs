@@ -5,15 +5,14 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use berth_client::copy::{copy_image, CopyOptions, CopyReport, Platforms};
 use berth_client::credentials::Credentials;
-use berth_client::image::{ImageSource, Platform};
+use berth_client::image::Platform;
 use berth_client::location::{default_store_dir, Location};
 use berth_client::open::{open_dest, open_source, Opened};
 use berth_client::registry::{Client, ClientConfig};
 use clap::Args;
-use futures::TryStreamExt;
 
 use crate::progress::{human_bytes, CliProgress, Mode};
 
@@ -205,31 +204,4 @@ fn copy_options(transfer: &TransferArgs) -> Result<CopyOptions> {
         jobs: transfer.jobs.max(1),
         oci_media_types: false,
     })
-}
-
-/// Read a config blob, capped (configs are small; a huge one is an attack or a mistake).
-pub(crate) async fn read_small_blob(
-    source: &dyn ImageSource,
-    blob: &berth_client::BlobInfo,
-) -> Result<Vec<u8>> {
-    const MAX: u64 = 16 << 20;
-    if blob.size > MAX {
-        bail!(
-            "the image config is {} — too big to be a config",
-            human_bytes(blob.size)
-        );
-    }
-    let mut verifier = berth_client::image::BlobVerifier::new(blob);
-    let mut out = Vec::with_capacity(blob.size as usize);
-    let mut stream = source.blob(blob, 0).await?;
-    while let Some(chunk) = stream
-        .try_next()
-        .await
-        .context("reading the image config")?
-    {
-        verifier.update(&chunk)?;
-        out.extend_from_slice(&chunk);
-    }
-    verifier.finish()?;
-    Ok(out)
 }

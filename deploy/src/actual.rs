@@ -110,6 +110,10 @@ pub struct ActualImage {
     /// Manifest digests, repository part stripped (`sha256:…`).
     #[serde(default)]
     pub digests: Vec<String>,
+    /// The same with their repositories (`reg:5000/app@sha256:…`), as `RepoDigests` has
+    /// them: Docker creates `repo@digest` only from an image it holds under that repository.
+    #[serde(default)]
+    pub repo_digests: Vec<String>,
 }
 
 impl ActualContainer {
@@ -182,14 +186,19 @@ impl ActualHost {
             .images()
             .into_iter()
             .map(|reference| {
-                let (tags, digests) = match reference.split_once('@') {
-                    Some((_, digest)) => (Vec::new(), vec![digest.to_string()]),
-                    None => (vec![reference.clone()], Vec::new()),
+                let (tags, digests, repo_digests) = match reference.split_once('@') {
+                    Some((repo, digest)) => (
+                        Vec::new(),
+                        vec![digest.to_string()],
+                        vec![format!("{}@{digest}", crate::plan::repository_of(repo))],
+                    ),
+                    None => (vec![reference.clone()], Vec::new(), Vec::new()),
                 };
                 ActualImage {
                     id: image_id(&reference),
                     repo_tags: tags,
                     digests,
+                    repo_digests,
                 }
             })
             .collect();

@@ -164,6 +164,18 @@ impl ContainerSpec {
     }
 }
 
+/// `spec` as labels store it and plans compare it: env values replaced by their digests
+/// (values already in that form, read back from a label, are kept).
+pub fn without_env_values(app: &str, spec: &ContainerSpec) -> ContainerSpec {
+    let mut stored = spec.clone();
+    for (key, value) in stored.env.iter_mut() {
+        if !value.starts_with(storage::ENV_DIGEST_PREFIX) {
+            *value = storage::env_digest(app, key, value);
+        }
+    }
+    stored
+}
+
 /// `repo:tag@sha256:…` when the digest is known (any digest already in `image` replaced),
 /// else `image` as written. Shared by containers and swarm services.
 pub(crate) fn pinned_reference(image: &str, digest: Option<&str>) -> String {
@@ -200,11 +212,17 @@ impl DesiredContainer {
         // Env values may be secrets: the label keeps digests (the config hash covers values).
         all.insert(
             labels::CONFIG.into(),
-            serde_json::to_string(&storage::without_env_values(app, &self.spec))
-                .unwrap_or_default(),
+            serde_json::to_string(&without_env_values(app, &self.spec)).unwrap_or_default(),
         );
         if self.naming == Naming::Compose {
-            crate::compose::add_container_labels(&mut all, app, self);
+            let container = crate::compose::ComposeContainer {
+                project: app,
+                service: &self.service,
+                replica: self.replica,
+                config_hash: &self.config_hash,
+                image: &self.spec.image,
+            };
+            crate::compose::add_container_labels(&mut all, &container);
         }
         all
     }
@@ -623,7 +641,7 @@ services:
         assert_eq!(labels[labels::REPLICA], "1");
         let stored: ContainerSpec = serde_json::from_str(&labels[labels::CONFIG]).unwrap();
         // Env values are stored as salted digests, everything else as it is.
-        assert_eq!(stored, storage::without_env_values("shop", &db.spec));
+        assert_eq!(stored, without_env_values("shop", &db.spec));
         assert!(!labels[labels::CONFIG].contains("\"A\":\"1\""));
         assert_eq!(
             stored.env["A"],

@@ -4,12 +4,9 @@
 //! shares the deploy's plan, output and recap. Volumes go only when asked (`--volumes`):
 //! they hold the app's data, and no deploy ever removes one.
 
-use crate::actual::ActualHost;
 use crate::desired::DesiredHost;
 use crate::error::{Problem, Result};
 use crate::inventory::Inventory;
-use crate::labels;
-use crate::plan::{Action, HostPlan};
 use crate::run::{self, Event, Mode, RunOptions, RunReport};
 
 /// What down wants on each selected host: nothing of `app`.
@@ -54,43 +51,17 @@ pub async fn down(
     report
 }
 
-/// Down's reasons instead of the deploy's ("no longer in the app"), and the app's volumes
-/// removed last when asked, or named as kept.
-pub(crate) fn adjust_plan(plan: &mut HostPlan, actual: &ActualHost, app: &str, volumes: bool) {
-    for action in &mut plan.actions {
-        if let Action::RemoveContainer { reason, .. } | Action::RemoveNetwork { reason, .. } =
-            action
-        {
-            *reason = format!("berth down ({reason})");
-        }
-    }
-    let owned = actual
-        .volumes
-        .iter()
-        .filter(|volume| volume.labels.get(labels::APP).map(String::as_str) == Some(app));
-    for volume in owned {
-        if volumes {
-            plan.actions.push(Action::RemoveVolume {
-                name: volume.name.clone(),
-                reason: "berth down --volumes".to_string(),
-            });
-        } else {
-            plan.warnings.push(format!(
-                "volume {} is kept (its data stays; --volumes removes it)",
-                volume.name
-            ));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::actual::ActualHost;
     use crate::actual::{ActualContainer, ActualVolume, ContainerState};
     use crate::apply::created_by_latest_deploy;
     use crate::inventory::DockerEndpoint;
+    use crate::labels;
+    use crate::plan::down::adjust_plan;
     use crate::plan::{action_text, plan_host};
 
     fn container(name: &str, app: &str, deploy: Option<&str>) -> ActualContainer {

@@ -367,10 +367,17 @@ pub(crate) fn stored_spec(container: &ActualContainer) -> Result<ContainerSpec, 
 
 fn image_present(actual: &ActualHost, reference: &str) -> bool {
     match reference.split_once('@') {
-        Some((_, digest)) => actual
-            .images
-            .iter()
-            .any(|image| image.digests.iter().any(|d| d == digest)),
+        // The digest under this repository: the same manifest pulled from another
+        // repository or registry does not let Docker create `repo@digest`.
+        Some((repo, digest)) => {
+            let wanted = format!("{}@{digest}", familiar(&repository_of(repo)));
+            actual.images.iter().any(|image| {
+                image.repo_digests.iter().any(|d| match d.rsplit_once('@') {
+                    Some((r, dg)) => dg == digest && format!("{}@{dg}", familiar(r)) == wanted,
+                    None => false,
+                })
+            })
+        }
         None => {
             let with_tag = normalise_tag(reference);
             actual.images.iter().any(|image| {
@@ -381,6 +388,26 @@ fn image_present(actual: &ActualHost, reference: &str) -> bool {
             })
         }
     }
+}
+
+/// The repository of a reference without its tag (`reg:5000/app:v1` → `reg:5000/app`).
+pub(crate) fn repository_of(reference: &str) -> String {
+    let repo = reference.split('@').next().unwrap_or(reference);
+    let (head, last) = match repo.rsplit_once('/') {
+        Some((head, last)) => (Some(head), last),
+        None => (None, repo),
+    };
+    let last = last.split(':').next().unwrap_or(last);
+    match head {
+        Some(head) => format!("{head}/{last}"),
+        None => last.to_string(),
+    }
+}
+
+/// Docker Hub's long and short spellings as one (`docker.io/library/x`, `library/x`, `x`).
+fn familiar(repository: &str) -> &str {
+    let r = repository.strip_prefix("docker.io/").unwrap_or(repository);
+    r.strip_prefix("library/").unwrap_or(r)
 }
 
 /// `reg/app` means `reg/app:latest`; a `:` in the last path segment is a tag, an earlier
@@ -689,6 +716,7 @@ fn choose_strategy(old: Option<&ContainerSpec>, new: &ContainerSpec) -> (Replace
     (ReplaceStrategy::StartFirst, String::new())
 }
 
+pub(crate) mod down;
 mod host;
 pub use host::plan_host;
 pub(crate) mod volumes;

@@ -518,7 +518,7 @@ async fn deploy_host(
     timings.read = reading.elapsed().as_secs_f64();
     let mut plan = plan_host(&desired, &actual);
     if let Some(volumes) = options.down {
-        crate::down::adjust_plan(&mut plan, &actual, &desired.app, volumes);
+        crate::plan::down::adjust_plan(&mut plan, &actual, &desired.app, volumes);
     }
     on_event(Event::Planned(&plan));
     let mut report = report;

@@ -35,7 +35,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::app::{App, SecretRef};
-use crate::desired::ContainerSpec;
 
 /// Where secret folders live on a host.
 pub const SECRETS_HOST_DIR: &str = "/run/berth/secrets";
@@ -115,18 +114,6 @@ pub fn env_digest(app: &str, key: &str, value: &str) -> String {
         "{ENV_DIGEST_PREFIX}{}",
         salted("berth-env-v1", app, key, value.as_bytes())
     )
-}
-
-/// `spec` as labels store it and plans compare it: env values replaced by their digests
-/// (values already in that form, read back from a label, are kept).
-pub fn without_env_values(app: &str, spec: &ContainerSpec) -> ContainerSpec {
-    let mut stored = spec.clone();
-    for (key, value) in stored.env.iter_mut() {
-        if !value.starts_with(ENV_DIGEST_PREFIX) {
-            *value = env_digest(app, key, value);
-        }
-    }
-    stored
 }
 
 /// Reads a secret's bytes on the machine running berth: a file (relative to the app file's

@@ -327,7 +327,7 @@ fn after_apply_matches_the_captured_state_where_the_planner_looks() {
                 .map(|(k, v)| {
                     let v = match serde_json::from_str::<berth_deploy::ContainerSpec>(v) {
                         Ok(spec) if k == labels::CONFIG => serde_json::to_string(
-                            &berth_deploy::storage::without_env_values("cap", &spec),
+                            &berth_deploy::desired::without_env_values("cap", &spec),
                         )
                         .unwrap_or_default(),
                         _ => v.clone(),

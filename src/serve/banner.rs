@@ -5,14 +5,6 @@ use std::net::SocketAddr;
 
 use crate::config::Settings;
 
-/// `:5000` (the form docker's registry takes) means every IPv4 address.
-pub fn normalise_addr(addr: &str) -> String {
-    match addr.strip_prefix(':') {
-        Some(port) => format!("0.0.0.0:{port}"),
-        None => addr.to_string(),
-    }
-}
-
 /// The storage as an absolute path (an `s3://` URL as it is).
 fn absolute_storage(storage: &str) -> String {
     if storage.starts_with("s3://") {
@@ -68,6 +60,7 @@ pub fn announce(listener: &tokio::net::TcpListener, settings: &Settings) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::normalise_addr;
 
     #[test]
     fn distribution_addr_form_means_every_address() {

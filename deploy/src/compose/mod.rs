@@ -402,22 +402,27 @@ pub fn container_name(project: &str, service: &str, replica: u32) -> String {
     format!("{project}-{service}-{replica}")
 }
 
+/// Which container of a compose project, for the labels compose puts on it.
+pub(crate) struct ComposeContainer<'a> {
+    pub project: &'a str,
+    pub service: &'a str,
+    pub replica: u32,
+    pub config_hash: &'a str,
+    pub image: &'a str,
+}
+
 /// The labels `docker compose` puts on a service's container and filters on (`ps`, `down`).
-pub(crate) fn add_container_labels(
-    labels: &mut BTreeMap<String, String>,
-    project: &str,
-    container: &crate::desired::DesiredContainer,
-) {
+pub(crate) fn add_container_labels(labels: &mut BTreeMap<String, String>, c: &ComposeContainer) {
     let mut add = |key: &str, value: String| {
         labels.insert(format!("com.docker.compose.{key}"), value);
     };
-    add("project", project.to_string());
-    add("service", container.service.clone());
-    add("container-number", container.replica.to_string());
+    add("project", c.project.to_string());
+    add("service", c.service.to_string());
+    add("container-number", c.replica.to_string());
     add("oneoff", "False".to_string());
-    add("config-hash", container.config_hash.clone());
+    add("config-hash", c.config_hash.to_string());
     add("version", convert::COMPOSE_VERSION.to_string());
-    add("image", container.spec.image.clone());
+    add("image", c.image.to_string());
 }
 
 #[cfg(test)]

@@ -37,6 +37,7 @@ pub fn actual_host(
                 .iter()
                 .filter_map(|d| d.rsplit_once('@').map(|(_, digest)| digest.to_string()))
                 .collect(),
+            repo_digests: image.repo_digests,
         })
         .collect();
     let digests_of: HashMap<&str, &Vec<String>> = images

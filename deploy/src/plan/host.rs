@@ -203,8 +203,8 @@ fn replace_reasons(
             Ok(previous) => {
                 // Compared as labels store them: env values by their digests.
                 let differences = spec_differences(
-                    &crate::storage::without_env_values(app, previous),
-                    &crate::storage::without_env_values(app, &container.spec),
+                    &crate::desired::without_env_values(app, previous),
+                    &crate::desired::without_env_values(app, &container.spec),
                 );
                 if differences.is_empty() {
                     reasons

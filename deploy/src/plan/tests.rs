@@ -402,7 +402,8 @@ fn image_presence_by_tag_and_digest() {
         images: vec![ActualImage {
             id: "sha256:1".into(),
             repo_tags: vec!["reg:5000/app:latest".into()],
-            digests: vec!["sha256:d1".into()],
+            digests: vec!["sha256:d1".into(), "sha256:d3".into()],
+            repo_digests: vec!["reg:5000/app@sha256:d1".into(), "busybox@sha256:d3".into()],
         }],
         ..ActualHost::default()
     };
@@ -410,7 +411,21 @@ fn image_presence_by_tag_and_digest() {
     assert!(image_present(&actual, "reg:5000/app:latest"));
     assert!(!image_present(&actual, "reg:5000/app:v2"));
     assert!(image_present(&actual, "reg:5000/app@sha256:d1"));
+    assert!(image_present(&actual, "reg:5000/app:v1@sha256:d1"));
     assert!(!image_present(&actual, "reg:5000/app@sha256:d2"));
+    // The same manifest under another repository is not enough to create from.
+    assert!(!image_present(&actual, "other:5000/app@sha256:d1"));
+    assert!(!image_present(&actual, "reg:5000/app2:v1@sha256:d1"));
+    assert!(image_present(
+        &actual,
+        "docker.io/library/busybox:1@sha256:d3"
+    ));
+    assert_eq!(
+        repository_of("reg:5000/team/app:v1@sha256:x"),
+        "reg:5000/team/app"
+    );
+    assert_eq!(repository_of("reg:5000/app"), "reg:5000/app");
+    assert_eq!(repository_of("busybox:1"), "busybox");
 }
 
 #[test]
