@@ -319,7 +319,9 @@ async fn garbage_collections_and_the_process_are_measured() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start_berth_with_config(
         dir.path(),
-        "gc_interval = \"100ms\"\ngc_grace = \"0s\"\n[metrics]\nenabled = true\n",
+        // A grace of 2 s: the blobs of the push survive until its manifest lands (with 0 s a
+        // collection may take them first); the deleted image's go soon after.
+        "gc_interval = \"100ms\"\ngc_grace = \"2s\"\n[metrics]\nenabled = true\n",
         false,
     );
     let c = client();
