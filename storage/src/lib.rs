@@ -19,6 +19,7 @@ mod gc;
 mod layout;
 pub mod memory;
 pub mod names;
+pub mod outbox;
 pub mod s3;
 pub mod s3_test_server;
 pub mod testsuite;
@@ -273,6 +274,21 @@ pub trait Storage: Send + Sync + 'static {
     /// layers uploaded, its manifest not yet) loses nothing. Writes that link
     /// blobs are excluded while a collection in the same process runs.
     async fn collect_garbage(&self, grace: std::time::Duration, dry_run: bool) -> Result<GcReport>;
+
+    // --- event outbox (see [`outbox`]): ids are checked with [`outbox::is_outbox_id`] ---
+
+    /// Store (or replace) an outbox record; durable when this returns.
+    async fn outbox_put(&self, id: &str, record: Bytes) -> Result<()>;
+    async fn outbox_get(&self, id: &str) -> Result<Option<Bytes>>;
+    /// Ids of every record, sorted.
+    async fn outbox_list(&self) -> Result<Vec<String>>;
+    /// Remove a record and its claim.
+    async fn outbox_delete(&self, id: &str) -> Result<()>;
+    /// Claim a record for delivery by `owner` for `ttl`: true when no one
+    /// else holds an unexpired claim (and the claim is now `owner`'s).
+    async fn outbox_claim(&self, id: &str, owner: &str, ttl: std::time::Duration) -> Result<bool>;
+    /// Give up `owner`'s claim on a record (someone else's is left alone).
+    async fn outbox_release(&self, id: &str, owner: &str) -> Result<()>;
 }
 
 /// An inclusive byte range request; `end` None means "to the end".

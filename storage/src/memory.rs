@@ -22,6 +22,14 @@ pub struct MemoryStorage {
     /// Held for reading by every write that links a blob, for writing by
     /// garbage collection, which reads and deletes one key at a time.
     gc_lock: tokio::sync::RwLock<()>,
+    /// Event outbox records and claims (owner, expiry), by id.
+    outbox: Mutex<Outbox>,
+}
+
+#[derive(Default)]
+struct Outbox {
+    records: BTreeMap<String, Bytes>,
+    claims: HashMap<String, Vec<u8>>,
 }
 
 /// Keys are spelled as on a filesystem (any spelling would do: they are
@@ -54,6 +62,10 @@ struct Upload {
 impl MemoryStorage {
     pub fn new() -> MemoryStorage {
         MemoryStorage::default()
+    }
+
+    fn outbox_state(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
@@ -455,6 +467,56 @@ impl Storage for MemoryStorage {
 
     async fn repositories(&self) -> Result<Vec<String>> {
         Ok(self.with(|s| s.repos.keys().cloned().collect()))
+    }
+
+    async fn outbox_put(&self, id: &str, record: Bytes) -> Result<()> {
+        let id = crate::outbox::checked(id)?.to_string();
+        self.outbox_state().records.insert(id, record);
+        Ok(())
+    }
+
+    async fn outbox_get(&self, id: &str) -> Result<Option<Bytes>> {
+        crate::outbox::checked(id)?;
+        Ok(self.outbox_state().records.get(id).cloned())
+    }
+
+    async fn outbox_list(&self) -> Result<Vec<String>> {
+        Ok(self.outbox_state().records.keys().cloned().collect())
+    }
+
+    async fn outbox_delete(&self, id: &str) -> Result<()> {
+        crate::outbox::checked(id)?;
+        let mut outbox = self.outbox_state();
+        outbox.records.remove(id);
+        outbox.claims.remove(id);
+        Ok(())
+    }
+
+    async fn outbox_claim(&self, id: &str, owner: &str, ttl: Duration) -> Result<bool> {
+        use crate::outbox::Claim;
+        crate::outbox::checked(id)?;
+        let mut outbox = self.outbox_state();
+        if let Some(current) = outbox.claims.get(id) {
+            if !Claim::can_take(current, owner) {
+                return Ok(false);
+            }
+        }
+        let claim = Claim::new(owner, ttl).to_bytes()?;
+        outbox.claims.insert(id.to_string(), claim);
+        Ok(true)
+    }
+
+    async fn outbox_release(&self, id: &str, owner: &str) -> Result<()> {
+        crate::outbox::checked(id)?;
+        let mut outbox = self.outbox_state();
+        if outbox
+            .claims
+            .get(id)
+            .is_some_and(|c| crate::outbox::Claim::is_owned_by(c, owner))
+        {
+            outbox.claims.remove(id);
+        }
+        Ok(())
     }
 }
 

@@ -57,6 +57,67 @@ pub async fn run_all(storage: &dyn Storage) {
     referrers_after_a_digest(storage).await;
     catalog_is_sorted_and_nested(storage).await;
     garbage_collection(storage).await;
+    outbox_records_and_claims(storage).await;
+}
+
+/// The event outbox: records kept in id order until deleted; a claim is
+/// exclusive until released or expired, and a bad id is refused.
+async fn outbox_records_and_claims(s: &dyn Storage) {
+    use std::time::Duration;
+    assert!(s.outbox_list().await.expect("list").is_empty());
+    s.outbox_put("0002-b", Bytes::from_static(b"two"))
+        .await
+        .expect("put");
+    s.outbox_put("0001-a", Bytes::from_static(b"one"))
+        .await
+        .expect("put");
+    assert_eq!(s.outbox_list().await.expect("list"), ["0001-a", "0002-b"]);
+    s.outbox_put("0001-a", Bytes::from_static(b"one'"))
+        .await
+        .expect("replace");
+    assert_eq!(
+        s.outbox_get("0001-a").await.expect("get").as_deref(),
+        Some(&b"one'"[..])
+    );
+    assert!(
+        s.outbox_get("../x").await.is_err(),
+        "ids cannot leave the outbox"
+    );
+
+    let minute = Duration::from_secs(60);
+    assert!(s.outbox_claim("0001-a", "r1", minute).await.expect("claim"));
+    assert!(
+        !s.outbox_claim("0001-a", "r2", minute).await.expect("claim"),
+        "held by r1"
+    );
+    assert!(s.outbox_claim("0001-a", "r1", minute).await.expect("renew"));
+    s.outbox_release("0001-a", "r2")
+        .await
+        .expect("release of another's claim");
+    assert!(
+        !s.outbox_claim("0001-a", "r2", minute).await.expect("claim"),
+        "still r1's"
+    );
+    s.outbox_release("0001-a", "r1").await.expect("release");
+    assert!(s
+        .outbox_claim("0001-a", "r2", Duration::ZERO)
+        .await
+        .expect("claim"));
+    assert!(s
+        .outbox_claim("0001-a", "r1", minute)
+        .await
+        .expect("expired: taken over"));
+
+    s.outbox_delete("0001-a").await.expect("delete");
+    s.outbox_delete("0001-a").await.expect("delete again");
+    assert_eq!(s.outbox_get("0001-a").await.expect("get"), None);
+    assert!(s
+        .outbox_claim("0001-a", "r2", minute)
+        .await
+        .expect("claim gone with it"));
+    s.outbox_release("0001-a", "r2").await.expect("release");
+    s.outbox_delete("0002-b").await.expect("delete");
+    assert!(s.outbox_list().await.expect("list").is_empty());
 }
 
 async fn empty_store(s: &dyn Storage) {

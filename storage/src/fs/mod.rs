@@ -30,6 +30,7 @@ use crate::{
 };
 
 mod files;
+mod outbox;
 mod upload;
 
 use files::{
@@ -556,6 +557,30 @@ impl Storage for FsStorage {
             Ok(out)
         })
         .await
+    }
+
+    async fn outbox_put(&self, id: &str, record: Bytes) -> Result<()> {
+        self.fs_outbox_put(id, record).await
+    }
+
+    async fn outbox_get(&self, id: &str) -> Result<Option<Bytes>> {
+        self.fs_outbox_get(id).await
+    }
+
+    async fn outbox_list(&self) -> Result<Vec<String>> {
+        self.fs_outbox_list().await
+    }
+
+    async fn outbox_delete(&self, id: &str) -> Result<()> {
+        self.fs_outbox_delete(id).await
+    }
+
+    async fn outbox_claim(&self, id: &str, owner: &str, ttl: std::time::Duration) -> Result<bool> {
+        self.fs_outbox_claim(id, owner, ttl).await
+    }
+
+    async fn outbox_release(&self, id: &str, owner: &str) -> Result<()> {
+        self.fs_outbox_release(id, owner).await
     }
 }
 

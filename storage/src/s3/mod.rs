@@ -75,6 +75,7 @@ use crate::{
 mod counts;
 mod gc;
 mod options;
+mod outbox;
 mod read_ahead;
 mod session;
 mod tags;
@@ -834,6 +835,30 @@ impl Storage for S3Storage {
     async fn collect_garbage(&self, grace: Duration, dry_run: bool) -> Result<GcReport> {
         self.collect_garbage_pausing(grace, dry_run, std::future::ready(()))
             .await
+    }
+
+    async fn outbox_put(&self, id: &str, record: Bytes) -> Result<()> {
+        self.s3_outbox_put(id, record).await
+    }
+
+    async fn outbox_get(&self, id: &str) -> Result<Option<Bytes>> {
+        self.s3_outbox_get(id).await
+    }
+
+    async fn outbox_list(&self) -> Result<Vec<String>> {
+        self.s3_outbox_list().await
+    }
+
+    async fn outbox_delete(&self, id: &str) -> Result<()> {
+        self.s3_outbox_delete(id).await
+    }
+
+    async fn outbox_claim(&self, id: &str, owner: &str, ttl: Duration) -> Result<bool> {
+        self.s3_outbox_claim(id, owner, ttl).await
+    }
+
+    async fn outbox_release(&self, id: &str, owner: &str) -> Result<()> {
+        self.s3_outbox_release(id, owner).await
     }
 }
 
