@@ -136,6 +136,8 @@ pub struct Settings {
     pub immutable: berth_registry::immutable::ImmutableTags,
     /// `[[quota]]` rules, compiled (bad patterns and limits fail at start).
     pub quotas: berth_registry::quota::Quotas,
+    /// `[[notifications]]` webhook endpoints, compiled (bad URLs fail at start).
+    pub notifications: berth_registry::events::Notifications,
     pub metrics: MetricsSettings,
     /// `[manifests]`: what a pushed manifest must satisfy.
     pub manifests: ManifestSettings,
@@ -362,6 +364,8 @@ struct FileConfig {
     #[serde(default)]
     quota: Vec<berth_registry::quota::QuotaConfig>,
     #[serde(default)]
+    notifications: Vec<berth_registry::events::NotificationConfig>,
+    #[serde(default)]
     metrics: MetricsSettings,
     #[serde(default)]
     manifests: ManifestSettings,
@@ -415,6 +419,8 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
     let immutable = berth_registry::immutable::ImmutableTags::from_config(&file.immutable)
         .map_err(|e| anyhow::anyhow!("invalid config file: {e}"))?;
     let quotas = berth_registry::quota::Quotas::from_config(&file.quota)
+        .map_err(|e| anyhow::anyhow!("invalid config file: {e}"))?;
+    let notifications = berth_registry::events::Notifications::from_config(&file.notifications)
         .map_err(|e| anyhow::anyhow!("invalid config file: {e}"))?;
     let file_gc = file
         .gc_interval
@@ -507,6 +513,7 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
         manifests: file.manifests,
         immutable,
         quotas,
+        notifications,
         metrics: file.metrics,
     })
 }

@@ -20,6 +20,7 @@ use futures::TryStreamExt;
 pub mod access;
 mod blobs;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod immutable;
 mod listing;
@@ -50,6 +51,8 @@ pub struct Registry {
     metrics: Option<metrics::Metrics>,
     /// `/metrics` on this router (not on a listener of its own).
     metrics_route: bool,
+    /// `[[notifications]]`: events queued in the outbox before answering.
+    events: Option<events::Events>,
 }
 
 impl Registry {
@@ -64,7 +67,15 @@ impl Registry {
             sparse_indexes: false,
             metrics: None,
             metrics_route: false,
+            events: None,
         }
+    }
+
+    /// Queue an event for each push, pull, delete and mount that a
+    /// `[[notifications]]` endpoint wants (start its sender separately).
+    pub fn with_events(mut self, events: events::Events) -> Registry {
+        self.events = Some(events);
+        self
     }
 
     /// Record metrics; `route`: answer `/metrics` on this router too.
@@ -337,7 +348,10 @@ async fn dispatch(State(reg): State<Registry>, request: Request) -> Response {
                     if let Some(c) = &caller {
                         info.user = c.identity.subject().to_string();
                     }
-                    handle(&reg, route, req, caller, &mut body).await
+                    match handle(&reg, route, req, caller, &mut body).await {
+                        Ok(response) => announce(&reg, response, &info.user, client).await,
+                        Err(e) => Err(e),
+                    }
                 }
                 Err(e) => Err(e),
             }
@@ -355,6 +369,34 @@ async fn dispatch(State(reg): State<Registry>, request: Request) -> Response {
     };
     response.extensions_mut().insert(info);
     response
+}
+
+/// Queue the event a handler left on its response, before the response goes
+/// out. A push, delete or mount whose event cannot be stored fails (the
+/// client retries, and the event is written then); a pull is still served.
+async fn announce(
+    reg: &Registry,
+    mut response: Response,
+    actor: &str,
+    client: Option<SocketAddr>,
+) -> ApiResult<Response> {
+    let Some(happened) = response.extensions_mut().remove::<events::Happened>() else {
+        return Ok(response);
+    };
+    let Some(events) = &reg.events else {
+        return Ok(response);
+    };
+    match events.record(&happened, Some(actor), client).await {
+        Ok(()) => Ok(response),
+        Err(e) if happened.action == events::Action::Pull => {
+            tracing::error!(target: "berth::events", error = %e, repository = %happened.repository, "cannot queue a pull event; the pull is served without it");
+            Ok(response)
+        }
+        Err(e) => {
+            tracing::error!(target: "berth::events", error = %e, repository = %happened.repository, "cannot queue an event; the request fails so the client retries");
+            Err(e.into())
+        }
+    }
 }
 
 /// Rate limit, then access rules. `None` when access control is off.

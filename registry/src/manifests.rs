@@ -6,6 +6,7 @@ use berth_oci::names::is_valid_tag;
 use berth_storage::{collect_limited, Digest, Storage};
 
 use crate::error::{ApiResult, Code, RegistryError};
+use crate::events::{Action, Happened};
 use crate::immutable::ImmutableTags;
 use crate::manifest::{self, MAX_MANIFEST_BYTES};
 use crate::quota::Quotas;
@@ -148,6 +149,14 @@ pub async fn put(
     if let Some(subject) = &parsed.meta.subject {
         h.insert("OCI-Subject", header_value(&subject.to_string()));
     }
+    r.extensions_mut().insert(Happened {
+        action: Action::Push,
+        repository: name.to_string(),
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        digest,
+        media_type: Some(parsed.meta.media_type.clone()),
+        size: Some(body.len() as u64),
+    });
     Ok(r)
 }
 
@@ -233,12 +242,27 @@ pub async fn get(s: &dyn Storage, name: &str, reference: &str, req: &Req) -> Api
             digest = child;
         }
     }
+    let size = bytes.len() as u64;
     let mut r = bytes_response(StatusCode::OK, &meta.media_type, bytes, head);
     let h = r.headers_mut();
     h.insert("Docker-Content-Digest", header_value(&digest.to_string()));
     h.insert(header::ETAG, header_value(&format!("\"{digest}\"")));
     if let Some(subject) = &meta.subject {
         h.insert("OCI-Subject", header_value(&subject.to_string()));
+    }
+    if !head {
+        r.extensions_mut().insert(Happened {
+            action: Action::Pull,
+            repository: name.to_string(),
+            tags: if by_tag {
+                vec![reference.to_string()]
+            } else {
+                Vec::new()
+            },
+            digest,
+            media_type: Some(meta.media_type),
+            size: Some(size),
+        });
     }
     Ok(r)
 }
@@ -249,21 +273,38 @@ pub async fn delete(
     name: &str,
     reference: &str,
 ) -> ApiResult<Response> {
-    let removed = match parse_reference(reference)? {
+    let (removed, tags, digest) = match parse_reference(reference)? {
         // Deleting a tag removes only the tag.
         Ref::Tag(tag) => {
             immutable.check_tag_delete(name, tag)?;
-            s.tag_delete(name, tag).await?
+            // What it pointed at, for the event.
+            let Some(digest) = s.tag_resolve(name, tag).await? else {
+                return Err(manifest_unknown(name, reference));
+            };
+            (
+                s.tag_delete(name, tag).await?,
+                vec![tag.to_string()],
+                digest,
+            )
         }
         Ref::Digest(digest) => {
             immutable.check_manifest_delete(s, name, &digest).await?;
-            s.manifest_delete(name, &digest).await?
+            (s.manifest_delete(name, &digest).await?, Vec::new(), digest)
         }
     };
     if !removed {
         return Err(manifest_unknown(name, reference));
     }
-    Ok(empty(StatusCode::ACCEPTED))
+    let mut r = empty(StatusCode::ACCEPTED);
+    r.extensions_mut().insert(Happened {
+        action: Action::Delete,
+        repository: name.to_string(),
+        tags,
+        digest,
+        media_type: None,
+        size: None,
+    });
+    Ok(r)
 }
 
 /// Each descriptor's `size` must be the size of the content it names: a

@@ -63,6 +63,7 @@ struct Inner {
     auth_failures: Family<ReasonLabels, Counter>,
     rate_limited: Counter,
     gc: GcMetrics,
+    events: EventMetrics,
     /// `[metrics] token`: a Bearer token that may read `/metrics`.
     token: Option<String>,
 }
@@ -123,6 +124,44 @@ impl GcMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TypeLabels {
+    r#type: &'static str,
+}
+
+/// Webhook events (`[[notifications]]`): queued in the outbox, delivered, failed attempts.
+struct EventMetrics {
+    queued: Family<TypeLabels, Counter>,
+    sent: Counter,
+    failed: Counter,
+}
+
+impl EventMetrics {
+    fn register(registry: &mut PromRegistry) -> EventMetrics {
+        let events = EventMetrics {
+            queued: Family::default(),
+            sent: Counter::default(),
+            failed: Counter::default(),
+        };
+        registry.register(
+            "events_queued",
+            "Events written to the outbox for webhook endpoints, by CloudEvents type",
+            events.queued.clone(),
+        );
+        registry.register(
+            "events_sent",
+            "Event deliveries an endpoint accepted (one per event and endpoint)",
+            events.sent.clone(),
+        );
+        registry.register(
+            "events_failed",
+            "Event delivery attempts that failed (retried later)",
+            events.failed.clone(),
+        );
+        events
+    }
+}
+
 impl Metrics {
     pub fn new(token: Option<String>) -> Metrics {
         // The standard process_* names unprefixed on the root; Berth's own under berth_.
@@ -176,6 +215,7 @@ impl Metrics {
             rate_limited.clone(),
         );
         let gc = GcMetrics::register(registry);
+        let events = EventMetrics::register(registry);
         Metrics(Arc::new(Inner {
             registry: root,
             requests,
@@ -186,6 +226,7 @@ impl Metrics {
             auth_failures,
             rate_limited,
             gc,
+            events,
             token: token.filter(|t| !t.is_empty()),
         }))
     }
@@ -204,6 +245,22 @@ impl Metrics {
             Err(()) => "error",
         };
         gc.runs.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// An event written to the outbox.
+    pub fn event_queued(&self, event_type: &'static str) {
+        let labels = TypeLabels { r#type: event_type };
+        self.0.events.queued.get_or_create(&labels).inc();
+    }
+
+    /// An event delivered to one endpoint.
+    pub fn event_sent(&self) {
+        self.0.events.sent.inc();
+    }
+
+    /// A delivery attempt that failed.
+    pub fn event_failed(&self) {
+        self.0.events.failed.inc();
     }
 
     /// The text exposition format.

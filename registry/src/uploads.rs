@@ -109,13 +109,23 @@ pub async fn start(
             None => false,
         };
         if source_has_it {
+            let size = s.blob_size(&digest).await?;
             if !s.blob_linked(name, &digest).await? {
-                if let Some(size) = s.blob_size(&digest).await? {
+                if let Some(size) = size {
                     quotas.check_upload(s, name, Some(&digest), size).await?;
                 }
             }
             s.link_blob(name, &digest).await?;
-            return Ok(blob_created(name, &digest));
+            let mut r = blob_created(name, &digest);
+            r.extensions_mut().insert(crate::events::Happened {
+                action: crate::events::Action::Mount,
+                repository: name.to_string(),
+                tags: Vec::new(),
+                digest,
+                media_type: None,
+                size,
+            });
+            return Ok(r);
         }
         // Fall back to a normal upload, as the spec requires.
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use axum::Router;
+use berth_registry::events::Events;
 use berth_registry::metrics::Metrics;
 use berth_registry::ops::ReadOnly;
 
@@ -33,10 +34,13 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     let limits = connections::Limits::new(&settings.limits);
     storage::restrict_umask();
     let opened = storage::open_storage(&settings)?;
-    let (app, metrics, read_only) = registry_router(&mut settings, opened.storage.clone())?;
+    let (app, metrics, read_only, events) = registry_router(&mut settings, opened.storage.clone())?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         housekeeping::reload_read_only_on_sighup(reload.0, reload.1, read_only.clone());
+        if let Some(events) = events {
+            events.spawn_sender();
+        }
         run(settings, opened, app, metrics, read_only, limits).await
     })
 }
@@ -56,12 +60,13 @@ fn init_logging(format: LogFormat) {
 
 /// The registry with everything the settings turn on (logins, rate limit,
 /// immutable tags, quotas, metrics, read-only), as a router, and its metrics
-/// (when on) for a `[metrics] addr` listener of their own, and its read-only switch.
+/// (when on) for a `[metrics] addr` listener of their own, its read-only switch, and its
+/// events (when `[[notifications]]` are set) whose sender starts with the runtime.
 fn registry_router(
     settings: &mut Settings,
     storage: Arc<dyn berth_storage::Storage>,
-) -> Result<(Router, Option<Metrics>, ReadOnly)> {
-    let mut registry = berth_registry::Registry::new(storage);
+) -> Result<(Router, Option<Metrics>, ReadOnly, Option<Events>)> {
+    let mut registry = berth_registry::Registry::new(storage.clone());
     if let Some(access) = access::build(settings)? {
         registry = registry.with_access(access);
     }
@@ -78,9 +83,18 @@ fn registry_router(
     if let Some(m) = &metrics {
         registry = registry.with_metrics(m.clone(), settings.metrics.addr.is_none());
     }
+    let notifications = std::mem::take(&mut settings.notifications);
+    let events = if notifications.is_empty() {
+        None
+    } else {
+        let events =
+            Events::new(storage, notifications, metrics.clone()).map_err(|e| anyhow::anyhow!(e))?;
+        registry = registry.with_events(events.clone());
+        Some(events)
+    };
     let read_only = registry.read_only();
     read_only.set(settings.read_only);
-    Ok((registry.router(), metrics, read_only))
+    Ok((registry.router(), metrics, read_only, events))
 }
 
 /// Everything that needs the runtime: the bucket check, housekeeping, the

@@ -1,0 +1,208 @@
+//! Delivery: POST each outbox record to the endpoints still pending, retry
+//! with exponential backoff, remove the record once every endpoint has it.
+//!
+//! The outbox is listed every [`POLL`] (and at once when this process queued
+//! an event), so records left by an earlier run or by another replica are
+//! delivered too. A record is claimed before it is sent; a replica that finds
+//! it claimed leaves it to the claim's owner until the claim expires.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::{header, HeaderValue};
+use berth_storage::StorageError;
+
+use super::{Inner, Record};
+
+/// How often the outbox is listed when nothing wakes the sender.
+const POLL: Duration = Duration::from_secs(2);
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const MAX_RETRY: Duration = Duration::from_secs(300);
+/// A claim lasts every endpoint's timeout and this margin.
+const CLAIM_MARGIN: Duration = Duration::from_secs(30);
+
+const CLOUDEVENTS_JSON: HeaderValue = HeaderValue::from_static("application/cloudevents+json");
+
+/// How an attempt at one record ended.
+enum Outcome {
+    /// Every endpoint has it (or it was gone already).
+    Done,
+    /// Some endpoint still has to get it.
+    Pending,
+    /// Another sender holds it.
+    Claimed,
+}
+
+/// Retry state of one record, in this process.
+struct Retry {
+    attempts: u32,
+    next: Instant,
+}
+
+fn backoff(attempts: u32) -> Duration {
+    FIRST_RETRY
+        .saturating_mul(1u32 << attempts.min(16))
+        .min(MAX_RETRY)
+}
+
+pub(super) async fn run(inner: Arc<Inner>) {
+    let mut retries: HashMap<String, Retry> = HashMap::new();
+    loop {
+        if let Err(e) = round(&inner, &mut retries).await {
+            tracing::warn!(target: "berth::events", error = %e, "cannot read the event outbox; trying again");
+        }
+        let now = Instant::now();
+        let wait = retries
+            .values()
+            .map(|r| r.next.saturating_duration_since(now))
+            .min()
+            .unwrap_or(POLL)
+            .clamp(Duration::from_millis(50), POLL);
+        tokio::select! {
+            _ = inner.wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// One pass over the outbox, oldest first.
+async fn round(inner: &Inner, retries: &mut HashMap<String, Retry>) -> Result<(), StorageError> {
+    let ids = inner.storage.outbox_list().await?;
+    let listed: HashSet<&String> = ids.iter().collect();
+    retries.retain(|id, _| listed.contains(id));
+    // Endpoints that failed in this pass are not tried again in it: one dead
+    // receiver costs one timeout per pass, not one per queued event.
+    let mut down: HashSet<String> = HashSet::new();
+    for id in &ids {
+        if retries.get(id).is_some_and(|r| r.next > Instant::now()) {
+            continue;
+        }
+        match deliver(inner, id, &mut down).await {
+            Ok(Outcome::Done) => {
+                retries.remove(id);
+            }
+            Ok(Outcome::Claimed) => {}
+            Ok(Outcome::Pending) => {
+                let retry = retries.entry(id.clone()).or_insert(Retry {
+                    attempts: 0,
+                    next: Instant::now(),
+                });
+                retry.next = Instant::now() + backoff(retry.attempts);
+                retry.attempts = retry.attempts.saturating_add(1);
+            }
+            Err(e) => {
+                tracing::warn!(target: "berth::events", id = %id, error = %e, "cannot deliver an event now");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Claim one record, send it to each endpoint still pending, save what is left.
+async fn deliver(
+    inner: &Inner,
+    id: &str,
+    down: &mut HashSet<String>,
+) -> Result<Outcome, StorageError> {
+    let ttl = inner.rules.total_timeout() + CLAIM_MARGIN;
+    if !inner.storage.outbox_claim(id, &inner.owner, ttl).await? {
+        return Ok(Outcome::Claimed);
+    }
+    let outcome = send_claimed(inner, id, down).await;
+    // After a delete the claim is gone with the record: nothing to release.
+    if !matches!(outcome, Ok(Outcome::Done)) {
+        inner.storage.outbox_release(id, &inner.owner).await?;
+    }
+    outcome
+}
+
+async fn send_claimed(
+    inner: &Inner,
+    id: &str,
+    down: &mut HashSet<String>,
+) -> Result<Outcome, StorageError> {
+    let Some(raw) = inner.storage.outbox_get(id).await? else {
+        return Ok(Outcome::Done);
+    };
+    let mut record: Record = match serde_json::from_slice(&raw) {
+        Ok(record) => record,
+        Err(e) => {
+            // Kept, not deleted: an operator can look at it (or remove it).
+            tracing::error!(target: "berth::events", id, error = %e, "an outbox record does not parse; it is left in place");
+            return Ok(Outcome::Pending);
+        }
+    };
+    let body = serde_json::to_vec(&record.event).map_err(std::io::Error::other)?;
+    let before = record.pending.len();
+    let mut still = Vec::new();
+    for key in std::mem::take(&mut record.pending) {
+        let Some(endpoint) = inner.rules.endpoint(&key) else {
+            tracing::warn!(target: "berth::events", id, endpoint = %key, "no [[notifications]] endpoint has this name any more; the event is dropped for it");
+            continue;
+        };
+        if down.contains(&key) {
+            still.push(key);
+            continue;
+        }
+        match post(inner, endpoint, body.clone()).await {
+            Ok(()) => {
+                tracing::info!(target: "berth::events", id, endpoint = %key, "event delivered");
+                if let Some(m) = &inner.metrics {
+                    m.event_sent();
+                }
+            }
+            Err(why) => {
+                tracing::warn!(target: "berth::events", id, endpoint = %key, error = %why, "event delivery failed; will retry");
+                if let Some(m) = &inner.metrics {
+                    m.event_failed();
+                }
+                down.insert(key.clone());
+                still.push(key);
+            }
+        }
+    }
+    if still.is_empty() {
+        inner.storage.outbox_delete(id).await?;
+        return Ok(Outcome::Done);
+    }
+    if still.len() != before {
+        record.pending = still;
+        let bytes = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
+        inner.storage.outbox_put(id, bytes.into()).await?;
+    }
+    Ok(Outcome::Pending)
+}
+
+/// One delivery attempt: a 2xx answer within the endpoint's timeout.
+async fn post(inner: &Inner, endpoint: &super::Endpoint, body: Vec<u8>) -> Result<(), String> {
+    let response = inner
+        .http
+        .post(endpoint.url.clone())
+        .headers(endpoint.headers.clone())
+        .header(header::CONTENT_TYPE, CLOUDEVENTS_JSON)
+        .timeout(endpoint.timeout)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let status = response.status();
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("the endpoint answered {status}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        assert_eq!(backoff(0), Duration::from_secs(1));
+        assert_eq!(backoff(3), Duration::from_secs(8));
+        assert_eq!(backoff(9), MAX_RETRY);
+        assert_eq!(backoff(u32::MAX), MAX_RETRY);
+    }
+}
