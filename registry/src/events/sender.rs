@@ -123,6 +123,9 @@ async fn send_claimed(
     down: &mut HashSet<String>,
 ) -> Result<Outcome, StorageError> {
     let Some(raw) = inner.storage.outbox_get(id).await? else {
+        // Delivered and removed by another sender since the listing: drop the
+        // claim just made with it.
+        inner.storage.outbox_delete(id).await?;
         return Ok(Outcome::Done);
     };
     let mut record: Record = match serde_json::from_slice(&raw) {
