@@ -208,4 +208,45 @@ mod tests {
         assert_eq!(backoff(9), MAX_RETRY);
         assert_eq!(backoff(u32::MAX), MAX_RETRY);
     }
+
+    /// Two senders (replicas) attempt one record at the same moment, the receiver slow to
+    /// answer: the claim lets one send it and tells the other it is taken.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_claimed_record_is_sent_by_one_sender_only() {
+        use crate::events::tests::{notifications, pushed, receiver};
+        use crate::events::Events;
+        use berth_storage::{MemoryStorage, Storage};
+
+        let (url, accepted) = receiver(0, Duration::from_millis(300)).await;
+        let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        let rules = || notifications(&format!("[[notifications]]\nurl = \"{url}\""));
+        let a = Events::new(storage.clone(), rules(), None).expect("a");
+        let b = Events::new(storage.clone(), rules(), None).expect("b");
+        a.record(&pushed(&["v1"]), None, None)
+            .await
+            .expect("record");
+        let ids = storage.outbox_list().await.expect("list");
+        let id = ids.first().expect("one record").clone();
+        let (mut down_a, mut down_b) = (HashSet::new(), HashSet::new());
+        let (first, second) = tokio::join!(
+            deliver(&a.0, &id, &mut down_a),
+            deliver(&b.0, &id, &mut down_b)
+        );
+        let outcomes = [first.expect("a"), second.expect("b")];
+        let sent = outcomes
+            .iter()
+            .filter(|o| matches!(o, Outcome::Done))
+            .count();
+        let claimed = outcomes
+            .iter()
+            .filter(|o| matches!(o, Outcome::Claimed))
+            .count();
+        assert_eq!(
+            (sent, claimed),
+            (1, 1),
+            "one sends, the other finds it claimed"
+        );
+        assert_eq!(accepted.lock().expect("accepted").len(), 1, "sent once");
+        assert!(storage.outbox_list().await.expect("list").is_empty());
+    }
 }

@@ -5,7 +5,7 @@ use berth_storage::{MemoryStorage, Storage};
 
 use super::*;
 
-fn pushed(tags: &[&str]) -> Happened {
+pub(super) fn pushed(tags: &[&str]) -> Happened {
     Happened {
         action: Action::Push,
         repository: "prod/app".into(),
@@ -16,7 +16,7 @@ fn pushed(tags: &[&str]) -> Happened {
     }
 }
 
-fn notifications(toml_text: &str) -> Notifications {
+pub(super) fn notifications(toml_text: &str) -> Notifications {
     #[derive(Deserialize)]
     struct File {
         notifications: Vec<NotificationConfig>,
@@ -121,4 +121,76 @@ async fn only_events_some_endpoint_wants_reach_the_outbox() {
         assert_eq!(record.event.id, id);
         assert_eq!(record.pending, ["a", "b"]);
     }
+}
+
+/// A receiver on 127.0.0.1 that refuses its first `refuse` requests with 503, then
+/// records each event id it accepts, `delay` after the request came.
+pub(super) async fn receiver(
+    refuse: usize,
+    delay: Duration,
+) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let accepted = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let sink = accepted.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let (sink, seen) = (sink.clone(), seen.clone());
+            async move {
+                if seen.fetch_add(1, Ordering::SeqCst) < refuse {
+                    return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                tokio::time::sleep(delay).await;
+                let event: CloudEvent = serde_json::from_slice(&body).expect("a CloudEvent");
+                sink.lock().expect("sink").push(event.id);
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, accepted)
+}
+
+/// Two replicas' senders over one storage, a receiver that fails at first: every event is
+/// accepted exactly once (claims keep the senders apart; failures are retried).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_senders_over_one_storage_deliver_each_event_once() {
+    let (url, accepted) = receiver(3, Duration::from_millis(20)).await;
+    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let rules = || {
+        notifications(&format!(
+            "[[notifications]]\nurl = \"{url}\"\ntimeout = \"2s\""
+        ))
+    };
+    let a = Events::new(storage.clone(), rules(), None).expect("a");
+    let b = Events::new(storage.clone(), rules(), None).expect("b");
+    for i in 0..20 {
+        let happened = pushed(&[&format!("v{i}")]);
+        // Half the requests reach each replica.
+        let replica = if i % 2 == 0 { &a } else { &b };
+        replica.record(&happened, None, None).await.expect("record");
+    }
+    // Both start on a full outbox at once, listing the same records in the same order.
+    let senders = [a.spawn_sender(), b.spawn_sender()];
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !storage.outbox_list().await.expect("list").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the outbox never emptied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for sender in senders {
+        sender.abort();
+    }
+    let mut ids = accepted.lock().expect("accepted").clone();
+    assert_eq!(ids.len(), 20, "each event accepted once: {ids:?}");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 20, "no event accepted twice");
 }
