@@ -16,6 +16,8 @@
 //! uploads/<id>/state.json, uploads/<id>/data fs: upload session
 //! uploads/<id>/state, uploads/<id>/tail-<n>  S3: upload session, bytes not yet in a part
 //! tmp/                                       fs: temporary files, renamed into place
+//! outbox/events/<id>, outbox/claims/<id>     webhook events not yet delivered, and who is
+//!                                            delivering each (see crate::outbox)
 //! ```
 //! `<d>` is `<alg>/<hex>` on a filesystem and `<alg>/<base64url>` on S3
 //! (shorter keys, see [`Layout::S3`]); `<D>` is `<d>`, but with a
