@@ -18,7 +18,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 #[serde(deny_unknown_fields)]
 pub struct NotificationConfig {
     /// Names the endpoint in logs and in the outbox (what it still has to
-    /// receive); default: the URL. Renaming it drops what is queued for it.
+    /// receive); default: the URL without password and query. Renaming it
+    /// drops what is queued for it.
     pub name: Option<String>,
     /// `http://` or `https://` URL that receives each event as a POST.
     pub url: String,
@@ -152,7 +153,14 @@ fn compile(at: &str, config: &NotificationConfig) -> Result<Endpoint, String> {
     let key = match &config.name {
         Some(name) if name.trim().is_empty() => return Err(format!("{at}.name is empty")),
         Some(name) => name.clone(),
-        None => config.url.clone(),
+        // The URL without a password or query, which may hold secrets: the key is logged
+        // and stored in the outbox.
+        None => {
+            let mut shown = url.clone();
+            let _ = shown.set_password(None);
+            shown.set_query(None);
+            shown.to_string()
+        }
     };
     Ok(Endpoint {
         key,
@@ -220,6 +228,16 @@ mod tests {
             n.endpoint("prod-pulls").map(|e| e.timeout),
             Some(DEFAULT_TIMEOUT)
         );
+    }
+
+    #[test]
+    fn a_default_name_shows_no_secret_of_the_url() {
+        let n = table("[[notifications]]\nurl = \"https://hook:pw@h.example/x?token=t\"")
+            .expect("valid");
+        let keys = n.matching(Action::Push, "a");
+        assert_eq!(keys, ["https://hook@h.example/x"]);
+        let url = &n.endpoint(&keys[0]).expect("endpoint").url;
+        assert_eq!(url.query(), Some("token=t"), "still sent to the whole URL");
     }
 
     #[test]

@@ -188,7 +188,8 @@ async fn post(inner: &Inner, endpoint: &super::Endpoint, body: Vec<u8>) -> Resul
         .body(body)
         .send()
         .await
-        .map_err(|e| format!("{e:#}"))?;
+        // Without the URL, whose query may hold a secret: the endpoint's name says which.
+        .map_err(|e| format!("{:#}", e.without_url()))?;
     let status = response.status();
     if status.is_success() {
         Ok(())
