@@ -125,14 +125,11 @@ async fn only_events_some_endpoint_wants_reach_the_outbox() {
 
 /// A receiver on 127.0.0.1 that refuses its first `refuse` requests with 503, then
 /// records each event id it accepts, `delay` after the request came.
-pub(super) async fn receiver(
-    refuse: usize,
-    delay: Duration,
-) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+pub(super) async fn receiver(refuse: usize, delay: Duration) -> Receiver {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let accepted = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = Arc::new(AtomicUsize::new(0));
-    let sink = accepted.clone();
+    let (sink, requests) = (accepted.clone(), seen.clone());
     let app = axum::Router::new().route(
         "/hook",
         axum::routing::post(move |body: axum::body::Bytes| {
@@ -153,14 +150,26 @@ pub(super) async fn receiver(
         .expect("bind");
     let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, accepted)
+    Receiver {
+        url,
+        accepted,
+        requests,
+    }
+}
+
+pub(super) struct Receiver {
+    pub url: String,
+    /// Ids of the events answered 204.
+    pub accepted: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Every request, refused or not.
+    pub requests: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Two replicas' senders over one storage, a receiver that fails at first: every event is
 /// accepted exactly once (claims keep the senders apart; failures are retried).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_senders_over_one_storage_deliver_each_event_once() {
-    let (url, accepted) = receiver(3, Duration::from_millis(20)).await;
+    let Receiver { url, accepted, .. } = receiver(3, Duration::from_millis(20)).await;
     let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
     let rules = || {
         notifications(&format!(
