@@ -126,7 +126,12 @@ async fn round(inner: &Inner, state: &mut State) -> Result<(), StorageError> {
     state.broken.retain(|id| listed.contains(id));
     for id in &ids {
         let now = Instant::now();
-        if inner.rules.endpoints.iter().all(|e| state.is_down(&e.key, now)) {
+        if inner
+            .rules
+            .endpoints
+            .iter()
+            .all(|e| state.is_down(&e.key, now))
+        {
             break; // nothing can be delivered before the next retry
         }
         if !state.worth_trying(id, now) {
