@@ -370,14 +370,22 @@ async fn events_survive_a_receiver_outage_and_a_restart() {
         server.log().contains("event delivery failed")
     })
     .await;
-    let metrics = c
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    // The sender's next pass sees all four (it may not have run since the last request).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let metrics = loop {
+        let text = c
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        if metric(&text, "berth_events_in_outbox") == 4.0 || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(
         metric(&metrics, "berth_events_queued_total"),
         5.0,
@@ -392,6 +400,7 @@ async fn events_survive_a_receiver_outage_and_a_restart() {
         1.0,
         "{metrics}"
     );
+    assert_eq!(metric(&metrics, "berth_events_in_outbox"), 4.0, "{metrics}");
 
     server.restart();
     assert_eq!(

@@ -134,6 +134,7 @@ struct EventMetrics {
     queued: Family<TypeLabels, Counter>,
     sent: Counter,
     failed: Counter,
+    in_outbox: Gauge,
 }
 
 impl EventMetrics {
@@ -142,6 +143,7 @@ impl EventMetrics {
             queued: Family::default(),
             sent: Counter::default(),
             failed: Counter::default(),
+            in_outbox: Gauge::default(),
         };
         registry.register(
             "events_queued",
@@ -157,6 +159,11 @@ impl EventMetrics {
             "events_failed",
             "Event delivery attempts that failed (retried later)",
             events.failed.clone(),
+        );
+        registry.register(
+            "events_in_outbox",
+            "Events waiting in the outbox for some endpoint (all replicas'), at the last pass",
+            events.in_outbox.clone(),
         );
         events
     }
@@ -261,6 +268,11 @@ impl Metrics {
     /// A delivery attempt that failed.
     pub fn event_failed(&self) {
         self.0.events.failed.inc();
+    }
+
+    /// How many events the outbox held at the sender's last listing.
+    pub fn events_in_outbox(&self, count: usize) {
+        self.0.events.in_outbox.set(count as i64);
     }
 
     /// The text exposition format.

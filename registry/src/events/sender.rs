@@ -121,6 +121,9 @@ pub(super) async fn run(inner: Arc<Inner>) {
 /// One pass over the outbox, oldest first.
 async fn round(inner: &Inner, state: &mut State) -> Result<(), StorageError> {
     let ids = inner.storage.outbox_list().await?;
+    if let Some(m) = &inner.metrics {
+        m.events_in_outbox(ids.len());
+    }
     let listed: HashSet<&String> = ids.iter().collect();
     state.waiting_for.retain(|id, _| listed.contains(id));
     state.broken.retain(|id| listed.contains(id));
