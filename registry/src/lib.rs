@@ -28,7 +28,9 @@ mod manifests;
 pub mod metrics;
 pub mod ops;
 pub mod process_metrics;
+pub mod pulls;
 pub mod quota;
+pub mod retention;
 pub mod route;
 mod uploads;
 
@@ -50,6 +52,8 @@ pub struct Registry {
     metrics: Option<metrics::Metrics>,
     /// `/metrics` on this router (not on a listener of its own).
     metrics_route: bool,
+    /// Manifest pulls noted for retention, written to storage in batches.
+    pulls: pulls::PullLog,
 }
 
 impl Registry {
@@ -64,6 +68,7 @@ impl Registry {
             sparse_indexes: false,
             metrics: None,
             metrics_route: false,
+            pulls: pulls::PullLog::default(),
         }
     }
 
@@ -72,6 +77,11 @@ impl Registry {
         self.metrics = Some(metrics);
         self.metrics_route = route;
         self
+    }
+
+    /// The manifest pulls noted since the last flush (the server flushes them).
+    pub fn pull_log(&self) -> pulls::PullLog {
+        self.pulls.clone()
     }
 
     /// The read-only switch: on, every write is refused with 405.
@@ -433,7 +443,13 @@ async fn handle(
             _ => Err(method_not_allowed(&m)),
         },
         Route::Manifest { name, reference } => match m {
-            Method::GET | Method::HEAD => manifests::get(s, name, reference, &req).await,
+            Method::GET | Method::HEAD => {
+                let response = manifests::get(s, name, reference, &req).await?;
+                if m == Method::GET {
+                    note_pull(&reg.pulls, name, &response);
+                }
+                Ok(response)
+            }
             Method::PUT => {
                 let rules = manifests::PutRules {
                     immutable: &reg.immutable,
@@ -446,6 +462,18 @@ async fn handle(
             _ => Err(method_not_allowed(&m)),
         },
         _ => Err(method_not_allowed(&m)),
+    }
+}
+
+/// A manifest GET answered: note its digest (HEADs are checks, not pulls).
+fn note_pull(log: &pulls::PullLog, repository: &str, response: &Response) {
+    let digest = response
+        .headers()
+        .get("Docker-Content-Digest")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    if let Some(digest) = digest {
+        log.record(repository, &digest);
     }
 }
 
