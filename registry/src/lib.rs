@@ -89,6 +89,11 @@ impl Registry {
         self.read_only.clone()
     }
 
+    /// The `[[immutable]]` rules in force (retention keeps what they protect).
+    pub fn immutable_tags(&self) -> Arc<immutable::ImmutableTags> {
+        self.immutable.clone()
+    }
+
     /// Refuse moving or deleting tags the rules name.
     pub fn with_immutable_tags(mut self, rules: immutable::ImmutableTags) -> Registry {
         self.immutable = Arc::new(rules);

@@ -63,6 +63,7 @@ struct Inner {
     auth_failures: Family<ReasonLabels, Counter>,
     rate_limited: Counter,
     gc: GcMetrics,
+    retention: RetentionMetrics,
     /// `[metrics] token`: a Bearer token that may read `/metrics`.
     token: Option<String>,
 }
@@ -123,6 +124,47 @@ impl GcMetrics {
     }
 }
 
+/// The server's scheduled retention runs.
+struct RetentionMetrics {
+    runs: Family<ResultLabels, Counter>,
+    duration: Histogram,
+    tags_removed: Counter,
+    manifests_removed: Counter,
+}
+
+impl RetentionMetrics {
+    fn register(registry: &mut PromRegistry) -> RetentionMetrics {
+        let r = RetentionMetrics {
+            runs: Family::default(),
+            duration: Histogram::new(exponential_buckets(0.001, 4.0, 11)),
+            tags_removed: Counter::default(),
+            manifests_removed: Counter::default(),
+        };
+        registry.register(
+            "retention_runs",
+            "Retention runs by the server, by result (ok or error)",
+            r.runs.clone(),
+        );
+        registry.register_with_unit(
+            "retention_duration",
+            "Time each retention run took",
+            prometheus_client::registry::Unit::Seconds,
+            r.duration.clone(),
+        );
+        registry.register(
+            "retention_tags_removed",
+            "Tags removed by retention policies",
+            r.tags_removed.clone(),
+        );
+        registry.register(
+            "retention_manifests_removed",
+            "Untagged manifests removed by retention policies (their blobs go at the next garbage collection)",
+            r.manifests_removed.clone(),
+        );
+        r
+    }
+}
+
 impl Metrics {
     pub fn new(token: Option<String>) -> Metrics {
         // The standard process_* names unprefixed on the root; Berth's own under berth_.
@@ -176,6 +218,7 @@ impl Metrics {
             rate_limited.clone(),
         );
         let gc = GcMetrics::register(registry);
+        let retention = RetentionMetrics::register(registry);
         Metrics(Arc::new(Inner {
             registry: root,
             requests,
@@ -186,6 +229,7 @@ impl Metrics {
             auth_failures,
             rate_limited,
             gc,
+            retention,
             token: token.filter(|t| !t.is_empty()),
         }))
     }
@@ -204,6 +248,25 @@ impl Metrics {
             Err(()) => "error",
         };
         gc.runs.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// One retention run by the server: how long it took and what it removed.
+    pub fn record_retention(
+        &self,
+        took: Duration,
+        outcome: Result<&crate::retention::RetentionReport, ()>,
+    ) {
+        let r = &self.0.retention;
+        r.duration.observe(took.as_secs_f64());
+        let result = match outcome {
+            Ok(report) => {
+                r.tags_removed.inc_by(report.tags_removed);
+                r.manifests_removed.inc_by(report.manifests_removed);
+                "ok"
+            }
+            Err(()) => "error",
+        };
+        r.runs.get_or_create(&ResultLabels { result }).inc();
     }
 
     /// The text exposition format.

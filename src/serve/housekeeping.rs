@@ -1,12 +1,16 @@
 //! What `berth serve` runs in the background: expiring abandoned uploads,
-//! when asked periodic garbage collection, and the read-only switch on SIGHUP.
+//! when asked periodic garbage collection and retention, writing noted pull
+//! times, and the read-only switch on SIGHUP.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_registry::immutable::ImmutableTags;
 use berth_registry::metrics::Metrics;
 use berth_registry::ops::ReadOnly;
+use berth_registry::pulls::PullLog;
+use berth_registry::retention::RetentionPolicies;
 
 use crate::config::Settings;
 
@@ -28,13 +32,92 @@ pub fn spawn(
     ));
     if let Some(every) = settings.gc_interval {
         tokio::spawn(collect_garbage_periodically(
-            storage,
+            storage.clone(),
             every,
             settings.gc_grace,
-            read_only,
-            metrics,
+            read_only.clone(),
+            metrics.clone(),
         ));
     }
+}
+
+/// What a scheduled retention run needs besides the storage.
+pub struct RetentionJob {
+    pub policies: RetentionPolicies,
+    pub immutable: Arc<ImmutableTags>,
+    pub every: Duration,
+    pub grace: Duration,
+}
+
+/// Write noted pulls every `every` (skipped while read-only: they wait in memory).
+pub fn spawn_pull_flushes(
+    storage: Arc<dyn berth_storage::Storage>,
+    pulls: PullLog,
+    every: Duration,
+    read_only: ReadOnly,
+) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if read_only.is_on() {
+                continue;
+            }
+            flush_pulls(storage.as_ref(), &pulls).await;
+        }
+    });
+}
+
+/// Write the noted pulls now (also at shutdown, so a clean stop loses none).
+pub async fn flush_pulls(storage: &dyn berth_storage::Storage, pulls: &PullLog) {
+    match pulls.flush(storage).await {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(digests = n, "pull times written"),
+        Err(e) => tracing::warn!(error = %e, "could not write pull times; kept for the next flush"),
+    }
+}
+
+/// Run the `[[retention]]` policies every `job.every`, beside GC, skipping
+/// turns while read-only.
+pub fn spawn_retention(
+    storage: Arc<dyn berth_storage::Storage>,
+    job: RetentionJob,
+    read_only: ReadOnly,
+    metrics: Option<Metrics>,
+) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(job.every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await; // the first tick is immediate: wait one interval first
+        loop {
+            ticks.tick().await;
+            if read_only.is_on() {
+                continue;
+            }
+            let started = std::time::Instant::now();
+            let outcome = berth_registry::retention::run(
+                storage.as_ref(),
+                &job.policies,
+                &job.immutable,
+                job.grace,
+                false,
+            )
+            .await;
+            if let Some(m) = &metrics {
+                m.record_retention(started.elapsed(), outcome.as_ref().map_err(|_| ()));
+            }
+            match outcome {
+                Ok(r) => tracing::info!(
+                    tags = r.tags_removed,
+                    manifests = r.manifests_removed,
+                    skipped = r.skipped.len(),
+                    "retention applied"
+                ),
+                Err(e) => tracing::warn!(error = %e, "retention failed"),
+            }
+        }
+    });
 }
 
 /// Upload sessions untouched for `max_age` are abandoned pushes.

@@ -8,8 +8,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use axum::Router;
+use berth_registry::immutable::ImmutableTags;
 use berth_registry::metrics::Metrics;
 use berth_registry::ops::ReadOnly;
+use berth_registry::pulls::PullLog;
 
 use crate::config::{self, LogFormat, Settings};
 use crate::{access, tls};
@@ -33,11 +35,11 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     let limits = connections::Limits::new(&settings.limits);
     storage::restrict_umask();
     let opened = storage::open_storage(&settings)?;
-    let (app, metrics, read_only) = registry_router(&mut settings, opened.storage.clone())?;
+    let (app, shared) = registry_router(&mut settings, opened.storage.clone())?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        housekeeping::reload_read_only_on_sighup(reload.0, reload.1, read_only.clone());
-        run(settings, opened, app, metrics, read_only, limits).await
+        housekeeping::reload_read_only_on_sighup(reload.0, reload.1, shared.read_only.clone());
+        run(settings, opened, app, shared, limits).await
     })
 }
 
@@ -54,13 +56,23 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// What the router shares with the background tasks.
+struct Shared {
+    metrics: Option<Metrics>,
+    read_only: ReadOnly,
+    pulls: PullLog,
+    immutable: Arc<ImmutableTags>,
+}
+
 /// The registry with everything the settings turn on (logins, rate limit,
-/// immutable tags, quotas, metrics, read-only), as a router, and its metrics
-/// (when on) for a `[metrics] addr` listener of their own, and its read-only switch.
+/// immutable tags, quotas, metrics, read-only), as a router, and what it
+/// shares with the background tasks: its metrics (when on, also for a
+/// `[metrics] addr` listener of their own), read-only switch, pull notes and
+/// immutable rules.
 fn registry_router(
     settings: &mut Settings,
     storage: Arc<dyn berth_storage::Storage>,
-) -> Result<(Router, Option<Metrics>, ReadOnly)> {
+) -> Result<(Router, Shared)> {
     let mut registry = berth_registry::Registry::new(storage);
     if let Some(access) = access::build(settings)? {
         registry = registry.with_access(access);
@@ -80,17 +92,22 @@ fn registry_router(
     }
     let read_only = registry.read_only();
     read_only.set(settings.read_only);
-    Ok((registry.router(), metrics, read_only))
+    let shared = Shared {
+        metrics,
+        read_only,
+        pulls: registry.pull_log(),
+        immutable: registry.immutable_tags(),
+    };
+    Ok((registry.router(), shared))
 }
 
 /// Everything that needs the runtime: the bucket check, housekeeping, the
 /// listeners, and serving until a signal.
 async fn run(
-    settings: Settings,
+    mut settings: Settings,
     opened: OpenedStorage,
     app: Router,
-    metrics: Option<Metrics>,
-    read_only: ReadOnly,
+    shared: Shared,
     limits: connections::Limits,
 ) -> Result<()> {
     if let Some(s3) = &opened.s3 {
@@ -98,12 +115,33 @@ async fn run(
             format!("cannot reach the bucket of {}: check --s3-endpoint, the region and the AWS_* credentials", settings.storage)
         })?;
     }
+    let Shared {
+        metrics,
+        read_only,
+        pulls,
+        immutable,
+    } = shared;
     housekeeping::spawn(
         &settings,
         opened.storage.clone(),
-        read_only,
+        read_only.clone(),
         metrics.clone(),
     );
+    housekeeping::spawn_pull_flushes(
+        opened.storage.clone(),
+        pulls.clone(),
+        settings.pull_flush_interval,
+        read_only.clone(),
+    );
+    if let Some(every) = settings.retention_interval {
+        let job = housekeeping::RetentionJob {
+            policies: std::mem::take(&mut settings.retention),
+            immutable,
+            every,
+            grace: settings.gc_grace,
+        };
+        housekeeping::spawn_retention(opened.storage.clone(), job, read_only, metrics.clone());
+    }
     if let (Some(m), Some(addr)) = (metrics, &settings.metrics.addr) {
         serve_metrics_apart(m, addr).await?;
     }
@@ -112,6 +150,7 @@ async fn run(
     let acceptor = settings.tls.as_ref().map(tls::acceptor).transpose()?;
     connections::serve(listener, acceptor, app, limits, shutdown_signal()).await;
     tracing::info!("stopped: all in-flight requests finished");
+    housekeeping::flush_pulls(opened.storage.as_ref(), &pulls).await;
     if let Some(s3) = &opened.s3 {
         let c = s3.request_counts();
         tracing::info!(
