@@ -35,6 +35,8 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     let limits = connections::Limits::new(&settings.limits);
     storage::restrict_umask();
     let opened = storage::open_storage(&settings)?;
+    // Held until the process ends: `berth gc` checks it before a short-grace collection.
+    let _serving = storage::hold_serve_lock(&settings)?;
     let (app, shared) = registry_router(&mut settings, opened.storage.clone())?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
