@@ -358,12 +358,24 @@ async fn retention_on_disk_dry_run_then_the_servers_schedule() {
         sample(&text, "berth_retention_duration_seconds_count") >= 1.0,
         "{text}"
     );
+    // Storage calls by backend, operation and result: the retention's removals among them.
+    let ops = |operation: &str, result: &str| {
+        sample(
+            &text,
+            &format!(
+                r#"berth_storage_operations_total{{backend="fs",operation="{operation}",result="{result}"}}"#
+            ),
+        )
+    };
+    assert!(ops("tag_delete", "ok") >= 2.0, "{text}");
+    assert!(ops("manifest_delete", "ok") >= 3.0, "{text}");
+    assert!(ops("tag_records", "ok") >= 1.0, "{text}");
     check_applied(&c, &base, &pushed).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retention_on_s3_dry_run_then_the_cli() {
-    if !require_tool("skopeo") {
+    if !require_tool("skopeo") || !require_tool("promtool") {
         return;
     }
     let Some(s3) = s3_server("retention") else {
@@ -400,6 +412,39 @@ async fn retention_on_s3_dry_run_then_the_cli() {
     assert_eq!(applied["tags_removed"], 2, "{applied}");
     assert_eq!(applied["manifests_removed"], 3, "{applied}");
     check_applied(&c, &server.url(), &pushed).await;
+
+    // S3 requests and storage calls are exported, by method and by operation.
+    let text = c
+        .get(format!("{}/metrics", server.url()))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .unwrap_or_default();
+    promtool_check(&text);
+    assert!(
+        sample(&text, r#"berth_s3_requests_total{method="GET"}"#) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        sample(&text, r#"berth_s3_requests_total{method="PUT"}"#) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            r#"berth_storage_operations_total{backend="s3",operation="manifest_put",result="ok"}"#
+        ) >= 9.0,
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            r#"berth_storage_operations_total{backend="s3",operation="record_pulls",result="ok"}"#
+        ) >= 1.0,
+        "{text}"
+    );
     server.stop();
 }
 

@@ -25,6 +25,7 @@ pub mod immutable;
 mod listing;
 pub mod manifest;
 mod manifests;
+pub mod metered;
 pub mod metrics;
 pub mod ops;
 pub mod process_metrics;

@@ -45,6 +45,13 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StorageLabels {
+    backend: &'static str,
+    operation: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -64,6 +71,9 @@ struct Inner {
     rate_limited: Counter,
     gc: GcMetrics,
     retention: RetentionMetrics,
+    storage_operations: Family<StorageLabels, Counter>,
+    /// The S3 backend whose request counts each scrape reads, once it is known.
+    s3: Arc<std::sync::OnceLock<Arc<berth_storage::S3Storage>>>,
     /// `[metrics] token`: a Bearer token that may read `/metrics`.
     token: Option<String>,
 }
@@ -219,6 +229,14 @@ impl Metrics {
         );
         let gc = GcMetrics::register(registry);
         let retention = RetentionMetrics::register(registry);
+        let storage_operations = Family::<StorageLabels, Counter>::default();
+        registry.register(
+            "storage_operations",
+            "Storage calls by backend, operation and result (ok; refused: the request was at fault; error: the storage failed)",
+            storage_operations.clone(),
+        );
+        let s3 = Arc::new(std::sync::OnceLock::new());
+        registry.register_collector(Box::new(crate::metered::S3RequestsCollector(s3.clone())));
         Metrics(Arc::new(Inner {
             registry: root,
             requests,
@@ -230,6 +248,8 @@ impl Metrics {
             rate_limited,
             gc,
             retention,
+            storage_operations,
+            s3,
             token: token.filter(|t| !t.is_empty()),
         }))
     }
@@ -248,6 +268,28 @@ impl Metrics {
             Err(()) => "error",
         };
         gc.runs.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// One storage call and how it ended (see [`crate::metered`]).
+    pub fn record_storage(
+        &self,
+        backend: &'static str,
+        operation: &'static str,
+        result: &'static str,
+    ) {
+        self.0
+            .storage_operations
+            .get_or_create(&StorageLabels {
+                backend,
+                operation,
+                result,
+            })
+            .inc();
+    }
+
+    /// Export the HTTP requests this S3 backend sent (`berth_s3_requests_total{method}`).
+    pub fn watch_s3(&self, s3: Arc<berth_storage::S3Storage>) {
+        let _ = self.0.s3.set(s3);
     }
 
     /// One retention run by the server: how long it took and what it removed.

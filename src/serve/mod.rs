@@ -34,10 +34,26 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     // Raises the open-file limit before anything opens files.
     let limits = connections::Limits::new(&settings.limits);
     storage::restrict_umask();
-    let opened = storage::open_storage(&settings)?;
+    let mut opened = storage::open_storage(&settings)?;
     // Held until the process ends: `berth gc` checks it before a short-grace collection.
     let _serving = storage::hold_serve_lock(&settings)?;
-    let (app, shared) = registry_router(&mut settings, opened.storage.clone())?;
+    let metrics = settings
+        .metrics
+        .enabled
+        .then(|| Metrics::new(settings.metrics.token.clone()));
+    if let Some(m) = &metrics {
+        // Every call counted, the housekeeping's too.
+        let backend = if opened.s3.is_some() { "s3" } else { "fs" };
+        opened.storage = Arc::new(berth_registry::metered::MeteredStorage::new(
+            opened.storage,
+            backend,
+            m.clone(),
+        ));
+        if let Some(s3) = &opened.s3 {
+            m.watch_s3(s3.clone());
+        }
+    }
+    let (app, shared) = registry_router(&mut settings, opened.storage.clone(), metrics)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         housekeeping::reload_read_only_on_sighup(reload.0, reload.1, shared.read_only.clone());
@@ -74,6 +90,7 @@ struct Shared {
 fn registry_router(
     settings: &mut Settings,
     storage: Arc<dyn berth_storage::Storage>,
+    metrics: Option<Metrics>,
 ) -> Result<(Router, Shared)> {
     let mut registry = berth_registry::Registry::new(storage);
     if let Some(access) = access::build(settings)? {
@@ -85,10 +102,6 @@ fn registry_router(
     registry = registry.with_immutable_tags(std::mem::take(&mut settings.immutable));
     registry = registry.with_quotas(std::mem::take(&mut settings.quotas));
     registry = registry.with_sparse_indexes(settings.manifests.sparse_indexes);
-    let metrics = settings
-        .metrics
-        .enabled
-        .then(|| Metrics::new(settings.metrics.token.clone()));
     if let Some(m) = &metrics {
         registry = registry.with_metrics(m.clone(), settings.metrics.addr.is_none());
     }
