@@ -409,11 +409,27 @@ fn storage_entry(value: Option<toml::Value>) -> Result<(Option<String>, bool)> {
     Ok((location, read_only))
 }
 
-/// `[storage] read_only` of the config file as it is now, for a reload on SIGHUP. The whole
-/// file is read and checked, so a reload with a broken file changes nothing.
-pub fn read_only_in_file(path: &Path) -> Result<bool> {
-    let file = load(path)?;
-    Ok(storage_entry(file.storage)?.1)
+/// What a reload on SIGHUP puts in force: the keys that are safe to change while serving.
+pub struct Reloaded {
+    pub read_only: bool,
+    pub immutable: berth_registry::immutable::ImmutableTags,
+    pub quotas: berth_registry::quota::Quotas,
+    pub retention: berth_registry::retention::RetentionPolicies,
+}
+
+/// The reloadable keys of the config file as it is now. The whole file is read and checked
+/// as at start, so a reload with a broken file changes nothing.
+pub fn reloadable_in_file(path: &Path) -> Result<Reloaded> {
+    let settings = resolve(ServeArgs {
+        config: Some(path.to_path_buf()),
+        ..Default::default()
+    })?;
+    Ok(Reloaded {
+        read_only: settings.read_only,
+        immutable: settings.immutable,
+        quotas: settings.quotas,
+        retention: settings.retention,
+    })
 }
 
 fn load(path: &Path) -> Result<FileConfig> {

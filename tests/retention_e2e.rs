@@ -481,3 +481,109 @@ fn bad_retention_config_fails_at_start_naming_the_key() {
     let e = serve_refuses("retention_interval = \"1h\"\n");
     assert!(e.contains("retention_interval"), "{e}");
 }
+
+fn hangup(server: &Server) {
+    let pid = server.pid().expect("berth serve runs");
+    run_ok(
+        Command::new("kill").args(["-HUP", &pid.to_string()]),
+        Duration::from_secs(10),
+    );
+}
+
+/// Polls `check` until it holds, failing with the server's log after 20 s.
+async fn until<F, Fut>(server: &Server, what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}:\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn put_status(c: &reqwest::Client, base: &str, repo: &str, tag: &str, seed: &str) -> u16 {
+    let (config, layer, manifest) = tiny_image(seed);
+    push_blob(c, base, repo, &layer).await;
+    push_blob(c, base, repo, &config).await;
+    c.put(format!("{base}/v2/{repo}/manifests/{tag}"))
+        .header("content-type", OCI_MANIFEST)
+        .body(manifest)
+        .send()
+        .await
+        .expect("PUT manifest")
+        .status()
+        .as_u16()
+}
+
+/// SIGHUP puts new `[[immutable]]`, `[[quota]]` and `[[retention]]` rules in force while
+/// serving; a file whose rules do not compile changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_immutable_quota_and_retention_rules() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let start = "retention_interval = \"300ms\"\ngc_grace = \"0s\"\n\
+                 [[retention]]\nrepositories = [\"nothing/**\"]\nkeep_newest = 1\n";
+    let server = Server::start_berth_with_config(dir.path(), start, false);
+    let config = dir.path().join("berth.toml");
+    let (c, base) = (client(), server.url());
+    assert_eq!(put_status(&c, &base, "hup/app", "v1", "first").await, 201);
+    assert_eq!(
+        put_status(&c, &base, "hup/app", "v1", "second").await,
+        201,
+        "no rule yet"
+    );
+    push_tiny_image(&c, &base, "hupr/app", "a").await;
+    push_tiny_image(&c, &base, "hupr/app", "b").await;
+
+    let rules = format!(
+        "{start}\n[[immutable]]\nrepositories = [\"hup/**\"]\ntags = [\"v*\"]\n\
+         [[quota]]\nrepositories = [\"hup/**\"]\nmax_tags = 2\n\
+         [[retention]]\nrepositories = [\"hupr/**\"]\nkeep_newest = 1\n"
+    );
+    fs::write(&config, &rules).expect("write config");
+    hangup(&server);
+    until(&server, "the immutable rule came into force", || async {
+        put_status(&c, &base, "hup/app", "v1", "third").await == 409
+    })
+    .await;
+    assert_eq!(put_status(&c, &base, "hup/app", "v2", "fourth").await, 201);
+    assert_eq!(
+        put_status(&c, &base, "hup/app", "v3", "fifth").await,
+        403,
+        "max_tags = 2"
+    );
+    // The scheduled retention now applies the new policy to hupr/app: the older tag goes.
+    until(
+        &server,
+        "the reloaded retention policy removed hupr/app:a",
+        || async { status_of(&c, format!("{base}/v2/hupr/app/manifests/a")).await == 404 },
+    )
+    .await;
+    assert_eq!(
+        status_of(&c, format!("{base}/v2/hupr/app/manifests/b")).await,
+        200
+    );
+
+    // A policy that does not compile: nothing changes, and the log says why.
+    fs::write(
+        &config,
+        format!("{start}\n[[retention]]\nrepositories = [\"hup/**\"]\nkeep_within = \"soonish\"\n"),
+    )
+    .expect("write config");
+    hangup(&server);
+    until(&server, "the failed reload was logged", || async {
+        server.log().contains("config not reloaded")
+    })
+    .await;
+    assert!(
+        server.log().contains("retention[1].keep_within"),
+        "{}",
+        server.log()
+    );
+    assert_eq!(
+        put_status(&c, &base, "hup/app", "v1", "sixth").await,
+        409,
+        "rules stay"
+    );
+}

@@ -46,8 +46,8 @@ pub struct Registry {
     access: Option<Arc<access::Access>>,
     rate_limit: Option<Arc<access::ClientRateLimit>>,
     read_only: ops::ReadOnly,
-    immutable: Arc<immutable::ImmutableTags>,
-    quotas: Arc<quota::Quotas>,
+    immutable: ops::Reloadable<immutable::ImmutableTags>,
+    quotas: ops::Reloadable<quota::Quotas>,
     /// Accept image indexes whose child manifests are not all pushed.
     sparse_indexes: bool,
     metrics: Option<metrics::Metrics>,
@@ -64,8 +64,8 @@ impl Registry {
             access: None,
             rate_limit: None,
             read_only: ops::ReadOnly::default(),
-            immutable: Arc::default(),
-            quotas: Arc::default(),
+            immutable: ops::Reloadable::default(),
+            quotas: ops::Reloadable::default(),
             sparse_indexes: false,
             metrics: None,
             metrics_route: false,
@@ -91,19 +91,24 @@ impl Registry {
     }
 
     /// The `[[immutable]]` rules in force (retention keeps what they protect).
-    pub fn immutable_tags(&self) -> Arc<immutable::ImmutableTags> {
+    pub fn immutable_tags(&self) -> ops::Reloadable<immutable::ImmutableTags> {
         self.immutable.clone()
+    }
+
+    /// The `[[quota]]` rules in force, for a config reload to replace.
+    pub fn quota_rules(&self) -> ops::Reloadable<quota::Quotas> {
+        self.quotas.clone()
     }
 
     /// Refuse moving or deleting tags the rules name.
     pub fn with_immutable_tags(mut self, rules: immutable::ImmutableTags) -> Registry {
-        self.immutable = Arc::new(rules);
+        self.immutable = ops::Reloadable::new(rules);
         self
     }
 
     /// Refuse pushes past the `[[quota]]` rules.
     pub fn with_quotas(mut self, rules: quota::Quotas) -> Registry {
-        self.quotas = Arc::new(rules);
+        self.quotas = ops::Reloadable::new(rules);
         self
     }
 
@@ -439,12 +444,12 @@ async fn handle(
             // without access control: with it, that would copy a blob from a
             // repository the caller cannot read into one it can.
             let any_source = reg.access.is_none();
-            uploads::start(s, &reg.quotas, name, &req, any_source, body).await
+            uploads::start(s, &reg.quotas.current(), name, &req, any_source, body).await
         }
         Route::Upload { name, id } => match m {
             Method::GET | Method::HEAD => uploads::status(s, name, id).await,
             Method::PATCH => uploads::patch(s, name, id, &req, body).await,
-            Method::PUT => uploads::finish(s, &reg.quotas, name, id, &req, body).await,
+            Method::PUT => uploads::finish(s, &reg.quotas.current(), name, id, &req, body).await,
             Method::DELETE => uploads::cancel(s, name, id).await,
             _ => Err(method_not_allowed(&m)),
         },
@@ -457,14 +462,15 @@ async fn handle(
                 Ok(response)
             }
             Method::PUT => {
+                let (immutable, quotas) = (reg.immutable.current(), reg.quotas.current());
                 let rules = manifests::PutRules {
-                    immutable: &reg.immutable,
-                    quotas: &reg.quotas,
+                    immutable: &immutable,
+                    quotas: &quotas,
                     sparse_indexes: reg.sparse_indexes,
                 };
                 manifests::put(s, &rules, name, reference, &req, body).await
             }
-            Method::DELETE => manifests::delete(s, &reg.immutable, name, reference).await,
+            Method::DELETE => manifests::delete(s, &reg.immutable.current(), name, reference).await,
             _ => Err(method_not_allowed(&m)),
         },
         _ => Err(method_not_allowed(&m)),

@@ -10,8 +10,10 @@ use anyhow::{bail, Context, Result};
 use axum::Router;
 use berth_registry::immutable::ImmutableTags;
 use berth_registry::metrics::Metrics;
-use berth_registry::ops::ReadOnly;
+use berth_registry::ops::{ReadOnly, Reloadable};
 use berth_registry::pulls::PullLog;
+use berth_registry::quota::Quotas;
+use berth_registry::retention::RetentionPolicies;
 
 use crate::config::{self, LogFormat, Settings};
 use crate::{access, tls};
@@ -56,7 +58,14 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     let (app, shared) = registry_router(&mut settings, opened.storage.clone(), metrics)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        housekeeping::reload_read_only_on_sighup(reload.0, reload.1, shared.read_only.clone());
+        let targets = housekeeping::ReloadTargets {
+            read_only: shared.read_only.clone(),
+            read_only_flag: reload.1,
+            immutable: shared.immutable.clone(),
+            quotas: shared.quotas.clone(),
+            retention: shared.retention.clone(),
+        };
+        housekeeping::reload_on_sighup(reload.0, targets);
         run(settings, opened, app, shared, limits).await
     })
 }
@@ -79,7 +88,9 @@ struct Shared {
     metrics: Option<Metrics>,
     read_only: ReadOnly,
     pulls: PullLog,
-    immutable: Arc<ImmutableTags>,
+    immutable: Reloadable<ImmutableTags>,
+    quotas: Reloadable<Quotas>,
+    retention: Reloadable<RetentionPolicies>,
 }
 
 /// The registry with everything the settings turn on (logins, rate limit,
@@ -112,6 +123,8 @@ fn registry_router(
         read_only,
         pulls: registry.pull_log(),
         immutable: registry.immutable_tags(),
+        quotas: registry.quota_rules(),
+        retention: Reloadable::new(std::mem::take(&mut settings.retention)),
     };
     Ok((registry.router(), shared))
 }
@@ -119,7 +132,7 @@ fn registry_router(
 /// Everything that needs the runtime: the bucket check, housekeeping, the
 /// listeners, and serving until a signal.
 async fn run(
-    mut settings: Settings,
+    settings: Settings,
     opened: OpenedStorage,
     app: Router,
     shared: Shared,
@@ -135,6 +148,8 @@ async fn run(
         read_only,
         pulls,
         immutable,
+        retention,
+        ..
     } = shared;
     housekeeping::spawn(
         &settings,
@@ -150,7 +165,7 @@ async fn run(
     );
     if let Some(every) = settings.retention_interval {
         let job = housekeeping::RetentionJob {
-            policies: std::mem::take(&mut settings.retention),
+            policies: retention,
             immutable,
             every,
             grace: settings.gc_grace,
