@@ -346,3 +346,79 @@ async fn a_run_removes_what_the_plan_says_and_a_dry_run_nothing() {
         1
     );
 }
+
+/// Someone pushes between the plan and the removal: a tag moved meanwhile and a
+/// manifest tagged meanwhile both stay (listed as skipped), the rest goes.
+#[tokio::test]
+async fn what_changed_since_the_plan_is_skipped() {
+    let storage = berth_storage::MemoryStorage::new();
+    let manifest = |name: &str| {
+        let bytes = bytes::Bytes::from(format!("{{\"m\":\"{name}\"}}"));
+        (Digest::sha256_of(&bytes), bytes)
+    };
+    for (name, tag) in [
+        ("a", Some("a")),
+        ("b", Some("b")),
+        ("loose", None),
+        ("c", Some("c")),
+    ] {
+        let (digest, bytes) = manifest(name);
+        storage
+            .manifest_put("ci/app", &digest, bytes, &image(), tag)
+            .await
+            .expect("put");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let p = policy("[[retention]]\nrepositories = [\"ci/**\"]\nkeep_newest = 1\nuntagged_older_than = \"0s\"\n");
+    let state = read_state(&storage, "ci/app").await.expect("state");
+    let planned = plan(
+        p.policy_for("ci/app").expect("policy"),
+        &ImmutableTags::default(),
+        "ci/app",
+        &state,
+        SystemTime::now(),
+        Duration::ZERO,
+    );
+    assert_eq!(tags_of(&planned.remove_tags), ["a", "b"]);
+    // Meanwhile: tag a moves to a new image, and the untagged manifest gets a tag.
+    let (moved, bytes) = manifest("a2");
+    storage
+        .manifest_put("ci/app", &moved, bytes, &image(), Some("a"))
+        .await
+        .expect("re-push a");
+    let (loose, bytes) = manifest("loose");
+    storage
+        .manifest_put("ci/app", &loose, bytes, &image(), Some("found"))
+        .await
+        .expect("tag loose");
+    let mut report = RetentionReport::default();
+    apply(&storage, "ci/app", &state, planned, &mut report)
+        .await
+        .expect("apply");
+    assert_eq!(
+        storage.tag_resolve("ci/app", "a").await.expect("a"),
+        Some(moved)
+    );
+    assert_eq!(
+        storage.tag_resolve("ci/app", "found").await.expect("found"),
+        Some(loose.clone())
+    );
+    assert!(storage
+        .manifest_meta("ci/app", &loose)
+        .await
+        .expect("meta")
+        .is_some());
+    assert_eq!(
+        storage.tag_resolve("ci/app", "b").await.expect("b"),
+        None,
+        "b went"
+    );
+    let skipped: Vec<_> = report
+        .skipped
+        .iter()
+        .map(|d| d.tag.clone().unwrap_or_else(|| d.digest.to_string()))
+        .collect();
+    assert!(skipped.contains(&"a".to_string()), "{skipped:?}");
+    assert!(skipped.contains(&loose.to_string()), "{skipped:?}");
+    assert_eq!(report.tags_removed, 1);
+}
