@@ -171,7 +171,8 @@ pub fn plan(
 
 /// Untagged manifests older than `older_than` go, unless something kept
 /// needs them: an index that lists them, a manifest they refer to as
-/// `subject` (signatures, SBOMs), or a deployment record.
+/// `subject` (signatures, SBOMs), a kept referrer that refers to them, or a
+/// deployment record.
 fn untagged(
     out: &mut RepositoryPlan,
     state: &RepositoryState,
@@ -213,7 +214,8 @@ fn untagged(
     {
         return;
     }
-    // Children of live indexes and referrers of live manifests, to a fixpoint.
+    // Children of live indexes, referrers of live manifests and subjects of live referrers
+    // (a fresh signature keeps what it signs), to a fixpoint.
     loop {
         let before = live.len();
         for (record, meta) in &state.manifests {
@@ -222,6 +224,9 @@ fn untagged(
                     if metas.contains_key(child) {
                         live.insert(child.clone());
                     }
+                }
+                if let Some(subject) = meta.subject.as_ref().filter(|s| metas.contains_key(s)) {
+                    live.insert(subject.clone());
                 }
             } else if meta.subject.as_ref().is_some_and(|s| live.contains(s)) {
                 live.insert(record.digest.clone());

@@ -205,6 +205,18 @@ fn untagged_manifests_go_unless_something_kept_needs_them() {
     ));
     s.manifests.push(child("loose", 2));
     s.manifests.push(child("young", 98));
+    // An old untagged image signed a day ago: the fresh signature keeps it.
+    s.manifests.push(child("signed-lately", 2));
+    s.manifests.push((
+        ManifestRecord {
+            digest: d("fresh-sig"),
+            pushed: at(99),
+        },
+        ManifestMeta {
+            subject: Some(d("signed-lately")),
+            ..image()
+        },
+    ));
     s.manifests.push(child("pulled", 2));
     s.pulls.insert(d("pulled"), at(99));
     let planned = run_plan(&p, &ImmutableTags::default(), &s);
