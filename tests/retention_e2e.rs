@@ -534,6 +534,8 @@ async fn sighup_reloads_immutable_quota_and_retention_rules() {
         "no rule yet"
     );
     push_tiny_image(&c, &base, "hupr/app", "a").await;
+    // Push times apart by more than any file system's timestamp granularity: b is newer.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     push_tiny_image(&c, &base, "hupr/app", "b").await;
 
     let rules = format!(
@@ -543,8 +545,12 @@ async fn sighup_reloads_immutable_quota_and_retention_rules() {
     );
     fs::write(&config, &rules).expect("write config");
     hangup(&server);
+    // Each attempt is another manifest: one that landed before the reload must not make the
+    // next attempt an identical (and so allowed) re-push.
+    let attempt = std::sync::atomic::AtomicUsize::new(0);
     until(&server, "the immutable rule came into force", || async {
-        put_status(&c, &base, "hup/app", "v1", "third").await == 409
+        let n = attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        put_status(&c, &base, "hup/app", "v1", &format!("third {n}")).await == 409
     })
     .await;
     assert_eq!(put_status(&c, &base, "hup/app", "v2", "fourth").await, 201);
