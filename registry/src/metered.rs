@@ -203,6 +203,10 @@ impl Storage for MeteredStorage {
     async fn pulls(&self, repository: &str) -> Result<PullTimes> {
         self.observe("pulls", self.inner.pulls(repository)).await
     }
+    async fn forget_pulls(&self, repository: &str, digests: &[Digest]) -> Result<()> {
+        self.observe("forget_pulls", self.inner.forget_pulls(repository, digests))
+            .await
+    }
     async fn collect_garbage(&self, grace: Duration, dry_run: bool) -> Result<GcReport> {
         self.observe(
             "collect_garbage",

@@ -283,6 +283,9 @@ pub trait Storage: Send + Sync + 'static {
     async fn record_pulls(&self, repository: &str, pulls: &PullTimes) -> Result<()>;
     /// The repository's last-pulled times by manifest digest.
     async fn pulls(&self, repository: &str) -> Result<PullTimes>;
+    /// Drop the pull times of these digests (manifests that are gone), so the
+    /// record does not grow with every digest ever pulled.
+    async fn forget_pulls(&self, repository: &str, digests: &[Digest]) -> Result<()>;
 
     /// Reclaim space: drop repository links to blobs that no manifest of the
     /// repository references, then blobs that no repository links to. Links

@@ -511,6 +511,15 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
+    async fn forget_pulls(&self, repository: &str, digests: &[Digest]) -> Result<()> {
+        self.with(|s| {
+            if let Some(repo) = s.repos.get_mut(repository) {
+                repo.pulls.retain(|d, _| !digests.contains(d));
+            }
+        });
+        Ok(())
+    }
+
     async fn pulls(&self, repository: &str) -> Result<PullTimes> {
         Ok(self.with(|s| {
             s.repos

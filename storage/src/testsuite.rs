@@ -495,6 +495,12 @@ async fn push_and_pull_times(s: &dyn Storage) {
     let pulls = s.pulls(repo).await.expect("pulls");
     assert_eq!(pulls[&digests[0]], at(2_000), "an older time does not win");
     assert_eq!(pulls[&digests[1]], at(3_000));
+    s.forget_pulls(repo, std::slice::from_ref(&digests[0]))
+        .await
+        .expect("forget_pulls");
+    let pulls = s.pulls(repo).await.expect("pulls");
+    assert!(!pulls.contains_key(&digests[0]), "forgotten");
+    assert_eq!(pulls[&digests[1]], at(3_000), "the others stay");
     let repos = s.repositories().await.expect("repositories");
     assert!(repos.iter().all(|r| !r.contains("_pulls")), "{repos:?}");
     assert!(s.tags(repo).await.expect("tags").unwrap_or_default().len() == 2);

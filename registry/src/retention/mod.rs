@@ -275,7 +275,7 @@ async fn apply(
         }
     }
     if planned.remove_manifests.is_empty() {
-        return Ok(());
+        return forget_gone_pulls(storage, repository, before).await;
     }
     let tagged: Vec<_> = storage
         .tag_records(repository)
@@ -303,7 +303,35 @@ async fn apply(
             report.removed.push(d);
         }
     }
-    Ok(())
+    forget_gone_pulls(storage, repository, before).await
+}
+
+/// Drop pull times of manifests no longer in the repository (removed now or
+/// deleted earlier), so the record stays the size of the repository.
+async fn forget_gone_pulls(
+    storage: &dyn Storage,
+    repository: &str,
+    before: &RepositoryState,
+) -> Result<(), StorageError> {
+    if before.pulls.is_empty() {
+        return Ok(());
+    }
+    let present: std::collections::HashSet<_> = storage
+        .manifest_records(repository)
+        .await?
+        .into_iter()
+        .map(|r| r.digest)
+        .collect();
+    let gone: Vec<_> = before
+        .pulls
+        .keys()
+        .filter(|d| !present.contains(*d))
+        .cloned()
+        .collect();
+    if gone.is_empty() {
+        return Ok(());
+    }
+    storage.forget_pulls(repository, &gone).await
 }
 
 #[cfg(test)]

@@ -322,6 +322,16 @@ async fn a_run_removes_what_the_plan_says_and_a_dry_run_nothing() {
             .expect("put");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // Pulled long ago, all three, and a digest deleted before this run.
+    let long_ago = UNIX_EPOCH + Duration::from_secs(1_000);
+    let mut pulled: PullTimes = [put("a"), put("b"), put("c"), put("deleted")]
+        .into_iter()
+        .map(|(d, _, _)| (d, long_ago))
+        .collect();
+    storage
+        .record_pulls("ci/app", &pulled)
+        .await
+        .expect("pulls");
     let p = policy("[[retention]]\nrepositories = [\"ci/**\"]\nkeep_newest = 1\nuntagged_older_than = \"0s\"\n");
     let none = ImmutableTags::default();
     let dry = run(&storage, &p, &none, Duration::ZERO, true)
@@ -349,6 +359,9 @@ async fn a_run_removes_what_the_plan_says_and_a_dry_run_nothing() {
         storage.tags("ci/app").await.expect("tags"),
         Some(vec!["c".to_string()])
     );
+    // The pull record keeps only what is still there.
+    pulled.retain(|d, _| *d == put("c").0);
+    assert_eq!(storage.pulls("ci/app").await.expect("pulls"), pulled);
     assert_eq!(
         storage
             .manifest_records("ci/app")

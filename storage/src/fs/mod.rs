@@ -571,6 +571,16 @@ impl Storage for FsStorage {
         .await
     }
 
+    async fn forget_pulls(&self, repository: &str, digests: &[Digest]) -> Result<()> {
+        let (paths, lock) = (self.paths(), self.pulls_lock.clone());
+        let (repo, digests) = (repository.to_string(), digests.to_vec());
+        blocking(move || {
+            let _one_writer = lock.lock().unwrap_or_else(|e| e.into_inner());
+            records::drop_pulls(&paths, &repo, &digests)
+        })
+        .await
+    }
+
     async fn pulls(&self, repository: &str) -> Result<PullTimes> {
         let (root, repo) = (self.root.clone(), repository.to_string());
         blocking(move || records::pulls(&root, &repo)).await

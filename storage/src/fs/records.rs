@@ -8,7 +8,7 @@ use super::files::{list_dir, list_files, not_found_as_none, Paths};
 use super::LAYOUT;
 use crate::layout::LinkKind;
 use crate::records::{encode_pulls, merge_pulls, parse_pulls, pulls_key};
-use crate::{ManifestRecord, PullTimes, Result, StorageError, TagRecord};
+use crate::{Digest, ManifestRecord, PullTimes, Result, StorageError, TagRecord};
 
 pub(super) fn tag_records(dir: &Path) -> Result<Vec<TagRecord>> {
     let mut out = Vec::new();
@@ -57,13 +57,35 @@ pub(super) fn pulls(root: &Path, repository: &str) -> Result<PullTimes> {
     }
 }
 
-/// The caller holds the process's pull-record lock.
-pub(super) fn record_pulls(paths: &Paths, repository: &str, new: &PullTimes) -> Result<()> {
+/// Read, edit, write back when `edit` changed something. The caller holds
+/// the process's pull-record lock.
+pub(super) fn edit_pulls(
+    paths: &Paths,
+    repository: &str,
+    edit: impl FnOnce(&mut PullTimes) -> bool,
+) -> Result<()> {
     if !paths.repo(repository).is_dir() {
         return Ok(()); // deleted meanwhile: do not bring it back
     }
     let mut stored = pulls(&paths.root, repository)?;
-    merge_pulls(&mut stored, new);
+    if !edit(&mut stored) {
+        return Ok(());
+    }
     let bytes = encode_pulls(&stored)?;
     Ok(paths.write_atomic(&paths.at(&pulls_key(repository)), &bytes)?)
+}
+
+pub(super) fn record_pulls(paths: &Paths, repository: &str, new: &PullTimes) -> Result<()> {
+    edit_pulls(paths, repository, |stored| {
+        merge_pulls(stored, new);
+        true
+    })
+}
+
+pub(super) fn drop_pulls(paths: &Paths, repository: &str, digests: &[Digest]) -> Result<()> {
+    edit_pulls(paths, repository, |stored| {
+        let before = stored.len();
+        stored.retain(|d, _| !digests.contains(d));
+        stored.len() != before
+    })
 }

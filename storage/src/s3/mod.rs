@@ -848,6 +848,10 @@ impl Storage for S3Storage {
         self.read_pulls(repository).await
     }
 
+    async fn forget_pulls(&self, repository: &str, digests: &[Digest]) -> Result<()> {
+        self.drop_pulls(repository, digests).await
+    }
+
     async fn collect_garbage(&self, grace: Duration, dry_run: bool) -> Result<GcReport> {
         self.collect_garbage_pausing(grace, dry_run, std::future::ready(()))
             .await

@@ -7,7 +7,7 @@ use object_store::{ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion};
 use super::{s3_error, S3Storage, LAYOUT, TAG_RETRIES};
 use crate::layout::{parse_tag, LinkKind};
 use crate::records::{encode_pulls, merge_pulls, parse_pulls, pulls_key};
-use crate::{ManifestRecord, PullTimes, Result, StorageError, TagRecord};
+use crate::{Digest, ManifestRecord, PullTimes, Result, StorageError, TagRecord};
 
 impl S3Storage {
     pub(super) async fn read_tag_records(&self, repository: &str) -> Result<Vec<TagRecord>> {
@@ -69,9 +69,30 @@ impl S3Storage {
         }
     }
 
-    /// Read, merge, write back if the object is still the version read;
-    /// retried when another replica got there first.
     pub(super) async fn merge_pulls(&self, repository: &str, new: &PullTimes) -> Result<()> {
+        self.edit_pulls(repository, |stored| {
+            merge_pulls(stored, new);
+            true
+        })
+        .await
+    }
+
+    pub(super) async fn drop_pulls(&self, repository: &str, digests: &[Digest]) -> Result<()> {
+        self.edit_pulls(repository, |stored| {
+            let before = stored.len();
+            stored.retain(|d, _| !digests.contains(d));
+            stored.len() != before
+        })
+        .await
+    }
+
+    /// Read, edit, write back if the object is still the version read (and
+    /// `edit` changed something); retried when another replica got there first.
+    async fn edit_pulls(
+        &self,
+        repository: &str,
+        edit: impl Fn(&mut PullTimes) -> bool,
+    ) -> Result<()> {
         let key = pulls_key(repository);
         for _ in 0..TAG_RETRIES {
             let (mut stored, mode) = match self.get_bytes(&key).await? {
@@ -87,7 +108,9 @@ impl S3Storage {
                 }
                 None => (PullTimes::new(), PutMode::Create),
             };
-            merge_pulls(&mut stored, new);
+            if !edit(&mut stored) {
+                return Ok(());
+            }
             match self
                 .store
                 .put_opts(
