@@ -141,7 +141,17 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     /// `[manifests]`: what a pushed manifest must satisfy.
     pub manifests: ManifestSettings,
+    /// `[[retention]]` policies, compiled (bad patterns and durations fail at start).
+    pub retention: berth_registry::retention::RetentionPolicies,
+    /// `retention_interval`: run the policies this often while serving; off by default.
+    pub retention_interval: Option<Duration>,
+    /// `pull_flush_interval`: how often noted manifest pulls are written to storage.
+    pub pull_flush_interval: Duration,
 }
+
+/// How often a server writes the pulls it noted, by default: pull times are
+/// at most this far behind (retention windows are days).
+pub const DEFAULT_PULL_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The `[manifests]` table.
 #[derive(Deserialize, Debug, Clone, Default, PartialEq, Eq)]
@@ -369,6 +379,12 @@ struct FileConfig {
     metrics: MetricsSettings,
     #[serde(default)]
     manifests: ManifestSettings,
+    #[serde(default)]
+    retention: Vec<berth_registry::retention::RetentionConfig>,
+    /// e.g. "24h"
+    retention_interval: Option<String>,
+    /// e.g. "1m"
+    pull_flush_interval: Option<String>,
 }
 
 /// `storage = "LOCATION"`, or a `[storage]` table with `path` and
@@ -397,11 +413,27 @@ fn storage_entry(value: Option<toml::Value>) -> Result<(Option<String>, bool)> {
     Ok((location, read_only))
 }
 
-/// `[storage] read_only` of the config file as it is now, for a reload on SIGHUP. The whole
-/// file is read and checked, so a reload with a broken file changes nothing.
-pub fn read_only_in_file(path: &Path) -> Result<bool> {
-    let file = load(path)?;
-    Ok(storage_entry(file.storage)?.1)
+/// What a reload on SIGHUP puts in force: the keys that are safe to change while serving.
+pub struct Reloaded {
+    pub read_only: bool,
+    pub immutable: berth_registry::immutable::ImmutableTags,
+    pub quotas: berth_registry::quota::Quotas,
+    pub retention: berth_registry::retention::RetentionPolicies,
+}
+
+/// The reloadable keys of the config file as it is now. The whole file is read and checked
+/// as at start, so a reload with a broken file changes nothing.
+pub fn reloadable_in_file(path: &Path) -> Result<Reloaded> {
+    let settings = resolve(ServeArgs {
+        config: Some(path.to_path_buf()),
+        ..Default::default()
+    })?;
+    Ok(Reloaded {
+        read_only: settings.read_only,
+        immutable: settings.immutable,
+        quotas: settings.quotas,
+        retention: settings.retention,
+    })
 }
 
 fn load(path: &Path) -> Result<FileConfig> {
@@ -422,6 +454,24 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
         .map_err(|e| anyhow::anyhow!("invalid config file: {e}"))?;
     let notifications = berth_registry::events::Notifications::from_config(&file.notifications)
         .map_err(|e| anyhow::anyhow!("invalid config file: {e}"))?;
+    let retention = berth_registry::retention::RetentionPolicies::from_config(&file.retention)
+        .map_err(|e| anyhow::anyhow!("invalid config file: {e}"))?;
+    let retention_interval = file
+        .retention_interval
+        .as_deref()
+        .map(humantime::parse_duration)
+        .transpose()
+        .context("invalid retention_interval in the config file (use e.g. \"24h\")")?;
+    let pull_flush_interval = match file.pull_flush_interval.as_deref() {
+        Some(text) => humantime::parse_duration(text)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .context("invalid pull_flush_interval in the config file (use e.g. \"1m\")")?,
+        None => DEFAULT_PULL_FLUSH_INTERVAL,
+    };
+    if retention_interval.is_some() && retention.is_empty() {
+        bail!("retention_interval is set in the config file but no [[retention]] policy is: add one or remove retention_interval");
+    }
     let file_gc = file
         .gc_interval
         .as_deref()
@@ -515,6 +565,9 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
         quotas,
         notifications,
         metrics: file.metrics,
+        retention,
+        retention_interval,
+        pull_flush_interval,
     })
 }
 
@@ -665,6 +718,39 @@ mod tests {
         })
         .expect("resolve");
         assert_eq!(s.limits.min_upload_rate, 0, "the flag wins, 0 turns it off");
+    }
+
+    #[test]
+    fn retention_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("berth.toml");
+        let parse = |text: &str| {
+            std::fs::write(&path, text).expect("write");
+            resolve(ServeArgs {
+                config: Some(path.clone()),
+                ..Default::default()
+            })
+        };
+        let s = parse("retention_interval = \"12h\"\npull_flush_interval = \"5s\"\n[[retention]]\nrepositories = [\"ci/**\"]\nkeep_newest = 3\n").expect("valid");
+        assert_eq!(s.retention_interval, Some(Duration::from_secs(12 * 3600)));
+        assert_eq!(s.pull_flush_interval, Duration::from_secs(5));
+        assert!(s.retention.policy_for("ci/app").is_some());
+        for (text, key) in [
+            (
+                "[[retention]]\nrepositories = [\"ci/**\"]\nkeep_within = \"a while\"\n",
+                "retention[0].keep_within",
+            ),
+            (
+                "[[retention]]\nrepositories = [\"ci/**\"]\nkeep_newest = 1\nkeep_last = 2\n",
+                "keep_last",
+            ),
+            ("retention_interval = \"often\"\n", "retention_interval"),
+            ("retention_interval = \"1h\"\n", "retention_interval"),
+            ("pull_flush_interval = \"0s\"\n", "pull_flush_interval"),
+        ] {
+            let e = format!("{:#}", parse(text).expect_err(text));
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("serve", "berth serve --addr 127.0.0.1:5000 --storage /srv/berth\n  berth serve --addr :5000 --htpasswd /etc/berth/htpasswd\n  berth serve --storage s3://bucket/registry --s3-endpoint https://minio.example.com"),
     ("gc", "berth gc --storage /srv/berth --dry-run\n  berth gc --storage /srv/berth --grace 30m"),
     ("usage", "berth usage --storage /srv/berth\n  berth usage --storage /srv/berth --config /etc/berth/berth.toml --json"),
+    ("retention", "berth retention --config /etc/berth/berth.toml --dry-run\n  berth retention --config /etc/berth/berth.toml --json"),
     ("push", "berth push 127.0.0.1:5000/app:1            (from the local store)\n  berth push app:1 127.0.0.1:5000/team/app:1\n  berth push --all-tags 127.0.0.1:5000/app"),
     ("pull", "berth pull 127.0.0.1:5000/app:1\n  berth pull -a 127.0.0.1:5000/app\n  berth pull --platform linux/arm64 busybox oci:./busybox-arm64"),
     ("copy", "berth copy 127.0.0.1:5000/app:1 docker-archive:app.tar:app:1\n  berth copy oci:./layout:v1 registry.example.com/app:v1\n  berth copy --src-creds u:p --dest-creds v:q reg-a.example.com/app:1 reg-b.example.com/app:1"),

@@ -5,11 +5,16 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Parser;
 
 use crate::config;
 use crate::serve::{storage, S3Args, ServeArgs};
+
+/// The shortest grace a collection may use beside a server writing to the same folder
+/// without `--force`: the server's own exclusion of pushes does not reach another process,
+/// so only the grace period spares a push in progress (its layers uploaded, its manifest not yet).
+const GRACE_BESIDE_A_SERVER: Duration = Duration::from_secs(600);
 
 #[derive(Parser, Debug)]
 pub struct GcArgs {
@@ -28,6 +33,10 @@ pub struct GcArgs {
     /// Report what would be removed, remove nothing
     #[arg(long)]
     dry_run: bool,
+    /// Collect with a grace under 10 minutes even while a `berth serve` on this machine
+    /// writes to the storage folder (pushes in progress may then lose blobs)
+    #[arg(long)]
+    force: bool,
     /// Print the result as JSON
     #[arg(long)]
     json: bool,
@@ -41,6 +50,21 @@ pub fn gc(args: GcArgs) -> Result<()> {
         ..Default::default()
     })?;
     let storage = storage::open_existing(&settings)?;
+    if !args.dry_run
+        && !args.force
+        && args.grace < GRACE_BESIDE_A_SERVER
+        && storage::served_now(&settings)?
+    {
+        bail!(
+            "a berth serve on this machine is using {} (it holds {}/serve.lock): a collection in \
+             another process is kept from a push in progress only by the grace period, and {} is \
+             shorter than {}; use a longer --grace, stop the server, or pass --force",
+            settings.storage,
+            settings.storage,
+            humantime::format_duration(args.grace),
+            humantime::format_duration(GRACE_BESIDE_A_SERVER)
+        );
+    }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let report = runtime
         .block_on(storage.collect_garbage(args.grace, args.dry_run))

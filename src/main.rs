@@ -27,6 +27,7 @@ mod local_images;
 mod login_prompt;
 mod man;
 mod progress;
+mod retention;
 mod serve;
 mod session;
 mod ship;
@@ -53,6 +54,8 @@ enum Command {
     Gc(gc::GcArgs),
     /// Bytes and tags per repository, with the `[[quota]]` limits that apply.
     Usage(usage::UsageArgs),
+    /// Apply the `[[retention]]` policies: remove old tags and untagged manifests (or --dry-run).
+    Retention(retention::RetentionArgs),
     /// Send an image to a registry (from the local store, oci:DIR or docker-archive:FILE).
     Push(images::PushArgs),
     /// Fetch an image from a registry (into the local store, or oci:DIR / docker-archive:FILE).
@@ -111,6 +114,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::serve(args),
         Command::Gc(args) => gc::gc(args),
         Command::Usage(args) => usage::usage(args),
+        Command::Retention(args) => retention::retention(args),
         Command::Push(args) => images::push(args),
         Command::Pull(args) => images::pull(args),
         Command::Copy(args) => images::copy(args),

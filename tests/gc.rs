@@ -33,8 +33,22 @@ async fn gc_frees_a_deleted_image_and_keeps_the_live_one() {
     let old_digest = push_manifest(&c, &base, repo, "old", OCI_MANIFEST, &old).await;
     push_manifest(&c, &base, repo, "new", OCI_MANIFEST, &new).await;
 
-    // Nothing is garbage yet, and nothing young is ever collected.
+    // A short grace beside the running server is refused: only the grace period would
+    // spare a push in progress in it. A dry run is not.
     let out = berth_gc(server.storage(), &["--grace", "0s", "--json"]);
+    assert!(
+        !out.status.success(),
+        "refused beside a server: {}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("serve.lock") && out.stderr.contains("--force"),
+        "{}",
+        out.stderr
+    );
+
+    // Nothing is garbage yet, and nothing young is ever collected.
+    let out = berth_gc(server.storage(), &["--grace", "0s", "--json", "--force"]);
     assert!(out.status.success(), "gc failed: {}", out.stderr);
     let report: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("JSON report");
     assert_eq!(
@@ -66,7 +80,7 @@ async fn gc_frees_a_deleted_image_and_keeps_the_live_one() {
         blob_file(server.storage(), &digest_of(&only_old)).exists(),
         "dry run removed a blob"
     );
-    let out = berth_gc(server.storage(), &["--grace", "0s", "--json"]);
+    let out = berth_gc(server.storage(), &["--grace", "0s", "--json", "--force"]);
     assert!(out.status.success(), "gc failed: {}", out.stderr);
     let report: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("JSON report");
     // The old config and layer lose their links; they and the old manifest's bytes go.

@@ -54,7 +54,8 @@ pub struct ImmutableTags {
     rules: Vec<Rule>,
 }
 
-fn is_tag_glob(glob: &str) -> bool {
+/// A tag glob as rules write it (`v*`, `*-rc*`): the tag alphabet and `*`.
+pub(crate) fn is_tag_glob(glob: &str) -> bool {
     !glob.is_empty()
         && glob.len() <= 128
         && glob
@@ -110,6 +111,11 @@ impl ImmutableTags {
 
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
+    }
+
+    /// The name of the rule that makes `tag` of `repository` immutable, if any.
+    pub fn rule_name(&self, repository: &str, tag: &str) -> Option<&str> {
+        self.rule_for(repository, tag).map(|r| r.name.as_str())
     }
 
     fn rule_for(&self, repository: &str, tag: &str) -> Option<&Rule> {

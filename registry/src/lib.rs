@@ -26,10 +26,13 @@ pub mod immutable;
 mod listing;
 pub mod manifest;
 mod manifests;
+pub mod metered;
 pub mod metrics;
 pub mod ops;
 pub mod process_metrics;
+pub mod pulls;
 pub mod quota;
+pub mod retention;
 pub mod route;
 mod uploads;
 
@@ -44,8 +47,8 @@ pub struct Registry {
     access: Option<Arc<access::Access>>,
     rate_limit: Option<Arc<access::ClientRateLimit>>,
     read_only: ops::ReadOnly,
-    immutable: Arc<immutable::ImmutableTags>,
-    quotas: Arc<quota::Quotas>,
+    immutable: ops::Reloadable<immutable::ImmutableTags>,
+    quotas: ops::Reloadable<quota::Quotas>,
     /// Accept image indexes whose child manifests are not all pushed.
     sparse_indexes: bool,
     metrics: Option<metrics::Metrics>,
@@ -53,6 +56,8 @@ pub struct Registry {
     metrics_route: bool,
     /// `[[notifications]]`: events queued in the outbox before answering.
     events: Option<events::Events>,
+    /// Manifest pulls noted for retention, written to storage in batches.
+    pulls: pulls::PullLog,
 }
 
 impl Registry {
@@ -62,12 +67,13 @@ impl Registry {
             access: None,
             rate_limit: None,
             read_only: ops::ReadOnly::default(),
-            immutable: Arc::default(),
-            quotas: Arc::default(),
+            immutable: ops::Reloadable::default(),
+            quotas: ops::Reloadable::default(),
             sparse_indexes: false,
             metrics: None,
             metrics_route: false,
             events: None,
+            pulls: pulls::PullLog::default(),
         }
     }
 
@@ -85,20 +91,35 @@ impl Registry {
         self
     }
 
+    /// The manifest pulls noted since the last flush (the server flushes them).
+    pub fn pull_log(&self) -> pulls::PullLog {
+        self.pulls.clone()
+    }
+
     /// The read-only switch: on, every write is refused with 405.
     pub fn read_only(&self) -> ops::ReadOnly {
         self.read_only.clone()
     }
 
+    /// The `[[immutable]]` rules in force (retention keeps what they protect).
+    pub fn immutable_tags(&self) -> ops::Reloadable<immutable::ImmutableTags> {
+        self.immutable.clone()
+    }
+
+    /// The `[[quota]]` rules in force, for a config reload to replace.
+    pub fn quota_rules(&self) -> ops::Reloadable<quota::Quotas> {
+        self.quotas.clone()
+    }
+
     /// Refuse moving or deleting tags the rules name.
     pub fn with_immutable_tags(mut self, rules: immutable::ImmutableTags) -> Registry {
-        self.immutable = Arc::new(rules);
+        self.immutable = ops::Reloadable::new(rules);
         self
     }
 
     /// Refuse pushes past the `[[quota]]` rules.
     pub fn with_quotas(mut self, rules: quota::Quotas) -> Registry {
-        self.quotas = Arc::new(rules);
+        self.quotas = ops::Reloadable::new(rules);
         self
     }
 
@@ -465,29 +486,48 @@ async fn handle(
             // without access control: with it, that would copy a blob from a
             // repository the caller cannot read into one it can.
             let any_source = reg.access.is_none();
-            uploads::start(s, &reg.quotas, name, &req, any_source, body).await
+            uploads::start(s, &reg.quotas.current(), name, &req, any_source, body).await
         }
         Route::Upload { name, id } => match m {
             Method::GET | Method::HEAD => uploads::status(s, name, id).await,
             Method::PATCH => uploads::patch(s, name, id, &req, body).await,
-            Method::PUT => uploads::finish(s, &reg.quotas, name, id, &req, body).await,
+            Method::PUT => uploads::finish(s, &reg.quotas.current(), name, id, &req, body).await,
             Method::DELETE => uploads::cancel(s, name, id).await,
             _ => Err(method_not_allowed(&m)),
         },
         Route::Manifest { name, reference } => match m {
-            Method::GET | Method::HEAD => manifests::get(s, name, reference, &req).await,
+            Method::GET | Method::HEAD => {
+                let response = manifests::get(s, name, reference, &req).await?;
+                if m == Method::GET {
+                    note_pull(&reg.pulls, name, &response);
+                }
+                Ok(response)
+            }
             Method::PUT => {
+                let (immutable, quotas) = (reg.immutable.current(), reg.quotas.current());
                 let rules = manifests::PutRules {
-                    immutable: &reg.immutable,
-                    quotas: &reg.quotas,
+                    immutable: &immutable,
+                    quotas: &quotas,
                     sparse_indexes: reg.sparse_indexes,
                 };
                 manifests::put(s, &rules, name, reference, &req, body).await
             }
-            Method::DELETE => manifests::delete(s, &reg.immutable, name, reference).await,
+            Method::DELETE => manifests::delete(s, &reg.immutable.current(), name, reference).await,
             _ => Err(method_not_allowed(&m)),
         },
         _ => Err(method_not_allowed(&m)),
+    }
+}
+
+/// A manifest GET answered: note its digest (HEADs are checks, not pulls).
+fn note_pull(log: &pulls::PullLog, repository: &str, response: &Response) {
+    let digest = response
+        .headers()
+        .get("Docker-Content-Digest")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    if let Some(digest) = digest {
+        log.record(repository, &digest);
     }
 }
 

@@ -45,6 +45,13 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StorageLabels {
+    backend: &'static str,
+    operation: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -64,6 +71,10 @@ struct Inner {
     rate_limited: Counter,
     gc: GcMetrics,
     events: EventMetrics,
+    retention: RetentionMetrics,
+    storage_operations: Family<StorageLabels, Counter>,
+    /// The S3 backend whose request counts each scrape reads, once it is known.
+    s3: Arc<std::sync::OnceLock<Arc<berth_storage::S3Storage>>>,
     /// `[metrics] token`: a Bearer token that may read `/metrics`.
     token: Option<String>,
 }
@@ -169,6 +180,47 @@ impl EventMetrics {
     }
 }
 
+/// The server's scheduled retention runs.
+struct RetentionMetrics {
+    runs: Family<ResultLabels, Counter>,
+    duration: Histogram,
+    tags_removed: Counter,
+    manifests_removed: Counter,
+}
+
+impl RetentionMetrics {
+    fn register(registry: &mut PromRegistry) -> RetentionMetrics {
+        let r = RetentionMetrics {
+            runs: Family::default(),
+            duration: Histogram::new(exponential_buckets(0.001, 4.0, 11)),
+            tags_removed: Counter::default(),
+            manifests_removed: Counter::default(),
+        };
+        registry.register(
+            "retention_runs",
+            "Retention runs by the server, by result (ok or error)",
+            r.runs.clone(),
+        );
+        registry.register_with_unit(
+            "retention_duration",
+            "Time each retention run took",
+            prometheus_client::registry::Unit::Seconds,
+            r.duration.clone(),
+        );
+        registry.register(
+            "retention_tags_removed",
+            "Tags removed by retention policies",
+            r.tags_removed.clone(),
+        );
+        registry.register(
+            "retention_manifests_removed",
+            "Untagged manifests removed by retention policies (their blobs go at the next garbage collection)",
+            r.manifests_removed.clone(),
+        );
+        r
+    }
+}
+
 impl Metrics {
     pub fn new(token: Option<String>) -> Metrics {
         // The standard process_* names unprefixed on the root; Berth's own under berth_.
@@ -223,6 +275,15 @@ impl Metrics {
         );
         let gc = GcMetrics::register(registry);
         let events = EventMetrics::register(registry);
+        let retention = RetentionMetrics::register(registry);
+        let storage_operations = Family::<StorageLabels, Counter>::default();
+        registry.register(
+            "storage_operations",
+            "Storage calls by backend, operation and result (ok; refused: the request was at fault; error: the storage failed)",
+            storage_operations.clone(),
+        );
+        let s3 = Arc::new(std::sync::OnceLock::new());
+        registry.register_collector(Box::new(crate::metered::S3RequestsCollector(s3.clone())));
         Metrics(Arc::new(Inner {
             registry: root,
             requests,
@@ -234,6 +295,9 @@ impl Metrics {
             rate_limited,
             gc,
             events,
+            retention,
+            storage_operations,
+            s3,
             token: token.filter(|t| !t.is_empty()),
         }))
     }
@@ -273,6 +337,47 @@ impl Metrics {
     /// How many events the outbox held at the sender's last listing.
     pub fn events_in_outbox(&self, count: usize) {
         self.0.events.in_outbox.set(count as i64);
+    }
+
+    /// One storage call and how it ended (see [`crate::metered`]).
+    pub fn record_storage(
+        &self,
+        backend: &'static str,
+        operation: &'static str,
+        result: &'static str,
+    ) {
+        self.0
+            .storage_operations
+            .get_or_create(&StorageLabels {
+                backend,
+                operation,
+                result,
+            })
+            .inc();
+    }
+
+    /// Export the HTTP requests this S3 backend sent (`berth_s3_requests_total{method}`).
+    pub fn watch_s3(&self, s3: Arc<berth_storage::S3Storage>) {
+        let _ = self.0.s3.set(s3);
+    }
+
+    /// One retention run by the server: how long it took and what it removed.
+    pub fn record_retention(
+        &self,
+        took: Duration,
+        outcome: Result<&crate::retention::RetentionReport, ()>,
+    ) {
+        let r = &self.0.retention;
+        r.duration.observe(took.as_secs_f64());
+        let result = match outcome {
+            Ok(report) => {
+                r.tags_removed.inc_by(report.tags_removed);
+                r.manifests_removed.inc_by(report.manifests_removed);
+                "ok"
+            }
+            Err(()) => "error",
+        };
+        r.runs.get_or_create(&ResultLabels { result }).inc();
     }
 
     /// The text exposition format.

@@ -1,4 +1,5 @@
-//! Operator endpoints and switches: `/healthz`, `/readyz` and read-only mode.
+//! Operator endpoints and switches: `/healthz`, `/readyz`, read-only mode and
+//! rules a config reload replaces while serving.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -80,5 +81,39 @@ impl ReadOnly {
                 "this registry is read-only (maintenance mode): {method} is refused, pulls work; retry the push once an operator turns read-only mode off"
             ),
         ))
+    }
+}
+
+/// Rules a config reload (SIGHUP) may replace while serving, shared by every
+/// clone. A request uses the rules current when it looked, whole: never half
+/// of the old file and half of the new.
+#[derive(Debug)]
+pub struct Reloadable<T>(Arc<std::sync::RwLock<Arc<T>>>);
+
+impl<T> Clone for Reloadable<T> {
+    fn clone(&self) -> Self {
+        Reloadable(self.0.clone())
+    }
+}
+
+impl<T: Default> Default for Reloadable<T> {
+    fn default() -> Self {
+        Reloadable::new(T::default())
+    }
+}
+
+impl<T> Reloadable<T> {
+    pub fn new(rules: T) -> Reloadable<T> {
+        Reloadable(Arc::new(std::sync::RwLock::new(Arc::new(rules))))
+    }
+
+    /// The rules in force now.
+    pub fn current(&self) -> Arc<T> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Put new rules in force for every request that starts from now on.
+    pub fn replace(&self, rules: T) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(rules);
     }
 }

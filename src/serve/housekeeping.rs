@@ -1,12 +1,17 @@
 //! What `berth serve` runs in the background: expiring abandoned uploads,
-//! when asked periodic garbage collection, and the read-only switch on SIGHUP.
+//! when asked periodic garbage collection and retention, writing noted pull
+//! times, and the config reload on SIGHUP.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_registry::immutable::ImmutableTags;
 use berth_registry::metrics::Metrics;
-use berth_registry::ops::ReadOnly;
+use berth_registry::ops::{ReadOnly, Reloadable};
+use berth_registry::pulls::PullLog;
+use berth_registry::quota::Quotas;
+use berth_registry::retention::RetentionPolicies;
 
 use crate::config::Settings;
 
@@ -28,13 +33,92 @@ pub fn spawn(
     ));
     if let Some(every) = settings.gc_interval {
         tokio::spawn(collect_garbage_periodically(
-            storage,
+            storage.clone(),
             every,
             settings.gc_grace,
-            read_only,
-            metrics,
+            read_only.clone(),
+            metrics.clone(),
         ));
     }
+}
+
+/// What a scheduled retention run needs besides the storage.
+pub struct RetentionJob {
+    pub policies: Reloadable<RetentionPolicies>,
+    pub immutable: Reloadable<ImmutableTags>,
+    pub every: Duration,
+    pub grace: Duration,
+}
+
+/// Write noted pulls every `every` (skipped while read-only: they wait in memory).
+pub fn spawn_pull_flushes(
+    storage: Arc<dyn berth_storage::Storage>,
+    pulls: PullLog,
+    every: Duration,
+    read_only: ReadOnly,
+) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if read_only.is_on() {
+                continue;
+            }
+            flush_pulls(storage.as_ref(), &pulls).await;
+        }
+    });
+}
+
+/// Write the noted pulls now (also at shutdown, so a clean stop loses none).
+pub async fn flush_pulls(storage: &dyn berth_storage::Storage, pulls: &PullLog) {
+    match pulls.flush(storage).await {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(digests = n, "pull times written"),
+        Err(e) => tracing::warn!(error = %e, "could not write pull times; kept for the next flush"),
+    }
+}
+
+/// Run the `[[retention]]` policies every `job.every`, beside GC, skipping
+/// turns while read-only.
+pub fn spawn_retention(
+    storage: Arc<dyn berth_storage::Storage>,
+    job: RetentionJob,
+    read_only: ReadOnly,
+    metrics: Option<Metrics>,
+) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(job.every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await; // the first tick is immediate: wait one interval first
+        loop {
+            ticks.tick().await;
+            if read_only.is_on() {
+                continue;
+            }
+            let started = std::time::Instant::now();
+            let outcome = berth_registry::retention::run(
+                storage.as_ref(),
+                &job.policies.current(),
+                &job.immutable.current(),
+                job.grace,
+                false,
+            )
+            .await;
+            if let Some(m) = &metrics {
+                m.record_retention(started.elapsed(), outcome.as_ref().map_err(|_| ()));
+            }
+            match outcome {
+                Ok(r) => tracing::info!(
+                    tags = r.tags_removed,
+                    manifests = r.manifests_removed,
+                    skipped = r.skipped.len(),
+                    "retention applied"
+                ),
+                Err(e) => tracing::warn!(error = %e, "retention failed"),
+            }
+        }
+    });
 }
 
 /// Upload sessions untouched for `max_age` are abandoned pushes.
@@ -94,38 +178,49 @@ async fn collect_garbage_periodically(
     }
 }
 
-/// SIGHUP re-reads `[storage] read_only` from the config file (the `--read-only` flag keeps
-/// it on); nothing else is reloaded. A file that no longer parses changes nothing.
-pub fn reload_read_only_on_sighup(config: Option<PathBuf>, flag: bool, read_only: ReadOnly) {
+/// The rules a SIGHUP replaces, shared with the router and the schedule.
+pub struct ReloadTargets {
+    pub read_only: ReadOnly,
+    /// `--read-only` on the command line: read-only stays on whatever the file says.
+    pub read_only_flag: bool,
+    pub immutable: Reloadable<ImmutableTags>,
+    pub quotas: Reloadable<Quotas>,
+    pub retention: Reloadable<RetentionPolicies>,
+}
+
+/// SIGHUP re-reads the config file and puts in force `[storage] read_only`, `[[immutable]]`,
+/// `[[quota]]` and `[[retention]]`; every other key needs a restart. A file that no longer
+/// parses (or whose rules do not compile) changes nothing.
+pub fn reload_on_sighup(config: Option<PathBuf>, targets: ReloadTargets) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangups = match signal(SignalKind::hangup()) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGHUP: the read-only switch cannot be reloaded");
+            tracing::error!(error = %e, "cannot listen for SIGHUP: the config cannot be reloaded");
             return;
         }
     };
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
             let Some(path) = &config else {
-                tracing::warn!(
-                    "SIGHUP: no --config file to reload; read_only stays {}",
-                    read_only.is_on()
-                );
+                tracing::warn!("SIGHUP: no --config file to reload; nothing changed");
                 continue;
             };
-            match crate::config::read_only_in_file(path) {
-                Ok(in_file) => {
-                    let on = flag || in_file;
-                    let was = read_only.is_on();
-                    read_only.set(on);
-                    tracing::warn!(read_only = on, was, config = %path.display(), "SIGHUP: reloaded [storage] read_only (only this key is reloaded; restart for the others)");
+            match crate::config::reloadable_in_file(path) {
+                Ok(new) => {
+                    let on = targets.read_only_flag || new.read_only;
+                    let was = targets.read_only.is_on();
+                    targets.read_only.set(on);
+                    targets.immutable.replace(new.immutable);
+                    targets.quotas.replace(new.quotas);
+                    targets.retention.replace(new.retention);
+                    tracing::warn!(read_only = on, was, config = %path.display(), "SIGHUP: reloaded [storage] read_only, [[immutable]], [[quota]] and [[retention]] (restart for the other keys)");
                 }
                 Err(e) => {
                     tracing::error!(
                         error = format!("{e:#}"),
-                        "SIGHUP: config not reloaded; read_only stays {}",
-                        read_only.is_on()
+                        "SIGHUP: config not reloaded; the rules in force stay (read_only {})",
+                        targets.read_only.is_on()
                     );
                 }
             }

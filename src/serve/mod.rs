@@ -9,8 +9,12 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use axum::Router;
 use berth_registry::events::Events;
+use berth_registry::immutable::ImmutableTags;
 use berth_registry::metrics::Metrics;
-use berth_registry::ops::ReadOnly;
+use berth_registry::ops::{ReadOnly, Reloadable};
+use berth_registry::pulls::PullLog;
+use berth_registry::quota::Quotas;
+use berth_registry::retention::RetentionPolicies;
 
 use crate::config::{self, LogFormat, Settings};
 use crate::{access, tls};
@@ -33,15 +37,40 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     // Raises the open-file limit before anything opens files.
     let limits = connections::Limits::new(&settings.limits);
     storage::restrict_umask();
-    let opened = storage::open_storage(&settings)?;
-    let (app, metrics, read_only, events) = registry_router(&mut settings, opened.storage.clone())?;
+    let mut opened = storage::open_storage(&settings)?;
+    // Held until the process ends: `berth gc` checks it before a short-grace collection.
+    let _serving = storage::hold_serve_lock(&settings)?;
+    let metrics = settings
+        .metrics
+        .enabled
+        .then(|| Metrics::new(settings.metrics.token.clone()));
+    if let Some(m) = &metrics {
+        // Every call counted, the housekeeping's too.
+        let backend = if opened.s3.is_some() { "s3" } else { "fs" };
+        opened.storage = Arc::new(berth_registry::metered::MeteredStorage::new(
+            opened.storage,
+            backend,
+            m.clone(),
+        ));
+        if let Some(s3) = &opened.s3 {
+            m.watch_s3(s3.clone());
+        }
+    }
+    let (app, shared) = registry_router(&mut settings, opened.storage.clone(), metrics)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        housekeeping::reload_read_only_on_sighup(reload.0, reload.1, read_only.clone());
-        if let Some(events) = events {
+        let targets = housekeeping::ReloadTargets {
+            read_only: shared.read_only.clone(),
+            read_only_flag: reload.1,
+            immutable: shared.immutable.clone(),
+            quotas: shared.quotas.clone(),
+            retention: shared.retention.clone(),
+        };
+        housekeeping::reload_on_sighup(reload.0, targets);
+        if let Some(events) = shared.events.clone() {
             events.spawn_sender();
         }
-        run(settings, opened, app, metrics, read_only, limits).await
+        run(settings, opened, app, shared, limits).await
     })
 }
 
@@ -58,14 +87,28 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// What the router shares with the background tasks.
+struct Shared {
+    metrics: Option<Metrics>,
+    read_only: ReadOnly,
+    pulls: PullLog,
+    immutable: Reloadable<ImmutableTags>,
+    quotas: Reloadable<Quotas>,
+    retention: Reloadable<RetentionPolicies>,
+    /// `[[notifications]]`: the events whose sender starts with the runtime.
+    events: Option<Events>,
+}
+
 /// The registry with everything the settings turn on (logins, rate limit,
-/// immutable tags, quotas, metrics, read-only), as a router, and its metrics
-/// (when on) for a `[metrics] addr` listener of their own, its read-only switch, and its
-/// events (when `[[notifications]]` are set) whose sender starts with the runtime.
+/// immutable tags, quotas, metrics, read-only), as a router, and what it
+/// shares with the background tasks: its metrics (when on, also for a
+/// `[metrics] addr` listener of their own), read-only switch, pull notes,
+/// reloadable rules and events (when `[[notifications]]` are set).
 fn registry_router(
     settings: &mut Settings,
     storage: Arc<dyn berth_storage::Storage>,
-) -> Result<(Router, Option<Metrics>, ReadOnly, Option<Events>)> {
+    metrics: Option<Metrics>,
+) -> Result<(Router, Shared)> {
     let mut registry = berth_registry::Registry::new(storage.clone());
     if let Some(access) = access::build(settings)? {
         registry = registry.with_access(access);
@@ -76,10 +119,6 @@ fn registry_router(
     registry = registry.with_immutable_tags(std::mem::take(&mut settings.immutable));
     registry = registry.with_quotas(std::mem::take(&mut settings.quotas));
     registry = registry.with_sparse_indexes(settings.manifests.sparse_indexes);
-    let metrics = settings
-        .metrics
-        .enabled
-        .then(|| Metrics::new(settings.metrics.token.clone()));
     if let Some(m) = &metrics {
         registry = registry.with_metrics(m.clone(), settings.metrics.addr.is_none());
     }
@@ -94,7 +133,16 @@ fn registry_router(
     };
     let read_only = registry.read_only();
     read_only.set(settings.read_only);
-    Ok((registry.router(), metrics, read_only, events))
+    let shared = Shared {
+        metrics,
+        read_only,
+        pulls: registry.pull_log(),
+        immutable: registry.immutable_tags(),
+        quotas: registry.quota_rules(),
+        retention: Reloadable::new(std::mem::take(&mut settings.retention)),
+        events,
+    };
+    Ok((registry.router(), shared))
 }
 
 /// Everything that needs the runtime: the bucket check, housekeeping, the
@@ -103,8 +151,7 @@ async fn run(
     settings: Settings,
     opened: OpenedStorage,
     app: Router,
-    metrics: Option<Metrics>,
-    read_only: ReadOnly,
+    shared: Shared,
     limits: connections::Limits,
 ) -> Result<()> {
     if let Some(s3) = &opened.s3 {
@@ -112,12 +159,35 @@ async fn run(
             format!("cannot reach the bucket of {}: check --s3-endpoint, the region and the AWS_* credentials", settings.storage)
         })?;
     }
+    let Shared {
+        metrics,
+        read_only,
+        pulls,
+        immutable,
+        retention,
+        ..
+    } = shared;
     housekeeping::spawn(
         &settings,
         opened.storage.clone(),
-        read_only,
+        read_only.clone(),
         metrics.clone(),
     );
+    housekeeping::spawn_pull_flushes(
+        opened.storage.clone(),
+        pulls.clone(),
+        settings.pull_flush_interval,
+        read_only.clone(),
+    );
+    if let Some(every) = settings.retention_interval {
+        let job = housekeeping::RetentionJob {
+            policies: retention,
+            immutable,
+            every,
+            grace: settings.gc_grace,
+        };
+        housekeeping::spawn_retention(opened.storage.clone(), job, read_only, metrics.clone());
+    }
     if let (Some(m), Some(addr)) = (metrics, &settings.metrics.addr) {
         serve_metrics_apart(m, addr).await?;
     }
@@ -126,6 +196,7 @@ async fn run(
     let acceptor = settings.tls.as_ref().map(tls::acceptor).transpose()?;
     connections::serve(listener, acceptor, app, limits, shutdown_signal()).await;
     tracing::info!("stopped: all in-flight requests finished");
+    housekeeping::flush_pulls(opened.storage.as_ref(), &pulls).await;
     if let Some(s3) = &opened.s3 {
         let c = s3.request_counts();
         tracing::info!(

@@ -13,6 +13,54 @@ pub struct OpenedStorage {
     pub s3: Option<Arc<berth_storage::S3Storage>>,
 }
 
+/// The file a serving process holds a shared `flock` on, in a storage folder.
+const SERVE_LOCK: &str = "serve.lock";
+
+fn flock(file: &std::fs::File, operation: libc::c_int) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock(2) takes an fd that `file` keeps open for the call.
+    if unsafe { libc::flock(file.as_raw_fd(), operation | libc::LOCK_NB) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn open_serve_lock(folder: &str) -> Result<std::fs::File> {
+    let path = std::path::Path::new(folder).join(SERVE_LOCK);
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))
+}
+
+/// `berth serve` on a folder: a shared `flock` held while the process lives (any number of
+/// servers may share a folder), so `berth gc` can tell that one is writing there.
+pub fn hold_serve_lock(settings: &Settings) -> Result<Option<std::fs::File>> {
+    if settings.storage.starts_with("s3://") {
+        return Ok(None);
+    }
+    let file = open_serve_lock(&settings.storage)?;
+    flock(&file, libc::LOCK_SH).context("cannot lock the storage folder for serving")?;
+    Ok(Some(file))
+}
+
+/// Whether a `berth serve` on this machine holds the storage folder now. Always false on S3:
+/// a bucket has no such lock (see docs/registry.md on GC beside writers).
+pub fn served_now(settings: &Settings) -> Result<bool> {
+    if settings.storage.starts_with("s3://") {
+        return Ok(false);
+    }
+    let file = open_serve_lock(&settings.storage)?;
+    match flock(&file, libc::LOCK_EX) {
+        Ok(()) => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(true),
+        Err(e) => Err(e).context("cannot check whether a server uses the storage folder"),
+    }
+}
+
 pub fn open_storage(settings: &Settings) -> Result<OpenedStorage> {
     if settings.storage.starts_with("s3://") {
         let options = settings.s3.options(&settings.storage)?;

@@ -20,6 +20,7 @@ mod layout;
 pub mod memory;
 pub mod names;
 pub mod outbox;
+pub mod records;
 pub mod s3;
 pub mod s3_test_server;
 pub mod testsuite;
@@ -29,6 +30,7 @@ pub use berth_oci::ByteStream;
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use fs::FsStorage;
 pub use memory::MemoryStorage;
+pub use records::{ManifestRecord, PullTimes, TagRecord};
 pub use s3::{S3Options, S3Storage};
 
 /// Referrer descriptors, read from storage as the stream is polled.
@@ -267,6 +269,24 @@ pub trait Storage: Send + Sync + 'static {
     }
     /// All repositories, sorted.
     async fn repositories(&self) -> Result<Vec<String>>;
+
+    // --- what retention needs: when things were pushed and pulled ---
+
+    /// Every tag of the repository with the manifest it points at and when it
+    /// was last pushed (the tag's own write time: a file's mtime, an S3
+    /// object's LastModified). Sorted by tag.
+    async fn tag_records(&self, repository: &str) -> Result<Vec<TagRecord>>;
+    /// Every manifest of the repository with when it was last pushed (its
+    /// link's write time; pushing it again renews it). Sorted by digest.
+    async fn manifest_records(&self, repository: &str) -> Result<Vec<ManifestRecord>>;
+    /// Merge last-pulled times into the repository's record, the later time
+    /// winning, so replicas flushing at once lose nothing but ties.
+    async fn record_pulls(&self, repository: &str, pulls: &PullTimes) -> Result<()>;
+    /// The repository's last-pulled times by manifest digest.
+    async fn pulls(&self, repository: &str) -> Result<PullTimes>;
+    /// Drop the pull times of these digests (manifests that are gone), so the
+    /// record does not grow with every digest ever pulled.
+    async fn forget_pulls(&self, repository: &str, digests: &[Digest]) -> Result<()>;
 
     /// Reclaim space: drop repository links to blobs that no manifest of the
     /// repository references, then blobs that no repository links to. Links

@@ -12,8 +12,8 @@ use crate::digest::Hasher;
 use crate::gc::{self, GcStore, Stored};
 use crate::layout::{Layout, LinkKind};
 use crate::{
-    BlobRead, ByteRange, ByteStream, Descriptor, Digest, GcReport, ManifestMeta, Result, Storage,
-    StorageError, UploadStatus,
+    BlobRead, ByteRange, ByteStream, Descriptor, Digest, GcReport, ManifestMeta, ManifestRecord,
+    PullTimes, Result, Storage, StorageError, TagRecord, UploadStatus,
 };
 
 #[derive(Default)]
@@ -51,6 +51,10 @@ struct Repo {
     layers: BTreeMap<Digest, SystemTime>,
     manifests: HashMap<Digest, ManifestMeta>,
     tags: BTreeMap<String, Digest>,
+    /// When each manifest and tag was last pushed, and manifests last pulled.
+    manifest_pushed: HashMap<Digest, SystemTime>,
+    tag_pushed: HashMap<String, SystemTime>,
+    pulls: PullTimes,
 }
 
 struct Upload {
@@ -390,8 +394,11 @@ impl Storage for MemoryStorage {
             s.blob_touched.insert(digest.clone(), SystemTime::now());
             let repo = s.repos.entry(repository.to_string()).or_default();
             repo.manifests.insert(digest.clone(), meta.clone());
+            let now = SystemTime::now();
+            repo.manifest_pushed.insert(digest.clone(), now);
             if let Some(tag) = tag {
                 repo.tags.insert(tag.to_string(), digest.clone());
+                repo.tag_pushed.insert(tag.to_string(), now);
             }
             Ok(())
         })
@@ -517,6 +524,70 @@ impl Storage for MemoryStorage {
             outbox.claims.remove(id);
         }
         Ok(())
+    }
+    async fn tag_records(&self, repository: &str) -> Result<Vec<TagRecord>> {
+        Ok(self.with(|s| {
+            let Some(repo) = s.repos.get(repository) else {
+                return Vec::new();
+            };
+            repo.tags
+                .iter()
+                .map(|(tag, digest)| TagRecord {
+                    tag: tag.clone(),
+                    digest: digest.clone(),
+                    pushed: repo.tag_pushed.get(tag).copied().unwrap_or(UNIX_EPOCH),
+                })
+                .collect()
+        }))
+    }
+
+    async fn manifest_records(&self, repository: &str) -> Result<Vec<ManifestRecord>> {
+        Ok(self.with(|s| {
+            let Some(repo) = s.repos.get(repository) else {
+                return Vec::new();
+            };
+            let mut out: Vec<ManifestRecord> = repo
+                .manifests
+                .keys()
+                .map(|digest| ManifestRecord {
+                    digest: digest.clone(),
+                    pushed: repo
+                        .manifest_pushed
+                        .get(digest)
+                        .copied()
+                        .unwrap_or(UNIX_EPOCH),
+                })
+                .collect();
+            out.sort_by(|a, b| a.digest.cmp(&b.digest));
+            out
+        }))
+    }
+
+    async fn record_pulls(&self, repository: &str, pulls: &PullTimes) -> Result<()> {
+        self.with(|s| {
+            if let Some(repo) = s.repos.get_mut(repository) {
+                crate::records::merge_pulls(&mut repo.pulls, pulls);
+            }
+        });
+        Ok(())
+    }
+
+    async fn forget_pulls(&self, repository: &str, digests: &[Digest]) -> Result<()> {
+        self.with(|s| {
+            if let Some(repo) = s.repos.get_mut(repository) {
+                repo.pulls.retain(|d, _| !digests.contains(d));
+            }
+        });
+        Ok(())
+    }
+
+    async fn pulls(&self, repository: &str) -> Result<PullTimes> {
+        Ok(self.with(|s| {
+            s.repos
+                .get(repository)
+                .map(|r| r.pulls.clone())
+                .unwrap_or_default()
+        }))
     }
 }
 

@@ -58,6 +58,7 @@ pub async fn run_all(storage: &dyn Storage) {
     catalog_is_sorted_and_nested(storage).await;
     garbage_collection(storage).await;
     outbox_records_and_claims(storage).await;
+    push_and_pull_times(storage).await;
 }
 
 /// The event outbox: records kept in id order until deleted; a claim is
@@ -497,4 +498,71 @@ async fn garbage_collection(s: &dyn Storage) {
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
     s.collect_garbage(grace, false).await.expect("gc");
     assert!(s.blob_linked(unknown, &kept).await.expect("linked"));
+}
+
+/// What retention reads: tags and manifests with their push times, and pull
+/// times merged the later-wins way, not shown as a repository or a tag.
+async fn push_and_pull_times(s: &dyn Storage) {
+    use std::time::{Duration, SystemTime};
+    let repo = "times/app";
+    let before = SystemTime::now() - Duration::from_secs(5);
+    let long_tag = "t".repeat(100);
+    let mut digests = Vec::new();
+    for (i, tag) in ["a", "b", long_tag.as_str()].into_iter().enumerate() {
+        let bytes = Bytes::from(format!("{{\"times\":{i}}}"));
+        let digest = Digest::sha256_of(&bytes);
+        s.manifest_put(
+            repo,
+            &digest,
+            bytes,
+            &meta("application/x-m", None),
+            Some(tag),
+        )
+        .await
+        .expect("manifest_put");
+        digests.push(digest);
+    }
+    let tags = s.tag_records(repo).await.expect("tag_records");
+    let names: Vec<&str> = tags.iter().map(|t| t.tag.as_str()).collect();
+    assert_eq!(names, ["a", "b", long_tag.as_str()]);
+    assert_eq!(tags[0].digest, digests[0]);
+    assert_eq!(
+        tags[2].digest, digests[2],
+        "a long tag is found by its name"
+    );
+    assert!(tags.iter().all(|t| t.pushed >= before), "{tags:?}");
+    s.tag_delete(repo, "b").await.expect("tag_delete");
+    let tags = s.tag_records(repo).await.expect("tag_records");
+    assert!(tags.iter().all(|t| t.tag != "b"), "a deleted tag is gone");
+    let manifests = s.manifest_records(repo).await.expect("manifest_records");
+    let mut expected = digests.clone();
+    expected.sort();
+    let found: Vec<Digest> = manifests.iter().map(|m| m.digest.clone()).collect();
+    assert_eq!(found, expected, "untagged manifests are listed too");
+    assert!(manifests.iter().all(|m| m.pushed >= before));
+
+    assert!(s.pulls(repo).await.expect("pulls").is_empty());
+    let at = |secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+    let first = crate::PullTimes::from([
+        (digests[0].clone(), at(2_000)),
+        (digests[1].clone(), at(1_000)),
+    ]);
+    s.record_pulls(repo, &first).await.expect("record_pulls");
+    let later = crate::PullTimes::from([
+        (digests[0].clone(), at(1_500)),
+        (digests[1].clone(), at(3_000)),
+    ]);
+    s.record_pulls(repo, &later).await.expect("record_pulls");
+    let pulls = s.pulls(repo).await.expect("pulls");
+    assert_eq!(pulls[&digests[0]], at(2_000), "an older time does not win");
+    assert_eq!(pulls[&digests[1]], at(3_000));
+    s.forget_pulls(repo, std::slice::from_ref(&digests[0]))
+        .await
+        .expect("forget_pulls");
+    let pulls = s.pulls(repo).await.expect("pulls");
+    assert!(!pulls.contains_key(&digests[0]), "forgotten");
+    assert_eq!(pulls[&digests[1]], at(3_000), "the others stay");
+    let repos = s.repositories().await.expect("repositories");
+    assert!(repos.iter().all(|r| !r.contains("_pulls")), "{repos:?}");
+    assert!(s.tags(repo).await.expect("tags").unwrap_or_default().len() == 2);
 }

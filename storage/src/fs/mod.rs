@@ -26,11 +26,12 @@ use crate::gc::{self, GcStore, Stored};
 use crate::layout::{referrer_entry_digest, Layout, BLOBS, REPOSITORIES, TMP, UPLOADS};
 use crate::{
     BlobRead, ByteRange, ByteStream, Descriptor, DescriptorStream, Digest, GcReport, ManifestMeta,
-    Result, Storage, StorageError, UploadStatus,
+    ManifestRecord, PullTimes, Result, Storage, StorageError, TagRecord, UploadStatus,
 };
 
 mod files;
 mod outbox;
+mod records;
 mod upload;
 
 use files::{
@@ -55,6 +56,8 @@ pub struct FsStorage {
     upload_locks: crate::upload_locks::UploadLocks,
     /// Permits for batch writes of upload bodies (see [`UPLOAD_WRITERS`]).
     upload_writers: Arc<tokio::sync::Semaphore>,
+    /// Serialises read-merge-write of pull records in this process.
+    pulls_lock: Arc<std::sync::Mutex<()>>,
 }
 
 impl FsStorage {
@@ -73,6 +76,7 @@ impl FsStorage {
             gc_lock: Arc::new(tokio::sync::RwLock::new(())),
             upload_locks: Default::default(),
             upload_writers: Arc::new(tokio::sync::Semaphore::new(UPLOAD_WRITERS)),
+            pulls_lock: Default::default(),
         })
     }
 
@@ -546,6 +550,41 @@ impl Storage for FsStorage {
             })
             .filter_map(|entry| async move { entry.transpose() });
         Ok(Box::pin(stream))
+    }
+
+    async fn tag_records(&self, repository: &str) -> Result<Vec<TagRecord>> {
+        let dir = self.paths().tags_dir(repository);
+        blocking(move || records::tag_records(&dir)).await
+    }
+
+    async fn manifest_records(&self, repository: &str) -> Result<Vec<ManifestRecord>> {
+        let (root, repo) = (self.root.clone(), repository.to_string());
+        blocking(move || records::manifest_records(&root, &repo)).await
+    }
+
+    async fn record_pulls(&self, repository: &str, pulls: &PullTimes) -> Result<()> {
+        let (paths, lock) = (self.paths(), self.pulls_lock.clone());
+        let (repo, pulls) = (repository.to_string(), pulls.clone());
+        blocking(move || {
+            let _one_writer = lock.lock().unwrap_or_else(|e| e.into_inner());
+            records::record_pulls(&paths, &repo, &pulls)
+        })
+        .await
+    }
+
+    async fn forget_pulls(&self, repository: &str, digests: &[Digest]) -> Result<()> {
+        let (paths, lock) = (self.paths(), self.pulls_lock.clone());
+        let (repo, digests) = (repository.to_string(), digests.to_vec());
+        blocking(move || {
+            let _one_writer = lock.lock().unwrap_or_else(|e| e.into_inner());
+            records::drop_pulls(&paths, &repo, &digests)
+        })
+        .await
+    }
+
+    async fn pulls(&self, repository: &str) -> Result<PullTimes> {
+        let (root, repo) = (self.root.clone(), repository.to_string());
+        blocking(move || records::pulls(&root, &repo)).await
     }
 
     async fn repositories(&self) -> Result<Vec<String>> {

@@ -68,8 +68,8 @@ use crate::digest::save_sha256_state;
 use crate::gc::Stored;
 use crate::layout::{parse_tag, tag_content, Layout, LinkKind, DATA, REPOSITORIES, UPLOADS};
 use crate::{
-    BlobRead, ByteRange, ByteStream, Descriptor, Digest, GcReport, ManifestMeta, Result, Storage,
-    StorageError, UploadStatus,
+    BlobRead, ByteRange, ByteStream, Descriptor, Digest, GcReport, ManifestMeta, ManifestRecord,
+    PullTimes, Result, Storage, StorageError, TagRecord, UploadStatus,
 };
 
 mod counts;
@@ -77,6 +77,7 @@ mod gc;
 mod options;
 mod outbox;
 mod read_ahead;
+mod records;
 mod session;
 mod tags;
 mod writer;
@@ -830,6 +831,26 @@ impl Storage for S3Storage {
             }
         }
         Ok(out.into_iter().collect())
+    }
+
+    async fn tag_records(&self, repository: &str) -> Result<Vec<TagRecord>> {
+        self.read_tag_records(repository).await
+    }
+
+    async fn manifest_records(&self, repository: &str) -> Result<Vec<ManifestRecord>> {
+        self.read_manifest_records(repository).await
+    }
+
+    async fn record_pulls(&self, repository: &str, pulls: &PullTimes) -> Result<()> {
+        self.merge_pulls(repository, pulls).await
+    }
+
+    async fn pulls(&self, repository: &str) -> Result<PullTimes> {
+        self.read_pulls(repository).await
+    }
+
+    async fn forget_pulls(&self, repository: &str, digests: &[Digest]) -> Result<()> {
+        self.drop_pulls(repository, digests).await
     }
 
     async fn collect_garbage(&self, grace: Duration, dry_run: bool) -> Result<GcReport> {

@@ -1,0 +1,91 @@
+//! Push and pull times on a filesystem (see [`crate::records`]): a tag
+//! file's and a manifest link's mtime, and the `_pulls` file.
+
+use std::fs;
+use std::path::Path;
+
+use super::files::{list_dir, list_files, not_found_as_none, Paths};
+use super::LAYOUT;
+use crate::layout::LinkKind;
+use crate::records::{encode_pulls, merge_pulls, parse_pulls, pulls_key};
+use crate::{Digest, ManifestRecord, PullTimes, Result, StorageError, TagRecord};
+
+pub(super) fn tag_records(dir: &Path) -> Result<Vec<TagRecord>> {
+    let mut out = Vec::new();
+    for tag in list_dir(dir)? {
+        let path = dir.join(&tag);
+        let Some(meta) = not_found_as_none(fs::metadata(&path))? else {
+            continue; // deleted while listing
+        };
+        let Some(raw) = not_found_as_none(fs::read_to_string(&path))? else {
+            continue;
+        };
+        let digest = raw
+            .trim()
+            .parse()
+            .map_err(|e| StorageError::Corrupt(format!("{}: {e}", path.display())))?;
+        out.push(TagRecord {
+            tag,
+            digest,
+            pushed: meta.modified()?,
+        });
+    }
+    Ok(out)
+}
+
+pub(super) fn manifest_records(root: &Path, repository: &str) -> Result<Vec<ManifestRecord>> {
+    let dir = format!("{}/", LAYOUT.links(repository, LinkKind::Manifest));
+    let mut out: Vec<ManifestRecord> = list_files(root, &dir)?
+        .into_iter()
+        .filter_map(|item| {
+            let link = LAYOUT.parse_link(&item.key)?;
+            (link.repository == repository).then_some(ManifestRecord {
+                digest: link.digest,
+                pushed: item.modified,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.digest.cmp(&b.digest));
+    Ok(out)
+}
+
+pub(super) fn pulls(root: &Path, repository: &str) -> Result<PullTimes> {
+    let key = pulls_key(repository);
+    match not_found_as_none(fs::read(root.join(&key)))? {
+        Some(raw) => parse_pulls(&key, &raw),
+        None => Ok(PullTimes::new()),
+    }
+}
+
+/// Read, edit, write back when `edit` changed something. The caller holds
+/// the process's pull-record lock.
+pub(super) fn edit_pulls(
+    paths: &Paths,
+    repository: &str,
+    edit: impl FnOnce(&mut PullTimes) -> bool,
+) -> Result<()> {
+    if !paths.repo(repository).is_dir() {
+        return Ok(()); // deleted meanwhile: do not bring it back
+    }
+    let mut stored = pulls(&paths.root, repository)?;
+    if !edit(&mut stored) {
+        return Ok(());
+    }
+    let bytes = encode_pulls(&stored)?;
+    Ok(paths.write_atomic(&paths.at(&pulls_key(repository)), &bytes)?)
+}
+
+pub(super) fn record_pulls(paths: &Paths, repository: &str, new: &PullTimes) -> Result<()> {
+    edit_pulls(paths, repository, |stored| {
+        merge_pulls(stored, new);
+        true
+    })
+}
+
+pub(super) fn drop_pulls(paths: &Paths, repository: &str, digests: &[Digest]) -> Result<()> {
+    edit_pulls(paths, repository, |stored| {
+        let before = stored.len();
+        stored.retain(|d, _| !digests.contains(d));
+        stored.len() != before
+    })
+}
