@@ -256,7 +256,13 @@ fn deploy_keys(service: &Service) -> Value {
             m.insert("cpus".into(), json!(format!("{cpus}")));
         }
         if let Some(memory) = memory {
-            m.insert("memory".into(), json!(memory));
+            // The compose schema wants a string; Docker reads `M` as MiB.
+            let text = if memory % (1 << 20) == 0 {
+                format!("{}M", memory >> 20)
+            } else {
+                memory.to_string()
+            };
+            m.insert("memory".into(), json!(text));
         }
         m
     };
