@@ -128,8 +128,8 @@ pub(crate) fn bytes_quantity(bytes: u64) -> String {
     const GI: u64 = 1 << 30;
     match bytes {
         0 => "0".to_string(),
-        b if b % GI == 0 => format!("{}Gi", b / GI),
-        b if b % MI == 0 => format!("{}Mi", b / MI),
+        b if b.is_multiple_of(GI) => format!("{}Gi", b / GI),
+        b if b.is_multiple_of(MI) => format!("{}Mi", b / MI),
         b => b.to_string(),
     }
 }
@@ -137,16 +137,16 @@ pub(crate) fn bytes_quantity(bytes: u64) -> String {
 /// `1` for whole CPUs, else millicores (`500m`).
 fn cpu_quantity(cpus: f64) -> String {
     let millis = (cpus * 1000.0).round() as u64;
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         (millis / 1000).to_string()
     } else {
         format!("{millis}m")
     }
 }
 
-/// Whole seconds, at least 1, from nanoseconds.
+/// Whole seconds (rounded up, at least 1: the least a probe or grace period takes).
 fn seconds(ns: u64) -> i32 {
-    let secs = ns.div_ceil(1_000_000_000);
+    let secs = ns.div_ceil(1_000_000_000).max(1);
     i32::try_from(secs).unwrap_or(i32::MAX)
 }
 

@@ -6,7 +6,7 @@
 //! patches, so nothing one environment lacks can leak in from another).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
@@ -559,9 +559,4 @@ fn unmapped_options(service: &Service) -> Vec<&'static str> {
     check("pids_limit", service.pids_limit.is_some());
     check("container_name", service.container_name.is_some());
     names
-}
-
-/// The output folder's path of a file (for messages).
-pub fn describe(dir: &Path, file: &OutputFile) -> PathBuf {
-    dir.join(&file.path)
 }

@@ -80,7 +80,7 @@ pub fn export(rendered: &Rendered, options: &ExportOptions) -> Result<Export, Ex
 }
 
 fn duration(ns: u64) -> String {
-    if ns % 1_000_000_000 == 0 {
+    if ns.is_multiple_of(1_000_000_000) {
         format!("{}s", ns / 1_000_000_000)
     } else {
         format!("{}ms", ns / 1_000_000)
@@ -110,6 +110,21 @@ fn stack_service(
     if !service.labels.is_empty() {
         out.insert("labels".into(), json!(service.labels));
     }
+    network_keys(key, service, &mut out, notes);
+    container_keys(service, &mut out);
+    storage_keys(key, service, &mut out, notes);
+    if !service.depends_on.is_empty() {
+        notes.push(Note::new(
+            format!("services.{key}.depends_on"),
+            "not kept: docker stack deploy starts services in no order",
+        ));
+    }
+    out.insert("deploy".into(), deploy_keys(service));
+    Value::Object(out)
+}
+
+/// Published ports and network attachments.
+fn network_keys(key: &str, service: &Service, out: &mut Map<String, Value>, notes: &mut Vec<Note>) {
     let ports: Vec<Value> = service
         .ports
         .iter()
@@ -152,6 +167,10 @@ fn stack_service(
     if !networks.is_empty() {
         out.insert("networks".into(), Value::Object(networks));
     }
+}
+
+/// Healthcheck, stop behaviour and the container options a stack file can say.
+fn container_keys(service: &Service, out: &mut Map<String, Value>) {
     if let Some(check) = &service.healthcheck {
         let mut h = json!({ "test": check.test });
         if let Some(v) = check.interval {
@@ -192,6 +211,10 @@ fn stack_service(
     if service.read_only {
         out.insert("read_only".into(), json!(true));
     }
+}
+
+/// Mounts and secrets.
+fn storage_keys(key: &str, service: &Service, out: &mut Map<String, Value>, notes: &mut Vec<Note>) {
     let mounts: Vec<Value> = service
         .volumes
         .iter()
@@ -236,14 +259,6 @@ fn stack_service(
     if !secrets.is_empty() {
         out.insert("secrets".into(), json!(secrets));
     }
-    if !service.depends_on.is_empty() {
-        notes.push(Note::new(
-            format!("services.{key}.depends_on"),
-            "not kept: docker stack deploy starts services in no order",
-        ));
-    }
-    out.insert("deploy".into(), deploy_keys(service));
-    Value::Object(out)
 }
 
 /// The `deploy:` section: what Berth's swarm mode sets on the service.
@@ -257,7 +272,7 @@ fn deploy_keys(service: &Service) -> Value {
         }
         if let Some(memory) = memory {
             // The compose schema wants a string; Docker reads `M` as MiB.
-            let text = if memory % (1 << 20) == 0 {
+            let text = if memory.is_multiple_of(1 << 20) {
                 format!("{}M", memory >> 20)
             } else {
                 memory.to_string()
