@@ -9,6 +9,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use serde_json::Value;
+
 use super::{ExportError, Note};
 use crate::app::{App, AppSource, Service};
 use crate::inventory::Inventory;
@@ -51,42 +53,28 @@ pub fn render(
         )));
     };
     let app = source.render(&first.vars)?;
-    let mut services: BTreeMap<String, RenderedService> = BTreeMap::new();
-    let mut notes = Vec::new();
+    // Service key → each selected host that runs it, with its rendering, in inventory order.
+    let mut placements: BTreeMap<String, Vec<(String, Service)>> = BTreeMap::new();
     for host in &selected {
         let host_app = source.render(&host.vars)?;
-        for (key, service) in &host_app.services {
+        for (key, service) in host_app.services {
             let placed = inventory.select(Some(&service.hosts))?;
-            if !placed.iter().any(|p| p.name == host.name) {
-                continue;
-            }
-            match services.get_mut(key) {
-                None => {
-                    services.insert(
-                        key.clone(),
-                        RenderedService {
-                            service: service.clone(),
-                            hosts: vec![host.name.clone()],
-                            replicas: service.replicas,
-                        },
-                    );
-                }
-                Some(folded) => {
-                    if !same_apart_from_hosts(&folded.service, service) {
-                        notes.push(Note::new(
-                            format!("services.{key}"),
-                            format!(
-                                "host {} renders this service differently from host {}; exported as {} renders it (export each group with --limit to keep both)",
-                                host.name, folded.hosts[0], folded.hosts[0]
-                            ),
-                        ));
-                    }
-                    folded.hosts.push(host.name.clone());
-                    folded.replicas = folded.replicas.saturating_add(service.replicas);
-                }
+            if placed.iter().any(|p| p.name == host.name) {
+                placements
+                    .entry(key)
+                    .or_default()
+                    .push((host.name.clone(), service));
             }
         }
     }
+    let mut notes = Vec::new();
+    let services: BTreeMap<String, RenderedService> = placements
+        .into_iter()
+        .map(|(key, hosts)| {
+            let folded = fold(&key, hosts, &mut notes);
+            (key, folded)
+        })
+        .collect();
     for key in app.services.keys() {
         if !services.contains_key(key) {
             notes.push(Note::new(
@@ -121,9 +109,69 @@ pub fn render(
     })
 }
 
-/// Two renderings of a service are the same service if only `hosts` tells them apart.
-fn same_apart_from_hosts(a: &Service, b: &Service) -> bool {
-    let mut b = b.clone();
-    b.hosts = a.hosts.clone();
-    *a == b
+/// One service over the hosts that run it: the rendering most hosts share (the first such
+/// on a tie), with every host's replicas; hosts that render it otherwise are notes, since
+/// one Deployment cannot hold two (a canary host, a host_vars override).
+fn fold(key: &str, hosts: Vec<(String, Service)>, notes: &mut Vec<Note>) -> RenderedService {
+    let sharing = |service: &Service| {
+        hosts
+            .iter()
+            .filter(|(_, other)| differing_fields(service, other).is_empty())
+            .count()
+    };
+    let mut chosen = 0;
+    for (index, (_, service)) in hosts.iter().enumerate() {
+        if sharing(service) > sharing(&hosts[chosen].1) {
+            chosen = index;
+        }
+    }
+    let (chosen_host, service) = hosts[chosen].clone();
+    for (host, other) in &hosts {
+        let differences = differing_fields(&service, other);
+        if !differences.is_empty() {
+            notes.push(Note::new(
+                format!("services.{key}"),
+                format!(
+                    "host {host} renders {} otherwise than host {chosen_host}, whose rendering most hosts share and is exported (export each group with --limit to keep both)",
+                    differences.join(", ")
+                ),
+            ));
+        }
+    }
+    let replicas = hosts
+        .iter()
+        .fold(0u32, |sum, (_, s)| sum.saturating_add(s.replicas));
+    RenderedService {
+        service,
+        hosts: hosts.into_iter().map(|(host, _)| host).collect(),
+        replicas,
+    }
+}
+
+/// The fields (`env.LOG_LEVEL`, `image`, ...) two hosts' renderings of a service differ in.
+fn differing_fields(a: &Service, b: &Service) -> Vec<String> {
+    let (Ok(Value::Object(a)), Ok(Value::Object(b))) =
+        (serde_json::to_value(a), serde_json::to_value(b))
+    else {
+        return Vec::new();
+    };
+    let mut fields = Vec::new();
+    for (name, left) in &a {
+        let right = b.get(name).unwrap_or(&Value::Null);
+        if left == right || name == "hosts" {
+            continue;
+        }
+        match (left, right) {
+            (Value::Object(l), Value::Object(r)) if name == "env" || name == "labels" => {
+                let keys: std::collections::BTreeSet<&String> = l.keys().chain(r.keys()).collect();
+                fields.extend(
+                    keys.into_iter()
+                        .filter(|k| l.get(*k) != r.get(*k))
+                        .map(|k| format!("{name}.{k}")),
+                );
+            }
+            _ => fields.push(name.clone()),
+        }
+    }
+    fields
 }
