@@ -230,11 +230,20 @@ fn write_file(dir: &Path, relative: &Path, contents: &[u8], secret: bool) -> Res
             .with_context(|| format!("cannot create {}", parent.display()))?;
     }
     let mut open = std::fs::OpenOptions::new();
-    open.write(true).create(true).truncate(true);
-    #[cfg(unix)]
+    open.write(true);
     if secret {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        open.mode(0o600);
+        // A fresh file, so the mode applies and a planted symlink is not followed.
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("cannot replace {}", path.display()))
+            }
+            _ => {}
+        }
+        open.create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+    } else {
+        open.create(true).truncate(true);
     }
     let mut file = open
         .open(&path)

@@ -324,3 +324,66 @@ fn stack_files_deploy_on_a_swarm_and_run() {
         "pinned by digest: {task}"
     );
 }
+
+#[test]
+fn bad_input_fails_naming_the_problem() {
+    let cli = BerthCli::new();
+    let dir = test_app("replicas-health");
+    let app = dir.join("app.yml").display().to_string();
+    let inventory = dir.join("inventory.yml").display().to_string();
+    let cases: [(Vec<&str>, &str); 3] = [
+        (
+            vec![
+                "stack", &app, "-i", &inventory, "-i", &inventory, "--no-pin",
+            ],
+            "one -i",
+        ),
+        (
+            vec![
+                "kubernetes",
+                &app,
+                "-i",
+                &inventory,
+                "-i",
+                &inventory,
+                "--no-pin",
+                "-o",
+                "x",
+            ],
+            "both named `inventory`",
+        ),
+        (
+            vec![
+                "kubernetes",
+                &app,
+                "-i",
+                &inventory,
+                "--limit",
+                "nosuchhost",
+                "--no-pin",
+            ],
+            "nosuchhost",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = export(&cli, &args);
+        assert!(!out.status.success(), "{}", out.describe());
+        assert!(out.stderr.contains(expected), "{}", out.describe());
+    }
+
+    // Service keys that only `_` and `-` tell apart would be one Kubernetes object.
+    let clash = cli.path("clash.yml");
+    fs::write(
+        &clash,
+        "name: clash\nservices:\n  web_1: { image: busybox }\n  web-1: { image: busybox }\n",
+    )
+    .expect("write app");
+    let clash = clash.display().to_string();
+    let out = export(&cli, &["kubernetes", &clash, "-i", &inventory, "--no-pin"]);
+    assert!(!out.status.success(), "{}", out.describe());
+    assert!(
+        out.stderr.contains("deployment-web-1.yaml"),
+        "{}",
+        out.describe()
+    );
+}

@@ -277,6 +277,15 @@ fn rendition(rendered: &Rendered, options: &ExportOptions) -> Result<Rendition, 
             objects.push(object("service", key, &service, &[])?);
         }
     }
+    let mut files = std::collections::BTreeSet::new();
+    for object in &objects {
+        if !files.insert(object.file.as_str()) {
+            return Err(ExportError::Invalid(format!(
+                "two objects would both be {}: Kubernetes names allow only a-z, 0-9 and `-`, so keys that differ only in `_`, `.` or case collide; rename one",
+                object.file
+            )));
+        }
+    }
     notes.sort();
     notes.dedup();
     Ok(Rendition {
