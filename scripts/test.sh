@@ -6,6 +6,7 @@
 # Steps:
 #   1. install the tools the end-to-end tests drive (docker.io, skopeo, docker-registry,
 #      busybox-static, umoci, openssl, runc, podman, buildah) with apt-get, unless they are all present already, and
+#      kubectl and kubernetes-validate (pip) for the export tests, and
 #      the S3 server the S3 tests run against (s3s-fs, with cargo install into ~/.cargo/bin,
 #      which CI machines may keep between runs; skipped when it is on PATH already);
 #   2. start a private dockerd (own data/exec roots, pidfile and socket; never the system
@@ -110,6 +111,25 @@ else
     step "s3s-fs: installing $S3S_FS_VERSION with cargo install (a few minutes, once)"
     cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked
     command -v s3s-fs >/dev/null || die "s3s-fs not on PATH after cargo install"
+fi
+# Kubernetes tools for tests/export_e2e.rs (`berth export kubernetes`): `kubectl kustomize`
+# builds the exported kustomizations and kubernetes-validate (PyPI, schemas offline) checks
+# them. Machines of this project's kind ship Google's `kubectl` package, which the configured
+# apt sources cannot install; elsewhere Debian's kubernetes-client provides kubectl.
+if ! command -v kubectl >/dev/null; then
+    step "kubectl: installing Debian's kubernetes-client"
+    [ "$(id -u)" -eq 0 ] || die "need root to install kubernetes-client"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get -o DPkg::Lock::Timeout=600 install -y kubernetes-client
+fi
+if ! command -v kubernetes-validate >/dev/null; then
+    step "kubernetes-validate: installing from PyPI"
+    python3 -m pip install --quiet kubernetes-validate \
+        || python3 -m pip install --quiet --break-system-packages kubernetes-validate
+    hash -r
+    command -v kubernetes-validate >/dev/null \
+        || die "kubernetes-validate not on PATH after pip install (PATH=$PATH)"
 fi
 cargo fmt --version >/dev/null 2>&1 || die "rustfmt missing (rustup component add rustfmt)"
 cargo clippy --version >/dev/null 2>&1 || die "clippy missing (rustup component add clippy)"

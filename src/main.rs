@@ -19,6 +19,7 @@ mod deploy;
 mod down;
 mod durations;
 mod examples;
+mod export;
 mod gc;
 mod hints;
 mod images;
@@ -106,6 +107,9 @@ enum Command {
     /// Build every service with a build context, push it, and deploy the pushed digests
     /// (for CI: no TTY needed, non-zero exit on any failure, --json report).
     Ship(ship::ShipArgs),
+    /// Write the app for another engine: Kubernetes manifests with a kustomization
+    /// (`export kubernetes`) or a `docker stack deploy` file (`export stack`).
+    Export(export::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -137,6 +141,7 @@ fn main() -> ExitCode {
         Command::Swarm(args) => swarm_init::swarm(args),
         Command::Inventory(args) => inventory::inventory(args),
         Command::Ship(args) => ship::ship(args),
+        Command::Export(args) => export::export(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

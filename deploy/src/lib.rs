@@ -23,6 +23,7 @@ pub mod desired;
 pub mod down;
 pub mod engine;
 pub mod error;
+pub mod export;
 pub mod inventory;
 pub mod limit;
 pub mod plan;

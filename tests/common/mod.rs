@@ -34,6 +34,7 @@ mod run;
 mod s3;
 mod server;
 mod snapshot;
+mod swarm;
 
 #[allow(unused_imports)]
 pub use build::*;
@@ -64,3 +65,5 @@ pub use s3::*;
 pub use server::*;
 #[allow(unused_imports)]
 pub use snapshot::*;
+#[allow(unused_imports)]
+pub use swarm::*;
