@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # Benchmark the deployer: `berth deploy` of examples/origin/app.yml against the equivalent
-# Ansible playbook (community.docker, scripts/bench-deploy/app.yml) on the same three Docker
-# hosts, in the same run, alternating which tool goes first. Times a first deploy (fresh
-# hosts: no containers, networks or images) and an unchanged re-run for each tool, checks
-# after every first deploy that all containers run with the right settings and web is
-# healthy, and after every re-run that nothing changed. Prints median and min-max per tool
-# and phase, and the ratios ansible/berth (above 1 means berth is faster).
+# Ansible playbook (community.docker, scripts/bench-deploy/app.yml) and against the docker
+# CLI floor (scripts/bench-deploy/cli-floor.sh: plain `docker` commands, the hosts and each
+# host's independent steps in parallel, no health wait), on the same three Docker hosts, in
+# the same run, rotating which tool goes first. Per tool and variant (web with its
+# healthcheck, and without: BENCH_VARIANTS) it times a first deploy (fresh hosts: no
+# containers, networks or images), an unchanged re-run (not the floor) and an update from
+# image v3 to v4 (the same app with another page); it checks after every deploy that all
+# containers run with the right settings and image (and web is healthy when it has a
+# check), after every re-run that nothing changed, and after every update that both
+# containers were replaced. Prints median and min-max per tool, variant and phase, and the
+# ratios berth/floor (the issue's target: at most 1.15) and ansible/berth.
 #
 #   sudo scripts/bench-deploy.sh
 #
 # Environment knobs (all optional):
-#   BENCH_RUNS=3            rounds (each: both tools, first deploy + unchanged re-run)
+#   BENCH_RUNS=3            rounds (each: every tool and variant: first deploy, re-run, update)
+#   BENCH_VARIANTS="health nohealth"  which variants of the app to run
 #   BENCH_RESULTS=FILE      also write the summary there
 #   BENCH_KEEP=1            keep the temporary folder (logs of every deploy)
 #   BENCH_ANSIBLE_NO_WAIT=1 the playbook does not wait for web's healthcheck (berth always
@@ -125,6 +131,19 @@ tar -C "$WORK/rootfs" -cf "$WORK/rootfs.tar" bin
 IMAGE="$REGISTRY/$APP""_image:v3"
 "$BERTH" build --quiet -t "$IMAGE" --push --build-arg "BASE=$REGISTRY/busybox:stable" \
     examples/origin/app >"$WORK/build.log" 2>&1 || { cat "$WORK/build.log" >&2; die "berth build failed"; }
+# The update's image: the same app with another page, as v4.
+cp -r examples/origin/app "$WORK/app-v4"
+sed -i 's/deployed by Berth\./deployed by Berth (v4)./' "$WORK/app-v4/index.html"
+"$BERTH" build --quiet -t "$REGISTRY/$APP""_image:v4" --push --build-arg "BASE=$REGISTRY/busybox:stable" \
+    "$WORK/app-v4" >"$WORK/build-v4.log" 2>&1 || { cat "$WORK/build-v4.log" >&2; die "berth build (v4) failed"; }
+# The no-healthcheck variant: the app file without web's healthcheck.
+python3 - examples/origin/app.yml "$WORK/app-nohealth.yml" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+out = re.sub(r"\n    healthcheck:\n(      .*\n)+", "\n", text)
+assert out != text and "healthcheck:" not in out, "no healthcheck removed"
+open(sys.argv[2], "w").write(out)
+PY
 
 # berth's inventory: the testing environment's variables, the hosts reached over TCP.
 INV="$WORK/inventory"
@@ -166,20 +185,21 @@ clean_hosts() {
     done
 }
 
-# Checks every host holds the app as the example describes it; prints the containers' ids
-# (so a re-run can be checked to have replaced nothing).
-verify() { # TOOL
+# Checks every host holds the app as the example describes it, with image TAG, and web with
+# or without its healthcheck; prints the containers' ids (so a re-run can be checked to have
+# replaced nothing, and an update to have replaced both).
+verify() { # TOOL TAG health|nohealth
     local i out
     for i in $(seq 1 "$HOSTS"); do
         docker_on "$i" inspect "${APP}_web_1" "${APP}_nodes_1" >"$WORK/inspect.json" ||
             die "$1: containers missing on host $i"
         docker_on "$i" network inspect test_nw test_nw2 >"$WORK/networks.json" ||
             die "$1: networks missing on host $i"
-        python3 - "$WORK/inspect.json" "$WORK/networks.json" "$REGISTRY" "$1" "$i" <<'PY' ||
+        python3 - "$WORK/inspect.json" "$WORK/networks.json" "$REGISTRY" "$1" "$i" "$2" "$3" <<'PY' ||
 import json, sys
 containers = {c["Name"].lstrip("/"): c for c in json.load(open(sys.argv[1]))}
 networks = {n["Name"]: n for n in json.load(open(sys.argv[2]))}
-registry, tool, host = sys.argv[3], sys.argv[4], sys.argv[5]
+registry, tool, host, tag, health = sys.argv[3:8]
 problems = []
 def check(what, got, want):
     if got != want:
@@ -187,12 +207,19 @@ def check(what, got, want):
 def ipam(name):
     cfg = (networks[name]["IPAM"].get("Config") or [{}])[0]
     return cfg.get("Subnet"), cfg.get("Gateway")
+def check_test(healthcheck):
+    test = (healthcheck or {}).get("Test")
+    # The docker CLI's --health-cmd is a shell form of the same command.
+    if test and test[0] == "CMD-SHELL":
+        test = ["CMD"] + test[1].split()
+    return test
 check("test_nw subnet/gateway", ipam("test_nw"), ("10.1.4.0/24", "10.1.4.100"))
 check("test_nw2 subnet", ipam("test_nw2")[0], "10.2.3.0/24")
+web_check = ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8000/"]
 want = {
     "web": dict(env={"APP_ENV=testing", "LOG_LEVEL=info"}, ports={"8000/tcp": [("0.0.0.0", "80")]},
                 nets={"test_nw": "10.1.4.10"}, cpus=10**9, memory=256 << 20,
-                health=["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8000/"]),
+                health=web_check if health == "health" else None),
     "nodes": dict(env={"APP_ENV=testing", "ROLE=nodes"}, ports={"8000/tcp": [("127.0.0.1", "8000")]},
                   nets={"test_nw": "10.1.4.2", "test_nw2": "10.2.3.2"}, cpus=0, memory=0, health=None),
 }
@@ -200,7 +227,7 @@ for service, w in want.items():
     c = containers[f"app_example_{service}_1"]
     hc, cfg = c["HostConfig"], c["Config"]
     check(f"{service} running", c["State"]["Running"], True)
-    check(f"{service} image", cfg["Image"].split("@")[0], f"{registry}/app_example_image:v3")
+    check(f"{service} image", cfg["Image"].split("@")[0], f"{registry}/app_example_image:{tag}")
     check(f"{service} command", cfg["Cmd"], ["httpd", "-f", "-p", "8000", "-h", "/www"])
     check(f"{service} env", w["env"] - set(cfg.get("Env") or []), set())
     check(f"{service} ports", {k: [(b["HostIp"], b["HostPort"]) for b in v]
@@ -213,25 +240,27 @@ for service, w in want.items():
     check(f"{service} stop timeout", cfg.get("StopTimeout"), 2)
     check(f"{service} cpus", hc.get("NanoCpus") or 0, w["cpus"])
     check(f"{service} memory", hc.get("Memory") or 0, w["memory"])
-    check(f"{service} healthcheck", (cfg.get("Healthcheck") or {}).get("Test"), w["health"])
+    check(f"{service} healthcheck", check_test(cfg.get("Healthcheck")), w["health"])
 web = containers["app_example_web_1"]
-check("web health", web["State"].get("Health", {}).get("Status"), "healthy")
+check("web health", web["State"].get("Health", {}).get("Status"),
+      "healthy" if health == "health" else None)
 if problems:
     sys.exit(f"{tool}, host {host}: " + "; ".join(problems))
 for name in sorted(containers):
     print(containers[name]["Id"])
 PY
             die "$1: host $i is not as the example describes"
-        local addr_var="H${i}_ADDR"
+        local addr_var="H${i}_ADDR" page="Hello from the origin example, deployed by Berth."
+        [[ "$2" == v3 ]] || page="Hello from the origin example, deployed by Berth ($2)."
         out=$(curl -fsS --max-time 5 "http://${!addr_var}:80/") || die "$1: web on host $i does not answer"
-        [[ "$out" == *"Hello from the origin example"* ]] || die "$1: web on host $i answered: $out"
+        [[ "$out" == *"$page"* ]] || die "$1: web on host $i answered: $out"
     done
 }
 
 now() { date +%s.%N; }
 
-# Where a first deploy's time went on host 1: the daemon's events, in seconds since the
-# deploy started (kept with BENCH_KEEP=1; not timed).
+# Where a deploy's time went on host 1: the daemon's events, in seconds since the deploy
+# started (kept with BENCH_KEEP=1; not timed).
 timeline() { # T0 T1
     docker_on 1 events --since "$1" --until "$2" \
         --format '{{.TimeNano}} {{.Type}} {{.Action}} {{.Actor.Attributes.name}}' |
@@ -239,20 +268,32 @@ timeline() { # T0 T1
 }
 elapsed() { python3 -c "print(f'{$2 - $1:.2f}')"; }
 
-berth_deploy() { # LOG
-    "$BERTH" deploy examples/origin/app.yml -i "$INV" --insecure "$REGISTRY" >"$1" 2>&1
+# Each tool's deploy: LOG TAG VARIANT.
+berth_deploy() {
+    local app=examples/origin/app.yml
+    [[ "$3" == health ]] || app="$WORK/app-nohealth.yml"
+    "$BERTH" deploy "$app" -i "$INV" --insecure "$REGISTRY" -e "image_tag=$2" --timings >"$1" 2>&1
 }
 ANSIBLE_EXTRA=()
 [[ "${BENCH_ANSIBLE_NO_WAIT:-0}" != 1 ]] || ANSIBLE_EXTRA=(-e wait_healthy=false)
-ansible_deploy() { # LOG
+ansible_deploy() {
+    local health=true
+    [[ "$3" == health ]] || health=false
     ANSIBLE_CONFIG="$ROOT/scripts/bench-deploy/ansible.cfg" \
         ansible-playbook -i "$ROOT/scripts/bench-deploy/inventory.yml" "${ANSIBLE_EXTRA[@]}" \
+        -e "image_tag=$2" -e "with_healthcheck=$health" \
         "$ROOT/scripts/bench-deploy/app.yml" >"$1" 2>&1
 }
+# The floor has no re-run (it does not read the hosts); its update is its own script mode.
+FLOOR_MODE=first
+floor_deploy() {
+    "$ROOT/scripts/bench-deploy/cli-floor.sh" "$FLOOR_MODE" "$2" "$3" >"$1" 2>&1
+}
 
-# Only with BENCH_ANSIBLE_NO_WAIT=1 can a deploy return before web is healthy: give it the
-# time the healthcheck needs before checking (berth's deploys are healthy at once).
-until_healthy() {
+# The CLI floor and BENCH_ANSIBLE_NO_WAIT=1 return before web is healthy: give it the time
+# the healthcheck needs before checking (berth's deploys are healthy at once). Not timed.
+until_healthy() { # health|nohealth
+    [[ "$1" == health ]] || return 0
     local i status
     for i in $(seq 1 "$HOSTS"); do
         for _ in $(seq 1 150); do
@@ -271,42 +312,56 @@ unchanged() { # TOOL LOG
     [[ "$n" == "$HOSTS" ]] || { cat "$2" >&2; die "$1: the unchanged re-run changed something"; }
 }
 
-RESULTS="$WORK/results.tsv"
-: >"$RESULTS"
-# one TOOL RUN: first deploy, check, unchanged re-run, check; appends the two times.
-one() {
-    local tool=$1 run=$2 t0 t1 first rerun before after
-    clean_hosts
-    sync
+# timed TOOL LOG TAG VARIANT: runs one deploy, prints its seconds; dies when it failed.
+timed() {
+    local t0 t1
     t0=$(now)
-    "${tool}_deploy" "$WORK/$tool-$run-first.log" ||
-        { cat "$WORK/$tool-$run-first.log" >&2; die "$tool: first deploy failed (run $run)"; }
+    "${1}_deploy" "$2" "$3" "$4" || { cat "$2" >&2; die "$1: deploy failed ($2)"; }
     t1=$(now)
-    first=$(elapsed "$t0" "$t1")
-    timeline "$t0" "$t1" >"$WORK/$tool-$run-first.events"
-    until_healthy
-    before=$(verify "$tool")
-    t0=$(now)
-    "${tool}_deploy" "$WORK/$tool-$run-rerun.log" ||
-        { cat "$WORK/$tool-$run-rerun.log" >&2; die "$tool: re-run failed (run $run)"; }
-    t1=$(now)
-    rerun=$(elapsed "$t0" "$t1")
-    unchanged "$tool" "$WORK/$tool-$run-rerun.log"
-    after=$(verify "$tool")
-    [[ "$before" == "$after" ]] || die "$tool: the unchanged re-run replaced containers"
-    printf '%s\t%s\t%s\t%s\n' "$tool" "$run" "$first" "$rerun" >>"$RESULTS"
-    printf '%-4s %-8s first %7ss   re-run %6ss\n' "$run" "$tool" "$first" "$rerun"
+    timeline "$t0" "$t1" >"${2%.log}.events"
+    elapsed "$t0" "$t1"
 }
 
-log "$RUNS runs: berth $("$BERTH" --version 2>/dev/null | awk '{print $NF}'), ansible-core $(ansible-playbook --version | awk 'NR==1{print $NF}' | tr -d ']'), community.docker $COLLECTION_VERSION, dockerd $(dockerd --version | awk '{print $3}' | tr -d ,)"
-for run in $(seq 1 "$RUNS"); do
-    if ((run % 2)); then
-        one berth "$run"
-        one ansible "$run"
-    else
-        one ansible "$run"
-        one berth "$run"
+RESULTS="$WORK/results.tsv"
+: >"$RESULTS"
+# one TOOL VARIANT RUN: first deploy (v3), check, unchanged re-run, check, update to v4,
+# check; appends the three times (no re-run for the floor).
+one() {
+    local tool=$1 variant=$2 run=$3 first rerun=- update before after updated
+    local log="$WORK/$tool-$variant-$run"
+    clean_hosts
+    sync
+    FLOOR_MODE=first
+    first=$(timed "$tool" "$log-first.log" v3 "$variant")
+    until_healthy "$variant"
+    before=$(verify "$tool" v3 "$variant")
+    if [[ "$tool" != floor ]]; then
+        rerun=$(timed "$tool" "$log-rerun.log" v3 "$variant")
+        unchanged "$tool" "$log-rerun.log"
+        after=$(verify "$tool" v3 "$variant")
+        [[ "$before" == "$after" ]] || die "$tool: the unchanged re-run replaced containers"
     fi
+    FLOOR_MODE=update
+    update=$(timed "$tool" "$log-update.log" v4 "$variant")
+    until_healthy "$variant"
+    updated=$(verify "$tool" v4 "$variant")
+    [[ -z "$(comm -12 <(sort <<<"$before") <(sort <<<"$updated"))" ]] ||
+        die "$tool: the update kept a v3 container"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$variant" "$run" "$first" "$rerun" "$update" >>"$RESULTS"
+    printf '%-3s %-8s %-8s first %6ss   re-run %6ss   update %6ss\n' \
+        "$run" "$tool" "$variant" "$first" "$rerun" "$update"
+}
+
+VARIANTS=${BENCH_VARIANTS:-health nohealth}
+TOOLS=(berth ansible floor)
+log "$RUNS runs ($VARIANTS): berth $("$BERTH" --version 2>/dev/null | awk '{print $NF}'), ansible-core $(ansible-playbook --version | awk 'NR==1{print $NF}' | tr -d ']'), community.docker $COLLECTION_VERSION, dockerd $(dockerd --version | awk '{print $3}' | tr -d ,), docker CLI $(docker --version | awk '{print $3}' | tr -d ,)"
+for run in $(seq 1 "$RUNS"); do
+    for variant in $VARIANTS; do
+        # Each run starts with another tool, so none always runs on the warmest hosts.
+        for k in 0 1 2; do
+            one "${TOOLS[$(((run + k) % 3))]}" "$variant" "$run"
+        done
+    done
 done
 clean_hosts
 
@@ -315,18 +370,25 @@ import statistics, sys
 rows = [line.split("\t") for line in open(sys.argv[1]).read().splitlines()]
 runs, out = int(sys.argv[2]), sys.argv[3]
 times = {}
-for tool, _run, first, rerun in rows:
-    times.setdefault((tool, "first deploy"), []).append(float(first))
-    times.setdefault((tool, "unchanged re-run"), []).append(float(rerun))
-lines = [f"deploy of examples/origin/app.yml to 3 hosts, {runs} runs (seconds: median, min-max)"]
-for phase in ("first deploy", "unchanged re-run"):
-    b, a = times[("berth", phase)], times[("ansible", phase)]
-    ratios = sorted(x / y for x, y in zip(a, b))
-    lines.append(
-        f"{phase:17} berth {statistics.median(b):6.2f} ({min(b):.2f}-{max(b):.2f})"
-        f"   ansible {statistics.median(a):6.2f} ({min(a):.2f}-{max(a):.2f})"
-        f"   ansible/berth {statistics.median(a) / statistics.median(b):5.1f}x"
-        f" (per run {ratios[0]:.1f}-{ratios[-1]:.1f}x)")
+for tool, variant, _run, *phases in rows:
+    for phase, value in zip(("first deploy", "unchanged re-run", "v3->v4 update"), phases):
+        if value != "-":
+            times.setdefault((variant, phase, tool), []).append(float(value))
+def cell(values):
+    if not values:
+        return f"{'-':>21}"
+    return f"{statistics.median(values):6.2f} ({min(values):5.2f}-{max(values):5.2f})"
+def ratio(a, b):
+    return f"{statistics.median(a) / statistics.median(b):5.2f}x" if a and b else "    -"
+lines = [f"examples/origin/app.yml to 3 hosts, {runs} runs (seconds: median (min-max))",
+         f"{'':28} {'berth':>21} {'ansible':>21} {'docker CLI floor':>21}   berth/floor ansible/berth"]
+for variant in ("health", "nohealth"):
+    for phase in ("first deploy", "unchanged re-run", "v3->v4 update"):
+        b, a, f = (times.get((variant, phase, tool), []) for tool in ("berth", "ansible", "floor"))
+        if not (b or a or f):
+            continue
+        lines.append(f"{variant + ' ' + phase:28} {cell(b)} {cell(a)} {cell(f)}"
+                     f"   {ratio(b, f):>11} {ratio(a, b):>13}")
 text = "\n".join(lines)
 print(text)
 if out:

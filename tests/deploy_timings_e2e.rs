@@ -131,6 +131,7 @@ fn readiness_checks_early_and_still_rolls_back() {
     for field in [
         "connect",
         "read",
+        "resolve",
         "pull",
         "create",
         "start",
@@ -186,7 +187,7 @@ fn readiness_checks_early_and_still_rolls_back() {
             .unwrap_or_else(|| panic!("timings.{field} missing: {report}"))
     };
     let phases: f64 = [
-        "connect", "read", "pull", "create", "start", "ready", "remove",
+        "connect", "read", "resolve", "pull", "create", "start", "ready", "remove",
     ]
     .iter()
     .map(|field| seconds(field))

@@ -9,8 +9,9 @@
 //!   (a daemon restart must not start it next to the new one) and renamed `NAME-prev`.
 //!   That is the release `berth rollback` returns to.
 //! - Start-first: the new container starts as `NAME-next` next to the old one; only when
-//!   it is ready is the old one stopped and the names swapped. Stop-first: the old one is
-//!   stopped and set aside first (its ports or fixed addresses are needed).
+//!   it is ready is the old one stopped and the names swapped. Stop-first: the new one is
+//!   created as `NAME-next` (not started), then the old one is stopped and set aside (its
+//!   ports or fixed addresses are needed), then the new one takes the name and starts.
 //! - Ready (see `ready.rs`) = the healthcheck passed, run early by Berth itself or by
 //!   dockerd, when the service has one; else still running after a short settle time; both
 //!   bounded by a timeout. A container that is not ready is removed and
@@ -419,6 +420,13 @@ impl Applier<'_> {
 
     /// Creates, connects and starts `container` under `name`, and waits until it is ready.
     async fn launch(&self, container: &DesiredContainer, name: &str) -> Result<(), String> {
+        self.create(container, name).await?;
+        self.start_ready(container, name).await
+    }
+
+    /// Creates `container` under `name`, not started: its secret files, the container with
+    /// its first network attached in the create call, its other networks connected.
+    async fn create(&self, container: &DesiredContainer, name: &str) -> Result<(), String> {
         let create = async {
             self.engine.write_secrets(self.app, container).await?;
             self.engine
@@ -429,7 +437,11 @@ impl Applier<'_> {
             }
             Ok::<(), String>(())
         };
-        self.clock.time(Phase::Create, create).await?;
+        self.clock.time(Phase::Create, create).await
+    }
+
+    /// Starts `name` (made by [`Self::create`]) and waits until it is ready.
+    async fn start_ready(&self, container: &DesiredContainer, name: &str) -> Result<(), String> {
         self.clock
             .time(Phase::Start, self.engine.start(name))
             .await?;
@@ -439,6 +451,13 @@ impl Applier<'_> {
             container.settle(),
         )
         .await
+    }
+
+    /// Removes a successor that will not run; `error` says why, plus a failed removal.
+    async fn drop_next(&self, next: &str, error: String) -> String {
+        let cleanup = self.clock.time(Phase::Remove, self.engine.remove(next));
+        let cleanup = cleanup.await.err().map(String::from);
+        with_cleanup(error, cleanup)
     }
 
     async fn replace_start_first(&self, container: &DesiredContainer) -> Result<(), String> {
@@ -487,6 +506,17 @@ impl Applier<'_> {
 
     async fn replace_stop_first(&self, container: &DesiredContainer) -> Result<(), String> {
         let name = container.name.as_str();
+        // The successor is created before the old one stops (Docker takes ports and fixed
+        // addresses only at start), so the service is down for the old one's stop and the
+        // new one's start only, and a create that fails leaves the old one untouched.
+        let next = next_name(name);
+        self.clock
+            .time(Phase::Remove, self.engine.remove(&next))
+            .await?;
+        if let Err(error) = self.create(container, &next).await {
+            let error = format!("{error}; the new container was removed, {name} kept running");
+            return Err(self.drop_next(&next, error).await);
+        }
         // An older kept release stays until the host's rollout succeeded: if it fails, the
         // host is back exactly where it was, rollback target included.
         let previous = previous_name(name);
@@ -496,11 +526,21 @@ impl Applier<'_> {
             self.set_aside(name).await?;
             Ok::<bool, String>(had_previous)
         };
-        let had_previous = self.clock.time(Phase::Remove, aside).await?;
-        if let Err(error) = self.launch(container, name).await {
+        let had_previous = match self.clock.time(Phase::Remove, aside).await {
+            Ok(had_previous) => had_previous,
+            Err(error) => return Err(self.drop_next(&next, error).await),
+        };
+        let launched = async {
+            let rename = self.engine.rename(&next, name);
+            self.clock.time(Phase::Create, rename).await?;
+            self.start_ready(container, name).await
+        };
+        if let Err(error) = launched.await {
             let mut message = format!("{error}; the new container was removed");
             let restored = async {
                 self.engine.remove(name).await?;
+                // Still there when the rename failed.
+                self.engine.remove(&next).await?;
                 self.restore(name).await?;
                 if had_previous {
                     self.engine.rename(&older, &previous).await?;

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use berth_client::credentials::{Credentials, DockerConfig};
 use berth_client::registry::{Client, ClientConfig};
 use berth_client::ImageRef;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde::Serialize;
 
+use crate::actual::ActualHost;
 use crate::apply::{apply_host_timed, rollback_host, ActionResult, ApplyOptions, Outcome};
 use crate::desired::DesiredHost;
 use crate::engine::{Engine, PullAuth};
@@ -419,13 +420,17 @@ where
     reports
 }
 
-/// `berth deploy` (or `--check`) of `desired` hosts.
-pub async fn deploy(
-    app: &str,
-    mut desired: Vec<DesiredHost>,
-    options: &RunOptions,
-    on_event: &(dyn Fn(Event<'_>) + Send + Sync),
-) -> RunReport {
+/// What resolving the app's tags gave: digests, the images that could not be resolved
+/// (with why), and the pull credentials of the pinned references.
+#[derive(Clone, Default)]
+struct Resolution {
+    pins: BTreeMap<String, String>,
+    unresolved: BTreeMap<String, String>,
+    pull_auth: BTreeMap<String, PullAuth>,
+}
+
+/// Resolves the tags `desired` names (unless already known or not pinning).
+async fn resolve(desired: Vec<DesiredHost>, options: &RunOptions) -> Resolution {
     let written: BTreeSet<String> = desired
         .iter()
         .flat_map(|host| host.containers.iter().map(|c| c.spec.image.clone()))
@@ -455,17 +460,31 @@ pub async fn deploy(
             }
         }
     }
-    for host in &mut desired {
-        host.pin_images(&pins);
+    let pulled: BTreeSet<String> = desired
+        .into_iter()
+        .flat_map(|mut host| {
+            host.pin_images(&pins);
+            host.images()
+        })
+        .collect();
+    Resolution {
+        pull_auth: pull_credentials(&options.registry, &pulled),
+        pins,
+        unresolved,
     }
-    let pulled: BTreeSet<String> = desired.iter().flat_map(DesiredHost::images).collect();
-    let mut apply_options = options.apply.clone();
-    apply_options.pull_auth = pull_credentials(&options.registry, &pulled);
+}
 
-    let apply_options = &apply_options;
-    let unresolved = &unresolved;
+/// `berth deploy` (or `--check`) of `desired` hosts. Tags are resolved while the hosts
+/// connect and are read, so a host's pulls start as soon as both are done.
+pub async fn deploy(
+    app: &str,
+    desired: Vec<DesiredHost>,
+    options: &RunOptions,
+    on_event: &(dyn Fn(Event<'_>) + Send + Sync),
+) -> RunReport {
+    let resolution = resolve(desired.clone(), options).shared();
     let hosts = all_or_rolling(desired, options, on_event, |host| {
-        deploy_host(host, options, apply_options, unresolved, on_event)
+        deploy_host(host, options, resolution.clone(), on_event)
     })
     .await;
     RunReport {
@@ -475,47 +494,66 @@ pub async fn deploy(
         } else {
             Mode::Deploy
         },
-        images: pins,
+        images: resolution.await.pins,
         hosts,
     }
 }
 
-async fn deploy_host(
-    desired: DesiredHost,
+/// Connects to a host and reads its state; the error ends the host's report.
+async fn connect_and_read(
+    desired: &DesiredHost,
     options: &RunOptions,
-    apply_options: &ApplyOptions,
-    unresolved: &BTreeMap<String, String>,
+) -> Result<(Engine, ActualHost, HostTimings), (String, bool)> {
+    let started = Instant::now();
+    let engine = Engine::connect(&desired.endpoint, options.connect_timeout)
+        .await
+        .map_err(|error| (error.to_string(), error.is_unreachable()))?;
+    let mut timings = HostTimings {
+        connect: started.elapsed().as_secs_f64(),
+        ..HostTimings::default()
+    };
+    let reading = Instant::now();
+    let actual = engine
+        .read(&desired.app)
+        .await
+        .map_err(|error| (format!("reading the host's state: {error}"), false))?;
+    timings.read = reading.elapsed().as_secs_f64();
+    Ok((engine, actual, timings))
+}
+
+async fn deploy_host(
+    mut desired: DesiredHost,
+    options: &RunOptions,
+    resolution: impl std::future::Future<Output = Resolution>,
     on_event: &(dyn Fn(Event<'_>) + Send + Sync),
 ) -> HostReport {
     let report = HostReport::new(&desired);
+    let started = Instant::now();
+    let connecting = async {
+        let connected = connect_and_read(&desired, options).await;
+        (connected, Instant::now())
+    };
+    let (resolution, (connected, read_at)) = futures::future::join(resolution, connecting).await;
+    // An image that cannot be resolved fails the host before anything else is said of it.
     let failed_images: Vec<&str> = desired
         .containers
         .iter()
-        .filter_map(|c| unresolved.get(&c.spec.image).map(String::as_str))
+        .filter_map(|c| resolution.unresolved.get(&c.spec.image).map(String::as_str))
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
     if !failed_images.is_empty() {
         return report.fail(failed_images.join("; "), false);
     }
-    let started = Instant::now();
-    let engine = match Engine::connect(&desired.endpoint, options.connect_timeout).await {
-        Ok(engine) => engine,
-        Err(error) => {
-            let unreachable = error.is_unreachable();
-            return report.fail(error.to_string(), unreachable);
-        }
+    let (engine, actual, mut timings) = match connected {
+        Ok(connected) => connected,
+        Err((error, unreachable)) => return report.fail(error, unreachable),
     };
-    let mut timings = HostTimings {
-        connect: started.elapsed().as_secs_f64(),
-        ..HostTimings::default()
-    };
-    let reading = Instant::now();
-    let actual = match engine.read(&desired.app).await {
-        Ok(actual) => actual,
-        Err(error) => return report.fail(format!("reading the host's state: {error}"), false),
-    };
-    timings.read = reading.elapsed().as_secs_f64();
+    // Resolving outlasted connecting and reading only when the registry is slower.
+    timings.resolve = read_at.elapsed().as_secs_f64();
+    desired.pin_images(&resolution.pins);
+    let mut apply_options = options.apply.clone();
+    apply_options.pull_auth = resolution.pull_auth;
     let mut plan = plan_host(&desired, &actual);
     if let Some(volumes) = options.down {
         crate::plan::down::adjust_plan(&mut plan, &actual, &desired.app, volumes);
@@ -537,7 +575,7 @@ async fn deploy_host(
             &desired,
             &plan,
             &actual,
-            apply_options,
+            &apply_options,
             &|result| {
                 on_event(Event::Action {
                     host: &host,

@@ -39,6 +39,9 @@ fn slot(phase: Phase) -> usize {
 pub struct HostTimings {
     pub connect: f64,
     pub read: f64,
+    /// Waiting for the image tags' digests after the host was read (0 unless the registry
+    /// answered later than the host).
+    pub resolve: f64,
     pub pull: f64,
     pub create: f64,
     pub start: f64,
@@ -52,16 +55,24 @@ pub struct HostTimings {
 impl HostTimings {
     /// The phases' sum (the rest of `total` is planning and bookkeeping).
     pub fn phases_sum(&self) -> f64 {
-        self.connect + self.read + self.pull + self.create + self.start + self.ready + self.remove
+        self.connect
+            + self.read
+            + self.resolve
+            + self.pull
+            + self.create
+            + self.start
+            + self.ready
+            + self.remove
     }
 
     /// One line for the text output.
     pub fn line(&self, host: &str) -> String {
         format!(
-            "TIMINGS {host}: total {:.2}s = connect {:.2}s read {:.2}s pull {:.2}s create {:.2}s start {:.2}s ready {:.2}s remove {:.2}s; {} API calls",
+            "TIMINGS {host}: total {:.2}s = connect {:.2}s read {:.2}s resolve {:.2}s pull {:.2}s create {:.2}s start {:.2}s ready {:.2}s remove {:.2}s; {} API calls",
             self.total,
             self.connect,
             self.read,
+            self.resolve,
             self.pull,
             self.create,
             self.start,
