@@ -30,6 +30,7 @@ pub mod ops;
 pub mod process_metrics;
 pub mod quota;
 pub mod route;
+pub mod ui;
 mod uploads;
 
 use error::{ApiResult, Code, RegistryError};
@@ -50,6 +51,8 @@ pub struct Registry {
     metrics: Option<metrics::Metrics>,
     /// `/metrics` on this router (not on a listener of its own).
     metrics_route: bool,
+    /// The web UI under `/ui/`, when on.
+    ui: Option<Arc<ui::Ui>>,
 }
 
 impl Registry {
@@ -64,7 +67,14 @@ impl Registry {
             sparse_indexes: false,
             metrics: None,
             metrics_route: false,
+            ui: None,
         }
+    }
+
+    /// Serve the web UI under `/ui/` (and send browsers from `/` there).
+    pub fn with_ui(mut self, options: ui::UiOptions) -> Registry {
+        self.ui = Some(Arc::new(ui::Ui::new(options)));
+        self
     }
 
     /// Record metrics; `route`: answer `/metrics` on this router too.
@@ -125,6 +135,11 @@ impl Registry {
         };
         let router = if self.metrics_route {
             router.route("/metrics", axum::routing::get(metrics::endpoint))
+        } else {
+            router
+        };
+        let router = if self.ui.is_some() {
+            ui::routes(router)
         } else {
             router
         };
