@@ -139,6 +139,32 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     /// `[manifests]`: what a pushed manifest must satisfy.
     pub manifests: ManifestSettings,
+    /// `[ui]`: the web UI.
+    pub ui: UiSettings,
+}
+
+/// The `[ui]` table: the web UI under `/ui/`.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UiSettings {
+    /// Default true.
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    /// Without logins, let the UI delete tags and manifests (read-only otherwise).
+    #[serde(default)]
+    pub allow_delete: bool,
+    /// How long a UI login lasts, e.g. "8h" (the default).
+    pub session_lifetime: Option<String>,
+}
+
+impl Default for UiSettings {
+    fn default() -> Self {
+        UiSettings {
+            enabled: true,
+            allow_delete: false,
+            session_lifetime: None,
+        }
+    }
 }
 
 /// The `[manifests]` table.
@@ -365,6 +391,8 @@ struct FileConfig {
     metrics: MetricsSettings,
     #[serde(default)]
     manifests: ManifestSettings,
+    #[serde(default)]
+    ui: UiSettings,
 }
 
 /// `storage = "LOCATION"`, or a `[storage]` table with `path` and
@@ -505,6 +533,7 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
         },
         read_only: args.read_only || file_read_only,
         manifests: file.manifests,
+        ui: file.ui,
         immutable,
         quotas,
         metrics: file.metrics,

@@ -7,7 +7,6 @@ mod pages;
 mod session;
 mod summary;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -25,7 +24,7 @@ use maud::Markup;
 
 use crate::error::{Code, RegistryError};
 use crate::Registry;
-use pages::Chrome;
+use pages::{Chrome, Referrers};
 use session::{Session, Sessions, CSRF_COOKIE, SESSION_COOKIE};
 use summary::SummaryCache;
 
@@ -565,7 +564,7 @@ async fn repository(ctx: &Ctx<'_>, name: &str) -> Response {
         _ => "tag",
     };
     match sort {
-        "size" => rows.sort_by(|a, b| b.summary.size.cmp(&a.summary.size)),
+        "size" => rows.sort_by_key(|r| std::cmp::Reverse(r.summary.size)),
         "created" => rows.sort_by(|a, b| b.summary.created.cmp(&a.summary.created)),
         _ => {}
     }
@@ -657,8 +656,6 @@ async fn image(ctx: &Ctx<'_>, name: &str, reference: &str, may_delete: bool) -> 
     let title = format!("{name}:{reference}");
     ctx.render(StatusCode::OK, &title, pages::image(&view))
 }
-
-type Referrers = BTreeMap<String, Vec<(String, BTreeMap<String, String>)>>;
 
 /// Referrers by artifact type (the media type when they have none).
 fn group_referrers(list: Vec<berth_storage::Descriptor>) -> Referrers {

@@ -88,7 +88,7 @@ pub fn catalog(v: &CatalogView<'_>) -> Markup {
             @if v.anonymous_hint { p { "Log in to see the repositories you may pull." } }
         } @else {
             div.scroll { table {
-                thead { tr { th scope="col" { "Repository" } th scope="col" { "Tags" } th scope="col" { "Size" } th scope="col" { "Newest image" } } }
+                thead { tr { th scope="col" { "Repository" } th.num scope="col" { "Tags" } th.num scope="col" { "Size" } th scope="col" { "Newest image" } } }
                 tbody {
                     @for r in v.rows {
                         tr {
@@ -142,7 +142,7 @@ pub fn repository(v: &RepoView<'_>) -> Markup {
                     th scope="col" { (sort_link("tag", "Tag")) }
                     th scope="col" { "Digest" }
                     th scope="col" { "Platforms" }
-                    th scope="col" { (sort_link("size", "Size")) }
+                    th.num scope="col" { (sort_link("size", "Size")) }
                     th scope="col" { (sort_link("created", "Created")) }
                 } }
                 tbody {
@@ -188,6 +188,9 @@ fn pull_commands(host: &str, name: &str, tag: &str) -> Markup {
     }
 }
 
+/// Referrers by artifact type: (digest, annotations) of each.
+pub type Referrers = BTreeMap<String, Vec<(String, BTreeMap<String, String>)>>;
+
 pub struct ImageView<'a> {
     pub name: &'a str,
     pub reference: &'a str,
@@ -202,8 +205,7 @@ pub struct ImageView<'a> {
     pub total_size: u64,
     pub manifest_json: &'a str,
     pub config_json: Option<&'a str>,
-    /// Referrers by artifact type: (digest, annotations).
-    pub referrers: &'a BTreeMap<String, Vec<(String, BTreeMap<String, String>)>>,
+    pub referrers: &'a Referrers,
     pub may_delete: bool,
 }
 
@@ -244,7 +246,7 @@ fn index_children(name: &str, children: &[Child]) -> Markup {
     html! {
         h2 { "Platforms" }
         div.scroll { table {
-            thead { tr { th scope="col" { "Platform" } th scope="col" { "Digest" } th scope="col" { "Manifest size" } } }
+            thead { tr { th scope="col" { "Platform" } th scope="col" { "Digest" } th.num scope="col" { "Manifest size" } } }
             tbody { @for c in children { tr {
                 td { @if c.platform.is_empty() { "–" } @else { (c.platform) } }
                 td { @if c.digest.parse::<berth_storage::Digest>().is_ok() {
@@ -285,7 +287,7 @@ fn layers_section(layers: &[Layer], config: Option<&Config>) -> Markup {
     html! {
         h2 { "Layers (" (layers.len()) ")" }
         div.scroll { table.layers {
-            thead { tr { th scope="col" { "#" } th scope="col" { "Size" } th scope="col" { "Created by" } th scope="col" { "Digest" } } }
+            thead { tr { th.num scope="col" { "#" } th.num scope="col" { "Size" } th scope="col" { "Created by" } th scope="col" { "Digest" } } }
             tbody { @for (i, l) in layers.iter().enumerate() { tr {
                 td.num { (i + 1) }
                 td.num { (human_size(l.size)) }
@@ -307,10 +309,7 @@ fn map_table(title: &str, map: &BTreeMap<String, String>) -> Markup {
     }
 }
 
-fn referrers(
-    name: &str,
-    groups: &BTreeMap<String, Vec<(String, BTreeMap<String, String>)>>,
-) -> Markup {
+fn referrers(name: &str, groups: &Referrers) -> Markup {
     html! {
         h2 { "Referrers" }
         @if groups.is_empty() { p.muted { "No signatures, SBOMs or other artifacts refer to this manifest." } }
