@@ -202,6 +202,62 @@ fn skopeo_push(layout: &Path, tag: &str, server: &Server, target: &str) {
     );
 }
 
+const SIGNATURE: &str = "application/vnd.example.signature.v1+json";
+
+/// A referrer of `repo:tag` (an artifact with `subject`), pushed over the API as admin.
+async fn push_signature(base: &str, repo: &str, tag: &str) {
+    let http = client();
+    let put_blob = |data: &'static [u8]| {
+        let http = http.clone();
+        let url = format!("{base}/v2/{repo}/blobs/uploads/?digest={}", digest_of(data));
+        async move {
+            let r = http
+                .post(url)
+                .basic_auth("admin", Some("adminpw"))
+                .body(data)
+                .send()
+                .await
+                .expect("POST blob");
+            assert_eq!(r.status().as_u16(), 201, "blob upload");
+        }
+    };
+    put_blob(b"{}").await;
+    put_blob(b"signature bytes").await;
+    let subject = http
+        .head(format!("{base}/v2/{repo}/manifests/{tag}"))
+        .basic_auth("admin", Some("adminpw"))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .expect("HEAD subject");
+    let digest = header(&subject, "docker-content-digest").expect("subject digest");
+    let size: u64 = header(&subject, "content-length")
+        .and_then(|n| n.parse().ok())
+        .expect("size");
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": SIGNATURE,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": digest_of(b"{}"), "size": 2},
+        "layers": [{"mediaType": "application/octet-stream", "digest": digest_of(b"signature bytes"), "size": 15}],
+        "subject": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": size},
+        "annotations": {"org.opencontainers.image.created": "2026-12-01T00:00:00Z"}
+    }))
+    .expect("manifest");
+    let r = http
+        .put(format!(
+            "{base}/v2/{repo}/manifests/{}",
+            digest_of(&manifest)
+        ))
+        .basic_auth("admin", Some("adminpw"))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(manifest)
+        .send()
+        .await
+        .expect("PUT referrer");
+    assert_eq!(r.status().as_u16(), 201, "referrer push");
+}
+
 struct Shots(PathBuf);
 
 impl Shots {
@@ -284,6 +340,7 @@ async fn browse_log_in_and_delete_in_chromium() {
             skopeo_push(&layout, tag, &server, &format!("{repo}:{tag}"));
         }
     }
+    push_signature(&base, "team/app", "v1").await;
     let shots = Shots(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ui_e2e"));
     fs::create_dir_all(&shots.0).expect("screenshot dir");
     let driver = Driver::start(work.path());
@@ -429,9 +486,13 @@ async fn scenario(c: &Client, base: &str, shots: &Shots) -> Result<(), String> {
         .unwrap_or(-1);
     assert_eq!(scripts, 1, "only the page's own script element");
     // The whole page in one picture: a tall window for this shot.
-    c.set_window_size(1200, 2600).await.map_err(|e| e.to_string())?;
+    c.set_window_size(1200, 2100)
+        .await
+        .map_err(|e| e.to_string())?;
     shots.take(c, "image").await;
-    c.set_window_size(1200, 1000).await.map_err(|e| e.to_string())?;
+    c.set_window_size(1200, 1000)
+        .await
+        .map_err(|e| e.to_string())?;
 
     // Delete v1, with the confirmation step.
     c.find(Locator::Css("a.danger"))

@@ -18,6 +18,7 @@ pub mod banner;
 pub mod connections;
 mod housekeeping;
 pub mod storage;
+mod ui;
 
 use storage::OpenedStorage;
 
@@ -78,31 +79,12 @@ fn registry_router(
     if let Some(m) = &metrics {
         registry = registry.with_metrics(m.clone(), settings.metrics.addr.is_none());
     }
-    if let Some(options) = ui_options(settings)? {
+    if let Some(options) = ui::options(settings)? {
         registry = registry.with_ui(options);
     }
     let read_only = registry.read_only();
     read_only.set(settings.read_only);
     Ok((registry.router(), metrics, read_only))
-}
-
-/// The `[ui]` settings as the registry takes them; `None` when the UI is off.
-fn ui_options(settings: &Settings) -> Result<Option<berth_registry::ui::UiOptions>> {
-    let ui = &settings.ui;
-    if !ui.enabled {
-        return Ok(None);
-    }
-    let mut options = berth_registry::ui::UiOptions {
-        allow_delete: ui.allow_delete,
-        tls: settings.tls.is_some(),
-        ..Default::default()
-    };
-    if let Some(lifetime) = &ui.session_lifetime {
-        options.session_lifetime = humantime::parse_duration(lifetime).with_context(|| {
-            format!("invalid ui.session_lifetime {lifetime:?} (use e.g. \"8h\")")
-        })?;
-    }
-    Ok(Some(options))
 }
 
 /// Everything that needs the runtime: the bucket check, housekeeping, the
