@@ -71,6 +71,13 @@ impl Registry {
         }
     }
 
+    /// Tell the web UI that a manifest or tag of `repository` changed.
+    fn ui_changed(&self, repository: &str, changed: bool) {
+        if let (true, Some(ui)) = (changed, &self.ui) {
+            ui.changed(repository);
+        }
+    }
+
     /// Serve the web UI under `/ui/` (and send browsers from `/` there).
     pub fn with_ui(mut self, options: ui::UiOptions) -> Registry {
         self.ui = Some(Arc::new(ui::Ui::new(options)));
@@ -455,9 +462,15 @@ async fn handle(
                     quotas: &reg.quotas,
                     sparse_indexes: reg.sparse_indexes,
                 };
-                manifests::put(s, &rules, name, reference, &req, body).await
+                let result = manifests::put(s, &rules, name, reference, &req, body).await;
+                reg.ui_changed(name, result.is_ok());
+                result
             }
-            Method::DELETE => manifests::delete(s, &reg.immutable, name, reference).await,
+            Method::DELETE => {
+                let result = manifests::delete(s, &reg.immutable, name, reference).await;
+                reg.ui_changed(name, result.is_ok());
+                result
+            }
             _ => Err(method_not_allowed(&m)),
         },
         _ => Err(method_not_allowed(&m)),

@@ -3,6 +3,7 @@
 //! rules let pull it; delete is offered (and done) only for those they let
 //! delete, after a confirmation, with a CSRF token. See docs/ui.md.
 
+mod cache;
 mod pages;
 mod session;
 mod summary;
@@ -65,6 +66,7 @@ pub(crate) struct Ui {
     options: UiOptions,
     sessions: Sessions,
     cache: SummaryCache,
+    catalog: cache::CatalogCache,
 }
 
 impl Ui {
@@ -73,7 +75,13 @@ impl Ui {
             sessions: Sessions::new(options.session_lifetime),
             options,
             cache: SummaryCache::default(),
+            catalog: cache::CatalogCache::default(),
         }
+    }
+
+    /// A manifest or tag of `repository` was pushed or deleted through this server.
+    pub(crate) fn changed(&self, repository: &str) {
+        self.catalog.changed(repository);
     }
 }
 
@@ -449,12 +457,19 @@ async fn catalog(ctx: &Ctx<'_>) -> Response {
         .and_then(|p| p.parse::<usize>().ok())
         .filter(|&p| p >= 1)
         .unwrap_or(1);
-    let repositories = match s.repositories().await {
-        Ok(r) => r,
-        Err(e) => return storage_failed(ctx, e),
+    let repositories = match ctx.ui.catalog.repositories() {
+        Some(list) => list,
+        None => match s.repositories().await {
+            Ok(r) => {
+                let list = std::sync::Arc::new(r);
+                ctx.ui.catalog.set_repositories(list.clone());
+                list
+            }
+            Err(e) => return storage_failed(ctx, e),
+        },
     };
-    let visible: Vec<String> = repositories
-        .into_iter()
+    let visible: Vec<&String> = repositories
+        .iter()
         .filter(|r| r.contains(filter.as_str()))
         .filter(|r| ctx.rights(r).contains(Actions::PULL))
         .collect();
@@ -462,15 +477,15 @@ async fn catalog(ctx: &Ctx<'_>) -> Response {
     let end = (start + PAGE_SIZE).min(visible.len());
     let mut rows = Vec::with_capacity(end - start);
     for name in &visible[start..end] {
-        let tags = match tag_rows(ctx, name).await {
+        let stats = match repo_stats(ctx, name).await {
             Ok(t) => t,
             Err(e) => return storage_failed(ctx, e),
         };
         rows.push(pages::RepoRow {
-            name: name.clone(),
-            tags: tags.len(),
-            size: summary::total_size(tags.iter().map(|t| &t.summary)),
-            newest: tags.iter().filter_map(|t| t.summary.created.clone()).max(),
+            name: name.to_string(),
+            tags: stats.tags,
+            size: stats.size,
+            newest: stats.newest.clone(),
         });
     }
     let view = pages::CatalogView {
@@ -482,6 +497,24 @@ async fn catalog(ctx: &Ctx<'_>) -> Response {
         anonymous_hint: ctx.viewer.identity == Identity::Anonymous && ctx.can_login(),
     };
     ctx.render(StatusCode::OK, "Repositories", pages::catalog(&view))
+}
+
+/// A repository's catalog row, cached.
+async fn repo_stats(
+    ctx: &Ctx<'_>,
+    name: &str,
+) -> berth_storage::Result<std::sync::Arc<cache::RepoStats>> {
+    if let Some(hit) = ctx.ui.catalog.row(name) {
+        return Ok(hit);
+    }
+    let tags = tag_rows(ctx, name).await?;
+    let stats = std::sync::Arc::new(cache::RepoStats {
+        tags: tags.len(),
+        size: summary::total_size(tags.iter().map(|t| &t.summary)),
+        newest: tags.iter().filter_map(|t| t.summary.created.clone()).max(),
+    });
+    ctx.ui.catalog.set_row(name, stats.clone());
+    Ok(stats)
 }
 
 /// Every tag of a repository with its manifest's summary (an unknown
@@ -685,6 +718,7 @@ async fn delete(ctx: &Ctx<'_>, name: &str, reference: &str, body: Body) -> Respo
     let s = ctx.reg.storage.as_ref();
     match crate::manifests::delete(s, &ctx.reg.immutable, name, reference).await {
         Ok(_) => {
+            ctx.ui.changed(name);
             tracing::info!(
                 repository = name,
                 reference,

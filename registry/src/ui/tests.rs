@@ -239,3 +239,33 @@ async fn browsers_go_from_the_root_to_the_ui() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(body.contains("UNSUPPORTED"), "{body}");
 }
+
+#[tokio::test]
+async fn pushes_and_deletes_show_at_once_despite_the_cache() {
+    let (router, _) = router(UiOptions::default());
+    push_image(&router, "one", "v1").await;
+    let (_, _, page) = send(&router, get("/ui/", None)).await;
+    assert!(page.contains("/ui/r/one") && !page.contains("/ui/r/two"));
+    push_image(&router, "two", "v1").await;
+    push_image(&router, "one", "v2").await;
+    let (_, _, page) = send(&router, get("/ui/", None)).await;
+    assert!(page.contains("/ui/r/two"), "a new repository shows: {page}");
+    let counts: Vec<&str> = page
+        .match_indices("<td class=\"num\">2</td>")
+        .map(|m| m.1)
+        .collect();
+    assert_eq!(counts.len(), 1, "one now has 2 tags: {page}");
+    let (status, _, _) = send(
+        &router,
+        Request::delete("/v2/one/manifests/v2")
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (_, _, page) = send(&router, get("/ui/", None)).await;
+    assert!(
+        !page.contains("<td class=\"num\">2</td>"),
+        "back to 1 tag: {page}"
+    );
+}
