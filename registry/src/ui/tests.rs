@@ -269,3 +269,26 @@ async fn pushes_and_deletes_show_at_once_despite_the_cache() {
         "back to 1 tag: {page}"
     );
 }
+
+#[tokio::test]
+async fn off_means_no_pages() {
+    let router = Registry::new(Arc::new(MemoryStorage::new())).router();
+    for path in ["/ui/", "/ui/static/style.css", "/ui/login"] {
+        let (status, _, body) = send(&router, get(path, None)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert!(
+            body.contains("UNSUPPORTED"),
+            "the API's 404, not a page: {body}"
+        );
+    }
+    let request = Request::get("/")
+        .header("accept", "text/html")
+        .body(Body::empty())
+        .expect("req");
+    let (status, _, _) = send(&router, request).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "no redirect to a UI that is off"
+    );
+}
