@@ -33,6 +33,8 @@ use summary::SummaryCache;
 const PAGE_SIZE: usize = 50;
 /// Largest form read (login, delete).
 const FORM_LIMIT: usize = 16 * 1024;
+/// Storage reads a page makes at once (per repository, and across repositories).
+const CONCURRENT_READS: usize = 8;
 /// Longest catalog filter used.
 const MAX_FILTER: usize = 200;
 
@@ -475,19 +477,28 @@ async fn catalog(ctx: &Ctx<'_>) -> Response {
         .collect();
     let start = (page - 1).saturating_mul(PAGE_SIZE).min(visible.len());
     let end = (start + PAGE_SIZE).min(visible.len());
-    let mut rows = Vec::with_capacity(end - start);
-    for name in &visible[start..end] {
-        let stats = match repo_stats(ctx, name).await {
-            Ok(t) => t,
-            Err(e) => return storage_failed(ctx, e),
-        };
-        rows.push(pages::RepoRow {
+    // Several repositories at once: on disk or S3 each read waits on I/O.
+    use futures::{StreamExt, TryStreamExt};
+    let names: Vec<String> = visible[start..end].iter().map(|n| n.to_string()).collect();
+    let stats: Vec<_> = match futures::stream::iter(names)
+        .map(|name| async move { repo_stats(ctx, &name).await })
+        .buffered(CONCURRENT_READS)
+        .try_collect()
+        .await
+    {
+        Ok(stats) => stats,
+        Err(e) => return storage_failed(ctx, e),
+    };
+    let rows: Vec<pages::RepoRow> = visible[start..end]
+        .iter()
+        .zip(stats)
+        .map(|(name, stats)| pages::RepoRow {
             name: name.to_string(),
             tags: stats.tags,
             size: stats.size,
             newest: stats.newest.clone(),
-        });
-    }
+        })
+        .collect();
     let view = pages::CatalogView {
         rows: &rows,
         filter: &filter,
@@ -520,20 +531,25 @@ async fn repo_stats(
 /// Every tag of a repository with its manifest's summary (an unknown
 /// repository has none).
 async fn tag_rows(ctx: &Ctx<'_>, name: &str) -> berth_storage::Result<Vec<pages::TagRow>> {
+    use futures::{StreamExt, TryStreamExt};
     let s = ctx.reg.storage.as_ref();
-    let mut rows = Vec::new();
-    for tag in s.tags(name).await?.unwrap_or_default() {
-        let Some(digest) = s.tag_resolve(name, &tag).await? else {
-            continue;
-        };
-        let summary = ctx.ui.cache.summary(s, name, &digest).await?;
-        rows.push(pages::TagRow {
-            tag,
-            digest: digest.to_string(),
-            summary: summary.map(|s| (*s).clone()).unwrap_or_default(),
-        });
-    }
-    Ok(rows)
+    let tags = s.tags(name).await?.unwrap_or_default();
+    let rows: Vec<Option<pages::TagRow>> = futures::stream::iter(tags)
+        .map(|tag| async move {
+            let Some(digest) = s.tag_resolve(name, &tag).await? else {
+                return Ok(None);
+            };
+            let summary = ctx.ui.cache.summary(s, name, &digest).await?;
+            Ok::<_, berth_storage::StorageError>(Some(pages::TagRow {
+                tag,
+                digest: digest.to_string(),
+                summary: summary.map(|s| (*s).clone()).unwrap_or_default(),
+            }))
+        })
+        .buffered(CONCURRENT_READS)
+        .try_collect()
+        .await?;
+    Ok(rows.into_iter().flatten().collect())
 }
 
 fn storage_failed(ctx: &Ctx<'_>, e: berth_storage::StorageError) -> Response {
