@@ -238,7 +238,12 @@ async fn handle(State(reg): State<Registry>, request: Request) -> Response {
         headers: &parts.headers,
         path,
     };
-    let m = &parts.method;
+    // HEAD is a GET whose body the server leaves out.
+    let m = if parts.method == Method::HEAD {
+        &Method::GET
+    } else {
+        &parts.method
+    };
     let mut response = match (m, rest) {
         (&Method::GET, "") => catalog(&ctx).await,
         (&Method::GET, "static/style.css") => asset("text/css; charset=utf-8", STYLE),

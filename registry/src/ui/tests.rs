@@ -118,6 +118,11 @@ async fn pages_show_pushed_data_as_text() {
         .to_str()
         .unwrap()
         .contains("script-src 'self'"));
+    let head = Request::head("/ui/r/team/app")
+        .body(Body::empty())
+        .expect("req");
+    let (status, _, _) = send(&router, head).await;
+    assert_eq!(status, StatusCode::OK, "HEAD answers as GET");
     let (status, _, page) = send(&router, get("/ui/r/team/app", None)).await;
     assert_eq!(status, StatusCode::OK);
     assert!(
