@@ -147,6 +147,32 @@ pub struct Settings {
     pub retention_interval: Option<Duration>,
     /// `pull_flush_interval`: how often noted manifest pulls are written to storage.
     pub pull_flush_interval: Duration,
+    /// `[ui]`: the web UI.
+    pub ui: UiSettings,
+}
+
+/// The `[ui]` table: the web UI under `/ui/`.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UiSettings {
+    /// Default true.
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    /// Without logins, let the UI delete tags and manifests (read-only otherwise).
+    #[serde(default)]
+    pub allow_delete: bool,
+    /// How long a UI login lasts, e.g. "8h" (the default).
+    pub session_lifetime: Option<String>,
+}
+
+impl Default for UiSettings {
+    fn default() -> Self {
+        UiSettings {
+            enabled: true,
+            allow_delete: false,
+            session_lifetime: None,
+        }
+    }
 }
 
 /// How often a server writes the pulls it noted, by default: pull times are
@@ -385,6 +411,8 @@ struct FileConfig {
     retention_interval: Option<String>,
     /// e.g. "1m"
     pull_flush_interval: Option<String>,
+    #[serde(default)]
+    ui: UiSettings,
 }
 
 /// `storage = "LOCATION"`, or a `[storage]` table with `path` and
@@ -561,6 +589,7 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
         },
         read_only: args.read_only || file_read_only,
         manifests: file.manifests,
+        ui: file.ui,
         immutable,
         quotas,
         notifications,

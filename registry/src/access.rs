@@ -14,7 +14,7 @@ use berth_auth::acl::{Acl, Identity};
 use berth_auth::htpasswd::Htpasswd;
 use berth_auth::pool::WorkerPool;
 use berth_auth::ratelimit::{RateLimit, RateLimiter};
-use berth_auth::scope::{self, Endpoint, Scope};
+use berth_auth::scope::{self, Actions, Endpoint, Scope};
 use berth_auth::throttle::{LoginThrottle, ThrottlePolicy};
 use berth_auth::token::{
     basic_challenge, bearer_challenge, parse_authorization, Credentials, TokenIssuer,
@@ -619,6 +619,27 @@ impl Access {
                 .any(|s| s.is_image_repository() && s.name == repository),
             _ => self.rules.can_see_repository(&caller.identity, repository),
         }
+    }
+
+    /// What `identity` may do on `repository` by the rules: the web UI
+    /// shows and offers exactly this, as the API would grant it.
+    pub(crate) fn rule_actions(&self, identity: &Identity, repository: &str) -> Actions {
+        self.rules.allowed(identity, repository)
+    }
+
+    /// Whether there is an htpasswd file to log in with.
+    pub(crate) fn has_accounts(&self) -> bool {
+        self.accounts.is_some()
+    }
+
+    /// A login from the web UI's form: the same accounts, cache and backoff as the API.
+    pub(crate) async fn ui_login(
+        &self,
+        user: &str,
+        password: &str,
+        client: Option<SocketAddr>,
+    ) -> Login {
+        self.login(user, password, client).await
     }
 
     async fn login(&self, user: &str, password: &str, client: Option<SocketAddr>) -> Login {

@@ -34,6 +34,7 @@ pub mod pulls;
 pub mod quota;
 pub mod retention;
 pub mod route;
+pub mod ui;
 mod uploads;
 
 use error::{ApiResult, Code, RegistryError};
@@ -58,6 +59,8 @@ pub struct Registry {
     events: Option<events::Events>,
     /// Manifest pulls noted for retention, written to storage in batches.
     pulls: pulls::PullLog,
+    /// The web UI under `/ui/`, when on.
+    ui: Option<Arc<ui::Ui>>,
 }
 
 impl Registry {
@@ -74,6 +77,7 @@ impl Registry {
             metrics_route: false,
             events: None,
             pulls: pulls::PullLog::default(),
+            ui: None,
         }
     }
 
@@ -81,6 +85,19 @@ impl Registry {
     /// `[[notifications]]` endpoint wants (start its sender separately).
     pub fn with_events(mut self, events: events::Events) -> Registry {
         self.events = Some(events);
+        self
+    }
+
+    /// Tell the web UI that a manifest or tag of `repository` changed.
+    fn ui_changed(&self, repository: &str, changed: bool) {
+        if let (true, Some(ui)) = (changed, &self.ui) {
+            ui.changed(repository);
+        }
+    }
+
+    /// Serve the web UI under `/ui/` (and send browsers from `/` there).
+    pub fn with_ui(mut self, options: ui::UiOptions) -> Registry {
+        self.ui = Some(Arc::new(ui::Ui::new(options)));
         self
     }
 
@@ -157,6 +174,11 @@ impl Registry {
         };
         let router = if self.metrics_route {
             router.route("/metrics", axum::routing::get(metrics::endpoint))
+        } else {
+            router
+        };
+        let router = if self.ui.is_some() {
+            ui::routes(router)
         } else {
             router
         };
@@ -510,9 +532,15 @@ async fn handle(
                     quotas: &quotas,
                     sparse_indexes: reg.sparse_indexes,
                 };
-                manifests::put(s, &rules, name, reference, &req, body).await
+                let result = manifests::put(s, &rules, name, reference, &req, body).await;
+                reg.ui_changed(name, result.is_ok());
+                result
             }
-            Method::DELETE => manifests::delete(s, &reg.immutable.current(), name, reference).await,
+            Method::DELETE => {
+                let result = manifests::delete(s, &reg.immutable.current(), name, reference).await;
+                reg.ui_changed(name, result.is_ok());
+                result
+            }
             _ => Err(method_not_allowed(&m)),
         },
         _ => Err(method_not_allowed(&m)),

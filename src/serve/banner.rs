@@ -42,6 +42,7 @@ pub fn announce(listener: &tokio::net::TcpListener, settings: &Settings) {
         push_to = %format!("{host}/NAME:TAG"),
         https = settings.tls.is_some(),
         auth = %if settings.auth.enabled() { "on" } else { "off" },
+        ui = %if settings.ui.enabled { format!("{scheme}://{host}/ui/") } else { "off".into() },
         "berth registry listening"
     );
     let loopback = local.ip().is_loopback();

@@ -23,6 +23,7 @@ pub mod banner;
 pub mod connections;
 mod housekeeping;
 pub mod storage;
+mod ui;
 
 use storage::OpenedStorage;
 
@@ -131,6 +132,9 @@ fn registry_router(
         registry = registry.with_events(events.clone());
         Some(events)
     };
+    if let Some(options) = ui::options(settings)? {
+        registry = registry.with_ui(options);
+    }
     let read_only = registry.read_only();
     read_only.set(settings.read_only);
     let shared = Shared {
