@@ -139,6 +139,8 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     /// `[manifests]`: what a pushed manifest must satisfy.
     pub manifests: ManifestSettings,
+    /// `[[mirror]]` upstreams, compiled (bad URLs and keys fail at start).
+    pub mirrors: berth_registry::mirror::Mirrors,
 }
 
 /// The `[manifests]` table.
@@ -365,6 +367,8 @@ struct FileConfig {
     metrics: MetricsSettings,
     #[serde(default)]
     manifests: ManifestSettings,
+    #[serde(default)]
+    mirror: Vec<berth_registry::mirror::MirrorConfig>,
 }
 
 /// `storage = "LOCATION"`, or a `[storage]` table with `path` and
@@ -415,6 +419,8 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
     let immutable = berth_registry::immutable::ImmutableTags::from_config(&file.immutable)
         .map_err(|e| anyhow::anyhow!("invalid config file: {e}"))?;
     let quotas = berth_registry::quota::Quotas::from_config(&file.quota)
+        .map_err(|e| anyhow::anyhow!("invalid config file: {e}"))?;
+    let mirrors = berth_registry::mirror::Mirrors::from_config(&file.mirror)
         .map_err(|e| anyhow::anyhow!("invalid config file: {e}"))?;
     let file_gc = file
         .gc_interval
@@ -507,6 +513,7 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
         manifests: file.manifests,
         immutable,
         quotas,
+        mirrors,
         metrics: file.metrics,
     })
 }
@@ -658,6 +665,41 @@ mod tests {
         })
         .expect("resolve");
         assert_eq!(s.limits.min_upload_rate, 0, "the flag wins, 0 turns it off");
+    }
+
+    #[test]
+    fn mirror_tables() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("berth.toml");
+        std::fs::write(
+            &path,
+            "[[mirror]]\nupstream = \"https://registry-1.docker.io\"\nprefix = \"docker.io\"\nnamespace = \"docker.io\"\nmanifest_ttl = \"10m\"\nmax_size = \"50GiB\"\n",
+        )
+        .expect("write");
+        let s = resolve(ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .expect("resolve");
+        assert!(s.mirrors.find("docker.io/library/alpine").is_some());
+        for (text, named) in [
+            (
+                "[[mirror]]\nupstream = \"https://h\"\nprefix = \"p\"\nttl = \"5m\"\n",
+                "ttl",
+            ),
+            (
+                "[[mirror]]\nupstream = \"h:5000\"\nprefix = \"p\"\n",
+                "mirror[0].upstream",
+            ),
+        ] {
+            std::fs::write(&path, text).expect("write");
+            let err = resolve(ServeArgs {
+                config: Some(path.clone()),
+                ..Default::default()
+            })
+            .expect_err("bad mirror table");
+            assert!(format!("{err:#}").contains(named), "{err:#}");
+        }
     }
 
     #[test]
