@@ -102,9 +102,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "MiB" => 1 << 20,
         "GiB" => 1 << 30,
         "TiB" => 1 << 40,
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "unknown size unit {other:?} in {text:?}: use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB"
-        )),
+        ))
+        }
     };
     number
         .checked_mul(factor)
