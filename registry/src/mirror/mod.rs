@@ -58,6 +58,9 @@ pub struct MirrorConfig {
 
 pub const DEFAULT_MANIFEST_TTL: Duration = Duration::from_secs(300);
 
+/// (local repository, tag)
+type TagKey = (String, String);
+
 /// One compiled mirror.
 pub struct Mirror {
     pub prefix: String,
@@ -69,9 +72,9 @@ pub struct Mirror {
     /// The upstream, then the fallbacks, as (URL as written, client).
     upstreams: Vec<(String, Arc<Upstream>)>,
     /// (local repository, tag) → (digest, when upstream last confirmed it).
-    checked: Mutex<HashMap<(String, String), (Digest, Instant)>>,
+    checked: Mutex<HashMap<TagKey, (Digest, Instant)>>,
     /// One upstream revalidation per tag at a time; the others wait for it.
-    tag_locks: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    tag_locks: Mutex<HashMap<TagKey, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Every `[[mirror]]`, and the blob fills in flight (shared by all mirrors:
