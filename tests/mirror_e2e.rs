@@ -236,6 +236,22 @@ async fn skopeo_through_the_prefix_then_from_cache_with_the_upstream_gone() {
     let mirror = mirror_server(dir.path(), &hub_mirror_table(&upstream, "1h"));
     let from = format!("docker://{}/docker.io/library/app:1", mirror.host());
 
+    // Eight clients ask for the cold tag at once: one upstream HEAD and one GET.
+    let url = format!("{}/v2/docker.io/library/app/manifests/1", mirror.url());
+    let gets = (0..8).map(|_| {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            let resp = c.get(&url).header("accept", OCI_MANIFEST).send().await.expect("GET");
+            assert_eq!(resp.status().as_u16(), 200);
+            resp.bytes().await.expect("body")
+        }
+    });
+    for body in futures::future::join_all(gets).await {
+        assert_eq!(body.to_vec(), img.manifest);
+    }
+    assert_eq!(requests(&upstream, "method=HEAD route=manifest"), 1, "one revalidation");
+    assert_eq!(requests(&upstream, "method=GET route=manifest"), 1, "one fetch");
+
     skopeo_copy(&from, &dir.path().join("first"));
     assert_copied(&dir.path().join("first"), &img);
     let cold = requests(&upstream, "");

@@ -424,11 +424,13 @@ async fn handle(
     if let Some(name) = route.repository() {
         if let Some((mirror, upstream)) = reg.mirrors.find(name) {
             let reads = m == Method::GET || m == Method::HEAD;
+            // Read-only: the cache is served as it is (filling it would write).
+            let fill = reads && !reg.read_only.is_on();
             match route {
-                Route::Manifest { reference, .. } if reads => {
+                Route::Manifest { reference, .. } if fill => {
                     return mirror::manifest_get(s, mirror, name, upstream, reference, &req).await
                 }
-                Route::Blob { digest, .. } if reads => {
+                Route::Blob { digest, .. } if fill => {
                     return mirror::blob_get(
                         &reg.storage,
                         &reg.mirrors,
