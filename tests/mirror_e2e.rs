@@ -140,6 +140,28 @@ async fn push_image(
     assert_eq!(resp.status().as_u16(), 201, "PUT manifest {repo}:{tag}");
 }
 
+/// Pushes an artifact whose subject is `subject`'s manifest; returns its digest.
+async fn push_referrer(c: &reqwest::Client, base: &str, bearer: &str, subject: &Image) -> String {
+    let empty = b"{}".to_vec();
+    let artifact = Image {
+        config: empty.clone(),
+        layers: Vec::new(),
+        manifest: serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": "application/vnd.example.signature",
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": digest_of(&empty), "size": 2},
+            "layers": [],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": subject.digest, "size": subject.manifest.len()},
+        }))
+        .expect("artifact"),
+        digest: String::new(),
+    };
+    let digest = digest_of(&artifact.manifest);
+    push_image(c, base, "library/app", &digest, &artifact, Some(bearer)).await;
+    digest
+}
+
 /// The requests a registry logged (berth: its request log lines; docker-registry: its
 /// access log), optionally only those whose line contains `filter`.
 fn requests(server: &Server, filter: &str) -> usize {
@@ -241,7 +263,12 @@ async fn skopeo_through_the_prefix_then_from_cache_with_the_upstream_gone() {
     let gets = (0..8).map(|_| {
         let (c, url) = (c.clone(), url.clone());
         async move {
-            let resp = c.get(&url).header("accept", OCI_MANIFEST).send().await.expect("GET");
+            let resp = c
+                .get(&url)
+                .header("accept", OCI_MANIFEST)
+                .send()
+                .await
+                .expect("GET");
             assert_eq!(resp.status().as_u16(), 200);
             resp.bytes().await.expect("body")
         }
@@ -249,8 +276,16 @@ async fn skopeo_through_the_prefix_then_from_cache_with_the_upstream_gone() {
     for body in futures::future::join_all(gets).await {
         assert_eq!(body.to_vec(), img.manifest);
     }
-    assert_eq!(requests(&upstream, "method=HEAD route=manifest"), 1, "one revalidation");
-    assert_eq!(requests(&upstream, "method=GET route=manifest"), 1, "one fetch");
+    assert_eq!(
+        requests(&upstream, "method=HEAD route=manifest"),
+        1,
+        "one revalidation"
+    );
+    assert_eq!(
+        requests(&upstream, "method=GET route=manifest"),
+        1,
+        "one fetch"
+    );
 
     skopeo_copy(&from, &dir.path().join("first"));
     assert_copied(&dir.path().join("first"), &img);
@@ -412,8 +447,46 @@ async fn tags_are_revalidated_after_the_ttl_and_served_stale_when_the_upstream_i
     )
     .await;
     assert_eq!(get(url.clone()).await, (Some(two.digest.clone()), None));
+    // Referrers come from the upstream's list, and are pulled through the cache by digest.
+    let referrer = push_referrer(&c, &upstream.url(), &push, &two).await;
+    let referrers_url = format!(
+        "{}/v2/docker.io/library/app/referrers/{}",
+        mirror.url(),
+        two.digest
+    );
+    let listed = |url: String| {
+        let c = c.clone();
+        async move {
+            let (status, index) = get_json(&c, &url).await;
+            assert_eq!(status, 200, "{url}: {index}");
+            index["manifests"]
+                .as_array()
+                .map(|m| {
+                    m.iter()
+                        .map(|d| d["digest"].as_str().unwrap_or_default().to_string())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        }
+    };
+    assert_eq!(listed(referrers_url.clone()).await, vec![referrer.clone()]);
+    let by_digest = c
+        .get(format!(
+            "{}/v2/docker.io/library/app/manifests/{referrer}",
+            mirror.url()
+        ))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("GET referrer");
+    assert_eq!(by_digest.status().as_u16(), 200);
     // Upstream down: the cached tag, marked stale, rather than an error.
     upstream.stop();
+    assert_eq!(
+        listed(referrers_url).await,
+        vec![referrer],
+        "cached referrers when the upstream is down"
+    );
     let (digest, warning) = get(url.clone()).await;
     assert_eq!(digest, Some(two.digest.clone()));
     assert!(

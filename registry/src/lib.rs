@@ -442,6 +442,9 @@ async fn handle(
                     )
                     .await
                 }
+                Route::Referrers { digest, .. } if fill => {
+                    return mirror::referrers_get(s, mirror, name, upstream, digest, &req).await
+                }
                 _ if !reads && !mirror.allow_push => {
                     return Err(RegistryError::new(
                         StatusCode::FORBIDDEN,

@@ -22,10 +22,12 @@ use serde::Deserialize;
 mod blobs;
 mod fill;
 mod manifests;
+mod referrers;
 mod upstream;
 
 pub(crate) use blobs::get as blob_get;
 pub(crate) use manifests::get as manifest_get;
+pub(crate) use referrers::get as referrers_get;
 
 /// One `[[mirror]]` table as written in the config file.
 #[derive(Deserialize, Debug, Clone, PartialEq, Eq, Default)]

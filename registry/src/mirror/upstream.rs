@@ -156,3 +156,46 @@ impl Mirror {
         }))
     }
 }
+
+/// Largest referrers answer passed through from an upstream.
+const MAX_REFERRERS_BYTES: usize = 4 << 20;
+
+impl Mirror {
+    /// The upstream's referrers index of `subject` (with its `OCI-Filters-Applied`), checked
+    /// to be JSON with a `manifests` list; `None`: the upstream has no referrers API or no
+    /// such manifest.
+    pub(super) async fn get_referrers(
+        &self,
+        repository: &str,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Option<(Bytes, Option<String>)>, UpstreamError> {
+        let mut path = format!("/v2/{repository}/referrers/{subject}");
+        if let Some(t) = artifact_type {
+            path.push_str(&format!("?artifactType={}", berth_oci::percent::encode(t)));
+        }
+        let Some(resp) = self.ask(Method::GET, &path, repository, None).await? else {
+            return Ok(None);
+        };
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_REFERRERS_BYTES as u64)
+        {
+            return Err(UpstreamError("referrers list too large".into()));
+        }
+        let filtered = header(&resp, "oci-filters-applied");
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| UpstreamError(format!("reading referrers: {e}")))?;
+        let valid = bytes.len() <= MAX_REFERRERS_BYTES
+            && serde_json::from_slice::<serde_json::Value>(&bytes)
+                .is_ok_and(|v| v.get("manifests").is_some_and(|m| m.is_array()));
+        if !valid {
+            return Err(UpstreamError(
+                "the upstream's referrers answer is not an index".into(),
+            ));
+        }
+        Ok(Some((bytes, filtered)))
+    }
+}
