@@ -510,7 +510,7 @@ async fn tags_are_revalidated_after_the_ttl_and_served_stale_when_the_upstream_i
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn docker_registry_as_the_upstream() {
+async fn docker_registry_as_the_fallback_upstream() {
     if !(require_tool("skopeo") && require_tool("docker-registry")) {
         return;
     }
@@ -519,8 +519,9 @@ async fn docker_registry_as_the_upstream() {
     let c = client();
     let img = image(4);
     push_image(&c, &upstream.url(), "team/tool", "v1", &img, None).await;
+    // The first upstream is a closed loopback port: the fallback serves.
     let table = format!(
-        "[[mirror]]\nupstream = \"{}\"\nprefix = \"dist\"\nmanifest_ttl = \"1h\"\n",
+        "[[mirror]]\nupstream = \"http://127.0.0.1:9\"\nfallback = [\"{}\"]\nprefix = \"dist\"\nmanifest_ttl = \"1h\"\n",
         upstream.url()
     );
     let mirror = mirror_server(dir.path(), &table);
