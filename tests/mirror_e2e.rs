@@ -973,3 +973,55 @@ async fn ctr_pull_through_a_hosts_toml_mirror() {
     );
     pull(&daemon);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cache_on_s3_storage() {
+    let Some(s3) = s3_server("mirror-cache") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut upstream = token_upstream(dir.path());
+    let c = client();
+    let img = image(9);
+    let push = token(
+        &c,
+        &upstream.url(),
+        "pusher",
+        "push-pw",
+        "repository:library/s3app:push,pull",
+    )
+    .await;
+    push_image(&c, &upstream.url(), "library/s3app", "1", &img, Some(&push)).await;
+    let config = dir.path().join("mirror.toml");
+    std::fs::write(&config, hub_mirror_table(&upstream, "1h")).expect("config");
+    let mirror = Server::start_s3(&s3, "cache", &["--config", &config.display().to_string()]);
+    let base = format!("{}/v2/docker.io/library/s3app", mirror.url());
+    let pull = || async {
+        let resp = c
+            .get(format!("{base}/manifests/1"))
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(resp.status().as_u16(), 200);
+        assert_eq!(resp.bytes().await.expect("body").to_vec(), img.manifest);
+        for blob in img.layers.iter().chain([&img.config]) {
+            let url = format!("{base}/blobs/{}", digest_of(blob));
+            let got = c
+                .get(&url)
+                .send()
+                .await
+                .expect("GET blob")
+                .bytes()
+                .await
+                .expect("blob");
+            assert!(got == *blob, "{url}");
+        }
+    };
+    pull().await;
+    let cold = requests(&upstream, "");
+    pull().await;
+    assert_eq!(requests(&upstream, ""), cold, "warm from S3");
+    upstream.stop();
+    pull().await;
+}

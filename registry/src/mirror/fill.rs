@@ -87,6 +87,8 @@ impl Fills {
             };
             match result {
                 Ok(()) => {
+                    let bytes = job.fill.state.borrow().written;
+                    tracing::info!(repository = %job.name, digest = %job.digest, bytes, "mirror: blob cached");
                     job.fill.state.send_modify(|s| s.done = Some(Ok(())));
                     tokio::time::sleep(LINGER).await;
                     forget();
