@@ -16,6 +16,9 @@ use super::Mirror;
 use crate::error::{ApiResult, Code, RegistryError};
 use crate::Req;
 
+/// How long a tag's revalidation may take before the cached tag is served stale.
+const REVALIDATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 fn unknown(name: &str, reference: &str) -> RegistryError {
     RegistryError::not_found(
         Code::ManifestUnknown,
@@ -131,7 +134,16 @@ pub(crate) async fn get(
     if cached.as_ref().is_some_and(|d| mirror.fresh(name, tag, d)) {
         return crate::manifests::get(s, name, reference, req).await;
     }
-    match mirror.head_manifest(upstream_name, tag).await {
+    // A hung upstream must not hold clients longer than this when a stale answer would do.
+    let revalidated =
+        tokio::time::timeout(REVALIDATE_TIMEOUT, mirror.head_manifest(upstream_name, tag))
+            .await
+            .unwrap_or_else(|_| {
+                Err(UpstreamError(format!(
+                    "no answer within {REVALIDATE_TIMEOUT:?}"
+                )))
+            });
+    match revalidated {
         Ok(None) => {
             mirror.confirmed(name, tag, None);
             Err(unknown(name, reference))
