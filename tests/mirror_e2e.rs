@@ -447,6 +447,44 @@ async fn tags_are_revalidated_after_the_ttl_and_served_stale_when_the_upstream_i
     )
     .await;
     assert_eq!(get(url.clone()).await, (Some(two.digest.clone()), None));
+    // An index by tag, for a client that reads only image manifests: its amd64 child, fetched
+    // through the cache on demand (never pulled before).
+    let three = image(10);
+    push_image(
+        &c,
+        &upstream.url(),
+        "library/app",
+        &three.digest,
+        &three,
+        Some(&push),
+    )
+    .await;
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": three.digest, "size": three.manifest.len(),
+                       "platform": {"architecture": "amd64", "os": "linux"}}],
+    }))
+    .expect("index");
+    let resp = c
+        .put(format!("{}/v2/library/app/manifests/multi", upstream.url()))
+        .bearer_auth(&push)
+        .header("content-type", "application/vnd.oci.image.index.v1+json")
+        .body(index)
+        .send()
+        .await
+        .expect("PUT index");
+    assert_eq!(resp.status().as_u16(), 201);
+    let (digest, _) = get(format!(
+        "{}/v2/docker.io/library/app/manifests/multi",
+        mirror.url()
+    ))
+    .await;
+    assert_eq!(
+        digest,
+        Some(three.digest.clone()),
+        "the platform's image for an index-blind client"
+    );
     // Referrers come from the upstream's list, and are pulled through the cache by digest.
     let referrer = push_referrer(&c, &upstream.url(), &push, &two).await;
     let referrers_url = format!(

@@ -125,14 +125,14 @@ pub(crate) async fn get(
     let tag = reference;
     let cached = s.tag_resolve(name, tag).await?;
     if cached.as_ref().is_some_and(|d| mirror.fresh(name, tag, d)) {
-        return crate::manifests::get(s, name, reference, req).await;
+        return serve_tag(s, mirror, name, upstream_name, tag, req).await;
     }
     let lock = mirror.tag_lock(name, tag);
     let _one_at_a_time = lock.lock().await;
     // Another request may have revalidated it while this one waited.
     let cached = s.tag_resolve(name, tag).await?;
     if cached.as_ref().is_some_and(|d| mirror.fresh(name, tag, d)) {
-        return crate::manifests::get(s, name, reference, req).await;
+        return serve_tag(s, mirror, name, upstream_name, tag, req).await;
     }
     // A hung upstream must not hold clients longer than this when a stale answer would do.
     let revalidated =
@@ -153,7 +153,7 @@ pub(crate) async fn get(
                 && s.manifest_meta(name, &digest).await?.is_some() =>
         {
             mirror.confirmed(name, tag, Some(&digest));
-            crate::manifests::get(s, name, reference, req).await
+            serve_tag(s, mirror, name, upstream_name, tag, req).await
         }
         Ok(Some(announced)) => {
             // Changed (or new): by digest when the upstream named it, so the bytes are checked.
@@ -169,7 +169,7 @@ pub(crate) async fn get(
                 .await?
                 .ok_or_else(|| unknown(name, reference))?;
             mirror.confirmed(name, tag, Some(&stored));
-            crate::manifests::get(s, name, reference, req).await
+            serve_tag(s, mirror, name, upstream_name, tag, req).await
         }
         Err(e) if cached.is_some() => {
             tracing::warn!(repository = %name, %tag, error = %e, "mirror: upstream unreachable, serving the cached tag stale");
@@ -184,4 +184,36 @@ pub(crate) async fn get(
         }
         Err(e) => Err(unavailable(name, &e)),
     }
+}
+
+/// The cached tag; for a client that cannot read an index, its platform's child manifest,
+/// fetched by digest first when it is not cached yet.
+async fn serve_tag(
+    s: &dyn Storage,
+    mirror: &Mirror,
+    name: &str,
+    upstream_name: &str,
+    tag: &str,
+    req: &Req,
+) -> ApiResult<Response> {
+    let err = match crate::manifests::get(s, name, tag, req).await {
+        Err(e) if e.code == Code::ManifestUnknown => e,
+        other => return other,
+    };
+    let Some(digest) = s.tag_resolve(name, tag).await? else {
+        return Err(err);
+    };
+    let Some((_, index)) = s.manifest_get(name, &digest).await? else {
+        return Err(err);
+    };
+    let Some((child, _)) = crate::manifest::default_platform_child(&index) else {
+        return Err(err);
+    };
+    if s.manifest_meta(name, &child).await?.is_some() {
+        return Err(err);
+    }
+    mirror
+        .fetch_and_store(s, name, upstream_name, &child.to_string(), None)
+        .await?;
+    crate::manifests::get(s, name, tag, req).await
 }
