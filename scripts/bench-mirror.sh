@@ -11,6 +11,7 @@
 #   BENCH_ROUNDS=3        rounds
 #   BENCH_MIB=256         size of the big layer in MiB
 #   BENCH_KEEP=1          keep the temporary folder (storage, logs)
+#   BENCH_PROFILE=release cargo profile of the berth binary (debug only to try the script)
 #
 # Only 127.0.0.1 is contacted. Every server is stopped by PID on exit, also on failure.
 set -euo pipefail
@@ -24,9 +25,10 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 for tool in cargo curl python3 docker-registry skopeo sha256sum; do
     command -v "$tool" >/dev/null || { echo "bench-mirror.sh: $tool not found" >&2; exit 1; }
 done
-echo "== building berth (release)" >&2
-cargo build --release --bin berth >&2
-BERTH="$TARGET_DIR/release/berth"
+PROFILE=${BENCH_PROFILE:-release}
+echo "== building berth ($PROFILE)" >&2
+if [[ $PROFILE == release ]]; then cargo build --release --bin berth >&2; else cargo build --bin berth >&2; fi
+BERTH="$TARGET_DIR/$PROFILE/berth"
 
 WORK=$(mktemp -d /tmp/berth-bench-mirror.XXXXXX)
 PIDS=()
