@@ -35,6 +35,8 @@ pub(super) struct State {
     pub done: Option<Result<(), String>>,
     /// The upstream does not have the blob.
     pub not_found: bool,
+    /// Every byte is in the spool and matches the digest (storage may still be writing).
+    pub verified: bool,
 }
 
 pub(super) struct Fill {
@@ -180,10 +182,24 @@ impl Job {
     ) -> Result<(), String> {
         let mut stream = stream.fuse();
         let mut offset = 0u64;
+        let mut hasher = Some(berth_storage::Hasher::new(self.digest.algorithm()));
         loop {
             let batch = match next_batch(&mut stream).await {
                 Ok(Some(batch)) => batch,
-                Ok(None) => return Ok(()),
+                Ok(None) => {
+                    // Checked here too, so clients get the last byte without waiting for
+                    // storage to sync the blob (which links it only after its own check).
+                    let actual = hasher.take().map(|h| h.finish());
+                    if actual.as_ref() != Some(&self.digest) {
+                        return Err(format!(
+                            "the upstream sent content with digest {}, not {}",
+                            actual.map(|d| d.to_string()).unwrap_or_default(),
+                            self.digest
+                        ));
+                    }
+                    self.fill.state.send_modify(|s| s.verified = true);
+                    return Ok(());
+                }
                 Err(e) => return Err(format!("the upstream's body broke off: {e}")),
             };
             let len: u64 = batch.iter().map(|c| c.len() as u64).sum();
@@ -192,13 +208,17 @@ impl Job {
             }
             let spool = self.fill.spool.clone();
             let chunks = batch.clone();
-            tokio::task::spawn_blocking(move || {
+            let mut h = hasher.take();
+            hasher = tokio::task::spawn_blocking(move || {
                 let mut at = offset;
                 for chunk in &chunks {
                     spool.write_all_at(chunk, at)?;
+                    if let Some(h) = h.as_mut() {
+                        h.update(chunk);
+                    }
                     at += chunk.len() as u64;
                 }
-                Ok::<_, io::Error>(())
+                Ok::<_, io::Error>(h)
             })
             .await
             .map_err(|e| format!("spool write failed: {e}"))?
@@ -265,9 +285,9 @@ impl Fill {
                 loop {
                     let state = rx.borrow_and_update().clone();
                     let verified = match &state.done {
-                        Some(Err(e)) => return Err(io::Error::other(e.clone())),
-                        Some(Ok(())) => true,
-                        None => false,
+                        Some(Err(e)) if !state.verified => return Err(io::Error::other(e.clone())),
+                        Some(_) => true,
+                        None => state.verified,
                     };
                     let limit = match (verified, state.size) {
                         (true, _) => state.written,
