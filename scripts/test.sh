@@ -60,10 +60,11 @@ step "CI=$CI$(narrowed)"
 # iproute2, iptables, curl (and util-linux's nsenter/setsid): scripts/docker-hosts.sh, which
 # tests/deploy_hosts_e2e.rs uses to run dockerds in network namespaces.
 # prometheus (promtool too): tests/metrics_e2e.rs checks and scrapes `berth serve`'s /metrics.
+# containerd (ctr too): tests/mirror_daemons_e2e.rs pulls through a hosts.toml mirror (`?ns=`).
 # chromium, chromium-driver: tests/ui_e2e.rs drives the web UI in headless chromium (WebDriver).
 PACKAGES=(docker.io skopeo docker-registry busybox-static umoci openssl runc podman buildah
           openssh-client openssh-server iproute2 iptables curl dnsmasq ansible-core git docker-compose
-          prometheus chromium chromium-driver)
+          prometheus containerd chromium chromium-driver)
 missing=()
 for p in "${PACKAGES[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
@@ -95,7 +96,7 @@ fi
 not_found=()
 for tool in dockerd docker skopeo docker-registry busybox umoci openssl gzip tar runc podman \
             buildah ssh sshd ssh-keygen ip iptables nsenter setsid curl dnsmasq ansible-inventory \
-            docker-compose prometheus promtool chromium chromedriver; do
+            docker-compose prometheus promtool containerd ctr chromium chromedriver; do
     command -v "$tool" >/dev/null || not_found+=("$tool")
 done
 [ "${#not_found[@]}" -eq 0 ] \

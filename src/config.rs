@@ -149,6 +149,8 @@ pub struct Settings {
     pub pull_flush_interval: Duration,
     /// `[ui]`: the web UI.
     pub ui: UiSettings,
+    /// `[[mirror]]` upstreams, compiled (bad URLs and keys fail at start).
+    pub mirrors: berth_registry::mirror::Mirrors,
 }
 
 /// The `[ui]` table: the web UI under `/ui/`.
@@ -413,6 +415,7 @@ struct FileConfig {
     pull_flush_interval: Option<String>,
     #[serde(default)]
     ui: UiSettings,
+    mirror: Vec<berth_registry::mirror::MirrorConfig>,
 }
 
 /// `storage = "LOCATION"`, or a `[storage]` table with `path` and
@@ -500,6 +503,8 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
     if retention_interval.is_some() && retention.is_empty() {
         bail!("retention_interval is set in the config file but no [[retention]] policy is: add one or remove retention_interval");
     }
+    let mirrors = berth_registry::mirror::Mirrors::from_config(&file.mirror)
+        .map_err(|e| anyhow::anyhow!("invalid config file: {e}"))?;
     let file_gc = file
         .gc_interval
         .as_deref()
@@ -593,6 +598,7 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
         immutable,
         quotas,
         notifications,
+        mirrors,
         metrics: file.metrics,
         retention,
         retention_interval,
@@ -779,6 +785,41 @@ mod tests {
         ] {
             let e = format!("{:#}", parse(text).expect_err(text));
             assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn mirror_tables() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("berth.toml");
+        std::fs::write(
+            &path,
+            "[[mirror]]\nupstream = \"https://registry-1.docker.io\"\nprefix = \"docker.io\"\nnamespace = \"docker.io\"\nmanifest_ttl = \"10m\"\nmax_size = \"50GiB\"\n",
+        )
+        .expect("write");
+        let s = resolve(ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .expect("resolve");
+        assert!(s.mirrors.find("docker.io/library/alpine").is_some());
+        for (text, named) in [
+            (
+                "[[mirror]]\nupstream = \"https://h\"\nprefix = \"p\"\nttl = \"5m\"\n",
+                "ttl",
+            ),
+            (
+                "[[mirror]]\nupstream = \"h:5000\"\nprefix = \"p\"\n",
+                "mirror[0].upstream",
+            ),
+        ] {
+            std::fs::write(&path, text).expect("write");
+            let err = resolve(ServeArgs {
+                config: Some(path.clone()),
+                ..Default::default()
+            })
+            .expect_err("bad mirror table");
+            assert!(format!("{err:#}").contains(named), "{err:#}");
         }
     }
 

@@ -28,6 +28,7 @@ pub mod manifest;
 mod manifests;
 pub mod metered;
 pub mod metrics;
+pub mod mirror;
 pub mod ops;
 pub mod process_metrics;
 pub mod pulls;
@@ -61,6 +62,8 @@ pub struct Registry {
     pulls: pulls::PullLog,
     /// The web UI under `/ui/`, when on.
     ui: Option<Arc<ui::Ui>>,
+    /// `[[mirror]]` upstreams (pull-through cache).
+    mirrors: Arc<mirror::Mirrors>,
 }
 
 impl Registry {
@@ -78,6 +81,7 @@ impl Registry {
             events: None,
             pulls: pulls::PullLog::default(),
             ui: None,
+            mirrors: Arc::default(),
         }
     }
 
@@ -98,6 +102,12 @@ impl Registry {
     /// Serve the web UI under `/ui/` (and send browsers from `/` there).
     pub fn with_ui(mut self, options: ui::UiOptions) -> Registry {
         self.ui = Some(Arc::new(ui::Ui::new(options)));
+        self
+    }
+
+    /// Serve `[[mirror]]` upstreams as a pull-through cache.
+    pub fn with_mirrors(mut self, mirrors: mirror::Mirrors) -> Registry {
+        self.mirrors = Arc::new(mirrors);
         self
     }
 
@@ -352,6 +362,10 @@ async fn dispatch(State(reg): State<Registry>, request: Request) -> Response {
         .strip_prefix("/v2/")
         .or_else(|| path.strip_prefix("/v2"))
         .unwrap_or("");
+    // A mirrored name asked for without its prefix (`?ns=`, a default mirror) is served as
+    // the local repository `PREFIX/NAME`, access rules included.
+    let mirrored = mirror_path(&reg.mirrors, rest, parts.uri.query());
+    let rest = mirrored.as_deref().unwrap_or(rest);
     let route = route::parse(rest).map_err(|e| match e {
         RouteError::NotFound => {
             RegistryError::not_found(Code::Unsupported, format!("no API endpoint at {path}"))
@@ -442,6 +456,17 @@ async fn announce(
     }
 }
 
+/// The path (after `/v2/`) with the repository name a mirror maps it to, if it does.
+fn mirror_path(mirrors: &mirror::Mirrors, rest: &str, query: Option<&str>) -> Option<String> {
+    if mirrors.is_empty() {
+        return None;
+    }
+    let name = route::parse(rest).ok()?.repository()?.to_string();
+    let ns = http::query_param(query, "ns");
+    let local = mirrors.rewrite(&name, ns.as_deref())?;
+    Some(format!("{local}{}", &rest[name.len()..]))
+}
+
 /// Rate limit, then access rules. `None` when access control is off.
 async fn authorise(
     reg: &Registry,
@@ -481,6 +506,44 @@ async fn handle(
     let s = reg.storage.as_ref();
     let m = req.method.clone();
     reg.read_only.check(&m)?;
+    if let Some(name) = route.repository() {
+        if let Some((mirror, upstream)) = reg.mirrors.find(name) {
+            let reads = m == Method::GET || m == Method::HEAD;
+            // Read-only: the cache is served as it is (filling it would write).
+            let fill = reads && !reg.read_only.is_on();
+            match route {
+                Route::Manifest { reference, .. } if fill => {
+                    return mirror::manifest_get(s, mirror, name, upstream, reference, &req).await
+                }
+                Route::Blob { digest, .. } if fill => {
+                    return mirror::blob_get(
+                        &reg.storage,
+                        &reg.mirrors,
+                        mirror,
+                        name,
+                        upstream,
+                        digest,
+                        &req,
+                    )
+                    .await
+                }
+                Route::Referrers { digest, .. } if fill => {
+                    return mirror::referrers_get(s, mirror, name, upstream, digest, &req).await
+                }
+                _ if !reads && !mirror.allow_push => {
+                    return Err(RegistryError::new(
+                        StatusCode::FORBIDDEN,
+                        Code::Denied,
+                        format!(
+                            "{name} is a mirror of {}: pushes and deletes are refused (allow_push = true in its [[mirror]] accepts them)",
+                            mirror.prefix
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
     match route {
         Route::Base if m == Method::GET || m == Method::HEAD => Ok(json_response(
             StatusCode::OK,

@@ -120,6 +120,9 @@ fn registry_router(
     registry = registry.with_immutable_tags(std::mem::take(&mut settings.immutable));
     registry = registry.with_quotas(std::mem::take(&mut settings.quotas));
     registry = registry.with_sparse_indexes(settings.manifests.sparse_indexes);
+    if !settings.mirrors.is_empty() {
+        registry = registry.with_mirrors(std::mem::take(&mut settings.mirrors));
+    }
     if let Some(m) = &metrics {
         registry = registry.with_metrics(m.clone(), settings.metrics.addr.is_none());
     }

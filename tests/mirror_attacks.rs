@@ -1,0 +1,184 @@
+//! Attacks on the pull-through cache's blob fills, against a tiny in-test upstream that
+//! trickles a blob: eight clients at once (and one that hangs up) share one upstream fetch;
+//! a corrupting upstream is never cached nor served whole.
+
+mod common;
+mod mirror_support;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use mirror_support::*;
+
+/// A tiny upstream: `/v2/` and blob GET/HEAD from a map, each GET counted, the body
+/// trickled in 64 KiB pieces; `corrupt` serves other bytes of the same length.
+struct Tiny {
+    blobs: HashMap<String, Vec<u8>>,
+    gets: AtomicUsize,
+    corrupt: bool,
+}
+
+async fn tiny_upstream(tiny: Arc<Tiny>) -> u16 {
+    use axum::response::IntoResponse;
+    let app = axum::Router::new()
+        .route("/v2/", axum::routing::get(|| async { "{}" }))
+        .fallback(move |req: axum::extract::Request| {
+            let tiny = tiny.clone();
+            async move {
+                let path = req.uri().path().to_string();
+                let Some(blob) = path
+                    .rsplit_once("/blobs/")
+                    .and_then(|(_, d)| tiny.blobs.get(d))
+                else {
+                    return axum::http::StatusCode::NOT_FOUND.into_response();
+                };
+                let mut bytes = blob.clone();
+                if tiny.corrupt {
+                    bytes[0] ^= 0xff;
+                }
+                let len = bytes.len();
+                if req.method() == axum::http::Method::HEAD {
+                    return ([("content-length", len.to_string())], "").into_response();
+                }
+                tiny.gets.fetch_add(1, Ordering::SeqCst);
+                let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
+                    bytes.chunks(64 << 10).map(|c| Ok(c.to_vec())).collect();
+                let body =
+                    futures::StreamExt::then(futures::stream::iter(pieces), |p| async move {
+                        tokio::time::sleep(Duration::from_millis(3)).await;
+                        p
+                    });
+                (
+                    [("content-length", len.to_string())],
+                    axum::body::Body::from_stream(body),
+                )
+                    .into_response()
+            }
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+fn tiny_mirror(dir: &Path, port: u16) -> Server {
+    mirror_server(
+        dir,
+        &format!("[[mirror]]\nupstream = \"http://127.0.0.1:{port}\"\nprefix = \"tiny\"\n"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn eight_clients_share_one_upstream_fetch_and_a_hang_up_does_not_stop_it() {
+    let blob = noise(7, 8 << 20);
+    let digest = digest_of(&blob);
+    let tiny = Arc::new(Tiny {
+        blobs: HashMap::from([(digest.clone(), blob.clone())]),
+        gets: AtomicUsize::new(0),
+        corrupt: false,
+    });
+    let port = tiny_upstream(tiny.clone()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mirror = tiny_mirror(dir.path(), port);
+    let url = format!("{}/v2/tiny/big/blobs/{digest}", mirror.url());
+    let c = client();
+
+    // A client that reads the first bytes and hangs up.
+    let mut quitter = c.get(&url).send().await.expect("GET");
+    assert_eq!(quitter.status().as_u16(), 200);
+    let first = quitter.chunk().await.expect("first chunk");
+    assert!(first.is_some_and(|f| !f.is_empty()));
+    drop(quitter);
+
+    let pulls = (0..8).map(|_| {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            let resp = c.get(&url).send().await.expect("GET");
+            assert_eq!(resp.status().as_u16(), 200);
+            assert_eq!(resp.content_length(), Some(8 << 20));
+            resp.bytes().await.expect("whole body")
+        }
+    });
+    for body in futures::future::join_all(pulls).await {
+        assert!(body == blob, "every client gets the right bytes");
+    }
+    // Served from storage now, and still one upstream GET in all.
+    let again = c
+        .get(&url)
+        .send()
+        .await
+        .expect("GET")
+        .bytes()
+        .await
+        .expect("body");
+    assert!(again == blob);
+    assert_eq!(
+        tiny.gets.load(Ordering::SeqCst),
+        1,
+        "one upstream fetch for all clients"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupting_upstream_is_never_cached_nor_served_whole() {
+    let blob = noise(8, 1 << 20);
+    let digest = digest_of(&blob);
+    let tiny = Arc::new(Tiny {
+        blobs: HashMap::from([(digest.clone(), blob.clone())]),
+        gets: AtomicUsize::new(0),
+        corrupt: true,
+    });
+    let port = tiny_upstream(tiny.clone()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mirror = tiny_mirror(dir.path(), port);
+    let url = format!("{}/v2/tiny/bad/blobs/{digest}", mirror.url());
+    let c = client();
+    for attempt in 1..=2 {
+        let resp = c.get(&url).send().await.expect("GET");
+        let outcome = match resp.status().as_u16() {
+            200 => resp
+                .bytes()
+                .await
+                .map(|b| b.len())
+                .map_err(|e| e.to_string()),
+            status => Err(format!("status {status}")),
+        };
+        assert!(
+            outcome.is_err(),
+            "attempt {attempt}: a corrupt blob must not arrive whole: {outcome:?}"
+        );
+    }
+    assert_eq!(
+        tiny.gets.load(Ordering::SeqCst),
+        2,
+        "nothing cached: the second pull asked again"
+    );
+    let hex = digest.trim_start_matches("sha256:");
+    let stored = walk(mirror.storage()).into_iter().any(|p| p.contains(hex));
+    assert!(
+        !stored,
+        "no file named after the digest in the mirror's storage"
+    );
+    assert!(
+        mirror.log().contains("mirror: blob not cached"),
+        "the mismatch is logged"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        out.push(path.display().to_string());
+        if path.is_dir() {
+            out.extend(walk(&path));
+        }
+    }
+    out
+}
