@@ -415,6 +415,7 @@ struct FileConfig {
     pull_flush_interval: Option<String>,
     #[serde(default)]
     ui: UiSettings,
+    #[serde(default)]
     mirror: Vec<berth_registry::mirror::MirrorConfig>,
 }
 
