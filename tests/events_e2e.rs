@@ -10,7 +10,6 @@ mod common;
 use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -479,21 +478,6 @@ fn s3_objects(s3: &berth_storage::s3_test_server::S3TestServer, folder: &str) ->
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|name| berth_storage::outbox::is_outbox_id(name))
         .collect()
-}
-
-fn serve_refuses(toml: &str) -> String {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("berth.toml");
-    fs::write(&config, toml).expect("write config");
-    let out = run_fail(
-        Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["serve", "--addr", "127.0.0.1:0", "--storage"])
-            .arg(dir.path().join("data"))
-            .arg("--config")
-            .arg(&config),
-        Duration::from_secs(30),
-    );
-    out.stderr
 }
 
 #[test]

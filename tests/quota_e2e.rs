@@ -217,21 +217,6 @@ async fn quotas_refuse_pushes_past_the_limits() {
     assert!(other["bytes"].as_u64().unwrap_or(0) > 6000, "{usage}");
 }
 
-fn serve_refuses(toml: &str) -> String {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("berth.toml");
-    fs::write(&config, toml).expect("write config");
-    let out = run_fail(
-        Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["serve", "--addr", "127.0.0.1:0", "--storage"])
-            .arg(dir.path().join("data"))
-            .arg("--config")
-            .arg(&config),
-        Duration::from_secs(30),
-    );
-    out.stderr
-}
-
 #[test]
 fn bad_quota_config_fails_at_start_naming_the_key() {
     let e = serve_refuses("[[quota]]\nrepositories = [\"Team/**\"]\nmax_tags = 3\n");

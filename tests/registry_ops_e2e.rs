@@ -6,7 +6,6 @@
 mod common;
 
 use std::fs;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -282,22 +281,6 @@ async fn read_only_replica_immutable_tags_and_readiness_on_s3() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(ready, "/readyz recovers once the storage is back");
-}
-
-/// Exit status and stderr of `berth serve --config` with `toml`, which must not start.
-fn serve_refuses(toml: &str) -> String {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("berth.toml");
-    fs::write(&config, toml).expect("write config");
-    let out = run_fail(
-        Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["serve", "--addr", "127.0.0.1:0", "--storage"])
-            .arg(dir.path().join("data"))
-            .arg("--config")
-            .arg(&config),
-        Duration::from_secs(30),
-    );
-    out.stderr
 }
 
 #[test]

@@ -8,9 +8,8 @@
 mod common;
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -264,30 +263,6 @@ async fn check_applied(c: &reqwest::Client, base: &str, p: &Pushed) {
     }
 }
 
-/// Runs `promtool check metrics` on `text`: must pass.
-fn promtool_check(text: &str) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start promtool");
-    child
-        .stdin
-        .take()
-        .expect("promtool stdin")
-        .write_all(text.as_bytes())
-        .expect("write to promtool");
-    let out = child.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn sample(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| {
@@ -446,21 +421,6 @@ async fn retention_on_s3_dry_run_then_the_cli() {
         "{text}"
     );
     server.stop();
-}
-
-fn serve_refuses(toml: &str) -> String {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("berth.toml");
-    fs::write(&config, toml).expect("write config");
-    let out = run_fail(
-        Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["serve", "--addr", "127.0.0.1:0", "--storage"])
-            .arg(dir.path().join("data"))
-            .arg("--config")
-            .arg(&config),
-        Duration::from_secs(30),
-    );
-    out.stderr
 }
 
 #[test]

@@ -478,3 +478,43 @@ pub(super) fn tail(text: &str, lines: usize) -> String {
 
 /// A free port outside the kernel's ephemeral range (see the function for why).
 pub use berth_storage::s3_test_server::free_port;
+
+/// `berth serve --config` with `toml` as the config file must refuse to start: its stderr.
+pub fn serve_refuses(toml: &str) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("berth.toml");
+    fs::write(&config, toml).expect("write config");
+    let out = super::run_fail(
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["serve", "--addr", "127.0.0.1:0", "--storage"])
+            .arg(dir.path().join("data"))
+            .arg("--config")
+            .arg(&config),
+        Duration::from_secs(30),
+    );
+    out.stderr
+}
+
+/// `promtool check metrics` on `text` (lint included): must pass.
+pub fn promtool_check(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start promtool");
+    child
+        .stdin
+        .take()
+        .expect("promtool stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
