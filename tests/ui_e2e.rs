@@ -281,6 +281,18 @@ async fn login(c: &Client, base: &str, user: &str, password: &str, next: &str) {
     c.goto(&format!("{base}/ui/login?next={next}"))
         .await
         .expect("login page");
+    // Wait for the form rather than find it once: under load the page can still be the
+    // previous one when goto returns.
+    if let Err(e) = c
+        .wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css("form.login"))
+        .await
+    {
+        let url = c.current_url().await.map(|u| u.to_string());
+        let page = c.source().await.unwrap_or_default();
+        panic!("no login form on {url:?}: {e}\n{page}");
+    }
     let form = c
         .form(Locator::Css("form.login"))
         .await
@@ -290,6 +302,12 @@ async fn login(c: &Client, base: &str, user: &str, password: &str, next: &str) {
         .await
         .expect("password");
     form.submit().await.expect("submit");
+    // Signed in, or the form again with its error: either way the answer has landed.
+    c.wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css("p.error, .who strong"))
+        .await
+        .expect("the login's answer");
 }
 
 async fn logout(c: &Client) {
@@ -299,6 +317,13 @@ async fn logout(c: &Client) {
         .click()
         .await
         .expect("log out");
+    // The click returns before the logout POST's redirect has landed; a goto issued now can
+    // race it (the redirect then replaces the next page). Wait for the signed-out header.
+    c.wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css(".who a[href^='/ui/login']"))
+        .await
+        .expect("signed-out header after logging out");
 }
 
 /// No alert is open: the label's script never ran.
