@@ -326,6 +326,30 @@ async fn logout(c: &Client) {
         .expect("signed-out header after logging out");
 }
 
+/// Click what navigates, then wait until the browser is at `path`: the click can return
+/// before the navigation has landed, and a check made then reads the old page.
+async fn click_to(c: &Client, what: Locator<'_>, path: &str) -> Result<(), String> {
+    c.find(what)
+        .await
+        .map_err(|e| e.to_string())?
+        .click()
+        .await
+        .map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let url = c.current_url().await.map_err(|e| e.to_string())?;
+        if url.path() == path {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "after the click the browser is at {url}, not {path}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// No alert is open: the label's script never ran.
 async fn assert_no_alert(c: &Client) {
     assert!(
@@ -446,7 +470,15 @@ async fn scenario(c: &Client, base: &str, shots: &Shots) -> Result<(), String> {
         "copy button shown"
     );
     copy.click().await.map_err(|e| e.to_string())?;
-    let label = copy.text().await.map_err(|e| e.to_string())?;
+    // The label changes when the clipboard's promise settles, not at the click.
+    let mut label = String::new();
+    for _ in 0..200 {
+        label = copy.text().await.map_err(|e| e.to_string())?;
+        if label != "Copy" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(label == "Copied" || label == "Select and copy", "{label}");
     shots.take(c, "repository").await;
 
@@ -472,12 +504,7 @@ async fn scenario(c: &Client, base: &str, shots: &Shots) -> Result<(), String> {
     c.goto(&format!("{base}/ui/r/team/app"))
         .await
         .map_err(|e| e.to_string())?;
-    c.find(Locator::LinkText("v1"))
-        .await
-        .map_err(|e| e.to_string())?
-        .click()
-        .await
-        .map_err(|e| e.to_string())?;
+    click_to(c, Locator::LinkText("v1"), "/ui/r/team/app/_/v1").await?;
     assert_no_alert(c).await;
     let layers = text_of(c, "table.layers").await;
     assert!(layers.contains("ADD os-release /etc/"), "{layers}");
@@ -520,22 +547,10 @@ async fn scenario(c: &Client, base: &str, shots: &Shots) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
 
     // Delete v1, with the confirmation step.
-    c.find(Locator::Css("a.danger"))
-        .await
-        .map_err(|e| e.to_string())?
-        .click()
-        .await
-        .map_err(|e| e.to_string())?;
+    click_to(c, Locator::Css("a.danger"), "/ui/r/team/app/_/v1/delete").await?;
     assert!(text_of(c, "main").await.contains("Delete the tag"));
     shots.take(c, "confirm-delete").await;
-    c.find(Locator::Css("button.danger"))
-        .await
-        .map_err(|e| e.to_string())?
-        .click()
-        .await
-        .map_err(|e| e.to_string())?;
-    let url = c.current_url().await.map_err(|e| e.to_string())?;
-    assert_eq!(url.path(), "/ui/r/team/app");
+    click_to(c, Locator::Css("button.danger"), "/ui/r/team/app").await?;
     let table = text_of(c, "main table").await;
     assert!(!table.contains("v1") && table.contains("v2"), "{table}");
     logout(c).await;
