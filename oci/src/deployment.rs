@@ -93,10 +93,13 @@ pub struct Placement {
 impl Record {
     /// `(target, services, status)` of every place the record speaks of.
     fn entries(&self) -> impl Iterator<Item = (Target, &[String], Status)> {
-        let hosts = self
-            .hosts
-            .iter()
-            .map(|h| (Target::Host(h.host.clone()), h.services.as_slice(), h.result));
+        let hosts = self.hosts.iter().map(|h| {
+            (
+                Target::Host(h.host.clone()),
+                h.services.as_slice(),
+                h.result,
+            )
+        });
         let services = self
             .swarm_services
             .iter()
@@ -125,14 +128,16 @@ pub fn running(records: &[Record]) -> Vec<Placement> {
     newest
         .into_iter()
         .filter(|(_, (_, _, status))| *status == Status::Ok)
-        .map(|((app, inventory, target), (record, services, _))| Placement {
-            app,
-            inventory,
-            target,
-            services: services.to_vec(),
-            time: record.time.clone(),
-            who: record.who.clone(),
-        })
+        .map(
+            |((app, inventory, target), (record, services, _))| Placement {
+                app,
+                inventory,
+                target,
+                services: services.to_vec(),
+                time: record.time.clone(),
+                who: record.who.clone(),
+            },
+        )
         .collect()
 }
 
@@ -190,8 +195,14 @@ mod tests {
     #[test]
     fn a_failed_or_removed_latest_is_not_running_and_a_redeploy_is() {
         let records = [
-            record("2026-01-01T10:00:00.000Z", &[("h1", Status::Ok), ("h2", Status::Ok)]),
-            record("2026-01-01T11:00:00.000Z", &[("h1", Status::Removed), ("h2", Status::Failed)]),
+            record(
+                "2026-01-01T10:00:00.000Z",
+                &[("h1", Status::Ok), ("h2", Status::Ok)],
+            ),
+            record(
+                "2026-01-01T11:00:00.000Z",
+                &[("h1", Status::Removed), ("h2", Status::Failed)],
+            ),
             record("2026-01-01T12:00:00.000Z", &[("h1", Status::Ok)]),
         ];
         assert_eq!(hosts(&running(&records)), ["h1"]);
