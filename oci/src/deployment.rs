@@ -61,7 +61,8 @@ pub struct SwarmEntry {
 pub enum Status {
     /// Deployed and running.
     Ok,
-    /// The deploy failed there (what ran before stays or was rolled back to).
+    /// The deploy failed there. A health-gated deploy puts back what ran before, so a
+    /// failed entry changes nothing about where an image runs: [`running`] skips it.
     Failed,
     /// Another image took its place.
     Replaced,
@@ -109,13 +110,17 @@ impl Record {
 }
 
 /// For each (app, inventory, target) the newest record's word, kept when it says the image
-/// runs there. Among records with the same time the later one in `records` wins. Sorted by
+/// runs there. Failed entries are no word at all (the deployer rolled back to what ran
+/// before). Among records with the same time the later one in `records` wins. Sorted by
 /// app, inventory, target.
 pub fn running(records: &[Record]) -> Vec<Placement> {
     type Key = (String, String, Target);
     let mut newest: BTreeMap<Key, (&Record, &[String], Status)> = BTreeMap::new();
     for record in records {
         for (target, services, status) in record.entries() {
+            if status == Status::Failed {
+                continue;
+            }
             let key = (record.app.clone(), record.inventory.clone(), target);
             match newest.get(&key) {
                 Some((seen, _, _)) if seen.time > record.time => {}
@@ -193,19 +198,32 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_or_removed_latest_is_not_running_and_a_redeploy_is() {
+    fn removed_is_not_running_a_redeploy_is_and_a_failure_changes_nothing() {
         let records = [
             record(
                 "2026-01-01T10:00:00.000Z",
                 &[("h1", Status::Ok), ("h2", Status::Ok)],
             ),
+            // h2: a failed redeploy of the same image rolled back to it: still running.
+            // h3: a first deploy that failed never ran there.
             record(
                 "2026-01-01T11:00:00.000Z",
-                &[("h1", Status::Removed), ("h2", Status::Failed)],
+                &[
+                    ("h1", Status::Removed),
+                    ("h2", Status::Failed),
+                    ("h3", Status::Failed),
+                ],
             ),
             record("2026-01-01T12:00:00.000Z", &[("h1", Status::Ok)]),
         ];
-        assert_eq!(hosts(&running(&records)), ["h1"]);
+        assert_eq!(hosts(&running(&records)), ["h1", "h2"]);
+        // Replaced, then a failed attempt to bring it back: still not running.
+        let records = [
+            record("2026-01-01T10:00:00.000Z", &[("h1", Status::Ok)]),
+            record("2026-01-01T11:00:00.000Z", &[("h1", Status::Replaced)]),
+            record("2026-01-01T12:00:00.000Z", &[("h1", Status::Failed)]),
+        ];
+        assert!(running(&records).is_empty());
     }
 
     #[test]
