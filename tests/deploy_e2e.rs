@@ -1231,6 +1231,38 @@ fn ship_builds_pushes_and_deploys_the_origin_example() {
         digest,
         "{manifest}"
     );
+    // ...and a deployment record of it: the app, inventory, host and services it runs as.
+    let records = deployment_records(&server, "app_example_image", &digest);
+    assert_eq!(records.len(), 1, "{records:?}");
+    let artifact = records[0]["digest"].as_str().expect("record digest");
+    let base = format!("{}/v2/app_example_image", server.url());
+    let manifest = parse_json(
+        &fetch(&format!("{base}/manifests/{artifact}")),
+        "record manifest",
+    );
+    assert_eq!(manifest["subject"]["digest"], digest.as_str(), "{manifest}");
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.oci.empty.v1+json"
+    );
+    let layer = manifest["layers"][0]["digest"].as_str().expect("layer");
+    let record = parse_json(&fetch(&format!("{base}/blobs/{layer}")), "record");
+    assert_eq!(record["app"], app.as_str(), "{record}");
+    assert_eq!(record["inventory"], "testing", "{record}");
+    assert_eq!(record["digest"], digest.as_str(), "{record}");
+    assert_eq!(record["result"], "ok", "{record}");
+    assert!(
+        !record["who"].as_str().unwrap_or_default().is_empty(),
+        "{record}"
+    );
+    assert_eq!(record["hosts"][0]["host"], "web-back1.testing", "{record}");
+    assert_eq!(record["hosts"][0]["result"], "ok", "{record}");
+    let mut services: Vec<&str> = record["hosts"][0]["services"]
+        .as_array()
+        .map(|list| list.iter().filter_map(|s| s.as_str()).collect())
+        .unwrap_or_default();
+    services.sort_unstable();
+    assert_eq!(services, ["nodes", "web"], "{record}");
 
     // Shipping again: the build is cached (same digest), nothing changes on the host.
     let out = ship(&[]);
