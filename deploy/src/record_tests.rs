@@ -226,3 +226,33 @@ fn inventory_names_are_file_stems() {
     );
     assert_eq!(inventory_name(std::path::Path::new("hosts")), "hosts");
 }
+
+#[tokio::test]
+async fn a_registry_that_is_down_is_a_warning_per_record() {
+    // A port nothing listens on: bind one, note it, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let mut report = report(vec![host("h1")]);
+    report.images = BTreeMap::from([(format!("127.0.0.1:{port}/shop:1"), D1.to_string())]);
+    let services = BTreeMap::from([(
+        "h1".to_string(),
+        vec![("web".to_string(), format!("127.0.0.1:{port}/shop:1"))],
+    )]);
+    let records = container_records(&facts(), &services, &report);
+    assert_eq!(records.len(), 1);
+    let config = ClientConfig {
+        attempts: 1,
+        ..ClientConfig::default()
+    };
+    let outcomes = push_all(&config, records).await;
+    assert_eq!(outcomes.len(), 1);
+    let warning = outcomes[0].as_ref().expect_err("nothing listens there");
+    assert!(
+        warning.starts_with(&format!(
+            "warning: the deployment record for 127.0.0.1:{port}/shop@{D1} could not be pushed: "
+        )),
+        "{warning}"
+    );
+}
