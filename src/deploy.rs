@@ -56,6 +56,10 @@ pub struct DeployArgs {
     /// group `managers`, or the first host --limit selects
     #[arg(long)]
     pub(crate) swarm: bool,
+    /// Push no deployment record (the OCI artifact that tells the registry where each
+    /// image now runs)
+    #[arg(long)]
+    pub(crate) no_record: bool,
 }
 
 #[derive(Args, Debug)]
@@ -134,9 +138,16 @@ pub(crate) fn deploy_loaded(
     options.known_digests = known_digests;
     let printer = Printer::new(args.common.json);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let services = berth_deploy::record::planned_services(&desired);
+    let registry = options.registry.clone();
     let report = runtime.block_on(run::deploy(&source.name, desired, &options, &|event| {
         printer.event(event)
     }));
+    if !args.check && !args.no_record {
+        let facts = crate::deploy_record::facts(&source.name, &args.common.inventory);
+        let records = berth_deploy::record::container_records(&facts, &services, &report);
+        crate::deploy_record::push(&runtime, &registry, records, &printer);
+    }
     finish(&printer, &report, "deploy", extra)
 }
 
@@ -185,6 +196,12 @@ pub(crate) fn deploy_swarm(
     };
     let printer = Printer::new(args.common.json);
     let manager = desired.manager.clone();
+    let app = desired.app.clone();
+    let services: Vec<(String, String)> = desired
+        .services
+        .iter()
+        .map(|s| (s.name.clone(), s.spec.image.clone()))
+        .collect();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let report = runtime.block_on(swarm::run::deploy(
         desired,
@@ -192,6 +209,11 @@ pub(crate) fn deploy_swarm(
         &|plan| printer.line(&plan.render()),
         &|result| printer.line(&action_line(&manager, result)),
     ));
+    if !args.check && !args.no_record {
+        let facts = crate::deploy_record::facts(&app, &args.common.inventory);
+        let records = berth_deploy::record::swarm_records(&facts, &services, &report.run);
+        crate::deploy_record::push(&runtime, &options.registry, records, &printer);
+    }
     finish_swarm(&printer, &report, "deploy", extra)
 }
 

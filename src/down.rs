@@ -17,6 +17,9 @@ pub struct DownArgs {
     /// Print the plan, change nothing
     #[arg(long)]
     check: bool,
+    /// Push no deployment record saying the app's images were removed from its hosts
+    #[arg(long)]
+    no_record: bool,
 }
 
 pub fn down(args: DownArgs) -> Result<()> {
@@ -43,5 +46,16 @@ pub fn down(args: DownArgs) -> Result<()> {
         &options,
         &|event| printer.event(event),
     ));
+    if !args.check && !args.no_record {
+        // Only images whose registry digest the hosts knew; the stored login pushes them.
+        let registry = crate::session::client_config(&[], None, None)?;
+        let facts = crate::deploy_record::facts(&app, &common.inventory);
+        let records = berth_deploy::record::container_records(
+            &facts,
+            &std::collections::BTreeMap::new(),
+            &report,
+        );
+        crate::deploy_record::push(&runtime, &registry, records, &printer);
+    }
     finish(&printer, &report, "down", None)
 }

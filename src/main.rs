@@ -16,6 +16,7 @@ mod completion;
 mod config;
 mod config_blob;
 mod deploy;
+mod deploy_record;
 mod down;
 mod durations;
 mod examples;

@@ -116,6 +116,33 @@ fn rollback(cli: &BerthCli, app_file: &Path, inventory: &Path) -> CmdOutput {
     run(c, TIMEOUT)
 }
 
+/// GET over plain HTTP with busybox's wget (the test needs busybox already).
+fn fetch(url: &str) -> String {
+    run_ok(cmd("busybox", ["wget", "-q", "-O", "-", url]), TIMEOUT)
+}
+
+/// The deployment records (referrers API) of `repository@digest`.
+fn deployment_records(server: &Server, repository: &str, digest: &str) -> Vec<serde_json::Value> {
+    let url = format!(
+        "{}/v2/{repository}/referrers/{digest}?artifactType=application/vnd.berth.deployment.v1%2Bjson",
+        server.url()
+    );
+    let index = parse_json(&fetch(&url), "referrers");
+    index["manifests"].as_array().cloned().unwrap_or_default()
+}
+
+/// The "Running on" section of the UI's image page, or "" when it has none.
+fn running_on(server: &Server, repository: &str, reference: &str) -> String {
+    let page = fetch(&format!("{}/ui/r/{repository}/_/{reference}", server.url()));
+    let Some(start) = page.find("Running on") else {
+        return String::new();
+    };
+    let end = page[start..]
+        .find("</section>")
+        .map_or(page.len(), |e| start + e);
+    page[start..end].to_string()
+}
+
 #[test]
 fn deploy_rerun_change_failed_health_and_rollback() {
     if !require_tool("docker") {
@@ -214,10 +241,23 @@ fn deploy_rerun_change_failed_health_and_rollback() {
         TIMEOUT,
     );
     assert!(body.starts_with("root:"), "{body}");
+    // A deployment record refers to v1, and the UI's image page says where it runs.
+    let records = deployment_records(&server, &repository, &v1);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert!(out.contains("recorded the deployment of"), "{out}");
+    if server.kind == ServerKind::Berth {
+        let running = running_on(&server, &repository, "v1");
+        assert!(running.contains("<strong>local</strong>"), "{running}");
+        assert!(
+            running.contains(&format!("({app}, inventory, deployed ")),
+            "{running}"
+        );
+    }
 
-    // --- 2. unchanged re-run: all ok, nothing touched -----------------------------------------
+    // --- 2. unchanged re-run: all ok, nothing touched, nothing recorded with --no-record -----
     let ids = (container_id(&web), container_id(&nodes));
-    let out = ok(deploy(&cli, &app_path, &inventory, &[]));
+    let out = ok(deploy(&cli, &app_path, &inventory, &["--no-record"]));
+    assert_eq!(deployment_records(&server, &repository, &v1).len(), 1);
     assert!(
         out.contains("local : ok=6 changed=0 unreachable=0 failed=0"),
         "{out}"
@@ -302,6 +342,11 @@ fn deploy_rerun_change_failed_health_and_rollback() {
         ids.0,
         "the older rollback target must survive a failed rollout"
     );
+    // The failed rollout was rolled back: v1 still runs on local, and the page says so.
+    if server.kind == ServerKind::Berth {
+        let running = running_on(&server, &repository, "v1");
+        assert!(running.contains("<strong>local</strong>"), "{running}");
+    }
 
     // --- 5. a new image replaces both; rollback returns to the previous one -------------------
     set_vars(&inventory, "mode: zebra42\ntag: v2\n");
@@ -314,6 +359,13 @@ fn deploy_rerun_change_failed_health_and_rollback() {
             .unwrap_or_default()
             .to_string();
         assert!(image.ends_with(&format!("@{v2}")), "{name} runs {image}");
+    }
+    // v2 runs on local now; v1's newest record says it was replaced there.
+    assert_eq!(deployment_records(&server, &repository, &v2).len(), 1);
+    if server.kind == ServerKind::Berth {
+        assert!(running_on(&server, &repository, "v2").contains("<strong>local</strong>"));
+        let v1_page = running_on(&server, &repository, &v1);
+        assert!(v1_page.is_empty(), "v1 was replaced: {v1_page}");
     }
     let out = ok(rollback(&cli, &app_path, &inventory));
     assert!(out.contains(&format!("rollback container {web}")), "{out}");
@@ -1179,6 +1231,38 @@ fn ship_builds_pushes_and_deploys_the_origin_example() {
         digest,
         "{manifest}"
     );
+    // ...and a deployment record of it: the app, inventory, host and services it runs as.
+    let records = deployment_records(&server, "app_example_image", &digest);
+    assert_eq!(records.len(), 1, "{records:?}");
+    let artifact = records[0]["digest"].as_str().expect("record digest");
+    let base = format!("{}/v2/app_example_image", server.url());
+    let manifest = parse_json(
+        &fetch(&format!("{base}/manifests/{artifact}")),
+        "record manifest",
+    );
+    assert_eq!(manifest["subject"]["digest"], digest.as_str(), "{manifest}");
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.oci.empty.v1+json"
+    );
+    let layer = manifest["layers"][0]["digest"].as_str().expect("layer");
+    let record = parse_json(&fetch(&format!("{base}/blobs/{layer}")), "record");
+    assert_eq!(record["app"], app.as_str(), "{record}");
+    assert_eq!(record["inventory"], "testing", "{record}");
+    assert_eq!(record["digest"], digest.as_str(), "{record}");
+    assert_eq!(record["result"], "ok", "{record}");
+    assert!(
+        !record["who"].as_str().unwrap_or_default().is_empty(),
+        "{record}"
+    );
+    assert_eq!(record["hosts"][0]["host"], "web-back1.testing", "{record}");
+    assert_eq!(record["hosts"][0]["result"], "ok", "{record}");
+    let mut services: Vec<&str> = record["hosts"][0]["services"]
+        .as_array()
+        .map(|list| list.iter().filter_map(|s| s.as_str()).collect())
+        .unwrap_or_default();
+    services.sort_unstable();
+    assert_eq!(services, ["nodes", "web"], "{record}");
 
     // Shipping again: the build is cached (same digest), nothing changes on the host.
     let out = ship(&[]);

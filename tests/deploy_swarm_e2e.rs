@@ -238,6 +238,14 @@ fn swarm_deploy_rerun_update_failed_health_and_rollback() {
     );
     assert_eq!(spec["Labels"]["berth.app"], app.as_str());
     assert_eq!(spec["Labels"]["team"], "front");
+    // A deployment record names the Swarm services; the UI's image page shows them.
+    assert!(out.contains("recorded the deployment of"), "{out}");
+    if server.kind == ServerKind::Berth {
+        let url = format!("{}/ui/r/{repository}/_/v1", server.url());
+        let page = run_ok(cmd("busybox", ["wget", "-q", "-O", "-", &url]), TIMEOUT);
+        assert!(page.contains("Running on"), "{page}");
+        assert!(page.contains(&format!("service {web}")), "{page}");
+    }
     assert_eq!(spec["UpdateConfig"]["Order"], "start-first");
     assert_eq!(spec["UpdateConfig"]["FailureAction"], "rollback");
     assert_eq!(spec["EndpointSpec"]["Ports"][0]["PublishMode"], "host");

@@ -289,7 +289,29 @@ fn volumes_secrets_down_and_rollback_of_created_containers() {
     assert!(inspect(&db).is_some());
 
     // --- 6. down keeps the volume; down --volumes removes it ---------------------------------
+    let ran = inspect(&db)
+        .and_then(|c| c["Config"]["Image"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    let (_, ran_digest) = ran.split_once('@').expect("deploys pin a digest");
+    let repository = image.split_once('/').map(|(_, r)| r).unwrap_or_default();
+    let page = |digest: &str| {
+        let url = format!("{}/ui/r/{repository}/_/{digest}", server.url());
+        run_ok(cmd("busybox", ["wget", "-q", "-O", "-", &url]), TIMEOUT)
+    };
+    let is_berth = server.kind == ServerKind::Berth;
+    if is_berth {
+        assert!(page(ran_digest).contains("Running on"), "before down");
+    }
     let out = ok(berth(&cli, &["down"], &app_path, &inventory));
+    // down records that the image no longer runs there.
+    assert!(
+        out.contains(&format!("recorded the deployment of {image}@{ran_digest}")),
+        "{out}"
+    );
+    if is_berth {
+        let after = page(ran_digest);
+        assert!(!after.contains("Running on"), "{after}");
+    }
     assert!(out.contains(&format!("remove   container {db}")), "{out}");
     assert!(out.contains(&format!("volume {volume} is kept")), "{out}");
     assert!(out.contains("RECAP"), "{out}");

@@ -944,6 +944,37 @@ impl Registry {
         }
     }
 
+    /// Push a small blob held in memory (an artifact's config or payload) in one request,
+    /// unless the repository holds it already.
+    pub async fn blob_push_bytes(
+        &self,
+        repository: &str,
+        media_type: &str,
+        bytes: Bytes,
+    ) -> Result<BlobInfo> {
+        let blob = BlobInfo {
+            media_type: media_type.to_string(),
+            digest: crate::image::sha256(&bytes),
+            size: bytes.len() as u64,
+        };
+        if self.blob_exists(repository, &blob.digest).await? {
+            return Ok(blob);
+        }
+        let mut location = self.upload_start(repository).await?;
+        let mut offset = 0;
+        let mut data: ByteStream = Box::pin(futures::stream::once(async move { Ok(bytes) }));
+        self.upload_from(
+            repository,
+            &blob,
+            &mut location,
+            &mut offset,
+            &mut data,
+            &crate::image::NoProgress,
+        )
+        .await?;
+        Ok(blob)
+    }
+
     /// Push a blob read from `source`: skip it if present, mount it when the
     /// source is another repository of this registry, else upload it — in one
     /// request when small, in chunks when large, resuming after errors.

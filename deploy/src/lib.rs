@@ -28,6 +28,7 @@ pub mod inventory;
 pub mod limit;
 pub mod plan;
 pub mod ready;
+pub mod record;
 pub mod run;
 pub mod ship;
 pub mod ssh;

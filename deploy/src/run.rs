@@ -129,6 +129,9 @@ pub struct HostReport {
     /// With `--timings` (deploys that reached the host).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timings: Option<HostTimings>,
+    /// Images this run took off the host (for deployment records).
+    #[serde(skip)]
+    pub taken_off: Vec<crate::record::TakenOff>,
 }
 
 impl HostReport {
@@ -150,6 +153,7 @@ impl HostReport {
             failed: 0,
             skipped: 0,
             timings: None,
+            taken_off: Vec::new(),
         }
     }
 
@@ -586,6 +590,7 @@ async fn deploy_host(
         )
         .await;
         report.count_results();
+        report.taken_off = crate::record::taken_off(&plan, &actual, &report.results);
         if options.timings {
             clock.fill(&mut timings);
             timings.total = started.elapsed().as_secs_f64();
@@ -698,6 +703,7 @@ mod tests {
             changed: 0,
             failed: 0,
             skipped: 0,
+            taken_off: Vec::new(),
             timings: None,
         }
     }

@@ -12,6 +12,7 @@ use std::pin::Pin;
 use bytes::Bytes;
 use futures_core::Stream;
 
+pub mod deployment;
 pub mod digest;
 pub mod media_type;
 pub mod names;

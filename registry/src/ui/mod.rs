@@ -4,6 +4,7 @@
 //! delete, after a confirmation, with a CSRF token. See docs/ui.md.
 
 mod cache;
+mod deployments;
 mod pages;
 mod session;
 mod summary;
@@ -684,8 +685,12 @@ async fn image(ctx: &Ctx<'_>, name: &str, reference: &str, may_delete: bool) -> 
         .ok()
         .filter(|_| !json.is_null())
         .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-    let referrers = match s.referrers(name, &digest).await {
-        Ok(list) => group_referrers(list),
+    let (referrers, running) = match s.referrers(name, &digest).await {
+        Ok(list) => {
+            let placements = deployments::placements(s, name, &digest, &list).await;
+            let running = deployments::section(&placements, std::time::SystemTime::now());
+            (group_referrers(list), running)
+        }
         Err(e) => return storage_failed(ctx, e),
     };
     let annotations = summary::annotations(&json);
@@ -705,6 +710,7 @@ async fn image(ctx: &Ctx<'_>, name: &str, reference: &str, may_delete: bool) -> 
         manifest_json: &manifest_json,
         config_json: config_json.as_deref(),
         referrers: &referrers,
+        running,
         may_delete,
     };
     let title = format!("{name}:{reference}");

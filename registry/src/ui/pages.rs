@@ -206,6 +206,8 @@ pub struct ImageView<'a> {
     pub manifest_json: &'a str,
     pub config_json: Option<&'a str>,
     pub referrers: &'a Referrers,
+    /// Where deployment records say the image runs (empty when nowhere).
+    pub running: Markup,
     pub may_delete: bool,
 }
 
@@ -226,6 +228,7 @@ pub fn image(v: &ImageView<'_>) -> Markup {
                 @if let Some(t) = &c.created { dt { "Created" } dd { (t) } }
             }
         }
+        (v.running)
         @if is_tag { (pull_commands(v.host, v.name, v.reference)) }
         @if let Some(children) = v.children { (index_children(v.name, children)) }
         @if let Some(c) = v.config { (config_section(c)) }
@@ -445,6 +448,7 @@ mod tests {
             manifest_json: evil,
             config_json: Some(evil),
             referrers: &referrers,
+            running: Markup::default(),
             may_delete: true,
         };
         let chrome = Chrome {

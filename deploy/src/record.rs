@@ -1,0 +1,367 @@
+//! Deployment records (see `berth_oci::deployment`): after a deploy, each image it placed or
+//! took off a host gets one OCI artifact in its repository whose `subject` is the image's
+//! manifest. Building the records is pure; pushing them runs after the hosts are done, all
+//! images at once, and a push that fails is a warning for the caller, never a failed deploy.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use berth_client::credentials::{Credentials, DockerConfig};
+use berth_client::image::media;
+use berth_client::registry::{Client, ClientConfig};
+use berth_client::{ImageRef, Manifest};
+use berth_oci::deployment::{HostEntry, Record, Status, SwarmEntry, ARTIFACT_TYPE};
+use bytes::Bytes;
+use serde_json::json;
+
+use crate::actual::ActualHost;
+use crate::apply::{ActionResult, Outcome};
+use crate::desired::DesiredHost;
+use crate::plan::{Action, HostPlan};
+use crate::run::RunReport;
+
+/// The same for every record of a run.
+#[derive(Clone, Debug)]
+pub struct RunFacts {
+    pub app: String,
+    pub inventory: String,
+    /// When the run ended ([`now`]).
+    pub time: String,
+    pub berth_version: String,
+    /// `$USER@hostname`, used where no registry login names the deployer.
+    pub local_user: String,
+}
+
+/// The current time as records write it: RFC 3339, UTC, milliseconds.
+pub fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// `$USER@hostname` (either part may be unknown).
+pub fn local_user() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    if host.is_empty() {
+        user
+    } else {
+        format!("{user}@{host}")
+    }
+}
+
+/// The name records give an inventory: the file's stem, or the folder's name.
+pub fn inventory_name(path: &std::path::Path) -> String {
+    let name = if path.is_dir() {
+        path.file_name()
+    } else {
+        path.file_stem()
+    };
+    name.map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// An image a host stopped running in this deploy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TakenOff {
+    pub service: String,
+    /// `registry/repository@digest`, from the container that ran it.
+    pub image: String,
+    pub status: Status,
+}
+
+/// What `plan` took off the host, by its results (one per action, in plan order): the
+/// images of replaced and removed containers whose digest the host knew.
+pub(crate) fn taken_off(
+    plan: &HostPlan,
+    actual: &ActualHost,
+    results: &[ActionResult],
+) -> Vec<TakenOff> {
+    let mut out = Vec::new();
+    for (action, result) in plan.actions.iter().zip(results) {
+        if result.outcome != Outcome::Changed {
+            continue;
+        }
+        let (id, status) = match action {
+            Action::ReplaceContainer { old_id, .. } => (old_id, Status::Replaced),
+            Action::RemoveContainer { id, .. } => (id, Status::Removed),
+            _ => continue,
+        };
+        let Some(old) = actual.containers.iter().find(|c| &c.id == id) else {
+            continue;
+        };
+        let Ok(mut reference) = ImageRef::parse(&old.image) else {
+            continue;
+        };
+        if reference.digest.is_none() {
+            // Deployed by tag: the digest the host pulled, when it knows only one.
+            let [digest] = old.image_digests.as_slice() else {
+                continue;
+            };
+            let Ok(digest) = digest.parse() else { continue };
+            reference = reference.with_digest(digest);
+        }
+        let Some(digest) = &reference.digest else {
+            continue;
+        };
+        let service = old
+            .labels
+            .get(crate::labels::SERVICE)
+            .cloned()
+            .unwrap_or_else(|| old.name.clone());
+        out.push(TakenOff {
+            service,
+            image: format!("{}@{digest}", reference.name()),
+            status,
+        });
+    }
+    out
+}
+
+/// Each host's `(service, image as written)` before the run pins them.
+pub fn planned_services(desired: &[DesiredHost]) -> BTreeMap<String, Vec<(String, String)>> {
+    desired
+        .iter()
+        .map(|host| {
+            let mut services: Vec<(String, String)> = host
+                .containers
+                .iter()
+                .map(|c| (c.service.clone(), c.spec.image.clone()))
+                .collect();
+            services.dedup();
+            (host.host.clone(), services)
+        })
+        .collect()
+}
+
+/// One record to push: where (`registry/repository@digest`) and what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pending {
+    pub subject: ImageRef,
+    pub record: Record,
+}
+
+/// Records of a container-mode run: one per image deployed (with each host's result) and
+/// one per image taken off a host (unless the same run placed it on that host again).
+pub fn container_records(
+    facts: &RunFacts,
+    services: &BTreeMap<String, Vec<(String, String)>>,
+    report: &RunReport,
+) -> Vec<Pending> {
+    let mut by_image: BTreeMap<String, Pending> = BTreeMap::new();
+    for host in &report.hosts {
+        let status = if host.succeeded() {
+            Status::Ok
+        } else {
+            Status::Failed
+        };
+        let mut per_image: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for (service, image) in services.get(&host.host).into_iter().flatten() {
+            per_image.entry(image).or_default().push(service.clone());
+        }
+        for (written, host_services) in per_image {
+            let Some(digest) = report.images.get(written) else {
+                continue;
+            };
+            let Some(pending) = pending_for(&mut by_image, facts, written, digest) else {
+                continue;
+            };
+            pending.record.hosts.push(HostEntry {
+                host: host.host.clone(),
+                services: host_services,
+                result: status,
+            });
+        }
+    }
+    for host in &report.hosts {
+        for gone in &host.taken_off {
+            let Some((name, digest)) = gone.image.split_once('@') else {
+                continue;
+            };
+            let Some(pending) = pending_for(&mut by_image, facts, name, digest) else {
+                continue;
+            };
+            let hosts = &mut pending.record.hosts;
+            match hosts.iter_mut().find(|h| h.host == host.host) {
+                // Placed there again by this run (a replaced container of the same image).
+                Some(entry) if matches!(entry.result, Status::Ok | Status::Failed) => {}
+                Some(entry) => entry.services.push(gone.service.clone()),
+                None => hosts.push(HostEntry {
+                    host: host.host.clone(),
+                    services: vec![gone.service.clone()],
+                    result: gone.status,
+                }),
+            }
+        }
+    }
+    finish(by_image)
+}
+
+/// Records of a Swarm run: one per image, naming the services that run it.
+pub fn swarm_records(
+    facts: &RunFacts,
+    services: &[(String, String)],
+    report: &RunReport,
+) -> Vec<Pending> {
+    let status = if report.succeeded() {
+        Status::Ok
+    } else {
+        Status::Failed
+    };
+    let mut by_image: BTreeMap<String, Pending> = BTreeMap::new();
+    for (service, written) in services {
+        let Some(digest) = report.images.get(written) else {
+            continue;
+        };
+        if let Some(pending) = pending_for(&mut by_image, facts, written, digest) {
+            pending.record.swarm_services.push(SwarmEntry {
+                service: service.clone(),
+                result: status,
+            });
+        }
+    }
+    finish(by_image)
+}
+
+/// The record for `name@digest` in `by_image`, started if new; `None` when the reference
+/// or the digest does not parse.
+fn pending_for<'a>(
+    by_image: &'a mut BTreeMap<String, Pending>,
+    facts: &RunFacts,
+    name: &str,
+    digest: &str,
+) -> Option<&'a mut Pending> {
+    let parsed_digest = digest.parse().ok()?;
+    let subject = ImageRef::parse(name).ok()?.with_digest(parsed_digest);
+    let key = format!("{}/{}@{digest}", subject.registry, subject.repository);
+    Some(by_image.entry(key).or_insert_with(|| Pending {
+        subject,
+        record: Record {
+            app: facts.app.clone(),
+            inventory: facts.inventory.clone(),
+            image: name.to_string(),
+            digest: digest.to_string(),
+            time: facts.time.clone(),
+            who: facts.local_user.clone(),
+            berth_version: facts.berth_version.clone(),
+            result: Status::Ok,
+            hosts: Vec::new(),
+            swarm_services: Vec::new(),
+        },
+    }))
+}
+
+/// Sets each record's overall result: failed when any host or service failed.
+fn finish(by_image: BTreeMap<String, Pending>) -> Vec<Pending> {
+    by_image
+        .into_values()
+        .map(|mut pending| {
+            let record = &mut pending.record;
+            let failed = record.hosts.iter().any(|h| h.result == Status::Failed)
+                || record
+                    .swarm_services
+                    .iter()
+                    .any(|s| s.result == Status::Failed);
+            if failed {
+                record.result = Status::Failed;
+            }
+            pending
+        })
+        .collect()
+}
+
+/// The artifact manifest for `record` (its JSON is `layer`) about `subject`.
+pub fn artifact_manifest(
+    record: &Record,
+    subject: &Manifest,
+    empty: &berth_client::image::BlobInfo,
+    layer: &berth_client::image::BlobInfo,
+) -> serde_json::Value {
+    json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_MANIFEST,
+        "artifactType": ARTIFACT_TYPE,
+        "config": { "mediaType": berth_oci::media_type::OCI_EMPTY, "digest": empty.digest.to_string(), "size": empty.size, "data": "e30=" },
+        "layers": [ { "mediaType": ARTIFACT_TYPE, "digest": layer.digest.to_string(), "size": layer.size } ],
+        "subject": { "mediaType": subject.media_type, "digest": subject.digest.to_string(), "size": subject.bytes.len() },
+        "annotations": { "org.opencontainers.image.created": record.time },
+    })
+}
+
+/// The registry login `config` uses for `registry`, if it is a user name.
+fn login_user(config: &ClientConfig, registry: &str) -> Option<String> {
+    let credentials = match &config.credentials {
+        Some(c) => Some(c.clone()),
+        None => DockerConfig::load(&config.docker_config)
+            .ok()?
+            .credentials_for(registry)
+            .ok()?,
+    };
+    match credentials {
+        Some(Credentials::Basic { username, .. }) if !username.is_empty() => Some(username),
+        _ => None,
+    }
+}
+
+/// Pushes one record; the error says what went wrong.
+async fn push_one(client: &Client, mut pending: Pending) -> Result<String, String> {
+    let subject = &pending.subject;
+    let registry = client
+        .registry(&subject.registry)
+        .map_err(|e| e.to_string())?;
+    if let Some(user) = login_user(client.config(), &subject.registry) {
+        pending.record.who = user;
+    }
+    let repository = &subject.repository;
+    let digest = pending.record.digest.clone();
+    let manifest = registry
+        .manifest_get(repository, &digest)
+        .await
+        .map_err(|e| e.to_string())?;
+    let body = serde_json::to_vec(&pending.record).map_err(|e| e.to_string())?;
+    let empty = registry.blob_push_bytes(
+        repository,
+        berth_oci::media_type::OCI_EMPTY,
+        Bytes::from_static(b"{}"),
+    );
+    let layer = registry.blob_push_bytes(repository, ARTIFACT_TYPE, Bytes::from(body));
+    let (empty, layer) = futures::future::try_join(empty, layer)
+        .await
+        .map_err(|e| e.to_string())?;
+    let artifact = artifact_manifest(&pending.record, &manifest, &empty, &layer);
+    let bytes = serde_json::to_vec(&artifact).map_err(|e| e.to_string())?;
+    let artifact = Manifest::new(bytes, media::OCI_MANIFEST);
+    registry
+        .manifest_put(repository, &artifact.digest.to_string(), &artifact)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(artifact.digest.to_string())
+}
+
+/// Pushes every record at once. Returns one line per record: what was recorded, or a
+/// warning saying why not.
+pub async fn push_all(config: &ClientConfig, records: Vec<Pending>) -> Vec<Result<String, String>> {
+    let client = Client::new(config.clone());
+    let pushes = records.into_iter().map(|pending| {
+        let client = &client;
+        async move {
+            let what = format!(
+                "{}/{}@{}",
+                pending.subject.registry, pending.subject.repository, pending.record.digest
+            );
+            match push_one(client, pending).await {
+                Ok(artifact) => Ok(format!("recorded the deployment of {what} ({artifact})")),
+                Err(error) => Err(format!(
+                    "warning: the deployment record for {what} could not be pushed: {error}"
+                )),
+            }
+        }
+    });
+    futures::future::join_all(pushes).await
+}
+
+#[cfg(test)]
+#[path = "record_tests.rs"]
+mod tests;
