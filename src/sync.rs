@@ -138,7 +138,10 @@ pub fn run(args: SyncArgs) -> Result<()> {
         print_summary(&session, &args, &summary);
         let Some(every) = args.watch else {
             if summary.failed > 0 {
-                bail!("{} of the images failed to sync (see above)", summary.failed);
+                bail!(
+                    "{} of the images failed to sync (see above)",
+                    summary.failed
+                );
             }
             if summary.repositories == 0 {
                 bail!("no repository under {} (the catalog lists none)", args.src);
@@ -167,9 +170,14 @@ fn print_item(session: &Session, item: &SyncItem) {
             item.destination,
             human_bytes(item.bytes_copied)
         ),
-        SyncAction::Skipped => format!("skipped  {}:{tag}{digest} (already there)", item.repository),
+        SyncAction::Skipped => {
+            format!("skipped  {}:{tag}{digest} (already there)", item.repository)
+        }
         SyncAction::WouldCopy => {
-            format!("would copy {}:{tag} -> {}{digest}", item.repository, item.destination)
+            format!(
+                "would copy {}:{tag} -> {}{digest}",
+                item.repository, item.destination
+            )
         }
         SyncAction::Failed => {
             // Failures are shown even with --quiet.
@@ -227,7 +235,12 @@ mod tests {
             parse_endpoint("localhost:6000/backup/team").unwrap(),
             ("localhost:6000".into(), "backup/team".into())
         );
-        for bad in ["team", "127.0.0.1:5000/app:1", "127.0.0.1:5000/Bad", "app/x"] {
+        for bad in [
+            "team",
+            "127.0.0.1:5000/app:1",
+            "127.0.0.1:5000/Bad",
+            "app/x",
+        ] {
             assert!(parse_endpoint(bad).is_err(), "{bad}");
         }
     }

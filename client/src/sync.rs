@@ -393,8 +393,8 @@ async fn copy_referrers(
         let reference = repository_ref(source, &work.repository).with_digest(digest);
         let from = RegistrySource::new(source.clone(), reference);
         let dest = target.dest(&work.destination)?;
-        let report = copy_image(&from, dest.as_ref(), None, &copy_options(options), progress)
-            .await?;
+        let report =
+            copy_image(&from, dest.as_ref(), None, &copy_options(options), progress).await?;
         copied += 1;
         bytes += report.bytes_copied;
     }
@@ -403,7 +403,11 @@ async fn copy_referrers(
 
 /// Digests of the manifests referring to `subject` (OCI referrers API); none
 /// from a registry without the API (404).
-pub async fn referrers(source: &Registry, repository: &str, subject: &Digest) -> Result<Vec<Digest>> {
+pub async fn referrers(
+    source: &Registry,
+    repository: &str,
+    subject: &Digest,
+) -> Result<Vec<Digest>> {
     #[derive(serde::Deserialize)]
     struct Entry {
         digest: String,
@@ -432,7 +436,8 @@ pub async fn referrers(source: &Registry, repository: &str, subject: &Digest) ->
         .bytes()
         .await
         .map_err(|e| Error::malformed("referrers", e))?;
-    let index: Index = serde_json::from_slice(&body).map_err(|e| Error::malformed("referrers", e))?;
+    let index: Index =
+        serde_json::from_slice(&body).map_err(|e| Error::malformed("referrers", e))?;
     index
         .manifests
         .iter()
@@ -458,11 +463,22 @@ mod tests {
             map_repository("team", "backup", "team").as_deref(),
             Some("backup")
         );
-        assert_eq!(map_repository("team", "b", "teammate/app"), None, "whole components only");
-        assert_eq!(map_repository("team", "", "team"), None, "no name to write to");
+        assert_eq!(
+            map_repository("team", "b", "teammate/app"),
+            None,
+            "whole components only"
+        );
+        assert_eq!(
+            map_repository("team", "", "team"),
+            None,
+            "no name to write to"
+        );
         assert_eq!(map_repository("", "", "a/b").as_deref(), Some("a/b"));
         assert_eq!(map_repository("", "m", "a").as_deref(), Some("m/a"));
-        assert_eq!(map_repository("team", "", "team/x/y").as_deref(), Some("x/y"));
+        assert_eq!(
+            map_repository("team", "", "team/x/y").as_deref(),
+            Some("x/y")
+        );
     }
 
     #[test]

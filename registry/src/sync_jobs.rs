@@ -11,9 +11,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use berth_client::credentials::Credentials;
 use berth_client::error::{Error as ClientError, Result as ClientResult};
-use berth_client::image::{BlobInfo, BlobOutcome, BlobProgress, ImageDest, ImageSource, Manifest, NoProgress};
+use berth_client::image::{
+    BlobInfo, BlobOutcome, BlobProgress, ImageDest, ImageSource, Manifest, NoProgress,
+};
 use berth_client::registry::{Client, ClientConfig, Registry};
-use berth_client::sync::{is_tag_glob, sync, SyncAction, SyncItem, SyncOptions, SyncSummary, SyncTarget};
+use berth_client::sync::{
+    is_tag_glob, sync, SyncAction, SyncItem, SyncOptions, SyncSummary, SyncTarget,
+};
 use berth_storage::{Digest, Storage};
 use serde::Deserialize;
 
@@ -98,15 +102,21 @@ fn source_parts(at: &str, url: &str) -> Result<(String, String, bool), String> {
     } else if let Some(rest) = url.strip_prefix("http://") {
         (rest, true)
     } else {
-        return Err(bad("use an http:// or https:// URL, e.g. https://registry.example.com/team"));
+        return Err(bad(
+            "use an http:// or https:// URL, e.g. https://registry.example.com/team",
+        ));
     };
     let rest = rest.trim_end_matches('/');
     let (host, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     if host.is_empty() || host.contains(['?', '#', '@', ' ']) || url.contains(['?', '#']) {
-        return Err(bad("use HOST[:PORT][/PREFIX] with no user, query or fragment"));
+        return Err(bad(
+            "use HOST[:PORT][/PREFIX] with no user, query or fragment",
+        ));
     }
     if !prefix.is_empty() && !berth_oci::names::is_valid_repository_name(prefix) {
-        return Err(bad("the path is a repository prefix: lowercase components joined by /"));
+        return Err(bad(
+            "the path is a repository prefix: lowercase components joined by /",
+        ));
     }
     let host = match host {
         "registry-1.docker.io" | "index.docker.io" => "docker.io",
@@ -139,7 +149,9 @@ impl SyncJob {
             Some(text) => humantime::parse_duration(text)
                 .ok()
                 .filter(|d| !d.is_zero())
-                .ok_or_else(|| format!("{at}.interval = {text:?}: use a duration such as \"10m\""))?,
+                .ok_or_else(|| {
+                    format!("{at}.interval = {text:?}: use a duration such as \"10m\"")
+                })?,
             None => DEFAULT_SYNC_INTERVAL,
         };
         let credentials = match (&c.username, &c.password) {
@@ -280,17 +292,31 @@ impl ImageDest for StorageDest {
         let s = self.storage.as_ref();
         let repo = self.repository.as_str();
         let err = |what: &str, e: berth_storage::StorageError| storage_error(what, e);
-        if s.blob_size(&blob.digest).await.map_err(|e| err("checking a blob", e))?.is_some() {
-            if s.blob_linked(repo, &blob.digest).await.map_err(|e| err("checking a blob", e))? {
+        if s.blob_size(&blob.digest)
+            .await
+            .map_err(|e| err("checking a blob", e))?
+            .is_some()
+        {
+            if s.blob_linked(repo, &blob.digest)
+                .await
+                .map_err(|e| err("checking a blob", e))?
+            {
                 return Ok(BlobOutcome::Exists);
             }
-            s.link_blob(repo, &blob.digest).await.map_err(|e| err("linking a blob", e))?;
+            s.link_blob(repo, &blob.digest)
+                .await
+                .map_err(|e| err("linking a blob", e))?;
             return Ok(BlobOutcome::Mounted);
         }
-        let upload = s.upload_create(repo).await.map_err(|e| err("starting an upload", e))?;
+        let upload = s
+            .upload_create(repo)
+            .await
+            .map_err(|e| err("starting an upload", e))?;
         let stream = source.blob(blob, 0).await?;
         // The storage verifies digest (and we the size) before the blob is visible.
-        let stored = s.upload_complete(repo, &upload.id, &blob.digest, Some(stream)).await;
+        let stored = s
+            .upload_complete(repo, &upload.id, &blob.digest, Some(stream))
+            .await;
         match stored {
             Ok(n) if n == blob.size => {
                 progress.advance(n);
@@ -348,24 +374,56 @@ mod tests {
         assert_eq!(job.prefix, "replica/team");
         assert_eq!(job.interval, Duration::from_secs(600));
         assert!(job.options.referrers);
-        let job = &compile("[[sync]]\nsource = \"http://127.0.0.1:5000\"\n").expect("valid").jobs[0];
-        assert_eq!((job.source_prefix.as_str(), job.interval), ("", DEFAULT_SYNC_INTERVAL));
+        let job = &compile("[[sync]]\nsource = \"http://127.0.0.1:5000\"\n")
+            .expect("valid")
+            .jobs[0];
+        assert_eq!(
+            (job.source_prefix.as_str(), job.interval),
+            ("", DEFAULT_SYNC_INTERVAL)
+        );
     }
 
     #[test]
     fn bad_tables_name_the_key() {
         for (text, key) in [
-            ("[[sync]]\nsource = \"registry.example.com\"\n", "sync[0].source"),
+            (
+                "[[sync]]\nsource = \"registry.example.com\"\n",
+                "sync[0].source",
+            ),
             ("[[sync]]\nsource = \"https://h/Team\"\n", "sync[0].source"),
             ("[[sync]]\nsource = \"https://u@h/t\"\n", "sync[0].source"),
-            ("[[sync]]\nsource = \"https://h\"\nprefix = \"A B\"\n", "sync[0].prefix"),
-            ("[[sync]]\nsource = \"https://h\"\ntags = \"v1/x\"\n", "sync[0].tags"),
-            ("[[sync]]\nsource = \"https://h\"\ninterval = \"often\"\n", "sync[0].interval"),
-            ("[[sync]]\nsource = \"https://h\"\ninterval = \"0s\"\n", "sync[0].interval"),
-            ("[[sync]]\nsource = \"https://h\"\nusername = \"u\"\n", "sync[0]: set both"),
-            ("[[sync]]\nsource = \"https://h\"\nca_file = \"/nonexistent/ca.pem\"\n", "sync[0].ca_file"),
-            ("[[sync]]\nsource = \"https://h\"\njobs = 0\n", "sync[0].jobs"),
-            ("[[sync]]\nsource = \"https://h\"\nintervall = \"1m\"\n", "intervall"),
+            (
+                "[[sync]]\nsource = \"https://h\"\nprefix = \"A B\"\n",
+                "sync[0].prefix",
+            ),
+            (
+                "[[sync]]\nsource = \"https://h\"\ntags = \"v1/x\"\n",
+                "sync[0].tags",
+            ),
+            (
+                "[[sync]]\nsource = \"https://h\"\ninterval = \"often\"\n",
+                "sync[0].interval",
+            ),
+            (
+                "[[sync]]\nsource = \"https://h\"\ninterval = \"0s\"\n",
+                "sync[0].interval",
+            ),
+            (
+                "[[sync]]\nsource = \"https://h\"\nusername = \"u\"\n",
+                "sync[0]: set both",
+            ),
+            (
+                "[[sync]]\nsource = \"https://h\"\nca_file = \"/nonexistent/ca.pem\"\n",
+                "sync[0].ca_file",
+            ),
+            (
+                "[[sync]]\nsource = \"https://h\"\njobs = 0\n",
+                "sync[0].jobs",
+            ),
+            (
+                "[[sync]]\nsource = \"https://h\"\nintervall = \"1m\"\n",
+                "intervall",
+            ),
         ] {
             let e = compile(text).expect_err(text);
             assert!(e.contains(key), "{text}: {e}");

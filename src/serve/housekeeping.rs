@@ -41,7 +41,11 @@ pub fn spawn(
         ));
     }
     for job in &settings.sync_jobs.jobs {
-        tokio::spawn(run_sync_job(job.clone(), storage.clone(), read_only.clone()));
+        tokio::spawn(run_sync_job(
+            job.clone(),
+            storage.clone(),
+            read_only.clone(),
+        ));
     }
 }
 
