@@ -65,6 +65,36 @@ fn seed_of(text: &str) -> u64 {
     }) | 1
 }
 
+/// An artifact manifest (a "signature") whose subject is `subject`; returns its digest.
+async fn push_referrer(c: &reqwest::Client, base: &str, repo: &str, subject: &str) -> String {
+    let empty = push_blob(c, base, repo, b"{}").await;
+    let payload = push_blob(c, base, repo, b"signed, honestly").await;
+    let subject_size = c
+        .get(format!("{base}/v2/{repo}/manifests/{subject}"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("GET subject")
+        .bytes()
+        .await
+        .expect("subject bytes")
+        .len();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "artifactType": "application/vnd.example.signature",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+        "layers": [{"mediaType": "application/octet-stream", "digest": payload, "size": 16}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": subject_size}
+    }))
+    .expect("referrer json");
+    let digest = digest_of(&manifest);
+    push_manifest(c, base, repo, &digest, OCI_MANIFEST, &manifest).await
+}
+
+async fn digest_exists(c: &reqwest::Client, base: &str, repo: &str, digest: &str) -> bool {
+    digest_at(c, base, repo, digest).await.is_some()
+}
+
 /// The digest `repo:tag` has on the registry at `base` (None if absent).
 async fn digest_at(c: &reqwest::Client, base: &str, repo: &str, tag: &str) -> Option<String> {
     let resp = c
@@ -209,6 +239,24 @@ async fn sync_copies_a_prefix_then_skips_and_filters_tags() {
         "{items:?}"
     );
     assert!(items.iter().all(|i| i["bytes_copied"] == 0));
+
+    // A signature pushed later (untagged, with app:1 as its subject) comes with --referrers,
+    // while the images themselves are still skipped.
+    let signature = push_referrer(&c, &base, "team/app", &expected[0].2).await;
+    assert_eq!(
+        digest_exists(&c, &dst.url(), "backup/team/app", &signature).await,
+        false
+    );
+    let (ok, items, summary) = sync_json(&cli, &["--referrers", &from, &to]);
+    assert!(ok, "{items:?}");
+    assert_eq!(summary["skipped"], 5, "{summary}");
+    let with_referrer: Vec<&Value> = items
+        .iter()
+        .filter(|i| i["referrers_copied"] == 1)
+        .collect();
+    assert_eq!(with_referrer.len(), 1, "{items:?}");
+    assert_eq!(with_referrer[0]["tag"], "1");
+    assert!(digest_exists(&c, &dst.url(), "backup/team/app", &signature).await);
 
     // A tag glob, and a dry run that writes nothing.
     let filtered = format!("{}/filtered", dst.host());
