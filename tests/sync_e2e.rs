@@ -243,10 +243,7 @@ async fn sync_copies_a_prefix_then_skips_and_filters_tags() {
     // A signature pushed later (untagged, with app:1 as its subject) comes with --referrers,
     // while the images themselves are still skipped.
     let signature = push_referrer(&c, &base, "team/app", &expected[0].2).await;
-    assert_eq!(
-        digest_exists(&c, &dst.url(), "backup/team/app", &signature).await,
-        false
-    );
+    assert!(!digest_exists(&c, &dst.url(), "backup/team/app", &signature).await);
     let (ok, items, summary) = sync_json(&cli, &["--referrers", &from, &to]);
     assert!(ok, "{items:?}");
     assert_eq!(summary["skipped"], 5, "{summary}");
