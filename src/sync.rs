@@ -126,7 +126,7 @@ pub fn run(args: SyncArgs) -> Result<()> {
     };
     loop {
         let on_item = |item: &SyncItem| print_item(&session, item);
-        let summary = session.runtime.block_on(sync(
+        let outcome = session.runtime.block_on(sync(
             &source,
             &src_prefix,
             &target,
@@ -134,7 +134,20 @@ pub fn run(args: SyncArgs) -> Result<()> {
             &options,
             &session.progress,
             &on_item,
-        ))?;
+        ));
+        let summary = match (outcome, args.watch) {
+            (Ok(summary), _) => summary,
+            (Err(e), None) => return Err(e.into()),
+            // Watching: a source that is down now may be back next time.
+            (Err(e), Some(every)) => {
+                eprintln!(
+                    "berth: sync failed: {e}; next run in {}",
+                    humantime::format_duration(every)
+                );
+                std::thread::sleep(every);
+                continue;
+            }
+        };
         print_summary(&session, &args, &summary);
         let Some(every) = args.watch else {
             if summary.failed > 0 {

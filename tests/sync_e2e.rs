@@ -448,6 +448,24 @@ async fn a_sync_job_in_the_serve_config_replicates() {
         "a log line per run\n{}",
         dst.log()
     );
+    // The metric counts both copies once the run that copied "10" has ended.
+    let deadline = Instant::now() + REPLICATION_DEADLINE;
+    loop {
+        let metrics = c
+            .get(format!("{}/metrics", dst.url()))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        if metrics.contains(r#"berth_sync_images_total{result="copied"} 2"#) {
+            assert!(metrics.contains(r#"berth_sync_runs_total{result="ok"}"#));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no sync metrics\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // The replica serves what it copied with the upstream gone.
     drop(src);
     let resp = c

@@ -45,6 +45,7 @@ pub fn spawn(
             job.clone(),
             storage.clone(),
             read_only.clone(),
+            metrics.clone(),
         ));
     }
 }
@@ -55,11 +56,21 @@ async fn run_sync_job(
     job: Arc<berth_registry::sync_jobs::SyncJob>,
     storage: Arc<dyn berth_storage::Storage>,
     read_only: ReadOnly,
+    metrics: Option<Metrics>,
 ) {
     loop {
         if !read_only.is_on() {
             let started = std::time::Instant::now();
-            match job.run_once(storage.clone()).await {
+            let outcome = job.run_once(storage.clone()).await;
+            if let Some(m) = &metrics {
+                m.record_sync(
+                    outcome
+                        .as_ref()
+                        .ok()
+                        .map(|s| (s.copied, s.skipped, s.failed)),
+                );
+            }
+            match outcome {
                 Ok(s) => tracing::info!(
                     source = %job.source_url,
                     repositories = s.repositories,
