@@ -497,3 +497,96 @@ fn bad_sync_tables_fail_at_start_naming_the_key() {
         assert!(message.contains(key), "{toml}: {message}");
     }
 }
+
+/// A source registry that lists hostile names: repositories that climb out of a storage
+/// folder or break the grammar, and such tags. Answers over raw HTTP on loopback until the
+/// test ends (the thread dies with the test process).
+fn hostile_source() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head);
+            let path = head.split_whitespace().nth(1).unwrap_or("");
+            let body = if path.starts_with("/v2/_catalog") {
+                r#"{"repositories":["../../../escape-sync","Team/Upper","ok/app"]}"#
+            } else if path.contains("/tags/list") {
+                r#"{"tags":["../../escape-tag",".hidden"]}"#
+            } else {
+                "{}"
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_names_from_a_source_never_reach_the_destination() {
+    let port = hostile_source();
+    let dst = Server::start_kind(ServerKind::Berth);
+    let cli = BerthCli::new();
+    let (ok, items, summary) = sync_json(
+        &cli,
+        &[
+            &format!("127.0.0.1:{port}"),
+            &format!("{}/copy", dst.host()),
+        ],
+    );
+    assert!(!ok, "bad names count as failures: {items:?}");
+    assert_eq!(summary["failed"], 2, "{summary}");
+    assert_eq!(summary["copied"], 0, "{summary}");
+    for item in items.iter().filter(|i| i["action"] == "failed") {
+        assert!(
+            item["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("not a valid repository name"),
+            "{item}"
+        );
+    }
+    // ok/app had only invalid tags: nothing to copy, nothing written anywhere.
+    let text = client()
+        .get(format!("{}/v2/_catalog", dst.url()))
+        .send()
+        .await
+        .expect("catalog")
+        .text()
+        .await
+        .expect("catalog text");
+    let catalog: Value = serde_json::from_str(&text).expect("catalog json");
+    assert_eq!(catalog["repositories"], serde_json::json!([]), "{catalog}");
+    let root = dst
+        .storage()
+        .parent()
+        .expect("storage parent")
+        .to_path_buf();
+    let found = walk(&root)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("escape"))
+        .collect::<Vec<_>>();
+    assert!(found.is_empty(), "{found:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        }
+        out.push(path);
+    }
+    out
+}

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use berth_oci::Digest;
+use berth_oci::{names, Digest};
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -258,9 +258,19 @@ pub async fn sync(
             continue;
         };
         summary.repositories += 1;
+        // Names come from the remote: never let one reach a destination (a storage path) unchecked.
+        if !names::is_valid_repository_name(&repository)
+            || !names::is_valid_repository_name(&destination)
+        {
+            let item = listing_failed(repository, destination, "not a valid repository name");
+            summary.add(&item);
+            on_item(&item);
+            continue;
+        }
         match source.tags(&repository).await {
             Ok(tags) => work.extend(
                 tags.into_iter()
+                    .filter(|t| names::is_valid_tag(t))
                     .filter(|t| options.tags.as_deref().is_none_or(|g| tag_matches(g, t)))
                     .map(|tag| Work {
                         repository: repository.clone(),
@@ -269,16 +279,7 @@ pub async fn sync(
                     }),
             ),
             Err(e) => {
-                let item = SyncItem {
-                    repository,
-                    destination,
-                    tag: None,
-                    digest: None,
-                    action: SyncAction::Failed,
-                    error: Some(format!("listing tags: {e}")),
-                    bytes_copied: 0,
-                    referrers_copied: 0,
-                };
+                let item = listing_failed(repository, destination, &format!("listing tags: {e}"));
                 summary.add(&item);
                 on_item(&item);
             }
@@ -294,6 +295,19 @@ pub async fn sync(
         on_item(&item);
     }
     Ok(summary)
+}
+
+fn listing_failed(repository: String, destination: String, error: &str) -> SyncItem {
+    SyncItem {
+        repository,
+        destination,
+        tag: None,
+        digest: None,
+        action: SyncAction::Failed,
+        error: Some(error.to_string()),
+        bytes_copied: 0,
+        referrers_copied: 0,
+    }
 }
 
 async fn sync_one(
