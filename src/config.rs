@@ -151,6 +151,8 @@ pub struct Settings {
     pub ui: UiSettings,
     /// `[[mirror]]` upstreams, compiled (bad URLs and keys fail at start).
     pub mirrors: berth_registry::mirror::Mirrors,
+    /// `[[sync]]` jobs (replication from remote registries), compiled (bad keys fail at start).
+    pub sync_jobs: berth_registry::sync_jobs::SyncJobs,
 }
 
 /// The `[ui]` table: the web UI under `/ui/`.
@@ -417,6 +419,8 @@ struct FileConfig {
     ui: UiSettings,
     #[serde(default)]
     mirror: Vec<berth_registry::mirror::MirrorConfig>,
+    #[serde(default)]
+    sync: Vec<berth_registry::sync_jobs::SyncJobConfig>,
 }
 
 /// `storage = "LOCATION"`, or a `[storage]` table with `path` and
@@ -505,6 +509,8 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
         bail!("retention_interval is set in the config file but no [[retention]] policy is: add one or remove retention_interval");
     }
     let mirrors = berth_registry::mirror::Mirrors::from_config(&file.mirror)
+        .map_err(|e| anyhow::anyhow!("invalid config file: {e}"))?;
+    let sync_jobs = berth_registry::sync_jobs::SyncJobs::from_config(&file.sync)
         .map_err(|e| anyhow::anyhow!("invalid config file: {e}"))?;
     let file_gc = file
         .gc_interval
@@ -600,6 +606,7 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
         quotas,
         notifications,
         mirrors,
+        sync_jobs,
         metrics: file.metrics,
         retention,
         retention_interval,

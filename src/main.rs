@@ -34,6 +34,7 @@ mod serve;
 mod session;
 mod ship;
 mod swarm_init;
+mod sync;
 mod tls;
 mod usage;
 
@@ -64,6 +65,9 @@ enum Command {
     Pull(images::PullArgs),
     /// Copy an image between registries, OCI layouts, docker archives and the local store.
     Copy(images::CopyArgs),
+    /// Replicate every repository under a prefix to another registry (tags by glob, all
+    /// platforms, --referrers), skipping what is there by digest; --watch keeps syncing.
+    Sync(sync::SyncArgs),
     /// Make an image from a root filesystem tarball (like `docker import`).
     Import(images::ImportArgs),
     /// Give an image on a registry another name there (no blob transfer).
@@ -123,6 +127,7 @@ fn main() -> ExitCode {
         Command::Push(args) => images::push(args),
         Command::Pull(args) => images::pull(args),
         Command::Copy(args) => images::copy(args),
+        Command::Sync(args) => sync::run(args),
         Command::Import(args) => images::import(args),
         Command::Tag(args) => images::tag(args),
         Command::Inspect(args) => images::inspect(args),

@@ -20,6 +20,7 @@ pub mod open;
 pub mod reference;
 pub mod registry;
 pub mod remote;
+pub mod sync;
 
 pub use error::{Error, Result};
 pub use image::{

@@ -35,6 +35,7 @@ pub mod pulls;
 pub mod quota;
 pub mod retention;
 pub mod route;
+pub mod sync_jobs;
 pub mod ui;
 mod uploads;
 

@@ -72,6 +72,9 @@ struct Inner {
     gc: GcMetrics,
     events: EventMetrics,
     retention: RetentionMetrics,
+    /// `[[sync]]` runs by result, and the images they handled by action.
+    sync_runs: Family<ResultLabels, Counter>,
+    sync_images: Family<ResultLabels, Counter>,
     storage_operations: Family<StorageLabels, Counter>,
     /// The S3 backend whose request counts each scrape reads, once it is known.
     s3: Arc<std::sync::OnceLock<Arc<berth_storage::S3Storage>>>,
@@ -276,6 +279,17 @@ impl Metrics {
         let gc = GcMetrics::register(registry);
         let events = EventMetrics::register(registry);
         let retention = RetentionMetrics::register(registry);
+        let (sync_runs, sync_images) = (Family::default(), Family::default());
+        registry.register(
+            "sync_runs",
+            "[[sync]] job runs, by result (ok or error: the source could not be listed)",
+            sync_runs.clone(),
+        );
+        registry.register(
+            "sync_images",
+            "Images handled by [[sync]] jobs, by result (copied, skipped or failed)",
+            sync_images.clone(),
+        );
         let storage_operations = Family::<StorageLabels, Counter>::default();
         registry.register(
             "storage_operations",
@@ -296,6 +310,8 @@ impl Metrics {
             gc,
             events,
             retention,
+            sync_runs,
+            sync_images,
             storage_operations,
             s3,
             token: token.filter(|t| !t.is_empty()),
@@ -316,6 +332,26 @@ impl Metrics {
             Err(()) => "error",
         };
         gc.runs.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// One `[[sync]]` run: `Some((copied, skipped, failed))`, or `None` when it failed whole.
+    pub fn record_sync(&self, images: Option<(usize, usize, usize)>) {
+        let result = match images {
+            Some((copied, skipped, failed)) => {
+                for (result, n) in [("copied", copied), ("skipped", skipped), ("failed", failed)] {
+                    self.0
+                        .sync_images
+                        .get_or_create(&ResultLabels { result })
+                        .inc_by(n as u64);
+                }
+                "ok"
+            }
+            None => "error",
+        };
+        self.0
+            .sync_runs
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     /// An event written to the outbox.

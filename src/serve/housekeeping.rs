@@ -40,6 +40,52 @@ pub fn spawn(
             metrics.clone(),
         ));
     }
+    for job in &settings.sync_jobs.jobs {
+        tokio::spawn(run_sync_job(
+            job.clone(),
+            storage.clone(),
+            read_only.clone(),
+            metrics.clone(),
+        ));
+    }
+}
+
+/// A `[[sync]]` job: a run at start, then one `interval` after each run ends (a long run is
+/// not stacked); a log line per run; skipped while read-only.
+async fn run_sync_job(
+    job: Arc<berth_registry::sync_jobs::SyncJob>,
+    storage: Arc<dyn berth_storage::Storage>,
+    read_only: ReadOnly,
+    metrics: Option<Metrics>,
+) {
+    loop {
+        if !read_only.is_on() {
+            let started = std::time::Instant::now();
+            let outcome = job.run_once(storage.clone()).await;
+            if let Some(m) = &metrics {
+                m.record_sync(
+                    outcome
+                        .as_ref()
+                        .ok()
+                        .map(|s| (s.copied, s.skipped, s.failed)),
+                );
+            }
+            match outcome {
+                Ok(s) => tracing::info!(
+                    source = %job.source_url,
+                    repositories = s.repositories,
+                    copied = s.copied,
+                    skipped = s.skipped,
+                    failed = s.failed,
+                    bytes = s.bytes_copied,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "sync run"
+                ),
+                Err(e) => tracing::warn!(source = %job.source_url, error = %e, "sync run failed"),
+            }
+        }
+        tokio::time::sleep(job.interval).await;
+    }
 }
 
 /// What a scheduled retention run needs besides the storage.
