@@ -244,7 +244,10 @@ async fn handle(State(reg): State<Registry>, request: Request) -> Response {
     } else {
         &parts.method
     };
+    let limited = reg.rate_limit.as_ref().and_then(|l| l.check(client).err());
     let mut response = match (m, rest) {
+        // The same per-client budget as the API ([limits] rate), answered as a page.
+        _ if limited.is_some() => too_many(&ctx, limited),
         (&Method::GET, "") => catalog(&ctx).await,
         (&Method::GET, "static/style.css") => asset("text/css; charset=utf-8", STYLE),
         (&Method::GET, "static/copy.js") => asset("text/javascript; charset=utf-8", SCRIPT),
@@ -285,6 +288,22 @@ async fn handle(State(reg): State<Registry>, request: Request) -> Response {
         }
     }
     response
+}
+
+/// 429 with the limiter's `Retry-After`, as a page rather than the API's JSON.
+fn too_many(ctx: &Ctx<'_>, limited: Option<RegistryError>) -> Response {
+    let retry = limited
+        .map(IntoResponse::into_response)
+        .and_then(|r| r.headers().get(header::RETRY_AFTER).cloned());
+    let mut page = ctx.message(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many requests",
+        "This address sent too many requests; wait a little and reload.",
+    );
+    if let Some(retry) = retry {
+        page.headers_mut().insert(header::RETRY_AFTER, retry);
+    }
+    page
 }
 
 fn asset(content_type: &'static str, text: &'static str) -> Response {
@@ -466,9 +485,10 @@ async fn catalog(ctx: &Ctx<'_>) -> Response {
         .unwrap_or(1);
     let repositories = match ctx.ui.catalog.repositories() {
         Some(list) => list,
-        None => match s.repositories().await {
+        // The backend's sorted index (S3: one listing of `catalog/`), not a walk.
+        None => match s.repositories_after(None, None).await {
             Ok(r) => {
-                let list = std::sync::Arc::new(r);
+                let list = std::sync::Arc::new(r.names);
                 ctx.ui.catalog.set_repositories(list.clone());
                 list
             }

@@ -188,15 +188,16 @@ fn repository_exists(root: &Path, repository: &str) -> bool {
 }
 
 /// Append one name as a line. One `write` with O_APPEND, so lines from
-/// several processes never interleave; synced, so a repository created after
-/// this is never missing from the log after a crash.
+/// several processes never interleave. Not fsynced (the repository's own
+/// folders are not either): a line lost in a crash only hides the repository
+/// from processes that were already running, and any process started after
+/// the crash finds it by its walk.
 fn append_name(log: &Path, name: &str) -> io::Result<()> {
     if let Some(parent) = log.parent() {
         fs::create_dir_all(parent)?;
     }
     let mut file = OpenOptions::new().create(true).append(true).open(log)?;
-    file.write_all(format!("{name}\n").as_bytes())?;
-    file.sync_data()
+    file.write_all(format!("{name}\n").as_bytes())
 }
 
 /// The whole lines of the log from `offset`, and how many bytes they took (a
