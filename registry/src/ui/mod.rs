@@ -522,6 +522,7 @@ async fn catalog(ctx: &Ctx<'_>) -> Response {
             tags: stats.tags,
             size: stats.size,
             newest: stats.newest.clone(),
+            pushed: stats.pushed.clone(),
         })
         .collect();
     let view = pages::CatalogView {
@@ -548,33 +549,33 @@ async fn repo_stats(
         tags: tags.len(),
         size: summary::total_size(tags.iter().map(|t| &t.summary)),
         newest: tags.iter().filter_map(|t| t.summary.created.clone()).max(),
+        pushed: tags.iter().filter_map(|t| t.pushed.clone()).max(),
     });
     ctx.ui.catalog.set_row(name, stats.clone());
     Ok(stats)
 }
 
-/// Every tag of a repository with its manifest's summary (an unknown
-/// repository has none).
+/// Every tag of a repository with its manifest's summary and when it was
+/// last pushed (an unknown repository has none). The tag records give each
+/// tag's digest and push time in one read.
 async fn tag_rows(ctx: &Ctx<'_>, name: &str) -> berth_storage::Result<Vec<pages::TagRow>> {
     use futures::{StreamExt, TryStreamExt};
     let s = ctx.reg.storage.as_ref();
-    let tags = s.tags(name).await?.unwrap_or_default();
-    let rows: Vec<Option<pages::TagRow>> = futures::stream::iter(tags)
-        .map(|tag| async move {
-            let Some(digest) = s.tag_resolve(name, &tag).await? else {
-                return Ok(None);
-            };
-            let summary = ctx.ui.cache.summary(s, name, &digest).await?;
-            Ok::<_, berth_storage::StorageError>(Some(pages::TagRow {
-                tag,
-                digest: digest.to_string(),
+    let records = s.tag_records(name).await?;
+    futures::stream::iter(records)
+        .map(|record| async move {
+            let summary = ctx.ui.cache.summary(s, name, &record.digest).await?;
+            let pushed = humantime::format_rfc3339_seconds(record.pushed).to_string();
+            Ok::<_, berth_storage::StorageError>(pages::TagRow {
+                tag: record.tag,
+                digest: record.digest.to_string(),
                 summary: summary.map(|s| (*s).clone()).unwrap_or_default(),
-            }))
+                pushed: Some(pushed),
+            })
         })
         .buffered(CONCURRENT_READS)
         .try_collect()
-        .await?;
-    Ok(rows.into_iter().flatten().collect())
+        .await
 }
 
 fn storage_failed(ctx: &Ctx<'_>, e: berth_storage::StorageError) -> Response {
@@ -635,11 +636,13 @@ async fn repository(ctx: &Ctx<'_>, name: &str) -> Response {
     let sort = match ctx.param("sort").as_deref() {
         Some("size") => "size",
         Some("created") => "created",
+        Some("pushed") => "pushed",
         _ => "tag",
     };
     match sort {
         "size" => rows.sort_by_key(|r| std::cmp::Reverse(r.summary.size)),
         "created" => rows.sort_by(|a, b| b.summary.created.cmp(&a.summary.created)),
+        "pushed" => rows.sort_by(|a, b| b.pushed.cmp(&a.pushed)),
         _ => {}
     }
     let view = pages::RepoView {
