@@ -5,6 +5,9 @@
 # once per DIR; on S3 into a fresh s3s-fs each run), then times each page in-process.
 #   scripts/bench-catalog.sh [DIR] [REPOS] [TAGS] [S3_REPOS] [S3_TAGS]
 #   (defaults: /var/tmp/berth-catalog-bench 100000 100000 100000 100000)
+# Caveat: s3s-fs answers every ListObjectsV2 without a delimiter by walking the whole bucket
+# and then applying start-after, so its pages cost O(objects in the bucket) whatever the
+# registry asks; AWS S3 and MinIO answer start-after from their index.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${1:-/var/tmp/berth-catalog-bench}
