@@ -3,7 +3,7 @@
 use axum::body::Body;
 use axum::http::{header, StatusCode};
 use axum::response::Response;
-use berth_storage::{Digest, Storage};
+use berth_storage::{Digest, NamePage, Storage};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use serde_json::json;
@@ -11,21 +11,6 @@ use serde_json::json;
 use crate::blobs::parse_digest;
 use crate::error::{ApiResult, Code, RegistryError};
 use crate::{header_value, http, json_response, manifest, Req};
-
-/// One page of a sorted list: the entries after `last`, at most `n`, and
-/// whether more remain.
-pub fn paginate(sorted: Vec<String>, n: Option<usize>, last: Option<&str>) -> (Vec<String>, bool) {
-    let start = match last {
-        Some(last) => sorted.partition_point(|x| x.as_str() <= last),
-        None => 0,
-    };
-    let mut page: Vec<String> = sorted.into_iter().skip(start).collect();
-    let more = n.is_some_and(|n| n > 0 && page.len() > n);
-    if let Some(n) = n {
-        page.truncate(n);
-    }
-    (page, more)
-}
 
 fn page_params(req: &Req) -> ApiResult<(Option<usize>, Option<String>)> {
     let n = match req.param("n") {
@@ -62,20 +47,22 @@ fn page_response(
 
 pub async fn tags(s: &dyn Storage, name: &str, req: &Req) -> ApiResult<Response> {
     let (n, last) = page_params(req)?;
-    let all = s.tags(name).await?.ok_or_else(|| {
-        RegistryError::not_found(
-            Code::NameUnknown,
-            format!("repository {name} is not known to the registry"),
-        )
-    })?;
-    let (page, more) = paginate(all, n, last.as_deref());
-    let body = json!({ "name": name, "tags": page });
+    let page = s
+        .tags_after(name, last.as_deref(), n)
+        .await?
+        .ok_or_else(|| {
+            RegistryError::not_found(
+                Code::NameUnknown,
+                format!("repository {name} is not known to the registry"),
+            )
+        })?;
+    let body = json!({ "name": name, "tags": page.names });
     Ok(page_response(
         body,
         &format!("/v2/{name}/tags/list"),
         n,
-        &page,
-        more,
+        &page.names,
+        page.more,
     ))
 }
 
@@ -86,12 +73,51 @@ pub async fn catalog(
     visible: &(dyn Fn(&str) -> bool + Sync),
 ) -> ApiResult<Response> {
     let (n, last) = page_params(req)?;
-    let mut repositories = s.repositories().await?;
-    repositories.retain(|r| visible(r));
-    let (page, more) = paginate(repositories, n, last.as_deref());
-    let body = json!({ "repositories": page });
-    Ok(page_response(body, "/v2/_catalog", n, &page, more))
+    let page = visible_page(s, last, n, visible).await?;
+    let body = json!({ "repositories": page.names });
+    Ok(page_response(
+        body,
+        "/v2/_catalog",
+        n,
+        &page.names,
+        page.more,
+    ))
 }
+
+/// The visible repositories after `after`, read from storage a chunk at a
+/// time until the page is full (a caller who may see few repositories costs
+/// more chunks, never a whole listing held at once unless `n` is absent).
+async fn visible_page(
+    s: &dyn Storage,
+    mut after: Option<String>,
+    n: Option<usize>,
+    visible: &(dyn Fn(&str) -> bool + Sync),
+) -> ApiResult<NamePage> {
+    let Some(n) = n else {
+        let mut all = s.repositories_after(after.as_deref(), None).await?;
+        all.names.retain(|r| visible(r));
+        return Ok(all);
+    };
+    if n == 0 {
+        return Ok(NamePage::default());
+    }
+    let chunk = n.saturating_add(1).max(CATALOG_CHUNK);
+    let mut names = Vec::new();
+    loop {
+        let got = s.repositories_after(after.as_deref(), Some(chunk)).await?;
+        after = got.names.last().cloned();
+        names.extend(got.names.into_iter().filter(|r| visible(r)));
+        if names.len() > n || !got.more {
+            break;
+        }
+    }
+    let more = names.len() > n;
+    names.truncate(n);
+    Ok(NamePage { names, more })
+}
+
+/// Repositories read per storage call while filling a catalog page.
+const CATALOG_CHUNK: usize = 200;
 
 /// Most descriptors in one referrers page (the spec lets a registry page the
 /// list with `Link`; a client may ask for fewer with `n`).
@@ -214,30 +240,4 @@ pub async fn referrers(
         h.insert(header::LINK, header_value(&link));
     }
     Ok(r)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::paginate;
-
-    fn v(items: &[&str]) -> Vec<String> {
-        items.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn pages() {
-        let all = v(&["a", "b", "c", "d"]);
-        assert_eq!(paginate(all.clone(), None, None), (all.clone(), false));
-        assert_eq!(paginate(all.clone(), Some(2), None), (v(&["a", "b"]), true));
-        assert_eq!(
-            paginate(all.clone(), Some(2), Some("b")),
-            (v(&["c", "d"]), false)
-        );
-        assert_eq!(
-            paginate(all.clone(), Some(10), Some("bb")),
-            (v(&["c", "d"]), false)
-        );
-        assert_eq!(paginate(all.clone(), None, Some("d")), (v(&[]), false));
-        assert_eq!(paginate(all, Some(0), None), (v(&[]), false));
-    }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use berth_storage::{
     BlobRead, ByteRange, ByteStream, Descriptor, DescriptorStream, Digest, GcReport, ManifestMeta,
-    ManifestRecord, PullTimes, Result, Storage, StorageError, TagRecord, UploadStatus,
+    ManifestRecord, NamePage, PullTimes, Result, Storage, StorageError, TagRecord, UploadStatus,
 };
 use bytes::Bytes;
 
@@ -187,6 +187,29 @@ impl Storage for MeteredStorage {
     async fn repositories(&self) -> Result<Vec<String>> {
         self.observe("repositories", self.inner.repositories())
             .await
+    }
+    async fn repositories_after(
+        &self,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<NamePage> {
+        self.observe(
+            "repositories_after",
+            self.inner.repositories_after(after, limit),
+        )
+        .await
+    }
+    async fn tags_after(
+        &self,
+        repository: &str,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Option<NamePage>> {
+        self.observe(
+            "tags_after",
+            self.inner.tags_after(repository, after, limit),
+        )
+        .await
     }
     async fn tag_records(&self, repository: &str) -> Result<Vec<TagRecord>> {
         self.observe("tag_records", self.inner.tag_records(repository))

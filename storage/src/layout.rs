@@ -18,6 +18,10 @@
 //! tmp/                                       fs: temporary files, renamed into place
 //! outbox/events/<id>, outbox/claims/<id>     webhook events not yet delivered, and who is
 //!                                            delivering each (see crate::outbox)
+//! index/repositories.log                     fs: every repository created, one name a line
+//!                                            (see fs::catalog)
+//! catalog/<name>!, catalog-complete          S3: an empty object per repository, and the
+//!                                            marker that every repository has one
 //! ```
 //! `<d>` is `<alg>/<hex>` on a filesystem and `<alg>/<base64url>` on S3
 //! (shorter keys, see [`Layout::S3`]); `<D>` is `<d>`, but with a
@@ -42,6 +46,15 @@ pub(crate) const REPOSITORIES: &str = "repositories/";
 pub(crate) const UPLOADS: &str = "uploads/";
 /// Filesystem only: temporary files.
 pub(crate) const TMP: &str = "tmp/";
+/// Filesystem only: the names of repositories as they are created, appended
+/// by every process so others see them without walking the tree.
+pub(crate) const CATALOG_LOG: &str = "index/repositories.log";
+/// S3 only: one empty object per repository, so a catalog page is one
+/// sorted listing (`start-after`) however repository names nest.
+pub(crate) const CATALOG: &str = "catalog/";
+/// S3 only: present once every repository has its object below [`CATALOG`]
+/// (a registry written by an older version has none until it is rebuilt).
+pub(crate) const CATALOG_COMPLETE: &str = "catalog-complete";
 
 /// Tags longer than this are stored on S3 under a hashed name (`=` +
 /// base64url SHA-256 of the tag, `=` being outside the tag alphabet), with

@@ -20,6 +20,7 @@ mod layout;
 pub mod memory;
 pub mod names;
 pub mod outbox;
+mod pages;
 pub mod records;
 pub mod s3;
 pub mod s3_test_server;
@@ -30,6 +31,7 @@ pub use berth_oci::ByteStream;
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use fs::FsStorage;
 pub use memory::MemoryStorage;
+pub use pages::NamePage;
 pub use records::{ManifestRecord, PullTimes, TagRecord};
 pub use s3::{S3Options, S3Storage};
 
@@ -269,6 +271,28 @@ pub trait Storage: Send + Sync + 'static {
     }
     /// All repositories, sorted.
     async fn repositories(&self) -> Result<Vec<String>>;
+    /// One page of the catalog: the repositories sorting after `after`, at
+    /// most `limit` (see [`NamePage::of`]). Backends keeping a sorted index
+    /// override this so a page does not cost a walk of every repository.
+    async fn repositories_after(
+        &self,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<NamePage> {
+        Ok(NamePage::of(&self.repositories().await?, after, limit))
+    }
+    /// One page of a repository's tags (see [`NamePage::of`]); `None` when
+    /// the repository does not exist. Backends override this to read only
+    /// the page from a sorted listing.
+    async fn tags_after(
+        &self,
+        repository: &str,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Option<NamePage>> {
+        let all = self.tags(repository).await?;
+        Ok(all.map(|all| NamePage::of(&all, after, limit)))
+    }
 
     // --- what retention needs: when things were pushed and pulled ---
 

@@ -56,6 +56,7 @@ pub async fn run_all(storage: &dyn Storage) {
     manifests_tags_and_referrers(storage).await;
     referrers_after_a_digest(storage).await;
     catalog_is_sorted_and_nested(storage).await;
+    pages_match_the_whole_lists(storage).await;
     garbage_collection(storage).await;
     outbox_records_and_claims(storage).await;
     push_and_pull_times(storage).await;
@@ -418,6 +419,78 @@ async fn catalog_is_sorted_and_nested(s: &dyn Storage) {
     assert!(
         !repos.iter().any(|r| r == "wrong"),
         "failed upload created a repository"
+    );
+}
+
+/// Catalog and tag pages read from a backend's indexes are exactly the pages
+/// of the whole sorted lists, for every `last` (names, strings between
+/// names, strings that are no name at all) and every `n`; deleted tags and
+/// tags stored under hashed names (S3) included.
+async fn pages_match_the_whole_lists(s: &dyn Storage) {
+    use crate::NamePage;
+    let repo = "pages/t";
+    let body = Bytes::from_static(b"{\"pages\":1}");
+    let d = Digest::sha256_of(&body);
+    let long = format!("l{}", "o".repeat(60));
+    let tags = ["1", "9z", "A1", "_under", "a", "a.b", "a-b", &long, "z"];
+    for tag in tags {
+        s.manifest_put(
+            repo,
+            &d,
+            body.clone(),
+            &meta("application/x", None),
+            Some(tag),
+        )
+        .await
+        .expect("tag");
+    }
+    assert!(s.tag_delete(repo, "a").await.expect("delete"));
+    let all_tags = s.tags(repo).await.expect("tags").expect("repository");
+    assert_eq!(all_tags.len(), tags.len() - 1);
+    assert!(!all_tags.iter().any(|t| t == "a"), "deleted tag listed");
+    let all_repos = s.repositories().await.expect("repositories");
+    let mut lasts: Vec<Option<String>> = vec![None];
+    for probe in [
+        "", "0", "=", "Z", "a", "l", "zzz", "~", "pages", "pages/", "..", "a b",
+    ] {
+        lasts.push(Some(probe.to_string()));
+    }
+    lasts.extend(all_tags.iter().chain(&all_repos).cloned().map(Some));
+    for last in &lasts {
+        for n in [None, Some(0), Some(1), Some(2), Some(100)] {
+            let after = last.as_deref();
+            let page = s.tags_after(repo, after, n).await.expect("tags page");
+            assert_eq!(
+                page,
+                Some(NamePage::of(&all_tags, after, n)),
+                "tags after {last:?}, n={n:?}"
+            );
+            let page = s.repositories_after(after, n).await.expect("catalog page");
+            assert_eq!(
+                page,
+                NamePage::of(&all_repos, after, n),
+                "catalog after {last:?}, n={n:?}"
+            );
+        }
+    }
+    assert_eq!(
+        s.tags_after("pages/none", None, Some(5))
+            .await
+            .expect("page"),
+        None
+    );
+    assert_eq!(
+        s.tags_after("pages/none", Some("a"), Some(5))
+            .await
+            .expect("page"),
+        None
+    );
+    push_blob(s, "pages/untagged", b"untagged").await;
+    assert_eq!(
+        s.tags_after("pages/untagged", Some("a"), Some(5))
+            .await
+            .expect("page"),
+        Some(NamePage::default())
     );
 }
 

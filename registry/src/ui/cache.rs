@@ -19,6 +19,8 @@ pub struct RepoStats {
     pub tags: usize,
     pub size: u64,
     pub newest: Option<String>,
+    /// When a tag was last pushed (RFC 3339, UTC).
+    pub pushed: Option<String>,
 }
 
 #[derive(Default)]

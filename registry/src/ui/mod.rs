@@ -245,7 +245,10 @@ async fn handle(State(reg): State<Registry>, request: Request) -> Response {
     } else {
         &parts.method
     };
+    let limited = reg.rate_limit.as_ref().and_then(|l| l.check(client).err());
     let mut response = match (m, rest) {
+        // The same per-client budget as the API ([limits] rate), answered as a page.
+        _ if limited.is_some() => too_many(&ctx, limited),
         (&Method::GET, "") => catalog(&ctx).await,
         (&Method::GET, "static/style.css") => asset("text/css; charset=utf-8", STYLE),
         (&Method::GET, "static/copy.js") => asset("text/javascript; charset=utf-8", SCRIPT),
@@ -286,6 +289,22 @@ async fn handle(State(reg): State<Registry>, request: Request) -> Response {
         }
     }
     response
+}
+
+/// 429 with the limiter's `Retry-After`, as a page rather than the API's JSON.
+fn too_many(ctx: &Ctx<'_>, limited: Option<RegistryError>) -> Response {
+    let retry = limited
+        .map(IntoResponse::into_response)
+        .and_then(|r| r.headers().get(header::RETRY_AFTER).cloned());
+    let mut page = ctx.message(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many requests",
+        "This address sent too many requests; wait a little and reload.",
+    );
+    if let Some(retry) = retry {
+        page.headers_mut().insert(header::RETRY_AFTER, retry);
+    }
+    page
 }
 
 fn asset(content_type: &'static str, text: &'static str) -> Response {
@@ -467,9 +486,10 @@ async fn catalog(ctx: &Ctx<'_>) -> Response {
         .unwrap_or(1);
     let repositories = match ctx.ui.catalog.repositories() {
         Some(list) => list,
-        None => match s.repositories().await {
+        // The backend's sorted index (S3: one listing of `catalog/`), not a walk.
+        None => match s.repositories_after(None, None).await {
             Ok(r) => {
-                let list = std::sync::Arc::new(r);
+                let list = std::sync::Arc::new(r.names);
                 ctx.ui.catalog.set_repositories(list.clone());
                 list
             }
@@ -503,6 +523,7 @@ async fn catalog(ctx: &Ctx<'_>) -> Response {
             tags: stats.tags,
             size: stats.size,
             newest: stats.newest.clone(),
+            pushed: stats.pushed.clone(),
         })
         .collect();
     let view = pages::CatalogView {
@@ -529,33 +550,33 @@ async fn repo_stats(
         tags: tags.len(),
         size: summary::total_size(tags.iter().map(|t| &t.summary)),
         newest: tags.iter().filter_map(|t| t.summary.created.clone()).max(),
+        pushed: tags.iter().filter_map(|t| t.pushed.clone()).max(),
     });
     ctx.ui.catalog.set_row(name, stats.clone());
     Ok(stats)
 }
 
-/// Every tag of a repository with its manifest's summary (an unknown
-/// repository has none).
+/// Every tag of a repository with its manifest's summary and when it was
+/// last pushed (an unknown repository has none). The tag records give each
+/// tag's digest and push time in one read.
 async fn tag_rows(ctx: &Ctx<'_>, name: &str) -> berth_storage::Result<Vec<pages::TagRow>> {
     use futures::{StreamExt, TryStreamExt};
     let s = ctx.reg.storage.as_ref();
-    let tags = s.tags(name).await?.unwrap_or_default();
-    let rows: Vec<Option<pages::TagRow>> = futures::stream::iter(tags)
-        .map(|tag| async move {
-            let Some(digest) = s.tag_resolve(name, &tag).await? else {
-                return Ok(None);
-            };
-            let summary = ctx.ui.cache.summary(s, name, &digest).await?;
-            Ok::<_, berth_storage::StorageError>(Some(pages::TagRow {
-                tag,
-                digest: digest.to_string(),
+    let records = s.tag_records(name).await?;
+    futures::stream::iter(records)
+        .map(|record| async move {
+            let summary = ctx.ui.cache.summary(s, name, &record.digest).await?;
+            let pushed = humantime::format_rfc3339_seconds(record.pushed).to_string();
+            Ok::<_, berth_storage::StorageError>(pages::TagRow {
+                tag: record.tag,
+                digest: record.digest.to_string(),
                 summary: summary.map(|s| (*s).clone()).unwrap_or_default(),
-            }))
+                pushed: Some(pushed),
+            })
         })
         .buffered(CONCURRENT_READS)
         .try_collect()
-        .await?;
-    Ok(rows.into_iter().flatten().collect())
+        .await
 }
 
 fn storage_failed(ctx: &Ctx<'_>, e: berth_storage::StorageError) -> Response {
@@ -616,11 +637,13 @@ async fn repository(ctx: &Ctx<'_>, name: &str) -> Response {
     let sort = match ctx.param("sort").as_deref() {
         Some("size") => "size",
         Some("created") => "created",
+        Some("pushed") => "pushed",
         _ => "tag",
     };
     match sort {
         "size" => rows.sort_by_key(|r| std::cmp::Reverse(r.summary.size)),
         "created" => rows.sort_by(|a, b| b.summary.created.cmp(&a.summary.created)),
+        "pushed" => rows.sort_by(|a, b| b.pushed.cmp(&a.pushed)),
         _ => {}
     }
     let view = pages::RepoView {

@@ -62,6 +62,8 @@ pub struct RepoRow {
     pub tags: usize,
     pub size: u64,
     pub newest: Option<String>,
+    /// When a tag was last pushed (RFC 3339, UTC).
+    pub pushed: Option<String>,
 }
 
 pub struct CatalogView<'a> {
@@ -88,7 +90,7 @@ pub fn catalog(v: &CatalogView<'_>) -> Markup {
             @if v.anonymous_hint { p { "Log in to see the repositories you may pull." } }
         } @else {
             div.scroll { table {
-                thead { tr { th scope="col" { "Repository" } th.num scope="col" { "Tags" } th.num scope="col" { "Size" } th scope="col" { "Newest image" } } }
+                thead { tr { th scope="col" { "Repository" } th.num scope="col" { "Tags" } th.num scope="col" { "Size" } th scope="col" { "Newest image" } th scope="col" { "Last pushed" } } }
                 tbody {
                     @for r in v.rows {
                         tr {
@@ -96,6 +98,7 @@ pub fn catalog(v: &CatalogView<'_>) -> Markup {
                             td.num { (r.tags) }
                             td.num { (human_size(r.size)) }
                             td { (r.newest.as_deref().map(short_time).unwrap_or("–")) }
+                            td { (r.pushed.as_deref().map(short_time).unwrap_or("–")) }
                         }
                     }
                 }
@@ -114,6 +117,8 @@ pub struct TagRow {
     pub tag: String,
     pub digest: String,
     pub summary: Summary,
+    /// When the tag was last pushed (RFC 3339, UTC).
+    pub pushed: Option<String>,
 }
 
 pub struct RepoView<'a> {
@@ -144,6 +149,7 @@ pub fn repository(v: &RepoView<'_>) -> Markup {
                     th scope="col" { "Platforms" }
                     th.num scope="col" { (sort_link("size", "Size")) }
                     th scope="col" { (sort_link("created", "Created")) }
+                    th scope="col" { (sort_link("pushed", "Last pushed")) }
                 } }
                 tbody {
                     @for r in v.rows {
@@ -153,6 +159,7 @@ pub fn repository(v: &RepoView<'_>) -> Markup {
                             td { (platforms(&r.summary)) }
                             td.num { (human_size(r.summary.size)) }
                             td { (r.summary.created.as_deref().map(short_time).unwrap_or("–")) }
+                            td { (r.pushed.as_deref().map(short_time).unwrap_or("–")) }
                         }
                     }
                 }

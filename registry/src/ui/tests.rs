@@ -275,6 +275,28 @@ async fn pushes_and_deletes_show_at_once_despite_the_cache() {
     );
 }
 
+/// "Last pushed" comes from the tag records (storage's write time), on the
+/// catalog and on the repository page, which can sort by it.
+#[tokio::test]
+async fn last_pushed_shows_on_both_pages() {
+    let (router, storage) = router(UiOptions::default());
+    push_image(&router, "one", "v1").await;
+    push_image(&router, "one", "v2").await;
+    let records = storage.tag_records("one").await.expect("records");
+    let newest = records.iter().map(|r| r.pushed).max().expect("a record");
+    let minute = humantime::format_rfc3339_seconds(newest).to_string()[..16].to_string();
+    let (_, _, page) = send(&router, get("/ui/", None)).await;
+    assert!(page.contains("Last pushed"), "{page}");
+    assert!(
+        page.contains(&format!("<td>{minute}</td>")),
+        "{minute} in {page}"
+    );
+    let (status, _, page) = send(&router, get("/ui/r/one?sort=pushed", None)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Last pushed ▾"), "sorted by it: {page}");
+    assert!(page.contains(&format!("<td>{minute}</td>")), "{page}");
+}
+
 #[tokio::test]
 async fn off_means_no_pages() {
     let router = Registry::new(Arc::new(MemoryStorage::new())).router();

@@ -26,17 +26,18 @@ use crate::gc::{self, GcStore, Stored};
 use crate::layout::{referrer_entry_digest, Layout, BLOBS, REPOSITORIES, TMP, UPLOADS};
 use crate::{
     BlobRead, ByteRange, ByteStream, Descriptor, DescriptorStream, Digest, GcReport, ManifestMeta,
-    ManifestRecord, PullTimes, Result, Storage, StorageError, TagRecord, UploadStatus,
+    ManifestRecord, NamePage, PullTimes, Result, Storage, StorageError, TagRecord, UploadStatus,
 };
 
+mod catalog;
 mod files;
 mod outbox;
 mod records;
 mod upload;
 
 use files::{
-    blocking, file_stream, find_repositories, list_dir, list_files, not_found_as_none, now_unix,
-    read_referrer_entry, remove_if_present, touch_blob, touch_link, Paths,
+    blocking, file_stream, list_dir, list_files, not_found_as_none, now_unix, read_referrer_entry,
+    remove_if_present, touch_blob, touch_link, Paths,
 };
 use upload::{DataWriter, UploadState};
 
@@ -58,6 +59,8 @@ pub struct FsStorage {
     upload_writers: Arc<tokio::sync::Semaphore>,
     /// Serialises read-merge-write of pull records in this process.
     pulls_lock: Arc<std::sync::Mutex<()>>,
+    /// Sorted catalog and big tag listings (see [`catalog`]).
+    indexes: Arc<catalog::Indexes>,
 }
 
 impl FsStorage {
@@ -77,11 +80,22 @@ impl FsStorage {
             upload_locks: Default::default(),
             upload_writers: Arc::new(tokio::sync::Semaphore::new(UPLOAD_WRITERS)),
             pulls_lock: Default::default(),
+            indexes: Default::default(),
         })
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Log a repository about to be written to if it is new (see [`catalog`]).
+    async fn note_repository(&self, repository: &str) -> Result<()> {
+        let (indexes, root, repo) = (
+            self.indexes.clone(),
+            self.root.clone(),
+            repository.to_string(),
+        );
+        blocking(move || Ok(indexes.note(&root, &repo)?)).await
     }
 
     fn paths(&self) -> Paths {
@@ -165,6 +179,7 @@ impl Storage for FsStorage {
     }
 
     async fn link_blob(&self, repository: &str, digest: &Digest) -> Result<()> {
+        self.note_repository(repository).await?;
         let paths = self.paths();
         let link = paths.layer_link(repository, digest);
         let blob = paths.blob(digest);
@@ -260,6 +275,7 @@ impl Storage for FsStorage {
         data: Option<ByteStream>,
     ) -> Result<u64> {
         let (guard, state) = self.lock_upload(repository, id).await?;
+        self.note_repository(repository).await?;
         let writer = match data {
             Some(data) => {
                 let (writer, body_error) = self
@@ -350,6 +366,7 @@ impl Storage for FsStorage {
         meta: &ManifestMeta,
         tag: Option<&str>,
     ) -> Result<()> {
+        self.note_repository(repository).await?;
         let paths = self.paths();
         let (repo, digest, meta, tag) = (
             repository.to_string(),
@@ -588,14 +605,28 @@ impl Storage for FsStorage {
     }
 
     async fn repositories(&self) -> Result<Vec<String>> {
-        let dir = self.root.join(REPOSITORIES);
-        blocking(move || {
-            let mut out = Vec::new();
-            find_repositories(&dir, "", &mut out)?;
-            out.sort();
-            Ok(out)
-        })
-        .await
+        Ok(self.repositories_after(None, None).await?.names)
+    }
+
+    async fn repositories_after(
+        &self,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<NamePage> {
+        let (indexes, root) = (self.indexes.clone(), self.root.clone());
+        let after = after.map(str::to_string);
+        blocking(move || Ok(indexes.catalog_page(&root, after.as_deref(), limit)?)).await
+    }
+
+    async fn tags_after(
+        &self,
+        repository: &str,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Option<NamePage>> {
+        let (indexes, root) = (self.indexes.clone(), self.root.clone());
+        let (repo, after) = (repository.to_string(), after.map(str::to_string));
+        blocking(move || Ok(indexes.tags_page(&root, &repo, after.as_deref(), limit)?)).await
     }
 
     async fn outbox_put(&self, id: &str, record: Bytes) -> Result<()> {

@@ -69,9 +69,10 @@ use crate::gc::Stored;
 use crate::layout::{parse_tag, tag_content, Layout, LinkKind, DATA, REPOSITORIES, UPLOADS};
 use crate::{
     BlobRead, ByteRange, ByteStream, Descriptor, Digest, GcReport, ManifestMeta, ManifestRecord,
-    PullTimes, Result, Storage, StorageError, TagRecord, UploadStatus,
+    NamePage, PullTimes, Result, Storage, StorageError, TagRecord, UploadStatus,
 };
 
+mod catalog;
 mod counts;
 mod gc;
 mod options;
@@ -120,6 +121,8 @@ pub struct S3Storage {
     upload_locks: crate::upload_locks::UploadLocks,
     /// How big blob reads fetch ahead, and the server-wide buffer budget.
     read_ahead: ReadAhead,
+    /// Which repositories have their catalog object (see [`catalog`]).
+    catalog: catalog::CatalogState,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -475,6 +478,7 @@ impl Storage for S3Storage {
         if self.locate(digest).await?.is_none() {
             return Err(StorageError::BlobUnknown);
         }
+        self.note_repository(repository).await?;
         self.put(&LAYOUT.layer_link(repository, digest), Bytes::new())
             .await
     }
@@ -641,8 +645,9 @@ impl Storage for S3Storage {
                 return Err(StorageError::ReferenceUnknown(needed.clone()));
             }
         }
-        // Order matters: bytes, the link that makes them visible, then the
-        // referrer entry and the tag that point at it.
+        // Order matters: the catalog entry, bytes, the link that makes them
+        // visible, then the referrer entry and the tag that point at it.
+        self.note_repository(repository).await?;
         let size = bytes.len() as u64;
         self.put(&LAYOUT.blob(digest), bytes).await?;
         self.put(&LAYOUT.manifest_link(repository, digest), json(meta)?)
@@ -758,16 +763,7 @@ impl Storage for S3Storage {
     async fn tags(&self, repository: &str) -> Result<Option<Vec<String>>> {
         let objects = self.tag_objects(repository).await?;
         if objects.is_empty() {
-            let repo = self.path(&format!("{}/", LAYOUT.repository(repository)));
-            let listing = self
-                .store
-                .list_with_delimiter(Some(&repo))
-                .await
-                .map_err(s3_error)?;
-            let exists = listing.common_prefixes.iter().any(|p| {
-                p.filename()
-                    .is_some_and(|name| LinkKind::ALL.iter().any(|k| name == k.folder()))
-            });
+            let exists = self.repository_exists(repository).await?;
             return Ok(exists.then(Vec::new));
         }
         let mut tags = Vec::new();
@@ -831,6 +827,37 @@ impl Storage for S3Storage {
             }
         }
         Ok(out.into_iter().collect())
+    }
+
+    /// From the `catalog/` objects (see [`catalog`]). A `last` that is not a
+    /// repository name (any string is allowed) may not spell as a key: the
+    /// whole list is filtered then, as the spec's string order demands.
+    async fn repositories_after(
+        &self,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<NamePage> {
+        match after {
+            Some(a) if !crate::names::is_valid_repository_name(a) => {
+                self.catalog_page_filtered(after, limit).await
+            }
+            _ => self.catalog_page(after, limit).await,
+        }
+    }
+
+    async fn tags_after(
+        &self,
+        repository: &str,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Option<NamePage>> {
+        match after {
+            Some(a) if !crate::names::is_valid_tag(a) => {
+                let all = self.tags(repository).await?;
+                Ok(all.map(|all| NamePage::of(&all, after, limit)))
+            }
+            _ => self.tags_page(repository, after, limit).await,
+        }
     }
 
     async fn tag_records(&self, repository: &str) -> Result<Vec<TagRecord>> {

@@ -172,6 +172,7 @@ impl S3Storage {
             gc_lock: tokio::sync::RwLock::new(()),
             upload_locks: Default::default(),
             read_ahead: ReadAhead::new(READ_RANGE, read_ahead, READ_BUFFERS),
+            catalog: Default::default(),
         })
     }
 }

@@ -252,6 +252,7 @@ impl S3Storage {
         // Rewritten even if present: a fresh modification time keeps a
         // concurrent garbage collection from taking a blob just re-pushed.
         self.put(&LAYOUT.blob(expected), bytes).await?;
+        self.note_repository(repository).await?;
         self.put(&LAYOUT.layer_link(repository, expected), Bytes::new())
             .await?;
         drop(_no_gc);
@@ -373,6 +374,7 @@ impl S3Storage {
             }
             Err(e) => return Err(s3_error(e)),
         }
+        self.note_repository(repository).await?;
         self.put(&LAYOUT.layer_link(repository, expected), Bytes::new())
             .await
     }
