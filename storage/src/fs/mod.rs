@@ -30,6 +30,7 @@ use crate::{
 };
 
 mod files;
+mod group_sync;
 mod outbox;
 mod records;
 mod upload;
@@ -58,6 +59,8 @@ pub struct FsStorage {
     upload_writers: Arc<tokio::sync::Semaphore>,
     /// Serialises read-merge-write of pull records in this process.
     pulls_lock: Arc<std::sync::Mutex<()>>,
+    /// Shares the fsyncs that end concurrent uploads (see `group_sync`).
+    group_sync: Arc<group_sync::GroupSync>,
 }
 
 impl FsStorage {
@@ -77,6 +80,7 @@ impl FsStorage {
             upload_locks: Default::default(),
             upload_writers: Arc::new(tokio::sync::Semaphore::new(UPLOAD_WRITERS)),
             pulls_lock: Default::default(),
+            group_sync: Default::default(),
         })
     }
 
@@ -88,6 +92,7 @@ impl FsStorage {
         Paths {
             root: self.root.clone(),
             gc_lock: self.gc_lock.clone(),
+            group_sync: self.group_sync.clone(),
         }
     }
 }
@@ -267,12 +272,8 @@ impl Storage for FsStorage {
                     .await
                     .map_err(|e| self.dropping_upload_when_full(id, e))?;
                 if let Some(e) = body_error {
-                    // Keep what arrived (fsynced already) so the client can resume.
-                    let _ = blocking(move || {
-                        let w = writer;
-                        Ok(w.paths.save_upload_state(&w.id, &w.state, &w.hasher)?)
-                    })
-                    .await;
+                    // Keep what arrived so the client can resume.
+                    let _ = blocking(move || writer.save_partial()).await;
                     return Err(StorageError::BodyInterrupted(e));
                 }
                 writer
