@@ -74,13 +74,14 @@ impl FsStorage {
         for entry in fs::read_dir(root.join(TMP))? {
             let _ = fs::remove_file(entry?.path());
         }
+        let group_sync = Arc::new(group_sync::GroupSync::new(&root));
         Ok(FsStorage {
             root,
             gc_lock: Arc::new(tokio::sync::RwLock::new(())),
             upload_locks: Default::default(),
             upload_writers: Arc::new(tokio::sync::Semaphore::new(UPLOAD_WRITERS)),
             pulls_lock: Default::default(),
-            group_sync: Default::default(),
+            group_sync,
         })
     }
 
