@@ -350,10 +350,14 @@ impl DataWriter {
             dirs: Vec::new(),
         })?;
         let blob = self.paths.blob(expected);
+        let link = self.paths.layer_link(repo, expected);
+        let dirs = [&blob, &link]
+            .into_iter()
+            .flat_map(|path| self.paths.dirs_up_to_root(path))
+            .collect();
         if let Some(parent) = blob.parent() {
             fs::create_dir_all(parent)?;
         }
-        let link = self.paths.layer_link(repo, expected);
         {
             let _no_gc = self.paths.gc_lock.blocking_read();
             match fs::hard_link(&data_path, &blob) {
@@ -363,8 +367,6 @@ impl DataWriter {
             }
             touch_link(&link)?;
         }
-        let mut dirs = self.paths.dirs_up_to_root(&blob);
-        dirs.extend(self.paths.dirs_up_to_root(&link));
         self.group_sync(SyncRequest {
             files: Vec::new(),
             dirs,
@@ -417,8 +419,10 @@ fn lock_exclusive(file: &File) -> io::Result<()> {
 }
 
 impl Paths {
-    /// The folders from `path`'s parent up to the root (included): the
-    /// entries a new file and the folders just created for it live in.
+    /// The folders from `path`'s parent up to the root (included): the one
+    /// that gains its entry, and any created for it with their parents'
+    /// entries. All of them, not only those this upload creates: a folder
+    /// another upload just created may not be durable yet either.
     pub(super) fn dirs_up_to_root(&self, path: &Path) -> Vec<std::path::PathBuf> {
         let mut dirs = Vec::new();
         let mut at = path.parent();
