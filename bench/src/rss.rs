@@ -12,8 +12,8 @@ pub struct RssPeaks {
     pub peak_rss_mib: f64,
     /// Highest RssAnon sampled (heap, buffers), MiB.
     pub peak_anon_mib: f64,
-    /// VmHWM at the end: the kernel's own peak, reset at the start when
-    /// `/proc/PID/clear_refs` allows it (else since the server started).
+    /// VmHWM at the end: the kernel's own peak since the server started
+    /// (not reset here: `scripts/bench.sh` reports it for the whole run).
     pub hwm_mib: Option<f64>,
 }
 
@@ -38,8 +38,6 @@ fn status_field(pid: u32, field: &str) -> Option<f64> {
 
 impl RssSampler {
     pub fn start(pid: u32) -> RssSampler {
-        // "5" resets the peak resident set (VmHWM) so it covers this workload only.
-        let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             let (mut rss, mut anon) = (0f64, 0f64);
