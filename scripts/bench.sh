@@ -13,6 +13,10 @@
 #   BENCH_REPS=3          big-blob transfers per push-big / pull-big run
 #   BENCH_WRK=1           also drive manifest GETs with wrk (if installed); 0 to skip
 #   BENCH_KEEP=1          keep the temporary folder (storage, logs, raw JSON)
+#   BENCH_MANY="64 256"   client counts for the many-clients workloads (pull-image: every
+#                         client pulls one whole image at once; mixed: one in four pushes);
+#                         "64 256 1024" for the full run (1024 moves 64 GiB per server), "" to skip
+#   BENCH_IMAGE_MIB=64    size of the image they pull (4 layers)
 #   DOCKER_REGISTRY=/usr/bin/docker-registry
 #
 # Only 127.0.0.1 is contacted. Both servers are stopped by PID on exit, also on failure.
@@ -28,6 +32,8 @@ DURATION=${BENCH_DURATION:-10}
 BIG_MIB=${BENCH_BIG_MIB:-256}
 REPS=${BENCH_REPS:-3}
 USE_WRK=${BENCH_WRK:-1}
+MANY=${BENCH_MANY-64 256}
+IMAGE_MIB=${BENCH_IMAGE_MIB:-64}
 DIST_BIN=${DOCKER_REGISTRY:-docker-registry}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
@@ -203,7 +209,8 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 
-# Peak resident memory over the whole run (VmHWM) and CPU time used, read before stopping.
+# Peak resident memory (VmHWM) and CPU time of the rounds above, read before the
+# many-clients runs below (which report their own sampled peaks).
 hwm_mib() { awk '/^VmHWM:/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 cpu_s() { # utime + stime in seconds (fields 14 and 15 of /proc/PID/stat)
     local stat
@@ -214,14 +221,46 @@ cpu_s() { # utime + stime in seconds (fields 14 and 15 of /proc/PID/stat)
 for s in berth distribution; do
     pid=$BERTH_PID
     [[ "$s" == distribution ]] && pid=$DIST_PID
+    if kill -0 "$pid" 2>/dev/null; then
+        hwm_mib "$pid" >"$WORK/res/$s.hwm"
+        cpu_s "$pid" >"$WORK/res/$s.cpu"
+    fi
+done
+
+# Many clients: once per client count, both servers back to back (order alternating).
+# run_many SERVER WORKLOAD CLIENTS
+run_many() {
+    local out="$WORK/res/$1.$2-$3" pid=$BERTH_PID
+    [[ "$1" == distribution ]] && pid=$DIST_PID
+    sync
+    echo "-- $2 with $3 clients against $1" >&2
+    if RUST_BACKTRACE=0 "$BENCH" --url "$(url_of "$1")" --workload "$2" --json --clients "$3" \
+        --image-mib "$IMAGE_MIB" --server-pid "$pid" --timeout 1200 >"$out.json" 2>"$out.err"; then
+        jq -r '"   \(.value | floor) \(.unit) in \(.seconds * 100 | floor / 100) s, p99 \(.p99_ms) ms, manifest GET p99 \(.manifest_p99_ms) ms, RSS peak \(.rss_peak_mib) MiB"' "$out.json" >&2
+    else
+        ERRORS=$((ERRORS + 1))
+        rm -f "$out.json"
+        echo "   FAILED: $(grep -v 'open-file limit' "$out.err" | head -n 8)" >&2
+    fi
+}
+i=0
+for n in $MANY; do
+    if ((i % 2 == 0)); then order=(berth distribution); else order=(distribution berth); fi
+    i=$((i + 1))
+    for wl in pull-image mixed; do
+        for server in "${order[@]}"; do run_many "$server" "$wl" "$n"; done
+    done
+done
+
+# The final check that both servers are still up (crashed?).
+for s in berth distribution; do
+    pid=$BERTH_PID
+    [[ "$s" == distribution ]] && pid=$DIST_PID
     if ! kill -0 "$pid" 2>/dev/null; then
         echo "bench.sh: $s is no longer running (crashed?); its log:" >&2
         tail -n 20 "$WORK/$([[ $s == berth ]] && echo berth || echo dist).log" >&2
         ERRORS=$((ERRORS + 1))
-        continue
     fi
-    hwm_mib "$pid" >"$WORK/res/$s.hwm"
-    cpu_s "$pid" >"$WORK/res/$s.cpu"
 done
 
 # values SERVER KEY: the per-round values, space-separated.
@@ -258,6 +297,30 @@ printf '%-26s %14s %14s %9s  %-22s %s\n' "peak RSS (MiB, VmHWM)" "$b" "$d" "$(ra
 b=$(cat "$WORK/res/berth.cpu" 2>/dev/null || echo ERR)
 d=$(cat "$WORK/res/distribution.cpu" 2>/dev/null || echo ERR)
 printf '%-26s %14s %14s %9s  %-22s %s\n' "server CPU time (s)" "$b" "$d" "$(ratio "$b" "$d")" "lower (information)" "-"
+
+# many_field SERVER KEY FIELD: one field of a many-clients run, or ERR.
+many_field() {
+    local f="$WORK/res/$1.$2.json"
+    if [[ -f "$f" ]]; then jq -r ".$3 // \"ERR\" | if type == \"number\" then (. * 10 | round / 10) else . end" "$f"; else echo ERR; fi
+}
+if [[ -n "${MANY// /}" ]]; then
+    echo
+    echo "many clients at once (one run each; ${IMAGE_MIB} MiB image in 4 layers, every client pulls it once;"
+    echo "mixed: one client in four pushes a new 1 MiB image instead; RSS sampled every 100 ms):"
+    printf '%-26s %14s %14s %9s  %-22s %s\n' workload berth distribution ratio better target
+    for n in $MANY; do
+        for wl in pull-image mixed; do
+            key="$wl-$n"
+            for spec in "value|MB/s|higher|flat 64..1024" "p99_ms|p99 ms|lower|-" \
+                "manifest_p99_ms|manifest GET p99 ms|lower|< 50 ms" "rss_peak_mib|RSS peak MiB|lower|< 100 MiB"; do
+                IFS='|' read -r field label better target <<<"$spec"
+                b=$(many_field berth "$key" "$field")
+                d=$(many_field distribution "$key" "$field")
+                printf '%-26s %14s %14s %9s  %-22s %s\n' "$key ($label)" "$b" "$d" "$(ratio "$b" "$d")" "$better" "$target"
+            done
+        done
+    done
+fi
 
 echo
 echo "raw values per round (round 1 .. $ROUNDS):"

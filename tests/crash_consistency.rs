@@ -290,3 +290,120 @@ async fn kill9_during_concurrent_pushes_leaves_nothing_wrong() {
         on_disk.len()
     );
 }
+
+/// Small-blob uploads (POST, then PUT with the body) from one uploader until
+/// told to stop; counts itself in `in_flight` while a request is out, and
+/// returns every (digest, bytes) answered with 201.
+async fn small_uploader(
+    base: String,
+    worker: usize,
+    stop: Arc<AtomicBool>,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+) -> Vec<(String, Vec<u8>)> {
+    let c = client();
+    let mut acked = Vec::new();
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        // 4 KiB, distinct per worker and round, never all one byte.
+        let blob: Vec<u8> = (0..4096u64)
+            .map(|i| (i.wrapping_mul(31) ^ n.wrapping_mul(7) ^ worker as u64) as u8)
+            .chain(format!("w{worker} n{n}").into_bytes())
+            .collect();
+        let digest = digest_of(&blob);
+        in_flight.fetch_add(1, Ordering::SeqCst);
+        let answered = async {
+            let post = c
+                .post(format!("{base}/v2/crash/small/blobs/uploads/"))
+                .send()
+                .await
+                .ok()?;
+            let location = common::header(&post, "location")?;
+            let sep = if location.contains('?') { '&' } else { '?' };
+            let url = if location.starts_with('/') {
+                format!("{base}{location}{sep}digest={digest}")
+            } else {
+                format!("{location}{sep}digest={digest}")
+            };
+            let put = c.put(url).body(blob.clone()).send().await.ok()?;
+            Some(put.status().as_u16() == 201)
+        }
+        .await;
+        in_flight.fetch_sub(1, Ordering::SeqCst);
+        match answered {
+            Some(true) => acked.push((digest, blob)),
+            _ => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    acked
+}
+
+/// Uploads end with a group commit shared by every upload that is ready at
+/// the same moment: kill -9 while dozens of them are in flight, and every
+/// blob answered with 201 before a kill is still served, whole, afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_during_many_small_uploads_keeps_every_acknowledged_blob() {
+    const UPLOADERS: usize = 32;
+    let mut server = Server::start();
+    let base = server.url();
+    let stop = Arc::new(AtomicBool::new(false));
+    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers: Vec<_> = (0..UPLOADERS)
+        .map(|w| {
+            tokio::spawn(small_uploader(
+                base.clone(),
+                w,
+                stop.clone(),
+                in_flight.clone(),
+            ))
+        })
+        .collect();
+    let mut busiest_kill = 0;
+    for delay_ms in [400u64, 250, 600, 330, 480] {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        busiest_kill = busiest_kill.max(in_flight.load(Ordering::SeqCst));
+        server.kill9();
+        server.start_again();
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    busiest_kill = busiest_kill.max(in_flight.load(Ordering::SeqCst));
+    // The last kill lands while the uploaders still run: no quiet moment before it.
+    server.kill9();
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in workers {
+        acked.extend(w.await.expect("uploader task"));
+    }
+    server.start_again();
+
+    assert!(
+        busiest_kill >= UPLOADERS / 2,
+        "at most {busiest_kill} uploads were in flight at a kill: the test did not load the server"
+    );
+    assert!(
+        acked.len() > 10,
+        "only {} uploads acknowledged",
+        acked.len()
+    );
+    let on_disk = check_storage_on_disk(server.storage());
+    let c = client();
+    for (digest, blob) in &acked {
+        assert!(on_disk.contains(digest), "acknowledged {digest} not on disk");
+        let resp = c
+            .get(format!("{base}/v2/crash/small/blobs/{digest}"))
+            .send()
+            .await
+            .expect("GET blob");
+        assert_eq!(
+            resp.status().as_u16(),
+            200,
+            "{digest} was acknowledged with 201 but is not served after the kills"
+        );
+        let body = resp.bytes().await.expect("body");
+        assert!(body == blob[..], "{digest} serves other bytes");
+    }
+    eprintln!(
+        "{} small uploads acknowledged across 6 kills (up to {busiest_kill} in flight at a kill), all on disk and served whole",
+        acked.len()
+    );
+}

@@ -5,7 +5,9 @@
 //! and by time.
 
 mod data;
+mod many;
 mod registry;
+mod rss;
 mod workloads;
 
 use std::time::Duration;
@@ -31,6 +33,11 @@ pub enum Workload {
     PullBigRaw,
     /// GET one tagged manifest from concurrent clients for a fixed time, in requests/s.
     ManifestGet,
+    /// Every client pulls one whole image (manifest, config, all layers)
+    /// `--pulls` times, all at once; in MB/s, with manifest GET latency.
+    PullImage,
+    /// As pull-image, but one client in four pushes a new 1 MiB image instead.
+    Mixed,
 }
 
 impl Workload {
@@ -42,6 +49,8 @@ impl Workload {
             Workload::PullSmall => "pull-small",
             Workload::PullBigRaw => "pull-big-raw",
             Workload::ManifestGet => "manifest-get",
+            Workload::PullImage => "pull-image",
+            Workload::Mixed => "mixed",
         }
     }
 }
@@ -88,6 +97,19 @@ pub struct Args {
     /// Give up on the whole workload after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
+    /// Size of the image pull-image and mixed pull, in MiB.
+    #[arg(long, default_value_t = 64)]
+    pub image_mib: u64,
+    /// Layers the image is split into (pull-image, mixed).
+    #[arg(long, default_value_t = 4)]
+    pub layers: u64,
+    /// Operations per client in pull-image and mixed.
+    #[arg(long, default_value_t = 1)]
+    pub pulls: u32,
+    /// PID of the server under test: its VmRSS is sampled during pull-image
+    /// and mixed, and reported.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
     /// Repository prefix the workloads push to.
     #[arg(long, default_value = "bench")]
     pub repo_prefix: String,
@@ -107,6 +129,8 @@ pub struct Outcome {
     pub p99_ms: Option<f64>,
     /// Free-form detail for the human-readable line.
     pub detail: String,
+    /// More named numbers (manifest GET percentiles, server memory), also in the JSON.
+    pub extra: Vec<(&'static str, Option<f64>)>,
 }
 
 fn check_loopback(url: &str) -> Result<String> {
@@ -137,7 +161,9 @@ fn build_registry(args: &Args) -> Result<Registry> {
         .http1_only()
         .tcp_nodelay(true)
         .pool_max_idle_per_host(args.clients.max(1) * 2)
-        .connect_timeout(Duration::from_secs(5))
+        // One connection per client, all opened at once: a full accept
+        // backlog shows up as latency (SYN retries after 1 s, 3 s), not errors.
+        .connect_timeout(Duration::from_secs(30))
         .read_timeout(Duration::from_secs(60))
         .build()
         .context("building HTTP client")?;
@@ -146,7 +172,7 @@ fn build_registry(args: &Args) -> Result<Registry> {
 
 fn print_outcome(args: &Args, out: &Outcome) -> Result<()> {
     if args.json {
-        let j = serde_json::json!({
+        let mut j = serde_json::json!({
             "workload": args.workload.name(),
             "url": args.url,
             "value": out.value,
@@ -158,16 +184,24 @@ fn print_outcome(args: &Args, out: &Outcome) -> Result<()> {
             "p50_ms": out.p50_ms,
             "p99_ms": out.p99_ms,
             "clients": match args.workload {
-                Workload::PushBig | Workload::PullBig => 1,
+                Workload::PushBig | Workload::PullBig | Workload::PullBigRaw => 1,
                 _ => args.clients,
             },
         });
+        for (key, value) in &out.extra {
+            j[*key] = serde_json::json!(value);
+        }
         println!("{}", serde_json::to_string(&j)?);
     } else {
-        let lat = match (out.p50_ms, out.p99_ms) {
+        let mut lat = match (out.p50_ms, out.p99_ms) {
             (Some(p50), Some(p99)) => format!("  p50 {p50:.2} ms  p99 {p99:.2} ms"),
             _ => String::new(),
         };
+        for (key, value) in &out.extra {
+            if let Some(v) = value {
+                lat.push_str(&format!("  {key} {v:.2}"));
+            }
+        }
         println!(
             "{:<13} {:>10.1} {:<6} ({}; {:.2} s){}  {}",
             args.workload.name(),
@@ -188,9 +222,19 @@ async fn main() -> Result<()> {
     if args.clients == 0 || args.count == 0 || args.reps == 0 || args.big_mib == 0 {
         bail!("--clients, --count, --reps and --big-mib must be at least 1");
     }
+    if args.image_mib == 0 || args.layers == 0 || args.pulls == 0 || args.layers > args.image_mib {
+        bail!("--image-mib, --layers and --pulls must be at least 1, and --layers at most --image-mib");
+    }
     let duration_ok = args.duration > 0.0 && args.duration <= 3600.0;
     if !duration_ok || !(0.0..=60.0).contains(&args.warmup) {
         bail!("--duration must be in (0, 3600] and --warmup in [0, 60] seconds");
+    }
+    match rss::raise_fd_limit() {
+        Ok((before, after)) if after > before => {
+            eprintln!("berth-bench: raised the open-file limit from {before} to {after}")
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("berth-bench: cannot raise the open-file limit: {e}"),
     }
     let reg = build_registry(&args)?;
     reg.ping()

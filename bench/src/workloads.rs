@@ -25,11 +25,13 @@ pub async fn run(reg: &Registry, args: &Args) -> Result<Outcome> {
         Workload::PullSmall => pull_small(reg, args).await,
         Workload::PullBigRaw => pull_big(reg, args, false).await,
         Workload::ManifestGet => manifest_get(reg, args).await,
+        Workload::PullImage => crate::many::many_clients(reg, args, false).await,
+        Workload::Mixed => crate::many::many_clients(reg, args, true).await,
     }
 }
 
 /// A per-run seed, so that repeated runs against one server push new content.
-fn nonce() -> u64 {
+pub fn nonce() -> u64 {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -42,7 +44,7 @@ fn mb_per_s(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / 1e6 / secs
 }
 
-async fn blob_digest(blob: BigBlob) -> Result<String> {
+pub async fn blob_digest(blob: BigBlob) -> Result<String> {
     tokio::task::spawn_blocking(move || blob.digest())
         .await
         .context("hashing the big blob")
@@ -55,7 +57,7 @@ fn streamed_body(blob: &BigBlob) -> Body {
     ))
 }
 
-async fn push_big_once(reg: &Registry, repo: &str, blob: &BigBlob, digest: &str) -> Result<()> {
+pub async fn push_big_once(reg: &Registry, repo: &str, blob: &BigBlob, digest: &str) -> Result<()> {
     let upload = reg.start_upload(repo).await?;
     reg.finish_upload(&upload, digest, blob.len, streamed_body(blob))
         .await
@@ -102,6 +104,7 @@ fn big_transfer_outcome(args: &Args, len: u64, runs: Vec<f64>, total: f64, how: 
         runs,
         p50_ms: None,
         p99_ms: None,
+        extra: Vec::new(),
         detail: format!("{} x {} MiB, {how}", args.reps, args.big_mib),
     }
 }
@@ -179,6 +182,7 @@ fn small_blobs_outcome(args: &Args, unit: &'static str, secs: f64, lat_us: Vec<u
         runs: Vec::new(),
         p50_ms: p50,
         p99_ms: p99,
+        extra: Vec::new(),
         detail: format!(
             "{} x {} B blobs, {} clients",
             args.count, args.small_bytes, args.clients
@@ -186,7 +190,7 @@ fn small_blobs_outcome(args: &Args, unit: &'static str, secs: f64, lat_us: Vec<u
     }
 }
 
-fn percentiles(mut lat_us: Vec<u32>) -> (Option<f64>, Option<f64>) {
+pub fn percentiles(mut lat_us: Vec<u32>) -> (Option<f64>, Option<f64>) {
     if lat_us.is_empty() {
         return (None, None);
     }
@@ -198,7 +202,7 @@ fn percentiles(mut lat_us: Vec<u32>) -> (Option<f64>, Option<f64>) {
     (Some(at(0.50)), Some(at(0.99)))
 }
 
-fn micros(d: Duration) -> u32 {
+pub fn micros(d: Duration) -> u32 {
     d.as_micros().min(u128::from(u32::MAX)) as u32
 }
 
@@ -445,6 +449,7 @@ async fn manifest_get(reg: &Registry, args: &Args) -> Result<Outcome> {
         runs: Vec::new(),
         p50_ms: p50,
         p99_ms: p99,
+        extra: Vec::new(),
         detail: format!("{n} GETs by tag, {} clients", args.clients),
     })
 }

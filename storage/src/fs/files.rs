@@ -23,6 +23,7 @@ const MAP_WINDOW: usize = 4 << 20;
 pub(super) struct Paths {
     pub(super) root: PathBuf,
     pub(super) gc_lock: Arc<tokio::sync::RwLock<()>>,
+    pub(super) group_sync: Arc<super::group_sync::GroupSync>,
 }
 
 impl Paths {

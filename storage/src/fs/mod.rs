@@ -31,6 +31,7 @@ use crate::{
 
 mod catalog;
 mod files;
+mod group_sync;
 mod outbox;
 mod records;
 mod upload;
@@ -61,6 +62,8 @@ pub struct FsStorage {
     pulls_lock: Arc<std::sync::Mutex<()>>,
     /// Sorted catalog and big tag listings (see [`catalog`]).
     indexes: Arc<catalog::Indexes>,
+    /// Shares the fsyncs that end concurrent uploads (see `group_sync`).
+    group_sync: Arc<group_sync::GroupSync>,
 }
 
 impl FsStorage {
@@ -74,6 +77,7 @@ impl FsStorage {
         for entry in fs::read_dir(root.join(TMP))? {
             let _ = fs::remove_file(entry?.path());
         }
+        let group_sync = Arc::new(group_sync::GroupSync::new(&root));
         Ok(FsStorage {
             root,
             gc_lock: Arc::new(tokio::sync::RwLock::new(())),
@@ -81,6 +85,7 @@ impl FsStorage {
             upload_writers: Arc::new(tokio::sync::Semaphore::new(UPLOAD_WRITERS)),
             pulls_lock: Default::default(),
             indexes: Default::default(),
+            group_sync,
         })
     }
 
@@ -102,6 +107,7 @@ impl FsStorage {
         Paths {
             root: self.root.clone(),
             gc_lock: self.gc_lock.clone(),
+            group_sync: self.group_sync.clone(),
         }
     }
 }
@@ -283,12 +289,8 @@ impl Storage for FsStorage {
                     .await
                     .map_err(|e| self.dropping_upload_when_full(id, e))?;
                 if let Some(e) = body_error {
-                    // Keep what arrived (fsynced already) so the client can resume.
-                    let _ = blocking(move || {
-                        let w = writer;
-                        Ok(w.paths.save_upload_state(&w.id, &w.state, &w.hasher)?)
-                    })
-                    .await;
+                    // Keep what arrived so the client can resume.
+                    let _ = blocking(move || writer.save_partial()).await;
                     return Err(StorageError::BodyInterrupted(e));
                 }
                 writer

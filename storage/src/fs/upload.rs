@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use super::files::{blocking, remove_if_present, touch_blob, touch_link, Paths};
+use super::group_sync::SyncRequest;
 use super::FsStorage;
 use crate::digest::{restore_sha256_state, save_sha256_state, Hasher};
 use crate::layout::is_upload_id;
@@ -275,17 +276,39 @@ impl DataWriter {
         Ok(())
     }
 
-    /// Make what was written durable and, for an append, record it.
+    /// For an append (PATCH), make what was written durable and record it.
+    /// The body of a completing PUT is made durable by [`Self::complete`],
+    /// together with other uploads (group commit), or by
+    /// [`Self::save_partial`] when the body was cut.
     fn finish(&mut self) -> Result<()> {
+        if !self.checkpoint {
+            return Ok(());
+        }
         if let (true, Some(file)) = (self.wrote_any, self.file.as_mut()) {
             file.sync_data()?;
         }
-        if self.checkpoint && self.since_checkpoint > 0 {
+        if self.since_checkpoint > 0 {
             self.paths
                 .save_upload_state(&self.id, &self.state, &self.hasher)?;
             self.since_checkpoint = 0;
         }
         Ok(())
+    }
+
+    /// A completing PUT whose body was cut: make what arrived durable, then
+    /// record it, so the client can resume from there.
+    pub(super) fn save_partial(self: Box<Self>) -> Result<()> {
+        if let (true, Some(file)) = (self.wrote_any, self.file.as_ref()) {
+            file.sync_data()?;
+        }
+        Ok(self
+            .paths
+            .save_upload_state(&self.id, &self.state, &self.hasher)?)
+    }
+
+    /// Waits until `req` is durable, in a batch with concurrent uploads.
+    fn group_sync(&self, req: SyncRequest) -> Result<()> {
+        Ok(self.paths.group_sync.sync(req)?)
     }
 
     /// Turn the upload into blob `expected` (holding the session's lock).
@@ -301,9 +324,6 @@ impl DataWriter {
         // than that is refused.
         self.open()?;
         let offset = self.state.offset;
-        if let Some(file) = self.file.as_mut() {
-            file.sync_all()?;
-        }
         let actual = if expected.algorithm() == Algorithm::Sha256 && offset > REHASH_MAX {
             Hasher::Sha256(self.hasher.clone()).finish()
         } else {
@@ -318,17 +338,39 @@ impl DataWriter {
                 actual,
             });
         }
+        // Two group commits: the data is durable before any name points at
+        // it (a reader who sees the blob may build on it, e.g. push a
+        // manifest naming it), and the names are durable before the 201.
+        let data_file = match self.file.as_ref() {
+            Some(file) => vec![file.try_clone()?],
+            None => Vec::new(),
+        };
+        self.group_sync(SyncRequest {
+            files: data_file,
+            dirs: Vec::new(),
+        })?;
         let blob = self.paths.blob(expected);
+        let link = self.paths.layer_link(repo, expected);
+        let dirs = [&blob, &link]
+            .into_iter()
+            .flat_map(|path| self.paths.dirs_up_to_root(path))
+            .collect();
         if let Some(parent) = blob.parent() {
             fs::create_dir_all(parent)?;
         }
-        let _no_gc = self.paths.gc_lock.blocking_read();
-        match fs::hard_link(&data_path, &blob) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => touch_blob(&blob)?,
-            Err(e) => return Err(e.into()),
+        {
+            let _no_gc = self.paths.gc_lock.blocking_read();
+            match fs::hard_link(&data_path, &blob) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => touch_blob(&blob)?,
+                Err(e) => return Err(e.into()),
+            }
+            touch_link(&link)?;
         }
-        touch_link(&self.paths.layer_link(repo, expected))?;
+        self.group_sync(SyncRequest {
+            files: Vec::new(),
+            dirs,
+        })?;
         let _ = self.paths.remove_session(&self.id);
         Ok(offset)
     }
@@ -377,6 +419,20 @@ fn lock_exclusive(file: &File) -> io::Result<()> {
 }
 
 impl Paths {
+    /// The folders from `path`'s parent up to the root (included): the one
+    /// that gains its entry, and any created for it with their parents'
+    /// entries. All of them, not only those this upload creates: a folder
+    /// another upload just created may not be durable yet either.
+    pub(super) fn dirs_up_to_root(&self, path: &Path) -> Vec<std::path::PathBuf> {
+        let mut dirs = Vec::new();
+        let mut at = path.parent();
+        while let Some(dir) = at.filter(|d| d.starts_with(&self.root)) {
+            dirs.push(dir.to_path_buf());
+            at = dir.parent();
+        }
+        dirs
+    }
+
     /// Remove an upload session's folder, its state first: a crash half-way
     /// leaves a folder without a state, which is unknown to every request and
     /// purged by its age.
