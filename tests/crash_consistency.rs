@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,20 @@ struct ManifestPush {
     digest: String,
     blobs: [String; 2],
     acked: bool,
+}
+
+/// Manifest pushes acknowledged so far, across pushers (the test waits for enough).
+static MANIFESTS_ACKED: AtomicUsize = AtomicUsize::new(0);
+/// Small uploads acknowledged so far, across uploaders.
+static SMALL_ACKED: AtomicUsize = AtomicUsize::new(0);
+
+/// Keep the load running until `counter` passes `enough` (at most a minute): on a loaded
+/// machine the fixed kill schedule alone can leave too few acknowledgements to mean anything.
+async fn wait_for_acks(counter: &AtomicUsize, enough: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while counter.load(Ordering::SeqCst) <= enough && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// What one pusher sent and what the server acknowledged.
@@ -61,6 +75,9 @@ async fn pusher(base: String, worker: usize, stop: Arc<AtomicBool>) -> Pushed {
             .send()
             .await;
         let acked = matches!(put, Ok(r) if r.status().as_u16() == 201);
+        if acked {
+            MANIFESTS_ACKED.fetch_add(1, Ordering::SeqCst);
+        }
         pushed.manifests.push(ManifestPush {
             repo,
             tag,
@@ -137,6 +154,7 @@ async fn kill9_during_concurrent_pushes_leaves_nothing_wrong() {
         server.start_again();
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_acks(&MANIFESTS_ACKED, 10).await;
     stop.store(true, Ordering::Relaxed);
     let mut pushed = Pushed::default();
     for w in workers {
@@ -298,7 +316,7 @@ async fn small_uploader(
     base: String,
     worker: usize,
     stop: Arc<AtomicBool>,
-    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    in_flight: Arc<AtomicUsize>,
 ) -> Vec<(String, Vec<u8>)> {
     let c = client();
     let mut acked = Vec::new();
@@ -331,7 +349,10 @@ async fn small_uploader(
         .await;
         in_flight.fetch_sub(1, Ordering::SeqCst);
         match answered {
-            Some(true) => acked.push((digest, blob)),
+            Some(true) => {
+                SMALL_ACKED.fetch_add(1, Ordering::SeqCst);
+                acked.push((digest, blob))
+            }
             _ => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     }
@@ -347,7 +368,7 @@ async fn kill9_during_many_small_uploads_keeps_every_acknowledged_blob() {
     let mut server = Server::start();
     let base = server.url();
     let stop = Arc::new(AtomicBool::new(false));
-    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let in_flight = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..UPLOADERS)
         .map(|w| {
             tokio::spawn(small_uploader(
@@ -366,6 +387,7 @@ async fn kill9_during_many_small_uploads_keeps_every_acknowledged_blob() {
         server.start_again();
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
+    wait_for_acks(&SMALL_ACKED, 10).await;
     busiest_kill = busiest_kill.max(in_flight.load(Ordering::SeqCst));
     // The last kill lands while the uploaders still run: no quiet moment before it.
     server.kill9();
@@ -388,7 +410,10 @@ async fn kill9_during_many_small_uploads_keeps_every_acknowledged_blob() {
     let on_disk = check_storage_on_disk(server.storage());
     let c = client();
     for (digest, blob) in &acked {
-        assert!(on_disk.contains(digest), "acknowledged {digest} not on disk");
+        assert!(
+            on_disk.contains(digest),
+            "acknowledged {digest} not on disk"
+        );
         let resp = c
             .get(format!("{base}/v2/crash/small/blobs/{digest}"))
             .send()
