@@ -125,6 +125,42 @@ async fn eight_clients_share_one_upstream_fetch_and_a_hang_up_does_not_stop_it()
     );
 }
 
+/// A client that stalls while the fill runs far past it (beyond the fill's 32 MiB window
+/// of recent bytes in memory) still gets every byte: the rest from storage once stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_left_behind_by_the_fill_gets_the_rest_from_storage() {
+    let blob = noise(9, 48 << 20);
+    let digest = digest_of(&blob);
+    let tiny = Arc::new(Tiny {
+        blobs: HashMap::from([(digest.clone(), blob.clone())]),
+        gets: AtomicUsize::new(0),
+        corrupt: false,
+    });
+    let port = tiny_upstream(tiny.clone()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mirror = tiny_mirror(dir.path(), port);
+    let url = format!("{}/v2/tiny/slow/blobs/{digest}", mirror.url());
+    let c = client();
+
+    let mut slow = c.get(&url).send().await.expect("GET");
+    assert_eq!(slow.status().as_u16(), 200);
+    let mut got = slow
+        .chunk()
+        .await
+        .expect("first chunk")
+        .expect("some bytes")
+        .to_vec();
+    // Another client takes the whole blob meanwhile: the fill is done when it has it.
+    let fast = c.get(&url).send().await.expect("GET");
+    assert!(fast.bytes().await.expect("whole body") == blob);
+    while let Some(chunk) = slow.chunk().await.expect("the stalled client's next chunk") {
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(got.len(), blob.len(), "the stalled client gets every byte");
+    assert!(got == blob, "and the right ones");
+    assert_eq!(tiny.gets.load(Ordering::SeqCst), 1, "one upstream fetch");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_corrupting_upstream_is_never_cached_nor_served_whole() {
     let blob = noise(8, 1 << 20);

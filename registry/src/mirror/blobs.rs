@@ -75,14 +75,7 @@ pub(crate) async fn get(
     }
     let fill = mirrors
         .fills
-        .join_or_start(storage, mirror, name, upstream_name, &digest)
-        .map_err(|e| {
-            RegistryError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Code::Unknown,
-                format!("cannot create a spool file for the blob: {e}"),
-            )
-        })?;
+        .join_or_start(storage, mirror, name, upstream_name, &digest);
     let size = match fill.started().await {
         Ok(size) => size,
         Err((true, _)) => return Err(unknown(name, &digest)),

@@ -1,25 +1,36 @@
 //! Filling the cache with one blob: one task per (repository, digest) reads the upstream
-//! body, writes it to an unlinked spool file (which every client of the blob reads, however
-//! late it joined) and streams it into a storage upload, which checks the digest before the
-//! blob becomes visible. The task is not the request's, so a client that hangs up does not
-//! stop it. Clients are held back from the blob's last byte until the digest is verified:
-//! a client of a corrupt upstream gets a cut-off body, never a complete wrong blob.
+//! body and hands each chunk, without copying it, to two places: a storage upload (which
+//! writes it once and checks the digest before the blob becomes visible) and a window of
+//! recent chunks in memory that every client of the blob reads from. A client that falls
+//! behind the window (or joins late) waits for the fill to end and reads the rest from
+//! storage. The fill hashes each chunk once more, beside the upload, so clients need not
+//! wait for storage's disk to be told the digest matched. The task is not the request's,
+//! so a client that hangs up does not stop it. Clients are held back from the blob's last
+//! byte until the digest is verified: a client of a corrupt upstream gets a cut-off body,
+//! never a complete wrong blob.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth_storage::{ByteStream, Digest, Storage};
+use berth_storage::{ByteRange, ByteStream, Digest, Hasher, Storage};
 use bytes::Bytes;
 use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use super::Mirror;
 
-/// Bytes written to the spool, or read from it, at a time (at most).
+/// Bytes taken from the upstream before they are handed on (at most), so the hash and the
+/// storage upload work in few large steps without waiting for data.
 const BATCH: usize = 1 << 20;
+/// Recent bytes kept in memory for the fill's clients; a client further behind reads from
+/// storage once the blob is stored.
+const WINDOW: u64 = 32 << 20;
+/// Chunks on their way into storage (at most): past this the fill waits for storage, so a
+/// slow disk bounds memory rather than the upstream's speed.
+const STORAGE_QUEUE: usize = 64;
 /// A finished fill stays findable this long, so a request that saw the blob missing just
 /// before it was linked joins the finished fill instead of fetching it again.
 const LINGER: Duration = Duration::from_secs(10);
@@ -29,18 +40,63 @@ const LINGER: Duration = Duration::from_secs(10);
 pub(super) struct State {
     /// The blob's size, once the upstream said it.
     pub size: Option<u64>,
-    /// Bytes in the spool file.
+    /// Bytes received from the upstream (and in the window, unless it moved past them).
     pub written: u64,
     /// `Some(Ok)`: stored and verified. `Some(Err)`: failed (nothing is stored).
     pub done: Option<Result<(), String>>,
     /// The upstream does not have the blob.
     pub not_found: bool,
-    /// Every byte is in the spool and matches the digest (storage may still be writing).
+    /// Every byte arrived and matches the digest (storage may still be writing).
     pub verified: bool,
 }
 
+/// The most recent chunks of the blob: `chunks` hold bytes from offset `start` on.
+#[derive(Default)]
+struct Window {
+    start: u64,
+    len: u64,
+    chunks: VecDeque<Bytes>,
+}
+
+impl Window {
+    fn push(&mut self, batch: &[Bytes]) {
+        for chunk in batch {
+            self.len += chunk.len() as u64;
+            self.chunks.push_back(chunk.clone());
+        }
+        while self.len > WINDOW {
+            let Some(old) = self.chunks.pop_front() else {
+                break;
+            };
+            self.len -= old.len() as u64;
+            self.start += old.len() as u64;
+        }
+    }
+
+    /// Bytes from `offset` up to `limit` (one chunk's worth, without copying); `None` when
+    /// `offset` is no longer in the window.
+    fn read(&self, offset: u64, limit: u64) -> Option<Bytes> {
+        let mut at = self.start;
+        if offset < at {
+            return None;
+        }
+        for chunk in &self.chunks {
+            let end = at + chunk.len() as u64;
+            if offset < end {
+                let from = (offset - at) as usize;
+                let to = (end.min(limit) - at) as usize;
+                return Some(chunk.slice(from..to));
+            }
+            at = end;
+        }
+        None
+    }
+}
+
 pub(super) struct Fill {
-    spool: Arc<std::fs::File>,
+    storage: Arc<dyn Storage>,
+    digest: Digest,
+    window: Mutex<Window>,
     state: watch::Sender<State>,
 }
 
@@ -62,14 +118,16 @@ impl Fills {
         name: &str,
         upstream_name: &str,
         digest: &Digest,
-    ) -> io::Result<Arc<Fill>> {
+    ) -> Arc<Fill> {
         let key = (name.to_string(), digest.clone());
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(fill) = map.get(&key) {
-            return Ok(fill.clone());
+            return fill.clone();
         }
         let fill = Arc::new(Fill {
-            spool: Arc::new(tempfile::tempfile()?),
+            storage: storage.clone(),
+            digest: digest.clone(),
+            window: Mutex::default(),
             state: watch::Sender::new(State::default()),
         });
         map.insert(key.clone(), fill.clone());
@@ -103,7 +161,7 @@ impl Fills {
                 }
             }
         });
-        Ok(fill)
+        fill
     }
 }
 
@@ -115,6 +173,8 @@ struct Job {
     digest: Digest,
     fill: Arc<Fill>,
 }
+
+type ChunkSender = futures::channel::mpsc::Sender<io::Result<Bytes>>;
 
 impl Job {
     async fn fetch_and_store(&self) -> Result<(), String> {
@@ -136,7 +196,7 @@ impl Job {
             .upload_create(&self.name)
             .await
             .map_err(|e| format!("cannot start storing it: {e}"))?;
-        let (mut tx, rx) = futures::channel::mpsc::channel::<io::Result<Bytes>>(16);
+        let (mut tx, rx) = futures::channel::mpsc::channel::<io::Result<Bytes>>(STORAGE_QUEUE);
         let store = {
             let (storage, name, id, digest) = (
                 self.storage.clone(),
@@ -173,70 +233,68 @@ impl Job {
         result
     }
 
-    /// Upstream → spool file and storage, batch by batch.
+    /// Upstream → clients' window, storage and the hash, batch by batch. Clients see a batch
+    /// as soon as it arrives; it is hashed on a blocking thread while the next one arrives.
     async fn copy(
         &self,
         stream: ByteStream,
         size: Option<u64>,
-        tx: &mut futures::channel::mpsc::Sender<io::Result<Bytes>>,
+        tx: &mut ChunkSender,
     ) -> Result<(), String> {
         let mut stream = stream.fuse();
         let mut offset = 0u64;
-        let mut hasher = Some(berth_storage::Hasher::new(self.digest.algorithm()));
+        let mut storage_reading = true;
+        let mut hashing: JoinHandle<Hasher> = {
+            let hasher = Hasher::new(self.digest.algorithm());
+            tokio::spawn(async move { hasher })
+        };
         loop {
             let batch = match next_batch(&mut stream).await {
                 Ok(Some(batch)) => batch,
-                Ok(None) => {
-                    // Checked here too, so clients get the last byte without waiting for
-                    // storage to sync the blob (which links it only after its own check).
-                    let actual = hasher.take().map(|h| h.finish());
-                    if actual.as_ref() != Some(&self.digest) {
-                        return Err(format!(
-                            "the upstream sent content with digest {}, not {}",
-                            actual.map(|d| d.to_string()).unwrap_or_default(),
-                            self.digest
-                        ));
-                    }
-                    self.fill.state.send_modify(|s| s.verified = true);
-                    return Ok(());
-                }
+                Ok(None) => break,
                 Err(e) => return Err(format!("the upstream's body broke off: {e}")),
             };
             let len: u64 = batch.iter().map(|c| c.len() as u64).sum();
             if size.is_some_and(|size| offset + len > size) {
                 return Err("the upstream sent more bytes than it announced".into());
             }
-            let spool = self.fill.spool.clone();
+            offset += len;
+            self.fill.window_push(&batch);
+            self.fill.state.send_modify(|s| s.written = offset);
+            let mut hasher = hashing.await.map_err(|e| format!("hashing failed: {e}"))?;
             let chunks = batch.clone();
-            let mut h = hasher.take();
-            hasher = tokio::task::spawn_blocking(move || {
-                let mut at = offset;
+            hashing = tokio::task::spawn_blocking(move || {
                 for chunk in &chunks {
-                    spool.write_all_at(chunk, at)?;
-                    if let Some(h) = h.as_mut() {
-                        h.update(chunk);
-                    }
-                    at += chunk.len() as u64;
+                    hasher.update(chunk);
                 }
-                Ok::<_, io::Error>(h)
-            })
-            .await
-            .map_err(|e| format!("spool write failed: {e}"))?
-            .map_err(|e| format!("spool write failed: {e}"))?;
+                hasher
+            });
             for chunk in batch {
-                if tx.send(Ok(chunk)).await.is_err() {
-                    // Storage stopped reading: its own error says why.
-                    return Ok(());
+                // Storage stopped reading: its own error says why; the clients still get
+                // their bytes (and storage's error ends the fill).
+                if storage_reading && tx.send(Ok(chunk)).await.is_err() {
+                    storage_reading = false;
                 }
             }
-            offset += len;
-            self.fill.state.send_modify(|s| s.written = offset);
         }
+        // Checked here too, so clients get the last byte without waiting for storage to
+        // sync the blob (which links it only after its own check).
+        let actual = hashing
+            .await
+            .map_err(|e| format!("hashing failed: {e}"))?
+            .finish();
+        if actual != self.digest {
+            return Err(format!(
+                "the upstream sent content with digest {actual}, not {}",
+                self.digest
+            ));
+        }
+        self.fill.state.send_modify(|s| s.verified = true);
+        Ok(())
     }
 }
 
-/// The next chunk, and whatever further chunks are ready now (up to [`BATCH`] bytes), so
-/// the spool is written in few large writes without waiting for data.
+/// The next chunk, and whatever further chunks are ready now (up to [`BATCH`] bytes).
 async fn next_batch(
     stream: &mut futures::stream::Fuse<ByteStream>,
 ) -> io::Result<Option<Vec<Bytes>>> {
@@ -258,7 +316,29 @@ async fn next_batch(
     Ok(Some(batch))
 }
 
+/// What a client's body reads next.
+enum Source {
+    /// The fill's window, from this offset.
+    Window(u64),
+    /// Storage, once the blob is stored (the client fell behind the window).
+    Stored(ByteStream),
+}
+
 impl Fill {
+    fn window_push(&self, batch: &[Bytes]) {
+        self.window
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(batch);
+    }
+
+    fn window_read(&self, offset: u64, limit: u64) -> Option<Bytes> {
+        self.window
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .read(offset, limit)
+    }
+
     /// Wait until the upstream answered: the blob's size (`None`: not announced), or why
     /// there is no blob (`Err(true)`: the upstream does not have it).
     pub async fn started(&self) -> Result<Option<u64>, (bool, String)> {
@@ -275,13 +355,23 @@ impl Fill {
         }
     }
 
-    /// The blob's bytes, from the spool as they arrive; the last byte only once the digest
-    /// is verified. Ends with an error if the fill fails.
+    /// The blob's bytes as they arrive; the last byte only once the digest is verified.
+    /// Ends with an error if the fill fails.
     pub fn reader(self: Arc<Fill>) -> ByteStream {
         let rx = self.state.subscribe();
         Box::pin(futures::stream::try_unfold(
-            (self, rx, 0u64),
-            |(fill, mut rx, offset)| async move {
+            (self, rx, Source::Window(0)),
+            |(fill, mut rx, source)| async move {
+                let offset = match source {
+                    Source::Stored(mut stream) => {
+                        return Ok(stream
+                            .next()
+                            .await
+                            .transpose()?
+                            .map(|chunk| (chunk, (fill, rx, Source::Stored(stream)))));
+                    }
+                    Source::Window(offset) => offset,
+                };
                 loop {
                     let state = rx.borrow_and_update().clone();
                     let verified = match &state.done {
@@ -295,18 +385,25 @@ impl Fill {
                         (false, None) => 0,
                     };
                     if offset < limit {
-                        let len = (limit - offset).min(BATCH as u64) as usize;
-                        let spool = fill.spool.clone();
-                        let chunk = tokio::task::spawn_blocking(move || {
-                            let mut buf = vec![0u8; len];
-                            spool.read_exact_at(&mut buf, offset).map(|()| buf)
-                        })
-                        .await
-                        .map_err(io::Error::other)??;
-                        let next = offset + len as u64;
-                        return Ok(Some((Bytes::from(chunk), (fill, rx, next))));
-                    }
-                    if verified {
+                        if let Some(chunk) = fill.window_read(offset, limit) {
+                            let next = offset + chunk.len() as u64;
+                            return Ok(Some((chunk, (fill, rx, Source::Window(next)))));
+                        }
+                        if matches!(state.done, Some(Ok(()))) {
+                            let range = ByteRange::From {
+                                start: offset,
+                                end: None,
+                            };
+                            let read = fill.storage.blob_read(&fill.digest, Some(range)).await;
+                            let mut stream = read.map_err(io::Error::other)?.stream;
+                            return Ok(stream
+                                .next()
+                                .await
+                                .transpose()?
+                                .map(|chunk| (chunk, (fill, rx, Source::Stored(stream)))));
+                        }
+                        // Fell behind the window: the rest comes from storage once stored.
+                    } else if verified {
                         return Ok(None);
                     }
                     if rx.changed().await.is_err() {
@@ -315,5 +412,33 @@ impl Fill {
                 }
             },
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_keeps_recent_bytes_and_slices_without_copying() {
+        let mut w = Window::default();
+        let chunk = Bytes::from(vec![7u8; (WINDOW / 4) as usize]);
+        for _ in 0..4 {
+            w.push(std::slice::from_ref(&chunk));
+        }
+        assert_eq!(
+            (w.start, w.len),
+            (0, WINDOW),
+            "exactly the window: all kept"
+        );
+        let part = w.read(10, 20).expect("in the window");
+        assert_eq!(part.len(), 10, "stops at the limit");
+        assert_eq!(part.as_ptr(), chunk[10..].as_ptr(), "a slice of the chunk");
+        w.push(&[Bytes::from_static(b"tail")]);
+        assert_eq!(w.start, WINDOW / 4, "the oldest chunk is dropped");
+        assert!(w.read(0, WINDOW).is_none(), "behind the window");
+        let tail = w.read(WINDOW, WINDOW + 4).expect("the newest bytes");
+        assert_eq!(&tail[..], b"tail");
+        assert!(w.read(WINDOW + 4, WINDOW + 8).is_none(), "not yet arrived");
     }
 }
