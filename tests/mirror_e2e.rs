@@ -395,3 +395,80 @@ async fn the_cache_on_s3_storage() {
     upstream.stop();
     pull().await;
 }
+
+/// A missing tag, manifest digest or blob is asked upstream once per `not_found_ttl`, not
+/// once per pull; a restart does not revalidate tags validated within the TTL.
+#[tokio::test(flavor = "multi_thread")]
+async fn misses_are_remembered_and_tag_freshness_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let upstream = token_upstream(dir.path());
+    let c = client();
+    let push = token(
+        &c,
+        &upstream.url(),
+        "pusher",
+        "push-pw",
+        "repository:library/app:push,pull",
+    )
+    .await;
+    let img = image(21);
+    push_image(
+        &c,
+        &upstream.url(),
+        "library/app",
+        "latest",
+        &img,
+        Some(&push),
+    )
+    .await;
+    let mut mirror = mirror_server(dir.path(), &hub_mirror_table(&upstream, "1h"));
+    let base = format!("{}/v2/docker.io/library/app", mirror.url());
+    let status = |url: String| {
+        let c = c.clone();
+        async move {
+            let resp = c
+                .get(&url)
+                .header("accept", OCI_MANIFEST)
+                .send()
+                .await
+                .expect("GET");
+            resp.status().as_u16()
+        }
+    };
+    let missing_digest = format!("sha256:{}", "0".repeat(64));
+    let misses = [
+        ("manifests/nope", format!("{base}/manifests/nope")),
+        (
+            missing_digest.as_str(),
+            format!("{base}/manifests/{missing_digest}"),
+        ),
+        ("blobs/sha256:", format!("{base}/blobs/{missing_digest}")),
+    ];
+    for (filter, url) in &misses {
+        assert_eq!(status(url.clone()).await, 404, "{url}");
+        let asked = requests(&upstream, filter);
+        assert!(asked >= 1, "{filter}: the first miss asks upstream");
+        for _ in 0..20 {
+            assert_eq!(status(url.clone()).await, 404, "{url}");
+        }
+        assert_eq!(
+            requests(&upstream, filter),
+            asked,
+            "{filter}: twenty more pulls of a missing name ask upstream nothing"
+        );
+    }
+
+    // A tag validated now stays fresh across a restart of the mirror.
+    assert_eq!(status(format!("{base}/manifests/latest")).await, 200);
+    let asked = requests(&upstream, "manifests/latest");
+    assert!(asked >= 1);
+    mirror.stop();
+    mirror.start_again();
+    let base = format!("{}/v2/docker.io/library/app", mirror.url());
+    assert_eq!(status(format!("{base}/manifests/latest")).await, 200);
+    assert_eq!(
+        requests(&upstream, "manifests/latest"),
+        asked,
+        "after a restart the tag is served from the cache within its TTL, not revalidated"
+    );
+}

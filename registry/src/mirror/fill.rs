@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use berth_storage::{ByteRange, ByteStream, Digest, Hasher, Storage};
 use bytes::Bytes;
-use futures::{FutureExt, SinkExt, StreamExt};
+use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -28,9 +28,9 @@ const BATCH: usize = 1 << 20;
 /// Recent bytes kept in memory for the fill's clients; a client further behind reads from
 /// storage once the blob is stored.
 const WINDOW: u64 = 32 << 20;
-/// Chunks on their way into storage (at most): past this the fill waits for storage, so a
-/// slow disk bounds memory rather than the upstream's speed.
-const STORAGE_QUEUE: usize = 64;
+/// KiB on their way into storage (at most): past this the fill waits for storage, so
+/// memory stays bounded; below it a client is paced by the upstream, not by the disk.
+const STORAGE_LAG_KIB: usize = 64 << 10;
 /// A finished fill stays findable this long, so a request that saw the blob missing just
 /// before it was linked joins the finished fill instead of fetching it again.
 const LINGER: Duration = Duration::from_secs(10);
@@ -174,7 +174,46 @@ struct Job {
     fill: Arc<Fill>,
 }
 
-type ChunkSender = futures::channel::mpsc::Sender<io::Result<Bytes>>;
+/// Chunks for the storage upload, each with its share of [`STORAGE_LAG_KIB`].
+type Queued = (io::Result<Bytes>, Option<tokio::sync::OwnedSemaphorePermit>);
+
+/// The sending side of the storage queue: waits only when storage lags too far.
+struct ChunkSender {
+    tx: futures::channel::mpsc::UnboundedSender<Queued>,
+    lag: Arc<tokio::sync::Semaphore>,
+}
+
+impl ChunkSender {
+    /// `Err` when storage stopped reading.
+    async fn send(&mut self, item: io::Result<Bytes>) -> Result<(), ()> {
+        let kib = match &item {
+            Ok(chunk) => chunk.len().div_ceil(1024).clamp(1, STORAGE_LAG_KIB) as u32,
+            Err(_) => 0,
+        };
+        let permit = match kib {
+            0 => None,
+            _ => Some(
+                self.lag
+                    .clone()
+                    .acquire_many_owned(kib)
+                    .await
+                    .map_err(|_| ())?,
+            ),
+        };
+        self.tx.unbounded_send((item, permit)).map_err(|_| ())
+    }
+}
+
+/// A queue into storage bounded by bytes, and the stream storage reads it from (a chunk's
+/// share of the bound is given back as storage takes it).
+fn storage_queue() -> (ChunkSender, ByteStream) {
+    let (tx, rx) = futures::channel::mpsc::unbounded::<Queued>();
+    let lag = Arc::new(tokio::sync::Semaphore::new(STORAGE_LAG_KIB));
+    (
+        ChunkSender { tx, lag },
+        Box::pin(rx.map(|(item, _permit)| item)),
+    )
+}
 
 impl Job {
     async fn fetch_and_store(&self) -> Result<(), String> {
@@ -196,7 +235,7 @@ impl Job {
             .upload_create(&self.name)
             .await
             .map_err(|e| format!("cannot start storing it: {e}"))?;
-        let (mut tx, rx) = futures::channel::mpsc::channel::<io::Result<Bytes>>(STORAGE_QUEUE);
+        let (mut tx, data) = storage_queue();
         let store = {
             let (storage, name, id, digest) = (
                 self.storage.clone(),
@@ -205,7 +244,6 @@ impl Job {
                 self.digest.clone(),
             );
             tokio::spawn(async move {
-                let data: ByteStream = Box::pin(rx);
                 storage
                     .upload_complete(&name, &id, &digest, Some(data))
                     .await
