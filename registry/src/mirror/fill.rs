@@ -109,6 +109,15 @@ pub(super) struct Fills {
 }
 
 impl Fills {
+    /// Repositories with a fill in flight (eviction leaves them alone).
+    pub fn repositories_filling(&self) -> std::collections::HashSet<String> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter()
+            .filter(|(_, fill)| fill.state.borrow().done.is_none())
+            .map(|((name, _), _)| name.clone())
+            .collect()
+    }
+
     /// The fill of `digest` for the local repository `name`: the one in flight, or a new
     /// one (started in a task of its own).
     pub fn join_or_start(

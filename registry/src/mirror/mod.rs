@@ -20,6 +20,7 @@ use berth_storage::Digest;
 use serde::Deserialize;
 
 mod blobs;
+mod evict;
 mod fill;
 mod manifests;
 mod negative;
@@ -27,6 +28,7 @@ mod referrers;
 mod upstream;
 
 pub(crate) use blobs::get as blob_get;
+pub use evict::Evicted;
 pub(crate) use manifests::get as manifest_get;
 pub(crate) use referrers::get as referrers_get;
 
@@ -302,6 +304,11 @@ impl Mirrors {
 
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
+    }
+
+    /// Whether some mirror has a `max_size` (then housekeeping evicts).
+    pub fn has_size_limits(&self) -> bool {
+        self.list.iter().any(|m| m.max_size.is_some())
     }
 
     /// The local repository a request for `name` (with containerd's `?ns=`, if any) is
