@@ -31,6 +31,12 @@ const WINDOW: u64 = 32 << 20;
 /// KiB on their way into storage (at most): past this the fill waits for storage, so
 /// memory stays bounded; below it a client is paced by the upstream, not by the disk.
 const STORAGE_LAG_KIB: usize = 64 << 10;
+/// How long a replica's claim on a fill lasts in shared storage without renewal (a crashed
+/// replica's fill is taken over after this), how often it is renewed, and how often a
+/// replica waiting for another one's fill looks again.
+const LEASE_TTL: Duration = Duration::from_secs(30);
+const LEASE_RENEW: Duration = Duration::from_secs(10);
+const LEASE_POLL: Duration = Duration::from_millis(500);
 /// A finished fill stays findable this long, so a request that saw the blob missing just
 /// before it was linked joins the finished fill instead of fetching it again.
 const LINGER: Duration = Duration::from_secs(10);
@@ -103,9 +109,29 @@ pub(super) struct Fill {
 type Key = (String, Digest);
 
 /// The fills in flight (and those finished in the last [`LINGER`]).
-#[derive(Default)]
 pub(super) struct Fills {
     map: Arc<Mutex<HashMap<Key, Arc<Fill>>>>,
+    /// This process, as the owner of fill leases in shared storage.
+    owner: String,
+}
+
+impl Default for Fills {
+    fn default() -> Fills {
+        let mut bytes = [0u8; 12];
+        // Without randomness, the time and PID still tell replicas apart.
+        if getrandom::fill(&mut bytes).is_err() {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default();
+            bytes[..8].copy_from_slice(&(nanos as u64).to_le_bytes());
+            bytes[8..].copy_from_slice(&std::process::id().to_le_bytes());
+        }
+        Fills {
+            map: Arc::default(),
+            owner: hex::encode(bytes),
+        }
+    }
 }
 
 impl Fills {
@@ -147,6 +173,7 @@ impl Fills {
             upstream_name: upstream_name.to_string(),
             digest: digest.clone(),
             fill: fill.clone(),
+            owner: self.owner.clone(),
         };
         let map = self.map.clone();
         tokio::spawn(async move {
@@ -181,6 +208,16 @@ struct Job {
     upstream_name: String,
     digest: Digest,
     fill: Arc<Fill>,
+    owner: String,
+}
+
+/// Renews a fill lease until dropped.
+struct Renewing(JoinHandle<()>);
+
+impl Drop for Renewing {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Chunks for the storage upload, each with its share of [`STORAGE_LAG_KIB`].
@@ -226,6 +263,102 @@ fn storage_queue() -> (ChunkSender, ByteStream) {
 
 impl Job {
     async fn fetch_and_store(&self) -> Result<(), String> {
+        let lease = format!("fill-{}", self.digest.hex());
+        if !self.take_lease(&lease).await? {
+            return self.stored_by_another_replica().await;
+        }
+        let renewing = {
+            let (storage, lease, owner) = (self.storage.clone(), lease.clone(), self.owner.clone());
+            Renewing(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(LEASE_RENEW).await;
+                    if let Err(e) = storage.lease_acquire(&lease, &owner, LEASE_TTL).await {
+                        tracing::warn!(%lease, error = %e, "mirror: could not renew a fill lease");
+                    }
+                }
+            }))
+        };
+        let result = self.fetch_and_store_leased().await;
+        drop(renewing);
+        if let Err(e) = self.storage.lease_release(&lease, &self.owner).await {
+            tracing::warn!(%lease, error = %e, "mirror: could not release a fill lease (it expires)");
+        }
+        result
+    }
+
+    /// Wait until this replica holds the blob's fill lease (`Ok(true)`), or the blob is
+    /// stored (`Ok(false)`: another replica over the same storage filled it). A lease whose
+    /// holder crashed expires after [`LEASE_TTL`] and is taken over.
+    async fn take_lease(&self, lease: &str) -> Result<bool, String> {
+        let stored = || async {
+            self.storage
+                .blob_size(&self.digest)
+                .await
+                .map(|size| size.is_some())
+                .map_err(|e| format!("cannot look the blob up: {e}"))
+        };
+        let mut waited = false;
+        loop {
+            if stored().await? {
+                return Ok(false);
+            }
+            let held = self
+                .storage
+                .lease_acquire(lease, &self.owner, LEASE_TTL)
+                .await
+                .map_err(|e| format!("cannot take the fill lease: {e}"))?;
+            if held {
+                // It may have been stored between the look and the lease.
+                if waited && stored().await? {
+                    let _ = self.storage.lease_release(lease, &self.owner).await;
+                    return Ok(false);
+                }
+                return Ok(true);
+            }
+            if !waited {
+                tracing::info!(repository = %self.name, digest = %self.digest, "mirror: another replica is filling this blob; waiting for it");
+                waited = true;
+            }
+            tokio::time::sleep(LEASE_POLL).await;
+        }
+    }
+
+    /// The blob another replica stored: linked here (after the upstream confirms this
+    /// repository has it, when it was stored for another), then served from storage.
+    async fn stored_by_another_replica(&self) -> Result<(), String> {
+        let s = self.storage.as_ref();
+        let size = s
+            .blob_size(&self.digest)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the blob vanished after another replica stored it")?;
+        if !s
+            .blob_linked(&self.name, &self.digest)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            let upstream = self
+                .mirror
+                .head_blob(&self.upstream_name, &self.digest)
+                .await
+                .map_err(|e| e.to_string())?;
+            if upstream.is_none() {
+                self.fill.state.send_modify(|s| s.not_found = true);
+                return Err("the upstream does not have it".into());
+            }
+            s.link_blob(&self.name, &self.digest)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        self.fill.state.send_modify(|s| {
+            s.size = Some(size);
+            s.written = size;
+            s.verified = true;
+        });
+        Ok(())
+    }
+
+    async fn fetch_and_store_leased(&self) -> Result<(), String> {
         let body = match self
             .mirror
             .get_blob(&self.upstream_name, &self.digest)
