@@ -56,22 +56,23 @@ pub(super) struct State {
     pub verified: bool,
 }
 
-/// The most recent chunks of the blob: `chunks` hold bytes from offset `start` on.
+/// The most recent chunks of the blob, each with its offset: bytes from `start` on.
 #[derive(Default)]
 struct Window {
     start: u64,
     len: u64,
-    chunks: VecDeque<Bytes>,
+    chunks: VecDeque<(u64, Bytes)>,
 }
 
 impl Window {
     fn push(&mut self, batch: &[Bytes]) {
         for chunk in batch {
+            self.chunks
+                .push_back((self.start + self.len, chunk.clone()));
             self.len += chunk.len() as u64;
-            self.chunks.push_back(chunk.clone());
         }
         while self.len > WINDOW {
-            let Some(old) = self.chunks.pop_front() else {
+            let Some((_, old)) = self.chunks.pop_front() else {
                 break;
             };
             self.len -= old.len() as u64;
@@ -80,22 +81,21 @@ impl Window {
     }
 
     /// Bytes from `offset` up to `limit` (one chunk's worth, without copying); `None` when
-    /// `offset` is no longer in the window.
+    /// `offset` is no longer in the window. Found by binary search: a window holds
+    /// thousands of small chunks.
     fn read(&self, offset: u64, limit: u64) -> Option<Bytes> {
-        let mut at = self.start;
-        if offset < at {
+        if offset < self.start {
             return None;
         }
-        for chunk in &self.chunks {
-            let end = at + chunk.len() as u64;
-            if offset < end {
-                let from = (offset - at) as usize;
-                let to = (end.min(limit) - at) as usize;
-                return Some(chunk.slice(from..to));
-            }
-            at = end;
+        let i = self.chunks.partition_point(|(at, _)| *at <= offset);
+        let (at, chunk) = self.chunks.get(i.checked_sub(1)?)?;
+        let end = at + chunk.len() as u64;
+        if offset >= end {
+            return None;
         }
-        None
+        let from = (offset - at) as usize;
+        let to = (end.min(limit) - at) as usize;
+        Some(chunk.slice(from..to))
     }
 }
 
