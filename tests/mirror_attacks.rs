@@ -20,6 +20,13 @@ struct Tiny {
     blobs: HashMap<String, Vec<u8>>,
     gets: AtomicUsize,
     corrupt: bool,
+    /// Each body's last piece waits for a permit here (none: held until the test opens it).
+    gate: tokio::sync::Semaphore,
+}
+
+/// A gate that is open from the start.
+fn open_gate() -> tokio::sync::Semaphore {
+    tokio::sync::Semaphore::new(tokio::sync::Semaphore::MAX_PERMITS)
 }
 
 async fn tiny_upstream(tiny: Arc<Tiny>) -> u16 {
@@ -47,11 +54,20 @@ async fn tiny_upstream(tiny: Arc<Tiny>) -> u16 {
                 tiny.gets.fetch_add(1, Ordering::SeqCst);
                 let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
                     bytes.chunks(64 << 10).map(|c| Ok(c.to_vec())).collect();
-                let body =
-                    futures::StreamExt::then(futures::stream::iter(pieces), |p| async move {
-                        tokio::time::sleep(Duration::from_millis(3)).await;
-                        p
-                    });
+                let last = pieces.len() - 1;
+                let body = futures::StreamExt::then(
+                    futures::stream::iter(pieces.into_iter().enumerate()),
+                    move |(i, p)| {
+                        let tiny = tiny.clone();
+                        async move {
+                            tokio::time::sleep(Duration::from_millis(3)).await;
+                            if i == last {
+                                let _ = tiny.gate.acquire().await.map(|p| p.forget());
+                            }
+                            p
+                        }
+                    },
+                );
                 (
                     [("content-length", len.to_string())],
                     axum::body::Body::from_stream(body),
@@ -82,6 +98,7 @@ async fn eight_clients_share_one_upstream_fetch_and_a_hang_up_does_not_stop_it()
         blobs: HashMap::from([(digest.clone(), blob.clone())]),
         gets: AtomicUsize::new(0),
         corrupt: false,
+        gate: open_gate(),
     });
     let port = tiny_upstream(tiny.clone()).await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -125,6 +142,43 @@ async fn eight_clients_share_one_upstream_fetch_and_a_hang_up_does_not_stop_it()
     );
 }
 
+/// A client that stalls while the fill runs far past it (beyond the fill's 32 MiB window
+/// of recent bytes in memory) still gets every byte: the rest from storage once stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_left_behind_by_the_fill_gets_the_rest_from_storage() {
+    let blob = noise(9, 48 << 20);
+    let digest = digest_of(&blob);
+    let tiny = Arc::new(Tiny {
+        blobs: HashMap::from([(digest.clone(), blob.clone())]),
+        gets: AtomicUsize::new(0),
+        corrupt: false,
+        gate: open_gate(),
+    });
+    let port = tiny_upstream(tiny.clone()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mirror = tiny_mirror(dir.path(), port);
+    let url = format!("{}/v2/tiny/slow/blobs/{digest}", mirror.url());
+    let c = client();
+
+    let mut slow = c.get(&url).send().await.expect("GET");
+    assert_eq!(slow.status().as_u16(), 200);
+    let mut got = slow
+        .chunk()
+        .await
+        .expect("first chunk")
+        .expect("some bytes")
+        .to_vec();
+    // Another client takes the whole blob meanwhile: the fill is done when it has it.
+    let fast = c.get(&url).send().await.expect("GET");
+    assert!(fast.bytes().await.expect("whole body") == blob);
+    while let Some(chunk) = slow.chunk().await.expect("the stalled client's next chunk") {
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(got.len(), blob.len(), "the stalled client gets every byte");
+    assert!(got == blob, "and the right ones");
+    assert_eq!(tiny.gets.load(Ordering::SeqCst), 1, "one upstream fetch");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_corrupting_upstream_is_never_cached_nor_served_whole() {
     let blob = noise(8, 1 << 20);
@@ -133,6 +187,7 @@ async fn a_corrupting_upstream_is_never_cached_nor_served_whole() {
         blobs: HashMap::from([(digest.clone(), blob.clone())]),
         gets: AtomicUsize::new(0),
         corrupt: true,
+        gate: open_gate(),
     });
     let port = tiny_upstream(tiny.clone()).await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -181,4 +236,136 @@ fn walk(dir: &Path) -> Vec<String> {
         }
     }
     out
+}
+
+/// Two mirror replicas over one bucket, with the upstream's body held back at its last
+/// piece until the test lets it go.
+async fn two_replicas(
+    s3: &berth_storage::s3_test_server::S3TestServer,
+    dir: &Path,
+    tiny: Arc<Tiny>,
+) -> (Server, Server) {
+    let port = tiny_upstream(tiny).await;
+    let config = dir.join("mirror.toml");
+    std::fs::write(
+        &config,
+        format!("[[mirror]]\nupstream = \"http://127.0.0.1:{port}\"\nprefix = \"tiny\"\n"),
+    )
+    .expect("config");
+    let args = ["--config", &config.display().to_string()].map(str::to_string);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    (
+        Server::start_s3(s3, "cache", &args),
+        Server::start_s3(s3, "cache", &args),
+    )
+}
+
+fn closed_tiny(blob: &[u8]) -> (Arc<Tiny>, String) {
+    let digest = digest_of(blob);
+    let tiny = Arc::new(Tiny {
+        blobs: HashMap::from([(digest.clone(), blob.to_vec())]),
+        gets: AtomicUsize::new(0),
+        corrupt: false,
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    (tiny, digest)
+}
+
+async fn wait_for_log(server: &Server, line: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !server.log().contains(line) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {line:?} in the log within a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A blob one replica is filling is not fetched again by another replica over the same
+/// bucket: the second waits on the first's lease and serves the stored blob.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_over_one_bucket_fill_a_blob_once() {
+    let Some(s3) = s3_server("mirror-lease") else {
+        return;
+    };
+    let blob = noise(11, 4 << 20);
+    let (tiny, digest) = closed_tiny(&blob);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (one, two) = two_replicas(&s3, dir.path(), tiny.clone()).await;
+    let c = client();
+    let path = format!("/v2/tiny/shared/blobs/{digest}");
+    let mut first = c
+        .get(format!("{}{path}", one.url()))
+        .send()
+        .await
+        .expect("GET one");
+    assert_eq!(first.status().as_u16(), 200);
+    let mut got = first.chunk().await.expect("chunk").expect("bytes").to_vec();
+    let second = tokio::spawn({
+        let (c, url) = (c.clone(), format!("{}{path}", two.url()));
+        async move {
+            let resp = c.get(url).send().await.expect("GET two");
+            assert_eq!(resp.status().as_u16(), 200);
+            resp.bytes().await.expect("body two").to_vec()
+        }
+    });
+    wait_for_log(&two, "another replica is filling this blob").await;
+    tiny.gate.add_permits(16);
+    while let Some(chunk) = first.chunk().await.expect("chunk") {
+        got.extend_from_slice(&chunk);
+    }
+    assert!(got == blob, "replica one serves the right bytes");
+    assert!(
+        second.await.expect("join") == blob,
+        "and so does replica two"
+    );
+    assert_eq!(
+        tiny.gets.load(Ordering::SeqCst),
+        1,
+        "one upstream fetch for both replicas"
+    );
+}
+
+/// A replica that dies mid-fill leaves a lease that expires: the other replica then fills
+/// the blob itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashed_replicas_fill_lease_expires_and_another_fills_the_blob() {
+    let Some(s3) = s3_server("mirror-lease-crash") else {
+        return;
+    };
+    let blob = noise(12, 2 << 20);
+    let (tiny, digest) = closed_tiny(&blob);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut one, two) = two_replicas(&s3, dir.path(), tiny.clone()).await;
+    let c = client();
+    let path = format!("/v2/tiny/crash/blobs/{digest}");
+    let mut first = c
+        .get(format!("{}{path}", one.url()))
+        .send()
+        .await
+        .expect("GET one");
+    assert_eq!(first.status().as_u16(), 200);
+    assert!(first.chunk().await.expect("chunk").is_some());
+    one.kill9();
+    tiny.gate.add_permits(16);
+    let resp = c
+        .get(format!("{}{path}", two.url()))
+        .send()
+        .await
+        .expect("GET two");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(
+        resp.bytes().await.expect("body") == blob,
+        "filled by the surviving replica"
+    );
+    assert!(
+        two.log().contains("another replica is filling this blob"),
+        "it waited for the lease first"
+    );
+    assert_eq!(
+        tiny.gets.load(Ordering::SeqCst),
+        2,
+        "fetched again only after the crash"
+    );
 }

@@ -395,3 +395,203 @@ async fn the_cache_on_s3_storage() {
     upstream.stop();
     pull().await;
 }
+
+/// A missing tag, manifest digest or blob is asked upstream once per `not_found_ttl`, not
+/// once per pull; a restart does not revalidate tags validated within the TTL.
+#[tokio::test(flavor = "multi_thread")]
+async fn misses_are_remembered_and_tag_freshness_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let upstream = token_upstream(dir.path());
+    let c = client();
+    let push = token(
+        &c,
+        &upstream.url(),
+        "pusher",
+        "push-pw",
+        "repository:library/app:push,pull",
+    )
+    .await;
+    let img = image(21);
+    push_image(
+        &c,
+        &upstream.url(),
+        "library/app",
+        "latest",
+        &img,
+        Some(&push),
+    )
+    .await;
+    let mut mirror = mirror_server(dir.path(), &hub_mirror_table(&upstream, "1h"));
+    let base = format!("{}/v2/docker.io/library/app", mirror.url());
+    let status = |url: String| {
+        let c = c.clone();
+        async move {
+            let resp = c
+                .get(&url)
+                .header("accept", OCI_MANIFEST)
+                .send()
+                .await
+                .expect("GET");
+            resp.status().as_u16()
+        }
+    };
+    let missing_digest = format!("sha256:{}", "0".repeat(64));
+    let misses = [
+        ("manifests/nope", format!("{base}/manifests/nope")),
+        (
+            missing_digest.as_str(),
+            format!("{base}/manifests/{missing_digest}"),
+        ),
+        ("blobs/sha256:", format!("{base}/blobs/{missing_digest}")),
+    ];
+    for (filter, url) in &misses {
+        assert_eq!(status(url.clone()).await, 404, "{url}");
+        let asked = requests(&upstream, filter);
+        assert!(asked >= 1, "{filter}: the first miss asks upstream");
+        for _ in 0..20 {
+            assert_eq!(status(url.clone()).await, 404, "{url}");
+        }
+        assert_eq!(
+            requests(&upstream, filter),
+            asked,
+            "{filter}: twenty more pulls of a missing name ask upstream nothing"
+        );
+    }
+
+    // A tag validated now stays fresh across a restart of the mirror.
+    assert_eq!(status(format!("{base}/manifests/latest")).await, 200);
+    let asked = requests(&upstream, "manifests/latest");
+    assert!(asked >= 1);
+    mirror.stop();
+    mirror.start_again();
+    let base = format!("{}/v2/docker.io/library/app", mirror.url());
+    assert_eq!(status(format!("{base}/manifests/latest")).await, 200);
+    assert_eq!(
+        requests(&upstream, "manifests/latest"),
+        asked,
+        "after a restart the tag is served from the cache within its TTL, not revalidated"
+    );
+}
+
+/// GET a manifest and every blob it names through the mirror; the blobs' bytes, or the
+/// first failing status.
+async fn pull_all(c: &reqwest::Client, base: &str, repo: &str) -> Result<Vec<Vec<u8>>, u16> {
+    let resp = c
+        .get(format!("{base}/v2/{repo}/manifests/latest"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("GET manifest");
+    if resp.status().as_u16() != 200 {
+        return Err(resp.status().as_u16());
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&resp.bytes().await.expect("body")).expect("manifest json");
+    let mut digests = vec![manifest["config"]["digest"].as_str().unwrap_or_default()];
+    for l in manifest["layers"].as_array().into_iter().flatten() {
+        digests.push(l["digest"].as_str().unwrap_or_default());
+    }
+    let mut blobs = Vec::new();
+    for d in digests {
+        let resp = c
+            .get(format!("{base}/v2/{repo}/blobs/{d}"))
+            .send()
+            .await
+            .expect("GET blob");
+        if resp.status().as_u16() != 200 {
+            return Err(resp.status().as_u16());
+        }
+        blobs.push(resp.bytes().await.expect("blob body").to_vec());
+    }
+    Ok(blobs)
+}
+
+/// Three images of about 3.2 MiB under an 8 MiB `max_size`: housekeeping evicts the least
+/// recently pulled (manifest, links, and with GC its bytes); the others stay whole and are
+/// served with the upstream gone; a re-pull refills the evicted one.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_least_recently_pulled_image_is_evicted_beyond_max_size() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut upstream = token_upstream(dir.path());
+    let c = client();
+    let images = [
+        ("library/a", image(31)),
+        ("library/b", image(32)),
+        ("library/c", image(33)),
+    ];
+    for (repo, img) in &images {
+        let scope = format!("repository:{repo}:push,pull");
+        let push = token(&c, &upstream.url(), "pusher", "push-pw", &scope).await;
+        push_image(&c, &upstream.url(), repo, "latest", img, Some(&push)).await;
+    }
+    let table = format!(
+        "pull_flush_interval = \"1s\"\ngc_grace = \"0s\"\n\
+         [[mirror]]\nupstream = \"{}\"\nprefix = \"hub\"\nusername = \"puller\"\npassword = \"pull-pw\"\n\
+         manifest_ttl = \"1h\"\nmax_size = \"8MiB\"\n",
+        upstream.url()
+    );
+    let mirror = mirror_server(dir.path(), &table);
+    let blobs_of = |img: &Image| {
+        let mut all = vec![img.config.clone()];
+        all.extend(img.layers.iter().cloned());
+        all
+    };
+    for (i, (repo, img)) in images.iter().enumerate() {
+        if i > 0 {
+            // Pull times are kept in whole seconds: one apart orders them.
+            tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        }
+        let got = pull_all(&c, &mirror.url(), &format!("hub/{repo}")).await;
+        assert_eq!(got, Ok(blobs_of(img)), "{repo} through the mirror");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !mirror.log().contains("mirror: evicted beyond max_size") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no eviction within a minute"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(
+        mirror
+            .log()
+            .contains("repository=hub/library/a digest=sha256:"),
+        "the least recently pulled image is the one evicted"
+    );
+    let big_a = digest_of(&images[0].1.layers[0]);
+    let stored = |hex: &str| {
+        let mut stack = vec![mirror.storage().to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.file_name().to_string_lossy().contains(hex) {
+                    return true;
+                }
+                if e.path().is_dir() {
+                    stack.push(e.path());
+                }
+            }
+        }
+        false
+    };
+    assert!(
+        !stored(big_a.trim_start_matches("sha256:")),
+        "the evicted image's big layer is gone from disk"
+    );
+    upstream.stop();
+    assert_ne!(
+        pull_all(&c, &mirror.url(), "hub/library/a").await.err(),
+        None,
+        "evicted: not served from the cache"
+    );
+    for (repo, img) in &images[1..] {
+        let got = pull_all(&c, &mirror.url(), &format!("hub/{repo}")).await;
+        assert_eq!(
+            got,
+            Ok(blobs_of(img)),
+            "{repo} intact, from the cache alone"
+        );
+    }
+    upstream.start_again();
+    let got = pull_all(&c, &mirror.url(), "hub/library/a").await;
+    assert_eq!(got, Ok(blobs_of(&images[0].1)), "a re-pull refills it");
+}

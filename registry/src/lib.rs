@@ -120,6 +120,11 @@ impl Registry {
     }
 
     /// The manifest pulls noted since the last flush (the server flushes them).
+    /// The `[[mirror]]` caches (for housekeeping's eviction).
+    pub fn mirrors(&self) -> Arc<mirror::Mirrors> {
+        self.mirrors.clone()
+    }
+
     pub fn pull_log(&self) -> pulls::PullLog {
         self.pulls.clone()
     }
@@ -514,7 +519,13 @@ async fn handle(
             let fill = reads && !reg.read_only.is_on();
             match route {
                 Route::Manifest { reference, .. } if fill => {
-                    return mirror::manifest_get(s, mirror, name, upstream, reference, &req).await
+                    let response =
+                        mirror::manifest_get(s, mirror, name, upstream, reference, &req).await?;
+                    // Pull times order the mirror's eviction.
+                    if m == Method::GET {
+                        note_pull(&reg.pulls, name, &response);
+                    }
+                    return Ok(response);
                 }
                 Route::Blob { digest, .. } if fill => {
                     return mirror::blob_get(

@@ -252,6 +252,14 @@ impl Storage for MeteredStorage {
         self.observe("outbox_release", self.inner.outbox_release(id, owner))
             .await
     }
+    async fn lease_acquire(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool> {
+        self.observe("lease_acquire", self.inner.lease_acquire(name, owner, ttl))
+            .await
+    }
+    async fn lease_release(&self, name: &str, owner: &str) -> Result<()> {
+        self.observe("lease_release", self.inner.lease_release(name, owner))
+            .await
+    }
     async fn collect_garbage(&self, grace: Duration, dry_run: bool) -> Result<GcReport> {
         self.observe(
             "collect_garbage",

@@ -116,6 +116,38 @@ pub fn spawn_pull_flushes(
     });
 }
 
+/// What the mirrors' eviction needs besides the storage.
+pub struct Eviction {
+    pub mirrors: Arc<berth_registry::mirror::Mirrors>,
+    pub pulls: PullLog,
+    pub every: Duration,
+    pub grace: Duration,
+}
+
+/// Every `job.every`, write the noted pulls (they order the eviction), then evict the
+/// least recently used content of each mirror beyond its `max_size` (skipped while
+/// read-only).
+pub fn spawn_mirror_eviction(
+    storage: Arc<dyn berth_storage::Storage>,
+    job: Eviction,
+    read_only: ReadOnly,
+) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(job.every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if read_only.is_on() {
+                continue;
+            }
+            flush_pulls(storage.as_ref(), &job.pulls).await;
+            if let Err(e) = job.mirrors.evict(storage.as_ref(), job.grace).await {
+                tracing::warn!(error = %e, "mirror: eviction failed; tried again next time");
+            }
+        }
+    });
+}
+
 /// Write the noted pulls now (also at shutdown, so a clean stop loses none).
 pub async fn flush_pulls(storage: &dyn berth_storage::Storage, pulls: &PullLog) {
     match pulls.flush(storage).await {

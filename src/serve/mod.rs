@@ -98,6 +98,8 @@ struct Shared {
     retention: Reloadable<RetentionPolicies>,
     /// `[[notifications]]`: the events whose sender starts with the runtime.
     events: Option<Events>,
+    /// `[[mirror]]` caches, for eviction beyond their `max_size`.
+    mirrors: Arc<berth_registry::mirror::Mirrors>,
 }
 
 /// The registry with everything the settings turn on (logins, rate limit,
@@ -148,6 +150,7 @@ fn registry_router(
         quotas: registry.quota_rules(),
         retention: Reloadable::new(std::mem::take(&mut settings.retention)),
         events,
+        mirrors: registry.mirrors(),
     };
     Ok((registry.router(), shared))
 }
@@ -172,6 +175,7 @@ async fn run(
         pulls,
         immutable,
         retention,
+        mirrors,
         ..
     } = shared;
     housekeeping::spawn(
@@ -186,6 +190,18 @@ async fn run(
         settings.pull_flush_interval,
         read_only.clone(),
     );
+    if mirrors.has_size_limits() {
+        housekeeping::spawn_mirror_eviction(
+            opened.storage.clone(),
+            housekeeping::Eviction {
+                mirrors,
+                pulls: pulls.clone(),
+                every: settings.pull_flush_interval,
+                grace: settings.gc_grace,
+            },
+            read_only.clone(),
+        );
+    }
     if let Some(every) = settings.retention_interval {
         let job = housekeeping::RetentionJob {
             policies: retention,

@@ -333,6 +333,27 @@ pub trait Storage: Send + Sync + 'static {
     async fn outbox_claim(&self, id: &str, owner: &str, ttl: std::time::Duration) -> Result<bool>;
     /// Give up `owner`'s claim on a record (someone else's is left alone).
     async fn outbox_release(&self, id: &str, owner: &str) -> Result<()>;
+
+    // --- leases between replicas (names are checked with [`outbox::is_outbox_id`]) ---
+
+    /// Take or renew the lease `name` for `owner` for `ttl`: true when no one else holds
+    /// an unexpired one (and it is now `owner`'s). Replicas over one bucket use it so one
+    /// of them does a job (e.g. fills a mirrored blob); a crashed holder's lease expires.
+    /// The default, for storage one process owns, always grants it.
+    async fn lease_acquire(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool> {
+        let _ = (name, owner, ttl);
+        Ok(true)
+    }
+    /// Give up `owner`'s lease `name` (someone else's is left alone).
+    async fn lease_release(&self, name: &str, owner: &str) -> Result<()> {
+        let _ = (name, owner);
+        Ok(())
+    }
 }
 
 /// An inclusive byte range request; `end` None means "to the end".

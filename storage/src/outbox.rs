@@ -18,6 +18,8 @@ use crate::{Result, StorageError};
 
 pub(crate) const EVENTS: &str = "outbox/events/";
 pub(crate) const CLAIMS: &str = "outbox/claims/";
+/// Leases between replicas ([`crate::Storage::lease_acquire`]), stored like claims.
+pub(crate) const LEASES: &str = "leases/";
 
 /// Whether `id` may name an outbox record: what the registry generates
 /// (letters, digits, `-`), so it can never leave the outbox's folder.

@@ -46,8 +46,13 @@ pub(crate) async fn get(
 ) -> ApiResult<Response> {
     let s = storage.as_ref();
     let digest = crate::blobs::parse_digest(digest_text)?;
+    // Apart from the manifest of the same digest: a miss of one is not a miss of the other.
+    let miss_key = format!("blob {digest}");
     if s.blob_linked(name, &digest).await? {
         return crate::blobs::get(s, name, digest_text, req).await;
+    }
+    if mirror.known_missing(name, &miss_key) {
+        return Err(unknown(name, &digest));
     }
     let head = req.method == Method::HEAD;
     if s.blob_size(&digest).await?.is_some() {
@@ -57,6 +62,7 @@ pub(crate) async fn get(
             .await
             .map_err(|e| unavailable(name, &e))?;
         if upstream.is_none() {
+            mirror.note_missing(name, &miss_key);
             return Err(unknown(name, &digest));
         }
         s.link_blob(name, &digest).await?;
@@ -64,28 +70,27 @@ pub(crate) async fn get(
     }
     if head {
         // Answered from the upstream's HEAD: a HEAD is no reason to fetch the whole blob.
-        let size = mirror
+        let Some(size) = mirror
             .head_blob(upstream_name, &digest)
             .await
             .map_err(|e| unavailable(name, &e))?
-            .ok_or_else(|| unknown(name, &digest))?;
+        else {
+            mirror.note_missing(name, &miss_key);
+            return Err(unknown(name, &digest));
+        };
         let mut r = empty(StatusCode::OK);
         blob_headers(&mut r, &digest, size);
         return Ok(r);
     }
     let fill = mirrors
         .fills
-        .join_or_start(storage, mirror, name, upstream_name, &digest)
-        .map_err(|e| {
-            RegistryError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Code::Unknown,
-                format!("cannot create a spool file for the blob: {e}"),
-            )
-        })?;
+        .join_or_start(storage, mirror, name, upstream_name, &digest);
     let size = match fill.started().await {
         Ok(size) => size,
-        Err((true, _)) => return Err(unknown(name, &digest)),
+        Err((true, _)) => {
+            mirror.note_missing(name, &miss_key);
+            return Err(unknown(name, &digest));
+        }
         Err((false, why)) => {
             return Err(RegistryError::new(
                 StatusCode::BAD_GATEWAY,

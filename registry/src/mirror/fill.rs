@@ -1,25 +1,42 @@
 //! Filling the cache with one blob: one task per (repository, digest) reads the upstream
-//! body, writes it to an unlinked spool file (which every client of the blob reads, however
-//! late it joined) and streams it into a storage upload, which checks the digest before the
-//! blob becomes visible. The task is not the request's, so a client that hangs up does not
-//! stop it. Clients are held back from the blob's last byte until the digest is verified:
-//! a client of a corrupt upstream gets a cut-off body, never a complete wrong blob.
+//! body and hands each chunk, without copying it, to two places: a storage upload (which
+//! writes it once and checks the digest before the blob becomes visible) and a window of
+//! recent chunks in memory that every client of the blob reads from. A client that falls
+//! behind the window (or joins late) waits for the fill to end and reads the rest from
+//! storage. The fill hashes each chunk once more, beside the upload, so clients need not
+//! wait for storage's disk to be told the digest matched. The task is not the request's,
+//! so a client that hangs up does not stop it. Clients are held back from the blob's last
+//! byte until the digest is verified: a client of a corrupt upstream gets a cut-off body,
+//! never a complete wrong blob.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth_storage::{ByteStream, Digest, Storage};
+use berth_storage::{ByteRange, ByteStream, Digest, Hasher, Storage};
 use bytes::Bytes;
-use futures::{FutureExt, SinkExt, StreamExt};
+use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use super::Mirror;
 
-/// Bytes written to the spool, or read from it, at a time (at most).
+/// Bytes taken from the upstream before they are handed on (at most), so the hash and the
+/// storage upload work in few large steps without waiting for data.
 const BATCH: usize = 1 << 20;
+/// Recent bytes kept in memory for the fill's clients; a client further behind reads from
+/// storage once the blob is stored.
+const WINDOW: u64 = 32 << 20;
+/// KiB on their way into storage (at most): past this the fill waits for storage, so
+/// memory stays bounded; below it a client is paced by the upstream, not by the disk.
+const STORAGE_LAG_KIB: usize = 64 << 10;
+/// How long a replica's claim on a fill lasts in shared storage without renewal (a crashed
+/// replica's fill is taken over after this), how often it is renewed, and how often a
+/// replica waiting for another one's fill looks again.
+const LEASE_TTL: Duration = Duration::from_secs(30);
+const LEASE_RENEW: Duration = Duration::from_secs(10);
+const LEASE_POLL: Duration = Duration::from_millis(500);
 /// A finished fill stays findable this long, so a request that saw the blob missing just
 /// before it was linked joins the finished fill instead of fetching it again.
 const LINGER: Duration = Duration::from_secs(10);
@@ -29,30 +46,104 @@ const LINGER: Duration = Duration::from_secs(10);
 pub(super) struct State {
     /// The blob's size, once the upstream said it.
     pub size: Option<u64>,
-    /// Bytes in the spool file.
+    /// Bytes received from the upstream (and in the window, unless it moved past them).
     pub written: u64,
     /// `Some(Ok)`: stored and verified. `Some(Err)`: failed (nothing is stored).
     pub done: Option<Result<(), String>>,
     /// The upstream does not have the blob.
     pub not_found: bool,
-    /// Every byte is in the spool and matches the digest (storage may still be writing).
+    /// Every byte arrived and matches the digest (storage may still be writing).
     pub verified: bool,
 }
 
+/// The most recent chunks of the blob, each with its offset: bytes from `start` on.
+#[derive(Default)]
+struct Window {
+    start: u64,
+    len: u64,
+    chunks: VecDeque<(u64, Bytes)>,
+}
+
+impl Window {
+    fn push(&mut self, batch: &[Bytes]) {
+        for chunk in batch {
+            self.chunks
+                .push_back((self.start + self.len, chunk.clone()));
+            self.len += chunk.len() as u64;
+        }
+        while self.len > WINDOW {
+            let Some((_, old)) = self.chunks.pop_front() else {
+                break;
+            };
+            self.len -= old.len() as u64;
+            self.start += old.len() as u64;
+        }
+    }
+
+    /// Bytes from `offset` up to `limit` (one chunk's worth, without copying); `None` when
+    /// `offset` is no longer in the window. Found by binary search: a window holds
+    /// thousands of small chunks.
+    fn read(&self, offset: u64, limit: u64) -> Option<Bytes> {
+        if offset < self.start {
+            return None;
+        }
+        let i = self.chunks.partition_point(|(at, _)| *at <= offset);
+        let (at, chunk) = self.chunks.get(i.checked_sub(1)?)?;
+        let end = at + chunk.len() as u64;
+        if offset >= end {
+            return None;
+        }
+        let from = (offset - at) as usize;
+        let to = (end.min(limit) - at) as usize;
+        Some(chunk.slice(from..to))
+    }
+}
+
 pub(super) struct Fill {
-    spool: Arc<std::fs::File>,
+    storage: Arc<dyn Storage>,
+    digest: Digest,
+    window: Mutex<Window>,
     state: watch::Sender<State>,
 }
 
 type Key = (String, Digest);
 
 /// The fills in flight (and those finished in the last [`LINGER`]).
-#[derive(Default)]
 pub(super) struct Fills {
     map: Arc<Mutex<HashMap<Key, Arc<Fill>>>>,
+    /// This process, as the owner of fill leases in shared storage.
+    owner: String,
+}
+
+impl Default for Fills {
+    fn default() -> Fills {
+        let mut bytes = [0u8; 12];
+        // Without randomness, the time and PID still tell replicas apart.
+        if getrandom::fill(&mut bytes).is_err() {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default();
+            bytes[..8].copy_from_slice(&(nanos as u64).to_le_bytes());
+            bytes[8..].copy_from_slice(&std::process::id().to_le_bytes());
+        }
+        Fills {
+            map: Arc::default(),
+            owner: hex::encode(bytes),
+        }
+    }
 }
 
 impl Fills {
+    /// Repositories with a fill in flight (eviction leaves them alone).
+    pub fn repositories_filling(&self) -> std::collections::HashSet<String> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter()
+            .filter(|(_, fill)| fill.state.borrow().done.is_none())
+            .map(|((name, _), _)| name.clone())
+            .collect()
+    }
+
     /// The fill of `digest` for the local repository `name`: the one in flight, or a new
     /// one (started in a task of its own).
     pub fn join_or_start(
@@ -62,14 +153,16 @@ impl Fills {
         name: &str,
         upstream_name: &str,
         digest: &Digest,
-    ) -> io::Result<Arc<Fill>> {
+    ) -> Arc<Fill> {
         let key = (name.to_string(), digest.clone());
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(fill) = map.get(&key) {
-            return Ok(fill.clone());
+            return fill.clone();
         }
         let fill = Arc::new(Fill {
-            spool: Arc::new(tempfile::tempfile()?),
+            storage: storage.clone(),
+            digest: digest.clone(),
+            window: Mutex::default(),
             state: watch::Sender::new(State::default()),
         });
         map.insert(key.clone(), fill.clone());
@@ -80,6 +173,7 @@ impl Fills {
             upstream_name: upstream_name.to_string(),
             digest: digest.clone(),
             fill: fill.clone(),
+            owner: self.owner.clone(),
         };
         let map = self.map.clone();
         tokio::spawn(async move {
@@ -103,7 +197,7 @@ impl Fills {
                 }
             }
         });
-        Ok(fill)
+        fill
     }
 }
 
@@ -114,10 +208,157 @@ struct Job {
     upstream_name: String,
     digest: Digest,
     fill: Arc<Fill>,
+    owner: String,
+}
+
+/// Renews a fill lease until dropped.
+struct Renewing(JoinHandle<()>);
+
+impl Drop for Renewing {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Chunks for the storage upload, each with its share of [`STORAGE_LAG_KIB`].
+type Queued = (io::Result<Bytes>, Option<tokio::sync::OwnedSemaphorePermit>);
+
+/// The sending side of the storage queue: waits only when storage lags too far.
+struct ChunkSender {
+    tx: futures::channel::mpsc::UnboundedSender<Queued>,
+    lag: Arc<tokio::sync::Semaphore>,
+}
+
+impl ChunkSender {
+    /// `Err` when storage stopped reading.
+    async fn send(&mut self, item: io::Result<Bytes>) -> Result<(), ()> {
+        let kib = match &item {
+            Ok(chunk) => chunk.len().div_ceil(1024).clamp(1, STORAGE_LAG_KIB) as u32,
+            Err(_) => 0,
+        };
+        let permit = match kib {
+            0 => None,
+            _ => Some(
+                self.lag
+                    .clone()
+                    .acquire_many_owned(kib)
+                    .await
+                    .map_err(|_| ())?,
+            ),
+        };
+        self.tx.unbounded_send((item, permit)).map_err(|_| ())
+    }
+}
+
+/// A queue into storage bounded by bytes, and the stream storage reads it from (a chunk's
+/// share of the bound is given back as storage takes it).
+fn storage_queue() -> (ChunkSender, ByteStream) {
+    let (tx, rx) = futures::channel::mpsc::unbounded::<Queued>();
+    let lag = Arc::new(tokio::sync::Semaphore::new(STORAGE_LAG_KIB));
+    (
+        ChunkSender { tx, lag },
+        Box::pin(rx.map(|(item, _permit)| item)),
+    )
 }
 
 impl Job {
     async fn fetch_and_store(&self) -> Result<(), String> {
+        let lease = format!("fill-{}", self.digest.hex());
+        if !self.take_lease(&lease).await? {
+            return self.stored_by_another_replica().await;
+        }
+        let renewing = {
+            let (storage, lease, owner) = (self.storage.clone(), lease.clone(), self.owner.clone());
+            Renewing(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(LEASE_RENEW).await;
+                    if let Err(e) = storage.lease_acquire(&lease, &owner, LEASE_TTL).await {
+                        tracing::warn!(%lease, error = %e, "mirror: could not renew a fill lease");
+                    }
+                }
+            }))
+        };
+        let result = self.fetch_and_store_leased().await;
+        drop(renewing);
+        if let Err(e) = self.storage.lease_release(&lease, &self.owner).await {
+            tracing::warn!(%lease, error = %e, "mirror: could not release a fill lease (it expires)");
+        }
+        result
+    }
+
+    /// Wait until this replica holds the blob's fill lease (`Ok(true)`), or the blob is
+    /// stored (`Ok(false)`: another replica over the same storage filled it). A lease whose
+    /// holder crashed expires after [`LEASE_TTL`] and is taken over.
+    async fn take_lease(&self, lease: &str) -> Result<bool, String> {
+        let stored = || async {
+            self.storage
+                .blob_size(&self.digest)
+                .await
+                .map(|size| size.is_some())
+                .map_err(|e| format!("cannot look the blob up: {e}"))
+        };
+        let mut waited = false;
+        loop {
+            if stored().await? {
+                return Ok(false);
+            }
+            let held = self
+                .storage
+                .lease_acquire(lease, &self.owner, LEASE_TTL)
+                .await
+                .map_err(|e| format!("cannot take the fill lease: {e}"))?;
+            if held {
+                // It may have been stored between the look and the lease.
+                if waited && stored().await? {
+                    let _ = self.storage.lease_release(lease, &self.owner).await;
+                    return Ok(false);
+                }
+                return Ok(true);
+            }
+            if !waited {
+                tracing::info!(repository = %self.name, digest = %self.digest, "mirror: another replica is filling this blob; waiting for it");
+                waited = true;
+            }
+            tokio::time::sleep(LEASE_POLL).await;
+        }
+    }
+
+    /// The blob another replica stored: linked here (after the upstream confirms this
+    /// repository has it, when it was stored for another), then served from storage.
+    async fn stored_by_another_replica(&self) -> Result<(), String> {
+        let s = self.storage.as_ref();
+        let size = s
+            .blob_size(&self.digest)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the blob vanished after another replica stored it")?;
+        if !s
+            .blob_linked(&self.name, &self.digest)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            let upstream = self
+                .mirror
+                .head_blob(&self.upstream_name, &self.digest)
+                .await
+                .map_err(|e| e.to_string())?;
+            if upstream.is_none() {
+                self.fill.state.send_modify(|s| s.not_found = true);
+                return Err("the upstream does not have it".into());
+            }
+            s.link_blob(&self.name, &self.digest)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        self.fill.state.send_modify(|s| {
+            s.size = Some(size);
+            s.written = size;
+            s.verified = true;
+        });
+        Ok(())
+    }
+
+    async fn fetch_and_store_leased(&self) -> Result<(), String> {
         let body = match self
             .mirror
             .get_blob(&self.upstream_name, &self.digest)
@@ -136,7 +377,7 @@ impl Job {
             .upload_create(&self.name)
             .await
             .map_err(|e| format!("cannot start storing it: {e}"))?;
-        let (mut tx, rx) = futures::channel::mpsc::channel::<io::Result<Bytes>>(16);
+        let (mut tx, data) = storage_queue();
         let store = {
             let (storage, name, id, digest) = (
                 self.storage.clone(),
@@ -145,7 +386,6 @@ impl Job {
                 self.digest.clone(),
             );
             tokio::spawn(async move {
-                let data: ByteStream = Box::pin(rx);
                 storage
                     .upload_complete(&name, &id, &digest, Some(data))
                     .await
@@ -173,70 +413,68 @@ impl Job {
         result
     }
 
-    /// Upstream → spool file and storage, batch by batch.
+    /// Upstream → clients' window, storage and the hash, batch by batch. Clients see a batch
+    /// as soon as it arrives; it is hashed on a blocking thread while the next one arrives.
     async fn copy(
         &self,
         stream: ByteStream,
         size: Option<u64>,
-        tx: &mut futures::channel::mpsc::Sender<io::Result<Bytes>>,
+        tx: &mut ChunkSender,
     ) -> Result<(), String> {
         let mut stream = stream.fuse();
         let mut offset = 0u64;
-        let mut hasher = Some(berth_storage::Hasher::new(self.digest.algorithm()));
+        let mut storage_reading = true;
+        let mut hashing: JoinHandle<Hasher> = {
+            let hasher = Hasher::new(self.digest.algorithm());
+            tokio::spawn(async move { hasher })
+        };
         loop {
             let batch = match next_batch(&mut stream).await {
                 Ok(Some(batch)) => batch,
-                Ok(None) => {
-                    // Checked here too, so clients get the last byte without waiting for
-                    // storage to sync the blob (which links it only after its own check).
-                    let actual = hasher.take().map(|h| h.finish());
-                    if actual.as_ref() != Some(&self.digest) {
-                        return Err(format!(
-                            "the upstream sent content with digest {}, not {}",
-                            actual.map(|d| d.to_string()).unwrap_or_default(),
-                            self.digest
-                        ));
-                    }
-                    self.fill.state.send_modify(|s| s.verified = true);
-                    return Ok(());
-                }
+                Ok(None) => break,
                 Err(e) => return Err(format!("the upstream's body broke off: {e}")),
             };
             let len: u64 = batch.iter().map(|c| c.len() as u64).sum();
             if size.is_some_and(|size| offset + len > size) {
                 return Err("the upstream sent more bytes than it announced".into());
             }
-            let spool = self.fill.spool.clone();
+            offset += len;
+            self.fill.window_push(&batch);
+            self.fill.state.send_modify(|s| s.written = offset);
+            let mut hasher = hashing.await.map_err(|e| format!("hashing failed: {e}"))?;
             let chunks = batch.clone();
-            let mut h = hasher.take();
-            hasher = tokio::task::spawn_blocking(move || {
-                let mut at = offset;
+            hashing = tokio::task::spawn_blocking(move || {
                 for chunk in &chunks {
-                    spool.write_all_at(chunk, at)?;
-                    if let Some(h) = h.as_mut() {
-                        h.update(chunk);
-                    }
-                    at += chunk.len() as u64;
+                    hasher.update(chunk);
                 }
-                Ok::<_, io::Error>(h)
-            })
-            .await
-            .map_err(|e| format!("spool write failed: {e}"))?
-            .map_err(|e| format!("spool write failed: {e}"))?;
+                hasher
+            });
             for chunk in batch {
-                if tx.send(Ok(chunk)).await.is_err() {
-                    // Storage stopped reading: its own error says why.
-                    return Ok(());
+                // Storage stopped reading: its own error says why; the clients still get
+                // their bytes (and storage's error ends the fill).
+                if storage_reading && tx.send(Ok(chunk)).await.is_err() {
+                    storage_reading = false;
                 }
             }
-            offset += len;
-            self.fill.state.send_modify(|s| s.written = offset);
         }
+        // Checked here too, so clients get the last byte without waiting for storage to
+        // sync the blob (which links it only after its own check).
+        let actual = hashing
+            .await
+            .map_err(|e| format!("hashing failed: {e}"))?
+            .finish();
+        if actual != self.digest {
+            return Err(format!(
+                "the upstream sent content with digest {actual}, not {}",
+                self.digest
+            ));
+        }
+        self.fill.state.send_modify(|s| s.verified = true);
+        Ok(())
     }
 }
 
-/// The next chunk, and whatever further chunks are ready now (up to [`BATCH`] bytes), so
-/// the spool is written in few large writes without waiting for data.
+/// The next chunk, and whatever further chunks are ready now (up to [`BATCH`] bytes).
 async fn next_batch(
     stream: &mut futures::stream::Fuse<ByteStream>,
 ) -> io::Result<Option<Vec<Bytes>>> {
@@ -258,7 +496,29 @@ async fn next_batch(
     Ok(Some(batch))
 }
 
+/// What a client's body reads next.
+enum Source {
+    /// The fill's window, from this offset.
+    Window(u64),
+    /// Storage, once the blob is stored (the client fell behind the window).
+    Stored(ByteStream),
+}
+
 impl Fill {
+    fn window_push(&self, batch: &[Bytes]) {
+        self.window
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(batch);
+    }
+
+    fn window_read(&self, offset: u64, limit: u64) -> Option<Bytes> {
+        self.window
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .read(offset, limit)
+    }
+
     /// Wait until the upstream answered: the blob's size (`None`: not announced), or why
     /// there is no blob (`Err(true)`: the upstream does not have it).
     pub async fn started(&self) -> Result<Option<u64>, (bool, String)> {
@@ -275,13 +535,23 @@ impl Fill {
         }
     }
 
-    /// The blob's bytes, from the spool as they arrive; the last byte only once the digest
-    /// is verified. Ends with an error if the fill fails.
+    /// The blob's bytes as they arrive; the last byte only once the digest is verified.
+    /// Ends with an error if the fill fails.
     pub fn reader(self: Arc<Fill>) -> ByteStream {
         let rx = self.state.subscribe();
         Box::pin(futures::stream::try_unfold(
-            (self, rx, 0u64),
-            |(fill, mut rx, offset)| async move {
+            (self, rx, Source::Window(0)),
+            |(fill, mut rx, source)| async move {
+                let offset = match source {
+                    Source::Stored(mut stream) => {
+                        return Ok(stream
+                            .next()
+                            .await
+                            .transpose()?
+                            .map(|chunk| (chunk, (fill, rx, Source::Stored(stream)))));
+                    }
+                    Source::Window(offset) => offset,
+                };
                 loop {
                     let state = rx.borrow_and_update().clone();
                     let verified = match &state.done {
@@ -295,18 +565,25 @@ impl Fill {
                         (false, None) => 0,
                     };
                     if offset < limit {
-                        let len = (limit - offset).min(BATCH as u64) as usize;
-                        let spool = fill.spool.clone();
-                        let chunk = tokio::task::spawn_blocking(move || {
-                            let mut buf = vec![0u8; len];
-                            spool.read_exact_at(&mut buf, offset).map(|()| buf)
-                        })
-                        .await
-                        .map_err(io::Error::other)??;
-                        let next = offset + len as u64;
-                        return Ok(Some((Bytes::from(chunk), (fill, rx, next))));
-                    }
-                    if verified {
+                        if let Some(chunk) = fill.window_read(offset, limit) {
+                            let next = offset + chunk.len() as u64;
+                            return Ok(Some((chunk, (fill, rx, Source::Window(next)))));
+                        }
+                        if matches!(state.done, Some(Ok(()))) {
+                            let range = ByteRange::From {
+                                start: offset,
+                                end: None,
+                            };
+                            let read = fill.storage.blob_read(&fill.digest, Some(range)).await;
+                            let mut stream = read.map_err(io::Error::other)?.stream;
+                            return Ok(stream
+                                .next()
+                                .await
+                                .transpose()?
+                                .map(|chunk| (chunk, (fill, rx, Source::Stored(stream)))));
+                        }
+                        // Fell behind the window: the rest comes from storage once stored.
+                    } else if verified {
                         return Ok(None);
                     }
                     if rx.changed().await.is_err() {
@@ -315,5 +592,33 @@ impl Fill {
                 }
             },
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_keeps_recent_bytes_and_slices_without_copying() {
+        let mut w = Window::default();
+        let chunk = Bytes::from(vec![7u8; (WINDOW / 4) as usize]);
+        for _ in 0..4 {
+            w.push(std::slice::from_ref(&chunk));
+        }
+        assert_eq!(
+            (w.start, w.len),
+            (0, WINDOW),
+            "exactly the window: all kept"
+        );
+        let part = w.read(10, 20).expect("in the window");
+        assert_eq!(part.len(), 10, "stops at the limit");
+        assert_eq!(part.as_ptr(), chunk[10..].as_ptr(), "a slice of the chunk");
+        w.push(&[Bytes::from_static(b"tail")]);
+        assert_eq!(w.start, WINDOW / 4, "the oldest chunk is dropped");
+        assert!(w.read(0, WINDOW).is_none(), "behind the window");
+        let tail = w.read(WINDOW, WINDOW + 4).expect("the newest bytes");
+        assert_eq!(&tail[..], b"tail");
+        assert!(w.read(WINDOW + 4, WINDOW + 8).is_none(), "not yet arrived");
     }
 }

@@ -5,7 +5,7 @@
 //! cached tag is served stale with a `Warning` header.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
@@ -50,6 +50,57 @@ impl Mirror {
             Some(d) => checked.insert(key, (d.clone(), Instant::now())),
             None => checked.remove(&key),
         };
+    }
+
+    /// After a start, the tags' last validation times come back from storage: a tag's
+    /// write time, renewed at each validation (see [`Mirror::renew`]). So a restart does
+    /// not send every tag to the upstream at once. Read once per repository.
+    async fn seed(&self, s: &dyn Storage, name: &str) {
+        if self
+            .seeded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(name)
+        {
+            return;
+        }
+        let records = match s.tag_records(name).await {
+            Ok(records) => records,
+            Err(e) => {
+                tracing::debug!(repository = %name, error = %e, "mirror: no tag times to read back");
+                return;
+            }
+        };
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        {
+            let mut checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
+            for r in records {
+                let age = wall.duration_since(r.pushed).unwrap_or_default();
+                // An age beyond the clock's start is stale anyway: left out.
+                if let Some(at) = now.checked_sub(age) {
+                    checked
+                        .entry((name.to_string(), r.tag))
+                        .or_insert((r.digest, at));
+                }
+            }
+        }
+        let mut seeded = self.seeded.lock().unwrap_or_else(|e| e.into_inner());
+        if seeded.len() > 100_000 {
+            seeded.clear(); // bounded; reading a repository's tags again is harmless
+        }
+        seeded.insert(name.to_string());
+    }
+
+    /// Store that upstream confirmed the tag now (its write time is its validation time).
+    async fn renew(&self, s: &dyn Storage, name: &str, tag: &str, digest: &Digest) {
+        let renewed = match s.manifest_get(name, digest).await {
+            Ok(Some((meta, bytes))) => s.manifest_put(name, digest, bytes, &meta, Some(tag)).await,
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = renewed {
+            tracing::warn!(repository = %name, %tag, error = %e, "mirror: could not store the tag's validation time");
+        }
     }
 
     fn tag_lock(&self, name: &str, tag: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -109,13 +160,17 @@ pub(crate) async fn get(
     req: &Req,
 ) -> ApiResult<Response> {
     if let Ok(digest) = reference.parse::<Digest>() {
-        if s.manifest_meta(name, &digest).await?.is_none()
-            && mirror
+        if s.manifest_meta(name, &digest).await?.is_none() {
+            if mirror.known_missing(name, reference) {
+                return Err(unknown(name, reference));
+            }
+            let fetched = mirror
                 .fetch_and_store(s, name, upstream_name, reference, None)
-                .await?
-                .is_none()
-        {
-            return Err(unknown(name, reference));
+                .await?;
+            if fetched.is_none() {
+                mirror.note_missing(name, reference);
+                return Err(unknown(name, reference));
+            }
         }
         return crate::manifests::get(s, name, reference, req).await;
     }
@@ -123,6 +178,7 @@ pub(crate) async fn get(
         return Err(unknown(name, reference));
     }
     let tag = reference;
+    mirror.seed(s, name).await;
     let cached = s.tag_resolve(name, tag).await?;
     if cached.as_ref().is_some_and(|d| mirror.fresh(name, tag, d)) {
         return serve_tag(s, mirror, name, upstream_name, tag, req).await;
@@ -133,6 +189,9 @@ pub(crate) async fn get(
     let cached = s.tag_resolve(name, tag).await?;
     if cached.as_ref().is_some_and(|d| mirror.fresh(name, tag, d)) {
         return serve_tag(s, mirror, name, upstream_name, tag, req).await;
+    }
+    if mirror.known_missing(name, tag) {
+        return Err(unknown(name, reference));
     }
     // A hung upstream must not hold clients longer than this when a stale answer would do.
     let revalidated =
@@ -146,6 +205,7 @@ pub(crate) async fn get(
     match revalidated {
         Ok(None) => {
             mirror.confirmed(name, tag, None);
+            mirror.note_missing(name, tag);
             Err(unknown(name, reference))
         }
         Ok(Some(Some(digest)))
@@ -153,6 +213,7 @@ pub(crate) async fn get(
                 && s.manifest_meta(name, &digest).await?.is_some() =>
         {
             mirror.confirmed(name, tag, Some(&digest));
+            mirror.renew(s, name, tag, &digest).await;
             serve_tag(s, mirror, name, upstream_name, tag, req).await
         }
         Ok(Some(announced)) => {

@@ -20,12 +20,15 @@ use berth_storage::Digest;
 use serde::Deserialize;
 
 mod blobs;
+mod evict;
 mod fill;
 mod manifests;
+mod negative;
 mod referrers;
 mod upstream;
 
 pub(crate) use blobs::get as blob_get;
+pub use evict::Evicted;
 pub(crate) use manifests::get as manifest_get;
 pub(crate) use referrers::get as referrers_get;
 
@@ -48,8 +51,11 @@ pub struct MirrorConfig {
     pub docker_config: Option<String>,
     /// e.g. "5m" (the default)
     pub manifest_ttl: Option<String>,
-    /// e.g. "50GiB": parsed and checked; eviction is not done yet.
+    /// e.g. "50GiB": beyond it the least recently pulled manifests (and the blobs only
+    /// they use) are evicted by housekeeping.
     pub max_size: Option<String>,
+    /// How long an upstream "not found" is remembered, e.g. "30s" (the default; "0s": never).
+    pub not_found_ttl: Option<String>,
     /// Further upstream URLs, tried in order when the ones before fail.
     #[serde(default)]
     pub fallback: Vec<String>,
@@ -59,6 +65,7 @@ pub struct MirrorConfig {
 }
 
 pub const DEFAULT_MANIFEST_TTL: Duration = Duration::from_secs(300);
+pub const DEFAULT_NOT_FOUND_TTL: Duration = Duration::from_secs(30);
 
 /// (local repository, tag)
 type TagKey = (String, String);
@@ -69,6 +76,7 @@ pub struct Mirror {
     pub namespace: Option<String>,
     pub default: bool,
     pub manifest_ttl: Duration,
+    pub not_found_ttl: Duration,
     pub max_size: Option<u64>,
     pub allow_push: bool,
     /// The upstream, then the fallbacks, as (URL as written, client).
@@ -77,6 +85,10 @@ pub struct Mirror {
     checked: Mutex<HashMap<TagKey, (Digest, Instant)>>,
     /// One upstream revalidation per tag at a time; the others wait for it.
     tag_locks: Mutex<HashMap<TagKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// Repositories whose tags' last validation times were read back from storage.
+    seeded: Mutex<std::collections::HashSet<String>>,
+    /// (local repository, tag or digest) the upstream answered 404 for, and when.
+    missing: negative::Missing,
 }
 
 /// Every `[[mirror]]`, and the blob fills in flight (shared by all mirrors:
@@ -162,6 +174,12 @@ impl Mirror {
             })?,
             None => DEFAULT_MANIFEST_TTL,
         };
+        let not_found_ttl = match &c.not_found_ttl {
+            Some(text) => humantime::parse_duration(text).map_err(|e| {
+                format!("{at}.not_found_ttl = {text:?}: {e} (use e.g. \"30s\" or \"0s\")")
+            })?,
+            None => DEFAULT_NOT_FOUND_TTL,
+        };
         let max_size = c
             .max_size
             .as_deref()
@@ -217,11 +235,14 @@ impl Mirror {
             namespace: c.namespace.clone().filter(|n| !n.is_empty()),
             default: c.default,
             manifest_ttl,
+            not_found_ttl,
             max_size,
             allow_push: c.allow_push,
             upstreams,
             checked: Mutex::default(),
             tag_locks: Mutex::default(),
+            seeded: Mutex::default(),
+            missing: negative::Missing::default(),
         })
     }
 
@@ -283,6 +304,11 @@ impl Mirrors {
 
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
+    }
+
+    /// Whether some mirror has a `max_size` (then housekeeping evicts).
+    pub fn has_size_limits(&self) -> bool {
+        self.list.iter().any(|m| m.max_size.is_some())
     }
 
     /// The local repository a request for `name` (with containerd's `?ns=`, if any) is

@@ -908,6 +908,14 @@ impl Storage for S3Storage {
     async fn outbox_release(&self, id: &str, owner: &str) -> Result<()> {
         self.s3_outbox_release(id, owner).await
     }
+
+    async fn lease_acquire(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool> {
+        self.s3_lease_acquire(name, owner, ttl).await
+    }
+
+    async fn lease_release(&self, name: &str, owner: &str) -> Result<()> {
+        self.s3_lease_release(name, owner).await
+    }
 }
 
 /// The one definition of "running in CI" that every test crate shares.

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion};
 
 use super::{s3_error, S3Storage};
-use crate::outbox::{checked, is_outbox_id, Claim, CLAIMS, EVENTS};
+use crate::outbox::{checked, is_outbox_id, Claim, CLAIMS, EVENTS, LEASES};
 use crate::Result;
 
 impl S3Storage {
@@ -45,7 +45,29 @@ impl S3Storage {
         owner: &str,
         ttl: Duration,
     ) -> Result<bool> {
-        let rel = format!("{CLAIMS}{}", checked(id)?);
+        self.claim(&format!("{CLAIMS}{}", checked(id)?), owner, ttl)
+            .await
+    }
+
+    pub(super) async fn s3_lease_acquire(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool> {
+        self.claim(&format!("{LEASES}{}", checked(name)?), owner, ttl)
+            .await
+    }
+
+    pub(super) async fn s3_lease_release(&self, name: &str, owner: &str) -> Result<()> {
+        self.unclaim(&format!("{LEASES}{}", checked(name)?), owner)
+            .await
+    }
+
+    /// Create the claim object `rel` for `owner`, or take it over when it is `owner`'s or
+    /// expired, conditionally on what was read, so two replicas never both win.
+    async fn claim(&self, rel: &str, owner: &str, ttl: Duration) -> Result<bool> {
+        let rel = rel.to_string();
         let mode = match self.get_bytes(&rel).await? {
             None => PutMode::Create,
             Some((current, _)) if !Claim::can_take(&current, owner) => return Ok(false),
@@ -75,10 +97,14 @@ impl S3Storage {
     }
 
     pub(super) async fn s3_outbox_release(&self, id: &str, owner: &str) -> Result<()> {
-        let rel = format!("{CLAIMS}{}", checked(id)?);
-        if let Some((current, _)) = self.get_bytes(&rel).await? {
+        self.unclaim(&format!("{CLAIMS}{}", checked(id)?), owner)
+            .await
+    }
+
+    async fn unclaim(&self, rel: &str, owner: &str) -> Result<()> {
+        if let Some((current, _)) = self.get_bytes(rel).await? {
             if Claim::is_owned_by(&current, owner) {
-                self.delete(&rel).await?;
+                self.delete(rel).await?;
             }
         }
         Ok(())
