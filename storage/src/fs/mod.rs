@@ -35,8 +35,8 @@ mod records;
 mod upload;
 
 use files::{
-    blocking, file_stream, find_repositories, list_dir, list_files, not_found_as_none, now_unix,
-    read_referrer_entry, remove_if_present, touch_blob, touch_link, Paths,
+    blocking, file_stream, find_repositories, list_dir, list_files, list_prefix, not_found_as_none,
+    now_unix, read_referrer_entry, remove_if_present, touch_blob, touch_link, Paths,
 };
 use upload::{DataWriter, UploadState};
 
@@ -116,6 +116,45 @@ impl GcStore for RootFiles {
     async fn delete(&self, key: &str) -> Result<()> {
         remove_if_present(&self.root.join(key))?;
         Ok(())
+    }
+
+    /// On the blocking pool, so the collector's parallel listings run in
+    /// parallel (the collection itself holds one blocking thread).
+    fn list_prefix<'a>(&'a self, prefix: &'a str) -> gc::Pages<'a> {
+        let (root, prefix) = (self.root.clone(), prefix.to_string());
+        futures::stream::once(async move {
+            let items = blocking(move || Ok(list_prefix(&root, &prefix)?)).await?;
+            Ok(items.into_iter().map(gc::versioned).collect())
+        })
+        .boxed()
+    }
+
+    async fn folders(&self, folder: &str) -> Result<Vec<String>> {
+        let dir = self.root.join(folder);
+        Ok(list_dir(&dir)?
+            .into_iter()
+            .filter(|name| dir.join(name).is_dir())
+            .collect())
+    }
+
+    async fn write(&self, key: &str, bytes: Bytes) -> Result<()> {
+        let paths = Paths {
+            root: self.root.clone(),
+            gc_lock: Default::default(),
+        };
+        let key = key.to_string();
+        blocking(move || Ok(paths.write_atomic(&paths.at(&key), &bytes)?)).await
+    }
+
+    async fn delete_many(&self, keys: Vec<String>) -> Result<()> {
+        let root = self.root.clone();
+        blocking(move || {
+            for key in keys {
+                remove_if_present(&root.join(key))?;
+            }
+            Ok(())
+        })
+        .await
     }
 }
 

@@ -106,6 +106,8 @@ const LAYOUT: Layout = Layout::S3;
 
 pub struct S3Storage {
     store: Arc<AmazonS3>,
+    /// The same bucket with batched deletes, for garbage collection.
+    bulk_store: Arc<AmazonS3>,
     /// `PREFIX/` or empty.
     prefix: String,
     redirect_blobs: bool,
