@@ -31,7 +31,7 @@ const READS_IN_FLIGHT: usize = 16;
 /// The collector's own folder.
 pub(crate) const GC_FOLDER: &str = "gc/";
 
-fn mark_log_key(bucket: usize) -> String {
+pub(super) fn mark_log_key(bucket: usize) -> String {
     format!("{GC_FOLDER}marks/{bucket:02}")
 }
 
@@ -206,7 +206,8 @@ impl<S: GcStore + ?Sized> Collection<'_, S> {
                 .map(|b| self.sweep_links_of(b).boxed())
                 .collect(),
         )
-        .await
+        .await?;
+        self.flush().await
     }
 
     async fn sweep_links_of(&self, bucket: usize) -> Result<()> {
@@ -256,12 +257,12 @@ impl<S: GcStore + ?Sized> Collection<'_, S> {
             self.spills
                 .swept
                 .push(blob_bucket(&parsed), &format!("{at}\t{key}"))?;
-            doomed.push(key.to_string());
+            doomed.push((key.to_string(), None));
         }
         self.links_removed
             .fetch_add(doomed.len() as u64, Ordering::Relaxed);
         drop(needed);
         self.spills.repos.discard(bucket);
-        self.delete_batched(doomed).await
+        self.doom(doomed).await
     }
 }

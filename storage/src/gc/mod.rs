@@ -33,7 +33,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{BoxStream, StreamExt};
 
 use crate::layout::{Layout, BLOBS};
@@ -219,7 +219,12 @@ struct Collection<'a, S: GcStore + ?Sized> {
     links_removed: AtomicU64,
     blobs_removed: AtomicU64,
     bytes_freed: AtomicU64,
+    /// Keys waiting for a full batch.
+    doomed: std::sync::Mutex<Vec<Doomed>>,
 }
+
+/// A key to delete, and the blob it held (whose cached facts then go).
+type Doomed = (String, Option<Digest>);
 
 /// Collect garbage older than `grace`. The caller holds its exclusion
 /// against linking writes. `after_mark` runs between choosing the blobs to
@@ -249,6 +254,7 @@ pub(crate) async fn collect<S: GcStore + ?Sized>(
         links_removed: AtomicU64::new(0),
         blobs_removed: AtomicU64::new(0),
         bytes_freed: AtomicU64::new(0),
+        doomed: Default::default(),
     };
     gc.list_links().await?;
     gc.resolve_references().await?;
@@ -278,16 +284,50 @@ impl<S: GcStore + ?Sized> Collection<'_, S> {
         Ok(())
     }
 
-    /// Delete keys in batches (nothing in a dry run).
-    async fn delete_batched(&self, keys: Vec<String>) -> Result<()> {
-        if self.dry_run || keys.is_empty() {
+    /// Delete these keys (a blob's with its digest, whose cached facts go
+    /// once it is deleted) in full batches as they fill; nothing in a dry run.
+    async fn doom(&self, entries: Vec<Doomed>) -> Result<()> {
+        if self.dry_run || entries.is_empty() {
             return Ok(());
         }
-        let batches = keys
-            .chunks(DELETE_BATCH)
-            .map(|batch| self.store.delete_many(batch.to_vec()))
+        let full = {
+            let mut doomed = self.doomed.lock().unwrap_or_else(|e| e.into_inner());
+            doomed.extend(entries);
+            let mut full = Vec::new();
+            while doomed.len() >= DELETE_BATCH {
+                full.push(doomed.drain(..DELETE_BATCH).collect());
+            }
+            full
+        };
+        self.delete_batches(full).await
+    }
+
+    /// Delete what is left of the doomed keys (the end of a phase).
+    async fn flush(&self) -> Result<()> {
+        let rest: Vec<Doomed> =
+            std::mem::take(&mut *self.doomed.lock().unwrap_or_else(|e| e.into_inner()));
+        if rest.is_empty() {
+            return Ok(());
+        }
+        self.delete_batches(vec![rest]).await
+    }
+
+    async fn delete_batches(&self, batches: Vec<Vec<Doomed>>) -> Result<()> {
+        let work = batches
+            .into_iter()
+            .map(|batch| {
+                async move {
+                    let keys = batch.iter().map(|(key, _)| key.clone()).collect();
+                    self.store.delete_many(keys).await?;
+                    for digest in batch.iter().filter_map(|(_, d)| d.as_ref()) {
+                        self.store.forget_blob(digest);
+                    }
+                    Ok(())
+                }
+                .boxed()
+            })
             .collect();
-        self.all_of(batches).await
+        self.all_of(work).await
     }
 }
 
@@ -336,3 +376,11 @@ pub(crate) mod scenarios {
         assert!(storage.blob_size(&gone).await.expect("size").is_none());
     }
 }
+
+/// The one definition of "running in CI" that every test crate shares.
+#[cfg(test)]
+#[path = "../../../tests/common/ci.rs"]
+mod test_ci;
+
+#[cfg(test)]
+mod tests;

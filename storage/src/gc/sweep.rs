@@ -162,7 +162,8 @@ impl<S: GcStore + ?Sized> Collection<'_, S> {
                 .map(|b| self.sweep_blobs_in(b).boxed())
                 .collect(),
         )
-        .await
+        .await?;
+        self.flush().await
     }
 
     async fn sweep_blobs_in(&self, bucket: usize) -> Result<()> {
@@ -183,7 +184,7 @@ impl<S: GcStore + ?Sized> Collection<'_, S> {
             })
             .collect();
         drop(swept);
-        let (mut doomed, mut forgotten) = (Vec::new(), Vec::new());
+        let mut doomed = Vec::new();
         for c in candidates.iter().filter_map(|l| Candidate::parse(l)) {
             if relinked.contains(&c.digest.to_string()) {
                 if let Some(key) = &c.elsewhere {
@@ -193,19 +194,12 @@ impl<S: GcStore + ?Sized> Collection<'_, S> {
             }
             self.blobs_removed.fetch_add(1, Ordering::Relaxed);
             self.bytes_freed.fetch_add(c.size, Ordering::Relaxed);
-            doomed.push(c.key);
-            doomed.extend(c.elsewhere);
-            forgotten.push(c.digest);
+            doomed.push((c.key, Some(c.digest)));
+            doomed.extend(c.elsewhere.map(|key| (key, None)));
         }
         self.spills.candidates.discard(bucket);
         self.spills.relinked.discard(bucket);
-        self.delete_batched(doomed).await?;
-        if !self.dry_run {
-            for digest in &forgotten {
-                self.store.forget_blob(digest);
-            }
-        }
-        Ok(())
+        self.doom(doomed).await
     }
 
     /// Data objects no pointer names: re-pushes of a big blob, or uploads
@@ -221,7 +215,8 @@ impl<S: GcStore + ?Sized> Collection<'_, S> {
                 .map(|b| self.sweep_data_in(b).boxed())
                 .collect(),
         )
-        .await
+        .await?;
+        self.flush().await
     }
 
     async fn sweep_data_in(&self, bucket: usize) -> Result<()> {
@@ -232,11 +227,11 @@ impl<S: GcStore + ?Sized> Collection<'_, S> {
         while let Some(page) = pages.next().await {
             for (item, _) in page? {
                 if !pointed.contains(&item.key) && item.modified < self.cutoff {
-                    doomed.push(item.key);
+                    doomed.push((item.key, None));
                 }
             }
         }
         self.spills.pointed.discard(bucket);
-        self.delete_batched(doomed).await
+        self.doom(doomed).await
     }
 }

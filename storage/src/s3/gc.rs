@@ -25,7 +25,7 @@ enum Listing {
 impl S3Storage {
     /// Collect garbage; `after_mark` runs between choosing the candidates
     /// and looking at the links once more (see [`gc::collect`]).
-    pub(super) async fn collect_garbage_pausing(
+    pub(crate) async fn collect_garbage_pausing(
         &self,
         grace: Duration,
         dry_run: bool,
