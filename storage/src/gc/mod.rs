@@ -377,10 +377,5 @@ pub(crate) mod scenarios {
     }
 }
 
-/// The one definition of "running in CI" that every test crate shares.
-#[cfg(test)]
-#[path = "../../../tests/common/ci.rs"]
-mod test_ci;
-
 #[cfg(test)]
 mod tests;

@@ -148,7 +148,7 @@ fn s3_server() -> Option<S3TestServer> {
         Ok(Some(server)) => Some(server),
         Ok(None) => {
             assert!(
-                !super::test_ci::in_ci(),
+                !crate::s3::test_ci::in_ci(),
                 "CI=true but s3s-fs is not installed (scripts/test.sh installs it)"
             );
             eprintln!("SKIP: s3s-fs not installed");
@@ -204,7 +204,10 @@ async fn on_s3_deletes_are_batched_and_the_mark_log_spares_reads() {
 
     // No manifest needs what the other replica linked: the next run, past
     // the grace, takes both links and blobs.
-    let next = s.collect_garbage(Duration::ZERO, false).await.expect("next");
+    let next = s
+        .collect_garbage(Duration::ZERO, false)
+        .await
+        .expect("next");
     assert_eq!((next.links_removed, next.blobs_removed), (2, 2), "{next:?}");
     // With the mark log, a run reads no manifest link; without it (gone),
     // exactly one GET more per manifest; then the log is back.

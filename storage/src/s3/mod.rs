@@ -888,7 +888,7 @@ impl Storage for S3Storage {
 /// The one definition of "running in CI" that every test crate shares.
 #[cfg(test)]
 #[path = "../../../tests/common/ci.rs"]
-mod test_ci;
+pub(crate) mod test_ci;
 
 #[cfg(test)]
 mod tests;
