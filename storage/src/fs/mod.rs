@@ -137,13 +137,22 @@ impl GcStore for RootFiles {
             .collect())
     }
 
+    /// Without fsync: the mark log is a cache (a lost or torn write costs
+    /// the next run some reads, never a blob), and a collection holds the
+    /// lock that excludes pushes while it writes.
     async fn write(&self, key: &str, bytes: Bytes) -> Result<()> {
-        let paths = Paths {
-            root: self.root.clone(),
-            gc_lock: Default::default(),
-        };
-        let key = key.to_string();
-        blocking(move || Ok(paths.write_atomic(&paths.at(&key), &bytes)?)).await
+        let path = self.root.join(key);
+        let tmp = self
+            .root
+            .join(LAYOUT.tmp(&uuid::Uuid::new_v4().simple().to_string()));
+        blocking(move || {
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            fs::write(&tmp, &bytes)?;
+            Ok(fs::rename(&tmp, &path)?)
+        })
+        .await
     }
 
     async fn delete_many(&self, keys: Vec<String>) -> Result<()> {

@@ -66,7 +66,7 @@ impl<S: GcStore + ?Sized> Collection<'_, S> {
     /// List every repository link, by prefix in parallel: manifests are
     /// live and go to the mark buckets, layer links to their repository's.
     pub(super) async fn list_links(&self) -> Result<()> {
-        let prefixes = repository_prefixes();
+        let prefixes = repository_prefixes(self.store).await?;
         self.all_of(
             (0..prefixes.len())
                 .map(|i| self.list_links_under(&prefixes[i]).boxed())

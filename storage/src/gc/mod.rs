@@ -181,13 +181,23 @@ fn blob_prefixes(layout: Layout, algorithm: &str, bucket: usize) -> Vec<String> 
     }
 }
 
-/// The listing prefixes that hold every repository (names start with
-/// `[a-z0-9]`).
-fn repository_prefixes() -> Vec<String> {
-    ('0'..='9')
-        .chain('a'..='z')
+/// The listing prefixes that hold every repository: one per first
+/// character in use (names start with `[a-z0-9]`), so a small registry
+/// costs a few listings and a big one spreads over up to 36.
+async fn repository_prefixes<S: GcStore + ?Sized>(store: &S) -> Result<Vec<String>> {
+    let mut firsts: Vec<char> = store
+        .folders(crate::layout::REPOSITORIES)
+        .await?
+        .iter()
+        .filter_map(|name| name.chars().next())
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        .collect();
+    firsts.sort_unstable();
+    firsts.dedup();
+    Ok(firsts
+        .into_iter()
         .map(|c| format!("{}{c}", crate::layout::REPOSITORIES))
-        .collect()
+        .collect())
 }
 
 /// What one collection spills, by kind.

@@ -130,7 +130,7 @@ impl<S: GcStore + ?Sized> Collection<'_, S> {
     /// process's writes are excluded by the caller's lock, other processes'
     /// are not): list the links once more, right before deleting.
     pub(super) async fn list_links_again(&self) -> Result<()> {
-        let prefixes = repository_prefixes();
+        let prefixes = repository_prefixes(self.store).await?;
         self.all_of(
             (0..prefixes.len())
                 .map(|i| self.relist_under(&prefixes[i]).boxed())
