@@ -278,3 +278,36 @@ pub(super) fn list_files(root: &Path, prefix: &str) -> io::Result<Vec<Stored>> {
     }
     Ok(out)
 }
+
+/// Every file whose key (path from `root`) starts with `prefix`, which may
+/// end inside a name (`repositories/a` holds `repositories/app/...`).
+pub(super) fn list_prefix(root: &Path, prefix: &str) -> io::Result<Vec<Stored>> {
+    let (folder, start) = match prefix.rfind('/') {
+        Some(i) => (&prefix[..i], &prefix[i + 1..]),
+        None => ("", prefix),
+    };
+    let mut out = Vec::new();
+    for name in list_dir(&root.join(folder))? {
+        if !name.starts_with(start) {
+            continue;
+        }
+        let key = if folder.is_empty() {
+            name
+        } else {
+            format!("{folder}/{name}")
+        };
+        let Some(meta) = not_found_as_none(fs::metadata(root.join(&key)))? else {
+            continue; // removed while listing
+        };
+        if meta.is_dir() {
+            out.extend(list_files(root, &format!("{key}/"))?);
+        } else {
+            out.push(Stored {
+                key,
+                size: meta.len(),
+                modified: meta.modified()?,
+            });
+        }
+    }
+    Ok(out)
+}

@@ -37,8 +37,8 @@ mod records;
 mod upload;
 
 use files::{
-    blocking, file_stream, list_dir, list_files, not_found_as_none, now_unix, read_referrer_entry,
-    remove_if_present, touch_blob, touch_link, Paths,
+    blocking, file_stream, find_repositories, list_dir, list_files, list_prefix, not_found_as_none,
+    now_unix, read_referrer_entry, remove_if_present, touch_blob, touch_link, Paths,
 };
 use upload::{DataWriter, UploadState};
 
@@ -135,6 +135,45 @@ impl GcStore for RootFiles {
 
     async fn delete(&self, key: &str) -> Result<()> {
         remove_if_present(&self.root.join(key))?;
+        Ok(())
+    }
+
+    /// Directly, on the collection's own blocking thread: a hop to the
+    /// blocking pool per listing made small collections many times slower
+    /// (and they hold the lock that excludes pushes).
+    fn list_prefix<'a>(&'a self, prefix: &'a str) -> gc::Pages<'a> {
+        let listed = list_prefix(&self.root, prefix)
+            .map(|items| items.into_iter().map(gc::versioned).collect())
+            .map_err(StorageError::from);
+        futures::stream::once(std::future::ready(listed)).boxed()
+    }
+
+    async fn folders(&self, folder: &str) -> Result<Vec<String>> {
+        let dir = self.root.join(folder);
+        Ok(list_dir(&dir)?
+            .into_iter()
+            .filter(|name| dir.join(name).is_dir())
+            .collect())
+    }
+
+    /// Without fsync: the mark log is a cache (a lost or torn write costs
+    /// the next run some reads, never a blob).
+    async fn write(&self, key: &str, bytes: Bytes) -> Result<()> {
+        let path = self.root.join(key);
+        let tmp = self
+            .root
+            .join(LAYOUT.tmp(&uuid::Uuid::new_v4().simple().to_string()));
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::write(&tmp, &bytes)?;
+        Ok(fs::rename(&tmp, &path)?)
+    }
+
+    async fn delete_many(&self, keys: Vec<String>) -> Result<()> {
+        for key in keys {
+            remove_if_present(&self.root.join(key))?;
+        }
         Ok(())
     }
 }

@@ -107,6 +107,8 @@ const LAYOUT: Layout = Layout::S3;
 
 pub struct S3Storage {
     store: Arc<AmazonS3>,
+    /// The same bucket with batched deletes, for garbage collection.
+    bulk_store: Arc<AmazonS3>,
     /// `PREFIX/` or empty.
     prefix: String,
     redirect_blobs: bool,
@@ -921,7 +923,7 @@ impl Storage for S3Storage {
 /// The one definition of "running in CI" that every test crate shares.
 #[cfg(test)]
 #[path = "../../../tests/common/ci.rs"]
-mod test_ci;
+pub(crate) mod test_ci;
 
 #[cfg(test)]
 mod tests;

@@ -124,9 +124,6 @@ impl S3Storage {
             .with_bucket_name(&options.bucket)
             .with_client_options(client)
             .with_http_connector(CountingConnector(counts.clone()))
-            // One DELETE per key: the bulk `POST ?delete` is missing on some
-            // S3-compatible servers and needs Content-MD5 on others.
-            .with_disable_bulk_delete(true)
             // Retry briefly, then let the registry answer 503 so the client
             // retries: a long internal retry only holds its connection open.
             .with_retry(object_store::RetryConfig {
@@ -152,7 +149,16 @@ impl S3Storage {
         if options.virtual_hosted {
             builder = builder.with_virtual_hosted_style_request(true);
         }
+        // Garbage collection deletes in batches (DeleteObjects, 1000 keys a
+        // request) and falls back to one DELETE per key where that fails.
+        let bulk_store = builder
+            .clone()
+            .build()
+            .map_err(|e| io::Error::other(format!("S3 configuration: {e}")))?;
+        // One DELETE per key: the bulk `POST ?delete` is missing on some
+        // S3-compatible servers and needs Content-MD5 on others.
         let store = builder
+            .with_disable_bulk_delete(true)
             .build()
             .map_err(|e| io::Error::other(format!("S3 configuration: {e}")))?;
         // Ranges a big read fetches ahead; 0 = one GET per read, for servers
@@ -165,6 +171,7 @@ impl S3Storage {
         };
         Ok(S3Storage {
             store: Arc::new(store),
+            bulk_store: Arc::new(bulk_store),
             prefix,
             redirect_blobs: options.redirect_blobs,
             counts,
