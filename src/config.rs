@@ -383,7 +383,9 @@ impl S3Settings {
         }
         if let Some(text) = &self.link_cache {
             o.link_cache = Some(humantime::parse_duration(text).with_context(|| {
-                format!("invalid s3.link_cache {text:?} (use e.g. \"60s\", or \"0s\" to always ask S3)")
+                format!(
+                    "invalid s3.link_cache {text:?} (use e.g. \"60s\", or \"0s\" to always ask S3)"
+                )
             })?);
         }
         if let Some(endpoint) = &o.endpoint {
@@ -727,7 +729,9 @@ mod tests {
             .expect("options");
         assert_eq!(o.cache_bytes, Some(0), "cache_mib = 0 turns the cache off");
         assert_eq!(o.link_cache, Some(Duration::from_secs(5)));
-        let o = S3Settings::default().options("s3://bucket").expect("options");
+        let o = S3Settings::default()
+            .options("s3://bucket")
+            .expect("options");
         assert_eq!((o.cache_bytes, o.link_cache), (None, None), "defaults");
         let err = settings("link_cache = \"soon\"\n")
             .options("s3://bucket")

@@ -92,17 +92,29 @@ async fn small_pulls_cost_one_get_or_none_and_a_local_delete_shows_at_once() {
         assert_eq!(get(&c, &manifest_url).await, (200, manifest.clone()));
     })
     .await;
-    assert_eq!(first.total(), 1, "a first manifest GET by digest: {first:?}");
+    assert_eq!(
+        first.total(),
+        1,
+        "a first manifest GET by digest: {first:?}"
+    );
     let again = requests(&storage, async {
         assert_eq!(get(&c, &manifest_url).await, (200, manifest.clone()));
     })
     .await;
-    assert_eq!(again.total(), 0, "a cached manifest GET by digest: {again:?}");
+    assert_eq!(
+        again.total(),
+        0,
+        "a cached manifest GET by digest: {again:?}"
+    );
 
     // Deleted through this replica: gone at once, although its bytes are cached.
     let code = status(c.delete(&manifest_url)).await;
     assert_eq!(code, 202, "DELETE manifest");
-    assert_eq!(get(&c, &manifest_url).await.0, 404, "deleted manifest served");
+    assert_eq!(
+        get(&c, &manifest_url).await.0,
+        404,
+        "deleted manifest served"
+    );
     assert_eq!(status(c.delete(&blob_url)).await, 202, "DELETE blob");
     assert_eq!(get(&c, &blob_url).await.0, 404, "deleted blob served");
     assert_eq!(status(c.head(&blob_url)).await, 404, "deleted blob HEAD");
@@ -209,7 +221,11 @@ async fn a_stale_link_never_links_a_manifest_to_missing_content() {
         .send()
         .await
         .expect("PUT manifest");
-    assert_eq!(resp.status().as_u16(), 400, "manifest over an unlinked layer");
+    assert_eq!(
+        resp.status().as_u16(),
+        400,
+        "manifest over an unlinked layer"
+    );
     let body = resp.bytes().await.expect("body");
     assert_eq!(
         error_codes(&body),

@@ -31,6 +31,8 @@ pub enum Workload {
     PullBigRaw,
     /// GET one tagged manifest from concurrent clients for a fixed time, in requests/s.
     ManifestGet,
+    /// The same GETs by digest (what a pull does after resolving the tag), in requests/s.
+    ManifestGetDigest,
 }
 
 impl Workload {
@@ -42,6 +44,7 @@ impl Workload {
             Workload::PullSmall => "pull-small",
             Workload::PullBigRaw => "pull-big-raw",
             Workload::ManifestGet => "manifest-get",
+            Workload::ManifestGetDigest => "manifest-get-digest",
         }
     }
 }

@@ -260,7 +260,10 @@ mod tests {
         assert!(!cache.layer_linked("other", &d), "links are per repository");
         cache.forget("r", LinkKind::Layer, &d);
         assert!(!cache.layer_linked("r", &d));
-        assert!(cache.manifest_meta("r", &d).is_some(), "only that link goes");
+        assert!(
+            cache.manifest_meta("r", &d).is_some(),
+            "only that link goes"
+        );
         cache.forget_all_links();
         assert!(cache.manifest_meta("r", &d).is_none());
     }

@@ -84,9 +84,9 @@ mod session;
 mod tags;
 mod writer;
 
+use cache::ReadCache;
 pub use counts::{RequestCounts, RequestCountsSnapshot};
 pub use options::S3Options;
-use cache::ReadCache;
 use read_ahead::ReadAhead;
 use writer::{feed, Writer};
 

@@ -81,9 +81,7 @@ impl S3Storage {
             return Ok(true);
         }
         let epoch = self.reads.epoch();
-        let linked = self
-            .exists(&LAYOUT.layer_link(repository, digest))
-            .await?;
+        let linked = self.exists(&LAYOUT.layer_link(repository, digest)).await?;
         if linked {
             self.reads
                 .remember(epoch, repository, LinkKind::Layer, digest, None);
