@@ -363,11 +363,7 @@ async fn retention_on_s3_dry_run_then_the_cli() {
     // The CLI below is another replica of the bucket: with the default link cache this
     // server would serve what it deleted for up to a minute (docs/storage-s3.md; the
     // s3_reads test checks that bound), so this one asks S3 every time.
-    let mut server = Server::start_s3(
-        &s3,
-        "reg",
-        &["--config", &path, "--s3-link-cache", "0s"],
-    );
+    let mut server = Server::start_s3(&s3, "reg", &["--config", &path, "--s3-link-cache", "0s"]);
     let c = client();
     let pushed = push_old(&c, &server.url()).await;
     age_then_touch(&c, &server).await;

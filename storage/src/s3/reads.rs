@@ -9,6 +9,12 @@ use super::{s3_error, S3Storage, LAYOUT};
 use crate::layout::LinkKind;
 use crate::{BlobRead, ByteRange, ByteStream, Digest, ManifestMeta, Result, StorageError};
 
+/// A blob GET reads at most this much into memory before answering (to keep
+/// it): more would let many concurrent pulls of mid-sized blobs take a lot of
+/// memory at once. Manifests, read whole anyway, are kept up to
+/// [`super::cache::SMALL_OBJECT`].
+const BUFFERED_READ_MAX: u64 = 64 << 10;
+
 fn once(bytes: Bytes) -> ByteStream {
     Box::pin(futures::stream::once(async move { Ok(bytes) }))
 }
@@ -53,7 +59,7 @@ impl S3Storage {
     /// says its size, and a small one is read whole and kept.
     pub(super) async fn whole_from_get(&self, digest: &Digest, r: GetResult) -> Result<BlobRead> {
         let size = r.meta.size;
-        if !self.reads.keeps(size) {
+        if size > BUFFERED_READ_MAX || !self.reads.keeps(size) {
             return Ok(BlobRead {
                 size,
                 range: None,
