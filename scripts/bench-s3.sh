@@ -11,6 +11,8 @@
 #   dist-moto    distribution 2.8.2 on the same moto: its s3 driver needs
 #                ListMultipartUploads, which s3s-fs lacks, so moto is the common server
 #   berth-moto-ra  (pull-big only) berth on moto with its default read-ahead
+#   berth-moto-nc  (small reads only) berth on moto without its object cache
+#                (BERTH_S3_CACHE_MIB=0): every small pull is one GET, none served from memory
 # moto is slow (every byte goes through Python), so the berth-moto / dist-moto ratio is the
 # fair comparison and berth-s3s shows what berth does on a faster S3 server.
 # berth reads a big blob in parallel 16 MiB ranged GETs (read-ahead), but moto copies the
@@ -19,9 +21,11 @@
 #
 # S3 requests are counted from moto's request log, so both registries are measured the same
 # way: requests per pushed 4 KiB blob (push-small), per pulled small blob (pull-small, its
-# untimed push subtracted) and per manifest GET (manifest-get).
+# untimed push subtracted) and per manifest GET by tag (manifest-get) and by digest
+# (manifest-get-digest).
 #
 # Knobs: BENCH_BIG_MIB=256 BENCH_REPS=1 BENCH_COUNT=1000 BENCH_DURATION=5 BENCH_KEEP=1
+#        BENCH_WORKLOADS="push-small pull-small ..." (a subset; default all)
 #        MOTO_SERVER=moto_server (pip install 'moto[server]'), S3S_FS=s3s-fs
 # Needs: cargo, docker-registry, curl, jq, s3s-fs, moto_server. Everything is stopped by PID
 # on exit, also on failure.
@@ -123,6 +127,7 @@ start_berth() { # NAME S3PORT [VAR=VALUE...]
 start_berth berth-s3s "$P_S3S"
 start_berth berth-moto "$P_MOTO" BERTH_S3_READ_AHEAD=0
 start_berth berth-moto-ra "$P_MOTO"
+start_berth berth-moto-nc "$P_MOTO" BERTH_S3_READ_AHEAD=0 BERTH_S3_CACHE_MIB=0
 P_DIST=$(free_port)
 cat >"$WORK/dist.yml" <<EOF
 version: 0.1
@@ -158,11 +163,12 @@ wait_registry dist-moto "$!" "${URL[dist-moto]}" "$WORK/dist-moto.log"
 moto_requests() { grep -c '" [0-9][0-9][0-9] ' "$WORK/moto.log" || true; }
 
 SERVERS=(berth-s3s berth-moto dist-moto)
-WORKLOADS=(push-big pull-big push-small pull-small manifest-get)
+read -r -a WORKLOADS <<<"${BENCH_WORKLOADS:-push-big pull-big push-small pull-small manifest-get manifest-get-digest}"
 declare -A VALUE REQS OPS
 for wl in "${WORKLOADS[@]}"; do
     servers=("${SERVERS[@]}")
     if [[ "$wl" == pull-big ]]; then servers+=(berth-moto-ra); fi
+    if [[ "$wl" == pull-small || "$wl" == manifest-get* ]]; then servers+=(berth-moto-nc); fi
     for s in "${servers[@]}"; do
         echo "-- $wl against $s" >&2
         before=$(moto_requests)
@@ -196,14 +202,23 @@ for wl in "${WORKLOADS[@]}"; do
         "${VALUE[dist-moto.$wl]}" "$(ratio "${VALUE[berth-moto.$wl]}" "${VALUE[dist-moto.$wl]}")" "$unit"
 done
 echo "pull-big on moto with berth's default read-ahead (parallel ranged GETs, each of which moto"
-echo "answers by copying the whole object): ${VALUE[berth-moto-ra.pull-big]} MB/s"
+echo "answers by copying the whole object): ${VALUE[berth-moto-ra.pull-big]:-} MB/s"
+echo "berth on moto without its object cache (BERTH_S3_CACHE_MIB=0; links still remembered):"
+for wl in pull-small manifest-get manifest-get-digest; do
+    printf '  %-20s %10s  vs distribution %s\n' "$wl" "${VALUE[berth-moto-nc.$wl]:-}" \
+        "$(ratio "${VALUE[berth-moto-nc.$wl]:-}" "${VALUE[dist-moto.$wl]:-}")"
+done
 echo
 echo "S3 requests seen by moto (lower is better):"
-for s in berth-moto dist-moto; do
-    push=$(per "${REQS[$s.push-small]}" "$COUNT")
-    pull=$(per "$(( ${REQS[$s.pull-small]} - ${REQS[$s.push-small]} ))" "$COUNT")
-    man=$(per "${REQS[$s.manifest-get]}" "${OPS[$s.manifest-get]:-0}")
-    big=${REQS[$s.push-big]}
-    printf '  %-11s per 4 KiB blob push: %-6s per small blob pull: %-6s per manifest GET: %-6s for the %s MiB push: %s\n' \
-        "$s" "$push" "$pull" "$man" "$BIG_MIB" "$big"
+for s in berth-moto berth-moto-nc dist-moto; do
+    push=$(per "${REQS[$s.push-small]:-0}" "$COUNT")
+    # The pull's untimed push, taken as costing what push-small cost this server (the
+    # cache-less berth pushes like berth-moto).
+    pushed=${REQS[$s.push-small]:-${REQS[berth-moto.push-small]:-0}}
+    pull=$(per "$(( ${REQS[$s.pull-small]:-0} - pushed ))" "$COUNT")
+    man=$(per "${REQS[$s.manifest-get]:-0}" "${OPS[$s.manifest-get]:-0}")
+    mand=$(per "${REQS[$s.manifest-get-digest]:-0}" "${OPS[$s.manifest-get-digest]:-0}")
+    big=${REQS[$s.push-big]:-}
+    printf '  %-13s per 4 KiB blob push: %-5s per small blob pull: %-5s per manifest GET by tag: %-5s by digest: %-5s for the %s MiB push: %s\n' \
+        "$s" "$push" "$pull" "$man" "$mand" "$BIG_MIB" "$big"
 done

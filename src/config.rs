@@ -27,6 +27,13 @@ pub struct S3Args {
     /// each blob with one GET (for S3 servers that copy the object per ranged GET, e.g. moto)
     #[arg(long, env = "BERTH_S3_READ_AHEAD", value_name = "N")]
     pub(crate) s3_read_ahead: Option<usize>,
+    /// MiB of small blobs and manifests kept in memory by digest [default: 64]; 0: none
+    #[arg(long, env = "BERTH_S3_CACHE_MIB", value_name = "MIB")]
+    pub(crate) s3_cache_mib: Option<u64>,
+    /// How long a repository link, once seen, is trusted without asking S3 (another
+    /// replica's delete shows after at most this) [default: 60s]; 0s: always ask
+    #[arg(long, env = "BERTH_S3_LINK_CACHE", value_name = "DURATION")]
+    pub(crate) s3_link_cache: Option<String>,
 }
 
 #[derive(clap::Parser, Debug, Default)]
@@ -349,6 +356,10 @@ pub struct S3Settings {
     pub redirect_blobs: bool,
     /// 16 MiB ranges a big blob read fetches ahead (0: one GET per blob).
     pub read_ahead: Option<usize>,
+    /// MiB of small blobs and manifests kept by digest (0: none).
+    pub cache_mib: Option<u64>,
+    /// How long a seen repository link is trusted, e.g. "60s" ("0s": always ask S3).
+    pub link_cache: Option<String>,
 }
 
 impl S3Settings {
@@ -367,6 +378,18 @@ impl S3Settings {
             || std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
         o.redirect_blobs = self.redirect_blobs;
         o.read_ahead = self.read_ahead;
+        if let Some(mib) = self.cache_mib {
+            o.cache_bytes = Some(mib.checked_mul(1 << 20).ok_or_else(|| {
+                anyhow::anyhow!("s3.cache_mib = {mib} is too large (MiB of memory)")
+            })?);
+        }
+        if let Some(text) = &self.link_cache {
+            o.link_cache = Some(humantime::parse_duration(text).with_context(|| {
+                format!(
+                    "invalid s3.link_cache {text:?} (use e.g. \"60s\", or \"0s\" to always ask S3)"
+                )
+            })?);
+        }
         if let Some(endpoint) = &o.endpoint {
             if endpoint.starts_with("http://") && !o.allow_http {
                 anyhow::bail!(
@@ -548,6 +571,8 @@ pub fn resolve(args: ServeArgs) -> Result<Settings> {
             allow_http: args.s3.s3_allow_http || file.s3.allow_http,
             redirect_blobs: args.redirect_blobs || file.s3.redirect_blobs,
             read_ahead: args.s3.s3_read_ahead.or(file.s3.read_ahead),
+            cache_mib: args.s3.s3_cache_mib.or(file.s3.cache_mib),
+            link_cache: args.s3.s3_link_cache.or(file.s3.link_cache),
         },
         auth: AuthSettings {
             htpasswd: args.htpasswd.or(file.auth.htpasswd),
@@ -701,6 +726,28 @@ mod tests {
             S3Settings::default().options("s3://x").is_err(),
             "bucket name too short"
         );
+    }
+
+    #[test]
+    fn s3_read_cache_keys() {
+        let settings = |text: &str| -> S3Settings { toml::from_str(text).expect("parse [s3]") };
+        let o = settings("cache_mib = 0\nlink_cache = \"5s\"\n")
+            .options("s3://bucket")
+            .expect("options");
+        assert_eq!(o.cache_bytes, Some(0), "cache_mib = 0 turns the cache off");
+        assert_eq!(o.link_cache, Some(Duration::from_secs(5)));
+        let o = S3Settings::default()
+            .options("s3://bucket")
+            .expect("options");
+        assert_eq!((o.cache_bytes, o.link_cache), (None, None), "defaults");
+        let err = settings("link_cache = \"soon\"\n")
+            .options("s3://bucket")
+            .expect_err("bad duration");
+        assert!(format!("{err:#}").contains("s3.link_cache"), "{err:#}");
+        let err = settings(&format!("cache_mib = {}\n", u64::MAX >> 4))
+            .options("s3://bucket")
+            .expect_err("overflow");
+        assert!(format!("{err:#}").contains("s3.cache_mib"), "{err:#}");
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub enum Workload {
     PullImage,
     /// As pull-image, but one client in four pushes a new 1 MiB image instead.
     Mixed,
+    /// The same GETs by digest (what a pull does after resolving the tag), in requests/s.
+    ManifestGetDigest,
 }
 
 impl Workload {
@@ -51,6 +53,7 @@ impl Workload {
             Workload::ManifestGet => "manifest-get",
             Workload::PullImage => "pull-image",
             Workload::Mixed => "mixed",
+            Workload::ManifestGetDigest => "manifest-get-digest",
         }
     }
 }

@@ -24,7 +24,8 @@ pub async fn run(reg: &Registry, args: &Args) -> Result<Outcome> {
         Workload::PullBig => pull_big(reg, args, true).await,
         Workload::PullSmall => pull_small(reg, args).await,
         Workload::PullBigRaw => pull_big(reg, args, false).await,
-        Workload::ManifestGet => manifest_get(reg, args).await,
+        Workload::ManifestGet => manifest_get(reg, args, false).await,
+        Workload::ManifestGetDigest => manifest_get(reg, args, true).await,
         Workload::PullImage => crate::many::many_clients(reg, args, false).await,
         Workload::Mixed => crate::many::many_clients(reg, args, true).await,
     }
@@ -406,11 +407,16 @@ async fn get_loop(
     Ok(lat)
 }
 
-async fn manifest_get(reg: &Registry, args: &Args) -> Result<Outcome> {
+async fn manifest_get(reg: &Registry, args: &Args, by_digest: bool) -> Result<Outcome> {
     let repo = format!("{}/manifest-get", args.repo_prefix);
     let (url, manifest) = push_small_image(reg, &repo)
         .await
         .context("pushing the image to read (untimed)")?;
+    let url = if by_digest {
+        reg.url(&format!("/v2/{repo}/manifests/{}", digest_of(&manifest)))
+    } else {
+        url
+    };
     let url = Arc::new(url);
 
     let mut measured = (0.0, 0u64, Vec::new());
@@ -450,6 +456,10 @@ async fn manifest_get(reg: &Registry, args: &Args) -> Result<Outcome> {
         p50_ms: p50,
         p99_ms: p99,
         extra: Vec::new(),
-        detail: format!("{n} GETs by tag, {} clients", args.clients),
+        detail: format!(
+            "{n} GETs by {}, {} clients",
+            if by_digest { "digest" } else { "tag" },
+            args.clients
+        ),
     })
 }

@@ -62,7 +62,7 @@ pub(crate) const CATALOG_COMPLETE: &str = "catalog-complete";
 const TAG_KEY_MAX: usize = 48;
 
 /// The two kinds of repository link.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum LinkKind {
     /// A blob pushed or mounted into the repository.
     Layer,

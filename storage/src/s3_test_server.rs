@@ -104,6 +104,8 @@ impl S3TestServer {
             allow_http: true,
             redirect_blobs: false,
             read_ahead: None,
+            link_cache: None,
+            cache_bytes: None,
         }
     }
 

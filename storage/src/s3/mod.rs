@@ -73,16 +73,19 @@ use crate::{
 };
 
 mod catalog;
+mod cache;
 mod counts;
 mod gc;
 mod options;
 mod outbox;
 mod read_ahead;
+mod reads;
 mod records;
 mod session;
 mod tags;
 mod writer;
 
+use cache::ReadCache;
 pub use counts::{RequestCounts, RequestCountsSnapshot};
 pub use options::S3Options;
 use read_ahead::ReadAhead;
@@ -125,6 +128,8 @@ pub struct S3Storage {
     read_ahead: ReadAhead,
     /// Which repositories have their catalog object (see [`catalog`]).
     catalog: catalog::CatalogState,
+    /// Links seen and small objects read, so small reads cost one request or none.
+    reads: ReadCache,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -253,12 +258,23 @@ impl S3Storage {
         Ok(())
     }
 
-    /// Delete, treating "already gone" as done.
+    /// Delete, treating "already gone" as done. A link deleted here is
+    /// forgotten by the read cache before and after the request, so no read
+    /// on this replica serves it once the delete is done.
     async fn delete(&self, rel: &str) -> Result<()> {
-        match self.store.delete(&self.path(rel)).await {
+        let link = LAYOUT.parse_link(rel);
+        let forget = || {
+            if let Some(l) = &link {
+                self.reads.forget(&l.repository, l.kind, &l.digest);
+            }
+        };
+        forget();
+        let result = match self.store.delete(&self.path(rel)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(s3_error(e)),
-        }
+        };
+        forget();
+        result
     }
 
     async fn list(&self, rel_prefix: &str) -> Result<Vec<Stored>> {
@@ -294,9 +310,11 @@ impl S3Storage {
         cache.insert(d.clone(), (key.to_string(), size));
     }
 
+    /// The blob is gone (or collected): drop what is cached about it.
     fn forget_pointer(&self, d: &Digest) {
         let mut cache = self.pointers.lock().unwrap_or_else(|e| e.into_inner());
         cache.remove(d);
+        self.reads.forget_object(d);
     }
 
     /// The pointer in a blob object's metadata: (data key, size).
@@ -374,10 +392,16 @@ impl S3Storage {
 #[async_trait]
 impl Storage for S3Storage {
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        if let Some(size) = self.cached_blob_size(digest) {
+            return Ok(Some(size));
+        }
         Ok(self.locate(digest).await?.map(|(_, size)| size))
     }
 
     async fn blob_read(&self, digest: &Digest, range: Option<ByteRange>) -> Result<BlobRead> {
+        if let Some(read) = self.cached_blob_read(digest, range) {
+            return read;
+        }
         let Some(range) = range else {
             // Whole blob: one GET, two for a big blob this replica has not seen yet.
             if let Some((key, size)) = self.cached_pointer(digest) {
@@ -395,11 +419,8 @@ impl Storage for S3Storage {
                 .await?
                 .ok_or(StorageError::BlobUnknown)?;
             let Some((key, size)) = Self::pointer_of(&r.attributes)? else {
-                return Ok(BlobRead {
-                    size: r.meta.size,
-                    range: None,
-                    stream: Self::stream_of(r),
-                });
+                // The GET says the size too: no HEAD first; small ones are kept.
+                return self.whole_from_get(digest, r).await;
             };
             drop(r);
             self.cache_pointer(digest, &key, size);
@@ -440,14 +461,7 @@ impl Storage for S3Storage {
     }
 
     async fn blob_bytes(&self, digest: &Digest) -> Result<Option<Bytes>> {
-        let Some(r) = self.get_opt(&LAYOUT.blob(digest)).await? else {
-            return Ok(None);
-        };
-        let key = match Self::pointer_of(&r.attributes)? {
-            Some((key, _)) => key,
-            None => return Ok(Some(r.bytes().await.map_err(s3_error)?)),
-        };
-        Ok(self.get_bytes(&key).await?.map(|(b, _)| b))
+        self.small_blob_bytes(digest).await
     }
 
     async fn blob_redirect_url(&self, digest: &Digest) -> Result<Option<String>> {
@@ -471,18 +485,24 @@ impl Storage for S3Storage {
 
     async fn blob_linked(&self, repository: &str, digest: &Digest) -> Result<bool> {
         // The link alone: collection removes a blob only after its last link,
-        // so a link implies the blob (one HEAD instead of two).
-        self.exists(&LAYOUT.layer_link(repository, digest)).await
+        // so a link implies the blob (one HEAD instead of two, and none once
+        // this replica has seen the link: see cache.rs).
+        self.layer_linked(repository, digest).await
     }
 
     async fn link_blob(&self, repository: &str, digest: &Digest) -> Result<()> {
         let _no_gc = self.gc_lock.read().await;
+        let epoch = self.reads_epoch();
+        // Asked of S3, not of the cache: a link must never point at a blob
+        // that is gone.
         if self.locate(digest).await?.is_none() {
             return Err(StorageError::BlobUnknown);
         }
         self.note_repository(repository).await?;
         self.put(&LAYOUT.layer_link(repository, digest), Bytes::new())
-            .await
+            .await?;
+        self.remember_link(epoch, repository, LinkKind::Layer, digest, None);
+        Ok(())
     }
 
     async fn unlink_blob(&self, repository: &str, digest: &Digest) -> Result<bool> {
@@ -568,7 +588,10 @@ impl Storage for S3Storage {
                 return Err(StorageError::BodyInterrupted(e));
             }
         }
-        self.finish_upload(repository, w, digest).await
+        let epoch = self.reads_epoch();
+        let size = self.finish_upload(repository, w, digest).await?;
+        self.remember_link(epoch, repository, LinkKind::Layer, digest, None);
+        Ok(size)
     }
 
     async fn upload_cancel(&self, repository: &str, id: &str) -> Result<()> {
@@ -632,6 +655,7 @@ impl Storage for S3Storage {
         tag: Option<&str>,
     ) -> Result<()> {
         let _no_gc = self.gc_lock.read().await;
+        let epoch = self.reads_epoch();
         // What the manifest needs is checked under the same exclusion as the
         // link that protects it, so no collection of this process runs in
         // between (one HEAD per reference, all at once).
@@ -644,6 +668,7 @@ impl Storage for S3Storage {
         });
         for (linked, needed) in futures::future::try_join_all(checks).await? {
             if !linked {
+                self.forget_stale_links(repository, needed);
                 return Err(StorageError::ReferenceUnknown(needed.clone()));
             }
         }
@@ -654,6 +679,7 @@ impl Storage for S3Storage {
         self.put(&LAYOUT.blob(digest), bytes).await?;
         self.put(&LAYOUT.manifest_link(repository, digest), json(meta)?)
             .await?;
+        self.remember_link(epoch, repository, LinkKind::Manifest, digest, Some(meta));
         if let Some(subject) = &meta.subject {
             let descriptor = Descriptor {
                 media_type: meta.media_type.clone(),
@@ -681,30 +707,26 @@ impl Storage for S3Storage {
         repository: &str,
         digest: &Digest,
     ) -> Result<Option<ManifestMeta>> {
-        let rel = LAYOUT.manifest_link(repository, digest);
-        let Some((raw, _)) = self.get_bytes(&rel).await? else {
-            return Ok(None);
-        };
-        let meta = serde_json::from_slice(&raw)
-            .map_err(|e| StorageError::Corrupt(format!("{rel}: {e}")))?;
-        Ok(Some(meta))
+        self.cached_manifest_meta(repository, digest).await
     }
 
-    /// Link and bytes fetched at once: two GETs, one round trip of latency.
+    /// Link and bytes at once: from the read cache, else two GETs in one
+    /// round trip of latency.
     async fn manifest_get(
         &self,
         repository: &str,
         digest: &Digest,
     ) -> Result<Option<(ManifestMeta, Bytes)>> {
         let (meta, bytes) = tokio::try_join!(
-            self.manifest_meta(repository, digest),
-            self.blob_bytes(digest)
+            self.cached_manifest_meta(repository, digest),
+            self.small_blob_bytes(digest)
         )?;
         Ok(meta.zip(bytes))
     }
 
     async fn manifest_delete(&self, repository: &str, digest: &Digest) -> Result<bool> {
-        let Some(meta) = self.manifest_meta(repository, digest).await? else {
+        // Asked of S3: whether it is there decides the answer.
+        let Some(meta) = self.read_manifest_meta(repository, digest).await? else {
             return Ok(false);
         };
         // Tags first, so no tag is left pointing at a manifest that is gone;
@@ -883,8 +905,13 @@ impl Storage for S3Storage {
     }
 
     async fn collect_garbage(&self, grace: Duration, dry_run: bool) -> Result<GcReport> {
-        self.collect_garbage_pausing(grace, dry_run, std::future::ready(()))
-            .await
+        let report = self
+            .collect_garbage_pausing(grace, dry_run, std::future::ready(()))
+            .await;
+        // Its deletes forget their links one by one (S3Storage::delete); this
+        // also covers any it made another way.
+        self.forget_all_links();
+        report
     }
 
     async fn outbox_put(&self, id: &str, record: Bytes) -> Result<()> {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use object_store::aws::AmazonS3Builder;
 use object_store::client::ClientOptions;
 
+use super::cache::{ReadCache, CACHE_BYTES, LINK_TTL};
 use super::counts::{CountingConnector, RequestCounts};
 use super::read_ahead::{ReadAhead, READ_AHEAD, READ_BUFFERS, READ_RANGE};
 use super::S3Storage;
@@ -37,6 +38,12 @@ pub struct S3Options {
     /// 16 MiB ranges a big blob read fetches ahead; `None` = the default (3),
     /// 0 = one GET per blob (for servers that copy the object per ranged GET).
     pub read_ahead: Option<usize>,
+    /// How long a repository link, once seen, is trusted without asking S3
+    /// again; `None` = 60 s, zero = always ask (see `s3/cache.rs`).
+    pub link_cache: Option<Duration>,
+    /// Byte cap of the in-memory cache of small blobs and manifests by
+    /// digest; `None` = 64 MiB, 0 = no cache.
+    pub cache_bytes: Option<u64>,
 }
 
 impl S3Options {
@@ -180,6 +187,10 @@ impl S3Storage {
             upload_locks: Default::default(),
             read_ahead: ReadAhead::new(READ_RANGE, read_ahead, READ_BUFFERS),
             catalog: Default::default(),
+            reads: ReadCache::new(
+                options.link_cache.unwrap_or(LINK_TTL),
+                options.cache_bytes.unwrap_or(CACHE_BYTES),
+            ),
         })
     }
 }
