@@ -37,8 +37,8 @@ mod records;
 mod upload;
 
 use files::{
-    blocking, file_stream, find_repositories, list_dir, list_files, list_prefix, not_found_as_none,
-    now_unix, read_referrer_entry, remove_if_present, touch_blob, touch_link, Paths,
+    blocking, file_stream, list_dir, list_files, list_prefix, not_found_as_none, now_unix,
+    read_referrer_entry, remove_if_present, touch_blob, touch_link, Paths,
 };
 use upload::{DataWriter, UploadState};
 

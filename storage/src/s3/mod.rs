@@ -72,8 +72,8 @@ use crate::{
     NamePage, PullTimes, Result, Storage, StorageError, TagRecord, UploadStatus,
 };
 
-mod catalog;
 mod cache;
+mod catalog;
 mod counts;
 mod gc;
 mod options;
