@@ -24,6 +24,7 @@ pub(super) struct Paths {
     pub(super) root: PathBuf,
     pub(super) gc_lock: Arc<tokio::sync::RwLock<()>>,
     pub(super) group_sync: Arc<super::group_sync::GroupSync>,
+    pub(super) indexes: Arc<super::catalog::Indexes>,
 }
 
 impl Paths {

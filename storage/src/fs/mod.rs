@@ -108,6 +108,7 @@ impl FsStorage {
             root: self.root.clone(),
             gc_lock: self.gc_lock.clone(),
             group_sync: self.group_sync.clone(),
+            indexes: self.indexes.clone(),
         }
     }
 }
@@ -320,7 +321,8 @@ impl Storage for FsStorage {
         data: Option<ByteStream>,
     ) -> Result<u64> {
         let (guard, state) = self.lock_upload(repository, id).await?;
-        self.note_repository(repository).await?;
+        // The repository is noted in the catalog log by `complete`, once the digest
+        // matches: a refused upload leaves the storage as it was.
         let writer = match data {
             Some(data) => {
                 let (writer, body_error) = self

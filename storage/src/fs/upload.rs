@@ -338,6 +338,8 @@ impl DataWriter {
                 actual,
             });
         }
+        // Logged before any link names the repository, so no process misses it.
+        self.paths.indexes.note(&self.paths.root, repo)?;
         // Two group commits: the data is durable before any name points at
         // it (a reader who sees the blob may build on it, e.g. push a
         // manifest naming it), and the names are durable before the 201.
