@@ -169,6 +169,16 @@ async fn run(
             format!("cannot reach the bucket of {}: check --s3-endpoint, the region and the AWS_* credentials", settings.storage)
         })?;
     }
+    if opened.s3.is_none() {
+        // Build the disk catalog index now, in the background: at 100,000 repositories its
+        // walk takes seconds, which the first catalog or UI request would otherwise wait for.
+        let storage = opened.storage.clone();
+        tokio::spawn(async move {
+            if let Err(e) = storage.repositories_after(None, Some(1)).await {
+                tracing::warn!(error = %e, "could not read the repositories at start");
+            }
+        });
+    }
     let Shared {
         metrics,
         read_only,
