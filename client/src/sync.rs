@@ -168,25 +168,7 @@ impl SyncSummary {
 /// `*` matches any run of characters; everything else itself. Linear
 /// backtracking (one remembered star), so no glob can make it slow.
 pub fn tag_matches(glob: &str, tag: &str) -> bool {
-    let (g, t) = (glob.as_bytes(), tag.as_bytes());
-    let (mut gi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if g.get(gi) == Some(&b'*') {
-            star = Some((gi, ti));
-            gi += 1;
-        } else if g.get(gi) == Some(&t[ti]) {
-            gi += 1;
-            ti += 1;
-        } else if let Some((sg, st)) = star {
-            gi = sg + 1;
-            ti = st + 1;
-            star = Some((sg, st + 1));
-        } else {
-            return false;
-        }
-    }
-    g[gi..].iter().all(|&b| b == b'*')
+    berth_oci::glob::glob_match(glob, tag)
 }
 
 /// A tag glob is a tag with `*` in it: up to 128 of `[A-Za-z0-9_.-*]`.

@@ -14,6 +14,7 @@ use futures_core::Stream;
 
 pub mod deployment;
 pub mod digest;
+pub mod glob;
 pub mod media_type;
 pub mod names;
 pub mod percent;
