@@ -114,30 +114,7 @@ fn hosts_matching<'i, I: HostsAndGroups + ?Sized>(
     Ok(hosts)
 }
 
-/// Shell-style glob: `*` any run of characters, `?` exactly one. Iterative with one
-/// backtrack point, so patterns with many stars stay linear-ish instead of exponential.
-pub fn glob_matches(pattern: &str, text: &str) -> bool {
-    let pattern: Vec<char> = pattern.chars().collect();
-    let text: Vec<char> = text.chars().collect();
-    let (mut p, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() && (pattern[p] == '?' || pattern[p] == text[t]) {
-            p += 1;
-            t += 1;
-        } else if p < pattern.len() && pattern[p] == '*' {
-            star = Some((p, t));
-            p += 1;
-        } else if let Some((star_p, star_t)) = star {
-            p = star_p + 1;
-            t = star_t + 1;
-            star = Some((star_p, star_t + 1));
-        } else {
-            return false;
-        }
-    }
-    pattern[p..].iter().all(|c| *c == '*')
-}
+pub use berth_oci::glob::shell_glob_match as glob_matches;
 
 #[cfg(test)]
 mod tests {
