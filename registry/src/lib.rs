@@ -33,6 +33,7 @@ pub mod ops;
 pub mod process_metrics;
 pub mod pulls;
 pub mod quota;
+mod remote;
 pub mod retention;
 pub mod route;
 pub mod sync_jobs;

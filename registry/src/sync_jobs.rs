@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use berth_client::credentials::Credentials;
 use berth_client::error::{Error as ClientError, Result as ClientResult};
 use berth_client::image::{
     BlobInfo, BlobOutcome, BlobProgress, ImageDest, ImageSource, Manifest, NoProgress,
@@ -97,32 +96,14 @@ impl SyncJobs {
 /// `http(s)://HOST[:PORT][/PREFIX]` → (host, prefix, plain HTTP).
 fn source_parts(at: &str, url: &str) -> Result<(String, String, bool), String> {
     let bad = |why: &str| format!("{at}.source = {url:?}: {why}");
-    let (rest, http) = if let Some(rest) = url.strip_prefix("https://") {
-        (rest, false)
-    } else if let Some(rest) = url.strip_prefix("http://") {
-        (rest, true)
-    } else {
-        return Err(bad(
-            "use an http:// or https:// URL, e.g. https://registry.example.com/team",
-        ));
-    };
-    let rest = rest.trim_end_matches('/');
-    let (host, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    if host.is_empty() || host.contains(['?', '#', '@', ' ']) || url.contains(['?', '#']) {
-        return Err(bad(
-            "use HOST[:PORT][/PREFIX] with no user, query or fragment",
-        ));
-    }
-    if !prefix.is_empty() && !berth_oci::names::is_valid_repository_name(prefix) {
+    let remote = crate::remote::parse_remote_url(url)
+        .map_err(|why| bad(&format!("{why}, e.g. https://registry.example.com/team")))?;
+    if !remote.path.is_empty() && !berth_oci::names::is_valid_repository_name(remote.path) {
         return Err(bad(
             "the path is a repository prefix: lowercase components joined by /",
         ));
     }
-    let host = match host {
-        "registry-1.docker.io" | "index.docker.io" => "docker.io",
-        other => other,
-    };
-    Ok((host.to_string(), prefix.to_string(), http))
+    Ok((remote.host, remote.path.to_string(), remote.http))
 }
 
 impl SyncJob {
@@ -154,18 +135,7 @@ impl SyncJob {
                 })?,
             None => DEFAULT_SYNC_INTERVAL,
         };
-        let credentials = match (&c.username, &c.password) {
-            (Some(username), Some(password)) => Some(Credentials::Basic {
-                username: username.clone(),
-                password: password.clone(),
-            }),
-            (None, None) => None,
-            _ => {
-                return Err(format!(
-                    "{at}: set both username and password, or neither (then docker_config is used)"
-                ))
-            }
-        };
+        let credentials = crate::remote::basic_credentials(at, &c.username, &c.password)?;
         let ca_file = match &c.ca_file {
             Some(path) if !std::path::Path::new(path).is_file() => {
                 return Err(format!("{at}.ca_file = {path:?}: no such file"))

@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_client::credentials::Credentials;
 use berth_client::registry::{Client, ClientConfig, Registry as Upstream};
 use berth_storage::Digest;
 use serde::Deserialize;
@@ -134,25 +133,13 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 /// plain HTTP.
 fn upstream_host(at: &str, key: &str, url: &str) -> Result<(String, bool), String> {
     let bad = |why: &str| format!("{at}.{key} = {url:?}: {why}");
-    let (rest, http) = if let Some(rest) = url.strip_prefix("https://") {
-        (rest, false)
-    } else if let Some(rest) = url.strip_prefix("http://") {
-        (rest, true)
-    } else {
-        return Err(bad("use an http:// or https:// URL"));
-    };
-    let host = rest.strip_suffix('/').unwrap_or(rest);
-    if host.is_empty() || host.contains(['/', '?', '#', '@', ' ']) {
+    let remote = crate::remote::parse_remote_url(url).map_err(bad)?;
+    if !remote.path.is_empty() {
         return Err(bad(
             "use the registry's base URL only, e.g. https://registry-1.docker.io (no path, no user)",
         ));
     }
-    // Docker Hub's API host is known to the client as docker.io (credentials key, API host).
-    let host = match host {
-        "registry-1.docker.io" | "index.docker.io" => "docker.io".to_string(),
-        other => other.to_string(),
-    };
-    Ok((host, http))
+    Ok((remote.host, remote.http))
 }
 
 fn check_prefix(at: &str, prefix: &str) -> Result<(), String> {
@@ -186,18 +173,7 @@ impl Mirror {
             .map(parse_size)
             .transpose()
             .map_err(|e| format!("{at}.max_size: {e}"))?;
-        let credentials = match (&c.username, &c.password) {
-            (Some(username), Some(password)) => Some(Credentials::Basic {
-                username: username.clone(),
-                password: password.clone(),
-            }),
-            (None, None) => None,
-            _ => {
-                return Err(format!(
-                    "{at}: set both username and password, or neither (then docker_config is used)"
-                ))
-            }
-        };
+        let credentials = crate::remote::basic_credentials(at, &c.username, &c.password)?;
         let mut urls = vec![("upstream", c.upstream.as_str())];
         urls.extend(c.fallback.iter().map(|u| ("fallback", u.as_str())));
         let hosts = urls
