@@ -338,6 +338,17 @@ fn swarm_deploy_rerun_update_failed_health_and_rollback() {
     let tasks = running_tasks(&daemon, &web);
     assert_eq!(tasks.len(), 2, "{tasks:?}");
     assert!(tasks.iter().all(|(i, _)| i.ends_with(&format!(":v2@{v2}"))));
+    // v1's page no longer names web (the run recorded it replaced there); nodes still runs v1.
+    if server.kind == ServerKind::Berth {
+        let page = |tag: &str| {
+            let url = format!("{}/ui/r/{repository}/_/{tag}", server.url());
+            run_ok(cmd("busybox", ["wget", "-q", "-O", "-", &url]), TIMEOUT)
+        };
+        let (v1_page, v2_page) = (page("v1"), page("v2"));
+        assert!(!v1_page.contains(&format!("service {web}")), "{v1_page}");
+        assert!(v1_page.contains(&format!("service {nodes}")), "{v1_page}");
+        assert!(v2_page.contains(&format!("service {web}")), "{v2_page}");
+    }
 
     // --- 5. a broken image: health fails, non-zero exit, v2 keeps serving ---------------------
     set_vars("mode: zebra\ntag: broken\n");

@@ -369,3 +369,85 @@ async fn a_crashed_replicas_fill_lease_expires_and_another_fills_the_blob() {
         "fetched again only after the crash"
     );
 }
+
+/// Eviction racing pulls: four clients pull three ~3.2 MiB images round and round through
+/// a mirror whose `max_size` holds about one of them, while housekeeping evicts (and
+/// collects garbage with no grace) every second. Every pull must get every byte right:
+/// what eviction takes away mid-pull is fetched again from the upstream, never served
+/// half-deleted or lost to a collection running beside a refill.
+#[tokio::test(flavor = "multi_thread")]
+async fn eviction_racing_pulls_never_serves_a_wrong_or_missing_blob() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let upstream = token_upstream(dir.path());
+    let c = client();
+    let images: Vec<(String, Image)> = (0..3)
+        .map(|i| (format!("library/race{i}"), image(70 + i)))
+        .collect();
+    for (repo, img) in &images {
+        let scope = format!("repository:{repo}:push,pull");
+        let push = token(&c, &upstream.url(), "pusher", "push-pw", &scope).await;
+        push_image(&c, &upstream.url(), repo, "latest", img, Some(&push)).await;
+    }
+    let table = format!(
+        "pull_flush_interval = \"1s\"\ngc_grace = \"0s\"\n\
+         [[mirror]]\nupstream = \"{}\"\nprefix = \"hub\"\nusername = \"puller\"\npassword = \"pull-pw\"\n\
+         manifest_ttl = \"1h\"\nmax_size = \"4MiB\"\n",
+        upstream.url()
+    );
+    let mirror = Arc::new(mirror_server(dir.path(), &table));
+    let images = Arc::new(images);
+    let evictions = || {
+        mirror
+            .log()
+            .matches("mirror: evicted beyond max_size")
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut clients = Vec::new();
+    for client_no in 0..4usize {
+        let (c, mirror, images) = (c.clone(), mirror.clone(), images.clone());
+        clients.push(tokio::spawn(async move {
+            let mut pulls = 0;
+            // At least 6 rounds each, and on until three evictions happened (or time is up).
+            while pulls < 6
+                || (mirror
+                    .log()
+                    .matches("mirror: evicted beyond max_size")
+                    .count()
+                    < 3
+                    && std::time::Instant::now() < deadline)
+            {
+                let (repo, img) = &images[(client_no + pulls) % images.len()];
+                let got = pull_all(&c, &mirror.url(), &format!("hub/{repo}")).await;
+                let mut want = vec![img.config.clone()];
+                want.extend(img.layers.iter().cloned());
+                if got.as_ref() != Ok(&want) {
+                    let log = mirror.log();
+                    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                    panic!(
+                        "client {client_no}, pull {pulls} of {repo}: {:?}\nmirror log (newest first):\n{}",
+                        got.map(|blobs| blobs.iter().map(|b| b.len()).collect::<Vec<_>>()),
+                        tail.join("\n")
+                    );
+                }
+                pulls += 1;
+            }
+            pulls
+        }));
+    }
+    let mut total = 0;
+    for client in clients {
+        total += client.await.expect("a pulling client panicked");
+    }
+    assert!(
+        evictions() >= 3,
+        "eviction ran {} times during {total} pulls: the race was not exercised",
+        evictions()
+    );
+    let log = mirror.log();
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(
+        !log.contains("mirror: blob not cached"),
+        "a fill failed (digest or storage): {log}"
+    );
+}

@@ -473,39 +473,6 @@ async fn misses_are_remembered_and_tag_freshness_survives_a_restart() {
     );
 }
 
-/// GET a manifest and every blob it names through the mirror; the blobs' bytes, or the
-/// first failing status.
-async fn pull_all(c: &reqwest::Client, base: &str, repo: &str) -> Result<Vec<Vec<u8>>, u16> {
-    let resp = c
-        .get(format!("{base}/v2/{repo}/manifests/latest"))
-        .header("accept", OCI_MANIFEST)
-        .send()
-        .await
-        .expect("GET manifest");
-    if resp.status().as_u16() != 200 {
-        return Err(resp.status().as_u16());
-    }
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&resp.bytes().await.expect("body")).expect("manifest json");
-    let mut digests = vec![manifest["config"]["digest"].as_str().unwrap_or_default()];
-    for l in manifest["layers"].as_array().into_iter().flatten() {
-        digests.push(l["digest"].as_str().unwrap_or_default());
-    }
-    let mut blobs = Vec::new();
-    for d in digests {
-        let resp = c
-            .get(format!("{base}/v2/{repo}/blobs/{d}"))
-            .send()
-            .await
-            .expect("GET blob");
-        if resp.status().as_u16() != 200 {
-            return Err(resp.status().as_u16());
-        }
-        blobs.push(resp.bytes().await.expect("blob body").to_vec());
-    }
-    Ok(blobs)
-}
-
 /// Three images of about 3.2 MiB under an 8 MiB `max_size`: housekeeping evicts the least
 /// recently pulled (manifest, links, and with GC its bytes); the others stay whole and are
 /// served with the upstream gone; a re-pull refills the evicted one.

@@ -19,6 +19,7 @@ use crate::apply::{ActionResult, Outcome};
 use crate::desired::DesiredHost;
 use crate::plan::{Action, HostPlan};
 use crate::run::RunReport;
+use crate::swarm::SwarmAction;
 
 /// The same for every record of a run.
 #[derive(Clone, Debug)]
@@ -222,7 +223,65 @@ pub fn swarm_records(
             });
         }
     }
+    // The images updated services stopped running get a `replaced` entry, so their pages
+    // stop naming those services.
+    for gone in report.hosts.iter().flat_map(|h| &h.taken_off) {
+        let Some((name, digest)) = gone.image.split_once('@') else {
+            continue;
+        };
+        if let Some(pending) = pending_for(&mut by_image, facts, name, digest) {
+            let entries = &mut pending.record.swarm_services;
+            if !entries.iter().any(|e| e.service == gone.service) {
+                entries.push(SwarmEntry {
+                    service: gone.service.clone(),
+                    result: gone.status,
+                });
+            }
+        }
+    }
     finish(by_image)
+}
+
+/// What a Swarm run took off its services, by its results (one per action, in plan order):
+/// an updated service whose stored config named another digest. Computed from the plan
+/// before it is redacted (the stored config goes with the redaction).
+pub(crate) fn swarm_taken_off(actions: &[SwarmAction], results: &[ActionResult]) -> Vec<TakenOff> {
+    let mut out = Vec::new();
+    for (action, result) in actions.iter().zip(results) {
+        let SwarmAction::UpdateService {
+            service,
+            previous_config: Some(previous),
+            ..
+        } = action
+        else {
+            continue;
+        };
+        if result.outcome != Outcome::Changed {
+            continue;
+        }
+        // Read as plain JSON: a config stored by another Berth version still names its image.
+        let Ok(old) = serde_json::from_str::<serde_json::Value>(previous) else {
+            continue;
+        };
+        let (Some(old_image), Some(old_digest)) = (
+            old.get("image").and_then(|v| v.as_str()),
+            old.get("image_digest").and_then(|v| v.as_str()),
+        ) else {
+            continue;
+        };
+        if service.spec.image_digest.as_deref() == Some(old_digest) {
+            continue;
+        }
+        let Ok(reference) = ImageRef::parse(old_image) else {
+            continue;
+        };
+        out.push(TakenOff {
+            service: service.name.clone(),
+            image: format!("{}@{old_digest}", reference.name()),
+            status: Status::Replaced,
+        });
+    }
+    out
 }
 
 /// The record for `name@digest` in `by_image`, started if new; `None` when the reference

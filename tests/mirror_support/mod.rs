@@ -239,3 +239,36 @@ pub fn assert_copied(dir: &Path, img: &Image) {
         assert!(copied == *blob, "blob {hex} through the mirror");
     }
 }
+
+/// GET a manifest and every blob it names through the mirror; the blobs' bytes, or the
+/// first failing status.
+pub async fn pull_all(c: &reqwest::Client, base: &str, repo: &str) -> Result<Vec<Vec<u8>>, u16> {
+    let resp = c
+        .get(format!("{base}/v2/{repo}/manifests/latest"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("GET manifest");
+    if resp.status().as_u16() != 200 {
+        return Err(resp.status().as_u16());
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&resp.bytes().await.expect("body")).expect("manifest json");
+    let mut digests = vec![manifest["config"]["digest"].as_str().unwrap_or_default()];
+    for l in manifest["layers"].as_array().into_iter().flatten() {
+        digests.push(l["digest"].as_str().unwrap_or_default());
+    }
+    let mut blobs = Vec::new();
+    for d in digests {
+        let resp = c
+            .get(format!("{base}/v2/{repo}/blobs/{d}"))
+            .send()
+            .await
+            .expect("GET blob");
+        if resp.status().as_u16() != 200 {
+            return Err(resp.status().as_u16());
+        }
+        blobs.push(resp.bytes().await.expect("blob body").to_vec());
+    }
+    Ok(blobs)
+}

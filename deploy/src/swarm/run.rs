@@ -287,6 +287,7 @@ pub async fn deploy(
             on_result,
         )
         .await;
+        report.taken_off = crate::record::swarm_taken_off(&plan.actions, &report.results);
     }
     SwarmReport {
         run: finish(&app, mode, pins, report),

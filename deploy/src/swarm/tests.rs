@@ -331,3 +331,67 @@ fn foreign_or_different_networks_refuse_the_plan() {
             "{error}"
         );
 }
+
+#[test]
+fn updated_services_mark_their_old_image_replaced() {
+    use crate::apply::{ActionResult, Outcome};
+    use crate::record::{swarm_records, swarm_taken_off, RunFacts};
+    use crate::run::{HostReport, Mode, RunReport};
+    use berth_oci::deployment::Status;
+    const OLD: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+    const NEW: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+    let mut d = desired(APP);
+    for s in &mut d.services {
+        s.spec.image_digest = Some(NEW.to_string());
+    }
+    let update = |service: &SwarmService, old_digest: &str| {
+        let mut old = service.spec.clone();
+        old.image_digest = Some(old_digest.to_string());
+        SwarmAction::UpdateService {
+            service: service.clone(),
+            id: format!("id-{}", service.name),
+            previous_config: Some(serde_json::to_string(&old).expect("json")),
+            stop_first: None,
+            reasons: vec![],
+        }
+    };
+    let result = |outcome| ActionResult {
+        action: "update".into(),
+        outcome,
+        message: None,
+    };
+    let (web, worker) = (&d.services[0], &d.services[1]);
+    // web: a new digest, changed → replaced; worker: the same digest (a config change) →
+    // nothing; worker from OLD but failed → nothing (Swarm rolled it back).
+    let actions = [update(web, OLD), update(worker, NEW), update(worker, OLD)];
+    let results = [
+        result(Outcome::Changed),
+        result(Outcome::Changed),
+        result(Outcome::Failed),
+    ];
+    let mut host = HostReport::empty(&d.manager, &d.endpoint);
+    host.taken_off = swarm_taken_off(&actions, &results);
+    assert_eq!(host.taken_off.len(), 1, "{:?}", host.taken_off);
+    assert_eq!(host.taken_off[0].image, format!("docker.io/reg/web@{OLD}"));
+    let report = RunReport {
+        app: d.app.clone(),
+        mode: Mode::Deploy,
+        images: Default::default(),
+        hosts: vec![host],
+    };
+    let facts = RunFacts {
+        app: "shop".into(),
+        inventory: "prod".into(),
+        time: "2026-01-01T10:00:00.000Z".into(),
+        berth_version: "0.1.0".into(),
+        local_user: "ci@builder".into(),
+    };
+    let records = swarm_records(&facts, &[], &report);
+    assert_eq!(records.len(), 1, "{records:?}");
+    let record = &records[0].record;
+    assert_eq!(record.digest, OLD);
+    assert_eq!(record.swarm_services.len(), 1);
+    assert_eq!(record.swarm_services[0].service, web.name);
+    assert_eq!(record.swarm_services[0].result, Status::Replaced);
+}

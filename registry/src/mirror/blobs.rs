@@ -49,7 +49,11 @@ pub(crate) async fn get(
     // Apart from the manifest of the same digest: a miss of one is not a miss of the other.
     let miss_key = format!("blob {digest}");
     if s.blob_linked(name, &digest).await? {
-        return crate::blobs::get(s, name, digest_text, req).await;
+        match crate::blobs::get(s, name, digest_text, req).await {
+            // Evicted between the check and the read: fetched again below.
+            Err(e) if e.code == Code::BlobUnknown => {}
+            other => return other,
+        }
     }
     if mirror.known_missing(name, &miss_key) {
         return Err(unknown(name, &digest));

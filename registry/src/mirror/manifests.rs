@@ -181,7 +181,12 @@ pub(crate) async fn get(
     mirror.seed(s, name).await;
     let cached = s.tag_resolve(name, tag).await?;
     if cached.as_ref().is_some_and(|d| mirror.fresh(name, tag, d)) {
-        return serve_tag(s, mirror, name, upstream_name, tag, req).await;
+        match serve_tag(s, mirror, name, upstream_name, tag, req).await {
+            // Evicted between the tag lookup and the read: fetch it again below, as if it
+            // had never been cached, rather than answer 404 for an image the upstream has.
+            Err(e) if e.code == Code::ManifestUnknown => {}
+            other => return other,
+        }
     }
     let lock = mirror.tag_lock(name, tag);
     let _one_at_a_time = lock.lock().await;
