@@ -240,8 +240,11 @@ impl Storage for MeteredStorage {
             .await
     }
     async fn summary_put(&self, repository: &str, part: SummaryPart, bytes: Bytes) -> Result<()> {
-        self.observe("summary_put", self.inner.summary_put(repository, part, bytes))
-            .await
+        self.observe(
+            "summary_put",
+            self.inner.summary_put(repository, part, bytes),
+        )
+        .await
     }
     async fn outbox_put(&self, id: &str, record: Bytes) -> Result<()> {
         self.observe("outbox_put", self.inner.outbox_put(id, record))
