@@ -16,7 +16,7 @@ use axum::body::Body;
 use axum::http::Request;
 use berth_registry::ui::UiOptions;
 use berth_registry::Registry;
-use berth_storage::{Digest, FsStorage, ManifestMeta, Storage};
+use berth_storage::{Digest, FsStorage, ManifestMeta, Storage, SummaryPart};
 use tower::ServiceExt;
 
 type Error = Box<dyn std::error::Error>;
@@ -47,6 +47,12 @@ async fn seed_repository(
     layer: &Digest,
 ) -> Result<(), Error> {
     let repo = repo_name(r);
+    // Seeding is resumable: a repository with all its tags and its row is done.
+    let done = s.tags(&repo).await?.is_some_and(|t| t.len() == tags)
+        && s.summary_get(&repo, SummaryPart::Row).await?.is_some();
+    if done {
+        return Ok(());
+    }
     s.link_blob(&repo, config).await?;
     s.link_blob(&repo, layer).await?;
     for t in 0..tags {

@@ -505,8 +505,12 @@ async fn catalog(ctx: &Ctx<'_>) -> Response {
     // Several repositories at once: on disk or S3 each read waits on I/O.
     use futures::{StreamExt, TryStreamExt};
     let names: Vec<String> = visible[start..end].iter().map(|n| n.to_string()).collect();
+    let writes = records::Writes::Detached(ctx.reg.storage.clone());
     let stats: Vec<_> = match futures::stream::iter(names)
-        .map(|name| async move { records::repo_stats(s, ctx.ui, &name).await })
+        .map(|name| {
+            let writes = &writes;
+            async move { records::repo_stats(s, writes, ctx.ui, &name).await }
+        })
         .buffered(CONCURRENT_READS)
         .try_collect()
         .await
@@ -587,7 +591,8 @@ async fn repository(ctx: &Ctx<'_>, name: &str) -> Response {
         Ok(None) => return ctx.not_found(),
         Err(e) => return storage_failed(ctx, e),
     }
-    let mut rows = match records::tag_rows(s, &ctx.ui.cache, name).await {
+    let writes = records::Writes::Detached(ctx.reg.storage.clone());
+    let mut rows = match records::tag_rows(s, &writes, &ctx.ui.cache, name).await {
         Ok(r) => r,
         Err(e) => return storage_failed(ctx, e),
     };

@@ -76,6 +76,43 @@ fn parse<T: serde::de::DeserializeOwned>(
     (version(&record) == VERSION).then_some(record)
 }
 
+/// How a reader writes the records it recomputed: off the request's path
+/// (a page does not wait for a storage write), or awaited (tools).
+#[derive(Clone)]
+pub(super) enum Writes {
+    Detached(Arc<dyn Storage>),
+    Awaited,
+}
+
+/// Write a record; a failure costs only a recomputation later.
+async fn store<T: Serialize>(
+    s: &dyn Storage,
+    writes: &Writes,
+    name: &str,
+    part: SummaryPart,
+    record: &T,
+) {
+    let Ok(bytes) = serde_json::to_vec(record) else {
+        return;
+    };
+    let bytes = Bytes::from(bytes);
+    match (writes, tokio::runtime::Handle::try_current()) {
+        (Writes::Detached(storage), Ok(runtime)) => {
+            let (storage, name) = (storage.clone(), name.to_string());
+            // Two detached writes may land out of order: an older row is
+            // only recomputed (its stamp is not the current one).
+            runtime.spawn(async move { put(storage.as_ref(), &name, part, bytes).await });
+        }
+        _ => put(s, name, part, bytes).await,
+    }
+}
+
+async fn put(s: &dyn Storage, name: &str, part: SummaryPart, bytes: Bytes) {
+    if let Err(e) = s.summary_put(name, part, bytes).await {
+        tracing::warn!(error = %e, repository = name, "web UI: cannot store a summary");
+    }
+}
+
 /// Background work after pushes and deletes: one pending refresh per
 /// repository, a few at once.
 pub(super) struct Refresher {
@@ -120,7 +157,8 @@ impl Ui {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&repository);
-            if let Err(e) = repo_stats(storage.as_ref(), &ui, &repository).await {
+            let writes = Writes::Awaited;
+            if let Err(e) = repo_stats(storage.as_ref(), &writes, &ui, &repository).await {
                 tracing::warn!(error = %e, repository, "web UI: cannot refresh the summary");
             }
         });
@@ -131,6 +169,7 @@ impl Ui {
 /// stamp is the current one, else computed and stored.
 pub(super) async fn repo_stats(
     s: &dyn Storage,
+    writes: &Writes,
     ui: &Ui,
     name: &str,
 ) -> berth_storage::Result<Arc<RepoStats>> {
@@ -154,7 +193,7 @@ pub(super) async fn repo_stats(
         ui.catalog.set_row(name, &stamp, stats.clone());
         return Ok(stats);
     }
-    let rows = tag_rows(s, &ui.cache, name).await?;
+    let rows = tag_rows(s, writes, &ui.cache, name).await?;
     let stats = Arc::new(stats_of(&rows));
     let record = RowRecord {
         v: VERSION,
@@ -164,7 +203,7 @@ pub(super) async fn repo_stats(
         newest: stats.newest.clone(),
         pushed: stats.pushed.clone(),
     };
-    store(s, name, SummaryPart::Row, &record).await;
+    store(s, writes, name, SummaryPart::Row, &record).await;
     ui.catalog.set_row(name, &stamp, stats.clone());
     Ok(stats)
 }
@@ -179,16 +218,6 @@ fn stats_of(rows: &[TagRow]) -> RepoStats {
     }
 }
 
-/// Write a record; a failure costs only a recomputation later.
-async fn store<T: Serialize>(s: &dyn Storage, name: &str, part: SummaryPart, record: &T) {
-    let Ok(bytes) = serde_json::to_vec(record) else {
-        return;
-    };
-    if let Err(e) = s.summary_put(name, part, bytes.into()).await {
-        tracing::warn!(error = %e, repository = name, "web UI: cannot store a summary");
-    }
-}
-
 /// Every tag of a repository with its manifest's summary and when it was
 /// last pushed (an unknown repository has none): the tag records (one read
 /// per tag at most), then each manifest's summary from memory, else from the
@@ -196,11 +225,12 @@ async fn store<T: Serialize>(s: &dyn Storage, name: &str, part: SummaryPart, rec
 /// its config, after which the record is rewritten.
 pub(super) async fn tag_rows(
     s: &dyn Storage,
+    writes: &Writes,
     cache: &SummaryCache,
     name: &str,
 ) -> berth_storage::Result<Vec<TagRow>> {
     let records = s.tag_records(name).await?;
-    let summaries = summaries_of(s, cache, name, &records).await?;
+    let summaries = summaries_of(s, writes, cache, name, &records).await?;
     Ok(records
         .into_iter()
         .map(|record| TagRow {
@@ -217,6 +247,7 @@ pub(super) async fn tag_rows(
 
 async fn summaries_of(
     s: &dyn Storage,
+    writes: &Writes,
     cache: &SummaryCache,
     name: &str,
     records: &[TagRecord],
@@ -273,7 +304,7 @@ async fn summaries_of(
                 .map(|(d, s)| (d.to_string(), (**s).clone()))
                 .collect(),
         };
-        store(s, name, SummaryPart::Manifests, &record).await;
+        store(s, writes, name, SummaryPart::Manifests, &record).await;
     }
     Ok(known)
 }
@@ -282,7 +313,9 @@ async fn summaries_of(
 /// would (for tools that fill a storage directly, e.g. the UI benchmark).
 pub async fn write_summaries(s: &dyn Storage, repository: &str) -> berth_storage::Result<()> {
     let ui = Ui::new(super::UiOptions::default());
-    repo_stats(s, &ui, repository).await.map(drop)
+    repo_stats(s, &Writes::Awaited, &ui, repository)
+        .await
+        .map(drop)
 }
 
 #[cfg(test)]
@@ -384,27 +417,51 @@ mod tests {
             }
         };
         push(5, "a").await;
-        assert_eq!(repo_stats(&s, &ui, repo).await.expect("row").size, 5);
+        assert_eq!(
+            repo_stats(&s, &Writes::Awaited, &ui, repo)
+                .await
+                .expect("row")
+                .size,
+            5
+        );
         push(7, "b").await;
         let fresh = Ui::new(super::super::UiOptions::default());
-        let row = repo_stats(&s, &fresh, repo).await.expect("row");
+        let row = repo_stats(&s, &Writes::Awaited, &fresh, repo)
+            .await
+            .expect("row");
         assert_eq!((row.tags, row.size), (2, 12), "a new stamp: recomputed");
         let stored = s.summary_get(repo, SummaryPart::Row).await.expect("get");
         let stored: RowRecord = serde_json::from_slice(&stored.expect("stored")).expect("json");
         assert_eq!((stored.tags, stored.size), (2, 12));
         s.tag_delete(repo, "a").await.expect("delete");
-        assert_eq!(repo_stats(&s, &ui, repo).await.expect("row").size, 7);
+        assert_eq!(
+            repo_stats(&s, &Writes::Awaited, &ui, repo)
+                .await
+                .expect("row")
+                .size,
+            7
+        );
         for part in [SummaryPart::Row, SummaryPart::Manifests] {
             s.summary_put(repo, part, Bytes::from_static(b"{garbage"))
                 .await
                 .expect("put");
         }
         let fresh = Ui::new(super::super::UiOptions::default());
-        let row = repo_stats(&s, &fresh, repo).await.expect("row");
+        let row = repo_stats(&s, &Writes::Awaited, &fresh, repo)
+            .await
+            .expect("row");
         assert_eq!((row.tags, row.size), (1, 7));
-        let rows = tag_rows(&s, &fresh.cache, repo).await.expect("rows");
+        let rows = tag_rows(&s, &Writes::Awaited, &fresh.cache, repo)
+            .await
+            .expect("rows");
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].summary.size, 7);
-        assert_eq!(repo_stats(&s, &ui, "no/such").await.expect("row").tags, 0);
+        assert_eq!(
+            repo_stats(&s, &Writes::Awaited, &ui, "no/such")
+                .await
+                .expect("row")
+                .tags,
+            0
+        );
     }
 }
