@@ -102,6 +102,24 @@ async fn tag_sizes(
         .collect()
 }
 
+/// The content of a record once `ok` says it is what the test waits for: pages write records
+/// off the request's path, so a page may answer before its record is on disk.
+async fn stored_when(path: &std::path::Path, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let content = std::fs::read_to_string(path).unwrap_or_default();
+        if ok(&content) {
+            return content;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never became right: {content:?}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn expect_row(tags: usize, size: usize, newest: &str) -> Option<(String, String, String)> {
     Some((tags.to_string(), format!("{size} B"), newest.to_string()))
 }
@@ -126,8 +144,7 @@ async fn rows_and_pages_follow_pushes_deletes_and_a_second_server() {
         .join("repositories")
         .join(REPO)
         .join("_summary");
-    let outdated = std::fs::read_to_string(&row_file).expect("the row is stored after a view");
-    assert!(outdated.contains("\"tags\":1"), "{outdated}");
+    let outdated = stored_when(&row_file, |row| row.contains("\"tags\":1")).await;
 
     // A second tag, sharing the layer: counted once.
     let (_, size_b) = push(&c, &base, REPO, "v2", "2026-02-01T00:00:00Z", &[shared]).await;
@@ -218,7 +235,7 @@ async fn rows_and_pages_follow_pushes_deletes_and_a_second_server() {
     // Garbage in the stored records, and a fresh process with no memory of the rows: the page
     // is still right, and the records are written again.
     let manifests_file = row_file.with_file_name("_summary_manifests");
-    assert!(manifests_file.is_file(), "the manifests are stored");
+    stored_when(&manifests_file, |m| m.contains("manifests")).await;
     for (file, garbage) in [
         (&row_file, "{\"v\":1,\"stamp\":"),
         (&manifests_file, "\u{0}\u{1}not json"),
@@ -267,8 +284,6 @@ async fn rows_and_pages_follow_pushes_deletes_and_a_second_server() {
         want,
         "a missing row is recomputed"
     );
-    assert!(
-        row_file.is_file() && manifests_file.is_file(),
-        "and stored again"
-    );
+    stored_when(&row_file, |row| row.contains("\"tags\":2")).await;
+    stored_when(&manifests_file, |m| m.contains("manifests")).await;
 }
