@@ -6,7 +6,10 @@
 #    once through the storage API; reused while DIR/seeded-REPOSxTAGS exists), then renders
 #    each page cold (a new server) and warm (median of 5).
 # 2. Over HTTP: a real `berth serve` on DIR, restarted before each page (cold = its first
-#    request; the OS page cache stays warm), then 5 more requests (warm); curl's time_total.
+#    request once the catalog index it builds at start is ready; the OS page cache stays
+#    warm), then 5 more requests (warm); curl's time_total.
+# Seeding a disk with slow fsyncs or a busy journal is slow (renames serialise): run the
+# seeding under `eatmydata`, or use a folder on tmpfs (what docs/ui.md's numbers used).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${1:-/var/tmp/berth-ui-bench}
@@ -41,7 +44,8 @@ start() {
   "$BIN/berth" serve --storage "$DIR" --addr "127.0.0.1:$PORT" >>"$LOG" 2>&1 &
   PID=$!
   for _ in $(seq 1 200); do
-    curl -s -o /dev/null "http://127.0.0.1:$PORT/v2/" && return 0
+    # The catalog API waits for the index that serve builds at start (one walk of the tree).
+    curl -sf -o /dev/null "http://127.0.0.1:$PORT/v2/_catalog?n=1" && return 0
     sleep 0.1
   done
   echo "berth serve did not start:"; cat "$LOG"; exit 1
