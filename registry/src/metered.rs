@@ -117,6 +117,19 @@ impl Storage for MeteredStorage {
         let call = self.inner.upload_complete(repository, id, digest, data);
         self.observe("upload_complete", call).await
     }
+    async fn upload_complete_notify(
+        &self,
+        repository: &str,
+        id: &str,
+        digest: &Digest,
+        data: Option<ByteStream>,
+        matched: tokio::sync::oneshot::Sender<()>,
+    ) -> Result<u64> {
+        let call = self
+            .inner
+            .upload_complete_notify(repository, id, digest, data, matched);
+        self.observe("upload_complete", call).await
+    }
     async fn upload_cancel(&self, repository: &str, id: &str) -> Result<()> {
         self.observe("upload_cancel", self.inner.upload_cancel(repository, id))
             .await

@@ -48,6 +48,7 @@ pub async fn run_all(storage: &dyn Storage) {
     monolithic_upload(storage).await;
     chunked_upload(storage).await;
     wrong_digest_stores_nothing(storage).await;
+    notified_completion(storage).await;
     sha512_upload(storage).await;
     cancel_upload(storage).await;
     purge_keeps_fresh_uploads(storage).await;
@@ -291,6 +292,75 @@ async fn wrong_digest_stores_nothing(s: &dyn Storage) {
         None
     );
     assert!(!s.blob_linked("wrong", &claimed).await.expect("linked"));
+}
+
+/// `upload_complete_notify`: `matched` is told for bytes that match (also a blob of more
+/// than one S3 part); for bytes that do not, or a body that breaks off, it never is, and
+/// nothing becomes visible, whatever digest the caller hoped for.
+async fn notified_completion(s: &dyn Storage) {
+    use tokio::sync::oneshot;
+    let big: Vec<u8> = (0..(crate::s3::PART_SIZE + 5))
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let chunks = || -> ByteStream {
+        let parts: Vec<_> = big
+            .chunks(1 << 20)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        Box::pin(futures::stream::iter(parts))
+    };
+    let d = Digest::sha256_of(&big);
+    let up = s.upload_create("notify").await.expect("create");
+    let (tx, rx) = oneshot::channel();
+    let size = s
+        .upload_complete_notify("notify", &up.id, &d, Some(chunks()), tx)
+        .await
+        .expect("complete");
+    assert_eq!(size, big.len() as u64);
+    rx.await.expect("told that the bytes matched");
+    assert_eq!(read_all(s, &d, None).await, big);
+    assert!(s.blob_linked("notify", &d).await.expect("linked"));
+
+    // The attacker's case: a digest that is not the bytes' (here: the bytes with one
+    // byte changed, so the lengths agree) is refused, the caller is never told, and
+    // neither digest is visible anywhere.
+    let mut forged = big.clone();
+    forged[7] ^= 1;
+    let claimed = Digest::sha256_of(&forged);
+    let up = s.upload_create("notify-bad").await.expect("create");
+    let (tx, rx) = oneshot::channel();
+    let err = s
+        .upload_complete_notify("notify-bad", &up.id, &claimed, Some(chunks()), tx)
+        .await
+        .expect_err("a mismatch must fail");
+    assert!(matches!(err, StorageError::DigestMismatch { .. }), "{err}");
+    assert!(
+        rx.await.is_err(),
+        "a mismatch must never be reported as a match"
+    );
+    assert_eq!(s.blob_size(&claimed).await.expect("size"), None);
+    assert!(!s.blob_linked("notify-bad", &claimed).await.expect("linked"));
+    assert!(!s.blob_linked("notify-bad", &d).await.expect("linked"));
+
+    // A body that breaks off: not told, nothing stored under the digest it was meant for.
+    let data = b"cut short";
+    let cut = Digest::sha256_of(data);
+    let up = s.upload_create("notify-cut").await.expect("create");
+    let (tx, rx) = oneshot::channel();
+    let body: ByteStream = Box::pin(futures::stream::iter([
+        Ok(Bytes::from_static(&data[..3])),
+        Err(std::io::Error::other("the upstream went away")),
+    ]));
+    let err = s
+        .upload_complete_notify("notify-cut", &up.id, &cut, Some(body), tx)
+        .await
+        .expect_err("a cut body must fail");
+    assert!(matches!(err, StorageError::BodyInterrupted(_)), "{err}");
+    assert!(
+        rx.await.is_err(),
+        "a cut body must never be reported as a match"
+    );
+    assert_eq!(s.blob_size(&cut).await.expect("size"), None);
 }
 
 async fn sha512_upload(s: &dyn Storage) {

@@ -1,20 +1,20 @@
 //! Filling the cache with one blob: one task per (repository, digest) reads the upstream
 //! body and hands each chunk, without copying it, to two places: a storage upload (which
-//! writes it once and checks the digest before the blob becomes visible) and a window of
-//! recent chunks in memory that every client of the blob reads from. A client that falls
-//! behind the window (or joins late) waits for the fill to end and reads the rest from
-//! storage. The fill hashes each chunk once more, beside the upload, so clients need not
-//! wait for storage's disk to be told the digest matched. The task is not the request's,
-//! so a client that hangs up does not stop it. Clients are held back from the blob's last
-//! byte until the digest is verified: a client of a corrupt upstream gets a cut-off body,
-//! never a complete wrong blob.
+//! writes it once, hashes it once and checks the digest before the blob becomes visible)
+//! and a window of recent chunks in memory that every client of the blob reads from. A
+//! client that falls behind the window (or joins late) waits for the fill to end and reads
+//! the rest from storage. The task is not the request's, so a client that hangs up does
+//! not stop it. Clients are held back from the blob's last byte until storage says every
+//! byte matched the digest ([`Storage::upload_complete_notify`]), which it does before it
+//! makes the blob durable: a client of a corrupt upstream gets a cut-off body, never a
+//! complete wrong blob, and a client of a good one does not wait for the fsync.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth_storage::{ByteRange, ByteStream, Digest, Hasher, Storage};
+use berth_storage::{ByteRange, ByteStream, Digest, Storage};
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
@@ -372,49 +372,40 @@ impl Job {
             Err(e) => return Err(e.to_string()),
         };
         self.fill.state.send_modify(|s| s.size = body.size);
-        let upload = self
-            .storage
-            .upload_create(&self.name)
-            .await
-            .map_err(|e| format!("cannot start storing it: {e}"))?;
         let (mut tx, data) = storage_queue();
-        let store = {
-            let (storage, name, id, digest) = (
-                self.storage.clone(),
-                self.name.clone(),
-                upload.id.clone(),
-                self.digest.clone(),
-            );
-            tokio::spawn(async move {
-                storage
-                    .upload_complete(&name, &id, &digest, Some(data))
-                    .await
-            })
-        };
+        let (matched_tx, matched) = tokio::sync::oneshot::channel();
+        let store = tokio::spawn(store(
+            self.storage.clone(),
+            self.name.clone(),
+            self.digest.clone(),
+            data,
+            matched_tx,
+        ));
         let copied = self.copy(body.stream, body.size, &mut tx).await;
         if let Err(e) = &copied {
             // Storage must not take a cut-off body for a whole one.
             let _ = tx.send(Err(io::Error::other(e.clone()))).await;
         }
         drop(tx);
+        // Storage hashed every byte and they match: the clients get the last one now,
+        // while storage makes the blob durable (an fsync of the whole file) and links it.
+        if copied.is_ok() && matched.await.is_ok() {
+            self.fill.state.send_modify(|s| s.verified = true);
+        }
         let stored = store.await.map_err(|e| format!("storing it failed: {e}"))?;
-        let result = match (copied, stored) {
+        match (copied, stored) {
             (Err(e), _) => Err(e),
-            (Ok(()), Err(e)) => Err(format!("{e}")),
+            (Ok(()), Err(e)) => Err(e),
             (Ok(()), Ok(n)) if body.size.is_some_and(|size| size != n) => Err(format!(
                 "the upstream announced {} bytes but sent {n}",
                 body.size.unwrap_or_default()
             )),
             (Ok(()), Ok(_)) => Ok(()),
-        };
-        if result.is_err() {
-            let _ = self.storage.upload_cancel(&self.name, &upload.id).await;
         }
-        result
     }
 
-    /// Upstream → clients' window, storage and the hash, batch by batch. Clients see a batch
-    /// as soon as it arrives; it is hashed on a blocking thread while the next one arrives.
+    /// Upstream → the clients' window and the storage queue, batch by batch. Clients see
+    /// a batch as soon as it arrives; storage hashes it (once) as it writes it.
     async fn copy(
         &self,
         stream: ByteStream,
@@ -424,14 +415,10 @@ impl Job {
         let mut stream = stream.fuse();
         let mut offset = 0u64;
         let mut storage_reading = true;
-        let mut hashing: JoinHandle<Hasher> = {
-            let hasher = Hasher::new(self.digest.algorithm());
-            tokio::spawn(async move { hasher })
-        };
         loop {
             let batch = match next_batch(&mut stream).await {
                 Ok(Some(batch)) => batch,
-                Ok(None) => break,
+                Ok(None) => return Ok(()),
                 Err(e) => return Err(format!("the upstream's body broke off: {e}")),
             };
             let len: u64 = batch.iter().map(|c| c.len() as u64).sum();
@@ -441,37 +428,40 @@ impl Job {
             offset += len;
             self.fill.window_push(&batch);
             self.fill.state.send_modify(|s| s.written = offset);
-            let mut hasher = hashing.await.map_err(|e| format!("hashing failed: {e}"))?;
-            let chunks = batch.clone();
-            hashing = tokio::task::spawn_blocking(move || {
-                for chunk in &chunks {
-                    hasher.update(chunk);
-                }
-                hasher
-            });
             for chunk in batch {
-                // Storage stopped reading: its own error says why; the clients still get
-                // their bytes (and storage's error ends the fill).
+                // Storage stopped reading: its own error says why and ends the fill (its
+                // clients get a cut-off body); the upstream is still read to the end, so
+                // the clients' bytes so far stay in order.
                 if storage_reading && tx.send(Ok(chunk)).await.is_err() {
                     storage_reading = false;
                 }
             }
         }
-        // Checked here too, so clients get the last byte without waiting for storage to
-        // sync the blob (which links it only after its own check).
-        let actual = hashing
-            .await
-            .map_err(|e| format!("hashing failed: {e}"))?
-            .finish();
-        if actual != self.digest {
-            return Err(format!(
-                "the upstream sent content with digest {actual}, not {}",
-                self.digest
-            ));
-        }
-        self.fill.state.send_modify(|s| s.verified = true);
-        Ok(())
     }
+}
+
+/// Store the blob from `data`: the upload is created here, beside the first bytes' way to
+/// the clients rather than before it, so their first byte waits for the upstream only
+/// (the bytes queue meanwhile, bounded by [`STORAGE_LAG_KIB`]). `matched` is told once
+/// storage has hashed every byte and they match the digest. A failed upload is removed.
+async fn store(
+    storage: Arc<dyn Storage>,
+    name: String,
+    digest: Digest,
+    data: ByteStream,
+    matched: tokio::sync::oneshot::Sender<()>,
+) -> Result<u64, String> {
+    let upload = storage
+        .upload_create(&name)
+        .await
+        .map_err(|e| format!("cannot start storing it: {e}"))?;
+    let stored = storage
+        .upload_complete_notify(&name, &upload.id, &digest, Some(data), matched)
+        .await;
+    if stored.is_err() {
+        let _ = storage.upload_cancel(&name, &upload.id).await;
+    }
+    stored.map_err(|e| e.to_string())
 }
 
 /// The next chunk, and whatever further chunks are ready now (up to [`BATCH`] bytes).

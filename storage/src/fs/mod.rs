@@ -41,7 +41,7 @@ use files::{
     blocking, file_stream, list_dir, list_files, list_prefix, not_found_as_none, now_unix,
     read_referrer_entry, remove_if_present, touch_blob, touch_link, Paths,
 };
-use upload::{DataWriter, UploadState};
+use upload::UploadState;
 
 /// Batch writes of upload bodies running at once on the blocking pool (whose
 /// other threads stay free for reads, manifests and tags).
@@ -321,28 +321,20 @@ impl Storage for FsStorage {
         digest: &Digest,
         data: Option<ByteStream>,
     ) -> Result<u64> {
-        let (guard, state) = self.lock_upload(repository, id).await?;
-        // The repository is noted in the catalog log by `complete`, once the digest
-        // matches: a refused upload leaves the storage as it was.
-        let writer = match data {
-            Some(data) => {
-                let (writer, body_error) = self
-                    .append_stream(guard, id, state, data, false)
-                    .await
-                    .map_err(|e| self.dropping_upload_when_full(id, e))?;
-                if let Some(e) = body_error {
-                    // Keep what arrived so the client can resume.
-                    let _ = blocking(move || writer.save_partial()).await;
-                    return Err(StorageError::BodyInterrupted(e));
-                }
-                writer
-            }
-            None => Box::new(DataWriter::new(self.paths(), guard, id, state, false)?),
-        };
-        let (repo, expected) = (repository.to_string(), digest.clone());
-        blocking(move || (*writer).complete(&repo, &expected))
+        self.complete_upload(repository, id, digest, data, None)
             .await
-            .map_err(|e| self.dropping_upload_when_full(id, e))
+    }
+
+    async fn upload_complete_notify(
+        &self,
+        repository: &str,
+        id: &str,
+        digest: &Digest,
+        data: Option<ByteStream>,
+        matched: tokio::sync::oneshot::Sender<()>,
+    ) -> Result<u64> {
+        self.complete_upload(repository, id, digest, data, Some(matched))
+            .await
     }
 
     async fn upload_cancel(&self, repository: &str, id: &str) -> Result<()> {

@@ -135,6 +135,41 @@ impl FsStorage {
         }
     }
 
+    /// Append the last bytes (if any), verify, store and link; `matched` is told once
+    /// the digest matched, before the blob is made durable (see
+    /// [`crate::Storage::upload_complete_notify`]).
+    pub(super) async fn complete_upload(
+        &self,
+        repository: &str,
+        id: &str,
+        digest: &Digest,
+        data: Option<ByteStream>,
+        matched: Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> Result<u64> {
+        let (guard, state) = self.lock_upload(repository, id).await?;
+        // The repository is noted in the catalog log by `complete`, once the digest
+        // matches: a refused upload leaves the storage as it was.
+        let writer = match data {
+            Some(data) => {
+                let (writer, body_error) = self
+                    .append_stream(guard, id, state, data, false)
+                    .await
+                    .map_err(|e| self.dropping_upload_when_full(id, e))?;
+                if let Some(e) = body_error {
+                    // Keep what arrived so the client can resume.
+                    let _ = blocking(move || writer.save_partial()).await;
+                    return Err(StorageError::BodyInterrupted(e));
+                }
+                writer
+            }
+            None => Box::new(DataWriter::new(self.paths(), guard, id, state, false)?),
+        };
+        let (repo, expected) = (repository.to_string(), digest.clone());
+        blocking(move || (*writer).complete(&repo, &expected, matched))
+            .await
+            .map_err(|e| self.dropping_upload_when_full(id, e))
+    }
+
     /// A full disk ends the upload at once: its partial data and folder are
     /// removed now rather than after the week abandoned sessions are kept,
     /// since the space is what is missing. The client must start over.
@@ -318,7 +353,12 @@ impl DataWriter {
     /// The data becomes the blob by a hard link (O(1), fails if the name
     /// exists), and the session goes after it; a crash in between leaves a
     /// session whose retried completion finds the blob and succeeds.
-    pub(super) fn complete(mut self, repo: &str, expected: &Digest) -> Result<u64> {
+    pub(super) fn complete(
+        mut self,
+        repo: &str,
+        expected: &Digest,
+        matched: Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> Result<u64> {
         let data_path = self.paths.upload_data(&self.id);
         // Opens, locks and cuts the file to the hashed offset; a file shorter
         // than that is refused.
@@ -337,6 +377,11 @@ impl DataWriter {
                 expected: expected.clone(),
                 actual,
             });
+        }
+        // Every byte is in and hashed: the caller may release them to its readers now,
+        // while the rest (fsync, link) makes them durable and visible.
+        if let Some(matched) = matched {
+            let _ = matched.send(());
         }
         // Logged before any link names the repository, so no process misses it.
         self.paths.indexes.note(&self.paths.root, repo)?;

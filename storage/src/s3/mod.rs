@@ -580,18 +580,20 @@ impl Storage for S3Storage {
         digest: &Digest,
         data: Option<ByteStream>,
     ) -> Result<u64> {
-        let (_guard, session, e_tag) = self.lock_session(repository, id).await?;
-        let mut w = Writer::open(self, id, session, e_tag).await?;
-        if let Some(data) = data {
-            if let Some(e) = feed(&mut w, data).await? {
-                w.persist().await?;
-                return Err(StorageError::BodyInterrupted(e));
-            }
-        }
-        let epoch = self.reads_epoch();
-        let size = self.finish_upload(repository, w, digest).await?;
-        self.remember_link(epoch, repository, LinkKind::Layer, digest, None);
-        Ok(size)
+        self.complete_upload(repository, id, digest, data, None)
+            .await
+    }
+
+    async fn upload_complete_notify(
+        &self,
+        repository: &str,
+        id: &str,
+        digest: &Digest,
+        data: Option<ByteStream>,
+        matched: tokio::sync::oneshot::Sender<()>,
+    ) -> Result<u64> {
+        self.complete_upload(repository, id, digest, data, Some(matched))
+            .await
     }
 
     async fn upload_cancel(&self, repository: &str, id: &str) -> Result<()> {

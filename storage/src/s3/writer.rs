@@ -15,6 +15,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::{s3_error, S3Storage, Session, LAYOUT, META_DATA_KEY, META_SIZE, PART_SIZE};
 use crate::digest::{restore_sha256_state, save_sha256_state, Hasher};
+use crate::layout::LinkKind;
 use crate::{Algorithm, ByteStream, Digest, Result, StorageError};
 
 /// Parts of one upload sent at once while the next one fills. Memory per
@@ -214,17 +215,54 @@ pub(super) async fn feed(w: &mut Writer<'_>, mut data: ByteStream) -> Result<Opt
     Ok(None)
 }
 
+/// Told once an upload's bytes matched its digest (see
+/// [`crate::Storage::upload_complete_notify`]).
+type Matched = Option<tokio::sync::oneshot::Sender<()>>;
+
+fn tell(matched: Matched) {
+    if let Some(matched) = matched {
+        let _ = matched.send(());
+    }
+}
+
 impl S3Storage {
+    /// Append the last bytes (if any), verify, store and link.
+    pub(super) async fn complete_upload(
+        &self,
+        repository: &str,
+        id: &str,
+        digest: &Digest,
+        data: Option<ByteStream>,
+        matched: Matched,
+    ) -> Result<u64> {
+        let (_guard, session, e_tag) = self.lock_session(repository, id).await?;
+        let mut w = Writer::open(self, id, session, e_tag).await?;
+        if let Some(data) = data {
+            if let Some(e) = feed(&mut w, data).await? {
+                w.persist().await?;
+                return Err(StorageError::BodyInterrupted(e));
+            }
+        }
+        let epoch = self.reads_epoch();
+        let size = self.finish_upload(repository, w, digest, matched).await?;
+        self.remember_link(epoch, repository, LinkKind::Layer, digest, None);
+        Ok(size)
+    }
+
     /// Finish an upload whose bytes are all in `w`: verify, store, link.
-    pub(super) async fn finish_upload(
+    async fn finish_upload(
         &self,
         repository: &str,
         w: Writer<'_>,
         expected: &Digest,
+        matched: Matched,
     ) -> Result<u64> {
         match w.session.multipart.clone() {
-            None => self.finish_small(repository, w, expected).await,
-            Some(upload_id) => self.finish_big(repository, w, upload_id, expected).await,
+            None => self.finish_small(repository, w, expected, matched).await,
+            Some(upload_id) => {
+                self.finish_big(repository, w, upload_id, expected, matched)
+                    .await
+            }
         }
     }
 
@@ -234,6 +272,7 @@ impl S3Storage {
         repository: &str,
         mut w: Writer<'_>,
         expected: &Digest,
+        matched: Matched,
     ) -> Result<u64> {
         let size = w.session.offset;
         let bytes = w.buf.split().freeze();
@@ -248,6 +287,7 @@ impl S3Storage {
                 actual,
             });
         }
+        tell(matched);
         let _no_gc = self.gc_lock.read().await;
         // Rewritten even if present: a fresh modification time keeps a
         // concurrent garbage collection from taking a blob just re-pushed.
@@ -268,6 +308,7 @@ impl S3Storage {
         mut w: Writer<'_>,
         upload_id: String,
         expected: &Digest,
+        mut matched: Matched,
     ) -> Result<u64> {
         let id = w.id.clone();
         let size = w.session.offset;
@@ -283,6 +324,9 @@ impl S3Storage {
                     actual,
                 });
             }
+            // Before the last part and the completion: readers of the same bytes need
+            // not wait for those.
+            tell(matched.take());
         }
         if !w.buf.is_empty() {
             let last = w.buf.split().freeze();
@@ -315,6 +359,7 @@ impl S3Storage {
                 });
             }
         }
+        tell(matched);
         self.point_blob(repository, expected, &id, size).await?;
         self.drop_session(&id, &done).await?;
         Ok(size)
