@@ -35,6 +35,7 @@
 # (manifest-get-digest).
 #
 # Knobs: BENCH_BIG_MIB=256 BENCH_REPS=1 BENCH_COUNT=1000 BENCH_DURATION=5 BENCH_KEEP=1 BENCH_ROUNDS=3
+#        BENCH_SKIP_BUILD=1 (use the release binaries already built)
 #        BENCH_WORKLOADS="push-small pull-small ..." (a subset; default all)
 #        MOTO_SERVER="python3 scripts/moto-serial.py" (pip install 'moto[server]'), S3S_FS=s3s-fs
 # Needs: cargo, docker-registry, curl, jq, s3s-fs, moto_server. Everything is stopped by PID
@@ -70,8 +71,10 @@ if ! python3 -c 'import moto.server' 2>/dev/null; then
     exit 1
 fi
 
-echo "== building berth and berth-bench (release)" >&2
-cargo build --release -p berth -p berth-bench >&2
+if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
+    echo "== building berth and berth-bench (release)" >&2
+    cargo build --release -p berth -p berth-bench >&2
+fi
 BERTH="$TARGET_DIR/release/berth"
 BENCH="$TARGET_DIR/release/berth-bench"
 
