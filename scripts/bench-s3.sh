@@ -112,7 +112,7 @@ wait_port() { # NAME PID PORT LOG
 wait_registry() { # NAME PID URL LOG
     for _ in $(seq 1 200); do
         if ! kill -0 "$2" 2>/dev/null; then echo "$1 exited; log:" >&2; tail -n 30 "$4" >&2; exit 1; fi
-        if curl -fsS -o /dev/null --max-time 2 "$3/v2/"; then return 0; fi
+        if curl -fsS -o /dev/null --max-time 2 "$3/v2/" 2>/dev/null; then return 0; fi
         sleep 0.1
     done
     echo "$1 did not answer $3/v2/" >&2; tail -n 30 "$4" >&2; exit 1
