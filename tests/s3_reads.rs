@@ -1,5 +1,5 @@
 //! Small reads on S3 (issue 22 item 1) against a real S3 server (s3s-fs): a small pull is
-//! one S3 GET (none once cached), a manifest GET by digest one or none, a delete through
+//! one S3 GET (none once cached, or pushed through this replica), a manifest GET by digest one or none, a delete through
 //! this replica is seen at once, and a delete through another replica is seen after the
 //! link cache's TTL at the latest, however hard a client keeps the entry warm.
 
@@ -59,15 +59,43 @@ async fn small_pulls_cost_one_get_or_none_and_a_local_delete_shows_at_once() {
     let layer = pattern(4096, 1);
     let digest = push_blob(&c, &base, "reads/app", &layer).await;
     let blob_url = format!("{base}/v2/reads/app/blobs/{digest}");
-    // The push was seen: no HEAD of the link, just the GET (it says the size too).
+    // The push was seen and its bytes kept: the first pull asks S3 nothing.
     let first = requests(&storage, async {
         assert_eq!(get(&c, &blob_url).await, (200, layer.clone()));
+    })
+    .await;
+    assert_eq!(first.total(), 0, "a first small pull: {first:?}");
+    // Past 64 KiB a pushed blob is not kept (many concurrent pulls must not buffer much):
+    // one GET.
+    let bigger = pattern(100 << 10, 3);
+    let bigger_digest = push_blob(&c, &base, "reads/app", &bigger).await;
+    let bigger_url = format!("{base}/v2/reads/app/blobs/{bigger_digest}");
+    let first = requests(&storage, async {
+        assert_eq!(get(&c, &bigger_url).await, (200, bigger.clone()));
     })
     .await;
     assert_eq!(
         (first.total(), first.get),
         (1, 1),
-        "a first small pull: {first:?}"
+        "a first pull of a 100 KiB blob: {first:?}"
+    );
+    // Without the object cache the link is still remembered: just the GET (it says
+    // the size too).
+    let mut options = s3.options("");
+    options.cache_bytes = Some(0);
+    let links_only = Arc::new(berth_storage::S3Storage::new(&options).expect("storage"));
+    let links_only_base = in_process(links_only.clone()).await;
+    let small = pattern(4096, 2);
+    let small_digest = push_blob(&c, &links_only_base, "reads/app", &small).await;
+    let small_url = format!("{links_only_base}/v2/reads/app/blobs/{small_digest}");
+    let first = requests(&links_only, async {
+        assert_eq!(get(&c, &small_url).await, (200, small.clone()));
+    })
+    .await;
+    assert_eq!(
+        (first.total(), first.get),
+        (1, 1),
+        "a first small pull without the object cache: {first:?}"
     );
     let again = requests(&storage, async {
         assert_eq!(get(&c, &blob_url).await, (200, layer.clone()));
@@ -88,13 +116,14 @@ async fn small_pulls_cost_one_get_or_none_and_a_local_delete_shows_at_once() {
     let manifest = manifest_json(&config, &[&layer], None);
     let md = push_manifest(&c, &base, "reads/app", "v1", OCI_MANIFEST, &manifest).await;
     let manifest_url = format!("{base}/v2/reads/app/manifests/{md}");
+    // Pushed here: its link and bytes were kept.
     let first = requests(&storage, async {
         assert_eq!(get(&c, &manifest_url).await, (200, manifest.clone()));
     })
     .await;
     assert_eq!(
         first.total(),
-        1,
+        0,
         "a first manifest GET by digest: {first:?}"
     );
     let again = requests(&storage, async {

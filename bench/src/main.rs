@@ -116,6 +116,15 @@ pub struct Args {
     /// Repository prefix the workloads push to.
     #[arg(long, default_value = "bench")]
     pub repo_prefix: String,
+    /// pull-small: make the blobs from this seed instead of a fresh one, so a later run
+    /// with `--pulls-only` pulls the very blobs this one pushed.
+    #[arg(long)]
+    pub data_seed: Option<u64>,
+    /// pull-small: skip the untimed push (an earlier run with the same `--data-seed`,
+    /// `--count` and `--repo-prefix` pushed them), so rounds against several registries
+    /// can be interleaved without pushing again.
+    #[arg(long, requires = "data_seed")]
+    pub pulls_only: bool,
 }
 
 /// What one workload measured.

@@ -301,9 +301,13 @@ where
     join_clients(handles).await
 }
 
+/// Clients and tries per blob for pull-small's untimed push.
+const SEED_CLIENTS: usize = 8;
+const SEED_TRIES: u32 = 4;
+
 async fn pull_small(reg: &Registry, args: &Args) -> Result<Outcome> {
     let repo = Arc::new(format!("{}/pull-small", args.repo_prefix));
-    let mut rng = Prng::new(nonce());
+    let mut rng = Prng::new(args.data_seed.unwrap_or_else(nonce));
     let blobs: Arc<Vec<(String, Bytes)>> = Arc::new(
         (0..args.count)
             .map(|_| {
@@ -312,15 +316,25 @@ async fn pull_small(reg: &Registry, args: &Args) -> Result<Outcome> {
             })
             .collect(),
     );
-    // Untimed: push them all first.
+    // Untimed: push them all first, with fewer clients and a few tries each, so that a
+    // slow or flaky S3 server behind the registry does not cost the whole measurement.
     let (r, b, rp) = (reg.clone(), blobs.clone(), repo.clone());
-    each_concurrently(args.clients, blobs.len(), move |i| {
+    let to_push = if args.pulls_only { 0 } else { blobs.len() };
+    each_concurrently(args.clients.min(SEED_CLIENTS), to_push, move |i| {
         let (r, b, rp) = (r.clone(), b.clone(), rp.clone());
         async move {
             let (digest, data) = &b[i];
-            r.push_blob(&rp, digest, data.clone())
-                .await
-                .with_context(|| format!("pushing small blob #{i}"))
+            let mut tries = 1;
+            loop {
+                match r.push_blob(&rp, digest, data.clone()).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) if tries < SEED_TRIES => {
+                        eprintln!("seeding small blob #{i}, try {tries}: {e:#}");
+                        tries += 1;
+                    }
+                    Err(e) => return Err(e.context(format!("pushing small blob #{i}"))),
+                }
+            }
         }
     })
     .await?;

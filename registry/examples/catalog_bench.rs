@@ -5,6 +5,9 @@
 //!
 //! `cargo run --release -p berth-registry --example catalog_bench -- fs DIR REPOS TAGS`
 //! `cargo run --release -p berth-registry --example catalog_bench -- s3 REPOS TAGS`
+//! `cargo run --release -p berth-registry --example catalog_bench -- s3-at http://127.0.0.1:PORT BUCKET REPOS TAGS`
+//! (an S3 server already running on a loopback port, e.g. moto; credentials from
+//! AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)
 //!
 //! Seeds through the storage API, many writes at once (on disk once per DIR;
 //! on S3 into a fresh s3s-fs on a loopback port), then requests each page
@@ -102,7 +105,19 @@ async fn time_page(router: &axum::Router, path: &str) -> Result<(Duration, usize
     Ok((took, count))
 }
 
-async fn measure(storage: Arc<dyn Storage>, repos: usize, tags: usize) -> Result<(), Error> {
+/// S3 requests sent so far, where the storage counts them.
+type Counter = Option<Arc<S3Storage>>;
+
+fn sent(counter: &Counter) -> u64 {
+    counter.as_ref().map_or(0, |s| s.request_counts().total())
+}
+
+async fn measure(
+    storage: Arc<dyn Storage>,
+    counter: Counter,
+    repos: usize,
+    tags: usize,
+) -> Result<(), Error> {
     let router = Registry::new(storage).router();
     let tags_path = format!("/v2/{TAGGED}/tags/list");
     let pages = [
@@ -129,14 +144,18 @@ async fn measure(storage: Arc<dyn Storage>, repos: usize, tags: usize) -> Result
     for (what, path) in &pages {
         let (cold, count) = time_page(&router, path).await?;
         let mut warm = Vec::new();
+        let before = sent(&counter);
         for _ in 0..5 {
             warm.push(time_page(&router, path).await?.0);
         }
+        let requests = (sent(&counter) - before) as f64 / 5.0;
         warm.sort();
         println!(
-            "{what:<22} {count:>4} names   first {:>8.1} ms   median of 5 {:>7.1} ms",
+            "{what:<22} {count:>4} names   first {:>8.1} ms   median of 5 {:>7.1} ms   min-max {:.1}-{:.1} ms   S3 requests per page {requests:.1}",
             cold.as_secs_f64() * 1000.0,
-            warm[2].as_secs_f64() * 1000.0
+            warm[2].as_secs_f64() * 1000.0,
+            warm[0].as_secs_f64() * 1000.0,
+            warm[4].as_secs_f64() * 1000.0,
         );
     }
     Ok(())
@@ -145,7 +164,8 @@ async fn measure(storage: Arc<dyn Storage>, repos: usize, tags: usize) -> Result
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: catalog_bench fs DIR REPOS TAGS | catalog_bench s3 REPOS TAGS";
+    let usage = "usage: catalog_bench fs DIR REPOS TAGS | catalog_bench s3 REPOS TAGS \
+                 | catalog_bench s3-at http://127.0.0.1:PORT BUCKET REPOS TAGS";
     match &args[1..] {
         [kind, dir, repos, tags] if kind == "fs" => {
             let (repos, tags): (usize, usize) = (repos.parse()?, tags.parse()?);
@@ -155,19 +175,43 @@ async fn main() -> Result<(), Error> {
                 std::fs::write(&marker, b"")?;
             }
             // A fresh storage, as a restarted server has: nothing cached.
-            measure(Arc::new(FsStorage::open(dir)?), repos, tags).await
+            measure(Arc::new(FsStorage::open(dir)?), None, repos, tags).await
         }
         [kind, repos, tags] if kind == "s3" => {
             let (repos, tags): (usize, usize) = (repos.parse()?, tags.parse()?);
             let server = berth_storage::s3_test_server::S3TestServer::start("catalog")?
                 .ok_or("s3s-fs is not installed")?;
             seed(&S3Storage::new(&server.options("reg"))?, repos, tags).await?;
-            measure(
-                Arc::new(S3Storage::new(&server.options("reg"))?),
-                repos,
-                tags,
-            )
-            .await
+            let storage = Arc::new(S3Storage::new(&server.options("reg"))?);
+            measure(storage.clone(), Some(storage), repos, tags).await
+        }
+        [kind, endpoint, bucket, repos, tags] if kind == "s3-at" => {
+            let (repos, tags): (usize, usize) = (repos.parse()?, tags.parse()?);
+            let loopback = endpoint
+                .strip_prefix("http://127.")
+                .is_some_and(|rest| !rest.contains('@'));
+            if !loopback {
+                return Err(format!("{endpoint}: only http://127.x.y.z:PORT endpoints").into());
+            }
+            let key = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
+            let options = berth_storage::S3Options {
+                bucket: bucket.clone(),
+                prefix: "reg".into(),
+                endpoint: Some(endpoint.clone()),
+                region: Some("us-east-1".into()),
+                access_key_id: Some(key("AWS_ACCESS_KEY_ID")?),
+                secret_access_key: Some(key("AWS_SECRET_ACCESS_KEY")?),
+                session_token: None,
+                virtual_hosted: false,
+                allow_http: true,
+                redirect_blobs: false,
+                read_ahead: None,
+                link_cache: None,
+                cache_bytes: None,
+            };
+            seed(&S3Storage::new(&options)?, repos, tags).await?;
+            let storage = Arc::new(S3Storage::new(&options)?);
+            measure(storage.clone(), Some(storage), repos, tags).await
         }
         _ => Err(usage.into()),
     }

@@ -18,6 +18,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
+use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::{ObjectMeta, ObjectStore};
 
 use super::{s3_error, S3Storage, LAYOUT};
@@ -32,6 +33,9 @@ const REBUILD_WRITES: usize = 16;
 /// A byte sorting just before `=`, the first byte of hashed tag names (and
 /// one `object_store` leaves as it is in a key).
 const BEFORE_HASHED: &str = ";";
+/// S3 page size of the listing of hashed tag names (rare: most repositories
+/// have none, and the listing stops at the first plain tag).
+const HASHED_PAGE_KEYS: usize = 16;
 /// Ends each catalog key: it sorts below every byte of a repository name, so
 /// the keys sort as the names do, and keeps `catalog/a!` from being a prefix
 /// folder of `catalog/a/b!` (which s3s-fs, storing keys as files, refuses).
@@ -88,19 +92,40 @@ impl S3Storage {
     }
 
     /// The keys under `dir` after `dir + after` (all without it), sorted,
-    /// fetched a listing page at a time as the stream is polled.
+    /// fetched a listing page at a time as the stream is polled. `page_keys`
+    /// is the S3 page size asked for (max-keys; S3's default, 1000, if None):
+    /// a catalog page of 100 names needs 101 keys, and a server answers a
+    /// small page sooner than a full one.
     fn list_after(
         &self,
         dir: &str,
         after: Option<&str>,
-    ) -> futures::stream::BoxStream<'static, object_store::Result<ObjectMeta>> {
-        let prefix = self.path(dir);
-        match after {
-            Some(after) => self
-                .store
-                .list_with_offset(Some(&prefix), &self.path(&format!("{dir}{after}"))),
-            None => self.store.list(Some(&prefix)),
-        }
+        page_keys: Option<usize>,
+    ) -> futures::stream::BoxStream<'_, object_store::Result<ObjectMeta>> {
+        // Spelled as object_store spells the keys it writes (`dir` ends in `/`).
+        let prefix = format!("{}/", self.path(dir));
+        let first = after.map(|a| self.path(&format!("{dir}{a}")).to_string());
+        futures::stream::try_unfold(Some((first, None::<String>)), move |state| {
+            let prefix = prefix.clone();
+            async move {
+                let Some((offset, page_token)) = state else {
+                    return Ok::<_, object_store::Error>(None);
+                };
+                let options = PaginatedListOptions {
+                    offset,
+                    max_keys: page_keys.map(|n| n.clamp(1, 1000)),
+                    page_token,
+                    ..Default::default()
+                };
+                let page = self.store.list_paginated(Some(&prefix), options).await?;
+                // Later pages go on from the token (S3 then ignores start-after).
+                let next = page.page_token.map(|token| (None, Some(token)));
+                let items = futures::stream::iter(page.result.objects.into_iter().map(Ok));
+                Ok(Some((items, next)))
+            }
+        })
+        .try_flatten()
+        .boxed()
     }
 
     pub(super) async fn catalog_page(
@@ -110,8 +135,8 @@ impl S3Storage {
     ) -> Result<NamePage> {
         self.ensure_catalog().await?;
         let offset = after.map(|a| format!("{a}{END}"));
-        let mut stream = self.list_after(CATALOG, offset.as_deref());
         let want = limit.map(|n| n.saturating_add(1));
+        let mut stream = self.list_after(CATALOG, offset.as_deref(), want);
         let mut names = Vec::new();
         while want.is_none_or(|w| names.len() < w) {
             let Some(meta) = stream.try_next().await.map_err(s3_error)? else {
@@ -168,7 +193,7 @@ impl S3Storage {
         after: Option<&str>,
         want: Option<usize>,
     ) -> Result<Vec<String>> {
-        let mut stream = self.list_after(dir, after);
+        let mut stream = self.list_after(dir, after, want);
         let mut names = Vec::new();
         while want.is_none_or(|w| names.len() < w) {
             let Some(meta) = stream.try_next().await.map_err(s3_error)? else {
@@ -189,7 +214,8 @@ impl S3Storage {
     /// their names sort apart from the tags, so all are read (one listing
     /// that stops at the first plain name, and a GET for each).
     async fn hashed_tags(&self, dir: &str) -> Result<Vec<String>> {
-        let mut stream = self.list_after(dir, Some(BEFORE_HASHED));
+        // Small pages: the listing usually stops at its first key.
+        let mut stream = self.list_after(dir, Some(BEFORE_HASHED), Some(HASHED_PAGE_KEYS));
         let mut keys = Vec::new();
         while let Some(meta) = stream.try_next().await.map_err(s3_error)? {
             let rel = self.rel_of(&meta.location);

@@ -678,10 +678,11 @@ impl Storage for S3Storage {
         // visible, then the referrer entry and the tag that point at it.
         self.note_repository(repository).await?;
         let size = bytes.len() as u64;
-        self.put(&LAYOUT.blob(digest), bytes).await?;
+        self.put(&LAYOUT.blob(digest), bytes.clone()).await?;
         self.put(&LAYOUT.manifest_link(repository, digest), json(meta)?)
             .await?;
         self.remember_link(epoch, repository, LinkKind::Manifest, digest, Some(meta));
+        self.keep_pushed_manifest(digest, &bytes);
         if let Some(subject) = &meta.subject {
             let descriptor = Descriptor {
                 media_type: meta.media_type.clone(),

@@ -55,6 +55,26 @@ impl S3Storage {
         }
     }
 
+    /// A small blob just pushed (its bytes were hashed to `digest` by the push):
+    /// keep it, so that pulls through this replica cost no S3 request. Copied,
+    /// so the cache never pins the upload's bigger buffer.
+    pub(super) fn keep_pushed(&self, digest: &Digest, bytes: &Bytes) {
+        let size = bytes.len() as u64;
+        if size <= BUFFERED_READ_MAX && self.reads.keeps(size) {
+            self.reads
+                .keep_object(digest, &Bytes::copy_from_slice(bytes));
+        }
+    }
+
+    /// A manifest just written: keep it (checked against its digest, as the
+    /// registry computed it), so a GET through this replica costs no S3 read of
+    /// its bytes.
+    pub(super) fn keep_pushed_manifest(&self, digest: &Digest, bytes: &Bytes) {
+        if self.reads.keeps(bytes.len() as u64) {
+            self.keep_if_intact(digest, &Bytes::copy_from_slice(bytes));
+        }
+    }
+
     /// Serve a whole blob from the GET of its (inline) object: the response
     /// says its size, and a small one is read whole and kept.
     pub(super) async fn whole_from_get(&self, digest: &Digest, r: GetResult) -> Result<BlobRead> {

@@ -291,7 +291,8 @@ impl S3Storage {
         let _no_gc = self.gc_lock.read().await;
         // Rewritten even if present: a fresh modification time keeps a
         // concurrent garbage collection from taking a blob just re-pushed.
-        self.put(&LAYOUT.blob(expected), bytes).await?;
+        self.put(&LAYOUT.blob(expected), bytes.clone()).await?;
+        self.keep_pushed(expected, &bytes);
         self.note_repository(repository).await?;
         self.put(&LAYOUT.layer_link(repository, expected), Bytes::new())
             .await?;
