@@ -370,7 +370,7 @@ if [[ -n "${MANY// /}" ]]; then
     echo
     echo "many clients at once (one run each; ${IMAGE_MIB} MiB image in 4 layers, every client pulls it once;"
     echo "mixed: one client in four pushes a new 1 MiB image instead; RSS sampled every 100 ms):"
-    printf '%-26s %14s %14s %9s  %-22s %s\n' workload berth distribution ratio better target
+    printf '%-40s %14s %14s %9s  %-22s %s\n' workload berth distribution ratio better target
     for n in $MANY; do
         for wl in pull-image mixed; do
             key="$wl-$n"
@@ -383,9 +383,9 @@ if [[ -n "${MANY// /}" ]]; then
                 IFS='|' read -r field label better target <<<"$spec"
                 b=$(many_field berth "$key" "$field")
                 d=$(many_field distribution "$key" "$field")
-                printf '%-26s %14s %14s %9s  %-22s %s\n' "$key ($label)" "$b" "$d" "$(ratio "$b" "$d")" "$better" "$target"
+                printf '%-40s %14s %14s %9s  %-22s %s\n' "$key ($label)" "$b" "$d" "$(ratio "$b" "$d")" "$better" "$target"
             done
-            printf '%-26s %14s %14s\n' "$key (load avg after)" "$(cat "$WORK/res/berth.$key.load" 2>/dev/null || echo -)" \
+            printf '%-40s %14s / %s\n' "$key (load avg after: berth / dist)" "$(cat "$WORK/res/berth.$key.load" 2>/dev/null || echo -)" \
                 "$(cat "$WORK/res/distribution.$key.load" 2>/dev/null || echo -)"
         done
     done
