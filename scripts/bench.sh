@@ -7,7 +7,8 @@
 #
 # Environment knobs (all optional):
 #   BENCH_ROUNDS=2        rounds; each round runs every workload against both servers,
-#                         the order of the two servers alternates between rounds
+#                         the order of the two servers alternates between rounds; 0 runs only
+#                         the group-commit and many-clients sections below
 #   BENCH_DURATION=10     seconds of manifest-get (and of the wrk run)
 #   BENCH_BIG_MIB=256     size of the big blob
 #   BENCH_REPS=3          big-blob transfers per push-big / pull-big run
@@ -17,6 +18,12 @@
 #                         client pulls one whole image at once; mixed: one in four pushes);
 #                         "64 256 1024" for the full run (1024 moves 64 GiB per server), "" to skip
 #   BENCH_IMAGE_MIB=64    size of the image they pull (4 layers)
+#   BENCH_GROUP_ROUNDS=5  rounds of the group-commit comparison: push-small (1000 x 4 KiB,
+#                         16 clients) against berth, against the same berth binary with group
+#                         commit off (BERTH_GROUP_COMMIT=legacy: each upload fsyncs its data file
+#                         alone and no folder, as before group commit; BERTH_GROUP_COMMIT=off:
+#                         each upload fsyncs its data and folders alone, the same promise) and
+#                         against distribution, the order rotating each round; 0 to skip
 #   DOCKER_REGISTRY=/usr/bin/docker-registry
 #
 # Only 127.0.0.1 is contacted. Both servers are stopped by PID on exit, also on failure.
@@ -34,6 +41,7 @@ REPS=${BENCH_REPS:-3}
 USE_WRK=${BENCH_WRK:-1}
 MANY=${BENCH_MANY-64 256}
 IMAGE_MIB=${BENCH_IMAGE_MIB:-64}
+GROUP_ROUNDS=${BENCH_GROUP_ROUNDS:-5}
 DIST_BIN=${DOCKER_REGISTRY:-docker-registry}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
@@ -60,15 +68,17 @@ BENCH="$TARGET_DIR/release/berth-bench"
 WORK=$(mktemp -d /tmp/berth-bench.XXXXXX)
 BERTH_PID=""
 DIST_PID=""
+LEGACY_PID=""
+OFF_PID=""
 
 cleanup() {
     local pid
-    for pid in "$BERTH_PID" "$DIST_PID"; do
+    for pid in "$BERTH_PID" "$DIST_PID" "$LEGACY_PID" "$OFF_PID"; do
         if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
             kill "$pid" 2>/dev/null || true
         fi
     done
-    for pid in "$BERTH_PID" "$DIST_PID"; do
+    for pid in "$BERTH_PID" "$DIST_PID" "$LEGACY_PID" "$OFF_PID"; do
         if [[ -n "$pid" ]]; then
             wait "$pid" 2>/dev/null || true
         fi
@@ -98,9 +108,13 @@ free_port() {
 
 P1=$(free_port)
 P2=$(free_port "$P1")
+P3=$(free_port "$P2")
+P4=$(free_port "$P3")
 BERTH_URL="http://127.0.0.1:$P1"
 DIST_URL="http://127.0.0.1:$P2"
-mkdir -p "$WORK/berth-data" "$WORK/dist-data" "$WORK/res"
+LEGACY_URL="http://127.0.0.1:$P3"
+OFF_URL="http://127.0.0.1:$P4"
+mkdir -p "$WORK/berth-data" "$WORK/dist-data" "$WORK/legacy-data" "$WORK/off-data" "$WORK/res"
 
 cat >"$WORK/registry.yml" <<EOF
 version: 0.1
@@ -150,7 +164,14 @@ wait_ready distribution "$DIST_PID" "$DIST_URL" "$WORK/dist.log"
 WORKLOADS=(push-big push-small pull-big pull-big-raw manifest-get)
 ERRORS=0
 
-url_of() { if [[ "$1" == berth ]]; then echo "$BERTH_URL"; else echo "$DIST_URL"; fi; }
+url_of() {
+    case "$1" in
+    berth) echo "$BERTH_URL" ;;
+    berth-legacy) echo "$LEGACY_URL" ;;
+    berth-off) echo "$OFF_URL" ;;
+    *) echo "$DIST_URL" ;;
+    esac
+}
 
 # run_bench SERVER WORKLOAD ROUND: one berth-bench run; its JSON goes to res/.
 run_bench() {
@@ -227,6 +248,43 @@ for s in berth distribution; do
     fi
 done
 
+# Group commit: push-small against berth, the same binary without group commit (two
+# ways) and distribution, GROUP_ROUNDS rounds, the order rotating so drift hits all.
+if ((GROUP_ROUNDS > 0)); then
+    echo "== starting berth with BERTH_GROUP_COMMIT=legacy on $LEGACY_URL and =off on $OFF_URL" >&2
+    BERTH_GROUP_COMMIT=legacy "$BERTH" serve --addr "127.0.0.1:$P3" --storage "$WORK/legacy-data" \
+        >"$WORK/legacy.log" 2>&1 &
+    LEGACY_PID=$!
+    BERTH_GROUP_COMMIT=off "$BERTH" serve --addr "127.0.0.1:$P4" --storage "$WORK/off-data" \
+        >"$WORK/off.log" 2>&1 &
+    OFF_PID=$!
+    wait_ready berth-legacy "$LEGACY_PID" "$LEGACY_URL" "$WORK/legacy.log"
+    wait_ready berth-off "$OFF_PID" "$OFF_URL" "$WORK/off.log"
+    GROUP_LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+    servers=(berth berth-legacy berth-off distribution)
+    for r in $(seq 1 "$GROUP_ROUNDS"); do
+        for k in 0 1 2 3; do
+            server=${servers[$(((r - 1 + k) % 4))]}
+            out="$WORK/res/$server.group.$r"
+            sync
+            echo "-- group round $r: push-small against $server" >&2
+            if "$BENCH" --url "$(url_of "$server")" --workload push-small --json \
+                >"$out.json" 2>"$out.err"; then
+                jq -r '"   \(.value | floor) \(.unit), p99 \(.p99_ms) ms"' "$out.json" >&2
+            else
+                ERRORS=$((ERRORS + 1))
+                rm -f "$out.json"
+                echo "   FAILED: $(head -n 8 "$out.err")" >&2
+            fi
+        done
+    done
+    GROUP_LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+    for pid in "$LEGACY_PID" "$OFF_PID"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "$LEGACY_PID" "$OFF_PID"; do wait "$pid" 2>/dev/null || true; done
+    LEGACY_PID=""
+    OFF_PID=""
+fi
+
 # Many clients: once per client count, both servers back to back (order alternating).
 # run_many SERVER WORKLOAD CLIENTS
 run_many() {
@@ -236,7 +294,8 @@ run_many() {
     echo "-- $2 with $3 clients against $1" >&2
     if RUST_BACKTRACE=0 "$BENCH" --url "$(url_of "$1")" --workload "$2" --json --clients "$3" \
         --image-mib "$IMAGE_MIB" --server-pid "$pid" --timeout 1200 >"$out.json" 2>"$out.err"; then
-        jq -r '"   \(.value | floor) \(.unit) in \(.seconds * 100 | floor / 100) s, p99 \(.p99_ms) ms, manifest GET p99 \(.manifest_p99_ms) ms, RSS peak \(.rss_peak_mib) MiB"' "$out.json" >&2
+        cut -d' ' -f1-3 /proc/loadavg >"$out.load"
+        jq -r '"   \(.value | floor) \(.unit) in \(.seconds * 100 | floor / 100) s, p99 \(.p99_ms) ms, manifest GET p99 \(.manifest_p99_ms) ms (probe \(.probe_manifest_p99_ms) ms), RssAnon \(.rss_anon_peak_mib) MiB, Pss \(.pss_peak_mib) MiB, VmRSS \(.rss_peak_mib) MiB"' "$out.json" >&2
     else
         ERRORS=$((ERRORS + 1))
         rm -f "$out.json"
@@ -280,7 +339,10 @@ ratio() {
 
 ROWS=("push-big|MB/s|>= 2" "push-small|push/s|>= 2" "pull-big|MB/s|>= 1.2" "pull-big-raw|MB/s|>= 1.2" "manifest-get|req/s|>= 4")
 if [[ "$USE_WRK" == 1 ]]; then ROWS+=("manifest-get-wrk|req/s|>= 4"); fi
+# BENCH_ROUNDS=0 runs only the group-commit and many-clients sections.
+if ((ROUNDS == 0)); then ROWS=(); fi
 
+if ((ROUNDS > 0)); then
 echo
 echo "berth vs distribution 2.8.2 — mean of $ROUNDS round(s); ratio = berth / distribution"
 echo "(big blob ${BIG_MIB} MiB x ${REPS} per run; small pushes 1000 x 4 KiB, 16 clients; manifest GETs 16 clients for ${DURATION} s; MB = 10^6 bytes)"
@@ -297,6 +359,7 @@ printf '%-26s %14s %14s %9s  %-22s %s\n' "peak RSS (MiB, VmHWM)" "$b" "$d" "$(ra
 b=$(cat "$WORK/res/berth.cpu" 2>/dev/null || echo ERR)
 d=$(cat "$WORK/res/distribution.cpu" 2>/dev/null || echo ERR)
 printf '%-26s %14s %14s %9s  %-22s %s\n' "server CPU time (s)" "$b" "$d" "$(ratio "$b" "$d")" "lower (information)" "-"
+fi
 
 # many_field SERVER KEY FIELD: one field of a many-clients run, or ERR.
 many_field() {
@@ -307,18 +370,55 @@ if [[ -n "${MANY// /}" ]]; then
     echo
     echo "many clients at once (one run each; ${IMAGE_MIB} MiB image in 4 layers, every client pulls it once;"
     echo "mixed: one client in four pushes a new 1 MiB image instead; RSS sampled every 100 ms):"
-    printf '%-26s %14s %14s %9s  %-22s %s\n' workload berth distribution ratio better target
+    printf '%-40s %14s %14s %9s  %-22s %s\n' workload berth distribution ratio better target
     for n in $MANY; do
         for wl in pull-image mixed; do
             key="$wl-$n"
             for spec in "value|MB/s|higher|flat 64..1024" "p99_ms|p99 ms|lower|-" \
-                "manifest_p99_ms|manifest GET p99 ms|lower|< 50 ms" "rss_peak_mib|RSS peak MiB|lower|< 100 MiB"; do
+                    "manifest_p99_ms|manifest GET p99 ms|lower|< 50 ms" \
+                "probe_manifest_p99_ms|probe manifest p99 ms|lower|< 50 ms" \
+                "rss_anon_peak_mib|RssAnon peak MiB|lower|< 100 MiB" \
+                "pss_peak_mib|Pss peak MiB|lower|(information)" \
+                "rss_peak_mib|VmRSS peak MiB|lower|(information)"; do
                 IFS='|' read -r field label better target <<<"$spec"
                 b=$(many_field berth "$key" "$field")
                 d=$(many_field distribution "$key" "$field")
-                printf '%-26s %14s %14s %9s  %-22s %s\n' "$key ($label)" "$b" "$d" "$(ratio "$b" "$d")" "$better" "$target"
+                printf '%-40s %14s %14s %9s  %-22s %s\n' "$key ($label)" "$b" "$d" "$(ratio "$b" "$d")" "$better" "$target"
             done
+            printf '%-40s %14s / %s\n' "$key (load avg after: berth / dist)" "$(cat "$WORK/res/berth.$key.load" 2>/dev/null || echo -)" \
+                "$(cat "$WORK/res/distribution.$key.load" 2>/dev/null || echo -)"
         done
+    done
+fi
+
+# group_values SERVER: push/s of each group-commit round, one per line.
+group_values() {
+    local r
+    for r in $(seq 1 "$GROUP_ROUNDS"); do
+        f="$WORK/res/$1.group.$r.json"
+        [[ -f "$f" ]] && jq -r '.value * 10 | round / 10' "$f"
+    done
+}
+# median_range SERVER: "median (min-max)" of its group-commit rounds, or ERR.
+median_range() {
+    group_values "$1" | sort -g | awk '{ v[NR] = $1 } END {
+        if (NR == 0) { print "ERR"; exit }
+        m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+        printf "%.1f (%.1f-%.1f)", m, v[1], v[NR] }'
+}
+if ((GROUP_ROUNDS > 0)); then
+    echo
+    echo "group commit: push-small (1000 x 4 KiB, 16 clients), median (min-max) of $GROUP_ROUNDS rounds, order rotating;"
+    echo "berth-legacy: the same binary with BERTH_GROUP_COMMIT=legacy (each upload fsyncs its data file alone, no folder:"
+    echo "as before group commit); berth-off: BERTH_GROUP_COMMIT=off (each upload fsyncs its data and folders alone)"
+    echo "load average before/after: $GROUP_LOAD_BEFORE / $GROUP_LOAD_AFTER"
+    printf '%-26s %24s %24s %9s  %s\n' workload berth peer ratio target
+    b=$(median_range berth)
+    for peer in berth-legacy berth-off distribution; do
+        p=$(median_range "$peer")
+        target="-"
+        [[ "$peer" == berth-legacy ]] && target=">= 1.5x"
+        printf '%-26s %24s %24s %9s  %s\n' "push-small vs $peer" "$b" "$p" "$(ratio "${b%% *}" "${p%% *}")" "$target"
     done
 fi
 

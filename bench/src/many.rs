@@ -131,6 +131,56 @@ async fn push_once(reg: &Registry, repo: &str, tag: &str, seed: u64) -> Result<u
     Ok(MIXED_PUSH_LAYER + (config.len() + manifest.len()) as u64)
 }
 
+/// Gap between two manifest GETs of the probe.
+const PROBE_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// While the clients run, one more client on its own keep-alive connection
+/// (and its own thread)
+/// GETs the manifest every [`PROBE_EVERY`]: how long a small request waits
+/// behind the big streams once they run (the clients' own manifest GETs all
+/// come in the first burst, together with their connection set-up).
+/// Stops when `stop` fires; returns the latencies (µs).
+async fn probe_manifest(
+    image: Arc<Image>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> Result<Vec<u32>> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .http1_only()
+        .tcp_nodelay(true)
+        .build()
+        .context("building the probe's HTTP client")?;
+    let mut lat = Vec::new();
+    loop {
+        let t = Instant::now();
+        let get = async {
+            let resp = client
+                .get(&image.manifest_url)
+                .header(ACCEPT, format!("{OCI_MANIFEST}, {DOCKER_MANIFEST}"))
+                .send()
+                .await
+                .context("probe: GET manifest")?;
+            if resp.status() != StatusCode::OK {
+                bail!("probe: GET manifest: expected 200, got {}", resp.status());
+            }
+            resp.bytes().await.context("probe: manifest body")
+        };
+        tokio::select! {
+            body = get => {
+                if body? != image.manifest {
+                    bail!("probe: GET manifest returned other bytes than were pushed");
+                }
+                lat.push(micros(t.elapsed()));
+            }
+            _ = &mut stop => return Ok(lat),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(PROBE_EVERY) => {}
+            _ = &mut stop => return Ok(lat),
+        }
+    }
+}
+
 /// Latencies (µs) one client measured, and the bytes it moved.
 #[derive(Default)]
 struct ClientResult {
@@ -150,6 +200,17 @@ pub async fn many_clients(reg: &Registry, args: &Args, mixed: bool) -> Result<Ou
             .context("pushing the image to pull (untimed)")?,
     );
     let sampler = args.server_pid.map(RssSampler::start);
+    let (stop_probe, probe_stopped) = tokio::sync::oneshot::channel();
+    // On a thread and runtime of its own, so the clients' work on the load
+    // generator's runtime does not delay the probe's own requests.
+    let probe_image = image.clone();
+    let probe = tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("building the probe's runtime")?
+            .block_on(probe_manifest(probe_image, probe_stopped))
+    });
     let start = Instant::now();
     let handles: Vec<_> = (0..args.clients)
         .map(|i| {
@@ -200,6 +261,12 @@ pub async fn many_clients(reg: &Registry, args: &Args, mixed: bool) -> Result<Ou
         }
     }
     let secs = start.elapsed().as_secs_f64();
+    let _ = stop_probe.send(());
+    let probe_lat = match probe.await {
+        Ok(Ok(lat)) => lat,
+        Ok(Err(e)) => return Err(e),
+        Err(e) => bail!("probe task failed: {e}"),
+    };
     let rss = match sampler {
         Some(s) => Some(s.stop().await),
         None => None,
@@ -210,7 +277,13 @@ pub async fn many_clients(reg: &Registry, args: &Args, mixed: bool) -> Result<Ou
     let ops = all.ops.len() as u64;
     let (p50, p99) = percentiles(all.ops);
     let (m50, m99) = percentiles(all.manifest_gets);
-    let mut extra = vec![("manifest_p50_ms", m50), ("manifest_p99_ms", m99)];
+    let (probe50, probe99) = percentiles(probe_lat);
+    let mut extra = vec![
+        ("manifest_p50_ms", m50),
+        ("manifest_p99_ms", m99),
+        ("probe_manifest_p50_ms", probe50),
+        ("probe_manifest_p99_ms", probe99),
+    ];
     if mixed {
         let (_, push99) = percentiles(all.pushes);
         extra.push(("push_p99_ms", push99));
@@ -218,6 +291,7 @@ pub async fn many_clients(reg: &Registry, args: &Args, mixed: bool) -> Result<Ou
     if let Some(rss) = rss {
         extra.push(("rss_peak_mib", Some(rss.peak_rss_mib)));
         extra.push(("rss_anon_peak_mib", Some(rss.peak_anon_mib)));
+        extra.push(("pss_peak_mib", Some(rss.peak_pss_mib)));
         extra.push(("hwm_mib", rss.hwm_mib));
     }
     Ok(Outcome {

@@ -1,5 +1,12 @@
-//! The server's memory during a workload, from `/proc/PID/status`, and the
-//! load generator's own open-file limit.
+//! The server's memory during a workload, from `/proc/PID/status` and
+//! `/proc/PID/smaps_rollup`, and the load generator's own open-file limit.
+//!
+//! Three numbers, because a server that sends blobs from memory-mapped files
+//! shows the page cache in VmRSS: VmRSS counts a file page once per mapping
+//! (256 connections mapping windows of one layer count its pages up to 256
+//! times), Pss counts each page once, and RssAnon is the memory the server
+//! owns (heap, buffers, stacks) — file pages are the page cache, shared with
+//! every reader and reclaimable.
 
 use std::time::Duration;
 
@@ -12,6 +19,8 @@ pub struct RssPeaks {
     pub peak_rss_mib: f64,
     /// Highest RssAnon sampled (heap, buffers), MiB.
     pub peak_anon_mib: f64,
+    /// Highest Pss sampled (every resident page once), MiB.
+    pub peak_pss_mib: f64,
     /// VmHWM at the end: the kernel's own peak since the server started
     /// (not reset here: `scripts/bench.sh` reports it for the whole run).
     pub hwm_mib: Option<f64>,
@@ -19,13 +28,18 @@ pub struct RssPeaks {
 
 pub struct RssSampler {
     stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<(f64, f64)>,
+    task: tokio::task::JoinHandle<[f64; 3]>,
     pid: u32,
 }
 
 /// A `kB` field of `/proc/PID/status`, in MiB.
 fn status_field(pid: u32, field: &str) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    proc_field(pid, "status", field)
+}
+
+/// A `kB` field of `/proc/PID/FILE`, in MiB.
+fn proc_field(pid: u32, file: &str, field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: f64 = line[field.len()..]
         .trim()
@@ -40,14 +54,15 @@ impl RssSampler {
     pub fn start(pid: u32) -> RssSampler {
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
-            let (mut rss, mut anon) = (0f64, 0f64);
+            let (mut rss, mut anon, mut pss) = (0f64, 0f64, 0f64);
             let mut tick = tokio::time::interval(SAMPLE_EVERY);
             loop {
                 rss = rss.max(status_field(pid, "VmRSS:").unwrap_or(0.0));
                 anon = anon.max(status_field(pid, "RssAnon:").unwrap_or(0.0));
+                pss = pss.max(proc_field(pid, "smaps_rollup", "Pss:").unwrap_or(0.0));
                 tokio::select! {
                     _ = tick.tick() => {}
-                    _ = &mut stopped => return (rss, anon),
+                    _ = &mut stopped => return [rss, anon, pss],
                 }
             }
         });
@@ -56,10 +71,11 @@ impl RssSampler {
 
     pub async fn stop(self) -> RssPeaks {
         let _ = self.stop.send(());
-        let (peak_rss_mib, peak_anon_mib) = self.task.await.unwrap_or((0.0, 0.0));
+        let [peak_rss_mib, peak_anon_mib, peak_pss_mib] = self.task.await.unwrap_or([0.0; 3]);
         RssPeaks {
             peak_rss_mib,
             peak_anon_mib,
+            peak_pss_mib,
             hwm_mib: status_field(self.pid, "VmHWM:"),
         }
     }

@@ -139,6 +139,34 @@ fn raise_fd_limit() -> io::Result<(u64, u64)> {
     Ok((before, now))
 }
 
+/// Connections the kernel may hold for `accept` (capped by
+/// `net.core.somaxconn`). tokio's `TcpListener::bind` asks for 1024: a
+/// fleet of 1024 nodes connecting at once overflows that, and a dropped SYN
+/// is retried only after a second.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Listen on `addr` (the first address it resolves to) with [`LISTEN_BACKLOG`].
+pub async fn listen(addr: &str) -> io::Result<TcpListener> {
+    let mut last = None;
+    for socket_addr in tokio::net::lookup_host(addr).await? {
+        let socket = if socket_addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As tokio's own bind does: a restarted server can take its port back
+        // while old connections are in TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        match socket.bind(socket_addr) {
+            Ok(()) => return socket.listen(LISTEN_BACKLOG),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, format!("{addr}: no address"))
+    }))
+}
+
 /// Serve `app` on `listener` (TLS with `tls`) until `shutdown` resolves,
 /// then let requests in flight finish.
 pub async fn serve(

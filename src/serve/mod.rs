@@ -247,7 +247,7 @@ async fn run(
 
 /// The main listener, with a hint when the port is taken.
 async fn bind(addr: &str) -> Result<tokio::net::TcpListener> {
-    match tokio::net::TcpListener::bind(addr).await {
+    match connections::listen(addr).await {
         Ok(listener) => Ok(listener),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
             "cannot listen on {}: the port is in use (another registry?); pick another with --addr",

@@ -15,7 +15,9 @@ use crate::layout::referrer_entry_name;
 use crate::{ByteStream, Descriptor, Digest, Result, StorageError};
 
 /// Size of the windows a blob is mapped in when it is served.
-const MAP_WINDOW: usize = 4 << 20;
+/// 1 MiB: a connection maps one window at a time, so 1024 pulls map at most
+/// 1 GiB of page cache at once; the map and unmap per window are cheap.
+const MAP_WINDOW: usize = 1 << 20;
 
 /// Path arithmetic and blocking file operations, cheap to clone into
 /// `spawn_blocking` closures.
@@ -148,53 +150,50 @@ pub(super) fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
-/// Read an open blob from `start` for `len` bytes, on a blocking thread, as a stream.
+/// Read an open blob from `start` for `len` bytes, as a stream.
 ///
 /// The file is memory-mapped a window at a time, so its bytes go from the page
 /// cache to the socket with one copy instead of two (a `read` into a buffer,
 /// then a `write` out of it); pulls are CPU-bound here, so this is most of the
-/// cost. Windows are unmapped as soon as they are sent, so memory stays bounded.
+/// cost. A window is mapped only when the connection asks for the next chunk
+/// and unmapped once it is sent, so a connection maps one window at a time.
+///
+/// Mapping is a quick system call that reads nothing (the pages are read
+/// when the socket write copies them, as before), so it runs on the async
+/// thread: a blocking thread held for the whole transfer, as this used to
+/// be, made 512 concurrent pulls fill tokio's blocking pool, and every
+/// other request's file operation (a manifest GET's read) then queued
+/// behind whole layer transfers.
 pub(super) fn file_stream(file: File, start: u64, len: u64) -> ByteStream {
-    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(2);
-    tokio::task::spawn_blocking(move || {
-        let end = start + len;
-        let mut offset = start;
-        while offset < end {
-            let window = (end - offset).min(MAP_WINDOW as u64) as usize;
-            // SAFETY: a blob file is never written or truncated after it is renamed
-            // into the blob store (a re-push renames a new inode over the path and
-            // leaves this one intact; a delete unlinks it, which keeps the inode
-            // alive while mapped). Only an outside process truncating the file
-            // could make this mapping fault.
-            let mapped = unsafe {
-                memmap2::MmapOptions::new()
-                    .offset(offset)
-                    .len(window)
-                    .map(&file)
-            };
-            let chunk = match mapped {
-                Ok(map) => {
-                    let _ = map.advise(memmap2::Advice::Sequential);
-                    Bytes::from_owner(map)
-                }
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                    return;
-                }
-            };
-            offset += window as u64;
-            if tx.blocking_send(Ok(chunk)).is_err() {
-                return; // reader went away
+    let end = start.saturating_add(len);
+    let windows = futures::stream::unfold(Some((file, start)), move |state| async move {
+        let (file, offset) = state?;
+        if offset >= end {
+            return None;
+        }
+        let window = (end - offset).min(MAP_WINDOW as u64) as usize;
+        // SAFETY: a blob file is never written or truncated after it is renamed
+        // into the blob store (a re-push renames a new inode over the path and
+        // leaves this one intact; a delete unlinks it, which keeps the inode
+        // alive while mapped). Only an outside process truncating the file
+        // could make this mapping fault.
+        let mapped = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(offset)
+                .len(window)
+                .map(&file)
+        };
+        match mapped {
+            Ok(map) => {
+                let _ = map.advise(memmap2::Advice::Sequential);
+                let next = Some((file, offset + window as u64));
+                Some((Ok(Bytes::from_owner(map)), next))
             }
+            // The error ends the stream.
+            Err(e) => Some((Err(e), None)),
         }
     });
-    Box::pin(tokio_stream_from(rx))
-}
-
-pub(super) fn tokio_stream_from<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures::Stream<Item = T> + Send {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    Box::pin(windows)
 }
 
 /// Names of the entries in a directory; empty when it does not exist.
@@ -257,13 +256,34 @@ pub(super) fn find_repositories(dir: &Path, prefix: &str, out: &mut Vec<String>)
 
 /// Every file below the folder `prefix` of `root`, keyed by its path from
 /// `root`; none when the folder does not exist.
+///
+/// Folders are told apart by the directory entry's type (no system call),
+/// and files are stat'ed relative to their open folder: at a million blobs
+/// a `stat` of the whole path per entry was most of a collection's time.
 pub(super) fn list_files(root: &Path, prefix: &str) -> io::Result<Vec<Stored>> {
     let mut out = Vec::new();
     let mut folders = vec![prefix.trim_end_matches('/').to_string()];
     while let Some(folder) = folders.pop() {
-        for name in list_dir(&root.join(&folder))? {
+        let Some(entries) = not_found_as_none(fs::read_dir(root.join(&folder)))? else {
+            continue; // removed while listing
+        };
+        for entry in entries {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
             let key = format!("{folder}/{name}");
-            let Some(meta) = not_found_as_none(fs::metadata(root.join(&key)))? else {
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                folders.push(key);
+                continue;
+            }
+            let meta = if kind.is_symlink() {
+                not_found_as_none(fs::metadata(root.join(&key)))?
+            } else {
+                not_found_as_none(entry.metadata())?
+            };
+            let Some(meta) = meta else {
                 continue; // removed while listing
             };
             if meta.is_dir() {

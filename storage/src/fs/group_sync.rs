@@ -66,6 +66,23 @@ pub(super) struct GroupSync {
     /// The storage root, open for `syncfs`; `None`: sync file by file.
     /// Opened once, so its `syncfs` reports every error since the last call.
     filesystem: Option<File>,
+    /// Benchmark switch, see [`GROUP_COMMIT_ENV`].
+    mode: Mode,
+}
+
+/// Environment variable that turns group commit off, so benchmarks can
+/// measure what it gains against the same binary; not a config key.
+/// `off`: every upload syncs its own files and folders alone (the same
+/// promise without the sharing); `legacy`: every upload syncs only its data
+/// file, twice (`fdatasync`, then `fsync`), and no folder, as uploads did
+/// before group commit.
+const GROUP_COMMIT_ENV: &str = "BERTH_GROUP_COMMIT";
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Mode {
+    Group,
+    Off,
+    Legacy,
 }
 
 impl GroupSync {
@@ -86,10 +103,22 @@ impl GroupSync {
             tracing::info!("kernel older than 5.8: uploads are synced one by one (syncfs reports no errors there)");
             None
         };
+        let mode = match std::env::var(GROUP_COMMIT_ENV).as_deref() {
+            Ok("off") => Mode::Off,
+            Ok("legacy") => Mode::Legacy,
+            _ => Mode::Group,
+        };
+        if mode != Mode::Group {
+            tracing::warn!(
+                ?mode,
+                "{GROUP_COMMIT_ENV}: group commit is off (for benchmarks)"
+            );
+        }
         GroupSync {
             state: Mutex::default(),
             finished: Condvar::new(),
             filesystem,
+            mode,
         }
     }
 
@@ -100,12 +129,27 @@ impl GroupSync {
             state: Mutex::default(),
             finished: Condvar::new(),
             filesystem: None,
+            mode: Mode::Group,
         }
     }
 
     /// Makes `req` durable, sharing the work with the uploads that ask at the
     /// same time; blocks (call from a blocking thread) until it is.
     pub(super) fn sync(&self, req: SyncRequest) -> io::Result<()> {
+        match self.mode {
+            Mode::Group => {}
+            Mode::Off => {
+                let result = run_batch(vec![(0, req)]).pop().map_or(Ok(()), |(_, r)| r);
+                return result.map_err(|(kind, msg)| io::Error::new(kind, msg));
+            }
+            Mode::Legacy => {
+                for file in &req.files {
+                    file.sync_data()?;
+                    file.sync_all()?;
+                }
+                return Ok(());
+            }
+        }
         let mut st = self.lock();
         let ticket = st.next_ticket;
         st.next_ticket += 1;
