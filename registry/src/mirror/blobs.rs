@@ -69,8 +69,14 @@ pub(crate) async fn get(
             mirror.note_missing(name, &miss_key);
             return Err(unknown(name, &digest));
         }
-        s.link_blob(name, &digest).await?;
-        return crate::blobs::get(s, name, digest_text, req).await;
+        // A collection may take the unlinked bytes between the size check and the link
+        // (or the read): then they are fetched again below instead of answered 404.
+        if s.link_blob(name, &digest).await.is_ok() {
+            match crate::blobs::get(s, name, digest_text, req).await {
+                Err(e) if e.code == Code::BlobUnknown => {}
+                other => return other,
+            }
+        }
     }
     if head {
         // Answered from the upstream's HEAD: a HEAD is no reason to fetch the whole blob.
