@@ -383,25 +383,10 @@ async fn eviction_racing_pulls_never_serves_a_wrong_or_missing_blob() {
     let images: Vec<(String, Image)> = (0..3)
         .map(|i| (format!("library/race{i}"), image(70 + i)))
         .collect();
-    for (repo, img) in &images {
-        let scope = format!("repository:{repo}:push,pull");
-        let push = token(&c, &upstream.url(), "pusher", "push-pw", &scope).await;
-        push_image(&c, &upstream.url(), repo, "latest", img, Some(&push)).await;
-    }
-    let table = format!(
-        "pull_flush_interval = \"1s\"\ngc_grace = \"0s\"\n\
-         [[mirror]]\nupstream = \"{}\"\nprefix = \"hub\"\nusername = \"puller\"\npassword = \"pull-pw\"\n\
-         manifest_ttl = \"1h\"\nmax_size = \"4MiB\"\n",
-        upstream.url()
-    );
+    push_latest(&c, &upstream, &images).await;
+    let table = evicting_hub_table(&upstream, "4MiB");
     let mirror = Arc::new(mirror_server(dir.path(), &table));
     let images = Arc::new(images);
-    let evictions = || {
-        mirror
-            .log()
-            .matches("mirror: evicted beyond max_size")
-            .count()
-    };
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let mut clients = Vec::new();
     for client_no in 0..4usize {
@@ -409,19 +394,11 @@ async fn eviction_racing_pulls_never_serves_a_wrong_or_missing_blob() {
         clients.push(tokio::spawn(async move {
             let mut pulls = 0;
             // At least 6 rounds each, and on until three evictions happened (or time is up).
-            while pulls < 6
-                || (mirror
-                    .log()
-                    .matches("mirror: evicted beyond max_size")
-                    .count()
-                    < 3
-                    && std::time::Instant::now() < deadline)
+            while pulls < 6 || (evictions(&mirror) < 3 && std::time::Instant::now() < deadline)
             {
                 let (repo, img) = &images[(client_no + pulls) % images.len()];
                 let got = pull_all(&c, &mirror.url(), &format!("hub/{repo}")).await;
-                let mut want = vec![img.config.clone()];
-                want.extend(img.layers.iter().cloned());
-                if got.as_ref() != Ok(&want) {
+                if got.as_ref() != Ok(&img.blobs()) {
                     let log = mirror.log();
                     let tail: Vec<&str> = log.lines().rev().take(40).collect();
                     panic!(
@@ -440,9 +417,9 @@ async fn eviction_racing_pulls_never_serves_a_wrong_or_missing_blob() {
         total += client.await.expect("a pulling client panicked");
     }
     assert!(
-        evictions() >= 3,
+        evictions(&mirror) >= 3,
         "eviction ran {} times during {total} pulls: the race was not exercised",
-        evictions()
+        evictions(&mirror)
     );
     let log = mirror.log();
     assert!(!log.contains("panicked"), "{log}");

@@ -486,33 +486,19 @@ async fn the_least_recently_pulled_image_is_evicted_beyond_max_size() {
         ("library/b", image(32)),
         ("library/c", image(33)),
     ];
-    for (repo, img) in &images {
-        let scope = format!("repository:{repo}:push,pull");
-        let push = token(&c, &upstream.url(), "pusher", "push-pw", &scope).await;
-        push_image(&c, &upstream.url(), repo, "latest", img, Some(&push)).await;
-    }
-    let table = format!(
-        "pull_flush_interval = \"1s\"\ngc_grace = \"0s\"\n\
-         [[mirror]]\nupstream = \"{}\"\nprefix = \"hub\"\nusername = \"puller\"\npassword = \"pull-pw\"\n\
-         manifest_ttl = \"1h\"\nmax_size = \"8MiB\"\n",
-        upstream.url()
-    );
+    push_latest(&c, &upstream, &images).await;
+    let table = evicting_hub_table(&upstream, "8MiB");
     let mirror = mirror_server(dir.path(), &table);
-    let blobs_of = |img: &Image| {
-        let mut all = vec![img.config.clone()];
-        all.extend(img.layers.iter().cloned());
-        all
-    };
     for (i, (repo, img)) in images.iter().enumerate() {
         if i > 0 {
             // Pull times are kept in whole seconds: one apart orders them.
             tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
         }
         let got = pull_all(&c, &mirror.url(), &format!("hub/{repo}")).await;
-        assert_eq!(got, Ok(blobs_of(img)), "{repo} through the mirror");
+        assert_eq!(got, Ok(img.blobs()), "{repo} through the mirror");
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !mirror.log().contains("mirror: evicted beyond max_size") {
+    while evictions(&mirror) == 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "no eviction within a minute"
@@ -552,13 +538,9 @@ async fn the_least_recently_pulled_image_is_evicted_beyond_max_size() {
     );
     for (repo, img) in &images[1..] {
         let got = pull_all(&c, &mirror.url(), &format!("hub/{repo}")).await;
-        assert_eq!(
-            got,
-            Ok(blobs_of(img)),
-            "{repo} intact, from the cache alone"
-        );
+        assert_eq!(got, Ok(img.blobs()), "{repo} intact, from the cache alone");
     }
     upstream.start_again();
     let got = pull_all(&c, &mirror.url(), "hub/library/a").await;
-    assert_eq!(got, Ok(blobs_of(&images[0].1)), "a re-pull refills it");
+    assert_eq!(got, Ok(images[0].1.blobs()), "a re-pull refills it");
 }

@@ -272,3 +272,45 @@ pub async fn pull_all(c: &reqwest::Client, base: &str, repo: &str) -> Result<Vec
     }
     Ok(blobs)
 }
+
+impl Image {
+    /// The config and the layers, in the order `pull_all` returns them.
+    pub fn blobs(&self) -> Vec<Vec<u8>> {
+        let mut all = vec![self.config.clone()];
+        all.extend(self.layers.iter().cloned());
+        all
+    }
+}
+
+/// Push each image as `REPO:latest` to a token-auth upstream, as the pusher.
+pub async fn push_latest<R: AsRef<str>>(
+    c: &reqwest::Client,
+    upstream: &Server,
+    images: &[(R, Image)],
+) {
+    for (repo, img) in images {
+        let repo = repo.as_ref();
+        let scope = format!("repository:{repo}:push,pull");
+        let push = token(c, &upstream.url(), "pusher", "push-pw", &scope).await;
+        push_image(c, &upstream.url(), repo, "latest", img, Some(&push)).await;
+    }
+}
+
+/// A mirror of `upstream` under `hub` that evicts beyond `max_size`, writes pull times every
+/// second (they order the eviction) and collects with no grace.
+pub fn evicting_hub_table(upstream: &Server, max_size: &str) -> String {
+    format!(
+        "pull_flush_interval = \"1s\"\ngc_grace = \"0s\"\n\
+         [[mirror]]\nupstream = \"{}\"\nprefix = \"hub\"\nusername = \"puller\"\npassword = \"pull-pw\"\n\
+         manifest_ttl = \"1h\"\nmax_size = \"{max_size}\"\n",
+        upstream.url()
+    )
+}
+
+/// How many eviction passes `mirror` has logged.
+pub fn evictions(mirror: &Server) -> usize {
+    mirror
+        .log()
+        .matches("mirror: evicted beyond max_size")
+        .count()
+}
