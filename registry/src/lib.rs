@@ -97,7 +97,7 @@ impl Registry {
     /// Tell the web UI that a manifest or tag of `repository` changed.
     fn ui_changed(&self, repository: &str, changed: bool) {
         if let (true, Some(ui)) = (changed, &self.ui) {
-            ui.changed(repository);
+            ui.changed(self.storage.clone(), repository);
         }
     }
 

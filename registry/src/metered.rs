@@ -10,7 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use berth_storage::{
     BlobRead, ByteRange, ByteStream, Descriptor, DescriptorStream, Digest, GcReport, ManifestMeta,
-    ManifestRecord, NamePage, PullTimes, Result, Storage, StorageError, TagRecord, UploadStatus,
+    ManifestRecord, NamePage, PullTimes, Result, Storage, StorageError, SummaryPart, TagRecord,
+    UploadStatus,
 };
 use bytes::Bytes;
 
@@ -242,6 +243,21 @@ impl Storage for MeteredStorage {
     async fn forget_pulls(&self, repository: &str, digests: &[Digest]) -> Result<()> {
         self.observe("forget_pulls", self.inner.forget_pulls(repository, digests))
             .await
+    }
+    async fn tags_stamp(&self, repository: &str) -> Result<Option<String>> {
+        self.observe("tags_stamp", self.inner.tags_stamp(repository))
+            .await
+    }
+    async fn summary_get(&self, repository: &str, part: SummaryPart) -> Result<Option<Bytes>> {
+        self.observe("summary_get", self.inner.summary_get(repository, part))
+            .await
+    }
+    async fn summary_put(&self, repository: &str, part: SummaryPart, bytes: Bytes) -> Result<()> {
+        self.observe(
+            "summary_put",
+            self.inner.summary_put(repository, part, bytes),
+        )
+        .await
     }
     async fn outbox_put(&self, id: &str, record: Bytes) -> Result<()> {
         self.observe("outbox_put", self.inner.outbox_put(id, record))

@@ -32,7 +32,7 @@ pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use fs::FsStorage;
 pub use memory::MemoryStorage;
 pub use pages::NamePage;
-pub use records::{ManifestRecord, PullTimes, TagRecord};
+pub use records::{ManifestRecord, PullTimes, SummaryPart, TagRecord};
 pub use s3::{S3Options, S3Storage};
 
 /// Referrer descriptors, read from storage as the stream is polled.
@@ -330,6 +330,20 @@ pub trait Storage: Send + Sync + 'static {
     /// Drop the pull times of these digests (manifests that are gone), so the
     /// record does not grow with every digest ever pulled.
     async fn forget_pulls(&self, repository: &str, digests: &[Digest]) -> Result<()>;
+
+    // --- what the web UI keeps about each repository (see records::SummaryPart) ---
+
+    /// A stamp of the repository's tags that changes whenever a tag is
+    /// pushed (again, too), moved or deleted, by any process sharing the
+    /// storage; `None` when the repository does not exist. Cheaper than
+    /// [`Storage::tag_records`]: a filesystem reads names, inodes and times
+    /// of the tag files (not their content), S3 one listing (keys, ETags).
+    async fn tags_stamp(&self, repository: &str) -> Result<Option<String>>;
+    /// A stored summary part, as written (`None` when there is none).
+    async fn summary_get(&self, repository: &str, part: SummaryPart) -> Result<Option<Bytes>>;
+    /// Replace a summary part (whole or not at all; not fsynced on disk, a
+    /// lost one is recomputed). Does nothing for a repository that is gone.
+    async fn summary_put(&self, repository: &str, part: SummaryPart, bytes: Bytes) -> Result<()>;
 
     /// Reclaim space: drop repository links to blobs that no manifest of the
     /// repository references, then blobs that no repository links to. Links

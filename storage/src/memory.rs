@@ -13,7 +13,7 @@ use crate::gc::{self, GcStore, Stored};
 use crate::layout::{Layout, LinkKind};
 use crate::{
     BlobRead, ByteRange, ByteStream, Descriptor, Digest, GcReport, ManifestMeta, ManifestRecord,
-    PullTimes, Result, Storage, StorageError, TagRecord, UploadStatus,
+    PullTimes, Result, Storage, StorageError, SummaryPart, TagRecord, UploadStatus,
 };
 
 #[derive(Default)]
@@ -55,6 +55,7 @@ struct Repo {
     manifest_pushed: HashMap<Digest, SystemTime>,
     tag_pushed: HashMap<String, SystemTime>,
     pulls: PullTimes,
+    summaries: HashMap<SummaryPart, Bytes>,
 }
 
 struct Upload {
@@ -567,6 +568,35 @@ impl Storage for MemoryStorage {
         self.with(|s| {
             if let Some(repo) = s.repos.get_mut(repository) {
                 repo.pulls.retain(|d, _| !digests.contains(d));
+            }
+        });
+        Ok(())
+    }
+
+    async fn tags_stamp(&self, repository: &str) -> Result<Option<String>> {
+        Ok(self.with(|s| {
+            let repo = s.repos.get(repository)?;
+            let lines = repo
+                .tags
+                .iter()
+                .map(|(tag, digest)| {
+                    let at = repo.tag_pushed.get(tag).copied().unwrap_or(UNIX_EPOCH);
+                    let nanos = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+                    format!("{tag} {digest} {nanos}")
+                })
+                .collect();
+            Some(crate::records::tags_stamp_of(lines))
+        }))
+    }
+
+    async fn summary_get(&self, repository: &str, part: SummaryPart) -> Result<Option<Bytes>> {
+        Ok(self.with(|s| s.repos.get(repository)?.summaries.get(&part).cloned()))
+    }
+
+    async fn summary_put(&self, repository: &str, part: SummaryPart, bytes: Bytes) -> Result<()> {
+        self.with(|s| {
+            if let Some(repo) = s.repos.get_mut(repository) {
+                repo.summaries.insert(part, bytes);
             }
         });
         Ok(())

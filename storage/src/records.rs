@@ -41,6 +41,42 @@ pub(crate) fn pulls_key(repository: &str) -> String {
     format!("{}{repository}/_pulls", crate::layout::REPOSITORIES)
 }
 
+/// The parts of a repository's summary, which the registry derives from its
+/// tags and manifests (the web UI's catalog row, and what it knows of each
+/// manifest). Storage keeps their bytes without reading them: a missing or
+/// unreadable one is recomputed by whoever reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SummaryPart {
+    /// The catalog row: small, read once per repository shown.
+    Row,
+    /// One entry per manifest the tags point at (read by the repository page).
+    Manifests,
+}
+
+/// The key of a summary part below the storage root: files beside
+/// `_pulls`, never taken for a repository (their names start with `_`).
+pub(crate) fn summary_key(repository: &str, part: SummaryPart) -> String {
+    let file = match part {
+        SummaryPart::Row => "_summary",
+        SummaryPart::Manifests => "_summary_manifests",
+    };
+    format!("{}{repository}/{file}", crate::layout::REPOSITORIES)
+}
+
+/// A stamp of a repository's tags (see [`crate::Storage::tags_stamp`]): a
+/// hash of one line per tag, in any order, each naming the tag and the
+/// version of what it holds.
+pub fn tags_stamp_of(mut lines: Vec<String>) -> String {
+    use sha2::{Digest as _, Sha256};
+    lines.sort();
+    let mut h = Sha256::new();
+    for line in &lines {
+        h.update(line.as_bytes());
+        h.update(b"\n");
+    }
+    format!("{}:{}", lines.len(), hex::encode(h.finalize()))
+}
+
 /// Parse a stored pull record; entries that are not a digest are dropped.
 pub(crate) fn parse_pulls(key: &str, raw: &[u8]) -> Result<PullTimes> {
     let stored: BTreeMap<String, u64> =
@@ -102,5 +138,16 @@ mod tests {
         let raw = encode_pulls(&stored).expect("encode");
         assert_eq!(parse_pulls("k", &raw).expect("parse"), stored);
         assert!(parse_pulls("k", b"[1]").is_err(), "not an object");
+    }
+
+    #[test]
+    fn stamps_ignore_order_and_see_every_change() {
+        let stamp = |l: &[&str]| tags_stamp_of(l.iter().map(|s| s.to_string()).collect());
+        assert_eq!(stamp(&["a 1", "b 2"]), stamp(&["b 2", "a 1"]));
+        assert_ne!(stamp(&["a 1", "b 2"]), stamp(&["a 1", "b 3"]));
+        assert_ne!(stamp(&["a 1"]), stamp(&["a 1", "b 2"]));
+        // Lines are separated: moving a boundary is a change.
+        assert_ne!(stamp(&["ab", "c"]), stamp(&["a", "bc"]));
+        assert!(stamp(&[]).starts_with("0:"));
     }
 }

@@ -61,6 +61,82 @@ pub async fn run_all(storage: &dyn Storage) {
     garbage_collection(storage).await;
     outbox_records_and_claims(storage).await;
     push_and_pull_times(storage).await;
+    summaries_and_tag_stamps(storage).await;
+}
+
+/// Summary parts round-trip per repository and are never taken for a
+/// repository; the tag stamp changes with every tag push (the same digest
+/// again too), move and delete, and is `None` for an unknown repository.
+async fn summaries_and_tag_stamps(s: &dyn Storage) {
+    use crate::SummaryPart;
+    let repo = "stamps/app";
+    assert_eq!(s.tags_stamp(repo).await.expect("stamp"), None);
+    s.summary_put(repo, SummaryPart::Row, Bytes::from_static(b"ghost"))
+        .await
+        .expect("summary_put");
+    assert_eq!(
+        s.summary_get(repo, SummaryPart::Row).await.expect("get"),
+        None,
+        "no repository, no record"
+    );
+    let push = |n: u32, tag: &'static str| async move {
+        let bytes = Bytes::from(format!("{{\"stamp\":{n}}}"));
+        let digest = Digest::sha256_of(&bytes);
+        s.manifest_put(
+            repo,
+            &digest,
+            bytes,
+            &meta("application/x-m", None),
+            Some(tag),
+        )
+        .await
+        .expect("manifest_put");
+        s.tags_stamp(repo).await.expect("stamp").expect("a stamp")
+    };
+    let mut seen = vec![push(1, "a").await];
+    seen.push(push(2, "b").await);
+    seen.push(push(3, "a").await); // moved
+    seen.push(push(3, "a").await); // pushed again, same digest
+    s.tag_delete(repo, "b").await.expect("tag_delete");
+    seen.push(s.tags_stamp(repo).await.expect("stamp").expect("a stamp"));
+    for (i, a) in seen.iter().enumerate() {
+        for b in &seen[i + 1..] {
+            assert_ne!(a, b, "every change gives a new stamp: {seen:?}");
+        }
+    }
+    assert_eq!(
+        s.tags_stamp(repo).await.expect("stamp").as_ref(),
+        seen.last(),
+        "no change, same stamp"
+    );
+    for (part, body) in [
+        (SummaryPart::Row, &b"row"[..]),
+        (SummaryPart::Manifests, b"m"),
+    ] {
+        assert_eq!(s.summary_get(repo, part).await.expect("get"), None);
+        s.summary_put(repo, part, Bytes::from_static(body))
+            .await
+            .expect("put");
+    }
+    s.summary_put(repo, SummaryPart::Row, Bytes::from_static(b"row2"))
+        .await
+        .expect("replace");
+    assert_eq!(
+        s.summary_get(repo, SummaryPart::Row)
+            .await
+            .expect("get")
+            .as_deref(),
+        Some(&b"row2"[..])
+    );
+    assert_eq!(
+        s.summary_get(repo, SummaryPart::Manifests)
+            .await
+            .expect("get")
+            .as_deref(),
+        Some(&b"m"[..])
+    );
+    let repos = s.repositories().await.expect("repositories");
+    assert!(repos.iter().all(|r| !r.contains("_summary")), "{repos:?}");
 }
 
 /// The event outbox: records kept in id order until deleted; a claim is

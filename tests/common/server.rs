@@ -136,6 +136,18 @@ impl Server {
         server
     }
 
+    /// A second `berth serve` on the storage folder of `other` (two replicas sharing one
+    /// disk), with its own port and log; dropping it leaves `other`'s storage alone.
+    pub fn start_berth_sharing(other: &Server) -> Server {
+        let mut server = Server::prepare(ServerKind::Berth);
+        server.s3_args = Some(vec![
+            "--storage".to_string(),
+            other.storage.display().to_string(),
+        ]);
+        server.start_again();
+        server
+    }
+
     /// A folder for this server's test files (configs, keys), removed with it.
     pub fn files_dir(&self) -> PathBuf {
         self.tmp.path().join("logs")

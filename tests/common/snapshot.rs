@@ -10,11 +10,15 @@ pub type Snapshot = BTreeMap<String, String>;
 
 /// True for paths inside a server's scratch area, which may legitimately change when a request
 /// is rejected: Berth's `uploads/` and `tmp/` at the top of its storage directory, and
-/// distribution's per-repository `_uploads/`. `rel` is relative to the snapshot root, which
+/// distribution's per-repository `_uploads/`, and Berth's `_summary*` records (derived). `rel` is relative to the snapshot root, which
 /// may be the storage directory or a directory above it.
 pub fn is_scratch(rel: &str) -> bool {
     let components: Vec<&str> = rel.split('/').collect();
     if components.contains(&"_uploads") {
+        return true;
+    }
+    // The web UI's summary records: derived, rewritten in the background after a push.
+    if components.last().is_some_and(|c| c.starts_with("_summary")) {
         return true;
     }
     // The storage directory is `.../storage` (see `Server`); look below it, or at the top if

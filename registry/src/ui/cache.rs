@@ -1,14 +1,14 @@
-//! Short-lived caches for the catalog: the repository list and each
-//! repository's row (tag count, size, newest image). This process's pushes
-//! and deletes drop the entries they change at once; the time limit bounds
-//! how stale a row may be after a push through another replica sharing the
-//! storage.
+//! Caches for the catalog: the repository list, short-lived (this process's
+//! pushes and deletes drop it at once; the time limit bounds how long a
+//! repository created or emptied through another replica sharing the storage
+//! takes to appear), and each repository's row under the tags stamp it was
+//! computed for (see `records`), so a row is used only while it is current.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long a cached entry is used without looking at storage again.
+/// How long the repository list is used without looking at storage again.
 const FRESH_FOR: Duration = Duration::from_secs(15);
 /// Rows kept at most; the table is emptied when full.
 const MAX_ROWS: usize = 200_000;
@@ -26,7 +26,7 @@ pub struct RepoStats {
 #[derive(Default)]
 pub struct CatalogCache {
     repositories: Mutex<Option<(Instant, Arc<Vec<String>>)>>,
-    rows: Mutex<HashMap<String, (Instant, Arc<RepoStats>)>>,
+    rows: Mutex<HashMap<String, (String, Arc<RepoStats>)>>,
 }
 
 impl CatalogCache {
@@ -41,19 +41,20 @@ impl CatalogCache {
         *self.repositories.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), list));
     }
 
-    pub fn row(&self, repository: &str) -> Option<Arc<RepoStats>> {
+    /// The row of `repository` if it was computed for these tags (`stamp`).
+    pub fn row(&self, repository: &str, stamp: &str) -> Option<Arc<RepoStats>> {
         let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
         rows.get(repository)
-            .filter(|(at, _)| at.elapsed() < FRESH_FOR)
+            .filter(|(s, _)| s == stamp)
             .map(|(_, r)| r.clone())
     }
 
-    pub fn set_row(&self, repository: &str, stats: Arc<RepoStats>) {
+    pub fn set_row(&self, repository: &str, stamp: &str, stats: Arc<RepoStats>) {
         let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
         if rows.len() >= MAX_ROWS {
             rows.clear();
         }
-        rows.insert(repository.to_string(), (Instant::now(), stats));
+        rows.insert(repository.to_string(), (stamp.to_string(), stats));
     }
 
     /// A manifest or tag of `repository` changed here: forget what it changes
@@ -75,24 +76,19 @@ mod tests {
     fn changes_drop_what_they_change() {
         let cache = CatalogCache::default();
         cache.set_repositories(Arc::new(vec!["a".into(), "b".into()]));
-        cache.set_row(
-            "a",
+        let stats = |tags| {
             Arc::new(RepoStats {
-                tags: 1,
+                tags,
                 ..RepoStats::default()
-            }),
-        );
-        cache.set_row(
-            "b",
-            Arc::new(RepoStats {
-                tags: 2,
-                ..RepoStats::default()
-            }),
-        );
+            })
+        };
+        cache.set_row("a", "s1", stats(1));
+        cache.set_row("b", "s1", stats(2));
         assert_eq!(cache.repositories().map(|l| l.len()), Some(2));
+        assert!(cache.row("b", "s2").is_none(), "another stamp: not used");
         cache.changed("a");
-        assert!(cache.row("a").is_none());
-        assert_eq!(cache.row("b").map(|r| r.tags), Some(2));
+        assert!(cache.row("a", "s1").is_none());
+        assert_eq!(cache.row("b", "s1").map(|r| r.tags), Some(2));
         assert!(cache.repositories().is_none());
     }
 }

@@ -6,6 +6,7 @@
 mod cache;
 mod deployments;
 mod pages;
+mod records;
 mod session;
 mod summary;
 
@@ -27,6 +28,7 @@ use maud::Markup;
 use crate::error::{Code, RegistryError};
 use crate::Registry;
 use pages::{Chrome, Referrers};
+pub use records::write_summaries;
 use session::{Session, Sessions, CSRF_COOKIE, SESSION_COOKIE};
 use summary::SummaryCache;
 
@@ -70,6 +72,7 @@ pub(crate) struct Ui {
     sessions: Sessions,
     cache: SummaryCache,
     catalog: cache::CatalogCache,
+    refresher: records::Refresher,
 }
 
 impl Ui {
@@ -79,12 +82,8 @@ impl Ui {
             options,
             cache: SummaryCache::default(),
             catalog: cache::CatalogCache::default(),
+            refresher: records::Refresher::default(),
         }
-    }
-
-    /// A manifest or tag of `repository` was pushed or deleted through this server.
-    pub(crate) fn changed(&self, repository: &str) {
-        self.catalog.changed(repository);
     }
 }
 
@@ -506,8 +505,12 @@ async fn catalog(ctx: &Ctx<'_>) -> Response {
     // Several repositories at once: on disk or S3 each read waits on I/O.
     use futures::{StreamExt, TryStreamExt};
     let names: Vec<String> = visible[start..end].iter().map(|n| n.to_string()).collect();
+    let writes = records::Writes::Detached(ctx.reg.storage.clone());
     let stats: Vec<_> = match futures::stream::iter(names)
-        .map(|name| async move { repo_stats(ctx, &name).await })
+        .map(|name| {
+            let writes = &writes;
+            async move { records::repo_stats(s, writes, ctx.ui, &name).await }
+        })
         .buffered(CONCURRENT_READS)
         .try_collect()
         .await
@@ -535,48 +538,6 @@ async fn catalog(ctx: &Ctx<'_>) -> Response {
         anonymous_hint: ctx.viewer.identity == Identity::Anonymous && ctx.can_login(),
     };
     ctx.render(StatusCode::OK, "Repositories", pages::catalog(&view))
-}
-
-/// A repository's catalog row, cached.
-async fn repo_stats(
-    ctx: &Ctx<'_>,
-    name: &str,
-) -> berth_storage::Result<std::sync::Arc<cache::RepoStats>> {
-    if let Some(hit) = ctx.ui.catalog.row(name) {
-        return Ok(hit);
-    }
-    let tags = tag_rows(ctx, name).await?;
-    let stats = std::sync::Arc::new(cache::RepoStats {
-        tags: tags.len(),
-        size: summary::total_size(tags.iter().map(|t| &t.summary)),
-        newest: tags.iter().filter_map(|t| t.summary.created.clone()).max(),
-        pushed: tags.iter().filter_map(|t| t.pushed.clone()).max(),
-    });
-    ctx.ui.catalog.set_row(name, stats.clone());
-    Ok(stats)
-}
-
-/// Every tag of a repository with its manifest's summary and when it was
-/// last pushed (an unknown repository has none). The tag records give each
-/// tag's digest and push time in one read.
-async fn tag_rows(ctx: &Ctx<'_>, name: &str) -> berth_storage::Result<Vec<pages::TagRow>> {
-    use futures::{StreamExt, TryStreamExt};
-    let s = ctx.reg.storage.as_ref();
-    let records = s.tag_records(name).await?;
-    futures::stream::iter(records)
-        .map(|record| async move {
-            let summary = ctx.ui.cache.summary(s, name, &record.digest).await?;
-            let pushed = humantime::format_rfc3339_seconds(record.pushed).to_string();
-            Ok::<_, berth_storage::StorageError>(pages::TagRow {
-                tag: record.tag,
-                digest: record.digest.to_string(),
-                summary: summary.map(|s| (*s).clone()).unwrap_or_default(),
-                pushed: Some(pushed),
-            })
-        })
-        .buffered(CONCURRENT_READS)
-        .try_collect()
-        .await
 }
 
 fn storage_failed(ctx: &Ctx<'_>, e: berth_storage::StorageError) -> Response {
@@ -630,7 +591,8 @@ async fn repository(ctx: &Ctx<'_>, name: &str) -> Response {
         Ok(None) => return ctx.not_found(),
         Err(e) => return storage_failed(ctx, e),
     }
-    let mut rows = match tag_rows(ctx, name).await {
+    let writes = records::Writes::Detached(ctx.reg.storage.clone());
+    let mut rows = match records::tag_rows(s, &writes, &ctx.ui.cache, name).await {
         Ok(r) => r,
         Err(e) => return storage_failed(ctx, e),
     };
@@ -768,7 +730,7 @@ async fn delete(ctx: &Ctx<'_>, name: &str, reference: &str, body: Body) -> Respo
     let s = ctx.reg.storage.as_ref();
     match crate::manifests::delete(s, &ctx.reg.immutable.current(), name, reference).await {
         Ok(mut response) => {
-            ctx.ui.changed(name);
+            ctx.reg.ui_changed(name, true);
             // Webhooks hear of a delete from the UI as of one through the API.
             let happened = response
                 .extensions_mut()

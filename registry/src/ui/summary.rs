@@ -16,8 +16,9 @@ const MAX_CONFIG_BYTES: u64 = 4 << 20;
 /// Summaries cached at most; the cache is emptied when full.
 const MAX_CACHED: usize = 100_000;
 
-/// One row of a repository's tag table.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// One row of a repository's tag table (also stored, see `records`).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Summary {
     /// "image", "index" or the media type of anything else.
     pub kind: String,
@@ -253,12 +254,12 @@ pub struct SummaryCache {
 }
 
 impl SummaryCache {
-    fn get(&self, digest: &Digest) -> Option<Arc<Summary>> {
+    pub fn get(&self, digest: &Digest) -> Option<Arc<Summary>> {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         map.get(&digest.to_string()).cloned()
     }
 
-    fn put(&self, digest: &Digest, summary: Arc<Summary>) {
+    pub fn put(&self, digest: &Digest, summary: Arc<Summary>) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= MAX_CACHED {
             map.clear();

@@ -26,7 +26,8 @@ use crate::gc::{self, GcStore, Stored};
 use crate::layout::{referrer_entry_digest, Layout, BLOBS, REPOSITORIES, TMP, UPLOADS};
 use crate::{
     BlobRead, ByteRange, ByteStream, Descriptor, DescriptorStream, Digest, GcReport, ManifestMeta,
-    ManifestRecord, NamePage, PullTimes, Result, Storage, StorageError, TagRecord, UploadStatus,
+    ManifestRecord, NamePage, PullTimes, Result, Storage, StorageError, SummaryPart, TagRecord,
+    UploadStatus,
 };
 
 mod catalog;
@@ -637,6 +638,22 @@ impl Storage for FsStorage {
     async fn pulls(&self, repository: &str) -> Result<PullTimes> {
         let (root, repo) = (self.root.clone(), repository.to_string());
         blocking(move || records::pulls(&root, &repo)).await
+    }
+
+    async fn tags_stamp(&self, repository: &str) -> Result<Option<String>> {
+        let (paths, repo) = (self.paths(), repository.to_string());
+        blocking(move || records::tags_stamp(&paths, &repo)).await
+    }
+
+    async fn summary_get(&self, repository: &str, part: SummaryPart) -> Result<Option<Bytes>> {
+        let (root, repo) = (self.root.clone(), repository.to_string());
+        let raw = blocking(move || records::summary_get(&root, &repo, part)).await?;
+        Ok(raw.map(Bytes::from))
+    }
+
+    async fn summary_put(&self, repository: &str, part: SummaryPart, bytes: Bytes) -> Result<()> {
+        let (paths, repo) = (self.paths(), repository.to_string());
+        blocking(move || records::summary_put(&paths, &repo, part, &bytes)).await
     }
 
     async fn repositories(&self) -> Result<Vec<String>> {

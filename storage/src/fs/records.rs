@@ -7,8 +7,10 @@ use std::path::Path;
 use super::files::{list_dir, list_files, not_found_as_none, Paths};
 use super::LAYOUT;
 use crate::layout::LinkKind;
-use crate::records::{encode_pulls, merge_pulls, parse_pulls, pulls_key};
-use crate::{Digest, ManifestRecord, PullTimes, Result, StorageError, TagRecord};
+use crate::records::{
+    encode_pulls, merge_pulls, parse_pulls, pulls_key, summary_key, tags_stamp_of,
+};
+use crate::{Digest, ManifestRecord, PullTimes, Result, StorageError, SummaryPart, TagRecord};
 
 pub(super) fn tag_records(dir: &Path) -> Result<Vec<TagRecord>> {
     let mut out = Vec::new();
@@ -88,4 +90,61 @@ pub(super) fn drop_pulls(paths: &Paths, repository: &str, digests: &[Digest]) ->
         stored.retain(|d, _| !digests.contains(d));
         stored.len() != before
     })
+}
+
+/// Names, inodes and change times of the tag files, without reading them.
+/// A tag is written by renaming a new file over it, so a push (even of the
+/// same digest, even within the clock's granularity) gives a new inode.
+pub(super) fn tags_stamp(paths: &Paths, repository: &str) -> Result<Option<String>> {
+    use std::os::unix::fs::MetadataExt;
+    if !paths.repo(repository).is_dir() {
+        return Ok(None);
+    }
+    let mut lines = Vec::new();
+    if let Some(entries) = not_found_as_none(fs::read_dir(paths.tags_dir(repository)))? {
+        for entry in entries {
+            let entry = entry?;
+            let Some(meta) = not_found_as_none(entry.metadata())? else {
+                continue; // deleted while listing
+            };
+            lines.push(format!(
+                "{} {} {}.{}",
+                entry.file_name().to_string_lossy(),
+                meta.ino(),
+                meta.mtime(),
+                meta.mtime_nsec()
+            ));
+        }
+    }
+    Ok(Some(tags_stamp_of(lines)))
+}
+
+pub(super) fn summary_get(
+    root: &Path,
+    repository: &str,
+    part: SummaryPart,
+) -> Result<Option<Vec<u8>>> {
+    Ok(not_found_as_none(fs::read(
+        root.join(summary_key(repository, part)),
+    ))?)
+}
+
+/// Temp file and rename, so a reader sees the old or the new record whole;
+/// no fsync: the record is derived, and one lost in a crash is recomputed.
+pub(super) fn summary_put(
+    paths: &Paths,
+    repository: &str,
+    part: SummaryPart,
+    bytes: &[u8],
+) -> Result<()> {
+    if !paths.repo(repository).is_dir() {
+        return Ok(()); // gone: do not bring it back
+    }
+    let path = paths.at(&summary_key(repository, part));
+    let tmp = paths.tmp(&uuid::Uuid::new_v4().simple().to_string());
+    let result = fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, &path));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    Ok(result?)
 }

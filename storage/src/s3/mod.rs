@@ -69,7 +69,7 @@ use crate::gc::Stored;
 use crate::layout::{parse_tag, tag_content, Layout, LinkKind, DATA, REPOSITORIES, UPLOADS};
 use crate::{
     BlobRead, ByteRange, ByteStream, Descriptor, Digest, GcReport, ManifestMeta, ManifestRecord,
-    NamePage, PullTimes, Result, Storage, StorageError, TagRecord, UploadStatus,
+    NamePage, PullTimes, Result, Storage, StorageError, SummaryPart, TagRecord, UploadStatus,
 };
 
 mod cache;
@@ -905,6 +905,18 @@ impl Storage for S3Storage {
 
     async fn forget_pulls(&self, repository: &str, digests: &[Digest]) -> Result<()> {
         self.drop_pulls(repository, digests).await
+    }
+
+    async fn tags_stamp(&self, repository: &str) -> Result<Option<String>> {
+        self.read_tags_stamp(repository).await
+    }
+
+    async fn summary_get(&self, repository: &str, part: SummaryPart) -> Result<Option<Bytes>> {
+        self.read_summary(repository, part).await
+    }
+
+    async fn summary_put(&self, repository: &str, part: SummaryPart, bytes: Bytes) -> Result<()> {
+        self.write_summary(repository, part, bytes).await
     }
 
     async fn collect_garbage(&self, grace: Duration, dry_run: bool) -> Result<GcReport> {

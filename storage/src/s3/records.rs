@@ -6,8 +6,10 @@ use object_store::{ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion};
 
 use super::{s3_error, S3Storage, LAYOUT, TAG_RETRIES};
 use crate::layout::{parse_tag, LinkKind};
-use crate::records::{encode_pulls, merge_pulls, parse_pulls, pulls_key};
-use crate::{Digest, ManifestRecord, PullTimes, Result, StorageError, TagRecord};
+use crate::records::{
+    encode_pulls, merge_pulls, parse_pulls, pulls_key, summary_key, tags_stamp_of,
+};
+use crate::{Digest, ManifestRecord, PullTimes, Result, StorageError, SummaryPart, TagRecord};
 
 impl S3Storage {
     pub(super) async fn read_tag_records(&self, repository: &str) -> Result<Vec<TagRecord>> {
@@ -59,6 +61,60 @@ impl S3Storage {
             .collect();
         out.sort_by(|a, b| a.digest.cmp(&b.digest));
         Ok(out)
+    }
+
+    /// One listing of the tag objects: key, size, ETag and time of each.
+    /// The ETag changes with the content; the time (whole seconds) and size
+    /// cover a server that lists no ETag.
+    pub(super) async fn read_tags_stamp(&self, repository: &str) -> Result<Option<String>> {
+        use futures::TryStreamExt;
+        let dir = self.path(&format!("{}/", LAYOUT.tags(repository)));
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(s3_error)?;
+        if objects.is_empty() && !self.repository_exists(repository).await? {
+            return Ok(None);
+        }
+        let lines = objects
+            .iter()
+            .map(|m| {
+                format!(
+                    "{} {} {} {}",
+                    self.rel_of(&m.location),
+                    m.size,
+                    m.e_tag.as_deref().unwrap_or("-"),
+                    m.last_modified.timestamp_micros()
+                )
+            })
+            .collect();
+        Ok(Some(tags_stamp_of(lines)))
+    }
+
+    pub(super) async fn read_summary(
+        &self,
+        repository: &str,
+        part: SummaryPart,
+    ) -> Result<Option<bytes::Bytes>> {
+        Ok(self
+            .get_bytes(&summary_key(repository, part))
+            .await?
+            .map(|(b, _)| b))
+    }
+
+    pub(super) async fn write_summary(
+        &self,
+        repository: &str,
+        part: SummaryPart,
+        bytes: bytes::Bytes,
+    ) -> Result<()> {
+        // A record would not make a repository exist, but keep none for one that does not.
+        if !self.repository_exists(repository).await? {
+            return Ok(());
+        }
+        self.put(&summary_key(repository, part), bytes).await
     }
 
     pub(super) async fn read_pulls(&self, repository: &str) -> Result<PullTimes> {
