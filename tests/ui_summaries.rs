@@ -289,4 +289,16 @@ async fn rows_and_pages_follow_pushes_deletes_and_a_second_server() {
     );
     stored_when(&row_file, |row| row.contains("\"tags\":2")).await;
     stored_when(&manifests_file, |m| m.contains("manifests")).await;
+
+    // A repository removed by hand while the UI holds the list (its names are not checked one
+    // by one, only the rows shown): no row for it, and the others are still right.
+    assert!(catalog_row(&c, &base, "sum/other").await.is_some());
+    let other = row_file
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("sum/")
+        .join("other");
+    std::fs::remove_dir_all(&other).expect("remove sum/other");
+    assert_eq!(catalog_row(&c, &base, "sum/other").await, None);
+    assert_eq!(catalog_row(&c, &base, REPO).await, want);
 }
