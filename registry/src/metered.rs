@@ -213,6 +213,10 @@ impl Storage for MeteredStorage {
         )
         .await
     }
+    async fn repository_names_unchecked(&self) -> Result<Vec<String>> {
+        let call = self.inner.repository_names_unchecked();
+        self.observe("repository_names_unchecked", call).await
+    }
     async fn tags_after(
         &self,
         repository: &str,

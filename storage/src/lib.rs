@@ -300,6 +300,13 @@ pub trait Storage: Send + Sync + 'static {
     ) -> Result<NamePage> {
         Ok(NamePage::of(&self.repositories().await?, after, limit))
     }
+    /// Every repository name in the backend's index, sorted, WITHOUT checking
+    /// that each still exists: a name removed since may be listed. For a
+    /// caller that checks the few names it shows (the web UI's catalog) and
+    /// must not pay a check per repository for a list of 100,000.
+    async fn repository_names_unchecked(&self) -> Result<Vec<String>> {
+        Ok(self.repositories_after(None, None).await?.names)
+    }
     /// One page of a repository's tags (see [`NamePage::of`]); `None` when
     /// the repository does not exist. Backends override this to read only
     /// the page from a sorted listing.

@@ -566,6 +566,15 @@ async fn catalog_is_sorted_and_nested(s: &dyn Storage) {
         !repos.iter().any(|r| r == "wrong"),
         "failed upload created a repository"
     );
+    // The unchecked list may hold more (names removed since), never fewer, in order.
+    let unchecked = s.repository_names_unchecked().await.expect("names");
+    assert!(unchecked.windows(2).all(|w| w[0] < w[1]), "{unchecked:?}");
+    for repo in &repos {
+        assert!(
+            unchecked.contains(repo),
+            "{repo} missing from {unchecked:?}"
+        );
+    }
 }
 
 /// Catalog and tag pages read from a backend's indexes are exactly the pages

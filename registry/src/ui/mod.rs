@@ -485,10 +485,11 @@ async fn catalog(ctx: &Ctx<'_>) -> Response {
         .unwrap_or(1);
     let repositories = match ctx.ui.catalog.repositories() {
         Some(list) => list,
-        // The backend's sorted index (S3: one listing of `catalog/`), not a walk.
-        None => match s.repositories_after(None, None).await {
-            Ok(r) => {
-                let list = std::sync::Arc::new(r.names);
+        // The backend's sorted index (S3: one listing of `catalog/`), not a
+        // walk, and not checked name by name: only the rows shown are.
+        None => match s.repository_names_unchecked().await {
+            Ok(names) => {
+                let list = std::sync::Arc::new(names);
                 ctx.ui.catalog.set_repositories(list.clone());
                 list
             }
@@ -518,9 +519,12 @@ async fn catalog(ctx: &Ctx<'_>) -> Response {
         Ok(stats) => stats,
         Err(e) => return storage_failed(ctx, e),
     };
+    // A name whose repository is gone (the list is not checked name by
+    // name) has no row: the page shows one row fewer until the list is read again.
     let rows: Vec<pages::RepoRow> = visible[start..end]
         .iter()
         .zip(stats)
+        .filter_map(|(name, stats)| Some((name, stats?)))
         .map(|(name, stats)| pages::RepoRow {
             name: name.to_string(),
             tags: stats.tags,

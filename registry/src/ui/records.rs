@@ -166,18 +166,20 @@ impl Ui {
 }
 
 /// A repository's catalog row: from memory or the stored row when their
-/// stamp is the current one, else computed and stored.
+/// stamp is the current one, else computed and stored. `None` when the
+/// repository is not there (removed since the list was read: the catalog's
+/// list is not checked name by name).
 pub(super) async fn repo_stats(
     s: &dyn Storage,
     writes: &Writes,
     ui: &Ui,
     name: &str,
-) -> berth_storage::Result<Arc<RepoStats>> {
+) -> berth_storage::Result<Option<Arc<RepoStats>>> {
     let Some(stamp) = s.tags_stamp(name).await? else {
-        return Ok(Arc::default()); // gone since the list was read
+        return Ok(None);
     };
     if let Some(hit) = ui.catalog.row(name, &stamp) {
-        return Ok(hit);
+        return Ok(Some(hit));
     }
     let stored = parse(
         s.summary_get(name, SummaryPart::Row).await?,
@@ -191,7 +193,7 @@ pub(super) async fn repo_stats(
             pushed: row.pushed,
         });
         ui.catalog.set_row(name, &stamp, stats.clone());
-        return Ok(stats);
+        return Ok(Some(stats));
     }
     let rows = tag_rows(s, writes, &ui.cache, name).await?;
     let stats = Arc::new(stats_of(&rows));
@@ -205,7 +207,7 @@ pub(super) async fn repo_stats(
     };
     store(s, writes, name, SummaryPart::Row, &record).await;
     ui.catalog.set_row(name, &stamp, stats.clone());
-    Ok(stats)
+    Ok(Some(stats))
 }
 
 /// The row of some tags: shared blobs counted once.
@@ -421,6 +423,7 @@ mod tests {
             repo_stats(&s, &Writes::Awaited, &ui, repo)
                 .await
                 .expect("row")
+                .expect("there")
                 .size,
             5
         );
@@ -428,7 +431,8 @@ mod tests {
         let fresh = Ui::new(super::super::UiOptions::default());
         let row = repo_stats(&s, &Writes::Awaited, &fresh, repo)
             .await
-            .expect("row");
+            .expect("row")
+            .expect("there");
         assert_eq!((row.tags, row.size), (2, 12), "a new stamp: recomputed");
         let stored = s.summary_get(repo, SummaryPart::Row).await.expect("get");
         let stored: RowRecord = serde_json::from_slice(&stored.expect("stored")).expect("json");
@@ -438,6 +442,7 @@ mod tests {
             repo_stats(&s, &Writes::Awaited, &ui, repo)
                 .await
                 .expect("row")
+                .expect("there")
                 .size,
             7
         );
@@ -449,19 +454,20 @@ mod tests {
         let fresh = Ui::new(super::super::UiOptions::default());
         let row = repo_stats(&s, &Writes::Awaited, &fresh, repo)
             .await
-            .expect("row");
+            .expect("row")
+            .expect("there");
         assert_eq!((row.tags, row.size), (1, 7));
         let rows = tag_rows(&s, &Writes::Awaited, &fresh.cache, repo)
             .await
             .expect("rows");
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].summary.size, 7);
-        assert_eq!(
+        assert!(
             repo_stats(&s, &Writes::Awaited, &ui, "no/such")
                 .await
                 .expect("row")
-                .tags,
-            0
+                .is_none(),
+            "no row for a repository that is not there"
         );
     }
 }

@@ -670,6 +670,11 @@ impl Storage for FsStorage {
         blocking(move || Ok(indexes.catalog_page(&root, after.as_deref(), limit)?)).await
     }
 
+    async fn repository_names_unchecked(&self) -> Result<Vec<String>> {
+        let (indexes, root) = (self.indexes.clone(), self.root.clone());
+        blocking(move || Ok(indexes.catalog_names_unchecked(&root)?)).await
+    }
+
     async fn tags_after(
         &self,
         repository: &str,

@@ -97,7 +97,8 @@ pub(super) fn drop_pulls(paths: &Paths, repository: &str, digests: &[Digest]) ->
 /// same digest, even within the clock's granularity) gives a new inode.
 pub(super) fn tags_stamp(paths: &Paths, repository: &str) -> Result<Option<String>> {
     use std::os::unix::fs::MetadataExt;
-    if !paths.repo(repository).is_dir() {
+    // The catalog's own test: its unchecked list is checked with this.
+    if !super::catalog::repository_exists(&paths.root, repository) {
         return Ok(None);
     }
     let mut lines = Vec::new();

@@ -28,6 +28,46 @@ async fn a_blob_relinked_during_a_collection_is_kept() {
     crate::gc::scenarios::a_blob_relinked_during_a_collection_is_kept(&files, &storage).await;
 }
 
+/// A repository folder removed by hand: the checked catalog drops it at
+/// once, the unchecked list (the web UI's) may still name it, and its tags
+/// stamp says it is gone, which is how the UI drops its row.
+#[tokio::test]
+async fn a_repository_removed_by_hand_leaves_the_checked_catalog_at_once() {
+    let (_dir, storage) = open();
+    for repo in ["hand/keep", "hand/gone"] {
+        let status = storage.upload_create(repo).await.expect("create");
+        let digest = Digest::sha256_of(repo.as_bytes());
+        let body = testsuite::stream_of(repo.as_bytes());
+        storage
+            .upload_complete(repo, &status.id, &digest, Some(body))
+            .await
+            .expect("complete");
+    }
+    let names = |v: Vec<String>| {
+        v.into_iter()
+            .filter(|r| r.starts_with("hand/"))
+            .collect::<Vec<_>>()
+    };
+    let checked = storage.repositories().await.expect("catalog");
+    assert_eq!(names(checked), ["hand/gone", "hand/keep"]);
+    assert!(storage
+        .tags_stamp("hand/gone")
+        .await
+        .expect("stamp")
+        .is_some());
+    std::fs::remove_dir_all(storage.root().join("repositories/hand/gone")).expect("rm");
+    let checked = storage.repositories().await.expect("catalog");
+    assert_eq!(names(checked), ["hand/keep"]);
+    let unchecked = storage.repository_names_unchecked().await.expect("names");
+    assert!(names(unchecked).contains(&"hand/keep".to_string()));
+    assert_eq!(storage.tags_stamp("hand/gone").await.expect("stamp"), None);
+    assert!(storage
+        .tags_stamp("hand/keep")
+        .await
+        .expect("stamp")
+        .is_some());
+}
+
 #[tokio::test]
 async fn uploads_and_tags_survive_reopen() {
     let (dir, storage) = open();
