@@ -12,8 +12,14 @@
 #   BENCH_MIB=256         size of the big layer in MiB
 #   BENCH_KEEP=1          keep the temporary folder (storage, logs)
 #   BENCH_PROFILE=release cargo profile of the berth binary (debug only to try the script)
+#   BENCH_UPSTREAM_RATE=  e.g. 1gbit: the upstream runs in a network namespace this script
+#                         makes, behind a veth pair shaped to that rate both ways (tc tbf;
+#                         needs root), as a registry across a network is; the mirrors and the
+#                         direct pulls reach it over that link alike. Unset: all on loopback,
+#                         where the cache's own CPU (hash, write, copy) is all there is to see.
 #
-# Only 127.0.0.1 is contacted. Every server is stopped by PID on exit, also on failure.
+# Only 127.0.0.1 (and the namespace's own 10.231.N.0/24) is contacted. Every server is
+# stopped by PID on exit, also on failure, and the namespace and veth are removed.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -32,10 +38,16 @@ BERTH="$TARGET_DIR/$PROFILE/berth"
 
 WORK=$(mktemp -d /tmp/berth-bench-mirror.XXXXXX)
 PIDS=()
+RATE=${BENCH_UPSTREAM_RATE:-}
+NETNS=""
 cleanup() {
     local pid
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [[ -n "$NETNS" ]]; then
+        ip netns del "$NETNS" 2>/dev/null || true
+        ip link del "${NETNS}h" 2>/dev/null || true
+    fi
     if [[ "${BENCH_KEEP:-0}" == 1 ]]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -71,11 +83,32 @@ stop() { # PID
 # --- the upstream and its image ----------------------------------------------------------
 UP_PORT=$(free_port)
 mkdir -p "$WORK/upstream"
-BERTH_LOG=warn "$BERTH" serve --addr "127.0.0.1:$UP_PORT" --storage "$WORK/upstream/data" \
-    >"$WORK/upstream/log" 2>&1 &
+UP_HOST=127.0.0.1
+RUN_UP=()
+if [[ -n "$RATE" ]]; then
+    # A namespace of our own: 10.231.N.2 inside, 10.231.N.1 on this side, tbf both ways.
+    n=$((RANDOM % 250 + 1))
+    NETNS="bm$$"
+    ip netns add "$NETNS"
+    ip link add "${NETNS}h" type veth peer name "${NETNS}n"
+    ip link set "${NETNS}n" netns "$NETNS"
+    ip addr add "10.231.$n.1/24" dev "${NETNS}h"
+    ip link set "${NETNS}h" up
+    ip -n "$NETNS" addr add "10.231.$n.2/24" dev "${NETNS}n"
+    ip -n "$NETNS" link set "${NETNS}n" up
+    ip -n "$NETNS" link set lo up
+    tc qdisc add dev "${NETNS}h" root tbf rate "$RATE" burst 1mbit latency 50ms
+    tc -n "$NETNS" qdisc add dev "${NETNS}n" root tbf rate "$RATE" burst 1mbit latency 50ms
+    UP_HOST="10.231.$n.2"
+    RUN_UP=(nsenter "--net=/var/run/netns/$NETNS")
+    echo "== upstream behind a $RATE link at $UP_HOST" >&2
+fi
+BERTH_LOG=warn "${RUN_UP[@]}" "$BERTH" serve --addr "$UP_HOST:$UP_PORT" \
+    --storage "$WORK/upstream/data" >"$WORK/upstream/log" 2>&1 &
 PIDS+=($!)
-wait_up "$UP_PORT"
-UP="http://127.0.0.1:$UP_PORT"
+UP="http://$UP_HOST:$UP_PORT"
+for _ in $(seq 1 300); do curl -fs -o /dev/null "$UP/v2/" && break; sleep 0.1; done
+curl -fs -o /dev/null "$UP/v2/" || { echo "bench-mirror.sh: the upstream does not answer" >&2; cat "$WORK/upstream/log" >&2; exit 1; }
 
 push_blob() { # FILE -> digest
     local digest location
@@ -147,7 +180,7 @@ for round in $(seq 1 "$ROUNDS"); do
     echo "== round $round/$ROUNDS" >&2
     read -r t f <<<"$(timed_get "$UP/v2/bench/app/blobs/$BIG" "$BIG")"
     record direct_ttfb "$t"; record direct_total "$f"
-    record direct_copy "$(timed_copy "docker://127.0.0.1:$UP_PORT/bench/app:1")"
+    record direct_copy "$(timed_copy "docker://$UP_HOST:$UP_PORT/bench/app:1")"
 
     for kind in berth distribution; do
         port=$(free_port)
@@ -159,6 +192,9 @@ for round in $(seq 1 "$ROUNDS"); do
         fi
         PIDS+=("$pid")
         wait_up "$port"
+        # A cache serving pulls has been up a while: let both finish starting (berth asks
+        # its upstream `GET /v2/` at start, which over a link tries https first).
+        sleep 1
         read -r t f <<<"$(timed_get "http://127.0.0.1:$port/v2/$path/blobs/$BIG" "$BIG")"
         record "${kind}_cold_ttfb" "$t"; record "${kind}_cold_total" "$f"
         # Let a fill that outlives the response (distribution's) finish before the warm pull.
@@ -171,6 +207,7 @@ for round in $(seq 1 "$ROUNDS"); do
         if [[ $kind == berth ]]; then pid=$(start_berth_mirror "$dir" "$port"); else pid=$(start_distribution_proxy "$dir" "$port"); fi
         PIDS+=("$pid")
         wait_up "$port"
+        sleep 1
         record "${kind}_cold_copy" "$(timed_copy "docker://127.0.0.1:$port/$path:1")"
         sleep 1
         record "${kind}_warm_copy" "$(timed_copy "docker://127.0.0.1:$port/$path:1")"
@@ -178,14 +215,14 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 
-python3 - "$RESULTS" "$MIB" <<'EOF'
+python3 - "$RESULTS" "$MIB" "${RATE:-loopback}" <<'EOF'
 import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
     k, v = line.split()
     rows.setdefault(k, []).append(float(v))
 med = {k: statistics.median(v) for k, v in rows.items()}
-print(f"median of {len(rows['direct_total'])} rounds, {sys.argv[2]} MiB blob (seconds; ratio to direct)")
+print(f"median of {len(rows['direct_total'])} rounds, {sys.argv[2]} MiB blob, upstream link: {sys.argv[3]} (seconds; ratio to direct)")
 for metric in ["ttfb", "total", "copy"]:
     d = med[f"direct_{metric}"]
     print(f"{metric:6} direct {d:.4f}")

@@ -72,6 +72,9 @@ pub struct RollbackArgs {
     /// With --swarm: longest wait for the services to converge again
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     health_timeout: Duration,
+    /// Push no deployment record saying which images the rollback put back and took off
+    #[arg(long)]
+    no_record: bool,
 }
 
 #[derive(Args, Debug)]
@@ -162,6 +165,13 @@ pub fn rollback(args: RollbackArgs) -> Result<()> {
     let report = runtime.block_on(run::rollback(&source.name, desired, &options, &|event| {
         printer.event(event)
     }));
+    if !args.no_record {
+        let facts = crate::deploy_record::facts(&source.name, &args.common.inventory);
+        let records = berth_deploy::record::rollback_records(&facts, &report);
+        // As `berth down`: the stored login pushes them.
+        let registry = crate::session::client_config(&[], None, None)?;
+        crate::deploy_record::push(&runtime, &registry, records, &printer);
+    }
     for host in &report.hosts {
         if host.error.is_none() && host.results.is_empty() {
             printer.line(&format!(

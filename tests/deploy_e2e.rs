@@ -367,6 +367,7 @@ fn deploy_rerun_change_failed_health_and_rollback() {
         let v1_page = running_on(&server, &repository, &v1);
         assert!(v1_page.is_empty(), "v1 was replaced: {v1_page}");
     }
+    let records_before = [&v1, &v2].map(|d| deployment_records(&server, &repository, d).len());
     let out = ok(rollback(&cli, &app_path, &inventory));
     assert!(out.contains(&format!("rollback container {web}")), "{out}");
     assert_eq!(
@@ -386,6 +387,18 @@ fn deploy_rerun_change_failed_health_and_rollback() {
         inspect_checked(&web)["State"]["Health"]["Status"],
         "healthy"
     );
+    // The rollback is recorded too: v1 runs on local again, v2 was replaced there.
+    assert!(out.contains("recorded the deployment of"), "{out}");
+    assert_eq!(
+        [&v1, &v2].map(|d| deployment_records(&server, &repository, d).len()),
+        records_before.map(|n| n + 1),
+        "one record more on each"
+    );
+    if server.kind == ServerKind::Berth {
+        assert!(running_on(&server, &repository, &v1).contains("<strong>local</strong>"));
+        let v2_page = running_on(&server, &repository, "v2");
+        assert!(v2_page.is_empty(), "v2 was rolled back: {v2_page}");
+    }
     // The app file still says v2: the next deploy plans to go forward again.
     let check = ok(deploy(&cli, &app_path, &inventory, &["--check"]));
     assert!(check.contains("local : ok=2 changed=4"), "{check}");

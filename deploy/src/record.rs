@@ -14,7 +14,7 @@ use berth_oci::deployment::{HostEntry, Record, Status, SwarmEntry, ARTIFACT_TYPE
 use bytes::Bytes;
 use serde_json::json;
 
-use crate::actual::ActualHost;
+use crate::actual::{ActualContainer, ActualHost};
 use crate::apply::{ActionResult, Outcome};
 use crate::desired::DesiredHost;
 use crate::plan::{Action, HostPlan};
@@ -93,32 +93,97 @@ pub(crate) fn taken_off(
         let Some(old) = actual.containers.iter().find(|c| &c.id == id) else {
             continue;
         };
-        let Ok(mut reference) = ImageRef::parse(&old.image) else {
-            continue;
-        };
-        if reference.digest.is_none() {
-            // Deployed by tag: the digest the host pulled, when it knows only one.
-            let [digest] = old.image_digests.as_slice() else {
-                continue;
-            };
-            let Ok(digest) = digest.parse() else { continue };
-            reference = reference.with_digest(digest);
+        if let Some(image) = pinned_image(old) {
+            out.push(TakenOff {
+                service: service_of(old),
+                image,
+                status,
+            });
         }
-        let Some(digest) = &reference.digest else {
-            continue;
-        };
-        let service = old
-            .labels
-            .get(crate::labels::SERVICE)
-            .cloned()
-            .unwrap_or_else(|| old.name.clone());
-        out.push(TakenOff {
-            service,
-            image: format!("{}@{digest}", reference.name()),
-            status,
-        });
     }
     out
+}
+
+/// `registry/repository@digest` of the image a container runs, when known: its reference
+/// pinned, or deployed by tag and the host knows one digest for it.
+fn pinned_image(c: &ActualContainer) -> Option<String> {
+    let mut reference = ImageRef::parse(&c.image).ok()?;
+    if reference.digest.is_none() {
+        let [digest] = c.image_digests.as_slice() else {
+            return None;
+        };
+        reference = reference.with_digest(digest.parse().ok()?);
+    }
+    let digest = reference.digest.as_ref()?;
+    Some(format!("{}@{digest}", reference.name()))
+}
+
+fn service_of(c: &ActualContainer) -> String {
+    c.labels
+        .get(crate::labels::SERVICE)
+        .cloned()
+        .unwrap_or_else(|| c.name.clone())
+}
+
+/// A container `berth rollback` put back in service: its service and
+/// `registry/repository@digest`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PutBack {
+    pub service: String,
+    pub image: String,
+}
+
+/// What a rollback on one host changed, by its results (one per kept previous release,
+/// in `actual.previous` order, then one per container the rolled-back deploy created, in
+/// `created` order): the kept releases put back, and the images taken off (the current
+/// containers they replaced, the created containers removed).
+pub(crate) fn rolled_back(
+    actual: &ActualHost,
+    created: &[&ActualContainer],
+    results: &[ActionResult],
+) -> (Vec<PutBack>, Vec<TakenOff>) {
+    let changed = |i: usize| {
+        results
+            .get(i)
+            .is_some_and(|r| r.outcome == Outcome::Changed)
+    };
+    let (mut put_back, mut gone) = (Vec::new(), Vec::new());
+    for (i, previous) in actual.previous.iter().enumerate() {
+        if !changed(i) {
+            continue;
+        }
+        let name = previous
+            .name
+            .strip_suffix(crate::labels::PREVIOUS_SUFFIX)
+            .unwrap_or(&previous.name);
+        if let Some(image) = pinned_image(previous) {
+            put_back.push(PutBack {
+                service: service_of(previous),
+                image,
+            });
+        }
+        let current = actual.containers.iter().find(|c| c.name == name);
+        if let Some((c, image)) = current.and_then(|c| Some((c, pinned_image(c)?))) {
+            gone.push(TakenOff {
+                service: service_of(c),
+                image,
+                status: Status::Replaced,
+            });
+        }
+    }
+    for (i, c) in created.iter().enumerate() {
+        if !changed(actual.previous.len() + i) {
+            continue;
+        }
+        if let Some(image) = pinned_image(c) {
+            gone.push(TakenOff {
+                service: service_of(c),
+                image,
+                status: Status::Removed,
+            });
+        }
+    }
+    (put_back, gone)
 }
 
 /// Each host's `(service, image as written)` before the run pins them.
@@ -176,12 +241,52 @@ pub fn container_records(
             });
         }
     }
+    add_taken_off(&mut by_image, facts, report);
+    finish(by_image)
+}
+
+/// Records of `berth rollback`: one per image put back on a host (with that host's result)
+/// and one per image taken off (replaced by the kept release, or a created container removed).
+pub fn rollback_records(facts: &RunFacts, report: &RunReport) -> Vec<Pending> {
+    let mut by_image: BTreeMap<String, Pending> = BTreeMap::new();
+    for host in &report.hosts {
+        let status = if host.succeeded() {
+            Status::Ok
+        } else {
+            Status::Failed
+        };
+        for back in &host.put_back {
+            let Some((name, digest)) = back.image.split_once('@') else {
+                continue;
+            };
+            let Some(pending) = pending_for(&mut by_image, facts, name, digest) else {
+                continue;
+            };
+            let hosts = &mut pending.record.hosts;
+            match hosts.iter_mut().find(|h| h.host == host.host) {
+                Some(entry) if entry.services.contains(&back.service) => {}
+                Some(entry) => entry.services.push(back.service.clone()),
+                None => hosts.push(HostEntry {
+                    host: host.host.clone(),
+                    services: vec![back.service.clone()],
+                    result: status,
+                }),
+            }
+        }
+    }
+    add_taken_off(&mut by_image, facts, report);
+    finish(by_image)
+}
+
+/// One entry per image a host stopped running, on that image's record, unless the same
+/// run placed the image on that host again.
+fn add_taken_off(by_image: &mut BTreeMap<String, Pending>, facts: &RunFacts, report: &RunReport) {
     for host in &report.hosts {
         for gone in &host.taken_off {
             let Some((name, digest)) = gone.image.split_once('@') else {
                 continue;
             };
-            let Some(pending) = pending_for(&mut by_image, facts, name, digest) else {
+            let Some(pending) = pending_for(by_image, facts, name, digest) else {
                 continue;
             };
             let hosts = &mut pending.record.hosts;
@@ -197,7 +302,6 @@ pub fn container_records(
             }
         }
     }
-    finish(by_image)
 }
 
 /// Records of a Swarm run: one per image, naming the services that run it.

@@ -189,6 +189,91 @@ fn removed_containers_name_their_image_by_digest() {
         .all(|g| g.status == Status::Removed && g.service == "web"));
 }
 
+/// `berth rollback`: each kept release put back is placed (ok), the container it replaced
+/// is `replaced`, a container the rolled-back deploy created and rollback removed is
+/// `removed`; a swap that failed or was skipped records nothing.
+#[test]
+fn a_rollback_records_what_it_put_back_and_what_it_took_off() {
+    const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+    let kept = |id: &str, image: &str| ActualContainer {
+        name: format!("shop_{id}{}", crate::labels::PREVIOUS_SUFFIX),
+        ..container(id, image, &[])
+    };
+    let mut worker_prev = kept("w", "127.0.0.1:5000/shop:1");
+    worker_prev.image_digests = vec![D0.to_string()];
+    let actual = ActualHost {
+        containers: vec![
+            container("a", &format!("127.0.0.1:5000/shop@{D1}"), &[]),
+            container("w", &format!("127.0.0.1:5000/shop@{D1}"), &[]),
+            container("new", &format!("127.0.0.1:5000/extra@{D2}"), &[]),
+        ],
+        previous: vec![kept("a", &format!("127.0.0.1:5000/shop@{D0}")), worker_prev],
+        ..ActualHost::default()
+    };
+    let created = [&actual.containers[2]];
+    let result = |outcome| ActionResult {
+        action: "rollback".into(),
+        outcome,
+        message: None,
+    };
+    let (put_back, gone) = rolled_back(
+        &actual,
+        &created,
+        &[
+            result(Outcome::Changed),
+            result(Outcome::Failed),
+            result(Outcome::Changed),
+        ],
+    );
+    assert_eq!(
+        put_back,
+        [PutBack {
+            service: "web".into(),
+            image: format!("127.0.0.1:5000/shop@{D0}"),
+        }],
+        "only the swap that happened"
+    );
+    let gone: Vec<(&str, Status)> = gone.iter().map(|g| (g.image.as_str(), g.status)).collect();
+    let (shop_d1, extra_d2) = (
+        format!("127.0.0.1:5000/shop@{D1}"),
+        format!("127.0.0.1:5000/extra@{D2}"),
+    );
+    assert_eq!(
+        gone,
+        [
+            (shop_d1.as_str(), Status::Replaced),
+            (extra_d2.as_str(), Status::Removed)
+        ]
+    );
+
+    let mut h1 = host("h1");
+    (h1.put_back, h1.taken_off) = rolled_back(
+        &actual,
+        &created,
+        &[result(Outcome::Changed), result(Outcome::Changed)],
+    );
+    let mut run = report(vec![h1]);
+    run.mode = Mode::Rollback;
+    run.images.clear();
+    let records = rollback_records(&facts(), &run);
+    let entry = |digest: &str| {
+        let record = &records
+            .iter()
+            .find(|p| p.record.digest == digest)
+            .unwrap_or_else(|| panic!("a record for {digest}"))
+            .record;
+        assert_eq!(record.hosts.len(), 1, "{record:?}");
+        (record.hosts[0].result, record.hosts[0].services.clone())
+    };
+    assert_eq!(
+        records.len(),
+        2,
+        "D0 put back, D1 taken off (twice, one record)"
+    );
+    assert_eq!(entry(D0), (Status::Ok, vec!["web".to_string()]));
+    assert_eq!(entry(D1).0, Status::Replaced);
+}
+
 #[test]
 fn the_artifact_manifest_follows_the_image_spec_artifact_guidance() {
     let record = container_records(&facts(), &services(&["h1"]), &report(vec![host("h1")]))

@@ -200,6 +200,7 @@ async fn run(
         settings.pull_flush_interval,
         read_only.clone(),
     );
+    mirrors.warm_up();
     if mirrors.has_size_limits() {
         housekeeping::spawn_mirror_eviction(
             opened.storage.clone(),

@@ -28,6 +28,12 @@ const BATCH: usize = 1 << 20;
 /// Recent bytes kept in memory for the fill's clients; a client further behind reads from
 /// storage once the blob is stored.
 const WINDOW: u64 = 32 << 20;
+/// How long the fill waits, at most, for a client about to fall behind the window (a
+/// client slower than the upstream: one writing to a slow disk). Within it the fill is
+/// paced by its slowest client, as a direct pull is; past it that client is left behind
+/// for good (it reads the rest from storage once the blob is stored), so a client that
+/// trickles cannot hold the fill, or the other clients, back for longer than this.
+const PACE_WAIT: Duration = Duration::from_millis(500);
 /// KiB on their way into storage (at most): past this the fill waits for storage, so
 /// memory stays bounded; below it a client is paced by the upstream, not by the disk.
 const STORAGE_LAG_KIB: usize = 64 << 10;
@@ -104,6 +110,69 @@ pub(super) struct Fill {
     digest: Digest,
     window: Mutex<Window>,
     state: watch::Sender<State>,
+    readers: Mutex<Readers>,
+    /// Told whenever a reader moves on or goes away.
+    moved: tokio::sync::Notify,
+}
+
+/// Where each client reading the window stands, so the fill can wait for the slowest
+/// before moving the window past it (see [`PACE_WAIT`]).
+#[derive(Default)]
+struct Readers {
+    next_id: u64,
+    /// Reader → its offset; readers left behind are not in it.
+    at: HashMap<u64, u64>,
+}
+
+/// A client's place among the fill's readers, given up when its body is dropped.
+struct ReaderSlot {
+    fill: Arc<Fill>,
+    id: u64,
+}
+
+impl ReaderSlot {
+    /// A new reader from offset 0: paced for only while the window still holds byte 0 (a
+    /// client joining later reads from storage once the blob is stored).
+    fn new(fill: Arc<Fill>) -> ReaderSlot {
+        let id = {
+            let window = fill.window.lock().unwrap_or_else(|e| e.into_inner());
+            let mut readers = fill.readers.lock().unwrap_or_else(|e| e.into_inner());
+            let id = readers.next_id;
+            readers.next_id += 1;
+            if window.start == 0 {
+                readers.at.insert(id, 0);
+            }
+            id
+        };
+        ReaderSlot { fill, id }
+    }
+
+    /// Out of the fill's pacing for good (it reads from storage once the blob is stored).
+    fn left_behind(&self) {
+        let mut readers = self.fill.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if readers.at.remove(&self.id).is_some() {
+            drop(readers);
+            self.fill.moved.notify_waiters();
+        }
+    }
+
+    fn moved_to(&self, offset: u64) {
+        let mut readers = self.fill.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = readers.at.get_mut(&self.id) {
+            *at = offset;
+        }
+        drop(readers);
+        self.fill.moved.notify_waiters();
+    }
+}
+
+impl Drop for ReaderSlot {
+    fn drop(&mut self) {
+        let mut readers = self.fill.readers.lock().unwrap_or_else(|e| e.into_inner());
+        readers.at.remove(&self.id);
+        drop(readers);
+        self.fill.moved.notify_waiters();
+    }
 }
 
 type Key = (String, Digest);
@@ -164,6 +233,8 @@ impl Fills {
             digest: digest.clone(),
             window: Mutex::default(),
             state: watch::Sender::new(State::default()),
+            readers: Mutex::default(),
+            moved: tokio::sync::Notify::new(),
         });
         map.insert(key.clone(), fill.clone());
         let job = Job {
@@ -426,6 +497,9 @@ impl Job {
                 return Err("the upstream sent more bytes than it announced".into());
             }
             offset += len;
+            self.fill
+                .wait_for_readers(offset.saturating_sub(WINDOW))
+                .await;
             self.fill.window_push(&batch);
             self.fill.state.send_modify(|s| s.written = offset);
             for chunk in batch {
@@ -495,6 +569,27 @@ enum Source {
 }
 
 impl Fill {
+    /// Wait until every reader is at `start` or past it (the window is about to drop the
+    /// bytes before it), for at most [`PACE_WAIT`]; readers still behind then are left
+    /// behind (they read from storage once the blob is stored).
+    async fn wait_for_readers(&self, start: u64) {
+        let behind = |readers: &Readers| readers.at.values().any(|&at| at < start);
+        let deadline = tokio::time::Instant::now() + PACE_WAIT;
+        loop {
+            let moved = self.moved.notified();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            if !behind(&self.readers.lock().unwrap_or_else(|e| e.into_inner())) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, moved).await.is_err() {
+                let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+                readers.at.retain(|_, at| *at >= start);
+                return;
+            }
+        }
+    }
+
     fn window_push(&self, batch: &[Bytes]) {
         self.window
             .lock()
@@ -529,16 +624,18 @@ impl Fill {
     /// Ends with an error if the fill fails.
     pub fn reader(self: Arc<Fill>) -> ByteStream {
         let rx = self.state.subscribe();
+        let slot = ReaderSlot::new(self);
         Box::pin(futures::stream::try_unfold(
-            (self, rx, Source::Window(0)),
-            |(fill, mut rx, source)| async move {
+            (slot, rx, Source::Window(0)),
+            |(slot, mut rx, source)| async move {
+                let fill = slot.fill.clone();
                 let offset = match source {
                     Source::Stored(mut stream) => {
                         return Ok(stream
                             .next()
                             .await
                             .transpose()?
-                            .map(|chunk| (chunk, (fill, rx, Source::Stored(stream)))));
+                            .map(|chunk| (chunk, (slot, rx, Source::Stored(stream)))));
                     }
                     Source::Window(offset) => offset,
                 };
@@ -557,8 +654,11 @@ impl Fill {
                     if offset < limit {
                         if let Some(chunk) = fill.window_read(offset, limit) {
                             let next = offset + chunk.len() as u64;
-                            return Ok(Some((chunk, (fill, rx, Source::Window(next)))));
+                            slot.moved_to(next);
+                            return Ok(Some((chunk, (slot, rx, Source::Window(next)))));
                         }
+                        // Behind the window: no reason for the fill to wait for this one.
+                        slot.left_behind();
                         if matches!(state.done, Some(Ok(()))) {
                             let range = ByteRange::From {
                                 start: offset,
@@ -570,7 +670,7 @@ impl Fill {
                                 .next()
                                 .await
                                 .transpose()?
-                                .map(|chunk| (chunk, (fill, rx, Source::Stored(stream)))));
+                                .map(|chunk| (chunk, (slot, rx, Source::Stored(stream)))));
                         }
                         // Fell behind the window: the rest comes from storage once stored.
                     } else if verified {

@@ -278,6 +278,25 @@ impl Mirrors {
         })
     }
 
+    /// Ask each upstream `GET /v2/` now, in the background: the first pull then finds the
+    /// scheme and auth challenge known and a connection open, instead of paying that round
+    /// trip before its first byte. A failure changes nothing (the first pull asks again).
+    pub fn warm_up(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        for mirror in &self.list {
+            for (url, upstream) in &mirror.upstreams {
+                let (url, upstream) = (url.clone(), upstream.clone());
+                runtime.spawn(async move {
+                    if let Err(e) = upstream.base().await {
+                        tracing::info!(upstream = %url, error = %e, "mirror: upstream not reachable at start; the first pull asks again");
+                    }
+                });
+            }
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
