@@ -34,6 +34,9 @@ const WINDOW: u64 = 32 << 20;
 /// for good (it reads the rest from storage once the blob is stored), so a client that
 /// trickles cannot hold the fill, or the other clients, back for longer than this.
 const PACE_WAIT: Duration = Duration::from_millis(500);
+/// How long one fill waits for its clients in all: clients that each read fast, then
+/// stall at a different offset, cost the fill (and everyone on it) this much at most.
+const PACE_BUDGET: Duration = Duration::from_secs(2);
 /// KiB on their way into storage (at most): past this the fill waits for storage, so
 /// memory stays bounded; below it a client is paced by the upstream, not by the disk.
 const STORAGE_LAG_KIB: usize = 64 << 10;
@@ -486,6 +489,7 @@ impl Job {
         let mut stream = stream.fuse();
         let mut offset = 0u64;
         let mut storage_reading = true;
+        let mut pace_budget = PACE_BUDGET;
         loop {
             let batch = match next_batch(&mut stream).await {
                 Ok(Some(batch)) => batch,
@@ -497,9 +501,11 @@ impl Job {
                 return Err("the upstream sent more bytes than it announced".into());
             }
             offset += len;
-            self.fill
-                .wait_for_readers(offset.saturating_sub(WINDOW))
+            let waited = self
+                .fill
+                .wait_for_readers(offset.saturating_sub(WINDOW), pace_budget.min(PACE_WAIT))
                 .await;
+            pace_budget = pace_budget.saturating_sub(waited);
             self.fill.window_push(&batch);
             self.fill.state.send_modify(|s| s.written = offset);
             for chunk in batch {
@@ -570,22 +576,22 @@ enum Source {
 
 impl Fill {
     /// Wait until every reader is at `start` or past it (the window is about to drop the
-    /// bytes before it), for at most [`PACE_WAIT`]; readers still behind then are left
-    /// behind (they read from storage once the blob is stored).
-    async fn wait_for_readers(&self, start: u64) {
+    /// bytes before it), for at most `limit`; readers still behind then are left behind
+    /// (they read from storage once the blob is stored). Returns how long it waited.
+    async fn wait_for_readers(&self, start: u64, limit: Duration) -> Duration {
         let behind = |readers: &Readers| readers.at.values().any(|&at| at < start);
-        let deadline = tokio::time::Instant::now() + PACE_WAIT;
+        let began = tokio::time::Instant::now();
         loop {
             let moved = self.moved.notified();
             tokio::pin!(moved);
             moved.as_mut().enable();
             if !behind(&self.readers.lock().unwrap_or_else(|e| e.into_inner())) {
-                return;
+                return began.elapsed();
             }
-            if tokio::time::timeout_at(deadline, moved).await.is_err() {
+            if tokio::time::timeout_at(began + limit, moved).await.is_err() {
                 let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
                 readers.at.retain(|_, at| *at >= start);
-                return;
+                return began.elapsed();
             }
         }
     }
@@ -710,5 +716,55 @@ mod tests {
         let tail = w.read(WINDOW, WINDOW + 4).expect("the newest bytes");
         assert_eq!(&tail[..], b"tail");
         assert!(w.read(WINDOW + 4, WINDOW + 8).is_none(), "not yet arrived");
+    }
+
+    /// The fill waits for a reader behind the window's new start, goes on at once when it
+    /// moves past, and leaves behind (for good) one that does not; a reader joining after
+    /// the window moved on is never waited for; a dropped reader is forgotten.
+    #[tokio::test]
+    async fn the_fill_waits_briefly_for_readers_and_leaves_stragglers_behind() {
+        let fill = Arc::new(Fill {
+            storage: Arc::new(berth_storage::MemoryStorage::new()),
+            digest: Digest::sha256_of(b"x"),
+            window: Mutex::default(),
+            state: watch::Sender::new(State::default()),
+            readers: Mutex::default(),
+            moved: tokio::sync::Notify::new(),
+        });
+        let registered = |fill: &Fill| {
+            let readers = fill.readers.lock().expect("readers");
+            let mut at: Vec<u64> = readers.at.values().copied().collect();
+            at.sort();
+            at
+        };
+        let (a, b) = (ReaderSlot::new(fill.clone()), ReaderSlot::new(fill.clone()));
+        assert_eq!(registered(&fill), [0, 0]);
+        // `a` catches up while the fill waits; `b` never does and is left behind.
+        let waiting = tokio::spawn({
+            let fill = fill.clone();
+            async move { fill.wait_for_readers(10, Duration::from_millis(50)).await }
+        });
+        tokio::task::yield_now().await;
+        a.moved_to(10);
+        b.moved_to(5);
+        let waited = waiting.await.expect("wait");
+        assert!(
+            waited >= Duration::from_millis(50),
+            "waited the limit for b"
+        );
+        assert_eq!(registered(&fill), [10], "b left behind");
+        b.moved_to(20);
+        assert_eq!(registered(&fill), [10], "for good");
+        // Nobody behind: it returns without waiting for a reader (a huge limit would hang).
+        fill.wait_for_readers(10, Duration::from_secs(3600)).await;
+        fill.window_push(&[Bytes::from(vec![0u8; (WINDOW + 1) as usize])]);
+        fill.window_push(&[Bytes::from_static(b"more")]);
+        let late = ReaderSlot::new(fill.clone());
+        assert_eq!(registered(&fill), [10], "a late reader is not waited for");
+        drop((a, late));
+        assert!(
+            registered(&fill).is_empty(),
+            "a dropped reader is forgotten"
+        );
     }
 }
