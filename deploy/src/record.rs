@@ -3,7 +3,7 @@
 //! manifest. Building the records is pure; pushing them runs after the hosts are done, all
 //! images at once, and a push that fails is a warning for the caller, never a failed deploy.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::SystemTime;
 
 use berth_client::credentials::{Credentials, DockerConfig};
@@ -125,81 +125,85 @@ fn service_of(c: &ActualContainer) -> String {
         .unwrap_or_else(|| c.name.clone())
 }
 
-/// A container `berth rollback` put back in service: its service and
-/// `registry/repository@digest`.
+/// What runs on a host after `berth rollback`, per service: `registry/repository@digest`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PutBack {
+pub struct Running {
     pub service: String,
     pub image: String,
 }
 
-/// What a rollback on one host changed, by its results (one per kept previous release,
-/// in `actual.previous` order, then one per container the rolled-back deploy created, in
-/// `created` order): the kept releases put back, and the images taken off (the current
-/// containers they replaced, the created containers removed).
+/// What a rollback on one host left running and took off, from the host's state read
+/// before it and its results (one per kept previous release, in `actual.previous` order,
+/// then one per container the rolled-back deploy created, in `created` order). Running:
+/// every container of `app` after the rollback (the kept releases put back, the containers
+/// it did not touch), as a deploy's record lists every service of an image, so a record's
+/// host entry tells the whole truth. Taken off: the current containers the kept releases
+/// replaced, and the created containers it removed.
 pub(crate) fn rolled_back(
     actual: &ActualHost,
+    app: &str,
     created: &[&ActualContainer],
     results: &[ActionResult],
-) -> (Vec<PutBack>, Vec<TakenOff>) {
+) -> (Vec<Running>, Vec<TakenOff>) {
     let changed = |i: usize| {
         results
             .get(i)
             .is_some_and(|r| r.outcome == Outcome::Changed)
     };
-    let (mut put_back, mut gone) = (Vec::new(), Vec::new());
-    for (i, previous) in actual.previous.iter().enumerate() {
-        if !changed(i) {
-            continue;
-        }
-        let name = previous
-            .name
-            .strip_suffix(crate::labels::PREVIOUS_SUFFIX)
-            .unwrap_or(&previous.name);
-        if let Some(image) = pinned_image(previous) {
-            put_back.push(PutBack {
-                service: service_of(previous),
-                image,
-            });
-        }
-        let current = actual.containers.iter().find(|c| c.name == name);
-        if let Some((c, image)) = current.and_then(|c| Some((c, pinned_image(c)?))) {
-            gone.push(TakenOff {
-                service: service_of(c),
-                image,
-                status: Status::Replaced,
-            });
-        }
+    if !(0..results.len()).any(changed) {
+        return (Vec::new(), Vec::new()); // nothing rolled back here: nothing to record
     }
-    for (i, c) in created.iter().enumerate() {
-        if !changed(actual.previous.len() + i) {
-            continue;
-        }
-        if let Some(image) = pinned_image(c) {
-            gone.push(TakenOff {
-                service: service_of(c),
-                image,
-                status: Status::Removed,
-            });
-        }
-    }
-    (put_back, gone)
-}
-
-/// Each host's `(service, image as written)` before the run pins them.
-pub fn planned_services(desired: &[DesiredHost]) -> BTreeMap<String, Vec<(String, String)>> {
-    desired
+    let swapped: HashMap<&str, &ActualContainer> = actual
+        .previous
         .iter()
-        .map(|host| {
-            let mut services: Vec<(String, String)> = host
-                .containers
-                .iter()
-                .map(|c| (c.service.clone(), c.spec.image.clone()))
-                .collect();
-            services.dedup();
-            (host.host.clone(), services)
+        .enumerate()
+        .filter(|(i, _)| changed(*i))
+        .map(|(_, p)| {
+            let name = p.name.strip_suffix(crate::labels::PREVIOUS_SUFFIX);
+            (name.unwrap_or(&p.name), p)
         })
-        .collect()
+        .collect();
+    let removed: HashSet<&str> = created
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| changed(actual.previous.len() + i))
+        .map(|(_, c)| c.name.as_str())
+        .collect();
+    let (mut running, mut gone) = (Vec::new(), Vec::new());
+    let mut note = |c: &ActualContainer, status: Option<Status>| {
+        let Some(image) = pinned_image(c) else { return };
+        let service = service_of(c);
+        match status {
+            Some(status) => gone.push(TakenOff {
+                service,
+                image,
+                status,
+            }),
+            None => running.push(Running { service, image }),
+        }
+    };
+    let current: Vec<&ActualContainer> = actual
+        .containers
+        .iter()
+        .filter(|c| c.app() == Some(app))
+        .collect();
+    for c in &current {
+        if removed.contains(c.name.as_str()) {
+            note(c, Some(Status::Removed));
+        } else if let Some(previous) = swapped.get(c.name.as_str()) {
+            note(previous, None);
+            note(c, Some(Status::Replaced));
+        } else {
+            note(c, None);
+        }
+    }
+    // A kept release whose current container was gone: put back all the same.
+    for (name, previous) in &swapped {
+        if !current.iter().any(|c| c.name == *name) {
+            note(previous, None);
+        }
+    }
+    (running, gone)
 }
 
 /// One record to push: where (`registry/repository@digest`) and what.
@@ -245,8 +249,9 @@ pub fn container_records(
     finish(by_image)
 }
 
-/// Records of `berth rollback`: one per image put back on a host (with that host's result)
-/// and one per image taken off (replaced by the kept release, or a created container removed).
+/// Records of `berth rollback`: one per image running on a host after it (with that host's
+/// result and every service running it there) and one per image taken off (replaced by the
+/// kept release, or a created container removed) unless it still runs on that host.
 pub fn rollback_records(facts: &RunFacts, report: &RunReport) -> Vec<Pending> {
     let mut by_image: BTreeMap<String, Pending> = BTreeMap::new();
     for host in &report.hosts {
@@ -255,7 +260,7 @@ pub fn rollback_records(facts: &RunFacts, report: &RunReport) -> Vec<Pending> {
         } else {
             Status::Failed
         };
-        for back in &host.put_back {
+        for back in &host.running_after_rollback {
             let Some((name, digest)) = back.image.split_once('@') else {
                 continue;
             };

@@ -189,25 +189,41 @@ fn removed_containers_name_their_image_by_digest() {
         .all(|g| g.status == Status::Removed && g.service == "web"));
 }
 
-/// `berth rollback`: each kept release put back is placed (ok), the container it replaced
-/// is `replaced`, a container the rolled-back deploy created and rollback removed is
-/// `removed`; a swap that failed or was skipped records nothing.
+/// `berth rollback`: the host's record lists what runs there afterwards (the kept releases
+/// put back and the containers it did not touch), the containers the kept releases replaced
+/// are `replaced`, a container of the rolled-back deploy it removed is `removed` unless its
+/// image still runs there; a swap that failed changes nothing; a host where nothing was
+/// rolled back records nothing; another app's containers are not named.
 #[test]
-fn a_rollback_records_what_it_put_back_and_what_it_took_off() {
+fn a_rollback_records_what_runs_afterwards_and_what_it_took_off() {
     const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
-    let kept = |id: &str, image: &str| ActualContainer {
-        name: format!("shop_{id}{}", crate::labels::PREVIOUS_SUFFIX),
-        ..container(id, image, &[])
+    let shop = |id: &str, image: &str, digests: &[&str]| {
+        let mut c = container(id, image, digests);
+        c.labels
+            .insert(crate::labels::SERVICE.to_string(), id.to_string());
+        c.labels
+            .insert(crate::labels::APP.to_string(), "shop".to_string());
+        c
     };
-    let mut worker_prev = kept("w", "127.0.0.1:5000/shop:1");
-    worker_prev.image_digests = vec![D0.to_string()];
+    let kept = |id: &str, image: &str, digests: &[&str]| ActualContainer {
+        name: format!("shop_{id}{}", crate::labels::PREVIOUS_SUFFIX),
+        ..shop(id, image, digests)
+    };
+    let pinned = |digest: &str| format!("127.0.0.1:5000/shop@{digest}");
+    let mut foreign = container("other", &pinned(D1), &[]);
+    foreign.name = "other_app".into();
     let actual = ActualHost {
         containers: vec![
-            container("a", &format!("127.0.0.1:5000/shop@{D1}"), &[]),
-            container("w", &format!("127.0.0.1:5000/shop@{D1}"), &[]),
-            container("new", &format!("127.0.0.1:5000/extra@{D2}"), &[]),
+            shop("a", &pinned(D1), &[]),
+            shop("w", &pinned(D1), &[]),
+            shop("new", &format!("127.0.0.1:5000/extra@{D2}"), &[]),
+            shop("db", &pinned(D1), &[]),
+            foreign,
         ],
-        previous: vec![kept("a", &format!("127.0.0.1:5000/shop@{D0}")), worker_prev],
+        previous: vec![
+            kept("a", &pinned(D0), &[]),
+            kept("w", "127.0.0.1:5000/shop:1", &[D0]),
+        ],
         ..ActualHost::default()
     };
     let created = [&actual.containers[2]];
@@ -216,8 +232,9 @@ fn a_rollback_records_what_it_put_back_and_what_it_took_off() {
         outcome,
         message: None,
     };
-    let (put_back, gone) = rolled_back(
+    let (running, gone) = rolled_back(
         &actual,
+        "shop",
         &created,
         &[
             result(Outcome::Changed),
@@ -226,29 +243,32 @@ fn a_rollback_records_what_it_put_back_and_what_it_took_off() {
         ],
     );
     assert_eq!(
-        put_back,
-        [PutBack {
-            service: "web".into(),
-            image: format!("127.0.0.1:5000/shop@{D0}"),
-        }],
-        "only the swap that happened"
+        running
+            .into_iter()
+            .map(|r| (r.service, r.image))
+            .collect::<Vec<_>>(),
+        [
+            ("a".to_string(), pinned(D0)),
+            ("w".to_string(), pinned(D1)),
+            ("db".to_string(), pinned(D1)),
+        ],
+        "w's swap failed: it still runs D1"
     );
-    let gone: Vec<(&str, Status)> = gone.iter().map(|g| (g.image.as_str(), g.status)).collect();
-    let (shop_d1, extra_d2) = (
-        format!("127.0.0.1:5000/shop@{D1}"),
-        format!("127.0.0.1:5000/extra@{D2}"),
-    );
+    let gone: Vec<(String, Status)> = gone.into_iter().map(|g| (g.service, g.status)).collect();
     assert_eq!(
         gone,
         [
-            (shop_d1.as_str(), Status::Replaced),
-            (extra_d2.as_str(), Status::Removed)
+            ("a".to_string(), Status::Replaced),
+            ("new".to_string(), Status::Removed)
         ]
     );
+    let nothing = rolled_back(&actual, "shop", &created, &[result(Outcome::Failed)]);
+    assert_eq!(nothing, (Vec::new(), Vec::new()), "nothing rolled back");
 
     let mut h1 = host("h1");
-    (h1.put_back, h1.taken_off) = rolled_back(
+    (h1.running_after_rollback, h1.taken_off) = rolled_back(
         &actual,
+        "shop",
         &created,
         &[result(Outcome::Changed), result(Outcome::Changed)],
     );
@@ -267,11 +287,17 @@ fn a_rollback_records_what_it_put_back_and_what_it_took_off() {
     };
     assert_eq!(
         records.len(),
-        2,
-        "D0 put back, D1 taken off (twice, one record)"
+        3,
+        "D0 put back, D1 still runs (db), D2 untouched"
     );
-    assert_eq!(entry(D0), (Status::Ok, vec!["web".to_string()]));
-    assert_eq!(entry(D1).0, Status::Replaced);
+    let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(entry(D0), (Status::Ok, names(&["a", "w"])));
+    assert_eq!(
+        entry(D1),
+        (Status::Ok, names(&["db"])),
+        "db still runs D1: the host entry says ok, not replaced"
+    );
+    assert_eq!(entry(D2), (Status::Ok, names(&["new"])));
 }
 
 #[test]

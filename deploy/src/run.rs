@@ -132,9 +132,9 @@ pub struct HostReport {
     /// Images this run took off the host (for deployment records).
     #[serde(skip)]
     pub taken_off: Vec<crate::record::TakenOff>,
-    /// Kept releases a rollback put back on the host (for deployment records).
+    /// What runs on the host after a rollback (for deployment records).
     #[serde(skip)]
-    pub put_back: Vec<crate::record::PutBack>,
+    pub running_after_rollback: Vec<crate::record::Running>,
 }
 
 impl HostReport {
@@ -157,7 +157,7 @@ impl HostReport {
             skipped: 0,
             timings: None,
             taken_off: Vec::new(),
-            put_back: Vec::new(),
+            running_after_rollback: Vec::new(),
         }
     }
 
@@ -668,8 +668,8 @@ async fn rollback_one(
     .await;
     // The same list rollback_host went through, from the same state read before it.
     let created = crate::apply::created_by_latest_deploy(&actual, &desired.app);
-    (report.put_back, report.taken_off) =
-        crate::record::rolled_back(&actual, &created, &report.results);
+    (report.running_after_rollback, report.taken_off) =
+        crate::record::rolled_back(&actual, &desired.app, &created, &report.results);
     report.count_results();
     report.ok = actual
         .containers
@@ -712,7 +712,7 @@ mod tests {
             failed: 0,
             skipped: 0,
             taken_off: Vec::new(),
-            put_back: Vec::new(),
+            running_after_rollback: Vec::new(),
             timings: None,
         }
     }
