@@ -206,6 +206,22 @@ pub(crate) fn rolled_back(
     (running, gone)
 }
 
+/// Each host's `(service, image as written)` before the run pins them.
+pub fn planned_services(desired: &[DesiredHost]) -> BTreeMap<String, Vec<(String, String)>> {
+    desired
+        .iter()
+        .map(|host| {
+            let mut services: Vec<(String, String)> = host
+                .containers
+                .iter()
+                .map(|c| (c.service.clone(), c.spec.image.clone()))
+                .collect();
+            services.dedup();
+            (host.host.clone(), services)
+        })
+        .collect()
+}
+
 /// One record to push: where (`registry/repository@digest`) and what.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pending {
