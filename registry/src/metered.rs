@@ -107,16 +107,6 @@ impl Storage for MeteredStorage {
         let call = self.inner.upload_append(repository, id, start, data);
         self.observe("upload_append", call).await
     }
-    async fn upload_complete(
-        &self,
-        repository: &str,
-        id: &str,
-        digest: &Digest,
-        data: Option<ByteStream>,
-    ) -> Result<u64> {
-        let call = self.inner.upload_complete(repository, id, digest, data);
-        self.observe("upload_complete", call).await
-    }
     async fn upload_complete_notify(
         &self,
         repository: &str,

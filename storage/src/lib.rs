@@ -193,14 +193,20 @@ pub trait Storage: Send + Sync + 'static {
         id: &str,
         digest: &Digest,
         data: Option<ByteStream>,
-    ) -> Result<u64>;
+    ) -> Result<u64> {
+        // Nobody listens: the same completion, told to no one.
+        let (matched, _) = tokio::sync::oneshot::channel();
+        self.upload_complete_notify(repository, id, digest, data, matched)
+            .await
+    }
     /// [`Storage::upload_complete`] that also tells `matched`, as soon as every byte is in
     /// and matches `digest`, before the blob is made durable and visible (the fsync of a
     /// big file, S3's multipart completion). A caller streaming the same bytes to readers
     /// (the mirror's fill) can then hand them the last byte without waiting for that, and
     /// need not hash the bytes a second time. Storage hashes them itself, exactly as in
     /// `upload_complete`: nothing the caller says is trusted. On a mismatch or any failure
-    /// `matched` is dropped unsent. The default tells it only once the blob is stored.
+    /// `matched` is dropped unsent. Backends implement this one; `upload_complete` is it
+    /// with no one told.
     async fn upload_complete_notify(
         &self,
         repository: &str,
@@ -208,11 +214,7 @@ pub trait Storage: Send + Sync + 'static {
         digest: &Digest,
         data: Option<ByteStream>,
         matched: tokio::sync::oneshot::Sender<()>,
-    ) -> Result<u64> {
-        let size = self.upload_complete(repository, id, digest, data).await?;
-        let _ = matched.send(());
-        Ok(size)
-    }
+    ) -> Result<u64>;
     async fn upload_cancel(&self, repository: &str, id: &str) -> Result<()>;
     /// Drop upload sessions started more than `max_age` ago (abandoned
     /// pushes). Returns how many were removed.

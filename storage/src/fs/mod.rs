@@ -314,17 +314,6 @@ impl Storage for FsStorage {
         })
     }
 
-    async fn upload_complete(
-        &self,
-        repository: &str,
-        id: &str,
-        digest: &Digest,
-        data: Option<ByteStream>,
-    ) -> Result<u64> {
-        self.complete_upload(repository, id, digest, data, None)
-            .await
-    }
-
     async fn upload_complete_notify(
         &self,
         repository: &str,
