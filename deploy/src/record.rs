@@ -18,7 +18,7 @@ use crate::actual::{ActualContainer, ActualHost};
 use crate::apply::{ActionResult, Outcome};
 use crate::desired::DesiredHost;
 use crate::plan::{Action, HostPlan};
-use crate::run::RunReport;
+use crate::run::{HostReport, RunReport};
 use crate::swarm::SwarmAction;
 
 /// The same for every record of a run.
@@ -238,28 +238,16 @@ pub fn container_records(
 ) -> Vec<Pending> {
     let mut by_image: BTreeMap<String, Pending> = BTreeMap::new();
     for host in &report.hosts {
-        let status = if host.succeeded() {
-            Status::Ok
-        } else {
-            Status::Failed
-        };
-        let mut per_image: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-        for (service, image) in services.get(&host.host).into_iter().flatten() {
-            per_image.entry(image).or_default().push(service.clone());
-        }
-        for (written, host_services) in per_image {
-            let Some(digest) = report.images.get(written) else {
-                continue;
-            };
-            let Some(pending) = pending_for(&mut by_image, facts, written, digest) else {
-                continue;
-            };
-            pending.record.hosts.push(HostEntry {
-                host: host.host.clone(),
-                services: host_services,
-                result: status,
-            });
-        }
+        let running =
+            services
+                .get(&host.host)
+                .into_iter()
+                .flatten()
+                .filter_map(|(service, written)| {
+                    let digest = report.images.get(written)?;
+                    Some((written.as_str(), digest.as_str(), service.as_str()))
+                });
+        add_running(&mut by_image, facts, host, running);
     }
     add_taken_off(&mut by_image, facts, report);
     finish(by_image)
@@ -271,32 +259,46 @@ pub fn container_records(
 pub fn rollback_records(facts: &RunFacts, report: &RunReport) -> Vec<Pending> {
     let mut by_image: BTreeMap<String, Pending> = BTreeMap::new();
     for host in &report.hosts {
-        let status = if host.succeeded() {
-            Status::Ok
-        } else {
-            Status::Failed
-        };
-        for back in &host.running_after_rollback {
-            let Some((name, digest)) = back.image.split_once('@') else {
-                continue;
-            };
-            let Some(pending) = pending_for(&mut by_image, facts, name, digest) else {
-                continue;
-            };
-            let hosts = &mut pending.record.hosts;
-            match hosts.iter_mut().find(|h| h.host == host.host) {
-                Some(entry) if entry.services.contains(&back.service) => {}
-                Some(entry) => entry.services.push(back.service.clone()),
-                None => hosts.push(HostEntry {
-                    host: host.host.clone(),
-                    services: vec![back.service.clone()],
-                    result: status,
-                }),
-            }
-        }
+        let running = host.running_after_rollback.iter().filter_map(|r| {
+            let (name, digest) = r.image.split_once('@')?;
+            Some((name, digest, r.service.as_str()))
+        });
+        add_running(&mut by_image, facts, host, running);
     }
     add_taken_off(&mut by_image, facts, report);
     finish(by_image)
+}
+
+/// `host`'s entry (its result, the services running each image, each named once) on the
+/// record of every image in `running`: (image as written, digest, service).
+fn add_running<'a>(
+    by_image: &mut BTreeMap<String, Pending>,
+    facts: &RunFacts,
+    host: &HostReport,
+    running: impl Iterator<Item = (&'a str, &'a str, &'a str)>,
+) {
+    let result = if host.succeeded() {
+        Status::Ok
+    } else {
+        Status::Failed
+    };
+    let mut per_image: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
+    for (image, digest, service) in running {
+        let services = per_image.entry((image, digest)).or_default();
+        if !services.iter().any(|s| s == service) {
+            services.push(service.to_string());
+        }
+    }
+    for ((image, digest), services) in per_image {
+        let Some(pending) = pending_for(by_image, facts, image, digest) else {
+            continue;
+        };
+        pending.record.hosts.push(HostEntry {
+            host: host.host.clone(),
+            services,
+            result,
+        });
+    }
 }
 
 /// One entry per image a host stopped running, on that image's record, unless the same
