@@ -327,7 +327,7 @@ impl Storage for MemoryStorage {
         data: Option<ByteStream>,
         matched: tokio::sync::oneshot::Sender<()>,
     ) -> Result<u64> {
-        self.complete_upload(repository, id, digest, data, Some(matched))
+        self.complete_upload(repository, id, digest, data, matched)
             .await
     }
 
@@ -609,7 +609,7 @@ impl MemoryStorage {
         id: &str,
         digest: &Digest,
         data: Option<ByteStream>,
-        matched: Option<tokio::sync::oneshot::Sender<()>>,
+        matched: tokio::sync::oneshot::Sender<()>,
     ) -> Result<u64> {
         if let Some(data) = data {
             self.upload_append(repository, id, None, data).await?;
@@ -627,9 +627,7 @@ impl MemoryStorage {
                     actual,
                 });
             }
-            if let Some(matched) = matched {
-                let _ = matched.send(());
-            }
+            let _ = matched.send(());
             let size = upload.data.len() as u64;
             s.blobs.insert(digest.clone(), Bytes::from(upload.data));
             s.blob_touched.insert(digest.clone(), SystemTime::now());

@@ -322,7 +322,7 @@ impl Storage for FsStorage {
         data: Option<ByteStream>,
         matched: tokio::sync::oneshot::Sender<()>,
     ) -> Result<u64> {
-        self.complete_upload(repository, id, digest, data, Some(matched))
+        self.complete_upload(repository, id, digest, data, matched)
             .await
     }
 

@@ -144,7 +144,7 @@ impl FsStorage {
         id: &str,
         digest: &Digest,
         data: Option<ByteStream>,
-        matched: Option<tokio::sync::oneshot::Sender<()>>,
+        matched: tokio::sync::oneshot::Sender<()>,
     ) -> Result<u64> {
         let (guard, state) = self.lock_upload(repository, id).await?;
         // The repository is noted in the catalog log by `complete`, once the digest
@@ -357,7 +357,7 @@ impl DataWriter {
         mut self,
         repo: &str,
         expected: &Digest,
-        matched: Option<tokio::sync::oneshot::Sender<()>>,
+        matched: tokio::sync::oneshot::Sender<()>,
     ) -> Result<u64> {
         let data_path = self.paths.upload_data(&self.id);
         // Opens, locks and cuts the file to the hashed offset; a file shorter
@@ -380,9 +380,7 @@ impl DataWriter {
         }
         // Every byte is in and hashed: the caller may release them to its readers now,
         // while the rest (fsync, link) makes them durable and visible.
-        if let Some(matched) = matched {
-            let _ = matched.send(());
-        }
+        let _ = matched.send(());
         // Logged before any link names the repository, so no process misses it.
         self.paths.indexes.note(&self.paths.root, repo)?;
         // Two group commits: the data is durable before any name points at

@@ -233,7 +233,7 @@ impl S3Storage {
         id: &str,
         digest: &Digest,
         data: Option<ByteStream>,
-        matched: Matched,
+        matched: tokio::sync::oneshot::Sender<()>,
     ) -> Result<u64> {
         let (_guard, session, e_tag) = self.lock_session(repository, id).await?;
         let mut w = Writer::open(self, id, session, e_tag).await?;
@@ -244,7 +244,9 @@ impl S3Storage {
             }
         }
         let epoch = self.reads_epoch();
-        let size = self.finish_upload(repository, w, digest, matched).await?;
+        let size = self
+            .finish_upload(repository, w, digest, Some(matched))
+            .await?;
         self.remember_link(epoch, repository, LinkKind::Layer, digest, None);
         Ok(size)
     }
