@@ -33,6 +33,22 @@ async fn push_blob(storage: &dyn Storage, repo: &str, data: &[u8]) -> Digest {
     digest
 }
 
+/// Store `json` as a manifest of `repo` tagged `tag`; its digest.
+async fn put_tagged(s: &dyn Storage, repo: &str, json: String, tag: &str) -> Digest {
+    let bytes = Bytes::from(json);
+    let digest = Digest::sha256_of(&bytes);
+    s.manifest_put(
+        repo,
+        &digest,
+        bytes,
+        &meta("application/x-m", None),
+        Some(tag),
+    )
+    .await
+    .expect("manifest_put");
+    digest
+}
+
 fn meta(media_type: &str, subject: Option<&Digest>) -> ManifestMeta {
     ManifestMeta {
         media_type: media_type.to_string(),
@@ -80,17 +96,7 @@ async fn summaries_and_tag_stamps(s: &dyn Storage) {
         "no repository, no record"
     );
     let push = |n: u32, tag: &'static str| async move {
-        let bytes = Bytes::from(format!("{{\"stamp\":{n}}}"));
-        let digest = Digest::sha256_of(&bytes);
-        s.manifest_put(
-            repo,
-            &digest,
-            bytes,
-            &meta("application/x-m", None),
-            Some(tag),
-        )
-        .await
-        .expect("manifest_put");
+        put_tagged(s, repo, format!("{{\"stamp\":{n}}}"), tag).await;
         s.tags_stamp(repo).await.expect("stamp").expect("a stamp")
     };
     let mut seen = vec![push(1, "a").await];
@@ -737,18 +743,7 @@ async fn push_and_pull_times(s: &dyn Storage) {
     let long_tag = "t".repeat(100);
     let mut digests = Vec::new();
     for (i, tag) in ["a", "b", long_tag.as_str()].into_iter().enumerate() {
-        let bytes = Bytes::from(format!("{{\"times\":{i}}}"));
-        let digest = Digest::sha256_of(&bytes);
-        s.manifest_put(
-            repo,
-            &digest,
-            bytes,
-            &meta("application/x-m", None),
-            Some(tag),
-        )
-        .await
-        .expect("manifest_put");
-        digests.push(digest);
+        digests.push(put_tagged(s, repo, format!("{{\"times\":{i}}}"), tag).await);
     }
     let tags = s.tag_records(repo).await.expect("tag_records");
     let names: Vec<&str> = tags.iter().map(|t| t.tag.as_str()).collect();

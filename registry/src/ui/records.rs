@@ -391,6 +391,14 @@ mod tests {
         assert_eq!(stats.pushed.as_deref(), Some("2026-12-02"));
     }
 
+    /// The row of a repository that exists, as `ui` sees it.
+    async fn row_of(s: &dyn Storage, ui: &Ui, repo: &str) -> Arc<RepoStats> {
+        repo_stats(s, &Writes::Awaited, ui, repo)
+            .await
+            .expect("row")
+            .expect("there")
+    }
+
     /// Over a real storage: the row follows pushes and deletes, and a
     /// garbage record is recomputed, not shown.
     #[tokio::test]
@@ -419,43 +427,23 @@ mod tests {
             }
         };
         push(5, "a").await;
-        assert_eq!(
-            repo_stats(&s, &Writes::Awaited, &ui, repo)
-                .await
-                .expect("row")
-                .expect("there")
-                .size,
-            5
-        );
+        assert_eq!(row_of(&s, &ui, repo).await.size, 5);
         push(7, "b").await;
         let fresh = Ui::new(super::super::UiOptions::default());
-        let row = repo_stats(&s, &Writes::Awaited, &fresh, repo)
-            .await
-            .expect("row")
-            .expect("there");
+        let row = row_of(&s, &fresh, repo).await;
         assert_eq!((row.tags, row.size), (2, 12), "a new stamp: recomputed");
         let stored = s.summary_get(repo, SummaryPart::Row).await.expect("get");
         let stored: RowRecord = serde_json::from_slice(&stored.expect("stored")).expect("json");
         assert_eq!((stored.tags, stored.size), (2, 12));
         s.tag_delete(repo, "a").await.expect("delete");
-        assert_eq!(
-            repo_stats(&s, &Writes::Awaited, &ui, repo)
-                .await
-                .expect("row")
-                .expect("there")
-                .size,
-            7
-        );
+        assert_eq!(row_of(&s, &ui, repo).await.size, 7);
         for part in [SummaryPart::Row, SummaryPart::Manifests] {
             s.summary_put(repo, part, Bytes::from_static(b"{garbage"))
                 .await
                 .expect("put");
         }
         let fresh = Ui::new(super::super::UiOptions::default());
-        let row = repo_stats(&s, &Writes::Awaited, &fresh, repo)
-            .await
-            .expect("row")
-            .expect("there");
+        let row = row_of(&s, &fresh, repo).await;
         assert_eq!((row.tags, row.size), (1, 7));
         let rows = tag_rows(&s, &Writes::Awaited, &fresh.cache, repo)
             .await
