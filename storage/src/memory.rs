@@ -327,8 +327,30 @@ impl Storage for MemoryStorage {
         data: Option<ByteStream>,
         matched: tokio::sync::oneshot::Sender<()>,
     ) -> Result<u64> {
-        self.complete_upload(repository, id, digest, data, matched)
-            .await
+        if let Some(data) = data {
+            self.upload_append(repository, id, None, data).await?;
+        }
+        let _no_gc = self.gc_lock.read().await;
+        self.with(|s| {
+            s.upload(repository, id)?;
+            let upload = s.uploads.remove(id).ok_or(StorageError::UploadUnknown)?;
+            let mut hasher = Hasher::new(digest.algorithm());
+            hasher.update(&upload.data);
+            let actual = hasher.finish();
+            if &actual != digest {
+                return Err(StorageError::DigestMismatch {
+                    expected: digest.clone(),
+                    actual,
+                });
+            }
+            let _ = matched.send(());
+            let size = upload.data.len() as u64;
+            s.blobs.insert(digest.clone(), Bytes::from(upload.data));
+            s.blob_touched.insert(digest.clone(), SystemTime::now());
+            let repo = s.repos.entry(repository.to_string()).or_default();
+            repo.layers.insert(digest.clone(), SystemTime::now());
+            Ok(size)
+        })
     }
 
     async fn upload_cancel(&self, repository: &str, id: &str) -> Result<()> {
@@ -598,43 +620,6 @@ impl Storage for MemoryStorage {
                 .map(|r| r.pulls.clone())
                 .unwrap_or_default()
         }))
-    }
-}
-
-impl MemoryStorage {
-    /// See [`Storage::upload_complete_notify`]: `matched` is told once the digest matched.
-    async fn complete_upload(
-        &self,
-        repository: &str,
-        id: &str,
-        digest: &Digest,
-        data: Option<ByteStream>,
-        matched: tokio::sync::oneshot::Sender<()>,
-    ) -> Result<u64> {
-        if let Some(data) = data {
-            self.upload_append(repository, id, None, data).await?;
-        }
-        let _no_gc = self.gc_lock.read().await;
-        self.with(|s| {
-            s.upload(repository, id)?;
-            let upload = s.uploads.remove(id).ok_or(StorageError::UploadUnknown)?;
-            let mut hasher = Hasher::new(digest.algorithm());
-            hasher.update(&upload.data);
-            let actual = hasher.finish();
-            if &actual != digest {
-                return Err(StorageError::DigestMismatch {
-                    expected: digest.clone(),
-                    actual,
-                });
-            }
-            let _ = matched.send(());
-            let size = upload.data.len() as u64;
-            s.blobs.insert(digest.clone(), Bytes::from(upload.data));
-            s.blob_touched.insert(digest.clone(), SystemTime::now());
-            let repo = s.repos.entry(repository.to_string()).or_default();
-            repo.layers.insert(digest.clone(), SystemTime::now());
-            Ok(size)
-        })
     }
 }
 

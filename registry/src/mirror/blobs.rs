@@ -34,6 +34,20 @@ fn blob_headers(r: &mut Response, digest: &Digest, size: Option<u64>) {
     h.insert(header::ETAG, header_value(&format!("\"{digest}\"")));
 }
 
+/// The blob as stored, or `None` when it is gone after all (evicted or collected between
+/// the look and the read): the caller then fetches it again.
+async fn from_storage(
+    s: &dyn Storage,
+    name: &str,
+    digest_text: &str,
+    req: &Req,
+) -> Option<ApiResult<Response>> {
+    match crate::blobs::get(s, name, digest_text, req).await {
+        Err(e) if e.code == Code::BlobUnknown => None,
+        other => Some(other),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn get(
     storage: &Arc<dyn Storage>,
@@ -49,10 +63,8 @@ pub(crate) async fn get(
     // Apart from the manifest of the same digest: a miss of one is not a miss of the other.
     let miss_key = format!("blob {digest}");
     if s.blob_linked(name, &digest).await? {
-        match crate::blobs::get(s, name, digest_text, req).await {
-            // Evicted between the check and the read: fetched again below.
-            Err(e) if e.code == Code::BlobUnknown => {}
-            other => return other,
+        if let Some(served) = from_storage(s, name, digest_text, req).await {
+            return served;
         }
     }
     if mirror.known_missing(name, &miss_key) {
@@ -72,9 +84,8 @@ pub(crate) async fn get(
         // A collection may take the unlinked bytes between the size check and the link
         // (or the read): then they are fetched again below instead of answered 404.
         if s.link_blob(name, &digest).await.is_ok() {
-            match crate::blobs::get(s, name, digest_text, req).await {
-                Err(e) if e.code == Code::BlobUnknown => {}
-                other => return other,
+            if let Some(served) = from_storage(s, name, digest_text, req).await {
+                return served;
             }
         }
     }
